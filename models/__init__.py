@@ -1,0 +1,37 @@
+"""stemdeck's model core: HT Demucs and Hybrid Demucs, checkpoints, offline separation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from .bag import BagOfModels
+from .checkpoint import CheckpointError, load_checkpoint, save_safetensors
+from .hdemucs import HDemucs
+from .htdemucs import HTDemucs
+from .registry import REGISTRY, ModelNotAvailableError, fetch, load_named
+from .separate import apply_model, separate
+
+DEFAULT_MODEL = "htdemucs"
+
+
+def load_model(name_or_path: str | Path) -> nn.Module:
+    """A model in eval mode from a registry name or a checkpoint path.
+
+    Its forward maps ``(batch, channels, time)`` to ``(batch, sources, channels, time)``; it has
+    ``.sources``, ``.samplerate``, ``.audio_channels`` and ``.segment``.
+    """
+    text = str(name_or_path)
+    if text in REGISTRY:
+        return load_named(text)
+    path = Path(text)
+    if path.exists() or path.suffix.lower() in (".th", ".safetensors", ".yaml", ".yml") or "/" in text:
+        return load_checkpoint(path)
+    return load_named(text)
+
+
+__all__ = [
+    "BagOfModels", "CheckpointError", "DEFAULT_MODEL", "HDemucs", "HTDemucs",
+    "ModelNotAvailableError", "REGISTRY", "apply_model", "fetch", "load_checkpoint", "load_model",
+    "save_safetensors", "separate",
+]
