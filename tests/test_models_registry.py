@@ -1,0 +1,77 @@
+"""Model registry: offline folders, file:// downloads with checksums, clear messages."""
+import hashlib
+import shutil
+
+import pytest
+
+from models import ModelNotAvailableError, load_model
+from models import registry
+from models.checkpoint import CheckpointError
+
+
+@pytest.fixture
+def fake_release(tmp_path, tiny_checkpoint, monkeypatch):
+    """A local mirror of the release layout holding one model, registered as 'tinyht'."""
+    data = tiny_checkpoint.read_bytes()
+    checksum = hashlib.sha256(data).hexdigest()[:8]
+    remote = registry.RemoteFile("hybrid_transformer", f"abcd1234-{checksum}.safetensors")
+    mirror = tmp_path / "mirror"
+    (mirror / "hybrid_transformer").mkdir(parents=True)
+    (mirror / "hybrid_transformer" / remote.filename).write_bytes(data)
+    spec = registry.ModelSpec("tinyht", ("drums", "bass", "other", "vocals"), (remote,), "test model")
+    monkeypatch.setitem(registry.REGISTRY, "tinyht", spec)
+    monkeypatch.setenv("STEMDECK_MODEL_URL", mirror.as_uri())
+    return spec, mirror
+
+
+def test_fetch_downloads_verifies_and_caches(fake_release):
+    spec, _ = fake_release
+    assert not registry.is_cached(spec)
+    paths = registry.fetch("tinyht", progress=False)
+    assert paths[0].parent == registry.cache_dir() and paths[0].exists()
+    assert registry.is_cached(spec)
+    model = load_model("tinyht")
+    assert model.sources == ["drums", "bass", "other", "vocals"]
+
+
+def test_checksum_mismatch_keeps_nothing(fake_release):
+    spec, mirror = fake_release
+    target = mirror / "hybrid_transformer" / spec.files[0].filename
+    target.write_bytes(target.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        registry.fetch("tinyht", progress=False)
+    assert not registry.is_cached(spec)
+    assert not list(registry.cache_dir().glob("*.partial"))
+
+
+def test_no_network_says_where_to_put_the_file(fake_release, monkeypatch, tmp_path):
+    monkeypatch.setenv("STEMDECK_MODEL_URL", (tmp_path / "nowhere").as_uri())
+    with pytest.raises(ModelNotAvailableError, match="cannot download .* put it in"):
+        registry.fetch("tinyht", progress=False)
+
+
+def test_model_dir_works_offline(fake_release, tmp_path, monkeypatch, tiny_checkpoint):
+    spec, _ = fake_release
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    shutil.copy(tiny_checkpoint, offline / "abcd1234.safetensors")  # renamed to its signature
+    monkeypatch.setenv("STEMDECK_MODEL_DIR", str(offline))
+    assert registry.is_cached(spec)
+    assert load_model("tinyht").samplerate == 44100
+
+
+def test_missing_weights_message_names_the_fix():
+    with pytest.raises(ModelNotAvailableError, match=r"stemdeck models fetch htdemucs.*955717e8-8726e21a\.th"):
+        load_model("htdemucs")
+
+
+def test_unknown_model_name_lists_known_ones():
+    with pytest.raises(ModelNotAvailableError, match="unknown model 'htdemucz'; known models: htdemucs, htdemucs_ft"):
+        load_model("htdemucz")
+
+
+def test_official_registry_matches_the_release_list():
+    assert registry.REGISTRY["htdemucs_ft"].weights[3] == (0, 0, 0, 1)
+    assert registry.REGISTRY["htdemucs_6s"].sources[-2:] == ("guitar", "piano")
+    assert registry.REGISTRY["hdemucs_mmi"].segment == 44
+    assert registry.REGISTRY["htdemucs"].files[0].checksum_prefix == "8726e21a"
