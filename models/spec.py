@@ -21,7 +21,9 @@ def hann_window(n_fft: int, like: torch.Tensor) -> torch.Tensor:
     key = (n_fft, like.device, dtype)
     window = _windows.get(key)
     if window is None:
-        window = torch.hann_window(n_fft, device=like.device, dtype=dtype)
+        # A normal tensor (not an inference one), so the cache also serves training.
+        with torch.inference_mode(False):
+            window = torch.hann_window(n_fft, device=like.device, dtype=dtype)
         _windows[key] = window
     return window
 

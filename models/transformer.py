@@ -203,7 +203,8 @@ class CrossTransformerEncoder(nn.Module):
         key = (x.shape[-1], freqs, frames, x.device, x.dtype)
         grid = self._grid_cache.get(key)
         if grid is None:
-            grid = sin_embedding_2d(x.shape[-1], freqs, frames, self.max_period, x.device).to(x.dtype)
+            with torch.inference_mode(False):  # cached: must also serve training
+                grid = sin_embedding_2d(x.shape[-1], freqs, frames, self.max_period, x.device).to(x.dtype)
             self._grid_cache = {key: grid}
         return grid
 

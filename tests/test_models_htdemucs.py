@@ -90,3 +90,12 @@ def test_training_forward_backward_runs():
     out.abs().mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None for g in grads)
+
+
+def test_training_after_inference_reuses_no_inference_tensors():
+    model = HTDemucs(sources=["a", "b"], channels=8, depth=4, t_layers=2, t_heads=2, segment=1)
+    with torch.inference_mode():
+        model.eval()(torch.randn(1, 2, 44100))
+    model.train()
+    model(torch.randn(1, 2, 44100)).mean().backward()
+    assert model.crosstransformer.norm_in.weight.grad is not None
