@@ -24,6 +24,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", "-n", default="htdemucs", metavar="NAME|PATH",
                        help="registry name (see `stemdeck models list`) or checkpoint path (default: htdemucs)")
     group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    group.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                       help="auto: bfloat16 where the hardware runs it natively, else float32")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -115,7 +117,8 @@ def separate_file(model, path: Path, args: argparse.Namespace, fmt: OutputFormat
     if existing and not args.force:
         raise CommandError(f"{path}: {existing[0]} already exists; use --force to overwrite")
     stems = separate(model, audio, samplerate, overlap=args.overlap, shifts=args.shifts,
-                     segment=args.segment, device=device, progress=sys.stderr.isatty())
+                     segment=args.segment, device=device, progress=sys.stderr.isatty(),
+                     precision=args.precision)
     write_stems_atomically(pick(stems), samplerate, folder, fmt)
     return folder
 

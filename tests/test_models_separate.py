@@ -15,7 +15,7 @@ def test_20_second_chunked_separation_matches_reference(htdemucs_pair):
     torch.manual_seed(0)
     mix = torch.randn(1, 2, 20 * 44100 + 123)
     expected = reference_apply(reference, mix, shifts=0, overlap=0.25)
-    actual = apply_model(ours, mix, overlap=0.25)
+    actual = apply_model(ours, mix, overlap=0.25, precision="fp32")
     assert actual.shape == expected.shape == (1, 4, 2, mix.shape[-1])
     assert (actual - expected).abs().max().item() < 1e-4
 
@@ -29,7 +29,7 @@ def test_chunked_hdemucs_with_bag_segment_matches_reference():
     reference_bag, our_bag = ReferenceBag([reference], segment=2), BagOfModels([ours], segment=2)
     mix = torch.randn(1, 2, 5 * 44100 + 9)
     expected = reference_apply(reference_bag, mix, shifts=0, overlap=0.25)
-    actual = apply_model(our_bag, mix, overlap=0.25)
+    actual = apply_model(our_bag, mix, overlap=0.25, precision="fp32")
     assert (actual - expected).abs().max().item() < 1e-4
 
 
@@ -44,7 +44,7 @@ def test_bag_weights_and_overrides_match_reference(overlap, segment):
     our_bag = BagOfModels([p[1] for p in pairs], weights)
     mix = torch.randn(1, 2, 3 * 44100 + 1)
     expected = reference_apply(reference_bag, mix, shifts=0, overlap=overlap, segment=segment)
-    actual = apply_model(our_bag, mix, overlap=overlap, segment=segment)
+    actual = apply_model(our_bag, mix, overlap=overlap, segment=segment, precision="fp32")
     assert (actual - expected).abs().max().item() < 1e-4
 
 
@@ -61,7 +61,7 @@ def test_numpy_api_matches_reference_normalisation(tiny_model):
 
     rng = np.random.default_rng(0)
     audio = (rng.standard_normal((2, 3 * 44100)) * 0.2 + 0.05).astype(np.float32)
-    stems = separate(tiny_model, audio, 44100)
+    stems = separate(tiny_model, audio, 44100, precision="fp32")
     wav = torch.from_numpy(audio)
     ref = wav.mean(0)
     mean, std = ref.mean(), ref.std() + 1e-8
@@ -114,3 +114,17 @@ def test_transition_weights_are_triangular():
     weights = transition_weights(6)
     assert weights.tolist() == pytest.approx([1 / 3, 2 / 3, 1, 1, 2 / 3, 1 / 3])
     assert transition_weights(5, 2.0).max().item() == 1.0
+
+
+def test_bf16_precision_stays_close_to_fp32(tiny_model):
+    mix = torch.randn(1, 2, 2 * 44100)
+    exact = apply_model(tiny_model, mix, precision="fp32")
+    fast = apply_model(tiny_model, mix, precision="bf16")
+    snr_db = 10 * torch.log10(exact.pow(2).sum() / (exact - fast).pow(2).sum())
+    assert fast.dtype == torch.float32
+    assert snr_db.item() > 30
+
+
+def test_unknown_precision_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        apply_model(tiny_model, torch.zeros(1, 2, 100), precision="fp8")
