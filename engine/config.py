@@ -1,0 +1,52 @@
+"""Engine settings: typed, frozen, with defaults that work."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """How the separation worker cuts the stream into model windows.
+
+    A window of ``window_s`` ends ``lookahead_s`` after the last sample it is used for; the used
+    part is the ``span_s`` before that, cross-faded with triangular weights (raised to
+    ``weight_power``) with the neighbouring windows, one every ``hop_s``. ``span_s=None`` uses
+    the whole window before the lookahead (offline separation: lookahead 0, hop = 3/4 window).
+    """
+
+    window_s: float | None = None  # None: the model's training segment
+    hop_s: float = 1.0
+    lookahead_s: float = 1.0
+    span_s: float | None = None
+    weight_power: float = 1.0
+    pad_to_segment: bool = False  # run short windows padded to the training segment (slower)
+
+    def resolved(self, segment_s: float) -> "WindowConfig":
+        window_s = float(self.window_s if self.window_s is not None else segment_s)
+        span_s = self.span_s if self.span_s is not None else window_s - self.lookahead_s
+        return replace(self, window_s=window_s, span_s=span_s)
+
+
+# Latency against quality, for 2-core CPUs upwards; `calibrate` lengthens the hop where the
+# machine is too slow. Latency is lookahead + span + one block + the inference budget.
+PRESETS: dict[str, WindowConfig] = {
+    "quality": WindowConfig(window_s=None, hop_s=2.0, lookahead_s=1.5, span_s=4.0, pad_to_segment=True),
+    "balanced": WindowConfig(window_s=4.0, hop_s=1.0, lookahead_s=0.75, span_s=2.0),
+    "low-latency": WindowConfig(window_s=2.5, hop_s=0.6, lookahead_s=0.3, span_s=1.2),
+}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine fixes at start. Buffers are sized from it, never grown later."""
+
+    window: WindowConfig = field(default_factory=lambda: PRESETS["balanced"])
+    samplerate: int = 44100
+    channels: int = 2
+    max_block_frames: int = 4096
+    ramp_ms: float = 10.0
+    precision: str = "auto"
+    inference_threads: int | None = None  # None: all cores but one
+    headroom: float = 0.3  # the worker must stay this far below real time
+    inference_budget_s: float | None = None  # None: measured at start (calibrate)
+    device_latency_frames: int = 0

@@ -1,0 +1,74 @@
+"""Sound devices through sounddevice (PortAudio): listing, opening, and losing them."""
+from __future__ import annotations
+
+from typing import Callable
+
+SOUNDDEVICE_HINT = "install PortAudio (Debian: apt install libportaudio2) and the sounddevice package"
+
+
+class DeviceError(Exception):
+    """A sound device that cannot be opened or that went away; the message says what to do."""
+
+
+def sounddevice():
+    try:
+        import sounddevice as sd
+    except OSError as exc:  # the PortAudio library itself is missing
+        raise DeviceError(f"no audio backend: {exc}; {SOUNDDEVICE_HINT}") from None
+    return sd
+
+
+def list_devices() -> list[dict]:
+    """Every device with its host API name, index and channel counts."""
+    sd = sounddevice()
+    apis = sd.query_hostapis()
+    return [dict(device, index=index, hostapi_name=apis[device["hostapi"]]["name"])
+            for index, device in enumerate(sd.query_devices())]
+
+
+def resolve_device(spec: str | int | None, kind: str) -> int | None:
+    """A device index from an index, an exact name or a unique substring; ``None`` = default."""
+    if spec is None or spec == "":
+        return None
+    devices = list_devices()
+    channels_key = "max_input_channels" if kind == "input" else "max_output_channels"
+    usable = [d for d in devices if d[channels_key] > 0]
+    if isinstance(spec, int) or str(spec).isdigit():
+        index = int(spec)
+        if any(d["index"] == index for d in usable):
+            return index
+        raise DeviceError(f"no {kind} device number {index}; run `stemdeck devices` to list them")
+    exact = [d for d in usable if d["name"] == spec]
+    matches = exact or [d for d in usable if str(spec).lower() in d["name"].lower()]
+    if len(matches) == 1:
+        return matches[0]["index"]
+    if not matches:
+        raise DeviceError(f"no {kind} device matches {spec!r}; run `stemdeck devices` to list them")
+    names = ", ".join(repr(d["name"]) for d in matches)
+    raise DeviceError(f"{spec!r} matches several {kind} devices ({names}); be more specific")
+
+
+def open_stream(*, callback: Callable, samplerate: int, blocksize: int, input_device, output_device,
+                input_channels: int, output_channels: int, on_finished: Callable[[], None]):
+    """Start a duplex stream (or output-only when ``input_channels`` is 0); float32 buffers."""
+    sd = sounddevice()
+    try:
+        if input_channels:
+            stream = sd.Stream(samplerate=samplerate, blocksize=blocksize, dtype="float32",
+                               device=(input_device, output_device),
+                               channels=(input_channels, output_channels), callback=callback,
+                               finished_callback=on_finished)
+        else:
+            stream = sd.OutputStream(samplerate=samplerate, blocksize=blocksize, dtype="float32",
+                                     device=output_device, channels=output_channels,
+                                     callback=callback, finished_callback=on_finished)
+        stream.start()
+    except (sd.PortAudioError, ValueError) as exc:
+        raise DeviceError(f"cannot open the audio device ({_first_line(exc)}); check `stemdeck devices`, "
+                          "the sample rate and channel count, or start the sound server") from None
+    return stream
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

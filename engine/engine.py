@@ -1,0 +1,334 @@
+"""The engine's control side: the thread-safe API the CLI, GUI and MIDI drive.
+
+It owns the buffers (all sized at start), starts the separation worker and the audio stream,
+and reads the lock-free status. The control lock only orders control writers among
+themselves; the audio callback never takes it.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from .calibrate import Calibration, calibrate
+from .callbacks import deck_block, live_block, warm_up_kernels
+from .config import PRESETS, EngineConfig, WindowConfig
+from .device import DeviceError, open_stream
+from .separator import WindowSeparator
+from .state import (BLOCKS, FALLBACK, LATE_WINDOWS, MAX_INFERENCE_S, MEAN_INFERENCE_S, PLAY, PLAYHEAD,
+                    POSITION, SEEK_SERIAL, SEEK_TARGET, SEPARATED_FROM, STEMS_WRITTEN, WINDOWS_DONE,
+                    WORKER_ERRORS, XRUNS, SharedState, gain_state)
+from .windows import WindowPlan
+from .worker import DeckWorker, LiveWorker, SeparationWorker
+
+MIN_GAIN_DB = -60.0  # at or below: silence
+MAX_GAIN_DB = 12.0
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """A snapshot for displays and scripts."""
+
+    latency_samples: int
+    latency_ms: float
+    samplerate: int
+    sources: tuple[str, ...]
+    peak: tuple[float, ...]  # per stem, then the mix
+    rms: tuple[float, ...]
+    xruns: int
+    late_windows: int
+    fallback: bool  # this block plays dry because stems were late
+    realtime_factor: float  # mean inference time / hop: the worker's share of real time
+    max_realtime_factor: float
+    headroom: float
+    windows_done: int
+    position_s: float
+    playing: bool
+    seconds_ahead: float  # deck: separated audio ahead of the playhead
+    first_stems_s: float | None  # deck: play to first separated audio
+    worker_error: str | None
+    stream_error: str | None
+
+    def as_dict(self) -> dict:
+        from dataclasses import asdict
+        return asdict(self)
+
+
+def db_to_gain(db: float) -> float:
+    return 0.0 if db <= MIN_GAIN_DB else 10.0 ** (min(db, MAX_GAIN_DB) / 20.0)
+
+
+class Engine:
+    """Live stems from a model: a file deck or live input, mixed with gain, mute and solo."""
+
+    def __init__(self, model: nn.Module, config: EngineConfig = EngineConfig()):
+        if model.samplerate != config.samplerate:
+            raise ValueError(f"the model runs at {model.samplerate} Hz; the engine at {config.samplerate} Hz")
+        self.model, self.config = model, config
+        self.sources = tuple(model.sources)
+        self.shared = SharedState.create(len(self.sources))
+        self._gains = gain_state(len(self.sources))
+        self._control = threading.Lock()
+        self._ramp_frames = max(1, int(config.ramp_ms * config.samplerate / 1000))
+        self.calibration: Calibration | None = None
+        self.plan: WindowPlan | None = None
+        self.latency_samples = 0
+        self._worker: SeparationWorker | None = None
+        self._stream = None
+        self._stream_error: str | None = None
+        self._mode: str | None = None
+        self._play_started: float | None = None
+        self._first_stems_s: float | None = None
+
+    # -- set-up --------------------------------------------------------------------------------------
+
+    def prepare(self, window: WindowConfig | str | None = None, block_frames: int = 256,
+                calibrate_plan: bool = True) -> WindowPlan:
+        """Fix the window plan (calibrated on this machine) and the latency for the session."""
+        window = PRESETS[window] if isinstance(window, str) else (window or self.config.window)
+        window = window.resolved(float(self.model.segment))
+        if calibrate_plan and self.config.inference_budget_s is None:
+            self.calibration = calibrate(self._separator_for, window, self.config.headroom)
+            window, budget_s = self.calibration.window, self.calibration.budget_s
+        else:
+            budget_s = self.config.inference_budget_s or 0.0
+        self.window = window
+        self.plan = WindowPlan.from_config(window, self.config.samplerate, float(self.model.segment))
+        budget_frames = int(math.ceil(budget_s * self.config.samplerate))
+        self.latency_samples = (self.plan.latency_frames(block_frames, budget_frames)
+                                + self.config.device_latency_frames)
+        self.block_frames = block_frames
+        return self.plan
+
+    def prepare_plan(self, plan: WindowPlan, block_frames: int = 256, budget_s: float = 0.0) -> None:
+        """Use an explicit plan (e.g. ``WindowPlan.offline``), bypassing presets and calibration."""
+        self.plan, self.block_frames = plan, block_frames
+        self.latency_samples = plan.latency_frames(block_frames, int(math.ceil(budget_s * self.config.samplerate)))
+
+    def _separator_for(self, window: WindowConfig) -> WindowSeparator:
+        plan = WindowPlan.from_config(window, self.config.samplerate, float(self.model.segment))
+        return WindowSeparator(self.model, plan, self.config.precision, threads=self._threads())
+
+    def _threads(self) -> int:
+        import os
+        return self.config.inference_threads or max(1, (os.cpu_count() or 2) - 1)
+
+    def _new_separator(self) -> WindowSeparator:
+        separator = WindowSeparator(self.model, self.plan, self.config.precision, threads=self._threads())
+        separator.warm_up(1)
+        return separator
+
+    # -- live input ------------------------------------------------------------------------------------
+
+    def start_live(self, input_device=None, output_device=None, stem_outputs: bool = False,
+                   input_channels: int = 2) -> None:
+        """Separate the sound card's input and play the mix (and each stem) latency-aligned."""
+        self.start_live_headless()
+        try:
+            self._open(self._live_callback, input_device, output_device, input_channels, stem_outputs)
+        except DeviceError:
+            self._stop_worker()
+            raise
+
+    def start_live_headless(self) -> None:
+        """Allocate the rings and start the worker; blocks then go through ``process_live_block``."""
+        self._require_plan()
+        channels = self.config.channels
+        capacity = self.latency_samples + 2 * self.plan.window_frames + self.config.max_block_frames
+        self._input_ring = np.zeros((channels, capacity), np.float32)
+        self._stem_ring = np.zeros((len(self.sources), channels, capacity), np.float32)
+        self._worker = LiveWorker(self._new_separator(), self.plan, self.shared, self._stem_ring,
+                                  self._input_ring)
+        self._warm_kernels()
+        self._mode = "live"
+        self._worker.start()
+
+    def _live_callback(self, indata, outdata, frames, time_info, status) -> None:
+        s = self.shared
+        live_block(indata, outdata, self._input_ring, self._stem_ring, s.audio, s.worker, s.user_gain,
+                   s.mute, s.solo, s.dry_gain, self._gains, s.levels, self.latency_samples,
+                   self._ramp_frames, bool(status))
+
+    # -- file deck -------------------------------------------------------------------------------------
+
+    def load(self, path: str | Path, cue_s: float = 0.0) -> None:
+        """Load a track; separation starts at once from the cue point, ahead of any play."""
+        from models.audio import read_audio
+        from models.separate import _match_channels, _to_model_rate
+
+        self._require_plan()
+        audio, samplerate = read_audio(path)
+        track = _match_channels(_to_model_rate(audio, samplerate, self.config.samplerate), self.config.channels)
+        self.load_array(np.ascontiguousarray(track, dtype=np.float32), cue_s)
+
+    def load_array(self, track: np.ndarray, cue_s: float = 0.0) -> None:
+        """Load ``(channels, frames)`` audio at the engine's rate as the deck's track."""
+        self._require_plan()
+        self._stop_worker()
+        with self._control:
+            self.shared.transport[PLAY] = 0
+        cue = int(cue_s * self.config.samplerate)
+        self._track = track
+        self._deck_stems = np.zeros((len(self.sources), track.shape[0], track.shape[1]), np.float32)
+        self._seek_frames(cue)
+        self.shared.audio[PLAYHEAD] = cue
+        self._worker = DeckWorker(self._new_separator(), self.plan, self.shared, self._deck_stems, track, cue)
+        self._warm_kernels()
+        self._mode = "deck"
+        self._first_stems_s = None
+        self._worker.start()
+
+    def start_output(self, output_device=None, stem_outputs: bool = False) -> None:
+        """Open the output device for the deck."""
+        if self._mode != "deck":
+            raise RuntimeError("load a track before starting the deck's output")
+        self._open(self._deck_callback, None, output_device, 0, stem_outputs)
+
+    def _deck_callback(self, outdata, frames, time_info, status) -> None:
+        s = self.shared
+        deck_block(outdata, self._track, self._deck_stems, s.audio, s.worker, s.transport, s.user_gain,
+                   s.mute, s.solo, s.dry_gain, self._gains, s.levels, self._ramp_frames, bool(status))
+
+    def play(self) -> None:
+        with self._control:
+            self.shared.transport[PLAY] = 1
+        self._play_started = time.perf_counter()
+        self._first_stems_s = None
+
+    def pause(self) -> None:
+        with self._control:
+            self.shared.transport[PLAY] = 0
+
+    def seek(self, seconds: float) -> None:
+        """Move the playhead; separation restarts there unless it is already separated."""
+        length = self._track.shape[-1] if self._mode == "deck" else 0
+        self._seek_frames(min(max(0, int(seconds * self.config.samplerate)), max(0, length - 1)))
+
+    def _seek_frames(self, frames: int) -> None:
+        with self._control:
+            self.shared.transport[SEEK_TARGET] = frames
+            self.shared.transport[SEEK_SERIAL] += 1
+
+    # -- mixer controls ----------------------------------------------------------------------------------
+
+    def stem_index(self, stem: str | int) -> int:
+        if isinstance(stem, int):
+            if 0 <= stem < len(self.sources):
+                return stem
+        elif stem in self.sources:
+            return self.sources.index(stem)
+        raise ValueError(f"unknown stem {stem!r}; this model has {', '.join(self.sources)}")
+
+    def set_gain(self, stem: str | int, db: float) -> None:
+        with self._control:
+            self.shared.user_gain[self.stem_index(stem)] = db_to_gain(db)
+
+    def set_mute(self, stem: str | int, muted: bool = True) -> None:
+        with self._control:
+            self.shared.mute[self.stem_index(stem)] = int(muted)
+
+    def set_solo(self, stem: str | int, soloed: bool = True) -> None:
+        with self._control:
+            self.shared.solo[self.stem_index(stem)] = int(soloed)
+
+    def set_dry_mix(self, amount: float) -> None:
+        """0 plays the stems, 1 the latency-aligned dry signal; between, a crossfade."""
+        with self._control:
+            self.shared.dry_gain[0] = min(1.0, max(0.0, amount))
+
+    # -- status and lifetime -----------------------------------------------------------------------------
+
+    def status(self) -> EngineStatus:
+        s, sr = self.shared, self.config.samplerate
+        hop_s = self.plan.hop_frames / sr if self.plan else 1.0
+        levels = s.levels.copy()
+        playhead = int(s.audio[PLAYHEAD]) if self._mode == "deck" else int(s.audio[POSITION])
+        ahead = (int(s.worker[STEMS_WRITTEN]) - playhead) / sr if self._mode == "deck" else 0.0
+        if (self._first_stems_s is None and self._play_started is not None and self._mode == "deck"
+                and s.audio[FALLBACK] == 0 and s.audio[BLOCKS] > 0 and s.worker[STEMS_WRITTEN] > playhead):
+            self._first_stems_s = time.perf_counter() - self._play_started
+        worker_error = None
+        if self._worker is not None and self._worker.error is not None:
+            worker_error = f"{type(self._worker.error).__name__}: {self._worker.error}"
+        rtf = float(s.worker_seconds[MEAN_INFERENCE_S]) / hop_s
+        return EngineStatus(
+            latency_samples=self.latency_samples, latency_ms=1000.0 * self.latency_samples / sr,
+            samplerate=sr, sources=self.sources,
+            peak=tuple(float(v) for v in levels[0]), rms=tuple(float(math.sqrt(v)) for v in levels[1]),
+            xruns=int(s.audio[XRUNS]), late_windows=int(s.audio[LATE_WINDOWS]),
+            fallback=bool(s.audio[FALLBACK]), realtime_factor=rtf,
+            max_realtime_factor=float(s.worker_seconds[MAX_INFERENCE_S]) / hop_s, headroom=1.0 - rtf,
+            windows_done=int(s.worker[WINDOWS_DONE]), position_s=playhead / sr,
+            playing=bool(s.transport[PLAY]) if self._mode == "deck" else self._stream is not None,
+            seconds_ahead=max(0.0, ahead), first_stems_s=self._first_stems_s,
+            worker_error=worker_error if s.worker[WORKER_ERRORS] else None,
+            stream_error=self._stream_error)
+
+    @property
+    def stream_active(self) -> bool:
+        return self._stream is not None and bool(self._stream.active)
+
+    def stop(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.stop()
+                stream.close()
+            except Exception:  # the device may already be gone
+                pass
+        self._stop_worker()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _require_plan(self) -> None:
+        if self.plan is None:
+            raise RuntimeError("call prepare() (or prepare_plan()) before starting the engine")
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+
+    def _open(self, callback, input_device, output_device, input_channels: int, stem_outputs: bool) -> None:
+        output_channels = self.config.channels * (1 + len(self.sources)) if stem_outputs else self.config.channels
+        self._stream_error = None
+        self._stream = open_stream(callback=callback, samplerate=self.config.samplerate,
+                                   blocksize=self.block_frames, input_device=input_device,
+                                   output_device=output_device, input_channels=input_channels,
+                                   output_channels=output_channels, on_finished=self._on_finished)
+
+    def _on_finished(self) -> None:
+        if self._stream is not None:  # not stopped by us: the device or server went away
+            self._stream_error = "the audio stream stopped: the device was removed or the sound server quit"
+
+    def _warm_kernels(self) -> None:
+        """Compile the callback kernels now, not in the first audio block."""
+        warm_up_kernels(len(self.sources), self.config.channels)
+
+    # Used by tests and offline drivers: run the callback without a device.
+    def process_live_block(self, indata: np.ndarray, outdata: np.ndarray) -> None:
+        self._live_callback(indata, outdata, indata.shape[0], None, 0)
+
+    def process_deck_block(self, outdata: np.ndarray) -> None:
+        self._deck_callback(outdata, outdata.shape[0], None, 0)
+
+    def wait_separated(self, frames: int, timeout_s: float = 60.0) -> bool:
+        """Block (not in a callback!) until the worker has final stems up to ``frames``."""
+        deadline = time.perf_counter() + timeout_s
+        while int(self.shared.worker[STEMS_WRITTEN]) < frames:
+            if time.perf_counter() > deadline or (self._worker and self._worker.error):
+                return False
+            time.sleep(0.002)
+        return True
+

@@ -1,0 +1,72 @@
+"""Model inference on one window, owned by the worker thread."""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.bag import BagOfModels
+from models.htdemucs import HTDemucs
+from models.precision import autocast, prepare_model
+
+from .windows import WindowPlan
+
+
+def _set_train_segment(model: nn.Module, pad_to_segment: bool) -> None:
+    for module in model.modules():
+        if isinstance(module, HTDemucs):
+            module.use_train_segment = pad_to_segment
+
+
+class WindowSeparator:
+    """``(C, window)`` float32 in, ``(S, C, window)`` float32 out, on a private model copy.
+
+    The model normalises each window itself, so no track-wide statistics are needed.
+    """
+
+    def __init__(self, model: nn.Module, plan: WindowPlan, precision: str = "auto",
+                 device: str = "cpu", threads: int | None = None):
+        self.device = torch.device(device)
+        self.precision = precision
+        if threads:
+            torch.set_num_threads(threads)
+        segment_frames = int(float(model.segment) * model.samplerate)
+        if plan.pad_to_segment and _has_htdemucs(model) and plan.window_frames > segment_frames:
+            raise ValueError(f"window of {plan.window_frames} frames is longer than the model's "
+                             f"segment ({segment_frames}); shorten it or set pad_to_segment=False")
+        model = copy.deepcopy(model).to(self.device).eval()
+        _set_train_segment(model, plan.pad_to_segment)
+        self.model = prepare_model(model, precision, self.device)
+        self.sources = list(model.sources)
+        self.plan = plan
+        self.last_seconds = 0.0
+
+    def __call__(self, window: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            mix = torch.from_numpy(window)[None].to(self.device)
+            stems = self.model(mix)[0].float().cpu().numpy()
+        self.last_seconds = time.perf_counter() - start
+        return stems
+
+    def warm_up(self, runs: int = 1) -> float:
+        """Run the model on silence; returns the slowest run in seconds."""
+        silence = np.zeros((self.model_channels, self.plan.window_frames), np.float32)
+        slowest = 0.0
+        for _ in range(runs):
+            self(silence)
+            slowest = max(slowest, self.last_seconds)
+        return slowest
+
+    @property
+    def model_channels(self) -> int:
+        return int(getattr(self.model, "audio_channels", 2))
+
+
+def _has_htdemucs(model: nn.Module) -> bool:
+    if isinstance(model, BagOfModels):
+        return any(isinstance(m, HTDemucs) for m in model.models)
+    return isinstance(model, HTDemucs)

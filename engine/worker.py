@@ -1,0 +1,156 @@
+"""The separation worker: cuts windows, runs the model, overlap-adds, publishes final stems.
+
+It owns the accumulators and writes the stem buffer and the ``worker`` counters; it only reads
+what the audio callback publishes. Windows are processed in order, so everything before the
+next window's span is final after each one.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from .ola import accumulate_window, finalize, ring_read
+from .separator import WindowSeparator
+from .state import (INPUT_WRITTEN, LAST_INFERENCE_S, MAX_INFERENCE_S, MEAN_INFERENCE_S, PLAYHEAD,
+                    SEPARATED_FROM, STEMS_WRITTEN, WINDOWS_DONE, WORKER_ERRORS, SharedState)
+from .windows import WindowPlan
+
+
+class OverlapAdd:
+    """Ring-indexed accumulators for one stream of windows."""
+
+    def __init__(self, num_stems: int, channels: int, plan: WindowPlan):
+        capacity = plan.window_frames + 2 * plan.hop_frames
+        self.acc = np.zeros((num_stems, channels, capacity), np.float32)
+        self.weight_acc = np.zeros(capacity, np.float32)
+        self.plan = plan
+
+    def reset(self) -> None:
+        self.acc.fill(0.0)
+        self.weight_acc.fill(0.0)
+
+    def add(self, stems: np.ndarray, index: int, origin: int, out: np.ndarray, limit: int) -> int:
+        """Accumulate window ``index``; finalise what it completes into ``out``; return final-until."""
+        plan = self.plan
+        accumulate_window(self.acc, self.weight_acc, stems, plan.weights, plan.window_start(index, origin))
+        begin = origin + index * plan.hop_frames
+        end = min(plan.final_until(index, origin), limit)
+        finalize(self.acc, self.weight_acc, out, begin, end)
+        return end
+
+
+class SeparationWorker(threading.Thread):
+    """Base: the loop, timing statistics and error containment."""
+
+    poll_s = 0.002
+
+    def __init__(self, separator: WindowSeparator, plan: WindowPlan, shared: SharedState,
+                 stems_out: np.ndarray):
+        super().__init__(daemon=True, name=type(self).__name__)
+        self.separator, self.plan, self.shared = separator, plan, shared
+        self.stems_out = stems_out
+        self.ola = OverlapAdd(stems_out.shape[0], stems_out.shape[1], plan)
+        self.window = np.zeros((stems_out.shape[1], plan.window_frames), np.float32)
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self._inference_total_s = 0.0
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stop_event.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
+
+    def run(self) -> None:
+        try:
+            self.loop()
+        except BaseException as exc:  # reported through status; the audio keeps the dry signal
+            self.error = exc
+            self.shared.worker[WORKER_ERRORS] += 1
+
+    def loop(self) -> None:
+        raise NotImplementedError
+
+    def separate_window(self, index: int, origin: int, available_until: int, source: np.ndarray,
+                        limit: int) -> int:
+        ring_read(source, self.plan.window_start(index, origin), self.window, available_until)
+        stems = self.separator(self.window)
+        final = self.ola.add(stems, index, origin, self.stems_out, limit)
+        self._record(self.separator.last_seconds)
+        return final
+
+    def _record(self, seconds: float) -> None:
+        times = self.shared.worker_seconds
+        done = int(self.shared.worker[WINDOWS_DONE]) + 1
+        self._inference_total_s += seconds
+        times[LAST_INFERENCE_S] = seconds
+        times[MAX_INFERENCE_S] = max(times[MAX_INFERENCE_S], seconds)
+        times[MEAN_INFERENCE_S] = self._inference_total_s / done
+        self.shared.worker[WINDOWS_DONE] = done
+
+
+class LiveWorker(SeparationWorker):
+    """Follows live input in the input ring; output goes to the stem ring."""
+
+    def __init__(self, separator, plan, shared, stems_out, input_ring: np.ndarray):
+        super().__init__(separator, plan, shared, stems_out)
+        self.input_ring = input_ring
+
+    def loop(self) -> None:
+        plan, audio, worker = self.plan, self.shared.audio, self.shared.worker
+        capacity = self.input_ring.shape[-1]
+        index = 0
+        while not self.stop_event.is_set():
+            written = int(audio[INPUT_WRITTEN])
+            if written < plan.window_end(index):
+                time.sleep(self.poll_s)
+                continue
+            if written - plan.window_start(index) > capacity:  # fell behind: the input is gone
+                index = self._restart_index(written)
+                continue
+            final = self.separate_window(index, 0, written, self.input_ring, np.iinfo(np.int64).max)
+            worker[STEMS_WRITTEN] = final
+            index += 1
+
+    def _restart_index(self, written: int) -> int:
+        plan = self.plan
+        index = max(0, (written - plan.context_frames) // plan.hop_frames)
+        self.ola.reset()
+        self.shared.worker[STEMS_WRITTEN] = plan.final_until(index - 1)
+        self.shared.worker[SEPARATED_FROM] = plan.final_until(index - 1)
+        return index
+
+
+class DeckWorker(SeparationWorker):
+    """Separates a loaded track ahead of the playhead, restarting there after a seek."""
+
+    def __init__(self, separator, plan, shared, stems_out, track: np.ndarray, cue_frames: int = 0):
+        super().__init__(separator, plan, shared, stems_out)
+        self.track = track
+        self.origin = cue_frames
+        self.finished = threading.Event()
+
+    def loop(self) -> None:
+        plan, worker = self.plan, self.shared.worker
+        length = self.track.shape[-1]
+        self._restart(self.origin)
+        index = 0
+        while not self.stop_event.is_set():
+            playhead = int(self.shared.audio[PLAYHEAD])
+            if playhead < worker[SEPARATED_FROM] or playhead > worker[STEMS_WRITTEN] + plan.hop_frames:
+                self._restart(playhead)
+                index = 0
+            if worker[STEMS_WRITTEN] >= length:
+                self.finished.set()
+                time.sleep(self.poll_s * 10)
+                continue
+            self.finished.clear()
+            worker[STEMS_WRITTEN] = self.separate_window(index, self.origin, length, self.track, length)
+            index += 1
+
+    def _restart(self, origin: int) -> None:
+        self.origin = origin
+        self.ola.reset()
+        self.shared.worker[STEMS_WRITTEN] = origin  # never ahead of SEPARATED_FROM for a reader
+        self.shared.worker[SEPARATED_FROM] = origin
