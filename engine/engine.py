@@ -7,6 +7,7 @@ themselves; the audio callback never takes it.
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -20,12 +21,16 @@ from .callbacks import deck_block, live_block, warm_up_kernels
 from .config import PRESETS, EngineConfig, WindowConfig
 from .device import DeviceError, open_stream
 from .separator import WindowSeparator
-from .state import (BLOCKS, FALLBACK, LATE_WINDOWS, MAX_INFERENCE_S, MEAN_INFERENCE_S, PLAY, PLAYHEAD,
+from .state import (BLOCKS, FALLBACK, INPUT_WRITTEN, LATE_WINDOWS, MAX_INFERENCE_S, MEAN_INFERENCE_S, PLAY, PLAYHEAD,
                     POSITION, SEEK_SERIAL, SEEK_TARGET, SEPARATED_FROM, STEMS_WRITTEN, WINDOWS_DONE,
-                    WORKER_ERRORS, XRUNS, SharedState, gain_state)
+                    XRUNS, SharedState, gain_state)
 from .windows import WindowPlan
-from .worker import DeckWorker, LiveWorker, SeparationWorker
+from .process import SharedBlock, WorkerProcess
+from .worker import DeckWorker, LiveWorker, SeparationWorker, warm_up_worker_kernels
 
+STREAM_LOST = ("the audio stream stopped: the device was removed or the sound server quit; "
+               "reconnect it (or restart the server) and start again")
+GIL_SWITCH_INTERVAL_S = 0.0005
 MIN_GAIN_DB = -60.0  # at or below: silence
 MAX_GAIN_DB = 12.0
 
@@ -70,8 +75,16 @@ class Engine:
         if model.samplerate != config.samplerate:
             raise ValueError(f"the model runs at {model.samplerate} Hz; the engine at {config.samplerate} Hz")
         self.model, self.config = model, config
+        if config.worker not in ("process", "thread"):
+            raise ValueError(f"worker must be 'process' or 'thread', got {config.worker!r}")
         self.sources = tuple(model.sources)
-        self.shared = SharedState.create(len(self.sources))
+        self._process: WorkerProcess | None = None
+        self._blocks: list[SharedBlock] = []
+        if config.worker == "process":
+            self._state_block = SharedBlock(SharedState.specs(len(self.sources)))
+            self.shared = SharedState.create(len(self.sources), self._state_block.arrays)
+        else:
+            self.shared = SharedState.create(len(self.sources))
         self._gains = gain_state(len(self.sources))
         self._control = threading.Lock()
         self._ramp_frames = max(1, int(config.ramp_ms * config.samplerate / 1000))
@@ -93,7 +106,10 @@ class Engine:
         window = PRESETS[window] if isinstance(window, str) else (window or self.config.window)
         window = window.resolved(float(self.model.segment))
         if calibrate_plan and self.config.inference_budget_s is None:
-            self.calibration = calibrate(self._separator_for, window, self.config.headroom)
+            if self.config.worker == "process":
+                self.calibration = self._worker_process().calibrate(window, self.config.headroom)
+            else:
+                self.calibration = calibrate(self._separator_for, window, self.config.headroom)
             window, budget_s = self.calibration.window, self.calibration.budget_s
         else:
             budget_s = self.config.inference_budget_s or 0.0
@@ -118,6 +134,34 @@ class Engine:
         import os
         return self.config.inference_threads or max(1, (os.cpu_count() or 2) - 1)
 
+    def _worker_process(self) -> WorkerProcess:
+        if self._process is None:
+            self._process = WorkerProcess(self.model, self._state_block.spec, self.config.precision,
+                                          self._threads())
+        return self._process
+
+    def _allocate(self, **arrays: tuple[tuple[int, ...], str]) -> dict[str, np.ndarray]:
+        """Session buffers: in shared memory for the worker process, else private."""
+        if self.config.worker == "thread":
+            return {key: np.zeros(shape, dtype) for key, (shape, dtype) in arrays.items()}
+        self._blocks = [SharedBlock({key: spec}) for key, spec in arrays.items()]
+        return {key: block.arrays[key] for key, block in zip(arrays, self._blocks)}
+
+    def _start_session(self, kind: str, arrays: dict[str, np.ndarray], cue_frames: int = 0) -> None:
+        self._warm_kernels()
+        self._mode = kind
+        if self.config.worker == "process":
+            specs = {key: block.spec for key, block in zip(arrays, self._blocks)}
+            self._worker_process().start(kind, self.plan, specs, cue_frames)
+            return
+        separator = self._new_separator()
+        warm_up_worker_kernels(len(self.sources), self.config.channels)
+        if kind == "live":
+            self._worker = LiveWorker(separator, self.plan, self.shared, arrays["stems"], arrays["input"])
+        else:
+            self._worker = DeckWorker(separator, self.plan, self.shared, arrays["stems"], arrays["track"], cue_frames)
+        self._worker.start()
+
     def _new_separator(self) -> WindowSeparator:
         separator = WindowSeparator(self.model, self.plan, self.config.precision, threads=self._threads())
         separator.warm_up(1)
@@ -138,15 +182,15 @@ class Engine:
     def start_live_headless(self) -> None:
         """Allocate the rings and start the worker; blocks then go through ``process_live_block``."""
         self._require_plan()
+        self._stop_worker()
         channels = self.config.channels
         capacity = self.latency_samples + 2 * self.plan.window_frames + self.config.max_block_frames
-        self._input_ring = np.zeros((channels, capacity), np.float32)
-        self._stem_ring = np.zeros((len(self.sources), channels, capacity), np.float32)
-        self._worker = LiveWorker(self._new_separator(), self.plan, self.shared, self._stem_ring,
-                                  self._input_ring)
-        self._warm_kernels()
-        self._mode = "live"
-        self._worker.start()
+        arrays = self._allocate(input=((channels, capacity), "float32"),
+                                stems=((len(self.sources), channels, capacity), "float32"))
+        self._input_ring, self._stem_ring = arrays["input"], arrays["stems"]
+        for slot in (POSITION, INPUT_WRITTEN, FALLBACK):
+            self.shared.audio[slot] = 0
+        self._start_session("live", arrays)
 
     def _live_callback(self, indata, outdata, frames, time_info, status) -> None:
         s = self.shared
@@ -173,15 +217,14 @@ class Engine:
         with self._control:
             self.shared.transport[PLAY] = 0
         cue = int(cue_s * self.config.samplerate)
-        self._track = track
-        self._deck_stems = np.zeros((len(self.sources), track.shape[0], track.shape[1]), np.float32)
+        arrays = self._allocate(track=(track.shape, "float32"),
+                                stems=((len(self.sources), *track.shape), "float32"))
+        arrays["track"][:] = track
+        self._track, self._deck_stems = arrays["track"], arrays["stems"]
         self._seek_frames(cue)
         self.shared.audio[PLAYHEAD] = cue
-        self._worker = DeckWorker(self._new_separator(), self.plan, self.shared, self._deck_stems, track, cue)
-        self._warm_kernels()
-        self._mode = "deck"
         self._first_stems_s = None
-        self._worker.start()
+        self._start_session("deck", arrays, cue)
 
     def start_output(self, output_device=None, stem_outputs: bool = False) -> None:
         """Open the output device for the deck."""
@@ -252,9 +295,7 @@ class Engine:
         if (self._first_stems_s is None and self._play_started is not None and self._mode == "deck"
                 and s.audio[FALLBACK] == 0 and s.audio[BLOCKS] > 0 and s.worker[STEMS_WRITTEN] > playhead):
             self._first_stems_s = time.perf_counter() - self._play_started
-        worker_error = None
-        if self._worker is not None and self._worker.error is not None:
-            worker_error = f"{type(self._worker.error).__name__}: {self._worker.error}"
+        worker_error = self._worker_error()
         rtf = float(s.worker_seconds[MEAN_INFERENCE_S]) / hop_s
         return EngineStatus(
             latency_samples=self.latency_samples, latency_ms=1000.0 * self.latency_samples / sr,
@@ -266,8 +307,12 @@ class Engine:
             windows_done=int(s.worker[WINDOWS_DONE]), position_s=playhead / sr,
             playing=bool(s.transport[PLAY]) if self._mode == "deck" else self._stream is not None,
             seconds_ahead=max(0.0, ahead), first_stems_s=self._first_stems_s,
-            worker_error=worker_error if s.worker[WORKER_ERRORS] else None,
+            worker_error=worker_error,
             stream_error=self._stream_error)
+
+    @property
+    def track_seconds(self) -> float:
+        return self._track.shape[-1] / self.config.samplerate if self._mode == "deck" else 0.0
 
     @property
     def stream_active(self) -> bool:
@@ -282,6 +327,9 @@ class Engine:
             except Exception:  # the device may already be gone
                 pass
         self._stop_worker()
+        if self._process is not None:
+            self._process.close()
+            self._process = None
 
     def __enter__(self) -> "Engine":
         return self
@@ -295,14 +343,29 @@ class Engine:
         if self.plan is None:
             raise RuntimeError("call prepare() (or prepare_plan()) before starting the engine")
 
+    def _worker_error(self) -> str | None:
+        if self._process is not None:
+            return self._process.poll_error()
+        if self._worker is not None and self._worker.error is not None:
+            return f"{type(self._worker.error).__name__}: {self._worker.error}"
+        return None
+
     def _stop_worker(self) -> None:
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
+        if self._process is not None:
+            self._process.stop_session()
+        for block in self._blocks:
+            block.close()
+        self._blocks = []
 
     def _open(self, callback, input_device, output_device, input_channels: int, stem_outputs: bool) -> None:
         output_channels = self.config.channels * (1 + len(self.sources)) if stem_outputs else self.config.channels
         self._stream_error = None
+        # Python hands the GIL over after this long: well inside one audio period, so the
+        # callback never waits long on the worker's Python code between torch kernels.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self._stream = open_stream(callback=callback, samplerate=self.config.samplerate,
                                    blocksize=self.block_frames, input_device=input_device,
                                    output_device=output_device, input_channels=input_channels,
@@ -310,7 +373,7 @@ class Engine:
 
     def _on_finished(self) -> None:
         if self._stream is not None:  # not stopped by us: the device or server went away
-            self._stream_error = "the audio stream stopped: the device was removed or the sound server quit"
+            self._stream_error = STREAM_LOST
 
     def _warm_kernels(self) -> None:
         """Compile the callback kernels now, not in the first audio block."""
@@ -327,7 +390,7 @@ class Engine:
         """Block (not in a callback!) until the worker has final stems up to ``frames``."""
         deadline = time.perf_counter() + timeout_s
         while int(self.shared.worker[STEMS_WRITTEN]) < frames:
-            if time.perf_counter() > deadline or (self._worker and self._worker.error):
+            if time.perf_counter() > deadline or self._worker_error():
                 return False
             time.sleep(0.002)
         return True

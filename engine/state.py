@@ -32,15 +32,24 @@ class SharedState:
     worker: np.ndarray  # int64, worker-written
     worker_seconds: np.ndarray  # float64, worker-written
 
+    @staticmethod
+    def specs(num_stems: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Shape and dtype of every array, so they can live in shared memory."""
+        return {"user_gain": ((num_stems,), "float32"), "mute": ((num_stems,), "uint8"),
+                "solo": ((num_stems,), "uint8"), "dry_gain": ((1,), "float32"),
+                "transport": ((3,), "int64"), "audio": ((8,), "int64"),
+                "levels": ((2, num_stems + 1), "float32"), "worker": ((4,), "int64"),
+                "worker_seconds": ((3,), "float64")}
+
     @classmethod
-    def create(cls, num_stems: int) -> "SharedState":
-        return cls(
-            user_gain=np.ones(num_stems, np.float32), mute=np.zeros(num_stems, np.uint8),
-            solo=np.zeros(num_stems, np.uint8), dry_gain=np.zeros(1, np.float32),
-            transport=np.zeros(3, np.int64), audio=np.zeros(8, np.int64),
-            levels=np.zeros((2, num_stems + 1), np.float32), worker=np.zeros(4, np.int64),
-            worker_seconds=np.zeros(3, np.float64),
-        )
+    def create(cls, num_stems: int, arrays: dict[str, np.ndarray] | None = None) -> "SharedState":
+        """Fresh state in ``arrays`` (e.g. shared memory) or in new private arrays."""
+        if arrays is None:
+            arrays = {name: np.zeros(shape, dtype) for name, (shape, dtype) in cls.specs(num_stems).items()}
+        for array in arrays.values():
+            array.fill(0)
+        arrays["user_gain"].fill(1.0)
+        return cls(**arrays)
 
 
 def gain_state(num_stems: int) -> np.ndarray:

@@ -55,6 +55,7 @@ class SeparationWorker(threading.Thread):
         self.window = np.zeros((stems_out.shape[1], plan.window_frames), np.float32)
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
+        self.on_error = None  # called with a one-line message (the worker process reports it)
         self._inference_total_s = 0.0
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -63,11 +64,15 @@ class SeparationWorker(threading.Thread):
             self.join(timeout)
 
     def run(self) -> None:
+        self.shared.worker.fill(0)
+        self.shared.worker_seconds.fill(0.0)
         try:
             self.loop()
         except BaseException as exc:  # reported through status; the audio keeps the dry signal
             self.error = exc
             self.shared.worker[WORKER_ERRORS] += 1
+            if self.on_error is not None:
+                self.on_error(f"{type(exc).__name__}: {exc}")
 
     def loop(self) -> None:
         raise NotImplementedError
@@ -154,3 +159,14 @@ class DeckWorker(SeparationWorker):
         self.ola.reset()
         self.shared.worker[STEMS_WRITTEN] = origin  # never ahead of SEPARATED_FROM for a reader
         self.shared.worker[SEPARATED_FROM] = origin
+
+
+def warm_up_worker_kernels(num_stems: int, channels: int) -> None:
+    """Compile (or load from cache) the worker's kernels before the first window is due."""
+    ring = np.zeros((channels, 8), np.float32)
+    window = np.zeros((channels, 4), np.float32)
+    ring_read(ring, 0, window, 8)
+    acc = np.zeros((num_stems, channels, 8), np.float32)
+    weights = np.zeros(8, np.float32)
+    accumulate_window(acc, np.zeros(8, np.float32), np.zeros((num_stems, channels, 4), np.float32), weights, 0)
+    finalize(acc, np.zeros(8, np.float32), np.zeros((num_stems, channels, 8), np.float32), 0, 4)

@@ -66,14 +66,19 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = get_parser()
+    return run_parsed(get_parser(), argv)
+
+
+def run_parsed(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
+               extra_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """Run the chosen subcommand; user errors become one line on stderr and exit code 1."""
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     try:
         return args.func(args)
-    except (CommandError, *USER_ERRORS) as exc:
+    except (CommandError, *USER_ERRORS, *extra_errors) as exc:
         print(f"stemdeck: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

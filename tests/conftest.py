@@ -1,6 +1,7 @@
 """Shared fixtures: model configurations, reference twins, audio files."""
 from __future__ import annotations
 
+import os
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -71,3 +72,58 @@ def _isolated_model_dirs(tmp_path, monkeypatch):
     monkeypatch.delenv("STEMDECK_MODEL_DIR", raising=False)
     monkeypatch.setenv("STEMDECK_MODEL_URL", (tmp_path / "no-server").as_uri())
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+
+
+JACK_RATE, JACK_PERIOD = 44100, 256
+
+
+def start_jack_server(name: str, playback_channels: int = 10):
+    """A real JACK server with the dummy driver; returns the process once clients can connect."""
+    import shutil
+    import subprocess
+    if shutil.which("jackd") is None:
+        pytest.fail("jackd is not installed; `bash .ci/setup` installs jackd2 (Debian)")
+    env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1", "JACK_NO_START_SERVER": "1"}
+    process = subprocess.Popen(
+        ["jackd", "-n", name, "-R", "-d", "dummy", "-r", str(JACK_RATE), "-p", str(JACK_PERIOD),
+         "-C", "2", "-P", str(playback_channels)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    # Probe from another process: a libjack client in this one would crash when that server stops.
+    probe = subprocess.run(["jack_wait", "-s", name, "-w", "-t", "15"], capture_output=True, text=True, env=env)
+    if probe.returncode != 0 or process.poll() is not None:
+        process.kill()
+        pytest.fail(f"jackd did not come up: {probe.stdout} {process.stderr.read().decode()[-500:]}")
+    return process
+
+
+def stop_jack_server(process) -> None:
+    process.terminate()
+    try:
+        process.wait(5)
+    except Exception:
+        process.kill()
+
+
+def reinit_portaudio() -> None:
+    """PortAudio enumerates JACK when it initialises: refresh it after a server (re)start."""
+    import sounddevice as sd
+    sd._terminate()
+    sd._initialize()
+
+
+@pytest.fixture(scope="session")
+def jack_server():
+    name = f"stemdeck-test-{os.getpid()}"
+    previous = os.environ.get("JACK_DEFAULT_SERVER")
+    os.environ["JACK_DEFAULT_SERVER"] = name
+    os.environ["JACK_NO_AUDIO_RESERVATION"] = "1"
+    process = start_jack_server(name)
+    reinit_portaudio()
+    yield name
+    import sounddevice as sd
+    sd._terminate()  # PortAudio's JACK teardown aborts if the server is already gone
+    stop_jack_server(process)
+    if previous is None:
+        os.environ.pop("JACK_DEFAULT_SERVER", None)
+    else:
+        os.environ["JACK_DEFAULT_SERVER"] = previous

@@ -20,7 +20,7 @@ def song(tmp_path):
 
 def run_cli(*args, env=None):
     """Run the real console entry point in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "models.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=300)
 
 

@@ -38,8 +38,8 @@ def stream_live(engine, signal, sizes=BLOCK_SIZES, out_channels=2, wait=True):
     return np.concatenate(outs)
 
 
-def live_engine(model, plan=None, window=FAST_PLAN, block=256, precision="fp32"):
-    engine = Engine(model, EngineConfig(precision=precision, inference_budget_s=0.0))
+def live_engine(model, plan=None, window=FAST_PLAN, block=256, precision="fp32", worker="thread"):
+    engine = Engine(model, EngineConfig(precision=precision, inference_budget_s=0.0, worker=worker))
     if plan is not None:
         engine.prepare_plan(plan, block_frames=block)
     else:
@@ -72,8 +72,9 @@ def test_streaming_equals_offline_once_shifted_by_the_latency():
         assert np.abs(streamed - offline[name][:, :compared]).max() <= 1e-5
 
 
-def test_end_to_end_delay_is_exactly_the_reported_latency():
-    engine = live_engine(PassThrough())
+@pytest.mark.parametrize("worker", ["thread", "process"])
+def test_end_to_end_delay_is_exactly_the_reported_latency(worker):
+    engine = live_engine(PassThrough(), worker=worker)
     signal = np.zeros((2, SR), np.float32)
     signal[:, 1000] = 1.0
     out = stream_live(engine, signal, sizes=[256])
@@ -129,7 +130,7 @@ def test_late_windows_fall_back_to_the_aligned_dry_signal():
 
 
 def test_deck_plays_dry_at_once_then_stems_and_follows_seeks():
-    engine = Engine(PassThrough(), EngineConfig(precision="fp32", inference_budget_s=0.0))
+    engine = Engine(PassThrough(), EngineConfig(precision="fp32", inference_budget_s=0.0, worker="thread"))
     engine.prepare(FAST_PLAN, block_frames=256, calibrate_plan=False)
     tone = np.sin(2 * np.pi * 441 * np.arange(3 * SR) / SR).astype(np.float32)
     engine.load_array(np.stack([tone, tone]), cue_s=0.0)
@@ -158,7 +159,7 @@ def test_deck_plays_dry_at_once_then_stems_and_follows_seeks():
 
 
 def test_unknown_stem_is_a_clear_error():
-    engine = Engine(PassThrough())
+    engine = Engine(PassThrough(), EngineConfig(worker="thread"))
     with pytest.raises(ValueError, match="unknown stem 'voxals'; this model has drums, bass, other, vocals"):
         engine.set_mute("voxals")
 

@@ -1,0 +1,189 @@
+"""``stemdeck live``, ``stemdeck play`` and ``stemdeck devices``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .config import PRESETS, EngineConfig, WindowConfig
+from .device import DeviceError
+from .engine import STREAM_LOST
+
+POLL_S = 0.05
+
+
+def add_engine_commands(commands, add_model_options) -> None:
+    live = commands.add_parser("live", help="separate the sound card's input live")
+    live.add_argument("--input", help="input device (index, name or part of it)")
+    _add_session_options(live, add_model_options)
+    live.set_defaults(func=run_live)
+
+    play = commands.add_parser("play", help="play a file with live stem controls")
+    play.add_argument("file", type=Path)
+    play.add_argument("--start", type=float, default=0.0, help="cue point in seconds")
+    _add_session_options(play, add_model_options)
+    play.set_defaults(func=run_play)
+
+    devices = commands.add_parser("devices", help="list audio devices and host APIs")
+    devices.set_defaults(func=run_devices)
+
+
+def _add_session_options(parser: argparse.ArgumentParser, add_model_options) -> None:
+    parser.add_argument("--output", help="output device (index, name or part of it)")
+    add_model_options(parser)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--preset", choices=sorted(PRESETS), default="balanced")
+    which.add_argument("--latency", type=float, metavar="SECONDS", help="target latency instead of a preset")
+    parser.add_argument("--mute", action="append", default=[], metavar="STEM", help="start with STEM muted")
+    parser.add_argument("--solo", action="append", default=[], metavar="STEM", help="start with STEM soloed")
+    parser.add_argument("--stem-outputs", action="store_true",
+                        help="also send every stem to its own pair of output channels")
+    parser.add_argument("--duration", type=float, help="stop after this many seconds")
+    parser.add_argument("--blocksize", type=int, default=256, help="audio block in frames (default 256)")
+    parser.add_argument("--stats", type=Path, help="write the session's counters as JSON here")
+
+
+def window_for_latency(latency_s: float) -> WindowConfig:
+    """A plan aiming at ``latency_s``: a third of it per hop, two hops of span, half a hop ahead."""
+    if latency_s <= 0:
+        raise ValueError("--latency must be positive")
+    hop_s = latency_s / 3.0
+    return WindowConfig(window_s=4.5 * hop_s, hop_s=hop_s, lookahead_s=hop_s / 2, span_s=2 * hop_s)
+
+
+def _engine(args: argparse.Namespace):
+    from models.cli import check_device, load_or_fetch
+
+    from .engine import Engine
+
+    check_device(args.device)
+    model = _passthrough() if args.model == "passthrough" else load_or_fetch(args.model)
+    engine = Engine(model, EngineConfig(precision=args.precision))
+    window = window_for_latency(args.latency) if args.latency else PRESETS[args.preset]
+    print(f"calibrating {args.model} on this machine...", file=sys.stderr)
+    engine.prepare(window, block_frames=args.blocksize)
+    for stem in args.mute:
+        engine.set_mute(stem)
+    for stem in args.solo:
+        engine.set_solo(stem)
+    status = engine.status()
+    print(f"latency {status.latency_ms:.1f} ms ({status.latency_samples} samples at {status.samplerate} Hz); "
+          f"hop {engine.window.hop_s:.2f} s, window {engine.window.window_s:.2f} s", file=sys.stderr)
+    return engine
+
+
+def _passthrough():
+    from models.passthrough import PassThrough
+    return PassThrough()
+
+
+def run_live(args: argparse.Namespace) -> int:
+    from .device import resolve_device
+
+    engine = _engine(args)
+    with engine:
+        engine.start_live(resolve_device(args.input, "input"), resolve_device(args.output, "output"),
+                          stem_outputs=args.stem_outputs)
+        return _run_session(engine, args, until_end=False)
+
+
+def run_play(args: argparse.Namespace) -> int:
+    from .device import resolve_device
+
+    engine = _engine(args)
+    with engine:
+        engine.load(args.file, cue_s=args.start)
+        engine.start_output(resolve_device(args.output, "output"), stem_outputs=args.stem_outputs)
+        engine.play()
+        return _run_session(engine, args, until_end=True)
+
+
+def _run_session(engine, args: argparse.Namespace, until_end: bool) -> int:
+    """Wait for the end (duration, track end, Ctrl-C or a failure); report the counters."""
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    start, code, message, stream_lost = time.monotonic(), 0, None, False
+    try:
+        while not stop["now"]:
+            time.sleep(POLL_S)
+            status = engine.status()
+            if status.stream_error or (engine._stream is not None and not engine.stream_active):
+                code, message, stream_lost = 1, status.stream_error or STREAM_LOST, True
+                break
+            if status.worker_error:
+                code, message = 1, f"separation failed: {status.worker_error}"
+                break
+            if args.duration and time.monotonic() - start >= args.duration:
+                break
+            if until_end and status.position_s >= engine.track_seconds:
+                break
+    except KeyboardInterrupt:
+        pass
+    status = engine.status()
+    stats = _stats(status, engine, until_end)
+    print("stats: " + ", ".join(f"{k}={_fmt(v)}" for k, v in stats.items()), file=sys.stderr)
+    if args.stats:
+        args.stats.write_text(json.dumps(stats) + "\n")
+    if message:
+        print(f"stemdeck: error: {message}", file=sys.stderr)
+    if stream_lost:
+        # PortAudio's own teardown aborts the process when the JACK server is already gone:
+        # leave now, with everything reported.
+        sys.stderr.flush()
+        if engine._process is not None:
+            engine._process.kill()
+        os._exit(code)
+    return code
+
+
+def _stats(status, engine, deck: bool) -> dict:
+    stats = {"latency_samples": status.latency_samples, "latency_ms": status.latency_ms,
+             "xruns": status.xruns, "late_windows": status.late_windows,
+             "realtime_factor": status.realtime_factor, "max_realtime_factor": status.max_realtime_factor,
+             "windows_done": status.windows_done}
+    if deck:
+        stats["seconds_ahead"] = status.seconds_ahead
+        stats["first_stems_s"] = status.first_stems_s
+    return stats
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def run_devices(args: argparse.Namespace) -> int:
+    from .device import list_devices, sounddevice
+
+    sd = sounddevice()
+    for api in sd.query_hostapis():
+        print(f"host API: {api['name']} ({len(api['devices'])} devices)")
+    print(f"{'#':>3}  {'in':>3} {'out':>3}  {'rate':>7}  {'host API':<28} name")
+    for d in list_devices():
+        print(f"{d['index']:>3}  {d['max_input_channels']:>3} {d['max_output_channels']:>3}  "
+              f"{d['default_samplerate']:>7.0f}  {d['hostapi_name']:<28} {d['name']}")
+    return 0
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The whole ``stemdeck`` command line: the model commands plus the engine's."""
+    from models.cli import add_model_options
+    from models.cli import get_parser as model_parser
+
+    parser = model_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    add_engine_commands(commands, add_model_options)
+    return parser
+
+
+def main(argv=None) -> int:
+    from models.cli import run_parsed
+
+    return run_parsed(get_parser(), argv, extra_errors=(DeviceError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The engine on a real JACK server (dummy driver): a player client feeds its inputs, a
+recorder client records its outputs, both in JACK's own process cycle."""
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import JACK_PERIOD, JACK_RATE, TINY_HT_KW, start_jack_server, stop_jack_server
+from engine.config import EngineConfig, WindowConfig
+from engine.engine import Engine
+from engine.windows import WindowPlan
+from models import HTDemucs, separate
+from models.passthrough import PassThrough
+
+FAST_PLAN = WindowConfig(window_s=0.5, hop_s=0.1, lookahead_s=0.05, span_s=0.2)
+
+
+@dataclass
+class Recording:
+    data: np.ndarray  # (channels, frames) recorded from the engine's outputs
+    recorder_start: int  # JACK frame time of data[:, 0]
+    player_start: int  # JACK frame time of the signal's first frame
+
+
+def run_live(server, engine, signal, record_s, out_channels=2, tmp_path=None):
+    """Play ``signal`` into the engine and record its outputs with a probe in another process.
+
+    ``xruns`` in the returned status count from when the probe's clients were connected (their
+    activation reorders the JACK graph, which PortAudio reports to every running client)."""
+    import tempfile
+    folder = Path(tempfile.mkdtemp())
+    np.save(folder / "signal.npy", signal)
+    engine.start_live(stem_outputs=out_channels > 2)
+    probe = subprocess.Popen([sys.executable, str(Path(__file__).with_name("jack_probe.py")), server,
+                              str(folder / "signal.npy"), str(record_s), str(out_channels),
+                              str(folder / "result.npz")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert probe.stdout.readline().strip() == "ROUTED"
+        time.sleep(0.1)
+        xruns_before = engine.status().xruns
+        assert probe.stdout.readline().strip() == "RECORDED"
+        status = engine.status()
+        probe.stdin.write("\n")
+        probe.stdin.flush()
+        probe.wait(30)
+    finally:
+        if probe.poll() is None:
+            probe.kill()
+        engine.stop()
+    result = np.load(folder / "result.npz")
+    recording = Recording(result["data"], int(result["recorder_start"]), int(result["player_start"]))
+    return recording, replace(status, xruns=status.xruns - xruns_before)
+
+
+def test_end_to_end_delay_equals_reported_latency(jack_server):
+    engine = Engine(PassThrough(), EngineConfig(precision="fp32"))
+    engine.prepare(FAST_PLAN, block_frames=JACK_PERIOD)
+    signal = np.zeros((2, 3 * JACK_RATE), np.float32)
+    impulse_at = JACK_RATE // 2
+    signal[:, impulse_at] = 1.0
+    recording, status = run_live(jack_server, engine, signal, 2.5)
+    found = int(np.argmax(np.abs(recording.data[0])))
+    delay = (recording.recorder_start + found) - (recording.player_start + impulse_at)
+    assert status.xruns == 0 and status.late_windows == 0
+    assert recording.data[0, found] == pytest.approx(1.0, abs=1e-6)
+    assert abs(delay - engine.latency_samples) <= JACK_PERIOD, (delay, engine.latency_samples)
+
+
+def test_mute_and_solo_act_on_the_intended_stem(jack_server):
+    engine = Engine(PassThrough(), EngineConfig(precision="fp32"))
+    engine.prepare(FAST_PLAN, block_frames=JACK_PERIOD)
+    engine.set_mute("vocals")
+    engine.set_solo("bass")
+    engine.set_solo("vocals")
+    tone = (0.5 * np.sin(2 * np.pi * 441 * np.arange(3 * JACK_RATE) / JACK_RATE)).astype(np.float32)
+    recording, status = run_live(jack_server, engine, np.stack([tone, tone]), 2.5, out_channels=10)
+    settled = slice(engine.latency_samples + JACK_RATE // 4, recording.data.shape[1] - JACK_PERIOD)
+    peaks = np.abs(recording.data[:, settled]).max(axis=1)
+    assert status.late_windows == 0
+    assert peaks[0] == pytest.approx(0.2 * 0.5, abs=1e-4)  # bass soloed; vocals soloed but muted
+    stem_peaks = peaks[2::2]
+    assert stem_peaks == pytest.approx([0.0, 0.2 * 0.5, 0.0, 0.0], abs=1e-4)
+
+
+def test_streaming_over_jack_equals_offline(jack_server):
+    torch.manual_seed(1)
+    model = HTDemucs(**TINY_HT_KW).eval()
+    engine = Engine(model, EngineConfig(precision="fp32"))
+    plan = WindowPlan.offline(JACK_RATE, float(model.segment), 0.25)
+    engine.prepare_plan(plan, block_frames=JACK_PERIOD, budget_s=0.5)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6 * JACK_RATE)).astype(np.float32)
+    mono = x.mean(0)
+    x = ((x - mono.mean()) / mono.std()).astype(np.float32)  # offline normalises by these stats
+    offline = separate(model, x, JACK_RATE, precision="fp32")
+    signal = np.concatenate([x, np.zeros((2, engine.latency_samples + JACK_RATE), np.float32)], axis=1)
+    recording, status = run_live(jack_server, engine, signal, 6 + engine.latency_samples / JACK_RATE + 0.5,
+                                 out_channels=10)
+    # An xrun here would drop or repeat a period and break the sample-exact comparison below;
+    # xruns themselves are bounded by the latency test and measured by benchmarks/live.py.
+    assert status.late_windows == 0, status
+    nominal = recording.player_start + engine.latency_samples - recording.recorder_start
+    compared = next(o for o in range(0, x.shape[1], plan.hop_frames) if o + plan.window_frames > x.shape[1])
+    vocals = offline["vocals"][:, :compared]
+
+    def error_at(shift):
+        return np.abs(recording.data[8:10, shift : shift + compared] - vocals).max()
+
+    # PortAudio's JACK buffering adds about one period (the latency test checks that bound);
+    # align the recording exactly before comparing samples.
+    shift = min(range(nominal - 2 * JACK_PERIOD, nominal + 2 * JACK_PERIOD + 1), key=error_at)
+    for k, name in enumerate(model.sources):
+        streamed = recording.data[2 + 2 * k : 4 + 2 * k, shift : shift + compared]
+        assert np.abs(streamed - offline[name][:, :compared]).max() <= 1e-5
+
+
+def test_stopped_jack_server_ends_the_session_with_one_line(tmp_path):
+    name = f"stemdeck-kill-{os.getpid()}"
+    server = start_jack_server(name, playback_channels=2)
+    env = {**os.environ, "JACK_DEFAULT_SERVER": name, "JACK_NO_AUDIO_RESERVATION": "1"}
+    cli = subprocess.Popen([sys.executable, "-m", "engine.cli", "live", "--model", "passthrough",
+                            "--preset", "low-latency", "--duration", "60", "--stats", str(tmp_path / "s.json")],
+                           stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(6)
+    stop_jack_server(server)
+    started = time.time()
+    try:
+        _, stderr = cli.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        cli.kill()
+        pytest.fail("stemdeck live hung after the JACK server stopped")
+    assert cli.returncode == 1
+    assert time.time() - started < 30
+    assert "Traceback" not in stderr
+    assert "stemdeck: error: the audio stream stopped" in stderr
+    assert (tmp_path / "s.json").exists()
+
+
+def test_cli_play_reports_stats_as_json(jack_server, tmp_path):
+    import json
+
+    from conftest import write_tone
+    song = tmp_path / "song.wav"
+    write_tone(song, seconds=3.0)
+    result = subprocess.run([sys.executable, "-m", "engine.cli", "play", str(song), "--model", "passthrough",
+                             "--mute", "vocals", "--duration", "2", "--stats", str(tmp_path / "stats.json")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert set(stats) >= {"latency_samples", "latency_ms", "xruns", "late_windows", "realtime_factor",
+                          "seconds_ahead", "first_stems_s"}
+    assert stats["xruns"] == 0 and stats["late_windows"] == 0
+    assert stats["first_stems_s"] is not None and stats["first_stems_s"] < 1.5
+    assert "latency" in result.stderr
+
+
+def test_unknown_output_device_is_one_line(jack_server):
+    result = subprocess.run([sys.executable, "-m", "engine.cli", "live", "--model", "passthrough",
+                             "--output", "no-such-card", "--duration", "1"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "no output device matches 'no-such-card'" in result.stderr
