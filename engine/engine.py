@@ -22,7 +22,7 @@ from .config import PRESETS, EngineConfig, WindowConfig
 from .device import DeviceError, open_stream
 from .separator import WindowSeparator
 from .state import (BLOCKS, FALLBACK, INPUT_WRITTEN, LATE_WINDOWS, MAX_INFERENCE_S, MEAN_INFERENCE_S, PLAY, PLAYHEAD,
-                    POSITION, SEEK_SERIAL, SEEK_TARGET, SEPARATED_FROM, STEMS_WRITTEN, WINDOWS_DONE,
+                    POSITION, SEEK_SERIAL, SEEK_TARGET, STEMS_WRITTEN, WINDOWS_DONE,
                     XRUNS, SharedState, gain_state)
 from .windows import WindowPlan
 from .process import SharedBlock, WorkerProcess

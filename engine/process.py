@@ -7,6 +7,7 @@ input or a deck) on arrays in shared memory: the rings, the track and its stems,
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import secrets
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from multiprocessing import shared_memory
 import numpy as np
 
 READY_TIMEOUT_S = 300.0
+WORKER_NICENESS = 10
 ArraySpecs = dict[str, tuple[tuple[int, ...], str]]
 
 
@@ -128,6 +130,7 @@ def _worker_main(model, state_spec, precision, threads, commands, replies) -> No
     from .windows import WindowPlan
     from .worker import DeckWorker, LiveWorker, warm_up_worker_kernels
 
+    os.nice(WORKER_NICENESS)  # the audio path (and the GUI) go first when the CPU is short
     warm_up_worker_kernels(len(model.sources), int(getattr(model, "audio_channels", 2)))
     state_block = SharedBlock.attach(state_spec)
     shared = SharedState(**state_block.arrays)

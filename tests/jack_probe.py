@@ -21,9 +21,14 @@ class Player:
         self.client = jack.Client("stemdeck-player", servername=server)
         self.ports = [self.client.outports.register(f"out_{c}") for c in range(signal.shape[0])]
         self.signal, self.position, self.start_frame = signal, 0, None
+        self.playing = False  # set once routed, so no part of the signal goes nowhere
         self.client.set_process_callback(self._process)
 
     def _process(self, frames):
+        if not self.playing:
+            for port in self.ports:
+                port.get_array()[:] = 0
+            return
         if self.start_frame is None:
             self.start_frame = self.client.last_frame_time
         chunk = self.signal[:, self.position : self.position + frames]
@@ -83,6 +88,7 @@ def main() -> None:
     player, recorder = Player(server, signal), Recorder(server, int(out_channels), float(seconds))
     with player.client, recorder.client:
         route(player, recorder, int(out_channels))
+        player.playing = True
         print("ROUTED", flush=True)
         if not recorder.done.wait(float(seconds) + 30):
             print("TIMEOUT", flush=True)

@@ -48,7 +48,8 @@ def live_engine(model, plan=None, window=FAST_PLAN, block=256, precision="fp32",
     return engine
 
 
-def test_streaming_equals_offline_once_shifted_by_the_latency():
+@pytest.mark.parametrize("worker", ["thread", "process"])
+def test_streaming_equals_offline_once_shifted_by_the_latency(worker):
     torch.manual_seed(1)
     model = HTDemucs(**TINY_HT_KW).eval()
     rng = np.random.default_rng(0)
@@ -57,7 +58,7 @@ def test_streaming_equals_offline_once_shifted_by_the_latency():
     x = ((x - mono.mean()) / mono.std()).astype(np.float32)  # offline normalises by these stats
     offline = separate(model, x, SR, precision="fp32")
     plan = WindowPlan.offline(SR, float(model.segment), 0.25)
-    engine = live_engine(model, plan=plan, block=max(BLOCK_SIZES))
+    engine = live_engine(model, plan=plan, block=max(BLOCK_SIZES), worker=worker)
     latency = engine.latency_samples
     assert latency == plan.window_frames + max(BLOCK_SIZES)
     feed = np.concatenate([x, np.zeros((2, latency), np.float32)], axis=1)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import HTDEMUCS_6S_KW, HTDEMUCS_KW, make_pair
+from conftest import HTDEMUCS_6S_KW, make_pair
 from models import HTDemucs
 from models.hdemucs import UnsupportedModelError
 
