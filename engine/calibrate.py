@@ -28,11 +28,12 @@ def fit_window(window: WindowConfig, forward_s: float, headroom: float) -> Windo
         return window
     scale = forward_s / allowed_s
     hop_s = window.hop_s * scale
-    span_s = max(window.span_s * scale, hop_s)
-    if span_s + window.lookahead_s > window.window_s:
+    longest_span_s = window.window_s - window.lookahead_s
+    if hop_s > longest_span_s:
         raise ValueError(f"this machine needs {forward_s:.2f} s per {window.window_s:.1f} s window; "
                          f"no hop fits inside it with {headroom:.0%} headroom. Use a faster preset "
                          "(low-latency), a GPU, or a smaller model")
+    span_s = min(max(window.span_s * scale, hop_s), longest_span_s)
     return replace(window, hop_s=hop_s, span_s=span_s)
 
 

@@ -80,6 +80,7 @@ class Engine:
         self.sources = tuple(model.sources)
         self._process: WorkerProcess | None = None
         self._blocks: list[SharedBlock] = []
+        self._retired_blocks: list[SharedBlock] = []
         if config.worker == "process":
             self._state_block = SharedBlock(SharedState.specs(len(self.sources)))
             self.shared = SharedState.create(len(self.sources), self._state_block.arrays)
@@ -330,6 +331,16 @@ class Engine:
         if self._process is not None:
             self._process.close()
             self._process = None
+        self._release_shared_memory()
+
+    def _release_shared_memory(self) -> None:
+        """Keep the last counters readable (status after stop), then free the segments."""
+        for block in self._retired_blocks + self._blocks:
+            block.close()
+        self._retired_blocks, self._blocks = [], []
+        if self.config.worker == "process" and self._state_block.arrays:
+            self.shared = SharedState(**{key: array.copy() for key, array in self._state_block.arrays.items()})
+            self._state_block.close()
 
     def __enter__(self) -> "Engine":
         return self
@@ -356,9 +367,11 @@ class Engine:
             self._worker = None
         if self._process is not None:
             self._process.stop_session()
-        for block in self._blocks:
+        # A running stream may still read the previous session's arrays for one more block:
+        # free them one session later.
+        for block in self._retired_blocks:
             block.close()
-        self._blocks = []
+        self._retired_blocks, self._blocks = self._blocks, []
 
     def _open(self, callback, input_device, output_device, input_channels: int, stem_outputs: bool) -> None:
         output_channels = self.config.channels * (1 + len(self.sources)) if stem_outputs else self.config.channels

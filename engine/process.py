@@ -52,12 +52,16 @@ class SharedBlock:
         return cls(spec.arrays, spec.name)
 
     def close(self) -> None:
+        """Unlink the segment; the mapping itself stays valid while any array still views it."""
         self.arrays = {}
+        if self.owner:
+            try:
+                self.memory.unlink()
+            except FileNotFoundError:
+                pass
         try:
             self.memory.close()
-            if self.owner:
-                self.memory.unlink()
-        except (BufferError, FileNotFoundError):
+        except BufferError:  # views remain (e.g. a stream's last block): unmapped when they go
             pass
 
 

@@ -39,3 +39,16 @@ def test_presets_are_valid_plans(name):
 def test_impossible_plans_are_refused(config, message):
     with pytest.raises(ValueError, match=message):
         WindowPlan.from_config(config, 44100, 7.8)
+
+
+def test_calibration_lengthens_the_hop_and_keeps_the_plan_valid():
+    from engine.calibrate import fit_window
+
+    window = WindowConfig(window_s=7.8, hop_s=2.0, lookahead_s=1.5, span_s=4.0).resolved(7.8)
+    fitted = fit_window(window, forward_s=2.4, headroom=0.3)
+    assert fitted.hop_s == pytest.approx(2.4 / 0.7)
+    assert fitted.hop_s <= fitted.span_s <= 7.8 - 1.5
+    WindowPlan.from_config(fitted, 44100, 7.8)
+    assert fit_window(window, forward_s=1.0, headroom=0.3) == window
+    with pytest.raises(ValueError, match="no hop fits"):
+        fit_window(window, forward_s=5.0, headroom=0.3)

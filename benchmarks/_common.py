@@ -1,0 +1,44 @@
+"""Helpers shared by the engine benchmarks: a JACK dummy server and an htdemucs-sized model."""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models import HTDemucs  # noqa: E402
+
+HTDEMUCS_KW = dict(sources=["drums", "bass", "other", "vocals"], channels=48, depth=4, dconv_mode=3,
+                   t_layers=5, bottom_channels=512, segment=7.8)
+
+
+def htdemucs_random() -> HTDemucs:
+    """The htdemucs architecture with seeded random weights (the official ones cannot be fetched here)."""
+    torch.manual_seed(0)
+    return HTDemucs(**HTDEMUCS_KW).eval()
+
+
+@contextlib.contextmanager
+def jack_dummy_server(rate: int = 44100, period: int = 256):
+    """A JACK server with the dummy driver for this process (and its children)."""
+    name = f"stemdeck-bench-{os.getpid()}"
+    env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1", "JACK_NO_START_SERVER": "1"}
+    server = subprocess.Popen(["jackd", "-n", name, "-R", "-d", "dummy", "-r", str(rate), "-p", str(period)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    subprocess.run(["jack_wait", "-s", name, "-w", "-t", "15"], check=True, capture_output=True, env=env)
+    os.environ["JACK_DEFAULT_SERVER"] = name
+    os.environ["JACK_NO_AUDIO_RESERVATION"] = "1"
+    import sounddevice as sd
+    sd._terminate()
+    sd._initialize()
+    try:
+        yield name
+    finally:
+        sd._terminate()
+        server.terminate()
+        server.wait(10)

@@ -1,0 +1,65 @@
+"""Live separation on a JACK dummy server: latency, xruns and late windows for every preset.
+
+htdemucs-sized model (random weights), 44.1 kHz, 256-frame periods, ``--seconds`` per preset.
+Usage: python benchmarks/live.py [--json] [--seconds 120] [--presets quality,balanced,low-latency]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from _common import htdemucs_random, jack_dummy_server
+
+from engine.config import PRESETS, EngineConfig
+from engine.engine import Engine
+
+
+def run_preset(model, preset: str, seconds: float) -> dict:
+    engine = Engine(model, EngineConfig())
+    try:
+        try:
+            engine.prepare(preset, block_frames=256)
+        except RuntimeError as exc:  # calibration found no plan for this machine
+            return {"preset": preset, "offered": False, "reason": str(exc)}
+        engine.start_live()
+        time.sleep(seconds)
+        status = engine.status()
+    finally:
+        engine.stop()
+    return {"preset": preset, "offered": True, "latency_samples": status.latency_samples, "latency_ms": status.latency_ms,
+            "hop_s": engine.window.hop_s, "window_s": engine.window.window_s,
+            "xruns": status.xruns, "late_windows": status.late_windows, "windows": status.windows_done,
+            "forward_s": engine.calibration.forward_s, "worker_load": status.realtime_factor,
+            "worker_headroom": status.headroom, "worst_load": status.max_realtime_factor,
+            "worker_error": status.worker_error}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    args = parser.parse_args(argv)
+    model = htdemucs_random()
+    with jack_dummy_server():
+        rows = [run_preset(model, preset, args.seconds) for preset in args.presets.split(",")]
+    if args.json:
+        print(json.dumps({"seconds_per_preset": args.seconds, "presets": rows}))
+        return 0
+    print(f"live, htdemucs-sized model, JACK dummy 44.1 kHz / 256 frames, {args.seconds:.0f} s per preset")
+    print(f"{'preset':<12} {'latency ms':>10} {'hop s':>6} {'window s':>8} {'xruns':>6} {'late':>5} "
+          f"{'windows':>7} {'load':>6} {'headroom':>8} {'worst':>6}")
+    for r in rows:
+        if not r["offered"]:
+            print(f"{r['preset']:<12} not offered on this machine: {r['reason']}")
+            continue
+        print(f"{r['preset']:<12} {r['latency_ms']:>10.0f} {r['hop_s']:>6.2f} {r['window_s']:>8.2f} {r['xruns']:>6} "
+              f"{r['late_windows']:>5} {r['windows']:>7} {r['worker_load']:>6.2f} {r['worker_headroom']:>8.0%} "
+              f"{r['worst_load']:>6.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
