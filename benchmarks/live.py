@@ -14,6 +14,7 @@ from _common import htdemucs_random, jack_dummy_server
 
 from engine.config import PRESETS, EngineConfig
 from engine.engine import Engine
+from engine.process import WorkerError
 
 
 def run_preset(model, preset: str, seconds: float) -> dict:
@@ -21,7 +22,7 @@ def run_preset(model, preset: str, seconds: float) -> dict:
     try:
         try:
             engine.prepare(preset, block_frames=256)
-        except RuntimeError as exc:  # calibration found no plan for this machine
+        except WorkerError as exc:  # calibration found no plan for this machine
             return {"preset": preset, "offered": False, "reason": str(exc)}
         engine.start_live()
         time.sleep(seconds)

@@ -55,7 +55,7 @@ def window_for_latency(latency_s: float) -> WindowConfig:
     return WindowConfig(window_s=4.5 * hop_s, hop_s=hop_s, lookahead_s=hop_s / 2, span_s=2 * hop_s)
 
 
-def _engine(args: argparse.Namespace):
+def _engine(args: argparse.Namespace, deck: bool = False):
     from models.cli import check_device, load_or_fetch
 
     from .engine import Engine
@@ -71,8 +71,12 @@ def _engine(args: argparse.Namespace):
     for stem in args.solo:
         engine.set_solo(stem)
     status = engine.status()
-    print(f"latency {status.latency_ms:.1f} ms ({status.latency_samples} samples at {status.samplerate} Hz); "
-          f"hop {engine.window.hop_s:.2f} s, window {engine.window.window_s:.2f} s", file=sys.stderr)
+    plan = f"hop {engine.window.hop_s:.2f} s, window {engine.window.window_s:.2f} s"
+    if deck:
+        print(f"deck: stems follow the playhead with no added delay once separated; {plan}", file=sys.stderr)
+    else:
+        print(f"latency {status.latency_ms:.1f} ms ({status.latency_samples} samples at {status.samplerate} Hz); "
+              f"{plan}", file=sys.stderr)
     return engine
 
 
@@ -94,7 +98,7 @@ def run_live(args: argparse.Namespace) -> int:
 def run_play(args: argparse.Namespace) -> int:
     from .device import resolve_device
 
-    engine = _engine(args)
+    engine = _engine(args, deck=True)
     with engine:
         engine.load(args.file, cue_s=args.start)
         engine.start_output(resolve_device(args.output, "output"), stem_outputs=args.stem_outputs)
@@ -182,7 +186,9 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from models.cli import run_parsed
 
-    return run_parsed(get_parser(), argv, extra_errors=(DeviceError,))
+    from .process import WorkerError
+
+    return run_parsed(get_parser(), argv, extra_errors=(DeviceError, WorkerError))
 
 
 if __name__ == "__main__":

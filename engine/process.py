@@ -20,6 +20,10 @@ WORKER_NICENESS = 10
 ArraySpecs = dict[str, tuple[tuple[int, ...], str]]
 
 
+class WorkerError(RuntimeError):
+    """The separation process refused a request or failed; the message says why."""
+
+
 @dataclass(frozen=True)
 class BlockSpec:
     """Enough to attach to a :class:`SharedBlock` from another process."""
@@ -119,11 +123,11 @@ class WorkerProcess:
             try:
                 kind, payload = self.replies.get(timeout=timeout_s)
             except queue.Empty:
-                raise RuntimeError(f"the separation process did not answer ({expected})") from None
+                raise WorkerError(f"the separation process did not answer ({expected})") from None
             if kind == expected:
                 return payload
             if kind == "error":
-                raise RuntimeError(f"separation process: {payload}")
+                raise WorkerError(payload.split(": ", 1)[-1] if payload.startswith("ValueError") else payload)
 
 
 def _worker_main(model, state_spec, precision, threads, commands, replies) -> None:
