@@ -184,3 +184,33 @@ def test_worker_failure_is_reported_and_audio_goes_on():
     engine.stop()
     assert "RuntimeError: out of memory" in status.worker_error
     assert np.abs(out[:, 0] - 1.0).max() < 1e-6  # the dry signal (or unity stems) keeps playing
+
+
+def test_deck_loads_files_at_any_rate_and_channel_count(tmp_path):
+    from conftest import write_tone
+
+    path = tmp_path / "mono48k.flac"
+    write_tone(path, seconds=1.0, samplerate=48000, channels=1)
+    engine = Engine(PassThrough(), EngineConfig(inference_budget_s=0.0, worker="thread"))
+    engine.prepare(FAST_PLAN, calibrate_plan=False)
+    engine.load(path)
+    status = engine.status()
+    engine.stop()
+    assert engine._track.shape == (2, SR)  # resampled to the model's rate, both channels
+    assert engine.track_seconds == pytest.approx(1.0)
+    assert np.allclose(engine._track[0], engine._track[1])
+    assert status.playing is False
+
+
+def test_deck_refuses_unreadable_files_and_keeps_the_loaded_track(tmp_path):
+    from models.audio import AudioError
+
+    engine = Engine(PassThrough(), EngineConfig(inference_budget_s=0.0, worker="thread"))
+    engine.prepare(FAST_PLAN, calibrate_plan=False)
+    engine.load_array(np.zeros((2, SR), np.float32))
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all" * 10)
+    with pytest.raises(AudioError, match="not a readable audio file"):
+        engine.load(bad)
+    assert engine._track.shape == (2, SR)
+    engine.stop()
