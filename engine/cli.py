@@ -55,14 +55,24 @@ def window_for_latency(latency_s: float) -> WindowConfig:
     return WindowConfig(window_s=4.5 * hop_s, hop_s=hop_s, lookahead_s=hop_s / 2, span_s=2 * hop_s)
 
 
-def _engine(args: argparse.Namespace, deck: bool = False):
+def _device_rate(output_device) -> int:
+    """The rate the output device runs at (a JACK server's, say): the engine runs there."""
+    from .device import sounddevice
+
+    try:
+        return int(sounddevice().query_devices(output_device, "output")["default_samplerate"])
+    except (ValueError, sounddevice().PortAudioError) as exc:
+        raise DeviceError(f"no usable output device ({exc}); run `stemdeck devices`") from None
+
+
+def _engine(args: argparse.Namespace, output_device, deck: bool = False):
     from models.cli import check_device, load_or_fetch
 
     from .engine import Engine
 
     check_device(args.device)
     model = _passthrough() if args.model == "passthrough" else load_or_fetch(args.model)
-    engine = Engine(model, EngineConfig(precision=args.precision))
+    engine = Engine(model, EngineConfig(precision=args.precision, samplerate=_device_rate(output_device)))
     window = window_for_latency(args.latency) if args.latency else PRESETS[args.preset]
     print(f"calibrating {args.model} on this machine...", file=sys.stderr)
     engine.prepare(window, block_frames=args.blocksize)
@@ -88,20 +98,21 @@ def _passthrough():
 def run_live(args: argparse.Namespace) -> int:
     from .device import resolve_device
 
-    engine = _engine(args)
+    input_device, output_device = resolve_device(args.input, "input"), resolve_device(args.output, "output")
+    engine = _engine(args, output_device)
     with engine:
-        engine.start_live(resolve_device(args.input, "input"), resolve_device(args.output, "output"),
-                          stem_outputs=args.stem_outputs)
+        engine.start_live(input_device, output_device, stem_outputs=args.stem_outputs)
         return _run_session(engine, args, until_end=False)
 
 
 def run_play(args: argparse.Namespace) -> int:
     from .device import resolve_device
 
-    engine = _engine(args, deck=True)
+    output_device = resolve_device(args.output, "output")
+    engine = _engine(args, output_device, deck=True)
     with engine:
         engine.load(args.file, cue_s=args.start)
-        engine.start_output(resolve_device(args.output, "output"), stem_outputs=args.stem_outputs)
+        engine.start_output(output_device, stem_outputs=args.stem_outputs)
         engine.play()
         return _run_session(engine, args, until_end=True)
 

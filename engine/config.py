@@ -50,4 +50,5 @@ class EngineConfig:
     headroom: float = 0.3  # the worker must stay this far below real time
     inference_budget_s: float | None = None  # None: measured at start (calibrate)
     device_latency_frames: int = 0
+    cache_stems: bool = True  # keep a deck's separated stems on disk: reloads are instant
     worker: str = "process"  # "process": inference never holds the audio thread's GIL; or "thread"

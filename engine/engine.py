@@ -72,8 +72,6 @@ class Engine:
     """Live stems from a model: a file deck or live input, mixed with gain, mute and solo."""
 
     def __init__(self, model: nn.Module, config: EngineConfig = EngineConfig()):
-        if model.samplerate != config.samplerate:
-            raise ValueError(f"the model runs at {model.samplerate} Hz; the engine at {config.samplerate} Hz")
         self.model, self.config = model, config
         if config.worker not in ("process", "thread"):
             raise ValueError(f"worker must be 'process' or 'thread', got {config.worker!r}")
@@ -81,6 +79,7 @@ class Engine:
         self._process: WorkerProcess | None = None
         self._blocks: list[SharedBlock] = []
         self._retired_blocks: list[SharedBlock] = []
+        self._fingerprint: str | None = None
         if config.worker == "process":
             self._state_block = SharedBlock(SharedState.specs(len(self.sources)))
             self.shared = SharedState.create(len(self.sources), self._state_block.arrays)
@@ -129,7 +128,8 @@ class Engine:
 
     def _separator_for(self, window: WindowConfig) -> WindowSeparator:
         plan = WindowPlan.from_config(window, self.config.samplerate, float(self.model.segment))
-        return WindowSeparator(self.model, plan, self.config.precision, threads=self._threads())
+        return WindowSeparator(self.model, plan, self.config.precision, threads=self._threads(),
+                               stream_rate=self.config.samplerate)
 
     def _threads(self) -> int:
         import os
@@ -138,7 +138,7 @@ class Engine:
     def _worker_process(self) -> WorkerProcess:
         if self._process is None:
             self._process = WorkerProcess(self.model, self._state_block.spec, self.config.precision,
-                                          self._threads())
+                                          self._threads(), self.config.samplerate)
         return self._process
 
     def _allocate(self, **arrays: tuple[tuple[int, ...], str]) -> dict[str, np.ndarray]:
@@ -148,23 +148,26 @@ class Engine:
         self._blocks = [SharedBlock({key: spec}) for key, spec in arrays.items()]
         return {key: block.arrays[key] for key, block in zip(arrays, self._blocks)}
 
-    def _start_session(self, kind: str, arrays: dict[str, np.ndarray], cue_frames: int = 0) -> None:
+    def _start_session(self, kind: str, arrays: dict[str, np.ndarray], cue_frames: int = 0,
+                       cache_path=None) -> None:
         self._warm_kernels()
         self._mode = kind
         if self.config.worker == "process":
             specs = {key: block.spec for key, block in zip(arrays, self._blocks)}
-            self._worker_process().start(kind, self.plan, specs, cue_frames)
+            self._worker_process().start(kind, self.plan, specs, cue_frames, cache_path)
             return
         separator = self._new_separator()
         warm_up_worker_kernels(len(self.sources), self.config.channels)
         if kind == "live":
             self._worker = LiveWorker(separator, self.plan, self.shared, arrays["stems"], arrays["input"])
         else:
-            self._worker = DeckWorker(separator, self.plan, self.shared, arrays["stems"], arrays["track"], cue_frames)
+            self._worker = DeckWorker(separator, self.plan, self.shared, arrays["stems"], arrays["track"],
+                                      cue_frames, cache_path)
         self._worker.start()
 
     def _new_separator(self) -> WindowSeparator:
-        separator = WindowSeparator(self.model, self.plan, self.config.precision, threads=self._threads())
+        separator = WindowSeparator(self.model, self.plan, self.config.precision, threads=self._threads(),
+                                    stream_rate=self.config.samplerate)
         separator.warm_up(1)
         return separator
 
@@ -225,7 +228,17 @@ class Engine:
         self._seek_frames(cue)
         self.shared.audio[PLAYHEAD] = cue
         self._first_stems_s = None
-        self._start_session("deck", arrays, cue)
+        self._start_session("deck", arrays, cue, self._cache_path(track) if self.config.cache_stems else None)
+
+    def _cache_path(self, track: np.ndarray):
+        from .cache import cache_folder, model_fingerprint, stems_key
+
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model)
+        plan = self.plan
+        settings = (self.config.samplerate, self.config.precision, plan.window_frames, plan.hop_frames,
+                    plan.lookahead_frames, plan.span_frames, plan.pad_to_segment)
+        return cache_folder() / f"{stems_key(track, self._fingerprint, settings)}.npy"
 
     def start_output(self, output_device=None, stem_outputs: bool = False) -> None:
         """Open the output device for the deck."""

@@ -72,11 +72,12 @@ class SharedBlock:
 class WorkerProcess:
     """The parent's handle on the inference process."""
 
-    def __init__(self, model, state_spec: BlockSpec, precision: str, threads: int):
+    def __init__(self, model, state_spec: BlockSpec, precision: str, threads: int, stream_rate: int):
         context = multiprocessing.get_context("spawn")
         self.commands, self.replies = context.Queue(), context.Queue()
         self.process = context.Process(target=_worker_main, name="stemdeck-worker", daemon=True,
-                                       args=(model, state_spec, precision, threads, self.commands, self.replies))
+                                       args=(model, state_spec, precision, threads, stream_rate, self.commands,
+                                             self.replies))
         self.process.start()
         self._expect("ready", READY_TIMEOUT_S)
         self.error: str | None = None
@@ -85,8 +86,8 @@ class WorkerProcess:
         self.commands.put(("calibrate", window, headroom))
         return self._expect("calibrated", READY_TIMEOUT_S)
 
-    def start(self, kind: str, plan, blocks: dict[str, BlockSpec], cue_frames: int = 0) -> None:
-        self.commands.put(("start", kind, plan, blocks, cue_frames))
+    def start(self, kind: str, plan, blocks: dict[str, BlockSpec], cue_frames: int = 0, cache_path=None) -> None:
+        self.commands.put(("start", kind, plan, blocks, cue_frames, cache_path))
         self._expect("started", READY_TIMEOUT_S)
 
     def stop_session(self) -> None:
@@ -130,7 +131,7 @@ class WorkerProcess:
                 raise WorkerError(payload.split(": ", 1)[-1] if payload.startswith("ValueError") else payload)
 
 
-def _worker_main(model, state_spec, precision, threads, commands, replies) -> None:
+def _worker_main(model, state_spec, precision, threads, stream_rate, commands, replies) -> None:
     """Entry point of the inference process."""
     from .calibrate import calibrate
     from .separator import WindowSeparator
@@ -148,7 +149,7 @@ def _worker_main(model, state_spec, precision, threads, commands, replies) -> No
         key = (plan.window_frames, plan.hop_frames, plan.lookahead_frames, plan.span_frames, plan.pad_to_segment)
         if key not in separators:
             separators.clear()
-            separators[key] = WindowSeparator(model, plan, precision, threads=threads)
+            separators[key] = WindowSeparator(model, plan, precision, threads=threads, stream_rate=stream_rate)
         return separators[key]
 
     def stop_session():
@@ -173,20 +174,20 @@ def _worker_main(model, state_spec, precision, threads, commands, replies) -> No
         try:
             if command[0] == "calibrate":
                 _, window, headroom = command
-                samplerate, segment = model.samplerate, float(model.segment)
+                samplerate, segment = stream_rate, float(model.segment)
                 result = calibrate(lambda w: separator_for(WindowPlan.from_config(w, samplerate, segment)),
                                    window, headroom)
                 replies.put(("calibrated", result))
             elif command[0] == "start":
                 stop_session()
-                _, kind, plan, specs, cue = command
+                _, kind, plan, specs, cue, cache_path = command
                 blocks = [SharedBlock.attach(spec) for spec in specs.values()]
                 arrays = {key: block.arrays[key] for key, block in zip(specs, blocks)}
                 separator = separator_for(plan)
                 if kind == "live":
                     session = LiveWorker(separator, plan, shared, arrays["stems"], arrays["input"])
                 else:
-                    session = DeckWorker(separator, plan, shared, arrays["stems"], arrays["track"], cue)
+                    session = DeckWorker(separator, plan, shared, arrays["stems"], arrays["track"], cue, cache_path)
                 session.on_error = lambda message: replies.put(("error", message))
                 session.start()
                 replies.put(("started", None))

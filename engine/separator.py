@@ -28,12 +28,13 @@ class WindowSeparator:
     """
 
     def __init__(self, model: nn.Module, plan: WindowPlan, precision: str = "auto",
-                 device: str = "cpu", threads: int | None = None):
+                 device: str = "cpu", threads: int | None = None, stream_rate: int | None = None):
         self.device = torch.device(device)
         self.precision = precision
         if threads:
             torch.set_num_threads(threads)
-        segment_frames = int(float(model.segment) * model.samplerate)
+        stream_rate = int(stream_rate or model.samplerate)
+        segment_frames = int(float(model.segment) * stream_rate)
         if plan.pad_to_segment and _has_htdemucs(model) and plan.window_frames > segment_frames:
             raise ValueError(f"window of {plan.window_frames} frames is longer than the model's "
                              f"segment ({segment_frames}); shorten it or set pad_to_segment=False")
@@ -42,13 +43,24 @@ class WindowSeparator:
         self.model = prepare_model(model, precision, self.device)
         self.sources = list(model.sources)
         self.plan = plan
+        self.model_rate = int(model.samplerate)
+        # a resampled window may come out a frame longer than the segment it must fit in
+        self.max_model_frames = int(float(model.segment) * model.samplerate) if plan.pad_to_segment else None
+        self.stream_rate = int(stream_rate or model.samplerate)
         self.last_seconds = 0.0
 
     def __call__(self, window: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
+        frames = window.shape[-1]
+        if self.stream_rate != self.model_rate:
+            window = _resample(window, self.stream_rate, self.model_rate)
+            if self.max_model_frames is not None:
+                window = window[:, : self.max_model_frames]
         with torch.inference_mode(), autocast(self.precision, self.device):
             mix = torch.from_numpy(window)[None].to(self.device)
             stems = self.model(mix)[0].float().cpu().numpy()
+        if self.stream_rate != self.model_rate:
+            stems = np.stack([_resample(stem, self.model_rate, self.stream_rate, frames) for stem in stems])
         self.last_seconds = time.perf_counter() - start
         return stems
 
@@ -64,6 +76,17 @@ class WindowSeparator:
     @property
     def model_channels(self) -> int:
         return int(getattr(self.model, "audio_channels", 2))
+
+
+def _resample(audio: np.ndarray, from_rate: int, to_rate: int, frames: int | None = None) -> np.ndarray:
+    """A whole window ``(C, T)`` at another rate. soxr's one-shot resampler is delay-compensated,
+    and window edges (where its filter rings) carry no weight in the overlap-add."""
+    import soxr
+
+    out = soxr.resample(np.ascontiguousarray(audio.T), from_rate, to_rate, quality="HQ").T
+    if frames is not None:
+        out = out[:, :frames] if out.shape[1] >= frames else np.pad(out, ((0, 0), (0, frames - out.shape[1])))
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def _has_htdemucs(model: nn.Module) -> bool:

@@ -130,16 +130,25 @@ class LiveWorker(SeparationWorker):
 class DeckWorker(SeparationWorker):
     """Separates a loaded track ahead of the playhead, restarting there after a seek."""
 
-    def __init__(self, separator, plan, shared, stems_out, track: np.ndarray, cue_frames: int = 0):
+    def __init__(self, separator, plan, shared, stems_out, track: np.ndarray, cue_frames: int = 0,
+                 cache_path=None):
         super().__init__(separator, plan, shared, stems_out)
         self.track = track
         self.origin = cue_frames
         self.finished = threading.Event()
+        self.cache_path = cache_path
 
     def loop(self) -> None:
+        from .cache import load_stems, save_stems
+
         plan, worker = self.plan, self.shared.worker
         length = self.track.shape[-1]
-        self._restart(self.origin)
+        cached = load_stems(self.cache_path, self.stems_out) if self.cache_path else None
+        if cached is not None and cached[0] <= self.origin <= cached[1]:
+            self._restart(cached[1])  # carry on after what the cache holds
+            worker[SEPARATED_FROM] = cached[0]
+        else:
+            self._restart(self.origin)
         index = 0
         while not self.stop_event.is_set():
             playhead = int(self.shared.audio[PLAYHEAD])
@@ -147,6 +156,8 @@ class DeckWorker(SeparationWorker):
                 self._restart(playhead)
                 index = 0
             if worker[STEMS_WRITTEN] >= length:
+                if self.cache_path is not None and not self.finished.is_set():
+                    save_stems(self.cache_path, self.stems_out, int(worker[SEPARATED_FROM]), length)
                 self.finished.set()
                 time.sleep(self.poll_s * 10)
                 continue

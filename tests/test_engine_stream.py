@@ -214,3 +214,42 @@ def test_deck_refuses_unreadable_files_and_keeps_the_loaded_track(tmp_path):
         engine.load(bad)
     assert engine._track.shape == (2, SR)
     engine.stop()
+
+
+@pytest.mark.parametrize("rate", [48000, 22050])
+def test_streams_at_other_device_rates_with_exact_latency(rate):
+    """The engine runs at the device's rate; each window is resampled to the model's and back."""
+    engine = Engine(PassThrough(), EngineConfig(samplerate=rate, inference_budget_s=0.0, worker="thread"))
+    engine.prepare(FAST_PLAN, block_frames=256, calibrate_plan=False)
+    engine.start_live_headless()
+    engine.set_mute("vocals")
+    tone = np.sin(2 * np.pi * 441 * np.arange(rate) / rate).astype(np.float32)
+    out = stream_live(engine, np.stack([tone, tone]), sizes=[256])
+    engine.stop()
+    latency = engine.latency_samples
+    assert latency == int(0.25 * rate) + 256  # lookahead + span at this rate, one block
+    settled = slice(latency + rate // 10, rate)
+    assert np.allclose(out[settled, 0], 0.6 * tone[rate // 10 : rate - latency], atol=2e-3)
+
+
+def test_separated_deck_is_cached_on_disk_and_reloads_instantly():
+    tone = np.sin(2 * np.pi * 441 * np.arange(2 * SR) / SR).astype(np.float32)
+    track = np.stack([tone, tone])
+    first = Engine(PassThrough(), EngineConfig(inference_budget_s=0.0, worker="thread"))
+    first.prepare(FAST_PLAN, calibrate_plan=False)
+    first.load_array(track)
+    assert first.wait_separated(track.shape[1], timeout_s=60)
+    deadline = time.time() + 10
+    while not first._worker.finished.is_set() and time.time() < deadline:
+        time.sleep(0.01)
+    expected = first._deck_stems.copy()
+    first.stop()
+    second = Engine(PassThrough(), EngineConfig(inference_budget_s=0.0, worker="thread"))
+    second.prepare(FAST_PLAN, calibrate_plan=False)
+    second.load_array(track)
+    assert second.wait_separated(track.shape[1], timeout_s=5)
+    status = second.status()
+    stems = second._deck_stems.copy()
+    second.stop()
+    assert status.windows_done == 0  # nothing was separated again
+    assert np.abs(stems - expected).max() < 1e-3  # stored as float16
