@@ -59,10 +59,6 @@ class EngineStatus:
     worker_error: str | None
     stream_error: str | None
 
-    def as_dict(self) -> dict:
-        from dataclasses import asdict
-        return asdict(self)
-
 
 def db_to_gain(db: float) -> float:
     return 0.0 if db <= MIN_GAIN_DB else 10.0 ** (min(db, MAX_GAIN_DB) / 20.0)
@@ -127,7 +123,9 @@ class Engine:
         self.latency_samples = plan.latency_frames(block_frames, int(math.ceil(budget_s * self.config.samplerate)))
 
     def _separator_for(self, window: WindowConfig) -> WindowSeparator:
-        plan = WindowPlan.from_config(window, self.config.samplerate, float(self.model.segment))
+        return self._separator(WindowPlan.from_config(window, self.config.samplerate, float(self.model.segment)))
+
+    def _separator(self, plan: WindowPlan) -> WindowSeparator:
         return WindowSeparator(self.model, plan, self.config.precision, threads=self._threads(),
                                stream_rate=self.config.samplerate)
 
@@ -166,8 +164,7 @@ class Engine:
         self._worker.start()
 
     def _new_separator(self) -> WindowSeparator:
-        separator = WindowSeparator(self.model, self.plan, self.config.precision, threads=self._threads(),
-                                    stream_rate=self.config.samplerate)
+        separator = self._separator(self.plan)
         separator.warm_up(1)
         return separator
 
@@ -207,11 +204,11 @@ class Engine:
     def load(self, path: str | Path, cue_s: float = 0.0) -> None:
         """Load a track; separation starts at once from the cue point, ahead of any play."""
         from models.audio import read_audio
-        from models.separate import _match_channels, _to_model_rate
+        from models.separate import match_channels, resample
 
         self._require_plan()
         audio, samplerate = read_audio(path)
-        track = _match_channels(_to_model_rate(audio, samplerate, self.config.samplerate), self.config.channels)
+        track = match_channels(resample(audio, samplerate, self.config.samplerate), self.config.channels)
         self.load_array(np.ascontiguousarray(track, dtype=np.float32), cue_s)
 
     def load_array(self, track: np.ndarray, cue_s: float = 0.0) -> None:

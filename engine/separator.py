@@ -11,6 +11,7 @@ from torch import nn
 from models.bag import BagOfModels
 from models.htdemucs import HTDemucs
 from models.precision import autocast, prepare_model
+from models.separate import resample
 
 from .windows import WindowPlan
 
@@ -53,14 +54,15 @@ class WindowSeparator:
         start = time.perf_counter()
         frames = window.shape[-1]
         if self.stream_rate != self.model_rate:
-            window = _resample(window, self.stream_rate, self.model_rate)
+            # whole windows: no added delay, and the edges where the filter rings carry no weight
+            window = resample(window, self.stream_rate, self.model_rate)
             if self.max_model_frames is not None:
                 window = window[:, : self.max_model_frames]
         with torch.inference_mode(), autocast(self.precision, self.device):
             mix = torch.from_numpy(window)[None].to(self.device)
             stems = self.model(mix)[0].float().cpu().numpy()
         if self.stream_rate != self.model_rate:
-            stems = np.stack([_resample(stem, self.model_rate, self.stream_rate, frames) for stem in stems])
+            stems = np.stack([resample(stem, self.model_rate, self.stream_rate, frames) for stem in stems])
         self.last_seconds = time.perf_counter() - start
         return stems
 
@@ -76,17 +78,6 @@ class WindowSeparator:
     @property
     def model_channels(self) -> int:
         return int(getattr(self.model, "audio_channels", 2))
-
-
-def _resample(audio: np.ndarray, from_rate: int, to_rate: int, frames: int | None = None) -> np.ndarray:
-    """A whole window ``(C, T)`` at another rate. soxr's one-shot resampler is delay-compensated,
-    and window edges (where its filter rings) carry no weight in the overlap-add."""
-    import soxr
-
-    out = soxr.resample(np.ascontiguousarray(audio.T), from_rate, to_rate, quality="HQ").T
-    if frames is not None:
-        out = out[:, :frames] if out.shape[1] >= frames else np.pad(out, ((0, 0), (0, frames - out.shape[1])))
-    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def _has_htdemucs(model: nn.Module) -> bool:

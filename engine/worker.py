@@ -149,15 +149,17 @@ class DeckWorker(SeparationWorker):
             worker[SEPARATED_FROM] = cached[0]
         else:
             self._restart(self.origin)
+        saved = cached is not None and cached[1] >= length  # nothing new to store
         index = 0
         while not self.stop_event.is_set():
             playhead = int(self.shared.audio[PLAYHEAD])
             if playhead < worker[SEPARATED_FROM] or playhead > worker[STEMS_WRITTEN] + plan.hop_frames:
                 self._restart(playhead)
-                index = 0
+                index, saved = 0, False
             if worker[STEMS_WRITTEN] >= length:
-                if self.cache_path is not None and not self.finished.is_set():
+                if self.cache_path is not None and not saved:
                     save_stems(self.cache_path, self.stems_out, int(worker[SEPARATED_FROM]), length)
+                    saved = True
                 self.finished.set()
                 time.sleep(self.poll_s * 10)
                 continue

@@ -179,8 +179,7 @@ def separate(model: nn.Module, audio: np.ndarray, samplerate: int, *, overlap: f
                          f"{audio.shape}; transpose (frames, channels) arrays, downmix others")
     if frames == 0:
         return {name: np.zeros((channels, 0), np.float32) for name in model.sources}
-    mix = _to_model_rate(audio, samplerate, model.samplerate)
-    mix = torch.from_numpy(_match_channels(mix, model.audio_channels))
+    mix = torch.from_numpy(match_channels(resample(audio, samplerate, model.samplerate), model.audio_channels))
     mono = mix.mean(0)
     mean, std = mono.mean(), mono.std() + 1e-8
     stems = apply_model(model, ((mix - mean) / std)[None], overlap=overlap, shifts=shifts,
@@ -190,13 +189,12 @@ def separate(model: nn.Module, audio: np.ndarray, samplerate: int, *, overlap: f
         stems = stems.mul_(std).add_(mean).numpy()
     result = {}
     for name, stem in zip(model.sources, stems):
-        stem = _match_channels(stem, channels)
-        stem = _from_model_rate(stem, model.samplerate, samplerate, frames)
-        result[name] = np.ascontiguousarray(stem, dtype=np.float32)
+        result[name] = resample(match_channels(stem, channels), model.samplerate, samplerate, frames)
     return result
 
 
-def _match_channels(audio: np.ndarray, channels: int) -> np.ndarray:
+def match_channels(audio: np.ndarray, channels: int) -> np.ndarray:
+    """``(C, T)`` to ``channels`` channels: mono is duplicated, stereo averaged to mono."""
     if audio.shape[0] == channels:
         return audio
     if channels == 1:
@@ -206,20 +204,12 @@ def _match_channels(audio: np.ndarray, channels: int) -> np.ndarray:
     raise ValueError(f"cannot map {audio.shape[0]} channels to {channels}")
 
 
-def _to_model_rate(audio: np.ndarray, samplerate: int, model_rate: int) -> np.ndarray:
-    if samplerate == model_rate:
-        return audio
-    import soxr
-
-    return np.ascontiguousarray(soxr.resample(audio.T, samplerate, model_rate, quality="HQ").T)
-
-
-def _from_model_rate(stem: np.ndarray, model_rate: int, samplerate: int, frames: int) -> np.ndarray:
-    if samplerate != model_rate:
+def resample(audio: np.ndarray, from_rate: int, to_rate: int, frames: int | None = None) -> np.ndarray:
+    """``(C, T)`` at another rate (soxr HQ, delay-compensated), cut or zero-padded to ``frames``."""
+    if from_rate != to_rate:
         import soxr
 
-        stem = soxr.resample(stem.T, model_rate, samplerate, quality="HQ").T
-    if stem.shape[-1] < frames:
-        stem = np.pad(stem, ((0, 0), (0, frames - stem.shape[-1])))
-    return stem[:, :frames]
-
+        audio = soxr.resample(np.ascontiguousarray(audio.T), from_rate, to_rate, quality="HQ").T
+    if frames is not None:
+        audio = audio[:, :frames] if audio.shape[1] >= frames else np.pad(audio, ((0, 0), (0, frames - audio.shape[1])))
+    return np.ascontiguousarray(audio, dtype=np.float32)
