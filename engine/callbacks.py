@@ -2,25 +2,27 @@
 
 The Python callback around these does no more than pass the device buffers in; these never
 wait for the worker: stems that are not final in time are replaced by the latency-aligned
-dry signal for that block, and the late counter goes up.
+dry signal for that block, and the late counter goes up (on the deck, not while the first stems
+after a load or seek are still on their way: play starts at once with the dry track by design).
 """
 from __future__ import annotations
 
 from numba import njit
 
 from .ola import mix_block, ring_write_interleaved, update_gain_targets
-from .state import (BLOCKS, FALLBACK, INPUT_WRITTEN, LATE_WINDOWS, PLAY, PLAYHEAD, POSITION,
-                    SEEK_SEEN, SEEK_SERIAL, SEEK_TARGET, SEPARATED_FROM, STEMS_WRITTEN, XRUNS)
+from .state import (BLOCKS, FALLBACK, INPUT_WRITTEN, LATE, LATE_WINDOWS, PLAY, PLAYHEAD, PLAYING_STEMS,
+                    POSITION, SEEK_SEEN, SEEK_SERIAL, SEEK_TARGET, SEPARATED_FROM, STEMS_WRITTEN, WAITING_FOR_STEMS,
+                    XRUNS)
 
 
 @njit(nogil=True, cache=True)
 def _note_fallback(audio, needed_stems):
     if needed_stems:
-        if audio[FALLBACK] == 0:
+        if audio[FALLBACK] == PLAYING_STEMS:
             audio[LATE_WINDOWS] += 1
-        audio[FALLBACK] = 1
+            audio[FALLBACK] = LATE
     else:
-        audio[FALLBACK] = 0
+        audio[FALLBACK] = PLAYING_STEMS
 
 
 @njit(nogil=True, cache=True)
@@ -52,6 +54,7 @@ def deck_block(outdata, track, stems, audio, worker, transport, user_gain, mute,
     if transport[SEEK_SERIAL] != audio[SEEK_SEEN]:
         audio[PLAYHEAD] = transport[SEEK_TARGET]
         audio[SEEK_SEEN] = transport[SEEK_SERIAL]
+        audio[FALLBACK] = WAITING_FOR_STEMS
     update_gain_targets(gains, user_gain, mute, solo, dry_gain[0], ramp_frames)
     outdata[:] = 0.0
     length = track.shape[-1]

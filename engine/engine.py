@@ -22,7 +22,7 @@ from .config import PRESETS, EngineConfig, WindowConfig
 from .device import DeviceError, open_stream
 from .separator import WindowSeparator
 from .state import (BLOCKS, FALLBACK, INPUT_WRITTEN, LATE_WINDOWS, MAX_INFERENCE_S, MEAN_INFERENCE_S, PLAY, PLAYHEAD,
-                    POSITION, SEEK_SERIAL, SEEK_TARGET, STEMS_WRITTEN, WINDOWS_DONE,
+                    PLAYING_STEMS, POSITION, SEEK_SERIAL, SEEK_TARGET, STEMS_WRITTEN, WAITING_FOR_STEMS, WINDOWS_DONE,
                     XRUNS, SharedState, gain_state)
 from .windows import WindowPlan
 from .process import SharedBlock, WorkerProcess
@@ -224,6 +224,7 @@ class Engine:
         self._track, self._deck_stems = arrays["track"], arrays["stems"]
         self._seek_frames(cue)
         self.shared.audio[PLAYHEAD] = cue
+        self.shared.audio[FALLBACK] = WAITING_FOR_STEMS
         self._first_stems_s = None
         self._start_session("deck", arrays, cue, self._cache_path(track) if self.config.cache_stems else None)
 
@@ -304,7 +305,7 @@ class Engine:
         playhead = int(s.audio[PLAYHEAD]) if self._mode == "deck" else int(s.audio[POSITION])
         ahead = (int(s.worker[STEMS_WRITTEN]) - playhead) / sr if self._mode == "deck" else 0.0
         if (self._first_stems_s is None and self._play_started is not None and self._mode == "deck"
-                and s.audio[FALLBACK] == 0 and s.audio[BLOCKS] > 0 and s.worker[STEMS_WRITTEN] > playhead):
+                and s.audio[FALLBACK] == PLAYING_STEMS and s.audio[BLOCKS] > 0 and s.worker[STEMS_WRITTEN] > playhead):
             self._first_stems_s = time.perf_counter() - self._play_started
         worker_error = self._worker_error()
         rtf = float(s.worker_seconds[MEAN_INFERENCE_S]) / hop_s
@@ -313,7 +314,7 @@ class Engine:
             samplerate=sr, sources=self.sources,
             peak=tuple(float(v) for v in levels[0]), rms=tuple(float(math.sqrt(v)) for v in levels[1]),
             xruns=int(s.audio[XRUNS]), late_windows=int(s.audio[LATE_WINDOWS]),
-            fallback=bool(s.audio[FALLBACK]), realtime_factor=rtf,
+            fallback=s.audio[FALLBACK] != PLAYING_STEMS, realtime_factor=rtf,
             max_realtime_factor=float(s.worker_seconds[MAX_INFERENCE_S]) / hop_s, headroom=1.0 - rtf,
             windows_done=int(s.worker[WINDOWS_DONE]), position_s=playhead / sr,
             playing=bool(s.transport[PLAY]) if self._mode == "deck" else self._stream is not None,

@@ -12,6 +12,9 @@ import numpy as np
 
 # audio[...] slots, written by the audio callback
 POSITION, INPUT_WRITTEN, XRUNS, LATE_WINDOWS, FALLBACK, PLAYHEAD, SEEK_SEEN, BLOCKS = range(8)
+# audio[FALLBACK] values: stems playing; dry because stems fell behind; dry while the first
+# stems after a load or seek are on their way (expected, so not counted as late)
+PLAYING_STEMS, LATE, WAITING_FOR_STEMS = range(3)
 # worker[...] slots, written by the separation worker
 STEMS_WRITTEN, SEPARATED_FROM, WINDOWS_DONE, WORKER_ERRORS = range(4)
 # worker_seconds[...] slots

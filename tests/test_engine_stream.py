@@ -159,6 +159,51 @@ def test_deck_plays_dry_at_once_then_stems_and_follows_seeks():
     assert status.seconds_ahead > 0.5
 
 
+def test_deck_counts_late_only_when_stems_fall_behind_not_while_the_first_arrive():
+    import threading
+
+    from engine.state import PLAYHEAD, STEMS_WRITTEN
+
+    class Metered(PassThrough):
+        windows = threading.Semaphore(0)  # one release lets one window of music through
+
+        def forward(self, mix):
+            if mix.abs().max() > 0:  # the warm-up on silence at load runs freely
+                Metered.windows.acquire()
+            return super().forward(mix)
+
+    engine = Engine(Metered(), EngineConfig(precision="fp32", inference_budget_s=0.0, worker="thread",
+                                            cache_stems=False))
+    engine.prepare(FAST_PLAN, block_frames=256, calibrate_plan=False)
+    tone = np.sin(2 * np.pi * 441 * np.arange(3 * SR) / SR).astype(np.float32)
+    engine.load_array(np.stack([tone, tone]))
+    engine.play()
+    out = np.zeros((256, 2), np.float32)
+    try:
+        engine.process_deck_block(out)  # nothing separated yet: dry, expected, not late
+        waiting = engine.status()
+        Metered.windows.release()
+        assert engine.wait_separated(256 * 2, timeout_s=30)
+        engine.process_deck_block(out)
+        playing = engine.status()
+        while engine.shared.audio[PLAYHEAD] + 256 <= engine.shared.worker[STEMS_WRITTEN]:
+            engine.process_deck_block(out)
+        engine.process_deck_block(out)  # the playhead outruns the worker: this one is late
+        engine.process_deck_block(out)  # still behind: the same lateness, not a second one
+        behind = engine.status()
+        engine.seek(2.0)
+        engine.process_deck_block(out)  # waiting again after a seek: not late
+        after_seek = engine.status()
+    finally:
+        for _ in range(1000):
+            Metered.windows.release()
+        engine.stop()
+    assert waiting.fallback and waiting.late_windows == 0
+    assert not playing.fallback and playing.late_windows == 0
+    assert behind.fallback and behind.late_windows == 1
+    assert after_seek.fallback and after_seek.late_windows == 1
+
+
 def test_unknown_stem_is_a_clear_error():
     engine = Engine(PassThrough(), EngineConfig(worker="thread"))
     with pytest.raises(ValueError, match="unknown stem 'voxals'; this model has drums, bass, other, vocals"):
