@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 from .config import PRESETS, EngineConfig, WindowConfig
 from .device import DeviceError
 from .engine import STREAM_LOST
+from .midi.cli import add_midi_commands, add_midi_options, start_midi
 
 POLL_S = 0.05
 
@@ -30,6 +32,7 @@ def add_engine_commands(commands, add_model_options) -> None:
 
     devices = commands.add_parser("devices", help="list audio devices and host APIs")
     devices.set_defaults(func=run_devices)
+    add_midi_commands(commands)
 
 
 def _add_session_options(parser: argparse.ArgumentParser, add_model_options) -> None:
@@ -45,6 +48,7 @@ def _add_session_options(parser: argparse.ArgumentParser, add_model_options) -> 
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument("--blocksize", type=int, default=256, help="audio block in frames (default 256)")
     parser.add_argument("--stats", type=Path, help="write the session's counters as JSON here")
+    add_midi_options(parser)
 
 
 def window_for_latency(latency_s: float) -> WindowConfig:
@@ -100,7 +104,7 @@ def run_live(args: argparse.Namespace) -> int:
 
     input_device, output_device = resolve_device(args.input, "input"), resolve_device(args.output, "output")
     engine = _engine(args, output_device)
-    with engine:
+    with engine, _midi(engine, args):
         engine.start_live(input_device, output_device, stem_outputs=args.stem_outputs)
         return _run_session(engine, args, until_end=False)
 
@@ -112,9 +116,21 @@ def run_play(args: argparse.Namespace) -> int:
     engine = _engine(args, output_device, deck=True)
     with engine:
         engine.load(args.file, cue_s=args.start)
-        engine.start_output(output_device, stem_outputs=args.stem_outputs)
-        engine.play()
-        return _run_session(engine, args, until_end=True)
+        with _midi(engine, args):
+            engine.start_output(output_device, stem_outputs=args.stem_outputs)
+            engine.play()
+            return _run_session(engine, args, until_end=True)
+
+
+@contextlib.contextmanager
+def _midi(engine, args: argparse.Namespace):
+    """The session's MIDI controller, if asked for, closed before the engine stops."""
+    controller = start_midi(engine, args)
+    try:
+        yield controller
+    finally:
+        if controller is not None:
+            controller.close()
 
 
 def _run_session(engine, args: argparse.Namespace, until_end: bool) -> int:
@@ -199,7 +215,9 @@ def main(argv=None) -> int:
 
     from .process import WorkerError
 
-    return run_parsed(get_parser(), argv, extra_errors=(DeviceError, WorkerError))
+    from .midi import MappingError, MidiError
+
+    return run_parsed(get_parser(), argv, extra_errors=(DeviceError, WorkerError, MidiError, MappingError))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,21 @@ def db_to_gain(db: float) -> float:
     return 0.0 if db <= MIN_GAIN_DB else 10.0 ** (min(db, MAX_GAIN_DB) / 20.0)
 
 
+def gain_to_db(gain: float) -> float:
+    return MIN_GAIN_DB if gain <= 10.0 ** (MIN_GAIN_DB / 20.0) else 20.0 * math.log10(gain)
+
+
+@dataclass(frozen=True)
+class MixerState:
+    """What the controls are set to (not what the ramps have reached)."""
+
+    gain_db: tuple[float, ...]
+    mute: tuple[bool, ...]
+    solo: tuple[bool, ...]
+    dry_mix: float
+    playing: bool
+
+
 class Engine:
     """Live stems from a model: a file deck or live input, mixed with gain, mute and solo."""
 
@@ -93,6 +108,7 @@ class Engine:
         self._mode: str | None = None
         self._play_started: float | None = None
         self._first_stems_s: float | None = None
+        self.cue_s = 0.0
 
     # -- set-up --------------------------------------------------------------------------------------
 
@@ -224,6 +240,7 @@ class Engine:
         self._track, self._deck_stems = arrays["track"], arrays["stems"]
         self._seek_frames(cue)
         self.shared.audio[PLAYHEAD] = cue
+        self.cue_s = cue / self.config.samplerate
         self.shared.audio[FALLBACK] = WAITING_FOR_STEMS
         self._first_stems_s = None
         self._start_session("deck", arrays, cue, self._cache_path(track) if self.config.cache_stems else None)
@@ -259,6 +276,22 @@ class Engine:
         with self._control:
             self.shared.transport[PLAY] = 0
 
+    def toggle_play(self) -> None:
+        if self.shared.transport[PLAY]:
+            self.pause()
+        else:
+            self.play()
+
+    def cue(self) -> None:
+        """A CDJ's cue: while playing, back to the cue point and pause; while paused, set it here."""
+        if self._mode != "deck":
+            return
+        if self.shared.transport[PLAY]:
+            self.pause()
+            self.seek(self.cue_s)
+        else:
+            self.cue_s = int(self.shared.audio[PLAYHEAD]) / self.config.samplerate
+
     def seek(self, seconds: float) -> None:
         """Move the playhead; separation restarts there unless it is already separated."""
         length = self._track.shape[-1] if self._mode == "deck" else 0
@@ -290,6 +323,12 @@ class Engine:
     def set_solo(self, stem: str | int, soloed: bool = True) -> None:
         with self._control:
             self.shared.solo[self.stem_index(stem)] = int(soloed)
+
+    def mixer(self) -> MixerState:
+        s = self.shared
+        return MixerState(gain_db=tuple(gain_to_db(float(g)) for g in s.user_gain),
+                          mute=tuple(bool(m) for m in s.mute), solo=tuple(bool(v) for v in s.solo),
+                          dry_mix=float(s.dry_gain[0]), playing=bool(s.transport[PLAY]))
 
     def set_dry_mix(self, amount: float) -> None:
         """0 plays the stems, 1 the latency-aligned dry signal; between, a crossfade."""

@@ -67,8 +67,9 @@ def write_tone(path: Path, seconds: float = 3.0, samplerate: int = 44100, channe
 
 @pytest.fixture(autouse=True)
 def _isolated_model_dirs(tmp_path, monkeypatch):
-    """No test sees the user's cache or reaches the official download location."""
+    """No test sees the user's cache or settings, or reaches the official download location."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.delenv("STEMDECK_MODEL_DIR", raising=False)
     monkeypatch.setenv("STEMDECK_MODEL_URL", (tmp_path / "no-server").as_uri())
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")

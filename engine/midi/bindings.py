@@ -1,0 +1,168 @@
+"""Which MIDI message drives which control, and how a value becomes a setting.
+
+A binding's key is (message family, channel, number); "any channel" overlaps every channel,
+so two bindings conflict when their families and numbers match and their channels overlap.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from .messages import Message
+
+# The stem order of every official model; 4-stem models use the first four.
+STEM_NAMES = ("drums", "bass", "other", "vocals", "guitar", "piano")
+STEM_CONTROLS = ("mute", "solo", "gain")
+CONTROLS = (*STEM_CONTROLS, "dry", "play", "cue")
+NOTE_MODES = ("toggle", "momentary")
+CC_MODES = ("absolute", "relative-twos", "relative-offset", "relative-signbit", "button")
+MESSAGE_FAMILIES = ("note", "cc")
+SWITCH_CONTROLS = ("mute", "solo", "play", "cue")  # on/off things; gain and dry are continuous
+
+UNITY_CC = 100  # a fader at 100 of 127 is 0 dB
+TOP_DB = 6.0  # at 127
+FLOOR_DB = -54.0  # at 1; 0 is silence
+TAPER_POWER = 1.5  # more travel near unity, where ears need it
+BUTTON_THRESHOLD = 64
+
+
+def cc_to_db(value: float) -> float:
+    """Fader taper: 0 → −∞ (silence), 1 → −54 dB, 100 → 0 dB, 127 → +6 dB."""
+    if value <= 0:
+        return -math.inf
+    if value >= UNITY_CC:
+        return TOP_DB * (min(value, 127) - UNITY_CC) / (127 - UNITY_CC)
+    return FLOOR_DB * ((UNITY_CC - value) / (UNITY_CC - 1)) ** TAPER_POWER
+
+
+def db_to_cc(db: float) -> float:
+    """The taper's inverse (a float position, so relative encoders keep their fine steps)."""
+    if db == -math.inf or db < FLOOR_DB:
+        return 0.0
+    if db >= 0:
+        return UNITY_CC + min(db, TOP_DB) / TOP_DB * (127 - UNITY_CC)
+    return UNITY_CC - (UNITY_CC - 1) * (db / FLOOR_DB) ** (1 / TAPER_POWER)
+
+
+def relative_delta(value: int, encoding: str) -> int:
+    """Steps an endless encoder turned: the three encodings controllers use."""
+    if encoding == "relative-twos":  # 1..63 up, 127..65 down (two's complement of 7 bits)
+        return value - 128 if value >= 64 else value
+    if encoding == "relative-offset":  # 64 is rest: 65 is +1, 63 is −1
+        return value - 64
+    if encoding == "relative-signbit":  # bit 6 is the sign, the rest the size
+        return -(value & 0x3F) if value & 0x40 else value & 0x3F
+    raise ValueError(f"not a relative encoding: {encoding}")
+
+
+@dataclass(frozen=True)
+class Binding:
+    message: str  # "note" or "cc"
+    number: int  # 0-127
+    control: str  # one of CONTROLS
+    channel: int | None = None  # 1-16; None listens on every channel
+    stem: int | None = None  # 0-based, for the stem controls
+    mode: str = ""  # NOTE_MODES or CC_MODES; "" picks the usual one
+    feedback: bool = True  # light the pad / ring with the control's state
+    line: int | None = field(default=None, compare=False)  # where a mapping file defined it
+
+    def __post_init__(self):
+        if not self.mode:
+            usual = "toggle" if self.message == "note" else (
+                "button" if self.control in SWITCH_CONTROLS else "absolute")
+            object.__setattr__(self, "mode", usual)
+
+    def matches(self, message: Message) -> bool:
+        return (message.family == self.message and message.number == self.number
+                and self.channel in (None, message.channel))
+
+    def overlaps(self, other: "Binding") -> bool:
+        return (self.message == other.message and self.number == other.number
+                and (self.channel is None or other.channel is None or self.channel == other.channel))
+
+    def describe_message(self) -> str:
+        channel = "any channel" if self.channel is None else f"channel {self.channel}"
+        return f"{'note' if self.message == 'note' else 'CC'} {self.number} on {channel}"
+
+    def describe_control(self, sources: tuple[str, ...] = STEM_NAMES) -> str:
+        if self.stem is None:
+            return self.control
+        name = sources[self.stem] if self.stem < len(sources) else f"stem {self.stem + 1}"
+        return f"{self.control} {name}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A mixer snapshot that Program Change ``program`` recalls."""
+
+    program: int
+    name: str = ""
+    gain_db: dict[int, float] = field(default_factory=dict)  # stem → dB; stems not named: 0 dB
+    mute: frozenset[int] = frozenset()
+    solo: frozenset[int] = frozenset()
+    line: int | None = field(default=None, compare=False)
+
+
+class ConflictError(ValueError):
+    pass
+
+
+@dataclass
+class Mapping:
+    bindings: list[Binding] = field(default_factory=list)
+    scenes: list[Scene] = field(default_factory=list)
+    scene_channel: int | None = None  # Program Changes on other channels are ignored
+
+    def find(self, message: Message) -> Binding | None:
+        for binding in self.bindings:
+            if binding.matches(message):
+                return binding
+        return None
+
+    def scene_for(self, message: Message) -> Scene | None:
+        if message.kind != "program" or self.scene_channel not in (None, message.channel):
+            return None
+        return next((scene for scene in self.scenes if scene.program == message.number), None)
+
+    def conflicts(self) -> list[tuple[Binding, Binding]]:
+        return [(a, b) for i, a in enumerate(self.bindings) for b in self.bindings[i + 1:] if a.overlaps(b)]
+
+    def check(self) -> None:
+        """One message may drive one control: refuse a mapping where two bindings share one."""
+        for first, second in self.conflicts():
+            where = f" (lines {first.line} and {second.line})" if first.line and second.line else ""
+            raise ConflictError(f"{second.describe_message()} drives both {first.describe_control()} "
+                                f"and {second.describe_control()}{where}; keep one")
+
+    def learn(self, binding: Binding) -> list[Binding]:
+        """Add a learned binding; the bindings it replaces (same message, or same control) are returned."""
+        replaced = [b for b in self.bindings if b.overlaps(binding) or _same_control(b, binding)]
+        self.bindings = [b for b in self.bindings if b not in replaced] + [replace(binding, line=None)]
+        return replaced
+
+
+def _same_control(a: Binding, b: Binding) -> bool:
+    return a.control == b.control and a.stem == b.stem and a.message == b.message
+
+
+def binding_from_message(message: Message, control: str, stem: int | None = None, mode: str = "") -> Binding:
+    """The binding MIDI learn makes: this message's number, on this message's channel."""
+    if message.family not in MESSAGE_FAMILIES:
+        raise ValueError(f"{message.describe()} cannot drive a control; send a note or a CC")
+    if message.family == "note" and control not in SWITCH_CONTROLS:
+        raise ValueError(f"a note cannot ride {control}; move a fader or knob (a CC) instead")
+    return Binding(message.family, message.number, control, message.channel, stem, mode)
+
+
+def default_mapping(num_stems: int = 6) -> Mapping:
+    """Notes 36-41 toggle mutes and 42-47 solos of stems 1-6 on any channel; CC 1-6 on channel 1
+    ride the faders, CC 7 the dry/stems crossfader; notes 48 and 49 are play/pause and cue;
+    programs 0-3 recall full mix, instrumental, a cappella and no drums."""
+    bindings = [Binding("note", 36 + s, "mute", None, s) for s in range(num_stems)]
+    bindings += [Binding("note", 42 + s, "solo", None, s) for s in range(num_stems)]
+    bindings += [Binding("cc", 1 + s, "gain", 1, s) for s in range(num_stems)]
+    bindings += [Binding("cc", 7, "dry", 1), Binding("note", 48, "play"), Binding("note", 49, "cue")]
+    vocals, drums = STEM_NAMES.index("vocals"), STEM_NAMES.index("drums")
+    scenes = [Scene(0, "full mix"), Scene(1, "instrumental", mute=frozenset({vocals})),
+              Scene(2, "a cappella", solo=frozenset({vocals})), Scene(3, "no drums", mute=frozenset({drums}))]
+    return Mapping(bindings, scenes)

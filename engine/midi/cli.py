@@ -1,0 +1,179 @@
+"""``stemdeck midi …`` and the ``--midi-*`` options of the session commands."""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+
+from .bindings import STEM_NAMES, default_mapping
+from .controller import MidiConfig, MidiController
+from .mapping_file import load_mapping, load_user_mapping, parse_control, save_mapping, user_mapping_path
+from .ports import API_NAMES, list_ports
+
+ESCAPE = "\x1b"
+
+
+def add_midi_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("MIDI control")
+    group.add_argument("--midi-in", metavar="NAME", help="MIDI input port (name or part of it)")
+    group.add_argument("--midi-out", metavar="NAME", help="MIDI output for LED feedback "
+                       "(default: the input controller's own output)")
+    group.add_argument("--midi-virtual", action="store_true", help="open virtual MIDI ports other apps can use")
+    group.add_argument("--midi-api", choices=API_NAMES, default="auto", help="MIDI system (default: JACK if running, else ALSA)")
+    group.add_argument("--midi-map", type=Path, metavar="FILE",
+                       help=f"mapping file (default: {user_mapping_path()})")
+
+
+def add_midi_commands(commands) -> None:
+    midi = commands.add_parser("midi", help="MIDI ports, bindings and MIDI learn")
+    actions = midi.add_subparsers(dest="midi_command", required=True)
+    listing = actions.add_parser("list", help="list MIDI input and output ports")
+    listing.add_argument("--midi-api", choices=API_NAMES, default="auto")
+    listing.set_defaults(func=run_list)
+
+    show = actions.add_parser("show", help="check the mapping and print its bindings")
+    show.add_argument("--midi-map", type=Path, metavar="FILE")
+    show.set_defaults(func=run_show)
+
+    learn = actions.add_parser("learn", help="bind the next message that arrives to CONTROL (Esc cancels)")
+    learn.add_argument("control", help="mute:STEM, solo:STEM, gain:STEM, dry, play or cue (STEM: 1-6 or a name)")
+    learn.add_argument("--mode", default="", help="toggle|momentary (notes), absolute|relative-twos|"
+                       "relative-offset|relative-signbit|button (CCs)")
+    learn.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
+    add_midi_options(learn)
+    learn.set_defaults(func=run_learn)
+
+    export = actions.add_parser("export", help="write the mapping to FILE")
+    export.add_argument("file", type=Path)
+    export.add_argument("--midi-map", type=Path, metavar="FILE")
+    export.set_defaults(func=run_export)
+
+    imported = actions.add_parser("import", help="check FILE and make it the mapping")
+    imported.add_argument("file", type=Path)
+    imported.add_argument("--midi-map", type=Path, metavar="FILE")
+    imported.set_defaults(func=run_import)
+
+    reset = actions.add_parser("reset", help="go back to the default mapping")
+    reset.add_argument("--midi-map", type=Path, metavar="FILE")
+    reset.set_defaults(func=run_reset)
+
+
+def mapping_path(args: argparse.Namespace) -> Path:
+    return args.midi_map or user_mapping_path()
+
+
+def start_midi(controls, args: argparse.Namespace) -> MidiController | None:
+    """The session's controller when any --midi-* option asks for one."""
+    if not (args.midi_in or args.midi_virtual):
+        if args.midi_out:
+            raise ValueError("--midi-out needs --midi-in or --midi-virtual to have something to control")
+        return None
+    path = mapping_path(args)
+    config = MidiConfig(input=args.midi_in, output=args.midi_out, virtual=args.midi_virtual,
+                        api=args.midi_api, mapping_path=path)
+    controller = MidiController(controls, load_user_mapping(path), config, report=_say).start()
+    ports = controller.input_names + ([f"LEDs on {controller.output_name}"] if controller.output_name else [])
+    _say(f"MIDI: {', '.join(ports)}")
+    return controller
+
+
+def _say(text: str) -> None:
+    print(f"stemdeck: {text}", file=sys.stderr)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    inputs, outputs = list_ports(args.midi_api)
+    print("MIDI inputs:" if inputs else "MIDI inputs: none")
+    for name in inputs:
+        print(f"  {name}")
+    print("MIDI outputs:" if outputs else "MIDI outputs: none")
+    for name in outputs:
+        print(f"  {name}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    path = mapping_path(args)
+    mapping = load_user_mapping(path)
+    print(f"mapping: {path}" + ("" if path.exists() else " (not written yet: the default)"))
+    for b in mapping.bindings:
+        print(f"  {b.describe_message():<24} {b.describe_control():<14} {b.mode:<16} "
+              f"{'LED' if b.feedback else ''}")
+    for scene in mapping.scenes:
+        print(f"  program {scene.program:<16} scene {scene.name}")
+    return 0
+
+
+class _NoEngine:
+    """What learn drives when no session runs: nothing, with every stem a model can have."""
+
+    sources = STEM_NAMES
+
+    def mixer(self):
+        from engine.engine import MixerState
+        n = len(self.sources)
+        return MixerState((0.0,) * n, (False,) * n, (False,) * n, 0.0, False)
+
+
+def run_learn(args: argparse.Namespace) -> int:
+    control, stem = parse_control(args.control)
+    if not (args.midi_in or args.midi_virtual):
+        raise ValueError("name the controller to learn from: --midi-in NAME (see `stemdeck midi list`)")
+    path = mapping_path(args)
+    config = MidiConfig(input=args.midi_in, output=args.midi_out, virtual=args.midi_virtual,
+                        api=args.midi_api, mapping_path=path)
+    with MidiController(_NoEngine(), load_user_mapping(path), config, report=_say) as controller:
+        controller.learn(control, stem, args.mode)
+        _say(f"move a control or press a pad on {', '.join(controller.input_names)} (Esc cancels)")
+        _watch_for_escape(controller)
+        result = controller.wait_learned(args.timeout)
+    if result is None:
+        _say("MIDI learn cancelled; nothing changed" if not controller.learning else
+             f"nothing arrived in {args.timeout:g} s; nothing changed")
+        return 1
+    _say(f"saved to {path}")
+    return 0
+
+
+def _watch_for_escape(controller: MidiController) -> None:
+    """Esc on the terminal (or on a pipe to stdin) cancels learn mode."""
+    def read() -> None:
+        import termios
+        import tty
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd) if sys.stdin.isatty() else None
+        try:
+            if saved is not None:
+                tty.setcbreak(fd)
+            while controller.learning:
+                char = sys.stdin.read(1)
+                if char == ESCAPE:
+                    controller.cancel_learn()
+                if char in (ESCAPE, ""):
+                    return
+        finally:
+            if saved is not None:
+                termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+    if sys.stdin is not None and not sys.stdin.closed:
+        threading.Thread(target=read, daemon=True).start()
+
+
+def run_export(args: argparse.Namespace) -> int:
+    save_mapping(load_user_mapping(mapping_path(args)), args.file)
+    _say(f"mapping written to {args.file}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    mapping = load_mapping(args.file)  # refuses a bad file before anything is replaced
+    save_mapping(mapping, mapping_path(args))
+    _say(f"{len(mapping.bindings)} bindings and {len(mapping.scenes)} scenes from {args.file} are now the mapping")
+    return 0
+
+
+def run_reset(args: argparse.Namespace) -> int:
+    save_mapping(default_mapping(), mapping_path(args))
+    _say(f"default mapping written to {mapping_path(args)}")
+    return 0

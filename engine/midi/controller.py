@@ -1,0 +1,403 @@
+"""A MIDI controller driving the engine's controls, with learn, LED feedback and hot-plug.
+
+rtmidi calls ``_on_midi`` on its own thread (JACK's process thread for the JACK API): it only
+enqueues the bytes. A dispatcher thread applies them through the engine's control API, whose
+settings the audio callback picks up at its next block and ramps like any other gain change.
+The same thread keeps the controller's LEDs equal to the engine's state, whoever changed it.
+"""
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from .bindings import Binding, Mapping, Scene, binding_from_message, cc_to_db, db_to_cc, relative_delta
+from .mapping_file import save_mapping
+from .messages import Message, control_change, note_on, parse
+from .ports import MidiError, client_part, describe_ports, find_port, open_client, port_names, quiet_stderr
+
+FEEDBACK_ON, FEEDBACK_OFF = 127, 0
+CC_TOP = 127
+
+
+class Controls(Protocol):
+    """What MIDI drives: the engine's control API (the GUI adds nothing to it)."""
+
+    sources: tuple[str, ...]
+
+    def set_mute(self, stem: int, muted: bool = True) -> None: ...
+    def set_solo(self, stem: int, soloed: bool = True) -> None: ...
+    def set_gain(self, stem: int, db: float) -> None: ...
+    def set_dry_mix(self, amount: float) -> None: ...
+    def toggle_play(self) -> None: ...
+    def cue(self) -> None: ...
+    def mixer(self): ...
+
+
+@dataclass(frozen=True)
+class MidiConfig:
+    input: str | None = None  # a port name or part of it
+    output: str | None = None  # None: the input controller's own output port, when it has one
+    virtual: bool = False  # also open virtual ports another app can connect to
+    api: str = "auto"  # "jack", "alsa", or "auto" (JACK when a server runs)
+    client_name: str = "stemdeck"
+    mapping_path: Path | None = None  # where learned bindings are saved; None: not saved
+    hotplug_poll_s: float = 0.25
+    idle_poll_s: float = 0.02  # how often LEDs follow changes made elsewhere (GUI, keyboard)
+
+
+@dataclass(frozen=True)
+class LearnResult:
+    binding: Binding
+    replaced: tuple[Binding, ...]
+
+
+@dataclass
+class _Port:
+    client: object
+    wanted: str | None  # what the user asked for; None for a virtual port
+    name: str = ""
+    connected: bool = False
+
+
+@dataclass
+class _Learn:
+    control: str
+    stem: int | None
+    mode: str
+    done: threading.Event = field(default_factory=threading.Event)
+    result: LearnResult | None = None
+
+
+class MidiController:
+    def __init__(self, controls: Controls, mapping: Mapping, config: MidiConfig = MidiConfig(),
+                 report: Callable[[str], None] | None = None):
+        self.controls, self.mapping, self.config = controls, mapping, config
+        self._report = report or (lambda text: None)
+        self.events: deque[str] = deque(maxlen=50)  # what happened, newest last (for the GUI)
+        self.applied = 0  # messages that drove a control
+        self.ignored = 0  # the rest: unbound, unbindable (SysEx, pressure...), a toggle's release
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()  # rtmidi objects: dispatcher and watcher, never rtmidi's thread
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._inputs: list[_Port] = []
+        self._output: _Port | None = None
+        self._virtual_output: _Port | None = None
+        self._sent: dict[tuple, list[int]] = {}
+        self._positions: dict[tuple, float] = {}  # fader positions (0-127) for relative encoders
+        self._buttons: dict[Binding, bool] = {}
+        self._learn: _Learn | None = None
+        self.last_applied_s: float | None = None  # perf_counter when the last control was set
+
+    # -- lifetime -----------------------------------------------------------------------------------
+
+    def start(self) -> "MidiController":
+        cfg = self.config
+        if cfg.input is None and not cfg.virtual:
+            raise MidiError("no MIDI input: name one (--midi-in, see `stemdeck midi list`) or use --midi-virtual")
+        if cfg.input is not None:
+            self._inputs.append(self._open_input(cfg.input))
+        if cfg.virtual:
+            self._inputs.append(self._open_virtual_input())
+            self._virtual_output = self._open_virtual_output()
+        self._output = self._open_output()
+        for target in (self._dispatch_loop, self._watch_loop):
+            thread = threading.Thread(target=target, name=f"midi-{target.__name__}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._queue.put(None)
+        for thread in self._threads:
+            thread.join(5)
+        with self._lock:
+            ports = [*self._inputs, self._output, self._virtual_output]
+            for port in ports:
+                if port is not None:
+                    with quiet_stderr():
+                        port.client.close_port()
+                        port.client.delete()
+            self._inputs, self._output, self._virtual_output = [], None, None
+
+    def __enter__(self) -> "MidiController":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def input_names(self) -> list[str]:
+        return [p.name for p in self._inputs if p.connected]
+
+    @property
+    def output_name(self) -> str | None:
+        return self._output.name if self._output and self._output.connected else None
+
+    # -- ports --------------------------------------------------------------------------------------
+
+    def _open_input(self, wanted: str) -> _Port:
+        client = open_client("in", self.config.api, self.config.client_name)
+        port = _Port(client, wanted)
+        names = port_names(client)
+        index = find_port(names, wanted, self.config.client_name)
+        if index is None:
+            client.delete()
+            raise MidiError(f"no MIDI input matches {wanted!r}; inputs: {describe_ports(names)}")
+        self._connect(port, index, names)
+        return port
+
+    def _open_virtual_input(self) -> _Port:
+        client = open_client("in", self.config.api, self.config.client_name)
+        self._listen(client)
+        with quiet_stderr():
+            client.open_virtual_port("control in")
+        return _Port(client, None, f"{self.config.client_name}:control in", True)
+
+    def _open_virtual_output(self) -> _Port:
+        client = open_client("out", self.config.api, self.config.client_name)
+        with quiet_stderr():
+            client.open_virtual_port("feedback out")
+        return _Port(client, None, f"{self.config.client_name}:feedback out", True)
+
+    def _open_output(self) -> _Port | None:
+        """The named output, else the output of the controller we listen to (for its LEDs)."""
+        wanted = self.config.output
+        if wanted is None:
+            named = [p for p in self._inputs if p.wanted is not None]
+            if not named:
+                return None
+            wanted = client_part(named[0].name)
+        client = open_client("out", self.config.api, self.config.client_name)
+        names = port_names(client)
+        index = find_port(names, wanted, self.config.client_name)
+        if index is None:
+            client.delete()
+            if self.config.output is not None:
+                raise MidiError(f"no MIDI output matches {wanted!r}; outputs: {describe_ports(names)}")
+            return None  # a controller without LEDs
+        port = _Port(client, wanted)
+        self._connect(port, index, names)
+        return port
+
+    def _listen(self, client) -> None:
+        client.ignore_types(sysex=True, timing=True, active_sense=True)
+        client.set_callback(self._on_midi)
+
+    def _connect(self, port: _Port, index: int, names: list[str]) -> None:
+        if hasattr(port.client, "set_callback"):
+            self._listen(port.client)
+        with quiet_stderr():
+            port.client.open_port(index, "control in" if hasattr(port.client, "set_callback") else "feedback out")
+        port.name, port.connected = names[index], True
+
+    def _watch_loop(self) -> None:
+        """Hot-plug: notice a port that went away, reconnect by name when it is back."""
+        while not self._stop.wait(self.config.hotplug_poll_s):
+            with self._lock:
+                for port in [*self._inputs, self._output]:
+                    if port is not None and port.wanted is not None:
+                        self._watch(port)
+
+    def _watch(self, port: _Port) -> None:
+        names = port_names(port.client)
+        if port.connected and port.name not in names:
+            with quiet_stderr():
+                port.client.close_port()
+            port.connected = False
+            self._say(f"MIDI port {port.name!r} disconnected; stemdeck keeps running and reconnects when it is back")
+        elif not port.connected:
+            index = find_port(names, port.wanted, self.config.client_name)  # plug numbers may change
+            if index is not None:
+                self._connect(port, index, names)
+                if port is self._output:
+                    self._sent.clear()  # the controller forgot its LEDs: send them all again
+                self._say(f"MIDI port {port.name!r} reconnected")
+
+    # -- messages -----------------------------------------------------------------------------------
+
+    def _on_midi(self, event, data=None) -> None:
+        """rtmidi's thread: enqueue and return."""
+        self._queue.put(event[0])
+
+    def _dispatch_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._queue.get(timeout=self.config.idle_poll_s)
+            except queue.Empty:
+                data = None
+            if data is not None:
+                self.handle(data)
+            if not self._stop.is_set():
+                self._sync_feedback()
+
+    def handle(self, data) -> None:
+        """Apply one raw message (on the dispatcher thread)."""
+        message = parse(data)
+        if message is None:
+            self.ignored += 1
+            return
+        if self._learn is not None:
+            self._learn_from(message)
+            return
+        scene = self.mapping.scene_for(message)
+        binding = self.mapping.find(message) if scene is None else None
+        if scene is not None:
+            self._recall(scene)
+        elif binding is None or not self._apply(binding, message):
+            self.ignored += 1
+            return
+        self.applied += 1
+        self.last_applied_s = time.perf_counter()
+
+    def _apply(self, binding: Binding, message: Message) -> bool:
+        c = self.controls
+        stem = binding.stem
+        if stem is not None and stem >= len(c.sources):
+            return False  # a 6-stem binding on a 4-stem model
+        if binding.message == "note":
+            pressed = message.kind == "note_on"
+            if binding.mode == "momentary" and binding.control in ("mute", "solo"):
+                self._set_switch(binding.control, stem, pressed)
+                return True
+            if pressed:
+                self._press(binding.control, stem)
+            return pressed  # a toggle's release changes nothing
+        value = message.value
+        if binding.mode == "button":
+            on = value >= 64
+            if binding.control in ("mute", "solo"):
+                self._set_switch(binding.control, stem, on)
+            elif on and not self._buttons.get(binding, False):
+                self._press(binding.control, stem)
+            self._buttons[binding] = on
+            return True
+        if binding.control not in ("gain", "dry"):
+            return False
+        position = float(value)
+        if binding.mode != "absolute":
+            position = min(CC_TOP, max(0.0, self._position(binding) + relative_delta(value, binding.mode)))
+        self._positions[(binding.control, stem)] = position
+        if binding.control == "gain":
+            c.set_gain(stem, cc_to_db(position))
+        else:
+            c.set_dry_mix(position / CC_TOP)
+        return True
+
+    def _position(self, binding: Binding) -> float:
+        key = (binding.control, binding.stem)
+        if key not in self._positions:
+            mixer = self.controls.mixer()
+            self._positions[key] = (db_to_cc(mixer.gain_db[binding.stem]) if binding.control == "gain"
+                                    else mixer.dry_mix * CC_TOP)
+        return self._positions[key]
+
+    def _press(self, control: str, stem: int | None) -> None:
+        mixer = self.controls.mixer()
+        if control == "mute":
+            self.controls.set_mute(stem, not mixer.mute[stem])
+        elif control == "solo":
+            self.controls.set_solo(stem, not mixer.solo[stem])
+        elif control == "play":
+            self.controls.toggle_play()
+        elif control == "cue":
+            self.controls.cue()
+
+    def _set_switch(self, control: str, stem: int, on: bool) -> None:
+        (self.controls.set_mute if control == "mute" else self.controls.set_solo)(stem, on)
+
+    def _recall(self, scene: Scene) -> None:
+        for stem in range(len(self.controls.sources)):
+            self.controls.set_gain(stem, scene.gain_db.get(stem, 0.0))
+            self.controls.set_mute(stem, stem in scene.mute)
+            self.controls.set_solo(stem, stem in scene.solo)
+            self._positions.pop(("gain", stem), None)
+        self._say(f"scene {scene.program}{': ' + scene.name if scene.name else ''} recalled")
+
+    # -- MIDI learn ---------------------------------------------------------------------------------
+
+    def learn(self, control: str, stem: int | None = None, mode: str = "") -> None:
+        """Arm a control: the next note or CC that arrives is bound to it."""
+        self._learn = _Learn(control, stem, mode)
+
+    def cancel_learn(self) -> None:
+        learn, self._learn = self._learn, None
+        if learn is not None:
+            learn.done.set()
+
+    @property
+    def learning(self) -> bool:
+        return self._learn is not None
+
+    def wait_learned(self, timeout_s: float | None = None) -> LearnResult | None:
+        learn = self._learn
+        if learn is None:
+            return None
+        learn.done.wait(timeout_s)
+        return learn.result
+
+    def _learn_from(self, message: Message) -> None:
+        learn = self._learn
+        if message.kind in ("note_off", "program"):
+            return  # the release of the pad pressed to learn, or nothing learnable: keep waiting
+        try:
+            binding = binding_from_message(message, learn.control, learn.stem, learn.mode)
+        except ValueError as exc:
+            self._say(str(exc))
+            return
+        replaced = tuple(self.mapping.learn(binding))
+        learn.result = LearnResult(binding, replaced)
+        if self.config.mapping_path is not None:
+            save_mapping(self.mapping, self.config.mapping_path)
+        self._learn = None
+        for old in replaced:
+            self._say(f"{old.describe_message()} no longer drives {old.describe_control(self.controls.sources)}")
+        self._say(f"learned: {binding.describe_message()} drives {binding.describe_control(self.controls.sources)}")
+        learn.done.set()
+
+    # -- LED feedback -------------------------------------------------------------------------------
+
+    def _sync_feedback(self) -> None:
+        outputs = [p for p in (self._output, self._virtual_output) if p is not None and p.connected]
+        if not outputs:
+            return
+        mixer = self.controls.mixer()
+        for binding in self.mapping.bindings:
+            message = self._feedback_message(binding, mixer)
+            key = (binding.message, binding.channel, binding.number)
+            if message is None or self._sent.get(key) == message:
+                continue
+            with self._lock:
+                for port in outputs:
+                    if port.connected:
+                        port.client.send_message(message)
+            self._sent[key] = message
+
+    def _feedback_message(self, binding: Binding, mixer) -> list[int] | None:
+        if not binding.feedback or (binding.stem is not None and binding.stem >= len(mixer.mute)):
+            return None
+        control, stem = binding.control, binding.stem
+        if control in ("mute", "solo", "play"):
+            on = mixer.mute[stem] if control == "mute" else mixer.solo[stem] if control == "solo" else mixer.playing
+            value = FEEDBACK_ON if on else FEEDBACK_OFF
+        elif control == "gain" and binding.mode == "absolute":
+            value = round(db_to_cc(mixer.gain_db[stem]) if math.isfinite(mixer.gain_db[stem]) else 0)
+        elif control == "dry" and binding.mode == "absolute":
+            value = round(mixer.dry_mix * CC_TOP)
+        else:
+            return None
+        channel = binding.channel or 1
+        value = min(CC_TOP, max(0, value))
+        return (note_on(channel, binding.number, value) if binding.message == "note"
+                else control_change(channel, binding.number, value))
+
+    def _say(self, text: str) -> None:
+        self.events.append(text)
+        self._report(text)

@@ -1,0 +1,224 @@
+"""Mappings as TOML under the user's config dir: readable, editable, checked line by line."""
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from pathlib import Path
+
+from .bindings import (CC_MODES, CONTROLS, MESSAGE_FAMILIES, NOTE_MODES, STEM_CONTROLS, STEM_NAMES, Binding,
+                       ConflictError, Mapping, Scene, default_mapping)
+HEADER = """\
+# stemdeck MIDI mapping. Edit freely; `stemdeck midi show` checks it.
+# message: "note" or "cc"; number: 0-127; channel: 1-16 or "any";
+# control: mute, solo, gain (stem fader), dry (dry/stems crossfader), play (play/pause), cue;
+# stem: 1-6 or a name (drums, bass, other, vocals, guitar, piano);
+# mode: notes toggle | momentary; CCs absolute | relative-twos | relative-offset | relative-signbit | button;
+# feedback: light the controller's pad with the control's state (Note On / CC 127 or 0).
+# [[scene]] tables: Program Change <program> recalls mute, solo and gain_db (stems not named: 0 dB).
+"""
+
+
+class MappingError(ValueError):
+    pass
+
+
+def user_mapping_path() -> Path:
+    from platformdirs import user_config_dir
+    return Path(user_config_dir("stemdeck")) / "midi.toml"
+
+
+def load_user_mapping(path: Path | None = None) -> Mapping:
+    """The user's mapping, or the default one when there is none yet."""
+    path = path or user_mapping_path()
+    return load_mapping(path) if path.exists() else default_mapping()
+
+
+def load_mapping(path: Path) -> Mapping:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MappingError(f"cannot read MIDI mapping {path}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise MappingError(f"{path}: not valid TOML: {exc}") from None
+    lines = _key_lines(text)
+    try:
+        return _mapping(data, lines)
+    except (MappingError, ConflictError) as exc:
+        raise MappingError(f"{path} {exc}") from None
+
+
+def save_mapping(mapping: Mapping, path: Path) -> None:
+    """Write atomically, so a crash never leaves a half-written mapping behind."""
+    import tomli_w
+
+    document: dict = {"midi": {"scene_channel": mapping.scene_channel or "any"}}
+    document["binding"] = [_binding_table(b) for b in mapping.bindings]
+    if mapping.scenes:
+        document["scene"] = [_scene_table(s) for s in mapping.scenes]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(HEADER + tomli_w.dumps(document), encoding="utf-8")
+    temporary.replace(path)
+
+
+def parse_stem(value) -> int:
+    """A 1-based number or a stem name → 0-based index."""
+    if isinstance(value, bool):
+        raise MappingError("stem must be a number 1-6 or a name")
+    if isinstance(value, int) and 1 <= value <= len(STEM_NAMES):
+        return value - 1
+    if isinstance(value, str) and value.lower() in STEM_NAMES:
+        return STEM_NAMES.index(value.lower())
+    raise MappingError(f"unknown stem {value!r} (use 1-6 or {', '.join(STEM_NAMES)})")
+
+
+def parse_control(text: str) -> tuple[str, int | None]:
+    """``mute:vocals``, ``gain:2``, ``play`` → (control, stem)."""
+    control, _, stem = text.partition(":")
+    if control not in CONTROLS:
+        raise MappingError(f"unknown control {control!r} (use {', '.join(CONTROLS)})")
+    if control in STEM_CONTROLS:
+        if not stem:
+            raise MappingError(f"{control} needs a stem, e.g. {control}:vocals")
+        return control, parse_stem(int(stem) if stem.isdigit() else stem)
+    if stem:
+        raise MappingError(f"{control} takes no stem")
+    return control, None
+
+
+def _mapping(data: dict, lines: dict) -> Mapping:
+    unknown = set(data) - {"midi", "binding", "scene"}
+    if unknown:
+        raise MappingError(f"line {lines.get((sorted(unknown)[0], None, None), '?')}: unknown table "
+                           f"{sorted(unknown)[0]!r} (use [midi], [[binding]], [[scene]])")
+    settings = data.get("midi", {})
+    scene_channel = _channel(settings.get("scene_channel", "any"), lines.get(("midi", 0, "scene_channel")))
+    bindings = [_binding(table, i, lines) for i, table in enumerate(data.get("binding", []))]
+    scenes = [_scene(table, i, lines) for i, table in enumerate(data.get("scene", []))]
+    seen = set()
+    for scene in scenes:
+        if scene.program in seen:
+            raise MappingError(f"line {scene.line}: program {scene.program} recalls two scenes; keep one")
+        seen.add(scene.program)
+    mapping = Mapping(bindings, scenes, scene_channel)
+    mapping.check()
+    return mapping
+
+
+def _binding(table: dict, index: int, lines: dict) -> Binding:
+    def fail(key: str | None, reason: str):
+        line = lines.get(("binding", index, key)) or lines.get(("binding", index, None))
+        raise MappingError(f"line {line}: binding {index + 1}: {reason}")
+
+    unknown = set(table) - {"message", "number", "channel", "control", "stem", "mode", "feedback"}
+    if unknown:
+        key = sorted(unknown)[0]
+        fail(key, f"unknown key {key!r}")
+    for key in ("message", "number", "control"):
+        if key not in table:
+            fail(None, f"{key} is missing")
+    message, number, control = table["message"], table["number"], table["control"]
+    if message not in MESSAGE_FAMILIES:
+        fail("message", f"message must be note or cc, not {message!r}")
+    if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= 127:
+        fail("number", f"number must be 0-127, not {number!r}")
+    if control not in CONTROLS:
+        fail("control", f"unknown control {control!r} (use {', '.join(CONTROLS)})")
+    stem = None
+    if control in STEM_CONTROLS:
+        if "stem" not in table:
+            fail(None, f"{control} needs a stem (1-6 or a name)")
+        try:
+            stem = parse_stem(table["stem"])
+        except MappingError as exc:
+            fail("stem", str(exc))
+    elif "stem" in table:
+        fail("stem", f"{control} takes no stem")
+    mode = table.get("mode", "")
+    modes = NOTE_MODES if message == "note" else CC_MODES
+    if mode and mode not in modes:
+        fail("mode", f"mode {mode!r} does not fit a {message} (use {', '.join(modes)})")
+    if message == "note" and control in ("gain", "dry"):
+        fail("control", f"a note cannot ride {control}; bind a CC")
+    feedback = table.get("feedback", True)
+    if not isinstance(feedback, bool):
+        fail("feedback", "feedback must be true or false")
+    try:
+        channel = _channel(table.get("channel", "any"), None)
+    except MappingError as exc:
+        fail("channel", str(exc))
+    return Binding(message, number, control, channel, stem, mode, feedback,
+                   line=lines.get(("binding", index, None)))
+
+
+def _scene(table: dict, index: int, lines: dict) -> Scene:
+    line = lines.get(("scene", index, None))
+
+    def fail(reason: str):
+        raise MappingError(f"line {line}: scene {index + 1}: {reason}")
+
+    unknown = set(table) - {"program", "name", "gain_db", "mute", "solo"}
+    if unknown:
+        fail(f"unknown key {sorted(unknown)[0]!r}")
+    program = table.get("program")
+    if not isinstance(program, int) or isinstance(program, bool) or not 0 <= program <= 127:
+        fail(f"program must be 0-127, not {program!r}")
+    try:
+        gains = {parse_stem(int(k) if str(k).isdigit() else k): float(v)
+                 for k, v in table.get("gain_db", {}).items()}
+        mute = frozenset(parse_stem(s) for s in table.get("mute", []))
+        solo = frozenset(parse_stem(s) for s in table.get("solo", []))
+    except (MappingError, TypeError, ValueError) as exc:
+        fail(str(exc))
+    return Scene(program, str(table.get("name", "")), gains, mute, solo, line=line)
+
+
+def _channel(value, line) -> int | None:
+    if value == "any":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 16:
+        return value
+    where = f"line {line}: " if line else ""
+    raise MappingError(f"{where}channel must be 1-16 or \"any\", not {value!r}")
+
+
+_HEADER_LINE = re.compile(r"^\s*\[\[\s*(binding|scene)\s*\]\]")
+_TABLE_LINE = re.compile(r"^\s*\[\s*([A-Za-z_]+)\s*\]")
+_KEY_LINE = re.compile(r"^\s*([A-Za-z_]+)\s*=")
+
+
+def _key_lines(text: str) -> dict:
+    """(table, index, key) → line number, so errors point where the user must look."""
+    lines, counts, current = {}, {"binding": -1, "scene": -1}, (None, None)
+    for number, line in enumerate(text.splitlines(), 1):
+        if header := _HEADER_LINE.match(line):
+            kind = header.group(1)
+            counts[kind] += 1
+            current = (kind, counts[kind])
+            lines[(*current, None)] = number
+        elif table := _TABLE_LINE.match(line):
+            current = (table.group(1), 0)
+            lines.setdefault((table.group(1), None, None), number)
+        elif (key := _KEY_LINE.match(line)) and current[0] is not None:
+            lines.setdefault((*current, key.group(1)), number)
+    return lines
+
+
+def _binding_table(binding: Binding) -> dict:
+    table = {"message": binding.message, "number": binding.number,
+             "channel": binding.channel if binding.channel is not None else "any", "control": binding.control}
+    if binding.stem is not None:
+        table["stem"] = STEM_NAMES[binding.stem]
+    table["mode"] = binding.mode
+    table["feedback"] = binding.feedback
+    return table
+
+
+def _scene_table(scene: Scene) -> dict:
+    table = {"program": scene.program, "name": scene.name, "mute": [STEM_NAMES[s] for s in sorted(scene.mute)],
+             "solo": [STEM_NAMES[s] for s in sorted(scene.solo)]}
+    table["gain_db"] = {STEM_NAMES[s]: db for s, db in sorted(scene.gain_db.items()) if math.isfinite(db)}
+    return table

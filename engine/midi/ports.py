@@ -1,0 +1,106 @@
+"""MIDI ports through python-rtmidi: which system, which ports, opened by name or part of it."""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+
+API_NAMES = ("auto", "jack", "alsa")
+
+
+class MidiError(RuntimeError):
+    """A one-line problem with the MIDI system or a port, with what to do."""
+
+
+def rtmidi():
+    try:
+        import rtmidi as module
+    except ImportError:
+        raise MidiError("python-rtmidi is not installed; `pip install python-rtmidi`") from None
+    return module
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """libjack and ALSA print their own diagnostics when a server is missing; we say it in one line."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _api_constant(name: str) -> int:
+    rt = rtmidi()
+    return {"jack": rt.API_UNIX_JACK, "alsa": rt.API_LINUX_ALSA}[name]
+
+
+def open_client(direction: str, api: str = "auto", client_name: str = "stemdeck"):
+    """An rtmidi MidiIn/MidiOut on ``api``; "auto" takes JACK when a server runs, else ALSA."""
+    rt = rtmidi()
+    if api not in API_NAMES:
+        raise MidiError(f"unknown MIDI system {api!r} (use {', '.join(API_NAMES)})")
+    klass = rt.MidiIn if direction == "in" else rt.MidiOut
+    compiled = {rt.get_api_name(a) for a in rt.get_compiled_api()}
+    candidates = ["jack", "alsa"] if api == "auto" else [api]
+    problems = []
+    for name in candidates:
+        if name not in compiled:
+            problems.append(f"{name}: not compiled into python-rtmidi")
+            continue
+        try:
+            with quiet_stderr():
+                client = klass(rtapi=_api_constant(name), name=client_name)
+                client.get_port_count()
+            return client
+        except rt.RtMidiError as exc:
+            problems.append(f"{name}: {str(exc).splitlines()[0]}")
+    raise MidiError("no MIDI system to open (" + "; ".join(problems) +
+                    "); start a JACK server or load ALSA's sequencer (modprobe snd-seq)")
+
+
+def port_names(client) -> list[str]:
+    with quiet_stderr():
+        return list(client.get_ports())
+
+
+def list_ports(api: str = "auto") -> tuple[list[str], list[str]]:
+    """(inputs, outputs) as the MIDI system names them."""
+    inputs, outputs = open_client("in", api, "stemdeck-list"), open_client("out", api, "stemdeck-list")
+    try:
+        return port_names(inputs), port_names(outputs)
+    finally:
+        for client in (inputs, outputs):
+            client.delete()
+
+
+def normalise_port_name(name: str) -> str:
+    """A port's name without the numbers the system adds on each plug (ALSA ``20:0``, JACK ``-01``)."""
+    name = re.sub(r"\s+\d+:\d+$", "", name.strip())
+    client, colon, port = name.partition(":")
+    client = re.sub(r"-\d+$", "", client)
+    return f"{client}{colon}{port}".lower()
+
+
+def client_part(name: str) -> str:
+    return normalise_port_name(name).partition(":")[0]
+
+
+def find_port(names: list[str], wanted: str, own_client: str = "stemdeck") -> int | None:
+    """Index of the port named ``wanted`` (exactly, or part of its name); never one of our own."""
+    candidates = [(i, n) for i, n in enumerate(names) if client_part(n) != own_client.lower()]
+    for i, name in candidates:
+        if name == wanted:
+            return i
+    key = normalise_port_name(wanted)
+    for i, name in candidates:
+        if key in normalise_port_name(name):
+            return i
+    return None
+
+
+def describe_ports(names: list[str]) -> str:
+    return ", ".join(repr(n) for n in names) if names else "none"
