@@ -1,0 +1,217 @@
+"""MIDI through a real JACK server (dummy driver) with rtmidi's JACK API: a second client plays
+the controller, with its own output (pads, faders) and input (LEDs)."""
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from engine.midi import MidiConfig, MidiController, MidiError, default_mapping, load_mapping, parse
+from engine.midi.ports import open_client
+from test_engine_midi import VOCALS, BASS, deck, settled_ratio  # noqa: F401  (the deck fixture)
+
+CONTROLLER = "fakectl"
+
+
+class FakeController:
+    """A hardware controller as JACK shows it: an output port for its pads, an input for its LEDs."""
+
+    def __init__(self):
+        self.leds: list[list[int]] = []
+        self._got = threading.Condition()
+        self.plug()
+        self.leds_in = open_client("in", "jack", CONTROLLER)
+        self.leds_in.ignore_types(sysex=False)
+        self.leds_in.set_callback(self._led)
+        self.leds_in.open_virtual_port("leds in")
+
+    def plug(self):
+        self.pads_out = open_client("out", "jack", CONTROLLER)
+        self.pads_out.open_virtual_port("pads out")
+
+    def unplug(self):
+        self.pads_out.close_port()
+        self.pads_out.delete()
+
+    def send(self, *message):
+        self.pads_out.send_message(list(message))
+
+    def _led(self, event, data=None):
+        with self._got:
+            self.leds.append(event[0])
+            self._got.notify_all()
+
+    def wait_led(self, message, timeout_s=5.0) -> bool:
+        with self._got:
+            return self._got.wait_for(lambda: list(message) in self.leds, timeout_s)
+
+    def close(self):
+        for client in (self.pads_out, self.leds_in):
+            client.close_port()
+            client.delete()
+
+
+@pytest.fixture
+def fake(jack_server):
+    controller = FakeController()
+    yield controller
+    controller.close()
+
+
+def wait_for(condition, timeout_s=5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+@pytest.fixture
+def midi(deck, fake):
+    with MidiController(deck, default_mapping(4), MidiConfig(input=CONTROLLER, api="jack",
+                                                             hotplug_poll_s=0.05)) as controller:
+        yield controller
+
+
+def test_note_on_from_another_client_mutes_the_vocals_in_the_output(deck, fake, midi):
+    assert midi.input_names == [f"{CONTROLLER}:pads out"]
+    assert settled_ratio(deck) == pytest.approx(1.0, abs=1e-5)
+    fake.send(0x90, 36 + VOCALS, 100)
+    assert wait_for(lambda: deck.mixer().mute[VOCALS])
+    assert settled_ratio(deck) == pytest.approx(0.6, abs=1e-5)
+    fake.send(0x90, 36 + VOCALS, 0)
+    fake.send(0x90, 36 + VOCALS, 100)  # press again: back
+    assert wait_for(lambda: not deck.mixer().mute[VOCALS])
+    assert settled_ratio(deck) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_learn_binds_a_cc_and_the_fader_follows(deck, fake, midi):
+    midi.learn("gain", BASS)
+    fake.send(0xB2, 74, 64)
+    result = midi.wait_learned(5)
+    assert result is not None and (result.binding.number, result.binding.channel) == (74, 3)
+    fake.send(0xB2, 74, 100)
+    assert wait_for(lambda: deck.mixer().gain_db[BASS] == pytest.approx(0.0, abs=1e-4))
+    fake.send(0xB2, 74, 0)
+    assert wait_for(lambda: deck.mixer().gain_db[BASS] <= -60)
+    assert settled_ratio(deck) == pytest.approx(0.8, abs=1e-5)
+
+
+def test_led_feedback_at_start_and_on_every_change_whoever_makes_it(deck, fake, midi):
+    # found as the same controller's port (JACK numbers a client's second connection: fakectl-01)
+    assert midi.output_name.startswith(CONTROLLER) and midi.output_name.endswith(":leds in")
+    for stem in range(4):  # every pad's state at start
+        assert fake.wait_led([0x90, 36 + stem, 0])
+    fake.send(0x90, 36 + VOCALS, 100)  # from MIDI
+    assert fake.wait_led([0x90, 36 + VOCALS, 127])
+    deck.set_solo(BASS)  # from the GUI or keyboard: the engine's control API
+    assert fake.wait_led([0x90, 42 + BASS, 127])
+    deck.set_gain(BASS, -6.0)  # a fader: its CC carries the position back
+    assert wait_for(lambda: any(m[:2] == [0xB0, 1 + BASS] and m[2] < 100 for m in fake.leds))
+
+
+def test_a_controller_that_disappears_and_comes_back_is_reconnected(deck, fake, midi):
+    fake.unplug()
+    assert wait_for(lambda: any("disconnected" in e for e in midi.events))
+    assert midi.input_names == []
+    fake.plug()  # JACK may give it a new client number; the name still matches
+    assert wait_for(lambda: any("reconnected" in e for e in midi.events))
+    assert midi.input_names and midi.input_names[0].endswith(":pads out")
+    time.sleep(0.1)  # JACK's connection lands on its next cycle
+    fake.send(0x90, 36 + VOCALS, 100)
+    assert wait_for(lambda: deck.mixer().mute[VOCALS])
+
+
+def test_malformed_and_unexpected_messages_are_ignored(deck, fake, midi):
+    for message in ([0xF0, 0x7E, 0x7F, 0x06, 0x01, 0xF7], [0xD0, 64], [0xE0, 0, 64], [0xA0, 39, 3],
+                    [39, 100], [0xF8]):
+        fake.send(*message)
+    fake.send(0x90, 36 + VOCALS, 100)  # and what follows still works
+    assert wait_for(lambda: deck.mixer().mute[VOCALS])
+    assert midi.applied == 1
+    assert deck.mixer().mute == (False, False, False, True) and deck.mixer().solo == (False,) * 4
+
+
+def test_virtual_port_lets_another_app_drive_stemdeck(deck, jack_server):
+    with MidiController(deck, default_mapping(4), MidiConfig(virtual=True, api="jack")) as controller:
+        app = open_client("out", "jack", "daw")
+        try:
+            ports = app.get_ports()
+            app.open_port(next(i for i, n in enumerate(ports) if n.endswith("stemdeck:control in")))
+            time.sleep(0.1)
+            app.send_message([0x90, 42 + VOCALS, 100])
+            assert wait_for(lambda: deck.mixer().solo[VOCALS])
+            assert controller.applied == 1
+        finally:
+            app.close_port()
+            app.delete()
+
+
+def test_unknown_input_is_one_clear_error(deck, fake):
+    with pytest.raises(MidiError, match=r"no MIDI input matches 'nanoKONTROL'; inputs: 'fakectl:pads out'"):
+        MidiController(deck, default_mapping(4), MidiConfig(input="nanoKONTROL", api="jack")).start()
+
+
+def _cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True,
+                          timeout=60, **kwargs)
+
+
+def test_cli_lists_ports(fake):
+    result = _cli("midi", "list", "--midi-api", "jack")
+    assert result.returncode == 0, result.stderr
+    assert "  fakectl:pads out" in result.stdout and "  fakectl-01:leds in" in result.stdout
+
+
+def test_cli_learn_saves_the_binding(fake, tmp_path):
+    mapping = tmp_path / "midi.toml"
+    learn = subprocess.Popen([sys.executable, "-m", "engine.cli", "midi", "learn", "gain:vocals",
+                              "--midi-in", CONTROLLER, "--midi-api", "jack", "--midi-map", str(mapping)],
+                             stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = learn.stderr.readline()
+    while "move a control" not in line and line:
+        line = learn.stderr.readline()
+    fake.send(0xB0, 33, 80)
+    _, rest = learn.communicate(timeout=30)
+    assert learn.returncode == 0, rest
+    assert "learned: CC 33 on channel 1 drives gain vocals" in rest
+    binding = load_mapping(mapping).find(parse([0xB0, 33, 0]))
+    assert (binding.control, binding.stem) == ("gain", VOCALS)
+
+
+def test_cli_learn_escape_cancels(fake, tmp_path):
+    mapping = tmp_path / "midi.toml"
+    learn = subprocess.Popen([sys.executable, "-m", "engine.cli", "midi", "learn", "mute:bass",
+                              "--midi-in", CONTROLLER, "--midi-api", "jack", "--midi-map", str(mapping)],
+                             stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = learn.stderr.readline()
+    while "move a control" not in line and line:
+        line = learn.stderr.readline()
+    _, rest = learn.communicate("\x1b", timeout=30)
+    assert learn.returncode == 1
+    assert "MIDI learn cancelled; nothing changed" in rest and "Traceback" not in rest
+    assert not mapping.exists()
+
+
+def test_cli_rejects_a_bad_mapping_in_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[binding]]\nmessage = "note"\nnumber = 36\ncontrol = "mute"\nstem = 9\n')
+    result = _cli("midi", "import", str(bad), "--midi-map", str(tmp_path / "midi.toml"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"stemdeck: error: {bad} line 5: binding 1: unknown stem 9 (use 1-6 or drums, bass, other, vocals, "
+        "guitar, piano)"]
+    assert not (tmp_path / "midi.toml").exists()
+
+
+def test_cli_play_with_midi_reports_the_controller(fake, tmp_path):
+    from conftest import write_tone
+    song = tmp_path / "song.wav"
+    write_tone(song, seconds=2.0)
+    result = _cli("play", str(song), "--model", "passthrough", "--duration", "1", "--midi-in", CONTROLLER,
+                  "--midi-api", "jack")
+    assert result.returncode == 0, result.stderr
+    assert f"stemdeck: MIDI: {CONTROLLER}:pads out, LEDs on {CONTROLLER}-01:leds in" in result.stderr
