@@ -207,6 +207,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser = model_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     add_engine_commands(commands, add_model_options)
+    from gui.app import add_gui_command
+    add_gui_command(commands, add_model_options, add_midi_options)
     return parser
 
 
@@ -217,7 +219,8 @@ def main(argv=None) -> int:
 
     from .midi import MappingError, MidiError
 
-    return run_parsed(get_parser(), argv, extra_errors=(DeviceError, WorkerError, MidiError, MappingError))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_parsed(get_parser(), argv or ["gui"], extra_errors=(DeviceError, WorkerError, MidiError, MappingError))
 
 
 if __name__ == "__main__":

@@ -369,6 +369,16 @@ class Engine:
     def stream_active(self) -> bool:
         return self._stream is not None and bool(self._stream.active)
 
+    def stop_output(self) -> None:
+        """Close the sound device and keep the session (the deck's track, its stems, the worker)."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.stop()
+                stream.close()
+            except Exception:  # the device may already be gone
+                pass
+
     def stop(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:

@@ -1,0 +1,117 @@
+"""``stemdeck`` / ``stemdeck gui``: the desktop mixer, and ``--screenshot`` to render it without a screen."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+SCREENSHOT_BLOCKS = 400  # ≈ 2.3 s of audio at 256 frames: the meters have moved
+BLOCK_FRAMES = 256
+
+
+def add_gui_command(commands, add_model_options, add_midi_options) -> None:
+    gui = commands.add_parser("gui", help="the desktop mixer (also what `stemdeck` alone opens)")
+    gui.add_argument("file", type=Path, nargs="?", help="a track to load at start")
+    gui.add_argument("--demo", action="store_true", help="load a generated demo song")
+    gui.add_argument("--screenshot", type=Path, metavar="PNG", help="render the window to PNG and exit")
+    gui.add_argument("--preset", choices=("quality", "balanced", "low-latency"), default=None)
+    gui.add_argument("--output", help="output device (index, name or part of it)")
+    gui.add_argument("--exit-when-shown", action="store_true", help=argparse.SUPPRESS)  # startup benchmark
+    add_model_options(gui)
+    add_midi_options(gui)
+    gui.set_defaults(func=run_gui)
+
+
+def run_gui(args: argparse.Namespace) -> int:
+    headless = args.screenshot is not None
+    if headless and not os.environ.get("QT_QPA_PLATFORM"):
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"  # renders with no display at all
+    if not headless and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                             or os.environ.get("QT_QPA_PLATFORM")):
+        raise ValueError("no display to open the mixer on; run it on a desktop, or render it with "
+                         "`stemdeck gui --demo --screenshot mixer.png`")
+    from PyQt6.QtCore import QSettings, QTimer
+    from PyQt6.QtWidgets import QApplication
+
+    from .main_window import MainWindow
+    from .session import Session, SessionConfig
+    from .theme import apply_theme
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("stemdeck")
+    apply_theme(app)
+    settings = QSettings("stemdeck", "stemdeck")
+    model = args.model if args.model != "htdemucs" else str(settings.value("model", "htdemucs"))
+    preset = args.preset or str(settings.value("preset", "balanced"))
+    config = SessionConfig(model=model, preset=preset, output_device=args.output, headless=headless,
+                           worker="thread" if headless else "process", precision=args.precision,
+                           calibrate=not headless)
+    session = Session(config)
+    window = MainWindow(session, settings)
+    midi = _start_midi(window, session, args)
+    window.show()
+    if args.exit_when_shown:
+        QTimer.singleShot(0, lambda: (print(f"STEMDECK_SHOWN {time.perf_counter():.3f}", flush=True), app.quit()))
+        app.exec()
+        session.close()
+        return 0
+    session.choose_model(model, preset)
+    if args.demo:
+        from models.demo import demo_stems
+        session.open_array(sum(demo_stems(20.0).values()), "demo song")
+    elif args.file is not None:
+        session.open_file(args.file)
+    try:
+        if headless:
+            return _screenshot(app, window, session, args.screenshot)
+        app.exec()
+        return 0
+    finally:
+        if midi is not None:
+            midi.close()
+        session.close()
+
+
+def _start_midi(window, session, args):
+    from engine.midi.cli import start_midi
+
+    from .main_window import EngineControls
+
+    try:
+        controller = start_midi(EngineControls(session), args)
+    except Exception as exc:  # noqa: BLE001 - a missing controller must not stop the mixer
+        window.show_error(f"MIDI: {str(exc).splitlines()[0]}")
+        return None
+    window.midi = controller
+    return controller
+
+
+def _screenshot(app, window, session, path: Path) -> int:
+    """Wait for the model and track, play a few seconds through the engine, grab the window."""
+    deadline = time.monotonic() + 120
+    while not session.idle.is_set() or session.engine is None:
+        app.processEvents()
+        if time.monotonic() > deadline:
+            raise ValueError("the model or track did not load within 120 s; nothing rendered")
+        time.sleep(0.01)
+    app.processEvents()
+    engine = session.engine
+    import numpy as np
+    out = np.zeros((BLOCK_FRAMES, engine.config.channels), np.float32)
+    if session.track is not None:
+        engine.wait_separated(int(3 * engine.config.samplerate), timeout_s=60)
+        engine.play()
+        for block in range(SCREENSHOT_BLOCKS):
+            engine.process_deck_block(out)
+            if block % 6 == 0:
+                window.refresh()
+                app.processEvents()
+    window.refresh()
+    app.processEvents()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not window.grab().save(str(path), "PNG"):
+        raise ValueError(f"could not write {path}")
+    print(path)
+    return 0

@@ -1,0 +1,248 @@
+"""The app's side of the engine: one engine at a time, changed only on a background thread.
+
+Everything slow (importing torch, loading a model, calibrating, reading and resampling a
+file, opening a device) runs on the session's job thread, one job at a time, so the GUI never
+waits for it. The GUI thread only uses the engine's control API (cheap, lock-free for the
+audio callback) and its status snapshot. Results and errors come back as Qt signals.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PyQt6.QtCore import QObject, pyqtSignal
+
+PASSTHROUGH = "passthrough"
+DEMO_SECONDS = 20.0
+WAVEFORM_COLUMNS = 1200
+
+
+@dataclass
+class SessionConfig:
+    model: str = "htdemucs"
+    preset: str = "balanced"
+    latency_s: float | None = None  # instead of the preset
+    output_device: str | None = None
+    input_device: str | None = None
+    headless: bool = False  # no sound device: tests and screenshots drive the blocks
+    worker: str = "process"
+    calibrate: bool = True
+    precision: str = "auto"
+
+
+@dataclass(frozen=True)
+class Track:
+    path: Path | None
+    name: str
+    seconds: float
+    peaks: np.ndarray  # (WAVEFORM_COLUMNS,) peak per column, for the overview
+
+
+def user_message(exc: BaseException) -> str:
+    """One line for the banner: our errors already say what to do."""
+    from engine.device import DeviceError
+    from engine.midi import MappingError, MidiError
+    from models.audio import AudioError
+    from models.checkpoint import CheckpointError
+    from models.registry import ModelNotAvailableError
+
+    known = (AudioError, CheckpointError, ModelNotAvailableError, DeviceError, MidiError, MappingError, ValueError)
+    if isinstance(exc, known):
+        return str(exc).splitlines()[0]
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def overview_peaks(track: np.ndarray, columns: int = WAVEFORM_COLUMNS) -> np.ndarray:
+    mono = np.abs(track).max(axis=0)
+    usable = mono[: len(mono) // columns * columns] if len(mono) >= columns else np.pad(mono, (0, columns - len(mono)))
+    return usable.reshape(columns, -1).max(axis=1)
+
+
+def load_model(name: str):
+    if name == PASSTHROUGH:
+        from models.passthrough import PassThrough
+        return PassThrough()
+    from models.cli import load_or_fetch
+    return load_or_fetch(name)
+
+
+class Session(QObject):
+    busy = pyqtSignal(str)  # what the job thread is doing ("" when idle)
+    model_ready = pyqtSignal(str, tuple)  # model name, sources
+    track_ready = pyqtSignal(object)  # Track
+    live_ready = pyqtSignal()
+    failed = pyqtSignal(str)  # one line for the user
+
+    def __init__(self, config: SessionConfig | None = None, model_loader: Callable = load_model):
+        super().__init__()
+        self.config = config or SessionConfig()
+        self.engine = None
+        self.model_name: str | None = None
+        self.track: Track | None = None
+        self._track_audio: np.ndarray | None = None
+        self._load_model = model_loader
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run_jobs, name="stemdeck-session", daemon=True)
+        self._thread.start()
+        self.idle = threading.Event()
+        self.idle.set()
+
+    # -- jobs ---------------------------------------------------------------------------------------
+
+    def _submit(self, label: str, job: Callable[[], None]) -> None:
+        self.idle.clear()
+        self._jobs.put((label, job))
+
+    def _run_jobs(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            label, job = item
+            self.busy.emit(label)
+            try:
+                job()
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a message, the app goes on
+                self.failed.emit(user_message(exc))
+                if not isinstance(exc, (ValueError, OSError)) and "Error" not in type(exc).__name__:
+                    traceback.print_exc()
+            if self._jobs.empty():
+                self.busy.emit("")
+                self.idle.set()
+
+    def wait_idle(self, timeout_s: float = 60.0) -> bool:
+        return self.idle.wait(timeout_s)
+
+    # -- what the GUI asks for ------------------------------------------------------------------------
+
+    def choose_model(self, name: str, preset: str | None = None) -> None:
+        self._submit(f"loading {name}…", lambda: self._switch_or_stand_in(name, preset or self.config.preset))
+
+    def open_file(self, path: str | Path) -> None:
+        self._submit(f"opening {Path(path).name}…", lambda: self._open_file(Path(path)))
+
+    def open_array(self, audio: np.ndarray, name: str) -> None:
+        self._submit(f"loading {name}…", lambda: self._open_audio(audio, name, None))
+
+    def start_live(self) -> None:
+        self._submit("starting live input…", self._start_live)
+
+    def set_output(self, device: str | None) -> None:
+        self.config.output_device = device
+        if self.engine is not None and self.engine._mode == "deck":
+            self._submit("opening the output…", self._restart_output)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(30)
+        if self.engine is not None:
+            self.engine.stop()
+            self.engine = None
+
+    # -- on the job thread ------------------------------------------------------------------------------
+
+    def _switch_or_stand_in(self, name: str, preset: str) -> None:
+        """A model that cannot load leaves the current one; with none yet, the deck still plays."""
+        try:
+            self._switch_model(name, preset)
+        except Exception as exc:
+            if self.engine is not None or name == PASSTHROUGH:
+                raise
+            self.failed.emit(f"{user_message(exc)} — until then the pass-through stand-in plays the track "
+                             "(its stems are fixed fractions of the mix, not a separation)")
+            self._switch_model(PASSTHROUGH, preset)
+
+    def _switch_model(self, name: str, preset: str) -> None:
+        from engine.cli import window_for_latency
+        from engine.config import PRESETS, EngineConfig
+        from engine.engine import Engine
+
+        model = self._load_model(name)
+        samplerate = self._device_rate(model.samplerate)
+        engine = Engine(model, EngineConfig(samplerate=samplerate, worker=self.config.worker,
+                                            precision=self.config.precision))
+        window = window_for_latency(self.config.latency_s) if self.config.latency_s else PRESETS[preset]
+        try:
+            engine.prepare(window, block_frames=256, calibrate_plan=self.config.calibrate)
+        except Exception:
+            engine.stop()
+            raise
+        old, self.engine = self.engine, engine
+        if old is not None:
+            self._carry_mixer(old, engine)
+            old.stop()
+        self.model_name, self.config.preset = name, preset
+        self.model_ready.emit(name, tuple(model.sources))
+        if self._track_audio is not None and self.track is not None:
+            self._open_audio(self._track_audio, self.track.name, self.track.path, reread=False)
+
+    def _device_rate(self, fallback: int) -> int:
+        if self.config.headless:
+            return fallback
+        from engine.cli import _device_rate
+        from engine.device import resolve_device
+        return _device_rate(resolve_device(self.config.output_device, "output"))
+
+    @staticmethod
+    def _carry_mixer(old, new) -> None:
+        mixer = old.mixer()
+        for stem, name in enumerate(old.sources):
+            if name in new.sources:
+                new.set_gain(name, mixer.gain_db[stem])
+                new.set_mute(name, mixer.mute[stem])
+                new.set_solo(name, mixer.solo[stem])
+        new.set_dry_mix(mixer.dry_mix)
+
+    def _open_file(self, path: Path) -> None:
+        from models.audio import read_audio
+        from models.separate import match_channels, resample
+
+        self._require_engine()
+        audio, samplerate = read_audio(path)  # a bad file stops here: the current track plays on
+        rate, channels = self.engine.config.samplerate, self.engine.config.channels
+        track = np.ascontiguousarray(match_channels(resample(audio, samplerate, rate), channels), dtype=np.float32)
+        self._open_audio(track, path.name, path)
+
+    def _open_audio(self, audio: np.ndarray, name: str, path: Path | None, reread: bool = True) -> None:
+        self._require_engine()
+        engine = self.engine
+        was_playing = engine.mixer().playing
+        engine.pause()
+        engine.stop_output()
+        engine.load_array(audio)
+        self._track_audio = audio
+        self.track = Track(path, name, audio.shape[-1] / engine.config.samplerate, overview_peaks(audio))
+        if not self.config.headless:
+            from engine.device import resolve_device
+            engine.start_output(resolve_device(self.config.output_device, "output"))
+        if was_playing and not reread:
+            engine.play()
+        self.track_ready.emit(self.track)
+
+    def _restart_output(self) -> None:
+        from engine.device import resolve_device
+        self.engine.stop_output()
+        self.engine.start_output(resolve_device(self.config.output_device, "output"))
+
+    def _start_live(self) -> None:
+        from engine.device import resolve_device
+
+        self._require_engine()
+        engine = self.engine
+        engine.stop_output()
+        if self.config.headless:
+            engine.start_live_headless()
+        else:
+            engine.start_live(resolve_device(self.config.input_device, "input"),
+                              resolve_device(self.config.output_device, "output"))
+        self.track, self._track_audio = None, None
+        self.live_ready.emit()
+
+    def _require_engine(self) -> None:
+        if self.engine is None:
+            raise ValueError("no model is loaded yet; pick one in the model menu")

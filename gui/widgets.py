@@ -1,0 +1,218 @@
+"""The mixer's widgets: meters, dB faders, activity views, the track overview, a channel strip."""
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+from PyQt6.QtCore import QPointF, QRectF, Qt, pyqtSignal
+from PyQt6.QtGui import QColor, QPainter, QPen
+from PyQt6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
+
+from .theme import DIM_TEXT, PANEL, TEXT
+
+METER_FLOOR_DB = -60.0
+PEAK_HOLD_S = 1.5
+FADER_MIN_DB, FADER_MAX_DB = -60.0, 6.0
+FADER_STEPS_PER_DB = 10
+ACTIVITY_POINTS = 90  # three seconds at 30 fps
+
+
+def to_db(value: float) -> float:
+    return 20.0 * math.log10(value) if value > 1e-6 else -math.inf
+
+
+class LevelMeter(QWidget):
+    """RMS bar with a peak-hold line, in dB from −60 to 0."""
+
+    def __init__(self, colour: QColor, parent=None):
+        super().__init__(parent)
+        self.colour = colour
+        self.rms_db = self.peak_db = self.hold_db = -math.inf
+        self._hold_age_s = 0.0
+        self.setFixedWidth(18)
+        self.setMinimumHeight(120)
+
+    def set_levels(self, rms: float, peak: float, elapsed_s: float) -> None:
+        self.rms_db, self.peak_db = to_db(rms), to_db(peak)
+        self._hold_age_s += elapsed_s
+        if self.peak_db >= self.hold_db or self._hold_age_s > PEAK_HOLD_S:
+            self.hold_db, self._hold_age_s = self.peak_db, 0.0
+        self.update()
+
+    def _fraction(self, db: float) -> float:
+        return 0.0 if db == -math.inf else min(1.0, max(0.0, 1.0 - db / METER_FLOOR_DB))
+
+    def paintEvent(self, event) -> None:
+        p = QPainter(self)
+        rect = QRectF(self.rect())
+        p.fillRect(rect, QColor(PANEL))
+        height = rect.height() * self._fraction(self.rms_db)
+        p.fillRect(QRectF(rect.left(), rect.bottom() - height, rect.width(), height), self.colour)
+        if self.hold_db > METER_FLOOR_DB:
+            y = rect.bottom() - rect.height() * self._fraction(self.hold_db)
+            p.setPen(QPen(QColor("#ff5252") if self.hold_db >= -0.1 else QColor(TEXT), 2))
+            p.drawLine(QPointF(rect.left(), y), QPointF(rect.right(), y))
+
+
+class ActivityView(QWidget):
+    """The stem's level over the last seconds, scrolling: what it is doing right now."""
+
+    def __init__(self, colour: QColor, parent=None):
+        super().__init__(parent)
+        self.colour = colour
+        self.points: deque[float] = deque([0.0] * ACTIVITY_POINTS, maxlen=ACTIVITY_POINTS)
+        self.setMinimumSize(80, 36)
+
+    def push(self, peak: float) -> None:
+        self.points.append(self._fraction(peak))
+        self.update()
+
+    @staticmethod
+    def _fraction(value: float) -> float:
+        db = to_db(value)
+        return 0.0 if db == -math.inf else min(1.0, max(0.0, 1.0 - db / METER_FLOOR_DB))
+
+    def paintEvent(self, event) -> None:
+        p = QPainter(self)
+        rect = QRectF(self.rect())
+        p.fillRect(rect, QColor(PANEL))
+        width = rect.width() / ACTIVITY_POINTS
+        middle = rect.center().y()
+        for i, value in enumerate(self.points):
+            half = value * rect.height() / 2
+            p.fillRect(QRectF(rect.left() + i * width, middle - half, max(1.0, width - 1), 2 * half), self.colour)
+
+
+class DbFader(QSlider):
+    """Vertical fader in dB with a unity mark; double-click resets to 0 dB."""
+
+    changed_db = pyqtSignal(float)
+
+    def __init__(self, parent=None):
+        super().__init__(Qt.Orientation.Vertical, parent)
+        self.setRange(int(FADER_MIN_DB * FADER_STEPS_PER_DB), int(FADER_MAX_DB * FADER_STEPS_PER_DB))
+        self.setValue(0)
+        self.setMinimumHeight(160)
+        self.setPageStep(3 * FADER_STEPS_PER_DB)
+        self.valueChanged.connect(lambda v: self.changed_db.emit(self.db))
+
+    @property
+    def db(self) -> float:
+        value = self.value() / FADER_STEPS_PER_DB
+        return -math.inf if value <= FADER_MIN_DB else value
+
+    def set_db(self, db: float) -> None:
+        self.setValue(int(round(max(FADER_MIN_DB, min(FADER_MAX_DB, db)) * FADER_STEPS_PER_DB)))
+
+    def mouseDoubleClickEvent(self, event) -> None:
+        self.set_db(0.0)
+
+    def paintEvent(self, event) -> None:
+        super().paintEvent(event)
+        p = QPainter(self)
+        p.setPen(QPen(QColor(DIM_TEXT), 1))
+        span = self.maximum() - self.minimum()
+        y = self.height() * (self.maximum() - 0) / span
+        p.drawLine(QPointF(0, y), QPointF(8, y))
+        p.drawLine(QPointF(self.width() - 8, y), QPointF(self.width(), y))
+
+
+class WaveformOverview(QWidget):
+    """The whole track, the playhead, and a band showing how far ahead separation has got."""
+
+    seek_requested = pyqtSignal(float)  # seconds
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.peaks = np.zeros(0, np.float32)
+        self.seconds = 0.0
+        self.position_s = 0.0
+        self.separated_until_s = 0.0
+        self.setMinimumHeight(70)
+        self.setToolTip("Click to seek (Left/Right: ±5 s). Shaded: separated ahead of the playhead")
+
+    def set_track(self, peaks: np.ndarray, seconds: float) -> None:
+        self.peaks, self.seconds = peaks, seconds
+        self.position_s = self.separated_until_s = 0.0
+        self.update()
+
+    def set_position(self, position_s: float, ahead_s: float) -> None:
+        self.position_s, self.separated_until_s = position_s, position_s + ahead_s
+        self.update()
+
+    def mousePressEvent(self, event) -> None:
+        if self.seconds > 0:
+            self.seek_requested.emit(self.seconds * min(1.0, max(0.0, event.position().x() / self.width())))
+
+    def paintEvent(self, event) -> None:
+        p = QPainter(self)
+        rect = QRectF(self.rect())
+        p.fillRect(rect, QColor(PANEL))
+        if self.seconds <= 0 or len(self.peaks) == 0:
+            p.setPen(QColor(DIM_TEXT))
+            p.drawText(rect, Qt.AlignmentFlag.AlignCenter, "Open a track (Ctrl+O) or drop a file here")
+            return
+        x_of = lambda s: rect.left() + rect.width() * min(1.0, s / self.seconds)  # noqa: E731
+        band = QRectF(x_of(self.position_s), rect.top(), x_of(self.separated_until_s) - x_of(self.position_s),
+                      rect.height())
+        p.fillRect(band, QColor(255, 179, 0, 50))
+        scale = rect.height() / 2 / max(1e-6, float(self.peaks.max()))
+        middle = rect.center().y()
+        column = rect.width() / len(self.peaks)
+        played = x_of(self.position_s)
+        for i, peak in enumerate(self.peaks):
+            x = rect.left() + i * column
+            p.setPen(QColor("#7a808a") if x < played else QColor(TEXT))
+            p.drawLine(QPointF(x, middle - peak * scale), QPointF(x, middle + peak * scale))
+        p.setPen(QPen(QColor("#ffb300"), 2))
+        p.drawLine(QPointF(played, rect.top()), QPointF(played, rect.bottom()))
+
+
+class StemStrip(QFrame):
+    """One stem: name, fader, Mute and Solo, meter and activity, all in the stem's colour."""
+
+    def __init__(self, index: int, name: str, colour: QColor, parent=None):
+        super().__init__(parent)
+        self.index, self.name, self.colour = index, name, colour
+        self.setObjectName("panel")
+        self.label = QLabel(name.capitalize())
+        self.label.setObjectName("stemName")
+        self.label.setStyleSheet(f"color: {colour.name()}")
+        self.label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.activity = ActivityView(colour)
+        self.fader = DbFader()
+        self.fader.setToolTip(f"{name} level in dB (double-click: 0 dB)")
+        self.meter = LevelMeter(colour)
+        self.db_label = QLabel("0.0 dB")
+        self.db_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.fader.changed_db.connect(self._show_db)
+        key = index + 1
+        self.mute = self._button("M", "mute", f"Mute {name} ({key})")
+        self.solo = self._button("S", "solo", f"Solo {name} (Shift+{key})")
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.label)
+        layout.addWidget(self.activity)
+        middle = QHBoxLayout()
+        middle.addStretch(1)
+        middle.addWidget(self.fader)
+        middle.addSpacing(12)
+        middle.addWidget(self.meter)
+        middle.addStretch(1)
+        layout.addLayout(middle, 1)
+        layout.addWidget(self.db_label)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.mute)
+        buttons.addWidget(self.solo)
+        layout.addLayout(buttons)
+
+    def _button(self, text: str, role: str, tip: str) -> QPushButton:
+        button = QPushButton(text)
+        button.setObjectName(role)
+        button.setCheckable(True)
+        button.setToolTip(tip)
+        button.setMinimumSize(44, 36)
+        return button
+
+    def _show_db(self, db: float) -> None:
+        self.db_label.setText("−∞ dB" if db == -math.inf else f"{db:+.1f} dB".replace("-", "−"))
