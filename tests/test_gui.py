@@ -247,3 +247,24 @@ def test_no_display_is_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip() == ("stemdeck: error: no display to open the mixer on; run it on a desktop, "
                                      "or render it with `stemdeck gui --demo --screenshot mixer.png`")
+
+
+def test_the_deck_plays_through_a_real_jack_output(qtbot, settings, jack_server):
+    session = Session(SessionConfig(model="passthrough", worker="thread", calibrate=False), model_loader=loader)
+    window = MainWindow(session, settings)
+    qtbot.addWidget(window)
+    window.show()
+    try:
+        session.choose_model("passthrough")
+        session.open_array(tone(4.0), "tone")
+        wait_idle(qtbot, session)
+        assert not window.errors, window.errors
+        assert session.engine.stream_active
+        qtbot.keyClick(window, Qt.Key.Key_Space)
+        qtbot.waitUntil(lambda: session.engine.status().position_s > 1.0, timeout=10000)
+        window.refresh()
+        assert window.play_button.text() == "❚❚ Pause"
+        assert window.master_meter.rms_db > -20  # the tone (0.5 peak) reached the output meter
+    finally:
+        window.close()
+        session.close()
