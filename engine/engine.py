@@ -380,13 +380,7 @@ class Engine:
                 pass
 
     def stop(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.stop()
-                stream.close()
-            except Exception:  # the device may already be gone
-                pass
+        self.stop_output()
         self._stop_worker()
         if self._process is not None:
             self._process.close()

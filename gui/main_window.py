@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PyQt6.QtCore import QSettings, Qt, QTimer
 from PyQt6.QtGui import QAction, QColor, QKeySequence
-from PyQt6.QtWidgets import (QComboBox, QFileDialog, QFrame, QHBoxLayout, QLabel, QMainWindow, QMenu, QProgressBar,
+from PyQt6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFrame, QHBoxLayout, QLabel, QMainWindow, QMenu, QProgressBar,
                              QPushButton, QSlider, QTabWidget, QVBoxLayout, QWidget)
 
 from .session import Session, Track
@@ -99,9 +99,18 @@ class MainWindow(QMainWindow):
         row.addWidget(self.model_box)
         row.addWidget(QLabel("Preset"))
         self.preset_box = self._combo(PRESET_NAMES, "quality: most context, most latency; low-latency: least")
-        self.preset_box.activated.connect(lambda _: self.session.choose_model(
-            self.session.model_name or self.model_box.currentText(), self.preset_box.currentText()))
+        self.preset_box.activated.connect(self._preset_chosen)
         row.addWidget(self.preset_box)
+        self.latency_box = QDoubleSpinBox()
+        self.latency_box.setRange(0.0, 10.0)
+        self.latency_box.setSingleStep(0.1)
+        self.latency_box.setDecimals(2)
+        self.latency_box.setSpecialValueText("preset")
+        self.latency_box.setSuffix(" s")
+        self.latency_box.setToolTip("Target latency in seconds instead of the preset ('preset': use the preset)")
+        self.latency_box.editingFinished.connect(self._latency_chosen)
+        row.addWidget(QLabel("or latency"))
+        row.addWidget(self.latency_box)
         row.addStretch(1)
         self.busy_label = QLabel("")
         self.busy_bar = QProgressBar()
@@ -254,6 +263,20 @@ class MainWindow(QMainWindow):
         s.model_ready.connect(self._on_model_ready)
         s.track_ready.connect(self._on_track_ready)
         s.live_ready.connect(lambda: self.track_label.setText("live input"))
+
+    def _preset_chosen(self) -> None:
+        self.session.config.latency_s = None
+        self.latency_box.setValue(0.0)
+        self.session.choose_model(self.session.model_name or self.model_box.currentText(),
+                                  self.preset_box.currentText())
+
+    def _latency_chosen(self) -> None:
+        self.latency_box.clearFocus()  # the keys go back to the mixer
+        latency_s = self.latency_box.value() or None
+        if latency_s != self.session.config.latency_s:
+            self.session.config.latency_s = latency_s
+            self.session.choose_model(self.session.model_name or self.model_box.currentText(),
+                                      self.preset_box.currentText())
 
     def _show_busy(self, what: str) -> None:
         self.busy_label.setText(what)

@@ -166,14 +166,20 @@ def test_cli_lists_ports(fake):
     assert "  fakectl:pads out" in result.stdout and "  fakectl-01:leds in" in result.stdout
 
 
-def test_cli_learn_saves_the_binding(fake, tmp_path):
-    mapping = tmp_path / "midi.toml"
-    learn = subprocess.Popen([sys.executable, "-m", "engine.cli", "midi", "learn", "gain:vocals",
+def _armed_learn(control, mapping):
+    """`stemdeck midi learn CONTROL`, once it is waiting for a message."""
+    learn = subprocess.Popen([sys.executable, "-m", "engine.cli", "midi", "learn", control,
                               "--midi-in", CONTROLLER, "--midi-api", "jack", "--midi-map", str(mapping)],
                              stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = learn.stderr.readline()
     while "move a control" not in line and line:
         line = learn.stderr.readline()
+    return learn
+
+
+def test_cli_learn_saves_the_binding(fake, tmp_path):
+    mapping = tmp_path / "midi.toml"
+    learn = _armed_learn("gain:vocals", mapping)
     fake.send(0xB0, 33, 80)
     _, rest = learn.communicate(timeout=30)
     assert learn.returncode == 0, rest
@@ -184,12 +190,7 @@ def test_cli_learn_saves_the_binding(fake, tmp_path):
 
 def test_cli_learn_escape_cancels(fake, tmp_path):
     mapping = tmp_path / "midi.toml"
-    learn = subprocess.Popen([sys.executable, "-m", "engine.cli", "midi", "learn", "mute:bass",
-                              "--midi-in", CONTROLLER, "--midi-api", "jack", "--midi-map", str(mapping)],
-                             stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = learn.stderr.readline()
-    while "move a control" not in line and line:
-        line = learn.stderr.readline()
+    learn = _armed_learn("mute:bass", mapping)
     _, rest = learn.communicate("\x1b", timeout=30)
     assert learn.returncode == 1
     assert "MIDI learn cancelled; nothing changed" in rest and "Traceback" not in rest

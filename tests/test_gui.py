@@ -180,6 +180,18 @@ def test_switching_model_keeps_the_gui_responsive_and_the_mixer(qtbot, window):
     assert window.session.track.name == "tone"
 
 
+def test_latency_in_seconds_instead_of_a_preset(qtbot, window):
+    window.latency_box.setValue(1.5)
+    window.latency_box.editingFinished.emit()
+    wait_idle(qtbot, window.session)
+    assert window.session.engine.window.hop_s == pytest.approx(0.5)  # a third of the latency per hop
+    assert window.session.track.name == "tone"  # the track was carried to the new plan
+    window.preset_box.setCurrentText("low-latency")
+    window._preset_chosen()
+    wait_idle(qtbot, window.session)
+    assert window.session.config.latency_s is None and window.latency_box.value() == 0.0
+
+
 def test_a_missing_model_is_a_banner_and_the_deck_still_plays(qtbot, settings):
     session = Session(SessionConfig(headless=True, worker="thread", calibrate=False))
     window = MainWindow(session, settings)
@@ -224,6 +236,22 @@ def test_midi_learn_from_the_gui_and_midi_changes_show(qtbot, window):
     window.midi_learn("solo", BASS)
     qtbot.keyClick(window, Qt.Key.Key_Escape)
     assert not window.midi.learning
+
+
+def test_midi_before_any_model_is_loaded_does_not_break(qtbot, settings):
+    from engine.midi import MidiConfig, MidiController, default_mapping
+
+    session = Session(SessionConfig(headless=True, worker="thread", calibrate=False), model_loader=loader)
+    midi = MidiController(EngineControls(session), default_mapping(4), MidiConfig())
+    try:
+        midi.handle([0x90, 36, 100])  # no engine, no stems yet: ignored, not an error
+        assert midi.ignored == 1
+        session.choose_model("passthrough")
+        assert session.wait_idle(30)
+        midi.handle([0x90, 36, 100])
+        assert session.engine.mixer().mute[0]
+    finally:
+        session.close()
 
 
 def test_screenshot_command_writes_a_real_picture(tmp_path):

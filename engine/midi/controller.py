@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import queue
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +92,6 @@ class MidiController:
         self._positions: dict[tuple, float] = {}  # fader positions (0-127) for relative encoders
         self._buttons: dict[Binding, bool] = {}
         self._learn: _Learn | None = None
-        self.last_applied_s: float | None = None  # perf_counter when the last control was set
 
     # -- lifetime -----------------------------------------------------------------------------------
 
@@ -101,12 +99,16 @@ class MidiController:
         cfg = self.config
         if cfg.input is None and not cfg.virtual:
             raise MidiError("no MIDI input: name one (--midi-in, see `stemdeck midi list`) or use --midi-virtual")
-        if cfg.input is not None:
-            self._inputs.append(self._open_input(cfg.input))
-        if cfg.virtual:
-            self._inputs.append(self._open_virtual_input())
-            self._virtual_output = self._open_virtual_output()
-        self._output = self._open_output()
+        try:
+            if cfg.input is not None:
+                self._inputs.append(self._open_input(cfg.input))
+            if cfg.virtual:
+                self._inputs.append(self._open_virtual_input())
+                self._virtual_output = self._open_virtual_output()
+            self._output = self._open_output()
+        except Exception:
+            self.close()  # no half-open ports left behind
+            raise
         for target in (self._dispatch_loop, self._watch_loop):
             thread = threading.Thread(target=target, name=f"midi-{target.__name__}", daemon=True)
             thread.start()
@@ -233,10 +235,13 @@ class MidiController:
                 data = self._queue.get(timeout=self.config.idle_poll_s)
             except queue.Empty:
                 data = None
-            if data is not None:
-                self.handle(data)
-            if not self._stop.is_set():
-                self._sync_feedback()
+            try:
+                if data is not None:
+                    self.handle(data)
+                if not self._stop.is_set() and self.controls.sources:
+                    self._sync_feedback()
+            except Exception as exc:  # noqa: BLE001 - e.g. no engine yet, or one being replaced
+                self._say(f"MIDI message not applied: {str(exc).splitlines()[0]}")
 
     def handle(self, data) -> None:
         """Apply one raw message (on the dispatcher thread)."""
@@ -255,7 +260,6 @@ class MidiController:
             self.ignored += 1
             return
         self.applied += 1
-        self.last_applied_s = time.perf_counter()
 
     def _apply(self, binding: Binding, message: Message) -> bool:
         c = self.controls
