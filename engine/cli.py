@@ -78,7 +78,7 @@ def _engine(args: argparse.Namespace, output_device, deck: bool = False):
     model = _passthrough() if args.model == "passthrough" else load_or_fetch(args.model)
     engine = Engine(model, EngineConfig(precision=args.precision, samplerate=_device_rate(output_device)))
     window = window_for_latency(args.latency) if args.latency else PRESETS[args.preset]
-    print(f"calibrating {args.model} on this machine...", file=sys.stderr)
+    print(f"calibrating {getattr(model, 'stemdeck_name', args.model)} on this machine...", file=sys.stderr)
     engine.prepare(window, block_frames=args.blocksize)
     for stem in args.mute:
         engine.set_mute(stem)

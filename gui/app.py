@@ -43,7 +43,7 @@ def run_gui(args: argparse.Namespace) -> int:
     app.setApplicationName("stemdeck")
     apply_theme(app)
     settings = QSettings("stemdeck", "stemdeck")
-    model = args.model if args.model != "htdemucs" else str(settings.value("model", "htdemucs"))
+    model = args.model or settings.value("model") or None  # None: htdemucs if it can be had, else tiny
     preset = args.preset or str(settings.value("preset", "balanced"))
     config = SessionConfig(model=model, preset=preset, output_device=args.output, headless=headless,
                            worker="thread" if headless else "process", precision=args.precision,

@@ -23,7 +23,7 @@ DIGIT_KEYS = [getattr(Qt.Key, f"Key_{n}") for n in range(1, MAX_STEMS + 1)]
 SHIFTED_DIGIT_KEYS = [Qt.Key.Key_Exclam, Qt.Key.Key_At, Qt.Key.Key_NumberSign, Qt.Key.Key_Dollar,
                       Qt.Key.Key_Percent, Qt.Key.Key_AsciiCircum]
 PRESET_NAMES = ("quality", "balanced", "low-latency")
-MODEL_CHOICES = ("htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi", "passthrough")
+MODEL_CHOICES = ("htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi", "tiny", "passthrough")
 
 
 def _clock(seconds: float) -> str:

@@ -24,7 +24,7 @@ WAVEFORM_COLUMNS = 1200
 
 @dataclass
 class SessionConfig:
-    model: str = "htdemucs"
+    model: str | None = None  # None: htdemucs when it can be had, else the bundled tiny model
     preset: str = "balanced"
     latency_s: float | None = None  # instead of the preset
     output_device: str | None = None
@@ -120,8 +120,9 @@ class Session(QObject):
 
     # -- what the GUI asks for ------------------------------------------------------------------------
 
-    def choose_model(self, name: str, preset: str | None = None) -> None:
-        self._submit(f"loading {name}…", lambda: self._switch_or_stand_in(name, preset or self.config.preset))
+    def choose_model(self, name: str | None, preset: str | None = None) -> None:
+        self._submit(f"loading {name or 'the default model'}…",
+                     lambda: self._switch_or_stand_in(name, preset or self.config.preset))
 
     def open_file(self, path: str | Path) -> None:
         self._submit(f"opening {Path(path).name}…", lambda: self._open_file(Path(path)))
@@ -146,13 +147,18 @@ class Session(QObject):
 
     # -- on the job thread ------------------------------------------------------------------------------
 
-    def _switch_or_stand_in(self, name: str, preset: str) -> None:
+    def _switch_or_stand_in(self, name: str | None, preset: str) -> None:
         """A model that cannot load leaves the current one; with none yet, the deck still plays."""
+        from models.registry import bundled_path
         try:
             self._switch_model(name, preset)
         except Exception as exc:
             if self.engine is not None or name == PASSTHROUGH:
                 raise
+            if bundled_path("tiny") is not None and name != "tiny":
+                self.failed.emit(f"{user_message(exc)} — the bundled tiny model separates meanwhile")
+                self._switch_model("tiny", preset)
+                return
             self.failed.emit(f"{user_message(exc)} — until then the pass-through stand-in plays the track "
                              "(its stems are fixed fractions of the mix, not a separation)")
             self._switch_model(PASSTHROUGH, preset)
@@ -176,6 +182,7 @@ class Session(QObject):
         if old is not None:
             self._carry_mixer(old, engine)
             old.stop()
+        name = getattr(model, "stemdeck_name", name) or PASSTHROUGH
         self.model_name, self.config.preset = name, preset
         self.model_ready.emit(name, tuple(model.sources))
         if self._track_audio is not None and self.track is not None:

@@ -9,7 +9,7 @@ from .bag import BagOfModels
 from .checkpoint import CheckpointError, load_checkpoint, save_safetensors
 from .hdemucs import HDemucs
 from .htdemucs import HTDemucs
-from .registry import REGISTRY, ModelNotAvailableError, fetch, load_named
+from .registry import BUNDLED, REGISTRY, ModelNotAvailableError, fetch, load_named
 from .separate import apply_model, separate
 
 DEFAULT_MODEL = "htdemucs"
@@ -22,7 +22,7 @@ def load_model(name_or_path: str | Path) -> nn.Module:
     ``.sources``, ``.samplerate``, ``.audio_channels`` and ``.segment``.
     """
     text = str(name_or_path)
-    if text in REGISTRY:
+    if text in REGISTRY or text in BUNDLED:
         return load_named(text)
     path = Path(text)
     if path.exists() or path.suffix.lower() in (".th", ".safetensors", ".yaml", ".yml") or "/" in text:

@@ -13,6 +13,8 @@ from .checkpoint import CheckpointError
 from .registry import REGISTRY, ModelNotAvailableError
 
 USER_ERRORS = (AudioError, CheckpointError, ModelNotAvailableError, ValueError)
+DEFAULT_MODEL = "htdemucs"
+FALLBACK_MODEL = "tiny"  # bundled: used when the default cannot be had
 
 
 class CommandError(Exception):
@@ -21,8 +23,9 @@ class CommandError(Exception):
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", "-n", default="htdemucs", metavar="NAME|PATH",
-                       help="registry name (see `stemdeck models list`) or checkpoint path (default: htdemucs)")
+    group.add_argument("--model", "-n", default=None, metavar="NAME|PATH",
+                       help="registry name (see `stemdeck models list`) or checkpoint path (default: htdemucs "
+                            "when it is cached or can be downloaded, else the bundled tiny model)")
     group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     group.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                        help="auto: bfloat16 where the hardware runs it natively, else float32")
@@ -57,6 +60,9 @@ def get_parser() -> argparse.ArgumentParser:
     fetch = models_commands.add_parser("fetch", help="download a model into the cache")
     fetch.add_argument("name", choices=sorted(REGISTRY), metavar="NAME")
     fetch.set_defaults(func=run_models_fetch)
+
+    from .training_cli import add_training_commands
+    add_training_commands(commands, add_model_options)
 
     demo = commands.add_parser("demo", help="write a generated demo song to separate")
     demo.add_argument("path", type=Path, nargs="?", default=Path("demo.wav"))
@@ -97,7 +103,7 @@ def run_separate(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     model = load_or_fetch(args.model)
     pick = stem_picker(model.sources, args.stems, args.two_stems)
-    print(f"model {args.model}: {', '.join(model.sources)} at {model.samplerate} Hz", file=sys.stderr)
+    print(f"model {model.stemdeck_name}: {', '.join(model.sources)} at {model.samplerate} Hz", file=sys.stderr)
     failures = 0
     for path in args.inputs:
         try:
@@ -160,19 +166,36 @@ def check_device(device: str) -> str:
     return device
 
 
-def load_or_fetch(name_or_path: str):
-    """Load a model; a registry model that is not cached is downloaded first."""
-    from . import load_model
-    from .registry import fetch
+def load_or_fetch(name_or_path: str | None):
+    """Load a model; a registry model that is not cached is downloaded first.
 
+    ``None`` is the default: the official htdemucs when it is cached or can be downloaded,
+    otherwise the bundled tiny model, said in one line.
+    """
+    from . import load_model
+    from .registry import bundled_path, fetch
+
+    name = name_or_path or DEFAULT_MODEL
     try:
-        return load_model(name_or_path)
+        return _named(load_model(name), name)
     except ModelNotAvailableError:
-        if name_or_path not in REGISTRY:
+        if name not in REGISTRY:
             raise
-        print(f"model {name_or_path} is not cached; downloading it", file=sys.stderr)
-        fetch(name_or_path, progress=sys.stderr.isatty())
-        return load_model(name_or_path)
+    print(f"model {name} is not cached; downloading it", file=sys.stderr)
+    try:
+        fetch(name, progress=sys.stderr.isatty())
+    except ModelNotAvailableError as exc:
+        if name_or_path is not None or bundled_path(FALLBACK_MODEL) is None:
+            raise
+        print(f"stemdeck: using the bundled {FALLBACK_MODEL} model ({str(exc).splitlines()[0]})", file=sys.stderr)
+        return _named(load_model(FALLBACK_MODEL), FALLBACK_MODEL)
+    return _named(load_model(name), name)
+
+
+def _named(model, name: str):
+    """Remember which model this is, for what the user is shown."""
+    model.stemdeck_name = Path(name).name if ("/" in name or "." in name) else name
+    return model
 
 
 # -- models ---------------------------------------------------------------------------------------

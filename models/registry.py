@@ -73,6 +73,18 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (
 )}
 
 
+# Shipped inside the package: separates with no download (trained by models/recipes/<name>.toml).
+BUNDLED_DIR = Path(__file__).parent / "weights"
+BUNDLED = {"tiny": ("tiny.safetensors", FOUR_SOURCES,
+                    "small HT Demucs (2 M parameters) trained by stemdeck on generated songs; no download")}
+
+
+def bundled_path(name: str) -> Path | None:
+    entry = BUNDLED.get(name)
+    path = BUNDLED_DIR / entry[0] if entry else None
+    return path if path is not None and path.is_file() else None
+
+
 def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("stemdeck")) / "models"
 
@@ -109,11 +121,18 @@ def cached_size_bytes(spec: ModelSpec) -> int:
 
 
 def unknown_name_message(name: str) -> str:
-    return (f"unknown model {name!r}; known models: {', '.join(REGISTRY)} "
+    return (f"unknown model {name!r}; known models: {', '.join([*REGISTRY, *BUNDLED])} "
             "(or pass the path of a .th, .safetensors or .yaml file)")
 
 
 def load_named(name: str) -> nn.Module:
+    if name in BUNDLED:
+        path = bundled_path(name)
+        if path is None:
+            raise ModelNotAvailableError(
+                f"the bundled model {name!r} is missing from this install ({BUNDLED_DIR / BUNDLED[name][0]}); "
+                f"reinstall stemdeck or rebuild it with `stemdeck recipe models/recipes/{name}.toml`")
+        return load_checkpoint(path)
     spec = REGISTRY.get(name)
     if spec is None:
         raise ModelNotAvailableError(unknown_name_message(name))
