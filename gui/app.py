@@ -50,6 +50,7 @@ def run_gui(args: argparse.Namespace) -> int:
                            calibrate=not headless)
     session = Session(config)
     window = MainWindow(session, settings)
+    _remember_midi_ports(args, settings)
     midi = _start_midi(window, session, args)
     window.show()
     if args.exit_when_shown:
@@ -72,6 +73,19 @@ def run_gui(args: argparse.Namespace) -> int:
         if midi is not None:
             midi.close()
         session.close()
+
+
+def _remember_midi_ports(args, settings) -> None:
+    """Ports given on the command line are remembered; without any, the last ones are used."""
+    keys = (("midi_in", "midi/in"), ("midi_out", "midi/out"))
+    if args.midi_in or args.midi_virtual:
+        for attribute, key in keys:
+            settings.setValue(key, getattr(args, attribute) or "")
+        settings.setValue("midi/virtual", bool(args.midi_virtual))
+        return
+    for attribute, key in keys:
+        setattr(args, attribute, settings.value(key) or None)
+    args.midi_virtual = str(settings.value("midi/virtual", "false")).lower() == "true"
 
 
 def _start_midi(window, session, args):

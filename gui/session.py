@@ -179,14 +179,16 @@ class Session(QObject):
             engine.stop()
             raise
         old, self.engine = self.engine, engine
+        playing, position_s = False, 0.0
         if old is not None:
             self._carry_mixer(old, engine)
+            playing, position_s = old.mixer().playing, old.status().position_s
             old.stop()
         name = getattr(model, "stemdeck_name", name) or PASSTHROUGH
         self.model_name, self.config.preset = name, preset
         self.model_ready.emit(name, tuple(model.sources))
-        if self._track_audio is not None and self.track is not None:
-            self._open_audio(self._track_audio, self.track.name, self.track.path, reread=False)
+        if self._track_audio is not None and self.track is not None:  # the track goes on where it was
+            self._open_audio(self._track_audio, self.track.name, self.track.path, position_s, playing)
 
     def _device_rate(self, fallback: int) -> int:
         if self.config.headless:
@@ -215,19 +217,20 @@ class Session(QObject):
         track = np.ascontiguousarray(match_channels(resample(audio, samplerate, rate), channels), dtype=np.float32)
         self._open_audio(track, path.name, path)
 
-    def _open_audio(self, audio: np.ndarray, name: str, path: Path | None, reread: bool = True) -> None:
+    def _open_audio(self, audio: np.ndarray, name: str, path: Path | None, cue_s: float = 0.0,
+                    play: bool = False) -> None:
+        """Load ``audio`` on the deck at ``cue_s`` (a new track waits for play, as DJs load)."""
         self._require_engine()
         engine = self.engine
-        was_playing = engine.mixer().playing
         engine.pause()
         engine.stop_output()
-        engine.load_array(audio)
+        engine.load_array(audio, cue_s)
         self._track_audio = audio
         self.track = Track(path, name, audio.shape[-1] / engine.config.samplerate, overview_peaks(audio))
         if not self.config.headless:
             from engine.device import resolve_device
             engine.start_output(resolve_device(self.config.output_device, "output"))
-        if was_playing and not reread:
+        if play:
             engine.play()
         self.track_ready.emit(self.track)
 

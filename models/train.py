@@ -105,12 +105,18 @@ class Trainer:
         nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
         self.optimizer.step()
         with torch.no_grad():
+            decay = self.ema_decay(self.step)
             for average, current in zip(self.ema.parameters(), self.model.parameters()):
-                average.lerp_(current, 1.0 - self.config.ema_decay)
+                average.lerp_(current, 1.0 - decay)
             for average, current in zip(self.ema.buffers(), self.model.buffers()):
                 average.copy_(current)
         self.step += 1
         return loss.item()
+
+    def ema_decay(self, step: int) -> float:
+        """The configured decay, warmed up as (1 + step) / (10 + step): a short run's average is
+        not dominated by its random initial weights."""
+        return min(self.config.ema_decay, (1.0 + step) / (10.0 + step))
 
     # -- the loop -----------------------------------------------------------------------------------
 

@@ -173,11 +173,15 @@ def test_switching_model_keeps_the_gui_responsive_and_the_mixer(qtbot, window):
     wait_idle(qtbot, window.session)
     assert len(ticks) >= 15  # the 30 fps refresh ran on while the model loaded for a second
     assert max(np.diff(ticks)) < 0.25
+    output_ratio(window, blocks=40)  # play on to about 0.23 s
+    before = window.session.engine.status().position_s
     window.session.choose_model("six")
     wait_idle(qtbot, window.session)
     assert [s.name for s in window.strips] == list(SIX)
     assert window.strips[VOCALS].mute.isChecked()  # carried over to the new model
     assert window.session.track.name == "tone"
+    engine = window.session.engine
+    assert engine.mixer().playing and engine.cue_s == pytest.approx(before, abs=1 / SR)  # where it was
 
 
 def test_latency_in_seconds_instead_of_a_preset(qtbot, window):
@@ -296,3 +300,15 @@ def test_the_deck_plays_through_a_real_jack_output(qtbot, settings, jack_server)
     finally:
         window.close()
         session.close()
+
+
+def test_midi_ports_are_remembered_between_launches(settings):
+    import argparse
+
+    from gui.app import _remember_midi_ports
+
+    given = argparse.Namespace(midi_in="nanoKONTROL", midi_out=None, midi_virtual=False)
+    _remember_midi_ports(given, settings)
+    later = argparse.Namespace(midi_in=None, midi_out=None, midi_virtual=False)
+    _remember_midi_ports(later, settings)
+    assert (later.midi_in, later.midi_out, later.midi_virtual) == ("nanoKONTROL", None, False)

@@ -261,3 +261,16 @@ def test_synth_vocal_sings_in_a_voice_range_with_phrases():
     spectrum = np.abs(np.fft.rfft(frames[loud] * np.hanning(2048), axis=1)).mean(0)
     freqs = np.fft.rfftfreq(2048, 1 / SR)
     assert 200 < freqs[np.argmax(spectrum)] < 4000  # the energy sits in the formant region
+
+
+def test_ema_warms_up_then_holds_the_configured_decay(dataset, tmp_path):
+    trainer = small_trainer(dataset, tmp_path / "m.safetensors")
+    assert trainer.ema_decay(0) == pytest.approx(0.1)
+    assert trainer.ema_decay(90) == pytest.approx(0.91)
+    assert trainer.ema_decay(100_000) == pytest.approx(0.999)
+    start = {k: v.clone() for k, v in trainer.ema.state_dict().items()}
+    trainer.train_step()  # step 0: the average moves 90 % of the way to the trained weights
+    name = next(k for k, v in start.items() if v.is_floating_point() and v.numel() > 10)
+    moved = trainer.ema.state_dict()[name] - start[name]
+    target = trainer.model.state_dict()[name] - start[name]
+    assert torch.allclose(moved, 0.9 * target, atol=1e-7)

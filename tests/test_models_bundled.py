@@ -1,0 +1,56 @@
+"""The bundled tiny model: present, small, loaded by name and as the offline default, and it separates."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from models import load_model
+from models.evaluate import utterance_sdr
+from models.registry import BUNDLED_DIR, bundled_path
+
+SR = 44100
+
+
+def test_bundled_model_is_shipped_small_and_fp16():
+    path = bundled_path("tiny")
+    assert path is not None and path == BUNDLED_DIR / "tiny.safetensors"
+    assert path.stat().st_size <= 20e6
+    model = load_model("tiny")
+    assert sum(p.numel() for p in model.parameters()) <= 5e6
+    assert model.sources == ["drums", "bass", "other", "vocals"]
+
+
+def test_bundled_model_separates_an_unseen_generated_song_well_above_the_mixture():
+    from models.separate import separate
+    from models.synth import synth_song
+
+    stems = synth_song(seed=987_654, seconds=12.0)  # a seed no recipe uses
+    mixture = sum(stems.values())
+    estimate = separate(load_model("tiny"), mixture, SR, precision="fp32")
+    sdr = {name: utterance_sdr(stems[name], estimate[name]) for name in stems}
+    baseline = {name: utterance_sdr(stems[name], mixture) for name in stems}
+    improvement = np.mean([sdr[n] - baseline[n] for n in stems])
+    assert np.mean(list(sdr.values())) > 3.0, sdr
+    assert improvement > 6.0, (sdr, baseline)
+
+
+def test_default_model_falls_back_to_the_bundled_one_offline(tmp_path):
+    song = tmp_path / "song.wav"
+    sf.write(str(song), np.zeros((SR, 2), np.float32) + 0.01, SR)
+    result = subprocess.run([sys.executable, "-m", "engine.cli", "separate", str(song), "-o", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "stemdeck: using the bundled tiny model (cannot download" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "song").iterdir()) == [
+        "bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+
+
+def test_an_explicit_official_model_never_falls_back(tmp_path):
+    song = tmp_path / "song.wav"
+    sf.write(str(song), np.zeros((SR, 2), np.float32), SR)
+    result = subprocess.run([sys.executable, "-m", "engine.cli", "separate", str(song), "--model", "htdemucs",
+                             "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "bundled" not in result.stderr and "cannot download" in result.stderr
