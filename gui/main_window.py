@@ -295,7 +295,8 @@ class MainWindow(QMainWindow):
         self.preset_box.setCurrentText(self.session.config.preset)
         self.settings.setValue("model", name)
         self.settings.setValue("preset", self.session.config.preset)
-        note = " — stand-in: stems are fixed fractions of the mix" if name == "passthrough" else ""
+        note = {"passthrough": " — stand-in: stems are fixed fractions of the mix",
+                "tiny": " — bundled small model; `stemdeck models fetch htdemucs` for the official one"}.get(name, "")
         self.model_status.setText(f"{name}: {', '.join(sources)}{note}")
 
     def _on_track_ready(self, track: Track) -> None:
@@ -440,6 +441,10 @@ class MainWindow(QMainWindow):
                     strip.fader._show_db(strip.fader.db)
                     strip.fader.blockSignals(False)
         self.master_meter.set_levels(status.rms[-1], status.peak[-1], elapsed_s)
+        if not self.crossfader.isSliderDown() and self.crossfader.value() != round(100 * mixer.dry_mix):
+            self.crossfader.blockSignals(True)  # moved from MIDI
+            self.crossfader.setValue(round(100 * mixer.dry_mix))
+            self.crossfader.blockSignals(False)
         self.play_button.setText("❚❚ Pause" if status.playing else "▶ Play")
         if self.session.track is not None:
             seconds = self.session.track.seconds

@@ -204,8 +204,10 @@ def test_a_missing_model_is_a_banner_and_the_deck_still_plays(qtbot, settings):
     session.choose_model("/nowhere/model.th")
     wait_idle(qtbot, session)
     try:
-        assert window.banner.isVisible() and "pass-through stand-in" in window.errors[-1]
-        assert session.model_name == "passthrough"
+        assert window.banner.isVisible()
+        assert window.errors[-1] == "/nowhere/model.th does not exist — the bundled tiny model separates meanwhile"
+        assert session.model_name == "tiny"
+        assert "bundled small model" in window.model_status.text()
     finally:
         window.close()
         session.close()
@@ -240,6 +242,9 @@ def test_midi_learn_from_the_gui_and_midi_changes_show(qtbot, window):
     window.midi_learn("solo", BASS)
     qtbot.keyClick(window, Qt.Key.Key_Escape)
     assert not window.midi.learning
+    window.midi.handle([0xB0, 7, 127])  # the default crossfader CC: all dry
+    window.refresh()
+    assert window.crossfader.value() == 100
 
 
 def test_midi_before_any_model_is_loaded_does_not_break(qtbot, settings):
