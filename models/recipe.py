@@ -5,7 +5,6 @@ import argparse
 import json
 import sys
 import tomllib
-from dataclasses import replace
 from pathlib import Path
 
 
@@ -40,7 +39,7 @@ def run_recipe(args: argparse.Namespace) -> int:
     config = TrainConfig(config=t["config"], batch_size=t["batch_size"], steps_per_epoch=t["steps_per_epoch"],
                          seed=t["seed"], minutes=args.minutes or t["minutes"], threads=t.get("threads"),
                          valid_seconds=t.get("valid_seconds", 30.0), augment=Augment())
-    trainer = Trainer(data, out, replace(config), precision=t.get("precision", "auto"))
+    trainer = Trainer(data, out, config, precision=t.get("precision", "auto"))
     if trainer.resume():
         print(f"resumed at step {trainer.step}", file=sys.stderr)
     trainer.fit(progress=sys.stderr.isatty())

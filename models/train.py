@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -223,7 +223,3 @@ def train_config_from_args(args) -> TrainConfig:
         config = replace(config, augment=Augment(shift_s=0, channel_swap=False, sign_flip=False, gain_range=None,
                                                  remix=False))
     return config
-
-
-def describe(config: TrainConfig) -> dict:
-    return {k: v for k, v in asdict(config).items() if k != "augment"}

@@ -5,7 +5,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from engine.midi import MidiConfig, MidiController, MidiError, default_mapping, load_mapping, parse
