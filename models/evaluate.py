@@ -48,8 +48,10 @@ class Evaluation:
 
 
 def evaluate(model, root: Path, split: str = "test", *, overlap: float = 0.25, precision: str = "auto",
-             with_museval: bool = True, progress: bool = False) -> Evaluation:
-    """Separate every track of ``root/split`` and score each source against its stem."""
+             with_museval: bool = True, progress: bool = False, max_seconds: float | None = None,
+             device=None) -> Evaluation:
+    """Separate every track of ``root/split`` (its first ``max_seconds``, if given) and score each
+    source against its stem."""
     import torch
 
     from .dataset import load_stems, track_folders
@@ -60,10 +62,12 @@ def evaluate(model, root: Path, split: str = "test", *, overlap: float = 0.25, p
     museval_rows = []
     for track in track_folders(root, split, sources):
         stems = load_stems(track, sources, model.samplerate)
+        if max_seconds:
+            stems = stems[..., : int(max_seconds * model.samplerate)]
         mixture = stems.sum(axis=0)
         with torch.no_grad():
-            estimate = apply_model(model, torch.from_numpy(mixture)[None], overlap=overlap,
-                                   precision=precision, progress=progress)[0].numpy()
+            estimate = apply_model(model, torch.from_numpy(mixture)[None], overlap=overlap, precision=precision,
+                                   progress=progress, device=device)[0].cpu().numpy()
         result.tracks[track.name] = {s: utterance_sdr(stems[i], estimate[i]) for i, s in enumerate(sources)}
         result.baseline[track.name] = {s: utterance_sdr(stems[i], mixture) for i, s in enumerate(sources)}
         if with_museval:

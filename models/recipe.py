@@ -19,7 +19,7 @@ def add_recipe_command(commands) -> None:
 def run_recipe(args: argparse.Namespace) -> int:
     from .dataset import Augment
     from .evaluate import evaluate
-    from .synth import synth_dataset
+    from .synth import synth_dataset, track_folder
     from .train import Trainer, TrainConfig
 
     try:
@@ -29,8 +29,7 @@ def run_recipe(args: argparse.Namespace) -> int:
     data = args.workdir / recipe["data"]["folder"]
     for split in ("train", "test"):
         for part in recipe["data"][split]:
-            folder = data / split
-            expected = [folder / f"song-{part['seed'] * 100_000 + i:08d}" for i in range(part["tracks"])]
+            expected = [track_folder(data, split, part["seed"], i) for i in range(part["tracks"])]
             if not all((f / "mixture.wav").exists() for f in expected):
                 synth_dataset(data, part["tracks"], recipe["data"]["seconds"], part["seed"], split,
                               progress=sys.stderr.isatty())

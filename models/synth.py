@@ -332,6 +332,14 @@ def write_track(folder: Path, stems: dict[str, np.ndarray]) -> None:
     sf.write(str(folder / "mixture.wav"), sum(written), SAMPLERATE, subtype="PCM_24")
 
 
+def song_seed(seed: int, index: int) -> int:
+    return seed * 100_000 + index
+
+
+def track_folder(out: Path, split: str, seed: int, index: int) -> Path:
+    return Path(out) / split / f"song-{song_seed(seed, index):08d}"
+
+
 def synth_dataset(out: Path, tracks: int, seconds: float, seed: int, split: str = "train",
                   progress: bool = False) -> list[Path]:
     from tqdm import tqdm
@@ -339,8 +347,7 @@ def synth_dataset(out: Path, tracks: int, seconds: float, seed: int, split: str 
     soundfont = find_soundfont()
     folders = []
     for index in tqdm(range(tracks), desc=f"synth {split}", disable=not progress, unit="track"):
-        song_seed = seed * 100_000 + index
-        folder = Path(out) / split / f"song-{song_seed:08d}"
-        write_track(folder, synth_song(song_seed, seconds, soundfont))
+        folder = track_folder(out, split, seed, index)
+        write_track(folder, synth_song(song_seed(seed, index), seconds, soundfont))
         folders.append(folder)
     return folders

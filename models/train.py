@@ -155,27 +155,14 @@ class Trainer:
         return self.history
 
     def validate(self) -> dict[str, float]:
-        from .evaluate import utterance_sdr
-        from .separate import apply_model
+        from .evaluate import evaluate
 
-        sr = self.ema.samplerate
         try:
-            tracks = track_folders(self.data, "test", self.config.sources)
+            track_folders(self.data, "test", self.config.sources)
         except ValueError:
             return {}
-        scores = {s: [] for s in self.config.sources}
-        for track in tracks:
-            stems = load_stems(track, self.config.sources, sr)
-            if self.config.valid_seconds:
-                stems = stems[..., : int(self.config.valid_seconds * sr)]
-            with torch.no_grad():
-                estimate = apply_model(self.ema, torch.from_numpy(stems.sum(0))[None], precision="fp32",
-                                       device=self.device)[0].cpu().numpy()
-            for i, s in enumerate(self.config.sources):
-                scores[s].append(utterance_sdr(stems[i], estimate[i]))
-        result = {s: sum(v) / len(v) for s, v in scores.items()}
-        result["mean"] = sum(result.values()) / len(result)
-        return result
+        return evaluate(self.ema, self.data, "test", precision="fp32", with_museval=False,
+                        max_seconds=self.config.valid_seconds, device=self.device).average()
 
     # -- files --------------------------------------------------------------------------------------
 

@@ -69,13 +69,16 @@ def start_midi(controls, args: argparse.Namespace) -> MidiController | None:
         if args.midi_out:
             raise ValueError("--midi-out needs --midi-in or --midi-virtual to have something to control")
         return None
-    path = mapping_path(args)
-    config = MidiConfig(input=args.midi_in, output=args.midi_out, virtual=args.midi_virtual,
-                        api=args.midi_api, mapping_path=path)
-    controller = MidiController(controls, load_user_mapping(path), config, report=_say).start()
+    controller = MidiController(controls, load_user_mapping(mapping_path(args)), _config(args), report=_say).start()
     ports = controller.input_names + ([f"LEDs on {controller.output_name}"] if controller.output_name else [])
     _say(f"MIDI: {', '.join(ports)}")
     return controller
+
+
+def _config(args: argparse.Namespace) -> MidiConfig:
+    """The --midi-* options; learned bindings are saved to the mapping in use."""
+    return MidiConfig(input=args.midi_in, output=args.midi_out, virtual=args.midi_virtual,
+                      api=args.midi_api, mapping_path=mapping_path(args))
 
 
 def _say(text: str) -> None:
@@ -121,9 +124,7 @@ def run_learn(args: argparse.Namespace) -> int:
     if not (args.midi_in or args.midi_virtual):
         raise ValueError("name the controller to learn from: --midi-in NAME (see `stemdeck midi list`)")
     path = mapping_path(args)
-    config = MidiConfig(input=args.midi_in, output=args.midi_out, virtual=args.midi_virtual,
-                        api=args.midi_api, mapping_path=path)
-    with MidiController(_NoEngine(), load_user_mapping(path), config, report=_say) as controller:
+    with MidiController(_NoEngine(), load_user_mapping(path), _config(args), report=_say) as controller:
         controller.learn(control, stem, args.mode)
         _say(f"move a control or press a pad on {', '.join(controller.input_names)} (Esc cancels)")
         _watch_for_escape(controller)
