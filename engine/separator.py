@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from models.bag import BagOfModels
+from models.bandwidth import share_high_band
 from models.htdemucs import HTDemucs
 from models.precision import autocast, prepare_model
 from models.separate import resample
@@ -52,7 +53,7 @@ class WindowSeparator:
 
     def __call__(self, window: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        frames = window.shape[-1]
+        frames, mixture = window.shape[-1], window
         if self.stream_rate != self.model_rate:
             # whole windows: no added delay, and the edges where the filter rings carry no weight
             window = resample(window, self.stream_rate, self.model_rate)
@@ -63,6 +64,7 @@ class WindowSeparator:
             stems = self.model(mix)[0].float().cpu().numpy()
         if self.stream_rate != self.model_rate:
             stems = np.stack([resample(stem, self.model_rate, self.stream_rate, frames) for stem in stems])
+            stems = share_high_band(mixture, stems, self.stream_rate, self.model_rate)
         self.last_seconds = time.perf_counter() - start
         return stems
 

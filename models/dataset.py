@@ -32,20 +32,31 @@ def track_folders(root: Path, split: str, sources: tuple[str, ...]) -> list[Path
     return complete
 
 
-def load_stems(track: Path, sources: tuple[str, ...], samplerate: int) -> np.ndarray:
-    """``(sources, channels, frames)`` float32; every stem at ``samplerate`` and the same length."""
+def read_stems(track: Path, sources: tuple[str, ...]) -> tuple[np.ndarray, int]:
+    """``(sources, channels, frames)`` float32 at the files' own rate, and that rate."""
     from .audio import read_audio
 
-    stems = []
+    stems, rates = [], set()
     for source in sources:
         audio, rate = read_audio(track / f"{source}.wav")
-        if rate != samplerate:
-            raise DatasetError(f"{track / source}.wav is at {rate} Hz; this model trains at {samplerate} Hz")
         stems.append(audio)
-    lengths = {s.shape[-1] for s in stems}
-    if len(lengths) != 1 or len({s.shape[0] for s in stems}) != 1:
+        rates.add(rate)
+    if len(rates) != 1:
+        raise DatasetError(f"the stems of {track} differ in sample rate ({', '.join(map(str, sorted(rates)))} Hz); "
+                           f"re-export them together")
+    if len({s.shape[-1] for s in stems}) != 1 or len({s.shape[0] for s in stems}) != 1:
         raise DatasetError(f"the stems of {track} differ in length or channels; re-export them together")
-    return np.stack(stems).astype(np.float32)
+    return np.stack(stems).astype(np.float32), rates.pop()
+
+
+def load_stems(track: Path, sources: tuple[str, ...], samplerate: int) -> np.ndarray:
+    """``(sources, channels, frames)`` float32, every stem resampled (soxr) to ``samplerate``."""
+    from .separate import resample
+
+    stems, rate = read_stems(track, sources)
+    if rate == samplerate:
+        return stems
+    return np.stack([resample(stem, rate, samplerate) for stem in stems]).astype(np.float32)
 
 
 @dataclass(frozen=True)

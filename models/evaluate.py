@@ -52,26 +52,24 @@ def evaluate(model, root: Path, split: str = "test", *, overlap: float = 0.25, p
              device=None) -> Evaluation:
     """Separate every track of ``root/split`` (its first ``max_seconds``, if given) and score each
     source against its stem."""
-    import torch
-
-    from .dataset import load_stems, track_folders
-    from .separate import apply_model
+    from .dataset import read_stems, track_folders
+    from .separate import separate
 
     sources = tuple(model.sources)
     result = Evaluation(sources)
     museval_rows = []
     for track in track_folders(root, split, sources):
-        stems = load_stems(track, sources, model.samplerate)
+        stems, rate = read_stems(track, sources)  # scored at the files' rate, whatever the model's
         if max_seconds:
-            stems = stems[..., : int(max_seconds * model.samplerate)]
+            stems = stems[..., : int(max_seconds * rate)]
         mixture = stems.sum(axis=0)
-        with torch.no_grad():
-            estimate = apply_model(model, torch.from_numpy(mixture)[None], overlap=overlap, precision=precision,
-                                   progress=progress, device=device)[0].cpu().numpy()
+        separated = separate(model, mixture, rate, overlap=overlap, precision=precision, progress=progress,
+                             device=None if device is None else str(device), normalise=False)
+        estimate = np.stack([separated[s] for s in sources])
         result.tracks[track.name] = {s: utterance_sdr(stems[i], estimate[i]) for i, s in enumerate(sources)}
         result.baseline[track.name] = {s: utterance_sdr(stems[i], mixture) for i, s in enumerate(sources)}
         if with_museval:
-            museval_rows.append(_museval(stems, estimate, model.samplerate))
+            museval_rows.append(_museval(stems, estimate, rate))
     if with_museval and museval_rows and museval_rows[0] is not None:
         medians = {s: float(np.nanmedian(np.concatenate([row[i] for row in museval_rows])))
                    for i, s in enumerate(sources)}

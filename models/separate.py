@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .bag import BagOfModels
+from .bandwidth import share_high_band
 from .htdemucs import HTDemucs
 from .precision import autocast, prepare_model
 
@@ -163,12 +164,13 @@ def _progress(items, enabled: bool, total: int, seconds_per_item: float):
 def separate(model: nn.Module, audio: np.ndarray, samplerate: int, *, overlap: float = 0.25,
              shifts: int = 0, segment: float | None = None, device: str | None = None,
              progress: bool = False, seed: int | None = None,
-             precision: str = "auto") -> dict[str, np.ndarray]:
+             precision: str = "auto", normalise: bool = True, share_band: bool = True) -> dict[str, np.ndarray]:
     """Split ``audio`` ``(channels, frames)`` into stems, each ``(channels, frames)`` at ``samplerate``.
 
     Mono or stereo in any sample rate; the mixture is resampled to the model's rate (soxr) and
-    the stems back. The input is normalised by the mono mix's mean and standard deviation, as
-    the reference does, and the stems scaled back.
+    the stems back, sharing the band above the model's Nyquist among them (models.bandwidth;
+    ``share_band=False``: leave it out). The input is normalised by the mono mix's mean and standard deviation, as
+    the reference does, and the stems scaled back (``normalise=False``: as training feeds it).
     """
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 2:
@@ -181,16 +183,17 @@ def separate(model: nn.Module, audio: np.ndarray, samplerate: int, *, overlap: f
         return {name: np.zeros((channels, 0), np.float32) for name in model.sources}
     mix = torch.from_numpy(match_channels(resample(audio, samplerate, model.samplerate), model.audio_channels))
     mono = mix.mean(0)
-    mean, std = mono.mean(), mono.std() + 1e-8
+    mean, std = (mono.mean(), mono.std() + 1e-8) if normalise else (torch.tensor(0.0), torch.tensor(1.0))
     stems = apply_model(model, ((mix - mean) / std)[None], overlap=overlap, shifts=shifts,
                         segment=segment, device=device, progress=progress, seed=seed,
                         precision=precision)[0]
     with torch.inference_mode():
         stems = stems.mul_(std).add_(mean).numpy()
-    result = {}
-    for name, stem in zip(model.sources, stems):
-        result[name] = resample(match_channels(stem, channels), model.samplerate, samplerate, frames)
-    return result
+    stems = np.stack([resample(match_channels(stem, channels), model.samplerate, samplerate, frames)
+                      for stem in stems])
+    if share_band:
+        stems = share_high_band(audio, stems, samplerate, model.samplerate)
+    return dict(zip(model.sources, stems))
 
 
 def match_channels(audio: np.ndarray, channels: int) -> np.ndarray:

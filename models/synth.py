@@ -23,6 +23,8 @@ SOURCES = ("drums", "bass", "other", "vocals")
 SOUNDFONT_PATHS = (Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"), Path("/usr/share/sounds/sf2/default-GM.sf2"))
 TICKS_PER_BEAT = 480
 DRUM_CHANNEL = 9
+STEM_RMS_DBFS = -20.0  # each stem's loudness before its random gain (RMS over the song, both channels)
+STEM_GAIN_SPREAD_DB = 6.0  # each stem is then turned down by up to this much
 MAJOR, MINOR = (0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 10)
 PROGRESSIONS = ((0, 4, 5, 3), (0, 5, 3, 4), (5, 3, 0, 4), (0, 3, 4, 3), (0, 0, 3, 4), (1, 4, 0, 0), (0, 6, 5, 4))
 BASS_PROGRAMS = tuple(range(32, 40))
@@ -82,7 +84,7 @@ def compose(rng: np.random.Generator, seconds: float) -> Song:
                 programs={"bass": int(rng.choice(BASS_PROGRAMS)), "other": int(rng.choice(OTHER_PROGRAMS)),
                           "other2": int(rng.choice(OTHER_PROGRAMS))},
                 pans={s: int(np.clip(64 + rng.normal(0, 20), 10, 118)) for s in SOURCES},
-                gains_db={s: float(rng.uniform(-8, 0)) for s in SOURCES})
+                gains_db={s: float(rng.uniform(-STEM_GAIN_SPREAD_DB, 0)) for s in SOURCES})
 
 
 def _pick(rng: np.random.Generator, options: list):
@@ -311,9 +313,9 @@ def synth_song(seed: int, seconds: float, soundfont: Path | None = None) -> dict
         "other": render_midi(other_midi, frames, soundfont) + render_midi(second, frames, soundfont) * 0.7,
         "vocals": _pan(vocal_part(song, rng, frames), song.pans["vocals"]),
     }
-    for name in SOURCES:
-        peak = np.abs(stems[name]).max()
-        stems[name] = stems[name] / max(peak, 1e-6) * 0.3 * 10 ** (song.gains_db[name] / 20)
+    for name in SOURCES:  # level by loudness, not peak: drums' transients would leave them ~7 dB quieter
+        rms = np.sqrt(np.mean(np.square(stems[name], dtype=np.float64)))
+        stems[name] = stems[name] / max(rms, 1e-9) * 10 ** ((STEM_RMS_DBFS + song.gains_db[name]) / 20)
     mix_peak = np.abs(sum(stems.values())).max()
     if mix_peak > 0.98:
         stems = {name: stem * (0.98 / mix_peak) for name, stem in stems.items()}
