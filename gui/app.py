@@ -60,8 +60,8 @@ def run_gui(args: argparse.Namespace) -> int:
         return 0
     session.choose_model(model, preset)
     if args.demo:
-        from models.demo import demo_stems
-        session.open_array(sum(demo_stems(20.0).values()), "demo song")
+        from models.demo import SAMPLERATE as DEMO_RATE, demo_stems
+        session.open_array(sum(demo_stems(20.0).values()), DEMO_RATE, "demo song")
     elif args.file is not None:
         session.open_file(args.file)
     try:

@@ -127,8 +127,8 @@ class Session(QObject):
     def open_file(self, path: str | Path) -> None:
         self._submit(f"opening {Path(path).name}…", lambda: self._open_file(Path(path)))
 
-    def open_array(self, audio: np.ndarray, name: str) -> None:
-        self._submit(f"loading {name}…", lambda: self._open_audio(audio, name, None))
+    def open_array(self, audio: np.ndarray, samplerate: int, name: str) -> None:
+        self._submit(f"loading {name}…", lambda: self._open_audio(self._at_engine_rate(audio, samplerate), name, None))
 
     def start_live(self) -> None:
         self._submit("starting live input…", self._start_live)
@@ -169,7 +169,7 @@ class Session(QObject):
         from engine.engine import Engine
 
         model = self._load_model(name)
-        samplerate = self._device_rate(model.samplerate)
+        samplerate = self._device_rate()
         engine = Engine(model, EngineConfig(samplerate=samplerate, worker=self.config.worker,
                                             precision=self.config.precision))
         window = window_for_latency(self.config.latency_s) if self.config.latency_s else PRESETS[preset]
@@ -190,9 +190,11 @@ class Session(QObject):
         if self._track_audio is not None and self.track is not None:  # the track goes on where it was
             self._open_audio(self._track_audio, self.track.name, self.track.path, position_s, playing)
 
-    def _device_rate(self, fallback: int) -> int:
-        if self.config.headless:
-            return fallback
+    def _device_rate(self) -> int:
+        from engine.config import EngineConfig
+
+        if self.config.headless:  # no device: the engine's usual rate, whatever the model's
+            return EngineConfig().samplerate
         from engine.cli import _device_rate
         from engine.device import resolve_device
         return _device_rate(resolve_device(self.config.output_device, "output"))
@@ -209,13 +211,17 @@ class Session(QObject):
 
     def _open_file(self, path: Path) -> None:
         from models.audio import read_audio
-        from models.separate import match_channels, resample
 
         self._require_engine()
         audio, samplerate = read_audio(path)  # a bad file stops here: the current track plays on
+        self._open_audio(self._at_engine_rate(audio, samplerate), path.name, path)
+
+    def _at_engine_rate(self, audio: np.ndarray, samplerate: int) -> np.ndarray:
+        from models.separate import match_channels, resample
+
+        self._require_engine()
         rate, channels = self.engine.config.samplerate, self.engine.config.channels
-        track = np.ascontiguousarray(match_channels(resample(audio, samplerate, rate), channels), dtype=np.float32)
-        self._open_audio(track, path.name, path)
+        return np.ascontiguousarray(match_channels(resample(audio, samplerate, rate), channels), dtype=np.float32)
 
     def _open_audio(self, audio: np.ndarray, name: str, path: Path | None, cue_s: float = 0.0,
                     play: bool = False) -> None:

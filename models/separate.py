@@ -169,8 +169,9 @@ def separate(model: nn.Module, audio: np.ndarray, samplerate: int, *, overlap: f
 
     Mono or stereo in any sample rate; the mixture is resampled to the model's rate (soxr) and
     the stems back, sharing the band above the model's Nyquist among them (models.bandwidth;
-    ``share_band=False``: leave it out). The input is normalised by the mono mix's mean and standard deviation, as
-    the reference does, and the stems scaled back (``normalise=False``: as training feeds it).
+    ``share_band=False`` leaves it out). The input is normalised by the mono mix's mean and
+    standard deviation, as the reference does, and the stems scaled back (``normalise=False``
+    feeds it as training does).
     """
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 2:

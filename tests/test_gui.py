@@ -34,6 +34,8 @@ def loader(name):
         return PassThrough(SIX, (0.1, 0.1, 0.2, 0.3, 0.2, 0.1))
     if name == "slow":
         time.sleep(1.0)
+    if name == "low-rate":  # as the bundled tiny model: 22.05 kHz
+        return PassThrough(samplerate=22050)
     return PassThrough()
 
 
@@ -49,7 +51,7 @@ def make_window(qtbot, settings, audio=None):
     qtbot.addWidget(window)
     window.show()
     session.choose_model("passthrough")
-    session.open_array(tone() if audio is None else audio, "tone")
+    session.open_array(tone() if audio is None else audio, SR, "tone")
     wait_idle(qtbot, session)
     engine = session.engine
     assert engine.wait_separated(6 * SR, timeout_s=60)
@@ -184,6 +186,22 @@ def test_switching_model_keeps_the_gui_responsive_and_the_mixer(qtbot, window):
     assert engine.mixer().playing and engine.cue_s == pytest.approx(before, abs=1 / SR)  # where it was
 
 
+def test_a_model_at_a_lower_rate_leaves_the_deck_at_the_engine_rate(qtbot, window):
+    window.session.choose_model("low-rate")
+    wait_idle(qtbot, window.session)
+    assert window.session.engine.config.samplerate == SR
+    assert window.session.track.seconds == pytest.approx(12.0, abs=1e-3)
+    window.session.open_array(tone(4.0), SR, "short")
+    wait_idle(qtbot, window.session)
+    assert window.session.track.seconds == pytest.approx(4.0, abs=1e-3)  # not twice as long
+    engine = window.session.engine
+    assert engine.wait_separated(3 * SR, timeout_s=60)
+    engine.play()
+    qtbot.mouseClick(window.strips[VOCALS].mute, Qt.MouseButton.LeftButton)
+    output_ratio(window)
+    assert output_ratio(window) == pytest.approx(0.6, abs=1e-3)
+
+
 def test_latency_in_seconds_instead_of_a_preset(qtbot, window):
     window.latency_box.setValue(1.5)
     window.latency_box.editingFinished.emit()
@@ -293,7 +311,7 @@ def test_the_deck_plays_through_a_real_jack_output(qtbot, settings, jack_server)
     window.show()
     try:
         session.choose_model("passthrough")
-        session.open_array(tone(4.0), "tone")
+        session.open_array(tone(4.0), SR, "tone")
         wait_idle(qtbot, session)
         assert not window.errors, window.errors
         assert session.engine.stream_active

@@ -92,6 +92,21 @@ def test_shift_and_tempo_keep_each_stem_a_segment_of_its_track(dataset):
     assert tempo.batch(0, 2).shape == (2, 4, 2, SR)
 
 
+def test_stems_are_resampled_to_the_model_rate_and_mixed_rates_refused(tmp_path):
+    track = tmp_path / "train" / "song"
+    track.mkdir(parents=True)
+    t = np.arange(48000) / 48000
+    for source in SOURCES:
+        sf.write(str(track / f"{source}.wav"), np.stack([np.sin(2 * np.pi * 440 * t)] * 2, axis=1) * 0.5, 48000)
+    stems = load_stems(track, SOURCES, 22050)
+    assert stems.shape == (4, 2, 22050) and stems.dtype == np.float32
+    expected = np.sin(2 * np.pi * 440 * np.arange(22050) / 22050) * 0.5
+    assert np.abs(stems[0, 0, 1000:-1000] - expected[1000:-1000]).max() < 1e-3  # the same tone, same time
+    sf.write(str(track / "bass.wav"), np.zeros((44100, 2)), 44100)
+    with pytest.raises(DatasetError, match=r"the stems of .*song differ in sample rate \(44100, 48000 Hz\)"):
+        load_stems(track, SOURCES, 22050)
+
+
 def test_dataset_mixture_is_the_sum_of_stems(dataset):
     track = track_folders(dataset, "train", SOURCES)[0]
     mixture, _ = sf.read(str(track / "mixture.wav"), dtype="float32", always_2d=True)
