@@ -24,6 +24,8 @@ class WindowConfig:
     def resolved(self, segment_s: float) -> "WindowConfig":
         window_s = float(self.window_s if self.window_s is not None else segment_s)
         span_s = self.span_s if self.span_s is not None else window_s - self.lookahead_s
+        if self.window_s is None:  # the span was chosen for the paper's 7.8 s: a shorter segment shortens it
+            span_s = min(span_s, window_s - self.lookahead_s)
         return replace(self, window_s=window_s, span_s=span_s)
 
 

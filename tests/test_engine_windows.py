@@ -25,11 +25,18 @@ def test_spans_tile_the_timeline_and_latency_adds_up():
     assert plan.latency_frames(256, 1000) == 22050 + 88200 + 256 + 1000
 
 
+@pytest.mark.parametrize("segment_s", [7.8, 4.0])  # the paper's model, the bundled tiny one
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_presets_are_valid_plans(name):
-    plan = WindowPlan.from_config(PRESETS[name], 44100, 7.8)
+def test_presets_are_valid_plans(name, segment_s):
+    plan = WindowPlan.from_config(PRESETS[name], 44100, segment_s)
     assert 0 < plan.hop_frames <= plan.span_frames
+    assert plan.lookahead_frames + plan.span_frames <= plan.window_frames <= int(segment_s * 44100)
     assert plan.weights.max() == pytest.approx(1.0)
+
+
+def test_a_short_model_segment_shortens_the_quality_span():
+    assert PRESETS["quality"].resolved(7.8).span_s == 4.0
+    assert PRESETS["quality"].resolved(4.0).span_s == pytest.approx(2.5)  # 4 s window less 1.5 s lookahead
 
 
 @pytest.mark.parametrize("config,message", [
