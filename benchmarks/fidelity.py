@@ -20,13 +20,10 @@ from engine.config import PRESETS, EngineConfig
 from engine.engine import Engine
 from models import separate
 from models.demo import demo_stems
+from models.evaluate import utterance_sdr
 
 BLOCK = 256
 UNSEEN_SONG_SEED = 987_654  # no recipe's training songs use it
-
-
-def sdr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
-    return float(10 * np.log10(np.sum(reference**2) / max(np.sum((reference - estimate) ** 2), 1e-20)))
 
 
 def stream(model, preset: str, mix: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
@@ -91,9 +88,9 @@ def main(argv=None) -> int:
 
 def score(preset: str, latency: int, stems: dict, offline: dict, truth: dict | None, skip: int) -> dict:
     row = {"preset": preset, "latency_samples": latency,
-           "sdr_vs_offline_db": {n: sdr_db(offline[n][:, skip:], stems[n][:, skip:]) for n in offline}}
+           "sdr_vs_offline_db": {n: utterance_sdr(offline[n][:, skip:], stems[n][:, skip:]) for n in offline}}
     if truth is not None:
-        row["sdr_vs_truth_db"] = {n: sdr_db(truth[n][:, skip:], stems[n][:, skip:]) for n in offline}
+        row["sdr_vs_truth_db"] = {n: utterance_sdr(truth[n][:, skip:], stems[n][:, skip:]) for n in offline}
     return row
 
 

@@ -8,12 +8,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from . import DEFAULT_MODEL
 from .audio import AudioError, OutputFormat, read_audio, write_stems_atomically
 from .checkpoint import CheckpointError
 from .registry import REGISTRY, ModelNotAvailableError
 
 USER_ERRORS = (AudioError, CheckpointError, ModelNotAvailableError, ValueError)
-DEFAULT_MODEL = "htdemucs"
 FALLBACK_MODEL = "tiny"  # bundled: used when the default cannot be had
 
 

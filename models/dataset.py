@@ -56,7 +56,7 @@ def load_stems(track: Path, sources: tuple[str, ...], samplerate: int) -> np.nda
     stems, rate = read_stems(track, sources)
     if rate == samplerate:
         return stems
-    return np.stack([resample(stem, rate, samplerate) for stem in stems]).astype(np.float32)
+    return np.stack([resample(stem, rate, samplerate) for stem in stems])  # float32, as resample gives
 
 
 @dataclass(frozen=True)
