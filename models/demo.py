@@ -15,6 +15,9 @@ BEAT_S = 0.5
 CHORDS_HZ = ((220.0, 277.18, 329.63), (196.0, 246.94, 293.66), (174.61, 220.0, 261.63), (196.0, 246.94, 329.63))
 MELODY_HZ = (440.0, 493.88, 554.37, 493.88, 440.0, 392.0, 440.0, 329.63)
 VOWEL_FORMANTS_HZ = ((730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240))
+# Loudness of each stem before the mix is scaled to its peak: the voice leads, as in a song.
+STEM_RMS_DBFS = {"drums": -20.0, "bass": -21.0, "other": -23.0, "vocals": -18.0}
+MIX_PEAK = 0.89  # about -1 dBFS
 
 
 def _envelope(length: int, attack_s: float, decay_s: float) -> np.ndarray:
@@ -74,15 +77,29 @@ def _voice(frames: int) -> np.ndarray:
     return out * syllables * 0.6
 
 
+def _rms(signal: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(signal, dtype=np.float64))))
+
+
 def demo_stems(seconds: float = 12.0, seed: int = 0) -> dict[str, np.ndarray]:
-    """The four stems, each ``(2, frames)`` float32, panned apart."""
+    """The four stems, each ``(2, frames)`` float32, panned apart, levelled by loudness.
+
+    Each stem sits at its ``STEM_RMS_DBFS`` (as a mix engineer would level them, so muting any
+    one of them is plainly audible), then all together are scaled so the mix peaks at
+    ``MIX_PEAK``.
+    """
     rng = np.random.default_rng(seed)
     frames = int(seconds * SAMPLERATE)
     bass, chords = _bass_and_chords(frames)
     parts = {"drums": (_drums(frames, rng), 0.5), "bass": (bass, 0.5),
              "other": (chords, 0.3), "vocals": (_voice(frames), 0.55)}
-    return {name: np.stack([signal * (1 - pan), signal * pan]).astype(np.float32) * 0.8
-            for name, (signal, pan) in parts.items()}
+    stems = {}
+    for name, (signal, pan) in parts.items():
+        stereo = np.stack([signal * (1 - pan), signal * pan])
+        stems[name] = stereo / max(_rms(stereo), 1e-12) * 10 ** (STEM_RMS_DBFS[name] / 20)
+    peak = max(float(np.abs(sum(stems.values())).max()), 1e-12)
+    scale = min(1.0, MIX_PEAK / peak)
+    return {name: (stem * scale).astype(np.float32) for name, stem in stems.items()}
 
 
 def write_demo(path: str | Path, seconds: float = 12.0) -> None:
