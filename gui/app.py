@@ -58,7 +58,7 @@ def run_gui(args: argparse.Namespace) -> int:
         app.exec()
         session.close()
         return 0
-    session.choose_model(model, preset)
+    window.choose_model(model, remember=args.model is not None)  # a fallback is not the user's choice
     if args.demo:
         from models.demo import SAMPLERATE as DEMO_RATE, demo_stems
         session.open_array(sum(demo_stems(20.0).values()), DEMO_RATE, "demo song")

@@ -5,9 +5,9 @@ import math
 import time
 from pathlib import Path
 
-from PyQt6.QtCore import QSettings, Qt, QTimer
-from PyQt6.QtGui import QAction, QColor, QKeySequence
-from PyQt6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFrame, QHBoxLayout, QLabel, QMainWindow, QMenu, QProgressBar,
+from PyQt6.QtCore import QKeyCombination, QSettings, Qt, QTimer
+from PyQt6.QtGui import QAction, QColor, QKeySequence, QShortcut
+from PyQt6.QtWidgets import (QComboBox, QFileDialog, QFrame, QHBoxLayout, QLabel, QMainWindow, QMenu, QProgressBar,
                              QPushButton, QSlider, QTabWidget, QVBoxLayout, QWidget)
 
 from .session import Session, Track
@@ -24,11 +24,52 @@ SHIFTED_DIGIT_KEYS = [Qt.Key.Key_Exclam, Qt.Key.Key_At, Qt.Key.Key_NumberSign, Q
                       Qt.Key.Key_Percent, Qt.Key.Key_AsciiCircum]
 PRESET_NAMES = ("quality", "balanced", "low-latency")
 MODEL_CHOICES = ("htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi", "tiny", "passthrough")
+LATENCY_CHOICES_S = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # instead of the preset
+MIDI_MESSAGE_MS = 5000
+NOTE_MS = 15000
+STATUS_MODEL_WIDTH = 170  # px; longer model names are elided, in full in the tooltip
+END_EPSILON_S = 1e-6
+
+
+def _at_end(engine) -> bool:
+    """The deck's playhead has reached the end of its track."""
+    if engine._mode != "deck" or engine.track_seconds <= 0:
+        return False
+    return engine.status().position_s >= engine.track_seconds - END_EPSILON_S
+
+
+def _rewind_if_ended(engine) -> None:
+    """Play at the end of the track starts it again, as a player does."""
+    if not engine.mixer().playing and _at_end(engine):
+        engine.seek(0.0)
+
+
+def model_note(name: str) -> str:
+    """What the user should know about a stand-in model, and how to get the real one offline."""
+    if name == "passthrough":
+        return "stand-in: its stems are fixed fractions of the mix, not a separation"
+    if name != "tiny":
+        return ""
+    from models.registry import REGISTRY, cache_dir
+    files = ", ".join(remote.filename for remote in REGISTRY["htdemucs"].files)
+    return (f"bundled small model; for the official htdemucs put {files} in $STEMDECK_MODEL_DIR or {cache_dir()} "
+            "(README: Getting the official weights)")
 
 
 def _clock(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
+    tenths = max(0, round(seconds * 10))
+    return f"{tenths // 600}:{tenths % 600 / 10:04.1f}"
+
+
+def _remaining(seconds: float) -> str:
+    """Time left, counting down; at the end nothing is left, and no minus sign."""
+    clock = _clock(seconds)
+    return clock if clock == "0:00.0" else "−" + clock
+
+
+def _client(port_name: str) -> str:
+    """``fakectl:pads out`` → ``fakectl``: the controller, short enough for the status bar."""
+    return port_name.partition(":")[0] or port_name
 
 
 class EngineControls:
@@ -42,11 +83,19 @@ class EngineControls:
         engine = self._session.engine
         return engine.sources if engine is not None else ()
 
-    def __getattr__(self, name):
+    def toggle_play(self) -> None:
+        engine = self._engine()
+        _rewind_if_ended(engine)
+        engine.toggle_play()
+
+    def _engine(self):
         engine = self._session.engine
         if engine is None:
             raise ValueError("no model is loaded yet")
-        return getattr(engine, name)
+        return engine
+
+    def __getattr__(self, name):
+        return getattr(self._engine(), name)
 
 
 class MainWindow(QMainWindow):
@@ -59,10 +108,11 @@ class MainWindow(QMainWindow):
         self.errors: list[str] = []
         self._last_tick = time.perf_counter()
         self._reported_stream_error: str | None = None
+        self._last_midi_event: str | None = None
         self.setWindowTitle("stemdeck")
-        self.setAcceptDrops(True)
-        self.setMinimumSize(760, 520)
+        self.setAcceptDrops(True)  # the minimum size is the layout's: nothing overlaps at it
         self._build()
+        self._build_shortcuts()
         self._connect_session()
         self._restore_settings()
         self.timer = QTimer(self)
@@ -75,7 +125,6 @@ class MainWindow(QMainWindow):
         central = QWidget()
         root = QVBoxLayout(central)
         root.addLayout(self._build_top_row())
-        root.addWidget(self._build_banner())
         self.tabs = QTabWidget()
         self.tabs.addTab(self._build_deck(), "File deck")
         self.tabs.addTab(self._build_live(), "Live input")
@@ -87,6 +136,7 @@ class MainWindow(QMainWindow):
         mixer.addWidget(self._build_master())
         root.addLayout(mixer, 1)
         self.setCentralWidget(central)
+        self._build_banner(central)
         self._build_status_bar()
         self._build_menu()
 
@@ -94,21 +144,16 @@ class MainWindow(QMainWindow):
         row = QHBoxLayout()
         row.addWidget(QLabel("Model"))
         self.model_box = self._combo(MODEL_CHOICES, "Separation model (switching keeps the app responsive)")
-        self.model_box.activated.connect(lambda _: self.session.choose_model(self.model_box.currentText(),
-                                                                             self.preset_box.currentText()))
+        self.model_box.activated.connect(lambda _: self.choose_model(self.model_box.currentText()))
         row.addWidget(self.model_box)
         row.addWidget(QLabel("Preset"))
         self.preset_box = self._combo(PRESET_NAMES, "quality: most context, most latency; low-latency: least")
         self.preset_box.activated.connect(self._preset_chosen)
         row.addWidget(self.preset_box)
-        self.latency_box = QDoubleSpinBox()
-        self.latency_box.setRange(0.0, 10.0)
-        self.latency_box.setSingleStep(0.1)
-        self.latency_box.setDecimals(2)
-        self.latency_box.setSpecialValueText("preset")
-        self.latency_box.setSuffix(" s")
-        self.latency_box.setToolTip("Target latency in seconds instead of the preset ('preset': use the preset)")
-        self.latency_box.editingFinished.connect(self._latency_chosen)
+        # A list, not a text box: nothing on the main view takes the keyboard from the shortcuts.
+        self.latency_box = self._combo(["preset"] + [f"{s:g} s" for s in LATENCY_CHOICES_S],
+                                       "Target latency instead of the preset ('preset': use the preset)")
+        self.latency_box.activated.connect(self._latency_chosen)
         row.addWidget(QLabel("or latency"))
         row.addWidget(self.latency_box)
         row.addStretch(1)
@@ -121,12 +166,15 @@ class MainWindow(QMainWindow):
         row.addWidget(self.busy_bar)
         return row
 
-    def _build_banner(self) -> QFrame:
-        self.banner = QFrame()
+    def _build_banner(self, central: QWidget) -> None:
+        """Errors and notes float over the top row: showing one moves nothing under the mouse."""
+        self.banner = QFrame(central)
         self.banner.setObjectName("banner")
         layout = QHBoxLayout(self.banner)
+        layout.setContentsMargins(10, 4, 4, 4)
         self.banner_text = QLabel("")
         self.banner_text.setWordWrap(True)
+        self.banner_text.setTextInteractionFlags(Qt.TextInteractionFlag.NoTextInteraction)
         close = QPushButton("✕")
         close.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         close.setToolTip("Dismiss")
@@ -134,7 +182,20 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.banner_text, 1)
         layout.addWidget(close)
         self.banner.hide()
-        return self.banner
+        self._note_timer = QTimer(self)
+        self._note_timer.setSingleShot(True)
+        self._note_timer.timeout.connect(self.banner.hide)
+
+    def _place_banner(self) -> None:
+        central = self.centralWidget()
+        width = central.width() - 16
+        height = max(self.banner.sizeHint().height(), self.banner.heightForWidth(width))
+        self.banner.setGeometry(8, 4, width, height)
+        self.banner.raise_()
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._place_banner()
 
     def _build_deck(self) -> QWidget:
         deck = QWidget()
@@ -205,12 +266,44 @@ class MainWindow(QMainWindow):
         return master
 
     def _build_status_bar(self) -> None:
+        """Short figures, each in full; a message (MIDI learn, a scene) takes the whole bar a while."""
         bar = self.statusBar()
         self.model_status, self.latency_status, self.load_status = QLabel("no model"), QLabel(""), QLabel("")
         self.ahead_status, self.xrun_status, self.midi_status = QLabel(""), QLabel(""), QLabel("")
+        self.load_status.setToolTip("Real-time factor: the model's time per hop of audio (below 1 keeps up)")
+        self.ahead_status.setToolTip("How far separation has got ahead of the playhead")
+        self.xrun_status.setToolTip("xruns: audio blocks the sound system missed; late: windows the model "
+                                    "did not finish in time (the dry track played instead)")
         for label in (self.model_status, self.latency_status, self.load_status, self.ahead_status,
                       self.xrun_status, self.midi_status):
-            bar.addPermanentWidget(label)
+            bar.addWidget(label)  # normal widgets: a temporary message hides them and gets the width
+        bar.addWidget(QWidget(), 1)
+
+    def show_message(self, text: str, timeout_ms: int = 0) -> None:
+        """A line for the user across the status bar (0: until the next one)."""
+        self.statusBar().showMessage(text, timeout_ms)
+
+    def status_message(self) -> str:
+        return self.statusBar().currentMessage()
+
+    def _build_shortcuts(self) -> None:
+        """Window-wide: they work whatever widget has the focus (no widget here takes text)."""
+        self._shortcut(QKeySequence(Qt.Key.Key_Space), self.toggle_play)
+        self._shortcut(QKeySequence(Qt.Key.Key_Left), lambda: self.seek_by(-SEEK_STEP_S), repeat=True)
+        self._shortcut(QKeySequence(Qt.Key.Key_Right), lambda: self.seek_by(SEEK_STEP_S), repeat=True)
+        self._shortcut(QKeySequence(Qt.Key.Key_Escape), self.cancel_learn)
+        shift = Qt.KeyboardModifier.ShiftModifier
+        for index, (digit, shifted) in enumerate(zip(DIGIT_KEYS, SHIFTED_DIGIT_KEYS)):
+            self._shortcut(QKeySequence(digit), lambda i=index: self.toggle_stem(i, "mute"))
+            # Shift+digit arrives as the digit or as the layout's symbol, with or without Shift
+            for key in (QKeyCombination(shift, digit), QKeyCombination(shift, shifted), QKeyCombination(shifted)):
+                self._shortcut(QKeySequence(key), lambda i=index: self.toggle_stem(i, "solo"))
+
+    def _shortcut(self, keys: QKeySequence, slot, repeat: bool = False) -> None:
+        shortcut = QShortcut(keys, self)
+        shortcut.setContext(Qt.ShortcutContext.WindowShortcut)
+        shortcut.setAutoRepeat(repeat)  # a held Space must not flutter play/pause
+        shortcut.activated.connect(slot)
 
     def _build_menu(self) -> None:
         open_action = QAction("Open…", self)
@@ -259,20 +352,26 @@ class MainWindow(QMainWindow):
     def _connect_session(self) -> None:
         s = self.session
         s.busy.connect(self._show_busy)
-        s.failed.connect(self.show_error)
+        s.failed.connect(self._session_failed)
         s.model_ready.connect(self._on_model_ready)
         s.track_ready.connect(self._on_track_ready)
         s.live_ready.connect(lambda: self.track_label.setText("live input"))
 
+    def choose_model(self, name: str | None, remember: bool = True) -> None:
+        """The user's choice is remembered; a fallback the session makes instead is not."""
+        if remember and name:
+            self.settings.setValue("model", name)
+        self.session.choose_model(name, self.preset_box.currentText())
+
     def _preset_chosen(self) -> None:
         self.session.config.latency_s = None
-        self.latency_box.setValue(0.0)
+        self.latency_box.setCurrentIndex(0)
         self.session.choose_model(self.session.model_name or self.model_box.currentText(),
                                   self.preset_box.currentText())
 
     def _latency_chosen(self) -> None:
-        self.latency_box.clearFocus()  # the keys go back to the mixer
-        latency_s = self.latency_box.value() or None
+        index = self.latency_box.currentIndex()
+        latency_s = LATENCY_CHOICES_S[index - 1] if index > 0 else None
         if latency_s != self.session.config.latency_s:
             self.session.config.latency_s = latency_s
             self.session.choose_model(self.session.model_name or self.model_box.currentText(),
@@ -285,23 +384,50 @@ class MainWindow(QMainWindow):
     def show_error(self, message: str) -> None:
         """Non-modal: the app keeps running and the message says what to do."""
         self.errors.append(message)
+        self._show_banner(message, "banner")
+        self._note_timer.stop()
+
+    def show_note(self, message: str) -> None:
+        """Something to know, not a fault: shown a while, in the banner's place."""
+        if self.banner.isVisible() and self.banner.objectName() == "banner":
+            return  # an error stays until dismissed
+        self._show_banner(message, "note")
+        self._note_timer.start(NOTE_MS)
+
+    def _show_banner(self, message: str, role: str) -> None:
+        self.banner.setObjectName(role)
+        self.banner.setStyleSheet("")  # the theme's rule for the new role applies
         self.banner_text.setText(message)
         self.banner.show()
+        self._place_banner()
+
+    def _session_failed(self, message: str) -> None:
+        self.show_error(message)
+        if self.session.model_name:  # a model that failed to load leaves the current one playing
+            self.model_box.setCurrentText(self.session.model_name)
 
     def _on_model_ready(self, name: str, sources: tuple) -> None:
         self.sources = tuple(sources)
         self._rebuild_strips()
+        if self.model_box.findText(name) < 0:
+            self.model_box.addItem(name)  # a checkpoint file given by path
         self.model_box.setCurrentText(name)
         self.preset_box.setCurrentText(self.session.config.preset)
-        self.settings.setValue("model", name)
         self.settings.setValue("preset", self.session.config.preset)
-        note = {"passthrough": " — stand-in: stems are fixed fractions of the mix",
-                "tiny": " — bundled small model; `stemdeck models fetch htdemucs` for the official one"}.get(name, "")
-        self.model_status.setText(f"{name}: {', '.join(sources)}{note}")
+        note = model_note(name)
+        label = {"passthrough": "passthrough (stand-in)", "tiny": "tiny (bundled)"}.get(name, name)
+        metrics = self.model_status.fontMetrics()
+        self.model_status.setText(metrics.elidedText(label, Qt.TextElideMode.ElideMiddle, STATUS_MODEL_WIDTH))
+        self.model_status.setToolTip(f"{name}: {', '.join(sources)}" + (f" — {note}" if note else ""))
+        if note and str(self.settings.value("model") or "") != name:  # not what the user picked
+            self.show_note(f"{name}: {note}")
 
     def _on_track_ready(self, track: Track) -> None:
         self.overview.set_track(track.peaks, track.seconds)
         self.track_label.setText(track.name)
+        for strip in self.strips:  # nothing of the old track's levels stays on screen
+            strip.reset_views()
+        self.master_meter.reset()
         if track.path is not None:
             recent = [str(track.path)] + [p for p in self._recent() if p != str(track.path)]
             self.settings.setValue("recent", recent[:MAX_RECENT])
@@ -353,7 +479,9 @@ class MainWindow(QMainWindow):
         self.session.open_file(path)
 
     def toggle_play(self) -> None:
-        self._engine_call("toggle_play")
+        engine = self.session.engine
+        if engine is not None:
+            EngineControls(self.session).toggle_play()
 
     def seek_to(self, seconds: float) -> None:
         self._engine_call("seek", seconds)
@@ -374,24 +502,6 @@ class MainWindow(QMainWindow):
         self.session.start_live()
 
     # -- keyboard, drops ----------------------------------------------------------------------------
-
-    def keyPressEvent(self, event) -> None:
-        key, shift = event.key(), bool(event.modifiers() & Qt.KeyboardModifier.ShiftModifier)
-        if key == Qt.Key.Key_Space:
-            self.toggle_play()
-        elif key == Qt.Key.Key_Left:
-            self.seek_by(-SEEK_STEP_S)
-        elif key == Qt.Key.Key_Right:
-            self.seek_by(SEEK_STEP_S)
-        elif key == Qt.Key.Key_Escape and self.midi is not None and self.midi.learning:
-            self.midi.cancel_learn()
-            self.statusBar().showMessage("MIDI learn cancelled", 3000)
-        elif key in DIGIT_KEYS:
-            self.toggle_stem(DIGIT_KEYS.index(key), "solo" if shift else "mute")
-        elif key in SHIFTED_DIGIT_KEYS:
-            self.toggle_stem(SHIFTED_DIGIT_KEYS.index(key), "solo")
-        else:
-            super().keyPressEvent(event)
 
     def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls():
@@ -418,7 +528,12 @@ class MainWindow(QMainWindow):
             return
         self.midi.learn(control, index)
         target = f"{control} {self.sources[index]}" if index is not None else control
-        self.statusBar().showMessage(f"MIDI learn: move a control or press a pad for {target} (Esc cancels)")
+        self.show_message(f"MIDI learn: move a control or press a pad for {target} (Esc cancels)")
+
+    def cancel_learn(self) -> None:
+        if self.midi is not None and self.midi.learning:
+            self.midi.cancel_learn()
+            self.show_message("MIDI learn cancelled", MIDI_MESSAGE_MS)
 
     # -- the 30 fps refresh -------------------------------------------------------------------------
 
@@ -428,18 +543,15 @@ class MainWindow(QMainWindow):
         engine = self.session.engine
         if engine is None:
             return
+        if engine._mode == "deck" and engine.mixer().playing and _at_end(engine):
+            engine.pause()  # the end of the track: stopped, ready to play it again
         status, mixer = engine.status(), engine.mixer()
         for index, strip in enumerate(self.strips[: len(status.rms) - 1]):
             strip.meter.set_levels(status.rms[index], status.peak[index], elapsed_s)
             strip.activity.push(status.peak[index])
             self._sync(strip.mute, mixer.mute[index])
             self._sync(strip.solo, mixer.solo[index])
-            if abs(strip.fader.db - mixer.gain_db[index]) > 0.05 and not strip.fader.isSliderDown():
-                if not (strip.fader.db == -math.inf and mixer.gain_db[index] <= -60):
-                    strip.fader.blockSignals(True)
-                    strip.fader.set_db(mixer.gain_db[index])
-                    strip.fader._show_db(strip.fader.db)
-                    strip.fader.blockSignals(False)
+            self._sync_fader(strip, mixer.gain_db[index])
         self.master_meter.set_levels(status.rms[-1], status.peak[-1], elapsed_s)
         if not self.crossfader.isSliderDown() and self.crossfader.value() != round(100 * mixer.dry_mix):
             self.crossfader.blockSignals(True)  # moved from MIDI
@@ -450,22 +562,39 @@ class MainWindow(QMainWindow):
             seconds = self.session.track.seconds
             self.overview.set_position(status.position_s, status.seconds_ahead)
             self.elapsed_label.setText(_clock(status.position_s))
-            self.remaining_label.setText("−" + _clock(seconds - status.position_s))
-        deck = engine._mode == "deck"
-        self.latency_status.setText("deck: stems on the playhead, no added delay" if deck
-                                    else f"latency {status.latency_ms:.0f} ms")
-        self.load_status.setText(f"RTF {status.realtime_factor:.2f} · headroom {100 * status.headroom:.0f} %")
-        self.ahead_status.setText(f"separated ahead {status.seconds_ahead:.1f} s" if deck else "")
-        self.xrun_status.setText(f"xruns {status.xruns} · late {status.late_windows}")
-        if self.midi is not None:
-            self.midi_status.setText("MIDI " + (", ".join(self.midi.input_names) or "disconnected"))
-            if self.midi.events and self.midi.events[-1] != getattr(self, "_last_midi_event", None):
-                self._last_midi_event = self.midi.events[-1]
-                self.statusBar().showMessage(f"MIDI: {self._last_midi_event}", 5000)
+            self.remaining_label.setText(_remaining(seconds - status.position_s))
+        self._refresh_status_bar(engine, status)
         problem = status.stream_error or status.worker_error
         if problem and problem != self._reported_stream_error:
             self._reported_stream_error = problem
             self.show_error(f"{problem}; pick an output device and press play to go on")
+
+    def _refresh_status_bar(self, engine, status) -> None:
+        deck = engine._mode == "deck"
+        self.latency_status.setText("no added delay" if deck else f"latency {status.latency_ms:.0f} ms")
+        self.latency_status.setToolTip("the deck plays the stems on the playhead: separation runs ahead"
+                                       if deck else "live input: the stems come this much after the input")
+        self.load_status.setText(f"RTF {status.realtime_factor:.2f}")
+        self.ahead_status.setText(f"ahead {status.seconds_ahead:.1f} s" if deck else "")
+        self.xrun_status.setText(f"xruns {status.xruns} · late {status.late_windows}")
+        if self.midi is None:
+            return
+        names = self.midi.input_names
+        self.midi_status.setText("MIDI " + (", ".join(_client(n) for n in names) or "disconnected"))
+        self.midi_status.setToolTip(", ".join(names))
+        event = self.midi.events[-1] if self.midi.events else None
+        if event is not None and event is not self._last_midi_event:  # learned, a scene, a port
+            self._last_midi_event = event
+            self.show_message(event if event.startswith("MIDI") else f"MIDI {event}", MIDI_MESSAGE_MS)
+
+    @staticmethod
+    def _sync_fader(strip, gain_db: float) -> None:
+        """Follow a gain set elsewhere (MIDI, a scene), unless the user holds the fader."""
+        if strip.fader.isSliderDown() or abs(strip.fader.db - gain_db) <= 0.05:
+            return
+        if strip.fader.db == -math.inf and gain_db <= -60:
+            return  # both below the fader's floor
+        strip.show_gain(gain_db)
 
     @staticmethod
     def _sync(button: QPushButton, on: bool) -> None:
@@ -493,6 +622,7 @@ class MainWindow(QMainWindow):
         else:
             self.resize(1280, 720)
         self._fill_recent()
+        self.preset_box.setCurrentText(self.session.config.preset)
         for box, key in ((self.output_box, "output_device"), (self.input_box, "input_device")):
             saved = self.settings.value(key)
             if saved and box.findText(saved) >= 0:

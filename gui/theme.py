@@ -8,7 +8,7 @@ STEM_COLOURS = {"drums": "#f5a623", "bass": "#4a90e2", "other": "#7ed321", "voca
                 "guitar": "#bd6bf0", "piano": "#50e3c2"}
 FALLBACK_COLOURS = ("#f5a623", "#4a90e2", "#7ed321", "#e94b8a", "#bd6bf0", "#50e3c2")
 BACKGROUND, PANEL, TEXT, DIM_TEXT, ACCENT = "#121417", "#1c1f24", "#e8eaed", "#8a9099", "#ffb300"
-ERROR_BACKGROUND = "#5c1f24"
+ERROR_BACKGROUND, NOTE_BACKGROUND = "#5c1f24", "#1f3a5c"
 
 STYLESHEET = f"""
 QWidget {{ background: {BACKGROUND}; color: {TEXT}; font-size: 11pt; }}
@@ -25,7 +25,10 @@ QComboBox, QDoubleSpinBox {{ background: #2a2e35; border: 1px solid #3a3f47; bor
 QLabel#stemName {{ font-size: 13pt; font-weight: bold; }}
 QLabel#time {{ font-family: monospace; font-size: 14pt; }}
 QFrame#banner {{ background: {ERROR_BACKGROUND}; border-radius: 6px; }}
-QStatusBar {{ background: {PANEL}; color: {DIM_TEXT}; }}
+QFrame#note {{ background: {NOTE_BACKGROUND}; border-radius: 6px; }}
+QFrame#banner QLabel, QFrame#note QLabel {{ background: transparent; }}
+QStatusBar {{ background: {PANEL}; color: {DIM_TEXT}; font-size: 10pt; }}
+QStatusBar QLabel {{ background: transparent; color: {DIM_TEXT}; font-size: 10pt; padding: 0 4px; }}
 QSlider::groove:vertical {{ background: #2a2e35; width: 8px; border-radius: 4px; }}
 QSlider::handle:vertical {{ background: {TEXT}; height: 22px; margin: 0 -12px; border-radius: 4px; }}
 QSlider::groove:horizontal {{ background: #2a2e35; height: 8px; border-radius: 4px; }}

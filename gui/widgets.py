@@ -16,6 +16,7 @@ PEAK_HOLD_S = 1.5
 FADER_MIN_DB, FADER_MAX_DB = -60.0, 6.0
 FADER_STEPS_PER_DB = 10
 ACTIVITY_POINTS = 90  # three seconds at 30 fps
+METER_MIN_HEIGHT = 90  # the window's minimum size keeps every label clear of the meters
 
 
 def to_db(value: float) -> float:
@@ -31,7 +32,13 @@ class LevelMeter(QWidget):
         self.rms_db = self.peak_db = self.hold_db = -math.inf
         self._hold_age_s = 0.0
         self.setFixedWidth(18)
-        self.setMinimumHeight(120)
+        self.setMinimumHeight(METER_MIN_HEIGHT)
+
+    def reset(self) -> None:
+        """A new track: no level, no peak mark left from the old one."""
+        self.rms_db = self.peak_db = self.hold_db = -math.inf
+        self._hold_age_s = 0.0
+        self.update()
 
     def set_levels(self, rms: float, peak: float, elapsed_s: float) -> None:
         self.rms_db, self.peak_db = to_db(rms), to_db(peak)
@@ -62,7 +69,11 @@ class ActivityView(QWidget):
         super().__init__(parent)
         self.colour = colour
         self.points: deque[float] = deque([0.0] * ACTIVITY_POINTS, maxlen=ACTIVITY_POINTS)
-        self.setMinimumSize(80, 36)
+        self.setMinimumSize(60, 28)
+
+    def reset(self) -> None:
+        self.points.extend([0.0] * ACTIVITY_POINTS)
+        self.update()
 
     def push(self, peak: float) -> None:
         self.points.append(self._fraction(peak))
@@ -93,7 +104,7 @@ class DbFader(QSlider):
         super().__init__(Qt.Orientation.Vertical, parent)
         self.setRange(int(FADER_MIN_DB * FADER_STEPS_PER_DB), int(FADER_MAX_DB * FADER_STEPS_PER_DB))
         self.setValue(0)
-        self.setMinimumHeight(160)
+        self.setMinimumHeight(METER_MIN_HEIGHT)
         self.setPageStep(3 * FADER_STEPS_PER_DB)
         self.valueChanged.connect(lambda v: self.changed_db.emit(self.db))
 
@@ -129,7 +140,7 @@ class WaveformOverview(QWidget):
         self.seconds = 0.0
         self.position_s = 0.0
         self.separated_until_s = 0.0
-        self.setMinimumHeight(70)
+        self.setMinimumHeight(50)
         self.setToolTip("Click to seek (Left/Right: ±5 s). Shaded: separated ahead of the playhead")
 
     def set_track(self, peaks: np.ndarray, seconds: float) -> None:
@@ -213,6 +224,17 @@ class StemStrip(QFrame):
         button.setToolTip(tip)
         button.setMinimumSize(44, 36)
         return button
+
+    def show_gain(self, db: float) -> None:
+        """Move the fader to ``db`` set elsewhere (MIDI, a scene) without sending it back."""
+        self.fader.blockSignals(True)
+        self.fader.set_db(db)
+        self.fader.blockSignals(False)
+        self._show_db(self.fader.db)
+
+    def reset_views(self) -> None:
+        self.meter.reset()
+        self.activity.reset()
 
     def _show_db(self, db: float) -> None:
         self.db_label.setText("−∞ dB" if db == -math.inf else f"{db:+.1f} dB".replace("-", "−"))

@@ -50,7 +50,7 @@ def make_window(qtbot, settings, audio=None):
     window = MainWindow(session, settings)
     qtbot.addWidget(window)
     window.show()
-    session.choose_model("passthrough")
+    window.choose_model("passthrough")  # as picked in the model menu
     session.open_array(tone() if audio is None else audio, SR, "tone")
     wait_idle(qtbot, session)
     engine = session.engine
@@ -203,15 +203,15 @@ def test_a_model_at_a_lower_rate_leaves_the_deck_at_the_engine_rate(qtbot, windo
 
 
 def test_latency_in_seconds_instead_of_a_preset(qtbot, window):
-    window.latency_box.setValue(1.5)
-    window.latency_box.editingFinished.emit()
+    window.latency_box.setCurrentText("1.5 s")
+    window.latency_box.activated.emit(window.latency_box.currentIndex())  # picked from the list
     wait_idle(qtbot, window.session)
     assert window.session.engine.window.hop_s == pytest.approx(0.5)  # a third of the latency per hop
     assert window.session.track.name == "tone"  # the track was carried to the new plan
     window.preset_box.setCurrentText("low-latency")
     window._preset_chosen()
     wait_idle(qtbot, window.session)
-    assert window.session.config.latency_s is None and window.latency_box.value() == 0.0
+    assert window.session.config.latency_s is None and window.latency_box.currentText() == "preset"
 
 
 def test_a_missing_model_is_a_banner_and_the_deck_still_plays(qtbot, settings):
@@ -224,8 +224,9 @@ def test_a_missing_model_is_a_banner_and_the_deck_still_plays(qtbot, settings):
     try:
         assert window.banner.isVisible()
         assert window.errors[-1] == "/nowhere/model.th does not exist — the bundled tiny model separates meanwhile"
-        assert session.model_name == "tiny"
-        assert "bundled small model" in window.model_status.text()
+        assert session.model_name == "tiny" and window.model_box.currentText() == "tiny"
+        assert window.model_status.text() == "tiny (bundled)"
+        assert "bundled small model" in window.model_status.toolTip()
     finally:
         window.close()
         session.close()
