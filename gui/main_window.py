@@ -546,13 +546,16 @@ class MainWindow(QMainWindow):
         if engine._mode == "deck" and engine.mixer().playing and _at_end(engine):
             engine.pause()  # the end of the track: stopped, ready to play it again
         status, mixer = engine.status(), engine.mixer()
-        for index, strip in enumerate(self.strips[: len(status.rms) - 1]):
-            strip.meter.set_levels(status.rms[index], status.peak[index], elapsed_s)
-            strip.activity.push(status.peak[index])
+        rms, peak = status.rms, status.peak
+        if engine._mode == "deck" and not status.playing:  # a paused deck is silent, whatever was last measured
+            rms = peak = (0.0,) * len(status.rms)
+        for index, strip in enumerate(self.strips[: len(rms) - 1]):
+            strip.meter.set_levels(rms[index], peak[index], elapsed_s)
+            strip.activity.push(peak[index])
             self._sync(strip.mute, mixer.mute[index])
             self._sync(strip.solo, mixer.solo[index])
             self._sync_fader(strip, mixer.gain_db[index])
-        self.master_meter.set_levels(status.rms[-1], status.peak[-1], elapsed_s)
+        self.master_meter.set_levels(rms[-1], peak[-1], elapsed_s)
         if not self.crossfader.isSliderDown() and self.crossfader.value() != round(100 * mixer.dry_mix):
             self.crossfader.blockSignals(True)  # moved from MIDI
             self.crossfader.setValue(round(100 * mixer.dry_mix))
@@ -577,6 +580,8 @@ class MainWindow(QMainWindow):
         self.load_status.setText(f"RTF {status.realtime_factor:.2f}")
         self.ahead_status.setText(f"ahead {status.seconds_ahead:.1f} s" if deck else "")
         self.xrun_status.setText(f"xruns {status.xruns} · late {status.late_windows}")
+        for label in (self.latency_status, self.load_status, self.ahead_status, self.xrun_status):
+            label.setMinimumWidth(max(label.minimumWidth(), label.sizeHint().width()))  # grows, never jitters
         if self.midi is None:
             return
         names = self.midi.input_names

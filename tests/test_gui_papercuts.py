@@ -1,0 +1,213 @@
+"""What a user meets in the first minutes: the status bar, the model picker and what is saved,
+the error banner, the window at its minimum size, the end of a track, a new track."""
+import numpy as np
+import pytest
+from PyQt6.QtCore import QPoint, QRect, QSettings, Qt
+from PyQt6.QtWidgets import QApplication, QWidget
+
+from gui.main_window import MainWindow
+from gui.session import Session, SessionConfig, load_model
+from models.passthrough import PassThrough
+from test_gui import SR, VOCALS, loader, make_window, output_ratio, tone, wait_idle
+
+SHIFT = Qt.KeyboardModifier.ShiftModifier
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return QSettings(str(tmp_path / "stemdeck.ini"), QSettings.Format.IniFormat)
+
+
+@pytest.fixture
+def window(qtbot, settings):
+    window = make_window(qtbot, settings)
+    yield window
+    window.close()
+    window.session.close()
+
+
+def real_loader(name):
+    """The app's loader (registry, bundled tiny, downloads), with the pass-through for the tests' own."""
+    return PassThrough() if name == "passthrough" else load_model(name)
+
+
+def bare_window(qtbot, settings, model_loader=real_loader):
+    session = Session(SessionConfig(headless=True, worker="thread", calibrate=False), model_loader=model_loader)
+    window = MainWindow(session, settings)
+    qtbot.addWidget(window)
+    window.show()
+    return window
+
+
+def fits(label) -> bool:
+    return label.fontMetrics().horizontalAdvance(label.text()) <= label.contentsRect().width()
+
+
+def window_rect(widget, window) -> QRect:
+    return QRect(widget.mapTo(window, QPoint(0, 0)), widget.size())
+
+
+def overlaps(window) -> list[str]:
+    """Pairs of visible widgets drawn over each other (a widget over its own parent is fine)."""
+    shown = [w for w in window.findChildren(QWidget) if w.isVisible() and w.width() > 0
+             and w is not window.banner and not window.banner.isAncestorOf(w)]
+    found = []
+    for i, a in enumerate(shown):
+        for b in shown[i + 1:]:
+            if a.isAncestorOf(b) or b.isAncestorOf(a):
+                continue
+            if window_rect(a, window).intersects(window_rect(b, window)):
+                found.append(f"{type(a).__name__} {getattr(a, 'text', lambda: '')()!r} over "
+                             f"{type(b).__name__} {getattr(b, 'text', lambda: '')()!r}")
+    return found
+
+
+def test_status_bar_figures_are_shown_in_full(qtbot, window):
+    from engine.midi import MidiConfig, MidiController, default_mapping
+    from gui.main_window import EngineControls
+
+    window.midi = MidiController(EngineControls(window.session), default_mapping(4), MidiConfig())
+    for size in ((1280, 720), (1, 1)):  # (1, 1): as small as the window goes
+        window.resize(*size)
+        qtbot.wait(100)
+        window.timer.stop()  # the figures as the last refresh left them, laid out
+        window.refresh()
+        qtbot.wait(50)
+        labels = [window.model_status, window.latency_status, window.load_status, window.ahead_status,
+                  window.xrun_status]
+        assert all(label.text() for label in labels)
+        cut = [label.text() for label in labels if not fits(label)]
+        assert not cut, f"cut at {window.width()} x {window.height()}: {cut}"
+
+
+def test_midi_learn_prompt_and_confirmation_show_in_the_window(qtbot, window):
+    from engine.midi import MidiConfig, MidiController, default_mapping
+    from gui.main_window import EngineControls
+
+    window.resize(1, 1)
+    window.midi = MidiController(EngineControls(window.session), default_mapping(4), MidiConfig())
+    window.midi_learn("mute", VOCALS)
+    bar = window.statusBar()
+    prompt = "MIDI learn: move a control or press a pad for mute vocals (Esc cancels)"
+    assert window.statusBar().currentMessage() == prompt
+    assert bar.fontMetrics().horizontalAdvance(prompt) + 16 <= bar.width()  # in full, at the smallest window
+    assert not window.xrun_status.isVisible()  # the figures make room for it
+    window.midi.handle([0x90, 60, 100])
+    qtbot.wait(100)
+    assert window.statusBar().currentMessage() == "MIDI learned: note 60 on channel 1 drives mute vocals"
+    window.midi_learn("solo", VOCALS)
+    qtbot.keyClick(window, Qt.Key.Key_Escape)
+    assert window.statusBar().currentMessage() == "MIDI learn cancelled" and not window.midi.learning
+
+
+def test_a_model_that_fails_to_load_leaves_the_picker_on_the_running_one(qtbot, settings):
+    window = bare_window(qtbot, settings)
+    try:
+        window.session.choose_model("passthrough")
+        wait_idle(qtbot, window.session)
+        window.model_box.setCurrentText("htdemucs")
+        window.model_box.activated.emit(window.model_box.currentIndex())  # not downloaded, no network
+        wait_idle(qtbot, window.session)
+        assert window.banner.isVisible() and "955717e8-8726e21a.th" in window.errors[-1]
+        assert window.session.model_name == "passthrough"
+        assert window.model_box.currentText() == "passthrough"
+        assert settings.value("model") == "htdemucs"  # the user's choice, tried again at the next launch
+    finally:
+        window.close()
+        window.session.close()
+
+
+def test_the_automatic_fallback_is_not_saved_as_the_users_choice(qtbot, settings):
+    window = bare_window(qtbot, settings)
+    try:
+        window.session.choose_model(None)  # `stemdeck gui` with no --model and nothing saved
+        wait_idle(qtbot, window.session)
+        assert window.session.model_name == "tiny" and window.model_box.currentText() == "tiny"
+        assert settings.value("model") is None  # the next launch tries the official model again
+        note = window.banner_text.text()
+        assert window.banner.isVisible() and window.banner.objectName() == "note"
+        assert "955717e8-8726e21a.th" in note and "STEMDECK_MODEL_DIR" in note and "models fetch" not in note
+        from models.registry import cache_dir
+        assert str(cache_dir()) in note and note.removeprefix("tiny: ") in window.model_status.toolTip()
+    finally:
+        window.close()
+        window.session.close()
+
+
+def test_the_error_banner_moves_nothing(qtbot, window):
+    window.resize(1000, 640)
+    qtbot.wait(50)
+    before = [window_rect(w, window) for w in (window.overview, window.strips[0], window.play_button)]
+    window.show_error("a.wav: not an audio file this build can read (RIFF header damaged); convert it to WAV "
+                      "or FLAC with ffmpeg and open it again — the track that was playing plays on")
+    qtbot.wait(50)
+    after = [window_rect(w, window) for w in (window.overview, window.strips[0], window.play_button)]
+    assert before == after
+    banner = window.banner
+    assert banner.isVisible() and QRect(QPoint(0, 0), window.size()).contains(window_rect(banner, window))
+    text = window.banner_text
+    assert text.height() >= text.heightForWidth(text.width())  # every line of it shows
+
+
+@pytest.mark.parametrize("model", ["passthrough", "six"])
+def test_nothing_overlaps_at_the_minimum_size(qtbot, settings, model):
+    window = bare_window(qtbot, settings, loader)
+    try:
+        window.session.choose_model(model)
+        window.session.open_array(tone(2.0), SR, "tone")
+        wait_idle(qtbot, window.session)
+        window.resize(1, 1)
+        qtbot.wait(100)
+        assert window.width() < 1000 and window.height() < 700  # a minimum a laptop can show
+        assert not overlaps(window)
+        for strip in window.strips:
+            assert fits(strip.db_label)
+    finally:
+        window.close()
+        window.session.close()
+
+
+def test_the_end_of_the_track_stops_and_play_starts_it_again(qtbot, settings):
+    window = bare_window(qtbot, settings, loader)
+    try:
+        window.session.choose_model("passthrough")
+        window.session.open_array(tone(1.0), SR, "tone")
+        wait_idle(qtbot, window.session)
+        engine = window.session.engine
+        assert engine.wait_separated(SR, timeout_s=60)
+        engine.play()
+        out = np.zeros((256, 2), np.float32)
+        for _ in range(int(1.2 * SR / 256)):
+            engine.process_deck_block(out)
+        qtbot.wait(150)
+        assert not engine.mixer().playing
+        assert window.play_button.text() == "▶ Play"
+        assert (window.elapsed_label.text(), window.remaining_label.text()) == ("0:01.0", "0:00.0")
+        qtbot.keyClick(window, Qt.Key.Key_Space)
+        engine.process_deck_block(out)
+        assert engine.mixer().playing and engine.status().position_s == pytest.approx(256 / SR)
+        assert output_ratio(window) == pytest.approx(1.0, abs=1e-5)
+    finally:
+        window.close()
+        window.session.close()
+
+
+def test_a_new_track_clears_the_old_tracks_levels(qtbot, window):
+    output_ratio(window, blocks=20)
+    window.refresh()
+    vocals = window.strips[VOCALS]
+    assert max(vocals.activity.points) > 0 and vocals.meter.hold_db > -20 and window.master_meter.hold_db > -20
+    window.session.open_array(tone(3.0), SR, "another")
+    wait_idle(qtbot, window.session)
+    qtbot.wait(100)
+    assert window.track_label.text() == "another"
+    for strip in window.strips:
+        assert max(strip.activity.points) == 0 and strip.meter.hold_db == -np.inf
+    assert window.master_meter.hold_db == -np.inf
+
+
+def test_keys_still_work_once_a_banner_shows(qtbot, window):
+    window.show_error("something went wrong; do this")
+    QApplication.processEvents()
+    qtbot.keyClick(QApplication.focusWidget() or window, Qt.Key.Key_4)
+    assert window.session.engine.mixer().mute[VOCALS]
