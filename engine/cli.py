@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -13,9 +14,12 @@ from pathlib import Path
 from .config import PRESETS, EngineConfig, WindowConfig
 from .device import DeviceError
 from .engine import STREAM_LOST
-from .midi.cli import add_midi_commands, add_midi_options, start_midi
+from .midi import MidiError
+from .midi.cli import add_midi_commands, add_midi_options, mapping_path, start_midi
 
 POLL_S = 0.05
+MIN_BLOCK_FRAMES = 32
+MAX_LATENCY_S = 30.0
 
 
 def add_engine_commands(commands, add_model_options) -> None:
@@ -69,14 +73,72 @@ def _device_rate(output_device) -> int:
         raise DeviceError(f"no usable output device ({exc}); run `stemdeck devices`") from None
 
 
+def check_session_options(args: argparse.Namespace) -> None:
+    """The numeric options of ``play`` and ``live``, each refused in one line before anything runs."""
+    max_block = EngineConfig().max_block_frames
+    if not MIN_BLOCK_FRAMES <= args.blocksize <= max_block:
+        raise ValueError(f"--blocksize {args.blocksize}: give a block of {MIN_BLOCK_FRAMES} to {max_block} "
+                         "frames (a power of two such as 256 suits most devices)")
+    if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
+        raise ValueError(f"--duration {args.duration}: give a positive number of seconds")
+    if args.latency is not None and not (math.isfinite(args.latency) and 0 < args.latency <= MAX_LATENCY_S):
+        raise ValueError(f"--latency {args.latency}: give a target latency in seconds, above 0 and at most "
+                         f"{MAX_LATENCY_S:.0f}")
+    start = getattr(args, "start", 0.0)
+    if not (math.isfinite(start) and start >= 0):
+        raise ValueError(f"--start {start}: give a cue point in seconds from 0 to the track's length")
+
+
+def read_track(path: Path, start_s: float):
+    """Read the track before the model loads: a bad file or cue point is said at once."""
+    from models.audio import read_audio
+    from models.cli import CommandError
+
+    try:
+        with open(path, "rb") as file:
+            file.read(1)
+    except IsADirectoryError:
+        pass  # read_audio says it in its own words
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # unreadable: say why, not libsndfile's "System error."
+        raise CommandError(f"{path}: cannot read it ({exc.strerror or exc}); check the file and its "
+                           "permissions") from None
+    audio, samplerate = read_audio(path)
+    seconds = audio.shape[-1] / samplerate
+    if start_s >= seconds:
+        raise CommandError(f"--start {start_s:g}: {path} lasts {seconds:.1f} s; give a cue point before its end")
+    return audio, samplerate
+
+
+def check_midi_ports(args: argparse.Namespace) -> None:
+    """The --midi-* ports and mapping, checked before the model loads (which takes seconds)."""
+    from .midi.mapping_file import load_user_mapping
+    from .midi.ports import describe_ports, find_port, list_ports
+
+    if not (args.midi_in or args.midi_virtual):
+        if args.midi_out:
+            raise ValueError("--midi-out needs --midi-in or --midi-virtual to have something to control")
+        return
+    load_user_mapping(mapping_path(args))
+    if not (args.midi_in or args.midi_out):
+        return
+    inputs, outputs = list_ports(args.midi_api)
+    if args.midi_in and find_port(inputs, args.midi_in) is None:
+        raise MidiError(f"no MIDI input matches {args.midi_in!r}; inputs: {describe_ports(inputs)}")
+    if args.midi_out and find_port(outputs, args.midi_out) is None:
+        raise MidiError(f"no MIDI output matches {args.midi_out!r}; outputs: {describe_ports(outputs)}")
+
+
 def _engine(args: argparse.Namespace, output_device, deck: bool = False):
     from models.cli import check_device, load_or_fetch
 
     from .engine import Engine
 
     check_device(args.device)
+    samplerate = _device_rate(output_device)  # the device is checked before the model loads
     model = _passthrough() if args.model == "passthrough" else load_or_fetch(args.model)
-    engine = Engine(model, EngineConfig(precision=args.precision, samplerate=_device_rate(output_device)))
+    engine = Engine(model, EngineConfig(precision=args.precision, samplerate=samplerate))
     window = window_for_latency(args.latency) if args.latency else PRESETS[args.preset]
     print(f"calibrating {getattr(model, 'stemdeck_name', args.model)} on this machine...", file=sys.stderr)
     engine.prepare(window, block_frames=args.blocksize)
@@ -102,7 +164,9 @@ def _passthrough():
 def run_live(args: argparse.Namespace) -> int:
     from .device import resolve_device
 
+    check_session_options(args)
     input_device, output_device = resolve_device(args.input, "input"), resolve_device(args.output, "output")
+    check_midi_ports(args)
     engine = _engine(args, output_device)
     with engine, _midi(engine, args):
         engine.start_live(input_device, output_device, stem_outputs=args.stem_outputs)
@@ -112,10 +176,14 @@ def run_live(args: argparse.Namespace) -> int:
 def run_play(args: argparse.Namespace) -> int:
     from .device import resolve_device
 
+    check_session_options(args)
+    audio, samplerate = read_track(args.file, args.start)
     output_device = resolve_device(args.output, "output")
+    check_midi_ports(args)
     engine = _engine(args, output_device, deck=True)
     with engine:
-        engine.load(args.file, cue_s=args.start)
+        engine.load_audio(audio, samplerate, cue_s=args.start)
+        del audio
         with _midi(engine, args):
             engine.start_output(output_device, stem_outputs=args.stem_outputs)
             engine.play()
@@ -138,10 +206,14 @@ def _run_session(engine, args: argparse.Namespace, until_end: bool) -> int:
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     start, code, message, stream_lost = time.monotonic(), 0, None, False
+    notice = None
     try:
         while not stop["now"]:
             time.sleep(POLL_S)
             status = engine.status()
+            if status.worker_notice and status.worker_notice != notice:  # e.g. a restarted worker
+                notice = status.worker_notice
+                print(f"stemdeck: {notice}", file=sys.stderr)
             if status.stream_error or (engine._stream is not None and not engine.stream_active):
                 code, message, stream_lost = 1, status.stream_error or STREAM_LOST, True
                 break

@@ -53,4 +53,5 @@ class EngineConfig:
     inference_budget_s: float | None = None  # None: measured at start (calibrate)
     device_latency_frames: int = 0
     cache_stems: bool = True  # keep a deck's separated stems on disk: reloads are instant
+    cache_max_bytes: int = 4 * 1024**3  # the stems cache's size limit; least recently used go first
     worker: str = "process"  # "process": inference never holds the audio thread's GIL; or "thread"

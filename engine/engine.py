@@ -25,7 +25,7 @@ from .state import (BLOCKS, FALLBACK, INPUT_WRITTEN, LATE_WINDOWS, MAX_INFERENCE
                     PLAYING_STEMS, POSITION, SEEK_SERIAL, SEEK_TARGET, STEMS_WRITTEN, WAITING_FOR_STEMS, WINDOWS_DONE,
                     XRUNS, SharedState, gain_state)
 from .windows import WindowPlan
-from .process import SharedBlock, WorkerProcess
+from .process import SharedBlock, WorkerError, WorkerProcess, clean_stale_segments
 from .worker import DeckWorker, LiveWorker, SeparationWorker, warm_up_worker_kernels
 
 STREAM_LOST = ("the audio stream stopped: the device was removed or the sound server quit; "
@@ -33,6 +33,11 @@ STREAM_LOST = ("the audio stream stopped: the device was removed or the sound se
 GIL_SWITCH_INTERVAL_S = 0.0005
 MIN_GAIN_DB = -60.0  # at or below: silence
 MAX_GAIN_DB = 12.0
+# A separation process that dies (killed for memory, say) is restarted while the audio plays
+# dry; more deaths than this within the window means something is wrong with it: give up.
+MAX_WORKER_RESTARTS = 3
+WORKER_RESTART_WINDOW_S = 60.0
+SUPERVISE_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class EngineStatus:
     first_stems_s: float | None  # deck: play to first separated audio
     worker_error: str | None
     stream_error: str | None
+    worker_notice: str | None = None  # e.g. the separation process died and is being restarted
 
 
 def db_to_gain(db: float) -> float:
@@ -91,7 +97,19 @@ class Engine:
         self._blocks: list[SharedBlock] = []
         self._retired_blocks: list[SharedBlock] = []
         self._fingerprint: str | None = None
+        self._session_args: tuple | None = None  # (kind, specs, cache_path): to restart a dead worker
+        self._process_lock = threading.RLock()
+        self._supervisor: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._restart_times: list[float] = []
+        self._worker_notice: str | None = None
+        self._worker_fatal: str | None = None
+        self.worker_restart_s: float | None = None  # how long the last restart took
+        if config.cache_stems:
+            from .cache import cache_folder, clean_temporaries
+            clean_temporaries(cache_folder())
         if config.worker == "process":
+            clean_stale_segments()
             self._state_block = SharedBlock(SharedState.specs(len(self.sources)))
             self.shared = SharedState.create(len(self.sources), self._state_block.arrays)
         else:
@@ -150,10 +168,14 @@ class Engine:
         return self.config.inference_threads or max(1, (os.cpu_count() or 2) - 1)
 
     def _worker_process(self) -> WorkerProcess:
-        if self._process is None:
-            self._process = WorkerProcess(self.model, self._state_block.spec, self.config.precision,
-                                          self._threads(), self.config.samplerate)
-        return self._process
+        with self._process_lock:
+            if self._process is not None and not self._process.alive:
+                self._process.close()
+                self._process = None
+            if self._process is None:
+                self._process = WorkerProcess(self.model, self._state_block.spec, self.config.precision,
+                                              self._threads(), self.config.samplerate)
+            return self._process
 
     def _allocate(self, **arrays: tuple[tuple[int, ...], str]) -> dict[str, np.ndarray]:
         """Session buffers: in shared memory for the worker process, else private."""
@@ -168,7 +190,10 @@ class Engine:
         self._mode = kind
         if self.config.worker == "process":
             specs = {key: block.spec for key, block in zip(arrays, self._blocks)}
-            self._worker_process().start(kind, self.plan, specs, cue_frames, cache_path)
+            with self._process_lock:
+                self._worker_process().start(kind, self.plan, specs, cue_frames, cache_path)
+                self._session_args = (kind, specs, cache_path)
+            self._supervise()
             return
         separator = self._new_separator()
         warm_up_worker_kernels(len(self.sources), self.config.channels)
@@ -220,20 +245,27 @@ class Engine:
     def load(self, path: str | Path, cue_s: float = 0.0) -> None:
         """Load a track; separation starts at once from the cue point, ahead of any play."""
         from models.audio import read_audio
-        from models.separate import match_channels, resample
 
         self._require_plan()
         audio, samplerate = read_audio(path)
+        self.load_audio(audio, samplerate, cue_s)
+
+    def load_audio(self, audio: np.ndarray, samplerate: int, cue_s: float = 0.0) -> None:
+        """Load ``(channels, frames)`` audio read elsewhere (say, checked before the model loaded)."""
+        from models.separate import match_channels, resample
+
         track = match_channels(resample(audio, samplerate, self.config.samplerate), self.config.channels)
         self.load_array(np.ascontiguousarray(track, dtype=np.float32), cue_s)
 
     def load_array(self, track: np.ndarray, cue_s: float = 0.0) -> None:
         """Load ``(channels, frames)`` audio at the engine's rate as the deck's track."""
         self._require_plan()
+        if not math.isfinite(cue_s):
+            raise ValueError(f"cue point {cue_s} s is not a number of seconds")
         self._stop_worker()
         with self._control:
             self.shared.transport[PLAY] = 0
-        cue = int(cue_s * self.config.samplerate)
+        cue = min(max(0, int(cue_s * self.config.samplerate)), max(0, track.shape[-1] - 1))  # like seek
         arrays = self._allocate(track=(track.shape, "float32"),
                                 stems=((len(self.sources), *track.shape), "float32"))
         arrays["track"][:] = track
@@ -246,14 +278,15 @@ class Engine:
         self._start_session("deck", arrays, cue, self._cache_path(track) if self.config.cache_stems else None)
 
     def _cache_path(self, track: np.ndarray):
-        from .cache import cache_folder, model_fingerprint, stems_key
+        from .cache import CacheEntry, cache_folder, model_fingerprint, stems_key
 
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.model)
         plan = self.plan
         settings = (self.config.samplerate, self.config.precision, plan.window_frames, plan.hop_frames,
                     plan.lookahead_frames, plan.span_frames, plan.pad_to_segment)
-        return cache_folder() / f"{stems_key(track, self._fingerprint, settings)}.npy"
+        path = cache_folder() / f"{stems_key(track, self._fingerprint, settings)}.npy"
+        return CacheEntry(path, self.config.cache_max_bytes)
 
     def start_output(self, output_device=None, stem_outputs: bool = False) -> None:
         """Open the output device for the deck."""
@@ -313,6 +346,11 @@ class Engine:
         raise ValueError(f"unknown stem {stem!r}; this model has {', '.join(self.sources)}")
 
     def set_gain(self, stem: str | int, db: float) -> None:
+        """-inf dB is silence and +inf the top of the fader; NaN is refused (the mixer also
+        silences any non-finite gain that reaches it another way)."""
+        db = float(db)
+        if math.isnan(db):
+            raise ValueError(f"gain for {stem!r} is not a number (nan dB); give a level in dB")
         with self._control:
             self.shared.user_gain[self.stem_index(stem)] = db_to_gain(db)
 
@@ -358,7 +396,7 @@ class Engine:
             windows_done=int(s.worker[WINDOWS_DONE]), position_s=playhead / sr,
             playing=bool(s.transport[PLAY]) if self._mode == "deck" else self._stream is not None,
             seconds_ahead=max(0.0, ahead), first_stems_s=self._first_stems_s,
-            worker_error=worker_error,
+            worker_error=worker_error, worker_notice=self._worker_notice,
             stream_error=self._stream_error)
 
     @property
@@ -380,11 +418,13 @@ class Engine:
                 pass
 
     def stop(self) -> None:
+        self._closing.set()
         self.stop_output()
         self._stop_worker()
-        if self._process is not None:
-            self._process.close()
-            self._process = None
+        with self._process_lock:
+            if self._process is not None:
+                self._process.close()
+                self._process = None
         self._release_shared_memory()
 
     def _release_shared_memory(self) -> None:
@@ -409,6 +449,8 @@ class Engine:
             raise RuntimeError("call prepare() (or prepare_plan()) before starting the engine")
 
     def _worker_error(self) -> str | None:
+        if self._worker_fatal is not None:
+            return self._worker_fatal
         if self._process is not None:
             return self._process.poll_error()
         if self._worker is not None and self._worker.error is not None:
@@ -419,16 +461,65 @@ class Engine:
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
-        if self._process is not None:
-            self._process.stop_session()
+        with self._process_lock:
+            self._session_args = None  # nothing for the supervisor to restart
+            if self._process is not None:
+                self._process.stop_session()
         # A running stream may still read the previous session's arrays for one more block:
         # free them one session later.
         for block in self._retired_blocks:
             block.close()
         self._retired_blocks, self._blocks = self._blocks, []
 
+    # -- the separation process's supervisor ---------------------------------------------------------
+
+    def _supervise(self) -> None:
+        """Start (once) the thread that restarts a separation process that died mid-session."""
+        if self._supervisor is None:
+            self._supervisor = threading.Thread(target=self._supervise_loop, name="stemdeck-supervisor",
+                                                daemon=True)
+            self._supervisor.start()
+
+    def _supervise_loop(self) -> None:
+        while not self._closing.wait(SUPERVISE_POLL_S):
+            process = self._process
+            if process is not None and not process.alive and self._session_args is not None:
+                self._restart_worker(process)
+
+    def _restart_worker(self, dead: WorkerProcess) -> None:
+        """A new process takes the session over from the playhead; until it delivers, the
+        callback plays the latency-aligned dry signal, as for a late window."""
+        with self._process_lock:
+            if self._process is not dead or self._session_args is None or self._closing.is_set():
+                return  # stopped or replaced meanwhile
+            last, began = f"it exited with code {dead.exitcode}", time.monotonic()
+            while self._count_restart():
+                self._worker_notice = (f"the separation process failed ({last}); playing the dry signal "
+                                       f"while it restarts ({len(self._restart_times)} of {MAX_WORKER_RESTARTS})")
+                kind, specs, cache_path = self._session_args
+                cue = int(self.shared.audio[PLAYHEAD]) if kind == "deck" else 0
+                try:
+                    self._worker_process().start(kind, self.plan, specs, cue, cache_path, resume=True)
+                except WorkerError as exc:
+                    last = str(exc)
+                    continue
+                self.worker_restart_s = time.monotonic() - began
+                self._worker_notice = (f"the separation process exited (code {dead.exitcode}); restarted it in "
+                                       f"{self.worker_restart_s:.1f} s, the dry signal played meanwhile")
+                return
+            self._session_args = None
+            self._worker_fatal = (f"the separation process failed {len(self._restart_times)} times within "
+                                  f"{WORKER_RESTART_WINDOW_S:.0f} s (last: {last}); the dry signal plays on; "
+                                  "restart stemdeck or try a smaller model (--model tiny)")
+
+    def _count_restart(self) -> bool:
+        """Record one more restart; False once the recent ones exceed the limit."""
+        now = time.monotonic()
+        self._restart_times = [t for t in self._restart_times if now - t < WORKER_RESTART_WINDOW_S] + [now]
+        return len(self._restart_times) <= MAX_WORKER_RESTARTS
+
     def _open(self, callback, input_device, output_device, input_channels: int, stem_outputs: bool) -> None:
-        output_channels = self.config.channels * (1 + len(self.sources)) if stem_outputs else self.config.channels
+        """Play through the session's JACK client when JACK serves these devices, else sounddevice."""
         self._stream_error = None
         # Python hands the GIL over after this long: well inside one audio period, so the
         # callback never waits long on the worker's Python code between torch kernels.

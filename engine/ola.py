@@ -11,6 +11,10 @@ from numba import njit
 
 # Indices into the mixer's per-gain state rows.
 GAIN_CURRENT, GAIN_TARGET, GAIN_STEP, GAIN_REMAINING = 0, 1, 2, 3
+# The mixer's hard limit on every output sample and every gain: +12 dBFS, the top of a fader.
+# Beyond it (or NaN/Inf, from a broken model, a damaged file or a bad control value) is not
+# music: limited, or silenced, before it reaches the device.
+OUTPUT_LIMIT = 4.0
 
 
 @njit(nogil=True, cache=True)
@@ -84,6 +88,21 @@ def finalize(acc, weight_acc, out_ring, start, stop):
 
 
 @njit(nogil=True, cache=True)
+def safe_sample(value):
+    """``value`` limited to +-OUTPUT_LIMIT; NaN and Inf become silence."""
+    if not np.isfinite(value):
+        return 0.0
+    return min(max(value, -OUTPUT_LIMIT), OUTPUT_LIMIT)
+
+
+@njit(nogil=True, cache=True)
+def _safe_gain(gain, top):
+    if not np.isfinite(gain):
+        return 0.0
+    return min(max(gain, 0.0), top)
+
+
+@njit(nogil=True, cache=True)
 def _retarget(state, index, target, ramp_frames):
     if target != state[GAIN_TARGET, index]:
         state[GAIN_TARGET, index] = target
@@ -103,8 +122,9 @@ def update_gain_targets(state, user_gain, mute, solo, dry_mix, ramp_frames):
     for s in range(solo.shape[0]):
         if solo[s]:
             any_solo = True
+    dry_mix = _safe_gain(dry_mix, 1.0)
     for s in range(user_gain.shape[0]):
-        target = user_gain[s] * (1.0 - dry_mix)
+        target = _safe_gain(user_gain[s], OUTPUT_LIMIT) * (1.0 - dry_mix)
         if mute[s] or (any_solo and not solo[s]):
             target = 0.0
         _retarget(state, s, target, ramp_frames)
@@ -129,7 +149,8 @@ def mix_block(out, stems, stem_start, dry, dry_start, state, use_stems, levels):
     mix, further pairs (if any) each stem. ``stems`` is the ``(S, C, capacity)`` stem ring and
     ``dry`` the ``(C, capacity)`` dry ring, read from ``stem_start``/``dry_start``. The last gain
     in ``state`` is the dry gain, ramped like the others. ``levels`` ``(2, S + 1)`` receives
-    peak and mean square per stem (after gain) and for the mix.
+    peak and mean square per stem (after gain) and for the mix. Every sample written is finite
+    and within +-OUTPUT_LIMIT, whatever the inputs hold.
     """
     frames = out.shape[0]
     num_stems = stems.shape[0]
@@ -144,11 +165,11 @@ def mix_block(out, stems, stem_start, dry, dry_start, state, use_stems, levels):
         di = (dry_start + i) % dry_capacity
         dry_gain = _next_gain(state, num_stems)
         for c in range(channels):
-            out[i, c] = dry[c, di] * dry_gain
+            out[i, c] = safe_sample(dry[c, di] * dry_gain)
         for s in range(num_stems):
             gain = _next_gain(state, s)
             for c in range(channels):
-                value = stems[s, c, si] * gain if use_stems else 0.0
+                value = safe_sample(stems[s, c, si] * gain) if use_stems else 0.0
                 out[i, c] += value
                 if out.shape[1] >= 2 * (s + 2):
                     out[i, 2 * (s + 1) + c] = value
@@ -160,6 +181,7 @@ def mix_block(out, stems, stem_start, dry, dry_start, state, use_stems, levels):
             for c in range(channels):
                 out[i, c] = dry[c, di]
         for c in range(channels):
+            out[i, c] = safe_sample(out[i, c])
             magnitude = abs(out[i, c])
             if magnitude > levels[0, num_stems]:
                 levels[0, num_stems] = magnitude

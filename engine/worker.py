@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from .cache import CacheEntry, load_stems, save_stems
 from .ola import accumulate_window, finalize, ring_read
 from .separator import WindowSeparator
 from .state import (INPUT_WRITTEN, LAST_INFERENCE_S, MAX_INFERENCE_S, MEAN_INFERENCE_S, PLAYHEAD,
@@ -64,8 +65,7 @@ class SeparationWorker(threading.Thread):
             self.join(timeout)
 
     def run(self) -> None:
-        self.shared.worker.fill(0)
-        self.shared.worker_seconds.fill(0.0)
+        self.reset_counters()
         try:
             self.loop()
         except BaseException as exc:  # reported through status; the audio keeps the dry signal
@@ -77,10 +77,24 @@ class SeparationWorker(threading.Thread):
     def loop(self) -> None:
         raise NotImplementedError
 
+    def reset_counters(self) -> None:
+        worker = self.shared.worker
+        if self.keeps_separated():
+            worker[WINDOWS_DONE] = worker[WORKER_ERRORS] = 0
+        else:
+            worker.fill(0)
+        self.shared.worker_seconds.fill(0.0)
+
+    def keeps_separated(self) -> bool:
+        """Whether the stems final so far stay valid for this session (a taken-over one)."""
+        return False
+
     def separate_window(self, index: int, origin: int, available_until: int, source: np.ndarray,
                         limit: int) -> int:
         ring_read(source, self.plan.window_start(index, origin), self.window, available_until)
         stems = self.separator(self.window)
+        if not np.isfinite(stems).all():  # a broken model: that window is silence, never noise
+            np.nan_to_num(stems, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         final = self.ola.add(stems, index, origin, self.stems_out, limit)
         self._record(self.separator.last_seconds)
         return final
@@ -105,7 +119,9 @@ class LiveWorker(SeparationWorker):
     def loop(self) -> None:
         plan, audio, worker = self.plan, self.shared.audio, self.shared.worker
         capacity = self.input_ring.shape[-1]
-        index = 0
+        # from where the input is now (0 on a fresh start; later when taking over from a
+        # separation process that died)
+        index = self._restart_index(int(audio[INPUT_WRITTEN]))
         while not self.stop_event.is_set():
             written = int(audio[INPUT_WRITTEN])
             if written < plan.window_end(index):
@@ -131,25 +147,30 @@ class DeckWorker(SeparationWorker):
     """Separates a loaded track ahead of the playhead, restarting there after a seek."""
 
     def __init__(self, separator, plan, shared, stems_out, track: np.ndarray, cue_frames: int = 0,
-                 cache_path=None):
+                 cache_entry: CacheEntry | None = None, resume: bool = False):
         super().__init__(separator, plan, shared, stems_out)
         self.track = track
-        self.origin = cue_frames
+        self.origin = min(max(0, cue_frames), max(0, track.shape[-1] - 1))
         self.finished = threading.Event()
-        self.cache_path = cache_path
+        self.cache_entry = cache_entry
+        self.resume = resume  # taking over from a process that died: keep what it finished
+
+    def keeps_separated(self) -> bool:
+        worker = self.shared.worker
+        return self.resume and worker[SEPARATED_FROM] <= self.origin <= worker[STEMS_WRITTEN]
 
     def loop(self) -> None:
-        from .cache import load_stems, save_stems
-
         plan, worker = self.plan, self.shared.worker
         length = self.track.shape[-1]
-        cached = load_stems(self.cache_path, self.stems_out) if self.cache_path else None
-        if cached is not None and cached[0] <= self.origin <= cached[1]:
-            self._restart(cached[1])  # carry on after what the cache holds
-            worker[SEPARATED_FROM] = cached[0]
+        cached = load_stems(self.cache_entry, self.stems_out) if self.cache_entry else None
+        if self.keeps_separated():  # carry on after what the previous process finished
+            self._restart(int(worker[STEMS_WRITTEN]), int(worker[SEPARATED_FROM]))
+        elif cached is not None and cached[0] <= self.origin <= cached[1]:
+            self._restart(cached[1], cached[0])  # carry on after what the cache holds
         else:
             self._restart(self.origin)
-        saved = cached is not None and cached[1] >= length  # nothing new to store
+        # nothing new to store when the cache already holds everything from here to the end
+        saved = cached is not None and cached[0] <= self.origin and cached[1] >= length
         index = 0
         while not self.stop_event.is_set():
             playhead = int(self.shared.audio[PLAYHEAD])
@@ -157,8 +178,8 @@ class DeckWorker(SeparationWorker):
                 self._restart(playhead)
                 index, saved = 0, False
             if worker[STEMS_WRITTEN] >= length:
-                if self.cache_path is not None and not saved:
-                    save_stems(self.cache_path, self.stems_out, int(worker[SEPARATED_FROM]), length)
+                if self.cache_entry is not None and not saved:  # a failure is logged, never fatal
+                    save_stems(self.cache_entry, self.stems_out, int(worker[SEPARATED_FROM]), length)
                     saved = True
                 self.finished.set()
                 time.sleep(self.poll_s * 10)
@@ -167,11 +188,12 @@ class DeckWorker(SeparationWorker):
             worker[STEMS_WRITTEN] = self.separate_window(index, self.origin, length, self.track, length)
             index += 1
 
-    def _restart(self, origin: int) -> None:
+    def _restart(self, origin: int, separated_from: int | None = None) -> None:
+        """Separate from ``origin`` on; ``[separated_from, origin)`` is final already."""
         self.origin = origin
         self.ola.reset()
         self.shared.worker[STEMS_WRITTEN] = origin  # never ahead of SEPARATED_FROM for a reader
-        self.shared.worker[SEPARATED_FROM] = origin
+        self.shared.worker[SEPARATED_FROM] = origin if separated_from is None else separated_from
 
 
 def warm_up_worker_kernels(num_stems: int, channels: int) -> None:
