@@ -40,7 +40,8 @@ def add_engine_commands(commands, add_model_options) -> None:
 
 
 def _add_session_options(parser: argparse.ArgumentParser, add_model_options) -> None:
-    parser.add_argument("--output", help="output device (index, name or part of it)")
+    parser.add_argument("--output", help="output device (index, name or part of it); without it, stemdeck "
+                        "plays as its own JACK client when a JACK server runs, else on the system default")
     add_model_options(parser)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--preset", choices=sorted(PRESETS), default="balanced")
@@ -48,7 +49,8 @@ def _add_session_options(parser: argparse.ArgumentParser, add_model_options) -> 
     parser.add_argument("--mute", action="append", default=[], metavar="STEM", help="start with STEM muted")
     parser.add_argument("--solo", action="append", default=[], metavar="STEM", help="start with STEM soloed")
     parser.add_argument("--stem-outputs", action="store_true",
-                        help="also send every stem to its own pair of output channels")
+                        help="also send every stem to its own pair of outputs (on JACK: ports "
+                        "stemdeck:<stem>_L/_R beside stemdeck:master_L/_R, kept across track loads)")
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument("--blocksize", type=int, default=256, help="audio block in frames (default 256)")
     parser.add_argument("--stats", type=Path, help="write the session's counters as JSON here")
@@ -66,7 +68,11 @@ def window_for_latency(latency_s: float) -> WindowConfig:
 def _device_rate(output_device) -> int:
     """The rate the output device runs at (a JACK server's, say): the engine runs there."""
     from .device import sounddevice
+    from .jack_output import serves
 
+    jack = serves(None, output_device)
+    if jack is not None:
+        return jack.samplerate
     try:
         return int(sounddevice().query_devices(output_device, "output")["default_samplerate"])
     except (ValueError, sounddevice().PortAudioError) as exc:

@@ -1,6 +1,12 @@
-"""Sound devices through sounddevice (PortAudio): listing, opening, and losing them."""
+"""Sound devices through sounddevice (PortAudio): listing, opening, and losing them.
+
+On a running JACK server the engine plays through its own JACK client instead
+(``engine.jack_output``); this module still lists devices and serves every other host API.
+"""
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Callable
 
 SOUNDDEVICE_HINT = "install PortAudio (Debian: apt install libportaudio2) and the sounddevice package"
@@ -24,6 +30,24 @@ def list_devices() -> list[dict]:
     apis = sd.query_hostapis()
     return [dict(device, index=index, hostapi_name=apis[device["hostapi"]]["name"])
             for index, device in enumerate(sd.query_devices())]
+
+
+def is_jack_device(index: int) -> bool:
+    """Whether PortAudio's device ``index`` belongs to its JACK host API."""
+    return any(d["index"] == index and "JACK" in d["hostapi_name"] for d in list_devices())
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """libjack and ALSA print their own diagnostics when a server is missing; we say it in one line."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def resolve_device(spec: str | int | None, kind: str) -> int | None:

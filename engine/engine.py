@@ -20,6 +20,7 @@ from .calibrate import Calibration, calibrate
 from .callbacks import deck_block, live_block, warm_up_kernels
 from .config import PRESETS, EngineConfig, WindowConfig
 from .device import DeviceError, open_stream
+from .jack_output import serves as jack_serves
 from .separator import WindowSeparator
 from .state import (BLOCKS, FALLBACK, INPUT_WRITTEN, LATE_WINDOWS, MAX_INFERENCE_S, MEAN_INFERENCE_S, PLAY, PLAYHEAD,
                     PLAYING_STEMS, POSITION, SEEK_SERIAL, SEEK_TARGET, STEMS_WRITTEN, WAITING_FOR_STEMS, WINDOWS_DONE,
@@ -123,6 +124,7 @@ class Engine:
         self._worker: SeparationWorker | None = None
         self._stream = None
         self._stream_error: str | None = None
+        self._output_block_frames = 0  # the block the open output asks for (JACK: the server's period)
         self._mode: str | None = None
         self._play_started: float | None = None
         self._first_stems_s: float | None = None
@@ -214,12 +216,20 @@ class Engine:
     def start_live(self, input_device=None, output_device=None, stem_outputs: bool = False,
                    input_channels: int = 2) -> None:
         """Separate the sound card's input and play the mix (and each stem) latency-aligned."""
+        self._follow_jack_period(input_device, output_device)
         self.start_live_headless()
         try:
             self._open(self._live_callback, input_device, output_device, input_channels, stem_outputs)
         except DeviceError:
             self._stop_worker()
             raise
+
+    def _follow_jack_period(self, input_device, output_device) -> None:
+        """The live latency counts one block; on JACK the server's period is the block."""
+        jack = jack_serves(input_device, output_device)
+        if jack is not None and jack.blocksize != self.block_frames:
+            self.latency_samples += jack.blocksize - self.block_frames
+            self.block_frames = jack.blocksize
 
     def start_live_headless(self) -> None:
         """Allocate the rings and start the worker; blocks then go through ``process_live_block``."""
@@ -386,8 +396,10 @@ class Engine:
             self._first_stems_s = time.perf_counter() - self._play_started
         worker_error = self._worker_error()
         rtf = float(s.worker_seconds[MEAN_INFERENCE_S]) / hop_s
+        # The deck reads ahead of its playhead: only the output adds delay. Live: the plan's latency.
+        latency = self._deck_latency_frames() if self._mode == "deck" else self.latency_samples
         return EngineStatus(
-            latency_samples=self.latency_samples, latency_ms=1000.0 * self.latency_samples / sr,
+            latency_samples=latency, latency_ms=1000.0 * latency / sr,
             samplerate=sr, sources=self.sources,
             peak=tuple(float(v) for v in levels[0]), rms=tuple(float(math.sqrt(v)) for v in levels[1]),
             xruns=int(s.audio[XRUNS]), late_windows=int(s.audio[LATE_WINDOWS]),
@@ -524,10 +536,33 @@ class Engine:
         # Python hands the GIL over after this long: well inside one audio period, so the
         # callback never waits long on the worker's Python code between torch kernels.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-        self._stream = open_stream(callback=callback, samplerate=self.config.samplerate,
-                                   blocksize=self.block_frames, input_device=input_device,
-                                   output_device=output_device, input_channels=input_channels,
-                                   output_channels=output_channels, on_finished=self._on_finished)
+        jack = jack_serves(input_device if input_channels else None, output_device)
+        if jack is not None:
+            if jack.samplerate != self.config.samplerate:
+                raise DeviceError(f"the JACK server runs at {jack.samplerate} Hz and this engine at "
+                                  f"{self.config.samplerate} Hz; start stemdeck again (it follows the server's rate)")
+            self._stream = jack.attach(callback, sources=self.sources, channels=self.config.channels,
+                                       stem_outputs=stem_outputs, live=bool(input_channels),
+                                       max_frames=self.config.max_block_frames, on_finished=self._on_finished)
+            block_frames = jack.blocksize
+        else:
+            output_channels = self.config.channels * (1 + len(self.sources)) if stem_outputs else self.config.channels
+            self._stream = open_stream(callback=callback, samplerate=self.config.samplerate,
+                                       blocksize=self.block_frames, input_device=input_device,
+                                       output_device=output_device, input_channels=input_channels,
+                                       output_channels=output_channels, on_finished=self._on_finished)
+            block_frames = self.block_frames
+        self._output_block_frames = block_frames
+
+    def _deck_latency_frames(self) -> int:
+        """Play to speaker on the deck: one block, plus what the device (sounddevice's, or JACK's
+        playback latency) adds after it; the model adds nothing, it reads ahead of the playhead."""
+        stream = self._stream
+        if stream is None:
+            return self.block_frames
+        latency = getattr(stream, "latency", 0.0)
+        latency = latency[-1] if isinstance(latency, (tuple, list)) else latency
+        return self._output_block_frames + int(round(float(latency or 0.0) * self.config.samplerate))
 
     def _on_finished(self) -> None:
         if self._stream is not None:  # not stopped by us: the device or server went away

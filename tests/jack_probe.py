@@ -62,10 +62,15 @@ class Recorder:
             self.done.set()
 
 
+ENGINE_OUTPUTS = [f"stemdeck:{group}_{side}" for group in ("master", "drums", "bass", "other", "vocals")
+                  for side in "LR"]  # the pass-through model's stems, in the engine's column order
+ENGINE_INPUTS = ["stemdeck:in_L", "stemdeck:in_R"]
+
+
 def engine_ports(client, is_input: bool) -> list[str]:
-    """The engine's (PortAudio's) audio ports, in channel order."""
-    ports = client.get_ports("PortAudio", is_audio=True, is_input=is_input, is_output=not is_input)
-    return sorted((p.name for p in ports), key=lambda name: int(name.rsplit("_", 1)[1]))
+    """The engine's JACK ports (client ``stemdeck``), in channel order."""
+    present = {p.name for p in client.get_ports("stemdeck:", is_audio=True)}
+    return [name for name in (ENGINE_INPUTS if is_input else ENGINE_OUTPUTS) if name in present]
 
 
 def route(player: Player | None, recorder: Recorder, out_channels: int):

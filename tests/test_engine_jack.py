@@ -56,6 +56,17 @@ def run_live(server, engine, signal, record_s, out_channels=2, tmp_path=None):
     return recording, replace(status, xruns=status.xruns - xruns_before)
 
 
+def wait_for_ports(server: str, *names: str, timeout_s: float = 90.0) -> bool:
+    """Whether JACK lists every port in ``names`` in time (asked by jack_lsp, in another process)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        listed = subprocess.run(["jack_lsp", "-s", server], capture_output=True, text=True).stdout.split("\n")
+        if all(name in listed for name in names):
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def test_end_to_end_delay_equals_reported_latency(jack_server):
     engine = Engine(PassThrough(), EngineConfig(precision="fp32"))
     engine.prepare(FAST_PLAN, block_frames=JACK_PERIOD)
@@ -93,7 +104,8 @@ def test_stopped_jack_server_ends_the_session_with_one_line(tmp_path):
     cli = subprocess.Popen([sys.executable, "-m", "engine.cli", "live", "--model", "passthrough",
                             "--preset", "low-latency", "--duration", "60", "--stats", str(tmp_path / "s.json")],
                            stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(6)
+    assert wait_for_ports(name, "stemdeck:master_L"), "stemdeck live never showed its JACK ports"
+    time.sleep(1)
     stop_jack_server(server)
     started = time.time()
     try:

@@ -139,7 +139,7 @@ def test_virtual_port_lets_another_app_drive_stemdeck(deck, jack_server):
         app = open_client("out", "jack", "daw")
         try:
             ports = app.get_ports()
-            app.open_port(next(i for i, n in enumerate(ports) if n.endswith("stemdeck:control in")))
+            app.open_port(next(i for i, n in enumerate(ports) if n.endswith("stemdeck-midi-in:control in")))
             time.sleep(0.1)
             app.send_message([0x90, 42 + VOCALS, 100])
             assert wait_for(lambda: deck.mixer().solo[VOCALS])

@@ -18,7 +18,8 @@ from typing import Callable, Protocol
 from .bindings import Binding, Mapping, Scene, binding_from_message, cc_to_db, db_to_cc, relative_delta
 from .mapping_file import save_mapping
 from .messages import Message, control_change, note_on, parse
-from .ports import MidiError, client_part, describe_ports, find_port, open_client, port_names, quiet_stderr
+from .ports import (MidiError, client_part, describe_ports, find_port, midi_client_name, open_client, port_names,
+                    quiet_stderr)
 
 FEEDBACK_ON, FEEDBACK_OFF = 127, 0
 CC_TOP = 127
@@ -146,7 +147,7 @@ class MidiController:
     # -- ports --------------------------------------------------------------------------------------
 
     def _open_input(self, wanted: str) -> _Port:
-        client = open_client("in", self.config.api, self.config.client_name)
+        client = open_client("in", self.config.api, self._client_name("in"))
         port = _Port(client, wanted)
         names = port_names(client)
         index = find_port(names, wanted, self.config.client_name)
@@ -157,17 +158,17 @@ class MidiController:
         return port
 
     def _open_virtual_input(self) -> _Port:
-        client = open_client("in", self.config.api, self.config.client_name)
+        client = open_client("in", self.config.api, self._client_name("in"))
         self._listen(client)
         with quiet_stderr():
             client.open_virtual_port("control in")
-        return _Port(client, None, f"{self.config.client_name}:control in", True)
+        return _Port(client, None, f"{self._client_name('in')}:control in", True)
 
     def _open_virtual_output(self) -> _Port:
-        client = open_client("out", self.config.api, self.config.client_name)
+        client = open_client("out", self.config.api, self._client_name("out"))
         with quiet_stderr():
             client.open_virtual_port("feedback out")
-        return _Port(client, None, f"{self.config.client_name}:feedback out", True)
+        return _Port(client, None, f"{self._client_name('out')}:feedback out", True)
 
     def _open_output(self) -> _Port | None:
         """The named output, else the output of the controller we listen to (for its LEDs)."""
@@ -177,7 +178,7 @@ class MidiController:
             if not named:
                 return None
             wanted = client_part(named[0].name)
-        client = open_client("out", self.config.api, self.config.client_name)
+        client = open_client("out", self.config.api, self._client_name("out"))
         names = port_names(client)
         index = find_port(names, wanted, self.config.client_name)
         if index is None:
@@ -188,6 +189,9 @@ class MidiController:
         port = _Port(client, wanted)
         self._connect(port, index, names)
         return port
+
+    def _client_name(self, direction: str) -> str:
+        return midi_client_name(self.config.client_name, direction)
 
     def _listen(self, client) -> None:
         client.ignore_types(sysex=True, timing=True, active_sense=True)

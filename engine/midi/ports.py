@@ -1,9 +1,9 @@
 """MIDI ports through python-rtmidi: which system, which ports, opened by name or part of it."""
 from __future__ import annotations
 
-import contextlib
-import os
 import re
+
+from ..device import quiet_stderr
 
 API_NAMES = ("auto", "jack", "alsa")
 
@@ -20,17 +20,10 @@ def rtmidi():
     return module
 
 
-@contextlib.contextmanager
-def quiet_stderr():
-    """libjack and ALSA print their own diagnostics when a server is missing; we say it in one line."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+def midi_client_name(base: str, direction: str) -> str:
+    """``stemdeck-midi-in`` / ``stemdeck-midi-out``: a name per direction, so the MIDI system
+    does not show a ``stemdeck`` and a numbered ``stemdeck-01`` beside the audio client ``stemdeck``."""
+    return f"{base}-midi-{direction}"
 
 
 def _api_constant(name: str) -> int:
@@ -89,9 +82,14 @@ def client_part(name: str) -> str:
     return normalise_port_name(name).partition(":")[0]
 
 
+def is_own_client(client: str, own_client: str) -> bool:
+    own = own_client.lower()
+    return client in (own, midi_client_name(own, "in"), midi_client_name(own, "out"))
+
+
 def find_port(names: list[str], wanted: str, own_client: str = "stemdeck") -> int | None:
     """Index of the port named ``wanted`` (exactly, or part of its name); never one of our own."""
-    candidates = [(i, n) for i, n in enumerate(names) if client_part(n) != own_client.lower()]
+    candidates = [(i, n) for i, n in enumerate(names) if not is_own_client(client_part(n), own_client)]
     for i, name in candidates:
         if name == wanted:
             return i

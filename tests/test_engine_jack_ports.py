@@ -1,0 +1,232 @@
+"""stemdeck as its own JACK client on an ordinary server (2 playback ports, as jackd starts by
+default): ports named by stem, recorded by a second client here, kept across track loads and
+engine restarts; deck latency; xruns from JACK; MIDI client names."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import JACK_PERIOD, JACK_RATE, start_jack_server, stop_jack_server, write_tone
+from engine.config import EngineConfig, WindowConfig
+from engine.engine import Engine
+from engine.jack_output import close_session_output
+from models.passthrough import DEFAULT_FRACTIONS, PassThrough
+
+FAST_PLAN = WindowConfig(window_s=0.5, hop_s=0.1, lookahead_s=0.05, span_s=0.2)
+SOURCES = ("drums", "bass", "other", "vocals")
+BASS = SOURCES.index("bass")
+STEM_PORTS = [f"stemdeck:{group}_{side}" for group in ("master", *SOURCES) for side in "LR"]
+TONE_AMPLITUDE = 0.5
+
+
+@pytest.fixture
+def two_port_server():
+    """A JACK server as a user starts it (dummy driver, 2 playback ports), the default for libjack."""
+    name = f"stemdeck-2ch-{os.getpid()}"
+    previous = os.environ.get("JACK_DEFAULT_SERVER")
+    os.environ["JACK_DEFAULT_SERVER"] = name
+    process = start_jack_server(name, playback_channels=2)
+    yield name
+    close_session_output()  # our in-process client goes before its server does
+    stop_jack_server(process)
+    if previous is None:
+        os.environ.pop("JACK_DEFAULT_SERVER", None)
+    else:
+        os.environ["JACK_DEFAULT_SERVER"] = previous
+
+
+class Recorder:
+    """A second JACK client in this process that records the ports it is connected to."""
+
+    def __init__(self, server: str, channels: int):
+        import jack
+        self.client = jack.Client("stemdeck-test-recorder", servername=server, no_start_server=True)
+        self.ports = [self.client.inports.register(f"in_{c}") for c in range(channels)]
+        self.data = np.zeros((channels, JACK_RATE), np.float32)
+        self.wanted, self.position = 0, 0
+        self.done = threading.Event()
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames):
+        room = min(frames, self.wanted - self.position)
+        if room <= 0:
+            return
+        for c, port in enumerate(self.ports):
+            self.data[c, self.position : self.position + room] = port.get_array()[:room]
+        self.position += room
+        if self.position >= self.wanted:
+            self.done.set()
+
+    def record(self, seconds: float) -> np.ndarray:
+        """``(channels, frames)`` from the next cycles."""
+        self.done.clear()
+        self.position, self.wanted = 0, int(seconds * JACK_RATE)
+        assert self.done.wait(seconds + 10), "the recorder's JACK cycles stopped"
+        return self.data[:, : self.wanted].copy()
+
+    def connect(self, *sources: str) -> None:
+        for source, port in zip(sources, self.ports):
+            self.client.connect(source, port)
+
+    def our_ports(self) -> list[str]:
+        return [p.name for p in self.client.get_ports("stemdeck:", is_audio=True)]
+
+    def connections(self, name: str) -> list[str]:
+        return sorted(p.name for p in self.client.get_all_connections(name))
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+@pytest.fixture
+def recorder(two_port_server):
+    probe = Recorder(two_port_server, 4)
+    yield probe
+    probe.close()
+
+
+def tone_track(amplitude: float, seconds: float = 20.0) -> np.ndarray:
+    tone = (amplitude * np.sin(2 * np.pi * 441 * np.arange(int(seconds * JACK_RATE)) / JACK_RATE)).astype(np.float32)
+    return np.stack([tone, tone])
+
+
+def deck_engine() -> Engine:
+    engine = Engine(PassThrough(), EngineConfig(precision="fp32", samplerate=JACK_RATE, inference_budget_s=0.0,
+                                                worker="thread", cache_stems=False))
+    engine.prepare(FAST_PLAN, block_frames=JACK_PERIOD, calibrate_plan=False)
+    return engine
+
+
+def load_and_play(engine: Engine, track: np.ndarray) -> None:
+    """What the GUI does on a load: output off, new track, output on, play once separated."""
+    engine.pause()
+    engine.stop_output()
+    engine.load_array(track)
+    assert engine.wait_separated(track.shape[-1] - 1, timeout_s=60)
+    engine.start_output(stem_outputs=True)
+    engine.play()
+    time.sleep(0.1)  # past the 10 ms gain ramps
+
+
+def peaks(recording: np.ndarray) -> np.ndarray:
+    return np.abs(recording).max(axis=1)
+
+
+def test_stem_ports_on_a_two_port_server_carry_the_stems_and_survive_loads(two_port_server, recorder):
+    engine = deck_engine()
+    try:
+        load_and_play(engine, tone_track(TONE_AMPLITUDE))
+        assert recorder.our_ports() == STEM_PORTS
+        assert recorder.connections("stemdeck:master_L") == ["system:playback_1"]  # wired like PortAudio did
+        assert recorder.connections("stemdeck:bass_L") == []  # stems are the user's to patch
+        recorder.connect("stemdeck:bass_L", "stemdeck:bass_R", "stemdeck:master_L", "stemdeck:master_R")
+
+        bass = TONE_AMPLITUDE * DEFAULT_FRACTIONS[BASS]
+        assert peaks(recorder.record(0.5)) == pytest.approx([bass, bass, TONE_AMPLITUDE, TONE_AMPLITUDE], abs=2e-3)
+
+        engine.set_mute("bass")
+        time.sleep(0.1)
+        muted = peaks(recorder.record(0.5))
+        assert muted[:2] == pytest.approx([0.0, 0.0], abs=1e-6)  # the port is silent
+        assert muted[2:] == pytest.approx([TONE_AMPLITUDE - bass] * 2, abs=2e-3)  # and bass left the mix
+        engine.set_mute("bass", False)
+
+        load_and_play(engine, tone_track(0.25))  # a second track: same ports, same connections
+        assert recorder.our_ports() == STEM_PORTS
+        assert recorder.connections("stemdeck:bass_L") == ["stemdeck-test-recorder:in_0"]
+        assert peaks(recorder.record(0.5)) == pytest.approx([0.25 * 0.2, 0.25 * 0.2, 0.25, 0.25], abs=2e-3)
+
+        engine.stop()  # a model switch: a new engine takes the same client over
+        engine = deck_engine()
+        load_and_play(engine, tone_track(0.25))
+        assert recorder.our_ports() == STEM_PORTS
+        assert recorder.connections("stemdeck:master_R") == ["stemdeck-test-recorder:in_3", "system:playback_2"]
+        assert peaks(recorder.record(0.5)) == pytest.approx([0.05, 0.05, 0.25, 0.25], abs=2e-3)
+    finally:
+        engine.stop()
+
+
+def test_deck_latency_is_the_output_latency_not_the_separation_plan(two_port_server, recorder):
+    engine = deck_engine()
+    try:
+        assert engine.latency_samples > 10 * JACK_PERIOD  # the live plan's latency: not the deck's
+        load_and_play(engine, tone_track(TONE_AMPLITUDE, seconds=3.0))
+        status = engine.status()
+        # one period plus the dummy driver's playback latency, which JACK reports for our port
+        assert JACK_PERIOD < status.latency_samples <= 4 * JACK_PERIOD
+        assert status.latency_ms == pytest.approx(1000 * status.latency_samples / JACK_RATE)
+        engine.stop_output()
+        assert engine.status().latency_samples == JACK_PERIOD  # no device: one block
+    finally:
+        engine.stop()
+
+
+def test_xruns_come_from_the_jack_server(two_port_server, recorder):
+    import jack
+    engine = deck_engine()
+    stall = jack.Client("stemdeck-test-stall", servername=two_port_server, no_start_server=True)
+    stalls = {"left": 0}
+
+    def process(frames):
+        if stalls["left"] > 0:
+            stalls["left"] -= 1
+            time.sleep(0.05)  # far past the 5.8 ms period: the server runs late
+
+    stall.set_process_callback(process)
+    stall.activate()
+    try:
+        load_and_play(engine, tone_track(TONE_AMPLITUDE, seconds=5.0))
+        time.sleep(0.3)
+        before = engine.status().xruns
+        stalls["left"] = 3
+        time.sleep(0.5)
+        assert engine.status().xruns - before >= 1
+    finally:
+        stall.deactivate()
+        stall.close()
+        engine.stop()
+
+
+def jack_ports(server: str) -> list[str]:
+    return subprocess.run(["jack_lsp", "-s", server], capture_output=True, text=True).stdout.split("\n")
+
+
+@pytest.mark.slow  # a whole `stemdeck play` process: about 25 s on 2 busy cores
+def test_cli_play_with_stem_outputs_on_a_two_port_server(two_port_server, tmp_path):
+    song = tmp_path / "song.wav"
+    write_tone(song, seconds=6.0)
+    cli = subprocess.Popen([sys.executable, "-m", "engine.cli", "play", str(song), "--model", "passthrough",
+                            "--stem-outputs", "--duration", "2", "--stats", str(tmp_path / "stats.json")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: set[str] = set()
+    while cli.poll() is None:
+        seen.update(name for name in jack_ports(two_port_server) if name.startswith("stemdeck"))
+        time.sleep(0.2)
+    _, stderr = cli.communicate(timeout=120)
+    assert cli.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert seen == set(STEM_PORTS)
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["latency_ms"] < 50  # the deck's output latency (it said 3171 ms: the live plan's)
+
+
+def test_midi_clients_are_named_by_direction(jack_server):
+    from engine.midi import MidiConfig, MidiController, default_mapping
+    from engine.midi.ports import list_ports
+
+    engine = deck_engine()
+    try:
+        with MidiController(engine, default_mapping(4), MidiConfig(virtual=True, api="jack")):
+            inputs, outputs = list_ports("jack")
+    finally:
+        engine.stop()
+    assert "stemdeck-midi-out:feedback out" in inputs
+    assert "stemdeck-midi-in:control in" in outputs
+    assert not [name for name in inputs + outputs if name.startswith(("stemdeck:", "stemdeck-01:"))]
