@@ -208,7 +208,8 @@ def _midi(engine, args: argparse.Namespace):
 
 
 def _run_session(engine, args: argparse.Namespace, until_end: bool) -> int:
-    """Wait for the end (duration, track end, Ctrl-C or a failure); report the counters."""
+    """Wait for the end (duration, track end, Ctrl-C or a lost stream); report the counters. A
+    separation failure is said once, and the dry signal plays on."""
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     start, code, message, stream_lost = time.monotonic(), 0, None, False
@@ -223,9 +224,9 @@ def _run_session(engine, args: argparse.Namespace, until_end: bool) -> int:
             if status.stream_error or (engine._stream is not None and not engine.stream_active):
                 code, message, stream_lost = 1, status.stream_error or STREAM_LOST, True
                 break
-            if status.worker_error:
+            if status.worker_error and message is None:  # said now, once; the dry signal plays on
                 code, message = 1, f"separation failed: {status.worker_error}"
-                break
+                print(f"stemdeck: error: {message}", file=sys.stderr)
             if args.duration and time.monotonic() - start >= args.duration:
                 break
             if until_end and status.position_s >= engine.track_seconds:
@@ -237,9 +238,8 @@ def _run_session(engine, args: argparse.Namespace, until_end: bool) -> int:
     print("stats: " + ", ".join(f"{k}={_fmt(v)}" for k, v in stats.items()), file=sys.stderr)
     if args.stats:
         args.stats.write_text(json.dumps(stats) + "\n")
-    if message:
-        print(f"stemdeck: error: {message}", file=sys.stderr)
     if stream_lost:
+        print(f"stemdeck: error: {message}", file=sys.stderr)
         # PortAudio's own teardown aborts the process when the JACK server is already gone:
         # leave now, with everything reported.
         sys.stderr.flush()

@@ -195,6 +195,7 @@ class Engine:
             with self._process_lock:
                 self._worker_process().start(kind, self.plan, specs, cue_frames, cache_path)
                 self._session_args = (kind, specs, cache_path)
+                self._worker_fatal = self._worker_notice = None  # a new session starts afresh
             self._supervise()
             return
         separator = self._new_separator()
@@ -380,6 +381,9 @@ class Engine:
 
     def set_dry_mix(self, amount: float) -> None:
         """0 plays the stems, 1 the latency-aligned dry signal; between, a crossfade."""
+        amount = float(amount)
+        if math.isnan(amount):
+            raise ValueError("dry mix is not a number (nan); give 0 (stems) to 1 (dry)")
         with self._control:
             self.shared.dry_gain[0] = min(1.0, max(0.0, amount))
 
@@ -461,10 +465,8 @@ class Engine:
             raise RuntimeError("call prepare() (or prepare_plan()) before starting the engine")
 
     def _worker_error(self) -> str | None:
-        if self._worker_fatal is not None:
+        if self.config.worker == "process":  # failures short of the restart limit are notices
             return self._worker_fatal
-        if self._process is not None:
-            return self._process.poll_error()
         if self._worker is not None and self._worker.error is not None:
             return f"{type(self._worker.error).__name__}: {self._worker.error}"
         return None
@@ -495,7 +497,8 @@ class Engine:
     def _supervise_loop(self) -> None:
         while not self._closing.wait(SUPERVISE_POLL_S):
             process = self._process
-            if process is not None and not process.alive and self._session_args is not None:
+            failed = process is not None and (not process.alive or process.poll_error() is not None)
+            if failed and self._session_args is not None:
                 self._restart_worker(process)
 
     def _restart_worker(self, dead: WorkerProcess) -> None:
@@ -504,7 +507,9 @@ class Engine:
         with self._process_lock:
             if self._process is not dead or self._session_args is None or self._closing.is_set():
                 return  # stopped or replaced meanwhile
-            last, began = f"it exited with code {dead.exitcode}", time.monotonic()
+            dead.close()  # a session that failed leaves its process running: end it
+            began = time.monotonic()
+            last = dead.poll_error() or f"it exited with code {dead.exitcode}"
             while self._count_restart():
                 self._worker_notice = (f"the separation process failed ({last}); playing the dry signal "
                                        f"while it restarts ({len(self._restart_times)} of {MAX_WORKER_RESTARTS})")
@@ -516,7 +521,7 @@ class Engine:
                     last = str(exc)
                     continue
                 self.worker_restart_s = time.monotonic() - began
-                self._worker_notice = (f"the separation process exited (code {dead.exitcode}); restarted it in "
+                self._worker_notice = (f"the separation process failed ({last}); restarted it in "
                                        f"{self.worker_restart_s:.1f} s, the dry signal played meanwhile")
                 return
             self._session_args = None

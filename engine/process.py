@@ -174,7 +174,8 @@ class WorkerProcess:
             self.kill()
 
     def poll_error(self) -> str | None:
-        """The session's failure, if it reported one (a dead process is the caller's to notice)."""
+        """The running session's failure, if it reported one (a dead process is the caller's to
+        notice); a refused command raises :class:`WorkerError` instead."""
         return self.error
 
     def kill(self) -> None:
@@ -231,9 +232,10 @@ class WorkerProcess:
             except (EOFError, OSError, ValueError):  # the queue was closed under us
                 self._inbox.put(("exited", self.process.exitcode))
                 return
-            if kind == "error":
+            if kind == "session-error":
                 self.error = payload
-            self._inbox.put((kind, payload))
+            else:
+                self._inbox.put((kind, payload))
 
 
 def _receive_model(commands, replies):
@@ -314,7 +316,7 @@ def _worker_main(state_spec, precision, threads, stream_rate, commands, replies)
                 else:
                     session = DeckWorker(separator, plan, shared, arrays["stems"], arrays["track"], cue, cache_path,
                                          resume)
-                session.on_error = lambda message: replies.put(("error", message))
+                session.on_error = lambda message: replies.put(("session-error", message))
                 session.start()
                 replies.put(("started", None))
             elif command[0] == "stop":

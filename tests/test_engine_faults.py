@@ -336,10 +336,77 @@ def test_killed_separation_process_plays_dry_restarts_and_the_stems_come_back():
     assert after[first_dry:].index("stems") == after[first_dry:].count("dry")  # one dry stretch
     assert after[-1] == "stems", f"no stems within {len(after) * block_s:.1f} s of the kill"
     assert status.worker_error is None
-    assert status.worker_notice.startswith("the separation process exited (code -9); restarted it in")
+    assert status.worker_notice.startswith("the separation process failed (it exited with code -9); restarted it in")
     dry_s = after.count("dry") * block_s
     print(f"after SIGKILL: {after.count('dry')} dry blocks ({dry_s:.2f} s of audio), "
           f"restart took {engine.worker_restart_s:.2f} s")
+
+
+def test_killed_separation_process_keeps_live_input_playing_latency_aligned():
+    engine = Engine(TwiceRealTime(), EngineConfig(precision="fp32", inference_budget_s=0.2, worker="process"))
+    engine.prepare(FAST_PLAN, block_frames=BLOCK, calibrate_plan=False)
+    engine.start_live_headless()
+    engine.set_mute("vocals")
+    signal_in, latency, block_s = tone(60.0), engine.latency_samples, BLOCK / SR
+    out, kinds, killed_at = np.zeros((BLOCK, 2), np.float32), [], None
+    started = time.monotonic()
+    try:
+        for start in range(0, signal_in.shape[-1] - BLOCK, BLOCK):
+            engine.process_live_block(np.ascontiguousarray(signal_in[:, start : start + BLOCK].T), out)
+            assert np.isfinite(out).all()
+            if start >= latency + SR // 10:  # past the silence before the first output and the mute's ramp
+                kinds.append(_classify(out[:, 0], signal_in[0, start - latency : start - latency + BLOCK]))
+            if killed_at is None and kinds.count("stems") >= int(1.0 / block_s):
+                os.kill(engine._process.process.pid, signal.SIGKILL)
+                killed_at = len(kinds)
+            if killed_at and kinds[-1] == "stems" and "dry" in kinds[killed_at:]:
+                break
+            time.sleep(max(0.0, started + (start + BLOCK) / SR - time.monotonic()))
+        status = engine.status()
+    finally:
+        engine.stop()
+    after = kinds[killed_at:]
+    assert "other" not in kinds  # only the stems or the dry input, each exactly `latency` late
+    assert after.count("dry") > 0 and after[-1] == "stems"
+    assert status.worker_error is None and "exited with code -9" in status.worker_notice
+    print(f"live, after SIGKILL: {after.count('dry')} dry blocks ({after.count('dry') * block_s:.2f} s), "
+          f"restart took {engine.worker_restart_s:.2f} s")
+
+
+class FailsOnMusic(PassThrough):
+    """Every window of music raises (a model that cannot run here), in every process."""
+
+    def forward(self, mix):
+        if mix.abs().max() > 0:
+            raise RuntimeError("out of memory")
+        return super().forward(mix)
+
+
+def test_a_failing_session_is_restarted_a_bounded_number_of_times_while_the_deck_plays_dry(monkeypatch):
+    import engine.engine
+
+    monkeypatch.setattr(engine.engine, "MAX_WORKER_RESTARTS", 1)
+    track = tone(60.0)
+    deck = deck_engine(FailsOnMusic(), worker="process", cache_stems=False)
+    deck.load_array(track)
+    deck.play()
+    out, notices, kinds = np.zeros((BLOCK, 2), np.float32), set(), []
+    deadline = time.monotonic() + 90
+    try:
+        while deck.status().worker_error is None and time.monotonic() < deadline:
+            playhead = int(deck.shared.audio[PLAYHEAD])
+            deck.process_deck_block(out)
+            kinds.append(_classify(out[:, 0], track[0, playhead : playhead + BLOCK]))
+            notices.add(deck.status().worker_notice)
+            time.sleep(0.005)
+        status = deck.status()
+    finally:
+        deck.stop()
+    assert set(kinds) == {"dry"}  # the music went on, dry, all along
+    assert any(n and n.startswith("the separation process failed (RuntimeError: out of memory); playing the dry "
+                                  "signal while it restarts (1 of 1)") for n in notices)
+    assert status.worker_error.startswith("the separation process failed 2 times within 60 s (last: RuntimeError: "
+                                          "out of memory); the dry signal plays on")
 
 
 # -- item 10: a separation process that dies while starting -------------------------------------------
