@@ -170,26 +170,34 @@ def load_or_fetch(name_or_path: str | None):
     """Load a model; a registry model that is not cached is downloaded first.
 
     ``None`` is the default: the official htdemucs when it is cached or can be downloaded,
-    otherwise the bundled tiny model, said in one line.
+    otherwise (no network, a failed checksum, a damaged cached file) the bundled tiny model,
+    said in one line. A model the user named is never swapped: its failure is the error.
     """
     from . import load_model
-    from .registry import bundled_path, fetch
+    from .registry import bundled_path
 
     name = name_or_path or DEFAULT_MODEL
     try:
-        return _named(load_model(name), name)
-    except ModelNotAvailableError:
-        if name not in REGISTRY:
-            raise
-    print(f"model {name} is not cached; downloading it", file=sys.stderr)
-    try:
-        fetch(name, progress=sys.stderr.isatty())
-    except ModelNotAvailableError as exc:
+        return _named(_load_or_download(name), name)
+    except (ModelNotAvailableError, CheckpointError) as exc:
         if name_or_path is not None or bundled_path(FALLBACK_MODEL) is None:
             raise
         print(f"stemdeck: using the bundled {FALLBACK_MODEL} model ({str(exc).splitlines()[0]})", file=sys.stderr)
         return _named(load_model(FALLBACK_MODEL), FALLBACK_MODEL)
-    return _named(load_model(name), name)
+
+
+def _load_or_download(name: str):
+    from . import load_model
+    from .registry import fetch
+
+    try:
+        return load_model(name)
+    except ModelNotAvailableError:
+        if name not in REGISTRY:
+            raise
+    print(f"model {name} is not cached; downloading it", file=sys.stderr)
+    fetch(name, progress=sys.stderr.isatty())
+    return load_model(name)
 
 
 def _named(model, name: str):

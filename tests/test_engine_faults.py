@@ -581,3 +581,11 @@ def test_play_with_an_unknown_midi_port_says_so_before_loading_the_model(song, j
     assert result.returncode == 1
     assert lines == [lines[0]] and lines[0].startswith("stemdeck: error: no MIDI input matches 'nosuchport'; inputs:")
     assert "calibrating" not in result.stderr  # the model never loaded
+
+
+def test_play_with_an_unknown_output_device_says_so_before_loading_the_model(song, no_model_load, capsys):
+    from engine.cli import main
+
+    assert main(["play", str(song), "--model", "passthrough", "--output", "nosuchdevice"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["stemdeck: error: no output device matches 'nosuchdevice'; run `stemdeck devices` to list them"]
