@@ -25,9 +25,16 @@ def load_model(name_or_path: str | Path) -> nn.Module:
     if text in REGISTRY or text in BUNDLED:
         return load_named(text)
     path = Path(text)
-    if path.exists() or path.suffix.lower() in (".th", ".safetensors", ".yaml", ".yml") or "/" in text:
+    if _exists(path) or path.suffix.lower() in (".th", ".safetensors", ".yaml", ".yml"):
         return load_checkpoint(path)
     return load_named(text)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a file
+        return False
 
 
 __all__ = [

@@ -1,12 +1,14 @@
 """Bags of models: several separators averaged with per-source weights (``htdemucs_ft``)."""
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from .htdemucs import HTDemucs
+from .limits import MAX_BAG_MODELS, SEGMENT_RANGE_S, shown
 
 
 class BagOfModels(nn.Module):
@@ -19,21 +21,20 @@ class BagOfModels(nn.Module):
     def __init__(self, models: Sequence[nn.Module], weights: Sequence[Sequence[float]] | None = None,
                  segment: float | None = None):
         super().__init__()
-        if not models:
-            raise ValueError("a bag needs at least one model")
+        if not 1 <= len(models) <= MAX_BAG_MODELS:
+            raise ValueError(f"a bag needs 1 to {MAX_BAG_MODELS} models, not {len(models)}")
+        _check_segment(segment)
         first = models[0]
+        if weights is None:
+            weights = [[1.0] * len(first.sources) for _ in models]
+        self.weights = _checked_weights(weights, len(models), len(first.sources))
         for model in models:
             if (model.sources, model.samplerate, model.audio_channels) != (
                     first.sources, first.samplerate, first.audio_channels):
                 raise ValueError("all models of a bag must share sources, sample rate and channels")
             if segment is not None and (not isinstance(model, HTDemucs) or segment <= model.segment):
                 model.segment = segment
-        if weights is None:
-            weights = [[1.0] * len(first.sources) for _ in models]
-        if len(weights) != len(models) or any(len(w) != len(first.sources) for w in weights):
-            raise ValueError(f"bag weights must be {len(models)} lists of {len(first.sources)} numbers")
         self.models = nn.ModuleList(models)
-        self.weights = [[float(w) for w in row] for row in weights]
         self.sources, self.samplerate = list(first.sources), first.samplerate
         self.audio_channels = first.audio_channels
 
@@ -54,3 +55,26 @@ class BagOfModels(nn.Module):
         for model, model_weights in zip(self.models, weights):
             out = out + model(mix) * model_weights[None, :, None, None]
         return out
+
+
+def _check_segment(segment: Any) -> None:
+    low, high = SEGMENT_RANGE_S
+    if segment is not None and (not isinstance(segment, (int, float)) or isinstance(segment, bool)
+                                or not math.isfinite(segment) or not low <= segment <= high):
+        raise ValueError(f"bag segment must be a number of seconds from {low:g} to {high:g}, not {shown(segment)}")
+
+
+def _checked_weights(weights: Any, num_models: int, num_sources: int) -> list[list[float]]:
+    """``num_models`` rows of ``num_sources`` finite weights >= 0, every source weighted by some model
+    (a source whose weights sum to zero would divide by zero)."""
+    shape_ok = isinstance(weights, (list, tuple)) and len(weights) == num_models and all(
+        isinstance(row, (list, tuple)) and len(row) == num_sources for row in weights)
+    values_ok = shape_ok and all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+        for row in weights for w in row)
+    if not values_ok:
+        raise ValueError(f"bag weights must be {num_models} lists of {num_sources} finite numbers >= 0, "
+                         f"not {shown(weights)}")
+    if any(sum(row[source] for row in weights) <= 0 for source in range(num_sources)):
+        raise ValueError("bag weights give some source a total weight of 0; every source needs a model")
+    return [[float(w) for w in row] for row in weights]

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 
+from .limits import check_sources
 from .unet import HybridUNet
 
 
@@ -37,7 +38,7 @@ class HDemucs(HybridUNet):
         refuse(not cac or wiener_iters or end_iters, "Wiener filtering instead of complex-as-channels")
         refuse(not hybrid or hybrid_old, "the spectrogram-only or MDX-2021 hybrid layout")
         self.init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        self.sources = list(sources)
+        self.sources = check_sources(sources)  # they become file names
         self.audio_channels, self.samplerate, self.segment = audio_channels, samplerate, segment
         self.channels = channels
         self._build_layers(

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from torch import nn
 
 from .hdemucs import refuse
+from .limits import check_sources
 from .transformer import CrossTransformerEncoder
 from .unet import HybridUNet
 
@@ -57,7 +58,7 @@ class HTDemucs(HybridUNet):
         refuse(t_sparse_self_attn or t_sparse_cross_attn or t_auto_sparsity,
                "sparse attention (local masks / LSH); use a dense-attention model such as htdemucs")
         self.init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        self.sources = list(sources)
+        self.sources = check_sources(sources)  # they become file names
         self.audio_channels, self.samplerate, self.segment = audio_channels, samplerate, segment
         self.use_train_segment = use_train_segment
         self.channels, self.bottom_channels = channels, bottom_channels

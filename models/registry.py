@@ -20,6 +20,7 @@ from torch import nn
 
 from .bag import BagOfModels
 from .checkpoint import CheckpointError, load_checkpoint
+from .limits import shown
 
 OFFICIAL_ROOT_URL = "https://dl.fbaipublicfiles.com/demucs/"
 FOUR_SOURCES = ("drums", "bass", "other", "vocals")
@@ -121,7 +122,7 @@ def cached_size_bytes(spec: ModelSpec) -> int:
 
 
 def unknown_name_message(name: str) -> str:
-    return (f"unknown model {name!r}; known models: {', '.join([*REGISTRY, *BUNDLED])} "
+    return (f"unknown model {shown(name)}; known models: {', '.join([*REGISTRY, *BUNDLED])} "
             "(or pass the path of a .th, .safetensors or .yaml file)")
 
 

@@ -75,3 +75,53 @@ def test_official_registry_matches_the_release_list():
     assert registry.REGISTRY["htdemucs_6s"].sources[-2:] == ("guitar", "piano")
     assert registry.REGISTRY["hdemucs_mmi"].segment == 44
     assert registry.REGISTRY["htdemucs"].files[0].checksum_prefix == "8726e21a"
+
+
+def _separate(argv, capsys):
+    from engine.cli import main
+
+    code = main(argv)
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_default_model_falls_back_to_tiny_when_the_download_fails_its_checksum(fake_release, monkeypatch,
+                                                                                 tmp_path, capsys):
+    """Issue 11 item 12: a mirror serving a corrupt file. Without --model the README promises the
+    bundled model, said in one line; with --model the named model's failure is the error."""
+    import dataclasses
+
+    from conftest import write_tone
+
+    spec, mirror = fake_release
+    served = mirror / "hybrid_transformer" / spec.files[0].filename
+    served.write_bytes(served.read_bytes()[:-10] + b"0123456789")
+    monkeypatch.setitem(registry.REGISTRY, "htdemucs", dataclasses.replace(spec, name="htdemucs"))
+    song = tmp_path / "song.wav"
+    write_tone(song, seconds=1.0, samplerate=22050)
+
+    code, err = _separate(["separate", str(song), "-o", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    fallback = [line for line in err if line.startswith("stemdeck: using the bundled tiny model")]
+    assert len(fallback) == 1 and "checksum mismatch" in fallback[0], err
+    assert sorted(p.name for p in (tmp_path / "out" / "song").iterdir()) == [
+        "bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+    assert not list(registry.cache_dir().iterdir())  # the corrupt download is not kept
+
+    code, err = _separate(["separate", str(song), "--model", "htdemucs", "-o", str(tmp_path / "named")], capsys)
+    assert code == 1 and len(err) == 2, err  # "downloading it", then the one error line
+    assert err[1].startswith("stemdeck: error: ") and "checksum mismatch" in err[1]
+    assert not (tmp_path / "named").exists()
+
+
+def test_default_model_falls_back_when_its_cached_file_is_damaged(monkeypatch, tmp_path, capsys):
+    from conftest import write_tone
+
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    (offline / "955717e8.th").write_bytes(b"not a checkpoint")
+    monkeypatch.setenv("STEMDECK_MODEL_DIR", str(offline))
+    song = tmp_path / "song.wav"
+    write_tone(song, seconds=1.0, samplerate=22050)
+    code, err = _separate(["separate", str(song), "-o", str(tmp_path / "out")], capsys)
+    assert code == 0 and any(line.startswith("stemdeck: using the bundled tiny model (") and "955717e8.th" in line
+                             for line in err), err

@@ -125,11 +125,29 @@ class Mapping:
         return next((scene for scene in self.scenes if scene.program == message.number), None)
 
     def conflicts(self) -> list[tuple[Binding, Binding]]:
-        return [(a, b) for i, a in enumerate(self.bindings) for b in self.bindings[i + 1:] if a.overlaps(b)]
+        """Each binding that overlaps an earlier one, paired with the first such earlier binding.
+
+        Linear in time and memory: bindings are grouped by (family, number), and within a group
+        an "any channel" binding overlaps all the others.
+        """
+        found = []
+        groups: dict[tuple[str, int], tuple[Binding | None, dict[int, Binding]]] = {}
+        for binding in self.bindings:
+            any_channel, by_channel = groups.get((binding.message, binding.number), (None, {}))
+            earlier = any_channel or (next(iter(by_channel.values()), None) if binding.channel is None
+                                      else by_channel.get(binding.channel))
+            if earlier is not None:
+                found.append((earlier, binding))
+            if binding.channel is None:
+                any_channel = any_channel or binding
+            else:
+                by_channel.setdefault(binding.channel, binding)
+            groups[(binding.message, binding.number)] = (any_channel, by_channel)
+        return found
 
     def check(self) -> None:
         """One message may drive one control: refuse a mapping where two bindings share one."""
-        for first, second in self.conflicts():
+        for first, second in self.conflicts()[:1]:
             where = f" (lines {first.line} and {second.line})" if first.line and second.line else ""
             raise ConflictError(f"{second.describe_message()} drives both {first.describe_control()} "
                                 f"and {second.describe_control()}{where}; keep one")

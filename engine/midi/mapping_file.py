@@ -19,6 +19,13 @@ HEADER = """\
 """
 
 
+MAX_FILE_BYTES = 1 << 20
+MAX_BINDINGS = 1024  # 2 families x 128 numbers x 16 channels is 4096 without conflicts; real ones use dozens
+MAX_SCENES = 128  # one per program
+SCENE_GAIN_RANGE_DB = (-120.0, 12.0)
+MAX_NAME_CHARS = 64
+
+
 class MappingError(ValueError):
     pass
 
@@ -36,6 +43,9 @@ def load_user_mapping(path: Path | None = None) -> Mapping:
 
 def load_mapping(path: Path) -> Mapping:
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise MappingError(f"{path}: {path.stat().st_size} bytes is too long for a MIDI mapping "
+                               f"(at most {MAX_FILE_BYTES}); is it the right file?")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise MappingError(f"cannot read MIDI mapping {path}: {exc}") from None
@@ -95,9 +105,13 @@ def _mapping(data: dict, lines: dict) -> Mapping:
         raise MappingError(f"line {lines.get((sorted(unknown)[0], None, None), '?')}: unknown table "
                            f"{sorted(unknown)[0]!r} (use [midi], [[binding]], [[scene]])")
     settings = data.get("midi", {})
+    if not isinstance(settings, dict):
+        raise MappingError(f"line {lines.get(('midi', None, None), '?')}: [midi] must be a table")
     scene_channel = _channel(settings.get("scene_channel", "any"), lines.get(("midi", 0, "scene_channel")))
-    bindings = [_binding(table, i, lines) for i, table in enumerate(data.get("binding", []))]
-    scenes = [_scene(table, i, lines) for i, table in enumerate(data.get("scene", []))]
+    binding_tables = _tables(data, "binding", MAX_BINDINGS, lines)
+    scene_tables = _tables(data, "scene", MAX_SCENES, lines)
+    bindings = [_binding(table, i, lines) for i, table in enumerate(binding_tables)]
+    scenes = [_scene(table, i, lines) for i, table in enumerate(scene_tables)]
     seen = set()
     for scene in scenes:
         if scene.program in seen:
@@ -106,6 +120,16 @@ def _mapping(data: dict, lines: dict) -> Mapping:
     mapping = Mapping(bindings, scenes, scene_channel)
     mapping.check()
     return mapping
+
+
+def _tables(data: dict, kind: str, most: int, lines: dict) -> list[dict]:
+    """The ``[[kind]]`` tables, at most ``most`` of them (checked before any is parsed)."""
+    tables = data.get(kind, [])
+    if not isinstance(tables, list) or not all(isinstance(table, dict) for table in tables):
+        raise MappingError(f"line {lines.get((kind, 0, None), '?')}: {kind} entries must be [[{kind}]] tables")
+    if len(tables) > most:
+        raise MappingError(f"has {len(tables)} [[{kind}]] tables; at most {most} are allowed")
+    return tables
 
 
 def _binding(table: dict, index: int, lines: dict) -> Binding:
@@ -166,14 +190,28 @@ def _scene(table: dict, index: int, lines: dict) -> Scene:
     program = table.get("program")
     if not isinstance(program, int) or isinstance(program, bool) or not 0 <= program <= 127:
         fail(f"program must be 0-127, not {program!r}")
+    name = table.get("name", "")
+    if not isinstance(name, str) or len(name) > MAX_NAME_CHARS:
+        fail(f"name must be text of at most {MAX_NAME_CHARS} characters")
+    gain_table, mute_list, solo_list = (table.get("gain_db", {}), table.get("mute", []), table.get("solo", []))
+    if not isinstance(gain_table, dict) or not isinstance(mute_list, list) or not isinstance(solo_list, list):
+        fail("gain_db must be a table (stem = dB), mute and solo lists of stems")
     try:
-        gains = {parse_stem(int(k) if str(k).isdigit() else k): float(v)
-                 for k, v in table.get("gain_db", {}).items()}
-        mute = frozenset(parse_stem(s) for s in table.get("mute", []))
-        solo = frozenset(parse_stem(s) for s in table.get("solo", []))
+        gains = {parse_stem(int(k) if str(k).isdigit() else k): _scene_gain_db(v) for k, v in gain_table.items()}
+        mute = frozenset(parse_stem(s) for s in mute_list)
+        solo = frozenset(parse_stem(s) for s in solo_list)
     except (MappingError, TypeError, ValueError) as exc:
         fail(str(exc))
-    return Scene(program, str(table.get("name", "")), gains, mute, solo, line=line)
+    return Scene(program, name, gains, mute, solo, line=line)
+
+
+def _scene_gain_db(value) -> float:
+    """A finite gain in dB: a NaN or infinite gain would turn the whole output into NaN."""
+    low, high = SCENE_GAIN_RANGE_DB
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise MappingError(f"gain_db must be a number of dB from {low:g} to {high:g}, not {value!r}")
+    return float(value)
 
 
 def _channel(value, line) -> int | None:
