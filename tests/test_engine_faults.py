@@ -329,7 +329,8 @@ def test_killed_separation_process_plays_dry_restarts_and_the_stems_come_back():
     finally:
         engine.stop()
     after = kinds[killed_at:]
-    assert set(kinds[20:killed_at]) == {"stems"}  # stems before the kill (past the mute's ramp)
+    before = kinds[20:killed_at]  # past the mute's ramp
+    assert "other" not in before and before.count("stems") >= 0.9 * len(before)  # a late block may play dry
     assert "other" not in after  # never silence, never garbage: dry, then the stems again
     assert after.count("dry") > 0  # the outage outlasted what was separated ahead of the kill
     first_dry = after.index("dry")
