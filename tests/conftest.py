@@ -78,6 +78,14 @@ def _isolated_model_dirs(tmp_path, monkeypatch):
 JACK_RATE, JACK_PERIOD = 44100, 256
 
 
+def _die_with_parent() -> None:
+    """In the child: a server whose test run was killed stops too (JACK allows few servers)."""
+    import ctypes
+    import signal
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start_jack_server(name: str, playback_channels: int = 10):
     """A real JACK server with the dummy driver; returns the process once clients can connect."""
     import shutil
@@ -88,7 +96,7 @@ def start_jack_server(name: str, playback_channels: int = 10):
     process = subprocess.Popen(
         ["jackd", "-n", name, "-R", "-d", "dummy", "-r", str(JACK_RATE), "-p", str(JACK_PERIOD),
          "-C", "2", "-P", str(playback_channels)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, preexec_fn=_die_with_parent)
     # Probe from another process: a libjack client in this one would crash when that server stops.
     probe = subprocess.run(["jack_wait", "-s", name, "-w", "-t", "15"], capture_output=True, text=True, env=env)
     if probe.returncode != 0 or process.poll() is not None:
