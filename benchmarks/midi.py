@@ -60,7 +60,7 @@ def probe(server: str, presses: int, spacing_cycles: int, result: str) -> None:
     with client:
         print("READY", flush=True)
         sys.stdin.readline()
-        client.connect("PortAudio:out_0", audio)
+        client.connect("stemdeck:master_L", audio)
         time.sleep(0.2)
         state["cycle"] = 0
         while state["cycle"] < cycles:

@@ -26,9 +26,16 @@ TONE_AMPLITUDE = 0.5
 
 @pytest.fixture
 def two_port_server():
-    """A JACK server as a user starts it (dummy driver, 2 playback ports), the default for libjack."""
+    """A JACK server as a user starts it (dummy driver, 2 playback ports), the default for libjack.
+
+    libjack serves one server per process: every client of this process on the session's server
+    (our own, PortAudio's) goes first, and comes back after."""
     name = f"stemdeck-2ch-{os.getpid()}"
     previous = os.environ.get("JACK_DEFAULT_SERVER")
+    close_session_output()
+    portaudio = _portaudio_running()
+    if portaudio:
+        sys.modules["sounddevice"]._terminate()
     os.environ["JACK_DEFAULT_SERVER"] = name
     process = start_jack_server(name, playback_channels=2)
     yield name
@@ -38,6 +45,13 @@ def two_port_server():
         os.environ.pop("JACK_DEFAULT_SERVER", None)
     else:
         os.environ["JACK_DEFAULT_SERVER"] = previous
+    if portaudio:
+        sys.modules["sounddevice"]._initialize()
+
+
+def _portaudio_running() -> bool:
+    sd = sys.modules.get("sounddevice")
+    return sd is not None and sd._initialized > 0
 
 
 class Recorder:
