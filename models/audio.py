@@ -1,22 +1,32 @@
 """Audio files in and out: libsndfile formats, strict checks, atomic writes.
 
-Arrays are ``(channels, frames)`` float32 everywhere in stemdeck.
+Arrays are ``(channels, frames)`` float32 everywhere in stemdeck. What a file's header declares
+(rate, channels, length) is checked before anything is allocated for it; non-finite samples are
+read as silence; no non-finite sample is ever written.
 """
 from __future__ import annotations
 
 import os
 import re
-import tempfile
+import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import soundfile as sf
 
 MAX_CHANNELS = 2
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 384_000
+MAX_DURATION_S = 3 * 3600  # a declared length beyond this is refused before anything is allocated
 # MPEG decoders may return up to one frame's worth of samples less than the header promises.
 MPEG_FRAME_TOLERANCE = 2304
-
+# Stem names become file names: a short identifier, never a path.
+STEM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+PARTIAL_SUFFIX = ".partial"
+STALE_PARTIAL_S = 24 * 3600  # a temporary without a live owner, or older than this, is removed
 
 class AudioError(Exception):
     """An audio file that cannot be used; the message names the file, the problem and a fix."""
@@ -30,8 +40,8 @@ class OutputFormat:
     bits: str = "24"
     clip: str = "rescale"
 
-    FORMATS = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3"}
-    SUBTYPES = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}
+    FORMATS: ClassVar[dict[str, str]] = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3"}
+    SUBTYPES: ClassVar[dict[str, str]] = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}
 
     def __post_init__(self) -> None:
         if self.extension not in self.FORMATS:
@@ -48,40 +58,73 @@ class OutputFormat:
         return "MPEG_LAYER_III" if self.extension == "mp3" else self.SUBTYPES[self.bits]
 
 
-def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+def read_audio(path: str | Path, report: Callable[[str], None] | None = None) -> tuple[np.ndarray, int]:
     """Read a whole file as ``(channels, frames)`` float32 and its sample rate.
 
-    Refuses directories, empty, unreadable or truncated files and more than two channels, each
-    with a one-line :class:`AudioError`.
+    Refuses directories, empty, unreadable, damaged or truncated files, sample rates outside
+    8-384 kHz, more than two channels and declared lengths over three hours, each with a
+    one-line :class:`AudioError`, before reading the audio. Non-finite samples (NaN, infinity,
+    which only float files can hold) are read as silence; ``report`` is told so in one line.
     """
     path = Path(path)
+    _check_file(path)
+    name = os.fsencode(path)  # libsndfile takes bytes: file names need not be valid UTF-8
+    try:
+        info = sf.info(name, verbose=True)
+    except sf.LibsndfileError as exc:
+        raise AudioError(f"{path}: not a readable audio file ({_reason(exc)}); convert it to WAV or FLAC") from None
+    _check_header(path, info)
+    try:
+        data, samplerate = sf.read(name, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioError(f"{path} is damaged or truncated: decoding failed ({_reason(exc)}); "
+                         "re-export or re-download it") from None
+    _check_complete(path, info, data.shape[0])
+    if data.shape[0] == 0:
+        raise AudioError(f"{path} holds no audio (0 frames)")
+    audio = np.ascontiguousarray(data.T)
+    replaced = silence_non_finite(audio)
+    if replaced and report is not None:
+        report(f"{path}: {replaced} non-finite sample(s) (NaN or infinity) read as silence")
+    return audio, samplerate
+
+
+def silence_non_finite(audio: np.ndarray) -> int:
+    """Set NaN and infinite samples to 0 in place; return how many there were."""
+    bad = ~np.isfinite(audio)
+    count = int(np.count_nonzero(bad))
+    if count:
+        audio[bad] = 0.0
+    return count
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).split(": ", 1)[-1].strip().rstrip(".") or type(exc).__name__
+
+
+def _check_file(path: Path) -> None:
     if path.is_dir():
         raise AudioError(f"{path} is a directory; pass audio files (WAV, FLAC, OGG, MP3)")
     if not path.exists():
         raise AudioError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise AudioError(f"{path} is empty (0 bytes); re-export or re-download it")
-    try:
-        info = sf.info(str(path), verbose=True)
-        _check_header(path, info)
-        data, samplerate = sf.read(str(path), dtype="float32", always_2d=True)
-    except sf.LibsndfileError as exc:
-        reason = str(exc).split(": ", 1)[-1].strip()
-        raise AudioError(f"{path}: not a readable audio file ({reason}); convert it to WAV or FLAC") from None
-    except (RuntimeError, OSError) as exc:
-        raise AudioError(f"{path}: could not be decoded ({exc}); the file is damaged") from None
-    _check_complete(path, info, data.shape[0])
-    if data.shape[0] == 0:
-        raise AudioError(f"{path} holds no audio (0 frames)")
-    if data.shape[1] > MAX_CHANNELS:
-        raise AudioError(f"{path} has {data.shape[1]} channels; stemdeck separates mono or stereo: "
-                         "downmix it first (e.g. sox in.wav -c 2 out.wav)")
-    return np.ascontiguousarray(data.T), samplerate
 
 
 def _check_header(path: Path, info) -> None:
-    """libsndfile reads a truncated WAV silently but logs the size its header promised."""
-    for stated, actual in re.findall(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", info.extra_info, re.M):
+    """What the header declares, before anything is allocated for it."""
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{path} declares a sample rate of {info.samplerate} Hz; stemdeck reads "
+                         f"{MIN_SAMPLE_RATE // 1000}-{MAX_SAMPLE_RATE // 1000} kHz: the header is damaged, "
+                         "or resample the file (e.g. sox in.wav -r 44100 out.wav)")
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise AudioError(f"{path} has {info.channels} channels; stemdeck separates mono or stereo: "
+                         "downmix it first (e.g. sox in.wav -c 2 out.wav)")
+    if info.frames > MAX_DURATION_S * info.samplerate:
+        raise AudioError(f"{path} declares {info.frames / info.samplerate / 3600:.1f} hours of audio; "
+                         f"stemdeck reads up to {MAX_DURATION_S // 3600} hours: split it")
+    # libsndfile reads a truncated WAV silently but logs the size its header promised.
+    for stated, actual in re.findall(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", info.extra_info, re.MULTILINE):
         if int(actual) < int(stated) < 0xFFFFFF00:  # streamed WAVs write a placeholder size
             raise AudioError(f"{path} is truncated: its header promises {int(stated)} bytes of audio, "
                              f"the file holds {int(actual)}; re-export or re-download it")
@@ -102,21 +145,44 @@ def prepare_for_output(audio: np.ndarray, clip: str) -> np.ndarray:
     return np.clip(audio, -0.99, 0.99)
 
 
+def check_stem_name(name: str) -> str:
+    """Stem names come from the model's checkpoint: only a short identifier may become a file name."""
+    if not isinstance(name, str) or not STEM_NAME.fullmatch(name):
+        raise AudioError(f"stem name {str(name)[:40]!r} is not a short identifier (letters, digits, _ and -); "
+                         "the model's checkpoint is damaged or hostile, use another model")
+    return name
+
+
+def check_finite(stems: dict[str, np.ndarray], folder: Path) -> None:
+    """The last guard: nothing non-finite is ever written as a finished stem."""
+    for name, audio in stems.items():
+        if not np.all(np.isfinite(audio)):
+            raise AudioError(f"stem {name} for {folder} has non-finite samples (NaN or infinity); "
+                             "nothing written: the model produced them, try another model")
+
+
 def write_stems_atomically(stems: dict[str, np.ndarray], samplerate: int, folder: Path,
                            fmt: OutputFormat) -> list[Path]:
-    """Write every stem or none: all go to temporary files first, then are renamed into place."""
+    """Write every stem or none: all go to temporary files first, then are renamed into place.
+
+    The temporaries are ``.<stem>.<pid>.<random>.<ext>.partial`` in ``folder``, where the next
+    write there removes those whose process is gone (a run killed with SIGKILL leaves them).
+    Finished files get the usual mode (0666 less the umask).
+    """
+    for name in stems:
+        check_stem_name(name)
+    check_finite(stems, folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AudioError(f"cannot create {folder}: {exc.strerror}; choose another output directory (-o)") from None
+    remove_stale_partials(folder)
     pending: list[tuple[Path, Path]] = []
     try:
         for name, audio in stems.items():
-            final = folder / f"{name}.{fmt.extension}"
-            handle, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=f".{fmt.extension}.partial", dir=folder)
-            os.close(handle)
-            pending.append((Path(tmp_name), final))
-            sf.write(tmp_name, prepare_for_output(audio, fmt.clip).T, samplerate,
+            tmp = _new_partial(folder, name, fmt.extension)
+            pending.append((tmp, folder / f"{name}.{fmt.extension}"))
+            sf.write(os.fsencode(tmp), prepare_for_output(audio, fmt.clip).T, samplerate,
                      format=fmt.FORMATS[fmt.extension], subtype=fmt.subtype)
         for tmp, final in pending:
             os.replace(tmp, final)
@@ -129,3 +195,45 @@ def write_stems_atomically(stems: dict[str, np.ndarray], samplerate: int, folder
         for tmp, _ in pending:
             tmp.unlink(missing_ok=True)
     return [final for _, final in pending]
+
+
+def _new_partial(folder: Path, name: str, extension: str) -> Path:
+    """An empty temporary created with the default mode (mkstemp's would be 0600)."""
+    path = folder / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.{extension}{PARTIAL_SUFFIX}"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return path
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Remove the temporaries in ``folder`` that no running process is writing; return them."""
+    removed = []
+    for path in folder.glob(f".*{PARTIAL_SUFFIX}"):
+        if _is_stale(path):
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass  # gone meanwhile, or not ours to remove: it stays hidden and harmless
+    return removed
+
+
+def _is_stale(path: Path) -> bool:
+    parts = path.name.split(".")  # "", stem, pid, random, ext, "partial"
+    pid = int(parts[2]) if len(parts) == 6 and parts[2].isdigit() else None
+    try:
+        age_s = time.time() - path.stat().st_mtime
+    except OSError:
+        return False
+    return pid is None or age_s > STALE_PARTIAL_S or not _process_alive(pid)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True  # someone else's process
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True

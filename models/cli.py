@@ -2,19 +2,67 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import math
+import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from . import DEFAULT_MODEL
-from .audio import AudioError, OutputFormat, read_audio, write_stems_atomically
+from .audio import (
+    AudioError,
+    OutputFormat,
+    read_audio,
+    remove_stale_partials,
+    write_stems_atomically,
+)
 from .checkpoint import CheckpointError
 from .registry import REGISTRY, ModelNotAvailableError
 
 USER_ERRORS = (AudioError, CheckpointError, ModelNotAvailableError, ValueError)
 FALLBACK_MODEL = "tiny"  # bundled: used when the default cannot be had
+PASSTHROUGH = "passthrough"  # stand-in with known stems (models.passthrough), no weights
+EXIT_BROKEN_PIPE = 141  # what a tool killed by SIGPIPE returns: the reader (`| head`) has gone
+SEGMENT_RANGE_S = (0.5, 600.0)
+MAX_OVERLAP = 0.95  # beyond this the chunks barely move: hours of work for nothing
+MAX_SHIFTS = 20  # every shift is one more full pass over the track
+
+
+def _number(text: str, kind: type = float) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def segment_seconds(text: str) -> float:
+    """``--segment``: a chunk length a model can run, in seconds."""
+    value, (low, high) = _number(text), SEGMENT_RANGE_S
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text} s: give a chunk length between {low:g} and {high:g} seconds")
+    return value
+
+
+def overlap_fraction(text: str) -> float:
+    """``--overlap``: the fraction of a chunk shared with the next."""
+    value = _number(text)
+    if not 0 <= value <= MAX_OVERLAP:
+        raise argparse.ArgumentTypeError(f"{text}: give a fraction between 0 and {MAX_OVERLAP:g}")
+    return value
+
+
+def shift_count(text: str) -> int:
+    """``--shifts``: how many randomly shifted passes to average."""
+    value = _number(text, int)
+    if not 0 <= value <= MAX_SHIFTS:
+        raise argparse.ArgumentTypeError(f"{text}: give a whole number between 0 and {MAX_SHIFTS}")
+    return value
 
 
 class CommandError(Exception):
@@ -43,9 +91,13 @@ def get_parser() -> argparse.ArgumentParser:
     which = sep.add_mutually_exclusive_group()
     which.add_argument("--stems", help="comma-separated stems to write, e.g. vocals,bass")
     which.add_argument("--two-stems", metavar="STEM", help="write STEM and no_STEM (the rest, summed)")
-    sep.add_argument("--overlap", type=float, default=0.25, help="overlap between chunks (default 0.25)")
-    sep.add_argument("--shifts", type=int, default=0, help="random shifts to average, improves quality (default 0)")
-    sep.add_argument("--segment", type=float, help="chunk length in seconds (default: the model's)")
+    sep.add_argument("--overlap", type=overlap_fraction, default=0.25,
+                     help=f"overlap between chunks, 0 to {MAX_OVERLAP:g} (default 0.25)")
+    sep.add_argument("--shifts", type=shift_count, default=0,
+                     help=f"random shifts to average, improves quality, 0 to {MAX_SHIFTS} (default 0)")
+    sep.add_argument("--segment", type=segment_seconds, metavar="SECONDS",
+                     help="chunk length in seconds, {:g} to {:g}; at most the training segment for "
+                          "HT Demucs (default: the model's)".format(*SEGMENT_RANGE_S))
     sep.add_argument("--format", default="wav", choices=("wav", "flac", "mp3"))
     sep.add_argument("--bits", default="24", choices=("16", "24", "32f"))
     sep.add_argument("--clip", default="rescale", choices=("rescale", "clamp"),
@@ -83,55 +135,234 @@ def run_parsed(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
         parser.print_help()
         return 0
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that has gone (`| head`) shows here, not at exit
+        return code
     except (CommandError, *USER_ERRORS, *extra_errors) as exc:
-        print(f"stemdeck: error: {exc}", file=sys.stderr)
+        say(f"stemdeck: error: {exc}")
         return 1
     except KeyboardInterrupt:
         print("stemdeck: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def printable(text: str) -> str:
+    """File names need not be UTF-8: their undecodable bytes are shown as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def say(line: str) -> None:
+    print(printable(line), file=sys.stderr)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real file (a test's capture): nothing will flush to the pipe
 
 
 # -- separate --------------------------------------------------------------------------------------
 
 def run_separate(args: argparse.Namespace) -> int:
     fmt = OutputFormat(args.format, args.bits, args.clip)
-    if not 0 <= args.overlap < 1:
-        raise CommandError(f"--overlap must be in [0, 1), got {args.overlap}")
-    if args.shifts < 0:
-        raise CommandError("--shifts must be >= 0")
     device = check_device(args.device)
-    model = load_or_fetch(args.model)
+    inputs = unique_inputs(args.inputs)
+    folders = track_folders(inputs, args.out)
+    model = load_for_separation(args.model)
+    check_model_segment(model, args.segment)
     pick = stem_picker(model.sources, args.stems, args.two_stems)
     print(f"model {model.stemdeck_name}: {', '.join(model.sources)} at {model.samplerate} Hz", file=sys.stderr)
+    _remove_leftovers(args.out)
     failures = 0
-    for path in args.inputs:
-        try:
-            written = separate_file(model, path, args, fmt, pick, device)
-            print(f"{path} -> {written}", file=sys.stderr)
-        except (AudioError, CommandError) as exc:
-            failures += 1
-            print(f"stemdeck: {exc}", file=sys.stderr)
-    done = len(args.inputs) - failures
-    print(f"separated {done} of {len(args.inputs)} file(s)", file=sys.stderr)
+    with SeparationBars(len(inputs), enabled=sys.stderr.isatty()) as bars:
+        for path in inputs:
+            try:
+                written = separate_file(model, path, folders[path], args, fmt, pick, device, bars)
+                bars.say(f"{path} -> {written}")
+            except Exception as exc:  # noqa: BLE001 (no failure of one file ends the batch)
+                failures += 1
+                bars.say(f"stemdeck: {failure_line(path, exc)}")
+            bars.file_done()
+    done = len(inputs) - failures
+    print(f"separated {done} of {len(inputs)} file(s)", file=sys.stderr)
     return 1 if failures else 0
 
 
-def separate_file(model, path: Path, args: argparse.Namespace, fmt: OutputFormat,
-                  pick: Callable[[dict], dict], device: str) -> Path:
+def separate_file(model, path: Path, folder: Path, args: argparse.Namespace, fmt: OutputFormat,
+                  pick: Callable[[dict], dict], device: str, bars: SeparationBars) -> Path:
     from .separate import separate
 
-    folder = args.out / path.stem
-    audio, samplerate = read_audio(path)
     expected = [folder / f"{name}.{fmt.extension}" for name in pick({s: None for s in model.sources})]
     existing = [p for p in expected if p.exists()]
     if existing and not args.force:
         raise CommandError(f"{path}: {existing[0]} already exists; use --force to overwrite")
+    audio, samplerate = read_audio(path, report=lambda note: bars.say(f"stemdeck: {note}"))
+    bars.start_file(path, audio.shape[1] / samplerate)
     stems = separate(model, audio, samplerate, overlap=args.overlap, shifts=args.shifts,
-                     segment=args.segment, device=device, progress=sys.stderr.isatty(),
-                     precision=args.precision)
+                     segment=args.segment, device=device, progress=bars.update, precision=args.precision)
     write_stems_atomically(pick(stems), samplerate, folder, fmt)
     return folder
+
+
+def failure_line(path: Path, exc: Exception) -> str:
+    """One line for one file that failed: the expected errors say what to do, the rest their type."""
+    if isinstance(exc, (CommandError, AudioError)):
+        text = str(exc)
+    elif isinstance(exc, MemoryError):
+        text = f"{path}: not enough memory to separate it; try a shorter --segment, or split the file"
+    elif isinstance(exc, (ValueError, CheckpointError)):
+        text = f"{path}: {exc}"
+    else:
+        text = (f"{path}: separation failed ({type(exc).__name__}: {exc}); this is a bug in stemdeck, "
+                "please report it with the file")
+    return " ".join(text.split())  # one line, whatever the message held
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Temporaries of a run that was killed (SIGKILL, power loss) sit hidden in the track folders."""
+    try:
+        folders = [p for p in out.iterdir() if p.is_dir()] if out.is_dir() else []
+    except OSError:
+        return
+    removed = sum(len(remove_stale_partials(folder)) for folder in folders)
+    if removed:
+        say(f"stemdeck: removed {removed} unfinished stem file(s) left by an interrupted run")
+
+
+def unique_inputs(inputs: Sequence[Path]) -> list[Path]:
+    """The inputs, each file once (the same file named twice is separated once, said in one line)."""
+    seen: dict[Path, Path] = {}
+    for path in inputs:
+        key = Path(os.path.realpath(path))
+        if key in seen:
+            say(f"stemdeck: {path} is the same file as {seen[key]}; it is separated once")
+            continue
+        seen[key] = path
+    return list(seen.values())
+
+
+def track_folders(inputs: Sequence[Path], out: Path) -> dict[Path, Path]:
+    """``OUTDIR/<track>`` for each input, a different folder for every input.
+
+    Inputs that share a name (``x/song.wav``, ``y/song.wav``, ``song.flac``) get the name of
+    their folder added (``song-x``, ``song-y``), or a short hash of their path where that is
+    not enough. Compared case-insensitively, as some file systems do.
+    """
+    names = {path: _track_name(path) for path in inputs}
+    for clash in _clashes(names):
+        parents = [path.absolute().parent.name for path in clash]
+        unique_parents = all(parents) and len({p.casefold() for p in parents}) == len(parents)
+        for path, parent in zip(clash, parents):
+            names[path] = f"{names[path]}-{parent}" if unique_parents else _hashed(path, names[path])
+    for clash in _clashes(names):  # a derived name met another input's own name
+        for path in clash:
+            names[path] = _hashed(path, _track_name(path))
+    if _clashes(names):
+        raise CommandError("two inputs would write to the same folder; rename one of them")
+    return {path: out / name for path, name in names.items()}
+
+
+def _track_name(path: Path) -> str:
+    stem = path.stem
+    return stem if stem.strip(".") else path.name.replace(".", "_")  # "..wav" must not climb out
+
+
+def _hashed(path: Path, name: str) -> str:
+    return f"{name}-{hashlib.sha1(os.fsencode(os.path.realpath(path))).hexdigest()[:8]}"
+
+
+def _clashes(names: dict[Path, str]) -> list[list[Path]]:
+    groups: dict[str, list[Path]] = {}
+    for path, name in names.items():
+        groups.setdefault(name.casefold(), []).append(path)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def load_for_separation(name_or_path: str | None):
+    """The model to separate with: the pass-through stand-in, or :func:`load_or_fetch`."""
+    if name_or_path == PASSTHROUGH:
+        from .passthrough import PassThrough
+
+        return _named(PassThrough(), PASSTHROUGH)
+    return load_or_fetch(name_or_path)
+
+
+def check_model_segment(model, segment_s: float | None) -> None:
+    """Refuse a ``--segment`` the model cannot run before any file is read."""
+    from .separate import check_segment
+
+    for sub_model in getattr(model, "models", [model]):
+        check_segment(sub_model, segment_s)
+
+
+class SeparationBars:
+    """tqdm bars on a terminal: one for the file, one overall when there are several files.
+
+    Off a terminal there are no bars, only the one line per file the caller prints.
+    """
+
+    def __init__(self, files: int, enabled: bool):
+        self.files, self.enabled = files, enabled
+        self._done_files = 0
+        self._file_bar = self._total_bar = None
+
+    def __enter__(self) -> SeparationBars:
+        if self.enabled and self.files > 1:
+            from tqdm import tqdm
+
+            self._total_bar = tqdm(total=self.files, desc="all files", unit="file", position=1,
+                                   file=sys.stderr, dynamic_ncols=True,
+                                   bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]")
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._close_file_bar()
+        if self._total_bar is not None:
+            self._total_bar.close()
+
+    def start_file(self, path: Path, seconds: float) -> None:
+        self._close_file_bar()
+        if self.enabled:
+            from tqdm import tqdm
+
+            self._file_bar = tqdm(total=round(seconds, 1), desc=path.name[:40], unit="s", position=0,
+                                  file=sys.stderr, dynamic_ncols=True, leave=False,
+                                  bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s of audio "
+                                             "[{elapsed}<{remaining}]")
+
+    def update(self, fraction: float) -> None:
+        """The separation callback: ``fraction`` of the current file is done."""
+        if self._file_bar is not None:
+            self._file_bar.update(fraction * self._file_bar.total - self._file_bar.n)
+        if self._total_bar is not None:
+            self._total_bar.update(self._done_files + fraction - self._total_bar.n)
+
+    def file_done(self) -> None:
+        self._done_files += 1
+        self._close_file_bar()
+        if self._total_bar is not None:
+            self._total_bar.update(self._done_files - self._total_bar.n)
+
+    def say(self, line: str) -> None:
+        """A line on stderr that does not break the bars."""
+        if self.enabled:
+            from tqdm import tqdm
+
+            tqdm.write(printable(line), file=sys.stderr)
+        else:
+            say(line)
+
+    def _close_file_bar(self) -> None:
+        if self._file_bar is not None:
+            self._file_bar.close()
+            self._file_bar = None
 
 
 def stem_picker(sources: Sequence[str], stems: str | None, two_stems: str | None) -> Callable[[dict], dict]:
@@ -209,16 +440,24 @@ def _named(model, name: str):
 # -- models ---------------------------------------------------------------------------------------
 
 def run_models_list(args: argparse.Namespace) -> int:
-    from .registry import cache_dir, cached_size_bytes, is_cached
+    from .passthrough import PassThrough
+    from .registry import BUNDLED, bundled_path, cache_dir, cached_size_bytes, is_cached
 
     rows = [("NAME", "SOURCES", "FILES", "CACHED", "DESCRIPTION")]
     for spec in REGISTRY.values():
         cached = f"yes ({cached_size_bytes(spec) / 1e6:.0f} MB)" if is_cached(spec) else "no"
         rows.append((spec.name, ",".join(spec.sources), str(len(spec.files)), cached, spec.description))
+    for name, (_, sources, description) in BUNDLED.items():
+        path = bundled_path(name)
+        shipped = f"bundled ({path.stat().st_size / 1e6:.0f} MB)" if path else "missing"
+        rows.append((name, ",".join(sources), "1", shipped, description))
+    rows.append((PASSTHROUGH, ",".join(PassThrough().sources), "0", "built in",
+                 "stand-in whose stems are fixed fractions of the input (checks routing; no separation)"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
-    print(f"\ncache: {cache_dir()}  (also searched: $STEMDECK_MODEL_DIR)")
+    print(f"\ncache: {cache_dir()}  (also searched: $STEMDECK_MODEL_DIR); with no network, copy the "
+          "files there (README: Getting the official weights)")
     return 0
 
 

@@ -3,12 +3,15 @@
 Chunks of one model segment are taken every ``(1 - overlap)`` segment, each padded to the
 length the model runs at with the real audio around it (zeros only past the track's ends),
 and cross-faded with triangular transition weights, as the reference ``apply_model`` does.
+Progress goes to an optional callback (a fraction of the work done, rising to 1), so that the
+library draws nothing: the command line turns it into a bar.
 """
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -20,6 +23,9 @@ from .bandwidth import share_high_band
 from .htdemucs import HTDemucs
 from .precision import autocast, prepare_model
 
+Progress = Callable[[float], None]  # called with the fraction of the work done, rising to 1
+MIN_SEGMENT_S = 0.1  # shorter chunks are all padding and overhead
+
 
 @dataclass(frozen=True)
 class Span:
@@ -29,7 +35,7 @@ class Span:
     start: int
     length: int
 
-    def sub(self, offset: int, length: int) -> "Span":
+    def sub(self, offset: int, length: int) -> Span:
         return Span(self.base, self.start + offset, min(length, self.length - offset))
 
     def padded(self, target_length: int) -> torch.Tensor:
@@ -71,9 +77,9 @@ class ChunkPlan:
 
     @classmethod
     def for_model(cls, model: nn.Module, segment_s: float, overlap: float,
-                  transition_power: float) -> "ChunkPlan":
-        segment_length = int(model.samplerate * segment_s)
-        return cls(segment_length, int((1 - overlap) * segment_length),
+                  transition_power: float) -> ChunkPlan:
+        segment_length = max(1, int(model.samplerate * segment_s))
+        return cls(segment_length, max(1, int((1 - overlap) * segment_length)),
                    transition_weights(segment_length, transition_power))
 
     def offsets(self, length: int) -> range:
@@ -82,26 +88,31 @@ class ChunkPlan:
 
 def apply_model(model: nn.Module, mix: torch.Tensor, *, overlap: float = 0.25, shifts: int = 0,
                 segment: float | None = None, transition_power: float = 1.0,
-                device: torch.device | str | None = None, progress: bool = False,
+                device: torch.device | str | None = None, progress: Progress | None = None,
                 seed: int | None = None, precision: str = "auto") -> torch.Tensor:
     """Separate ``(B, C, T)`` into ``(B, S, C, T)`` with chunking, overlap-add and shifts.
 
     Mirrors the reference's numbers (with ``precision="fp32"``; ``"auto"`` uses bfloat16 where
     the hardware runs it natively, see :mod:`models.precision`). ``shifts`` randomly offsets the
     input by up to half a second and averages (seeded by ``seed`` for repeatable runs).
+    ``progress`` is called after every chunk with the fraction of the whole work done.
     """
     if transition_power < 1:
         raise ValueError("transition_power must be >= 1")
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if shifts < 0:
+        raise ValueError(f"shifts must be >= 0, got {shifts}")
+    progress = _callback(progress)
     device = torch.device(device) if device is not None else mix.device
     if isinstance(model, BagOfModels):
         weights = model.source_weights()
         out = torch.zeros(mix.shape[0], len(model.sources), *mix.shape[1:])
-        for sub_model, sub_weights in zip(model.models, weights):
+        for index, (sub_model, sub_weights) in enumerate(zip(model.models, weights)):
             stems = apply_model(sub_model, mix, overlap=overlap, shifts=shifts, segment=segment,
                                 transition_power=transition_power, device=device,
-                                progress=progress, seed=seed, precision=precision)
+                                progress=_part(progress, index, len(model.models)), seed=seed,
+                                precision=precision)
             out += stems * sub_weights[None, :, None, None]
         return out
     model = prepare_model(model.to(device).eval(), precision, device)
@@ -118,27 +129,43 @@ def _apply_shifted(model, mix, shifts, rng, overlap, segment, transition_power, 
     length = mix.shape[-1]
     padded = F.pad(mix, (max_shift, max_shift))
     out = 0
-    for _ in range(shifts):
+    for index in range(shifts):
         offset = rng.randint(0, max_shift)
         span = Span(padded, offset, length + max_shift - offset)
-        stems = _apply_chunked(model, span, overlap, segment, transition_power, device, progress)
+        stems = _apply_chunked(model, span, overlap, segment, transition_power, device,
+                               _part(progress, index, shifts))
         out = out + stems[..., max_shift - offset :]
     return out / shifts
 
 
 def _apply_chunked(model: nn.Module, span: Span, overlap: float, segment: float | None,
-                   transition_power: float, device: torch.device, progress: bool) -> torch.Tensor:
-    segment_s = float(segment if segment is not None else model.segment)
+                   transition_power: float, device: torch.device, progress: Progress | None) -> torch.Tensor:
+    segment_s = check_segment(model, segment)
     plan = ChunkPlan.for_model(model, segment_s, overlap, transition_power)
     batch, channels = span.base.shape[:2]
     out = torch.zeros(batch, len(model.sources), channels, span.length)
     weight_sum = torch.zeros(span.length)
-    for offset, stems in _progress(_run_chunks(model, span, plan, segment, device), progress,
-                                   len(plan.offsets(span.length)), plan.stride / model.samplerate):
+    chunks = len(plan.offsets(span.length))
+    for done, (offset, stems) in enumerate(_run_chunks(model, span, plan, segment, device), 1):
         chunk_weights = plan.weights[: stems.shape[-1]]
         out[..., offset : offset + stems.shape[-1]].addcmul_(stems.cpu(), chunk_weights)
         weight_sum[offset : offset + stems.shape[-1]] += chunk_weights
+        if progress is not None:
+            progress(done / chunks)
+    if progress is not None and chunks == 0:
+        progress(1.0)
     return out.div_(weight_sum)
+
+
+def check_segment(model: nn.Module, segment: float | None) -> float:
+    """The chunk length in seconds: positive, finite, and no longer than an HT Demucs was trained on."""
+    segment_s = float(segment if segment is not None else model.segment)
+    if not math.isfinite(segment_s) or segment_s < MIN_SEGMENT_S:
+        raise ValueError(f"segment must be at least {MIN_SEGMENT_S:g} s, got {segment}")
+    if isinstance(model, HTDemucs) and model.use_train_segment and segment_s > float(model.segment):
+        raise ValueError(f"segment {segment_s:g} s is longer than the {float(model.segment):g} s this "
+                         "HT Demucs was trained on; give a shorter one")
+    return segment_s
 
 
 def _run_chunks(model: nn.Module, span: Span, plan: ChunkPlan, segment: float | None,
@@ -150,20 +177,26 @@ def _run_chunks(model: nn.Module, span: Span, plan: ChunkPlan, segment: float | 
         yield offset, center_trim(stems, chunk.length).float()
 
 
-def _progress(items, enabled: bool, total: int, seconds_per_item: float):
-    if not enabled:
-        return items
-    from tqdm import tqdm
+def _callback(progress) -> Progress | None:
+    if progress is None or progress is False:
+        return None
+    if not callable(progress):
+        raise TypeError("progress must be a callable taking the fraction done, or None")
+    return progress
 
-    return tqdm(items, total=total, unit="s", unit_scale=round(seconds_per_item, 2), ncols=100,
-                desc="separating", leave=False)
+
+def _part(progress: Progress | None, index: int, count: int) -> Progress | None:
+    """The callback for part ``index`` of ``count`` equal parts of the work."""
+    if progress is None:
+        return None
+    return lambda fraction: progress((index + fraction) / count)
 
 
 # -- numpy API -----------------------------------------------------------------------------------
 
 def separate(model: nn.Module, audio: np.ndarray, samplerate: int, *, overlap: float = 0.25,
              shifts: int = 0, segment: float | None = None, device: str | None = None,
-             progress: bool = False, seed: int | None = None,
+             progress: Progress | None = None, seed: int | None = None,
              precision: str = "auto", normalise: bool = True, share_band: bool = True) -> dict[str, np.ndarray]:
     """Split ``audio`` ``(channels, frames)`` into stems, each ``(channels, frames)`` at ``samplerate``.
 
@@ -171,9 +204,14 @@ def separate(model: nn.Module, audio: np.ndarray, samplerate: int, *, overlap: f
     the stems back, sharing the band above the model's Nyquist among them (models.bandwidth;
     ``share_band=False`` leaves it out). The input is normalised by the mono mix's mean and
     standard deviation, as the reference does, and the stems scaled back (``normalise=False``
-    feeds it as training does).
+    feeds it as training does); a silent, constant or one-frame input has deviation 0 (+1e-8).
+    Non-finite samples (NaN, infinity) are treated as silence. ``progress`` is called with the
+    fraction of the work done (see :func:`apply_model`).
     """
+    progress = _callback(progress)
     audio = np.asarray(audio, dtype=np.float32)
+    if not np.all(np.isfinite(audio)):
+        audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
     if audio.ndim != 2:
         raise ValueError(f"audio must be (channels, frames), got shape {audio.shape}")
     channels, frames = audio.shape
@@ -181,10 +219,11 @@ def separate(model: nn.Module, audio: np.ndarray, samplerate: int, *, overlap: f
         raise ValueError(f"audio must be (channels, frames) with 1 or 2 channels, got shape "
                          f"{audio.shape}; transpose (frames, channels) arrays, downmix others")
     if frames == 0:
+        if progress is not None:
+            progress(1.0)
         return {name: np.zeros((channels, 0), np.float32) for name in model.sources}
     mix = torch.from_numpy(match_channels(resample(audio, samplerate, model.samplerate), model.audio_channels))
-    mono = mix.mean(0)
-    mean, std = (mono.mean(), mono.std() + 1e-8) if normalise else (torch.tensor(0.0), torch.tensor(1.0))
+    mean, std = normalisation(mix.numpy()) if normalise else (0.0, 1.0)
     stems = apply_model(model, ((mix - mean) / std)[None], overlap=overlap, shifts=shifts,
                         segment=segment, device=device, progress=progress, seed=seed,
                         precision=precision)[0]
@@ -195,6 +234,19 @@ def separate(model: nn.Module, audio: np.ndarray, samplerate: int, *, overlap: f
     if share_band:
         stems = share_high_band(audio, stems, samplerate, model.samplerate)
     return dict(zip(model.sources, stems))
+
+
+def normalisation(mix: np.ndarray) -> tuple[float, float]:
+    """Mean and deviation (+1e-8, as the reference) of the ``(C, T)`` mix's mono sum.
+
+    Computed in float64, so loud float files do not overflow; fewer than two frames have no
+    deviation: 0.
+    """
+    mono = mix.astype(np.float64).mean(axis=0)
+    if mono.size == 0:
+        return 0.0, 1.0
+    deviation = float(mono.std(ddof=1)) if mono.size > 1 else 0.0
+    return float(mono.mean()), deviation + 1e-8
 
 
 def match_channels(audio: np.ndarray, channels: int) -> np.ndarray:

@@ -87,6 +87,7 @@ def test_resampled_mono_input_comes_back_at_its_rate(tmp_path, tiny_checkpoint):
     (lambda d: d, "is a directory"),
     (lambda d: d / "seven.wav", "has 7 channels"),
     (lambda d: d / "cut.wav", "is truncated"),
+    (lambda d: d / "cut.flac", "cut.flac is damaged or truncated"),
 ])
 def test_bad_inputs_exit_nonzero_with_one_line_and_no_traceback(tmp_path, tiny_checkpoint, make_input, message):
     (tmp_path / "empty.wav").write_bytes(b"")
@@ -94,6 +95,9 @@ def test_bad_inputs_exit_nonzero_with_one_line_and_no_traceback(tmp_path, tiny_c
     write_tone(tmp_path / "cut.wav")
     data = (tmp_path / "cut.wav").read_bytes()
     (tmp_path / "cut.wav").write_bytes(data[: len(data) // 3])
+    write_tone(tmp_path / "cut.flac")
+    data = (tmp_path / "cut.flac").read_bytes()
+    (tmp_path / "cut.flac").write_bytes(data[: len(data) // 2])
     result = run_cli("separate", make_input(tmp_path), "-o", tmp_path / "out", "--model", tiny_checkpoint)
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
@@ -146,3 +150,169 @@ def test_demo_song_is_written(tmp_path):
     audio, samplerate = sf.read(str(tmp_path / "demo.wav"))
     assert audio.shape == (88200, 2) and samplerate == 44100
     assert 0.1 < np.abs(audio).max() <= 1.0
+
+
+# -- hostile input, batches and leftovers (issue 11 items 4-7) --------------------------------------
+
+def _float_wav(path, frames=22050, bad=None, index=100):
+    audio = np.random.default_rng(2).standard_normal((frames, 2)).astype(np.float32) * 0.1
+    if bad is not None:
+        audio[index, 0] = bad
+    sf.write(str(path), audio, 44100, subtype="FLOAT")
+    return path
+
+
+def _stems(folder):
+    return {p.name: sf.read(str(p))[0] for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("kind,fmt", [("nan", "flac"), ("inf", "wav"), ("one-frame", "wav"), ("silent", "flac")])
+def test_non_finite_tiny_and_silent_files_give_finished_finite_stems(tmp_path, tiny_checkpoint, capsys, kind, fmt):
+    path = tmp_path / f"{kind}.wav"
+    if kind in ("nan", "inf"):
+        _float_wav(path, bad=np.nan if kind == "nan" else np.inf)
+    else:
+        sf.write(str(path), np.zeros((22050, 2)) if kind == "silent" else np.full((1, 2), 0.3), 44100)
+    out = tmp_path / "out"
+    assert main(["separate", str(path), "-o", str(out), "--model", str(tiny_checkpoint), "--format", fmt]) == 0
+    err = capsys.readouterr().err
+    stems = _stems(out / kind)
+    assert sorted(stems) == [f"{s}.{fmt}" for s in ("bass", "drums", "other", "vocals")]
+    assert all(np.all(np.isfinite(audio)) and np.abs(audio).max() < 1 for audio in stems.values())
+    said = [line for line in err.splitlines() if "read as silence" in line]
+    assert len(said) == (1 if kind in ("nan", "inf") else 0)
+    if kind in ("nan", "inf"):
+        assert said[0] == f"stemdeck: {path}: 1 non-finite sample(s) (NaN or infinity) read as silence"
+        assert all(audio.std() > 1e-3 for audio in stems.values())  # music, not a constant
+    assert "separated 1 of 1 file(s)" in err
+
+
+def test_inputs_with_one_name_get_their_own_folders(tmp_path, capsys):
+    sine = np.sin(2 * np.pi * 441 * np.arange(4410) / 44100)
+    for folder, level in (("x", 0.1), ("y", 0.4)):
+        (tmp_path / folder).mkdir()
+        sf.write(str(tmp_path / folder / "song.wav"), level * sine, 44100, subtype="FLOAT")
+    sf.write(str(tmp_path / "x" / "song.flac"), 0.2 * sine, 44100)
+    inputs = [tmp_path / "x" / "song.wav", tmp_path / "y" / "song.wav", tmp_path / "x" / "song.flac"]
+    out = tmp_path / "out"
+    code = main(["separate", *map(str, inputs), str(inputs[0]), "-o", str(out), "--model", "passthrough", "--force"])
+    err = capsys.readouterr().err
+    assert code == 0 and "separated 3 of 3 file(s)" in err
+    assert f"{inputs[0]} is the same file as {inputs[0]}; it is separated once" in err
+    folders = sorted(p.name for p in out.iterdir())
+    assert len(folders) == 3 and all(name.startswith("song-") for name in folders)
+    peaks = sorted(round(float(np.abs(sf.read(str(out / f / "vocals.wav"))[0]).max()), 3) for f in folders)
+    assert peaks == [0.04, 0.08, 0.16]  # 0.4 of each input: nothing overwritten
+
+
+def test_track_folders_are_distinct_and_stay_inside_the_output(tmp_path):
+    from models.cli import track_folders
+    names = ["a/song.wav", "b/song.wav", "a/Song.flac", "song-a.wav", "..wav", "...wav", "c/d/track.mp3"]
+    folders = track_folders([tmp_path / n for n in names], tmp_path / "out")
+    assert len({str(f).casefold() for f in folders.values()}) == len(names)
+    assert all(f.parent == tmp_path / "out" and f.name not in (".", "..") for f in folders.values())
+    assert folders[tmp_path / "c/d/track.mp3"].name == "track"
+
+
+def test_one_failing_file_never_ends_the_batch(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    import importlib
+    separate_module = importlib.import_module("models.separate")
+    one_hz = tmp_path / "one_hz.wav"
+    sf.write(str(one_hz), np.zeros((5, 2)), 1)
+    odd_name = tmp_path / os.fsdecode(b"odd \xff name.wav")
+    sf.write(os.fsencode(odd_name), np.full((4410, 2), 0.1, np.float32), 44100)
+    crash, good = tmp_path / "crash.wav", tmp_path / "good.wav"
+    write_tone(crash, seconds=0.3)
+    write_tone(good, seconds=0.2)
+    original = separate_module.separate
+
+    def crash_on_one(model, audio, *args, **kwargs):
+        if audio.shape[1] == 13230:  # crash.wav: an error of a kind no one expected
+            raise ZeroDivisionError("float division by zero")
+        return original(model, audio, *args, **kwargs)
+    monkeypatch.setattr(separate_module, "separate", crash_on_one)
+    out = tmp_path / "out"
+    code = main(["separate", str(one_hz), str(crash), str(odd_name), str(good), "-o", str(out),
+                 "--model", str(tiny_checkpoint), "--format", "flac"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 1
+    assert err[-1] == "separated 2 of 4 file(s)"
+    failures = [line for line in err if line.startswith("stemdeck: ") and "->" not in line]
+    assert len(failures) == 2
+    assert "one_hz.wav declares a sample rate of 1 Hz" in failures[0]
+    assert "crash.wav: separation failed (ZeroDivisionError: float division by zero)" in failures[1]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["good", odd_name.stem])
+    assert len(list((out / odd_name.stem).iterdir())) == 4
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--segment", "0", "between 0.5 and 600 seconds"), ("--segment", "-1", "between 0.5 and 600 seconds"),
+    ("--segment", "nan", "not a finite number"), ("--segment", "inf", "not a finite number"),
+    ("--segment", "1e9", "between 0.5 and 600 seconds"), ("--segment", "0.001", "between 0.5 and 600 seconds"),
+    ("--overlap", "1", "between 0 and 0.95"), ("--overlap", "-0.1", "between 0 and 0.95"),
+    ("--overlap", "nan", "not a finite number"), ("--shifts", "-1", "between 0 and 20"),
+    ("--shifts", "1000", "between 0 and 20"), ("--shifts", "1.5", "not a whole number"),
+])
+def test_impossible_numbers_are_refused_up_front(tmp_path, song, capsys, option, value, message):
+    with pytest.raises(SystemExit) as info:
+        main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", "passthrough", f"{option}={value}"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and option in errors[0] and message in errors[0]
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_a_segment_longer_than_training_is_one_line(tmp_path, song, tiny_checkpoint, capsys):
+    code = main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", str(tiny_checkpoint),
+                 "--segment", "3"])
+    err = capsys.readouterr().err
+    assert code == 1 and "error: segment 3 s is longer than the 2 s this HT Demucs was trained on" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_removes_what_a_killed_run_left(tmp_path, song, capsys):
+    leftover = tmp_path / "out" / "other-track" / ".vocals.k2j3h4.wav.partial"  # no owner named: stale
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"RIFF")
+    assert main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", "passthrough"]) == 0
+    assert not leftover.exists()
+    assert "removed 1 unfinished stem file(s) left by an interrupted run" in capsys.readouterr().err
+    assert not list((tmp_path / "out").rglob("*.partial"))
+
+
+def test_passthrough_stems_are_its_fractions_of_the_input(tmp_path, song):
+    out = tmp_path / "out"
+    assert main(["separate", str(song), "-o", str(out), "--model", "passthrough", "--bits", "32f"]) == 0
+    mix, _ = sf.read(str(song), dtype="float64")
+    mean = mix.mean()  # the normalisation's mean is added back to every stem, as the reference does
+    for name, fraction in zip(("drums", "bass", "other", "vocals"), (0.1, 0.2, 0.3, 0.4)):
+        stem, _ = sf.read(str(out / "song" / f"{name}.wav"), dtype="float64")
+        assert np.abs(stem - (fraction * (mix - mean) + mean)).max() < 1e-6
+
+
+# -- progress (issue 10 item 7) ----------------------------------------------------------------------
+
+def test_no_bars_off_a_terminal_only_one_line_per_file(tmp_path, song, capsys):
+    assert main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", "passthrough"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "%|" not in err
+    assert err.splitlines()[-2:] == [f"{song} -> {tmp_path / 'out' / 'song'}", "separated 1 of 1 file(s)"]
+
+
+def test_bars_on_a_terminal_show_the_file_and_the_batch(capsys):
+    from pathlib import Path
+
+    from models.cli import SeparationBars
+    with SeparationBars(2, enabled=True) as bars:
+        bars.start_file(Path("first.wav"), 10.0)
+        bars.update(0.5)
+        bars.say("first.wav -> out/first")
+        bars.file_done()
+        bars.start_file(Path("second.wav"), 4.0)
+        bars.update(1.0)
+        bars.file_done()
+    err = capsys.readouterr().err
+    assert "first.wav" in err and "5.0/10.0 s of audio" in err
+    assert "all files" in err and "0.5/2" in err and "2.0/2" in err
+    assert "first.wav -> out/first\n" in err

@@ -117,3 +117,172 @@ def test_invalid_format_combinations():
         OutputFormat("flac", "32f")
     with pytest.raises(ValueError, match="unknown format"):
         OutputFormat("aiff")
+
+
+# -- hostile and damaged input (issue 11 items 2, 4, 6; issue 10 item 6) ---------------------------
+
+def _refuse_reads(monkeypatch):
+    """Fail the test if the audio itself is read: the header alone must decide."""
+    def no_read(*args, **kwargs):
+        raise AssertionError("the audio was read before the header was checked")
+    monkeypatch.setattr(sf, "read", no_read)
+
+
+@pytest.mark.parametrize("samplerate", [1, 7999, 384001])
+def test_sample_rates_outside_8_to_384_khz_are_refused_from_the_header(tmp_path, monkeypatch, samplerate):
+    path = tmp_path / "odd.wav"
+    sf.write(str(path), np.zeros((5, 2), np.float32), samplerate)
+    _refuse_reads(monkeypatch)
+    with pytest.raises(AudioError, match=f"declares a sample rate of {samplerate} Hz; stemdeck reads 8-384 kHz"):
+        read_audio(path)
+
+
+@pytest.mark.parametrize("samplerate", [8000, 384000])
+def test_the_edges_of_the_sample_rate_range_are_read(tmp_path, samplerate):
+    sf.write(str(tmp_path / "edge.wav"), np.full((10, 1), 0.25, np.float32), samplerate)
+    audio, rate = read_audio(tmp_path / "edge.wav")
+    assert rate == samplerate and audio.shape == (1, 10)
+
+
+def test_channel_count_is_refused_from_the_header(tmp_path, monkeypatch):
+    sf.write(str(tmp_path / "7.wav"), np.zeros((100, 7), np.float32), 44100)
+    _refuse_reads(monkeypatch)
+    with pytest.raises(AudioError, match="has 7 channels; stemdeck separates mono or stereo: downmix"):
+        read_audio(tmp_path / "7.wav")
+
+
+def test_non_finite_samples_are_read_as_silence_and_said_once(tmp_path):
+    data = np.full((1000, 2), 0.5, np.float32)
+    data[10, 0], data[20, 1], data[30, 0] = np.nan, np.inf, -np.inf
+    sf.write(str(tmp_path / "bad.wav"), data, 44100, subtype="FLOAT")
+    notes = []
+    audio, _ = read_audio(tmp_path / "bad.wav", report=notes.append)
+    assert np.all(np.isfinite(audio))
+    assert audio[0, 10] == audio[1, 20] == audio[0, 30] == 0.0
+    assert np.count_nonzero(audio == 0.5) == 2000 - 3
+    assert len(notes) == 1 and "3 non-finite sample(s) (NaN or infinity) read as silence" in notes[0]
+
+
+def test_a_clean_file_reports_nothing(tmp_path):
+    write_tone(tmp_path / "ok.wav", seconds=0.1)
+    notes = []
+    read_audio(tmp_path / "ok.wav", report=notes.append)
+    assert notes == []
+
+
+def test_truncated_flac_is_called_damaged_not_unreadable(tmp_path):
+    path = tmp_path / "t.flac"
+    write_tone(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError) as info:
+        read_audio(path)
+    message = str(info.value)
+    assert "t.flac is damaged or truncated" in message and "re-export or re-download it" in message
+    assert "convert it" not in message and "\n" not in message
+
+
+def test_truncated_mp3_is_called_truncated(tmp_path):
+    path = tmp_path / "t.mp3"
+    write_tone(path, format="MP3")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match=r"t\.mp3 (is truncated|is damaged or truncated)") as info:
+        read_audio(path)
+    assert "convert it" not in str(info.value)
+
+
+def test_file_names_that_are_not_utf8_are_read(tmp_path):
+    path = tmp_path / os.fsdecode(b"caf\xe9 \xff.wav")  # Latin-1 bytes: not valid UTF-8
+    sf.write(os.fsencode(path), np.full((4410, 2), 0.25, np.float32), 44100)
+    audio, rate = read_audio(path)
+    assert audio.shape == (2, 4410) and rate == 44100
+    written = write_stems_atomically({"vocals": audio}, rate, tmp_path / path.stem, OutputFormat())
+    assert sf.info(os.fsencode(written[0])).frames == 4410
+
+
+@pytest.mark.parametrize("name", ["../escaped", "a/b", "", ".hidden", "x" * 65, "vocals\n", "bass.wav"])
+def test_stem_names_that_are_not_identifiers_are_refused(tmp_path, name):
+    folder = tmp_path / "out" / "song"
+    with pytest.raises(AudioError, match="is not a short identifier"):
+        write_stems_atomically({"vocals": np.zeros((1, 10), np.float32), name: np.zeros((1, 10), np.float32)},
+                               44100, folder, OutputFormat())
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []
+
+
+@pytest.mark.parametrize("fmt", [OutputFormat("wav", "24"), OutputFormat("flac", "16"), OutputFormat("wav", "32f")])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_stems_are_never_written(tmp_path, fmt, bad):
+    stems = {"vocals": np.zeros((2, 100), np.float32), "bass": np.zeros((2, 100), np.float32)}
+    stems["bass"][1, 50] = bad
+    with pytest.raises(AudioError, match="stem bass .* has non-finite samples .* nothing written"):
+        write_stems_atomically(stems, 44100, tmp_path / "song", fmt)
+    assert not (tmp_path / "song").exists() or os.listdir(tmp_path / "song") == []
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_finished_stems_follow_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        written = write_stems_atomically({"vocals": np.zeros((1, 10), np.float32)}, 44100,
+                                         tmp_path / "song", OutputFormat())
+    finally:
+        os.umask(old)
+    assert written[0].stat().st_mode & 0o777 == mode
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid  # reaped: no process has it now (a reuse within the test is vanishingly rare)
+
+
+def test_stale_partials_are_removed_by_the_next_write(tmp_path):
+    folder = tmp_path / "song"
+    folder.mkdir()
+    stale = [folder / f".vocals.{_dead_pid()}.0a1b2c3d.wav.partial", folder / ".bass.k2j3h4.wav.partial"]
+    live = folder / f".drums.{os.getpid()}.0a1b2c3d.wav.partial"  # a write in progress: kept
+    for path in (*stale, live):
+        path.write_bytes(b"RIFF half a stem")
+    write_stems_atomically({"vocals": np.zeros((1, 10), np.float32)}, 44100, folder, OutputFormat())
+    assert sorted(p.name for p in folder.iterdir()) == sorted([live.name, "vocals.wav"])
+
+
+KILLED_WRITER = r"""
+import os, sys, time
+import numpy as np, soundfile as sf
+from pathlib import Path
+from models.audio import OutputFormat, write_stems_atomically
+
+original = sf.write
+def write_then_hang(path, *args, **kwargs):
+    original(path, *args, **kwargs)
+    if Path(os.fsdecode(path)).name.startswith(".bass."):  # the second stem: the first is complete
+        Path(sys.argv[2]).write_text("ready")
+        time.sleep(60)
+sf.write = write_then_hang
+stems = {name: np.full((2, 44100), 0.1, np.float32) for name in ("vocals", "bass", "drums")}
+write_stems_atomically(stems, 44100, Path(sys.argv[1]), OutputFormat())
+"""
+
+
+def test_a_killed_write_leaves_no_finished_looking_file_and_the_next_cleans_up(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    folder, ready = tmp_path / "song", tmp_path / "ready"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(folder), str(ready)],
+                             cwd=os.path.dirname(os.path.dirname(__file__)))
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    assert ready.exists(), "the writer never reached its second stem"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    left = sorted(p.name for p in folder.iterdir())
+    assert len(left) == 2 and all(name.startswith(".") and name.endswith(".wav.partial") for name in left)
+    write_stems_atomically({"other": np.zeros((1, 10), np.float32)}, 44100, folder, OutputFormat())
+    assert sorted(p.name for p in folder.iterdir()) == ["other.wav"]

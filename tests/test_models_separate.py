@@ -1,4 +1,6 @@
 """Chunked separation against the reference ``apply_model`` and the numpy API's contract."""
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -128,3 +130,97 @@ def test_bf16_precision_stays_close_to_fp32(tiny_model):
 def test_unknown_precision_is_refused(tiny_model):
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         apply_model(tiny_model, torch.zeros(1, 2, 100), precision="fp8")
+
+
+# -- hostile input (issue 11 item 4) and progress (issue 10 item 7) ---------------------------------
+
+def _with(frames, index, value, channels=2):
+    audio = np.random.default_rng(3).standard_normal((channels, frames)).astype(np.float32) * 0.1
+    audio[0, index] = value
+    return audio
+
+
+@pytest.mark.parametrize("audio", [
+    _with(22050, 100, np.nan), _with(22050, 0, np.inf), _with(22050, -1, -np.inf),
+    np.full((2, 1), 0.3, np.float32), np.full((1, 2), -0.2, np.float32),
+    np.zeros((2, 22050), np.float32), np.full((2, 5000), 0.25, np.float32),
+    np.full((1, 3000), 1e30, np.float32),
+], ids=["nan", "inf", "minus-inf", "one-frame", "two-frames", "silent", "constant", "huge"])
+def test_stems_are_finite_whatever_the_input(tiny_model, audio):
+    stems = separate(tiny_model, audio, 44100, precision="fp32")
+    for name, stem in stems.items():
+        assert stem.shape == audio.shape and stem.dtype == np.float32
+        assert np.all(np.isfinite(stem)), name
+
+
+def test_a_nan_sample_is_separated_as_silence(tiny_model):
+    """Not a constant -1: the stems equal those of the same audio with a zero there."""
+    audio = _with(44100, 500, np.nan)
+    zeroed = audio.copy()
+    zeroed[0, 500] = 0.0
+    got, expected = (separate(tiny_model, a, 44100, precision="fp32") for a in (audio, zeroed))
+    for name in tiny_model.sources:
+        assert np.abs(got[name] - expected[name]).max() < 1e-6
+        assert got[name].std() > 1e-3
+
+
+def test_silence_gives_silent_stems(tiny_model):
+    stems = separate(tiny_model, np.zeros((2, 22050), np.float32), 44100, precision="fp32")
+    assert max(float(np.abs(s).max()) for s in stems.values()) < 1e-6
+
+
+def test_normalisation_of_short_and_silent_mixes():
+    from models.separate import normalisation
+    assert normalisation(np.full((2, 1), 0.5, np.float32)) == (0.5, 1e-8)
+    assert normalisation(np.zeros((1, 100), np.float32)) == (0.0, 1e-8)
+    assert normalisation(np.zeros((2, 0), np.float32)) == (0.0, 1.0)
+    mean, std = normalisation(np.array([[3e38, -3e38, 3e38, -3e38]], np.float32))
+    assert mean == pytest.approx(0.0, abs=1e25) and np.isfinite(std) and std > 3e38
+
+
+def _fractions(model, frames, **kwargs):
+    seen = []
+    separate(model, np.random.default_rng(0).standard_normal((2, frames)).astype(np.float32) * 0.1,
+             44100, progress=seen.append, precision="fp32", **kwargs)
+    return seen
+
+
+@pytest.fixture
+def two_second_model():
+    """Chunks are counted, not listened to: the pass-through runs them without inference time."""
+    from models.passthrough import PassThrough
+    return PassThrough(segment=2.0)
+
+
+@pytest.mark.parametrize("kwargs,calls", [({}, 4), ({"shifts": 2}, 2 * 4), ({"overlap": 0.5}, 5)])
+def test_progress_rises_to_one_once_per_chunk(two_second_model, kwargs, calls):
+    """5 s in 2 s chunks every 1.5 s: 4 chunks (per shift); at overlap 0.5, every 1 s: 5."""
+    seen = _fractions(two_second_model, 5 * 44100, **kwargs)
+    assert len(seen) == calls
+    assert all(0 < a < b for a, b in itertools.pairwise(seen))
+    assert seen[-1] == 1.0
+
+
+def test_progress_of_a_bag_covers_every_model(two_second_model):
+    bag = BagOfModels([two_second_model, two_second_model], [[1, 1, 1, 1], [1, 1, 1, 1]])
+    seen = _fractions(bag, 3 * 44100)
+    assert seen == [0.25, 0.5, 0.75, 1.0]  # two chunks per model
+
+
+def test_progress_with_the_real_model(tiny_model):
+    assert _fractions(tiny_model, 44100) == [1.0]
+
+
+def test_progress_must_be_a_callable(tiny_model):
+    with pytest.raises(TypeError, match="progress must be a callable"):
+        separate(tiny_model, np.zeros((2, 100), np.float32), 44100, progress=True)
+
+
+@pytest.mark.parametrize("segment,message", [
+    (float("nan"), "at least 0.1 s"), (0.0, "at least 0.1 s"), (-1.0, "at least 0.1 s"),
+    (float("inf"), "at least 0.1 s"), (1e-5, "at least 0.1 s"),
+    (2.5, "segment 2.5 s is longer than the 2 s this HT Demucs was trained on"),
+])
+def test_impossible_segments_are_refused(tiny_model, segment, message):
+    with pytest.raises(ValueError, match=message):
+        separate(tiny_model, np.zeros((2, 1000), np.float32), 44100, segment=segment)

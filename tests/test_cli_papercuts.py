@@ -1,0 +1,86 @@
+"""Command-line papercuts a new user meets first (issue 10 item 6): models list, `| head`, offline hints."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import write_tone
+from models.cli import EXIT_BROKEN_PIPE, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_models_list_shows_every_name_separate_accepts(capsys):
+    assert main(["models", "list"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert {"htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi", "tiny", "passthrough"} <= set(rows)
+    assert "drums,bass,other,vocals" in rows["tiny"] and "bundled (" in rows["tiny"]
+    assert "built in" in rows["passthrough"] and "fixed fractions of the input" in rows["passthrough"]
+
+
+@pytest.mark.parametrize("name", ["tiny", "passthrough"])
+def test_the_listed_local_models_separate(tmp_path, capsys, name):
+    song = tmp_path / "short.wav"
+    write_tone(song, seconds=0.5)
+    assert main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", name]) == 0
+    assert f"model {name}: drums, bass, other, vocals" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out" / "short").iterdir()) == [
+        "bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+
+
+@pytest.mark.parametrize("command", [["midi", "show"], ["models", "list"]])
+def test_a_reader_that_has_gone_ends_the_command_quietly(tmp_path, command):
+    """`stemdeck midi show | head -1`: head exits after its line; stemdeck must not print a traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written: every write fails with EPIPE
+    try:
+        result = subprocess.run([sys.executable, "-m", "engine.cli", *command], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120,
+                                env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)})
+    finally:
+        os.close(write_end)
+    assert result.returncode == EXIT_BROKEN_PIPE
+    assert result.stderr == ""
+
+
+def test_head_takes_its_line_and_nothing_else_is_said(tmp_path):
+    result = subprocess.run(f"'{sys.executable}' -m engine.cli midi show | head -1", shell=True,
+                            capture_output=True, text=True, cwd=ROOT, timeout=120,
+                            env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)})
+    assert result.returncode == 0 and result.stdout.startswith("mapping: ") and result.stdout.count("\n") == 1
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def test_the_offline_fallback_says_where_to_put_the_weights(tmp_path, capsys, monkeypatch):
+    """No network (the fixture points downloads at a missing folder): which file, and where it goes."""
+    from models.registry import cache_dir
+    song = tmp_path / "short.wav"
+    write_tone(song, seconds=0.5)
+    assert main(["separate", str(song), "-o", str(tmp_path / "out")]) == 0
+    fallback = [line for line in capsys.readouterr().err.splitlines() if "using the bundled tiny model" in line]
+    assert len(fallback) == 1
+    assert "955717e8-8726e21a.th" in fallback[0] and "$STEMDECK_MODEL_DIR" in fallback[0]
+    assert str(cache_dir()) in fallback[0] and "models fetch" not in fallback[0]
+
+
+def test_models_list_says_where_weights_go_without_network(capsys):
+    from models.registry import cache_dir
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"cache: {cache_dir()}" in out and "$STEMDECK_MODEL_DIR" in out
+    assert "README: Getting the official weights" in out
+
+
+def test_truncated_flac_is_not_told_to_convert_it(tmp_path, capsys):
+    path = tmp_path / "cut.flac"
+    sf.write(str(path), np.random.default_rng(0).standard_normal((44100, 2)) * 0.1, 44100)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert main(["separate", str(path), "-o", str(tmp_path / "out"), "--model", "passthrough"]) == 1
+    err = capsys.readouterr().err
+    assert f"stemdeck: {path} is damaged or truncated: decoding failed" in err
+    assert "convert it" not in err
