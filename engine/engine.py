@@ -424,7 +424,8 @@ class Engine:
         return self._stream is not None and bool(self._stream.active)
 
     def stop_output(self) -> None:
-        """Close the sound device and keep the session (the deck's track, its stems, the worker)."""
+        """Stop playing and keep the session (the deck's track, its stems, the worker). sounddevice's
+        stream is closed; on JACK the client and its ports stay (silent), with their connections."""
         stream, self._stream = self._stream, None
         if stream is not None:
             try:
