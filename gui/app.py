@@ -9,6 +9,9 @@ from pathlib import Path
 
 SCREENSHOT_BLOCKS = 400  # ≈ 2.3 s of audio at 256 frames: the meters have moved
 BLOCK_FRAMES = 256
+# The audio callback runs Python and needs the GIL every block (5.8 ms at 256 frames at 44.1 kHz);
+# with Python's default 5 ms switch interval a busy GUI thread can keep it waiting a whole block.
+GIL_SWITCH_S = 0.0005
 
 
 def add_gui_command(commands, add_model_options, add_midi_options) -> None:
@@ -32,6 +35,7 @@ def run_gui(args: argparse.Namespace) -> int:
                              or os.environ.get("QT_QPA_PLATFORM")):
         raise ValueError("no display to open the mixer on; run it on a desktop, or render it with "
                          "`stemdeck gui --demo --screenshot mixer.png`")
+    sys.setswitchinterval(GIL_SWITCH_S)
     from PyQt6.QtCore import QSettings, QTimer
     from PyQt6.QtWidgets import QApplication
 

@@ -5,17 +5,18 @@ import math
 from collections import deque
 
 import numpy as np
-from PyQt6.QtCore import QPointF, QRectF, Qt, pyqtSignal
+from PyQt6.QtCore import QLineF, QPointF, QRectF, Qt, pyqtSignal
 from PyQt6.QtGui import QColor, QPainter, QPen
 from PyQt6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
 
-from .theme import DIM_TEXT, PANEL, TEXT
+from .theme import ACCENT, DIM_TEXT, PANEL, TEXT
 
 METER_FLOOR_DB = -60.0
 PEAK_HOLD_S = 1.5
 FADER_MIN_DB, FADER_MAX_DB = -60.0, 6.0
 FADER_STEPS_PER_DB = 10
 ACTIVITY_POINTS = 90  # three seconds at 30 fps
+PLAYED = "#7a808a"  # the waveform left of the playhead
 METER_MIN_HEIGHT = 90  # the window's minimum size keeps every label clear of the meters
 
 
@@ -41,11 +42,13 @@ class LevelMeter(QWidget):
         self.update()
 
     def set_levels(self, rms: float, peak: float, elapsed_s: float) -> None:
+        before = (self.rms_db, self.hold_db)
         self.rms_db, self.peak_db = to_db(rms), to_db(peak)
         self._hold_age_s += elapsed_s
         if self.peak_db >= self.hold_db or self._hold_age_s > PEAK_HOLD_S:
             self.hold_db, self._hold_age_s = self.peak_db, 0.0
-        self.update()
+        if (self.rms_db, self.hold_db) != before:  # an idle meter costs no painting
+            self.update()
 
     def _fraction(self, db: float) -> float:
         return 0.0 if db == -math.inf else min(1.0, max(0.0, 1.0 - db / METER_FLOOR_DB))
@@ -76,7 +79,10 @@ class ActivityView(QWidget):
         self.update()
 
     def push(self, peak: float) -> None:
-        self.points.append(self._fraction(peak))
+        value = self._fraction(peak)
+        if value == 0.0 and not any(self.points):
+            return  # silent and already flat: nothing moves
+        self.points.append(value)
         self.update()
 
     @staticmethod
@@ -89,10 +95,11 @@ class ActivityView(QWidget):
         rect = QRectF(self.rect())
         p.fillRect(rect, QColor(PANEL))
         width = rect.width() / ACTIVITY_POINTS
-        middle = rect.center().y()
-        for i, value in enumerate(self.points):
-            half = value * rect.height() / 2
-            p.fillRect(QRectF(rect.left() + i * width, middle - half, max(1.0, width - 1), 2 * half), self.colour)
+        middle, bar = rect.center().y(), max(1.0, width - 1)
+        p.setPen(Qt.PenStyle.NoPen)
+        p.setBrush(self.colour)
+        p.drawRects([QRectF(rect.left() + i * width, middle - value * middle, bar, 2 * value * middle)
+                     for i, value in enumerate(self.points) if value > 0])
 
 
 class DbFader(QSlider):
@@ -130,7 +137,11 @@ class DbFader(QSlider):
 
 
 class WaveformOverview(QWidget):
-    """The whole track, the playhead, and a band showing how far ahead separation has got."""
+    """The whole track, the playhead, and a band showing how far ahead separation has got.
+
+    The waveform's lines are built once per track and size and drawn in one call: painting runs
+    on the GUI thread holding the GIL, which the audio callback needs every few milliseconds.
+    """
 
     seek_requested = pyqtSignal(float)  # seconds
 
@@ -140,21 +151,40 @@ class WaveformOverview(QWidget):
         self.seconds = 0.0
         self.position_s = 0.0
         self.separated_until_s = 0.0
+        self._lines: list[QLineF] = []
+        self._lines_key: tuple | None = None
         self.setMinimumHeight(50)
         self.setToolTip("Click to seek (Left/Right: ±5 s). Shaded: separated ahead of the playhead")
 
     def set_track(self, peaks: np.ndarray, seconds: float) -> None:
         self.peaks, self.seconds = peaks, seconds
         self.position_s = self.separated_until_s = 0.0
+        self._lines_key = None
         self.update()
 
     def set_position(self, position_s: float, ahead_s: float) -> None:
+        """Repaints only when the playhead or the band moves on screen."""
+        before = (self._x_of(self.position_s), self._x_of(self.separated_until_s))
         self.position_s, self.separated_until_s = position_s, position_s + ahead_s
-        self.update()
+        if before != (self._x_of(self.position_s), self._x_of(self.separated_until_s)):
+            self.update()
+
+    def _x_of(self, seconds: float) -> int:
+        return round(self.width() * min(1.0, seconds / self.seconds)) if self.seconds > 0 else 0
 
     def mousePressEvent(self, event) -> None:
         if self.seconds > 0:
             self.seek_requested.emit(self.seconds * min(1.0, max(0.0, event.position().x() / self.width())))
+
+    def _waveform(self) -> list[QLineF]:
+        key = (id(self.peaks), self.width(), self.height())
+        if key != self._lines_key:
+            scale = self.height() / 2 / max(1e-6, float(self.peaks.max()))
+            middle, column = self.height() / 2, self.width() / len(self.peaks)
+            self._lines = [QLineF(i * column, middle - peak * scale, i * column, middle + peak * scale)
+                           for i, peak in enumerate(self.peaks.tolist())]
+            self._lines_key = key
+        return self._lines
 
     def paintEvent(self, event) -> None:
         p = QPainter(self)
@@ -164,19 +194,16 @@ class WaveformOverview(QWidget):
             p.setPen(QColor(DIM_TEXT))
             p.drawText(rect, Qt.AlignmentFlag.AlignCenter, "Open a track (Ctrl+O) or drop a file here")
             return
-        x_of = lambda s: rect.left() + rect.width() * min(1.0, s / self.seconds)  # noqa: E731
-        band = QRectF(x_of(self.position_s), rect.top(), x_of(self.separated_until_s) - x_of(self.position_s),
-                      rect.height())
-        p.fillRect(band, QColor(255, 179, 0, 50))
-        scale = rect.height() / 2 / max(1e-6, float(self.peaks.max()))
-        middle = rect.center().y()
-        column = rect.width() / len(self.peaks)
-        played = x_of(self.position_s)
-        for i, peak in enumerate(self.peaks):
-            x = rect.left() + i * column
-            p.setPen(QColor("#7a808a") if x < played else QColor(TEXT))
-            p.drawLine(QPointF(x, middle - peak * scale), QPointF(x, middle + peak * scale))
-        p.setPen(QPen(QColor("#ffb300"), 2))
+        played, ahead = self._x_of(self.position_s), self._x_of(self.separated_until_s)
+        p.fillRect(QRectF(played, rect.top(), ahead - played, rect.height()), QColor(255, 179, 0, 50))
+        lines = self._waveform()
+        for colour, clip in ((PLAYED, QRectF(0, 0, played, rect.height())),
+                             (TEXT, QRectF(played, 0, rect.width() - played, rect.height()))):
+            p.setClipRect(clip)
+            p.setPen(QColor(colour))
+            p.drawLines(lines)
+        p.setClipping(False)
+        p.setPen(QPen(QColor(ACCENT), 2))
         p.drawLine(QPointF(played, rect.top()), QPointF(played, rect.bottom()))
 
 
