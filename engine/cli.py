@@ -52,7 +52,8 @@ def _add_session_options(parser: argparse.ArgumentParser, add_model_options) -> 
                         help="also send every stem to its own pair of outputs (on JACK: ports "
                         "stemdeck:<stem>_L/_R beside stemdeck:master_L/_R, kept across track loads)")
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
-    parser.add_argument("--blocksize", type=int, default=256, help="audio block in frames (default 256)")
+    parser.add_argument("--blocksize", type=int, default=256,
+                        help="audio block in frames (default 256; on JACK the server's period)")
     parser.add_argument("--stats", type=Path, help="write the session's counters as JSON here")
     add_midi_options(parser)
 
@@ -136,6 +137,15 @@ def check_midi_ports(args: argparse.Namespace) -> None:
         raise MidiError(f"no MIDI output matches {args.midi_out!r}; outputs: {describe_ports(outputs)}")
 
 
+def _block_frames(output_device, blocksize: int) -> int:
+    """A JACK server fixes the block (its period), so the latency printed is the one played;
+    elsewhere ``--blocksize`` asks for one."""
+    from .jack_output import serves
+
+    jack = serves(None, output_device)
+    return jack.blocksize if jack is not None else blocksize
+
+
 def _engine(args: argparse.Namespace, output_device, deck: bool = False):
     from models.cli import check_device, load_or_fetch
 
@@ -147,7 +157,7 @@ def _engine(args: argparse.Namespace, output_device, deck: bool = False):
     engine = Engine(model, EngineConfig(precision=args.precision, samplerate=samplerate))
     window = window_for_latency(args.latency) if args.latency else PRESETS[args.preset]
     print(f"calibrating {getattr(model, 'stemdeck_name', args.model)} on this machine...", file=sys.stderr)
-    engine.prepare(window, block_frames=args.blocksize)
+    engine.prepare(window, block_frames=_block_frames(output_device, args.blocksize))
     for stem in args.mute:
         engine.set_mute(stem)
     for stem in args.solo:
