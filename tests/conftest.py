@@ -86,7 +86,7 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def start_jack_server(name: str, playback_channels: int = 10):
+def start_jack_server(name: str, playback_channels: int = 10, rate: int = JACK_RATE, period: int = JACK_PERIOD):
     """A real JACK server with the dummy driver; returns the process once clients can connect."""
     import shutil
     import subprocess
@@ -94,7 +94,7 @@ def start_jack_server(name: str, playback_channels: int = 10):
         pytest.fail("jackd is not installed; `bash .ci/setup` installs jackd2 (Debian)")
     env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1", "JACK_NO_START_SERVER": "1"}
     process = subprocess.Popen(
-        ["jackd", "-n", name, "-R", "-d", "dummy", "-r", str(JACK_RATE), "-p", str(JACK_PERIOD),
+        ["jackd", "-n", name, "-R", "-d", "dummy", "-r", str(rate), "-p", str(period),
          "-C", "2", "-P", str(playback_channels)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, preexec_fn=_die_with_parent)
     # Probe from another process: a libjack client in this one would crash when that server stops.

@@ -244,3 +244,32 @@ def test_midi_clients_are_named_by_direction(jack_server):
     assert "stemdeck-midi-out:feedback out" in inputs
     assert "stemdeck-midi-in:control in" in outputs
     assert not [name for name in inputs + outputs if name.startswith(("stemdeck:", "stemdeck-01:"))]
+
+
+@pytest.fixture
+def long_period_server():
+    """A server at another rate and a period 4x the default block: the engine follows both."""
+    name = f"stemdeck-p1024-{os.getpid()}"
+    previous = os.environ.get("JACK_DEFAULT_SERVER")
+    os.environ["JACK_DEFAULT_SERVER"] = name
+    process = start_jack_server(name, playback_channels=2, rate=48000, period=1024)
+    yield name
+    stop_jack_server(process)
+    if previous is None:
+        os.environ.pop("JACK_DEFAULT_SERVER", None)
+    else:
+        os.environ["JACK_DEFAULT_SERVER"] = previous
+
+
+@pytest.mark.slow  # a whole `stemdeck live` process
+def test_live_latency_printed_is_the_one_played_on_a_long_period(long_period_server, tmp_path):
+    import re
+    result = subprocess.run([sys.executable, "-m", "engine.cli", "live", "--model", "passthrough", "--preset",
+                             "low-latency", "--duration", "2", "--stats", str(tmp_path / "stats.json")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    printed = re.search(r"latency [\d.]+ ms \((\d+) samples at (\d+) Hz\)", result.stderr)
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert printed is not None and int(printed.group(2)) == 48000
+    assert int(printed.group(1)) == stats["latency_samples"]
+    assert stats["late_windows"] == 0
