@@ -93,8 +93,10 @@ class JackStream:
     def latency(self) -> float:
         """Seconds from the master port's buffer to the speaker (sounddevice's ``latency``);
         JACK settles it once connections are made, so it is read each time."""
-        ports = self.route.out_columns
-        return self.output.playback_latency_frames(ports[0][0]) / self.output.samplerate if ports else 0.0
+        ports, output = self.route.out_columns, self.output
+        if not ports or output.lost or output.closed:  # its ports are gone, or going
+            return 0.0
+        return output.playback_latency_frames(ports[0][0]) / output.samplerate
 
     @property
     def active(self) -> bool:
@@ -114,7 +116,7 @@ class JackOutput:
         import jack
 
         self.client, self.server, self._jack = client, server, jack
-        self.samplerate, self.lost, self.lost_reason = client.samplerate, False, ""
+        self.samplerate, self.lost, self.lost_reason, self.closed = client.samplerate, False, "", False
         self._outputs: dict[str, object] = {}
         self._inputs: dict[str, object] = {}
         self._xruns = 0  # written by the xrun callback only
@@ -276,7 +278,7 @@ class JackOutput:
             return 0
 
     def close(self) -> None:
-        self._on_finished = None
+        self._on_finished, self.closed = None, True
         try:
             self.client.deactivate()
             self.client.close()
