@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable
+from collections.abc import Callable
 
 SOUNDDEVICE_HINT = "install PortAudio (Debian: apt install libportaudio2) and the sounddevice package"
 

@@ -18,8 +18,8 @@ import atexit
 import ctypes
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -86,7 +86,7 @@ def build_route(render, live: bool, outputs: list, inputs: list, others: list, f
 class JackStream:
     """One engine's hold on the session's client, shaped like sounddevice's stream for the engine."""
 
-    def __init__(self, output: "JackOutput", route: Route):
+    def __init__(self, output: JackOutput, route: Route):
         self.output, self.route = output, route
 
     @property
@@ -131,7 +131,7 @@ class JackOutput:
         self.active = False  # activated at the first attach: until then no Python runs in JACK's thread
 
     @classmethod
-    def open(cls, server: str | None = None) -> "JackOutput | None":
+    def open(cls, server: str | None = None) -> JackOutput | None:
         """The client on ``server``; None when JACK-Client/libjack is missing or no server runs."""
         try:
             import jack
