@@ -29,7 +29,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "audio_channels": (1, 8), "channels": (1, 512), "channels_time": (1, 512),
     "nfft": (256, 16384), "wiener_iters": (0, 16), "end_iters": (0, 16), "depth": (1, 8),
     "multi_freqs_depth": (0, 8), "kernel_size": (1, 16), "time_stride": (1, 8), "stride": (1, 8),
-    "context": (0, 4), "context_enc": (0, 4), "norm_starts": (0, 16), "norm_groups": (1, 64),
+    "context": (0, 2), "context_enc": (0, 2), "norm_starts": (0, 16), "norm_groups": (1, 64),
     "dconv_mode": (0, 3), "dconv_depth": (0, 8), "dconv_attn": (0, 1 << 30),
     "dconv_lstm": (0, 1 << 30), "bottom_channels": (0, 2048), "t_layers": (0, 16),
     "t_heads": (1, 64), "t_max_positions": (1, 100_000), "t_sin_random_shift": (0, 100_000),
@@ -51,6 +51,12 @@ BOOLEANS = {
     "t_cape_mean_normalize", "t_cape_augment", "t_sparse_self_attn", "t_sparse_cross_attn",
     "t_auto_sparsity", "t_cross_first", "use_train_segment",
 }
+# The layer layout every official and stemdeck model uses. The U-Net's two branches only meet
+# where these fit together, so other values build a model that fails on its first chunk of audio.
+LAYOUT = {"nfft": 4096, "kernel_size": 8, "stride": 4, "time_stride": 2}
+# With that layout the spectral branch is down to one bin after 5 layers: HT Demucs puts its
+# transformer on a spectrogram that still has bins, Hybrid Demucs shares the layers after it.
+DEPTHS = {"HTDemucs": (1, 5), "HDemucs": (5, 8)}
 FLOAT_LISTS = {"multi_freqs": (0, 8, 0.0, 1.0), "t_cape_glob_loc_scale": (3, 3, 0.0, 1e6)}  # lengths, values
 
 
@@ -120,11 +126,20 @@ def _check_float_list(name: str, value: Any, shortest: int, longest: int, low: f
 
 
 def _check_shapes_fit(values: dict[str, Any]) -> None:
-    """Combinations that would build but fail mid-song: the STFT needs a power-of-two size and
-    the 2-D positional embedding a transformer width divisible by 4."""
-    nfft = values.get("nfft")
-    if isinstance(nfft, int) and nfft & (nfft - 1):
-        raise LimitError(f"nfft must be a power of two, not {nfft}")
+    """Combinations that would build but fail on the first chunk of audio: the layer layout,
+    the depth that fits it, compressed residual branches with no channel left, and a
+    transformer width the 2-D positional embedding cannot split."""
+    for name, official in LAYOUT.items():
+        if values[name] != official:
+            raise LimitError(f"{name} must be {official} (the layer layout of every Demucs model), not {values[name]}")
+    kind = "HTDemucs" if "t_layers" in values else "HDemucs"
+    low, high = DEPTHS[kind]
+    if not low <= values["depth"] <= high:
+        raise LimitError(f"depth must be from {low} to {high} for {kind}, not {values['depth']}")
+    narrowest = min(values["channels"], values.get("channels_time") or values["channels"])
+    if values["dconv_mode"] and values["dconv_depth"] and narrowest < values["dconv_comp"]:
+        raise LimitError(f"dconv_comp={values['dconv_comp']:g} leaves no channel of {narrowest} in the "
+                         "residual branches")
     if not values.get("t_layers"):
         return
     width = values.get("bottom_channels") or int(values["channels"] * values["growth"] ** (values["depth"] - 1))

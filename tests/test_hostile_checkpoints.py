@@ -177,7 +177,7 @@ def _hostile_files(folder: Path) -> dict[str, tuple[Path, str]]:
     add("safetensors 1000 transformer layers", write_safetensors(
         folder / "deep.safetensors", tiny_kwargs(t_layers=1000)), r"refused: t_layers must be a whole number")
     add("in-range sizes adding up to trillions of parameters", write_safetensors(
-        folder / "fat.safetensors", tiny_kwargs(channels=512, growth=4.0, depth=6, bottom_channels=2048,
+        folder / "fat.safetensors", tiny_kwargs(channels=512, growth=4.0, depth=5, bottom_channels=2048,
                                                 t_layers=16, t_hidden_scale=16.0)),
         r"refused: the model would have \d+ M parameters \(at most 200 M\)")
     laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -293,6 +293,11 @@ def _malformed(folder: Path) -> dict[str, str]:
         "heads do not split the width": st("k13", kwargs=tiny_kwargs(t_heads=7)),
         "norm groups do not split the channels": st("k14", kwargs=tiny_kwargs(norm_groups=3, norm_starts=0)),
         "NaN growth": st("k15", kwargs=tiny_kwargs(growth=float("nan"))),
+        "HT Demucs 6 deep (fails on the first chunk)": st("k15b", kwargs=tiny_kwargs(depth=6)),
+        "Hybrid Demucs 4 deep (fails on the first chunk)": st(
+            "k15c", klass="demucs.hdemucs.HDemucs", kwargs={"sources": SOURCES, "depth": 4}),
+        "kernel size 7": st("k15d", kwargs=tiny_kwargs(kernel_size=7)),
+        "residual branches of no channel": st("k15e", kwargs=tiny_kwargs(dconv_comp=32)),
         "t_emb unknown": st("k16", kwargs=tiny_kwargs(t_emb="rope")),
         "weights of another model": st("k17", kwargs=tiny_kwargs(channels=12), state=tiny_state),
         "weights missing": st("k18", kwargs=tiny_kwargs()),
@@ -438,3 +443,20 @@ def test_th_fractions_in_either_pickled_form_still_load(tmp_path):
         loaded = load_checkpoint(path)
         assert loaded.segment == Fraction(2, 1) and isinstance(loaded.segment, Fraction)
         assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+@pytest.mark.parametrize(("cls", "depth"), [(HTDemucs, 1), (HTDemucs, 5), (HDemucs, 5), (HDemucs, 8)])
+def test_the_extremes_of_the_accepted_layout_run(cls, depth):
+    """Control for the layout limits: what they accept separates a chunk (and what they refuse,
+    HT Demucs at depth 6 or Hybrid Demucs at depth 4, raised mid-song before)."""
+    import inspect
+
+    kwargs = {"sources": ["a", "b"], "channels": 8, "depth": depth, "samplerate": 8000, "segment": Fraction(1, 2)}
+    if cls is HTDemucs:
+        kwargs.update(t_layers=1, t_heads=2)
+    bound = inspect.signature(cls).bind(**kwargs)
+    bound.apply_defaults()
+    check_hyperparameters(bound.arguments)
+    with torch.no_grad():
+        out = cls(**kwargs).eval()(torch.randn(1, 2, 3001))
+    assert out.shape == (1, 2, 2, 3001) and torch.isfinite(out).all()
