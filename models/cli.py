@@ -15,6 +15,7 @@ from . import DEFAULT_MODEL
 from .audio import (
     AudioError,
     OutputFormat,
+    check_stem_name,
     read_audio,
     remove_stale_partials,
     write_stems_atomically,
@@ -178,6 +179,8 @@ def run_separate(args: argparse.Namespace) -> int:
     model = load_for_separation(args.model)
     check_model_segment(model, args.segment)
     pick = stem_picker(model.sources, args.stems, args.two_stems)
+    for name in pick(dict.fromkeys(model.sources)):
+        check_stem_name(name)  # they become file names: refused before any file is read
     print(f"model {model.stemdeck_name}: {', '.join(model.sources)} at {model.samplerate} Hz", file=sys.stderr)
     _remove_leftovers(args.out)
     failures = 0
@@ -199,7 +202,7 @@ def separate_file(model, path: Path, folder: Path, args: argparse.Namespace, fmt
                   pick: Callable[[dict], dict], device: str, bars: SeparationBars) -> Path:
     from .separate import separate
 
-    expected = [folder / f"{name}.{fmt.extension}" for name in pick({s: None for s in model.sources})]
+    expected = [folder / f"{name}.{fmt.extension}" for name in pick(dict.fromkeys(model.sources))]
     existing = [p for p in expected if p.exists()]
     if existing and not args.force:
         raise CommandError(f"{path}: {existing[0]} already exists; use --force to overwrite")

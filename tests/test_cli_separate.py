@@ -316,3 +316,17 @@ def test_bars_on_a_terminal_show_the_file_and_the_batch(capsys):
     assert "first.wav" in err and "5.0/10.0 s of audio" in err
     assert "all files" in err and "0.5/2" in err and "2.0/2" in err
     assert "first.wav -> out/first\n" in err
+
+
+def test_a_model_whose_stem_names_are_paths_writes_nothing(tmp_path, song, capsys, monkeypatch):
+    """Defence in depth: the checkpoint loader refuses such names; the writer does too."""
+    import models.cli
+    from models.passthrough import PassThrough
+
+    hostile = PassThrough(sources=("../../escaped", "bass", "other", "vocals"))
+    monkeypatch.setattr(models.cli, "load_for_separation", lambda name: models.cli._named(hostile, "hostile"))
+    out = tmp_path / "deep" / "out"
+    assert main(["separate", str(song), "-o", str(out), "--model", "passthrough"]) == 1
+    err = capsys.readouterr().err
+    assert "stem name '../../escaped' is not a short identifier" in err
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and p != song] == []
