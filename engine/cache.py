@@ -20,7 +20,7 @@ import numpy as np
 import platformdirs
 from torch import nn
 
-from .process import pid_alive
+from .runtime import pid_alive
 
 DEFAULT_MAX_BYTES = 4 * 1024**3
 SIDECAR_MAX_BYTES = 4096

@@ -15,11 +15,6 @@ class Calibration:
     forward_s: float  # slowest measured forward
     budget_s: float  # inference time the latency allows for
 
-    @property
-    def load(self) -> float:
-        """Share of real time the worker needs (1 - headroom)."""
-        return self.forward_s / self.window.hop_s
-
 
 def fit_window(window: WindowConfig, forward_s: float, headroom: float) -> WindowConfig:
     """Lengthen hop and span in proportion until one forward takes at most ``1 - headroom`` of a hop."""

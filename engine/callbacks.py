@@ -1,18 +1,60 @@
 """What runs in the audio callback: one Numba call per block, on preallocated arrays only.
 
-The Python callback around these does no more than pass the device buffers in; these never
-wait for the worker: stems that are not final in time are replaced by the latency-aligned
-dry signal for that block, and the late counter goes up (on the deck, not while the first stems
-after a load or seek are still on their way: play starts at once with the dry track by design).
+The Python callback around these does no more than pass the device buffers in, with the
+session's arrays as one structure built when the session starts (:class:`LiveBuffers`,
+:class:`DeckBuffers`): a field is named, never a position, so no argument can be swapped into a
+new Numba specialisation compiled inside the callback. These never wait for the worker: stems
+that are not final in time are replaced by the latency-aligned dry signal for that block, and
+the late counter goes up (on the deck, not while the first stems after a load or seek are
+still on their way: play starts at once with the dry track by design).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
 from numba import njit
 
 from .ola import mix_block, ring_write_interleaved, update_gain_targets
-from .state import (BLOCKS, FALLBACK, INPUT_WRITTEN, LATE, LATE_WINDOWS, PLAY, PLAYHEAD, PLAYING_STEMS,
-                    POSITION, SEEK_SEEN, SEEK_SERIAL, SEEK_TARGET, SEPARATED_FROM, STEMS_WRITTEN, WAITING_FOR_STEMS,
-                    XRUNS)
+from .state import (BLOCKS, FALLBACK, FIRST_STEMS_AT, INPUT_WRITTEN, LATE, LATE_WINDOWS, PLAY, PLAY_SEEN,
+                    PLAY_SERIAL, PLAY_STARTED_AT, PLAYHEAD, PLAYING_STEMS, POSITION, SEEK_SEEN, SEEK_SERIAL,
+                    SEEK_TARGET, SEPARATED_FROM, STEMS_WRITTEN, WAITING_FOR_STEMS, XRUNS, SharedState, gain_state)
+
+
+class MixerBuffers(NamedTuple):
+    """The mixer's controls (control-written) and what the callback keeps and measures."""
+
+    user_gain: np.ndarray  # (S,) linear
+    mute: np.ndarray  # (S,) uint8
+    solo: np.ndarray  # (S,) uint8
+    dry_mix: np.ndarray  # (1,) 0 = stems, 1 = dry
+    gains: np.ndarray  # (4, S + 1) ramp state, callback-owned
+    levels: np.ndarray  # (2, S + 1) peak and mean square, callback-written
+    ramp_frames: int
+
+    @classmethod
+    def of(cls, shared: SharedState, gains: np.ndarray, ramp_frames: int) -> "MixerBuffers":
+        return cls(shared.user_gain, shared.mute, shared.solo, shared.dry_mix, gains, shared.levels,
+                   int(ramp_frames))
+
+
+class LiveBuffers(NamedTuple):
+    input_ring: np.ndarray  # (C, capacity)
+    stem_ring: np.ndarray  # (S, C, capacity)
+    audio: np.ndarray
+    worker: np.ndarray
+    transport: np.ndarray
+    mixer: MixerBuffers
+    latency_frames: int
+
+
+class DeckBuffers(NamedTuple):
+    track: np.ndarray  # (C, frames)
+    stems: np.ndarray  # (S, C, frames)
+    audio: np.ndarray
+    worker: np.ndarray
+    transport: np.ndarray
+    mixer: MixerBuffers
 
 
 @njit(nogil=True, cache=True)
@@ -26,64 +68,81 @@ def _note_fallback(audio, needed_stems):
 
 
 @njit(nogil=True, cache=True)
-def live_block(indata, outdata, input_ring, stem_ring, audio, worker, user_gain, mute, solo,
-               dry_gain, gains, levels, latency_frames, ramp_frames, xrun):
-    """Record ``indata`` and play the stems (or the dry input) from ``latency_frames`` ago."""
+def _update_gains(mixer):
+    update_gain_targets(mixer.gains, mixer.user_gain, mixer.mute, mixer.solo, mixer.dry_mix[0], mixer.ramp_frames)
+
+
+@njit(nogil=True, cache=True)
+def live_block(indata, outdata, live, xrun):
+    """Record ``indata`` and play the stems (or the dry input) from ``live.latency_frames`` ago."""
+    audio, transport, mixer = live.audio, live.transport, live.mixer
+    if transport[SEEK_SERIAL] != audio[SEEK_SEEN]:  # a new session: its rings start here
+        audio[POSITION] = transport[SEEK_TARGET]
+        audio[INPUT_WRITTEN] = transport[SEEK_TARGET]
+        audio[FALLBACK] = PLAYING_STEMS
+        audio[SEEK_SEEN] = transport[SEEK_SERIAL]  # last: a reader that sees it sees the rest
     frames = indata.shape[0]
     position = audio[POSITION]
-    ring_write_interleaved(input_ring, position, indata)
+    ring_write_interleaved(live.input_ring, position, indata)
     audio[INPUT_WRITTEN] = position + frames
     if xrun:
         audio[XRUNS] += 1
-    update_gain_targets(gains, user_gain, mute, solo, dry_gain[0], ramp_frames)
-    read_from = position - latency_frames
-    ready = worker[SEPARATED_FROM] <= max(read_from, 0) and read_from + frames <= worker[STEMS_WRITTEN]
+    _update_gains(mixer)
+    read_from = position - live.latency_frames
+    ready = live.worker[SEPARATED_FROM] <= max(read_from, 0) and read_from + frames <= live.worker[STEMS_WRITTEN]
     _note_fallback(audio, not ready and read_from + frames > 0)
-    mix_block(outdata, stem_ring, read_from, input_ring, read_from, gains, ready or read_from + frames <= 0,
-              levels)
+    mix_block(outdata, live.stem_ring, read_from, live.input_ring, read_from, mixer.gains,
+              ready or read_from + frames <= 0, mixer.levels)
     audio[POSITION] = position + frames
     audio[BLOCKS] += 1
 
 
 @njit(nogil=True, cache=True)
-def deck_block(outdata, track, stems, audio, worker, transport, user_gain, mute, solo, dry_gain,
-               gains, levels, ramp_frames, xrun):
-    """Play the deck from its playhead: stems where separated, else the dry track."""
-    if xrun:
-        audio[XRUNS] += 1
+def _apply_transport(audio, transport):
+    """A seek or a new play asked for by the control side, applied at the start of a block."""
     if transport[SEEK_SERIAL] != audio[SEEK_SEEN]:
         audio[PLAYHEAD] = transport[SEEK_TARGET]
-        audio[SEEK_SEEN] = transport[SEEK_SERIAL]
         audio[FALLBACK] = WAITING_FOR_STEMS
-    update_gain_targets(gains, user_gain, mute, solo, dry_gain[0], ramp_frames)
+        audio[SEEK_SEEN] = transport[SEEK_SERIAL]  # last: a reader that sees it sees the rest
+    if transport[PLAY_SERIAL] != audio[PLAY_SEEN]:
+        audio[FIRST_STEMS_AT] = -1
+        audio[PLAY_STARTED_AT] = audio[POSITION]
+        audio[PLAY_SEEN] = transport[PLAY_SERIAL]
+
+
+@njit(nogil=True, cache=True)
+def deck_block(outdata, deck, xrun):
+    """Play the deck from its playhead: stems where separated, else the dry track."""
+    audio, transport, mixer = deck.audio, deck.transport, deck.mixer
+    if xrun:
+        audio[XRUNS] += 1
+    _apply_transport(audio, transport)
+    _update_gains(mixer)
     outdata[:] = 0.0
-    length = track.shape[-1]
+    length = deck.track.shape[-1]
     playhead = audio[PLAYHEAD]
     frames = min(outdata.shape[0], length - playhead)
     if transport[PLAY] == 0 or frames <= 0:
-        levels[:] = 0.0
+        mixer.levels[:] = 0.0
         return
-    ready = worker[SEPARATED_FROM] <= playhead and playhead + frames <= worker[STEMS_WRITTEN]
+    ready = deck.worker[SEPARATED_FROM] <= playhead and playhead + frames <= deck.worker[STEMS_WRITTEN]
     _note_fallback(audio, not ready)
-    mix_block(outdata[:frames], stems, playhead, track, playhead, gains, ready, levels)
+    mix_block(outdata[:frames], deck.stems, playhead, deck.track, playhead, mixer.gains, ready, mixer.levels)
     audio[PLAYHEAD] = playhead + frames
     audio[POSITION] += outdata.shape[0]
+    if ready and audio[FIRST_STEMS_AT] < 0:
+        audio[FIRST_STEMS_AT] = audio[POSITION]
     audio[BLOCKS] += 1
 
 
 def warm_up_kernels(num_stems: int, channels: int) -> None:
-    """Compile (or load from cache) both block kernels with the session's types."""
-    import numpy as np
-
-    from .state import SharedState, gain_state
-
-    shared, gains, block = SharedState.create(num_stems), gain_state(num_stems), 4
+    """Compile (or load from cache) both block kernels with the session's types, on scratch arrays."""
+    shared, block = SharedState.create(num_stems), 4
+    mixer = MixerBuffers.of(shared, gain_state(num_stems), 4)
     ring = np.zeros((channels, 16), np.float32)
     stems = np.zeros((num_stems, channels, 16), np.float32)
     indata = np.zeros((block, channels), np.float32)
-    for out_channels in (channels, channels * (num_stems + 1)):
-        outdata = np.zeros((block, out_channels), np.float32)
-        live_block(indata, outdata, ring, stems, shared.audio, shared.worker, shared.user_gain,
-                   shared.mute, shared.solo, shared.dry_gain, gains, shared.levels, 8, 4, False)
-        deck_block(outdata, ring, stems, shared.audio, shared.worker, shared.transport,
-                   shared.user_gain, shared.mute, shared.solo, shared.dry_gain, gains, shared.levels, 4, False)
+    outdata = np.zeros((block, channels), np.float32)
+    live_block(indata, outdata, LiveBuffers(ring, stems, shared.audio, shared.worker, shared.transport, mixer, 8),
+               False)
+    deck_block(outdata, DeckBuffers(ring, stems, shared.audio, shared.worker, shared.transport, mixer), False)

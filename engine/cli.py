@@ -167,7 +167,7 @@ def _engine(args: argparse.Namespace, output_device, deck: bool = False):
     if deck:
         print(f"deck: stems follow the playhead with no added delay once separated; {plan}", file=sys.stderr)
     else:
-        print(f"latency {status.latency_ms:.1f} ms ({status.latency_samples} samples at {status.samplerate} Hz); "
+        print(f"latency {status.latency_ms:.1f} ms ({status.latency_frames} samples at {status.samplerate} Hz); "
               f"{plan}", file=sys.stderr)
     return engine
 
@@ -231,7 +231,7 @@ def _run_session(engine, args: argparse.Namespace, until_end: bool) -> int:
             if status.worker_notice and status.worker_notice != notice:  # e.g. a restarted worker
                 notice = status.worker_notice
                 print(f"stemdeck: {notice}", file=sys.stderr)
-            if status.stream_error or (engine._stream is not None and not engine.stream_active):
+            if status.stream_error or (engine.output_open and not engine.stream_active):
                 code, message, stream_lost = 1, status.stream_error or STREAM_LOST, True
                 break
             if status.worker_error and message is None:  # said now, once; the dry signal plays on
@@ -253,14 +253,13 @@ def _run_session(engine, args: argparse.Namespace, until_end: bool) -> int:
         # PortAudio's own teardown aborts the process when the JACK server is already gone:
         # leave now, with everything reported.
         sys.stderr.flush()
-        if engine._process is not None:
-            engine._process.kill()
+        engine.abort()
         os._exit(code)
     return code
 
 
 def _stats(status, engine, deck: bool) -> dict:
-    stats = {"latency_samples": status.latency_samples, "latency_ms": status.latency_ms,
+    stats = {"latency_samples": status.latency_frames, "latency_ms": status.latency_ms,
              "xruns": status.xruns, "late_windows": status.late_windows,
              "realtime_factor": status.realtime_factor, "max_realtime_factor": status.max_realtime_factor,
              "windows_done": status.windows_done}
@@ -304,10 +303,12 @@ def main(argv=None) -> int:
     from models.cli import run_parsed
 
     from .process import WorkerError
+    from .runtime import configure_process
 
     from .midi import MappingError, MidiError
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    configure_process()
     return run_parsed(get_parser(), argv or ["gui"], extra_errors=(DeviceError, WorkerError, MidiError, MappingError))
 
 

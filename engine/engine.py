@@ -7,7 +7,6 @@ themselves; the audio callback never takes it.
 from __future__ import annotations
 
 import math
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -16,36 +15,29 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from .calibrate import Calibration, calibrate
-from .callbacks import deck_block, live_block, warm_up_kernels
+from .backends import WorkerBackend, make_backend
+from .calibrate import Calibration
+from .callbacks import DeckBuffers, LiveBuffers, MixerBuffers, deck_block, live_block, warm_up_kernels
 from .config import PRESETS, EngineConfig, WindowConfig
 from .device import DeviceError, open_stream
 from .jack_output import serves as jack_serves
-from .separator import WindowSeparator
-from .state import (BLOCKS, FALLBACK, INPUT_WRITTEN, LATE_WINDOWS, MAX_INFERENCE_S, MEAN_INFERENCE_S, PLAY, PLAYHEAD,
-                    PLAYING_STEMS, POSITION, SEEK_SERIAL, SEEK_TARGET, STEMS_WRITTEN, WAITING_FOR_STEMS, WINDOWS_DONE,
-                    XRUNS, SharedState, gain_state)
+from .session import DECK, LIVE, SessionSpec
+from .state import (FALLBACK, LATE_WINDOWS, MAX_INFERENCE_S, MEAN_INFERENCE_S, PLAY, PLAY_SERIAL, PLAYING_STEMS,
+                    POSITION, SEEK_SERIAL, SEEK_TARGET, STEMS_WRITTEN, WINDOWS_DONE, XRUNS, first_stems_frames,
+                    gain_state, playhead_frames, seek_pending)
 from .windows import WindowPlan
-from .process import SharedBlock, WorkerError, WorkerProcess, clean_stale_segments
-from .worker import DeckWorker, LiveWorker, SeparationWorker, warm_up_worker_kernels
 
 STREAM_LOST = ("the audio stream stopped: the device was removed or the sound server quit; "
                "reconnect it (or restart the server) and start again")
-GIL_SWITCH_INTERVAL_S = 0.0005
 MIN_GAIN_DB = -60.0  # at or below: silence
 MAX_GAIN_DB = 12.0
-# A separation process that dies (killed for memory, say) is restarted while the audio plays
-# dry; more deaths than this within the window means something is wrong with it: give up.
-MAX_WORKER_RESTARTS = 3
-WORKER_RESTART_WINDOW_S = 60.0
-SUPERVISE_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
 class EngineStatus:
     """A snapshot for displays and scripts."""
 
-    latency_samples: int
+    latency_frames: int  # from the sound going in (live) or play (deck) to the speaker
     latency_ms: float
     samplerate: int
     sources: tuple[str, ...]
@@ -65,6 +57,11 @@ class EngineStatus:
     worker_error: str | None
     stream_error: str | None
     worker_notice: str | None = None  # e.g. the separation process died and is being restarted
+
+    @property
+    def latency_samples(self) -> int:
+        """The former name of ``latency_frames`` (the GUI reads it; the --stats JSON key keeps it)."""
+        return self.latency_frames
 
 
 def db_to_gain(db: float) -> float:
@@ -91,44 +88,36 @@ class Engine:
 
     def __init__(self, model: nn.Module, config: EngineConfig = EngineConfig()):
         self.model, self.config = model, config
-        if config.worker not in ("process", "thread"):
-            raise ValueError(f"worker must be 'process' or 'thread', got {config.worker!r}")
         self.sources = tuple(model.sources)
-        self._process: WorkerProcess | None = None
-        self._blocks: list[SharedBlock] = []
-        self._retired_blocks: list[SharedBlock] = []
         self._fingerprint: str | None = None
-        self._session_args: tuple | None = None  # (kind, specs, cache_path): to restart a dead worker
-        self._process_lock = threading.RLock()
-        self._supervisor: threading.Thread | None = None
-        self._closing = threading.Event()
-        self._restart_times: list[float] = []
-        self._worker_notice: str | None = None
-        self._worker_fatal: str | None = None
-        self.worker_restart_s: float | None = None  # how long the last restart took
         if config.cache_stems:
             from .cache import cache_folder, clean_temporaries
             clean_temporaries(cache_folder())
-        if config.worker == "process":
-            clean_stale_segments()
-            self._state_block = SharedBlock(SharedState.specs(len(self.sources)))
-            self.shared = SharedState.create(len(self.sources), self._state_block.arrays)
-        else:
-            self.shared = SharedState.create(len(self.sources))
+        self.backend: WorkerBackend = make_backend(model, config)
+        self.shared = self.backend.shared
         self._gains = gain_state(len(self.sources))
         self._control = threading.Lock()
         self._ramp_frames = max(1, int(config.ramp_ms * config.samplerate / 1000))
         self.calibration: Calibration | None = None
         self.plan: WindowPlan | None = None
-        self.latency_samples = 0
-        self._worker: SeparationWorker | None = None
+        self.latency_frames = 0
+        self._live_buffers: LiveBuffers | None = None  # what the callback is handed, built per session
+        self._deck_buffers: DeckBuffers | None = None
         self._stream = None
         self._stream_error: str | None = None
         self._output_block_frames = 0  # the block the open output asks for (JACK: the server's period)
-        self._mode: str | None = None
-        self._play_started: float | None = None
-        self._first_stems_s: float | None = None
+        self._mode: str | None = None  # LIVE or DECK once a session started (read it as ``mode``)
         self.cue_s = 0.0
+
+    @property
+    def mode(self) -> str | None:
+        """``"live"`` or ``"deck"`` once a session started, else None."""
+        return self._mode
+
+    @property
+    def latency_samples(self) -> int:
+        """The former name of ``latency_frames``."""
+        return self.latency_frames
 
     # -- set-up --------------------------------------------------------------------------------------
 
@@ -138,79 +127,30 @@ class Engine:
         window = PRESETS[window] if isinstance(window, str) else (window or self.config.window)
         window = window.resolved(float(self.model.segment))
         if calibrate_plan and self.config.inference_budget_s is None:
-            if self.config.worker == "process":
-                self.calibration = self._worker_process().calibrate(window, self.config.headroom)
-            else:
-                self.calibration = calibrate(self._separator_for, window, self.config.headroom)
+            self.calibration = self.backend.calibrate(window, self.config.headroom)
             window, budget_s = self.calibration.window, self.calibration.budget_s
         else:
             budget_s = self.config.inference_budget_s or 0.0
         self.window = window
         self.plan = WindowPlan.from_config(window, self.config.samplerate, float(self.model.segment))
         budget_frames = int(math.ceil(budget_s * self.config.samplerate))
-        self.latency_samples = (self.plan.latency_frames(block_frames, budget_frames)
-                                + self.config.device_latency_frames)
+        self.latency_frames = (self.plan.latency_frames(block_frames, budget_frames)
+                               + self.config.device_latency_frames)
         self.block_frames = block_frames
         return self.plan
 
     def prepare_plan(self, plan: WindowPlan, block_frames: int = 256, budget_s: float = 0.0) -> None:
         """Use an explicit plan (e.g. ``WindowPlan.offline``), bypassing presets and calibration."""
         self.plan, self.block_frames = plan, block_frames
-        self.latency_samples = plan.latency_frames(block_frames, int(math.ceil(budget_s * self.config.samplerate)))
+        self.latency_frames = plan.latency_frames(block_frames, int(math.ceil(budget_s * self.config.samplerate)))
 
-    def _separator_for(self, window: WindowConfig) -> WindowSeparator:
-        return self._separator(WindowPlan.from_config(window, self.config.samplerate, float(self.model.segment)))
-
-    def _separator(self, plan: WindowPlan) -> WindowSeparator:
-        return WindowSeparator(self.model, plan, self.config.precision, threads=self._threads(),
-                               stream_rate=self.config.samplerate)
-
-    def _threads(self) -> int:
-        import os
-        return self.config.inference_threads or max(1, (os.cpu_count() or 2) - 1)
-
-    def _worker_process(self) -> WorkerProcess:
-        with self._process_lock:
-            if self._process is not None and not self._process.alive:
-                self._process.close()
-                self._process = None
-            if self._process is None:
-                self._process = WorkerProcess(self.model, self._state_block.spec, self.config.precision,
-                                              self._threads(), self.config.samplerate)
-            return self._process
-
-    def _allocate(self, **arrays: tuple[tuple[int, ...], str]) -> dict[str, np.ndarray]:
-        """Session buffers: in shared memory for the worker process, else private."""
-        if self.config.worker == "thread":
-            return {key: np.zeros(shape, dtype) for key, (shape, dtype) in arrays.items()}
-        self._blocks = [SharedBlock({key: spec}) for key, spec in arrays.items()]
-        return {key: block.arrays[key] for key, block in zip(arrays, self._blocks)}
-
-    def _start_session(self, kind: str, arrays: dict[str, np.ndarray], cue_frames: int = 0,
-                       cache_path=None) -> None:
+    def _start_session(self, spec: SessionSpec, arrays: dict[str, np.ndarray]) -> None:
         self._warm_kernels()
-        self._mode = kind
-        if self.config.worker == "process":
-            specs = {key: block.spec for key, block in zip(arrays, self._blocks)}
-            with self._process_lock:
-                self._worker_process().start(kind, self.plan, specs, cue_frames, cache_path)
-                self._session_args = (kind, specs, cache_path)
-                self._worker_fatal = self._worker_notice = None  # a new session starts afresh
-            self._supervise()
-            return
-        separator = self._new_separator()
-        warm_up_worker_kernels(len(self.sources), self.config.channels)
-        if kind == "live":
-            self._worker = LiveWorker(separator, self.plan, self.shared, arrays["stems"], arrays["input"])
-        else:
-            self._worker = DeckWorker(separator, self.plan, self.shared, arrays["stems"], arrays["track"],
-                                      cue_frames, cache_path)
-        self._worker.start()
+        self._mode = spec.kind
+        self.backend.start(spec, arrays)
 
-    def _new_separator(self) -> WindowSeparator:
-        separator = self._separator(self.plan)
-        separator.warm_up(1)
-        return separator
+    def _mixer_buffers(self) -> MixerBuffers:
+        return MixerBuffers.of(self.shared, self._gains, self._ramp_frames)
 
     # -- live input ------------------------------------------------------------------------------------
 
@@ -229,7 +169,7 @@ class Engine:
         """The live latency counts one block; on JACK the server's period is the block."""
         jack = jack_serves(input_device, output_device)
         if jack is not None and jack.blocksize != self.block_frames:
-            self.latency_samples += jack.blocksize - self.block_frames
+            self.latency_frames += jack.blocksize - self.block_frames
             self.block_frames = jack.blocksize
 
     def start_live_headless(self) -> None:
@@ -237,19 +177,17 @@ class Engine:
         self._require_plan()
         self._stop_worker()
         channels = self.config.channels
-        capacity = self.latency_samples + 2 * self.plan.window_frames + self.config.max_block_frames
-        arrays = self._allocate(input=((channels, capacity), "float32"),
-                                stems=((len(self.sources), channels, capacity), "float32"))
-        self._input_ring, self._stem_ring = arrays["input"], arrays["stems"]
-        for slot in (POSITION, INPUT_WRITTEN, FALLBACK):
-            self.shared.audio[slot] = 0
-        self._start_session("live", arrays)
+        capacity = self.latency_frames + 2 * self.plan.window_frames + self.config.max_block_frames
+        arrays = self.backend.allocate({"input": ((channels, capacity), "float32"),
+                                        "stems": ((len(self.sources), channels, capacity), "float32")})
+        s = self.shared
+        self._live_buffers = LiveBuffers(arrays["input"], arrays["stems"], s.audio, s.worker, s.transport,
+                                         self._mixer_buffers(), int(self.latency_frames))
+        self._seek_frames(0)  # the callback starts the new rings at 0
+        self._start_session(SessionSpec(LIVE, self.plan), arrays)
 
     def _live_callback(self, indata, outdata, frames, time_info, status) -> None:
-        s = self.shared
-        live_block(indata, outdata, self._input_ring, self._stem_ring, s.audio, s.worker, s.user_gain,
-                   s.mute, s.solo, s.dry_gain, self._gains, s.levels, self.latency_samples,
-                   self._ramp_frames, bool(status))
+        live_block(indata, outdata, self._live_buffers, bool(status))
 
     # -- file deck -------------------------------------------------------------------------------------
 
@@ -276,17 +214,18 @@ class Engine:
         self._stop_worker()
         with self._control:
             self.shared.transport[PLAY] = 0
+            self.shared.transport[PLAY_SERIAL] += 1  # no first-stems time until the next play
         cue = min(max(0, int(cue_s * self.config.samplerate)), max(0, track.shape[-1] - 1))  # like seek
-        arrays = self._allocate(track=(track.shape, "float32"),
-                                stems=((len(self.sources), *track.shape), "float32"))
+        arrays = self.backend.allocate({"track": (track.shape, "float32"),
+                                        "stems": ((len(self.sources), *track.shape), "float32")})
         arrays["track"][:] = track
-        self._track, self._deck_stems = arrays["track"], arrays["stems"]
-        self._seek_frames(cue)
-        self.shared.audio[PLAYHEAD] = cue
+        s = self.shared
+        self._deck_buffers = DeckBuffers(arrays["track"], arrays["stems"], s.audio, s.worker, s.transport,
+                                         self._mixer_buffers())
+        self._seek_frames(cue)  # the callback moves the playhead there, waiting for stems
         self.cue_s = cue / self.config.samplerate
-        self.shared.audio[FALLBACK] = WAITING_FOR_STEMS
-        self._first_stems_s = None
-        self._start_session("deck", arrays, cue, self._cache_path(track) if self.config.cache_stems else None)
+        cache = self._cache_path(track) if self.config.cache_stems else None
+        self._start_session(SessionSpec(DECK, self.plan, cue, cache), arrays)
 
     def _cache_path(self, track: np.ndarray):
         from .cache import CacheEntry, cache_folder, model_fingerprint, stems_key
@@ -301,20 +240,18 @@ class Engine:
 
     def start_output(self, output_device=None, stem_outputs: bool = False) -> None:
         """Open the output device for the deck."""
-        if self._mode != "deck":
+        if self._mode != DECK:
             raise RuntimeError("load a track before starting the deck's output")
         self._open(self._deck_callback, None, output_device, 0, stem_outputs)
 
     def _deck_callback(self, outdata, frames, time_info, status) -> None:
-        s = self.shared
-        deck_block(outdata, self._track, self._deck_stems, s.audio, s.worker, s.transport, s.user_gain,
-                   s.mute, s.solo, s.dry_gain, self._gains, s.levels, self._ramp_frames, bool(status))
+        deck_block(outdata, self._deck_buffers, bool(status))
 
     def play(self) -> None:
+        """Play from the playhead; the time to the first separated audio counts from here."""
         with self._control:
             self.shared.transport[PLAY] = 1
-        self._play_started = time.perf_counter()
-        self._first_stems_s = None
+            self.shared.transport[PLAY_SERIAL] += 1
 
     def pause(self) -> None:
         with self._control:
@@ -328,20 +265,21 @@ class Engine:
 
     def cue(self) -> None:
         """A CDJ's cue: while playing, back to the cue point and pause; while paused, set it here."""
-        if self._mode != "deck":
+        if self._mode != DECK:
             return
         if self.shared.transport[PLAY]:
             self.pause()
             self.seek(self.cue_s)
         else:
-            self.cue_s = int(self.shared.audio[PLAYHEAD]) / self.config.samplerate
+            self.cue_s = playhead_frames(self.shared) / self.config.samplerate
 
     def seek(self, seconds: float) -> None:
         """Move the playhead; separation restarts there unless it is already separated."""
-        length = self._track.shape[-1] if self._mode == "deck" else 0
+        length = self._deck_buffers.track.shape[-1] if self._mode == DECK else 0
         self._seek_frames(min(max(0, int(seconds * self.config.samplerate)), max(0, length - 1)))
 
     def _seek_frames(self, frames: int) -> None:
+        """Ask the callback to move its position (the deck's playhead, a live session's start)."""
         with self._control:
             self.shared.transport[SEEK_TARGET] = frames
             self.shared.transport[SEEK_SERIAL] += 1
@@ -377,7 +315,7 @@ class Engine:
         s = self.shared
         return MixerState(gain_db=tuple(gain_to_db(float(g)) for g in s.user_gain),
                           mute=tuple(bool(m) for m in s.mute), solo=tuple(bool(v) for v in s.solo),
-                          dry_mix=float(s.dry_gain[0]), playing=bool(s.transport[PLAY]))
+                          dry_mix=float(s.dry_mix[0]), playing=bool(s.transport[PLAY]))
 
     def set_dry_mix(self, amount: float) -> None:
         """0 plays the stems, 1 the latency-aligned dry signal; between, a crossfade."""
@@ -385,43 +323,46 @@ class Engine:
         if math.isnan(amount):
             raise ValueError("dry mix is not a number (nan); give 0 (stems) to 1 (dry)")
         with self._control:
-            self.shared.dry_gain[0] = min(1.0, max(0.0, amount))
+            self.shared.dry_mix[0] = min(1.0, max(0.0, amount))
 
     # -- status and lifetime -----------------------------------------------------------------------------
 
     def status(self) -> EngineStatus:
-        s, sr = self.shared, self.config.samplerate
+        """A snapshot; it only reads, so any thread may take one at any time."""
+        s, sr, deck = self.shared, self.config.samplerate, self._mode == DECK
         hop_s = self.plan.hop_frames / sr if self.plan else 1.0
         levels = s.levels.copy()
-        playhead = int(s.audio[PLAYHEAD]) if self._mode == "deck" else int(s.audio[POSITION])
-        ahead = (int(s.worker[STEMS_WRITTEN]) - playhead) / sr if self._mode == "deck" else 0.0
-        if (self._first_stems_s is None and self._play_started is not None and self._mode == "deck"
-                and s.audio[FALLBACK] == PLAYING_STEMS and s.audio[BLOCKS] > 0 and s.worker[STEMS_WRITTEN] > playhead):
-            self._first_stems_s = time.perf_counter() - self._play_started
-        worker_error = self._worker_error()
+        playhead = playhead_frames(s) if deck else int(s.audio[POSITION])
+        ahead = (int(s.worker[STEMS_WRITTEN]) - playhead) / sr if deck else 0.0
+        first_stems = first_stems_frames(s) if deck else None
         rtf = float(s.worker_seconds[MEAN_INFERENCE_S]) / hop_s
         # The deck reads ahead of its playhead: only the output adds delay. Live: the plan's latency.
-        latency = self._deck_latency_frames() if self._mode == "deck" else self.latency_samples
+        latency = self._deck_latency_frames() if deck else self.latency_frames
         return EngineStatus(
-            latency_samples=latency, latency_ms=1000.0 * latency / sr,
+            latency_frames=latency, latency_ms=1000.0 * latency / sr,
             samplerate=sr, sources=self.sources,
             peak=tuple(float(v) for v in levels[0]), rms=tuple(float(math.sqrt(v)) for v in levels[1]),
             xruns=int(s.audio[XRUNS]), late_windows=int(s.audio[LATE_WINDOWS]),
-            fallback=s.audio[FALLBACK] != PLAYING_STEMS, realtime_factor=rtf,
+            fallback=bool(s.audio[FALLBACK] != PLAYING_STEMS or (deck and seek_pending(s))), realtime_factor=rtf,
             max_realtime_factor=float(s.worker_seconds[MAX_INFERENCE_S]) / hop_s, headroom=1.0 - rtf,
             windows_done=int(s.worker[WINDOWS_DONE]), position_s=playhead / sr,
-            playing=bool(s.transport[PLAY]) if self._mode == "deck" else self._stream is not None,
-            seconds_ahead=max(0.0, ahead), first_stems_s=self._first_stems_s,
-            worker_error=worker_error, worker_notice=self._worker_notice,
+            playing=bool(s.transport[PLAY]) if deck else self._stream is not None,
+            seconds_ahead=max(0.0, ahead), first_stems_s=None if first_stems is None else first_stems / sr,
+            worker_error=self.backend.failure(), worker_notice=self.backend.notice(),
             stream_error=self._stream_error)
 
     @property
     def track_seconds(self) -> float:
-        return self._track.shape[-1] / self.config.samplerate if self._mode == "deck" else 0.0
+        return self._deck_buffers.track.shape[-1] / self.config.samplerate if self._mode == DECK else 0.0
 
     @property
     def stream_active(self) -> bool:
         return self._stream is not None and bool(self._stream.active)
+
+    @property
+    def output_open(self) -> bool:
+        """Whether an output is open (it may have stopped since: see ``stream_active``)."""
+        return self._stream is not None
 
     def stop_output(self) -> None:
         """Stop playing and keep the session (the deck's track, its stems, the worker). sounddevice's
@@ -435,23 +376,12 @@ class Engine:
                 pass
 
     def stop(self) -> None:
-        self._closing.set()
         self.stop_output()
-        self._stop_worker()
-        with self._process_lock:
-            if self._process is not None:
-                self._process.close()
-                self._process = None
-        self._release_shared_memory()
+        self.shared = self.backend.close()  # the last counters stay readable (status after stop)
 
-    def _release_shared_memory(self) -> None:
-        """Keep the last counters readable (status after stop), then free the segments."""
-        for block in self._retired_blocks + self._blocks:
-            block.close()
-        self._retired_blocks, self._blocks = [], []
-        if self.config.worker == "process" and self._state_block.arrays:
-            self.shared = SharedState(**{key: array.copy() for key, array in self._state_block.arrays.items()})
-            self._state_block.close()
+    def abort(self) -> None:
+        """End the separation at once, without cleaning up: the program is about to exit."""
+        self.backend.abort()
 
     def __enter__(self) -> "Engine":
         return self
@@ -465,83 +395,12 @@ class Engine:
         if self.plan is None:
             raise RuntimeError("call prepare() (or prepare_plan()) before starting the engine")
 
-    def _worker_error(self) -> str | None:
-        if self.config.worker == "process":  # failures short of the restart limit are notices
-            return self._worker_fatal
-        if self._worker is not None and self._worker.error is not None:
-            return f"{type(self._worker.error).__name__}: {self._worker.error}"
-        return None
-
     def _stop_worker(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
-        with self._process_lock:
-            self._session_args = None  # nothing for the supervisor to restart
-            if self._process is not None:
-                self._process.stop_session()
-        # A running stream may still read the previous session's arrays for one more block:
-        # free them one session later.
-        for block in self._retired_blocks:
-            block.close()
-        self._retired_blocks, self._blocks = self._blocks, []
-
-    # -- the separation process's supervisor ---------------------------------------------------------
-
-    def _supervise(self) -> None:
-        """Start (once) the thread that restarts a separation process that died mid-session."""
-        if self._supervisor is None:
-            self._supervisor = threading.Thread(target=self._supervise_loop, name="stemdeck-supervisor",
-                                                daemon=True)
-            self._supervisor.start()
-
-    def _supervise_loop(self) -> None:
-        while not self._closing.wait(SUPERVISE_POLL_S):
-            process = self._process
-            failed = process is not None and (not process.alive or process.poll_error() is not None)
-            if failed and self._session_args is not None:
-                self._restart_worker(process)
-
-    def _restart_worker(self, dead: WorkerProcess) -> None:
-        """A new process takes the session over from the playhead; until it delivers, the
-        callback plays the latency-aligned dry signal, as for a late window."""
-        with self._process_lock:
-            if self._process is not dead or self._session_args is None or self._closing.is_set():
-                return  # stopped or replaced meanwhile
-            dead.close()  # a session that failed leaves its process running: end it
-            began = time.monotonic()
-            last = dead.poll_error() or f"it exited with code {dead.exitcode}"
-            while self._count_restart():
-                self._worker_notice = (f"the separation process failed ({last}); playing the dry signal "
-                                       f"while it restarts ({len(self._restart_times)} of {MAX_WORKER_RESTARTS})")
-                kind, specs, cache_path = self._session_args
-                cue = int(self.shared.audio[PLAYHEAD]) if kind == "deck" else 0
-                try:
-                    self._worker_process().start(kind, self.plan, specs, cue, cache_path, resume=True)
-                except WorkerError as exc:
-                    last = str(exc)
-                    continue
-                self.worker_restart_s = time.monotonic() - began
-                self._worker_notice = (f"the separation process failed ({last}); restarted it in "
-                                       f"{self.worker_restart_s:.1f} s, the dry signal played meanwhile")
-                return
-            self._session_args = None
-            self._worker_fatal = (f"the separation process failed {len(self._restart_times)} times within "
-                                  f"{WORKER_RESTART_WINDOW_S:.0f} s (last: {last}); the dry signal plays on; "
-                                  "restart stemdeck or try a smaller model (--model tiny)")
-
-    def _count_restart(self) -> bool:
-        """Record one more restart; False once the recent ones exceed the limit."""
-        now = time.monotonic()
-        self._restart_times = [t for t in self._restart_times if now - t < WORKER_RESTART_WINDOW_S] + [now]
-        return len(self._restart_times) <= MAX_WORKER_RESTARTS
+        self.backend.stop_session()
 
     def _open(self, callback, input_device, output_device, input_channels: int, stem_outputs: bool) -> None:
         """Play through the session's JACK client when JACK serves these devices, else sounddevice."""
         self._stream_error = None
-        # Python hands the GIL over after this long: well inside one audio period, so the
-        # callback never waits long on the worker's Python code between torch kernels.
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         jack = jack_serves(input_device if input_channels else None, output_device)
         if jack is not None:
             if jack.samplerate != self.config.samplerate:
@@ -589,7 +448,7 @@ class Engine:
         """Block (not in a callback!) until the worker has final stems up to ``frames``."""
         deadline = time.perf_counter() + timeout_s
         while int(self.shared.worker[STEMS_WRITTEN]) < frames:
-            if time.perf_counter() > deadline or self._worker_error():
+            if time.perf_counter() > deadline or self.backend.failure():
                 return False
             time.sleep(0.002)
         return True

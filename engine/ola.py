@@ -29,16 +29,6 @@ def ring_write_interleaved(ring, position, block):
 
 
 @njit(nogil=True, cache=True)
-def ring_write(ring, position, block):
-    """Copy a ``(channels, frames)`` block into a ``(channels, capacity)`` ring at ``position``."""
-    capacity = ring.shape[-1]
-    for i in range(block.shape[-1]):
-        index = (position + i) % capacity
-        for c in range(ring.shape[0]):
-            ring[c, index] = block[c, i]
-
-
-@njit(nogil=True, cache=True)
 def ring_read(ring, position, out, available_until):
     """Fill ``out`` ``(channels, frames)`` from the ring at ``position``; zeros before 0 and at or
     after ``available_until`` (frames the ring does not hold yet)."""

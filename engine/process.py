@@ -2,7 +2,9 @@
 
 The worker process loads the model once, then runs one separation session at a time (live
 input or a deck) on arrays in shared memory: the rings, the track and its stems, and the
-``SharedState`` counters. Commands go over a queue; the audio side never talks to it.
+``SharedState`` counters. Commands are dataclasses sent over a queue and dispatched by type;
+each gets a :class:`Reply` naming it, with a value or a :class:`Failure`. The audio side never
+talks to it.
 """
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .runtime import pid_alive
+from .session import Failure, SessionSpec, WorkerError
+
 READY_TIMEOUT_S = 300.0  # loading and warming a large model on a slow machine
 STOP_TIMEOUT_S = 30.0
 QUIT_TIMEOUT_S = 10.0
@@ -27,10 +32,6 @@ WORKER_NICENESS = 10
 SEGMENT_PREFIX = "stemdeck"
 SHM_FOLDER = Path("/dev/shm")
 ArraySpecs = dict[str, tuple[tuple[int, ...], str]]
-
-
-class WorkerError(RuntimeError):
-    """The separation process refused a request or failed; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -67,16 +68,6 @@ def clean_stale_segments(folder: Path = SHM_FOLDER) -> list[str]:
             except OSError:
                 pass
     return removed
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 class SharedBlock:
@@ -116,6 +107,54 @@ class SharedBlock:
             pass
 
 
+# -- commands (parent to process) and replies ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class LoadModel:
+    model: object  # an nn.Module; sent on the queue, not through the spawn pipe (see WorkerProcess)
+
+
+@dataclass(frozen=True)
+class Calibrate:
+    window: object  # a WindowConfig
+    headroom: float
+
+
+@dataclass(frozen=True)
+class StartSession:
+    spec: SessionSpec
+    blocks: dict[str, BlockSpec]  # the session's arrays, by name (``stems``, ``input``/``track``)
+
+
+@dataclass(frozen=True)
+class StopSession:
+    pass
+
+
+@dataclass(frozen=True)
+class Quit:
+    pass
+
+
+@dataclass(frozen=True)
+class Reply:
+    command: str  # the command's class name
+    value: object = None
+    failure: Failure | None = None
+
+
+@dataclass(frozen=True)
+class SessionFailed:
+    """The running session's worker failed (the process carries on serving)."""
+
+    failure: Failure
+
+
+@dataclass(frozen=True)
+class _Exited:  # the reader thread's own note: the process is gone
+    code: int | None
+
+
 class WorkerProcess:
     """The parent's handle on the inference process.
 
@@ -131,7 +170,7 @@ class WorkerProcess:
         context = multiprocessing.get_context("spawn")
         self.commands, self.replies = context.Queue(), context.Queue()
         self.commands.cancel_join_thread()  # a dead child must not hold the parent at exit
-        self.error: str | None = None
+        self.failure: Failure | None = None  # the running session's, once it reports one
         self._inbox: queue.Queue = queue.Queue()
         self._requests = threading.Lock()
         self.process = context.Process(target=_worker_main, name="stemdeck-worker", daemon=True,
@@ -139,9 +178,8 @@ class WorkerProcess:
                                              self.replies))
         self.process.start()
         threading.Thread(target=self._read_replies, name="stemdeck-worker-replies", daemon=True).start()
-        self.commands.put(("model", model))
         try:
-            self._expect("ready", ready_timeout_s, "loading the model")
+            self._send(LoadModel(model), ready_timeout_s, "loading the model")
         except WorkerError:
             self.kill()
             raise
@@ -151,17 +189,18 @@ class WorkerProcess:
         return self.process.is_alive()
 
     @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    @property
     def exitcode(self) -> int | None:
         return self.process.exitcode
 
     def calibrate(self, window, headroom: float, timeout_s: float = READY_TIMEOUT_S):
-        return self._request(("calibrate", window, headroom), "calibrated", timeout_s, "calibrating")
+        return self._request(Calibrate(window, headroom), timeout_s, "calibrating")
 
-    def start(self, kind: str, plan, blocks: dict[str, BlockSpec], cue_frames: int = 0, cache_path=None,
-              resume: bool = False, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """``resume``: take over a session whose process died, keeping the stems it finished."""
-        self._request(("start", kind, plan, blocks, cue_frames, cache_path, resume), "started", timeout_s,
-                      f"starting the {kind} session")
+    def start(self, spec: SessionSpec, blocks: dict[str, BlockSpec], timeout_s: float = READY_TIMEOUT_S) -> None:
+        self._request(StartSession(spec, blocks), timeout_s, f"starting the {spec.kind} session")
 
     def stop_session(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Stop the session; a process that does not answer in time is ended (the next start
@@ -169,14 +208,9 @@ class WorkerProcess:
         if not self.alive:
             return
         try:
-            self._request(("stop",), "stopped", timeout_s, "stopping the session")
+            self._request(StopSession(), timeout_s, "stopping the session")
         except WorkerError:
             self.kill()
-
-    def poll_error(self) -> str | None:
-        """The running session's failure, if it reported one (a dead process is the caller's to
-        notice); a refused command raises :class:`WorkerError` instead."""
-        return self.error
 
     def kill(self) -> None:
         """End the process at once (the parent is about to exit without cleaning up)."""
@@ -186,11 +220,11 @@ class WorkerProcess:
 
     def close(self) -> None:
         if self.process.is_alive():
-            self.commands.put(("quit",))
+            self.commands.put(Quit())
             self.process.join(QUIT_TIMEOUT_S)
         self.kill()
 
-    def _request(self, command: tuple, expected: str, timeout_s: float, doing: str):
+    def _request(self, command, timeout_s: float, doing: str):
         with self._requests:
             while True:  # replies left from an earlier request that gave up waiting
                 try:
@@ -199,132 +233,148 @@ class WorkerProcess:
                     break
             if not self.alive:
                 raise WorkerError(f"the separation process is not running (exit code {self.exitcode}) "
-                                  f"for {doing}")
-            self.commands.put(command)
-            return self._expect(expected, timeout_s, doing)
+                                  f"for {doing}", "exited")
+            return self._send(command, timeout_s, doing)
 
-    def _expect(self, expected: str, timeout_s: float, doing: str):
-        deadline = time.monotonic() + timeout_s
+    def _send(self, command, timeout_s: float, doing: str):
+        self.commands.put(command)
+        name, deadline = type(command).__name__, time.monotonic() + timeout_s
         while True:
             try:
-                kind, payload = self._inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+                reply = self._inbox.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise WorkerError(f"the separation process did not answer within {timeout_s:.0f} s "
-                                  f"({doing}); the machine may be overloaded") from None
-            if kind == expected:
-                return payload
-            if kind == "exited":
-                raise WorkerError(f"the separation process exited (code {payload}) while {doing}; "
-                                  "check the model, free memory, or try --model tiny")
-            if kind == "error":
-                raise WorkerError(payload.split(": ", 1)[-1] if payload.startswith("ValueError") else payload)
+                                  f"({doing}); the machine may be overloaded", "timeout") from None
+            if isinstance(reply, _Exited):
+                raise WorkerError(f"the separation process exited (code {reply.code}) while {doing}; "
+                                  "check the model, free memory, or try --model tiny", "exited")
+            if reply.command != name:
+                continue  # a late answer to an earlier request
+            if reply.failure is None:
+                return reply.value
+            if isinstance(command, LoadModel):
+                raise WorkerError(f"cannot load the model in the separation process: {reply.failure}",
+                                  reply.failure.kind)
+            raise WorkerError.refused(reply.failure)
 
     def _read_replies(self) -> None:
-        """The only reader of ``replies``: session errors are kept, the rest go to the waiter."""
+        """The only reader of ``replies``: session failures are kept, the rest go to the waiter."""
         while True:
             try:
-                kind, payload = self.replies.get(timeout=REPLY_POLL_S)
+                reply = self.replies.get(timeout=REPLY_POLL_S)
             except queue.Empty:
                 if not self.process.is_alive():
-                    self._inbox.put(("exited", self.process.exitcode))
+                    self._inbox.put(_Exited(self.process.exitcode))
                     return
                 continue
             except (EOFError, OSError, ValueError):  # the queue was closed under us
-                self._inbox.put(("exited", self.process.exitcode))
+                self._inbox.put(_Exited(self.process.exitcode))
                 return
-            if kind == "session-error":
-                self.error = payload
+            if isinstance(reply, SessionFailed):
+                self.failure = reply.failure
             else:
-                self._inbox.put((kind, payload))
+                self._inbox.put(reply)
 
+
+# -- the separation process ---------------------------------------------------------------------------
 
 def _receive_model(commands, replies):
     """The model, sent after start (see :class:`WorkerProcess`); None if the parent is gone."""
     parent = multiprocessing.parent_process()
     while True:
         try:
-            kind, model = commands.get(timeout=1.0)
+            command = commands.get(timeout=1.0)
         except queue.Empty:
             if parent is not None and not parent.is_alive():
                 return None
             continue
         except Exception as exc:  # a model that cannot be rebuilt here
-            replies.put(("error", f"cannot load the model in the separation process: {type(exc).__name__}: {exc}"))
+            replies.put(Reply(LoadModel.__name__, failure=Failure.of(exc)))
             return None
-        if kind == "model":
-            return model
+        if isinstance(command, LoadModel):
+            return command.model
+
+
+class _Server:
+    """The process's state between commands: the model, its separators, the running session."""
+
+    def __init__(self, model, shared, precision: str, stream_rate: int, replies):
+        self.model, self.shared, self.precision, self.stream_rate = model, shared, precision, stream_rate
+        self.replies = replies
+        self.session = None
+        self.blocks: list[SharedBlock] = []
+        self.separators: dict = {}
+
+    def separator_for(self, plan):
+        from .separator import WindowSeparator
+
+        key = (plan.window_frames, plan.hop_frames, plan.lookahead_frames, plan.span_frames, plan.pad_to_segment)
+        if key not in self.separators:
+            self.separators.clear()
+            self.separators[key] = WindowSeparator(self.model, plan, self.precision, stream_rate=self.stream_rate)
+        return self.separators[key]
+
+    def calibrate(self, command: Calibrate):
+        from .calibrate import calibrate
+        from .windows import WindowPlan
+
+        segment = float(self.model.segment)
+        return calibrate(lambda w: self.separator_for(WindowPlan.from_config(w, self.stream_rate, segment)),
+                         command.window, command.headroom)
+
+    def start(self, command: StartSession) -> None:
+        from .worker import build_worker
+
+        self.stop()
+        self.blocks = [SharedBlock.attach(spec) for spec in command.blocks.values()]
+        arrays = {key: block.arrays[key] for key, block in zip(command.blocks, self.blocks, strict=True)}
+        self.session = build_worker(command.spec, self.separator_for(command.spec.plan), self.shared, arrays)
+        self.session.on_failure = lambda failure: self.replies.put(SessionFailed(failure))
+        self.session.start()
+
+    def stop(self, command: StopSession | None = None) -> None:
+        if self.session is not None:
+            self.session.stop()
+            self.session = None
+        for block in self.blocks:
+            block.close()
+        self.blocks = []
+
+
+HANDLERS = {Calibrate: _Server.calibrate, StartSession: _Server.start, StopSession: _Server.stop}
+
+
+def _next_command(commands):
+    """The next command; Quit when the parent died without saying so."""
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            return commands.get(timeout=1.0)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return Quit()
 
 
 def _worker_main(state_spec, precision, threads, stream_rate, commands, replies) -> None:
     """Entry point of the inference process."""
-    from .calibrate import calibrate
-    from .separator import WindowSeparator
+    from .runtime import configure_process
     from .state import SharedState
-    from .windows import WindowPlan
-    from .worker import DeckWorker, LiveWorker, warm_up_worker_kernels
+    from .worker import warm_up_worker_kernels
 
     model = _receive_model(commands, replies)
     if model is None:
         return
+    configure_process(torch_threads=threads)
     os.nice(WORKER_NICENESS)  # the audio path (and the GUI) go first when the CPU is short
     warm_up_worker_kernels(len(model.sources), int(getattr(model, "audio_channels", 2)))
     state_block = SharedBlock.attach(state_spec)
-    shared = SharedState(**state_block.arrays)
-    session, blocks, separators = None, [], {}
-
-    def separator_for(plan):
-        key = (plan.window_frames, plan.hop_frames, plan.lookahead_frames, plan.span_frames, plan.pad_to_segment)
-        if key not in separators:
-            separators.clear()
-            separators[key] = WindowSeparator(model, plan, precision, threads=threads, stream_rate=stream_rate)
-        return separators[key]
-
-    def stop_session():
-        nonlocal session, blocks
-        if session is not None:
-            session.stop()
-            session = None
-        for block in blocks:
-            block.close()
-        blocks = []
-
-    replies.put(("ready", None))
-    parent = multiprocessing.parent_process()
-    while True:
+    server = _Server(model, SharedState(**state_block.arrays), precision, stream_rate, replies)
+    replies.put(Reply(LoadModel.__name__))
+    while not isinstance(command := _next_command(commands), Quit):
+        name = type(command).__name__
         try:
-            command = commands.get(timeout=1.0)
-        except queue.Empty:
-            if parent is not None and not parent.is_alive():
-                command = ("quit",)  # the parent died without saying so
-            else:
-                continue
-        try:
-            if command[0] == "calibrate":
-                _, window, headroom = command
-                samplerate, segment = stream_rate, float(model.segment)
-                result = calibrate(lambda w: separator_for(WindowPlan.from_config(w, samplerate, segment)),
-                                   window, headroom)
-                replies.put(("calibrated", result))
-            elif command[0] == "start":
-                stop_session()
-                _, kind, plan, specs, cue, cache_path, resume = command
-                blocks = [SharedBlock.attach(spec) for spec in specs.values()]
-                arrays = {key: block.arrays[key] for key, block in zip(specs, blocks)}
-                separator = separator_for(plan)
-                if kind == "live":
-                    session = LiveWorker(separator, plan, shared, arrays["stems"], arrays["input"])
-                else:
-                    session = DeckWorker(separator, plan, shared, arrays["stems"], arrays["track"], cue, cache_path,
-                                         resume)
-                session.on_error = lambda message: replies.put(("session-error", message))
-                session.start()
-                replies.put(("started", None))
-            elif command[0] == "stop":
-                stop_session()
-                replies.put(("stopped", None))
-            elif command[0] == "quit":
-                stop_session()
-                break
+            replies.put(Reply(name, HANDLERS[type(command)](server, command)))
         except Exception as exc:  # reported to the parent, the process keeps serving
-            replies.put(("error", f"{type(exc).__name__}: {exc}"))
+            replies.put(Reply(name, failure=Failure.of(exc)))
+    server.stop()
     state_block.close()

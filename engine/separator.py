@@ -26,15 +26,14 @@ def _set_train_segment(model: nn.Module, pad_to_segment: bool) -> None:
 class WindowSeparator:
     """``(C, window)`` float32 in, ``(S, C, window)`` float32 out, on a private model copy.
 
-    The model normalises each window itself, so no track-wide statistics are needed.
+    The model normalises each window itself, so no track-wide statistics are needed. Torch's
+    thread count is the process's, set once at its entry point (:mod:`engine.runtime`).
     """
 
     def __init__(self, model: nn.Module, plan: WindowPlan, precision: str = "auto",
-                 device: str = "cpu", threads: int | None = None, stream_rate: int | None = None):
+                 device: str = "cpu", stream_rate: int | None = None):
         self.device = torch.device(device)
         self.precision = precision
-        if threads:
-            torch.set_num_threads(threads)
         stream_rate = int(stream_rate or model.samplerate)
         segment_frames = int(float(model.segment) * stream_rate)
         if plan.pad_to_segment and _has_htdemucs(model) and plan.window_frames > segment_frames:

@@ -14,10 +14,10 @@ import numpy as np
 from .cache import CacheEntry, load_stems, save_stems
 from .ola import accumulate_window, finalize, ring_read
 from .separator import WindowSeparator
-from .state import (INPUT_WRITTEN, LAST_INFERENCE_S, MAX_INFERENCE_S, MEAN_INFERENCE_S, PLAYHEAD,
-                    SEPARATED_FROM, STEMS_WRITTEN, WINDOWS_DONE, WORKER_ERRORS, SharedState)
+from .session import LIVE, Failure, SessionSpec
+from .state import (MAX_INFERENCE_S, MEAN_INFERENCE_S, SEPARATED_FROM, STEMS_WRITTEN, WINDOWS_DONE, SharedState,
+                    input_written_frames, playhead_frames)
 from .windows import WindowPlan
-
 
 class OverlapAdd:
     """Ring-indexed accumulators for one stream of windows."""
@@ -55,8 +55,8 @@ class SeparationWorker(threading.Thread):
         self.ola = OverlapAdd(stems_out.shape[0], stems_out.shape[1], plan)
         self.window = np.zeros((stems_out.shape[1], plan.window_frames), np.float32)
         self.stop_event = threading.Event()
-        self.error: BaseException | None = None
-        self.on_error = None  # called with a one-line message (the worker process reports it)
+        self.failure: Failure | None = None
+        self.on_failure = None  # called with the Failure (the worker process reports it)
         self._inference_total_s = 0.0
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -69,10 +69,9 @@ class SeparationWorker(threading.Thread):
         try:
             self.loop()
         except BaseException as exc:  # reported through status; the audio keeps the dry signal
-            self.error = exc
-            self.shared.worker[WORKER_ERRORS] += 1
-            if self.on_error is not None:
-                self.on_error(f"{type(exc).__name__}: {exc}")
+            self.failure = Failure.of(exc)
+            if self.on_failure is not None:
+                self.on_failure(self.failure)
 
     def loop(self) -> None:
         raise NotImplementedError
@@ -80,7 +79,7 @@ class SeparationWorker(threading.Thread):
     def reset_counters(self) -> None:
         worker = self.shared.worker
         if self.keeps_separated():
-            worker[WINDOWS_DONE] = worker[WORKER_ERRORS] = 0
+            worker[WINDOWS_DONE] = 0
         else:
             worker.fill(0)
         self.shared.worker_seconds.fill(0.0)
@@ -103,7 +102,6 @@ class SeparationWorker(threading.Thread):
         times = self.shared.worker_seconds
         done = int(self.shared.worker[WINDOWS_DONE]) + 1
         self._inference_total_s += seconds
-        times[LAST_INFERENCE_S] = seconds
         times[MAX_INFERENCE_S] = max(times[MAX_INFERENCE_S], seconds)
         times[MEAN_INFERENCE_S] = self._inference_total_s / done
         self.shared.worker[WINDOWS_DONE] = done
@@ -117,13 +115,13 @@ class LiveWorker(SeparationWorker):
         self.input_ring = input_ring
 
     def loop(self) -> None:
-        plan, audio, worker = self.plan, self.shared.audio, self.shared.worker
+        plan, worker = self.plan, self.shared.worker
         capacity = self.input_ring.shape[-1]
         # from where the input is now (0 on a fresh start; later when taking over from a
         # separation process that died)
-        index = self._restart_index(int(audio[INPUT_WRITTEN]))
+        index = self._restart_index(input_written_frames(self.shared))
         while not self.stop_event.is_set():
-            written = int(audio[INPUT_WRITTEN])
+            written = input_written_frames(self.shared)
             if written < plan.window_end(index):
                 time.sleep(self.poll_s)
                 continue
@@ -173,7 +171,7 @@ class DeckWorker(SeparationWorker):
         saved = cached is not None and cached[0] <= self.origin and cached[1] >= length
         index = 0
         while not self.stop_event.is_set():
-            playhead = int(self.shared.audio[PLAYHEAD])
+            playhead = playhead_frames(self.shared)
             if playhead < worker[SEPARATED_FROM] or playhead > worker[STEMS_WRITTEN] + plan.hop_frames:
                 self._restart(playhead)
                 index, saved = 0, False
@@ -194,6 +192,18 @@ class DeckWorker(SeparationWorker):
         self.ola.reset()
         self.shared.worker[STEMS_WRITTEN] = origin  # never ahead of SEPARATED_FROM for a reader
         self.shared.worker[SEPARATED_FROM] = origin if separated_from is None else separated_from
+
+
+def build_worker(spec: SessionSpec, separator: WindowSeparator, shared: SharedState,
+                 arrays: dict[str, np.ndarray]) -> SeparationWorker:
+    """The one place a session's worker is made, in this process or the separation process.
+
+    ``arrays``: ``stems`` and, live, the ``input`` ring or, deck, the ``track``.
+    """
+    if spec.kind == LIVE:
+        return LiveWorker(separator, spec.plan, shared, arrays["stems"], arrays["input"])
+    return DeckWorker(separator, spec.plan, shared, arrays["stems"], arrays["track"], spec.cue_frames,
+                      spec.cache_entry, spec.resume)
 
 
 def warm_up_worker_kernels(num_stems: int, channels: int) -> None:

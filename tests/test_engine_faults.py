@@ -68,7 +68,7 @@ def play_through(engine: Engine, track: np.ndarray, wait: bool = True) -> np.nda
 
 def wait_finished(engine: Engine, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while not engine._worker.finished.is_set():
+    while not engine.backend.worker.finished.is_set():
         assert time.monotonic() < deadline, "the deck worker never finished"
         time.sleep(0.01)
 
@@ -317,7 +317,7 @@ def test_killed_separation_process_plays_dry_restarts_and_the_stems_come_back():
             assert np.isfinite(out).all()
             kinds.append(_classify(out[:, 0], track[0, playhead : playhead + BLOCK]))
             if killed_at is None and len(kinds) == int(0.5 / block_s):
-                os.kill(engine._process.process.pid, signal.SIGKILL)
+                os.kill(engine.backend.process.pid, signal.SIGKILL)
                 killed_at = len(kinds)
             if killed_at and kinds[-1] == "stems" and "dry" in kinds[killed_at:]:
                 break
@@ -340,7 +340,7 @@ def test_killed_separation_process_plays_dry_restarts_and_the_stems_come_back():
     assert status.worker_notice.startswith("the separation process failed (it exited with code -9); restarted it in")
     dry_s = after.count("dry") * block_s
     print(f"after SIGKILL: {after.count('dry')} dry blocks ({dry_s:.2f} s of audio), "
-          f"restart took {engine.worker_restart_s:.2f} s")
+          f"restart took {engine.backend.restart_s:.2f} s")
 
 
 def test_killed_separation_process_keeps_live_input_playing_latency_aligned():
@@ -358,7 +358,7 @@ def test_killed_separation_process_keeps_live_input_playing_latency_aligned():
             if start >= latency + SR // 10:  # past the silence before the first output and the mute's ramp
                 kinds.append(_classify(out[:, 0], signal_in[0, start - latency : start - latency + BLOCK]))
             if killed_at is None and kinds.count("stems") >= int(1.0 / block_s):
-                os.kill(engine._process.process.pid, signal.SIGKILL)
+                os.kill(engine.backend.process.pid, signal.SIGKILL)
                 killed_at = len(kinds)
             if killed_at and kinds[-1] == "stems" and "dry" in kinds[killed_at:]:
                 break
@@ -371,7 +371,7 @@ def test_killed_separation_process_keeps_live_input_playing_latency_aligned():
     assert after.count("dry") > 0 and after[-1] == "stems"
     assert status.worker_error is None and "exited with code -9" in status.worker_notice
     print(f"live, after SIGKILL: {after.count('dry')} dry blocks ({after.count('dry') * block_s:.2f} s), "
-          f"restart took {engine.worker_restart_s:.2f} s")
+          f"restart took {engine.backend.restart_s:.2f} s")
 
 
 class FailsOnMusic(PassThrough):
@@ -384,9 +384,9 @@ class FailsOnMusic(PassThrough):
 
 
 def test_a_failing_session_is_restarted_a_bounded_number_of_times_while_the_deck_plays_dry(monkeypatch):
-    import engine.engine
+    import engine.backends
 
-    monkeypatch.setattr(engine.engine, "MAX_WORKER_RESTARTS", 1)
+    monkeypatch.setattr(engine.backends, "MAX_WORKER_RESTARTS", 1)
     track = tone(60.0)
     deck = deck_engine(FailsOnMusic(), worker="process", cache_stems=False)
     deck.load_array(track)

@@ -3,14 +3,14 @@ import numpy as np
 import pytest
 
 from engine.ola import (GAIN_CURRENT, accumulate_window, finalize, mix_block, mix_block_reference,
-                        ring_read, ring_write, ring_write_interleaved, update_gain_targets)
+                        ring_read, ring_write_interleaved, update_gain_targets)
 from engine.state import gain_state
 
 
 def test_ring_write_and_read_wrap_around():
     ring = np.zeros((2, 10), np.float32)
     block = np.arange(14, dtype=np.float32).reshape(2, 7)
-    ring_write(ring, 7, block)  # positions 7..13 wrap to 7,8,9,0,1,2,3
+    ring_write_interleaved(ring, 7, np.ascontiguousarray(block.T))  # positions 7..13 wrap to 7,8,9,0,1,2,3
     out = np.zeros((2, 7), np.float32)
     ring_read(ring, 7, out, 14)
     assert np.array_equal(out, block)

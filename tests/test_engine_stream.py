@@ -244,9 +244,9 @@ def test_deck_loads_files_at_any_rate_and_channel_count(tmp_path):
     engine.load(path)
     status = engine.status()
     engine.stop()
-    assert engine._track.shape == (2, SR)  # resampled to the model's rate, both channels
+    assert engine._deck_buffers.track.shape == (2, SR)  # resampled to the model's rate, both channels
     assert engine.track_seconds == pytest.approx(1.0)
-    assert np.allclose(engine._track[0], engine._track[1])
+    assert np.allclose(engine._deck_buffers.track[0], engine._deck_buffers.track[1])
     assert status.playing is False
 
 
@@ -260,7 +260,7 @@ def test_deck_refuses_unreadable_files_and_keeps_the_loaded_track(tmp_path):
     bad.write_bytes(b"not audio at all" * 10)
     with pytest.raises(AudioError, match="not a readable audio file"):
         engine.load(bad)
-    assert engine._track.shape == (2, SR)
+    assert engine._deck_buffers.track.shape == (2, SR)
     engine.stop()
 
 
@@ -288,16 +288,16 @@ def test_separated_deck_is_cached_on_disk_and_reloads_instantly():
     first.load_array(track)
     assert first.wait_separated(track.shape[1], timeout_s=60)
     deadline = time.time() + 10
-    while not first._worker.finished.is_set() and time.time() < deadline:
+    while not first.backend.worker.finished.is_set() and time.time() < deadline:
         time.sleep(0.01)
-    expected = first._deck_stems.copy()
+    expected = first._deck_buffers.stems.copy()
     first.stop()
     second = Engine(PassThrough(), EngineConfig(inference_budget_s=0.0, worker="thread"))
     second.prepare(FAST_PLAN, calibrate_plan=False)
     second.load_array(track)
     assert second.wait_separated(track.shape[1], timeout_s=5)
     status = second.status()
-    stems = second._deck_stems.copy()
+    stems = second._deck_buffers.stems.copy()
     second.stop()
     assert status.windows_done == 0  # nothing was separated again
     assert np.abs(stems - expected).max() < 1e-3  # stored as float16

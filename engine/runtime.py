@@ -1,0 +1,37 @@
+"""Process-wide settings, made once by an entry point (the command line, the separation
+process), never by library code: a library that changed them would change them for its host."""
+from __future__ import annotations
+
+import os
+import sys
+
+# Python hands the GIL over after this long: well inside one audio period (5.8 ms at 256 frames
+# at 44.1 kHz), so the audio callback never waits long on another thread's Python code between
+# torch kernels. Python's default, 5 ms, can keep it waiting a whole block.
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
+def inference_threads(requested: int | None = None) -> int:
+    """Torch threads for inference: ``requested``, or all cores but one (the audio path's)."""
+    return requested or max(1, (os.cpu_count() or 2) - 1)
+
+
+def configure_process(torch_threads: int | None = None) -> None:
+    """Short GIL hand-overs for the audio callback; ``torch_threads``, if given, for torch's pool
+    (the separation process sets it; the command line leaves torch's own choice to offline work)."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (whoever owns it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
