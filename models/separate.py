@@ -227,10 +227,13 @@ def separate(model: nn.Module, audio: np.ndarray, samplerate: int, *, overlap: f
     stems = apply_model(model, ((mix - mean) / std)[None], overlap=overlap, shifts=shifts,
                         segment=segment, device=device, progress=progress, seed=seed,
                         precision=precision)[0]
+    del mix  # long tracks: every copy of the whole track counts
     with torch.inference_mode():
-        stems = stems.mul_(std).add_(mean).numpy()
-    stems = np.stack([resample(match_channels(stem, channels), model.samplerate, samplerate, frames)
-                      for stem in stems])
+        at_model_rate = stems.mul_(std).add_(mean).numpy()
+    stems = np.empty((len(at_model_rate), channels, frames), np.float32)
+    for index, stem in enumerate(at_model_rate):
+        stems[index] = resample(match_channels(stem, channels), model.samplerate, samplerate, frames)
+    del at_model_rate
     if share_band:
         stems = share_high_band(audio, stems, samplerate, model.samplerate)
     return dict(zip(model.sources, stems))
@@ -242,7 +245,7 @@ def normalisation(mix: np.ndarray) -> tuple[float, float]:
     Computed in float64, so loud float files do not overflow; fewer than two frames have no
     deviation: 0.
     """
-    mono = mix.astype(np.float64).mean(axis=0)
+    mono = mix.mean(axis=0, dtype=np.float64)
     if mono.size == 0:
         return 0.0, 1.0
     deviation = float(mono.std(ddof=1)) if mono.size > 1 else 0.0
