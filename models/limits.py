@@ -21,7 +21,7 @@ MAX_BAG_MODELS = 16
 MAX_PARAMETERS = 200_000_000  # 3x the largest official model (hdemucs_mmi, 67 M)
 MAX_FRACTION_DIGITS = 12
 SAMPLERATE_RANGE = (8_000, 384_000)
-SEGMENT_RANGE_S = (0.1, 120.0)
+SEGMENT_RANGE_S = (1.0, 120.0)  # shorter chunks leave the deepest layers without a frame
 MAX_SHOWN_CHARS = 60
 
 # name: (low, high), inclusive. Integers must be ints, the others any finite number.
@@ -136,6 +136,12 @@ def _check_shapes_fit(values: dict[str, Any]) -> None:
     low, high = DEPTHS[kind]
     if not low <= values["depth"] <= high:
         raise LimitError(f"depth must be from {low} to {high} for {kind}, not {values['depth']}")
+    if kind == "HTDemucs" and values["growth"] != int(values["growth"]):
+        raise LimitError(f"growth must be a whole number in HT Demucs (its transformer width is "
+                         f"channels x growth^(depth-1)), not {values['growth']:g}")
+    if kind == "HTDemucs" and values["channels_time"] not in (None, values["channels"]):
+        raise LimitError("channels_time must equal channels in HT Demucs: its transformer joins the two "
+                         f"branches ({values['channels_time']} and {values['channels']})")
     narrowest = min(values["channels"], values.get("channels_time") or values["channels"])
     if values["dconv_mode"] and values["dconv_depth"] and narrowest < values["dconv_comp"]:
         raise LimitError(f"dconv_comp={values['dconv_comp']:g} leaves no channel of {narrowest} in the "
