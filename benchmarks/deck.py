@@ -15,6 +15,7 @@ from _common import htdemucs_random, jack_dummy_server
 
 from engine.config import EngineConfig
 from engine.engine import Engine
+from engine.runtime import configure_process
 from models.demo import demo_stems
 
 
@@ -24,6 +25,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="playback before reading the lead")
     parser.add_argument("--preset", default="balanced")
     args = parser.parse_args(argv)
+    configure_process()  # as the command line does: this process runs the audio callback
     track = sum(demo_stems(30.0).values())
     track = np.ascontiguousarray(np.tile(track, (1, 3)), dtype=np.float32)  # 90 s
     engine = Engine(htdemucs_random(), EngineConfig())

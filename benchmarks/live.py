@@ -15,6 +15,7 @@ from _common import htdemucs_random, jack_dummy_server
 from engine.config import PRESETS, EngineConfig
 from engine.engine import Engine
 from engine.process import WorkerError
+from engine.runtime import configure_process
 
 
 def run_preset(model, preset: str, seconds: float) -> dict:
@@ -43,6 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--presets", default=",".join(PRESETS))
     args = parser.parse_args(argv)
+    configure_process()  # as the command line does: this process runs the audio callback
     model = htdemucs_random()
     with jack_dummy_server():
         rows = [run_preset(model, preset, args.seconds) for preset in args.presets.split(",")]

@@ -88,6 +88,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--probe", nargs=2, metavar=("SERVER", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from engine.runtime import configure_process
+
+    configure_process()  # as the command line does: this process runs the audio callback
     spacing_cycles = int(args.spacing_s * RATE / PERIOD)
     if args.probe:
         probe(args.probe[0], args.presses, spacing_cycles, args.probe[1])

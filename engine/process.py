@@ -357,15 +357,14 @@ def _next_command(commands):
 
 def _worker_main(state_spec, precision, threads, stream_rate, commands, replies) -> None:
     """Entry point of the inference process."""
-    from .runtime import configure_process
+    from .runtime import configure_separation_process
     from .state import SharedState
     from .worker import warm_up_worker_kernels
 
     model = _receive_model(commands, replies)
     if model is None:
         return
-    configure_process(torch_threads=threads)
-    os.nice(WORKER_NICENESS)  # the audio path (and the GUI) go first when the CPU is short
+    configure_separation_process(threads, WORKER_NICENESS)
     warm_up_worker_kernels(len(model.sources), int(getattr(model, "audio_channels", 2)))
     state_block = SharedBlock.attach(state_spec)
     server = _Server(model, SharedState(**state_block.arrays), precision, stream_rate, replies)

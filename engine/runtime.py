@@ -17,13 +17,24 @@ def inference_threads(requested: int | None = None) -> int:
 
 
 def configure_process(torch_threads: int | None = None) -> None:
-    """Short GIL hand-overs for the audio callback; ``torch_threads``, if given, for torch's pool
-    (the separation process sets it; the command line leaves torch's own choice to offline work)."""
+    """For a process that runs the audio callback (the command line, the GUI, a test session):
+    short GIL hand-overs; ``torch_threads``, if given, for torch's pool (left alone otherwise:
+    offline separation takes torch's own choice)."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     if torch_threads:
         import torch
 
         torch.set_num_threads(torch_threads)
+
+
+def configure_separation_process(torch_threads: int, niceness: int) -> None:
+    """For the separation process: its torch threads, and a lower priority, so the audio path
+    (and the GUI) go first when the CPU is short. No audio callback runs there: Python's own
+    switch interval stays."""
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    os.nice(niceness)
 
 
 def pid_alive(pid: int) -> bool:

@@ -11,6 +11,11 @@ import pytest
 import soundfile as sf
 import torch
 
+from engine.runtime import configure_process
+
+# The test session is an entry point, like the command line: engines run in this process too.
+configure_process()
+
 SOURCES_4 = ["drums", "bass", "other", "vocals"]
 SOURCES_6 = SOURCES_4 + ["guitar", "piano"]
 
