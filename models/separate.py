@@ -229,14 +229,20 @@ def separate(model: nn.Module, audio: np.ndarray, samplerate: int, *, overlap: f
                         precision=precision)[0]
     del mix  # long tracks: every copy of the whole track counts
     with torch.inference_mode():
-        at_model_rate = stems.mul_(std).add_(mean).numpy()
-    stems = np.empty((len(at_model_rate), channels, frames), np.float32)
-    for index, stem in enumerate(at_model_rate):
-        stems[index] = resample(match_channels(stem, channels), model.samplerate, samplerate, frames)
-    del at_model_rate
+        stems = stems.mul_(std).add_(mean)
+    stems = _to_input_layout(stems.numpy(), model.samplerate, samplerate, channels, frames)
     if share_band:
         stems = share_high_band(audio, stems, samplerate, model.samplerate)
     return dict(zip(model.sources, stems))
+
+
+def _to_input_layout(stems: np.ndarray, model_rate: int, samplerate: int, channels: int,
+                     frames: int) -> np.ndarray:
+    """``(S, C_model, T_model)`` to ``(S, channels, frames)`` at ``samplerate``, filled stem by stem."""
+    out = np.empty((len(stems), channels, frames), np.float32)
+    for index in range(len(stems)):
+        out[index] = resample(match_channels(stems[index], channels), model_rate, samplerate, frames)
+    return out
 
 
 def normalisation(mix: np.ndarray) -> tuple[float, float]:
