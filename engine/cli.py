@@ -302,7 +302,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from models.cli import run_parsed
 
-    from .process import WorkerError
+    from .session import WorkerError
     from .runtime import configure_process
 
     from .midi import MappingError, MidiError

@@ -1,7 +1,9 @@
 """The engine's control side: the thread-safe API the CLI, GUI and MIDI drive.
 
-It owns the buffers (all sized at start), starts the separation worker and the audio stream,
-and reads the lock-free status. The control lock only orders control writers among
+It sizes the buffers (all at start), has its :class:`~engine.backends.WorkerBackend` run the
+separation, opens the audio stream, and reads the lock-free status. It writes only the
+controls and the transport: a load, a seek or a new live session is a request the callback
+applies (see :mod:`engine.state`). The control lock only orders control writers among
 themselves; the audio callback never takes it.
 """
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 It owns the accumulators and writes the stem buffer and the ``worker`` counters; it only reads
 what the audio callback publishes. Windows are processed in order, so everything before the
-next window's span is final after each one.
+next window's span is final after each one. :func:`build_worker` makes a session's worker,
+wherever it runs (a thread of the engine's process, or the separation process).
 """
 from __future__ import annotations
 
