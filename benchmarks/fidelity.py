@@ -30,7 +30,7 @@ def stream(model, preset: str, mix: np.ndarray) -> tuple[dict[str, np.ndarray], 
     engine = Engine(model, EngineConfig(worker="thread"))
     engine.prepare(preset, block_frames=BLOCK)
     engine.start_live_headless()
-    latency = engine.latency_samples
+    latency = engine.latency_frames
     feed = np.concatenate([mix, np.zeros((2, latency + BLOCK), np.float32)], axis=1)
     out = np.zeros((feed.shape[1], 2 * (1 + len(model.sources))), np.float32)
     for position in range(0, feed.shape[1] - BLOCK + 1, BLOCK):

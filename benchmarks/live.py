@@ -30,7 +30,7 @@ def run_preset(model, preset: str, seconds: float) -> dict:
         status = engine.status()
     finally:
         engine.stop()
-    return {"preset": preset, "offered": True, "latency_samples": status.latency_samples, "latency_ms": status.latency_ms,
+    return {"preset": preset, "offered": True, "latency_samples": status.latency_frames, "latency_ms": status.latency_ms,
             "hop_s": engine.window.hop_s, "window_s": engine.window.window_s,
             "xruns": status.xruns, "late_windows": status.late_windows, "windows": status.windows_done,
             "forward_s": engine.calibration.forward_s, "worker_load": status.realtime_factor,

@@ -348,7 +348,7 @@ def test_killed_separation_process_keeps_live_input_playing_latency_aligned():
     engine.prepare(FAST_PLAN, block_frames=BLOCK, calibrate_plan=False)
     engine.start_live_headless()
     engine.set_mute("vocals")
-    signal_in, latency, block_s = tone(60.0), engine.latency_samples, BLOCK / SR
+    signal_in, latency, block_s = tone(60.0), engine.latency_frames, BLOCK / SR
     out, kinds, killed_at = np.zeros((BLOCK, 2), np.float32), [], None
     started = time.monotonic()
     try:

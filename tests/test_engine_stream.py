@@ -31,7 +31,7 @@ def stream_live(engine, signal, sizes=BLOCK_SIZES, out_channels=2, wait=True):
         block = np.ascontiguousarray(signal[:, position : position + n].T)
         out = np.zeros((n, out_channels), np.float32)
         if wait:
-            assert engine.wait_separated(position + n - engine.latency_samples, timeout_s=120)
+            assert engine.wait_separated(position + n - engine.latency_frames, timeout_s=120)
         engine.process_live_block(block, out)
         outs.append(out)
         position += n
@@ -59,7 +59,7 @@ def test_streaming_equals_offline_once_shifted_by_the_latency(worker):
     offline = separate(model, x, SR, precision="fp32")
     plan = WindowPlan.offline(SR, float(model.segment), 0.25)
     engine = live_engine(model, plan=plan, block=max(BLOCK_SIZES), worker=worker)
-    latency = engine.latency_samples
+    latency = engine.latency_frames
     assert latency == plan.window_frames + max(BLOCK_SIZES)
     feed = np.concatenate([x, np.zeros((2, latency), np.float32)], axis=1)
     out = stream_live(engine, feed, out_channels=2 + 2 * 4)
@@ -80,8 +80,8 @@ def test_end_to_end_delay_is_exactly_the_reported_latency(worker):
     signal[:, 1000] = 1.0
     out = stream_live(engine, signal, sizes=[256])
     engine.stop()
-    assert np.argmax(np.abs(out[:, 0])) == 1000 + engine.latency_samples
-    assert out[1000 + engine.latency_samples, 0] == pytest.approx(1.0, abs=1e-6)
+    assert np.argmax(np.abs(out[:, 0])) == 1000 + engine.latency_frames
+    assert out[1000 + engine.latency_frames, 0] == pytest.approx(1.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("action,stem_gains,mix_gain", [
@@ -99,7 +99,7 @@ def test_mixer_controls_act_on_the_intended_stem(action, stem_gains, mix_gain):
     tone = np.sin(2 * np.pi * 441 * np.arange(SR) / SR).astype(np.float32)
     out = stream_live(engine, np.stack([tone, tone]), sizes=[256], out_channels=10)
     engine.stop()
-    latency = engine.latency_samples
+    latency = engine.latency_frames
     settled = slice(latency + 2000, SR)  # after the 10 ms ramps
     reference = tone[2000 : SR - latency]
     assert np.allclose(out[settled, 0], mix_gain * reference, atol=1e-5)
@@ -121,7 +121,7 @@ def test_late_windows_fall_back_to_the_aligned_dry_signal():
     status = engine.status()
     engine.stop()
     assert status.late_windows >= 1
-    latency = engine.latency_samples
+    latency = engine.latency_frames
     played = out[latency:, 0]
     dry = tone[: SR // 2 - latency]
     # every sample is either the muted mix (0.6 x) or the dry signal: never silence, never garbage
@@ -274,7 +274,7 @@ def test_streams_at_other_device_rates_with_exact_latency(rate):
     tone = np.sin(2 * np.pi * 441 * np.arange(rate) / rate).astype(np.float32)
     out = stream_live(engine, np.stack([tone, tone]), sizes=[256])
     engine.stop()
-    latency = engine.latency_samples
+    latency = engine.latency_frames
     assert latency == int(0.25 * rate) + 256  # lookahead + span at this rate, one block
     settled = slice(latency + rate // 10, rate)
     assert np.allclose(out[settled, 0], 0.6 * tone[rate // 10 : rate - latency], atol=2e-3)
