@@ -305,6 +305,13 @@ def check_model_segment(model, segment_s: float | None) -> None:
         check_segment(sub_model, segment_s)
 
 
+def _bar_columns() -> int:
+    """The terminal's width (a pseudo-terminal may say 0: then 100)."""
+    import shutil
+
+    return min(120, shutil.get_terminal_size((100, 20)).columns)
+
+
 class SeparationBars:
     """tqdm bars on a terminal: one for the file, one overall when there are several files.
 
@@ -321,7 +328,7 @@ class SeparationBars:
             from tqdm import tqdm
 
             self._total_bar = tqdm(total=self.files, desc="all files", unit="file", position=1,
-                                   file=sys.stderr, dynamic_ncols=True,
+                                   file=sys.stderr, ncols=_bar_columns(),
                                    bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]")
         return self
 
@@ -336,7 +343,7 @@ class SeparationBars:
             from tqdm import tqdm
 
             self._file_bar = tqdm(total=round(seconds, 1), desc=path.name[:40], unit="s", position=0,
-                                  file=sys.stderr, dynamic_ncols=True, leave=False,
+                                  file=sys.stderr, ncols=_bar_columns(), leave=False,
                                   bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s of audio "
                                              "[{elapsed}<{remaining}]")
 
