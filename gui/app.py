@@ -19,12 +19,24 @@ def add_gui_command(commands, add_model_options, add_midi_options) -> None:
     gui.add_argument("file", type=Path, nargs="?", help="a track to load at start")
     gui.add_argument("--demo", action="store_true", help="load a generated demo song")
     gui.add_argument("--screenshot", type=Path, metavar="PNG", help="render the window to PNG and exit")
+    gui.add_argument("--size", type=window_size, metavar="WxH", help="window size, e.g. 1600x900, or 'min': "
+                     "the smallest the window goes (default: as it was last time)")
     gui.add_argument("--preset", choices=("quality", "balanced", "low-latency"), default=None)
     gui.add_argument("--output", help="output device (index, name or part of it)")
     gui.add_argument("--exit-when-shown", action="store_true", help=argparse.SUPPRESS)  # startup benchmark
     add_model_options(gui)
     add_midi_options(gui)
     gui.set_defaults(func=run_gui)
+
+
+def window_size(text: str) -> tuple[int, int]:
+    """``1600x900`` → (1600, 900); ``min`` → (1, 1), which the window raises to its minimum."""
+    if text == "min":
+        return (1, 1)
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit()) or int(width) < 1 or int(height) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write WIDTHxHEIGHT (1600x900) or min")
+    return int(width), int(height)
 
 
 def run_gui(args: argparse.Namespace) -> int:
@@ -56,6 +68,8 @@ def run_gui(args: argparse.Namespace) -> int:
     window = MainWindow(session, settings)
     _remember_midi_ports(args, settings)
     midi = _start_midi(window, session, args)
+    if args.size is not None:
+        window.resize(*args.size)
     window.show()
     if args.exit_when_shown:
         QTimer.singleShot(0, lambda: (print(f"STEMDECK_SHOWN {time.perf_counter():.3f}", flush=True), app.quit()))

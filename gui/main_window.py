@@ -277,7 +277,9 @@ class MainWindow(QMainWindow):
         for label in (self.model_status, self.latency_status, self.load_status, self.ahead_status,
                       self.xrun_status, self.midi_status):
             bar.addWidget(label)  # normal widgets: a temporary message hides them and gets the width
-        bar.addWidget(QWidget(), 1)
+        spacer = QWidget()
+        spacer.setStyleSheet("background: transparent")  # the bar's own colour, not a dark box
+        bar.addWidget(spacer, 1)
 
     def show_message(self, text: str, timeout_ms: int = 0) -> None:
         """A line for the user across the status bar (0: until the next one)."""
@@ -295,15 +297,18 @@ class MainWindow(QMainWindow):
         shift = Qt.KeyboardModifier.ShiftModifier
         for index, (digit, shifted) in enumerate(zip(DIGIT_KEYS, SHIFTED_DIGIT_KEYS)):
             self._shortcut(QKeySequence(digit), lambda i=index: self.toggle_stem(i, "mute"))
-            # Shift+digit arrives as the digit or as the layout's symbol, with or without Shift
+            # Shift+digit arrives as the digit or as the layout's symbol, with or without Shift; X11
+            # offers one key press as several of these, which Qt calls ambiguous: all mean the same.
             for key in (QKeyCombination(shift, digit), QKeyCombination(shift, shifted), QKeyCombination(shifted)):
-                self._shortcut(QKeySequence(key), lambda i=index: self.toggle_stem(i, "solo"))
+                self._shortcut(QKeySequence(key), lambda i=index: self.toggle_stem(i, "solo"), same_as_ambiguous=True)
 
-    def _shortcut(self, keys: QKeySequence, slot, repeat: bool = False) -> None:
+    def _shortcut(self, keys: QKeySequence, slot, repeat: bool = False, same_as_ambiguous: bool = False) -> None:
         shortcut = QShortcut(keys, self)
         shortcut.setContext(Qt.ShortcutContext.WindowShortcut)
         shortcut.setAutoRepeat(repeat)  # a held Space must not flutter play/pause
         shortcut.activated.connect(slot)
+        if same_as_ambiguous:  # Qt delivers an ambiguous key press to one of them only
+            shortcut.activatedAmbiguously.connect(slot)
 
     def _build_menu(self) -> None:
         open_action = QAction("Open…", self)

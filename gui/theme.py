@@ -28,6 +28,7 @@ QFrame#banner {{ background: {ERROR_BACKGROUND}; border-radius: 6px; }}
 QFrame#note {{ background: {NOTE_BACKGROUND}; border-radius: 6px; }}
 QFrame#banner QLabel, QFrame#note QLabel {{ background: transparent; }}
 QStatusBar {{ background: {PANEL}; color: {DIM_TEXT}; font-size: 10pt; }}
+QStatusBar::item {{ border: 0; }}
 QStatusBar QLabel {{ background: transparent; color: {DIM_TEXT}; font-size: 10pt; padding: 0 4px; }}
 QSlider::groove:vertical {{ background: #2a2e35; width: 8px; border-radius: 4px; }}
 QSlider::handle:vertical {{ background: {TEXT}; height: 22px; margin: 0 -12px; border-radius: 4px; }}

@@ -211,3 +211,14 @@ def test_keys_still_work_once_a_banner_shows(qtbot, window):
     QApplication.processEvents()
     qtbot.keyClick(QApplication.focusWidget() or window, Qt.Key.Key_4)
     assert window.session.engine.mixer().mute[VOCALS]
+
+
+def test_window_size_option():
+    import argparse
+
+    from gui.app import window_size
+
+    assert window_size("1600x900") == (1600, 900) and window_size("min") == (1, 1)
+    for bad in ("1600", "x900", "0x900", "big"):
+        with pytest.raises(argparse.ArgumentTypeError, match="write WIDTHxHEIGHT"):
+            window_size(bad)
