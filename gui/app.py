@@ -88,9 +88,22 @@ def run_gui(args: argparse.Namespace) -> int:
         app.exec()
         return 0
     finally:
-        if midi is not None:
-            midi.close()
-        session.close()
+        _shut_down(session, midi)
+
+
+def _shut_down(session, midi) -> None:
+    """Audio first, then MIDI: rtmidi holds the GIL through its JACK port calls, and this process's
+    JACK audio client needs the GIL every cycle (in one process with another rtmidi client, a
+    port closed while that audio client ran has hung the tests)."""
+    session.close()
+    try:
+        from engine.jack_output import close_session_output
+    except ImportError:  # an engine without its own JACK client
+        pass
+    else:
+        close_session_output()
+    if midi is not None:
+        midi.close()
 
 
 def _remember_midi_ports(args, settings) -> None:

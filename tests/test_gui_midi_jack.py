@@ -29,7 +29,14 @@ JACK_CYCLES_MS = 25  # a few 5.8 ms JACK periods
 
 @pytest.fixture
 def pads(jack_server):
-    """The controller's output port, as JACK shows a plugged-in hardware controller."""
+    """The controller's output port, as JACK shows a plugged-in hardware controller.
+
+    No JACK audio client of this process may run meanwhile (an earlier test's stays open for the
+    process): with it running, closing an rtmidi JACK port connected to this one hung (rtmidi holds
+    the GIL through the call; that client's Python callback needs it every cycle).
+    """
+    from engine.jack_output import close_session_output
+    close_session_output()
     client = open_client("out", "jack", CONTROLLER)
     client.open_virtual_port("pads out")
     yield client
