@@ -78,7 +78,8 @@ def run_gui(args: argparse.Namespace) -> int:
         return 0
     window.choose_model(model, remember=args.model is not None)  # a fallback is not the user's choice
     if args.demo:
-        from models.demo import SAMPLERATE as DEMO_RATE, demo_stems
+        from models.demo import SAMPLERATE as DEMO_RATE
+        from models.demo import demo_stems
         session.open_array(sum(demo_stems(20.0).values()), DEMO_RATE, "demo song")
     elif args.file is not None:
         session.open_file(args.file)

@@ -7,8 +7,21 @@ from pathlib import Path
 
 from PyQt6.QtCore import QKeyCombination, QSettings, Qt, QTimer
 from PyQt6.QtGui import QAction, QColor, QKeySequence, QShortcut
-from PyQt6.QtWidgets import (QComboBox, QFileDialog, QFrame, QHBoxLayout, QLabel, QMainWindow, QMenu, QProgressBar,
-                             QPushButton, QSlider, QTabWidget, QVBoxLayout, QWidget)
+from PyQt6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMenu,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .session import Session, Track
 from .theme import stem_colour
@@ -343,7 +356,7 @@ class MainWindow(QMainWindow):
             devices = list_devices()
         except Exception:  # noqa: BLE001 - no audio backend: the pickers stay at default
             return [], []
-        label = lambda d: f"{d['name']} [{d['hostapi_name']}]"  # noqa: E731
+        label = lambda d: f"{d['name']} [{d['hostapi_name']}]"
         return ([label(d) for d in devices if d["max_input_channels"] > 0],
                 [label(d) for d in devices if d["max_output_channels"] > 0])
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 import queue
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PyQt6.QtCore import QObject, pyqtSignal
 
-PASSTHROUGH = "passthrough"
 DEMO_SECONDS = 20.0
 WAVEFORM_COLUMNS = 1200
+BLOCK_FRAMES = 256  # the engine's block when the GUI sets it (a JACK server's period may differ)
 
 
 @dataclass
@@ -63,14 +63,6 @@ def overview_peaks(track: np.ndarray, columns: int = WAVEFORM_COLUMNS) -> np.nda
     return usable.reshape(columns, -1).max(axis=1)
 
 
-def load_model(name: str):
-    if name == PASSTHROUGH:
-        from models.passthrough import PassThrough
-        return PassThrough()
-    from models.cli import load_or_fetch
-    return load_or_fetch(name)
-
-
 class Session(QObject):
     busy = pyqtSignal(str)  # what the job thread is doing ("" when idle)
     model_ready = pyqtSignal(str, tuple)  # model name, sources
@@ -78,14 +70,16 @@ class Session(QObject):
     live_ready = pyqtSignal()
     failed = pyqtSignal(str)  # one line for the user
 
-    def __init__(self, config: SessionConfig | None = None, model_loader: Callable = load_model):
+    def __init__(self, config: SessionConfig | None = None, model_loader: Callable | None = None):
+        """``model_loader(name)`` gives a ``models.loading.LoadedModel`` (``name`` None: the default
+        model); without one, models load as the command line's do, what happens shown as busy."""
         super().__init__()
         self.config = config or SessionConfig()
         self.engine = None
         self.model_name: str | None = None
         self.track: Track | None = None
         self._track_audio: np.ndarray | None = None
-        self._load_model = model_loader
+        self._load_model = model_loader or self._load_or_fetch
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run_jobs, name="stemdeck-session", daemon=True)
         self._thread.start()
@@ -147,44 +141,42 @@ class Session(QObject):
 
     # -- on the job thread ------------------------------------------------------------------------------
 
+    def _load_or_fetch(self, name: str | None):
+        import sys
+
+        from models.loading import load_or_fetch
+        return load_or_fetch(name, report=self.busy.emit, progress_bar=sys.stderr.isatty())
+
     def _switch_or_stand_in(self, name: str | None, preset: str) -> None:
         """A model that cannot load leaves the current one; with none yet, the deck still plays."""
-        from models.registry import bundled_path
+        from models.loading import FALLBACK_MODEL
+        from models.registry import PASSTHROUGH, bundled_path
         try:
             self._switch_model(name, preset)
         except Exception as exc:
             if self.engine is not None or name == PASSTHROUGH:
                 raise
-            if bundled_path("tiny") is not None and name != "tiny":
+            if bundled_path(FALLBACK_MODEL) is not None and name != FALLBACK_MODEL:
                 self.failed.emit(f"{user_message(exc)} — the bundled tiny model separates meanwhile")
-                self._switch_model("tiny", preset)
+                self._switch_model(FALLBACK_MODEL, preset)
                 return
             self.failed.emit(f"{user_message(exc)} — until then the pass-through stand-in plays the track "
                              "(its stems are fixed fractions of the mix, not a separation)")
             self._switch_model(PASSTHROUGH, preset)
 
-    def _switch_model(self, name: str, preset: str) -> None:
-        from engine.cli import window_for_latency
-        from engine.config import PRESETS, EngineConfig
-        from engine.engine import Engine
+    def _switch_model(self, name: str | None, preset: str) -> None:
+        from engine.build import build_engine, session_window
 
-        model = self._load_model(name)
-        samplerate = self._device_rate()
-        engine = Engine(model, EngineConfig(samplerate=samplerate, worker=self.config.worker,
-                                            precision=self.config.precision))
-        window = window_for_latency(self.config.latency_s) if self.config.latency_s else PRESETS[preset]
-        try:
-            engine.prepare(window, block_frames=256, calibrate_plan=self.config.calibrate)
-        except Exception:
-            engine.stop()
-            raise
+        model, name = self._load_model(name)
+        engine = build_engine(model, session_window(preset, self.config.latency_s), samplerate=self._device_rate(),
+                              block_frames=BLOCK_FRAMES, precision=self.config.precision,
+                              worker=self.config.worker, calibrate=self.config.calibrate)
         old, self.engine = self.engine, engine
         playing, position_s = False, 0.0
         if old is not None:
             self._carry_mixer(old, engine)
             playing, position_s = old.mixer().playing, old.status().position_s
             old.stop()
-        name = getattr(model, "stemdeck_name", name) or PASSTHROUGH
         self.model_name, self.config.preset = name, preset
         self.model_ready.emit(name, tuple(model.sources))
         if self._track_audio is not None and self.track is not None:  # the track goes on where it was
@@ -195,9 +187,9 @@ class Session(QObject):
 
         if self.config.headless:  # no device: the engine's usual rate, whatever the model's
             return EngineConfig().samplerate
-        from engine.cli import _device_rate
+        from engine.build import device_rate
         from engine.device import resolve_device
-        return _device_rate(resolve_device(self.config.output_device, "output"))
+        return device_rate(resolve_device(self.config.output_device, "output"))
 
     @staticmethod
     def _carry_mixer(old, new) -> None:

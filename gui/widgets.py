@@ -7,7 +7,15 @@ from collections import deque
 import numpy as np
 from PyQt6.QtCore import QLineF, QPointF, QRectF, Qt, pyqtSignal
 from PyQt6.QtGui import QColor, QPainter, QPen
-from PyQt6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
+from PyQt6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .theme import ACCENT, DIM_TEXT, PANEL, TEXT
 
@@ -121,7 +129,7 @@ class DbFader(QSlider):
         return -math.inf if value <= FADER_MIN_DB else value
 
     def set_db(self, db: float) -> None:
-        self.setValue(int(round(max(FADER_MIN_DB, min(FADER_MAX_DB, db)) * FADER_STEPS_PER_DB)))
+        self.setValue(round(max(FADER_MIN_DB, min(FADER_MAX_DB, db)) * FADER_STEPS_PER_DB))
 
     def mouseDoubleClickEvent(self, event) -> None:
         self.set_db(0.0)

@@ -7,7 +7,6 @@ import time
 
 import pytest
 from PyQt6.QtCore import QEvent, QObject, QSettings
-
 from test_gui import make_window
 
 

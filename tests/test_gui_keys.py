@@ -4,7 +4,6 @@ import pytest
 from PyQt6.QtCore import Qt, QTimer
 from PyQt6.QtTest import QTest
 from PyQt6.QtWidgets import QApplication
-
 from test_gui import BASS, SR, VOCALS, make_window, output_ratio
 
 SHIFT = Qt.KeyboardModifier.ShiftModifier

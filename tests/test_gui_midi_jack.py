@@ -8,17 +8,16 @@ leave the window alive: the window's 30 fps refresh runs in the Qt event loop be
 and any exception there fails the test (it aborted the real app).
 """
 import argparse
-import math
 
 import numpy as np
 import pytest
+from test_gui import SIX, SR, loader, output_ratio, tone, wait_idle
 
 from engine.midi.bindings import cc_to_db
 from engine.midi.ports import open_client
 from gui.app import _start_midi
 from gui.main_window import MainWindow, _clock
 from gui.session import Session, SessionConfig
-from test_gui import SIX, SR, loader, output_ratio, tone, wait_idle
 
 FRACTIONS = (0.1, 0.1, 0.2, 0.3, 0.2, 0.1)  # the "six" pass-through model's stems
 VOCALS, BASS = SIX.index("vocals"), SIX.index("bass")
@@ -100,16 +99,16 @@ def press(qtbot, pads, window, note, until):
 def test_every_mute_and_solo_pad(qtbot, pads, deck):
     engine = deck.session.engine
     for stem, fraction in enumerate(FRACTIONS):
-        press(qtbot, pads, deck, 36 + stem, lambda: engine.mixer().mute[stem])
+        press(qtbot, pads, deck, 36 + stem, lambda stem=stem: engine.mixer().mute[stem])
         assert deck.strips[stem].mute.isChecked()
         assert output_ratio(deck) == pytest.approx(1.0 - fraction, abs=1e-5), SIX[stem]
-        press(qtbot, pads, deck, 36 + stem, lambda: not engine.mixer().mute[stem])
+        press(qtbot, pads, deck, 36 + stem, lambda stem=stem: not engine.mixer().mute[stem])
         assert output_ratio(deck) == pytest.approx(1.0, abs=1e-5)
     for stem, fraction in enumerate(FRACTIONS):
-        press(qtbot, pads, deck, 42 + stem, lambda: engine.mixer().solo[stem])
+        press(qtbot, pads, deck, 42 + stem, lambda stem=stem: engine.mixer().solo[stem])
         assert deck.strips[stem].solo.isChecked()
         assert output_ratio(deck) == pytest.approx(fraction, abs=1e-5), SIX[stem]
-        press(qtbot, pads, deck, 42 + stem, lambda: not engine.mixer().solo[stem])
+        press(qtbot, pads, deck, 42 + stem, lambda stem=stem: not engine.mixer().solo[stem])
         assert not deck.strips[stem].solo.isChecked()
     assert output_ratio(deck) == pytest.approx(1.0, abs=1e-5)
 
@@ -118,15 +117,15 @@ def test_every_fader_cc_moves_the_stem_and_its_fader(qtbot, pads, deck):
     engine = deck.session.engine
     db = cc_to_db(80)  # ≈ −4.9 dB
     for stem, fraction in enumerate(FRACTIONS):
-        send(qtbot, pads, deck, [0xB0, 1 + stem, 80], lambda: engine.mixer().gain_db[stem] < -1)
+        send(qtbot, pads, deck, [0xB0, 1 + stem, 80], lambda stem=stem: engine.mixer().gain_db[stem] < -1)
         assert engine.mixer().gain_db[stem] == pytest.approx(db, abs=1e-3)
         assert deck.strips[stem].fader.db == pytest.approx(db, abs=0.05)
         assert deck.strips[stem].db_label.text() == f"−{-db:.1f} dB"
         assert output_ratio(deck) == pytest.approx(1 - fraction + fraction * 10 ** (db / 20), abs=1e-5)
-        send(qtbot, pads, deck, [0xB0, 1 + stem, 0], lambda: engine.mixer().gain_db[stem] <= -60)
+        send(qtbot, pads, deck, [0xB0, 1 + stem, 0], lambda stem=stem: engine.mixer().gain_db[stem] <= -60)
         assert deck.strips[stem].db_label.text() == "−∞ dB"
         assert output_ratio(deck) == pytest.approx(1 - fraction, abs=1e-5)
-        send(qtbot, pads, deck, [0xB0, 1 + stem, 100], lambda: engine.mixer().gain_db[stem] == 0.0)
+        send(qtbot, pads, deck, [0xB0, 1 + stem, 100], lambda stem=stem: engine.mixer().gain_db[stem] == 0.0)
         assert deck.strips[stem].db_label.text() == "+0.0 dB"
 
 

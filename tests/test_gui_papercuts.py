@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from PyQt6.QtCore import QPoint, QRect, QSettings, Qt
 from PyQt6.QtWidgets import QApplication, QWidget
+from test_gui import SR, VOCALS, loader, make_window, output_ratio, tone, wait_idle
 
 from gui.main_window import MainWindow
 from gui.session import Session, SessionConfig, load_model
 from models.passthrough import PassThrough
-from test_gui import SR, VOCALS, loader, make_window, output_ratio, tone, wait_idle
 
 SHIFT = Qt.KeyboardModifier.ShiftModifier
 
