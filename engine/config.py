@@ -21,6 +21,14 @@ class WindowConfig:
     weight_power: float = 1.0
     pad_to_segment: bool = False  # run short windows padded to the training segment (slower)
 
+    @classmethod
+    def for_latency(cls, latency_s: float) -> "WindowConfig":
+        """A plan aiming at ``latency_s``: a third of it per hop, two hops of span, half a hop ahead."""
+        if latency_s <= 0:
+            raise ValueError("--latency must be positive")
+        hop_s = latency_s / 3.0
+        return cls(window_s=4.5 * hop_s, hop_s=hop_s, lookahead_s=hop_s / 2, span_s=2 * hop_s)
+
     def resolved(self, segment_s: float) -> "WindowConfig":
         window_s = float(self.window_s if self.window_s is not None else segment_s)
         span_s = self.span_s if self.span_s is not None else window_s - self.lookahead_s
@@ -54,4 +62,5 @@ class EngineConfig:
     device_latency_frames: int = 0
     cache_stems: bool = True  # keep a deck's separated stems on disk: reloads are instant
     cache_max_bytes: int = 4 * 1024**3  # the stems cache's size limit; least recently used go first
+    deck_window: WindowConfig | None = None  # None: the deck chunks as offline separation does
     worker: str = "process"  # "process": inference never holds the audio thread's GIL; or "thread"

@@ -25,8 +25,8 @@ from .device import DeviceError, open_stream
 from .jack_output import serves as jack_serves
 from .session import DECK, LIVE, SessionSpec
 from .state import (FALLBACK, LATE_WINDOWS, MAX_INFERENCE_S, MEAN_INFERENCE_S, PLAY, PLAY_SERIAL, PLAYING_STEMS,
-                    POSITION, SEEK_SERIAL, SEEK_TARGET, STEMS_WRITTEN, WINDOWS_DONE, XRUNS, first_stems_frames,
-                    gain_state, playhead_frames, seek_pending)
+                    POSITION, SEEK_SERIAL, SEEK_TARGET, SEPARATED_FROM, STEMS_WRITTEN, WINDOWS_DONE, XRUNS,
+                    first_stems_frames, gain_state, playhead_frames, seek_pending)
 from .windows import WindowPlan
 
 STREAM_LOST = ("the audio stream stopped: the device was removed or the sound server quit; "
@@ -54,7 +54,7 @@ class EngineStatus:
     windows_done: int
     position_s: float
     playing: bool
-    seconds_ahead: float  # deck: separated audio ahead of the playhead
+    seconds_ahead: float  # deck: separated audio ahead of the playhead; negative: separation is behind
     first_stems_s: float | None  # deck: play to first separated audio
     worker_error: str | None
     stream_error: str | None
@@ -103,6 +103,7 @@ class Engine:
         self.calibration: Calibration | None = None
         self.plan: WindowPlan | None = None
         self.latency_frames = 0
+        self.block_frames = 256  # until prepare() says which block the live session plays
         self._live_buffers: LiveBuffers | None = None  # what the callback is handed, built per session
         self._deck_buffers: DeckBuffers | None = None
         self._stream = None
@@ -197,7 +198,6 @@ class Engine:
         """Load a track; separation starts at once from the cue point, ahead of any play."""
         from models.audio import read_audio
 
-        self._require_plan()
         audio, samplerate = read_audio(path)
         self.load_audio(audio, samplerate, cue_s)
 
@@ -208,9 +208,18 @@ class Engine:
         track = match_channels(resample(audio, samplerate, self.config.samplerate), self.config.channels)
         self.load_array(np.ascontiguousarray(track, dtype=np.float32), cue_s)
 
+    @property
+    def deck_plan(self) -> WindowPlan:
+        """The deck's chunking: offline separation's (the model's segment, overlap 0.25), which
+        costs the least and gives ``models.separate``'s stems; no calibration, since the deck
+        reads ahead of its playhead and a slow machine only plays dry longer."""
+        segment_s = float(self.model.segment)
+        if self.config.deck_window is not None:
+            return WindowPlan.from_config(self.config.deck_window, self.config.samplerate, segment_s)
+        return WindowPlan.offline(self.config.samplerate, segment_s)
+
     def load_array(self, track: np.ndarray, cue_s: float = 0.0) -> None:
         """Load ``(channels, frames)`` audio at the engine's rate as the deck's track."""
-        self._require_plan()
         if not math.isfinite(cue_s):
             raise ValueError(f"cue point {cue_s} s is not a number of seconds")
         self._stop_worker()
@@ -227,16 +236,16 @@ class Engine:
         self._seek_frames(cue)  # the callback moves the playhead there, waiting for stems
         self.cue_s = cue / self.config.samplerate
         cache = self._cache_path(track) if self.config.cache_stems else None
-        self._start_session(SessionSpec(DECK, self.plan, cue, cache), arrays)
+        self._start_session(SessionSpec(DECK, self.deck_plan, cue, cache), arrays)
 
     def _cache_path(self, track: np.ndarray):
         from .cache import CacheEntry, cache_folder, model_fingerprint, stems_key
 
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.model)
-        plan = self.plan
+        plan = self.deck_plan
         settings = (self.config.samplerate, self.config.precision, plan.window_frames, plan.hop_frames,
-                    plan.lookahead_frames, plan.span_frames, plan.pad_to_segment)
+                    plan.lookahead_frames, plan.span_frames, plan.pad_to_segment, "track-normalised")
         path = cache_folder() / f"{stems_key(track, self._fingerprint, settings)}.npy"
         return CacheEntry(path, self.config.cache_max_bytes)
 
@@ -332,10 +341,11 @@ class Engine:
     def status(self) -> EngineStatus:
         """A snapshot; it only reads, so any thread may take one at any time."""
         s, sr, deck = self.shared, self.config.samplerate, self._mode == DECK
-        hop_s = self.plan.hop_frames / sr if self.plan else 1.0
+        plan = self.deck_plan if deck else self.plan
+        hop_s = plan.hop_frames / sr if plan else 1.0
         levels = s.levels.copy()
         playhead = playhead_frames(s) if deck else int(s.audio[POSITION])
-        ahead = (int(s.worker[STEMS_WRITTEN]) - playhead) / sr if deck else 0.0
+        ahead = self._frames_ahead(playhead) / sr if deck else 0.0
         first_stems = first_stems_frames(s) if deck else None
         rtf = float(s.worker_seconds[MEAN_INFERENCE_S]) / hop_s
         # The deck reads ahead of its playhead: only the output adds delay. Live: the plan's latency.
@@ -349,9 +359,18 @@ class Engine:
             max_realtime_factor=float(s.worker_seconds[MAX_INFERENCE_S]) / hop_s, headroom=1.0 - rtf,
             windows_done=int(s.worker[WINDOWS_DONE]), position_s=playhead / sr,
             playing=bool(s.transport[PLAY]) if deck else self._stream is not None,
-            seconds_ahead=max(0.0, ahead), first_stems_s=None if first_stems is None else first_stems / sr,
+            seconds_ahead=ahead, first_stems_s=None if first_stems is None else first_stems / sr,
             worker_error=self.backend.failure(), worker_notice=self.backend.notice(),
             stream_error=self._stream_error)
+
+    def _frames_ahead(self, playhead: int) -> int:
+        """Deck: separated audio ahead of the playhead (positive), or how far separation is
+        behind it (negative): the dry audio before separated audio starts, or by which the
+        playhead has passed the last separated frame."""
+        written, since = int(self.shared.worker[STEMS_WRITTEN]), int(self.shared.worker[SEPARATED_FROM])
+        if playhead < since:
+            return playhead - since
+        return written - playhead
 
     @property
     def track_seconds(self) -> float:

@@ -78,6 +78,19 @@ def finalize(acc, weight_acc, out_ring, start, stop):
 
 
 @njit(nogil=True, cache=True)
+def discard(acc, weight_acc, start, stop):
+    """Clear ``[start, stop)`` of the accumulators without finalising it (frames another pass
+    already holds, or that a restarted pass cannot complete)."""
+    capacity = acc.shape[-1]
+    for position in range(start, stop):
+        a = position % capacity
+        for s in range(acc.shape[0]):
+            for c in range(acc.shape[1]):
+                acc[s, c, a] = 0.0
+        weight_acc[a] = 0.0
+
+
+@njit(nogil=True, cache=True)
 def safe_sample(value):
     """``value`` limited to +-OUTPUT_LIMIT; NaN and Inf become silence."""
     if not np.isfinite(value):

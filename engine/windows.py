@@ -57,6 +57,17 @@ class WindowPlan:
         """Input needed beyond a frame before that frame can be final."""
         return self.lookahead_frames + self.span_frames
 
+    @property
+    def centres_last_window(self) -> bool:
+        """Offline chunking (the whole window used, nothing ahead): a window cut short by the
+        track's end is fed centred, real audio before it, as ``models.separate`` pads it."""
+        return self.lookahead_frames == 0 and self.span_frames == self.window_frames
+
+    def first_window_covering(self, frame: int) -> int:
+        """The first window (on the grid from 0) whose used span reaches ``frame``: starting
+        there, every frame from ``frame`` on gets all the windows offline separation gives it."""
+        return max(0, (frame - self.span_frames) // self.hop_frames + 1)
+
     def window_end(self, index: int, origin: int = 0) -> int:
         return origin + self.context_frames + index * self.hop_frames
 

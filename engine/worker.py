@@ -12,13 +12,16 @@ import time
 
 import numpy as np
 
+from models.separate import normalisation
+
 from .cache import CacheEntry, load_stems, save_stems
-from .ola import accumulate_window, finalize, ring_read
+from .ola import accumulate_window, discard, finalize, ring_read
 from .separator import WindowSeparator
 from .session import LIVE, Failure, SessionSpec
-from .state import (MAX_INFERENCE_S, MEAN_INFERENCE_S, SEPARATED_FROM, STEMS_WRITTEN, WINDOWS_DONE, SharedState,
-                    input_written_frames, playhead_frames)
+from .state import (MAX_INFERENCE_S, MEAN_INFERENCE_S, PLAY, SEEK_SERIAL, SEPARATED_FROM, STEMS_WRITTEN,
+                    WINDOWS_DONE, SharedState, input_written_frames, playhead_frames)
 from .windows import WindowPlan
+
 
 class OverlapAdd:
     """Ring-indexed accumulators for one stream of windows."""
@@ -33,12 +36,17 @@ class OverlapAdd:
         self.acc.fill(0.0)
         self.weight_acc.fill(0.0)
 
-    def add(self, stems: np.ndarray, index: int, origin: int, out: np.ndarray, limit: int) -> int:
-        """Accumulate window ``index``; finalise what it completes into ``out``; return final-until."""
+    def add(self, stems: np.ndarray, index: int, origin: int, out: np.ndarray, limit: int,
+            floor: int | None = None) -> int:
+        """Accumulate window ``index``; finalise what it completes into ``out`` (from ``floor`` on:
+        before it, the frames are dropped); return final-until."""
         plan = self.plan
         accumulate_window(self.acc, self.weight_acc, stems, plan.weights, plan.window_start(index, origin))
         begin = origin + index * plan.hop_frames
         end = min(plan.final_until(index, origin), limit)
+        if floor is not None and floor > begin:
+            discard(self.acc, self.weight_acc, begin, min(floor, end))
+            begin = min(floor, end)
         finalize(self.acc, self.weight_acc, out, begin, end)
         return end
 
@@ -143,7 +151,10 @@ class LiveWorker(SeparationWorker):
 
 
 class DeckWorker(SeparationWorker):
-    """Separates a loaded track ahead of the playhead, restarting there after a seek."""
+    """Separates a loaded track ahead of the playhead, with the offline chunking where the plan is
+    offline's: windows on one grid from the track's start, the track-wide normalisation of
+    ``models.separate``, the last window centred. Restarts after a seek or when the playhead
+    outran it; runs whether or not the deck plays (a loaded, paused deck gets ahead)."""
 
     def __init__(self, separator, plan, shared, stems_out, track: np.ndarray, cue_frames: int = 0,
                  cache_entry: CacheEntry | None = None, resume: bool = False):
@@ -153,14 +164,20 @@ class DeckWorker(SeparationWorker):
         self.finished = threading.Event()
         self.cache_entry = cache_entry
         self.resume = resume  # taking over from a process that died: keep what it finished
+        self.next_index = 0
+        self.floor = 0  # frames before it are final already (or not this pass's to write)
+        self.lead_frames = 0  # how far ahead of a playing playhead the last restart aimed
+        self.mean, self.std = 0.0, 1.0
+        self.shifted = np.zeros((stems_out.shape[0], stems_out.shape[1], plan.window_frames), np.float32)
 
     def keeps_separated(self) -> bool:
         worker = self.shared.worker
         return self.resume and worker[SEPARATED_FROM] <= self.origin <= worker[STEMS_WRITTEN]
 
     def loop(self) -> None:
-        plan, worker = self.plan, self.shared.worker
+        worker = self.shared.worker
         length = self.track.shape[-1]
+        self.mean, self.std = normalisation(self.track)
         cached = load_stems(self.cache_entry, self.stems_out) if self.cache_entry else None
         if self.keeps_separated():  # carry on after what the previous process finished
             self._restart(int(worker[STEMS_WRITTEN]), int(worker[SEPARATED_FROM]))
@@ -170,12 +187,15 @@ class DeckWorker(SeparationWorker):
             self._restart(self.origin)
         # nothing new to store when the cache already holds everything from here to the end
         saved = cached is not None and cached[0] <= self.origin and cached[1] >= length
-        index = 0
+        seeks = int(self.shared.transport[SEEK_SERIAL])
         while not self.stop_event.is_set():
+            # a seek restarts at the playhead; a playhead that outran the worker, ahead of it
+            playing = bool(self.shared.transport[PLAY]) and seeks == self.shared.transport[SEEK_SERIAL]
+            seeks = int(self.shared.transport[SEEK_SERIAL])
             playhead = playhead_frames(self.shared)
-            if playhead < worker[SEPARATED_FROM] or playhead > worker[STEMS_WRITTEN] + plan.hop_frames:
-                self._restart(playhead)
-                index, saved = 0, False
+            if self._lost(playhead, playing):
+                self._restart(self._restart_target(playhead, playing, length))
+                saved = False
             if worker[STEMS_WRITTEN] >= length:
                 if self.cache_entry is not None and not saved:  # a failure is logged, never fatal
                     save_stems(self.cache_entry, self.stems_out, int(worker[SEPARATED_FROM]), length)
@@ -184,12 +204,58 @@ class DeckWorker(SeparationWorker):
                 time.sleep(self.poll_s * 10)
                 continue
             self.finished.clear()
-            worker[STEMS_WRITTEN] = self.separate_window(index, self.origin, length, self.track, length)
-            index += 1
+            worker[STEMS_WRITTEN] = self._separate_next(length)
+
+    def _lost(self, playhead: int, playing: bool) -> bool:
+        """The playhead left what this pass covers: a seek, or it outran a slow machine."""
+        worker = self.shared.worker
+        if playhead > worker[STEMS_WRITTEN] + self.plan.hop_frames:
+            return True
+        return playhead < worker[SEPARATED_FROM] - (self.lead_frames if playing else 0)
+
+    def _restart_target(self, playhead: int, playing: bool, length: int) -> int:
+        """Where to start again: at a paused playhead; ahead of a playing one by the time a window
+        takes (stems then arrive about when the playhead does; until then it plays dry)."""
+        lead_s = 1.25 * float(self.shared.worker_seconds[MEAN_INFERENCE_S]) if playing else 0.0
+        self.lead_frames = int(lead_s * self.track_rate)
+        return min(playhead + self.lead_frames, max(0, length - 1))
+
+    @property
+    def track_rate(self) -> int:
+        return int(self.separator.stream_rate)
+
+    def _separate_next(self, length: int) -> int:
+        index, plan = self.next_index, self.plan
+        start = plan.window_start(index)
+        short = length - start if plan.centres_last_window and start + plan.window_frames > length else 0
+        offset = (plan.window_frames - short) // 2 if short else 0
+        self._read_normalised(start - offset, length)
+        stems = self.separator(self.window)
+        if not np.isfinite(stems).all():  # a broken model: that window is silence, never noise
+            np.nan_to_num(stems, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        stems *= self.std
+        stems += self.mean
+        if short:  # the part of the centred window that is the chunk, at the chunk's place
+            self.shifted.fill(0.0)
+            self.shifted[..., :short] = stems[..., offset : offset + short]
+            stems = self.shifted
+        final = self.ola.add(stems, index, 0, self.stems_out, length, self.floor)
+        self._record(self.separator.last_seconds)
+        self.next_index = index + 1
+        return final
+
+    def _read_normalised(self, position: int, length: int) -> None:
+        """The window from ``position``, normalised track-wide as models.separate does; the
+        padding outside the track stays zero (it pads after normalising)."""
+        ring_read(self.track, position, self.window, length)
+        inside = self.window[:, max(0, -position) : max(0, length - position)]
+        inside -= self.mean
+        inside /= self.std
 
     def _restart(self, origin: int, separated_from: int | None = None) -> None:
         """Separate from ``origin`` on; ``[separated_from, origin)`` is final already."""
-        self.origin = origin
+        self.origin = self.floor = origin
+        self.next_index = self.plan.first_window_covering(origin)
         self.ola.reset()
         self.shared.worker[STEMS_WRITTEN] = origin  # never ahead of SEPARATED_FROM for a reader
         self.shared.worker[SEPARATED_FROM] = origin if separated_from is None else separated_from
@@ -216,3 +282,4 @@ def warm_up_worker_kernels(num_stems: int, channels: int) -> None:
     weights = np.zeros(8, np.float32)
     accumulate_window(acc, np.zeros(8, np.float32), np.zeros((num_stems, channels, 4), np.float32), weights, 0)
     finalize(acc, np.zeros(8, np.float32), np.zeros((num_stems, channels, 8), np.float32), 0, 4)
+    discard(acc, np.zeros(8, np.float32), 0, 4)

@@ -131,7 +131,8 @@ def test_late_windows_fall_back_to_the_aligned_dry_signal():
 
 
 def test_deck_plays_dry_at_once_then_stems_and_follows_seeks():
-    engine = Engine(PassThrough(), EngineConfig(precision="fp32", inference_budget_s=0.0, worker="thread"))
+    engine = Engine(PassThrough(), EngineConfig(precision="fp32", inference_budget_s=0.0, worker="thread",
+                                                deck_window=FAST_PLAN))
     engine.prepare(FAST_PLAN, block_frames=256, calibrate_plan=False)
     tone = np.sin(2 * np.pi * 441 * np.arange(3 * SR) / SR).astype(np.float32)
     engine.load_array(np.stack([tone, tone]), cue_s=0.0)
@@ -173,7 +174,7 @@ def test_deck_counts_late_only_when_stems_fall_behind_not_while_the_first_arrive
             return super().forward(mix)
 
     engine = Engine(Metered(), EngineConfig(precision="fp32", inference_budget_s=0.0, worker="thread",
-                                            cache_stems=False))
+                                            cache_stems=False, deck_window=FAST_PLAN))
     engine.prepare(FAST_PLAN, block_frames=256, calibrate_plan=False)
     tone = np.sin(2 * np.pi * 441 * np.arange(3 * SR) / SR).astype(np.float32)
     engine.load_array(np.stack([tone, tone]))

@@ -1,0 +1,100 @@
+"""Issue 12: the deck on any CPU (offline chunking, never refused, dry until stems arrive) and
+live input that adapts its plan to the machine instead of refusing."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from engine.config import EngineConfig
+from engine.engine import Engine
+from models.separate import separate
+
+SR = 44100
+BLOCK = 512
+
+
+class SlowModel(torch.nn.Module):
+    """The tiny test model with a sleep in every forward: a machine slower than real time."""
+
+    def __init__(self, model: torch.nn.Module, delay_s: float):
+        super().__init__()
+        self.inner, self.delay_s = model, delay_s
+        self.sources, self.samplerate, self.segment = model.sources, model.samplerate, model.segment
+        self.audio_channels = model.audio_channels
+
+    def forward(self, mix):
+        time.sleep(self.delay_s)
+        return self.inner(mix)
+
+
+def _track(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.1 * rng.standard_normal(t.size)
+    return np.ascontiguousarray(np.stack([tone, 0.7 * tone]) + 0.05, dtype=np.float32)
+
+
+def _deck(model, **config) -> Engine:
+    return Engine(model, EngineConfig(worker="thread", precision="fp32", cache_stems=False, **config))
+
+
+@pytest.mark.parametrize("cue_s", [0.0, 3.3])
+def test_deck_stems_equal_offline_separation(tiny_model, cue_s):
+    """The deck chunks as `stemdeck separate` does: its stems equal models.separate's from the
+    cue point on (track-wide normalisation, overlap 0.25, the last window centred)."""
+    track = _track(7.3)
+    expected = np.stack(list(separate(tiny_model, track, SR, precision="fp32").values()))
+    with _deck(tiny_model) as engine:
+        engine.load_array(track, cue_s=cue_s)
+        assert engine.wait_separated(track.shape[-1], timeout_s=60)
+        stems = engine._deck_buffers.stems.copy()
+    cue = int(cue_s * SR)
+    assert np.abs(stems[..., cue:] - expected[..., cue:]).max() <= 1e-4
+    assert np.abs(expected).max() > 0.01  # not two silences that agree
+
+
+def test_slow_machine_deck_plays_every_frame_dry_or_stems_and_catches_up_while_paused(tiny_model):
+    """Separation slower than real time (2 s of sleep per 1.5 s hop): the deck is not refused,
+    plays each block either dry or as offline's stems (never silence), reports itself behind,
+    and a pause lets separation get ahead so that stems play on resuming."""
+    track = _track(9.0, seed=1)
+    expected = sum(separate(tiny_model, track, SR, precision="fp32").values())
+    engine = _deck(SlowModel(tiny_model, delay_s=2.0))
+    out = np.zeros((BLOCK, 2), np.float32)
+    kinds, behind = [], []
+    try:
+        engine.load_array(track)
+        engine.play()
+        start = time.perf_counter()
+        for block in range(int(4.0 * SR / BLOCK)):  # 4 s at the pace of a sound card
+            engine.process_deck_block(out)
+            kinds.append(_kind(out, track, expected, block * BLOCK))
+            behind.append(engine.status().seconds_ahead)
+            time.sleep(max(0.0, start + (block + 1) * BLOCK / SR - time.perf_counter()))
+        engine.pause()
+        deadline = time.perf_counter() + 30
+        while engine.status().seconds_ahead < 1.0 and time.perf_counter() < deadline:
+            time.sleep(0.05)
+        ahead = engine.status().seconds_ahead
+        engine.play()
+        position = int(engine.status().position_s * SR)
+        engine.process_deck_block(out)
+        resumed = _kind(out, track, expected, position)
+    finally:
+        engine.stop()
+    assert "other" not in kinds  # every block was the dry track or the stems
+    assert kinds[0] == "dry" and min(behind) < 0  # it said it was behind
+    assert ahead >= 1.0 and resumed == "stems"
+
+
+def _kind(out: np.ndarray, track: np.ndarray, stems_sum: np.ndarray, position: int) -> str:
+    frames = min(out.shape[0], track.shape[-1] - position)
+    played = out[:frames].T
+    if np.abs(played - track[:, position : position + frames]).max() <= 1e-5:
+        return "dry"
+    if np.abs(played - stems_sum[:, position : position + frames]).max() <= 1e-4:
+        return "stems"
+    return "other"
