@@ -84,7 +84,7 @@ class ThreadBackend:
 
     def calibrate(self, window: WindowConfig, headroom: float) -> Calibration:
         return calibrate(lambda w: _separator(self.model, self.config, _plan(self.model, self.config, w)),
-                         window, headroom)
+                         window, headroom, longest_window_s=float(self.model.segment))
 
     def allocate(self, arrays: ArraySpecs) -> dict[str, np.ndarray]:
         return {key: np.zeros(shape, dtype) for key, (shape, dtype) in arrays.items()}

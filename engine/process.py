@@ -320,7 +320,7 @@ class _Server:
 
         segment = float(self.model.segment)
         return calibrate(lambda w: self.separator_for(WindowPlan.from_config(w, self.stream_rate, segment)),
-                         command.window, command.headroom)
+                         command.window, command.headroom, longest_window_s=segment)
 
     def start(self, command: StartSession) -> None:
         from .worker import build_worker

@@ -51,7 +51,11 @@ class HalfRealTime(PassThrough):
 
 
 class TooSlowToCalibrate(PassThrough):
-    """A forward of 0.6 s: no hop of a 0.5-s window fits, so calibration refuses the window."""
+    """A forward of 0.6 s: no hop of a 0.5-s window fits, so calibration refuses the window
+    (the model's segment is that window, so no longer one is tried)."""
+
+    def __init__(self):
+        super().__init__(segment=0.5)
 
     def forward(self, mix):
         time.sleep(0.6)

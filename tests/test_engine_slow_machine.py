@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import EngineConfig
+from engine.config import EngineConfig, WindowConfig
 from engine.engine import Engine
+from engine.windows import WindowPlan
 from models.separate import separate
 
 SR = 44100
@@ -98,3 +99,42 @@ def _kind(out: np.ndarray, track: np.ndarray, stems_sum: np.ndarray, position: i
     if np.abs(played - stems_sum[:, position : position + frames]).max() <= 1e-4:
         return "stems"
     return "other"
+
+
+FAST_PLAN = WindowConfig(window_s=0.5, hop_s=0.1, lookahead_s=0.05, span_s=0.2)
+
+
+def test_slow_machine_live_input_starts_with_a_longer_plan_instead_of_refusing(tiny_model):
+    """0.5 s per forward: no hop of the 0.5-s window asked for fits, so the calibration times
+    longer windows and starts with the first it keeps up with, saying so, at a longer latency."""
+    engine = _deck(SlowModel(tiny_model, delay_s=0.5))
+    try:
+        engine.prepare(FAST_PLAN, block_frames=BLOCK)
+        calibration = engine.calibration
+        engine.start_live_headless()
+        tone = _track(2.0)
+        out = np.zeros((BLOCK, 2), np.float32)
+        for block in range(4):
+            engine.process_live_block(np.ascontiguousarray(tone[:, block * BLOCK : (block + 1) * BLOCK].T), out)
+        status = engine.status()
+    finally:
+        engine.stop()
+    asked = WindowPlan.from_config(FAST_PLAN, SR, 2.0).latency_frames(BLOCK, 0)
+    assert calibration.adapted and calibration.window.window_s > FAST_PLAN.window_s
+    assert calibration.window.hop_s * 0.7 >= calibration.forward_s >= 0.5
+    assert status.latency_frames > asked + int(calibration.forward_s * SR)
+    assert status.worker_error is None
+
+
+def test_a_machine_too_slow_for_the_longest_window_is_refused_naming_the_ways_out(tiny_model):
+    model = SlowModel(tiny_model, delay_s=1.0)
+    model.segment = 0.75  # the longest window: 0.75 s, whose longest hop (0.7 s) cannot take 1 s
+    engine = _deck(model)
+    try:
+        with pytest.raises(ValueError) as refused:
+            engine.prepare(FAST_PLAN, block_frames=BLOCK)
+    finally:
+        engine.stop()
+    message = str(refused.value)
+    assert message.startswith("this machine needs ") and "0.8 s window" in message
+    assert "smaller model" in message and "GPU" in message and "\n" not in message
