@@ -24,7 +24,7 @@ def main() -> int:
     from PyQt6.QtCore import QTimer
     from PyQt6.QtWidgets import QApplication
 
-    from engine.cli import main as stemdeck
+    from stemdeck.cli import main as stemdeck
 
     app = QApplication(sys.argv[:1])
     samples: list[dict] = []

@@ -2,7 +2,7 @@
 
 Side by side in one run, each launched fresh ``--runs`` times (offscreen Qt, no display needed):
 - bare Qt: a Python process that imports PyQt6 and shows an empty QMainWindow (the floor);
-- stemdeck: `python -m engine.cli gui`, which shows the full mixer window and then loads the
+- stemdeck: `python -m stemdeck gui`, which shows the full mixer window and then loads the
   model in the background (so the model's size does not count against the bar).
 Bar (issue): a usable window in under 3 s on a 2-core machine.
 Usage: python benchmarks/gui_startup.py [--runs 5] [--json]
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as config:
         env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_CONFIG_HOME": config}
         commands = {"bare Qt": [sys.executable, "-c", BARE_QT],
-                    "stemdeck gui": [sys.executable, "-m", "engine.cli", "gui", "--exit-when-shown"]}
+                    "stemdeck gui": [sys.executable, "-m", "stemdeck", "gui", "--exit-when-shown"]}
         time_to_shown(commands["stemdeck gui"], env)  # Numba/pyc caches warm, as after installing
         times = {name: [] for name in commands}
         for _ in range(args.runs):  # interleaved, so machine noise hits both alike

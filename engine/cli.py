@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import PRESETS, EngineConfig, WindowConfig
+from .config import PRESETS, EngineConfig
 from .device import DeviceError
 from .engine import STREAM_LOST
 from .midi import MidiError
@@ -56,28 +56,6 @@ def _add_session_options(parser: argparse.ArgumentParser, add_model_options) -> 
                         help="audio block in frames (default 256; on JACK the server's period)")
     parser.add_argument("--stats", type=Path, help="write the session's counters as JSON here")
     add_midi_options(parser)
-
-
-def window_for_latency(latency_s: float) -> WindowConfig:
-    """A plan aiming at ``latency_s``: a third of it per hop, two hops of span, half a hop ahead."""
-    if latency_s <= 0:
-        raise ValueError("--latency must be positive")
-    hop_s = latency_s / 3.0
-    return WindowConfig(window_s=4.5 * hop_s, hop_s=hop_s, lookahead_s=hop_s / 2, span_s=2 * hop_s)
-
-
-def _device_rate(output_device) -> int:
-    """The rate the output device runs at (a JACK server's, say): the engine runs there."""
-    from .device import sounddevice
-    from .jack_output import serves
-
-    jack = serves(None, output_device)
-    if jack is not None:
-        return jack.samplerate
-    try:
-        return int(sounddevice().query_devices(output_device, "output")["default_samplerate"])
-    except (ValueError, sounddevice().PortAudioError) as exc:
-        raise DeviceError(f"no usable output device ({exc}); run `stemdeck devices`") from None
 
 
 def check_session_options(args: argparse.Namespace) -> None:
@@ -137,27 +115,19 @@ def check_midi_ports(args: argparse.Namespace) -> None:
         raise MidiError(f"no MIDI output matches {args.midi_out!r}; outputs: {describe_ports(outputs)}")
 
 
-def _block_frames(output_device, blocksize: int) -> int:
-    """A JACK server fixes the block (its period), so the latency printed is the one played;
-    elsewhere ``--blocksize`` asks for one."""
-    from .jack_output import serves
-
-    jack = serves(None, output_device)
-    return jack.blocksize if jack is not None else blocksize
-
-
 def _engine(args: argparse.Namespace, output_device, deck: bool = False):
-    from models.cli import check_device, load_or_fetch
+    from models.cli import check_device, load_for_command
 
-    from .engine import Engine
+    from .build import build_engine, device_block_frames, device_rate, session_window
 
     check_device(args.device)
-    samplerate = _device_rate(output_device)  # the device is checked before the model loads
-    model = _passthrough() if args.model == "passthrough" else load_or_fetch(args.model)
-    engine = Engine(model, EngineConfig(precision=args.precision, samplerate=samplerate))
-    window = window_for_latency(args.latency) if args.latency else PRESETS[args.preset]
-    print(f"calibrating {getattr(model, 'stemdeck_name', args.model)} on this machine...", file=sys.stderr)
-    engine.prepare(window, block_frames=_block_frames(output_device, args.blocksize))
+    samplerate = device_rate(output_device)  # the device is checked before the model loads
+    model, name = load_for_command(args.model)
+    if not deck:  # the deck reads ahead of its playhead: nothing to calibrate, nothing to refuse
+        print(f"calibrating {name} on this machine...", file=sys.stderr)
+    engine = build_engine(model, session_window(args.preset, args.latency), samplerate=samplerate,
+                          block_frames=device_block_frames(output_device, args.blocksize), precision=args.precision,
+                          calibrate=not deck)
     for stem in args.mute:
         engine.set_mute(stem)
     for stem in args.solo:
@@ -165,16 +135,13 @@ def _engine(args: argparse.Namespace, output_device, deck: bool = False):
     status = engine.status()
     plan = f"hop {engine.window.hop_s:.2f} s, window {engine.window.window_s:.2f} s"
     if deck:
-        print(f"deck: stems follow the playhead with no added delay once separated; {plan}", file=sys.stderr)
+        deck_plan, sr = engine.deck_plan, engine.config.samplerate
+        print(f"deck: offline chunking, a {deck_plan.window_frames / sr:.2f} s window every "
+              f"{deck_plan.hop_frames / sr:.2f} s; dry until stems are separated", file=sys.stderr)
     else:
         print(f"latency {status.latency_ms:.1f} ms ({status.latency_frames} samples at {status.samplerate} Hz); "
               f"{plan}", file=sys.stderr)
     return engine
-
-
-def _passthrough():
-    from models.passthrough import PassThrough
-    return PassThrough()
 
 
 def run_live(args: argparse.Namespace) -> int:
@@ -284,33 +251,3 @@ def run_devices(args: argparse.Namespace) -> int:
         print(f"{d['index']:>3}  {d['max_input_channels']:>3} {d['max_output_channels']:>3}  "
               f"{d['default_samplerate']:>7.0f}  {d['hostapi_name']:<28} {d['name']}")
     return 0
-
-
-def get_parser() -> argparse.ArgumentParser:
-    """The whole ``stemdeck`` command line: the model commands plus the engine's."""
-    from models.cli import add_model_options
-    from models.cli import get_parser as model_parser
-
-    parser = model_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    add_engine_commands(commands, add_model_options)
-    from gui.app import add_gui_command
-    add_gui_command(commands, add_model_options, add_midi_options)
-    return parser
-
-
-def main(argv=None) -> int:
-    from models.cli import run_parsed
-
-    from .session import WorkerError
-    from .runtime import configure_process
-
-    from .midi import MappingError, MidiError
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    configure_process()
-    return run_parsed(get_parser(), argv or ["gui"], extra_errors=(DeviceError, WorkerError, MidiError, MappingError))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

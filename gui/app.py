@@ -15,13 +15,15 @@ GIL_SWITCH_S = 0.0005
 
 
 def add_gui_command(commands, add_model_options, add_midi_options) -> None:
+    from engine.config import PRESETS
+
     gui = commands.add_parser("gui", help="the desktop mixer (also what `stemdeck` alone opens)")
     gui.add_argument("file", type=Path, nargs="?", help="a track to load at start")
     gui.add_argument("--demo", action="store_true", help="load a generated demo song")
     gui.add_argument("--screenshot", type=Path, metavar="PNG", help="render the window to PNG and exit")
     gui.add_argument("--size", type=window_size, metavar="WxH", help="window size, e.g. 1600x900, or 'min': "
                      "the smallest the window goes (default: as it was last time)")
-    gui.add_argument("--preset", choices=("quality", "balanced", "low-latency"), default=None)
+    gui.add_argument("--preset", choices=sorted(PRESETS), default=None)
     gui.add_argument("--output", help="output device (index, name or part of it)")
     gui.add_argument("--exit-when-shown", action="store_true", help=argparse.SUPPRESS)  # startup benchmark
     add_model_options(gui)

@@ -23,6 +23,8 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
+from engine.config import PRESETS
+
 from .session import Session, Track
 from .theme import stem_colour
 from .widgets import LevelMeter, StemStrip, WaveformOverview
@@ -35,7 +37,9 @@ DIGIT_KEYS = [getattr(Qt.Key, f"Key_{n}") for n in range(1, MAX_STEMS + 1)]
 # What Shift+1..6 gives on a US layout; other layouts still send the digit with Shift held.
 SHIFTED_DIGIT_KEYS = [Qt.Key.Key_Exclam, Qt.Key.Key_At, Qt.Key.Key_NumberSign, Qt.Key.Key_Dollar,
                       Qt.Key.Key_Percent, Qt.Key.Key_AsciiCircum]
-PRESET_NAMES = ("quality", "balanced", "low-latency")
+PRESET_NAMES = tuple(PRESETS)
+# models.registry.model_names(), written out: importing the registry imports torch (3 s), which must not
+# delay the window; tests/test_import_graph.py checks that the two agree.
 MODEL_CHOICES = ("htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi", "tiny", "passthrough")
 LATENCY_CHOICES_S = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # instead of the preset
 MIDI_MESSAGE_MS = 5000

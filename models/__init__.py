@@ -9,7 +9,7 @@ from .bag import BagOfModels
 from .checkpoint import CheckpointError, load_checkpoint, save_safetensors
 from .hdemucs import HDemucs
 from .htdemucs import HTDemucs
-from .registry import BUNDLED, REGISTRY, ModelNotAvailableError, fetch, load_named
+from .registry import BUNDLED, BUILT_IN, REGISTRY, ModelNotAvailableError, fetch, load_named, model_names
 from .separate import apply_model, separate
 
 DEFAULT_MODEL = "htdemucs"
@@ -22,7 +22,7 @@ def load_model(name_or_path: str | Path) -> nn.Module:
     ``.sources``, ``.samplerate``, ``.audio_channels`` and ``.segment``.
     """
     text = str(name_or_path)
-    if text in REGISTRY or text in BUNDLED:
+    if text in model_names():
         return load_named(text)
     path = Path(text)
     if _exists(path) or path.suffix.lower() in (".th", ".safetensors", ".yaml", ".yml"):
@@ -39,6 +39,6 @@ def _exists(path: Path) -> bool:
 
 __all__ = [
     "BagOfModels", "CheckpointError", "DEFAULT_MODEL", "HDemucs", "HTDemucs",
-    "ModelNotAvailableError", "REGISTRY", "apply_model", "fetch", "load_checkpoint", "load_model",
-    "save_safetensors", "separate",
+    "BUILT_IN", "ModelNotAvailableError", "REGISTRY", "apply_model", "fetch", "load_checkpoint", "load_model",
+    "model_names", "save_safetensors", "separate",
 ]

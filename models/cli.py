@@ -1,4 +1,5 @@
-"""The ``stemdeck`` command line: ``separate``, ``models list|fetch``, ``demo``."""
+"""``stemdeck separate``, ``stemdeck models list|fetch`` and ``stemdeck demo``; the entry point
+(``stemdeck.cli``) wires them beside the other commands."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import DEFAULT_MODEL
 from .audio import (
     AudioError,
     OutputFormat,
@@ -21,12 +21,10 @@ from .audio import (
     write_stems_atomically,
 )
 from .checkpoint import CheckpointError
+from .loading import LoadedModel, load_or_fetch
 from .registry import REGISTRY, ModelNotAvailableError
 
 USER_ERRORS = (AudioError, CheckpointError, ModelNotAvailableError, ValueError)
-FALLBACK_MODEL = "tiny"  # bundled: used when the default cannot be had
-PASSTHROUGH = "passthrough"  # stand-in with known stems (models.passthrough), no weights
-EXIT_BROKEN_PIPE = 141  # what a tool killed by SIGPIPE returns: the reader (`| head`) has gone
 SEGMENT_RANGE_S = (0.5, 600.0)
 MAX_OVERLAP = 0.95  # beyond this the chunks barely move: hours of work for nothing
 MAX_SHIFTS = 20  # every shift is one more full pass over the track
@@ -80,10 +78,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="auto: bfloat16 where the hardware runs it natively, else float32")
 
 
-def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stemdeck", description="Split music into stems with HT Demucs.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def add_separation_commands(commands) -> None:
+    """``separate`` and ``models``, on the entry point's subcommands."""
     sep = commands.add_parser("separate", help="separate audio files into stems, offline")
     sep.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="audio files (WAV, FLAC, OGG, MP3...)")
     sep.add_argument("-o", "--out", type=Path, default=Path("separated"), metavar="OUTDIR",
@@ -114,40 +110,12 @@ def get_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name", choices=sorted(REGISTRY), metavar="NAME")
     fetch.set_defaults(func=run_models_fetch)
 
-    from .training_cli import add_training_commands
-    add_training_commands(commands, add_model_options)
 
+def add_demo_command(commands) -> None:
     demo = commands.add_parser("demo", help="write a generated demo song to separate")
     demo.add_argument("path", type=Path, nargs="?", default=Path("demo.wav"))
     demo.add_argument("--seconds", type=float, default=12.0)
     demo.set_defaults(func=run_demo)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_parsed(get_parser(), argv)
-
-
-def run_parsed(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
-               extra_errors: tuple[type[BaseException], ...] = ()) -> int:
-    """Run the chosen subcommand; user errors become one line on stderr and exit code 1."""
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    try:
-        code = args.func(args)
-        sys.stdout.flush()  # a reader that has gone (`| head`) shows here, not at exit
-        return code
-    except (CommandError, *USER_ERRORS, *extra_errors) as exc:
-        say(f"stemdeck: error: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        print("stemdeck: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        _discard_stdout()
-        return EXIT_BROKEN_PIPE
 
 
 def printable(text: str) -> str:
@@ -159,16 +127,6 @@ def say(line: str) -> None:
     print(printable(line), file=sys.stderr)
 
 
-def _discard_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's last flush does not fail again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass  # not a real file (a test's capture): nothing will flush to the pipe
-
-
 # -- separate --------------------------------------------------------------------------------------
 
 def run_separate(args: argparse.Namespace) -> int:
@@ -176,12 +134,12 @@ def run_separate(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     inputs = unique_inputs(args.inputs)
     folders = track_folders(inputs, args.out)
-    model = load_for_separation(args.model)
+    model, name = load_for_command(args.model)
     check_model_segment(model, args.segment)
     pick = stem_picker(model.sources, args.stems, args.two_stems)
-    for name in pick(dict.fromkeys(model.sources)):
-        check_stem_name(name)  # they become file names: refused before any file is read
-    print(f"model {model.stemdeck_name}: {', '.join(model.sources)} at {model.samplerate} Hz", file=sys.stderr)
+    for stem in pick(dict.fromkeys(model.sources)):
+        check_stem_name(stem)  # they become file names: refused before any file is read
+    print(f"model {name}: {', '.join(model.sources)} at {model.samplerate} Hz", file=sys.stderr)
     _remove_leftovers(args.out)
     failures = 0
     with SeparationBars(len(inputs), enabled=sys.stderr.isatty()) as bars:
@@ -288,13 +246,9 @@ def _clashes(names: dict[Path, str]) -> list[list[Path]]:
     return [group for group in groups.values() if len(group) > 1]
 
 
-def load_for_separation(name_or_path: str | None):
-    """The model to separate with: the pass-through stand-in, or :func:`load_or_fetch`."""
-    if name_or_path == PASSTHROUGH:
-        from .passthrough import PassThrough
-
-        return _named(PassThrough(), PASSTHROUGH)
-    return load_or_fetch(name_or_path)
+def load_for_command(name_or_path: str | None) -> LoadedModel:
+    """The model a command asked for, what happens said on stderr (with a bar on a terminal)."""
+    return load_or_fetch(name_or_path, report=say, progress_bar=sys.stderr.isatty())
 
 
 def check_model_segment(model, segment_s: float | None) -> None:
@@ -407,51 +361,10 @@ def check_device(device: str) -> str:
     return device
 
 
-def load_or_fetch(name_or_path: str | None):
-    """Load a model; a registry model that is not cached is downloaded first.
-
-    ``None`` is the default: the official htdemucs when it is cached or can be downloaded,
-    otherwise (no network, a failed checksum, a damaged cached file) the bundled tiny model,
-    said in one line. A model the user named is never swapped: its failure is the error.
-    """
-    from . import load_model
-    from .registry import bundled_path
-
-    name = name_or_path or DEFAULT_MODEL
-    try:
-        return _named(_load_or_download(name), name)
-    except (ModelNotAvailableError, CheckpointError) as exc:
-        if name_or_path is not None or bundled_path(FALLBACK_MODEL) is None:
-            raise
-        print(f"stemdeck: using the bundled {FALLBACK_MODEL} model ({str(exc).splitlines()[0]})", file=sys.stderr)
-        return _named(load_model(FALLBACK_MODEL), FALLBACK_MODEL)
-
-
-def _load_or_download(name: str):
-    from . import load_model
-    from .registry import fetch
-
-    try:
-        return load_model(name)
-    except ModelNotAvailableError:
-        if name not in REGISTRY:
-            raise
-    print(f"model {name} is not cached; downloading it", file=sys.stderr)
-    fetch(name, progress=sys.stderr.isatty())
-    return load_model(name)
-
-
-def _named(model, name: str):
-    """Remember which model this is, for what the user is shown."""
-    model.stemdeck_name = Path(name).name if ("/" in name or "." in name) else name
-    return model
-
-
 # -- models ---------------------------------------------------------------------------------------
 
 def run_models_list(args: argparse.Namespace) -> int:
-    from .passthrough import PassThrough
-    from .registry import BUNDLED, bundled_path, cache_dir, cached_size_bytes, is_cached
+    from .registry import BUILT_IN, BUNDLED, bundled_path, cache_dir, cached_size_bytes, is_cached
 
     rows = [("NAME", "SOURCES", "FILES", "CACHED", "DESCRIPTION")]
     for spec in REGISTRY.values():
@@ -461,8 +374,8 @@ def run_models_list(args: argparse.Namespace) -> int:
         path = bundled_path(name)
         shipped = f"bundled ({path.stat().st_size / 1e6:.0f} MB)" if path else "missing"
         rows.append((name, ",".join(sources), "1", shipped, description))
-    rows.append((PASSTHROUGH, ",".join(PassThrough().sources), "0", "built in",
-                 "stand-in whose stems are fixed fractions of the input (checks routing; no separation)"))
+    for name, (sources, description) in BUILT_IN.items():
+        rows.append((name, ",".join(sources), "0", "built in", description))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
@@ -487,7 +400,3 @@ def run_demo(args: argparse.Namespace) -> int:
     write_demo(args.path, seconds=args.seconds)
     print(args.path)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -80,6 +80,18 @@ BUNDLED = {"tiny": ("tiny.safetensors", FOUR_SOURCES,
                     "small HT Demucs (2 M parameters) trained by stemdeck on generated songs; no download")}
 
 
+# Built into the code, no weights: a stand-in whose stems are fixed fractions of the input
+# (models.passthrough), for checking routing, latency and gains. Name -> (sources, description).
+PASSTHROUGH = "passthrough"
+BUILT_IN = {PASSTHROUGH: (FOUR_SOURCES,
+                          "stand-in whose stems are fixed fractions of the input (checks routing; no separation)")}
+
+
+def model_names() -> tuple[str, ...]:
+    """Every model a name loads: the downloadable ones, the bundled ones, the built-in stand-in."""
+    return (*REGISTRY, *BUNDLED, *BUILT_IN)
+
+
 def bundled_path(name: str) -> Path | None:
     entry = BUNDLED.get(name)
     path = BUNDLED_DIR / entry[0] if entry else None
@@ -122,11 +134,15 @@ def cached_size_bytes(spec: ModelSpec) -> int:
 
 
 def unknown_name_message(name: str) -> str:
-    return (f"unknown model {shown(name)}; known models: {', '.join([*REGISTRY, *BUNDLED])} "
+    return (f"unknown model {shown(name)}; known models: {', '.join(model_names())} "
             "(or pass the path of a .th, .safetensors or .yaml file)")
 
 
 def load_named(name: str) -> nn.Module:
+    if name in BUILT_IN:
+        from .passthrough import PassThrough
+
+        return PassThrough(BUILT_IN[name][0])
     if name in BUNDLED:
         path = bundled_path(name)
         if path is None:

@@ -61,9 +61,9 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_curate(args: argparse.Namespace) -> int:
-    from .cli import load_or_fetch
+    from .cli import load_for_command
     from .curate import curate, write_report
-    separator = load_or_fetch(args.separator) if args.separator else None
+    separator = load_for_command(args.separator).model if args.separator else None
     reports = curate(args.root, separator, threshold=args.threshold)
     print(write_report(reports, args.report))
     return 0
@@ -83,9 +83,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .cli import load_or_fetch
+    from .cli import load_for_command
     from .evaluate import evaluate
-    model = load_or_fetch(args.model)
+    model = load_for_command(args.model).model
     result = evaluate(model, args.data, args.split, precision=args.precision)
     print(result.table())
     if args.json:

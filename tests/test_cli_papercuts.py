@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from conftest import write_tone
-from models.cli import EXIT_BROKEN_PIPE, main
+from stemdeck.cli import EXIT_BROKEN_PIPE, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ def test_a_reader_that_has_gone_ends_the_command_quietly(tmp_path, command):
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before anything is written: every write fails with EPIPE
     try:
-        result = subprocess.run([sys.executable, "-m", "engine.cli", *command], stdout=write_end,
+        result = subprocess.run([sys.executable, "-m", "stemdeck", *command], stdout=write_end,
                                 stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120,
                                 env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)})
     finally:
@@ -48,7 +48,7 @@ def test_a_reader_that_has_gone_ends_the_command_quietly(tmp_path, command):
 
 
 def test_head_takes_its_line_and_nothing_else_is_said(tmp_path):
-    result = subprocess.run(f"'{sys.executable}' -m engine.cli midi show | head -1", shell=True,
+    result = subprocess.run(f"'{sys.executable}' -m stemdeck midi show | head -1", shell=True,
                             capture_output=True, text=True, cwd=ROOT, timeout=120,
                             env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)})
     assert result.returncode == 0 and result.stdout.startswith("mapping: ") and result.stdout.count("\n") == 1

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from conftest import write_tone
-from models.cli import main
+from stemdeck.cli import main
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def song(tmp_path):
 
 def run_cli(*args, env=None):
     """Run the real console entry point in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "stemdeck", *map(str, args)], capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=300)
 
 
@@ -321,10 +321,11 @@ def test_bars_on_a_terminal_show_the_file_and_the_batch(capsys):
 def test_a_model_whose_stem_names_are_paths_writes_nothing(tmp_path, song, capsys, monkeypatch):
     """Defence in depth: the checkpoint loader refuses such names; the writer does too."""
     import models.cli
+    from models.loading import LoadedModel
     from models.passthrough import PassThrough
 
     hostile = PassThrough(sources=("../../escaped", "bass", "other", "vocals"))
-    monkeypatch.setattr(models.cli, "load_for_separation", lambda name: models.cli._named(hostile, "hostile"))
+    monkeypatch.setattr(models.cli, "load_for_command", lambda name: LoadedModel(hostile, "hostile"))
     out = tmp_path / "deep" / "out"
     assert main(["separate", str(song), "-o", str(out), "--model", "passthrough"]) == 1
     err = capsys.readouterr().err

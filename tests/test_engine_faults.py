@@ -505,13 +505,13 @@ def test_segments_of_a_killed_session_are_removed_at_the_next_start():
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Any model load fails the test: every check here must come first."""
-    import engine.cli
     import models.cli
+    import models.loading
 
     def loaded(*args, **kwargs):
         raise AssertionError("the model was loaded before the inputs were checked")
-    monkeypatch.setattr(models.cli, "load_or_fetch", loaded)
-    monkeypatch.setattr(engine.cli, "_passthrough", loaded)
+    monkeypatch.setattr(models.cli, "load_for_command", loaded)
+    monkeypatch.setattr(models.loading, "load_or_fetch", loaded)
 
 
 @pytest.fixture
@@ -537,7 +537,7 @@ def song(tmp_path) -> Path:
 ])
 def test_play_refuses_bad_numbers_in_one_line_before_loading_the_model(song, no_model_load, capsys, monkeypatch,
                                                                       args, expected):
-    from engine.cli import main
+    from stemdeck.cli import main
 
     monkeypatch.chdir(song.parent)
     assert main(["play", song.name, "--model", "passthrough", *args]) == 1
@@ -551,7 +551,7 @@ def test_play_refuses_bad_numbers_in_one_line_before_loading_the_model(song, no_
     (["--duration", "-1"], "--duration -1.0: give a positive number"),
 ])
 def test_live_refuses_bad_numbers_in_one_line_before_loading_the_model(no_model_load, capsys, args, expected):
-    from engine.cli import main
+    from stemdeck.cli import main
 
     assert main(["live", "--model", "passthrough", *args]) == 1
     lines = capsys.readouterr().err.splitlines()
@@ -566,7 +566,7 @@ def test_live_refuses_bad_numbers_in_one_line_before_loading_the_model(no_model_
 ])
 def test_play_says_what_is_wrong_with_the_file_before_loading_the_model(tmp_path, no_model_load, capsys, make,
                                                                        expected):
-    from engine.cli import main
+    from stemdeck.cli import main
 
     path = make(tmp_path)
     assert main(["play", str(path), "--model", "passthrough"]) == 1
@@ -575,7 +575,7 @@ def test_play_says_what_is_wrong_with_the_file_before_loading_the_model(tmp_path
 
 
 def test_play_with_an_unknown_midi_port_says_so_before_loading_the_model(song, jack_server):
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "play", str(song), "--model", "passthrough",
+    result = subprocess.run([sys.executable, "-m", "stemdeck", "play", str(song), "--model", "passthrough",
                              "--midi-in", "nosuchport", "--midi-api", "jack"],
                             capture_output=True, text=True, timeout=120)
     lines = result.stderr.splitlines()
@@ -585,7 +585,7 @@ def test_play_with_an_unknown_midi_port_says_so_before_loading_the_model(song, j
 
 
 def test_play_with_an_unknown_output_device_says_so_before_loading_the_model(song, no_model_load, capsys):
-    from engine.cli import main
+    from stemdeck.cli import main
 
     assert main(["play", str(song), "--model", "passthrough", "--output", "nosuchdevice"]) == 1
     lines = capsys.readouterr().err.splitlines()

@@ -101,7 +101,7 @@ def test_stopped_jack_server_ends_the_session_with_one_line(tmp_path):
     name = f"stemdeck-kill-{os.getpid()}"
     server = start_jack_server(name, playback_channels=2)
     env = {**os.environ, "JACK_DEFAULT_SERVER": name, "JACK_NO_AUDIO_RESERVATION": "1"}
-    cli = subprocess.Popen([sys.executable, "-m", "engine.cli", "live", "--model", "passthrough",
+    cli = subprocess.Popen([sys.executable, "-m", "stemdeck", "live", "--model", "passthrough",
                             "--preset", "low-latency", "--duration", "60", "--stats", str(tmp_path / "s.json")],
                            stderr=subprocess.PIPE, text=True, env=env)
     assert wait_for_ports(name, "stemdeck:master_L"), "stemdeck live never showed its JACK ports"
@@ -126,7 +126,7 @@ def test_cli_play_reports_stats_as_json(jack_server, tmp_path):
     from conftest import write_tone
     song = tmp_path / "song.wav"
     write_tone(song, seconds=3.0)
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "play", str(song), "--model", "passthrough",
+    result = subprocess.run([sys.executable, "-m", "stemdeck", "play", str(song), "--model", "passthrough",
                              "--mute", "vocals", "--duration", "2", "--stats", str(tmp_path / "stats.json")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -139,7 +139,7 @@ def test_cli_play_reports_stats_as_json(jack_server, tmp_path):
 
 
 def test_unknown_output_device_is_one_line(jack_server):
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "live", "--model", "passthrough",
+    result = subprocess.run([sys.executable, "-m", "stemdeck", "live", "--model", "passthrough",
                              "--output", "no-such-card", "--duration", "1"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr

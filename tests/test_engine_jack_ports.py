@@ -222,7 +222,7 @@ def jack_ports(server: str) -> list[str]:
 def test_cli_play_with_stem_outputs_on_a_two_port_server(two_port_server, tmp_path):
     song = tmp_path / "song.wav"
     write_tone(song, seconds=6.0)
-    cli = subprocess.Popen([sys.executable, "-m", "engine.cli", "play", str(song), "--model", "passthrough",
+    cli = subprocess.Popen([sys.executable, "-m", "stemdeck", "play", str(song), "--model", "passthrough",
                             "--stem-outputs", "--duration", "2", "--stats", str(tmp_path / "stats.json")],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen: set[str] = set()
@@ -270,7 +270,7 @@ def long_period_server():
 @pytest.mark.slow  # a whole `stemdeck live` process
 def test_live_latency_printed_is_the_one_played_on_a_long_period(long_period_server, tmp_path):
     import re
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "live", "--model", "passthrough", "--preset",
+    result = subprocess.run([sys.executable, "-m", "stemdeck", "live", "--model", "passthrough", "--preset",
                              "low-latency", "--duration", "2", "--stats", str(tmp_path / "stats.json")],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr

@@ -155,7 +155,7 @@ def test_unknown_input_is_one_clear_error(deck, fake):
 
 
 def _cli(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "stemdeck", *args], capture_output=True, text=True,
                           timeout=60, **kwargs)
 
 
@@ -167,7 +167,7 @@ def test_cli_lists_ports(fake):
 
 def _armed_learn(control, mapping):
     """`stemdeck midi learn CONTROL`, once it is waiting for a message."""
-    learn = subprocess.Popen([sys.executable, "-m", "engine.cli", "midi", "learn", control,
+    learn = subprocess.Popen([sys.executable, "-m", "stemdeck", "midi", "learn", control,
                               "--midi-in", CONTROLLER, "--midi-api", "jack", "--midi-map", str(mapping)],
                              stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = learn.stderr.readline()

@@ -16,6 +16,7 @@ from PyQt6.QtGui import QImage
 
 from gui.main_window import EngineControls, MainWindow
 from gui.session import Session, SessionConfig
+from models.loading import LoadedModel
 from models.passthrough import PassThrough
 
 SR = 44100
@@ -30,13 +31,14 @@ def tone(seconds=12.0):
 
 
 def loader(name):
+    """The tests' own stand-ins by name (None: the pass-through), each with its name as the app's loader gives it."""
     if name == "six":
-        return PassThrough(SIX, (0.1, 0.1, 0.2, 0.3, 0.2, 0.1))
+        return LoadedModel(PassThrough(SIX, (0.1, 0.1, 0.2, 0.3, 0.2, 0.1)), name)
     if name == "slow":
         time.sleep(1.0)
     if name == "low-rate":  # as the bundled tiny model: 22.05 kHz
-        return PassThrough(samplerate=22050)
-    return PassThrough()
+        return LoadedModel(PassThrough(samplerate=22050), name)
+    return LoadedModel(PassThrough(), name or "passthrough")
 
 
 @pytest.fixture
@@ -284,7 +286,7 @@ def test_midi_before_any_model_is_loaded_does_not_break(qtbot, settings):
 
 def test_screenshot_command_writes_a_real_picture(tmp_path):
     path = tmp_path / "mixer.png"
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "gui", "--demo", "--model", "passthrough",
+    result = subprocess.run([sys.executable, "-m", "stemdeck", "gui", "--demo", "--model", "passthrough",
                              "--screenshot", str(path)], capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 0, result.stderr
     image = QImage(str(path))
@@ -298,7 +300,7 @@ def test_screenshot_command_writes_a_real_picture(tmp_path):
 
 def test_no_display_is_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
-    result = subprocess.run([sys.executable, "-m", "engine.cli"], capture_output=True, text=True, timeout=60, check=False,
+    result = subprocess.run([sys.executable, "-m", "stemdeck"], capture_output=True, text=True, timeout=60, check=False,
                             env=env)
     assert result.returncode == 1
     assert result.stderr.strip() == ("stemdeck: error: no display to open the mixer on; run it on a desktop, "

@@ -7,8 +7,8 @@ from PyQt6.QtWidgets import QApplication, QWidget
 from test_gui import SR, VOCALS, loader, make_window, output_ratio, tone, wait_idle
 
 from gui.main_window import MainWindow
-from gui.session import Session, SessionConfig, load_model
-from models.passthrough import PassThrough
+from gui.session import Session, SessionConfig
+from models.loading import load_or_fetch
 
 SHIFT = Qt.KeyboardModifier.ShiftModifier
 
@@ -27,8 +27,8 @@ def window(qtbot, settings):
 
 
 def real_loader(name):
-    """The app's loader (registry, bundled tiny, downloads), with the pass-through for the tests' own."""
-    return PassThrough() if name == "passthrough" else load_model(name)
+    """The app's loader (registry with the built-in pass-through, bundled tiny, downloads), said nowhere."""
+    return load_or_fetch(name)
 
 
 def bare_window(qtbot, settings, model_loader=real_loader):

@@ -116,7 +116,7 @@ def test_model_classes_refuse_unsafe_source_names_when_built_in_code():
 
 
 def _cli(argv: list[str], capsys) -> tuple[int, list[str]]:
-    from engine.cli import main
+    from stemdeck.cli import main
 
     code = main(argv)
     return code, capsys.readouterr().err.strip().splitlines()

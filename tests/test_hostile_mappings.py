@@ -101,7 +101,7 @@ MALFORMED = {
 
 @pytest.mark.parametrize("case", list(MALFORMED))
 def test_malformed_mappings_are_one_line_through_the_command(tmp_path, capsys, case):
-    from engine.cli import main
+    from stemdeck.cli import main
 
     path = tmp_path / "map.toml"
     path.write_text(MALFORMED[case])

@@ -78,7 +78,7 @@ def test_official_registry_matches_the_release_list():
 
 
 def _separate(argv, capsys):
-    from engine.cli import main
+    from stemdeck.cli import main
 
     code = main(argv)
     return code, capsys.readouterr().err.strip().splitlines()

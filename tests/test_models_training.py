@@ -219,7 +219,7 @@ def test_resumed_training_continues_identically(dataset, tmp_path):
 
 def test_train_and_eval_commands(dataset, tmp_path):
     out = tmp_path / "model.safetensors"
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "train", "--data", str(dataset), "--config", "tiny",
+    result = subprocess.run([sys.executable, "-m", "stemdeck", "train", "--data", str(dataset), "--config", "tiny",
                              "--out", str(out), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "1",
                              "--precision", "fp32"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -227,7 +227,7 @@ def test_train_and_eval_commands(dataset, tmp_path):
     model = load_model(out)
     assert sum(p.numel() for p in model.parameters()) < 5e6  # the tiny config
     report = tmp_path / "eval.json"
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "eval", "--model", str(out), "--data", str(dataset),
+    result = subprocess.run([sys.executable, "-m", "stemdeck", "eval", "--model", str(out), "--data", str(dataset),
                              "--json", str(report), "--precision", "fp32"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     scores = json.loads(report.read_text())

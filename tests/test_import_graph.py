@@ -1,0 +1,115 @@
+"""No import cycles between stemdeck's modules: layers import downwards only.
+
+The graph counts every import in a module, at the top or inside a function (a lazy import is
+still a dependency), resolved to the module it names.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("models", "engine", "gui", "stemdeck")  # stemdeck: the entry point, above the rest
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
+
+
+def _resolve(name: str, modules: dict[str, Path]) -> str | None:
+    """The deepest module of ours that ``name`` (a dotted import target) lies in."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _imports(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            targets.update(f"{base}.{alias.name}" for alias in node.names)
+    resolved = {_resolve(t, modules) for t in targets}
+    return {t for t in resolved if t is not None and t != module}
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {module: _imports(module, path, modules) for module, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as a list of modules (first repeated at the end), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return stack[stack.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_finder_sees_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_cycle_between_modules():
+    graph = import_graph()
+    assert len(graph) > 40  # the walk found the packages
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_layers_import_downwards():
+    """models knows nothing of engine or gui; engine nothing of gui; none of them of the entry point."""
+    above = {"models": ("engine", "gui", "stemdeck"), "engine": ("gui", "stemdeck"), "gui": ("stemdeck",), "stemdeck": ()}
+    wrong = [(module, target) for module, targets in import_graph().items() for target in targets
+             if target.split(".")[0] in above[module.split(".")[0]]]
+    assert wrong == []
+
+
+def test_the_graph_sees_lazy_imports():
+    """An import inside a function counts: engine.cli loads models only when a command runs."""
+    graph = import_graph()
+    assert "models.cli" in graph["engine.cli"]
+    assert {"models.cli", "engine.cli", "gui.app"} <= graph["stemdeck.cli"]
+
+
+def test_the_gui_lists_the_registry_names_and_presets():
+    """One source of truth: the GUI's written-out model list is the registry's (see MODEL_CHOICES)."""
+    from engine.config import PRESETS
+    from gui.main_window import MODEL_CHOICES, PRESET_NAMES
+    from models.registry import model_names
+
+    assert MODEL_CHOICES == model_names()
+    assert "tiny" in MODEL_CHOICES and "passthrough" in MODEL_CHOICES
+    assert PRESET_NAMES == tuple(PRESETS)
+
+
+def test_no_command_line_reads_argparse_internals():
+    offenders = [str(path.relative_to(ROOT)) for path in _modules().values() if "._actions" in path.read_text()]
+    assert offenders == []
