@@ -125,3 +125,38 @@ def test_default_model_falls_back_when_its_cached_file_is_damaged(monkeypatch, t
     code, err = _separate(["separate", str(song), "-o", str(tmp_path / "out")], capsys)
     assert code == 0 and any(line.startswith("stemdeck: using the bundled tiny model (") and "955717e8.th" in line
                              for line in err), err
+
+
+# -- issue 18 item 4: one list of names, passthrough registered like the rest ---------------------------
+
+def test_passthrough_is_a_registered_name_that_loads_everywhere():
+    import torch
+
+    from models.passthrough import PassThrough
+
+    assert registry.model_names() == ("htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi", "tiny", "passthrough")
+    model = load_model("passthrough")
+    assert isinstance(model, PassThrough) and model.sources == ["drums", "bass", "other", "vocals"]
+    mix = torch.ones(1, 2, 100)
+    assert torch.equal(model(mix).sum(dim=1), mix)  # fixed fractions that add back up to the mix
+    with pytest.raises(ModelNotAvailableError, match=r"known models: .*tiny, passthrough \(or pass"):
+        load_model("passthru")
+
+
+def test_load_or_fetch_reports_through_its_callback_and_names_what_it_loaded(monkeypatch, tmp_path, capsys):
+    """The library prints nothing: the fallback is said through ``report``; the name comes beside the model."""
+    from models.loading import LoadedModel, load_or_fetch
+
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    (offline / "955717e8.th").write_bytes(b"not a checkpoint")
+    monkeypatch.setenv("STEMDECK_MODEL_DIR", str(offline))
+    said: list[str] = []
+    loaded = load_or_fetch(None, report=said.append)
+    assert isinstance(loaded, LoadedModel) and loaded.name == "tiny" and loaded.model.samplerate == 22050
+    assert len(said) == 1 and said[0].startswith("stemdeck: using the bundled tiny model (") and "955717e8.th" in said[0]
+    assert not hasattr(loaded.model, "stemdeck_name")
+    assert load_or_fetch("passthrough", report=said.append).name == "passthrough" and len(said) == 1
+    with pytest.raises(CheckpointError):  # a model the user named is never swapped
+        load_or_fetch("htdemucs", report=said.append)
+    assert capsys.readouterr() == ("", "")
