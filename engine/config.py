@@ -63,4 +63,7 @@ class EngineConfig:
     cache_stems: bool = True  # keep a deck's separated stems on disk: reloads are instant
     cache_max_bytes: int = 4 * 1024**3  # the stems cache's size limit; least recently used go first
     deck_window: WindowConfig | None = None  # None: the deck chunks as offline separation does
+    # the deck's first stems after a load or seek come from a window this short (0: none), so they
+    # play about a second after play even where a full window takes longer than real time
+    deck_quick_start_s: float = 1.5
     worker: str = "process"  # "process": inference never holds the audio thread's GIL; or "thread"

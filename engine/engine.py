@@ -236,7 +236,8 @@ class Engine:
         self._seek_frames(cue)  # the callback moves the playhead there, waiting for stems
         self.cue_s = cue / self.config.samplerate
         cache = self._cache_path(track) if self.config.cache_stems else None
-        self._start_session(SessionSpec(DECK, self.deck_plan, cue, cache), arrays)
+        quick = int(self.config.deck_quick_start_s * self.config.samplerate)
+        self._start_session(SessionSpec(DECK, self.deck_plan, cue, cache, quick_frames=quick), arrays)
 
     def _cache_path(self, track: np.ndarray):
         from .cache import CacheEntry, cache_folder, model_fingerprint, stems_key

@@ -67,6 +67,15 @@ class WindowSeparator:
         self.last_seconds = time.perf_counter() - start
         return stems
 
+    def separate_short(self, window: np.ndarray) -> np.ndarray:
+        """Like a call, on a window shorter than the plan's, run at its own length (not padded
+        to the training segment): the deck's quick first stems."""
+        _set_train_segment(self.model, False)
+        try:
+            return self(window)
+        finally:
+            _set_train_segment(self.model, self.plan.pad_to_segment)
+
     def warm_up(self, runs: int = 1) -> float:
         """Run the model on silence; returns the slowest run in seconds."""
         silence = np.zeros((self.model_channels, self.plan.window_frames), np.float32)

@@ -53,3 +53,4 @@ class SessionSpec:
     cue_frames: int = 0  # deck: where separation starts
     cache_entry: CacheEntry | None = None  # deck: the stems cache's file for this track
     resume: bool = False  # deck: take over from a process that died, keeping the stems it finished
+    quick_frames: int = 0  # deck: a short first window at each (re)start point, 0 for none

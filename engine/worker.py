@@ -157,7 +157,7 @@ class DeckWorker(SeparationWorker):
     outran it; runs whether or not the deck plays (a loaded, paused deck gets ahead)."""
 
     def __init__(self, separator, plan, shared, stems_out, track: np.ndarray, cue_frames: int = 0,
-                 cache_entry: CacheEntry | None = None, resume: bool = False):
+                 cache_entry: CacheEntry | None = None, resume: bool = False, quick_frames: int = 0):
         super().__init__(separator, plan, shared, stems_out)
         self.track = track
         self.origin = min(max(0, cue_frames), max(0, track.shape[-1] - 1))
@@ -169,6 +169,11 @@ class DeckWorker(SeparationWorker):
         self.lead_frames = 0  # how far ahead of a playing playhead the last restart aimed
         self.mean, self.std = 0.0, 1.0
         self.shifted = np.zeros((stems_out.shape[0], stems_out.shape[1], plan.window_frames), np.float32)
+        # a quick window only where it is shorter than a full one
+        quick = quick_frames if 0 < quick_frames < plan.window_frames else 0
+        self.quick_window = np.zeros((stems_out.shape[1], quick), np.float32)
+        self.quick_pending = False
+        self.exact_from = 0  # offline's stems from here (before it, this pass's quick start's)
 
     def keeps_separated(self) -> bool:
         worker = self.shared.worker
@@ -197,6 +202,9 @@ class DeckWorker(SeparationWorker):
                 self._restart(self._restart_target(playhead, playing, length))
                 saved = False
             if worker[STEMS_WRITTEN] >= length:
+                if self.exact_from > worker[SEPARATED_FROM]:
+                    self._redo_quick_region(length)
+                    continue
                 if self.cache_entry is not None and not saved:  # a failure is logged, never fatal
                     save_stems(self.cache_entry, self.stems_out, int(worker[SEPARATED_FROM]), length)
                     saved = True
@@ -204,7 +212,10 @@ class DeckWorker(SeparationWorker):
                 time.sleep(self.poll_s * 10)
                 continue
             self.finished.clear()
-            worker[STEMS_WRITTEN] = self._separate_next(length)
+            if self.quick_pending:
+                worker[STEMS_WRITTEN] = self._separate_quick(length)
+            else:
+                worker[STEMS_WRITTEN] = self._separate_next(length)
 
     def _lost(self, playhead: int, playing: bool) -> bool:
         """The playhead left what this pass covers: a seek, or it outran a slow machine."""
@@ -224,7 +235,18 @@ class DeckWorker(SeparationWorker):
     def track_rate(self) -> int:
         return int(self.separator.stream_rate)
 
-    def _separate_next(self, length: int) -> int:
+    def _redo_quick_region(self, length: int) -> None:
+        """At the track's end, the quick start's stems are replaced by offline's, so what is
+        cached (and played on a later pass) is the offline separation throughout."""
+        start = int(self.shared.worker[SEPARATED_FROM])
+        self.ola.reset()
+        self.floor, self.next_index = start, self.plan.first_window_covering(start)
+        final = start
+        while final < self.exact_from and not self.stop_event.is_set():
+            final = self._separate_next(length, limit=self.exact_from)
+        self.exact_from = start
+
+    def _separate_next(self, length: int, limit: int | None = None) -> int:
         index, plan = self.next_index, self.plan
         start = plan.window_start(index)
         short = length - start if plan.centres_last_window and start + plan.window_frames > length else 0
@@ -239,22 +261,42 @@ class DeckWorker(SeparationWorker):
             self.shifted.fill(0.0)
             self.shifted[..., :short] = stems[..., offset : offset + short]
             stems = self.shifted
-        final = self.ola.add(stems, index, 0, self.stems_out, length, self.floor)
+        final = self.ola.add(stems, index, 0, self.stems_out, length if limit is None else limit, self.floor)
         self._record(self.separator.last_seconds)
         self.next_index = index + 1
         return final
 
-    def _read_normalised(self, position: int, length: int) -> None:
+    def _separate_quick(self, length: int) -> int:
+        """The quick first stems at a (re)start point: one short window run at its own length,
+        its stems taken as they are; the full windows then finalise from where it ends (the
+        stems in it are not offline's, the ones after it are)."""
+        self.quick_pending = False
+        origin = self.floor
+        frames = min(self.quick_window.shape[-1], length - origin)
+        self._read_normalised(origin, length, self.quick_window)
+        stems = self.separator.separate_short(self.quick_window)
+        if not np.isfinite(stems).all():
+            np.nan_to_num(stems, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        stems *= self.std
+        stems += self.mean
+        self.stems_out[..., origin : origin + frames] = stems[..., :frames]
+        self.floor = self.exact_from = origin + frames
+        return origin + frames
+
+    def _read_normalised(self, position: int, length: int, out: np.ndarray | None = None) -> None:
         """The window from ``position``, normalised track-wide as models.separate does; the
         padding outside the track stays zero (it pads after normalising)."""
-        ring_read(self.track, position, self.window, length)
-        inside = self.window[:, max(0, -position) : max(0, length - position)]
+        out = self.window if out is None else out
+        ring_read(self.track, position, out, length)
+        inside = out[:, max(0, -position) : max(0, length - position)]
         inside -= self.mean
         inside /= self.std
 
     def _restart(self, origin: int, separated_from: int | None = None) -> None:
         """Separate from ``origin`` on; ``[separated_from, origin)`` is final already."""
         self.origin = self.floor = origin
+        self.quick_pending = self.quick_window.shape[-1] > 0 and separated_from is None
+        self.exact_from = origin if separated_from is None else separated_from
         self.next_index = self.plan.first_window_covering(origin)
         self.ola.reset()
         self.shared.worker[STEMS_WRITTEN] = origin  # never ahead of SEPARATED_FROM for a reader
@@ -270,7 +312,7 @@ def build_worker(spec: SessionSpec, separator: WindowSeparator, shared: SharedSt
     if spec.kind == LIVE:
         return LiveWorker(separator, spec.plan, shared, arrays["stems"], arrays["input"])
     return DeckWorker(separator, spec.plan, shared, arrays["stems"], arrays["track"], spec.cue_frames,
-                      spec.cache_entry, spec.resume)
+                      spec.cache_entry, spec.resume, spec.quick_frames)
 
 
 def warm_up_worker_kernels(num_stems: int, channels: int) -> None:

@@ -20,14 +20,14 @@ BLOCK = 512
 class SlowModel(torch.nn.Module):
     """The tiny test model with a sleep in every forward: a machine slower than real time."""
 
-    def __init__(self, model: torch.nn.Module, delay_s: float):
+    def __init__(self, model: torch.nn.Module, delay_s: float = 0.0, delay_per_s: float = 0.0):
         super().__init__()
-        self.inner, self.delay_s = model, delay_s
+        self.inner, self.delay_s, self.delay_per_s = model, delay_s, delay_per_s
         self.sources, self.samplerate, self.segment = model.sources, model.samplerate, model.segment
         self.audio_channels = model.audio_channels
 
     def forward(self, mix):
-        time.sleep(self.delay_s)
+        time.sleep(self.delay_s + self.delay_per_s * mix.shape[-1] / self.samplerate)
         return self.inner(mix)
 
 
@@ -42,19 +42,25 @@ def _deck(model, **config) -> Engine:
     return Engine(model, EngineConfig(worker="thread", precision="fp32", cache_stems=False, **config))
 
 
-@pytest.mark.parametrize("cue_s", [0.0, 3.3])
-def test_deck_stems_equal_offline_separation(tiny_model, cue_s):
+@pytest.mark.parametrize(("cue_s", "quick_s"), [(0.0, 0.0), (3.3, 0.5)])
+def test_deck_stems_equal_offline_separation(tiny_model, cue_s, quick_s):
     """The deck chunks as `stemdeck separate` does: its stems equal models.separate's from the
-    cue point on (track-wide normalisation, overlap 0.25, the last window centred)."""
+    cue point on (track-wide normalisation, overlap 0.25, the last window centred). With quick
+    start, the first ``quick_s`` come from a short window of their own; everything after equals."""
     track = _track(7.3)
     expected = np.stack(list(separate(tiny_model, track, SR, precision="fp32").values()))
-    with _deck(tiny_model) as engine:
+    with _deck(tiny_model, deck_quick_start_s=quick_s) as engine:
         engine.load_array(track, cue_s=cue_s)
         assert engine.wait_separated(track.shape[-1], timeout_s=60)
         stems = engine._deck_buffers.stems.copy()
-    cue = int(cue_s * SR)
-    assert np.abs(stems[..., cue:] - expected[..., cue:]).max() <= 1e-4
+        assert engine.backend.worker.finished.wait(30)  # the quick start's stems redone as offline's
+        redone = engine._deck_buffers.stems.copy()
+    cue, exact_from = int(cue_s * SR), int((cue_s + quick_s) * SR)
+    assert np.abs(stems[..., exact_from:] - expected[..., exact_from:]).max() <= 1e-4
     assert np.abs(expected).max() > 0.01  # not two silences that agree
+    quick = stems[..., cue:exact_from]
+    assert np.isfinite(quick).all() and (quick.size == 0 or np.abs(quick).max() > 0.01)
+    assert np.abs(redone[..., cue:] - expected[..., cue:]).max() <= 1e-4
 
 
 def test_slow_machine_deck_plays_every_frame_dry_or_stems_and_catches_up_while_paused(tiny_model):
@@ -63,7 +69,7 @@ def test_slow_machine_deck_plays_every_frame_dry_or_stems_and_catches_up_while_p
     and a pause lets separation get ahead so that stems play on resuming."""
     track = _track(9.0, seed=1)
     expected = sum(separate(tiny_model, track, SR, precision="fp32").values())
-    engine = _deck(SlowModel(tiny_model, delay_s=2.0))
+    engine = _deck(SlowModel(tiny_model, delay_s=2.0), deck_quick_start_s=0.0)
     out = np.zeros((BLOCK, 2), np.float32)
     kinds, behind = [], []
     try:
@@ -138,3 +144,29 @@ def test_a_machine_too_slow_for_the_longest_window_is_refused_naming_the_ways_ou
     message = str(refused.value)
     assert message.startswith("this machine needs ") and "0.8 s window" in message
     assert "smaller model" in message and "GPU" in message and "\n" not in message
+
+
+def _first_stems_s(engine: Engine, track: np.ndarray) -> float | None:
+    """Load, play at once and run blocks at a sound card's pace until stems play."""
+    out = np.zeros((BLOCK, 2), np.float32)
+    engine.load_array(track)
+    engine.play()
+    start = time.perf_counter()
+    for block in range(int(3.0 * SR / BLOCK)):
+        engine.process_deck_block(out)
+        if engine.status().first_stems_s is not None:
+            break
+        time.sleep(max(0.0, start + (block + 1) * BLOCK / SR - time.perf_counter()))
+    return engine.status().first_stems_s
+
+
+def test_quick_start_plays_stems_before_a_full_window_could(tiny_model):
+    """A model that takes 0.4 s per second of audio: a full 2-s window takes 0.8 s, the 1-s quick
+    window 0.4 s, so stems play about twice as soon after play with quick start."""
+    track = _track(6.0)
+    timings = {}
+    for quick_s in (1.0, 0.0):
+        with _deck(SlowModel(tiny_model, delay_per_s=0.4), deck_quick_start_s=quick_s) as engine:
+            timings[quick_s] = _first_stems_s(engine, track)
+    assert timings[1.0] is not None and timings[0.0] is not None
+    assert timings[1.0] < 0.75 and timings[1.0] < timings[0.0] - 0.2
