@@ -585,7 +585,7 @@ class MainWindow(QMainWindow):
         self.play_button.setText("❚❚ Pause" if status.playing else "▶ Play")
         if self.session.track is not None:
             seconds = self.session.track.seconds
-            self.overview.set_position(status.position_s, status.seconds_ahead)
+            self.overview.set_position(status.position_s, max(0.0, status.seconds_ahead))
             self.elapsed_label.setText(_clock(status.position_s))
             self.remaining_label.setText(_remaining(seconds - status.position_s))
         self._refresh_status_bar(engine, status)
@@ -600,7 +600,9 @@ class MainWindow(QMainWindow):
         self.latency_status.setToolTip("the deck plays the stems on the playhead: separation runs ahead"
                                        if deck else "live input: the stems come this much after the input")
         self.load_status.setText(f"RTF {status.realtime_factor:.2f}")
-        self.ahead_status.setText(f"ahead {status.seconds_ahead:.1f} s" if deck else "")
+        ahead_s = status.seconds_ahead  # negative: separation is behind the playhead (it plays dry)
+        self.ahead_status.setText(("" if not deck else f"ahead {ahead_s:.1f} s" if ahead_s >= 0
+                                   else f"behind {-ahead_s:.1f} s"))
         self.xrun_status.setText(f"xruns {status.xruns} · late {status.late_windows}")
         for label in (self.latency_status, self.load_status, self.ahead_status, self.xrun_status):
             label.setMinimumWidth(max(label.minimumWidth(), label.sizeHint().width()))  # grows, never jitters
