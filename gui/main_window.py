@@ -63,14 +63,22 @@ def _rewind_if_ended(engine) -> None:
 
 def model_note(name: str) -> str:
     """What the user should know about a stand-in model, and how to get the real one offline."""
-    if name == "passthrough":
+    from models.registry import BUILT_IN, BUNDLED, REGISTRY, cache_dir  # a model is loaded: torch is in already
+
+    if name in BUILT_IN:
         return "stand-in: its stems are fixed fractions of the mix, not a separation"
-    if name != "tiny":
+    if name not in BUNDLED:
         return ""
-    from models.registry import REGISTRY, cache_dir
     files = ", ".join(remote.filename for remote in REGISTRY["htdemucs"].files)
     return (f"bundled small model; for the official htdemucs put {files} in $STEMDECK_MODEL_DIR or {cache_dir()} "
             "(README: Getting the official weights)")
+
+
+def model_label(name: str) -> str:
+    """The status bar's name: the built-in and bundled models say what they are."""
+    from models.registry import BUILT_IN, BUNDLED
+
+    return f"{name} (stand-in)" if name in BUILT_IN else f"{name} (bundled)" if name in BUNDLED else name
 
 
 def _clock(seconds: float) -> str:
@@ -437,7 +445,7 @@ class MainWindow(QMainWindow):
         self.preset_box.setCurrentText(self.session.config.preset)
         self.settings.setValue("preset", self.session.config.preset)
         note = model_note(name)
-        label = {"passthrough": "passthrough (stand-in)", "tiny": "tiny (bundled)"}.get(name, name)
+        label = model_label(name)
         metrics = self.model_status.fontMetrics()
         self.model_status.setText(metrics.elidedText(label, Qt.TextElideMode.ElideMiddle, STATUS_MODEL_WIDTH))
         self.model_status.setToolTip(f"{name}: {', '.join(sources)}" + (f" — {note}" if note else ""))
