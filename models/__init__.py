@@ -9,7 +9,7 @@ from .bag import BagOfModels
 from .checkpoint import CheckpointError, load_checkpoint, save_safetensors
 from .hdemucs import HDemucs
 from .htdemucs import HTDemucs
-from .registry import BUNDLED, BUILT_IN, REGISTRY, ModelNotAvailableError, fetch, load_named, model_names
+from .registry import BUILT_IN, BUNDLED, REGISTRY, ModelNotAvailableError, fetch, load_named, model_names
 from .separate import apply_model, separate
 
 DEFAULT_MODEL = "htdemucs"
