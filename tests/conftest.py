@@ -91,12 +91,43 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _jackd_running() -> bool:
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "jackd":
+                return True
+        except OSError:  # the process ended meanwhile
+            continue
+    return False
+
+
+def clear_stale_jack_state(shm: Path = Path("/dev/shm")) -> list[str]:
+    """Remove this user's JACK registry and semaphores when no server runs at all.
+
+    JACK keeps a table of 8 servers in shared memory; a server that was killed (a test run
+    stopped mid-way, a kill test) keeps its slot, and once the table is full no server starts
+    ("Too many servers already active"). With no jackd alive, nothing there is in use.
+    """
+    if _jackd_running():
+        return []
+    removed = []
+    for entry in shm.glob("jack*"):
+        try:
+            if entry.is_file() and entry.stat().st_uid == os.getuid():
+                entry.unlink()
+                removed.append(entry.name)
+        except OSError:
+            continue
+    return removed
+
+
 def start_jack_server(name: str, playback_channels: int = 10, rate: int = JACK_RATE, period: int = JACK_PERIOD):
     """A real JACK server with the dummy driver; returns the process once clients can connect."""
     import shutil
     import subprocess
     if shutil.which("jackd") is None:
         pytest.fail("jackd is not installed; `bash .ci/setup` installs jackd2 (Debian)")
+    clear_stale_jack_state()
     env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1", "JACK_NO_START_SERVER": "1"}
     process = subprocess.Popen(
         ["jackd", "-n", name, "-R", "-d", "dummy", "-r", str(rate), "-p", str(period),
