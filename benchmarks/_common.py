@@ -1,4 +1,5 @@
 """Helpers shared by the engine benchmarks: a JACK dummy server and an htdemucs-sized model."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import HTDemucs  # noqa: E402
 
-HTDEMUCS_KW = dict(sources=["drums", "bass", "other", "vocals"], channels=48, depth=4, dconv_mode=3,
-                   t_layers=5, bottom_channels=512, segment=7.8)
+HTDEMUCS_KW = dict(
+    sources=["drums", "bass", "other", "vocals"],
+    channels=48,
+    depth=4,
+    dconv_mode=3,
+    t_layers=5,
+    bottom_channels=512,
+    segment=7.8,
+)
 
 
 def htdemucs_random() -> HTDemucs:
@@ -28,12 +36,17 @@ def jack_dummy_server(rate: int = 44100, period: int = 256):
     """A JACK server with the dummy driver for this process (and its children)."""
     name = f"stemdeck-bench-{os.getpid()}"
     env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1", "JACK_NO_START_SERVER": "1"}
-    server = subprocess.Popen(["jackd", "-n", name, "-R", "-d", "dummy", "-r", str(rate), "-p", str(period)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    server = subprocess.Popen(
+        ["jackd", "-n", name, "-R", "-d", "dummy", "-r", str(rate), "-p", str(period)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     subprocess.run(["jack_wait", "-s", name, "-w", "-t", "15"], check=True, capture_output=True, env=env)
     os.environ["JACK_DEFAULT_SERVER"] = name
     os.environ["JACK_NO_AUDIO_RESERVATION"] = "1"
     import sounddevice as sd
+
     sd._terminate()
     sd._initialize()
     try:

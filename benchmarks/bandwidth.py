@@ -3,6 +3,7 @@ separation by that model (the streaming worker does both for every window).
 
 Usage: python benchmarks/bandwidth.py [--json] [--window-s 4.0] [--repeats 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,16 +49,26 @@ def main() -> int:
     stems = separator(window)
     whole_s = median_time(lambda: separator(window), args.repeats)
     share_s = median_time(lambda: share_high_band(window, stems, STREAM_RATE, model.samplerate), args.repeats)
-    result = {"window_s": args.window_s, "model_samplerate": model.samplerate, "stream_samplerate": STREAM_RATE,
-              "separate_window_s": whole_s, "share_band_s": share_s, "share_fraction": share_s / whole_s}
+    result = {
+        "window_s": args.window_s,
+        "model_samplerate": model.samplerate,
+        "stream_samplerate": STREAM_RATE,
+        "separate_window_s": whole_s,
+        "share_band_s": share_s,
+        "share_fraction": share_s / whole_s,
+    }
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.window_s:.1f} s window at {STREAM_RATE} Hz, bundled tiny model at {model.samplerate} Hz "
-              f"(median of {args.repeats})")
+        print(
+            f"{args.window_s:.1f} s window at {STREAM_RATE} Hz, bundled tiny model at {model.samplerate} Hz "
+            f"(median of {args.repeats})"
+        )
         print(f"  whole window (resample, model, resample back, share the band): {whole_s * 1000:.1f} ms")
-        print(f"  of which sharing the band above {model.samplerate // 2} Hz:       {share_s * 1000:.1f} ms "
-              f"({share_s / whole_s:.1%})")
+        print(
+            f"  of which sharing the band above {model.samplerate // 2} Hz:       {share_s * 1000:.1f} ms "
+            f"({share_s / whole_s:.1%})"
+        )
     return 0
 
 

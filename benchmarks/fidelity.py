@@ -7,6 +7,7 @@ known stems, from a seed no recipe trains on, and both the offline and the strea
 also scored against those true stems: what separating live costs in quality.
 Usage: python benchmarks/fidelity.py [--json] [--seconds 20] [--model tiny]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,9 @@ def stream(model, preset: str, mix: np.ndarray) -> tuple[dict[str, np.ndarray], 
         engine.process_live_block(block, out[position : position + BLOCK])
     engine.stop()
     frames = mix.shape[1]
-    return {name: out[latency : latency + frames, 2 + 2 * k : 4 + 2 * k].T
-            for k, name in enumerate(model.sources)}, latency
+    return {
+        name: out[latency : latency + frames, 2 + 2 * k : 4 + 2 * k].T for k, name in enumerate(model.sources)
+    }, latency
 
 
 def main(argv=None) -> int:
@@ -71,9 +73,14 @@ def main(argv=None) -> int:
         print(json.dumps({"seconds": args.seconds, "model": args.model or "htdemucs-random", "presets": rows}))
         return 0
     song = f"generated song, seed {UNSEEN_SONG_SEED}" if truth else "demo song"
-    print(f"model {args.model or 'htdemucs-sized, random weights'}; {args.seconds:.0f} s {song}; "
-          f"first {skip / 44100:.1f} s left out; SDR in dB")
-    for key, title in (("sdr_vs_offline_db", "streamed vs offline stems"), ("sdr_vs_truth_db", "against the true stems")):
+    print(
+        f"model {args.model or 'htdemucs-sized, random weights'}; {args.seconds:.0f} s {song}; "
+        f"first {skip / 44100:.1f} s left out; SDR in dB"
+    )
+    for key, title in (
+        ("sdr_vs_offline_db", "streamed vs offline stems"),
+        ("sdr_vs_truth_db", "against the true stems"),
+    ):
         if key not in rows[-1]:
             continue
         print(title)
@@ -87,8 +94,11 @@ def main(argv=None) -> int:
 
 
 def score(preset: str, latency: int, stems: dict, offline: dict, truth: dict | None, skip: int) -> dict:
-    row = {"preset": preset, "latency_samples": latency,
-           "sdr_vs_offline_db": {n: utterance_sdr(offline[n][:, skip:], stems[n][:, skip:]) for n in offline}}
+    row = {
+        "preset": preset,
+        "latency_samples": latency,
+        "sdr_vs_offline_db": {n: utterance_sdr(offline[n][:, skip:], stems[n][:, skip:]) for n in offline},
+    }
     if truth is not None:
         row["sdr_vs_truth_db"] = {n: utterance_sdr(truth[n][:, skip:], stems[n][:, skip:]) for n in offline}
     return row

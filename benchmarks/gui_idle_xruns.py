@@ -6,6 +6,7 @@ JACK server (`jackd -d dummy`, JACK_DEFAULT_SERVER) the output is JACK's. A DJ m
 nothing is wrong. Usage:
     python benchmarks/gui_idle_xruns.py [--seconds 60] [--every 10] -- gui --demo --model passthrough
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,14 @@ def main() -> int:
         status = engine.status()
         elapsed_s = now - started[0]
         if not samples or elapsed_s >= samples[-1]["seconds"] + args.every - 0.05:
-            samples.append({"seconds": round(elapsed_s, 1), "xruns": status.xruns, "late": status.late_windows,
-                            "playing": status.playing})
+            samples.append(
+                {
+                    "seconds": round(elapsed_s, 1),
+                    "xruns": status.xruns,
+                    "late": status.late_windows,
+                    "playing": status.playing,
+                }
+            )
             print(json.dumps(samples[-1]), flush=True)
         if elapsed_s >= args.seconds:
             app.quit()
@@ -50,8 +57,15 @@ def main() -> int:
     timer.timeout.connect(sample)
     timer.start(100)
     code = stemdeck(args.gui_args)
-    print(json.dumps({"idle_seconds": samples[-1]["seconds"] if samples else 0,
-                      "xruns": samples[-1]["xruns"] if samples else None}), flush=True)
+    print(
+        json.dumps(
+            {
+                "idle_seconds": samples[-1]["seconds"] if samples else 0,
+                "xruns": samples[-1]["xruns"] if samples else None,
+            }
+        ),
+        flush=True,
+    )
     return code
 
 

@@ -7,6 +7,7 @@ Side by side in one run, each launched fresh ``--runs`` times (offscreen Qt, no 
 Bar (issue): a usable window in under 3 s on a 2-core machine.
 Usage: python benchmarks/gui_startup.py [--runs 5] [--json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,7 @@ app.exec()
 
 def time_to_shown(command: list[str], env: dict) -> float:
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-                               cwd=ROOT)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
     for line in process.stdout:
         if line.startswith("STEMDECK_SHOWN"):
             shown = time.perf_counter() - start
@@ -55,8 +55,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as config:
         env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_CONFIG_HOME": config}
-        commands = {"bare Qt": [sys.executable, "-c", BARE_QT],
-                    "stemdeck gui": [sys.executable, "-m", "stemdeck", "gui", "--exit-when-shown"]}
+        commands = {
+            "bare Qt": [sys.executable, "-c", BARE_QT],
+            "stemdeck gui": [sys.executable, "-m", "stemdeck", "gui", "--exit-when-shown"],
+        }
         time_to_shown(commands["stemdeck gui"], env)  # Numba/pyc caches warm, as after installing
         times = {name: [] for name in commands}
         for _ in range(args.runs):  # interleaved, so machine noise hits both alike

@@ -8,6 +8,7 @@ frame − frame the message was sent; settled = when the 10 ms ramp has arrived.
 Bar (issue): onset within one audio period, settled within one period plus the ramp.
 Usage: python benchmarks/midi.py [--presses 40] [--json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import jack_dummy_server
 
 RATE, PERIOD = 44100, 256
@@ -109,8 +109,21 @@ def main(argv=None) -> int:
         engine.load_array(np.full((2, int(seconds * RATE)), LEVEL, np.float32))
         assert engine.wait_separated(int(seconds * RATE) - 1, timeout_s=120)
         probe_process = subprocess.Popen(
-            [sys.executable, __file__, "--presses", str(args.presses), "--spacing-s", str(args.spacing_s),
-             "--probe", server, str(result)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                __file__,
+                "--presses",
+                str(args.presses),
+                "--spacing-s",
+                str(args.spacing_s),
+                "--probe",
+                server,
+                str(result),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert probe_process.stdout.readline().strip() == "READY"
         config = MidiConfig(input=f"{PROBE}:pads", api="jack")
         with MidiController(engine, default_mapping(4), config):
@@ -129,12 +142,17 @@ def main(argv=None) -> int:
     settled = np.array([r["settled_frames"] for r in rows])
     ramp = int(engine.config.ramp_ms * RATE / 1000)
     summary = {
-        "presses": len(rows), "period_frames": PERIOD, "samplerate": RATE, "ramp_frames": ramp,
+        "presses": len(rows),
+        "period_frames": PERIOD,
+        "samplerate": RATE,
+        "ramp_frames": ramp,
         "onset_frames": {"min": int(onset.min()), "median": float(np.median(onset)), "max": int(onset.max())},
         "settled_frames": {"min": int(settled.min()), "median": float(np.median(settled)), "max": int(settled.max())},
-        "onset_ms_max": 1000 * onset.max() / RATE, "settled_ms_max": 1000 * settled.max() / RATE,
+        "onset_ms_max": 1000 * onset.max() / RATE,
+        "settled_ms_max": 1000 * settled.max() / RATE,
         "onset_periods_max": onset.max() / PERIOD,
-        "bar_onset_frames": PERIOD, "bar_settled_frames": PERIOD + ramp,
+        "bar_onset_frames": PERIOD,
+        "bar_settled_frames": PERIOD + ramp,
         "meets_bar": bool(onset.max() <= PERIOD and settled.max() <= PERIOD + ramp),
         "xruns": status.xruns,
     }
@@ -144,10 +162,14 @@ def main(argv=None) -> int:
     print(f"MIDI Note On → output, {len(rows)} presses, {PERIOD}-frame periods at {RATE} Hz, {ramp}-frame ramp")
     for key in ("onset_frames", "settled_frames"):
         v = summary[key]
-        print(f"  {key[:-7]:<8} min {v['min']:>4}  median {v['median']:>6.1f}  max {v['max']:>4} frames "
-              f"(max {1000 * v['max'] / RATE:.2f} ms, {v['max'] / PERIOD:.2f} periods)")
-    print(f"  bar: onset ≤ {PERIOD} frames, settled ≤ {PERIOD + ramp} frames → "
-          f"{'met' if summary['meets_bar'] else 'NOT met'}; xruns {status.xruns}")
+        print(
+            f"  {key[:-7]:<8} min {v['min']:>4}  median {v['median']:>6.1f}  max {v['max']:>4} frames "
+            f"(max {1000 * v['max'] / RATE:.2f} ms, {v['max'] / PERIOD:.2f} periods)"
+        )
+    print(
+        f"  bar: onset ≤ {PERIOD} frames, settled ≤ {PERIOD + ramp} frames → "
+        f"{'met' if summary['meets_bar'] else 'NOT met'}; xruns {status.xruns}"
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ be downloaded here), on the same generated song, with the same overlap, in the s
 
 Usage: python benchmarks/offline.py [--json] [--track-seconds 60] [--rss-minutes 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,15 @@ from models.demo import demo_stems  # noqa: E402
 from models.precision import autocast, prepare_model, resolve_precision  # noqa: E402
 
 SEGMENT_S = 7.8
-HTDEMUCS_KW = dict(sources=["drums", "bass", "other", "vocals"], channels=48, depth=4, dconv_mode=3,
-                   t_layers=5, bottom_channels=512, segment=7.8)
+HTDEMUCS_KW = dict(
+    sources=["drums", "bass", "other", "vocals"],
+    channels=48,
+    depth=4,
+    dconv_mode=3,
+    t_layers=5,
+    bottom_channels=512,
+    segment=7.8,
+)
 SIDES = ("reference", "ours-fp32", "ours-auto")
 
 
@@ -112,17 +120,27 @@ def rss_worker(side: str, minutes: float, weights: Path) -> None:
 
 
 def measure_rss(side: str, minutes: float, weights: Path) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--rss-worker", side, "--rss-minutes", str(minutes),
-                             "--weights", str(weights)], capture_output=True, text=True, check=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, __file__, "--rss-worker", side, "--rss-minutes", str(minutes), "--weights", str(weights)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def run(args: argparse.Namespace) -> dict:
     device = torch.device("cpu")
     report = {
-        "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "auto_precision": resolve_precision("auto", device)},
-        "segment": {}, "track": {"seconds": args.track_seconds}, "rss": {"minutes": args.rss_minutes},
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "auto_precision": resolve_precision("auto", device),
+        },
+        "segment": {},
+        "track": {"seconds": args.track_seconds},
+        "rss": {"minutes": args.rss_minutes},
     }
     models = {side: build(side) for side in SIDES}
     for side in SIDES:
@@ -145,26 +163,39 @@ def run(args: argparse.Namespace) -> dict:
             for side in SIDES:
                 report["rss"][side] = measure_rss(side, args.rss_minutes, weights)
     ref_seg, ref_track = report["segment"]["reference"]["seconds"], report["track"]["reference"]["seconds"]
-    report["speedup"] = {side: {"segment": ref_seg / report["segment"][side]["seconds"],
-                                "track": ref_track / report["track"][side]["seconds"]} for side in SIDES[1:]}
+    report["speedup"] = {
+        side: {
+            "segment": ref_seg / report["segment"][side]["seconds"],
+            "track": ref_track / report["track"][side]["seconds"],
+        }
+        for side in SIDES[1:]
+    }
     return report
 
 
 def print_table(report: dict) -> None:
-    print(f"HT Demucs (htdemucs size, random weights), {report['machine']['cpu_threads']} threads, "
-          f"torch {report['machine']['torch']}, auto precision = {report['machine']['auto_precision']}")
-    print(f"{'side':<12} {'s/segment':>10} {'RTF':>7} {'track s':>9} {'RTF':>7} {'speedup':>8} "
-          f"{'SNR dB':>7} {'peak RSS MB':>12}")
+    print(
+        f"HT Demucs (htdemucs size, random weights), {report['machine']['cpu_threads']} threads, "
+        f"torch {report['machine']['torch']}, auto precision = {report['machine']['auto_precision']}"
+    )
+    print(
+        f"{'side':<12} {'s/segment':>10} {'RTF':>7} {'track s':>9} {'RTF':>7} {'speedup':>8} "
+        f"{'SNR dB':>7} {'peak RSS MB':>12}"
+    )
     for side in SIDES:
         seg, track = report["segment"][side], report["track"][side]
         speed = report["speedup"].get(side, {}).get("track", 1.0)
         snr = track.get("snr_db_vs_reference")
         rss = report["rss"].get(side, {}).get("peak_rss_mb")
-        print(f"{side:<12} {seg['seconds']:>10.3f} {seg['rtf']:>7.3f} {track['seconds']:>9.2f} "
-              f"{track['rtf']:>7.3f} {speed:>7.2f}x {'-' if snr is None else f'{snr:.1f}':>7} "
-              f"{'-' if rss is None else f'{rss:.0f}':>12}")
-    print(f"segment = {SEGMENT_S} s; track = {report['track']['seconds']} s; "
-          f"RSS over a {report['rss']['minutes']}-minute track, each side in its own process")
+        print(
+            f"{side:<12} {seg['seconds']:>10.3f} {seg['rtf']:>7.3f} {track['seconds']:>9.2f} "
+            f"{track['rtf']:>7.3f} {speed:>7.2f}x {'-' if snr is None else f'{snr:.1f}':>7} "
+            f"{'-' if rss is None else f'{rss:.0f}':>12}"
+        )
+    print(
+        f"segment = {SEGMENT_S} s; track = {report['track']['seconds']} s; "
+        f"RSS over a {report['rss']['minutes']}-minute track, each side in its own process"
+    )
 
 
 def main(argv=None) -> int:

@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/ola.py [--json] [--block 256] [--stems 4]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,9 +62,14 @@ def main(argv=None) -> int:
     kernel_s = best_of(kernel, args.repeats)
     numpy_s = best_of(numpy_version, args.repeats)
     block_s = args.block / SAMPLERATE
-    report = {"block_frames": args.block, "stems": args.stems, "kernel_us": kernel_s * 1e6,
-              "numpy_us": numpy_s * 1e6, "speedup_vs_numpy": numpy_s / kernel_s,
-              "kernel_share_of_block": kernel_s / block_s}
+    report = {
+        "block_frames": args.block,
+        "stems": args.stems,
+        "kernel_us": kernel_s * 1e6,
+        "numpy_us": numpy_s * 1e6,
+        "speedup_vs_numpy": numpy_s / kernel_s,
+        "kernel_share_of_block": kernel_s / block_s,
+    }
     if args.json:
         print(json.dumps(report))
     else:

@@ -1,4 +1,5 @@
 """``stemdeck`` / ``stemdeck gui``: the desktop mixer, and ``--screenshot`` to render it without a screen."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,12 @@ def add_gui_command(commands, add_model_options, add_midi_options) -> None:
     gui.add_argument("file", type=Path, nargs="?", help="a track to load at start")
     gui.add_argument("--demo", action="store_true", help="load a generated demo song")
     gui.add_argument("--screenshot", type=Path, metavar="PNG", help="render the window to PNG and exit")
-    gui.add_argument("--size", type=window_size, metavar="WxH", help="window size, e.g. 1600x900, or 'min': "
-                     "the smallest the window goes (default: as it was last time)")
+    gui.add_argument(
+        "--size",
+        type=window_size,
+        metavar="WxH",
+        help="window size, e.g. 1600x900, or 'min': the smallest the window goes (default: as it was last time)",
+    )
     gui.add_argument("--preset", choices=sorted(PRESETS), default=None)
     gui.add_argument("--output", help="output device (index, name or part of it)")
     gui.add_argument("--exit-when-shown", action="store_true", help=argparse.SUPPRESS)  # startup benchmark
@@ -45,10 +50,13 @@ def run_gui(args: argparse.Namespace) -> int:
     headless = args.screenshot is not None
     if headless and not os.environ.get("QT_QPA_PLATFORM"):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"  # renders with no display at all
-    if not headless and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-                             or os.environ.get("QT_QPA_PLATFORM")):
-        raise ValueError("no display to open the mixer on; run it on a desktop, or render it with "
-                         "`stemdeck gui --demo --screenshot mixer.png`")
+    if not headless and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")
+    ):
+        raise ValueError(
+            "no display to open the mixer on; run it on a desktop, or render it with "
+            "`stemdeck gui --demo --screenshot mixer.png`"
+        )
     sys.setswitchinterval(GIL_SWITCH_S)
     from PyQt6.QtCore import QSettings, QTimer
     from PyQt6.QtWidgets import QApplication
@@ -63,9 +71,15 @@ def run_gui(args: argparse.Namespace) -> int:
     settings = QSettings("stemdeck", "stemdeck")
     model = args.model or settings.value("model") or None  # None: htdemucs if it can be had, else tiny
     preset = args.preset or str(settings.value("preset", "balanced"))
-    config = SessionConfig(model=model, preset=preset, output_device=args.output, headless=headless,
-                           worker="thread" if headless else "process", precision=args.precision,
-                           calibrate=not headless)
+    config = SessionConfig(
+        model=model,
+        preset=preset,
+        output_device=args.output,
+        headless=headless,
+        worker="thread" if headless else "process",
+        precision=args.precision,
+        calibrate=not headless,
+    )
     session = Session(config)
     window = MainWindow(session, settings)
     _remember_midi_ports(args, settings)
@@ -82,6 +96,7 @@ def run_gui(args: argparse.Namespace) -> int:
     if args.demo:
         from models.demo import SAMPLERATE as DEMO_RATE
         from models.demo import demo_stems
+
         session.open_array(sum(demo_stems(20.0).values()), DEMO_RATE, "demo song")
     elif args.file is not None:
         session.open_file(args.file)
@@ -147,6 +162,7 @@ def _screenshot(app, window, session, path: Path) -> int:
     app.processEvents()
     engine = session.engine
     import numpy as np
+
     out = np.zeros((BLOCK_FRAMES, engine.config.channels), np.float32)
     if session.track is not None:
         engine.wait_separated(int(3 * engine.config.samplerate), timeout_s=60)

@@ -1,4 +1,5 @@
 """The desktop mixer's window: source, a strip per stem, master, status; keyboard and MIDI learn."""
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,14 @@ MAX_STEMS = 6
 MAX_RECENT = 8
 DIGIT_KEYS = [getattr(Qt.Key, f"Key_{n}") for n in range(1, MAX_STEMS + 1)]
 # What Shift+1..6 gives on a US layout; other layouts still send the digit with Shift held.
-SHIFTED_DIGIT_KEYS = [Qt.Key.Key_Exclam, Qt.Key.Key_At, Qt.Key.Key_NumberSign, Qt.Key.Key_Dollar,
-                      Qt.Key.Key_Percent, Qt.Key.Key_AsciiCircum]
+SHIFTED_DIGIT_KEYS = [
+    Qt.Key.Key_Exclam,
+    Qt.Key.Key_At,
+    Qt.Key.Key_NumberSign,
+    Qt.Key.Key_Dollar,
+    Qt.Key.Key_Percent,
+    Qt.Key.Key_AsciiCircum,
+]
 PRESET_NAMES = tuple(PRESETS)
 # models.registry.model_names(), written out: importing the registry imports torch (3 s), which must not
 # delay the window; tests/test_import_graph.py checks that the two agree.
@@ -70,8 +77,10 @@ def model_note(name: str) -> str:
     if name not in BUNDLED:
         return ""
     files = ", ".join(remote.filename for remote in REGISTRY["htdemucs"].files)
-    return (f"bundled small model; for the official htdemucs put {files} in $STEMDECK_MODEL_DIR or {cache_dir()} "
-            "(README: Getting the official weights)")
+    return (
+        f"bundled small model; for the official htdemucs put {files} in $STEMDECK_MODEL_DIR or {cache_dir()} "
+        "(README: Getting the official weights)"
+    )
 
 
 def model_label(name: str) -> str:
@@ -176,8 +185,10 @@ class MainWindow(QMainWindow):
         self.preset_box.activated.connect(self._preset_chosen)
         row.addWidget(self.preset_box)
         # A list, not a text box: nothing on the main view takes the keyboard from the shortcuts.
-        self.latency_box = self._combo(["preset"] + [f"{s:g} s" for s in LATENCY_CHOICES_S],
-                                       "Target latency instead of the preset ('preset': use the preset)")
+        self.latency_box = self._combo(
+            ["preset"] + [f"{s:g} s" for s in LATENCY_CHOICES_S],
+            "Target latency instead of the preset ('preset': use the preset)",
+        )
         self.latency_box.activated.connect(self._latency_chosen)
         row.addWidget(QLabel("or latency"))
         row.addWidget(self.latency_box)
@@ -283,8 +294,7 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.crossfader)
         _, outputs = self._device_names()
         self.output_box = self._combo(["default"] + outputs, "Output device for the deck")
-        self.output_box.activated.connect(
-            lambda _: self.session.set_output(self._device_choice(self.output_box)))
+        self.output_box.activated.connect(lambda _: self.session.set_output(self._device_choice(self.output_box)))
         layout.addWidget(QLabel("Output"))
         layout.addWidget(self.output_box)
         master.setMinimumWidth(200)
@@ -297,10 +307,18 @@ class MainWindow(QMainWindow):
         self.ahead_status, self.xrun_status, self.midi_status = QLabel(""), QLabel(""), QLabel("")
         self.load_status.setToolTip("Real-time factor: the model's time per hop of audio (below 1 keeps up)")
         self.ahead_status.setToolTip("How far separation has got ahead of the playhead")
-        self.xrun_status.setToolTip("xruns: audio blocks the sound system missed; late: windows the model "
-                                    "did not finish in time (the dry track played instead)")
-        for label in (self.model_status, self.latency_status, self.load_status, self.ahead_status,
-                      self.xrun_status, self.midi_status):
+        self.xrun_status.setToolTip(
+            "xruns: audio blocks the sound system missed; late: windows the model "
+            "did not finish in time (the dry track played instead)"
+        )
+        for label in (
+            self.model_status,
+            self.latency_status,
+            self.load_status,
+            self.ahead_status,
+            self.xrun_status,
+            self.midi_status,
+        ):
             bar.addWidget(label)  # normal widgets: a temporary message hides them and gets the width
         spacer = QWidget()
         spacer.setStyleSheet("background: transparent")  # the bar's own colour, not a dark box
@@ -365,12 +383,18 @@ class MainWindow(QMainWindow):
             return [], []
         try:
             from engine.device import list_devices
+
             devices = list_devices()
         except Exception:  # noqa: BLE001 - no audio backend: the pickers stay at default
             return [], []
-        label = lambda d: f"{d['name']} [{d['hostapi_name']}]"
-        return ([label(d) for d in devices if d["max_input_channels"] > 0],
-                [label(d) for d in devices if d["max_output_channels"] > 0])
+
+        def label(device: dict) -> str:
+            return f"{device['name']} [{device['hostapi_name']}]"
+
+        return (
+            [label(d) for d in devices if d["max_input_channels"] > 0],
+            [label(d) for d in devices if d["max_output_channels"] > 0],
+        )
 
     @staticmethod
     def _device_choice(box: QComboBox) -> str | None:
@@ -396,16 +420,18 @@ class MainWindow(QMainWindow):
     def _preset_chosen(self) -> None:
         self.session.config.latency_s = None
         self.latency_box.setCurrentIndex(0)
-        self.session.choose_model(self.session.model_name or self.model_box.currentText(),
-                                  self.preset_box.currentText())
+        self.session.choose_model(
+            self.session.model_name or self.model_box.currentText(), self.preset_box.currentText()
+        )
 
     def _latency_chosen(self) -> None:
         index = self.latency_box.currentIndex()
         latency_s = LATENCY_CHOICES_S[index - 1] if index > 0 else None
         if latency_s != self.session.config.latency_s:
             self.session.config.latency_s = latency_s
-            self.session.choose_model(self.session.model_name or self.model_box.currentText(),
-                                      self.preset_box.currentText())
+            self.session.choose_model(
+                self.session.model_name or self.model_box.currentText(), self.preset_box.currentText()
+            )
 
     def _show_busy(self, what: str) -> None:
         self.busy_label.setText(what)
@@ -483,7 +509,8 @@ class MainWindow(QMainWindow):
                 widget.setFocusPolicy(Qt.FocusPolicy.NoFocus)
                 widget.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
                 widget.customContextMenuRequested.connect(
-                    lambda pos, w=widget, c=control, i=index: self._midi_menu(w, pos, c, i))
+                    lambda pos, w=widget, c=control, i=index: self._midi_menu(w, pos, c, i)
+                )
             self.strips.append(strip)
             self.strip_row.addWidget(strip)
 
@@ -499,8 +526,9 @@ class MainWindow(QMainWindow):
     # -- commands -----------------------------------------------------------------------------------
 
     def open_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open a track", str(Path.home()),
-                                              "Audio (*.wav *.flac *.ogg *.mp3 *.aiff *.aif);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a track", str(Path.home()), "Audio (*.wav *.flac *.ogg *.mp3 *.aiff *.aif);;All files (*)"
+        )
         if path:
             self.open_path(path)
 
@@ -605,12 +633,16 @@ class MainWindow(QMainWindow):
     def _refresh_status_bar(self, engine, status) -> None:
         deck = engine._mode == "deck"
         self.latency_status.setText("no added delay" if deck else f"latency {status.latency_ms:.0f} ms")
-        self.latency_status.setToolTip("the deck plays the stems on the playhead: separation runs ahead"
-                                       if deck else "live input: the stems come this much after the input")
+        self.latency_status.setToolTip(
+            "the deck plays the stems on the playhead: separation runs ahead"
+            if deck
+            else "live input: the stems come this much after the input"
+        )
         self.load_status.setText(f"RTF {status.realtime_factor:.2f}")
         ahead_s = status.seconds_ahead  # negative: separation is behind the playhead (it plays dry)
-        self.ahead_status.setText(("" if not deck else f"ahead {ahead_s:.1f} s" if ahead_s >= 0
-                                   else f"behind {-ahead_s:.1f} s"))
+        self.ahead_status.setText(
+            "" if not deck else f"ahead {ahead_s:.1f} s" if ahead_s >= 0 else f"behind {-ahead_s:.1f} s"
+        )
         self.xrun_status.setText(f"xruns {status.xruns} · late {status.late_windows}")
         for label in (self.latency_status, self.load_status, self.ahead_status, self.xrun_status):
             label.setMinimumWidth(max(label.minimumWidth(), label.sizeHint().width()))  # grows, never jitters

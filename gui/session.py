@@ -5,6 +5,7 @@ file, opening a device) runs on the session's job thread, one job at a time, so 
 waits for it. The GUI thread only uses the engine's control API (cheap, lock-free for the
 audio callback) and its status snapshot. Results and errors come back as Qt signals.
 """
+
 from __future__ import annotations
 
 import queue
@@ -115,8 +116,10 @@ class Session(QObject):
     # -- what the GUI asks for ------------------------------------------------------------------------
 
     def choose_model(self, name: str | None, preset: str | None = None) -> None:
-        self._submit(f"loading {name or 'the default model'}…",
-                     lambda: self._switch_or_stand_in(name, preset or self.config.preset))
+        self._submit(
+            f"loading {name or 'the default model'}…",
+            lambda: self._switch_or_stand_in(name, preset or self.config.preset),
+        )
 
     def open_file(self, path: str | Path) -> None:
         self._submit(f"opening {Path(path).name}…", lambda: self._open_file(Path(path)))
@@ -145,12 +148,14 @@ class Session(QObject):
         import sys
 
         from models.loading import load_or_fetch
+
         return load_or_fetch(name, report=self.busy.emit, progress_bar=sys.stderr.isatty())
 
     def _switch_or_stand_in(self, name: str | None, preset: str) -> None:
         """A model that cannot load leaves the current one; with none yet, the deck still plays."""
         from models.loading import FALLBACK_MODEL
         from models.registry import PASSTHROUGH, bundled_path
+
         try:
             self._switch_model(name, preset)
         except Exception as exc:
@@ -160,17 +165,25 @@ class Session(QObject):
                 self.failed.emit(f"{user_message(exc)} — the bundled tiny model separates meanwhile")
                 self._switch_model(FALLBACK_MODEL, preset)
                 return
-            self.failed.emit(f"{user_message(exc)} — until then the pass-through stand-in plays the track "
-                             "(its stems are fixed fractions of the mix, not a separation)")
+            self.failed.emit(
+                f"{user_message(exc)} — until then the pass-through stand-in plays the track "
+                "(its stems are fixed fractions of the mix, not a separation)"
+            )
             self._switch_model(PASSTHROUGH, preset)
 
     def _switch_model(self, name: str | None, preset: str) -> None:
         from engine.build import build_engine, session_window
 
         model, name = self._load_model(name)
-        engine = build_engine(model, session_window(preset, self.config.latency_s), samplerate=self._device_rate(),
-                              block_frames=BLOCK_FRAMES, precision=self.config.precision,
-                              worker=self.config.worker, calibrate=self.config.calibrate)
+        engine = build_engine(
+            model,
+            session_window(preset, self.config.latency_s),
+            samplerate=self._device_rate(),
+            block_frames=BLOCK_FRAMES,
+            precision=self.config.precision,
+            worker=self.config.worker,
+            calibrate=self.config.calibrate,
+        )
         old, self.engine = self.engine, engine
         playing, position_s = False, 0.0
         if old is not None:
@@ -189,6 +202,7 @@ class Session(QObject):
             return EngineConfig().samplerate
         from engine.build import device_rate
         from engine.device import resolve_device
+
         return device_rate(resolve_device(self.config.output_device, "output"))
 
     @staticmethod
@@ -215,8 +229,9 @@ class Session(QObject):
         rate, channels = self.engine.config.samplerate, self.engine.config.channels
         return np.ascontiguousarray(match_channels(resample(audio, samplerate, rate), channels), dtype=np.float32)
 
-    def _open_audio(self, audio: np.ndarray, name: str, path: Path | None, cue_s: float = 0.0,
-                    play: bool = False) -> None:
+    def _open_audio(
+        self, audio: np.ndarray, name: str, path: Path | None, cue_s: float = 0.0, play: bool = False
+    ) -> None:
         """Load ``audio`` on the deck at ``cue_s`` (a new track waits for play, as DJs load)."""
         self._require_engine()
         engine = self.engine
@@ -227,6 +242,7 @@ class Session(QObject):
         self.track = Track(path, name, audio.shape[-1] / engine.config.samplerate, overview_peaks(audio))
         if not self.config.headless:
             from engine.device import resolve_device
+
             engine.start_output(resolve_device(self.config.output_device, "output"))
         if play:
             engine.play()
@@ -234,6 +250,7 @@ class Session(QObject):
 
     def _restart_output(self) -> None:
         from engine.device import resolve_device
+
         self.engine.stop_output()
         self.engine.start_output(resolve_device(self.config.output_device, "output"))
 
@@ -246,8 +263,9 @@ class Session(QObject):
         if self.config.headless:
             engine.start_live_headless()
         else:
-            engine.start_live(resolve_device(self.config.input_device, "input"),
-                              resolve_device(self.config.output_device, "output"))
+            engine.start_live(
+                resolve_device(self.config.input_device, "input"), resolve_device(self.config.output_device, "output")
+            )
         self.track, self._track_audio = None, None
         self.live_ready.emit()
 

@@ -1,11 +1,18 @@
 """A dark theme for dim booths: high-contrast text, one colour per stem used everywhere."""
+
 from __future__ import annotations
 
 from PyQt6.QtGui import QColor, QPalette
 from PyQt6.QtWidgets import QApplication
 
-STEM_COLOURS = {"drums": "#f5a623", "bass": "#4a90e2", "other": "#7ed321", "vocals": "#e94b8a",
-                "guitar": "#bd6bf0", "piano": "#50e3c2"}
+STEM_COLOURS = {
+    "drums": "#f5a623",
+    "bass": "#4a90e2",
+    "other": "#7ed321",
+    "vocals": "#e94b8a",
+    "guitar": "#bd6bf0",
+    "piano": "#50e3c2",
+}
 FALLBACK_COLOURS = ("#f5a623", "#4a90e2", "#7ed321", "#e94b8a", "#bd6bf0", "#50e3c2")
 BACKGROUND, PANEL, TEXT, DIM_TEXT, ACCENT = "#121417", "#1c1f24", "#e8eaed", "#8a9099", "#ffb300"
 ERROR_BACKGROUND, NOTE_BACKGROUND = "#5c1f24", "#1f3a5c"
@@ -47,11 +54,17 @@ def stem_colour(name: str, index: int) -> QColor:
 def apply_theme(app: QApplication) -> None:
     app.setStyle("Fusion")
     palette = QPalette()
-    for role, colour in ((QPalette.ColorRole.Window, BACKGROUND), (QPalette.ColorRole.Base, PANEL),
-                         (QPalette.ColorRole.Text, TEXT), (QPalette.ColorRole.WindowText, TEXT),
-                         (QPalette.ColorRole.Button, "#2a2e35"), (QPalette.ColorRole.ButtonText, TEXT),
-                         (QPalette.ColorRole.Highlight, ACCENT), (QPalette.ColorRole.ToolTipBase, PANEL),
-                         (QPalette.ColorRole.ToolTipText, TEXT)):
+    for role, colour in (
+        (QPalette.ColorRole.Window, BACKGROUND),
+        (QPalette.ColorRole.Base, PANEL),
+        (QPalette.ColorRole.Text, TEXT),
+        (QPalette.ColorRole.WindowText, TEXT),
+        (QPalette.ColorRole.Button, "#2a2e35"),
+        (QPalette.ColorRole.ButtonText, TEXT),
+        (QPalette.ColorRole.Highlight, ACCENT),
+        (QPalette.ColorRole.ToolTipBase, PANEL),
+        (QPalette.ColorRole.ToolTipText, TEXT),
+    ):
         palette.setColor(role, QColor(colour))
     app.setPalette(palette)
     app.setStyleSheet(STYLESHEET)

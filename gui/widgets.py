@@ -1,4 +1,5 @@
 """The mixer's widgets: meters, dB faders, activity views, the track overview, a channel strip."""
+
 from __future__ import annotations
 
 import math
@@ -106,8 +107,13 @@ class ActivityView(QWidget):
         middle, bar = rect.center().y(), max(1.0, width - 1)
         p.setPen(Qt.PenStyle.NoPen)
         p.setBrush(self.colour)
-        p.drawRects([QRectF(rect.left() + i * width, middle - value * middle, bar, 2 * value * middle)
-                     for i, value in enumerate(self.points) if value > 0])
+        p.drawRects(
+            [
+                QRectF(rect.left() + i * width, middle - value * middle, bar, 2 * value * middle)
+                for i, value in enumerate(self.points)
+                if value > 0
+            ]
+        )
 
 
 class DbFader(QSlider):
@@ -189,8 +195,10 @@ class WaveformOverview(QWidget):
         if key != self._lines_key:
             scale = self.height() / 2 / max(1e-6, float(self.peaks.max()))
             middle, column = self.height() / 2, self.width() / len(self.peaks)
-            self._lines = [QLineF(i * column, middle - peak * scale, i * column, middle + peak * scale)
-                           for i, peak in enumerate(self.peaks.tolist())]
+            self._lines = [
+                QLineF(i * column, middle - peak * scale, i * column, middle + peak * scale)
+                for i, peak in enumerate(self.peaks.tolist())
+            ]
             self._lines_key = key
         return self._lines
 
@@ -205,8 +213,10 @@ class WaveformOverview(QWidget):
         played, ahead = self._x_of(self.position_s), self._x_of(self.separated_until_s)
         p.fillRect(QRectF(played, rect.top(), ahead - played, rect.height()), QColor(255, 179, 0, 50))
         lines = self._waveform()
-        for colour, clip in ((PLAYED, QRectF(0, 0, played, rect.height())),
-                             (TEXT, QRectF(played, 0, rect.width() - played, rect.height()))):
+        for colour, clip in (
+            (PLAYED, QRectF(0, 0, played, rect.height())),
+            (TEXT, QRectF(played, 0, rect.width() - played, rect.height())),
+        ):
             p.setClipRect(clip)
             p.setPen(QColor(colour))
             p.drawLines(lines)

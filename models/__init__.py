@@ -1,4 +1,5 @@
 """stemdeck's model core: HT Demucs and Hybrid Demucs, checkpoints, offline separation."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,7 +39,20 @@ def _exists(path: Path) -> bool:
 
 
 __all__ = [
-    "BagOfModels", "CheckpointError", "DEFAULT_MODEL", "HDemucs", "HTDemucs",
-    "BUILT_IN", "ModelNotAvailableError", "REGISTRY", "apply_model", "fetch", "load_checkpoint", "load_model",
-    "model_names", "save_safetensors", "separate",
+    "BagOfModels",
+    "CheckpointError",
+    "DEFAULT_MODEL",
+    "HDemucs",
+    "HTDemucs",
+    "BUILT_IN",
+    "BUNDLED",
+    "ModelNotAvailableError",
+    "REGISTRY",
+    "apply_model",
+    "fetch",
+    "load_checkpoint",
+    "load_model",
+    "model_names",
+    "save_safetensors",
+    "separate",
 ]

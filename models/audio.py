@@ -4,6 +4,7 @@ Arrays are ``(channels, frames)`` float32 everywhere in stemdeck. What a file's 
 (rate, channels, length) is checked before anything is allocated for it; non-finite samples are
 read as silence; no non-finite sample is ever written.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,6 +28,7 @@ MPEG_FRAME_TOLERANCE = 2304
 STEM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 PARTIAL_SUFFIX = ".partial"
 STALE_PARTIAL_S = 24 * 3600  # a temporary without a live owner, or older than this, is removed
+
 
 class AudioError(Exception):
     """An audio file that cannot be used; the message names the file, the problem and a fix."""
@@ -77,8 +79,9 @@ def read_audio(path: str | Path, report: Callable[[str], None] | None = None) ->
     try:
         data, samplerate = sf.read(name, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioError(f"{path} is damaged or truncated: decoding failed ({_reason(exc)}); "
-                         "re-export or re-download it") from None
+        raise AudioError(
+            f"{path} is damaged or truncated: decoding failed ({_reason(exc)}); re-export or re-download it"
+        ) from None
     _check_complete(path, info, data.shape[0])
     if data.shape[0] == 0:
         raise AudioError(f"{path} holds no audio (0 frames)")
@@ -114,27 +117,37 @@ def _check_file(path: Path) -> None:
 def _check_header(path: Path, info) -> None:
     """What the header declares, before anything is allocated for it."""
     if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
-        raise AudioError(f"{path} declares a sample rate of {info.samplerate} Hz; stemdeck reads "
-                         f"{MIN_SAMPLE_RATE // 1000}-{MAX_SAMPLE_RATE // 1000} kHz: the header is damaged, "
-                         "or resample the file (e.g. sox in.wav -r 44100 out.wav)")
+        raise AudioError(
+            f"{path} declares a sample rate of {info.samplerate} Hz; stemdeck reads "
+            f"{MIN_SAMPLE_RATE // 1000}-{MAX_SAMPLE_RATE // 1000} kHz: the header is damaged, "
+            "or resample the file (e.g. sox in.wav -r 44100 out.wav)"
+        )
     if not 1 <= info.channels <= MAX_CHANNELS:
-        raise AudioError(f"{path} has {info.channels} channels; stemdeck separates mono or stereo: "
-                         "downmix it first (e.g. sox in.wav -c 2 out.wav)")
+        raise AudioError(
+            f"{path} has {info.channels} channels; stemdeck separates mono or stereo: "
+            "downmix it first (e.g. sox in.wav -c 2 out.wav)"
+        )
     if info.frames > MAX_DURATION_S * info.samplerate:
-        raise AudioError(f"{path} declares {info.frames / info.samplerate / 3600:.1f} hours of audio; "
-                         f"stemdeck reads up to {MAX_DURATION_S // 3600} hours: split it")
+        raise AudioError(
+            f"{path} declares {info.frames / info.samplerate / 3600:.1f} hours of audio; "
+            f"stemdeck reads up to {MAX_DURATION_S // 3600} hours: split it"
+        )
     # libsndfile reads a truncated WAV silently but logs the size its header promised.
     for stated, actual in re.findall(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", info.extra_info, re.MULTILINE):
         if int(actual) < int(stated) < 0xFFFFFF00:  # streamed WAVs write a placeholder size
-            raise AudioError(f"{path} is truncated: its header promises {int(stated)} bytes of audio, "
-                             f"the file holds {int(actual)}; re-export or re-download it")
+            raise AudioError(
+                f"{path} is truncated: its header promises {int(stated)} bytes of audio, "
+                f"the file holds {int(actual)}; re-export or re-download it"
+            )
 
 
 def _check_complete(path: Path, info, frames_read: int) -> None:
     tolerance = MPEG_FRAME_TOLERANCE if info.format == "MP3" else 0
     if 0 < info.frames and frames_read < info.frames - tolerance:
-        raise AudioError(f"{path} is truncated: it declares {info.frames} frames but only "
-                         f"{frames_read} could be decoded; re-export or re-download it")
+        raise AudioError(
+            f"{path} is truncated: it declares {info.frames} frames but only "
+            f"{frames_read} could be decoded; re-export or re-download it"
+        )
 
 
 def prepare_for_output(audio: np.ndarray, clip: str) -> np.ndarray:
@@ -148,8 +161,10 @@ def prepare_for_output(audio: np.ndarray, clip: str) -> np.ndarray:
 def check_stem_name(name: str) -> str:
     """Stem names come from the model's checkpoint: only a short identifier may become a file name."""
     if not isinstance(name, str) or not STEM_NAME.fullmatch(name):
-        raise AudioError(f"stem name {str(name)[:40]!r} is not a short identifier (letters, digits, _ and -); "
-                         "the model's checkpoint is damaged or hostile, use another model")
+        raise AudioError(
+            f"stem name {str(name)[:40]!r} is not a short identifier (letters, digits, _ and -); "
+            "the model's checkpoint is damaged or hostile, use another model"
+        )
     return name
 
 
@@ -157,12 +172,15 @@ def check_finite(stems: dict[str, np.ndarray], folder: Path) -> None:
     """The last guard: nothing non-finite is ever written as a finished stem."""
     for name, audio in stems.items():
         if not np.all(np.isfinite(audio)):
-            raise AudioError(f"stem {name} for {folder} has non-finite samples (NaN or infinity); "
-                             "nothing written: the model produced them, try another model")
+            raise AudioError(
+                f"stem {name} for {folder} has non-finite samples (NaN or infinity); "
+                "nothing written: the model produced them, try another model"
+            )
 
 
-def write_stems_atomically(stems: dict[str, np.ndarray], samplerate: int, folder: Path,
-                           fmt: OutputFormat) -> list[Path]:
+def write_stems_atomically(
+    stems: dict[str, np.ndarray], samplerate: int, folder: Path, fmt: OutputFormat
+) -> list[Path]:
     """Write every stem or none: all go to temporary files first, then are renamed into place.
 
     The temporaries are ``.<stem>.<pid>.<random>.<ext>.partial`` in ``folder``, where the next
@@ -182,13 +200,20 @@ def write_stems_atomically(stems: dict[str, np.ndarray], samplerate: int, folder
         for name, audio in stems.items():
             tmp = _new_partial(folder, name, fmt.extension)
             pending.append((tmp, folder / f"{name}.{fmt.extension}"))
-            sf.write(os.fsencode(tmp), prepare_for_output(audio, fmt.clip).T, samplerate,
-                     format=fmt.FORMATS[fmt.extension], subtype=fmt.subtype)
+            sf.write(
+                os.fsencode(tmp),
+                prepare_for_output(audio, fmt.clip).T,
+                samplerate,
+                format=fmt.FORMATS[fmt.extension],
+                subtype=fmt.subtype,
+            )
         for tmp, final in pending:
             os.replace(tmp, final)
     except OSError as exc:
-        raise AudioError(f"cannot write stems to {folder}: {exc.strerror or exc}; "
-                         "choose another output directory (-o) or free some space") from None
+        raise AudioError(
+            f"cannot write stems to {folder}: {exc.strerror or exc}; "
+            "choose another output directory (-o) or free some space"
+        ) from None
     except sf.LibsndfileError as exc:
         raise AudioError(f"cannot encode stems in {folder}: {exc}") from None
     finally:

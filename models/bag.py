@@ -1,8 +1,10 @@
 """Bags of models: several separators averaged with per-source weights (``htdemucs_ft``)."""
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,8 +20,12 @@ class BagOfModels(nn.Module):
     it was trained on).
     """
 
-    def __init__(self, models: Sequence[nn.Module], weights: Sequence[Sequence[float]] | None = None,
-                 segment: float | None = None):
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        weights: Sequence[Sequence[float]] | None = None,
+        segment: float | None = None,
+    ):
         super().__init__()
         if not 1 <= len(models) <= MAX_BAG_MODELS:
             raise ValueError(f"a bag needs 1 to {MAX_BAG_MODELS} models, not {len(models)}")
@@ -30,7 +36,10 @@ class BagOfModels(nn.Module):
         self.weights = _checked_weights(weights, len(models), len(first.sources))
         for model in models:
             if (model.sources, model.samplerate, model.audio_channels) != (
-                    first.sources, first.samplerate, first.audio_channels):
+                first.sources,
+                first.samplerate,
+                first.audio_channels,
+            ):
                 raise ValueError("all models of a bag must share sources, sample rate and channels")
             if segment is not None and (not isinstance(model, HTDemucs) or segment <= model.segment):
                 model.segment = segment
@@ -59,22 +68,32 @@ class BagOfModels(nn.Module):
 
 def _check_segment(segment: Any) -> None:
     low, high = SEGMENT_RANGE_S
-    if segment is not None and (not isinstance(segment, (int, float)) or isinstance(segment, bool)
-                                or not math.isfinite(segment) or not low <= segment <= high):
+    if segment is not None and (
+        not isinstance(segment, (int, float))
+        or isinstance(segment, bool)
+        or not math.isfinite(segment)
+        or not low <= segment <= high
+    ):
         raise ValueError(f"bag segment must be a number of seconds from {low:g} to {high:g}, not {shown(segment)}")
 
 
 def _checked_weights(weights: Any, num_models: int, num_sources: int) -> list[list[float]]:
     """``num_models`` rows of ``num_sources`` finite weights >= 0, every source weighted by some model
     (a source whose weights sum to zero would divide by zero)."""
-    shape_ok = isinstance(weights, (list, tuple)) and len(weights) == num_models and all(
-        isinstance(row, (list, tuple)) and len(row) == num_sources for row in weights)
+    shape_ok = (
+        isinstance(weights, (list, tuple))
+        and len(weights) == num_models
+        and all(isinstance(row, (list, tuple)) and len(row) == num_sources for row in weights)
+    )
     values_ok = shape_ok and all(
         isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
-        for row in weights for w in row)
+        for row in weights
+        for w in row
+    )
     if not values_ok:
-        raise ValueError(f"bag weights must be {num_models} lists of {num_sources} finite numbers >= 0, "
-                         f"not {shown(weights)}")
+        raise ValueError(
+            f"bag weights must be {num_models} lists of {num_sources} finite numbers >= 0, not {shown(weights)}"
+        )
     if any(sum(row[source] for row in weights) <= 0 for source in range(num_sources)):
         raise ValueError("bag weights give some source a total weight of 0; every source needs a model")
     return [[float(w) for w in row] for row in weights]

@@ -6,6 +6,7 @@ The mixture's part of that band which the stems do not carry is shared among the
 moment, in proportion to each stem's energy in the octave just below the cut-off: hi-hats and
 cymbals go to the drums, a voice's breath to the vocals. The stems then sum to the input again.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ class BandShare:
     floor: float = 1e-12  # energy where no stem has any: the band is shared equally
 
 
-def share_high_band(mixture: np.ndarray, stems: np.ndarray, samplerate: int, model_samplerate: int,
-                    config: BandShare = BandShare()) -> np.ndarray:
+def share_high_band(
+    mixture: np.ndarray, stems: np.ndarray, samplerate: int, model_samplerate: int, config: BandShare = BandShare()
+) -> np.ndarray:
     """``stems`` ``(S, C, T)`` at ``samplerate`` plus their share of what they miss of ``mixture``
     ``(C, T)`` above the model's Nyquist; unchanged when the model covers the whole band."""
     from scipy.ndimage import uniform_filter1d

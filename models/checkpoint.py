@@ -17,6 +17,7 @@ compared with it shape by shape before the real model is allocated. Our own mode
 written as safetensors with the same metadata, so they load here and in the reference
 ``demucs`` package alike.
 """
+
 from __future__ import annotations
 
 import glob
@@ -57,8 +58,9 @@ SAVE_NAMES = {HTDemucs: "demucs.htdemucs.HTDemucs", HDemucs: "demucs.hdemucs.HDe
 # What an official package's pickle names, and nothing more (torch's own list is wider:
 # ``bytearray(10**10)`` would pass it).
 TORCH_GLOBALS = {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2"} | {
-    f"torch.{kind}Storage" for kind in ("Half", "Float", "Double", "BFloat16", "Long", "Int",
-                                        "Short", "Char", "Byte", "Bool", "Untyped")}
+    f"torch.{kind}Storage"
+    for kind in ("Half", "Float", "Double", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool", "Untyped")
+}
 MAX_METADATA_CHARS = 64 * 1024
 MAX_BAG_FILE_BYTES = 64 * 1024
 MAX_KWARGS = 128
@@ -95,6 +97,7 @@ def load_checkpoint(path: str | Path) -> nn.Module:
 
 # -- legacy .th packages ----------------------------------------------------------------------
 
+
 class _Refused(Exception):
     """Raised from inside the unpickler: the file asked for something a checkpoint never needs."""
 
@@ -109,8 +112,7 @@ class _ClassName:
         self.name = name
 
     def __call__(self, *args, **kwargs):
-        raise _Refused(f"the file calls {self.name}(...) while it is read, which a model checkpoint "
-                       "never does")
+        raise _Refused(f"the file calls {self.name}(...) while it is read, which a model checkpoint never does")
 
 
 _CLASS_NAMES = {name: _ClassName(name) for name in MODEL_CLASSES}
@@ -124,8 +126,7 @@ def _bounded_fraction(*args):
 
 
 def _allowed_globals() -> list:
-    return [(marker, name) for name, marker in _CLASS_NAMES.items()] + [
-        (_bounded_fraction, "fractions.Fraction")]
+    return [(marker, name) for name, marker in _CLASS_NAMES.items()] + [(_bounded_fraction, "fractions.Fraction")]
 
 
 def load_th(path: Path) -> nn.Module:
@@ -134,17 +135,28 @@ def load_th(path: Path) -> nn.Module:
         with torch.serialization.safe_globals(_allowed_globals()):
             package = torch.load(path, map_location="cpu", weights_only=True)
     except _Refused as exc:
-        raise CheckpointError(f"{path}: refused to load: {exc}; it may be hostile. Nothing was "
-                              "executed. Use an official checkpoint.") from None
+        raise CheckpointError(
+            f"{path}: refused to load: {exc}; it may be hostile. Nothing was executed. Use an official checkpoint."
+        ) from None
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
         culprit = found.group(1) if found else "an object that is not a tensor or a model class"
         raise _refused_global(path, culprit) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, TypeError, OSError,
-            IndexError, KeyError, AttributeError) as exc:
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        TypeError,
+        OSError,
+        IndexError,
+        KeyError,
+        AttributeError,
+    ) as exc:
         raise CheckpointError(
             f"{path}: not a readable checkpoint ({_first_line(exc)}); the file is truncated or "
-            "corrupt: delete it and fetch it again") from None
+            "corrupt: delete it and fetch it again"
+        ) from None
     if not isinstance(package, dict) or not {"klass", "args", "kwargs", "state"} <= package.keys():
         raise CheckpointError(f"{path}: not a Demucs model package (expected klass/args/kwargs/state)")
     klass = package["klass"]
@@ -155,20 +167,24 @@ def load_th(path: Path) -> nn.Module:
 def _refused_global(path: Path, culprit: str) -> CheckpointError:
     return CheckpointError(
         f"{path}: refused to load: the file asks to run {culprit}, which a model checkpoint never "
-        "needs; it may be hostile. Nothing was executed. Use an official checkpoint.")
+        "needs; it may be hostile. Nothing was executed. Use an official checkpoint."
+    )
 
 
 def _check_th_archive(path: Path) -> None:
     """torch's zip layout, stored (never compressed: a small deflated record could inflate to
     gigabytes), naming only the globals an official package uses."""
-    corrupt = (f"{path}: not a readable checkpoint (not a torch zip archive); the file is truncated "
-               "or corrupt: delete it and fetch it again")
+    corrupt = (
+        f"{path}: not a readable checkpoint (not a torch zip archive); the file is truncated "
+        "or corrupt: delete it and fetch it again"
+    )
     try:
         with zipfile.ZipFile(path) as archive:
             records = archive.infolist()
             if any(record.compress_type != zipfile.ZIP_STORED for record in records):
-                raise CheckpointError(f"{path}: refused to load: compressed records, which torch never "
-                                      "writes; use an official checkpoint")
+                raise CheckpointError(
+                    f"{path}: refused to load: compressed records, which torch never writes; use an official checkpoint"
+                )
             pickled = [record for record in records if record.filename.endswith("/data.pkl")]
             if len(pickled) != 1:
                 raise CheckpointError(corrupt)
@@ -196,6 +212,7 @@ def _pickle_globals(data: bytes) -> list[str]:
 
 # -- building a model from its recorded arguments --------------------------------------------
 
+
 def build_model(klass: Any, args: Any, kwargs: Any, state: Any, origin: Path | str) -> nn.Module:
     """Instantiate ``klass`` from its recorded arguments and load ``state`` strictly.
 
@@ -214,42 +231,51 @@ def build_model(klass: Any, args: Any, kwargs: Any, state: Any, origin: Path | s
     try:
         model.load_state_dict(dict(state), strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{origin}: weights do not match the model they describe "
-                              f"({_first_line(exc)}); the file is damaged or from another version") from None
+        raise CheckpointError(
+            f"{origin}: weights do not match the model they describe "
+            f"({_first_line(exc)}); the file is damaged or from another version"
+        ) from None
     return model
 
 
 def _model_class(klass: Any, origin: Path | str) -> type[nn.Module]:
     if not isinstance(klass, str) or klass not in MODEL_CLASSES:
-        raise CheckpointError(f"{origin}: unknown model class {shown(klass)}; stemdeck loads "
-                              "HTDemucs and HDemucs checkpoints")
+        raise CheckpointError(
+            f"{origin}: unknown model class {shown(klass)}; stemdeck loads HTDemucs and HDemucs checkpoints"
+        )
     return MODEL_CLASSES[klass]
 
 
 def _check_state(state: Any, origin: Path | str) -> None:
     if not isinstance(state, dict):
-        raise CheckpointError(f"{origin}: the weights are a {type(state).__name__}, not a table of tensors; "
-                              "the file is damaged")
+        raise CheckpointError(
+            f"{origin}: the weights are a {type(state).__name__}, not a table of tensors; the file is damaged"
+        )
     if state.get("__quantized"):
-        raise CheckpointError(f"{origin}: DiffQ-quantized checkpoints are not supported; use the "
-                              "non-quantized release of this model")
+        raise CheckpointError(
+            f"{origin}: DiffQ-quantized checkpoints are not supported; use the non-quantized release of this model"
+        )
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{origin}: the weights hold {shown(key)}: {type(value).__name__}, "
-                                  "not a named tensor; the file is damaged")
+            raise CheckpointError(
+                f"{origin}: the weights hold {shown(key)}: {type(value).__name__}, "
+                "not a named tensor; the file is damaged"
+            )
 
 
 def _arguments(cls: type[nn.Module], args: Any, kwargs: Any, origin: Path | str) -> dict[str, Any]:
     """The constructor's arguments, every one checked against :mod:`models.limits`."""
     if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict) or len(kwargs) > MAX_KWARGS:
-        raise CheckpointError(f"{origin}: model arguments must be a list and a table of at most "
-                              f"{MAX_KWARGS} names, not {type(args).__name__} and {type(kwargs).__name__}")
+        raise CheckpointError(
+            f"{origin}: model arguments must be a list and a table of at most "
+            f"{MAX_KWARGS} names, not {type(args).__name__} and {type(kwargs).__name__}"
+        )
     if not all(isinstance(key, str) for key in kwargs):
         raise CheckpointError(f"{origin}: model argument names must be text")
     signature = inspect.signature(cls)
     dropped = [key for key in kwargs if key not in signature.parameters]
     if dropped:
-        warnings.warn(f"{origin}: ignoring unknown model arguments {shown(dropped)}")
+        warnings.warn(f"{origin}: ignoring unknown model arguments {shown(dropped)}", stacklevel=2)
     try:
         bound = signature.bind(*args, **{k: v for k, v in kwargs.items() if k not in dropped})
         bound.apply_defaults()
@@ -259,8 +285,7 @@ def _arguments(cls: type[nn.Module], args: Any, kwargs: Any, origin: Path | str)
     return dict(bound.arguments)
 
 
-def _shapes_without_memory(cls: type[nn.Module], values: dict[str, Any],
-                           origin: Path | str) -> dict[str, torch.Size]:
+def _shapes_without_memory(cls: type[nn.Module], values: dict[str, Any], origin: Path | str) -> dict[str, torch.Size]:
     """Parameter shapes of the model ``values`` describe, built on the ``meta`` device."""
     try:
         with torch.device("meta"), warnings.catch_warnings():
@@ -269,13 +294,17 @@ def _shapes_without_memory(cls: type[nn.Module], values: dict[str, Any],
     except UnsupportedModelError as exc:
         raise CheckpointError(f"{origin}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any inconsistent combination of in-range values, reported
-        raise CheckpointError(f"{origin}: the model arguments do not describe a buildable model "
-                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+        raise CheckpointError(
+            f"{origin}: the model arguments do not describe a buildable model "
+            f"({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
     shapes = {key: value.shape for key, value in skeleton.state_dict().items()}
     parameters = sum(shape.numel() for shape in shapes.values())
     if parameters > MAX_PARAMETERS:
-        raise CheckpointError(f"{origin}: refused: the model would have {parameters / 1e6:.0f} M "
-                              f"parameters (at most {MAX_PARAMETERS / 1e6:.0f} M)")
+        raise CheckpointError(
+            f"{origin}: refused: the model would have {parameters / 1e6:.0f} M "
+            f"parameters (at most {MAX_PARAMETERS / 1e6:.0f} M)"
+        )
     return shapes
 
 
@@ -284,14 +313,21 @@ def _check_weights_match(expected: dict[str, torch.Size], state: dict, origin: P
     unexpected = sorted(state.keys() - expected.keys())
     wrong = [key for key in expected.keys() & state.keys() if state[key].shape != expected[key]]
     if missing or unexpected or wrong:
-        what = (f"missing {shown(missing[0])}" if missing else f"unexpected {shown(unexpected[0])}"
-                if unexpected else f"{shown(wrong[0])} has shape {list(state[wrong[0]].shape)}, the "
-                f"model {list(expected[wrong[0]])}")
-        raise CheckpointError(f"{origin}: weights do not match the model they describe ({what}); the "
-                              "file is damaged or from another version")
+        what = (
+            f"missing {shown(missing[0])}"
+            if missing
+            else f"unexpected {shown(unexpected[0])}"
+            if unexpected
+            else f"{shown(wrong[0])} has shape {list(state[wrong[0]].shape)}, the model {list(expected[wrong[0]])}"
+        )
+        raise CheckpointError(
+            f"{origin}: weights do not match the model they describe ({what}); the "
+            "file is damaged or from another version"
+        )
 
 
 # -- safetensors -------------------------------------------------------------------------------
+
 
 def _decode_json(value: Any) -> Any:
     if isinstance(value, dict):
@@ -323,8 +359,9 @@ def load_safetensors(path: Path) -> nn.Module:
             metadata = file.metadata() or {}
             state = {key: file.get_tensor(key) for key in file.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(exc)}); "
-                              "delete it and fetch it again") from None
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({_first_line(exc)}); delete it and fetch it again"
+        ) from None
     if "structure" in metadata:
         raise CheckpointError(f"{path}: DiffQ-quantized checkpoints are not supported")
     missing = {"klass", "args", "kwargs"} - metadata.keys()
@@ -337,8 +374,10 @@ def load_safetensors(path: Path) -> nn.Module:
 def _metadata_json(path: Path, metadata: dict, key: str) -> Any:
     text = metadata[key]
     if len(text) > MAX_METADATA_CHARS:
-        raise CheckpointError(f"{path}: model metadata {key!r} is {len(text)} characters long "
-                              f"(at most {MAX_METADATA_CHARS}); not a Demucs model")
+        raise CheckpointError(
+            f"{path}: model metadata {key!r} is {len(text)} characters long "
+            f"(at most {MAX_METADATA_CHARS}); not a Demucs model"
+        )
     try:
         return _decode_json(json.loads(text))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and LimitError are ValueErrors
@@ -357,8 +396,10 @@ def save_safetensors(model: nn.Module, path: str | Path, half: bool = False) -> 
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; name the .safetensors file to write")
     dtype = torch.float16 if half else None
-    state = {k: v.detach().to("cpu", dtype=dtype if v.is_floating_point() else None).contiguous()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", dtype=dtype if v.is_floating_point() else None).contiguous()
+        for k, v in model.state_dict().items()
+    }
     metadata = {"klass": klass, "args": "[]", "kwargs": json.dumps(_encode_json(model.init_kwargs))}
     _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -373,7 +414,7 @@ def save_safetensors(model: nn.Module, path: str | Path, half: bool = False) -> 
 def _remove_stale_temporaries(path: Path) -> None:
     """``.<name>.<pid>.tmp`` files of writers that were killed (SIGKILL, power loss) mid-save."""
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:-4]
+        pid = tmp.name[len(path.name) + 2 : -4]
         if pid.isdigit() and not _process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
@@ -390,6 +431,7 @@ def _process_alive(pid: int) -> bool:
 
 # -- bags -------------------------------------------------------------------------------------
 
+
 class _NoAliasLoader(yaml.SafeLoader):
     """The safe loader without aliases: a bag has no use for them, and nested aliases expand
     a few hundred bytes into gigabytes ("billion laughs")."""
@@ -397,8 +439,9 @@ class _NoAliasLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in a bag file",
-                                              event.start_mark)
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed in a bag file", event.start_mark
+            )
         return super().compose_node(parent, index)
 
 
@@ -407,12 +450,15 @@ def load_bag(path: Path) -> BagOfModels:
     bag = _read_bag(path)
     signatures = bag.get("models")
     if not isinstance(signatures, list) or not 1 <= len(signatures) <= MAX_BAG_MODELS:
-        raise CheckpointError(f"{path}: a bag file needs a 'models' list of 1 to {MAX_BAG_MODELS} "
-                              f"signatures, not {shown(signatures)}")
+        raise CheckpointError(
+            f"{path}: a bag file needs a 'models' list of 1 to {MAX_BAG_MODELS} signatures, not {shown(signatures)}"
+        )
     for signature in signatures:
         if not isinstance(signature, str) or not SIGNATURE.fullmatch(signature):
-            raise CheckpointError(f"{path}: model signature {shown(signature)} is not a file signature "
-                                  "(letters, digits, '_' and '-', at most 64)")
+            raise CheckpointError(
+                f"{path}: model signature {shown(signature)} is not a file signature "
+                "(letters, digits, '_' and '-', at most 64)"
+            )
     if len(set(signatures)) != len(signatures):
         raise CheckpointError(f"{path}: the bag lists a model twice ({shown(signatures)}); list each once")
     models = [load_checkpoint(find_signature(path.parent, sig)) for sig in signatures]
@@ -425,8 +471,9 @@ def load_bag(path: Path) -> BagOfModels:
 def _read_bag(path: Path) -> dict:
     try:
         if path.stat().st_size > MAX_BAG_FILE_BYTES:
-            raise CheckpointError(f"{path}: {path.stat().st_size} bytes is too long for a bag file "
-                                  f"(at most {MAX_BAG_FILE_BYTES})")
+            raise CheckpointError(
+                f"{path}: {path.stat().st_size} bytes is too long for a bag file (at most {MAX_BAG_FILE_BYTES})"
+            )
         bag = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # a SafeLoader subclass
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError, OSError) as exc:
         raise CheckpointError(f"{path}: not a valid bag file ({_first_line(exc)})") from None

@@ -1,5 +1,6 @@
 """``stemdeck separate``, ``stemdeck models list|fetch`` and ``stemdeck demo``; the entry point
 (``stemdeck.cli``) wires them beside the other commands."""
+
 from __future__ import annotations
 
 import argparse
@@ -70,42 +71,74 @@ class CommandError(Exception):
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", "-n", default=None, metavar="NAME|PATH",
-                       help="registry name (see `stemdeck models list`) or checkpoint path (default: htdemucs "
-                            "when it is cached or can be downloaded, else the bundled tiny model)")
+    group.add_argument(
+        "--model",
+        "-n",
+        default=None,
+        metavar="NAME|PATH",
+        help="registry name (see `stemdeck models list`) or checkpoint path (default: htdemucs "
+        "when it is cached or can be downloaded, else the bundled tiny model)",
+    )
     group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    group.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                       help="auto: bfloat16 where the hardware runs it natively, else float32")
+    group.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="auto: bfloat16 where the hardware runs it natively, else float32",
+    )
 
 
 def add_separation_commands(commands) -> None:
     """``separate`` and ``models``, on the entry point's subcommands."""
     sep = commands.add_parser("separate", help="separate audio files into stems, offline")
     sep.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="audio files (WAV, FLAC, OGG, MP3...)")
-    sep.add_argument("-o", "--out", type=Path, default=Path("separated"), metavar="OUTDIR",
-                     help="stems go to OUTDIR/<track>/<stem>.<ext> (default: separated)")
+    sep.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=Path("separated"),
+        metavar="OUTDIR",
+        help="stems go to OUTDIR/<track>/<stem>.<ext> (default: separated)",
+    )
     add_model_options(sep)
     which = sep.add_mutually_exclusive_group()
     which.add_argument("--stems", help="comma-separated stems to write, e.g. vocals,bass")
     which.add_argument("--two-stems", metavar="STEM", help="write STEM and no_STEM (the rest, summed)")
-    sep.add_argument("--overlap", type=overlap_fraction, default=0.25,
-                     help=f"overlap between chunks, 0 to {MAX_OVERLAP:g} (default 0.25)")
-    sep.add_argument("--shifts", type=shift_count, default=0,
-                     help=f"random shifts to average, improves quality, 0 to {MAX_SHIFTS} (default 0)")
-    sep.add_argument("--segment", type=segment_seconds, metavar="SECONDS",
-                     help="chunk length in seconds, {:g} to {:g}; at most the training segment for "
-                          "HT Demucs (default: the model's)".format(*SEGMENT_RANGE_S))
+    sep.add_argument(
+        "--overlap",
+        type=overlap_fraction,
+        default=0.25,
+        help=f"overlap between chunks, 0 to {MAX_OVERLAP:g} (default 0.25)",
+    )
+    sep.add_argument(
+        "--shifts",
+        type=shift_count,
+        default=0,
+        help=f"random shifts to average, improves quality, 0 to {MAX_SHIFTS} (default 0)",
+    )
+    sep.add_argument(
+        "--segment",
+        type=segment_seconds,
+        metavar="SECONDS",
+        help="chunk length in seconds, {:g} to {:g}; at most the training segment for "
+        "HT Demucs (default: the model's)".format(*SEGMENT_RANGE_S),
+    )
     sep.add_argument("--format", default="wav", choices=("wav", "flac", "mp3"))
     sep.add_argument("--bits", default="24", choices=("16", "24", "32f"))
-    sep.add_argument("--clip", default="rescale", choices=("rescale", "clamp"),
-                     help="keep stems inside [-1, 1] by scaling down (rescale) or clamping")
+    sep.add_argument(
+        "--clip",
+        default="rescale",
+        choices=("rescale", "clamp"),
+        help="keep stems inside [-1, 1] by scaling down (rescale) or clamping",
+    )
     sep.add_argument("--force", action="store_true", help="overwrite existing stems")
     sep.set_defaults(func=run_separate)
 
     models = commands.add_parser("models", help="list or download pretrained models")
     models_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    models_commands.add_parser("list", help="known models, their sources and whether they are cached"
-                               ).set_defaults(func=run_models_list)
+    models_commands.add_parser("list", help="known models, their sources and whether they are cached").set_defaults(
+        func=run_models_list
+    )
     fetch = models_commands.add_parser("fetch", help="download a model into the cache")
     fetch.add_argument("name", choices=sorted(REGISTRY), metavar="NAME")
     fetch.set_defaults(func=run_models_fetch)
@@ -128,6 +161,7 @@ def say(line: str) -> None:
 
 
 # -- separate --------------------------------------------------------------------------------------
+
 
 def run_separate(args: argparse.Namespace) -> int:
     fmt = OutputFormat(args.format, args.bits, args.clip)
@@ -156,8 +190,16 @@ def run_separate(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def separate_file(model, path: Path, folder: Path, args: argparse.Namespace, fmt: OutputFormat,
-                  pick: Callable[[dict], dict], device: str, bars: SeparationBars) -> Path:
+def separate_file(
+    model,
+    path: Path,
+    folder: Path,
+    args: argparse.Namespace,
+    fmt: OutputFormat,
+    pick: Callable[[dict], dict],
+    device: str,
+    bars: SeparationBars,
+) -> Path:
     from .separate import separate
 
     expected = [folder / f"{name}.{fmt.extension}" for name in pick(dict.fromkeys(model.sources))]
@@ -166,8 +208,17 @@ def separate_file(model, path: Path, folder: Path, args: argparse.Namespace, fmt
         raise CommandError(f"{path}: {existing[0]} already exists; use --force to overwrite")
     audio, samplerate = read_audio(path, report=lambda note: bars.say(f"stemdeck: {note}"))
     bars.start_file(path, audio.shape[1] / samplerate)
-    stems = separate(model, audio, samplerate, overlap=args.overlap, shifts=args.shifts,
-                     segment=args.segment, device=device, progress=bars.update, precision=args.precision)
+    stems = separate(
+        model,
+        audio,
+        samplerate,
+        overlap=args.overlap,
+        shifts=args.shifts,
+        segment=args.segment,
+        device=device,
+        progress=bars.update,
+        precision=args.precision,
+    )
     write_stems_atomically(pick(stems), samplerate, folder, fmt)
     return folder
 
@@ -181,8 +232,10 @@ def failure_line(path: Path, exc: Exception) -> str:
     elif isinstance(exc, (ValueError, CheckpointError)):
         text = f"{path}: {exc}"
     else:
-        text = (f"{path}: separation failed ({type(exc).__name__}: {exc}); this is a bug in stemdeck, "
-                "please report it with the file")
+        text = (
+            f"{path}: separation failed ({type(exc).__name__}: {exc}); this is a bug in stemdeck, "
+            "please report it with the file"
+        )
     return " ".join(text.split())  # one line, whatever the message held
 
 
@@ -281,9 +334,15 @@ class SeparationBars:
         if self.enabled and self.files > 1:
             from tqdm import tqdm
 
-            self._total_bar = tqdm(total=self.files, desc="all files", unit="file", position=1,
-                                   file=sys.stderr, ncols=_bar_columns(),
-                                   bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]")
+            self._total_bar = tqdm(
+                total=self.files,
+                desc="all files",
+                unit="file",
+                position=1,
+                file=sys.stderr,
+                ncols=_bar_columns(),
+                bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]",
+            )
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -296,10 +355,16 @@ class SeparationBars:
         if self.enabled:
             from tqdm import tqdm
 
-            self._file_bar = tqdm(total=round(seconds, 1), desc=path.name[:40], unit="s", position=0,
-                                  file=sys.stderr, ncols=_bar_columns(), leave=False,
-                                  bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s of audio "
-                                             "[{elapsed}<{remaining}]")
+            self._file_bar = tqdm(
+                total=round(seconds, 1),
+                desc=path.name[:40],
+                unit="s",
+                position=0,
+                file=sys.stderr,
+                ncols=_bar_columns(),
+                leave=False,
+                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s of audio [{elapsed}<{remaining}]",
+            )
 
     def update(self, fraction: float) -> None:
         """The separation callback: ``fraction`` of the current file is done."""
@@ -340,6 +405,7 @@ def stem_picker(sources: Sequence[str], stems: str | None, two_stems: str | None
                 return {two_stems: None, f"no_{two_stems}": None}
             rest = sum(audio for name, audio in result.items() if name != two_stems)
             return {two_stems: result[two_stems], f"no_{two_stems}": np.asarray(rest, np.float32)}
+
         return pick_two
     if stems:
         wanted = [name.strip() for name in stems.split(",") if name.strip()]
@@ -354,14 +420,17 @@ def check_device(device: str) -> str:
     import torch
 
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CommandError(f"--device {device}: CUDA is not available with this torch build "
-                           f"({torch.__version__}); use --device cpu or install a CUDA build of torch")
+        raise CommandError(
+            f"--device {device}: CUDA is not available with this torch build "
+            f"({torch.__version__}); use --device cpu or install a CUDA build of torch"
+        )
     if device != "cpu" and not device.startswith("cuda"):
         raise CommandError(f"--device {device}: expected cpu, cuda or cuda:N")
     return device
 
 
 # -- models ---------------------------------------------------------------------------------------
+
 
 def run_models_list(args: argparse.Namespace) -> int:
     from .registry import BUILT_IN, BUNDLED, bundled_path, cache_dir, cached_size_bytes, is_cached
@@ -379,8 +448,10 @@ def run_models_list(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
-    print(f"\ncache: {cache_dir()}  (also searched: $STEMDECK_MODEL_DIR); with no network, copy the "
-          "files there (README: Getting the official weights)")
+    print(
+        f"\ncache: {cache_dir()}  (also searched: $STEMDECK_MODEL_DIR); with no network, copy the "
+        "files there (README: Getting the official weights)"
+    )
     return 0
 
 
@@ -393,6 +464,7 @@ def run_models_fetch(args: argparse.Namespace) -> int:
 
 
 # -- demo -----------------------------------------------------------------------------------------
+
 
 def run_demo(args: argparse.Namespace) -> int:
     from .demo import write_demo

@@ -7,6 +7,7 @@
    lands outside source i, Σ_{j≠i} ‖f(x_i)_j‖² / Σ_j ‖f(x_i)_j‖². Above the threshold the stem is
    flagged (mislabelled, or bleeding another instrument). Nothing is ever deleted.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,13 +37,15 @@ class TrackReport:
     stems: dict[str, StemReport] = field(default_factory=dict)
 
 
-def active_fraction(stem: np.ndarray, samplerate: int, segment_s: float = SEGMENT_S,
-                    silence_db: float = SILENCE_DB) -> float:
+def active_fraction(
+    stem: np.ndarray, samplerate: int, segment_s: float = SEGMENT_S, silence_db: float = SILENCE_DB
+) -> float:
     """Share of ``segment_s`` segments whose RMS (dBFS, all channels) is at least ``silence_db``."""
     size = int(segment_s * samplerate)
     count = max(1, stem.shape[-1] // size)
-    segments = stem[..., : count * size].reshape(stem.shape[0], count, size) if stem.shape[-1] >= size \
-        else stem[..., None, :]
+    segments = (
+        stem[..., : count * size].reshape(stem.shape[0], count, size) if stem.shape[-1] >= size else stem[..., None, :]
+    )
     rms = np.sqrt(np.mean(segments.astype(np.float64) ** 2, axis=(0, 2)))
     db = 20 * np.log10(np.maximum(rms, 1e-12))
     return float(np.mean(db >= silence_db))
@@ -57,9 +60,14 @@ def leakage(separator, stem: np.ndarray, index: int, samplerate: int) -> float:
     return float((total - energy[index]) / total) if total > 0 else 0.0
 
 
-def curate(root: Path, separator=None, splits=("train", "test"), threshold: float = LEAKAGE_THRESHOLD,
-           samplerate: int = 44100, sources: tuple[str, ...] = ("drums", "bass", "other", "vocals")
-           ) -> list[TrackReport]:
+def curate(
+    root: Path,
+    separator=None,
+    splits=("train", "test"),
+    threshold: float = LEAKAGE_THRESHOLD,
+    samplerate: int = 44100,
+    sources: tuple[str, ...] = ("drums", "bass", "other", "vocals"),
+) -> list[TrackReport]:
     from .dataset import load_stems, track_folders
 
     reports = []
@@ -73,8 +81,10 @@ def curate(root: Path, separator=None, splits=("train", "test"), threshold: floa
                 stem = StemReport(active_fraction(stems[i], samplerate))
                 if stem.active_fraction < MIN_ACTIVE_FRACTION:
                     stem.verdict = "dropped"
-                    stem.reason = (f"non-silent {100 * stem.active_fraction:.0f} % of the time "
-                                   f"(< {100 * MIN_ACTIVE_FRACTION:.0f} %)")
+                    stem.reason = (
+                        f"non-silent {100 * stem.active_fraction:.0f} % of the time "
+                        f"(< {100 * MIN_ACTIVE_FRACTION:.0f} %)"
+                    )
                     report.kept = False
                 elif separator is not None and name in separator.sources:
                     stem.leakage = leakage(separator, stems[i], list(separator.sources).index(name), samplerate)
@@ -93,9 +103,13 @@ def write_report(reports: list[TrackReport], path: Path) -> str:
     for report in reports:
         for name, stem in report.stems.items():
             leak = "-" if stem.leakage is None else f"{100 * stem.leakage:.0f} %"
-            lines.append(f"{report.track:<32} {name:<8} {100 * stem.active_fraction:>6.0f}% {leak:>8}  "
-                         f"{stem.verdict}{': ' + stem.reason if stem.reason else ''}")
+            lines.append(
+                f"{report.track:<32} {name:<8} {100 * stem.active_fraction:>6.0f}% {leak:>8}  "
+                f"{stem.verdict}{': ' + stem.reason if stem.reason else ''}"
+            )
     kept = sum(r.kept for r in reports)
-    lines.append(f"{kept} of {len(reports)} tracks kept; "
-                 f"{sum(s.verdict == 'flagged' for r in reports for s in r.stems.values())} stems flagged")
+    lines.append(
+        f"{kept} of {len(reports)} tracks kept; "
+        f"{sum(s.verdict == 'flagged' for r in reports for s in r.stems.values())} stems flagged"
+    )
     return "\n".join(lines)

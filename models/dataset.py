@@ -4,6 +4,7 @@
 for 6-source sets). Every augmentation acts on the stems; the mixture is always their sum
 afterwards, so a training pair is exact whatever was switched on.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ def track_folders(root: Path, split: str, sources: tuple[str, ...]) -> list[Path
     """The track folders of ``split`` that have every source; a clear error when there are none."""
     folder = Path(root) / split
     if not folder.is_dir():
-        raise DatasetError(f"{folder} does not exist; a dataset has train/ and test/ folders of tracks "
-                           "(MUSDB18-HQ layout), e.g. from `stemdeck dataset synth`")
+        raise DatasetError(
+            f"{folder} does not exist; a dataset has train/ and test/ folders of tracks "
+            "(MUSDB18-HQ layout), e.g. from `stemdeck dataset synth`"
+        )
     tracks = sorted(p for p in folder.iterdir() if p.is_dir())
     complete = [t for t in tracks if all((t / f"{s}.wav").exists() for s in sources)]
     if not complete:
@@ -42,8 +45,10 @@ def read_stems(track: Path, sources: tuple[str, ...]) -> tuple[np.ndarray, int]:
         stems.append(audio)
         rates.add(rate)
     if len(rates) != 1:
-        raise DatasetError(f"the stems of {track} differ in sample rate ({', '.join(map(str, sorted(rates)))} Hz); "
-                           f"re-export them together")
+        raise DatasetError(
+            f"the stems of {track} differ in sample rate ({', '.join(map(str, sorted(rates)))} Hz); "
+            f"re-export them together"
+        )
     if len({s.shape[-1] for s in stems}) != 1 or len({s.shape[0] for s in stems}) != 1:
         raise DatasetError(f"the stems of {track} differ in length or channels; re-export them together")
     return np.stack(stems).astype(np.float32), rates.pop()
@@ -74,8 +79,14 @@ class Augment:
 class SegmentSampler:
     """Random training segments, deterministic in (seed, step) so a resumed run sees the same data."""
 
-    def __init__(self, tracks: list[np.ndarray], segment_frames: int, samplerate: int,
-                 augment: Augment = Augment(), seed: int = 0):
+    def __init__(
+        self,
+        tracks: list[np.ndarray],
+        segment_frames: int,
+        samplerate: int,
+        augment: Augment = Augment(),
+        seed: int = 0,
+    ):
         self.tracks, self.segment_frames, self.samplerate = tracks, segment_frames, samplerate
         self.augment, self.seed = augment, seed
         self.shift_frames = int(augment.shift_s * samplerate)
@@ -99,8 +110,11 @@ class SegmentSampler:
         window = track[..., start : start + need]
         if self.augment.tempo_range is not None:
             window = self._tempo(window, rng)
-        offsets = rng.integers(self.shift_frames + 1, size=window.shape[0]) if self.shift_frames else \
-            np.zeros(window.shape[0], int)
+        offsets = (
+            rng.integers(self.shift_frames + 1, size=window.shape[0])
+            if self.shift_frames
+            else np.zeros(window.shape[0], int)
+        )
         return np.stack([window[s, :, o : o + self.segment_frames] for s, o in enumerate(offsets)])
 
     def _tempo(self, window: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -3,6 +3,7 @@
 Four parts on a 120 BPM grid: drums (kick, snare, hats), a bass line, chords, and a
 voice-like lead (a glottal pulse train through vowel formants, with vibrato).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -91,8 +92,12 @@ def demo_stems(seconds: float = 12.0, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     frames = int(seconds * SAMPLERATE)
     bass, chords = _bass_and_chords(frames)
-    parts = {"drums": (_drums(frames, rng), 0.5), "bass": (bass, 0.5),
-             "other": (chords, 0.3), "vocals": (_voice(frames), 0.55)}
+    parts = {
+        "drums": (_drums(frames, rng), 0.5),
+        "bass": (bass, 0.5),
+        "other": (chords, 0.3),
+        "vocals": (_voice(frames), 0.55),
+    }
     stems = {}
     for name, (signal, pan) in parts.items():
         stereo = np.stack([signal * (1 - pan), signal * pan])

@@ -1,4 +1,5 @@
 """SDR as the MDX challenge and demucs report it, per source and track, with the mixture baseline."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ SDR_DELTA = 1e-7  # keeps silent references finite, as the MDX definition does
 def utterance_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     """10·log10(‖s‖² / ‖s − ŝ‖²) over the whole track (all channels), in dB."""
     reference, estimate = np.asarray(reference, np.float64), np.asarray(estimate, np.float64)
-    signal = np.sum(reference ** 2) + SDR_DELTA
+    signal = np.sum(reference**2) + SDR_DELTA
     error = np.sum((reference - estimate) ** 2) + SDR_DELTA
     return float(10.0 * np.log10(signal / error))
 
@@ -31,25 +32,45 @@ class Evaluation:
         return per_source
 
     def as_dict(self) -> dict:
-        return {"sources": list(self.sources), "sdr": self.average(), "mixture_baseline": self.average(self.baseline),
-                "tracks": self.tracks, "museval_median_sdr": self.museval_median}
+        return {
+            "sources": list(self.sources),
+            "sdr": self.average(),
+            "mixture_baseline": self.average(self.baseline),
+            "tracks": self.tracks,
+            "museval_median_sdr": self.museval_median,
+        }
 
     def table(self) -> str:
         sdr, base = self.average(), self.average(self.baseline)
         names = [*self.sources, "mean"]
-        lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
-                 "| model | " + " | ".join(f"{sdr[n]:.2f}" for n in names) + " |",
-                 "| mixture baseline | " + " | ".join(f"{base[n]:.2f}" for n in names) + " |",
-                 "| improvement | " + " | ".join(f"{sdr[n] - base[n]:+.2f}" for n in names) + " |"]
+        lines = [
+            "| | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 1) + "|",
+            "| model | " + " | ".join(f"{sdr[n]:.2f}" for n in names) + " |",
+            "| mixture baseline | " + " | ".join(f"{base[n]:.2f}" for n in names) + " |",
+            "| improvement | " + " | ".join(f"{sdr[n] - base[n]:+.2f}" for n in names) + " |",
+        ]
         if self.museval_median:
-            lines.append("| BSSEval v4 median | " + " | ".join(f"{self.museval_median.get(n, float('nan')):.2f}"
-                                                               for n in names) + " |")
+            lines.append(
+                "| BSSEval v4 median | "
+                + " | ".join(f"{self.museval_median.get(n, float('nan')):.2f}" for n in names)
+                + " |"
+            )
         return "\n".join(lines)
 
 
-def evaluate(model, root: Path, split: str = "test", *, overlap: float = 0.25, precision: str = "auto",
-             with_museval: bool = True, progress: bool = False, max_seconds: float | None = None,
-             device=None) -> Evaluation:
+def evaluate(
+    model,
+    root: Path,
+    split: str = "test",
+    *,
+    overlap: float = 0.25,
+    precision: str = "auto",
+    with_museval: bool = True,
+    progress: bool = False,
+    max_seconds: float | None = None,
+    device=None,
+) -> Evaluation:
     """Separate every track of ``root/split`` (its first ``max_seconds``, if given) and score each
     source against its stem."""
     from .dataset import read_stems, track_folders
@@ -63,16 +84,25 @@ def evaluate(model, root: Path, split: str = "test", *, overlap: float = 0.25, p
         if max_seconds:
             stems = stems[..., : int(max_seconds * rate)]
         mixture = stems.sum(axis=0)
-        separated = separate(model, mixture, rate, overlap=overlap, precision=precision, progress=progress,
-                             device=None if device is None else str(device), normalise=False)
+        separated = separate(
+            model,
+            mixture,
+            rate,
+            overlap=overlap,
+            precision=precision,
+            progress=progress,
+            device=None if device is None else str(device),
+            normalise=False,
+        )
         estimate = np.stack([separated[s] for s in sources])
         result.tracks[track.name] = {s: utterance_sdr(stems[i], estimate[i]) for i, s in enumerate(sources)}
         result.baseline[track.name] = {s: utterance_sdr(stems[i], mixture) for i, s in enumerate(sources)}
         if with_museval:
             museval_rows.append(_museval(stems, estimate, rate))
     if with_museval and museval_rows and museval_rows[0] is not None:
-        medians = {s: float(np.nanmedian(np.concatenate([row[i] for row in museval_rows])))
-                   for i, s in enumerate(sources)}
+        medians = {
+            s: float(np.nanmedian(np.concatenate([row[i] for row in museval_rows]))) for i, s in enumerate(sources)
+        }
         medians["mean"] = float(np.mean(list(medians.values())))
         result.museval_median = medians
     return result
@@ -84,6 +114,5 @@ def _museval(stems: np.ndarray, estimate: np.ndarray, samplerate: int):
         import museval
     except ImportError:
         return None
-    sdr, *_ = museval.evaluate(stems.transpose(0, 2, 1), estimate.transpose(0, 2, 1),
-                               win=samplerate, hop=samplerate)
+    sdr, *_ = museval.evaluate(stems.transpose(0, 2, 1), estimate.transpose(0, 2, 1), win=samplerate, hop=samplerate)
     return sdr

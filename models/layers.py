@@ -3,6 +3,7 @@
 Attribute names and ``nn.Sequential`` positions follow the official checkpoints, so their
 state dicts load with ``strict=True``.
 """
+
 from __future__ import annotations
 
 import math
@@ -78,10 +79,7 @@ class BLSTM(nn.Module):
     def _stitch(frames: torch.Tensor, margin: int) -> torch.Tensor:
         """Keep the centre of each chunk (and the outer edges of the first and last ones)."""
         last = frames.shape[1] - 1
-        parts = [
-            frames[:, k, :, (0 if k == 0 else margin) : (None if k == last else -margin)]
-            for k in range(last + 1)
-        ]
+        parts = [frames[:, k, :, (0 if k == 0 else margin) : (None if k == last else -margin)] for k in range(last + 1)]
         return torch.cat(parts, -1)
 
 
@@ -129,9 +127,20 @@ class DConv(nn.Module):
     BiLSTM and local attention, expands with a GLU, and is scaled by a LayerScale.
     """
 
-    def __init__(self, channels: int, compress: float = 4, depth: int = 2, init: float = 1e-4,
-                 norm: bool = True, attn: bool = False, heads: int = 4, ndecay: int = 4,
-                 lstm: bool = False, gelu: bool = True, kernel: int = 3):
+    def __init__(
+        self,
+        channels: int,
+        compress: float = 4,
+        depth: int = 2,
+        init: float = 1e-4,
+        norm: bool = True,
+        attn: bool = False,
+        heads: int = 4,
+        ndecay: int = 4,
+        lstm: bool = False,
+        gelu: bool = True,
+        kernel: int = 3,
+    ):
         super().__init__()
         dilate = depth > 0
         hidden = int(channels / compress)
@@ -140,8 +149,11 @@ class DConv(nn.Module):
             dilation = 2**d if dilate else 1
             mods: list[nn.Module] = [
                 nn.Conv1d(channels, hidden, kernel, dilation=dilation, padding=dilation * (kernel // 2)),
-                _norm(norm, hidden), nn.GELU() if gelu else nn.ReLU(),
-                nn.Conv1d(hidden, 2 * channels, 1), _norm(norm, 2 * channels), nn.GLU(1),
+                _norm(norm, hidden),
+                nn.GELU() if gelu else nn.ReLU(),
+                nn.Conv1d(hidden, 2 * channels, 1),
+                _norm(norm, 2 * channels),
+                nn.GLU(1),
                 LayerScale(channels, init),
             ]
             if attn:

@@ -8,6 +8,7 @@ gigabytes. The ranges below cover every official Demucs model with a wide margin
 ``hdemucs_mmi``: depth 6; the bundled ``tiny``: 22.05 kHz), and refuse the rest in one line.
 Source names become file names, so they are short identifiers and nothing else.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,30 +27,74 @@ MAX_SHOWN_CHARS = 60
 
 # name: (low, high), inclusive. Integers must be ints, the others any finite number.
 INT_RANGES: dict[str, tuple[int, int]] = {
-    "audio_channels": (1, 8), "channels": (1, 512), "channels_time": (1, 512),
-    "nfft": (256, 16384), "wiener_iters": (0, 16), "end_iters": (0, 16), "depth": (1, 8),
-    "multi_freqs_depth": (0, 8), "kernel_size": (1, 16), "time_stride": (1, 8), "stride": (1, 8),
-    "context": (0, 2), "context_enc": (0, 2), "norm_starts": (0, 16), "norm_groups": (1, 64),
-    "dconv_mode": (0, 3), "dconv_depth": (0, 8), "dconv_attn": (0, 1 << 30),
-    "dconv_lstm": (0, 1 << 30), "bottom_channels": (0, 2048), "t_layers": (0, 16),
-    "t_heads": (1, 64), "t_max_positions": (1, 100_000), "t_sin_random_shift": (0, 100_000),
-    "t_mask_random_seed": (0, 2**32 - 1), "t_sparse_attn_window": (0, 100_000),
-    "t_global_window": (0, 100_000), "samplerate": SAMPLERATE_RANGE,
+    "audio_channels": (1, 8),
+    "channels": (1, 512),
+    "channels_time": (1, 512),
+    "nfft": (256, 16384),
+    "wiener_iters": (0, 16),
+    "end_iters": (0, 16),
+    "depth": (1, 8),
+    "multi_freqs_depth": (0, 8),
+    "kernel_size": (1, 16),
+    "time_stride": (1, 8),
+    "stride": (1, 8),
+    "context": (0, 2),
+    "context_enc": (0, 2),
+    "norm_starts": (0, 16),
+    "norm_groups": (1, 64),
+    "dconv_mode": (0, 3),
+    "dconv_depth": (0, 8),
+    "dconv_attn": (0, 1 << 30),
+    "dconv_lstm": (0, 1 << 30),
+    "bottom_channels": (0, 2048),
+    "t_layers": (0, 16),
+    "t_heads": (1, 64),
+    "t_max_positions": (1, 100_000),
+    "t_sin_random_shift": (0, 100_000),
+    "t_mask_random_seed": (0, 2**32 - 1),
+    "t_sparse_attn_window": (0, 100_000),
+    "t_global_window": (0, 100_000),
+    "samplerate": SAMPLERATE_RANGE,
 }
 FLOAT_RANGES: dict[str, tuple[float, float]] = {
-    "growth": (1.0, 4.0), "freq_emb": (0.0, 10.0), "emb_scale": (0.0, 1000.0),
-    "dconv_comp": (1.0, 64.0), "dconv_init": (0.0, 10.0), "t_hidden_scale": (0.1, 16.0),
-    "t_dropout": (0.0, 1.0), "t_max_period": (1.0, 1e6), "t_weight_decay": (0.0, 1.0),
-    "t_lr": (0.0, 1.0), "t_weight_pos_embed": (0.0, 100.0), "t_sparsity": (0.0, 1.0),
-    "rescale": (0.0, 10.0), "segment": SEGMENT_RANGE_S,
+    "growth": (1.0, 4.0),
+    "freq_emb": (0.0, 10.0),
+    "emb_scale": (0.0, 1000.0),
+    "dconv_comp": (1.0, 64.0),
+    "dconv_init": (0.0, 10.0),
+    "t_hidden_scale": (0.1, 16.0),
+    "t_dropout": (0.0, 1.0),
+    "t_max_period": (1.0, 1e6),
+    "t_weight_decay": (0.0, 1.0),
+    "t_lr": (0.0, 1.0),
+    "t_weight_pos_embed": (0.0, 100.0),
+    "t_sparsity": (0.0, 1.0),
+    "rescale": (0.0, 10.0),
+    "segment": SEGMENT_RANGE_S,
 }
 OPTIONAL = {"channels_time", "t_lr", "multi_freqs"}
 CHOICES = {"t_emb": ("sin", "cape", "scaled"), "t_mask_type": ("diag", "random", "global")}
 BOOLEANS = {
-    "wiener_residual", "cac", "rewrite", "hybrid", "hybrid_old", "emb_smooth", "t_norm_in",
-    "t_norm_in_group", "t_group_norm", "t_norm_first", "t_norm_out", "t_layer_scale", "t_gelu",
-    "t_cape_mean_normalize", "t_cape_augment", "t_sparse_self_attn", "t_sparse_cross_attn",
-    "t_auto_sparsity", "t_cross_first", "use_train_segment",
+    "wiener_residual",
+    "cac",
+    "rewrite",
+    "hybrid",
+    "hybrid_old",
+    "emb_smooth",
+    "t_norm_in",
+    "t_norm_in_group",
+    "t_group_norm",
+    "t_norm_first",
+    "t_norm_out",
+    "t_layer_scale",
+    "t_gelu",
+    "t_cape_mean_normalize",
+    "t_cape_augment",
+    "t_sparse_self_attn",
+    "t_sparse_cross_attn",
+    "t_auto_sparsity",
+    "t_cross_first",
+    "use_train_segment",
 }
 # The layer layout every official and stemdeck model uses. The U-Net's two branches only meet
 # where these fit together, so other values build a model that fails on its first chunk of audio.
@@ -76,8 +121,10 @@ def check_sources(sources: Any) -> list[str]:
         raise LimitError(f"sources must be a list of 1 to {MAX_SOURCES} names, not {shown(sources)}")
     for name in sources:
         if not isinstance(name, str) or not SOURCE_NAME.fullmatch(name):
-            raise LimitError(f"source name {shown(name)} is not a short identifier (letters, digits, "
-                             "'_' and '-', at most 32 characters)")
+            raise LimitError(
+                f"source name {shown(name)} is not a short identifier (letters, digits, "
+                "'_' and '-', at most 32 characters)"
+            )
     if len({name.lower() for name in sources}) != len(sources):
         raise LimitError(f"source names repeat: {shown(list(sources))}")
     return list(sources)
@@ -113,8 +160,12 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
 
 
 def _check_number(name: str, value: Any, low: float, high: float) -> None:
-    if (not isinstance(value, (int, float, Fraction)) or isinstance(value, bool)
-            or not math.isfinite(value) or not low <= value <= high):
+    if (
+        not isinstance(value, (int, float, Fraction))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
         raise LimitError(f"{name} must be a number from {low:g} to {high:g}, not {shown(value)}")
 
 
@@ -137,15 +188,20 @@ def _check_shapes_fit(values: dict[str, Any]) -> None:
     if not low <= values["depth"] <= high:
         raise LimitError(f"depth must be from {low} to {high} for {kind}, not {values['depth']}")
     if kind == "HTDemucs" and values["growth"] != int(values["growth"]):
-        raise LimitError(f"growth must be a whole number in HT Demucs (its transformer width is "
-                         f"channels x growth^(depth-1)), not {values['growth']:g}")
+        raise LimitError(
+            f"growth must be a whole number in HT Demucs (its transformer width is "
+            f"channels x growth^(depth-1)), not {values['growth']:g}"
+        )
     if kind == "HTDemucs" and values["channels_time"] not in (None, values["channels"]):
-        raise LimitError("channels_time must equal channels in HT Demucs: its transformer joins the two "
-                         f"branches ({values['channels_time']} and {values['channels']})")
+        raise LimitError(
+            "channels_time must equal channels in HT Demucs: its transformer joins the two "
+            f"branches ({values['channels_time']} and {values['channels']})"
+        )
     narrowest = min(values["channels"], values.get("channels_time") or values["channels"])
     if values["dconv_mode"] and values["dconv_depth"] and narrowest < values["dconv_comp"]:
-        raise LimitError(f"dconv_comp={values['dconv_comp']:g} leaves no channel of {narrowest} in the "
-                         "residual branches")
+        raise LimitError(
+            f"dconv_comp={values['dconv_comp']:g} leaves no channel of {narrowest} in the residual branches"
+        )
     if not values.get("t_layers"):
         return
     width = values.get("bottom_channels") or int(values["channels"] * values["growth"] ** (values["depth"] - 1))

@@ -2,6 +2,7 @@
 
 The command line passes a printer to stderr, the GUI a signal: the library itself prints nothing.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -28,8 +29,9 @@ def _silent(line: str) -> None:
     pass
 
 
-def load_or_fetch(name_or_path: str | None, report: Callable[[str], None] = _silent,
-                  progress_bar: bool = False) -> LoadedModel:
+def load_or_fetch(
+    name_or_path: str | None, report: Callable[[str], None] = _silent, progress_bar: bool = False
+) -> LoadedModel:
     """Load a model; a registry model that is not cached is downloaded first.
 
     ``None`` is the default: the official htdemucs when it is cached or can be downloaded,

@@ -4,9 +4,10 @@ Stem ``s`` is ``fractions[s] * mix``; the fractions sum to one, so the stems add
 mix exactly. Tests and benchmarks use it to check latency, alignment, gains, mute and solo
 exactly, without weights and without inference time.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -15,9 +16,14 @@ DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4)
 
 
 class PassThrough(nn.Module):
-    def __init__(self, sources: Sequence[str] = ("drums", "bass", "other", "vocals"),
-                 fractions: Sequence[float] = DEFAULT_FRACTIONS, samplerate: int = 44100,
-                 audio_channels: int = 2, segment: float = 7.8):
+    def __init__(
+        self,
+        sources: Sequence[str] = ("drums", "bass", "other", "vocals"),
+        fractions: Sequence[float] = DEFAULT_FRACTIONS,
+        samplerate: int = 44100,
+        audio_channels: int = 2,
+        segment: float = 7.8,
+    ):
         super().__init__()
         if len(sources) != len(fractions):
             raise ValueError("one fraction per source")

@@ -5,6 +5,7 @@ AVX512-BF16 or AMX and on recent GPUs, at an output SNR of about 48 dB against f
 (``benchmarks/offline.py`` measures it). Elsewhere it would be emulated and slower, so
 ``"auto"`` picks it only where it is native.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,8 +55,14 @@ def prepare_model(model: torch.nn.Module, precision: str, device: torch.device) 
     from .transformer import Attention
 
     fast = copy.deepcopy(model)
-    weighted = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d,
-                torch.nn.Linear, Attention)
+    weighted = (
+        torch.nn.Conv1d,
+        torch.nn.Conv2d,
+        torch.nn.ConvTranspose1d,
+        torch.nn.ConvTranspose2d,
+        torch.nn.Linear,
+        Attention,
+    )
     for module in fast.modules():
         if isinstance(module, weighted):
             module.to(torch.bfloat16)

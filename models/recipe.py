@@ -1,4 +1,5 @@
 """``stemdeck recipe FILE``: the data, training and evaluation of a model, from one TOML file."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,7 @@ def run_recipe(args: argparse.Namespace) -> int:
     from .dataset import Augment
     from .evaluate import evaluate
     from .synth import synth_dataset, track_folder
-    from .train import Trainer, TrainConfig
+    from .train import TrainConfig, Trainer
 
     try:
         recipe = tomllib.loads(args.file.read_text())
@@ -31,23 +32,33 @@ def run_recipe(args: argparse.Namespace) -> int:
         for part in recipe["data"][split]:
             expected = [track_folder(data, split, part["seed"], i) for i in range(part["tracks"])]
             if not all((f / "mixture.wav").exists() for f in expected):
-                synth_dataset(data, part["tracks"], recipe["data"]["seconds"], part["seed"], split,
-                              progress=sys.stderr.isatty())
+                synth_dataset(
+                    data, part["tracks"], recipe["data"]["seconds"], part["seed"], split, progress=sys.stderr.isatty()
+                )
     t = recipe["train"]
     out = Path(recipe["output"]["model"])
-    config = TrainConfig(config=t["config"], batch_size=t["batch_size"], steps_per_epoch=t["steps_per_epoch"],
-                         seed=t["seed"], minutes=args.minutes or t["minutes"], threads=t.get("threads"),
-                         valid_seconds=t.get("valid_seconds", 30.0), augment=Augment())
+    config = TrainConfig(
+        config=t["config"],
+        batch_size=t["batch_size"],
+        steps_per_epoch=t["steps_per_epoch"],
+        seed=t["seed"],
+        minutes=args.minutes or t["minutes"],
+        threads=t.get("threads"),
+        valid_seconds=t.get("valid_seconds", 30.0),
+        augment=Augment(),
+    )
     trainer = Trainer(data, out, config, precision=t.get("precision", "auto"))
     if trainer.resume():
         print(f"resumed at step {trainer.step}", file=sys.stderr)
     trainer.fit(progress=sys.stderr.isatty())
     trainer.save_model(half=recipe["output"].get("half", False))
     from . import load_model
+
     result = evaluate(load_model(out), data, "test")
     print(result.table())
     report = out.with_suffix(".eval.json")
-    report.write_text(json.dumps({**result.as_dict(), "steps": trainer.step, "recipe": str(args.file)}, indent=2)
-                      + "\n")
+    report.write_text(
+        json.dumps({**result.as_dict(), "steps": trainer.step, "recipe": str(args.file)}, indent=2) + "\n"
+    )
     print(f"{out} ({trainer.step} steps); evaluation in {report}")
     return 0

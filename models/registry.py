@@ -5,6 +5,7 @@ Files are looked for, in order, in ``$STEMDECK_MODEL_DIR`` and in the user cache
 ``$STEMDECK_MODEL_URL``, e.g. a ``file://`` mirror), verifies the checksum in the file name
 (the first hex digits of its SHA-256) and renames it into the cache only when it matches.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,32 +60,64 @@ def _ht(filename: str) -> RemoteFile:
     return RemoteFile("hybrid_transformer", filename)
 
 
-REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (
-    ModelSpec("htdemucs", FOUR_SOURCES, (_ht("955717e8-8726e21a.th"),),
-              "HT Demucs trained on MUSDB-HQ plus 800 extra songs (the default)"),
-    ModelSpec("htdemucs_ft", FOUR_SOURCES,
-              tuple(_ht(f) for f in ("f7e0c4bc-ba3fe64a.th", "d12395a8-e57c48e6.th",
-                                     "92cfc3b6-ef3bcb9c.th", "04573f0d-f3cf25b2.th")),
-              "bag of 4 fine-tuned HT Demucs, one per source (best quality, 4x slower)",
-              weights=((1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1))),
-    ModelSpec("htdemucs_6s", SIX_SOURCES, (_ht("5c90dfd2-34c22ccb.th"),),
-              "HT Demucs with guitar and piano stems (experimental)"),
-    ModelSpec("hdemucs_mmi", FOUR_SOURCES, (_ht("75fc33f5-1941ce65.th"),),
-              "Hybrid Demucs v3 retrained on MUSDB-HQ plus extra songs", segment=44),
-)}
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "htdemucs",
+            FOUR_SOURCES,
+            (_ht("955717e8-8726e21a.th"),),
+            "HT Demucs trained on MUSDB-HQ plus 800 extra songs (the default)",
+        ),
+        ModelSpec(
+            "htdemucs_ft",
+            FOUR_SOURCES,
+            tuple(
+                _ht(f)
+                for f in (
+                    "f7e0c4bc-ba3fe64a.th",
+                    "d12395a8-e57c48e6.th",
+                    "92cfc3b6-ef3bcb9c.th",
+                    "04573f0d-f3cf25b2.th",
+                )
+            ),
+            "bag of 4 fine-tuned HT Demucs, one per source (best quality, 4x slower)",
+            weights=((1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1)),
+        ),
+        ModelSpec(
+            "htdemucs_6s",
+            SIX_SOURCES,
+            (_ht("5c90dfd2-34c22ccb.th"),),
+            "HT Demucs with guitar and piano stems (experimental)",
+        ),
+        ModelSpec(
+            "hdemucs_mmi",
+            FOUR_SOURCES,
+            (_ht("75fc33f5-1941ce65.th"),),
+            "Hybrid Demucs v3 retrained on MUSDB-HQ plus extra songs",
+            segment=44,
+        ),
+    )
+}
 
 
 # Shipped inside the package: separates with no download (trained by models/recipes/<name>.toml).
 BUNDLED_DIR = Path(__file__).parent / "weights"
-BUNDLED = {"tiny": ("tiny.safetensors", FOUR_SOURCES,
-                    "small HT Demucs (2 M parameters) trained by stemdeck on generated songs; no download")}
+BUNDLED = {
+    "tiny": (
+        "tiny.safetensors",
+        FOUR_SOURCES,
+        "small HT Demucs (2 M parameters) trained by stemdeck on generated songs; no download",
+    )
+}
 
 
 # Built into the code, no weights: a stand-in whose stems are fixed fractions of the input
 # (models.passthrough), for checking routing, latency and gains. Name -> (sources, description).
 PASSTHROUGH = "passthrough"
-BUILT_IN = {PASSTHROUGH: (FOUR_SOURCES,
-                          "stand-in whose stems are fixed fractions of the input (checks routing; no separation)")}
+BUILT_IN = {
+    PASSTHROUGH: (FOUR_SOURCES, "stand-in whose stems are fixed fractions of the input (checks routing; no separation)")
+}
 
 
 def model_names() -> tuple[str, ...]:
@@ -134,8 +167,10 @@ def cached_size_bytes(spec: ModelSpec) -> int:
 
 
 def unknown_name_message(name: str) -> str:
-    return (f"unknown model {shown(name)}; known models: {', '.join(model_names())} "
-            "(or pass the path of a .th, .safetensors or .yaml file)")
+    return (
+        f"unknown model {shown(name)}; known models: {', '.join(model_names())} "
+        "(or pass the path of a .th, .safetensors or .yaml file)"
+    )
 
 
 def load_named(name: str) -> nn.Module:
@@ -148,7 +183,8 @@ def load_named(name: str) -> nn.Module:
         if path is None:
             raise ModelNotAvailableError(
                 f"the bundled model {name!r} is missing from this install ({BUNDLED_DIR / BUNDLED[name][0]}); "
-                f"reinstall stemdeck or rebuild it with `stemdeck recipe models/recipes/{name}.toml`")
+                f"reinstall stemdeck or rebuild it with `stemdeck recipe models/recipes/{name}.toml`"
+            )
         return load_checkpoint(path)
     spec = REGISTRY.get(name)
     if spec is None:
@@ -158,7 +194,8 @@ def load_named(name: str) -> nn.Module:
     if missing:
         raise ModelNotAvailableError(
             f"model {name!r} is not downloaded: run `stemdeck models fetch {name}`, or put "
-            f"{', '.join(missing)} in $STEMDECK_MODEL_DIR or {cache_dir()}")
+            f"{', '.join(missing)} in $STEMDECK_MODEL_DIR or {cache_dir()}"
+        )
     models = [load_checkpoint(path) for path in paths]
     if len(models) == 1 and spec.segment is None:
         return models[0]
@@ -202,18 +239,22 @@ def _download(remote: RemoteFile, progress: bool) -> Path:
     partial = target.with_name(target.name + ".partial")
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-            _copy_with_progress(response, out, int(response.headers.get("Content-Length") or 0),
-                                remote.filename, progress)
+            _copy_with_progress(
+                response, out, int(response.headers.get("Content-Length") or 0), remote.filename, progress
+            )
     except (urllib.error.URLError, OSError) as exc:
         partial.unlink(missing_ok=True)
         reason = getattr(exc, "reason", exc)
         raise ModelNotAvailableError(
             f"cannot download {url} ({reason}); with no network, get that file elsewhere and put "
-            f"it in {target_dir} or in $STEMDECK_MODEL_DIR") from None
+            f"it in {target_dir} or in $STEMDECK_MODEL_DIR"
+        ) from None
     if not _sha256(partial).startswith(remote.checksum_prefix):
         partial.unlink(missing_ok=True)
-        raise CheckpointError(f"{url}: checksum mismatch (expected SHA-256 starting with "
-                              f"{remote.checksum_prefix}); the download is corrupt, try again")
+        raise CheckpointError(
+            f"{url}: checksum mismatch (expected SHA-256 starting with "
+            f"{remote.checksum_prefix}); the download is corrupt, try again"
+        )
     partial.replace(target)
     return target
 

@@ -6,6 +6,7 @@ and cross-faded with triangular transition weights, as the reference ``apply_mod
 Progress goes to an optional callback (a fraction of the work done, rising to 1), so that the
 library draws nothing: the command line turns it into a bar.
 """
+
 from __future__ import annotations
 
 import math
@@ -76,20 +77,31 @@ class ChunkPlan:
     weights: torch.Tensor
 
     @classmethod
-    def for_model(cls, model: nn.Module, segment_s: float, overlap: float,
-                  transition_power: float) -> ChunkPlan:
+    def for_model(cls, model: nn.Module, segment_s: float, overlap: float, transition_power: float) -> ChunkPlan:
         segment_length = max(1, int(model.samplerate * segment_s))
-        return cls(segment_length, max(1, int((1 - overlap) * segment_length)),
-                   transition_weights(segment_length, transition_power))
+        return cls(
+            segment_length,
+            max(1, int((1 - overlap) * segment_length)),
+            transition_weights(segment_length, transition_power),
+        )
 
     def offsets(self, length: int) -> range:
         return range(0, length, self.stride)
 
 
-def apply_model(model: nn.Module, mix: torch.Tensor, *, overlap: float = 0.25, shifts: int = 0,
-                segment: float | None = None, transition_power: float = 1.0,
-                device: torch.device | str | None = None, progress: Progress | None = None,
-                seed: int | None = None, precision: str = "auto") -> torch.Tensor:
+def apply_model(
+    model: nn.Module,
+    mix: torch.Tensor,
+    *,
+    overlap: float = 0.25,
+    shifts: int = 0,
+    segment: float | None = None,
+    transition_power: float = 1.0,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+    seed: int | None = None,
+    precision: str = "auto",
+) -> torch.Tensor:
     """Separate ``(B, C, T)`` into ``(B, S, C, T)`` with chunking, overlap-add and shifts.
 
     Mirrors the reference's numbers (with ``precision="fp32"``; ``"auto"`` uses bfloat16 where
@@ -109,19 +121,27 @@ def apply_model(model: nn.Module, mix: torch.Tensor, *, overlap: float = 0.25, s
         weights = model.source_weights()
         out = torch.zeros(mix.shape[0], len(model.sources), *mix.shape[1:])
         for index, (sub_model, sub_weights) in enumerate(zip(model.models, weights)):
-            stems = apply_model(sub_model, mix, overlap=overlap, shifts=shifts, segment=segment,
-                                transition_power=transition_power, device=device,
-                                progress=_part(progress, index, len(model.models)), seed=seed,
-                                precision=precision)
+            stems = apply_model(
+                sub_model,
+                mix,
+                overlap=overlap,
+                shifts=shifts,
+                segment=segment,
+                transition_power=transition_power,
+                device=device,
+                progress=_part(progress, index, len(model.models)),
+                seed=seed,
+                precision=precision,
+            )
             out += stems * sub_weights[None, :, None, None]
         return out
     model = prepare_model(model.to(device).eval(), precision, device)
     with torch.inference_mode(), autocast(precision, device):
         if shifts:
-            return _apply_shifted(model, mix, shifts, random.Random(seed), overlap, segment,
-                                  transition_power, device, progress)
-        return _apply_chunked(model, Span(mix, 0, mix.shape[-1]), overlap, segment,
-                              transition_power, device, progress)
+            return _apply_shifted(
+                model, mix, shifts, random.Random(seed), overlap, segment, transition_power, device, progress
+            )
+        return _apply_chunked(model, Span(mix, 0, mix.shape[-1]), overlap, segment, transition_power, device, progress)
 
 
 def _apply_shifted(model, mix, shifts, rng, overlap, segment, transition_power, device, progress):
@@ -132,14 +152,20 @@ def _apply_shifted(model, mix, shifts, rng, overlap, segment, transition_power, 
     for index in range(shifts):
         offset = rng.randint(0, max_shift)
         span = Span(padded, offset, length + max_shift - offset)
-        stems = _apply_chunked(model, span, overlap, segment, transition_power, device,
-                               _part(progress, index, shifts))
+        stems = _apply_chunked(model, span, overlap, segment, transition_power, device, _part(progress, index, shifts))
         out = out + stems[..., max_shift - offset :]
     return out / shifts
 
 
-def _apply_chunked(model: nn.Module, span: Span, overlap: float, segment: float | None,
-                   transition_power: float, device: torch.device, progress: Progress | None) -> torch.Tensor:
+def _apply_chunked(
+    model: nn.Module,
+    span: Span,
+    overlap: float,
+    segment: float | None,
+    transition_power: float,
+    device: torch.device,
+    progress: Progress | None,
+) -> torch.Tensor:
     segment_s = check_segment(model, segment)
     plan = ChunkPlan.for_model(model, segment_s, overlap, transition_power)
     batch, channels = span.base.shape[:2]
@@ -163,13 +189,16 @@ def check_segment(model: nn.Module, segment: float | None) -> float:
     if not math.isfinite(segment_s) or segment_s < MIN_SEGMENT_S:
         raise ValueError(f"segment must be at least {MIN_SEGMENT_S:g} s, got {segment}")
     if isinstance(model, HTDemucs) and model.use_train_segment and segment_s > float(model.segment):
-        raise ValueError(f"segment {segment_s:g} s is longer than the {float(model.segment):g} s this "
-                         "HT Demucs was trained on; give a shorter one")
+        raise ValueError(
+            f"segment {segment_s:g} s is longer than the {float(model.segment):g} s this "
+            "HT Demucs was trained on; give a shorter one"
+        )
     return segment_s
 
 
-def _run_chunks(model: nn.Module, span: Span, plan: ChunkPlan, segment: float | None,
-                device: torch.device) -> Iterator[tuple[int, torch.Tensor]]:
+def _run_chunks(
+    model: nn.Module, span: Span, plan: ChunkPlan, segment: float | None, device: torch.device
+) -> Iterator[tuple[int, torch.Tensor]]:
     for offset in plan.offsets(span.length):
         chunk = span.sub(offset, plan.segment_length)
         run_length = model_run_length(model, chunk.length, segment)
@@ -194,10 +223,22 @@ def _part(progress: Progress | None, index: int, count: int) -> Progress | None:
 
 # -- numpy API -----------------------------------------------------------------------------------
 
-def separate(model: nn.Module, audio: np.ndarray, samplerate: int, *, overlap: float = 0.25,
-             shifts: int = 0, segment: float | None = None, device: str | None = None,
-             progress: Progress | None = None, seed: int | None = None,
-             precision: str = "auto", normalise: bool = True, share_band: bool = True) -> dict[str, np.ndarray]:
+
+def separate(
+    model: nn.Module,
+    audio: np.ndarray,
+    samplerate: int,
+    *,
+    overlap: float = 0.25,
+    shifts: int = 0,
+    segment: float | None = None,
+    device: str | None = None,
+    progress: Progress | None = None,
+    seed: int | None = None,
+    precision: str = "auto",
+    normalise: bool = True,
+    share_band: bool = True,
+) -> dict[str, np.ndarray]:
     """Split ``audio`` ``(channels, frames)`` into stems, each ``(channels, frames)`` at ``samplerate``.
 
     Mono or stereo in any sample rate; the mixture is resampled to the model's rate (soxr) and
@@ -216,17 +257,27 @@ def separate(model: nn.Module, audio: np.ndarray, samplerate: int, *, overlap: f
         raise ValueError(f"audio must be (channels, frames), got shape {audio.shape}")
     channels, frames = audio.shape
     if channels not in (1, 2):
-        raise ValueError(f"audio must be (channels, frames) with 1 or 2 channels, got shape "
-                         f"{audio.shape}; transpose (frames, channels) arrays, downmix others")
+        raise ValueError(
+            f"audio must be (channels, frames) with 1 or 2 channels, got shape "
+            f"{audio.shape}; transpose (frames, channels) arrays, downmix others"
+        )
     if frames == 0:
         if progress is not None:
             progress(1.0)
         return {name: np.zeros((channels, 0), np.float32) for name in model.sources}
     mix = torch.from_numpy(match_channels(resample(audio, samplerate, model.samplerate), model.audio_channels))
     mean, std = normalisation(mix.numpy()) if normalise else (0.0, 1.0)
-    stems = apply_model(model, ((mix - mean) / std)[None], overlap=overlap, shifts=shifts,
-                        segment=segment, device=device, progress=progress, seed=seed,
-                        precision=precision)[0]
+    stems = apply_model(
+        model,
+        ((mix - mean) / std)[None],
+        overlap=overlap,
+        shifts=shifts,
+        segment=segment,
+        device=device,
+        progress=progress,
+        seed=seed,
+        precision=precision,
+    )[0]
     del mix  # long tracks: every copy of the whole track counts
     with torch.inference_mode():
         stems = stems.mul_(std).add_(mean)
@@ -236,8 +287,7 @@ def separate(model: nn.Module, audio: np.ndarray, samplerate: int, *, overlap: f
     return dict(zip(model.sources, stems))
 
 
-def _to_input_layout(stems: np.ndarray, model_rate: int, samplerate: int, channels: int,
-                     frames: int) -> np.ndarray:
+def _to_input_layout(stems: np.ndarray, model_rate: int, samplerate: int, channels: int, frames: int) -> np.ndarray:
     """``(S, C_model, T_model)`` to ``(S, channels, frames)`` at ``samplerate``, filled stem by stem."""
     out = np.empty((len(stems), channels, frames), np.float32)
     for index in range(len(stems)):

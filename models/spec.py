@@ -5,6 +5,7 @@ number of stride-4 layers, it lines up with the time branch. ``torch.stft`` cann
 quarter of the window itself, so the signal is reflect-padded by ``3/2 * hop`` on each side
 and the two outermost frames on each side are dropped again.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,15 @@ def stft(x: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
     """Normalised, centred STFT of ``(..., time)`` to complex ``(..., freqs, frames)``."""
     *batch, length = x.shape
     z = torch.stft(
-        x.reshape(-1, length), n_fft, hop_length, window=hann_window(n_fft, x),
-        win_length=n_fft, normalized=True, center=True, return_complex=True, pad_mode="reflect",
+        x.reshape(-1, length),
+        n_fft,
+        hop_length,
+        window=hann_window(n_fft, x),
+        win_length=n_fft,
+        normalized=True,
+        center=True,
+        return_complex=True,
+        pad_mode="reflect",
     )
     return z.view(*batch, *z.shape[-2:])
 
@@ -60,8 +68,14 @@ def istft(z: torch.Tensor, hop_length: int, length: int) -> torch.Tensor:
     *batch, freqs, frames = z.shape
     n_fft = 2 * freqs - 2
     x = torch.istft(
-        z.reshape(-1, freqs, frames), n_fft, hop_length, window=hann_window(n_fft, z),
-        win_length=n_fft, normalized=True, length=length, center=True,
+        z.reshape(-1, freqs, frames),
+        n_fft,
+        hop_length,
+        window=hann_window(n_fft, z),
+        win_length=n_fft,
+        normalized=True,
+        length=length,
+        center=True,
     )
     return x.view(*batch, length)
 

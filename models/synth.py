@@ -8,6 +8,7 @@ rather than sings; formants give a voice-like stem that still varies in every wa
 learn from (pitch, vowel, timing, timbre). Deterministic for a seed: the composition is drawn from
 one seeded generator and FluidSynth renders MIDI deterministically.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -31,8 +32,14 @@ BASS_PROGRAMS = tuple(range(32, 40))
 OTHER_PROGRAMS = (*range(0, 8), *range(24, 32), 48, 49, 50, 51, *range(88, 96), 16, 17, 19)
 # (F1, F2, F3) Hz of a, e, i, o, u
 VOWELS = ((730, 1090, 2440), (530, 1840, 2480), (270, 2290, 3010), (570, 840, 2410), (300, 870, 2240))
-SECTIONS = (("intro", 2, 0.4, False), ("verse", 8, 0.7, True), ("chorus", 8, 1.0, True),
-            ("bridge", 2, 0.5, False), ("verse", 8, 0.7, True), ("chorus", 8, 1.0, True))
+SECTIONS = (
+    ("intro", 2, 0.4, False),
+    ("verse", 8, 0.7, True),
+    ("chorus", 8, 1.0, True),
+    ("bridge", 2, 0.5, False),
+    ("verse", 8, 0.7, True),
+    ("chorus", 8, 1.0, True),
+)
 
 
 class SynthError(ValueError):  # a missing tool, said in one line
@@ -79,12 +86,20 @@ def compose(rng: np.random.Generator, seconds: float) -> Song:
         for name, length, density, vocals in SECTIONS[start:] + SECTIONS[:start]:
             bars += [(name, density * rng.uniform(0.8, 1.2), vocals)] * length
         start = 0
-    return Song(bpm=bpm, root=int(rng.integers(36, 48)), scale=MAJOR if rng.random() < 0.5 else MINOR,
-                progression=PROGRESSIONS[rng.integers(len(PROGRESSIONS))], bars=bars[:bars_needed],
-                programs={"bass": int(rng.choice(BASS_PROGRAMS)), "other": int(rng.choice(OTHER_PROGRAMS)),
-                          "other2": int(rng.choice(OTHER_PROGRAMS))},
-                pans={s: int(np.clip(64 + rng.normal(0, 20), 10, 118)) for s in SOURCES},
-                gains_db={s: float(rng.uniform(-STEM_GAIN_SPREAD_DB, 0)) for s in SOURCES})
+    return Song(
+        bpm=bpm,
+        root=int(rng.integers(36, 48)),
+        scale=MAJOR if rng.random() < 0.5 else MINOR,
+        progression=PROGRESSIONS[rng.integers(len(PROGRESSIONS))],
+        bars=bars[:bars_needed],
+        programs={
+            "bass": int(rng.choice(BASS_PROGRAMS)),
+            "other": int(rng.choice(OTHER_PROGRAMS)),
+            "other2": int(rng.choice(OTHER_PROGRAMS)),
+        },
+        pans={s: int(np.clip(64 + rng.normal(0, 20), 10, 118)) for s in SOURCES},
+        gains_db={s: float(rng.uniform(-STEM_GAIN_SPREAD_DB, 0)) for s in SOURCES},
+    )
 
 
 def _pick(rng: np.random.Generator, options: list):
@@ -98,6 +113,7 @@ def _chord(song: Song, degree: int) -> list[int]:
 
 
 # -- MIDI parts ------------------------------------------------------------------------------------
+
 
 def _midi_file(song: Song, events: list[tuple[float, list[int]]], channel: int, program: int | None, pan: int):
     import mido
@@ -186,9 +202,29 @@ def render_midi(midi, frames: int, soundfont: Path, gain: float = 0.5) -> np.nda
     with tempfile.TemporaryDirectory() as folder:
         mid, wav = Path(folder) / "part.mid", Path(folder) / "part.wav"
         midi.save(mid)
-        result = subprocess.run([_fluidsynth(), "-ni", "-q", "-R", "0", "-C", "0", "-g", str(gain),
-                                 "-r", str(SAMPLERATE), "-F", str(wav), "-T", "wav", str(soundfont), str(mid)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [
+                _fluidsynth(),
+                "-ni",
+                "-q",
+                "-R",
+                "0",
+                "-C",
+                "0",
+                "-g",
+                str(gain),
+                "-r",
+                str(SAMPLERATE),
+                "-F",
+                str(wav),
+                "-T",
+                "wav",
+                str(soundfont),
+                str(mid),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0 or not wav.exists():
             raise SynthError(f"fluidsynth failed: {(result.stderr or result.stdout).strip()[:200]}")
         audio, _ = sf.read(wav, dtype="float32", always_2d=True)
@@ -199,6 +235,7 @@ def render_midi(midi, frames: int, soundfont: Path, gain: float = 0.5) -> np.nda
 
 
 # -- the vocal ---------------------------------------------------------------------------------------
+
 
 def vocal_part(song: Song, rng: np.random.Generator, frames: int) -> np.ndarray:
     """A sung lead: phrases of syllables on the scale, with glides, vibrato and breaths."""
@@ -211,7 +248,7 @@ def vocal_part(song: Song, rng: np.random.Generator, frames: int) -> np.ndarray:
     noise_bursts = np.zeros(frames)
     register = song.root + 24 + int(rng.integers(-3, 6))
     degree = int(rng.integers(0, 5))
-    for bar, (_, density, vocals) in enumerate(song.bars):
+    for bar, (_, _density, vocals) in enumerate(song.bars):
         if not vocals or bar % 4 == 3 and rng.random() < 0.5:  # phrases breathe every few bars
             continue
         rhythm = _pick(rng, [(0, 1, 2, 3), (0, 0.5, 1, 2, 2.5, 3), (0.5, 1.5, 2, 3), (0, 1.5, 2, 2.5, 3.5)])
@@ -233,12 +270,14 @@ def vocal_part(song: Song, rng: np.random.Generator, frames: int) -> np.ndarray:
             attack, release = min(length // 3, int(0.03 * SAMPLERATE)), min(length // 3, int(0.06 * SAMPLERATE))
             envelope = np.ones(length)
             envelope[:attack] = np.linspace(0, 1, attack)
-            envelope[length - release:] = np.linspace(1, 0, release)
+            envelope[length - release :] = np.linspace(1, 0, release)
             amplitude[begin:end] = envelope * rng.uniform(0.6, 1.0)
             vowel_at[begin:end] = rng.integers(len(VOWELS))
             consonant = int(0.02 * SAMPLERATE)
             if rng.random() < 0.6:
-                noise_bursts[begin : begin + consonant] += 0.2 * np.hanning(consonant)[: len(noise_bursts[begin : begin + consonant])]
+                noise_bursts[begin : begin + consonant] += (
+                    0.2 * np.hanning(consonant)[: len(noise_bursts[begin : begin + consonant])]
+                )
     voiced = pitch > 0
     smooth = _glide(np.where(voiced, pitch, np.nan))
     t = np.arange(frames) / SAMPLERATE
@@ -248,7 +287,7 @@ def vocal_part(song: Song, rng: np.random.Generator, frames: int) -> np.ndarray:
     tilt = rng.uniform(1.0, 1.6)
     for k in range(1, 40):
         audible = (k * np.nan_to_num(smooth, nan=0.0)) < 0.45 * SAMPLERATE
-        harmonics += audible * np.sin(k * phase) / k ** tilt
+        harmonics += audible * np.sin(k * phase) / k**tilt
     source = harmonics * amplitude
     out = np.zeros(frames)
     for v, formants in enumerate(VOWELS):
@@ -260,8 +299,11 @@ def vocal_part(song: Song, rng: np.random.Generator, frames: int) -> np.ndarray:
             r = np.exp(-np.pi * bandwidth_hz / SAMPLERATE)
             out += lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * shifted / SAMPLERATE), r * r], part)
     breath_r = np.exp(-np.pi * 2000 / SAMPLERATE)
-    breaths = lfilter([1 - breath_r], [1, -2 * breath_r * np.cos(2 * np.pi * 3000 / SAMPLERATE), breath_r ** 2],
-                      rng.standard_normal(frames) * noise_bursts)
+    breaths = lfilter(
+        [1 - breath_r],
+        [1, -2 * breath_r * np.cos(2 * np.pi * 3000 / SAMPLERATE), breath_r**2],
+        rng.standard_normal(frames) * noise_bursts,
+    )
     mono = out + 4 * breaths
     peak = np.abs(mono).max()
     return (mono / peak * 0.5 if peak > 0 else mono).astype(np.float32)
@@ -270,6 +312,7 @@ def vocal_part(song: Song, rng: np.random.Generator, frames: int) -> np.ndarray:
 def _glide(pitch: np.ndarray, glide_frames: int = int(0.04 * SAMPLERATE)) -> np.ndarray:
     """Portamento: a one-pole smoother over the voiced pitch (the unvoiced gaps stay NaN)."""
     from scipy.signal import lfilter
+
     voiced = ~np.isnan(pitch)
     filled = np.interp(np.arange(len(pitch)), np.flatnonzero(voiced), pitch[voiced]) if voiced.any() else pitch
     a = np.exp(-1.0 / glide_frames)
@@ -294,6 +337,7 @@ def _pan(mono: np.ndarray, cc10: int) -> np.ndarray:
 
 # -- songs and datasets -----------------------------------------------------------------------------
 
+
 def synth_song(seed: int, seconds: float, soundfont: Path | None = None) -> dict[str, np.ndarray]:
     """The four stems of song ``seed``, each ``(2, frames)`` float32, summing under full scale."""
     soundfont = soundfont or find_soundfont()
@@ -301,15 +345,19 @@ def synth_song(seed: int, seconds: float, soundfont: Path | None = None) -> dict
     song = compose(rng, seconds)
     frames = int(seconds * SAMPLERATE)
     other = other_part(song, rng, 0, arpeggio=False) + other_part(song, rng, 1, arpeggio=True)
-    other_midi = _midi_file(song, [e for e in other if e[1][0] & 0x0F == 0], 0, song.programs["other"],
-                            song.pans["other"])
-    second = _midi_file(song, [e for e in other if e[1][0] & 0x0F == 1], 1, song.programs["other2"],
-                        127 - song.pans["other"])
+    other_midi = _midi_file(
+        song, [e for e in other if e[1][0] & 0x0F == 0], 0, song.programs["other"], song.pans["other"]
+    )
+    second = _midi_file(
+        song, [e for e in other if e[1][0] & 0x0F == 1], 1, song.programs["other2"], 127 - song.pans["other"]
+    )
     stems = {
-        "drums": render_midi(_midi_file(song, drum_part(song, rng), DRUM_CHANNEL, None, song.pans["drums"]),
-                             frames, soundfont),
-        "bass": render_midi(_midi_file(song, bass_part(song, rng), 0, song.programs["bass"], song.pans["bass"]),
-                            frames, soundfont),
+        "drums": render_midi(
+            _midi_file(song, drum_part(song, rng), DRUM_CHANNEL, None, song.pans["drums"]), frames, soundfont
+        ),
+        "bass": render_midi(
+            _midi_file(song, bass_part(song, rng), 0, song.programs["bass"], song.pans["bass"]), frames, soundfont
+        ),
         "other": render_midi(other_midi, frames, soundfont) + render_midi(second, frames, soundfont) * 0.7,
         "vocals": _pan(vocal_part(song, rng, frames), song.pans["vocals"]),
     }
@@ -342,8 +390,9 @@ def track_folder(out: Path, split: str, seed: int, index: int) -> Path:
     return Path(out) / split / f"song-{song_seed(seed, index):08d}"
 
 
-def synth_dataset(out: Path, tracks: int, seconds: float, seed: int, split: str = "train",
-                  progress: bool = False) -> list[Path]:
+def synth_dataset(
+    out: Path, tracks: int, seconds: float, seed: int, split: str = "train", progress: bool = False
+) -> list[Path]:
     from tqdm import tqdm
 
     soundfont = find_soundfont()

@@ -5,6 +5,7 @@ reseeded per step too, so a run resumed from a checkpoint at step k continues ex
 uninterrupted run would have. Checkpoints hold only tensors and plain numbers (torch's
 weights-only loader reads them back); the final model is stemdeck's safetensors format.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,15 +23,23 @@ from .dataset import Augment, SegmentSampler, load_stems, track_folders
 SOURCES_4 = ("drums", "bass", "other", "vocals")
 CONFIGS = {
     # the paper's model (≈ 42 M parameters): for a GPU
-    "htdemucs": dict(channels=48, depth=4, dconv_mode=3, t_layers=5, bottom_channels=512, t_heads=8,
-                     segment=Fraction(39, 5)),
+    "htdemucs": dict(
+        channels=48, depth=4, dconv_mode=3, t_layers=5, bottom_channels=512, t_heads=8, segment=Fraction(39, 5)
+    ),
     # laptop-CPU sizes (≈ 2 M and 7 M parameters)
     # `tiny` runs at 22.05 kHz, twice the audio per step on a CPU; the band above its 11 kHz
     # Nyquist is shared among its stems by models.bandwidth
-    "tiny": dict(channels=16, depth=4, dconv_mode=3, t_layers=2, bottom_channels=128, t_heads=4,
-                 segment=Fraction(4), samplerate=22050),
-    "small": dict(channels=24, depth=4, dconv_mode=3, t_layers=3, bottom_channels=256, t_heads=8,
-                  segment=Fraction(6)),
+    "tiny": dict(
+        channels=16,
+        depth=4,
+        dconv_mode=3,
+        t_layers=2,
+        bottom_channels=128,
+        t_heads=4,
+        segment=Fraction(4),
+        samplerate=22050,
+    ),
+    "small": dict(channels=24, depth=4, dconv_mode=3, t_layers=3, bottom_channels=256, t_heads=8, segment=Fraction(6)),
 }
 
 
@@ -62,8 +71,15 @@ def build_model(config: str, sources=SOURCES_4) -> nn.Module:
 
 
 class Trainer:
-    def __init__(self, data: Path, out: Path, config: TrainConfig = TrainConfig(), model: nn.Module | None = None,
-                 precision: str = "auto", device: str = "cpu"):
+    def __init__(
+        self,
+        data: Path,
+        out: Path,
+        config: TrainConfig = TrainConfig(),
+        model: nn.Module | None = None,
+        precision: str = "auto",
+        device: str = "cpu",
+    ):
         from .precision import resolve_precision
 
         self.config, self.data, self.out = config, Path(data), Path(out)
@@ -129,8 +145,13 @@ class Trainer:
         deadline = time.monotonic() + 60 * cfg.minutes if cfg.minutes else math.inf
         total_epochs = cfg.epochs if cfg.epochs is not None else (None if cfg.minutes else 1)
         while total_epochs is None or self.epoch < total_epochs:
-            bar = tqdm(total=cfg.steps_per_epoch, initial=self.step % cfg.steps_per_epoch, disable=not progress,
-                       desc=f"epoch {self.epoch + 1}", unit="step")
+            bar = tqdm(
+                total=cfg.steps_per_epoch,
+                initial=self.step % cfg.steps_per_epoch,
+                disable=not progress,
+                desc=f"epoch {self.epoch + 1}",
+                unit="step",
+            )
             started, losses = time.monotonic(), []
             while self.step % cfg.steps_per_epoch or not losses:
                 losses.append(self.train_step())
@@ -147,13 +168,21 @@ class Trainer:
                     break
             bar.close()
             self.epoch += 1
-            self.history.append({"epoch": self.epoch, "step": self.step, "loss": sum(losses) / len(losses),
-                                 "valid_sdr": self.validate()})
+            self.history.append(
+                {
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    "loss": sum(losses) / len(losses),
+                    "valid_sdr": self.validate(),
+                }
+            )
             self.save_checkpoint()
             self.save_model()
             if progress:
-                print(f"epoch {self.epoch}: loss {self.history[-1]['loss']:.4f}, "
-                      f"valid SDR {self.history[-1]['valid_sdr'].get('mean', float('nan')):.2f} dB")
+                print(
+                    f"epoch {self.epoch}: loss {self.history[-1]['loss']:.4f}, "
+                    f"valid SDR {self.history[-1]['valid_sdr'].get('mean', float('nan')):.2f} dB"
+                )
         return self.history
 
     def validate(self) -> dict[str, float]:
@@ -163,22 +192,36 @@ class Trainer:
             track_folders(self.data, "test", self.config.sources)
         except ValueError:
             return {}
-        return evaluate(self.ema, self.data, "test", precision="fp32", with_museval=False,
-                        max_seconds=self.config.valid_seconds, device=self.device).average()
+        return evaluate(
+            self.ema,
+            self.data,
+            "test",
+            precision="fp32",
+            with_museval=False,
+            max_seconds=self.config.valid_seconds,
+            device=self.device,
+        ).average()
 
     # -- files --------------------------------------------------------------------------------------
 
     def save_model(self, half: bool = False) -> None:
         from .checkpoint import save_safetensors
+
         self.out.parent.mkdir(parents=True, exist_ok=True)
         save_safetensors(self.ema.cpu(), self.out, half=half)
         self.ema.to(self.device)
 
     def save_checkpoint(self) -> None:
-        state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "step": self.step, "epoch": self.epoch,
-                 "history": [dict(h, valid_sdr=dict(h["valid_sdr"])) for h in self.history],
-                 "config": self.config.config, "seed": self.config.seed}
+        state = {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "history": [dict(h, valid_sdr=dict(h["valid_sdr"])) for h in self.history],
+            "config": self.config.config,
+            "seed": self.config.seed,
+        }
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, temporary)
@@ -191,11 +234,14 @@ class Trainer:
         try:
             state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
         except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"cannot resume from {self.checkpoint_path}: {str(exc).splitlines()[0]}; "
-                             "delete it to start afresh") from None
+            raise ValueError(
+                f"cannot resume from {self.checkpoint_path}: {str(exc).splitlines()[0]}; delete it to start afresh"
+            ) from None
         if state["config"] != self.config.config or state["seed"] != self.config.seed:
-            raise ValueError(f"{self.checkpoint_path} is from config {state['config']!r} seed {state['seed']}; "
-                             f"this run is {self.config.config!r} seed {self.config.seed}")
+            raise ValueError(
+                f"{self.checkpoint_path} is from config {state['config']!r} seed {state['seed']}; "
+                f"this run is {self.config.config!r} seed {self.config.seed}"
+            )
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -204,11 +250,19 @@ class Trainer:
 
 
 def train_config_from_args(args) -> TrainConfig:
-    config = TrainConfig(config=args.config, batch_size=args.batch_size, epochs=args.epochs, minutes=args.minutes,
-                         steps_per_epoch=args.steps_per_epoch, seed=args.seed, threads=args.threads)
+    config = TrainConfig(
+        config=args.config,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        minutes=args.minutes,
+        steps_per_epoch=args.steps_per_epoch,
+        seed=args.seed,
+        threads=args.threads,
+    )
     if args.source_weights:
         config = replace(config, source_weights=tuple(float(w) for w in args.source_weights.split(",")))
     if args.no_augment:
-        config = replace(config, augment=Augment(shift_s=0, channel_swap=False, sign_flip=False, gain_range=None,
-                                                 remix=False))
+        config = replace(
+            config, augment=Augment(shift_s=0, channel_swap=False, sign_flip=False, gain_range=None, remix=False)
+        )
     return config

@@ -1,4 +1,5 @@
 """``stemdeck dataset synth|curate``, ``stemdeck train`` and ``stemdeck eval``."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,7 @@ from pathlib import Path
 
 def add_training_commands(commands, add_model_options) -> None:
     from .recipe import add_recipe_command
+
     add_recipe_command(commands)
     dataset = commands.add_parser("dataset", help="generate or curate a multitrack dataset")
     actions = dataset.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
@@ -55,6 +57,7 @@ def add_training_commands(commands, add_model_options) -> None:
 
 def run_synth(args: argparse.Namespace) -> int:
     from .synth import synth_dataset
+
     folders = synth_dataset(args.out, args.tracks, args.seconds, args.seed, args.split, progress=sys.stderr.isatty())
     print(f"{len(folders)} tracks in {args.out / args.split}")
     return 0
@@ -63,6 +66,7 @@ def run_synth(args: argparse.Namespace) -> int:
 def run_curate(args: argparse.Namespace) -> int:
     from .cli import load_for_command
     from .curate import curate, write_report
+
     separator = load_for_command(args.separator).model if args.separator else None
     reports = curate(args.root, separator, threshold=args.threshold)
     print(write_report(reports, args.report))
@@ -71,8 +75,10 @@ def run_curate(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from .train import Trainer, train_config_from_args
+
     config = train_config_from_args(args)
     from .cli import check_device
+
     trainer = Trainer(args.data, args.out, config, precision=args.precision, device=check_device(args.device))
     if args.resume and trainer.resume():
         print(f"resumed at step {trainer.step} (epoch {trainer.epoch})", file=sys.stderr)
@@ -85,6 +91,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from .cli import load_for_command
     from .evaluate import evaluate
+
     model = load_for_command(args.model).model
     result = evaluate(model, args.data, args.split, precision=args.precision)
     print(result.table())

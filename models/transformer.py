@@ -5,6 +5,7 @@ cross-attention across domains (the spectral tokens attend to the waveform token
 reverse). Tokens are ``(batch, tokens, channels)``; the spectral branch's ``(freqs, frames)``
 grid is flattened frame-major, as the official checkpoints were trained.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,21 +16,27 @@ from torch.nn import functional as F
 
 from .layers import LayerScale
 
-
 # -- positional embeddings ---------------------------------------------------------------------
 
-def sin_embedding(length: int, channels: int, shift: float | torch.Tensor = 0,
-                  max_period: float = 10000.0, device: torch.device | str = "cpu") -> torch.Tensor:
+
+def sin_embedding(
+    length: int,
+    channels: int,
+    shift: float | torch.Tensor = 0,
+    max_period: float = 10000.0,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """1-D sinusoidal positions, ``(length, channels)``: cosines then sines."""
     half = channels // 2
     positions = torch.arange(length, device=device, dtype=torch.float32)[:, None] + shift
     exponents = torch.arange(half, device=device) / (half - 1)
-    phase = positions / (max_period ** exponents)
+    phase = positions / (max_period**exponents)
     return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
 
 
-def sin_embedding_2d(channels: int, freqs: int, frames: int, max_period: float = 10000.0,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
+def sin_embedding_2d(
+    channels: int, freqs: int, frames: int, max_period: float = 10000.0, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """2-D sinusoidal positions as tokens, ``(frames * freqs, channels)``, frame-major.
 
     The first half of the channels encodes the frame (time), the second half the frequency bin;
@@ -63,6 +70,7 @@ class ScaledPositions(nn.Module):
 
 
 # -- layers --------------------------------------------------------------------------------------
+
 
 class TokenGroupNorm(nn.GroupNorm):
     """GroupNorm over ``(batch, tokens, channels)``: with one group, over all tokens and channels."""
@@ -111,10 +119,22 @@ class TransformerLayer(nn.Module):
     configurations.
     """
 
-    def __init__(self, dim: int, heads: int, hidden_dim: int, *, cross: bool, dropout: float = 0.0,
-                 gelu: bool = True, group_norm: int = 0, norm_first: bool = False,
-                 norm_out: bool = False, layer_scale: bool = False, init_values: float = 1e-4,
-                 eps: float = 1e-5):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        hidden_dim: int,
+        *,
+        cross: bool,
+        dropout: float = 0.0,
+        gelu: bool = True,
+        group_norm: int = 0,
+        norm_first: bool = False,
+        norm_out: bool = False,
+        layer_scale: bool = False,
+        init_values: float = 1e-4,
+        eps: float = 1e-5,
+    ):
         super().__init__()
         self.cross, self.norm_first = cross, norm_first
         setattr(self, "cross_attn" if cross else "self_attn", Attention(dim, heads, dropout))
@@ -139,8 +159,7 @@ class TransformerLayer(nn.Module):
         x = self.norm1(x + self.gamma_1(self._attend(x, memory, norm_memory=False)))
         return self.norm2(x + self.gamma_2(self._feed_forward(x)))
 
-    def _attend(self, x: torch.Tensor, memory: torch.Tensor | None,
-                norm_memory: bool = True) -> torch.Tensor:
+    def _attend(self, x: torch.Tensor, memory: torch.Tensor | None, norm_memory: bool = True) -> torch.Tensor:
         if self.cross:
             memory = self.norm2(memory) if norm_memory else memory
             return self.dropout1(self.cross_attn(x, memory))
@@ -153,14 +172,30 @@ class TransformerLayer(nn.Module):
 class CrossTransformerEncoder(nn.Module):
     """Alternating self- and cross-attention layers over spectral and waveform tokens."""
 
-    def __init__(self, dim: int, emb: str = "sin", hidden_scale: float = 4.0, num_heads: int = 8,
-                 num_layers: int = 6, cross_first: bool = False, dropout: float = 0.0,
-                 max_positions: int = 1000, norm_in: bool = True, norm_in_group: bool = False,
-                 group_norm: int = False, norm_first: bool = False, norm_out: bool = False,
-                 max_period: float = 10000.0, layer_scale: bool = False, gelu: bool = True,
-                 sin_random_shift: int = 0, weight_pos_embed: float = 1.0,
-                 cape_mean_normalize: bool = True, cape_augment: bool = True,
-                 cape_glob_loc_scale: tuple[float, float, float] = (5000.0, 1.0, 1.4)):
+    def __init__(
+        self,
+        dim: int,
+        emb: str = "sin",
+        hidden_scale: float = 4.0,
+        num_heads: int = 8,
+        num_layers: int = 6,
+        cross_first: bool = False,
+        dropout: float = 0.0,
+        max_positions: int = 1000,
+        norm_in: bool = True,
+        norm_in_group: bool = False,
+        group_norm: int = False,
+        norm_first: bool = False,
+        norm_out: bool = False,
+        max_period: float = 10000.0,
+        layer_scale: bool = False,
+        gelu: bool = True,
+        sin_random_shift: int = 0,
+        weight_pos_embed: float = 1.0,
+        cape_mean_normalize: bool = True,
+        cape_augment: bool = True,
+        cape_glob_loc_scale: tuple[float, float, float] = (5000.0, 1.0, 1.4),
+    ):
         super().__init__()
         if emb not in ("sin", "cape", "scaled"):
             raise ValueError(f"unknown transformer positional embedding {emb!r}")
@@ -178,9 +213,17 @@ class CrossTransformerEncoder(nn.Module):
             self.norm_in_t = TokenGroupNorm(int(norm_in_group), dim)
         else:
             self.norm_in, self.norm_in_t = nn.Identity(), nn.Identity()
-        common = dict(dim=dim, heads=num_heads, hidden_dim=int(dim * hidden_scale), dropout=dropout,
-                      gelu=gelu, group_norm=group_norm, norm_first=norm_first, norm_out=norm_out,
-                      layer_scale=layer_scale)
+        common = dict(
+            dim=dim,
+            heads=num_heads,
+            hidden_dim=int(dim * hidden_scale),
+            dropout=dropout,
+            gelu=gelu,
+            group_norm=group_norm,
+            norm_first=norm_first,
+            norm_out=norm_out,
+            layer_scale=layer_scale,
+        )
         self.layers, self.layers_t = nn.ModuleList(), nn.ModuleList()
         for index in range(num_layers):
             cross = index % 2 != self.classic_parity
@@ -232,5 +275,5 @@ class CrossTransformerEncoder(nn.Module):
             positions = (positions + delta + delta_local) * torch.exp(log_scale)
         half = channels // 2
         exponents = torch.arange(half) / (half - 1)
-        phase = positions / (self.max_period ** exponents)
+        phase = positions / (self.max_period**exponents)
         return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1).to(device)

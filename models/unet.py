@@ -7,9 +7,10 @@ the same factor, so both branches keep the same number of frames at every depth.
 spectral branch is down to one bin, the time branch is injected into it and they share the
 remaining layers (Hybrid Demucs) or meet in a cross-domain Transformer (HT Demucs).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -40,10 +41,22 @@ class EncoderLayer(nn.Module):
     before it is injected into the spectral branch.
     """
 
-    def __init__(self, chin: int, chout: int, kernel_size: int = 8, stride: int = 4,
-                 norm_groups: int = 1, empty: bool = False, freq: bool = True, dconv: bool = True,
-                 norm: bool = True, context: int = 0, dconv_kw: dict | None = None,
-                 pad: bool = True, rewrite: bool = True):
+    def __init__(
+        self,
+        chin: int,
+        chout: int,
+        kernel_size: int = 8,
+        stride: int = 4,
+        norm_groups: int = 1,
+        empty: bool = False,
+        freq: bool = True,
+        dconv: bool = True,
+        norm: bool = True,
+        context: int = 0,
+        dconv_kw: dict | None = None,
+        pad: bool = True,
+        rewrite: bool = True,
+    ):
         super().__init__()
         padding = kernel_size // 4 if pad else 0
         self.freq, self.kernel_size, self.stride = freq, kernel_size, stride
@@ -88,11 +101,24 @@ class DecoderLayer(nn.Module):
     where the two branches split again.
     """
 
-    def __init__(self, chin: int, chout: int, last: bool = False, kernel_size: int = 8,
-                 stride: int = 4, norm_groups: int = 1, empty: bool = False, freq: bool = True,
-                 dconv: bool = True, norm: bool = True, context: int = 1,
-                 dconv_kw: dict | None = None, pad: bool = True, context_freq: bool = True,
-                 rewrite: bool = True):
+    def __init__(
+        self,
+        chin: int,
+        chout: int,
+        last: bool = False,
+        kernel_size: int = 8,
+        stride: int = 4,
+        norm_groups: int = 1,
+        empty: bool = False,
+        freq: bool = True,
+        dconv: bool = True,
+        norm: bool = True,
+        context: int = 1,
+        dconv_kw: dict | None = None,
+        pad: bool = True,
+        context_freq: bool = True,
+        rewrite: bool = True,
+    ):
         super().__init__()
         self.pad = kernel_size // 4 if pad else 0
         self.last, self.freq, self.chin, self.empty = last, freq, chin, empty
@@ -115,8 +141,7 @@ class DecoderLayer(nn.Module):
             self.norm1 = _norm(norm, 2 * chin, norm_groups)
         self.dconv = DConv(chin, **(dconv_kw or {})) if dconv else None
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None,
-                length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.freq and x.dim() == 3:
             x = x.view(x.shape[0], self.chin, -1, x.shape[-1])
         y = x
@@ -148,13 +173,34 @@ class HybridUNet(nn.Module):
     samplerate: int
     audio_channels: int
 
-    def _build_layers(self, *, audio_channels: int, channels: int, channels_time: int | None,
-                      growth: float, nfft: int, depth: int, rewrite: bool,
-                      multi_freqs: Sequence[float] | None, freq_emb: float, emb_scale: float,
-                      emb_smooth: bool, kernel_size: int, time_stride: int, stride: int,
-                      context: int, context_enc: int, norm_starts: int, norm_groups: int,
-                      dconv_mode: int, dconv_depth: int, dconv_comp: float, dconv_init: float,
-                      dconv_attn: int = 1 << 30, dconv_lstm: int = 1 << 30) -> None:
+    def _build_layers(
+        self,
+        *,
+        audio_channels: int,
+        channels: int,
+        channels_time: int | None,
+        growth: float,
+        nfft: int,
+        depth: int,
+        rewrite: bool,
+        multi_freqs: Sequence[float] | None,
+        freq_emb: float,
+        emb_scale: float,
+        emb_smooth: bool,
+        kernel_size: int,
+        time_stride: int,
+        stride: int,
+        context: int,
+        context_enc: int,
+        norm_starts: int,
+        norm_groups: int,
+        dconv_mode: int,
+        dconv_depth: int,
+        dconv_comp: float,
+        dconv_init: float,
+        dconv_attn: int = 1 << 30,
+        dconv_lstm: int = 1 << 30,
+    ) -> None:
         if multi_freqs:
             raise ValueError("multi_freqs (band-split MultiWrap layers) is not supported")
         self.nfft, self.hop_length, self.depth = nfft, nfft // 4, depth
@@ -172,29 +218,53 @@ class HybridUNet(nn.Module):
                 ker, stri = time_stride * 2, time_stride
             if freq and freqs <= kernel_size:
                 ker, pad, last_freq = freqs, False, True
-            kw = dict(kernel_size=ker, stride=stri, freq=freq, pad=pad,
-                      norm=index >= norm_starts, rewrite=rewrite, norm_groups=norm_groups,
-                      dconv_kw=dict(lstm=index >= dconv_lstm, attn=index >= dconv_attn,
-                                    depth=dconv_depth, compress=dconv_comp, init=dconv_init,
-                                    gelu=True))
+            kw = dict(
+                kernel_size=ker,
+                stride=stri,
+                freq=freq,
+                pad=pad,
+                norm=index >= norm_starts,
+                rewrite=rewrite,
+                norm_groups=norm_groups,
+                dconv_kw=dict(
+                    lstm=index >= dconv_lstm,
+                    attn=index >= dconv_attn,
+                    depth=dconv_depth,
+                    compress=dconv_comp,
+                    init=dconv_init,
+                    gelu=True,
+                ),
+            )
             time_kw = dict(kw, freq=False, kernel_size=kernel_size, stride=stride, pad=True)
             if last_freq:
                 chout_z = max(chout, chout_z)
                 chout = chout_z
-            self.encoder.append(EncoderLayer(chin_z, chout_z, dconv=bool(dconv_mode & 1),
-                                             context=context_enc, **kw))
+            self.encoder.append(EncoderLayer(chin_z, chout_z, dconv=bool(dconv_mode & 1), context=context_enc, **kw))
             if freq:
-                self.tencoder.append(EncoderLayer(chin, chout, dconv=bool(dconv_mode & 1),
-                                                  context=context_enc, empty=last_freq, **time_kw))
+                self.tencoder.append(
+                    EncoderLayer(
+                        chin, chout, dconv=bool(dconv_mode & 1), context=context_enc, empty=last_freq, **time_kw
+                    )
+                )
             if index == 0:
                 chin = audio_channels * len(self.sources)
                 chin_z = chin * 2
-            self.decoder.insert(0, DecoderLayer(chout_z, chin_z, dconv=bool(dconv_mode & 2),
-                                                last=index == 0, context=context, **kw))
+            self.decoder.insert(
+                0, DecoderLayer(chout_z, chin_z, dconv=bool(dconv_mode & 2), last=index == 0, context=context, **kw)
+            )
             if freq:
-                self.tdecoder.insert(0, DecoderLayer(chout, chin, dconv=bool(dconv_mode & 2),
-                                                     empty=last_freq, last=index == 0,
-                                                     context=context, **time_kw))
+                self.tdecoder.insert(
+                    0,
+                    DecoderLayer(
+                        chout,
+                        chin,
+                        dconv=bool(dconv_mode & 2),
+                        empty=last_freq,
+                        last=index == 0,
+                        context=context,
+                        **time_kw,
+                    ),
+                )
             chin, chin_z = chout, chout_z
             chout, chout_z = int(growth * chout), int(growth * chout_z)
             if freq:
@@ -232,7 +302,8 @@ class HybridUNet(nn.Module):
         num_sources = len(self.sources)
         x = x.view(batch, num_sources, -1, freqs, frames) * std[:, None] + mean[:, None]
         spec_out = torch.view_as_complex(
-            x.view(batch, num_sources, -1, 2, freqs, frames).permute(0, 1, 2, 4, 5, 3).contiguous())
+            x.view(batch, num_sources, -1, 2, freqs, frames).permute(0, 1, 2, 4, 5, 3).contiguous()
+        )
         wave_spec = hybrid_inverse(spec_out, length)
         wave_time = xt.view(batch, num_sources, -1, length) * stdt[:, None] + meant[:, None]
         return wave_time + wave_spec
@@ -270,4 +341,3 @@ class HybridUNet(nn.Module):
             else:
                 xt, _ = tdecode(xt, skips["xt"].pop(), length_t)
         return x, xt
-

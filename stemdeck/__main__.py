@@ -1,4 +1,5 @@
 """``python -m stemdeck``: the same as the ``stemdeck`` command."""
+
 import sys
 
 from .cli import main

@@ -3,6 +3,7 @@
 ``models`` adds ``separate``, ``models``, the training commands and ``demo``; ``engine`` adds
 ``live``, ``play``, ``devices`` and ``midi``; ``gui`` adds ``gui`` (what ``stemdeck`` alone opens).
 """
+
 from __future__ import annotations
 
 import argparse

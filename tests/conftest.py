@@ -1,4 +1,5 @@
 """Shared fixtures: model configurations, reference twins, audio files."""
+
 from __future__ import annotations
 
 import os
@@ -20,14 +21,40 @@ SOURCES_4 = ["drums", "bass", "other", "vocals"]
 SOURCES_6 = SOURCES_4 + ["guitar", "piano"]
 
 # The official checkpoints' architectures (kwargs as recorded in the released packages).
-HTDEMUCS_KW = dict(sources=SOURCES_4, channels=48, depth=4, dconv_mode=3, t_layers=5,
-                   bottom_channels=512, t_dropout=0.02, segment=Fraction(39, 5))
+HTDEMUCS_KW = dict(
+    sources=SOURCES_4,
+    channels=48,
+    depth=4,
+    dconv_mode=3,
+    t_layers=5,
+    bottom_channels=512,
+    t_dropout=0.02,
+    segment=Fraction(39, 5),
+)
 HTDEMUCS_6S_KW = dict(HTDEMUCS_KW, sources=SOURCES_6)
-HDEMUCS_MMI_KW = dict(sources=SOURCES_4, channels=48, depth=6, dconv_mode=1, dconv_comp=8,
-                      dconv_attn=4, dconv_lstm=4, dconv_init=1e-3, multi_freqs=[], segment=44)
+HDEMUCS_MMI_KW = dict(
+    sources=SOURCES_4,
+    channels=48,
+    depth=6,
+    dconv_mode=1,
+    dconv_comp=8,
+    dconv_attn=4,
+    dconv_lstm=4,
+    dconv_init=1e-3,
+    multi_freqs=[],
+    segment=44,
+)
 # A small HT Demucs with every feature on, for fast end-to-end tests.
-TINY_HT_KW = dict(sources=SOURCES_4, channels=8, depth=4, dconv_mode=3, t_layers=2,
-                  bottom_channels=32, t_heads=4, segment=Fraction(2, 1))
+TINY_HT_KW = dict(
+    sources=SOURCES_4,
+    channels=8,
+    depth=4,
+    dconv_mode=3,
+    t_layers=2,
+    bottom_channels=32,
+    t_heads=4,
+    segment=Fraction(2, 1),
+)
 
 
 def make_pair(reference_class, our_class, kwargs, seed=0):
@@ -44,12 +71,14 @@ def htdemucs_pair():
     from demucs.htdemucs import HTDemucs as Reference
 
     from models import HTDemucs
+
     return make_pair(Reference, HTDemucs, HTDEMUCS_KW)
 
 
 @pytest.fixture(scope="session")
 def tiny_model():
     from models import HTDemucs
+
     torch.manual_seed(1)
     return HTDemucs(**TINY_HT_KW).eval()
 
@@ -57,13 +86,13 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_model) -> Path:
     from models import save_safetensors
+
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_safetensors(tiny_model, path)
     return path
 
 
-def write_tone(path: Path, seconds: float = 3.0, samplerate: int = 44100, channels: int = 2,
-               **kwargs) -> np.ndarray:
+def write_tone(path: Path, seconds: float = 3.0, samplerate: int = 44100, channels: int = 2, **kwargs) -> np.ndarray:
     t = np.arange(int(seconds * samplerate)) / samplerate
     audio = np.stack([0.3 * np.sin(2 * np.pi * (220 + 110 * c) * t) for c in range(channels)])
     sf.write(str(path), audio.T, samplerate, **kwargs)
@@ -87,6 +116,7 @@ def _die_with_parent() -> None:
     """In the child: a server whose test run was killed stops too (JACK allows few servers)."""
     import ctypes
     import signal
+
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -125,14 +155,33 @@ def start_jack_server(name: str, playback_channels: int = 10, rate: int = JACK_R
     """A real JACK server with the dummy driver; returns the process once clients can connect."""
     import shutil
     import subprocess
+
     if shutil.which("jackd") is None:
         pytest.fail("jackd is not installed; `bash .ci/setup` installs jackd2 (Debian)")
     clear_stale_jack_state()
     env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1", "JACK_NO_START_SERVER": "1"}
     process = subprocess.Popen(
-        ["jackd", "-n", name, "-R", "-d", "dummy", "-r", str(rate), "-p", str(period),
-         "-C", "2", "-P", str(playback_channels)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, preexec_fn=_die_with_parent)
+        [
+            "jackd",
+            "-n",
+            name,
+            "-R",
+            "-d",
+            "dummy",
+            "-r",
+            str(rate),
+            "-p",
+            str(period),
+            "-C",
+            "2",
+            "-P",
+            str(playback_channels),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=_die_with_parent,
+    )
     # Probe from another process: a libjack client in this one would crash when that server stops.
     probe = subprocess.run(["jack_wait", "-s", name, "-w", "-t", "15"], capture_output=True, text=True, env=env)
     if probe.returncode != 0 or process.poll() is not None:
@@ -152,6 +201,7 @@ def stop_jack_server(process) -> None:
 def reinit_portaudio() -> None:
     """PortAudio enumerates JACK when it initialises: refresh it after a server (re)start."""
     import sounddevice as sd
+
     sd._terminate()
     sd._initialize()
 
@@ -166,6 +216,7 @@ def jack_server():
     reinit_portaudio()
     yield name
     import sounddevice as sd
+
     sd._terminate()  # PortAudio's JACK teardown aborts if the server is already gone
     stop_jack_server(process)
     if previous is None:

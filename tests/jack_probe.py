@@ -5,6 +5,7 @@ Usage: python jack_probe.py SERVER SIGNAL.npy RECORD_SECONDS OUT_CHANNELS RESULT
 It prints ROUTED once connected and RECORDED when done, then waits for a line on stdin
 before closing its clients (closing reorders the JACK graph).
 """
+
 import sys
 import threading
 
@@ -18,6 +19,7 @@ class Player:
 
     def __init__(self, server: str, signal: np.ndarray):
         import jack
+
         self.client = jack.Client("stemdeck-player", servername=server)
         self.ports = [self.client.outports.register(f"out_{c}") for c in range(signal.shape[0])]
         self.signal, self.position, self.start_frame = signal, 0, None
@@ -44,6 +46,7 @@ class Recorder:
 
     def __init__(self, server: str, channels: int, seconds: float):
         import jack
+
         self.client = jack.Client("stemdeck-recorder", servername=server)
         self.ports = [self.client.inports.register(f"in_{c}") for c in range(channels)]
         self.data = np.zeros((channels, int(seconds * JACK_RATE) + JACK_PERIOD), np.float32)
@@ -62,8 +65,9 @@ class Recorder:
             self.done.set()
 
 
-ENGINE_OUTPUTS = [f"stemdeck:{group}_{side}" for group in ("master", "drums", "bass", "other", "vocals")
-                  for side in "LR"]  # the pass-through model's stems, in the engine's column order
+ENGINE_OUTPUTS = [
+    f"stemdeck:{group}_{side}" for group in ("master", "drums", "bass", "other", "vocals") for side in "LR"
+]  # the pass-through model's stems, in the engine's column order
 ENGINE_INPUTS = ["stemdeck:in_L", "stemdeck:in_R"]
 
 
@@ -97,8 +101,7 @@ def main() -> None:
         print("ROUTED", flush=True)
         if not recorder.done.wait(float(seconds) + 30):
             print("TIMEOUT", flush=True)
-        np.savez(result_path, data=recorder.data, recorder_start=recorder.start_frame,
-                 player_start=player.start_frame)
+        np.savez(result_path, data=recorder.data, recorder_start=recorder.start_frame, player_start=player.start_frame)
         print("RECORDED", flush=True)
         sys.stdin.readline()
 

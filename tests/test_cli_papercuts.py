@@ -1,4 +1,5 @@
 """Command-line papercuts a new user meets first (issue 10 item 6): models list, `| head`, offline hints."""
+
 import os
 import subprocess
 import sys
@@ -7,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import write_tone
+
 from stemdeck.cli import EXIT_BROKEN_PIPE, main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +30,11 @@ def test_the_listed_local_models_separate(tmp_path, capsys, name):
     assert main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", name]) == 0
     assert f"model {name}: drums, bass, other, vocals" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "out" / "short").iterdir()) == [
-        "bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+        "bass.wav",
+        "drums.wav",
+        "other.wav",
+        "vocals.wav",
+    ]
 
 
 @pytest.mark.parametrize("command", [["midi", "show"], ["models", "list"]])
@@ -38,9 +43,15 @@ def test_a_reader_that_has_gone_ends_the_command_quietly(tmp_path, command):
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before anything is written: every write fails with EPIPE
     try:
-        result = subprocess.run([sys.executable, "-m", "stemdeck", *command], stdout=write_end,
-                                stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120,
-                                env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)})
+        result = subprocess.run(
+            [sys.executable, "-m", "stemdeck", *command],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+            env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)},
+        )
     finally:
         os.close(write_end)
     assert result.returncode == EXIT_BROKEN_PIPE
@@ -48,9 +59,15 @@ def test_a_reader_that_has_gone_ends_the_command_quietly(tmp_path, command):
 
 
 def test_head_takes_its_line_and_nothing_else_is_said(tmp_path):
-    result = subprocess.run(f"'{sys.executable}' -m stemdeck midi show | head -1", shell=True,
-                            capture_output=True, text=True, cwd=ROOT, timeout=120,
-                            env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)})
+    result = subprocess.run(
+        f"'{sys.executable}' -m stemdeck midi show | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)},
+    )
     assert result.returncode == 0 and result.stdout.startswith("mapping: ") and result.stdout.count("\n") == 1
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
 
@@ -58,6 +75,7 @@ def test_head_takes_its_line_and_nothing_else_is_said(tmp_path):
 def test_the_offline_fallback_says_where_to_put_the_weights(tmp_path, capsys, monkeypatch):
     """No network (the fixture points downloads at a missing folder): which file, and where it goes."""
     from models.registry import cache_dir
+
     song = tmp_path / "short.wav"
     write_tone(song, seconds=0.5)
     assert main(["separate", str(song), "-o", str(tmp_path / "out")]) == 0
@@ -69,6 +87,7 @@ def test_the_offline_fallback_says_where_to_put_the_weights(tmp_path, capsys, mo
 
 def test_models_list_says_where_weights_go_without_network(capsys):
     from models.registry import cache_dir
+
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
     assert f"cache: {cache_dir()}" in out and "$STEMDECK_MODEL_DIR" in out

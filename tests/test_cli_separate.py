@@ -1,4 +1,5 @@
 """`stemdeck separate`, `models` and `demo` end to end, with a small checkpoint on disk."""
+
 import os
 import subprocess
 import sys
@@ -6,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import write_tone
+
 from stemdeck.cli import main
 
 
@@ -20,8 +21,13 @@ def song(tmp_path):
 
 def run_cli(*args, env=None):
     """Run the real console entry point in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "stemdeck", *map(str, args)], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "stemdeck", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
 
 
 def test_separate_writes_every_stem(tmp_path, song, tiny_checkpoint):
@@ -35,13 +41,45 @@ def test_separate_writes_every_stem(tmp_path, song, tiny_checkpoint):
 
 def test_stems_and_two_stems_choose_what_is_written(tmp_path, song, tiny_checkpoint):
     out = tmp_path / "out"
-    assert main(["separate", str(song), "-o", str(out), "--model", str(tiny_checkpoint),
-                 "--stems", "vocals,bass", "--format", "flac", "--bits", "16"]) == 0
+    assert (
+        main(
+            [
+                "separate",
+                str(song),
+                "-o",
+                str(out),
+                "--model",
+                str(tiny_checkpoint),
+                "--stems",
+                "vocals,bass",
+                "--format",
+                "flac",
+                "--bits",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (out / "song").iterdir()) == ["bass.flac", "vocals.flac"]
     full, split = tmp_path / "full", tmp_path / "split"
     assert main(["separate", str(song), "-o", str(full), "--model", str(tiny_checkpoint), "--bits", "32f"]) == 0
-    assert main(["separate", str(song), "-o", str(split), "--model", str(tiny_checkpoint), "--bits", "32f",
-                 "--two-stems", "vocals"]) == 0
+    assert (
+        main(
+            [
+                "separate",
+                str(song),
+                "-o",
+                str(split),
+                "--model",
+                str(tiny_checkpoint),
+                "--bits",
+                "32f",
+                "--two-stems",
+                "vocals",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (split / "song").iterdir()) == ["no_vocals.wav", "vocals.wav"]
     stems = {name: sf.read(str(full / "song" / f"{name}.wav"))[0] for name in ("drums", "bass", "other", "vocals")}
     vocals, _ = sf.read(str(split / "song" / "vocals.wav"))
@@ -82,13 +120,16 @@ def test_resampled_mono_input_comes_back_at_its_rate(tmp_path, tiny_checkpoint):
     assert (info.samplerate, info.channels, info.frames) == (48000, 1, 48000)
 
 
-@pytest.mark.parametrize("make_input,message", [
-    (lambda d: d / "empty.wav", "is empty"),
-    (lambda d: d, "is a directory"),
-    (lambda d: d / "seven.wav", "has 7 channels"),
-    (lambda d: d / "cut.wav", "is truncated"),
-    (lambda d: d / "cut.flac", "cut.flac is damaged or truncated"),
-])
+@pytest.mark.parametrize(
+    "make_input,message",
+    [
+        (lambda d: d / "empty.wav", "is empty"),
+        (lambda d: d, "is a directory"),
+        (lambda d: d / "seven.wav", "has 7 channels"),
+        (lambda d: d / "cut.wav", "is truncated"),
+        (lambda d: d / "cut.flac", "cut.flac is damaged or truncated"),
+    ],
+)
 def test_bad_inputs_exit_nonzero_with_one_line_and_no_traceback(tmp_path, tiny_checkpoint, make_input, message):
     (tmp_path / "empty.wav").write_bytes(b"")
     sf.write(str(tmp_path / "seven.wav"), np.zeros((1000, 7), np.float32), 44100)
@@ -104,18 +145,22 @@ def test_bad_inputs_exit_nonzero_with_one_line_and_no_traceback(tmp_path, tiny_c
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.wav"))
 
 
-@pytest.mark.parametrize("model,message", [
-    ("htdemucz", "unknown model 'htdemucz'"),
-    ("{dir}/missing.th", "missing.th does not exist"),
-    ("{dir}/corrupt.th", "truncated or corrupt"),
-    ("htdemucs", "cannot download .*955717e8-8726e21a.th"),
-])
+@pytest.mark.parametrize(
+    "model,message",
+    [
+        ("htdemucz", "unknown model 'htdemucz'"),
+        ("{dir}/missing.th", "missing.th does not exist"),
+        ("{dir}/corrupt.th", "truncated or corrupt"),
+        ("htdemucs", "cannot download .*955717e8-8726e21a.th"),
+    ],
+)
 def test_model_errors_are_one_line(tmp_path, song, model, message):
     (tmp_path / "corrupt.th").write_bytes(b"PK\x03\x04 this is not a zip")
     result = run_cli("separate", song, "-o", tmp_path / "out", "--model", model.format(dir=tmp_path))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     import re
+
     assert re.search(message, result.stderr), result.stderr
     assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1
 
@@ -129,6 +174,7 @@ def test_unwritable_output_is_one_line(tmp_path, song, tiny_checkpoint):
 
 def test_unavailable_cuda_is_explained(tmp_path, song, tiny_checkpoint):
     import torch
+
     if torch.cuda.is_available():
         pytest.fail("this test expects a CPU-only torch build")
     result = run_cli("separate", song, "-o", tmp_path / "out", "--model", tiny_checkpoint, "--device", "cuda")
@@ -153,6 +199,7 @@ def test_demo_song_is_written(tmp_path):
 
 
 # -- hostile input, batches and leftovers (issue 11 items 4-7) --------------------------------------
+
 
 def _float_wav(path, frames=22050, bad=None, index=100):
     audio = np.random.default_rng(2).standard_normal((frames, 2)).astype(np.float32) * 0.1
@@ -207,6 +254,7 @@ def test_inputs_with_one_name_get_their_own_folders(tmp_path, capsys):
 
 def test_track_folders_are_distinct_and_stay_inside_the_output(tmp_path):
     from models.cli import track_folders
+
     names = ["a/song.wav", "b/song.wav", "a/Song.flac", "song-a.wav", "..wav", "...wav", "c/d/track.mp3"]
     folders = track_folders([tmp_path / n for n in names], tmp_path / "out")
     assert len({str(f).casefold() for f in folders.values()}) == len(names)
@@ -216,6 +264,7 @@ def test_track_folders_are_distinct_and_stay_inside_the_output(tmp_path):
 
 def test_one_failing_file_never_ends_the_batch(tmp_path, tiny_checkpoint, capsys, monkeypatch):
     import importlib
+
     separate_module = importlib.import_module("models.separate")
     one_hz = tmp_path / "one_hz.wav"
     sf.write(str(one_hz), np.zeros((5, 2)), 1)
@@ -230,10 +279,24 @@ def test_one_failing_file_never_ends_the_batch(tmp_path, tiny_checkpoint, capsys
         if audio.shape[1] == 13230:  # crash.wav: an error of a kind no one expected
             raise ZeroDivisionError("float division by zero")
         return original(model, audio, *args, **kwargs)
+
     monkeypatch.setattr(separate_module, "separate", crash_on_one)
     out = tmp_path / "out"
-    code = main(["separate", str(one_hz), str(crash), str(odd_name), str(good), "-o", str(out),
-                 "--model", str(tiny_checkpoint), "--format", "flac"])
+    code = main(
+        [
+            "separate",
+            str(one_hz),
+            str(crash),
+            str(odd_name),
+            str(good),
+            "-o",
+            str(out),
+            "--model",
+            str(tiny_checkpoint),
+            "--format",
+            "flac",
+        ]
+    )
     err = capsys.readouterr().err.splitlines()
     assert code == 1
     assert err[-1] == "separated 2 of 4 file(s)"
@@ -245,14 +308,23 @@ def test_one_failing_file_never_ends_the_batch(tmp_path, tiny_checkpoint, capsys
     assert len(list((out / odd_name.stem).iterdir())) == 4
 
 
-@pytest.mark.parametrize("option,value,message", [
-    ("--segment", "0", "between 0.5 and 600 seconds"), ("--segment", "-1", "between 0.5 and 600 seconds"),
-    ("--segment", "nan", "not a finite number"), ("--segment", "inf", "not a finite number"),
-    ("--segment", "1e9", "between 0.5 and 600 seconds"), ("--segment", "0.001", "between 0.5 and 600 seconds"),
-    ("--overlap", "1", "between 0 and 0.95"), ("--overlap", "-0.1", "between 0 and 0.95"),
-    ("--overlap", "nan", "not a finite number"), ("--shifts", "-1", "between 0 and 20"),
-    ("--shifts", "1000", "between 0 and 20"), ("--shifts", "1.5", "not a whole number"),
-])
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("--segment", "0", "between 0.5 and 600 seconds"),
+        ("--segment", "-1", "between 0.5 and 600 seconds"),
+        ("--segment", "nan", "not a finite number"),
+        ("--segment", "inf", "not a finite number"),
+        ("--segment", "1e9", "between 0.5 and 600 seconds"),
+        ("--segment", "0.001", "between 0.5 and 600 seconds"),
+        ("--overlap", "1", "between 0 and 0.95"),
+        ("--overlap", "-0.1", "between 0 and 0.95"),
+        ("--overlap", "nan", "not a finite number"),
+        ("--shifts", "-1", "between 0 and 20"),
+        ("--shifts", "1000", "between 0 and 20"),
+        ("--shifts", "1.5", "not a whole number"),
+    ],
+)
 def test_impossible_numbers_are_refused_up_front(tmp_path, song, capsys, option, value, message):
     with pytest.raises(SystemExit) as info:
         main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", "passthrough", f"{option}={value}"])
@@ -264,8 +336,7 @@ def test_impossible_numbers_are_refused_up_front(tmp_path, song, capsys, option,
 
 
 def test_a_segment_longer_than_training_is_one_line(tmp_path, song, tiny_checkpoint, capsys):
-    code = main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", str(tiny_checkpoint),
-                 "--segment", "3"])
+    code = main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", str(tiny_checkpoint), "--segment", "3"])
     err = capsys.readouterr().err
     assert code == 1 and "error: segment 3 s is longer than the 2 s this HT Demucs was trained on" in err
     assert not (tmp_path / "out").exists()
@@ -293,6 +364,7 @@ def test_passthrough_stems_are_its_fractions_of_the_input(tmp_path, song):
 
 # -- progress (issue 10 item 7) ----------------------------------------------------------------------
 
+
 def test_no_bars_off_a_terminal_only_one_line_per_file(tmp_path, song, capsys):
     assert main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", "passthrough"]) == 0
     err = capsys.readouterr().err
@@ -304,6 +376,7 @@ def test_bars_on_a_terminal_show_the_file_and_the_batch(capsys):
     from pathlib import Path
 
     from models.cli import SeparationBars
+
     with SeparationBars(2, enabled=True) as bars:
         bars.start_file(Path("first.wav"), 10.0)
         bars.update(0.5)

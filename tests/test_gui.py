@@ -1,6 +1,7 @@
 """The desktop mixer under pytest-qt (offscreen), on the real engine with a pass-through model
 whose stems are known fractions of the track (drums 0.1, bass 0.2, other 0.3, vocals 0.4).
 The engine's output is the audio callback's, driven block by block (no sound card)."""
+
 import os
 import subprocess
 import sys
@@ -47,8 +48,9 @@ def settings(tmp_path):
 
 
 def make_window(qtbot, settings, audio=None):
-    session = Session(SessionConfig(model="passthrough", headless=True, worker="thread", calibrate=False),
-                      model_loader=loader)
+    session = Session(
+        SessionConfig(model="passthrough", headless=True, worker="thread", calibrate=False), model_loader=loader
+    )
     window = MainWindow(session, settings)
     qtbot.addWidget(window)
     window.show()
@@ -158,6 +160,7 @@ def test_unreadable_file_shows_the_error_and_the_track_plays_on(qtbot, window, t
 
 def test_opening_a_real_file_adds_it_to_recent(qtbot, window, tmp_path):
     from conftest import write_tone
+
     path = tmp_path / "song.flac"
     write_tone(path, seconds=2.0, samplerate=48000)
     window.open_path(path)
@@ -286,25 +289,35 @@ def test_midi_before_any_model_is_loaded_does_not_break(qtbot, settings):
 
 def test_screenshot_command_writes_a_real_picture(tmp_path):
     path = tmp_path / "mixer.png"
-    result = subprocess.run([sys.executable, "-m", "stemdeck", "gui", "--demo", "--model", "passthrough",
-                             "--screenshot", str(path)], capture_output=True, text=True, timeout=180, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "stemdeck", "gui", "--demo", "--model", "passthrough", "--screenshot", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     image = QImage(str(path))
     assert (image.width(), image.height()) == (1280, 720)
-    pixels = np.frombuffer(image.convertToFormat(QImage.Format.Format_RGB32).constBits().asstring(
-        image.width() * image.height() * 4), np.uint8).reshape(-1, 4)
+    pixels = np.frombuffer(
+        image.convertToFormat(QImage.Format.Format_RGB32).constBits().asstring(image.width() * image.height() * 4),
+        np.uint8,
+    ).reshape(-1, 4)
     assert len(np.unique(pixels[:, :3], axis=0)) > 200  # text, strips, meters: far from blank
-    vocals_pink = np.all(np.abs(pixels[:, :3].astype(int) - [0x8a, 0x4b, 0xe9]) < 8, axis=1)  # BGRA
+    vocals_pink = np.all(np.abs(pixels[:, :3].astype(int) - [0x8A, 0x4B, 0xE9]) < 8, axis=1)  # BGRA
     assert vocals_pink.sum() > 500  # the vocals' meter and activity view moved
 
 
 def test_no_display_is_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
-    result = subprocess.run([sys.executable, "-m", "stemdeck"], capture_output=True, text=True, timeout=60, check=False,
-                            env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "stemdeck"], capture_output=True, text=True, timeout=60, check=False, env=env
+    )
     assert result.returncode == 1
-    assert result.stderr.strip() == ("stemdeck: error: no display to open the mixer on; run it on a desktop, "
-                                     "or render it with `stemdeck gui --demo --screenshot mixer.png`")
+    assert result.stderr.strip() == (
+        "stemdeck: error: no display to open the mixer on; run it on a desktop, "
+        "or render it with `stemdeck gui --demo --screenshot mixer.png`"
+    )
 
 
 def test_the_deck_plays_through_a_real_jack_output(qtbot, settings, jack_server):

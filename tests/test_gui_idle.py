@@ -2,6 +2,7 @@
 idle GUI that repainted its 1200-column waveform in Python 30 times a second (≈ 30 ms each with
 the GIL held) made JACK count its client late: 85 to 1357 xruns a minute on an idle deck where the
 engine alone counted 2 (benchmarks/gui_idle_xruns.py). Painting is now on change only, and cheap."""
+
 import statistics
 import time
 

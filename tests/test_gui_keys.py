@@ -1,5 +1,6 @@
 """The keyboard as a person uses it: keys go to whatever widget has the focus in the shown,
 active window (not to the window object), after clicking the controls and after the Open dialog."""
+
 import pytest
 from PyQt6.QtCore import Qt, QTimer
 from PyQt6.QtTest import QTest
@@ -22,6 +23,7 @@ def window(qtbot, settings):
 @pytest.fixture
 def settings(tmp_path):
     from PyQt6.QtCore import QSettings
+
     return QSettings(str(tmp_path / "stemdeck.ini"), QSettings.Format.IniFormat)
 
 

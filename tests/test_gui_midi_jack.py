@@ -7,6 +7,7 @@ track. Each message must reach the engine (the output audio says so), show in th
 leave the window alive: the window's 30 fps refresh runs in the Qt event loop between messages
 and any exception there fails the test (it aborted the real app).
 """
+
 import argparse
 
 import numpy as np
@@ -35,6 +36,7 @@ def pads(jack_server):
     the GIL through the call; that client's Python callback needs it every cycle).
     """
     from engine.jack_output import close_session_output
+
     close_session_output()
     client = open_client("out", "jack", CONTROLLER)
     client.open_virtual_port("pads out")
@@ -46,16 +48,16 @@ def pads(jack_server):
 @pytest.fixture
 def deck(qtbot, pads, settings, tmp_path):
     """A shown window playing a tone, with MIDI started as `stemdeck gui --midi-in fakectl` does."""
-    session = Session(SessionConfig(model="six", headless=True, worker="thread", calibrate=False),
-                      model_loader=loader)
+    session = Session(SessionConfig(model="six", headless=True, worker="thread", calibrate=False), model_loader=loader)
     window = MainWindow(session, settings)
     qtbot.addWidget(window)
     window.show()
     session.choose_model("six")
     session.open_array(tone(), SR, "tone")
     wait_idle(qtbot, session)
-    args = argparse.Namespace(midi_in=CONTROLLER, midi_out=None, midi_virtual=False, midi_api="jack",
-                              midi_map=tmp_path / "midi.toml")
+    args = argparse.Namespace(
+        midi_in=CONTROLLER, midi_out=None, midi_virtual=False, midi_api="jack", midi_map=tmp_path / "midi.toml"
+    )
     midi = _start_midi(window, session, args)
     assert midi is not None and not window.errors, window.errors
     assert session.engine.wait_separated(6 * SR, timeout_s=60)
@@ -69,6 +71,7 @@ def deck(qtbot, pads, settings, tmp_path):
 @pytest.fixture
 def settings(tmp_path):
     from PyQt6.QtCore import QSettings
+
     return QSettings(str(tmp_path / "stemdeck.ini"), QSettings.Format.IniFormat)
 
 
@@ -162,14 +165,23 @@ def test_play_and_cue_pads(qtbot, pads, deck):
     assert deck.elapsed_label.text() == _clock(paused_at) and deck.play_button.text() == "▶ Play"
 
 
-@pytest.mark.parametrize("program, muted, soloed, ratio", [
-    (1, {VOCALS}, set(), 0.7), (2, set(), {VOCALS}, 0.3), (3, {SIX.index("drums")}, set(), 0.9)])
+@pytest.mark.parametrize(
+    "program, muted, soloed, ratio",
+    [(1, {VOCALS}, set(), 0.7), (2, set(), {VOCALS}, 0.3), (3, {SIX.index("drums")}, set(), 0.9)],
+)
 def test_a_program_change_recalls_its_scene(qtbot, pads, deck, program, muted, soloed, ratio):
     engine = deck.session.engine
     send(qtbot, pads, deck, [0xB0, 1 + BASS, 0], lambda: engine.mixer().gain_db[BASS] <= -60)
-    send(qtbot, pads, deck, [0xC0, program],
-         lambda: {s for s, m in enumerate(engine.mixer().mute) if m} == muted
-         and {s for s, v in enumerate(engine.mixer().solo) if v} == soloed)
+    send(
+        qtbot,
+        pads,
+        deck,
+        [0xC0, program],
+        lambda: (
+            {s for s, m in enumerate(engine.mixer().mute) if m} == muted
+            and {s for s, v in enumerate(engine.mixer().solo) if v} == soloed
+        ),
+    )
     assert [s.mute.isChecked() for s in deck.strips] == [s in muted for s in range(6)]
     assert [s.solo.isChecked() for s in deck.strips] == [s in soloed for s in range(6)]
     assert deck.strips[BASS].db_label.text() == "+0.0 dB"  # a scene sets every fader

@@ -1,5 +1,6 @@
 """What a user meets in the first minutes: the status bar, the model picker and what is saved,
 the error banner, the window at its minimum size, the end of a track, a new track."""
+
 import numpy as np
 import pytest
 from PyQt6.QtCore import QPoint, QRect, QSettings, Qt
@@ -49,16 +50,21 @@ def window_rect(widget, window) -> QRect:
 
 def overlaps(window) -> list[str]:
     """Pairs of visible widgets drawn over each other (a widget over its own parent is fine)."""
-    shown = [w for w in window.findChildren(QWidget) if w.isVisible() and w.width() > 0
-             and w is not window.banner and not window.banner.isAncestorOf(w)]
+    shown = [
+        w
+        for w in window.findChildren(QWidget)
+        if w.isVisible() and w.width() > 0 and w is not window.banner and not window.banner.isAncestorOf(w)
+    ]
     found = []
     for i, a in enumerate(shown):
-        for b in shown[i + 1:]:
+        for b in shown[i + 1 :]:
             if a.isAncestorOf(b) or b.isAncestorOf(a):
                 continue
             if window_rect(a, window).intersects(window_rect(b, window)):
-                found.append(f"{type(a).__name__} {getattr(a, 'text', lambda: '')()!r} over "
-                             f"{type(b).__name__} {getattr(b, 'text', lambda: '')()!r}")
+                found.append(
+                    f"{type(a).__name__} {getattr(a, 'text', lambda: '')()!r} over "
+                    f"{type(b).__name__} {getattr(b, 'text', lambda: '')()!r}"
+                )
     return found
 
 
@@ -73,8 +79,13 @@ def test_status_bar_figures_are_shown_in_full(qtbot, window):
         window.timer.stop()  # the figures as the last refresh left them, laid out
         window.refresh()
         qtbot.wait(50)
-        labels = [window.model_status, window.latency_status, window.load_status, window.ahead_status,
-                  window.xrun_status]
+        labels = [
+            window.model_status,
+            window.latency_status,
+            window.load_status,
+            window.ahead_status,
+            window.xrun_status,
+        ]
         assert all(label.text() for label in labels)
         cut = [label.text() for label in labels if not fits(label)]
         assert not cut, f"cut at {window.width()} x {window.height()}: {cut}"
@@ -128,6 +139,7 @@ def test_the_automatic_fallback_is_not_saved_as_the_users_choice(qtbot, settings
         assert window.banner.isVisible() and window.banner.objectName() == "note"
         assert "955717e8-8726e21a.th" in note and "STEMDECK_MODEL_DIR" in note and "models fetch" not in note
         from models.registry import cache_dir
+
         assert str(cache_dir()) in note and note.removeprefix("tiny: ") in window.model_status.toolTip()
     finally:
         window.close()
@@ -138,8 +150,10 @@ def test_the_error_banner_moves_nothing(qtbot, window):
     window.resize(1000, 640)
     qtbot.wait(50)
     before = [window_rect(w, window) for w in (window.overview, window.strips[0], window.play_button)]
-    window.show_error("a.wav: not an audio file this build can read (RIFF header damaged); convert it to WAV "
-                      "or FLAC with ffmpeg and open it again — the track that was playing plays on")
+    window.show_error(
+        "a.wav: not an audio file this build can read (RIFF header damaged); convert it to WAV "
+        "or FLAC with ffmpeg and open it again — the track that was playing plays on"
+    )
     qtbot.wait(50)
     after = [window_rect(w, window) for w in (window.overview, window.strips[0], window.play_button)]
     assert before == after

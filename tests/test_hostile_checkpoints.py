@@ -7,6 +7,7 @@ with huge sizes while unpickling, safetensors metadata asking for 4096 channels 
 sample rate, a 509-byte YAML "billion laughs", a bag listing one model 100 times, and a table
 of malformed metadata that used to end in tracebacks.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,6 +41,7 @@ SOURCES = ["drums", "bass", "other", "vocals"]
 
 # -- builders ------------------------------------------------------------------------------------
 
+
 class _Reduce:
     """Pickles as ``func(*args)``: what a hostile file asks the unpickler to run."""
 
@@ -51,8 +53,7 @@ class _Reduce:
 
 
 def write_th(path: Path, kwargs: dict, klass=HTDemucs, state=None, args=()) -> Path:
-    torch.save({"klass": klass, "args": list(args), "kwargs": kwargs, "state": state or {},
-                "training_args": {}}, path)
+    torch.save({"klass": klass, "args": list(args), "kwargs": kwargs, "state": state or {}, "training_args": {}}, path)
     return path
 
 
@@ -102,8 +103,11 @@ def test_checkpoints_with_unsafe_source_names_are_refused_in_every_format(tmp_pa
         path = write_safetensors(tmp_path / "aaaa1111.safetensors", kwargs)
         if fmt == "bag":
             path = write_bag(tmp_path, "models: [aaaa1111]\n")
-    with pytest.raises(CheckpointError, match=r"refused: (source name .* is not a short identifier|sources must be|"
-                                              r"source names repeat)") as error:
+    with pytest.raises(
+        CheckpointError,
+        match=r"refused: (source name .* is not a short identifier|sources must be|"
+        r"source names repeat)",
+    ) as error:
         load_checkpoint(path)
     assert "\n" not in str(error.value)
 
@@ -133,8 +137,12 @@ def test_separate_with_a_climbing_source_name_writes_nothing_outside_the_output(
     save_safetensors(model, path)
     metadata = tiny_kwargs(sources=["../../escaped", "bass", "other", "vocals"])
     from safetensors.torch import load_file, save_file
-    save_file(load_file(str(path)), str(path), metadata={"klass": "demucs.htdemucs.HTDemucs", "args": "[]",
-                                                         "kwargs": json.dumps(metadata)})
+
+    save_file(
+        load_file(str(path)),
+        str(path),
+        metadata={"klass": "demucs.htdemucs.HTDemucs", "args": "[]", "kwargs": json.dumps(metadata)},
+    )
     song = work / "song.wav"
     write_tone(song, seconds=0.5)
     before = sorted(p for p in tmp_path.rglob("*"))
@@ -147,6 +155,7 @@ def test_separate_with_a_climbing_source_name_writes_nothing_outside_the_output(
 
 # -- item 2: bounded loading ---------------------------------------------------------------------
 
+
 def _hostile_files(folder: Path) -> dict[str, tuple[Path, str]]:
     """name -> (file, the one-line message expected); every one of them small."""
     files = {}
@@ -154,41 +163,74 @@ def _hostile_files(folder: Path) -> dict[str, tuple[Path, str]]:
     def add(name, path, message):
         files[name] = (path, message)
 
-    add("Fraction('1e1000000000') in a .th", write_th(
-        folder / "fraction.th", dict(TINY_HT_KW, segment=_Reduce(Fraction, "1e1000000000"))),
-        r"refused to load: a fraction must be short 'p/q' text")
-    add("Fraction(10**40, 3) in a .th", write_th(
-        folder / "fraction2.th", dict(TINY_HT_KW, segment=_Reduce(Fraction, 10**40, 3))),
-        r"refused to load: a fraction needs integers below 10\^12")
-    add("HTDemucs(channels=4096) called while unpickling", write_th(
-        folder / "ctor.th", {}, klass=_Reduce(HTDemucs, SOURCES, 2, 4096)),
-        r"refused to load: the file calls models\.htdemucs\.HTDemucs\(\.\.\.\) while it is read")
-    add("bytearray(10**10) (allowed by torch, not by us)", write_th(
-        folder / "bytes.th", dict(TINY_HT_KW, segment=_Reduce(bytearray, 10**10))),
-        r"refused to load: the file asks to run (__builtin__|builtins)\.bytearray")
-    add(".th kwargs channels=4096", write_th(folder / "wide.th", dict(TINY_HT_KW, channels=4096)),
-        r"refused: channels must be a whole number from 1 to 512, not 4096")
-    add("safetensors channels=4096", write_safetensors(folder / "wide.safetensors", tiny_kwargs(channels=4096)),
-        r"refused: channels must be a whole number from 1 to 512, not 4096")
-    add("safetensors samplerate=1e9", write_safetensors(folder / "rate.safetensors", tiny_kwargs(samplerate=10**9)),
-        r"refused: samplerate must be a whole number from 8000 to 384000, not 1000000000")
-    add("safetensors segment 1e9 s", write_safetensors(folder / "seg.safetensors", tiny_kwargs(segment=1e9)),
-        r"refused: segment must be a number from 1 to 120")
-    add("safetensors 1000 transformer layers", write_safetensors(
-        folder / "deep.safetensors", tiny_kwargs(t_layers=1000)), r"refused: t_layers must be a whole number")
-    add("in-range sizes adding up to trillions of parameters", write_safetensors(
-        folder / "fat.safetensors", tiny_kwargs(channels=512, growth=4.0, depth=5, bottom_channels=2048,
-                                                t_layers=16, t_hidden_scale=16.0)),
-        r"refused: the model would have \d+ M parameters \(at most 200 M\)")
+    add(
+        "Fraction('1e1000000000') in a .th",
+        write_th(folder / "fraction.th", dict(TINY_HT_KW, segment=_Reduce(Fraction, "1e1000000000"))),
+        r"refused to load: a fraction must be short 'p/q' text",
+    )
+    add(
+        "Fraction(10**40, 3) in a .th",
+        write_th(folder / "fraction2.th", dict(TINY_HT_KW, segment=_Reduce(Fraction, 10**40, 3))),
+        r"refused to load: a fraction needs integers below 10\^12",
+    )
+    add(
+        "HTDemucs(channels=4096) called while unpickling",
+        write_th(folder / "ctor.th", {}, klass=_Reduce(HTDemucs, SOURCES, 2, 4096)),
+        r"refused to load: the file calls models\.htdemucs\.HTDemucs\(\.\.\.\) while it is read",
+    )
+    add(
+        "bytearray(10**10) (allowed by torch, not by us)",
+        write_th(folder / "bytes.th", dict(TINY_HT_KW, segment=_Reduce(bytearray, 10**10))),
+        r"refused to load: the file asks to run (__builtin__|builtins)\.bytearray",
+    )
+    add(
+        ".th kwargs channels=4096",
+        write_th(folder / "wide.th", dict(TINY_HT_KW, channels=4096)),
+        r"refused: channels must be a whole number from 1 to 512, not 4096",
+    )
+    add(
+        "safetensors channels=4096",
+        write_safetensors(folder / "wide.safetensors", tiny_kwargs(channels=4096)),
+        r"refused: channels must be a whole number from 1 to 512, not 4096",
+    )
+    add(
+        "safetensors samplerate=1e9",
+        write_safetensors(folder / "rate.safetensors", tiny_kwargs(samplerate=10**9)),
+        r"refused: samplerate must be a whole number from 8000 to 384000, not 1000000000",
+    )
+    add(
+        "safetensors segment 1e9 s",
+        write_safetensors(folder / "seg.safetensors", tiny_kwargs(segment=1e9)),
+        r"refused: segment must be a number from 1 to 120",
+    )
+    add(
+        "safetensors 1000 transformer layers",
+        write_safetensors(folder / "deep.safetensors", tiny_kwargs(t_layers=1000)),
+        r"refused: t_layers must be a whole number",
+    )
+    add(
+        "in-range sizes adding up to trillions of parameters",
+        write_safetensors(
+            folder / "fat.safetensors",
+            tiny_kwargs(channels=512, growth=4.0, depth=5, bottom_channels=2048, t_layers=16, t_hidden_scale=16.0),
+        ),
+        r"refused: the model would have \d+ M parameters \(at most 200 M\)",
+    )
     laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+    )
     laughs += "models: *i\n"  # 9**9 = 387 M strings once expanded (printed, or turned into names)
     assert len(laughs) < 600
-    add("YAML billion laughs (nested aliases)", write_bag(folder, laughs, "laughs.yaml"),
-        r"not a valid bag file \(YAML aliases \(\*name\) are not allowed")
-    add("bag listing one model 100 times", write_bag(folder, "models: [" + ", ".join(["tiny"] * 100) + "]\n",
-                                                     "hundred.yaml"),
-        r"a bag file needs a 'models' list of 1 to 16 signatures")
+    add(
+        "YAML billion laughs (nested aliases)",
+        write_bag(folder, laughs, "laughs.yaml"),
+        r"not a valid bag file \(YAML aliases \(\*name\) are not allowed",
+    )
+    add(
+        "bag listing one model 100 times",
+        write_bag(folder, "models: [" + ", ".join(["tiny"] * 100) + "]\n", "hundred.yaml"),
+        r"a bag file needs a 'models' list of 1 to 16 signatures",
+    )
     return files
 
 
@@ -230,8 +272,15 @@ def test_hostile_files_fail_fast_in_one_line_under_a_memory_cap(tmp_path):
     save_safetensors(HTDemucs(**TINY_HT_KW), tmp_path / "tiny.safetensors")  # the bag's one model, exists
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     paths = {name: str(path) for name, (path, _) in files.items()}
-    child = subprocess.run([sys.executable, "-c", BOUNDED_LOADER, str(ADDRESS_SPACE_MIB), json.dumps(paths)],
-                           capture_output=True, text=True, timeout=120, env=env, cwd=ROOT, check=False)
+    child = subprocess.run(
+        [sys.executable, "-c", BOUNDED_LOADER, str(ADDRESS_SPACE_MIB), json.dumps(paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
     results = {r["name"]: r for r in map(json.loads, child.stdout.splitlines())}
     assert child.returncode == 0, child.stderr[-2000:]
     assert results["control"]["error"] is None
@@ -259,6 +308,7 @@ def test_compressed_th_records_are_refused_before_any_is_inflated(tmp_path):
 def test_every_constructor_argument_has_a_limit_and_official_models_pass():
     ruled = set(INT_RANGES) | set(FLOAT_RANGES) | BOOLEANS | set(CHOICES) | set(FLOAT_LISTS) | {"sources"}
     import inspect
+
     for cls in (HTDemucs, HDemucs):
         assert set(inspect.signature(cls).parameters) <= ruled, cls
     for cls, kwargs in ((HTDemucs, HTDEMUCS_KW), (HDemucs, HDEMUCS_MMI_KW), (HTDemucs, TINY_HT_KW)):
@@ -269,9 +319,11 @@ def test_every_constructor_argument_has_a_limit_and_official_models_pass():
 
 # -- item 3: malformed metadata, through the real command ---------------------------------------
 
+
 def _malformed(folder: Path) -> dict[str, str]:
     """name -> the --model argument; each must end in one line, exit code 1."""
     tiny_state = {k: v.contiguous() for k, v in HTDemucs(**TINY_HT_KW).state_dict().items()}
+
     def st(name: str, **kw) -> str:
         return str(write_safetensors(folder / f"{name}.safetensors", **kw))
 
@@ -280,7 +332,8 @@ def _malformed(folder: Path) -> dict[str, str]:
         "args a table": st("k2", kwargs=tiny_kwargs(), args='{"a": 1}'),
         "sources missing": st("k3", kwargs={"channels": 8}),
         "zero denominator (ZeroDivisionError)": st(
-            "k4", kwargs=tiny_kwargs(segment={"_type": "fraction", "numerator": 1, "denominator": 0})),
+            "k4", kwargs=tiny_kwargs(segment={"_type": "fraction", "numerator": 1, "denominator": 0})
+        ),
         "fraction of text": st("k5", kwargs=tiny_kwargs(segment={"_type": "fraction", "numerator": "1e9999"})),
         "nesting 30000 deep (RecursionError)": st("k6", kwargs="[" * 30000 + "]" * 30000),
         "metadata of 200 kB": st("k6b", kwargs="[" + "0," * 100000 + "0]"),
@@ -295,7 +348,8 @@ def _malformed(folder: Path) -> dict[str, str]:
         "NaN growth": st("k15", kwargs=tiny_kwargs(growth=float("nan"))),
         "HT Demucs 6 deep (fails on the first chunk)": st("k15b", kwargs=tiny_kwargs(depth=6)),
         "Hybrid Demucs 4 deep (fails on the first chunk)": st(
-            "k15c", klass="demucs.hdemucs.HDemucs", kwargs={"sources": SOURCES, "depth": 4}),
+            "k15c", klass="demucs.hdemucs.HDemucs", kwargs={"sources": SOURCES, "depth": 4}
+        ),
         "kernel size 7": st("k15d", kwargs=tiny_kwargs(kernel_size=7)),
         "HT Demucs with a narrower time branch": st("k15f", kwargs=tiny_kwargs(channels_time=4)),
         "HT Demucs growing by 1.5 (widths that do not meet)": st("k15g", kwargs=tiny_kwargs(growth=1.5)),
@@ -383,8 +437,13 @@ def test_real_command_refuses_a_hostile_checkpoint_in_one_line(tmp_path):
     song = tmp_path / "song.wav"
     write_tone(song, seconds=0.5)
     exe = Path(sys.executable).parent / "stemdeck"
-    child = subprocess.run([str(exe), "separate", str(song), "--model", str(path), "-o", str(tmp_path / "out")],
-                           capture_output=True, text=True, timeout=120, check=False)
+    child = subprocess.run(
+        [str(exe), "separate", str(song), "--model", str(path), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     lines = child.stderr.strip().splitlines()
     assert child.returncode == 1 and len(lines) == 1, child.stderr
     assert "calls models.htdemucs.HTDemucs(...) while it is read" in lines[0]
@@ -392,6 +451,7 @@ def test_real_command_refuses_a_hostile_checkpoint_in_one_line(tmp_path):
 
 
 # -- item 6: save_safetensors leaves no temporaries --------------------------------------------
+
 
 def test_save_safetensors_refuses_a_directory_and_leaves_nothing(tmp_path):
     model = HTDemucs(**TINY_HT_KW)
@@ -428,7 +488,9 @@ def test_save_safetensors_cleans_its_temporary_on_failure_and_keeps_the_old_file
 
 
 def test_save_safetensors_removes_temporaries_of_a_killed_writer(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     stale = tmp_path / f".m.safetensors.{int(dead.stdout)}.tmp"  # left by a writer killed mid-save
     stale.write_bytes(b"half")
     alive = tmp_path / f".m.safetensors.{os.getppid()}.tmp"  # a save in progress elsewhere: kept

@@ -1,5 +1,6 @@
 """Hostile and malformed MIDI mapping files (issue 11, items 2-4): refused in one line, in bounded
 memory, and never a non-finite gain for the mixer."""
+
 from __future__ import annotations
 
 import math
@@ -62,7 +63,9 @@ def test_the_conflict_check_is_linear_at_the_cap(tmp_path):
     path = tmp_path / "conflicting.toml"
     path.write_text(_bindings_toml(MAX_BINDINGS, distinct=False))
     error, peak_mb, seconds = _load_measured(path)
-    assert error is not None and "note 60 on any channel drives both play and play (lines 1 and 7); keep one" in str(error)
+    assert error is not None and "note 60 on any channel drives both play and play (lines 1 and 7); keep one" in str(
+        error
+    )
     assert peak_mb < 20 and seconds < 5, (peak_mb, seconds)
     same = Mapping([Binding("note", 60, "play")] * 4096)
     assert len(same.conflicts()) == 4095  # each binding once, paired with the first it overlaps
@@ -75,14 +78,20 @@ def test_many_distinct_bindings_load(tmp_path):
 
 
 def test_conflicts_match_the_pairwise_definition():
-    bindings = [Binding("cc", 1, "gain", 1, 0), Binding("cc", 1, "gain", 2, 1), Binding("cc", 1, "dry", None),
-                Binding("cc", 2, "dry", 3), Binding("note", 1, "play", 1), Binding("cc", 2, "cue", 3)]
+    bindings = [
+        Binding("cc", 1, "gain", 1, 0),
+        Binding("cc", 1, "gain", 2, 1),
+        Binding("cc", 1, "dry", None),
+        Binding("cc", 2, "dry", 3),
+        Binding("note", 1, "play", 1),
+        Binding("cc", 2, "cue", 3),
+    ]
     found = Mapping(bindings).conflicts()
     assert [(bindings.index(a), bindings.index(b)) for a, b in found] == [(0, 2), (3, 5)]
     assert all(a.overlaps(b) for a, b in found)
 
 
-SCENE = '[[scene]]\nprogram = 5\n'
+SCENE = "[[scene]]\nprogram = 5\n"
 MALFORMED = {
     "NaN scene gain": SCENE + "gain_db = { vocals = nan }\n",
     "infinite scene gain": SCENE + "gain_db = { vocals = inf }\n",

@@ -3,6 +3,7 @@
 The graph counts every import in a module, at the top or inside a function (a lazy import is
 still a dependency), resolved to the module it names.
 """
+
 from __future__ import annotations
 
 import ast
@@ -59,7 +60,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for target in sorted(graph.get(node, ())):
             if state.get(target) == 1:
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         stack.pop()
@@ -86,9 +87,18 @@ def test_no_import_cycle_between_modules():
 
 def test_layers_import_downwards():
     """models knows nothing of engine or gui; engine nothing of gui; none of them of the entry point."""
-    above = {"models": ("engine", "gui", "stemdeck"), "engine": ("gui", "stemdeck"), "gui": ("stemdeck",), "stemdeck": ()}
-    wrong = [(module, target) for module, targets in import_graph().items() for target in targets
-             if target.split(".")[0] in above[module.split(".")[0]]]
+    above = {
+        "models": ("engine", "gui", "stemdeck"),
+        "engine": ("gui", "stemdeck"),
+        "gui": ("stemdeck",),
+        "stemdeck": (),
+    }
+    wrong = [
+        (module, target)
+        for module, targets in import_graph().items()
+        for target in targets
+        if target.split(".")[0] in above[module.split(".")[0]]
+    ]
     assert wrong == []
 
 

@@ -1,16 +1,16 @@
 """Audio files: every libsndfile format in, strict errors, atomic stem writing."""
+
 import os
 
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import write_tone
+
 from models.audio import AudioError, OutputFormat, read_audio, write_stems_atomically
 
 
-@pytest.mark.parametrize("ext,kwargs", [("wav", {}), ("flac", {}), ("ogg", {}),
-                                        ("mp3", {"format": "MP3"})])
+@pytest.mark.parametrize("ext,kwargs", [("wav", {}), ("flac", {}), ("ogg", {}), ("mp3", {"format": "MP3"})])
 def test_reads_common_formats(tmp_path, ext, kwargs):
     path = tmp_path / f"tone.{ext}"
     original = write_tone(path, seconds=1.0, **kwargs)
@@ -43,11 +43,14 @@ def test_truncated_flac_is_refused(tmp_path):
         read_audio(path)
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"", "is empty"),
-    (b"RIFF\x10\x00\x00\x00WAVEfmt garbage garbage", "not a readable audio file"),
-    (b"hello, I am a text file" * 40, "not a readable audio file"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "is empty"),
+        (b"RIFF\x10\x00\x00\x00WAVEfmt garbage garbage", "not a readable audio file"),
+        (b"hello, I am a text file" * 40, "not a readable audio file"),
+    ],
+)
 def test_bad_files_get_one_line(tmp_path, content, message):
     path = tmp_path / "bad.wav"
     path.write_bytes(content)
@@ -66,10 +69,15 @@ def test_directory_missing_and_seven_channels(tmp_path):
         read_audio(tmp_path / "7.wav")
 
 
-@pytest.mark.parametrize("fmt,subtype", [(OutputFormat("wav", "16"), "PCM_16"),
-                                         (OutputFormat("flac", "24"), "PCM_24"),
-                                         (OutputFormat("wav", "32f"), "FLOAT"),
-                                         (OutputFormat("mp3"), "MPEG_LAYER_III")])
+@pytest.mark.parametrize(
+    "fmt,subtype",
+    [
+        (OutputFormat("wav", "16"), "PCM_16"),
+        (OutputFormat("flac", "24"), "PCM_24"),
+        (OutputFormat("wav", "32f"), "FLOAT"),
+        (OutputFormat("mp3"), "MPEG_LAYER_III"),
+    ],
+)
 def test_writes_every_stem_in_the_asked_format(tmp_path, fmt, subtype):
     stems = {"vocals": np.full((2, 1000), 0.5, np.float32), "bass": np.zeros((2, 1000), np.float32)}
     written = write_stems_atomically(stems, 44100, tmp_path / "song", fmt)
@@ -121,10 +129,13 @@ def test_invalid_format_combinations():
 
 # -- hostile and damaged input (issue 11 items 2, 4, 6; issue 10 item 6) ---------------------------
 
+
 def _refuse_reads(monkeypatch):
     """Fail the test if the audio itself is read: the header alone must decide."""
+
     def no_read(*args, **kwargs):
         raise AssertionError("the audio was read before the header was checked")
+
     monkeypatch.setattr(sf, "read", no_read)
 
 
@@ -205,8 +216,12 @@ def test_file_names_that_are_not_utf8_are_read(tmp_path):
 def test_stem_names_that_are_not_identifiers_are_refused(tmp_path, name):
     folder = tmp_path / "out" / "song"
     with pytest.raises(AudioError, match="is not a short identifier"):
-        write_stems_atomically({"vocals": np.zeros((1, 10), np.float32), name: np.zeros((1, 10), np.float32)},
-                               44100, folder, OutputFormat())
+        write_stems_atomically(
+            {"vocals": np.zeros((1, 10), np.float32), name: np.zeros((1, 10), np.float32)},
+            44100,
+            folder,
+            OutputFormat(),
+        )
     assert sorted(p.name for p in tmp_path.rglob("*")) == []
 
 
@@ -224,8 +239,9 @@ def test_non_finite_stems_are_never_written(tmp_path, fmt, bad):
 def test_finished_stems_follow_the_umask(tmp_path, umask, mode):
     old = os.umask(umask)
     try:
-        written = write_stems_atomically({"vocals": np.zeros((1, 10), np.float32)}, 44100,
-                                         tmp_path / "song", OutputFormat())
+        written = write_stems_atomically(
+            {"vocals": np.zeros((1, 10), np.float32)}, 44100, tmp_path / "song", OutputFormat()
+        )
     finally:
         os.umask(old)
     assert written[0].stat().st_mode & 0o777 == mode
@@ -234,6 +250,7 @@ def test_finished_stems_follow_the_umask(tmp_path, umask, mode):
 def _dead_pid() -> int:
     import subprocess
     import sys
+
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid  # reaped: no process has it now (a reuse within the test is vanishingly rare)
@@ -273,9 +290,11 @@ def test_a_killed_write_leaves_no_finished_looking_file_and_the_next_cleans_up(t
     import subprocess
     import sys
     import time
+
     folder, ready = tmp_path / "song", tmp_path / "ready"
-    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(folder), str(ready)],
-                             cwd=os.path.dirname(os.path.dirname(__file__)))
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(folder), str(ready)], cwd=os.path.dirname(os.path.dirname(__file__))
+    )
     deadline = time.monotonic() + 60
     while not ready.exists() and time.monotonic() < deadline and child.poll() is None:
         time.sleep(0.05)

@@ -1,4 +1,5 @@
 """The band above a low-rate model's Nyquist: shared among the stems so they sum to the input."""
+
 import numpy as np
 import pytest
 

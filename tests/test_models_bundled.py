@@ -1,4 +1,5 @@
 """The bundled tiny model: present, small, loaded by name and as the offline default, and it separates."""
+
 import subprocess
 import sys
 
@@ -41,18 +42,30 @@ def test_bundled_model_separates_an_unseen_generated_song_well_above_the_mixture
 def test_default_model_falls_back_to_the_bundled_one_offline(tmp_path):
     song = tmp_path / "song.wav"
     sf.write(str(song), np.zeros((SR, 2), np.float32) + 0.01, SR)
-    result = subprocess.run([sys.executable, "-m", "stemdeck", "separate", str(song), "-o", str(tmp_path / "out")],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "stemdeck", "separate", str(song), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "stemdeck: using the bundled tiny model (cannot download" in result.stderr
     assert sorted(p.name for p in (tmp_path / "out" / "song").iterdir()) == [
-        "bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+        "bass.wav",
+        "drums.wav",
+        "other.wav",
+        "vocals.wav",
+    ]
 
 
 def test_an_explicit_official_model_never_falls_back(tmp_path):
     song = tmp_path / "song.wav"
     sf.write(str(song), np.zeros((SR, 2), np.float32), SR)
-    result = subprocess.run([sys.executable, "-m", "stemdeck", "separate", str(song), "--model", "htdemucs",
-                             "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "stemdeck", "separate", str(song), "--model", "htdemucs", "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1
     assert "bundled" not in result.stderr and "cannot download" in result.stderr

@@ -1,4 +1,5 @@
 """Checkpoints: the reference's own .th packages, safetensors, bags, and hostile files."""
+
 import json
 import pickle
 from fractions import Fraction
@@ -7,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import TINY_HT_KW, make_pair
+
 from models import BagOfModels, CheckpointError, HTDemucs, load_checkpoint, load_model, save_safetensors
 from models.checkpoint import _encode_json
 
@@ -43,6 +44,7 @@ def test_reference_th_package_loads_and_gives_the_same_output(tmp_path, referenc
     assert isinstance(ours, HTDemucs) and not ours.training
     assert ours.segment == Fraction(2, 1)
     from demucs.states import load_model as reference_load
+
     expected = reference_load(path).eval()  # the same fp16-rounded weights
     assert (_output(ours) - _output(expected)).abs().max().item() < 1e-4
 
@@ -52,8 +54,11 @@ def test_safetensors_in_the_official_layout_loads(tmp_path, reference_pair):
 
     reference, _ = reference_pair
     args, kwargs = reference._init_args_kwargs
-    metadata = {"klass": "demucs.htdemucs.HTDemucs", "args": json.dumps(list(args)),
-                "kwargs": json.dumps(_encode_json(kwargs))}
+    metadata = {
+        "klass": "demucs.htdemucs.HTDemucs",
+        "args": json.dumps(list(args)),
+        "kwargs": json.dumps(_encode_json(kwargs)),
+    }
     path = tmp_path / "955717e8.safetensors"
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path), metadata=metadata)
     ours = load_checkpoint(path)
@@ -75,8 +80,9 @@ def test_yaml_bag_loads_with_weights_and_segment(tmp_path, tiny_model):
     for sig in ("aaaa1111", "bbbb2222"):
         save_safetensors(tiny_model, tmp_path / f"{sig}.safetensors")
     bag_file = tmp_path / "mybag.yaml"
-    bag_file.write_text(yaml.safe_dump({"models": ["aaaa1111", "bbbb2222"],
-                                        "weights": [[1, 0, 0, 0], [0, 1, 1, 1]], "segment": 1.5}))
+    bag_file.write_text(
+        yaml.safe_dump({"models": ["aaaa1111", "bbbb2222"], "weights": [[1, 0, 0, 0], [0, 1, 1, 1]], "segment": 1.5})
+    )
     bag = load_model(bag_file)
     assert isinstance(bag, BagOfModels) and len(bag.models) == 2
     assert bag.weights == [[1, 0, 0, 0], [0, 1, 1, 1]] and bag.segment == 1.5
@@ -85,6 +91,7 @@ def test_yaml_bag_loads_with_weights_and_segment(tmp_path, tiny_model):
 class _Hostile:
     def __reduce__(self):
         import os
+
         return (os.system, ("touch /tmp/stemdeck-pwned",))
 
 
@@ -127,8 +134,11 @@ def test_mismatched_weights_are_reported(tmp_path, tiny_model):
 
     state = {k: v.contiguous() for k, v in tiny_model.state_dict().items()}
     state.pop(next(iter(state)))
-    metadata = {"klass": "demucs.htdemucs.HTDemucs", "args": "[]",
-                "kwargs": json.dumps(_encode_json(tiny_model.init_kwargs))}
+    metadata = {
+        "klass": "demucs.htdemucs.HTDemucs",
+        "args": "[]",
+        "kwargs": json.dumps(_encode_json(tiny_model.init_kwargs)),
+    }
     path = tmp_path / "partial.safetensors"
     save_file(state, str(path), metadata=metadata)
     with pytest.raises(CheckpointError, match="weights do not match"):
@@ -141,8 +151,11 @@ def test_unknown_class_and_sparse_models_are_refused(tmp_path, tiny_model):
     state = {k: v.contiguous() for k, v in tiny_model.state_dict().items()}
     for klass, kwargs, message in [
         ("os.system", {}, "unknown model class"),
-        ("demucs.htdemucs.HTDemucs", dict(_encode_json(tiny_model.init_kwargs), t_sparse_self_attn=True),
-         "sparse attention"),
+        (
+            "demucs.htdemucs.HTDemucs",
+            dict(_encode_json(tiny_model.init_kwargs), t_sparse_self_attn=True),
+            "sparse attention",
+        ),
     ]:
         path = tmp_path / "x.safetensors"
         save_file(state, str(path), metadata={"klass": klass, "args": "[]", "kwargs": json.dumps(kwargs)})
@@ -152,8 +165,7 @@ def test_unknown_class_and_sparse_models_are_refused(tmp_path, tiny_model):
 
 def test_quantized_checkpoints_are_refused(tmp_path):
     path = tmp_path / "q.th"
-    torch.save({"klass": HTDemucs, "args": [], "kwargs": {"sources": ["a"]},
-                "state": {"__quantized": True}}, path)
+    torch.save({"klass": HTDemucs, "args": [], "kwargs": {"sources": ["a"]}, "state": {"__quantized": True}}, path)
     with pytest.raises(CheckpointError, match="DiffQ"):
         load_checkpoint(path)
 

@@ -1,4 +1,5 @@
 """The demo song shows what stemdeck does: every stem is loud enough that muting it is heard."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,8 +1,9 @@
 """Hybrid Demucs (v3, the hdemucs_mmi architecture) against the reference."""
+
 import pytest
 import torch
-
 from conftest import HDEMUCS_MMI_KW, make_pair
+
 from models import HDemucs
 from models.hdemucs import UnsupportedModelError
 

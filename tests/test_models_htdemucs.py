@@ -1,8 +1,9 @@
 """HT Demucs against the reference implementation: same weights, same numbers (1e-4 max abs)."""
+
 import pytest
 import torch
-
 from conftest import HTDEMUCS_6S_KW, make_pair
+
 from models import HTDemucs
 from models.hdemucs import UnsupportedModelError
 
@@ -19,11 +20,14 @@ def _max_error(reference, ours, length, seed=0):
     return (actual - expected).abs().max().item()
 
 
-@pytest.mark.parametrize("length", [
-    44100 * 2 + 1,        # shorter than the segment, odd
-    333333,               # odd, not a multiple of the hop
-    int(7.8 * 44100),     # exactly the training segment
-])
+@pytest.mark.parametrize(
+    "length",
+    [
+        44100 * 2 + 1,  # shorter than the segment, odd
+        333333,  # odd, not a multiple of the hop
+        int(7.8 * 44100),  # exactly the training segment
+    ],
+)
 def test_htdemucs_matches_reference(htdemucs_pair, length):
     reference, ours = htdemucs_pair
     assert _max_error(reference, ours, length) < TOLERANCE
@@ -49,8 +53,9 @@ def test_state_dict_keys_and_shapes_equal_the_reference(htdemucs_pair):
 def test_other_positional_embeddings_match_reference(emb):
     from demucs.htdemucs import HTDemucs as Reference
 
-    kwargs = dict(sources=["a", "b"], channels=8, depth=4, t_layers=2, t_heads=2, t_emb=emb,
-                  bottom_channels=0, segment=2)
+    kwargs = dict(
+        sources=["a", "b"], channels=8, depth=4, t_layers=2, t_heads=2, t_emb=emb, bottom_channels=0, segment=2
+    )
     reference, ours = make_pair(Reference, HTDemucs, kwargs)
     assert _max_error(reference, ours, 44100 + 3) < TOLERANCE
 
@@ -58,15 +63,25 @@ def test_other_positional_embeddings_match_reference(emb):
 def test_post_norm_transformer_without_layer_scale_matches_reference():
     from demucs.htdemucs import HTDemucs as Reference
 
-    kwargs = dict(sources=["a", "b"], channels=8, depth=4, t_layers=3, t_heads=2,
-                  t_norm_first=False, t_layer_scale=False, t_cross_first=True, segment=2)
+    kwargs = dict(
+        sources=["a", "b"],
+        channels=8,
+        depth=4,
+        t_layers=3,
+        t_heads=2,
+        t_norm_first=False,
+        t_layer_scale=False,
+        t_cross_first=True,
+        segment=2,
+    )
     reference, ours = make_pair(Reference, HTDemucs, kwargs)
     assert _max_error(reference, ours, 44100 + 3) < TOLERANCE
 
 
 def test_without_train_segment_runs_on_the_short_sequence():
-    model = HTDemucs(sources=["a", "b"], channels=8, depth=4, t_layers=2, t_heads=2, segment=4,
-                     use_train_segment=False).eval()
+    model = HTDemucs(
+        sources=["a", "b"], channels=8, depth=4, t_layers=2, t_heads=2, segment=4, use_train_segment=False
+    ).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 2, 10000))
     assert out.shape == (1, 2, 2, 10000)

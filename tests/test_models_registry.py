@@ -1,11 +1,11 @@
 """Model registry: offline folders, file:// downloads with checksums, clear messages."""
+
 import hashlib
 import shutil
 
 import pytest
 
-from models import ModelNotAvailableError, load_model
-from models import registry
+from models import ModelNotAvailableError, load_model, registry
 from models.checkpoint import CheckpointError
 
 
@@ -84,8 +84,9 @@ def _separate(argv, capsys):
     return code, capsys.readouterr().err.strip().splitlines()
 
 
-def test_default_model_falls_back_to_tiny_when_the_download_fails_its_checksum(fake_release, monkeypatch,
-                                                                                 tmp_path, capsys):
+def test_default_model_falls_back_to_tiny_when_the_download_fails_its_checksum(
+    fake_release, monkeypatch, tmp_path, capsys
+):
     """Issue 11 item 12: a mirror serving a corrupt file. Without --model the README promises the
     bundled model, said in one line; with --model the named model's failure is the error."""
     import dataclasses
@@ -104,7 +105,11 @@ def test_default_model_falls_back_to_tiny_when_the_download_fails_its_checksum(f
     fallback = [line for line in err if line.startswith("stemdeck: using the bundled tiny model")]
     assert len(fallback) == 1 and "checksum mismatch" in fallback[0], err
     assert sorted(p.name for p in (tmp_path / "out" / "song").iterdir()) == [
-        "bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+        "bass.wav",
+        "drums.wav",
+        "other.wav",
+        "vocals.wav",
+    ]
     assert not list(registry.cache_dir().iterdir())  # the corrupt download is not kept
 
     code, err = _separate(["separate", str(song), "--model", "htdemucs", "-o", str(tmp_path / "named")], capsys)
@@ -123,11 +128,13 @@ def test_default_model_falls_back_when_its_cached_file_is_damaged(monkeypatch, t
     song = tmp_path / "song.wav"
     write_tone(song, seconds=1.0, samplerate=22050)
     code, err = _separate(["separate", str(song), "-o", str(tmp_path / "out")], capsys)
-    assert code == 0 and any(line.startswith("stemdeck: using the bundled tiny model (") and "955717e8.th" in line
-                             for line in err), err
+    assert code == 0 and any(
+        line.startswith("stemdeck: using the bundled tiny model (") and "955717e8.th" in line for line in err
+    ), err
 
 
 # -- issue 18 item 4: one list of names, passthrough registered like the rest ---------------------------
+
 
 def test_passthrough_is_a_registered_name_that_loads_everywhere():
     import torch
@@ -154,7 +161,9 @@ def test_load_or_fetch_reports_through_its_callback_and_names_what_it_loaded(mon
     said: list[str] = []
     loaded = load_or_fetch(None, report=said.append)
     assert isinstance(loaded, LoadedModel) and loaded.name == "tiny" and loaded.model.samplerate == 22050
-    assert len(said) == 1 and said[0].startswith("stemdeck: using the bundled tiny model (") and "955717e8.th" in said[0]
+    assert (
+        len(said) == 1 and said[0].startswith("stemdeck: using the bundled tiny model (") and "955717e8.th" in said[0]
+    )
     assert not hasattr(loaded.model, "stemdeck_name")
     assert load_or_fetch("passthrough", report=said.append).name == "passthrough" and len(said) == 1
     with pytest.raises(CheckpointError):  # a model the user named is never swapped

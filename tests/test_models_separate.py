@@ -1,11 +1,12 @@
 """Chunked separation against the reference ``apply_model`` and the numpy API's contract."""
+
 import itertools
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import HDEMUCS_MMI_KW, TINY_HT_KW, make_pair
+
 from models import BagOfModels, HDemucs, HTDemucs, apply_model, separate
 from models.separate import Span, transition_weights
 
@@ -23,7 +24,8 @@ def test_20_second_chunked_separation_matches_reference(htdemucs_pair):
 
 
 def test_chunked_hdemucs_with_bag_segment_matches_reference():
-    from demucs.apply import BagOfModels as ReferenceBag, apply_model as reference_apply
+    from demucs.apply import BagOfModels as ReferenceBag
+    from demucs.apply import apply_model as reference_apply
     from demucs.hdemucs import HDemucs as Reference
 
     kwargs = dict(HDEMUCS_MMI_KW, channels=8)
@@ -37,7 +39,8 @@ def test_chunked_hdemucs_with_bag_segment_matches_reference():
 
 @pytest.mark.parametrize("overlap,segment", [(0.5, None), (0.1, 1.5)])
 def test_bag_weights_and_overrides_match_reference(overlap, segment):
-    from demucs.apply import BagOfModels as ReferenceBag, apply_model as reference_apply
+    from demucs.apply import BagOfModels as ReferenceBag
+    from demucs.apply import apply_model as reference_apply
     from demucs.htdemucs import HTDemucs as Reference
 
     pairs = [make_pair(Reference, HTDemucs, TINY_HT_KW, seed=s) for s in (1, 2)]
@@ -134,18 +137,27 @@ def test_unknown_precision_is_refused(tiny_model):
 
 # -- hostile input (issue 11 item 4) and progress (issue 10 item 7) ---------------------------------
 
+
 def _with(frames, index, value, channels=2):
     audio = np.random.default_rng(3).standard_normal((channels, frames)).astype(np.float32) * 0.1
     audio[0, index] = value
     return audio
 
 
-@pytest.mark.parametrize("audio", [
-    _with(22050, 100, np.nan), _with(22050, 0, np.inf), _with(22050, -1, -np.inf),
-    np.full((2, 1), 0.3, np.float32), np.full((1, 2), -0.2, np.float32),
-    np.zeros((2, 22050), np.float32), np.full((2, 5000), 0.25, np.float32),
-    np.full((1, 3000), 1e30, np.float32),
-], ids=["nan", "inf", "minus-inf", "one-frame", "two-frames", "silent", "constant", "huge"])
+@pytest.mark.parametrize(
+    "audio",
+    [
+        _with(22050, 100, np.nan),
+        _with(22050, 0, np.inf),
+        _with(22050, -1, -np.inf),
+        np.full((2, 1), 0.3, np.float32),
+        np.full((1, 2), -0.2, np.float32),
+        np.zeros((2, 22050), np.float32),
+        np.full((2, 5000), 0.25, np.float32),
+        np.full((1, 3000), 1e30, np.float32),
+    ],
+    ids=["nan", "inf", "minus-inf", "one-frame", "two-frames", "silent", "constant", "huge"],
+)
 def test_stems_are_finite_whatever_the_input(tiny_model, audio):
     stems = separate(tiny_model, audio, 44100, precision="fp32")
     for name, stem in stems.items():
@@ -171,6 +183,7 @@ def test_silence_gives_silent_stems(tiny_model):
 
 def test_normalisation_of_short_and_silent_mixes():
     from models.separate import normalisation
+
     assert normalisation(np.full((2, 1), 0.5, np.float32)) == (0.5, 1e-8)
     assert normalisation(np.zeros((1, 100), np.float32)) == (0.0, 1e-8)
     assert normalisation(np.zeros((2, 0), np.float32)) == (0.0, 1.0)
@@ -180,8 +193,14 @@ def test_normalisation_of_short_and_silent_mixes():
 
 def _fractions(model, frames, **kwargs):
     seen = []
-    separate(model, np.random.default_rng(0).standard_normal((2, frames)).astype(np.float32) * 0.1,
-             44100, progress=seen.append, precision="fp32", **kwargs)
+    separate(
+        model,
+        np.random.default_rng(0).standard_normal((2, frames)).astype(np.float32) * 0.1,
+        44100,
+        progress=seen.append,
+        precision="fp32",
+        **kwargs,
+    )
     return seen
 
 
@@ -189,6 +208,7 @@ def _fractions(model, frames, **kwargs):
 def two_second_model():
     """Chunks are counted, not listened to: the pass-through runs them without inference time."""
     from models.passthrough import PassThrough
+
     return PassThrough(segment=2.0)
 
 
@@ -216,11 +236,17 @@ def test_progress_must_be_a_callable(tiny_model):
         separate(tiny_model, np.zeros((2, 100), np.float32), 44100, progress=True)
 
 
-@pytest.mark.parametrize("segment,message", [
-    (float("nan"), "at least 0.1 s"), (0.0, "at least 0.1 s"), (-1.0, "at least 0.1 s"),
-    (float("inf"), "at least 0.1 s"), (1e-5, "at least 0.1 s"),
-    (2.5, "segment 2.5 s is longer than the 2 s this HT Demucs was trained on"),
-])
+@pytest.mark.parametrize(
+    "segment,message",
+    [
+        (float("nan"), "at least 0.1 s"),
+        (0.0, "at least 0.1 s"),
+        (-1.0, "at least 0.1 s"),
+        (float("inf"), "at least 0.1 s"),
+        (1e-5, "at least 0.1 s"),
+        (2.5, "segment 2.5 s is longer than the 2 s this HT Demucs was trained on"),
+    ],
+)
 def test_impossible_segments_are_refused(tiny_model, segment, message):
     with pytest.raises(ValueError, match=message):
         separate(tiny_model, np.zeros((2, 1000), np.float32), 44100, segment=segment)

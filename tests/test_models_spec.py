@@ -1,4 +1,5 @@
 """STFT framing used by the hybrid branch: shapes, round trip, the reference's numbers."""
+
 import math
 
 import pytest

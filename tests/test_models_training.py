@@ -1,4 +1,5 @@
 """Datasets, augmentations, curation, the synthesiser, training and evaluation on small data."""
+
 import json
 import subprocess
 import sys
@@ -7,15 +8,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import TINY_HT_KW
 from torch import nn
 
-from conftest import TINY_HT_KW
 from models import HTDemucs
 from models.curate import active_fraction, curate, write_report
 from models.dataset import Augment, DatasetError, SegmentSampler, load_stems, track_folders
 from models.evaluate import evaluate, utterance_sdr
 from models.passthrough import PassThrough
-from models.train import Trainer, TrainConfig
+from models.train import TrainConfig, Trainer
 
 SR = 44100
 SOURCES = ("drums", "bass", "other", "vocals")
@@ -52,6 +53,7 @@ def dataset(tmp_path):
 
 # -- dataset and augmentations --------------------------------------------------------------------
 
+
 def test_missing_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match=r"train does not exist; a dataset has train/ and test/ folders"):
         track_folders(tmp_path, "train", SOURCES)
@@ -60,8 +62,12 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
 def test_augmented_stems_are_real_stems_of_their_source(tmp_path):
     """Track k, source s, channel c is the constant (k+1)·10^s·(1, 2)[c]: every augmented stem must
     still be one track's constant of the same source, ±, swapped or not, scaled within range."""
-    tracks = [np.stack([np.full((2, SR * 2), (k + 1) * 10.0 ** s) * np.array([[1.0], [2.0]]) for s in range(4)])
-              .astype(np.float32) for k in range(3)]
+    tracks = [
+        np.stack([np.full((2, SR * 2), (k + 1) * 10.0**s) * np.array([[1.0], [2.0]]) for s in range(4)]).astype(
+            np.float32
+        )
+        for k in range(3)
+    ]
     sampler = SegmentSampler(tracks, SR // 2, SR, Augment(tempo_range=None), seed=3)
     batch = sampler.batch(0, 8).numpy()
     assert batch.shape == (8, 4, 2, SR // 2)
@@ -71,7 +77,7 @@ def test_augmented_stems_are_real_stems_of_their_source(tmp_path):
             assert np.ptp(left) < 1e-5 and np.ptp(right) < 1e-5
             ratio = right[0] / left[0]
             assert ratio == pytest.approx(2.0, rel=1e-5) or ratio == pytest.approx(0.5, rel=1e-5)
-            base = min(abs(left[0]), abs(right[0])) / 10.0 ** s  # (k+1) x gain
+            base = min(abs(left[0]), abs(right[0])) / 10.0**s  # (k+1) x gain
             assert any(0.25 - 1e-5 <= base / (k + 1) <= 1.25 + 1e-5 for k in range(3))
     assert np.array_equal(sampler.batch(5, 4).numpy(), sampler.batch(5, 4).numpy())  # seeded by step
     assert not np.array_equal(sampler.batch(5, 4).numpy(), sampler.batch(6, 4).numpy())
@@ -79,14 +85,19 @@ def test_augmented_stems_are_real_stems_of_their_source(tmp_path):
 
 def test_shift_and_tempo_keep_each_stem_a_segment_of_its_track(dataset):
     stems = load_stems(track_folders(dataset, "train", SOURCES)[0], SOURCES, SR)
-    sampler = SegmentSampler([stems], SR, SR, Augment(shift_s=0.5, channel_swap=False, sign_flip=False,
-                                                      gain_range=None, remix=False), seed=0)
+    sampler = SegmentSampler(
+        [stems], SR, SR, Augment(shift_s=0.5, channel_swap=False, sign_flip=False, gain_range=None, remix=False), seed=0
+    )
     batch = sampler.batch(1, 2).numpy()
     for b in range(2):
         for s in range(4):  # found verbatim somewhere in the source's own stem
             segment = batch[b, s, 0]
-            hits = [o for o in range(stems.shape[-1] - SR + 1) if np.array_equal(stems[s, 0, o : o + 100], segment[:100])
-                    and np.array_equal(stems[s, 0, o : o + SR], segment)]
+            hits = [
+                o
+                for o in range(stems.shape[-1] - SR + 1)
+                if np.array_equal(stems[s, 0, o : o + 100], segment[:100])
+                and np.array_equal(stems[s, 0, o : o + SR], segment)
+            ]
             assert hits
     tempo = SegmentSampler([stems], SR, SR, Augment(shift_s=0, remix=False, tempo_range=(0.9, 1.1)), seed=0)
     assert tempo.batch(0, 2).shape == (2, 4, 2, SR)
@@ -114,6 +125,7 @@ def test_dataset_mixture_is_the_sum_of_stems(dataset):
 
 
 # -- curation -------------------------------------------------------------------------------------
+
 
 class BandSplit(nn.Module):
     """A known separator: bass below 200 Hz, drums above 2 kHz, the rest 'other', nothing 'vocals'."""
@@ -154,12 +166,13 @@ def test_curation_rules_on_constructed_cases(tmp_path):
 
 # -- evaluation -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("snr_db", [0.0, 10.0, 25.0])
 def test_sdr_of_target_plus_noise_at_a_set_snr(snr_db):
     rng = np.random.default_rng(0)
     target = rng.standard_normal((2, SR)).astype(np.float64)
     noise = rng.standard_normal((2, SR))
-    noise *= np.sqrt(np.sum(target ** 2) / np.sum(noise ** 2) / 10 ** (snr_db / 10))
+    noise *= np.sqrt(np.sum(target**2) / np.sum(noise**2) / 10 ** (snr_db / 10))
     assert utterance_sdr(target, target + noise) == pytest.approx(snr_db, abs=1e-6)
 
 
@@ -176,17 +189,23 @@ def test_evaluate_scores_an_exact_model_and_the_mixture_baseline(tmp_path):
 
 # -- training -------------------------------------------------------------------------------------
 
+
 def small_trainer(dataset, out, **config):
     torch.manual_seed(0)
     model = HTDemucs(**TINY_HT_KW)
     config = {"lr": 1e-3, **config}
-    return Trainer(dataset, out, TrainConfig(batch_size=2, checkpoint_every=1000, augment=NO_AUGMENT, **config),
-                   model=model, precision="fp32")
+    return Trainer(
+        dataset,
+        out,
+        TrainConfig(batch_size=2, checkpoint_every=1000, augment=NO_AUGMENT, **config),
+        model=model,
+        precision="fp32",
+    )
 
 
 def test_a_few_steps_lower_the_loss(dataset, tmp_path):
     trainer = small_trainer(dataset, tmp_path / "m.safetensors", lr=3e-3)
-    held_out = trainer.sampler.batch(10 ** 6, 4)
+    held_out = trainer.sampler.batch(10**6, 4)
 
     def loss():
         trainer.model.eval()
@@ -219,16 +238,56 @@ def test_resumed_training_continues_identically(dataset, tmp_path):
 
 def test_train_and_eval_commands(dataset, tmp_path):
     out = tmp_path / "model.safetensors"
-    result = subprocess.run([sys.executable, "-m", "stemdeck", "train", "--data", str(dataset), "--config", "tiny",
-                             "--out", str(out), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "1",
-                             "--precision", "fp32"], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stemdeck",
+            "train",
+            "--data",
+            str(dataset),
+            "--config",
+            "tiny",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "2",
+            "--batch-size",
+            "1",
+            "--precision",
+            "fp32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     from models import load_model
+
     model = load_model(out)
     assert sum(p.numel() for p in model.parameters()) < 5e6  # the tiny config
     report = tmp_path / "eval.json"
-    result = subprocess.run([sys.executable, "-m", "stemdeck", "eval", "--model", str(out), "--data", str(dataset),
-                             "--json", str(report), "--precision", "fp32"], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stemdeck",
+            "eval",
+            "--model",
+            str(out),
+            "--data",
+            str(dataset),
+            "--json",
+            str(report),
+            "--precision",
+            "fp32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     scores = json.loads(report.read_text())
     assert set(scores["sdr"]) == {*SOURCES, "mean"} and set(scores["mixture_baseline"]) == {*SOURCES, "mean"}
@@ -245,8 +304,10 @@ def test_resume_refuses_another_run_checkpoint(dataset, tmp_path):
 
 # -- the synthesiser ------------------------------------------------------------------------------
 
+
 def test_synth_writes_musdb_tracks_deterministically(tmp_path):
-    from models.synth import SOURCES as SYNTH_SOURCES, synth_dataset
+    from models.synth import SOURCES as SYNTH_SOURCES
+    from models.synth import synth_dataset
 
     first = synth_dataset(tmp_path / "a", 1, 12.0, seed=7)[0]
     second = synth_dataset(tmp_path / "b", 1, 12.0, seed=7)[0]
@@ -271,7 +332,7 @@ def test_synth_vocal_sings_in_a_voice_range_with_phrases():
     song = compose(rng, 12.0)
     voice = vocal_part(song, rng, 12 * SR)
     frames = voice[: 12 * SR // 2048 * 2048].reshape(-1, 2048)
-    loud = np.sqrt((frames ** 2).mean(1)) > 0.01
+    loud = np.sqrt((frames**2).mean(1)) > 0.01
     assert 0.3 < loud.mean() < 0.95  # sung phrases with gaps between them
     spectrum = np.abs(np.fft.rfft(frames[loud] * np.hanning(2048), axis=1)).mean(0)
     freqs = np.fft.rfftfreq(2048, 1 / SR)
