@@ -1,7 +1,9 @@
 """Live separation on a JACK dummy server: latency, xruns and late windows for every preset.
 
 htdemucs-sized model (random weights), 44.1 kHz, 256-frame periods, ``--seconds`` per preset.
+The calibration may lengthen a preset's plan for this machine: the plan it chose is printed.
 Usage: python benchmarks/live.py [--json] [--seconds 120] [--presets quality,balanced,low-latency]
+[--precision fp32]
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from engine.process import WorkerError
 from engine.runtime import configure_process
 
 
-def run_preset(model, preset: str, seconds: float) -> dict:
-    engine = Engine(model, EngineConfig())
+def run_preset(model, preset: str, seconds: float, precision: str = "auto") -> dict:
+    engine = Engine(model, EngineConfig(precision=precision))
     try:
         try:
             engine.prepare(preset, block_frames=256)
@@ -35,7 +37,7 @@ def run_preset(model, preset: str, seconds: float) -> dict:
             "xruns": status.xruns, "late_windows": status.late_windows, "windows": status.windows_done,
             "forward_s": engine.calibration.forward_s, "worker_load": status.realtime_factor,
             "worker_headroom": status.headroom, "worst_load": status.max_realtime_factor,
-            "worker_error": status.worker_error}
+            "worker_error": status.worker_error, "adapted": engine.calibration.adapted}
 
 
 def main(argv=None) -> int:
@@ -43,15 +45,17 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--precision", default="auto", help="fp32 forces the path without bf16")
     args = parser.parse_args(argv)
     configure_process()  # as the command line does: this process runs the audio callback
     model = htdemucs_random()
     with jack_dummy_server():
-        rows = [run_preset(model, preset, args.seconds) for preset in args.presets.split(",")]
+        rows = [run_preset(model, preset, args.seconds, args.precision) for preset in args.presets.split(",")]
     if args.json:
         print(json.dumps({"seconds_per_preset": args.seconds, "presets": rows}))
         return 0
-    print(f"live, htdemucs-sized model, JACK dummy 44.1 kHz / 256 frames, {args.seconds:.0f} s per preset")
+    print(f"live, htdemucs-sized model ({args.precision}), JACK dummy 44.1 kHz / 256 frames, "
+          f"{args.seconds:.0f} s per preset")
     print(f"{'preset':<12} {'latency ms':>10} {'hop s':>6} {'window s':>8} {'xruns':>6} {'late':>5} "
           f"{'windows':>7} {'load':>6} {'headroom':>8} {'worst':>6}")
     for r in rows:
@@ -60,7 +64,7 @@ def main(argv=None) -> int:
             continue
         print(f"{r['preset']:<12} {r['latency_ms']:>10.0f} {r['hop_s']:>6.2f} {r['window_s']:>8.2f} {r['xruns']:>6} "
               f"{r['late_windows']:>5} {r['windows']:>7} {r['worker_load']:>6.2f} {r['worker_headroom']:>8.0%} "
-              f"{r['worst_load']:>6.2f}")
+              f"{r['worst_load']:>6.2f}" + ("  (plan lengthened for this machine)" if r["adapted"] else ""))
     return 0
 
 

@@ -38,12 +38,15 @@ def session_window(preset: str, latency_s: float | None = None) -> WindowConfig:
 
 
 def build_engine(model: nn.Module, window: WindowConfig, *, samplerate: int, block_frames: int,
-                 precision: str = "auto", worker: str = "process", calibrate: bool = True) -> Engine:
+                 precision: str = "auto", worker: str = "process", calibrate: bool = True,
+                 refuse_live: bool = False) -> Engine:
     """An engine for ``model`` at ``samplerate``, its plan fixed (calibrated on this machine unless
-    ``calibrate`` is off); an engine whose plan fails is stopped, so no worker is left behind."""
+    ``calibrate`` is off); an engine whose plan fails is stopped, so no worker is left behind. A
+    machine too slow for live input keeps the engine for the deck (``start_live`` then says why)
+    unless ``refuse_live``: then that is raised here."""
     engine = Engine(model, EngineConfig(samplerate=samplerate, worker=worker, precision=precision))
     try:
-        engine.prepare(window, block_frames=block_frames, calibrate_plan=calibrate)
+        engine.prepare(window, block_frames=block_frames, calibrate_plan=calibrate, refuse_live=refuse_live)
     except BaseException:
         engine.stop()
         raise

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from .config import PRESETS, EngineConfig
-from .device import DeviceError
 from .engine import STREAM_LOST
 from .midi import MidiError
 from .midi.cli import add_midi_commands, add_midi_options, mapping_path, start_midi
@@ -127,13 +126,17 @@ def _engine(args: argparse.Namespace, output_device, deck: bool = False):
         print(f"calibrating {name} on this machine...", file=sys.stderr)
     engine = build_engine(model, session_window(args.preset, args.latency), samplerate=samplerate,
                           block_frames=device_block_frames(output_device, args.blocksize), precision=args.precision,
-                          calibrate=not deck)
+                          calibrate=not deck, refuse_live=True)
     for stem in args.mute:
         engine.set_mute(stem)
     for stem in args.solo:
         engine.set_solo(stem)
     status = engine.status()
     plan = f"hop {engine.window.hop_s:.2f} s, window {engine.window.window_s:.2f} s"
+    calibration = engine.calibration
+    if calibration is not None and calibration.adapted:  # the preset asked for more than this machine has
+        plan += (f" (lengthened for this machine: one window takes {calibration.forward_s:.2f} s; "
+                 "a GPU or a smaller model gets lower latency)")
     if deck:
         deck_plan, sr = engine.deck_plan, engine.config.samplerate
         print(f"deck: offline chunking, a {deck_plan.window_frames / sr:.2f} s window every "

@@ -23,7 +23,7 @@ from .callbacks import DeckBuffers, LiveBuffers, MixerBuffers, deck_block, live_
 from .config import PRESETS, EngineConfig, WindowConfig
 from .device import DeviceError, open_stream
 from .jack_output import serves as jack_serves
-from .session import DECK, LIVE, SessionSpec
+from .session import DECK, LIVE, SessionSpec, WorkerError
 from .state import (FALLBACK, LATE_WINDOWS, MAX_INFERENCE_S, MEAN_INFERENCE_S, PLAY, PLAY_SERIAL, PLAYING_STEMS,
                     POSITION, SEEK_SERIAL, SEEK_TARGET, SEPARATED_FROM, STEMS_WRITTEN, WINDOWS_DONE, XRUNS,
                     first_stems_frames, gain_state, playhead_frames, seek_pending)
@@ -101,6 +101,7 @@ class Engine:
         self._control = threading.Lock()
         self._ramp_frames = max(1, int(config.ramp_ms * config.samplerate / 1000))
         self.calibration: Calibration | None = None
+        self.live_refusal: str | None = None  # why live input is not offered on this machine
         self.plan: WindowPlan | None = None
         self.latency_frames = 0
         self.block_frames = 256  # until prepare() says which block the live session plays
@@ -125,12 +126,25 @@ class Engine:
     # -- set-up --------------------------------------------------------------------------------------
 
     def prepare(self, window: WindowConfig | str | None = None, block_frames: int = 256,
-                calibrate_plan: bool = True) -> WindowPlan:
-        """Fix the window plan (calibrated on this machine) and the latency for the session."""
+                calibrate_plan: bool = True, refuse_live: bool = True) -> WindowPlan:
+        """Fix the window plan (calibrated on this machine) and the latency for the session.
+
+        A machine too slow for live input with this model raises, unless ``refuse_live`` is off:
+        then the engine stays usable as a deck (which never needs the calibration) and
+        ``start_live`` says why live input is not offered (``live_refusal``).
+        """
         window = PRESETS[window] if isinstance(window, str) else (window or self.config.window)
         window = window.resolved(float(self.model.segment))
+        self.live_refusal = None
         if calibrate_plan and self.config.inference_budget_s is None:
-            self.calibration = self.backend.calibrate(window, self.config.headroom)
+            try:
+                self.calibration = self.backend.calibrate(window, self.config.headroom)
+            except (ValueError, WorkerError) as exc:
+                if refuse_live or getattr(exc, "kind", "ValueError") != "ValueError":
+                    raise
+                plan = self.prepare(window, block_frames, calibrate_plan=False)
+                self.live_refusal = str(exc)
+                return plan
             window, budget_s = self.calibration.window, self.calibration.budget_s
         else:
             budget_s = self.config.inference_budget_s or 0.0
@@ -178,6 +192,8 @@ class Engine:
     def start_live_headless(self) -> None:
         """Allocate the rings and start the worker; blocks then go through ``process_live_block``."""
         self._require_plan()
+        if self.live_refusal is not None:
+            raise WorkerError(self.live_refusal, "ValueError")
         self._stop_worker()
         channels = self.config.channels
         capacity = self.latency_frames + 2 * self.plan.window_frames + self.config.max_block_frames

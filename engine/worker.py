@@ -264,7 +264,7 @@ class DeckWorker(SeparationWorker):
         final = self.ola.add(stems, index, 0, self.stems_out, length if limit is None else limit, self.floor)
         self._record(self.separator.last_seconds)
         self.next_index = index + 1
-        return final
+        return max(final, self.floor)  # a window that ends before the floor finalises nothing new
 
     def _separate_quick(self, length: int) -> int:
         """The quick first stems at a (re)start point: one short window run at its own length,

@@ -10,6 +10,7 @@ import torch
 
 from engine.config import EngineConfig, WindowConfig
 from engine.engine import Engine
+from engine.session import WorkerError
 from engine.windows import WindowPlan
 from models.separate import separate
 
@@ -139,11 +140,20 @@ def test_a_machine_too_slow_for_the_longest_window_is_refused_naming_the_ways_ou
     try:
         with pytest.raises(ValueError) as refused:
             engine.prepare(FAST_PLAN, block_frames=BLOCK)
+        # where live input is not needed (the GUI's engine), the engine stays a deck
+        engine.prepare(FAST_PLAN, block_frames=BLOCK, refuse_live=False)
+        with pytest.raises(WorkerError) as not_live:
+            engine.start_live_headless()
+        track = _track(1.0)
+        engine.load_array(track)
+        assert engine.wait_separated(track.shape[-1], timeout_s=30)
     finally:
         engine.stop()
     message = str(refused.value)
     assert message.startswith("this machine needs ") and "0.8 s window" in message
     assert "smaller model" in message and "GPU" in message and "\n" not in message
+    assert str(not_live.value) == engine.live_refusal
+    assert engine.live_refusal.startswith("this machine needs ") and "smaller model" in engine.live_refusal
 
 
 def _first_stems_s(engine: Engine, track: np.ndarray) -> float | None:
