@@ -246,6 +246,8 @@ class Engine:
         arrays = self.backend.allocate({"track": (track.shape, "float32"),
                                         "stems": ((len(self.sources), *track.shape), "float32")})
         arrays["track"][:] = track
+        # a damaged sample is silence, as models.separate takes it (and the mixer would play it)
+        np.nan_to_num(arrays["track"], copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         s = self.shared
         self._deck_buffers = DeckBuffers(arrays["track"], arrays["stems"], s.audio, s.worker, s.transport,
                                          self._mixer_buffers())

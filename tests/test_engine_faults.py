@@ -48,6 +48,8 @@ def tone(seconds: float) -> np.ndarray:
 
 
 def deck_engine(model=None, worker="thread", **config) -> Engine:
+    """A deck on short windows (many per track), so faults land inside a track."""
+    config = {"deck_window": FAST_PLAN, **config}
     engine = Engine(model or PassThrough(), EngineConfig(precision="fp32", inference_budget_s=0.0, worker=worker,
                                                          **config))
     engine.prepare(FAST_PLAN, block_frames=BLOCK, calibrate_plan=False)
