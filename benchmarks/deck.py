@@ -6,6 +6,7 @@ at once, as a DJ who did not wait would. The deck separates with the offline pla
 segment, overlap 0.25) and a quick first window.
 Usage: python benchmarks/deck.py [--json] [--seconds 30] [--precision fp32] [--offline-seconds 15]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,10 +65,19 @@ def play_deck(model, track: np.ndarray, seconds: float, precision: str, wait_s: 
         status = engine.status()
     finally:
         engine.stop()
-    return {"waited_s": wait_s, "ahead_after_wait_s": waited, "load_s": load_s, "first_stems_s": first,
-            "seconds_ahead": status.seconds_ahead, "most_behind_s": behind_s, "after_s": seconds,
-            "xruns": status.xruns, "late_windows": status.late_windows, "worker_load": status.realtime_factor,
-            "compute_per_music_s": compute}
+    return {
+        "waited_s": wait_s,
+        "ahead_after_wait_s": waited,
+        "load_s": load_s,
+        "first_stems_s": first,
+        "seconds_ahead": status.seconds_ahead,
+        "most_behind_s": behind_s,
+        "after_s": seconds,
+        "xruns": status.xruns,
+        "late_windows": status.late_windows,
+        "worker_load": status.realtime_factor,
+        "compute_per_music_s": compute,
+    }
 
 
 def offline_compute_per_music_s(model, track: np.ndarray, seconds: float, precision: str) -> float:
@@ -83,8 +93,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="playback before reading the lead")
     parser.add_argument("--precision", default="fp32", help="fp32 (the path without bf16), bf16 or auto")
     parser.add_argument("--wait", type=float, default=30.0, help="second run: paused this long after load")
-    parser.add_argument("--offline-seconds", type=float, default=15.0,
-                        help="music separated offline for the compute comparison (0: skip)")
+    parser.add_argument(
+        "--offline-seconds",
+        type=float,
+        default=15.0,
+        help="music separated offline for the compute comparison (0: skip)",
+    )
     args = parser.parse_args(argv)
     configure_process()  # as the command line does: this process runs the audio callback
     track = sum(demo_stems(30.0).values())
@@ -92,8 +106,11 @@ def main(argv=None) -> int:
     model = htdemucs_random()
     with jack_dummy_server():
         runs = [play_deck(model, track, args.seconds, args.precision, wait_s) for wait_s in (0.0, args.wait)]
-    offline = offline_compute_per_music_s(model, track, args.offline_seconds, args.precision) \
-        if args.offline_seconds > 0 else None
+    offline = (
+        offline_compute_per_music_s(model, track, args.offline_seconds, args.precision)
+        if args.offline_seconds > 0
+        else None
+    )
     if args.json:
         print(json.dumps({"precision": args.precision, "runs": runs, "offline_compute_per_music_s": offline}))
         return 0
@@ -101,15 +118,19 @@ def main(argv=None) -> int:
     for run in runs:
         first = run["first_stems_s"]
         how = "played at once" if not run["waited_s"] else "waited {:.0f} s paused".format(run["waited_s"])
-        print(f"  {how}: load {run['load_s']:.1f} s; ahead after the wait {run['ahead_after_wait_s']:+.1f} s; "
-              + (f"first stems {first:.2f} s after play; " if first is not None else "no stems while playing; ")
-              + f"ahead after {run['after_s']:.0f} s of play {run['seconds_ahead']:+.1f} s "
-              f"(most behind {run['most_behind_s']:+.1f} s); xruns {run['xruns']}, late {run['late_windows']}, "
-              f"worker load {run['worker_load']:.2f}")
+        print(
+            f"  {how}: load {run['load_s']:.1f} s; ahead after the wait {run['ahead_after_wait_s']:+.1f} s; "
+            + (f"first stems {first:.2f} s after play; " if first is not None else "no stems while playing; ")
+            + f"ahead after {run['after_s']:.0f} s of play {run['seconds_ahead']:+.1f} s "
+            f"(most behind {run['most_behind_s']:+.1f} s); xruns {run['xruns']}, late {run['late_windows']}, "
+            f"worker load {run['worker_load']:.2f}"
+        )
     deck = runs[-1]["compute_per_music_s"]
-    print("  compute per second of music (paused deck, one pass): "
-          + (f"{deck:.2f} s" if deck is not None else "(nothing separated)")
-          + (f"; offline separation {offline:.2f} s" if offline is not None else ""))
+    print(
+        "  compute per second of music (paused deck, one pass): "
+        + (f"{deck:.2f} s" if deck is not None else "(nothing separated)")
+        + (f"; offline separation {offline:.2f} s" if offline is not None else "")
+    )
     return 0
 
 

@@ -5,6 +5,7 @@ The calibration may lengthen a preset's plan for this machine: the plan it chose
 Usage: python benchmarks/live.py [--json] [--seconds 120] [--presets quality,balanced,low-latency]
 [--precision fp32]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,12 +33,23 @@ def run_preset(model, preset: str, seconds: float, precision: str = "auto") -> d
         status = engine.status()
     finally:
         engine.stop()
-    return {"preset": preset, "offered": True, "latency_samples": status.latency_frames, "latency_ms": status.latency_ms,
-            "hop_s": engine.window.hop_s, "window_s": engine.window.window_s,
-            "xruns": status.xruns, "late_windows": status.late_windows, "windows": status.windows_done,
-            "forward_s": engine.calibration.forward_s, "worker_load": status.realtime_factor,
-            "worker_headroom": status.headroom, "worst_load": status.max_realtime_factor,
-            "worker_error": status.worker_error, "adapted": engine.calibration.adapted}
+    return {
+        "preset": preset,
+        "offered": True,
+        "latency_samples": status.latency_frames,
+        "latency_ms": status.latency_ms,
+        "hop_s": engine.window.hop_s,
+        "window_s": engine.window.window_s,
+        "xruns": status.xruns,
+        "late_windows": status.late_windows,
+        "windows": status.windows_done,
+        "forward_s": engine.calibration.forward_s,
+        "worker_load": status.realtime_factor,
+        "worker_headroom": status.headroom,
+        "worst_load": status.max_realtime_factor,
+        "worker_error": status.worker_error,
+        "adapted": engine.calibration.adapted,
+    }
 
 
 def main(argv=None) -> int:
@@ -54,17 +66,23 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps({"seconds_per_preset": args.seconds, "presets": rows}))
         return 0
-    print(f"live, htdemucs-sized model ({args.precision}), JACK dummy 44.1 kHz / 256 frames, "
-          f"{args.seconds:.0f} s per preset")
-    print(f"{'preset':<12} {'latency ms':>10} {'hop s':>6} {'window s':>8} {'xruns':>6} {'late':>5} "
-          f"{'windows':>7} {'load':>6} {'headroom':>8} {'worst':>6}")
+    print(
+        f"live, htdemucs-sized model ({args.precision}), JACK dummy 44.1 kHz / 256 frames, "
+        f"{args.seconds:.0f} s per preset"
+    )
+    print(
+        f"{'preset':<12} {'latency ms':>10} {'hop s':>6} {'window s':>8} {'xruns':>6} {'late':>5} "
+        f"{'windows':>7} {'load':>6} {'headroom':>8} {'worst':>6}"
+    )
     for r in rows:
         if not r["offered"]:
             print(f"{r['preset']:<12} not offered on this machine: {r['reason']}")
             continue
-        print(f"{r['preset']:<12} {r['latency_ms']:>10.0f} {r['hop_s']:>6.2f} {r['window_s']:>8.2f} {r['xruns']:>6} "
-              f"{r['late_windows']:>5} {r['windows']:>7} {r['worker_load']:>6.2f} {r['worker_headroom']:>8.0%} "
-              f"{r['worst_load']:>6.2f}" + ("  (plan lengthened for this machine)" if r["adapted"] else ""))
+        print(
+            f"{r['preset']:<12} {r['latency_ms']:>10.0f} {r['hop_s']:>6.2f} {r['window_s']:>8.2f} {r['xruns']:>6} "
+            f"{r['late_windows']:>5} {r['windows']:>7} {r['worker_load']:>6.2f} {r['worker_headroom']:>8.0%} "
+            f"{r['worst_load']:>6.2f}" + ("  (plan lengthened for this machine)" if r["adapted"] else "")
+        )
     return 0
 
 

@@ -4,6 +4,7 @@ Both implement :class:`WorkerBackend`; the engine picks one by ``EngineConfig.wo
 and never asks again. The process backend also supervises: a separation process that dies
 mid-session is restarted (a bounded number of times) while the audio plays the dry signal.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,8 +84,12 @@ class ThreadBackend:
         self.worker: SeparationWorker | None = None
 
     def calibrate(self, window: WindowConfig, headroom: float) -> Calibration:
-        return calibrate(lambda w: _separator(self.model, self.config, _plan(self.model, self.config, w)),
-                         window, headroom, longest_window_s=float(self.model.segment))
+        return calibrate(
+            lambda w: _separator(self.model, self.config, _plan(self.model, self.config, w)),
+            window,
+            headroom,
+            longest_window_s=float(self.model.segment),
+        )
 
     def allocate(self, arrays: ArraySpecs) -> dict[str, np.ndarray]:
         return {key: np.zeros(shape, dtype) for key, (shape, dtype) in arrays.items()}
@@ -196,9 +201,13 @@ class ProcessBackend:
                 self.process.close()
                 self.process = None
             if self.process is None:
-                self.process = WorkerProcess(self.model, self._state_block.spec, self.config.precision,
-                                             inference_threads(self.config.inference_threads),
-                                             self.config.samplerate)
+                self.process = WorkerProcess(
+                    self.model,
+                    self._state_block.spec,
+                    self.config.precision,
+                    inference_threads(self.config.inference_threads),
+                    self.config.samplerate,
+                )
             return self.process
 
     # -- the supervisor ------------------------------------------------------------------------------
@@ -206,8 +215,7 @@ class ProcessBackend:
     def _supervise(self) -> None:
         """Start (once) the thread that restarts a separation process that died mid-session."""
         if self._supervisor is None:
-            self._supervisor = threading.Thread(target=self._supervise_loop, name="stemdeck-supervisor",
-                                                daemon=True)
+            self._supervisor = threading.Thread(target=self._supervise_loop, name="stemdeck-supervisor", daemon=True)
             self._supervisor.start()
 
     def _supervise_loop(self) -> None:
@@ -227,8 +235,10 @@ class ProcessBackend:
             began = time.monotonic()
             last = str(dead.failure) if dead.failure is not None else f"it exited with code {dead.exitcode}"
             while self._count_restart():
-                self._notice = (f"the separation process failed ({last}); playing the dry signal "
-                                f"while it restarts ({len(self._restart_times)} of {MAX_WORKER_RESTARTS})")
+                self._notice = (
+                    f"the separation process failed ({last}); playing the dry signal "
+                    f"while it restarts ({len(self._restart_times)} of {MAX_WORKER_RESTARTS})"
+                )
                 spec, blocks = self._session
                 cue = playhead_frames(self.shared) if spec.kind == DECK else 0
                 try:
@@ -237,13 +247,17 @@ class ProcessBackend:
                     last = str(exc)
                     continue
                 self.restart_s = time.monotonic() - began
-                self._notice = (f"the separation process failed ({last}); restarted it in "
-                                f"{self.restart_s:.1f} s, the dry signal played meanwhile")
+                self._notice = (
+                    f"the separation process failed ({last}); restarted it in "
+                    f"{self.restart_s:.1f} s, the dry signal played meanwhile"
+                )
                 return
             self._session = None
-            self._fatal = (f"the separation process failed {len(self._restart_times)} times within "
-                           f"{WORKER_RESTART_WINDOW_S:.0f} s (last: {last}); the dry signal plays on; "
-                           "restart stemdeck or try a smaller model (--model tiny)")
+            self._fatal = (
+                f"the separation process failed {len(self._restart_times)} times within "
+                f"{WORKER_RESTART_WINDOW_S:.0f} s (last: {last}); the dry signal plays on; "
+                "restart stemdeck or try a smaller model (--model tiny)"
+            )
 
     def _count_restart(self) -> bool:
         """Record one more restart; False once the recent ones exceed the limit."""

@@ -3,6 +3,7 @@
 What the device fixes (its rate; on JACK also its block) is asked here, before a model loads,
 so a missing device is said at once; then the engine is made and its window plan calibrated.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -37,9 +38,17 @@ def session_window(preset: str, latency_s: float | None = None) -> WindowConfig:
     return WindowConfig.for_latency(latency_s) if latency_s else PRESETS[preset]
 
 
-def build_engine(model: nn.Module, window: WindowConfig, *, samplerate: int, block_frames: int,
-                 precision: str = "auto", worker: str = "process", calibrate: bool = True,
-                 refuse_live: bool = False) -> Engine:
+def build_engine(
+    model: nn.Module,
+    window: WindowConfig,
+    *,
+    samplerate: int,
+    block_frames: int,
+    precision: str = "auto",
+    worker: str = "process",
+    calibrate: bool = True,
+    refuse_live: bool = False,
+) -> Engine:
     """An engine for ``model`` at ``samplerate``, its plan fixed (calibrated on this machine unless
     ``calibrate`` is off); an engine whose plan fails is stopped, so no worker is left behind. A
     machine too slow for live input keeps the engine for the deck (``start_live`` then says why)

@@ -6,6 +6,7 @@ with a ``<key>.json`` sidecar holding the interval it covers and the SHA-256 of 
 bytes; an entry whose header, size, checksum or samples do not match is a miss. The folder is
 kept under a size limit by evicting the least recently used entries.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -77,6 +78,7 @@ def _report_once(kind: str, message: str) -> None:
 
 
 # -- reading --------------------------------------------------------------------------------------
+
 
 def load_stems(entry: CacheEntry, stems: np.ndarray) -> tuple[int, int] | None:
     """Fill ``stems`` ``(S, C, frames)`` from the cache; return the interval it held, or None.
@@ -159,14 +161,17 @@ def _touch(path: Path) -> None:
 
 # -- writing ---------------------------------------------------------------------------------------
 
+
 def save_stems(entry: CacheEntry, stems: np.ndarray, begin: int, end: int) -> bool:
     """Store ``stems[..., begin:end]``; then evict down to the size limit. Never raises."""
     if not 0 <= begin < end <= stems.shape[-1]:
         return False
     data = np.ascontiguousarray(stems[..., begin:end], dtype=CACHE_DTYPE)
     if data.nbytes > entry.max_bytes:
-        _report_once("too-large", f"{data.nbytes / 1e9:.1f} GB of stems exceed the cache limit "
-                     f"({entry.max_bytes / 1e9:.1f} GB); not stored")
+        _report_once(
+            "too-large",
+            f"{data.nbytes / 1e9:.1f} GB of stems exceed the cache limit ({entry.max_bytes / 1e9:.1f} GB); not stored",
+        )
         return False
     meta = {"from": int(begin), "until": int(end), "sha256": hashlib.sha256(data.data).hexdigest()}
     try:
@@ -197,8 +202,9 @@ def _write_atomically(path: Path, write) -> None:
 def evict(folder: Path, max_bytes: int, keep: Path | None = None) -> list[Path]:
     """Remove least recently used entries until the folder's entries fit in ``max_bytes``."""
     try:
-        entries = sorted(((p.stat().st_mtime, p, _entry_bytes(p)) for p in folder.glob("*.npy")),
-                         key=lambda item: item[0])
+        entries = sorted(
+            ((p.stat().st_mtime, p, _entry_bytes(p)) for p in folder.glob("*.npy")), key=lambda item: item[0]
+        )
     except OSError:
         return []
     total = sum(size for _, _, size in entries)
@@ -239,4 +245,3 @@ def clean_temporaries(folder: Path) -> list[Path]:
             except OSError:
                 pass
     return removed
-

@@ -6,6 +6,7 @@ timed (up to the model's segment), which costs more per forward but less per sec
 So the plan chosen is the lowest-latency one this machine sustains, and only a machine too
 slow for the longest window is refused, with the ways out named.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -40,9 +41,11 @@ def fit_window(window: WindowConfig, forward_s: float, headroom: float) -> Windo
     hop_s = window.hop_s * scale
     longest_span_s = window.window_s - window.lookahead_s
     if hop_s > longest_span_s:
-        raise ValueError(f"this machine needs {forward_s:.2f} s per {window.window_s:.1f} s window; "
-                         f"no hop fits inside it with {headroom:.0%} headroom. Use a faster preset "
-                         "(low-latency), a GPU, or a smaller model")
+        raise ValueError(
+            f"this machine needs {forward_s:.2f} s per {window.window_s:.1f} s window; "
+            f"no hop fits inside it with {headroom:.0%} headroom. Use a faster preset "
+            "(low-latency), a GPU, or a smaller model"
+        )
     span_s = min(max(window.span_s * scale, hop_s), longest_span_s)
     return replace(window, hop_s=hop_s, span_s=span_s)
 
@@ -56,8 +59,9 @@ def longer_windows(window: WindowConfig, longest_s: float) -> Iterator[WindowCon
         yield replace(window, window_s=window_s)
 
 
-def calibrate(separator_factory, window: WindowConfig, headroom: float, runs: int = 2,
-              longest_window_s: float | None = None) -> Calibration:
+def calibrate(
+    separator_factory, window: WindowConfig, headroom: float, runs: int = 2, longest_window_s: float | None = None
+) -> Calibration:
     """``separator_factory(window)`` builds a WindowSeparator; its forwards are timed on silence.
 
     Tries ``window`` and then longer ones up to ``longest_window_s`` (the model's segment);
@@ -73,7 +77,9 @@ def calibrate(separator_factory, window: WindowConfig, headroom: float, runs: in
         except ValueError:
             continue
         return Calibration(fitted, forward_s, BUDGET_FACTOR * forward_s + SCHEDULING_SLACK_S, window)
-    raise ValueError(f"this machine needs {forward_s:.2f} s per {candidate.window_s:.1f} s window, the longest "
-                     f"this model takes; no hop fits inside it with {headroom:.0%} headroom, so live input "
-                     "cannot keep up here. Use a smaller model (--model tiny) or a GPU (--device cuda); "
-                     "the deck (stemdeck play) still plays any track")
+    raise ValueError(
+        f"this machine needs {forward_s:.2f} s per {candidate.window_s:.1f} s window, the longest "
+        f"this model takes; no hop fits inside it with {headroom:.0%} headroom, so live input "
+        "cannot keep up here. Use a smaller model (--model tiny) or a GPU (--device cuda); "
+        "the deck (stemdeck play) still plays any track"
+    )

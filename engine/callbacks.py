@@ -8,6 +8,7 @@ that are not final in time are replaced by the latency-aligned dry signal for th
 the late counter goes up (on the deck, not while the first stems after a load or seek are
 still on their way: play starts at once with the dry track by design).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -16,9 +17,30 @@ import numpy as np
 from numba import njit
 
 from .ola import mix_block, ring_write_interleaved, update_gain_targets
-from .state import (BLOCKS, FALLBACK, FIRST_STEMS_AT, INPUT_WRITTEN, LATE, LATE_WINDOWS, PLAY, PLAY_SEEN,
-                    PLAY_SERIAL, PLAY_STARTED_AT, PLAYHEAD, PLAYING_STEMS, POSITION, SEEK_SEEN, SEEK_SERIAL,
-                    SEEK_TARGET, SEPARATED_FROM, STEMS_WRITTEN, WAITING_FOR_STEMS, XRUNS, SharedState, gain_state)
+from .state import (
+    BLOCKS,
+    FALLBACK,
+    FIRST_STEMS_AT,
+    INPUT_WRITTEN,
+    LATE,
+    LATE_WINDOWS,
+    PLAY,
+    PLAY_SEEN,
+    PLAY_SERIAL,
+    PLAY_STARTED_AT,
+    PLAYHEAD,
+    PLAYING_STEMS,
+    POSITION,
+    SEEK_SEEN,
+    SEEK_SERIAL,
+    SEEK_TARGET,
+    SEPARATED_FROM,
+    STEMS_WRITTEN,
+    WAITING_FOR_STEMS,
+    XRUNS,
+    SharedState,
+    gain_state,
+)
 
 
 class MixerBuffers(NamedTuple):
@@ -33,9 +55,8 @@ class MixerBuffers(NamedTuple):
     ramp_frames: int
 
     @classmethod
-    def of(cls, shared: SharedState, gains: np.ndarray, ramp_frames: int) -> "MixerBuffers":
-        return cls(shared.user_gain, shared.mute, shared.solo, shared.dry_mix, gains, shared.levels,
-                   int(ramp_frames))
+    def of(cls, shared: SharedState, gains: np.ndarray, ramp_frames: int) -> MixerBuffers:
+        return cls(shared.user_gain, shared.mute, shared.solo, shared.dry_mix, gains, shared.levels, int(ramp_frames))
 
 
 class LiveBuffers(NamedTuple):
@@ -91,8 +112,16 @@ def live_block(indata, outdata, live, xrun):
     read_from = position - live.latency_frames
     ready = live.worker[SEPARATED_FROM] <= max(read_from, 0) and read_from + frames <= live.worker[STEMS_WRITTEN]
     _note_fallback(audio, not ready and read_from + frames > 0)
-    mix_block(outdata, live.stem_ring, read_from, live.input_ring, read_from, mixer.gains,
-              ready or read_from + frames <= 0, mixer.levels)
+    mix_block(
+        outdata,
+        live.stem_ring,
+        read_from,
+        live.input_ring,
+        read_from,
+        mixer.gains,
+        ready or read_from + frames <= 0,
+        mixer.levels,
+    )
     audio[POSITION] = position + frames
     audio[BLOCKS] += 1
 
@@ -143,6 +172,7 @@ def warm_up_kernels(num_stems: int, channels: int) -> None:
     stems = np.zeros((num_stems, channels, 16), np.float32)
     indata = np.zeros((block, channels), np.float32)
     outdata = np.zeros((block, channels), np.float32)
-    live_block(indata, outdata, LiveBuffers(ring, stems, shared.audio, shared.worker, shared.transport, mixer, 8),
-               False)
+    live_block(
+        indata, outdata, LiveBuffers(ring, stems, shared.audio, shared.worker, shared.transport, mixer, 8), False
+    )
     deck_block(outdata, DeckBuffers(ring, stems, shared.audio, shared.worker, shared.transport, mixer), False)

@@ -1,4 +1,5 @@
 """``stemdeck live``, ``stemdeck play`` and ``stemdeck devices``."""
+
 from __future__ import annotations
 
 import argparse
@@ -39,20 +40,27 @@ def add_engine_commands(commands, add_model_options) -> None:
 
 
 def _add_session_options(parser: argparse.ArgumentParser, add_model_options) -> None:
-    parser.add_argument("--output", help="output device (index, name or part of it); without it, stemdeck "
-                        "plays as its own JACK client when a JACK server runs, else on the system default")
+    parser.add_argument(
+        "--output",
+        help="output device (index, name or part of it); without it, stemdeck "
+        "plays as its own JACK client when a JACK server runs, else on the system default",
+    )
     add_model_options(parser)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--preset", choices=sorted(PRESETS), default="balanced")
     which.add_argument("--latency", type=float, metavar="SECONDS", help="target latency instead of a preset")
     parser.add_argument("--mute", action="append", default=[], metavar="STEM", help="start with STEM muted")
     parser.add_argument("--solo", action="append", default=[], metavar="STEM", help="start with STEM soloed")
-    parser.add_argument("--stem-outputs", action="store_true",
-                        help="also send every stem to its own pair of outputs (on JACK: ports "
-                        "stemdeck:<stem>_L/_R beside stemdeck:master_L/_R, kept across track loads)")
+    parser.add_argument(
+        "--stem-outputs",
+        action="store_true",
+        help="also send every stem to its own pair of outputs (on JACK: ports "
+        "stemdeck:<stem>_L/_R beside stemdeck:master_L/_R, kept across track loads)",
+    )
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
-    parser.add_argument("--blocksize", type=int, default=256,
-                        help="audio block in frames (default 256; on JACK the server's period)")
+    parser.add_argument(
+        "--blocksize", type=int, default=256, help="audio block in frames (default 256; on JACK the server's period)"
+    )
     parser.add_argument("--stats", type=Path, help="write the session's counters as JSON here")
     add_midi_options(parser)
 
@@ -61,13 +69,16 @@ def check_session_options(args: argparse.Namespace) -> None:
     """The numeric options of ``play`` and ``live``, each refused in one line before anything runs."""
     max_block = EngineConfig().max_block_frames
     if not MIN_BLOCK_FRAMES <= args.blocksize <= max_block:
-        raise ValueError(f"--blocksize {args.blocksize}: give a block of {MIN_BLOCK_FRAMES} to {max_block} "
-                         "frames (a power of two such as 256 suits most devices)")
+        raise ValueError(
+            f"--blocksize {args.blocksize}: give a block of {MIN_BLOCK_FRAMES} to {max_block} "
+            "frames (a power of two such as 256 suits most devices)"
+        )
     if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
         raise ValueError(f"--duration {args.duration}: give a positive number of seconds")
     if args.latency is not None and not (math.isfinite(args.latency) and 0 < args.latency <= MAX_LATENCY_S):
-        raise ValueError(f"--latency {args.latency}: give a target latency in seconds, above 0 and at most "
-                         f"{MAX_LATENCY_S:.0f}")
+        raise ValueError(
+            f"--latency {args.latency}: give a target latency in seconds, above 0 and at most {MAX_LATENCY_S:.0f}"
+        )
     start = getattr(args, "start", 0.0)
     if not (math.isfinite(start) and start >= 0):
         raise ValueError(f"--start {start}: give a cue point in seconds from 0 to the track's length")
@@ -86,8 +97,9 @@ def read_track(path: Path, start_s: float):
     except FileNotFoundError:
         pass
     except OSError as exc:  # unreadable: say why, not libsndfile's "System error."
-        raise CommandError(f"{path}: cannot read it ({exc.strerror or exc}); check the file and its "
-                           "permissions") from None
+        raise CommandError(
+            f"{path}: cannot read it ({exc.strerror or exc}); check the file and its permissions"
+        ) from None
     audio, samplerate = read_audio(path)
     seconds = audio.shape[-1] / samplerate
     if start_s >= seconds:
@@ -124,9 +136,15 @@ def _engine(args: argparse.Namespace, output_device, deck: bool = False):
     model, name = load_for_command(args.model)
     if not deck:  # the deck reads ahead of its playhead: nothing to calibrate, nothing to refuse
         print(f"calibrating {name} on this machine...", file=sys.stderr)
-    engine = build_engine(model, session_window(args.preset, args.latency), samplerate=samplerate,
-                          block_frames=device_block_frames(output_device, args.blocksize), precision=args.precision,
-                          calibrate=not deck, refuse_live=True)
+    engine = build_engine(
+        model,
+        session_window(args.preset, args.latency),
+        samplerate=samplerate,
+        block_frames=device_block_frames(output_device, args.blocksize),
+        precision=args.precision,
+        calibrate=not deck,
+        refuse_live=True,
+    )
     for stem in args.mute:
         engine.set_mute(stem)
     for stem in args.solo:
@@ -135,15 +153,22 @@ def _engine(args: argparse.Namespace, output_device, deck: bool = False):
     plan = f"hop {engine.window.hop_s:.2f} s, window {engine.window.window_s:.2f} s"
     calibration = engine.calibration
     if calibration is not None and calibration.adapted:  # the preset asked for more than this machine has
-        plan += (f" (lengthened for this machine: one window takes {calibration.forward_s:.2f} s; "
-                 "a GPU or a smaller model gets lower latency)")
+        plan += (
+            f" (lengthened for this machine: one window takes {calibration.forward_s:.2f} s; "
+            "a GPU or a smaller model gets lower latency)"
+        )
     if deck:
         deck_plan, sr = engine.deck_plan, engine.config.samplerate
-        print(f"deck: offline chunking, a {deck_plan.window_frames / sr:.2f} s window every "
-              f"{deck_plan.hop_frames / sr:.2f} s; dry until stems are separated", file=sys.stderr)
+        print(
+            f"deck: offline chunking, a {deck_plan.window_frames / sr:.2f} s window every "
+            f"{deck_plan.hop_frames / sr:.2f} s; dry until stems are separated",
+            file=sys.stderr,
+        )
     else:
-        print(f"latency {status.latency_ms:.1f} ms ({status.latency_frames} samples at {status.samplerate} Hz); "
-              f"{plan}", file=sys.stderr)
+        print(
+            f"latency {status.latency_ms:.1f} ms ({status.latency_frames} samples at {status.samplerate} Hz); {plan}",
+            file=sys.stderr,
+        )
     return engine
 
 
@@ -229,10 +254,15 @@ def _run_session(engine, args: argparse.Namespace, until_end: bool) -> int:
 
 
 def _stats(status, engine, deck: bool) -> dict:
-    stats = {"latency_samples": status.latency_frames, "latency_ms": status.latency_ms,
-             "xruns": status.xruns, "late_windows": status.late_windows,
-             "realtime_factor": status.realtime_factor, "max_realtime_factor": status.max_realtime_factor,
-             "windows_done": status.windows_done}
+    stats = {
+        "latency_samples": status.latency_frames,
+        "latency_ms": status.latency_ms,
+        "xruns": status.xruns,
+        "late_windows": status.late_windows,
+        "realtime_factor": status.realtime_factor,
+        "max_realtime_factor": status.max_realtime_factor,
+        "windows_done": status.windows_done,
+    }
     if deck:
         stats["seconds_ahead"] = status.seconds_ahead
         stats["first_stems_s"] = status.first_stems_s
@@ -251,6 +281,8 @@ def run_devices(args: argparse.Namespace) -> int:
         print(f"host API: {api['name']} ({len(api['devices'])} devices)")
     print(f"{'#':>3}  {'in':>3} {'out':>3}  {'rate':>7}  {'host API':<28} name")
     for d in list_devices():
-        print(f"{d['index']:>3}  {d['max_input_channels']:>3} {d['max_output_channels']:>3}  "
-              f"{d['default_samplerate']:>7.0f}  {d['hostapi_name']:<28} {d['name']}")
+        print(
+            f"{d['index']:>3}  {d['max_input_channels']:>3} {d['max_output_channels']:>3}  "
+            f"{d['default_samplerate']:>7.0f}  {d['hostapi_name']:<28} {d['name']}"
+        )
     return 0

@@ -1,4 +1,5 @@
 """Engine settings: typed, frozen, with defaults that work."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -22,14 +23,14 @@ class WindowConfig:
     pad_to_segment: bool = False  # run short windows padded to the training segment (slower)
 
     @classmethod
-    def for_latency(cls, latency_s: float) -> "WindowConfig":
+    def for_latency(cls, latency_s: float) -> WindowConfig:
         """A plan aiming at ``latency_s``: a third of it per hop, two hops of span, half a hop ahead."""
         if latency_s <= 0:
             raise ValueError("--latency must be positive")
         hop_s = latency_s / 3.0
         return cls(window_s=4.5 * hop_s, hop_s=hop_s, lookahead_s=hop_s / 2, span_s=2 * hop_s)
 
-    def resolved(self, segment_s: float) -> "WindowConfig":
+    def resolved(self, segment_s: float) -> WindowConfig:
         window_s = float(self.window_s if self.window_s is not None else segment_s)
         span_s = self.span_s if self.span_s is not None else window_s - self.lookahead_s
         if self.window_s is None:  # the span was chosen for the paper's 7.8 s: a shorter segment shortens it

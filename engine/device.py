@@ -3,6 +3,7 @@
 On a running JACK server the engine plays through its own JACK client instead
 (``engine.jack_output``); this module still lists devices and serves every other host API.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,10 @@ def list_devices() -> list[dict]:
     """Every device with its host API name, index and channel counts."""
     sd = sounddevice()
     apis = sd.query_hostapis()
-    return [dict(device, index=index, hostapi_name=apis[device["hostapi"]]["name"])
-            for index, device in enumerate(sd.query_devices())]
+    return [
+        dict(device, index=index, hostapi_name=apis[device["hostapi"]]["name"])
+        for index, device in enumerate(sd.query_devices())
+    ]
 
 
 def is_jack_device(index: int) -> bool:
@@ -72,24 +75,46 @@ def resolve_device(spec: str | int | None, kind: str) -> int | None:
     raise DeviceError(f"{spec!r} matches several {kind} devices ({names}); be more specific")
 
 
-def open_stream(*, callback: Callable, samplerate: int, blocksize: int, input_device, output_device,
-                input_channels: int, output_channels: int, on_finished: Callable[[], None]):
+def open_stream(
+    *,
+    callback: Callable,
+    samplerate: int,
+    blocksize: int,
+    input_device,
+    output_device,
+    input_channels: int,
+    output_channels: int,
+    on_finished: Callable[[], None],
+):
     """Start a duplex stream (or output-only when ``input_channels`` is 0); float32 buffers."""
     sd = sounddevice()
     try:
         if input_channels:
-            stream = sd.Stream(samplerate=samplerate, blocksize=blocksize, dtype="float32",
-                               device=(input_device, output_device),
-                               channels=(input_channels, output_channels), callback=callback,
-                               finished_callback=on_finished)
+            stream = sd.Stream(
+                samplerate=samplerate,
+                blocksize=blocksize,
+                dtype="float32",
+                device=(input_device, output_device),
+                channels=(input_channels, output_channels),
+                callback=callback,
+                finished_callback=on_finished,
+            )
         else:
-            stream = sd.OutputStream(samplerate=samplerate, blocksize=blocksize, dtype="float32",
-                                     device=output_device, channels=output_channels,
-                                     callback=callback, finished_callback=on_finished)
+            stream = sd.OutputStream(
+                samplerate=samplerate,
+                blocksize=blocksize,
+                dtype="float32",
+                device=output_device,
+                channels=output_channels,
+                callback=callback,
+                finished_callback=on_finished,
+            )
         stream.start()
     except (sd.PortAudioError, ValueError) as exc:
-        raise DeviceError(f"cannot open the audio device ({_first_line(exc)}); check `stemdeck devices`, "
-                          "the sample rate and channel count, or start the sound server") from None
+        raise DeviceError(
+            f"cannot open the audio device ({_first_line(exc)}); check `stemdeck devices`, "
+            "the sample rate and channel count, or start the sound server"
+        ) from None
     return stream
 
 

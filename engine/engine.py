@@ -6,6 +6,7 @@ controls and the transport: a load, a seek or a new live session is a request th
 applies (see :mod:`engine.state`). The control lock only orders control writers among
 themselves; the audio callback never takes it.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,13 +25,32 @@ from .config import PRESETS, EngineConfig, WindowConfig
 from .device import DeviceError, open_stream
 from .jack_output import serves as jack_serves
 from .session import DECK, LIVE, SessionSpec, WorkerError
-from .state import (FALLBACK, LATE_WINDOWS, MAX_INFERENCE_S, MEAN_INFERENCE_S, PLAY, PLAY_SERIAL, PLAYING_STEMS,
-                    POSITION, SEEK_SERIAL, SEEK_TARGET, SEPARATED_FROM, STEMS_WRITTEN, WINDOWS_DONE, XRUNS,
-                    first_stems_frames, gain_state, playhead_frames, seek_pending)
+from .state import (
+    FALLBACK,
+    LATE_WINDOWS,
+    MAX_INFERENCE_S,
+    MEAN_INFERENCE_S,
+    PLAY,
+    PLAY_SERIAL,
+    PLAYING_STEMS,
+    POSITION,
+    SEEK_SERIAL,
+    SEEK_TARGET,
+    SEPARATED_FROM,
+    STEMS_WRITTEN,
+    WINDOWS_DONE,
+    XRUNS,
+    first_stems_frames,
+    gain_state,
+    playhead_frames,
+    seek_pending,
+)
 from .windows import WindowPlan
 
-STREAM_LOST = ("the audio stream stopped: the device was removed or the sound server quit; "
-               "reconnect it (or restart the server) and start again")
+STREAM_LOST = (
+    "the audio stream stopped: the device was removed or the sound server quit; "
+    "reconnect it (or restart the server) and start again"
+)
 MIN_GAIN_DB = -60.0  # at or below: silence
 MAX_GAIN_DB = 12.0
 
@@ -94,6 +114,7 @@ class Engine:
         self._fingerprint: str | None = None
         if config.cache_stems:
             from .cache import cache_folder, clean_temporaries
+
             clean_temporaries(cache_folder())
         self.backend: WorkerBackend = make_backend(model, config)
         self.shared = self.backend.shared
@@ -125,8 +146,13 @@ class Engine:
 
     # -- set-up --------------------------------------------------------------------------------------
 
-    def prepare(self, window: WindowConfig | str | None = None, block_frames: int = 256,
-                calibrate_plan: bool = True, refuse_live: bool = True) -> WindowPlan:
+    def prepare(
+        self,
+        window: WindowConfig | str | None = None,
+        block_frames: int = 256,
+        calibrate_plan: bool = True,
+        refuse_live: bool = True,
+    ) -> WindowPlan:
         """Fix the window plan (calibrated on this machine) and the latency for the session.
 
         A machine too slow for live input with this model raises, unless ``refuse_live`` is off:
@@ -151,8 +177,7 @@ class Engine:
         self.window = window
         self.plan = WindowPlan.from_config(window, self.config.samplerate, float(self.model.segment))
         budget_frames = int(math.ceil(budget_s * self.config.samplerate))
-        self.latency_frames = (self.plan.latency_frames(block_frames, budget_frames)
-                               + self.config.device_latency_frames)
+        self.latency_frames = self.plan.latency_frames(block_frames, budget_frames) + self.config.device_latency_frames
         self.block_frames = block_frames
         return self.plan
 
@@ -171,8 +196,9 @@ class Engine:
 
     # -- live input ------------------------------------------------------------------------------------
 
-    def start_live(self, input_device=None, output_device=None, stem_outputs: bool = False,
-                   input_channels: int = 2) -> None:
+    def start_live(
+        self, input_device=None, output_device=None, stem_outputs: bool = False, input_channels: int = 2
+    ) -> None:
         """Separate the sound card's input and play the mix (and each stem) latency-aligned."""
         self._follow_jack_period(input_device, output_device)
         self.start_live_headless()
@@ -197,11 +223,19 @@ class Engine:
         self._stop_worker()
         channels = self.config.channels
         capacity = self.latency_frames + 2 * self.plan.window_frames + self.config.max_block_frames
-        arrays = self.backend.allocate({"input": ((channels, capacity), "float32"),
-                                        "stems": ((len(self.sources), channels, capacity), "float32")})
+        arrays = self.backend.allocate(
+            {"input": ((channels, capacity), "float32"), "stems": ((len(self.sources), channels, capacity), "float32")}
+        )
         s = self.shared
-        self._live_buffers = LiveBuffers(arrays["input"], arrays["stems"], s.audio, s.worker, s.transport,
-                                         self._mixer_buffers(), int(self.latency_frames))
+        self._live_buffers = LiveBuffers(
+            arrays["input"],
+            arrays["stems"],
+            s.audio,
+            s.worker,
+            s.transport,
+            self._mixer_buffers(),
+            int(self.latency_frames),
+        )
         self._seek_frames(0)  # the callback starts the new rings at 0
         self._start_session(SessionSpec(LIVE, self.plan), arrays)
 
@@ -243,14 +277,16 @@ class Engine:
             self.shared.transport[PLAY] = 0
             self.shared.transport[PLAY_SERIAL] += 1  # no first-stems time until the next play
         cue = min(max(0, int(cue_s * self.config.samplerate)), max(0, track.shape[-1] - 1))  # like seek
-        arrays = self.backend.allocate({"track": (track.shape, "float32"),
-                                        "stems": ((len(self.sources), *track.shape), "float32")})
+        arrays = self.backend.allocate(
+            {"track": (track.shape, "float32"), "stems": ((len(self.sources), *track.shape), "float32")}
+        )
         arrays["track"][:] = track
         # a damaged sample is silence, as models.separate takes it (and the mixer would play it)
         np.nan_to_num(arrays["track"], copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         s = self.shared
-        self._deck_buffers = DeckBuffers(arrays["track"], arrays["stems"], s.audio, s.worker, s.transport,
-                                         self._mixer_buffers())
+        self._deck_buffers = DeckBuffers(
+            arrays["track"], arrays["stems"], s.audio, s.worker, s.transport, self._mixer_buffers()
+        )
         self._seek_frames(cue)  # the callback moves the playhead there, waiting for stems
         self.cue_s = cue / self.config.samplerate
         cache = self._cache_path(track) if self.config.cache_stems else None
@@ -263,8 +299,16 @@ class Engine:
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.model)
         plan = self.deck_plan
-        settings = (self.config.samplerate, self.config.precision, plan.window_frames, plan.hop_frames,
-                    plan.lookahead_frames, plan.span_frames, plan.pad_to_segment, "track-normalised")
+        settings = (
+            self.config.samplerate,
+            self.config.precision,
+            plan.window_frames,
+            plan.hop_frames,
+            plan.lookahead_frames,
+            plan.span_frames,
+            plan.pad_to_segment,
+            "track-normalised",
+        )
         path = cache_folder() / f"{stems_key(track, self._fingerprint, settings)}.npy"
         return CacheEntry(path, self.config.cache_max_bytes)
 
@@ -343,9 +387,13 @@ class Engine:
 
     def mixer(self) -> MixerState:
         s = self.shared
-        return MixerState(gain_db=tuple(gain_to_db(float(g)) for g in s.user_gain),
-                          mute=tuple(bool(m) for m in s.mute), solo=tuple(bool(v) for v in s.solo),
-                          dry_mix=float(s.dry_mix[0]), playing=bool(s.transport[PLAY]))
+        return MixerState(
+            gain_db=tuple(gain_to_db(float(g)) for g in s.user_gain),
+            mute=tuple(bool(m) for m in s.mute),
+            solo=tuple(bool(v) for v in s.solo),
+            dry_mix=float(s.dry_mix[0]),
+            playing=bool(s.transport[PLAY]),
+        )
 
     def set_dry_mix(self, amount: float) -> None:
         """0 plays the stems, 1 the latency-aligned dry signal; between, a crossfade."""
@@ -370,17 +418,27 @@ class Engine:
         # The deck reads ahead of its playhead: only the output adds delay. Live: the plan's latency.
         latency = self._deck_latency_frames() if deck else self.latency_frames
         return EngineStatus(
-            latency_frames=latency, latency_ms=1000.0 * latency / sr,
-            samplerate=sr, sources=self.sources,
-            peak=tuple(float(v) for v in levels[0]), rms=tuple(float(math.sqrt(v)) for v in levels[1]),
-            xruns=int(s.audio[XRUNS]), late_windows=int(s.audio[LATE_WINDOWS]),
-            fallback=bool(s.audio[FALLBACK] != PLAYING_STEMS or (deck and seek_pending(s))), realtime_factor=rtf,
-            max_realtime_factor=float(s.worker_seconds[MAX_INFERENCE_S]) / hop_s, headroom=1.0 - rtf,
-            windows_done=int(s.worker[WINDOWS_DONE]), position_s=playhead / sr,
+            latency_frames=latency,
+            latency_ms=1000.0 * latency / sr,
+            samplerate=sr,
+            sources=self.sources,
+            peak=tuple(float(v) for v in levels[0]),
+            rms=tuple(float(math.sqrt(v)) for v in levels[1]),
+            xruns=int(s.audio[XRUNS]),
+            late_windows=int(s.audio[LATE_WINDOWS]),
+            fallback=bool(s.audio[FALLBACK] != PLAYING_STEMS or (deck and seek_pending(s))),
+            realtime_factor=rtf,
+            max_realtime_factor=float(s.worker_seconds[MAX_INFERENCE_S]) / hop_s,
+            headroom=1.0 - rtf,
+            windows_done=int(s.worker[WINDOWS_DONE]),
+            position_s=playhead / sr,
             playing=bool(s.transport[PLAY]) if deck else self._stream is not None,
-            seconds_ahead=ahead, first_stems_s=None if first_stems is None else first_stems / sr,
-            worker_error=self.backend.failure(), worker_notice=self.backend.notice(),
-            stream_error=self._stream_error)
+            seconds_ahead=ahead,
+            first_stems_s=None if first_stems is None else first_stems / sr,
+            worker_error=self.backend.failure(),
+            worker_notice=self.backend.notice(),
+            stream_error=self._stream_error,
+        )
 
     def _frames_ahead(self, playhead: int) -> int:
         """Deck: separated audio ahead of the playhead (positive), or how far separation is
@@ -423,7 +481,7 @@ class Engine:
         """End the separation at once, without cleaning up: the program is about to exit."""
         self.backend.abort()
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -444,18 +502,32 @@ class Engine:
         jack = jack_serves(input_device if input_channels else None, output_device)
         if jack is not None:
             if jack.samplerate != self.config.samplerate:
-                raise DeviceError(f"the JACK server runs at {jack.samplerate} Hz and this engine at "
-                                  f"{self.config.samplerate} Hz; start stemdeck again (it follows the server's rate)")
-            self._stream = jack.attach(callback, sources=self.sources, channels=self.config.channels,
-                                       stem_outputs=stem_outputs, live=bool(input_channels),
-                                       max_frames=self.config.max_block_frames, on_finished=self._on_finished)
+                raise DeviceError(
+                    f"the JACK server runs at {jack.samplerate} Hz and this engine at "
+                    f"{self.config.samplerate} Hz; start stemdeck again (it follows the server's rate)"
+                )
+            self._stream = jack.attach(
+                callback,
+                sources=self.sources,
+                channels=self.config.channels,
+                stem_outputs=stem_outputs,
+                live=bool(input_channels),
+                max_frames=self.config.max_block_frames,
+                on_finished=self._on_finished,
+            )
             block_frames = jack.blocksize
         else:
             output_channels = self.config.channels * (1 + len(self.sources)) if stem_outputs else self.config.channels
-            self._stream = open_stream(callback=callback, samplerate=self.config.samplerate,
-                                       blocksize=self.block_frames, input_device=input_device,
-                                       output_device=output_device, input_channels=input_channels,
-                                       output_channels=output_channels, on_finished=self._on_finished)
+            self._stream = open_stream(
+                callback=callback,
+                samplerate=self.config.samplerate,
+                blocksize=self.block_frames,
+                input_device=input_device,
+                output_device=output_device,
+                input_channels=input_channels,
+                output_channels=output_channels,
+                on_finished=self._on_finished,
+            )
             block_frames = self.block_frames
         self._output_block_frames = block_frames
 
@@ -492,4 +564,3 @@ class Engine:
                 return False
             time.sleep(0.002)
         return True
-

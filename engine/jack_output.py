@@ -12,6 +12,7 @@ whole by the control side), runs the engine's Numba kernel into a preallocated i
 buffer allocation. xruns come from JACK's xrun callback (another thread) through a counter
 pair that each side only writes its own half of.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -74,13 +75,22 @@ class Route:
     silent: tuple  # our other output ports: zeros
 
 
-def build_route(render, live: bool, outputs: list, inputs: list, others: list, frames: int,
-                max_frames: int) -> Route:
+def build_route(render, live: bool, outputs: list, inputs: list, others: list, frames: int, max_frames: int) -> Route:
     full_out = np.zeros((max_frames, len(outputs)), np.float32)
     full_in = np.zeros((max_frames, len(inputs)), np.float32)
     outdata, indata = full_out[:frames], full_in[:frames]
-    return Route(render, live, frames, full_out, outdata, tuple((p, outdata[:, c]) for c, p in enumerate(outputs)),
-                 full_in, indata, tuple((p, indata[:, c]) for c, p in enumerate(inputs)), tuple(others))
+    return Route(
+        render,
+        live,
+        frames,
+        full_out,
+        outdata,
+        tuple((p, outdata[:, c]) for c, p in enumerate(outputs)),
+        full_in,
+        indata,
+        tuple((p, indata[:, c]) for c, p in enumerate(inputs)),
+        tuple(others),
+    )
 
 
 class JackStream:
@@ -201,16 +211,28 @@ class JackOutput:
 
     # -- the control side ---------------------------------------------------------------------------------
 
-    def attach(self, render: Callable, *, sources: tuple[str, ...], channels: int, stem_outputs: bool,
-               live: bool, max_frames: int, on_finished: Callable[[], None]) -> JackStream:
+    def attach(
+        self,
+        render: Callable,
+        *,
+        sources: tuple[str, ...],
+        channels: int,
+        stem_outputs: bool,
+        live: bool,
+        max_frames: int,
+        on_finished: Callable[[], None],
+    ) -> JackStream:
         """Play ``render``'s blocks on the ports for ``sources`` (made now if new); returns the hold."""
         if self.lost:
             raise DeviceError(f"the JACK server went away ({self.lost_reason}); start it again")
         if self.blocksize > max_frames:
-            raise DeviceError(f"the JACK period ({self.blocksize} frames) is over stemdeck's {max_frames}; "
-                              "set a smaller period (jackd -p)")
-        outputs = [self._port(self._outputs, name, output=True)
-                   for name in output_port_names(sources, channels, stem_outputs)]
+            raise DeviceError(
+                f"the JACK period ({self.blocksize} frames) is over stemdeck's {max_frames}; "
+                "set a smaller period (jackd -p)"
+            )
+        outputs = [
+            self._port(self._outputs, name, output=True) for name in output_port_names(sources, channels, stem_outputs)
+        ]
         inputs = [self._port(self._inputs, name, output=False) for name in input_port_names(channels)] if live else []
         others = [port for port in self._outputs.values() if port not in outputs]
         route = build_route(render, live, outputs, inputs, others, self.blocksize, max_frames)
@@ -338,6 +360,7 @@ def _libjack() -> ctypes.CDLL:
     global _library
     if _library is None:
         import ctypes.util
+
         library = ctypes.CDLL(ctypes.util.find_library("jack") or "libjack.so.0")
         library.jack_port_get_latency_range.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_LatencyRange)]
         library.jack_port_get_latency_range.restype = None

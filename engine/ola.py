@@ -4,6 +4,7 @@ Every buffer is preallocated by its owner; no kernel allocates. Positions are ab
 counts (int64) mapped onto rings by ``position % capacity``. Layout is ``(channels, frames)``
 inside, ``(frames, channels)`` at the sound-card boundary.
 """
+
 from __future__ import annotations
 
 import numpy as np

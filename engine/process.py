@@ -6,6 +6,7 @@ input or a deck) on arrays in shared memory: the rings, the track and its stems,
 each gets a :class:`Reply` naming it, with a value or a :class:`Failure`. The audio side never
 talks to it.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -80,17 +81,18 @@ class SharedBlock:
             offsets[key] = total
             total += int(np.prod(shape)) * np.dtype(dtype).itemsize
         self.owner = name is None
-        self.memory = shared_memory.SharedMemory(
-            name=name or segment_name(), create=self.owner, size=max(total, 1))
+        self.memory = shared_memory.SharedMemory(name=name or segment_name(), create=self.owner, size=max(total, 1))
         self.spec = BlockSpec(self.memory.name, arrays)
-        self.arrays = {key: np.ndarray(shape, dtype, buffer=self.memory.buf, offset=offsets[key])
-                       for key, (shape, dtype) in arrays.items()}
+        self.arrays = {
+            key: np.ndarray(shape, dtype, buffer=self.memory.buf, offset=offsets[key])
+            for key, (shape, dtype) in arrays.items()
+        }
         if self.owner:
             for array in self.arrays.values():
                 array.fill(0)
 
     @classmethod
-    def attach(cls, spec: BlockSpec) -> "SharedBlock":
+    def attach(cls, spec: BlockSpec) -> SharedBlock:
         return cls(spec.arrays, spec.name)
 
     def close(self) -> None:
@@ -108,6 +110,7 @@ class SharedBlock:
 
 
 # -- commands (parent to process) and replies ---------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class LoadModel:
@@ -165,17 +168,27 @@ class WorkerProcess:
     wait has a deadline.
     """
 
-    def __init__(self, model, state_spec: BlockSpec, precision: str, threads: int, stream_rate: int,
-                 ready_timeout_s: float = READY_TIMEOUT_S):
+    def __init__(
+        self,
+        model,
+        state_spec: BlockSpec,
+        precision: str,
+        threads: int,
+        stream_rate: int,
+        ready_timeout_s: float = READY_TIMEOUT_S,
+    ):
         context = multiprocessing.get_context("spawn")
         self.commands, self.replies = context.Queue(), context.Queue()
         self.commands.cancel_join_thread()  # a dead child must not hold the parent at exit
         self.failure: Failure | None = None  # the running session's, once it reports one
         self._inbox: queue.Queue = queue.Queue()
         self._requests = threading.Lock()
-        self.process = context.Process(target=_worker_main, name="stemdeck-worker", daemon=True,
-                                       args=(state_spec, precision, threads, stream_rate, self.commands,
-                                             self.replies))
+        self.process = context.Process(
+            target=_worker_main,
+            name="stemdeck-worker",
+            daemon=True,
+            args=(state_spec, precision, threads, stream_rate, self.commands, self.replies),
+        )
         self.process.start()
         threading.Thread(target=self._read_replies, name="stemdeck-worker-replies", daemon=True).start()
         try:
@@ -232,8 +245,9 @@ class WorkerProcess:
                 except queue.Empty:
                     break
             if not self.alive:
-                raise WorkerError(f"the separation process is not running (exit code {self.exitcode}) "
-                                  f"for {doing}", "exited")
+                raise WorkerError(
+                    f"the separation process is not running (exit code {self.exitcode}) for {doing}", "exited"
+                )
             return self._send(command, timeout_s, doing)
 
     def _send(self, command, timeout_s: float, doing: str):
@@ -243,18 +257,25 @@ class WorkerProcess:
             try:
                 reply = self._inbox.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise WorkerError(f"the separation process did not answer within {timeout_s:.0f} s "
-                                  f"({doing}); the machine may be overloaded", "timeout") from None
+                raise WorkerError(
+                    f"the separation process did not answer within {timeout_s:.0f} s "
+                    f"({doing}); the machine may be overloaded",
+                    "timeout",
+                ) from None
             if isinstance(reply, _Exited):
-                raise WorkerError(f"the separation process exited (code {reply.code}) while {doing}; "
-                                  "check the model, free memory, or try --model tiny", "exited")
+                raise WorkerError(
+                    f"the separation process exited (code {reply.code}) while {doing}; "
+                    "check the model, free memory, or try --model tiny",
+                    "exited",
+                )
             if reply.command != name:
                 continue  # a late answer to an earlier request
             if reply.failure is None:
                 return reply.value
             if isinstance(command, LoadModel):
-                raise WorkerError(f"cannot load the model in the separation process: {reply.failure}",
-                                  reply.failure.kind)
+                raise WorkerError(
+                    f"cannot load the model in the separation process: {reply.failure}", reply.failure.kind
+                )
             raise WorkerError.refused(reply.failure)
 
     def _read_replies(self) -> None:
@@ -277,6 +298,7 @@ class WorkerProcess:
 
 
 # -- the separation process ---------------------------------------------------------------------------
+
 
 def _receive_model(commands, replies):
     """The model, sent after start (see :class:`WorkerProcess`); None if the parent is gone."""
@@ -319,8 +341,12 @@ class _Server:
         from .windows import WindowPlan
 
         segment = float(self.model.segment)
-        return calibrate(lambda w: self.separator_for(WindowPlan.from_config(w, self.stream_rate, segment)),
-                         command.window, command.headroom, longest_window_s=segment)
+        return calibrate(
+            lambda w: self.separator_for(WindowPlan.from_config(w, self.stream_rate, segment)),
+            command.window,
+            command.headroom,
+            longest_window_s=segment,
+        )
 
     def start(self, command: StartSession) -> None:
         from .worker import build_worker

@@ -1,5 +1,6 @@
 """Process-wide settings, made once by an entry point (the command line, the separation
 process), never by library code: a library that changed them would change them for its host."""
+
 from __future__ import annotations
 
 import os

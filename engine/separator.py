@@ -1,4 +1,5 @@
 """Model inference on one window, owned by the worker thread."""
+
 from __future__ import annotations
 
 import copy
@@ -30,15 +31,23 @@ class WindowSeparator:
     thread count is the process's, set once at its entry point (:mod:`engine.runtime`).
     """
 
-    def __init__(self, model: nn.Module, plan: WindowPlan, precision: str = "auto",
-                 device: str = "cpu", stream_rate: int | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: WindowPlan,
+        precision: str = "auto",
+        device: str = "cpu",
+        stream_rate: int | None = None,
+    ):
         self.device = torch.device(device)
         self.precision = precision
         stream_rate = int(stream_rate or model.samplerate)
         segment_frames = int(float(model.segment) * stream_rate)
         if plan.pad_to_segment and _has_htdemucs(model) and plan.window_frames > segment_frames:
-            raise ValueError(f"window of {plan.window_frames} frames is longer than the model's "
-                             f"segment ({segment_frames}); shorten it or set pad_to_segment=False")
+            raise ValueError(
+                f"window of {plan.window_frames} frames is longer than the model's "
+                f"segment ({segment_frames}); shorten it or set pad_to_segment=False"
+            )
         model = copy.deepcopy(model).to(self.device).eval()
         _set_train_segment(model, plan.pad_to_segment)
         self.model = prepare_model(model, precision, self.device)

@@ -3,6 +3,7 @@
 Nothing here imports torch or the worker: the parent, the separation process and the command
 line all read it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ class Failure:
     message: str
 
     @classmethod
-    def of(cls, exc: BaseException) -> "Failure":
+    def of(cls, exc: BaseException) -> Failure:
         return cls(type(exc).__name__, str(exc))
 
     def __str__(self) -> str:
@@ -38,7 +39,7 @@ class WorkerError(RuntimeError):
         self.kind = kind  # the failure's exception type, or "exited" / "timeout" / "worker"
 
     @classmethod
-    def refused(cls, failure: Failure) -> "WorkerError":
+    def refused(cls, failure: Failure) -> WorkerError:
         """A ValueError is a request this machine or model cannot meet: said as it is; anything
         else names its type."""
         return cls(failure.message if failure.kind == "ValueError" else str(failure), failure.kind)

@@ -9,6 +9,7 @@ session, a new play) by bumping a serial in ``transport``, and the callback appl
 next block, writing the slots and then the serial it has seen. Until then, the readers below
 (:func:`playhead_frames`, :func:`input_written_frames`) take the requested value.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,8 +19,19 @@ import numpy as np
 # audio[...] slots, written by the audio callback. FIRST_STEMS_AT is the output position (frames)
 # at the end of the first block that played stems since the play it counts from (PLAY_STARTED_AT),
 # or -1 while none has.
-(POSITION, INPUT_WRITTEN, XRUNS, LATE_WINDOWS, FALLBACK, PLAYHEAD, SEEK_SEEN, BLOCKS, PLAY_SEEN, PLAY_STARTED_AT,
- FIRST_STEMS_AT) = range(11)
+(
+    POSITION,
+    INPUT_WRITTEN,
+    XRUNS,
+    LATE_WINDOWS,
+    FALLBACK,
+    PLAYHEAD,
+    SEEK_SEEN,
+    BLOCKS,
+    PLAY_SEEN,
+    PLAY_STARTED_AT,
+    FIRST_STEMS_AT,
+) = range(11)
 # audio[FALLBACK] values: stems playing; dry because stems fell behind; dry while the first
 # stems after a load or seek are on their way (expected, so not counted as late)
 PLAYING_STEMS, LATE, WAITING_FOR_STEMS = range(3)
@@ -48,14 +60,20 @@ class SharedState:
     @staticmethod
     def specs(num_stems: int) -> dict[str, tuple[tuple[int, ...], str]]:
         """Shape and dtype of every array, so they can live in shared memory."""
-        return {"user_gain": ((num_stems,), "float32"), "mute": ((num_stems,), "uint8"),
-                "solo": ((num_stems,), "uint8"), "dry_mix": ((1,), "float32"),
-                "transport": ((4,), "int64"), "audio": ((11,), "int64"),
-                "levels": ((2, num_stems + 1), "float32"), "worker": ((3,), "int64"),
-                "worker_seconds": ((2,), "float64")}
+        return {
+            "user_gain": ((num_stems,), "float32"),
+            "mute": ((num_stems,), "uint8"),
+            "solo": ((num_stems,), "uint8"),
+            "dry_mix": ((1,), "float32"),
+            "transport": ((4,), "int64"),
+            "audio": ((11,), "int64"),
+            "levels": ((2, num_stems + 1), "float32"),
+            "worker": ((3,), "int64"),
+            "worker_seconds": ((2,), "float64"),
+        }
 
     @classmethod
-    def create(cls, num_stems: int, arrays: dict[str, np.ndarray] | None = None) -> "SharedState":
+    def create(cls, num_stems: int, arrays: dict[str, np.ndarray] | None = None) -> SharedState:
         """Fresh state in ``arrays`` (e.g. shared memory) or in new private arrays."""
         if arrays is None:
             arrays = {name: np.zeros(shape, dtype) for name, (shape, dtype) in cls.specs(num_stems).items()}

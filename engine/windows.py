@@ -7,6 +7,7 @@ triangle over that span; everything from ``origin + (k + 1) * hop`` back is fina
 needs input up to ``n + lookahead + span``: that, plus one audio block and the inference
 budget, is the latency the engine reports and compensates.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,21 +29,27 @@ class WindowPlan:
     pad_to_segment: bool
 
     @classmethod
-    def from_config(cls, config: WindowConfig, samplerate: int, segment_s: float) -> "WindowPlan":
+    def from_config(cls, config: WindowConfig, samplerate: int, segment_s: float) -> WindowPlan:
         config = config.resolved(segment_s)
-        return cls.from_frames(int(config.window_s * samplerate), int(config.hop_s * samplerate),
-                               int(config.lookahead_s * samplerate), int(config.span_s * samplerate),
-                               config.weight_power, config.pad_to_segment)
+        return cls.from_frames(
+            int(config.window_s * samplerate),
+            int(config.hop_s * samplerate),
+            int(config.lookahead_s * samplerate),
+            int(config.span_s * samplerate),
+            config.weight_power,
+            config.pad_to_segment,
+        )
 
     @classmethod
-    def offline(cls, samplerate: int, segment_s: float, overlap: float = 0.25) -> "WindowPlan":
+    def offline(cls, samplerate: int, segment_s: float, overlap: float = 0.25) -> WindowPlan:
         """The chunking of offline separation (``models.separate``), as a streaming plan."""
         window = int(samplerate * segment_s)
         return cls.from_frames(window, int((1 - overlap) * window), 0, window, 1.0, True)
 
     @classmethod
-    def from_frames(cls, window: int, hop: int, lookahead: int, span: int, power: float,
-                    pad_to_segment: bool) -> "WindowPlan":
+    def from_frames(
+        cls, window: int, hop: int, lookahead: int, span: int, power: float, pad_to_segment: bool
+    ) -> WindowPlan:
         if not 0 < hop <= span:
             raise ValueError(f"hop ({hop} frames) must be positive and no longer than the used span ({span})")
         if lookahead < 0 or span + lookahead > window:

@@ -5,6 +5,7 @@ what the audio callback publishes. Windows are processed in order, so everything
 next window's span is final after each one. :func:`build_worker` makes a session's worker,
 wherever it runs (a thread of the engine's process, or the separation process).
 """
+
 from __future__ import annotations
 
 import threading
@@ -18,8 +19,18 @@ from .cache import CacheEntry, load_stems, save_stems
 from .ola import accumulate_window, discard, finalize, ring_read
 from .separator import WindowSeparator
 from .session import LIVE, Failure, SessionSpec
-from .state import (MAX_INFERENCE_S, MEAN_INFERENCE_S, PLAY, SEEK_SERIAL, SEPARATED_FROM, STEMS_WRITTEN,
-                    WINDOWS_DONE, SharedState, input_written_frames, playhead_frames)
+from .state import (
+    MAX_INFERENCE_S,
+    MEAN_INFERENCE_S,
+    PLAY,
+    SEEK_SERIAL,
+    SEPARATED_FROM,
+    STEMS_WRITTEN,
+    WINDOWS_DONE,
+    SharedState,
+    input_written_frames,
+    playhead_frames,
+)
 from .windows import WindowPlan
 
 
@@ -36,8 +47,9 @@ class OverlapAdd:
         self.acc.fill(0.0)
         self.weight_acc.fill(0.0)
 
-    def add(self, stems: np.ndarray, index: int, origin: int, out: np.ndarray, limit: int,
-            floor: int | None = None) -> int:
+    def add(
+        self, stems: np.ndarray, index: int, origin: int, out: np.ndarray, limit: int, floor: int | None = None
+    ) -> int:
         """Accumulate window ``index``; finalise what it completes into ``out`` (from ``floor`` on:
         before it, the frames are dropped); return final-until."""
         plan = self.plan
@@ -56,8 +68,7 @@ class SeparationWorker(threading.Thread):
 
     poll_s = 0.002
 
-    def __init__(self, separator: WindowSeparator, plan: WindowPlan, shared: SharedState,
-                 stems_out: np.ndarray):
+    def __init__(self, separator: WindowSeparator, plan: WindowPlan, shared: SharedState, stems_out: np.ndarray):
         super().__init__(daemon=True, name=type(self).__name__)
         self.separator, self.plan, self.shared = separator, plan, shared
         self.stems_out = stems_out
@@ -97,8 +108,7 @@ class SeparationWorker(threading.Thread):
         """Whether the stems final so far stay valid for this session (a taken-over one)."""
         return False
 
-    def separate_window(self, index: int, origin: int, available_until: int, source: np.ndarray,
-                        limit: int) -> int:
+    def separate_window(self, index: int, origin: int, available_until: int, source: np.ndarray, limit: int) -> int:
         ring_read(source, self.plan.window_start(index, origin), self.window, available_until)
         stems = self.separator(self.window)
         if not np.isfinite(stems).all():  # a broken model: that window is silence, never noise
@@ -156,8 +166,18 @@ class DeckWorker(SeparationWorker):
     ``models.separate``, the last window centred. Restarts after a seek or when the playhead
     outran it; runs whether or not the deck plays (a loaded, paused deck gets ahead)."""
 
-    def __init__(self, separator, plan, shared, stems_out, track: np.ndarray, cue_frames: int = 0,
-                 cache_entry: CacheEntry | None = None, resume: bool = False, quick_frames: int = 0):
+    def __init__(
+        self,
+        separator,
+        plan,
+        shared,
+        stems_out,
+        track: np.ndarray,
+        cue_frames: int = 0,
+        cache_entry: CacheEntry | None = None,
+        resume: bool = False,
+        quick_frames: int = 0,
+    ):
         super().__init__(separator, plan, shared, stems_out)
         self.track = track
         self.origin = min(max(0, cue_frames), max(0, track.shape[-1] - 1))
@@ -303,16 +323,26 @@ class DeckWorker(SeparationWorker):
         self.shared.worker[SEPARATED_FROM] = origin if separated_from is None else separated_from
 
 
-def build_worker(spec: SessionSpec, separator: WindowSeparator, shared: SharedState,
-                 arrays: dict[str, np.ndarray]) -> SeparationWorker:
+def build_worker(
+    spec: SessionSpec, separator: WindowSeparator, shared: SharedState, arrays: dict[str, np.ndarray]
+) -> SeparationWorker:
     """The one place a session's worker is made, in this process or the separation process.
 
     ``arrays``: ``stems`` and, live, the ``input`` ring or, deck, the ``track``.
     """
     if spec.kind == LIVE:
         return LiveWorker(separator, spec.plan, shared, arrays["stems"], arrays["input"])
-    return DeckWorker(separator, spec.plan, shared, arrays["stems"], arrays["track"], spec.cue_frames,
-                      spec.cache_entry, spec.resume, spec.quick_frames)
+    return DeckWorker(
+        separator,
+        spec.plan,
+        shared,
+        arrays["stems"],
+        arrays["track"],
+        spec.cue_frames,
+        spec.cache_entry,
+        spec.resume,
+        spec.quick_frames,
+    )
 
 
 def warm_up_worker_kernels(num_stems: int, channels: int) -> None:

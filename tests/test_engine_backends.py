@@ -5,6 +5,7 @@ only writer of its slots (resets go through the transport serial), a status that
 the first-stems time measured by the callback, kernels handed one structure and compiled once,
 and process-wide settings left to the entry point.
 """
+
 from __future__ import annotations
 
 import sys
@@ -34,8 +35,10 @@ def tone(seconds: float) -> np.ndarray:
 
 
 def thread_engine(model=None, **config) -> Engine:
-    engine = Engine(model or PassThrough(), EngineConfig(precision="fp32", inference_budget_s=0.0, worker="thread",
-                                                         cache_stems=False, **config))
+    engine = Engine(
+        model or PassThrough(),
+        EngineConfig(precision="fp32", inference_budget_s=0.0, worker="thread", cache_stems=False, **config),
+    )
     engine.prepare(FAST_PLAN, block_frames=BLOCK, calibrate_plan=False)
     return engine
 
@@ -64,6 +67,7 @@ class TooSlowToCalibrate(PassThrough):
 
 # -- item 2: the worker as a type ---------------------------------------------------------------------
 
+
 def test_the_worker_setting_picks_a_backend_once_and_a_bad_one_is_one_line():
     thread = make_backend(PassThrough(), EngineConfig(worker="thread"))
     assert isinstance(thread, ThreadBackend)
@@ -77,8 +81,11 @@ def test_the_worker_setting_picks_a_backend_once_and_a_bad_one_is_one_line():
 
 def test_failures_are_data_and_the_error_line_comes_from_their_fields():
     failure = Failure.of(RuntimeError("out of memory"))
-    assert (failure.kind, failure.message, str(failure)) == ("RuntimeError", "out of memory",
-                                                             "RuntimeError: out of memory")
+    assert (failure.kind, failure.message, str(failure)) == (
+        "RuntimeError",
+        "out of memory",
+        "RuntimeError: out of memory",
+    )
     refused = WorkerError.refused(Failure("ValueError", "no hop fits; use a faster preset"))
     assert (str(refused), refused.kind) == ("no hop fits; use a faster preset", "ValueError")
     other = WorkerError.refused(Failure("KeyError", "'x'"))
@@ -120,6 +127,7 @@ def test_the_separation_process_refuses_a_calibration_structurally_and_abort_end
 
 
 # -- item 3: ownership ------------------------------------------------------------------------------------
+
 
 def test_loading_writes_no_callback_slot_the_callback_applies_the_cue():
     engine = thread_engine()
@@ -203,8 +211,9 @@ def test_kernels_compile_once_for_every_layout_a_session_uses():
         engine.process_deck_block(np.zeros((1, channels), np.float32))
     engine.start_live_headless()
     for in_channels, out_channels in ((2, 2), (1, 10)):
-        engine.process_live_block(np.zeros((BLOCK, in_channels), np.float32),
-                                  np.zeros((BLOCK, out_channels), np.float32))
+        engine.process_live_block(
+            np.zeros((BLOCK, in_channels), np.float32), np.zeros((BLOCK, out_channels), np.float32)
+        )
     engine.stop()
     assert (len(deck_block.signatures), len(live_block.signatures)) == compiled
 

@@ -1,4 +1,5 @@
 """engine.build: the one way the command line and the GUI make an engine (issue 18 items 1 and 4)."""
+
 import pytest
 
 from engine.build import build_engine, device_block_frames, device_rate, session_window
@@ -16,8 +17,14 @@ def test_a_target_latency_is_a_third_per_hop_two_hops_of_span_half_a_hop_ahead()
 
 
 def test_build_engine_fixes_rate_block_and_plan():
-    engine = build_engine(PassThrough(), session_window("balanced", 1.5), samplerate=48000, block_frames=128,
-                          worker="thread", calibrate=False)
+    engine = build_engine(
+        PassThrough(),
+        session_window("balanced", 1.5),
+        samplerate=48000,
+        block_frames=128,
+        worker="thread",
+        calibrate=False,
+    )
     try:
         assert engine.config.samplerate == 48000 and engine.block_frames == 128
         assert engine.window.hop_s == pytest.approx(0.5) and engine.window.span_s == pytest.approx(1.0)

@@ -5,6 +5,7 @@ stems cache that cannot be written or holds damaged entries, a separation proces
 mid-play or dying at start, shared memory left by a SIGKILLed session. The output is recorded
 from the engine's own callback, block by block.
 """
+
 from __future__ import annotations
 
 import errno
@@ -50,8 +51,9 @@ def tone(seconds: float) -> np.ndarray:
 def deck_engine(model=None, worker="thread", **config) -> Engine:
     """A deck on short windows (many per track), so faults land inside a track."""
     config = {"deck_window": FAST_PLAN, **config}
-    engine = Engine(model or PassThrough(), EngineConfig(precision="fp32", inference_budget_s=0.0, worker=worker,
-                                                         **config))
+    engine = Engine(
+        model or PassThrough(), EngineConfig(precision="fp32", inference_budget_s=0.0, worker=worker, **config)
+    )
     engine.prepare(FAST_PLAN, block_frames=BLOCK, calibrate_plan=False)
     return engine
 
@@ -76,6 +78,7 @@ def wait_finished(engine: Engine, timeout_s: float = 30.0) -> None:
 
 
 # -- item 4: the mixer ------------------------------------------------------------------------------
+
 
 def test_mix_kernel_silences_non_finite_and_limits_huge_samples():
     stems = np.full((4, 2, 64), 0.1, np.float32)
@@ -138,6 +141,7 @@ def test_nan_from_the_model_from_the_track_and_in_gains_never_reaches_the_output
 
 # -- item 8: the stems cache ----------------------------------------------------------------------
 
+
 def cache_warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "stemdeck.cache"]
 
@@ -150,8 +154,7 @@ def assert_music_went_on(out: np.ndarray, track: np.ndarray, engine_status) -> N
 
 
 @pytest.mark.parametrize("breakage", ["folder-is-a-file", "disk-full"])
-def test_a_cache_that_cannot_be_written_is_logged_once_and_the_music_goes_on(tmp_path, monkeypatch, caplog,
-                                                                            breakage):
+def test_a_cache_that_cannot_be_written_is_logged_once_and_the_music_goes_on(tmp_path, monkeypatch, caplog, breakage):
     if breakage == "folder-is-a-file":  # root ignores permissions: a file where the folder should be
         (tmp_path / "blocked").write_text("not a folder")
         monkeypatch.setattr(stems_cache, "cache_folder", lambda: tmp_path / "blocked" / "stems")
@@ -163,6 +166,7 @@ def test_a_cache_that_cannot_be_written_is_logged_once_and_the_music_goes_on(tmp
         def full_disk(file, data):
             file.write(b"\x93NUMPY partial")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
         monkeypatch.setattr(stems_cache.np, "save", full_disk)
     caplog.set_level(logging.WARNING, logger="stemdeck.cache")
     track = tone(1.5)
@@ -209,16 +213,30 @@ def _damage(entry: Path, how: str) -> None:
     elif how in ("nan-data", "random-data"):
         raw = bytearray(entry.read_bytes())
         data_bytes = 4 * 2 * (len(raw) // 16)  # well inside the sample data, past the header
-        noise = (np.full(data_bytes // 2, np.nan, np.float16) if how == "nan-data"
-                 else np.random.default_rng(0).uniform(-1, 1, data_bytes // 2).astype(np.float16))
+        noise = (
+            np.full(data_bytes // 2, np.nan, np.float16)
+            if how == "nan-data"
+            else np.random.default_rng(0).uniform(-1, 1, data_bytes // 2).astype(np.float16)
+        )
         raw[-data_bytes:] = noise.tobytes()
         entry.write_bytes(bytes(raw))  # the sidecar's checksum is now stale
     elif how == "truncated":
         entry.write_bytes(entry.read_bytes()[:-1000])
 
 
-@pytest.mark.parametrize("how", ["json-garbage", "json-wrong-types", "json-huge-interval", "npy-zip",
-                                 "npy-huge-shape", "nan-data", "random-data", "truncated"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "json-garbage",
+        "json-wrong-types",
+        "json-huge-interval",
+        "npy-zip",
+        "npy-huge-shape",
+        "nan-data",
+        "random-data",
+        "truncated",
+    ],
+)
 def test_a_damaged_cache_entry_is_ignored_and_the_track_separated_again(caplog, how):
     caplog.set_level(logging.WARNING, logger="stemdeck.cache")
     track = tone(1.5)
@@ -285,6 +303,7 @@ def test_a_cue_past_the_end_never_stops_the_track_from_being_cached():
 
 # -- item 9: a separation process killed mid-play ----------------------------------------------------
 
+
 def _classify(out: np.ndarray, reference: np.ndarray) -> str:
     if np.allclose(out, MUTED_VOCALS * reference, atol=1e-4):
         return "stems"
@@ -341,8 +360,10 @@ def test_killed_separation_process_plays_dry_restarts_and_the_stems_come_back():
     assert status.worker_error is None
     assert status.worker_notice.startswith("the separation process failed (it exited with code -9); restarted it in")
     dry_s = after.count("dry") * block_s
-    print(f"after SIGKILL: {after.count('dry')} dry blocks ({dry_s:.2f} s of audio), "
-          f"restart took {engine.backend.restart_s:.2f} s")
+    print(
+        f"after SIGKILL: {after.count('dry')} dry blocks ({dry_s:.2f} s of audio), "
+        f"restart took {engine.backend.restart_s:.2f} s"
+    )
 
 
 def test_killed_separation_process_keeps_live_input_playing_latency_aligned():
@@ -372,8 +393,10 @@ def test_killed_separation_process_keeps_live_input_playing_latency_aligned():
     assert "other" not in kinds  # only the stems or the dry input, each exactly `latency` late
     assert after.count("dry") > 0 and after[-1] == "stems"
     assert status.worker_error is None and "exited with code -9" in status.worker_notice
-    print(f"live, after SIGKILL: {after.count('dry')} dry blocks ({after.count('dry') * block_s:.2f} s), "
-          f"restart took {engine.backend.restart_s:.2f} s")
+    print(
+        f"live, after SIGKILL: {after.count('dry')} dry blocks ({after.count('dry') * block_s:.2f} s), "
+        f"restart took {engine.backend.restart_s:.2f} s"
+    )
 
 
 class FailsOnMusic(PassThrough):
@@ -406,13 +429,21 @@ def test_a_failing_session_is_restarted_a_bounded_number_of_times_while_the_deck
     finally:
         deck.stop()
     assert set(kinds) == {"dry"}  # the music went on, dry, all along
-    assert any(n and n.startswith("the separation process failed (RuntimeError: out of memory); playing the dry "
-                                  "signal while it restarts (1 of 1)") for n in notices)
-    assert status.worker_error.startswith("the separation process failed 2 times within 60 s (last: RuntimeError: "
-                                          "out of memory); the dry signal plays on")
+    assert any(
+        n
+        and n.startswith(
+            "the separation process failed (RuntimeError: out of memory); playing the dry "
+            "signal while it restarts (1 of 1)"
+        )
+        for n in notices
+    )
+    assert status.worker_error.startswith(
+        "the separation process failed 2 times within 60 s (last: RuntimeError: out of memory); the dry signal plays on"
+    )
 
 
 # -- item 10: a separation process that dies while starting -------------------------------------------
+
 
 def _exit_at_once(payload) -> None:
     os._exit(7)
@@ -445,6 +476,7 @@ def _in_thread(function, timeout_s: float):
             result["value"] = function()
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             result["error"] = exc
+
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     thread.join(timeout_s)
@@ -464,8 +496,9 @@ def test_a_process_dying_at_start_is_one_line_error_not_a_hang():
 
 def test_a_process_that_never_answers_times_out_and_is_ended():
     state = SharedBlock(SharedState.specs(4))
-    result = _in_thread(lambda: WorkerProcess(SlowToUnpickle(), state.spec, "fp32", 1, SR, ready_timeout_s=3.0),
-                        timeout_s=60)
+    result = _in_thread(
+        lambda: WorkerProcess(SlowToUnpickle(), state.spec, "fp32", 1, SR, ready_timeout_s=3.0), timeout_s=60
+    )
     state.close()
     error = result.get("error")
     assert isinstance(error, WorkerError)
@@ -486,8 +519,9 @@ time.sleep(60)
 
 def test_segments_of_a_killed_session_are_removed_at_the_next_start():
     root = str(Path(__file__).resolve().parents[1])
-    session = subprocess.Popen([sys.executable, "-c", SESSION.format(root=root)], stdout=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    session = subprocess.Popen(
+        [sys.executable, "-c", SESSION.format(root=root)], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     name = session.stdout.readline().strip()
     os.killpg(session.pid, signal.SIGKILL)  # the session and its resource tracker, at once
     session.wait(10)
@@ -504,6 +538,7 @@ def test_segments_of_a_killed_session_are_removed_at_the_next_start():
 
 # -- item 11 and issue 10 item 6: the command line checks its inputs before the model loads ------------
 
+
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Any model load fails the test: every check here must come first."""
@@ -512,6 +547,7 @@ def no_model_load(monkeypatch):
 
     def loaded(*args, **kwargs):
         raise AssertionError("the model was loaded before the inputs were checked")
+
     monkeypatch.setattr(models.cli, "load_for_command", loaded)
     monkeypatch.setattr(models.loading, "load_or_fetch", loaded)
 
@@ -519,26 +555,31 @@ def no_model_load(monkeypatch):
 @pytest.fixture
 def song(tmp_path) -> Path:
     from conftest import write_tone
+
     path = tmp_path / "song.wav"
     write_tone(path, seconds=12.0)
     return path
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--start", "100"], "--start 100: song.wav lasts 12.0 s; give a cue point before its end"),
-    (["--start", "-5"], "--start -5.0: give a cue point in seconds from 0 to the track's length"),
-    (["--start", "nan"], "--start nan: give a cue point"),
-    (["--blocksize", "-256"], "--blocksize -256: give a block of 32 to 4096 frames"),
-    (["--blocksize", "0"], "--blocksize 0: give a block of 32 to 4096 frames"),
-    (["--blocksize", "100000"], "--blocksize 100000: give a block of 32 to 4096 frames"),
-    (["--duration", "0"], "--duration 0.0: give a positive number of seconds"),
-    (["--duration", "inf"], "--duration inf: give a positive number of seconds"),
-    (["--latency", "-1"], "--latency -1.0: give a target latency in seconds, above 0 and at most 30"),
-    (["--latency", "nan"], "--latency nan: give a target latency"),
-    (["--midi-out", "leds"], "--midi-out needs --midi-in or --midi-virtual"),
-])
-def test_play_refuses_bad_numbers_in_one_line_before_loading_the_model(song, no_model_load, capsys, monkeypatch,
-                                                                      args, expected):
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--start", "100"], "--start 100: song.wav lasts 12.0 s; give a cue point before its end"),
+        (["--start", "-5"], "--start -5.0: give a cue point in seconds from 0 to the track's length"),
+        (["--start", "nan"], "--start nan: give a cue point"),
+        (["--blocksize", "-256"], "--blocksize -256: give a block of 32 to 4096 frames"),
+        (["--blocksize", "0"], "--blocksize 0: give a block of 32 to 4096 frames"),
+        (["--blocksize", "100000"], "--blocksize 100000: give a block of 32 to 4096 frames"),
+        (["--duration", "0"], "--duration 0.0: give a positive number of seconds"),
+        (["--duration", "inf"], "--duration inf: give a positive number of seconds"),
+        (["--latency", "-1"], "--latency -1.0: give a target latency in seconds, above 0 and at most 30"),
+        (["--latency", "nan"], "--latency nan: give a target latency"),
+        (["--midi-out", "leds"], "--midi-out needs --midi-in or --midi-virtual"),
+    ],
+)
+def test_play_refuses_bad_numbers_in_one_line_before_loading_the_model(
+    song, no_model_load, capsys, monkeypatch, args, expected
+):
     from stemdeck.cli import main
 
     monkeypatch.chdir(song.parent)
@@ -547,11 +588,14 @@ def test_play_refuses_bad_numbers_in_one_line_before_loading_the_model(song, no_
     assert len(lines) == 1 and lines[0].startswith(f"stemdeck: error: {expected}"), lines
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--blocksize", "-256"], "--blocksize -256: give a block"),
-    (["--latency", "0"], "--latency 0.0: give a target latency"),
-    (["--duration", "-1"], "--duration -1.0: give a positive number"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--blocksize", "-256"], "--blocksize -256: give a block"),
+        (["--latency", "0"], "--latency 0.0: give a target latency"),
+        (["--duration", "-1"], "--duration -1.0: give a positive number"),
+    ],
+)
 def test_live_refuses_bad_numbers_in_one_line_before_loading_the_model(no_model_load, capsys, args, expected):
     from stemdeck.cli import main
 
@@ -560,14 +604,20 @@ def test_live_refuses_bad_numbers_in_one_line_before_loading_the_model(no_model_
     assert len(lines) == 1 and lines[0].startswith(f"stemdeck: error: {expected}"), lines
 
 
-@pytest.mark.parametrize("make,expected", [
-    (lambda d: (d / "notaudio.wav").write_bytes(b"not audio " * 100) and d / "notaudio.wav",
-     "notaudio.wav: not a readable audio file"),
-    (lambda d: d / "missing.wav", "missing.wav: no such file"),
-    (lambda d: Path("/proc/self/mem"), "/proc/self/mem: cannot read it (Input/output error)"),  # an I/O error
-])
-def test_play_says_what_is_wrong_with_the_file_before_loading_the_model(tmp_path, no_model_load, capsys, make,
-                                                                       expected):
+@pytest.mark.parametrize(
+    "make,expected",
+    [
+        (
+            lambda d: (d / "notaudio.wav").write_bytes(b"not audio " * 100) and d / "notaudio.wav",
+            "notaudio.wav: not a readable audio file",
+        ),
+        (lambda d: d / "missing.wav", "missing.wav: no such file"),
+        (lambda d: Path("/proc/self/mem"), "/proc/self/mem: cannot read it (Input/output error)"),  # an I/O error
+    ],
+)
+def test_play_says_what_is_wrong_with_the_file_before_loading_the_model(
+    tmp_path, no_model_load, capsys, make, expected
+):
     from stemdeck.cli import main
 
     path = make(tmp_path)
@@ -577,9 +627,24 @@ def test_play_says_what_is_wrong_with_the_file_before_loading_the_model(tmp_path
 
 
 def test_play_with_an_unknown_midi_port_says_so_before_loading_the_model(song, jack_server):
-    result = subprocess.run([sys.executable, "-m", "stemdeck", "play", str(song), "--model", "passthrough",
-                             "--midi-in", "nosuchport", "--midi-api", "jack"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stemdeck",
+            "play",
+            str(song),
+            "--model",
+            "passthrough",
+            "--midi-in",
+            "nosuchport",
+            "--midi-api",
+            "jack",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = result.stderr.splitlines()
     assert result.returncode == 1
     assert lines == [lines[0]] and lines[0].startswith("stemdeck: error: no MIDI input matches 'nosuchport'; inputs:")

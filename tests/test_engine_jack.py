@@ -1,5 +1,6 @@
 """The engine on a real JACK server (dummy driver): a player client feeds its inputs, a
 recorder client records its outputs, both in JACK's own process cycle."""
+
 import os
 import subprocess
 import sys
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import JACK_PERIOD, JACK_RATE, start_jack_server, stop_jack_server
+
 from engine.config import EngineConfig, WindowConfig
 from engine.engine import Engine
 from models.passthrough import PassThrough
@@ -31,13 +32,24 @@ def run_live(server, engine, signal, record_s, out_channels=2, tmp_path=None):
     ``xruns`` in the returned status count from when the probe's clients were connected (their
     activation reorders the JACK graph, which PortAudio reports to every running client)."""
     import tempfile
+
     folder = Path(tempfile.mkdtemp())
     np.save(folder / "signal.npy", signal)
     engine.start_live(stem_outputs=out_channels > 2)
-    probe = subprocess.Popen([sys.executable, str(Path(__file__).with_name("jack_probe.py")), server,
-                              str(folder / "signal.npy"), str(record_s), str(out_channels),
-                              str(folder / "result.npz")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True)
+    probe = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("jack_probe.py")),
+            server,
+            str(folder / "signal.npy"),
+            str(record_s),
+            str(out_channels),
+            str(folder / "result.npz"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert probe.stdout.readline().strip() == "ROUTED"
         time.sleep(0.1)
@@ -101,9 +113,25 @@ def test_stopped_jack_server_ends_the_session_with_one_line(tmp_path):
     name = f"stemdeck-kill-{os.getpid()}"
     server = start_jack_server(name, playback_channels=2)
     env = {**os.environ, "JACK_DEFAULT_SERVER": name, "JACK_NO_AUDIO_RESERVATION": "1"}
-    cli = subprocess.Popen([sys.executable, "-m", "stemdeck", "live", "--model", "passthrough",
-                            "--preset", "low-latency", "--duration", "60", "--stats", str(tmp_path / "s.json")],
-                           stderr=subprocess.PIPE, text=True, env=env)
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stemdeck",
+            "live",
+            "--model",
+            "passthrough",
+            "--preset",
+            "low-latency",
+            "--duration",
+            "60",
+            "--stats",
+            str(tmp_path / "s.json"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert wait_for_ports(name, "stemdeck:master_L"), "stemdeck live never showed its JACK ports"
     time.sleep(1)
     stop_jack_server(server)
@@ -124,23 +152,62 @@ def test_cli_play_reports_stats_as_json(jack_server, tmp_path):
     import json
 
     from conftest import write_tone
+
     song = tmp_path / "song.wav"
     write_tone(song, seconds=3.0)
-    result = subprocess.run([sys.executable, "-m", "stemdeck", "play", str(song), "--model", "passthrough",
-                             "--mute", "vocals", "--duration", "2", "--stats", str(tmp_path / "stats.json")],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stemdeck",
+            "play",
+            str(song),
+            "--model",
+            "passthrough",
+            "--mute",
+            "vocals",
+            "--duration",
+            "2",
+            "--stats",
+            str(tmp_path / "stats.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     stats = json.loads((tmp_path / "stats.json").read_text())
-    assert set(stats) >= {"latency_samples", "latency_ms", "xruns", "late_windows", "realtime_factor",
-                          "seconds_ahead", "first_stems_s"}
+    assert set(stats) >= {
+        "latency_samples",
+        "latency_ms",
+        "xruns",
+        "late_windows",
+        "realtime_factor",
+        "seconds_ahead",
+        "first_stems_s",
+    }
     assert stats["xruns"] == 0 and stats["late_windows"] == 0
     assert stats["first_stems_s"] is not None and stats["first_stems_s"] < 1.5
     assert "latency" in result.stderr
 
 
 def test_unknown_output_device_is_one_line(jack_server):
-    result = subprocess.run([sys.executable, "-m", "stemdeck", "live", "--model", "passthrough",
-                             "--output", "no-such-card", "--duration", "1"], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stemdeck",
+            "live",
+            "--model",
+            "passthrough",
+            "--output",
+            "no-such-card",
+            "--duration",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "no output device matches 'no-such-card'" in result.stderr

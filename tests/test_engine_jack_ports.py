@@ -1,6 +1,7 @@
 """stemdeck as its own JACK client on an ordinary server (2 playback ports, as jackd starts by
 default): ports named by stem, recorded by a second client here, kept across track loads and
 engine restarts; deck latency; xruns from JACK; MIDI client names."""
+
 import json
 import os
 import subprocess
@@ -65,6 +66,7 @@ class Recorder:
 
     def __init__(self, server: str, channels: int):
         import jack
+
         self.client = jack.Client("stemdeck-test-recorder", servername=server, no_start_server=True)
         self.ports = [self.client.inports.register(f"in_{c}") for c in range(channels)]
         self.data = np.zeros((channels, JACK_RATE), np.float32)
@@ -118,8 +120,12 @@ def tone_track(amplitude: float, seconds: float = 20.0) -> np.ndarray:
 
 
 def deck_engine() -> Engine:
-    engine = Engine(PassThrough(), EngineConfig(precision="fp32", samplerate=JACK_RATE, inference_budget_s=0.0,
-                                                worker="thread", cache_stems=False))
+    engine = Engine(
+        PassThrough(),
+        EngineConfig(
+            precision="fp32", samplerate=JACK_RATE, inference_budget_s=0.0, worker="thread", cache_stems=False
+        ),
+    )
     engine.prepare(FAST_PLAN, block_frames=JACK_PERIOD, calibrate_plan=False)
     return engine
 
@@ -190,6 +196,7 @@ def test_deck_latency_is_the_output_latency_not_the_separation_plan(two_port_ser
 
 def test_xruns_come_from_the_jack_server(two_port_server, recorder):
     import jack
+
     engine = deck_engine()
     stall = jack.Client("stemdeck-test-stall", servername=two_port_server, no_start_server=True)
     stalls = {"left": 0}
@@ -222,9 +229,25 @@ def jack_ports(server: str) -> list[str]:
 def test_cli_play_with_stem_outputs_on_a_two_port_server(two_port_server, tmp_path):
     song = tmp_path / "song.wav"
     write_tone(song, seconds=6.0)
-    cli = subprocess.Popen([sys.executable, "-m", "stemdeck", "play", str(song), "--model", "passthrough",
-                            "--stem-outputs", "--duration", "2", "--stats", str(tmp_path / "stats.json")],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stemdeck",
+            "play",
+            str(song),
+            "--model",
+            "passthrough",
+            "--stem-outputs",
+            "--duration",
+            "2",
+            "--stats",
+            str(tmp_path / "stats.json"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen: set[str] = set()
     while cli.poll() is None:
         seen.update(name for name in jack_ports(two_port_server) if name.startswith("stemdeck"))
@@ -270,9 +293,27 @@ def long_period_server():
 @pytest.mark.slow  # a whole `stemdeck live` process
 def test_live_latency_printed_is_the_one_played_on_a_long_period(long_period_server, tmp_path):
     import re
-    result = subprocess.run([sys.executable, "-m", "stemdeck", "live", "--model", "passthrough", "--preset",
-                             "low-latency", "--duration", "2", "--stats", str(tmp_path / "stats.json")],
-                            capture_output=True, text=True, timeout=120, check=False)
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stemdeck",
+            "live",
+            "--model",
+            "passthrough",
+            "--preset",
+            "low-latency",
+            "--duration",
+            "2",
+            "--stats",
+            str(tmp_path / "stats.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     printed = re.search(r"latency [\d.]+ ms \((\d+) samples at (\d+) Hz\)", result.stderr)
     stats = json.loads((tmp_path / "stats.json").read_text())

@@ -1,5 +1,6 @@
 """MIDI without ports: message parsing, taper, encodings, mapping files and the controller's
 effect on a real engine (headless deck, pass-through model whose stems are known fractions)."""
+
 import math
 
 import numpy as np
@@ -7,8 +8,20 @@ import pytest
 
 from engine.config import EngineConfig, WindowConfig
 from engine.engine import Engine
-from engine.midi import (Binding, Mapping, MappingError, MidiConfig, MidiController, cc_to_db, db_to_cc,
-                         default_mapping, load_mapping, parse, relative_delta, save_mapping)
+from engine.midi import (
+    Binding,
+    Mapping,
+    MappingError,
+    MidiConfig,
+    MidiController,
+    cc_to_db,
+    db_to_cc,
+    default_mapping,
+    load_mapping,
+    parse,
+    relative_delta,
+    save_mapping,
+)
 from engine.midi.bindings import ConflictError, Scene
 from engine.midi.mapping_file import parse_control
 from models.passthrough import PassThrough
@@ -19,6 +32,7 @@ VOCALS, BASS = 3, 1
 
 
 # -- messages -------------------------------------------------------------------------------------
+
 
 def test_parse_reads_notes_ccs_and_programs_with_one_based_channels():
     assert parse([0x90, 39, 100]).kind == "note_on"
@@ -31,23 +45,28 @@ def test_parse_reads_notes_ccs_and_programs_with_one_based_channels():
     assert parse([0xCF, 5]) == parse([0xCF, 5]) and parse([0xCF, 5]).channel == 16
 
 
-@pytest.mark.parametrize("data", [
-    [0xF0, 0x7E, 0x7F, 0x06, 0x01, 0xF7],  # SysEx
-    [0xF8], [0xFE],  # clock, active sensing
-    [39, 100],  # running status: data bytes without a status byte
-    [0xD0, 64],  # channel pressure
-    [0xA0, 39, 10],  # polyphonic pressure
-    [0xE0, 0, 64],  # pitch bend
-    [0x90, 39],  # truncated
-    [0x90, 39, 100, 1],  # too long
-    [0x90, 200, 100],  # a data byte with the top bit set
-    [],
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        [0xF0, 0x7E, 0x7F, 0x06, 0x01, 0xF7],  # SysEx
+        [0xF8],
+        [0xFE],  # clock, active sensing
+        [39, 100],  # running status: data bytes without a status byte
+        [0xD0, 64],  # channel pressure
+        [0xA0, 39, 10],  # polyphonic pressure
+        [0xE0, 0, 64],  # pitch bend
+        [0x90, 39],  # truncated
+        [0x90, 39, 100, 1],  # too long
+        [0x90, 200, 100],  # a data byte with the top bit set
+        [],
+    ],
+)
 def test_parse_drops_what_stemdeck_does_not_bind(data):
     assert parse(data) is None
 
 
 # -- taper and encoders ---------------------------------------------------------------------------
+
 
 def test_fader_taper_points_and_inverse():
     assert cc_to_db(0) == -math.inf
@@ -69,6 +88,7 @@ def test_relative_encodings():
 
 
 # -- mapping files --------------------------------------------------------------------------------
+
 
 def test_default_mapping_as_documented():
     mapping = default_mapping()
@@ -102,22 +122,31 @@ def _write(tmp_path, text):
 GOOD = '[[binding]]\nmessage = "note"\nnumber = 36\ncontrol = "mute"\nstem = 1\n'
 
 
-@pytest.mark.parametrize("text, error", [
-    (GOOD + '\n[[binding]]\nmessage = "note"\nnumber = 37\ncontrol = "mutee"\nstem = 2\n',
-     r"bad.toml line 10: binding 2: unknown control 'mutee' \(use mute, solo, gain, dry, play, cue\)"),
-    (GOOD.replace("36", "128"), r"line 3: binding 1: number must be 0-127, not 128"),
-    (GOOD.replace("stem = 1", 'stem = "voxals"'), r"line 5: binding 1: unknown stem 'voxals'"),
-    (GOOD + 'mode = "relative-twos"\n', r"line 6: binding 1: mode 'relative-twos' does not fit a note"),
-    (GOOD + 'channel = 17\n', r"line 6: binding 1: channel must be 1-16"),
-    (GOOD.replace("stem = 1\n", ""), r"line 1: binding 1: mute needs a stem"),
-    (GOOD + 'colour = "red"\n', r"line 6: binding 1: unknown key 'colour'"),
-    ('[[binding]]\nmessage = "note"\nnumber = 36\ncontrol = "gain"\nstem = 1\n',
-     r"line 4: binding 1: a note cannot ride gain; bind a CC"),
-    (GOOD + GOOD.replace("mute", "solo"),
-     r"note 36 on any channel drives both mute drums and solo drums \(lines 1 and 6\); keep one"),
-    ('[[scene]]\nprogram = 1\n[[scene]]\nprogram = 1\n', r"line 3: program 1 recalls two scenes"),
-    (GOOD + "number = 1\n", r"bad.toml: not valid TOML: .*line 6"),
-])
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        (
+            GOOD + '\n[[binding]]\nmessage = "note"\nnumber = 37\ncontrol = "mutee"\nstem = 2\n',
+            r"bad.toml line 10: binding 2: unknown control 'mutee' \(use mute, solo, gain, dry, play, cue\)",
+        ),
+        (GOOD.replace("36", "128"), r"line 3: binding 1: number must be 0-127, not 128"),
+        (GOOD.replace("stem = 1", 'stem = "voxals"'), r"line 5: binding 1: unknown stem 'voxals'"),
+        (GOOD + 'mode = "relative-twos"\n', r"line 6: binding 1: mode 'relative-twos' does not fit a note"),
+        (GOOD + "channel = 17\n", r"line 6: binding 1: channel must be 1-16"),
+        (GOOD.replace("stem = 1\n", ""), r"line 1: binding 1: mute needs a stem"),
+        (GOOD + 'colour = "red"\n', r"line 6: binding 1: unknown key 'colour'"),
+        (
+            '[[binding]]\nmessage = "note"\nnumber = 36\ncontrol = "gain"\nstem = 1\n',
+            r"line 4: binding 1: a note cannot ride gain; bind a CC",
+        ),
+        (
+            GOOD + GOOD.replace("mute", "solo"),
+            r"note 36 on any channel drives both mute drums and solo drums \(lines 1 and 6\); keep one",
+        ),
+        ("[[scene]]\nprogram = 1\n[[scene]]\nprogram = 1\n", r"line 3: program 1 recalls two scenes"),
+        (GOOD + "number = 1\n", r"bad.toml: not valid TOML: .*line 6"),
+    ],
+)
 def test_invalid_mapping_is_rejected_with_the_line_and_reason(tmp_path, text, error):
     with pytest.raises(MappingError, match=error):
         load_mapping(_write(tmp_path, text))
@@ -142,11 +171,13 @@ def test_parse_control():
 
 # -- the controller on a real engine --------------------------------------------------------------
 
+
 @pytest.fixture
 def deck():
     """A playing deck of a 441 Hz tone, fully separated (stems: 0.1/0.2/0.3/0.4 of it)."""
-    engine = Engine(PassThrough(), EngineConfig(precision="fp32", inference_budget_s=0.0, worker="thread",
-                                                cache_stems=False))
+    engine = Engine(
+        PassThrough(), EngineConfig(precision="fp32", inference_budget_s=0.0, worker="thread", cache_stems=False)
+    )
     engine.prepare(FAST_PLAN, block_frames=256, calibrate_plan=False)
     tone = np.sin(2 * np.pi * 441 * np.arange(2 * SR) / SR).astype(np.float32)
     engine.load_array(np.stack([tone, tone]))
@@ -173,8 +204,9 @@ def controller(engine, mapping=None, **config):
 
 
 def test_note_toggles_and_momentary_notes_hold(deck):
-    midi = controller(deck, Mapping([Binding("note", 39, "mute", None, VOCALS),
-                                     Binding("note", 50, "solo", 2, BASS, "momentary")]))
+    midi = controller(
+        deck, Mapping([Binding("note", 39, "mute", None, VOCALS), Binding("note", 50, "solo", 2, BASS, "momentary")])
+    )
     midi.handle([0x95, 39, 100])
     assert deck.mixer().mute[VOCALS]
     assert settled_ratio(deck) == pytest.approx(0.6, abs=1e-5)  # the vocals (0.4) are gone
@@ -192,11 +224,18 @@ def test_note_toggles_and_momentary_notes_hold(deck):
 
 
 def test_cc_faders_absolute_relative_and_buttons(deck):
-    midi = controller(deck, Mapping([Binding("cc", 1, "gain", 1, BASS),
-                                     Binding("cc", 2, "gain", 1, VOCALS, "relative-twos"),
-                                     Binding("cc", 3, "gain", 1, 0, "relative-offset"),
-                                     Binding("cc", 4, "mute", 1, 2, "button"),
-                                     Binding("cc", 5, "dry", 1)]))
+    midi = controller(
+        deck,
+        Mapping(
+            [
+                Binding("cc", 1, "gain", 1, BASS),
+                Binding("cc", 2, "gain", 1, VOCALS, "relative-twos"),
+                Binding("cc", 3, "gain", 1, 0, "relative-offset"),
+                Binding("cc", 4, "mute", 1, 2, "button"),
+                Binding("cc", 5, "dry", 1),
+            ]
+        ),
+    )
     midi.handle([0xB0, 1, 100])
     assert deck.mixer().gain_db[BASS] == pytest.approx(0.0, abs=1e-5)
     midi.handle([0xB0, 1, 0])

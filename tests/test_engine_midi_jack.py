@@ -1,15 +1,16 @@
 """MIDI through a real JACK server (dummy driver) with rtmidi's JACK API: a second client plays
 the controller, with its own output (pads, faders) and input (LEDs)."""
+
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
+from test_engine_midi import BASS, VOCALS, deck, settled_ratio  # noqa: F401  (the deck fixture)
 
 from engine.midi import MidiConfig, MidiController, MidiError, default_mapping, load_mapping, parse
 from engine.midi.ports import open_client
-from test_engine_midi import VOCALS, BASS, deck, settled_ratio  # noqa: F401  (the deck fixture)
 
 CONTROLLER = "fakectl"
 
@@ -70,8 +71,9 @@ def wait_for(condition, timeout_s=5.0) -> bool:
 
 @pytest.fixture
 def midi(deck, fake):
-    with MidiController(deck, default_mapping(4), MidiConfig(input=CONTROLLER, api="jack",
-                                                             hotplug_poll_s=0.05)) as controller:
+    with MidiController(
+        deck, default_mapping(4), MidiConfig(input=CONTROLLER, api="jack", hotplug_poll_s=0.05)
+    ) as controller:
         yield controller
 
 
@@ -125,8 +127,7 @@ def test_a_controller_that_disappears_and_comes_back_is_reconnected(deck, fake, 
 
 
 def test_malformed_and_unexpected_messages_are_ignored(deck, fake, midi):
-    for message in ([0xF0, 0x7E, 0x7F, 0x06, 0x01, 0xF7], [0xD0, 64], [0xE0, 0, 64], [0xA0, 39, 3],
-                    [39, 100], [0xF8]):
+    for message in ([0xF0, 0x7E, 0x7F, 0x06, 0x01, 0xF7], [0xD0, 64], [0xE0, 0, 64], [0xA0, 39, 3], [39, 100], [0xF8]):
         fake.send(*message)
     fake.send(0x90, 36 + VOCALS, 100)  # and what follows still works
     assert wait_for(lambda: deck.mixer().mute[VOCALS])
@@ -155,8 +156,9 @@ def test_unknown_input_is_one_clear_error(deck, fake):
 
 
 def _cli(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "stemdeck", *args], capture_output=True, text=True,
-                          timeout=60, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "stemdeck", *args], capture_output=True, text=True, timeout=60, **kwargs
+    )
 
 
 def test_cli_lists_ports(fake):
@@ -167,9 +169,25 @@ def test_cli_lists_ports(fake):
 
 def _armed_learn(control, mapping):
     """`stemdeck midi learn CONTROL`, once it is waiting for a message."""
-    learn = subprocess.Popen([sys.executable, "-m", "stemdeck", "midi", "learn", control,
-                              "--midi-in", CONTROLLER, "--midi-api", "jack", "--midi-map", str(mapping)],
-                             stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    learn = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stemdeck",
+            "midi",
+            "learn",
+            control,
+            "--midi-in",
+            CONTROLLER,
+            "--midi-api",
+            "jack",
+            "--midi-map",
+            str(mapping),
+        ],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = learn.stderr.readline()
     while "move a control" not in line and line:
         line = learn.stderr.readline()
@@ -203,15 +221,18 @@ def test_cli_rejects_a_bad_mapping_in_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"stemdeck: error: {bad} line 5: binding 1: unknown stem 9 (use 1-6 or drums, bass, other, vocals, "
-        "guitar, piano)"]
+        "guitar, piano)"
+    ]
     assert not (tmp_path / "midi.toml").exists()
 
 
 def test_cli_play_with_midi_reports_the_controller(fake, tmp_path):
     from conftest import write_tone
+
     song = tmp_path / "song.wav"
     write_tone(song, seconds=2.0)
-    result = _cli("play", str(song), "--model", "passthrough", "--duration", "1", "--midi-in", CONTROLLER,
-                  "--midi-api", "jack")
+    result = _cli(
+        "play", str(song), "--model", "passthrough", "--duration", "1", "--midi-in", CONTROLLER, "--midi-api", "jack"
+    )
     assert result.returncode == 0, result.stderr
     assert f"stemdeck: MIDI: {CONTROLLER}:pads out, LEDs on {CONTROLLER}-01:leds in" in result.stderr

@@ -1,9 +1,18 @@
 """Numba kernels against plain NumPy: rings, overlap-add, the mix, ramps, mute and solo."""
+
 import numpy as np
 import pytest
 
-from engine.ola import (GAIN_CURRENT, accumulate_window, finalize, mix_block, mix_block_reference,
-                        ring_read, ring_write_interleaved, update_gain_targets)
+from engine.ola import (
+    GAIN_CURRENT,
+    accumulate_window,
+    finalize,
+    mix_block,
+    mix_block_reference,
+    ring_read,
+    ring_write_interleaved,
+    update_gain_targets,
+)
 from engine.state import gain_state
 
 
@@ -90,13 +99,16 @@ def test_gain_change_is_a_linear_10ms_ramp():
     assert state[GAIN_CURRENT, 0] == 0.0
 
 
-@pytest.mark.parametrize("mute,solo,expected", [
-    ([0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]),
-    ([0, 0, 0, 1], [0, 0, 0, 0], [1, 1, 1, 0]),      # mute vocals
-    ([0, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0]),      # solo bass
-    ([0, 1, 0, 0], [0, 1, 0, 1], [0, 0, 0, 1]),      # mute wins over solo
-    ([0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]),      # several solos
-])
+@pytest.mark.parametrize(
+    "mute,solo,expected",
+    [
+        ([0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]),
+        ([0, 0, 0, 1], [0, 0, 0, 0], [1, 1, 1, 0]),  # mute vocals
+        ([0, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0]),  # solo bass
+        ([0, 1, 0, 0], [0, 1, 0, 1], [0, 0, 0, 1]),  # mute wins over solo
+        ([0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]),  # several solos
+    ],
+)
 def test_dj_mixer_mute_and_solo(mute, solo, expected):
     state = gain_state(4)
     update_gain_targets(state, np.ones(4, np.float32), np.array(mute, np.uint8), np.array(solo, np.uint8), 0.0, 1)

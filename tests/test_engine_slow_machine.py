@@ -1,5 +1,6 @@
 """Issue 12: the deck on any CPU (offline chunking, never refused, dry until stems arrive) and
 live input that adapts its plan to the machine instead of refusing."""
+
 from __future__ import annotations
 
 import time

@@ -4,13 +4,14 @@ The audio callback is driven block by block (awkward sizes included); the worker
 own thread as in a session. Where a test needs a machine fast enough never to be late, it
 waits for the worker between blocks, outside the callback.
 """
+
 import time
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_HT_KW
+
 from engine.config import EngineConfig, WindowConfig
 from engine.engine import Engine
 from engine.windows import WindowPlan
@@ -84,15 +85,18 @@ def test_end_to_end_delay_is_exactly_the_reported_latency(worker):
     assert out[1000 + engine.latency_frames, 0] == pytest.approx(1.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("action,stem_gains,mix_gain", [
-    (lambda e: None, [1, 1, 1, 1], 1.0),
-    (lambda e: e.set_mute("vocals"), [1, 1, 1, 0], 0.6),
-    (lambda e: e.set_solo("bass"), [0, 1, 0, 0], 0.2),
-    (lambda e: (e.set_solo("bass"), e.set_solo("drums")), [1, 1, 0, 0], 0.3),
-    (lambda e: (e.set_solo("vocals"), e.set_mute("vocals")), [0, 0, 0, 0], 0.0),
-    (lambda e: e.set_gain("vocals", -6.0), [1, 1, 1, 10 ** (-6 / 20)], 0.6 + 0.4 * 10 ** (-6 / 20)),
-    (lambda e: e.set_dry_mix(1.0), [0, 0, 0, 0], 1.0),
-])
+@pytest.mark.parametrize(
+    "action,stem_gains,mix_gain",
+    [
+        (lambda e: None, [1, 1, 1, 1], 1.0),
+        (lambda e: e.set_mute("vocals"), [1, 1, 1, 0], 0.6),
+        (lambda e: e.set_solo("bass"), [0, 1, 0, 0], 0.2),
+        (lambda e: (e.set_solo("bass"), e.set_solo("drums")), [1, 1, 0, 0], 0.3),
+        (lambda e: (e.set_solo("vocals"), e.set_mute("vocals")), [0, 0, 0, 0], 0.0),
+        (lambda e: e.set_gain("vocals", -6.0), [1, 1, 1, 10 ** (-6 / 20)], 0.6 + 0.4 * 10 ** (-6 / 20)),
+        (lambda e: e.set_dry_mix(1.0), [0, 0, 0, 0], 1.0),
+    ],
+)
 def test_mixer_controls_act_on_the_intended_stem(action, stem_gains, mix_gain):
     engine = live_engine(PassThrough())
     action(engine)
@@ -131,8 +135,9 @@ def test_late_windows_fall_back_to_the_aligned_dry_signal():
 
 
 def test_deck_plays_dry_at_once_then_stems_and_follows_seeks():
-    engine = Engine(PassThrough(), EngineConfig(precision="fp32", inference_budget_s=0.0, worker="thread",
-                                                deck_window=FAST_PLAN))
+    engine = Engine(
+        PassThrough(), EngineConfig(precision="fp32", inference_budget_s=0.0, worker="thread", deck_window=FAST_PLAN)
+    )
     engine.prepare(FAST_PLAN, block_frames=256, calibrate_plan=False)
     tone = np.sin(2 * np.pi * 441 * np.arange(3 * SR) / SR).astype(np.float32)
     engine.load_array(np.stack([tone, tone]), cue_s=0.0)
@@ -173,8 +178,12 @@ def test_deck_counts_late_only_when_stems_fall_behind_not_while_the_first_arrive
                 Metered.windows.acquire()
             return super().forward(mix)
 
-    engine = Engine(Metered(), EngineConfig(precision="fp32", inference_budget_s=0.0, worker="thread",
-                                            cache_stems=False, deck_window=FAST_PLAN))
+    engine = Engine(
+        Metered(),
+        EngineConfig(
+            precision="fp32", inference_budget_s=0.0, worker="thread", cache_stems=False, deck_window=FAST_PLAN
+        ),
+    )
     engine.prepare(FAST_PLAN, block_frames=256, calibrate_plan=False)
     tone = np.sin(2 * np.pi * 441 * np.arange(3 * SR) / SR).astype(np.float32)
     engine.load_array(np.stack([tone, tone]))

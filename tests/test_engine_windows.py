@@ -1,4 +1,5 @@
 """Window plans: placement, weights, the latency they imply, and refusals."""
+
 import numpy as np
 import pytest
 
@@ -18,7 +19,7 @@ def test_spans_tile_the_timeline_and_latency_adds_up():
     config = WindowConfig(window_s=4.0, hop_s=1.0, lookahead_s=0.5, span_s=2.0)
     plan = WindowPlan.from_config(config, 44100, 7.8)
     assert plan.weights[: 4 * 44100 - int(2.5 * 44100)].sum() == 0  # before the span
-    assert plan.weights[-int(0.5 * 44100):].sum() == 0  # the lookahead is never used
+    assert plan.weights[-int(0.5 * 44100) :].sum() == 0  # the lookahead is never used
     span_start = plan.window_start(3) + plan.window_frames - plan.lookahead_frames - plan.span_frames
     assert span_start == 3 * plan.hop_frames
     assert plan.final_until(3) == plan.window_start(4) + plan.window_frames - plan.lookahead_frames - plan.span_frames
@@ -39,10 +40,13 @@ def test_a_short_model_segment_shortens_the_quality_span():
     assert PRESETS["quality"].resolved(4.0).span_s == pytest.approx(2.5)  # 4 s window less 1.5 s lookahead
 
 
-@pytest.mark.parametrize("config,message", [
-    (WindowConfig(window_s=2.0, hop_s=1.5, lookahead_s=0.2, span_s=1.0), "hop"),
-    (WindowConfig(window_s=2.0, hop_s=0.5, lookahead_s=1.5, span_s=1.0), "must fit in the window"),
-])
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        (WindowConfig(window_s=2.0, hop_s=1.5, lookahead_s=0.2, span_s=1.0), "hop"),
+        (WindowConfig(window_s=2.0, hop_s=0.5, lookahead_s=1.5, span_s=1.0), "must fit in the window"),
+    ],
+)
 def test_impossible_plans_are_refused(config, message):
     with pytest.raises(ValueError, match=message):
         WindowPlan.from_config(config, 44100, 7.8)

@@ -3,6 +3,7 @@
 A binding's key is (message family, channel, number); "any channel" overlaps every channel,
 so two bindings conflict when their families and numbers match and their channels overlap.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,17 +69,22 @@ class Binding:
 
     def __post_init__(self):
         if not self.mode:
-            usual = "toggle" if self.message == "note" else (
-                "button" if self.control in SWITCH_CONTROLS else "absolute")
+            usual = (
+                "toggle" if self.message == "note" else ("button" if self.control in SWITCH_CONTROLS else "absolute")
+            )
             object.__setattr__(self, "mode", usual)
 
     def matches(self, message: Message) -> bool:
-        return (message.family == self.message and message.number == self.number
-                and self.channel in (None, message.channel))
+        return (
+            message.family == self.message and message.number == self.number and self.channel in (None, message.channel)
+        )
 
-    def overlaps(self, other: "Binding") -> bool:
-        return (self.message == other.message and self.number == other.number
-                and (self.channel is None or other.channel is None or self.channel == other.channel))
+    def overlaps(self, other: Binding) -> bool:
+        return (
+            self.message == other.message
+            and self.number == other.number
+            and (self.channel is None or other.channel is None or self.channel == other.channel)
+        )
 
     def describe_message(self) -> str:
         channel = "any channel" if self.channel is None else f"channel {self.channel}"
@@ -134,8 +140,9 @@ class Mapping:
         groups: dict[tuple[str, int], tuple[Binding | None, dict[int, Binding]]] = {}
         for binding in self.bindings:
             any_channel, by_channel = groups.get((binding.message, binding.number), (None, {}))
-            earlier = any_channel or (next(iter(by_channel.values()), None) if binding.channel is None
-                                      else by_channel.get(binding.channel))
+            earlier = any_channel or (
+                next(iter(by_channel.values()), None) if binding.channel is None else by_channel.get(binding.channel)
+            )
             if earlier is not None:
                 found.append((earlier, binding))
             if binding.channel is None:
@@ -149,8 +156,10 @@ class Mapping:
         """One message may drive one control: refuse a mapping where two bindings share one."""
         for first, second in self.conflicts()[:1]:
             where = f" (lines {first.line} and {second.line})" if first.line and second.line else ""
-            raise ConflictError(f"{second.describe_message()} drives both {first.describe_control()} "
-                                f"and {second.describe_control()}{where}; keep one")
+            raise ConflictError(
+                f"{second.describe_message()} drives both {first.describe_control()} "
+                f"and {second.describe_control()}{where}; keep one"
+            )
 
     def learn(self, binding: Binding) -> list[Binding]:
         """Add a learned binding; the bindings it replaces (same message, or same control) are returned."""
@@ -181,6 +190,10 @@ def default_mapping(num_stems: int = 6) -> Mapping:
     bindings += [Binding("cc", 1 + s, "gain", 1, s) for s in range(num_stems)]
     bindings += [Binding("cc", 7, "dry", 1), Binding("note", 48, "play"), Binding("note", 49, "cue")]
     vocals, drums = STEM_NAMES.index("vocals"), STEM_NAMES.index("drums")
-    scenes = [Scene(0, "full mix"), Scene(1, "instrumental", mute=frozenset({vocals})),
-              Scene(2, "a cappella", solo=frozenset({vocals})), Scene(3, "no drums", mute=frozenset({drums}))]
+    scenes = [
+        Scene(0, "full mix"),
+        Scene(1, "instrumental", mute=frozenset({vocals})),
+        Scene(2, "a cappella", solo=frozenset({vocals})),
+        Scene(3, "no drums", mute=frozenset({drums})),
+    ]
     return Mapping(bindings, scenes)

@@ -1,4 +1,5 @@
 """``stemdeck midi …`` and the ``--midi-*`` options of the session commands."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,12 +18,14 @@ ESCAPE = "\x1b"
 def add_midi_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("MIDI control")
     group.add_argument("--midi-in", metavar="NAME", help="MIDI input port (name or part of it)")
-    group.add_argument("--midi-out", metavar="NAME", help="MIDI output for LED feedback "
-                       "(default: the input controller's own output)")
+    group.add_argument(
+        "--midi-out", metavar="NAME", help="MIDI output for LED feedback (default: the input controller's own output)"
+    )
     group.add_argument("--midi-virtual", action="store_true", help="open virtual MIDI ports other apps can use")
-    group.add_argument("--midi-api", choices=API_NAMES, default="auto", help="MIDI system (default: JACK if running, else ALSA)")
-    group.add_argument("--midi-map", type=Path, metavar="FILE",
-                       help=f"mapping file (default: {user_mapping_path()})")
+    group.add_argument(
+        "--midi-api", choices=API_NAMES, default="auto", help="MIDI system (default: JACK if running, else ALSA)"
+    )
+    group.add_argument("--midi-map", type=Path, metavar="FILE", help=f"mapping file (default: {user_mapping_path()})")
 
 
 def add_midi_commands(commands) -> None:
@@ -38,8 +41,11 @@ def add_midi_commands(commands) -> None:
 
     learn = actions.add_parser("learn", help="bind the next message that arrives to CONTROL (Esc cancels)")
     learn.add_argument("control", help="mute:STEM, solo:STEM, gain:STEM, dry, play or cue (STEM: 1-6 or a name)")
-    learn.add_argument("--mode", default="", help="toggle|momentary (notes), absolute|relative-twos|"
-                       "relative-offset|relative-signbit|button (CCs)")
+    learn.add_argument(
+        "--mode",
+        default="",
+        help="toggle|momentary (notes), absolute|relative-twos|relative-offset|relative-signbit|button (CCs)",
+    )
     learn.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
     add_midi_options(learn)
     learn.set_defaults(func=run_learn)
@@ -77,8 +83,13 @@ def start_midi(controls, args: argparse.Namespace) -> MidiController | None:
 
 def _config(args: argparse.Namespace) -> MidiConfig:
     """The --midi-* options; learned bindings are saved to the mapping in use."""
-    return MidiConfig(input=args.midi_in, output=args.midi_out, virtual=args.midi_virtual,
-                      api=args.midi_api, mapping_path=mapping_path(args))
+    return MidiConfig(
+        input=args.midi_in,
+        output=args.midi_out,
+        virtual=args.midi_virtual,
+        api=args.midi_api,
+        mapping_path=mapping_path(args),
+    )
 
 
 def _say(text: str) -> None:
@@ -101,8 +112,7 @@ def run_show(args: argparse.Namespace) -> int:
     mapping = load_user_mapping(path)
     print(f"mapping: {path}" + ("" if path.exists() else " (not written yet: the default)"))
     for b in mapping.bindings:
-        print(f"  {b.describe_message():<24} {b.describe_control():<14} {b.mode:<16} "
-              f"{'LED' if b.feedback else ''}")
+        print(f"  {b.describe_message():<24} {b.describe_control():<14} {b.mode:<16} {'LED' if b.feedback else ''}")
     for scene in mapping.scenes:
         print(f"  program {scene.program:<16} scene {scene.name}")
     return 0
@@ -115,6 +125,7 @@ class _NoEngine:
 
     def mixer(self):
         from engine.engine import MixerState
+
         n = len(self.sources)
         return MixerState((0.0,) * n, (False,) * n, (False,) * n, 0.0, False)
 
@@ -130,8 +141,11 @@ def run_learn(args: argparse.Namespace) -> int:
         _watch_for_escape(controller)
         result = controller.wait_learned(args.timeout)
     if result is None:
-        _say("MIDI learn cancelled; nothing changed" if not controller.learning else
-             f"nothing arrived in {args.timeout:g} s; nothing changed")
+        _say(
+            "MIDI learn cancelled; nothing changed"
+            if not controller.learning
+            else f"nothing arrived in {args.timeout:g} s; nothing changed"
+        )
         return 1
     _say(f"saved to {path}")
     return 0
@@ -139,9 +153,11 @@ def run_learn(args: argparse.Namespace) -> int:
 
 def _watch_for_escape(controller: MidiController) -> None:
     """Esc on the terminal (or on a pipe to stdin) cancels learn mode."""
+
     def read() -> None:
         import termios
         import tty
+
         fd = sys.stdin.fileno()
         saved = termios.tcgetattr(fd) if sys.stdin.isatty() else None
         try:

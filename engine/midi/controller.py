@@ -5,21 +5,31 @@ enqueues the bytes. A dispatcher thread applies them through the engine's contro
 settings the audio callback picks up at its next block and ramps like any other gain change.
 The same thread keeps the controller's LEDs equal to the engine's state, whoever changed it.
 """
+
 from __future__ import annotations
 
 import math
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from .bindings import Binding, Mapping, Scene, binding_from_message, cc_to_db, db_to_cc, relative_delta
 from .mapping_file import save_mapping
 from .messages import Message, control_change, note_on, parse
-from .ports import (MidiError, client_part, describe_ports, find_port, midi_client_name, open_client, port_names,
-                    quiet_stderr)
+from .ports import (
+    MidiError,
+    client_part,
+    describe_ports,
+    find_port,
+    midi_client_name,
+    open_client,
+    port_names,
+    quiet_stderr,
+)
 
 FEEDBACK_ON, FEEDBACK_OFF = 127, 0
 CC_TOP = 127
@@ -75,8 +85,13 @@ class _Learn:
 
 
 class MidiController:
-    def __init__(self, controls: Controls, mapping: Mapping, config: MidiConfig = MidiConfig(),
-                 report: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        controls: Controls,
+        mapping: Mapping,
+        config: MidiConfig = MidiConfig(),
+        report: Callable[[str], None] | None = None,
+    ):
         self.controls, self.mapping, self.config = controls, mapping, config
         self._report = report or (lambda text: None)
         self.events: deque[str] = deque(maxlen=50)  # what happened, newest last (for the GUI)
@@ -96,7 +111,7 @@ class MidiController:
 
     # -- lifetime -----------------------------------------------------------------------------------
 
-    def start(self) -> "MidiController":
+    def start(self) -> MidiController:
         cfg = self.config
         if cfg.input is None and not cfg.virtual:
             raise MidiError("no MIDI input: name one (--midi-in, see `stemdeck midi list`) or use --midi-virtual")
@@ -130,7 +145,7 @@ class MidiController:
                         port.client.delete()
             self._inputs, self._output, self._virtual_output = [], None, None
 
-    def __enter__(self) -> "MidiController":
+    def __enter__(self) -> MidiController:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -303,8 +318,9 @@ class MidiController:
         key = (binding.control, binding.stem)
         if key not in self._positions:
             mixer = self.controls.mixer()
-            self._positions[key] = (db_to_cc(mixer.gain_db[binding.stem]) if binding.control == "gain"
-                                    else mixer.dry_mix * CC_TOP)
+            self._positions[key] = (
+                db_to_cc(mixer.gain_db[binding.stem]) if binding.control == "gain" else mixer.dry_mix * CC_TOP
+            )
         return self._positions[key]
 
     def _press(self, control: str, stem: int | None) -> None:
@@ -403,8 +419,11 @@ class MidiController:
             return None
         channel = binding.channel or 1
         value = min(CC_TOP, max(0, value))
-        return (note_on(channel, binding.number, value) if binding.message == "note"
-                else control_change(channel, binding.number, value))
+        return (
+            note_on(channel, binding.number, value)
+            if binding.message == "note"
+            else control_change(channel, binding.number, value)
+        )
 
     def _say(self, text: str) -> None:
         self.events.append(text)

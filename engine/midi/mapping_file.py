@@ -1,4 +1,5 @@
 """Mappings as TOML under the user's config dir: readable, editable, checked line by line."""
+
 from __future__ import annotations
 
 import math
@@ -6,8 +7,20 @@ import re
 import tomllib
 from pathlib import Path
 
-from .bindings import (CC_MODES, CONTROLS, MESSAGE_FAMILIES, NOTE_MODES, STEM_CONTROLS, STEM_NAMES, Binding,
-                       ConflictError, Mapping, Scene, default_mapping)
+from .bindings import (
+    CC_MODES,
+    CONTROLS,
+    MESSAGE_FAMILIES,
+    NOTE_MODES,
+    STEM_CONTROLS,
+    STEM_NAMES,
+    Binding,
+    ConflictError,
+    Mapping,
+    Scene,
+    default_mapping,
+)
+
 HEADER = """\
 # stemdeck MIDI mapping. Edit freely; `stemdeck midi show` checks it.
 # message: "note" or "cc"; number: 0-127; channel: 1-16 or "any";
@@ -32,6 +45,7 @@ class MappingError(ValueError):
 
 def user_mapping_path() -> Path:
     from platformdirs import user_config_dir
+
     return Path(user_config_dir("stemdeck")) / "midi.toml"
 
 
@@ -44,8 +58,10 @@ def load_user_mapping(path: Path | None = None) -> Mapping:
 def load_mapping(path: Path) -> Mapping:
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
-            raise MappingError(f"{path}: {path.stat().st_size} bytes is too long for a MIDI mapping "
-                               f"(at most {MAX_FILE_BYTES}); is it the right file?")
+            raise MappingError(
+                f"{path}: {path.stat().st_size} bytes is too long for a MIDI mapping "
+                f"(at most {MAX_FILE_BYTES}); is it the right file?"
+            )
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise MappingError(f"cannot read MIDI mapping {path}: {exc}") from None
@@ -102,8 +118,10 @@ def parse_control(text: str) -> tuple[str, int | None]:
 def _mapping(data: dict, lines: dict) -> Mapping:
     unknown = set(data) - {"midi", "binding", "scene"}
     if unknown:
-        raise MappingError(f"line {lines.get((sorted(unknown)[0], None, None), '?')}: unknown table "
-                           f"{sorted(unknown)[0]!r} (use [midi], [[binding]], [[scene]])")
+        raise MappingError(
+            f"line {lines.get((sorted(unknown)[0], None, None), '?')}: unknown table "
+            f"{sorted(unknown)[0]!r} (use [midi], [[binding]], [[scene]])"
+        )
     settings = data.get("midi", {})
     if not isinstance(settings, dict):
         raise MappingError(f"line {lines.get(('midi', None, None), '?')}: [midi] must be a table")
@@ -174,8 +192,7 @@ def _binding(table: dict, index: int, lines: dict) -> Binding:
         channel = _channel(table.get("channel", "any"), None)
     except MappingError as exc:
         fail("channel", str(exc))
-    return Binding(message, number, control, channel, stem, mode, feedback,
-                   line=lines.get(("binding", index, None)))
+    return Binding(message, number, control, channel, stem, mode, feedback, line=lines.get(("binding", index, None)))
 
 
 def _scene(table: dict, index: int, lines: dict) -> Scene:
@@ -208,8 +225,12 @@ def _scene(table: dict, index: int, lines: dict) -> Scene:
 def _scene_gain_db(value) -> float:
     """A finite gain in dB: a NaN or infinite gain would turn the whole output into NaN."""
     low, high = SCENE_GAIN_RANGE_DB
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
         raise MappingError(f"gain_db must be a number of dB from {low:g} to {high:g}, not {value!r}")
     return float(value)
 
@@ -220,7 +241,7 @@ def _channel(value, line) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 16:
         return value
     where = f"line {line}: " if line else ""
-    raise MappingError(f"{where}channel must be 1-16 or \"any\", not {value!r}")
+    raise MappingError(f'{where}channel must be 1-16 or "any", not {value!r}')
 
 
 _HEADER_LINE = re.compile(r"^\s*\[\[\s*(binding|scene)\s*\]\]")
@@ -246,8 +267,12 @@ def _key_lines(text: str) -> dict:
 
 
 def _binding_table(binding: Binding) -> dict:
-    table = {"message": binding.message, "number": binding.number,
-             "channel": binding.channel if binding.channel is not None else "any", "control": binding.control}
+    table = {
+        "message": binding.message,
+        "number": binding.number,
+        "channel": binding.channel if binding.channel is not None else "any",
+        "control": binding.control,
+    }
     if binding.stem is not None:
         table["stem"] = STEM_NAMES[binding.stem]
     table["mode"] = binding.mode
@@ -256,7 +281,11 @@ def _binding_table(binding: Binding) -> dict:
 
 
 def _scene_table(scene: Scene) -> dict:
-    table = {"program": scene.program, "name": scene.name, "mute": [STEM_NAMES[s] for s in sorted(scene.mute)],
-             "solo": [STEM_NAMES[s] for s in sorted(scene.solo)]}
+    table = {
+        "program": scene.program,
+        "name": scene.name,
+        "mute": [STEM_NAMES[s] for s in sorted(scene.mute)],
+        "solo": [STEM_NAMES[s] for s in sorted(scene.solo)],
+    }
     table["gain_db"] = {STEM_NAMES[s]: db for s, db in sorted(scene.gain_db.items()) if math.isfinite(db)}
     return table

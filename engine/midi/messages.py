@@ -1,4 +1,5 @@
 """Raw MIDI bytes to the few messages stemdeck binds; everything else is dropped, never an error."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

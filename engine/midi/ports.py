@@ -1,4 +1,5 @@
 """MIDI ports through python-rtmidi: which system, which ports, opened by name or part of it."""
+
 from __future__ import annotations
 
 import re
@@ -51,8 +52,11 @@ def open_client(direction: str, api: str = "auto", client_name: str = "stemdeck"
             return client
         except rt.RtMidiError as exc:
             problems.append(f"{name}: {str(exc).splitlines()[0]}")
-    raise MidiError("no MIDI system to open (" + "; ".join(problems) +
-                    "); start a JACK server or load ALSA's sequencer (modprobe snd-seq)")
+    raise MidiError(
+        "no MIDI system to open ("
+        + "; ".join(problems)
+        + "); start a JACK server or load ALSA's sequencer (modprobe snd-seq)"
+    )
 
 
 def port_names(client) -> list[str]:
