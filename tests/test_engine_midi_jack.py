@@ -48,6 +48,13 @@ class FakeController:
             return self._got.wait_for(lambda: list(message) in self.leds, timeout_s)
 
     def close(self):
+        # rtmidi holds the GIL through JACK calls that wait for a graph change, and a client whose
+        # process thread waits for the GIL in a Python callback never lets that change come:
+        # no Python callback of this process may run while the ports close.
+        from engine.jack_output import close_session_output
+
+        close_session_output()
+        self.leds_in.cancel_callback()
         for client in (self.pads_out, self.leds_in):
             client.close_port()
             client.delete()

@@ -138,6 +138,8 @@ class MidiController:
             thread.join(5)
         with self._lock:
             ports = [*self._inputs, self._output, self._virtual_output]
+            for port in self._inputs:  # no Python callback may run (it needs the GIL) while JACK closes ports
+                port.client.cancel_callback()
             for port in ports:
                 if port is not None:
                     with quiet_stderr():
