@@ -223,3 +223,17 @@ def jack_server():
         os.environ.pop("JACK_DEFAULT_SERVER", None)
     else:
         os.environ["JACK_DEFAULT_SERVER"] = previous
+
+
+@pytest.fixture(autouse=True)
+def _no_jack_audio_client_left():
+    """Each test ends with this process's JACK audio client closed.
+
+    Its Python process callback needs the GIL every cycle, and python-rtmidi holds the GIL
+    through JACK calls that wait for a cycle: a later test's rtmidi port closing would stall.
+    """
+    yield
+    import sys
+
+    if "engine.jack_output" in sys.modules:
+        sys.modules["engine.jack_output"].close_session_output()
