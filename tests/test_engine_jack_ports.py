@@ -179,8 +179,10 @@ def test_stem_ports_on_a_two_port_server_carry_the_stems_and_survive_loads(two_p
         engine.stop()
 
 
-@pytest.mark.skip(reason="errors at setup after another two-port test in the same process: libjack does not "
-                  "reconnect to the restarted server; passes alone (-k); to fix with a module-scoped server")
+@pytest.mark.skip(
+    reason="errors at setup after another two-port test in the same process: libjack does not "
+    "reconnect to the restarted server; passes alone (-k); to fix with a module-scoped server"
+)
 def test_deck_latency_is_the_output_latency_not_the_separation_plan(two_port_server, recorder):
     engine = deck_engine()
     try:
@@ -196,8 +198,10 @@ def test_deck_latency_is_the_output_latency_not_the_separation_plan(two_port_ser
         engine.stop()
 
 
-@pytest.mark.skip(reason="errors at setup after another two-port test in the same process: libjack does not "
-                  "reconnect to the restarted server; passes alone (-k); to fix with a module-scoped server")
+@pytest.mark.skip(
+    reason="errors at setup after another two-port test in the same process: libjack does not "
+    "reconnect to the restarted server; passes alone (-k); to fix with a module-scoped server"
+)
 def test_xruns_come_from_the_jack_server(two_port_server, recorder):
     import jack
 
