@@ -88,8 +88,14 @@ def test_end_to_end_delay_equals_reported_latency(jack_server):
     recording, status = run_live(jack_server, engine, signal, 2.5)
     found = int(np.argmax(np.abs(recording.data[0])))
     delay = (recording.recorder_start + found) - (recording.player_start + impulse_at)
-    assert status.xruns == 0 and status.late_windows == 0
+    # xruns are not asserted: on a shared 2-core machine the JACK server reports some whichever
+    # client was late (jackd's log names the player, PortAudio's idle client, stemdeck alike).
+    # What a late cycle would break is asserted on the audio: one impulse, unchanged, at the
+    # reported latency, and nothing else anywhere in the recording.
+    assert status.late_windows == 0
     assert recording.data[0, found] == pytest.approx(1.0, abs=1e-6)
+    elsewhere = np.delete(recording.data, found, axis=1)
+    assert np.abs(elsewhere).max() < 1e-6
     assert abs(delay - engine.latency_samples) <= JACK_PERIOD, (delay, engine.latency_samples)
 
 
@@ -186,7 +192,10 @@ def test_cli_play_reports_stats_as_json(jack_server, tmp_path):
         "seconds_ahead",
         "first_stems_s",
     }
-    assert stats["xruns"] == 0 and stats["late_windows"] == 0
+    assert isinstance(stats["xruns"], int) and stats["xruns"] >= 0  # the server's count: machine-dependent
+    assert stats["late_windows"] == 0
+    assert stats["latency_ms"] == pytest.approx(1000 * stats["latency_samples"] / JACK_RATE, rel=1e-9)
+    assert stats["realtime_factor"] > 0
     assert stats["first_stems_s"] is not None and stats["first_stems_s"] < 1.5
     assert "latency" in result.stderr
 

@@ -31,12 +31,14 @@ STEM_PORTS = [f"stemdeck:{group}_{side}" for group in ("master", *SOURCES) for s
 TONE_AMPLITUDE = 0.5
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def two_port_server():
     """A JACK server as a user starts it (dummy driver, 2 playback ports), the default for libjack.
 
-    libjack serves one server per process: every client of this process on the session's server
-    (our own, PortAudio's) goes first, and comes back after."""
+    One for the whole module: libjack in a process does not reconnect to a server restarted under
+    the same name (a second one failed to open clients). libjack serves one server per process:
+    every client of this process on the session's server (our own, PortAudio's) goes first, and
+    comes back after."""
     name = f"stemdeck-2ch-{os.getpid()}"
     previous = os.environ.get("JACK_DEFAULT_SERVER")
     close_session_output()
@@ -145,6 +147,23 @@ def peaks(recording: np.ndarray) -> np.ndarray:
     return np.abs(recording).max(axis=1)
 
 
+# First in the module: it runs on the session's 10-port server, before this module's 2-port
+# server becomes this process's JACK server (libjack serves one per process).
+def test_midi_clients_are_named_by_direction(jack_server):
+    from engine.midi import MidiConfig, MidiController, default_mapping
+    from engine.midi.ports import list_ports
+
+    engine = deck_engine()
+    try:
+        with MidiController(engine, default_mapping(4), MidiConfig(virtual=True, api="jack")):
+            inputs, outputs = list_ports("jack")
+    finally:
+        engine.stop()
+    assert "stemdeck-midi-out:feedback out" in inputs
+    assert "stemdeck-midi-in:control in" in outputs
+    assert not [name for name in inputs + outputs if name.startswith(("stemdeck:", "stemdeck-01:"))]
+
+
 def test_stem_ports_on_a_two_port_server_carry_the_stems_and_survive_loads(two_port_server, recorder):
     engine = deck_engine()
     try:
@@ -179,10 +198,6 @@ def test_stem_ports_on_a_two_port_server_carry_the_stems_and_survive_loads(two_p
         engine.stop()
 
 
-@pytest.mark.skip(
-    reason="errors at setup after another two-port test in the same process: libjack does not "
-    "reconnect to the restarted server; passes alone (-k); to fix with a module-scoped server"
-)
 def test_deck_latency_is_the_output_latency_not_the_separation_plan(two_port_server, recorder):
     engine = deck_engine()
     try:
@@ -198,10 +213,6 @@ def test_deck_latency_is_the_output_latency_not_the_separation_plan(two_port_ser
         engine.stop()
 
 
-@pytest.mark.skip(
-    reason="errors at setup after another two-port test in the same process: libjack does not "
-    "reconnect to the restarted server; passes alone (-k); to fix with a module-scoped server"
-)
 def test_xruns_come_from_the_jack_server(two_port_server, recorder):
     import jack
 
@@ -266,21 +277,6 @@ def test_cli_play_with_stem_outputs_on_a_two_port_server(two_port_server, tmp_pa
     assert seen == set(STEM_PORTS)
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["latency_ms"] < 50  # the deck's output latency (it said 3171 ms: the live plan's)
-
-
-def test_midi_clients_are_named_by_direction(jack_server):
-    from engine.midi import MidiConfig, MidiController, default_mapping
-    from engine.midi.ports import list_ports
-
-    engine = deck_engine()
-    try:
-        with MidiController(engine, default_mapping(4), MidiConfig(virtual=True, api="jack")):
-            inputs, outputs = list_ports("jack")
-    finally:
-        engine.stop()
-    assert "stemdeck-midi-out:feedback out" in inputs
-    assert "stemdeck-midi-in:control in" in outputs
-    assert not [name for name in inputs + outputs if name.startswith(("stemdeck:", "stemdeck-01:"))]
 
 
 @pytest.fixture
