@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import HTDemucs  # noqa: E402
+from stemdeck.models import HTDemucs  # noqa: E402
 
 HTDEMUCS_KW = dict(
     sources=["drums", "bass", "other", "vocals"],

@@ -17,10 +17,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.separator import WindowSeparator  # noqa: E402
-from engine.windows import WindowPlan  # noqa: E402
-from models import load_model  # noqa: E402
-from models.bandwidth import share_high_band  # noqa: E402
+from stemdeck.engine.worker.separator import WindowSeparator  # noqa: E402
+from stemdeck.engine.worker.windows import WindowPlan  # noqa: E402
+from stemdeck.models import load_model  # noqa: E402
+from stemdeck.models.bandwidth import share_high_band  # noqa: E402
 
 STREAM_RATE = 44100
 

@@ -17,12 +17,12 @@ import time
 import numpy as np
 from _common import htdemucs_random, jack_dummy_server
 
-from engine.config import EngineConfig
-from engine.engine import Engine
-from engine.runtime import configure_process
-from engine.state import MEAN_INFERENCE_S, SEPARATED_FROM, STEMS_WRITTEN, WINDOWS_DONE
-from models.demo import demo_stems
-from models.separate import separate
+from stemdeck.engine.audio.state import MEAN_INFERENCE_S, SEPARATED_FROM, STEMS_WRITTEN, WINDOWS_DONE
+from stemdeck.engine.config import EngineConfig
+from stemdeck.engine.engine import Engine
+from stemdeck.engine.runtime import configure_process
+from stemdeck.models.demo import demo_stems
+from stemdeck.models.separate import separate
 
 SR = 44100
 

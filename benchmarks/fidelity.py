@@ -17,11 +17,11 @@ import sys
 import numpy as np
 from _common import htdemucs_random
 
-from engine.config import PRESETS, EngineConfig
-from engine.engine import Engine
-from models import separate
-from models.demo import demo_stems
-from models.evaluate import utterance_sdr
+from stemdeck.engine.config import PRESETS, EngineConfig
+from stemdeck.engine.engine import Engine
+from stemdeck.models import separate
+from stemdeck.models.demo import demo_stems
+from stemdeck.models.training.evaluate import utterance_sdr
 
 BLOCK = 256
 UNSEEN_SONG_SEED = 987_654  # no recipe's training songs use it
@@ -53,8 +53,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     truth = None
     if args.model:
-        from models import load_model
-        from models.synth import synth_song
+        from stemdeck.models import load_model
+        from stemdeck.models.training.synth import synth_song
 
         model = load_model(args.model)
         truth = synth_song(UNSEEN_SONG_SEED, args.seconds)

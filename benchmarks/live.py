@@ -15,10 +15,10 @@ import time
 
 from _common import htdemucs_random, jack_dummy_server
 
-from engine.config import PRESETS, EngineConfig
-from engine.engine import Engine
-from engine.process import WorkerError
-from engine.runtime import configure_process
+from stemdeck.engine.config import PRESETS, EngineConfig
+from stemdeck.engine.engine import Engine
+from stemdeck.engine.runtime import configure_process
+from stemdeck.engine.worker.process import WorkerError
 
 
 def run_preset(model, preset: str, seconds: float, precision: str = "auto") -> dict:

@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--probe", nargs=2, metavar=("SERVER", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from engine.runtime import configure_process
+    from stemdeck.engine.runtime import configure_process
 
     configure_process()  # as the command line does: this process runs the audio callback
     spacing_cycles = int(args.spacing_s * RATE / PERIOD)
@@ -96,10 +96,10 @@ def main(argv=None) -> int:
         probe(args.probe[0], args.presses, spacing_cycles, args.probe[1])
         return 0
 
-    from engine.config import EngineConfig
-    from engine.engine import Engine
-    from engine.midi import MidiConfig, MidiController, default_mapping
-    from models.passthrough import PassThrough
+    from stemdeck.engine.config import EngineConfig
+    from stemdeck.engine.engine import Engine
+    from stemdeck.engine.midi import MidiConfig, MidiController, default_mapping
+    from stemdeck.models.nets.passthrough import PassThrough
 
     seconds = (args.presses + 4) * args.spacing_s + 2
     result = Path(f"/tmp/stemdeck-midi-bench-{time.time_ns()}.npz")

@@ -28,9 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models import HTDemucs, apply_model, load_checkpoint, save_safetensors  # noqa: E402
-from models.demo import demo_stems  # noqa: E402
-from models.precision import autocast, prepare_model, resolve_precision  # noqa: E402
+from stemdeck.models import HTDemucs, apply_model, load_checkpoint, save_safetensors  # noqa: E402
+from stemdeck.models.demo import demo_stems  # noqa: E402
+from stemdeck.models.precision import autocast, prepare_model, resolve_precision  # noqa: E402
 
 SEGMENT_S = 7.8
 HTDEMUCS_KW = dict(

@@ -15,8 +15,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.ola import mix_block, mix_block_reference  # noqa: E402
-from engine.state import gain_state  # noqa: E402
+from stemdeck.engine.audio.mixer import mix_block, mix_block_reference  # noqa: E402
+from stemdeck.engine.audio.state import gain_state  # noqa: E402
 
 SAMPLERATE = 44100
 

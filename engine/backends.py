@@ -15,15 +15,15 @@ from typing import Protocol
 import numpy as np
 from torch import nn
 
-from .calibrate import Calibration, calibrate
-from .config import EngineConfig, WindowConfig
-from .process import ArraySpecs, BlockSpec, SharedBlock, WorkerProcess, clean_stale_segments
-from .runtime import inference_threads
-from .separator import WindowSeparator
-from .session import DECK, SessionSpec, WorkerError
-from .state import SharedState, playhead_frames
-from .windows import WindowPlan
-from .worker import SeparationWorker, build_worker, warm_up_worker_kernels
+from stemdeck.engine.audio.state import SharedState, playhead_frames
+from stemdeck.engine.config import EngineConfig, WindowConfig
+from stemdeck.engine.runtime import inference_threads
+from stemdeck.engine.session import DECK, SessionSpec, WorkerError
+from stemdeck.engine.worker.calibrate import Calibration, calibrate
+from stemdeck.engine.worker.process import ArraySpecs, BlockSpec, SharedBlock, WorkerProcess, clean_stale_segments
+from stemdeck.engine.worker.separator import WindowSeparator
+from stemdeck.engine.worker.windows import WindowPlan
+from stemdeck.engine.worker.worker import SeparationWorker, build_worker, warm_up_worker_kernels
 
 # A separation process that dies (killed for memory, say) is restarted while the audio plays
 # dry; more deaths than this within the window means something is wrong with it: give up.

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from .config import PRESETS, EngineConfig, WindowConfig
-from .device import DeviceError, sounddevice
-from .engine import Engine
-from .jack_output import serves
+from stemdeck.engine.audio.jack_output import serves
+from stemdeck.engine.config import PRESETS, EngineConfig, WindowConfig
+from stemdeck.engine.device import DeviceError, sounddevice
+from stemdeck.engine.engine import Engine
 
 
 def device_rate(output_device: int | None) -> int:

@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from .config import PRESETS, EngineConfig
-from .engine import STREAM_LOST
-from .midi import MidiError
-from .midi.cli import add_midi_commands, add_midi_options, mapping_path, start_midi
+from stemdeck.engine.config import PRESETS, EngineConfig
+from stemdeck.engine.engine import STREAM_LOST
+from stemdeck.engine.midi import MidiError
+from stemdeck.engine.midi.cli import add_midi_commands, add_midi_options, mapping_path, start_midi
 
 POLL_S = 0.05
 MIN_BLOCK_FRAMES = 32
@@ -86,8 +86,8 @@ def check_session_options(args: argparse.Namespace) -> None:
 
 def read_track(path: Path, start_s: float):
     """Read the track before the model loads: a bad file or cue point is said at once."""
-    from models.audio import read_audio
-    from models.cli import CommandError
+    from stemdeck.models.audio import read_audio
+    from stemdeck.models.cli import CommandError
 
     try:
         with open(path, "rb") as file:
@@ -109,8 +109,8 @@ def read_track(path: Path, start_s: float):
 
 def check_midi_ports(args: argparse.Namespace) -> None:
     """The --midi-* ports and mapping, checked before the model loads (which takes seconds)."""
-    from .midi.mapping_file import load_user_mapping
-    from .midi.ports import describe_ports, find_port, list_ports
+    from stemdeck.engine.midi.mapping_file import load_user_mapping
+    from stemdeck.engine.midi.ports import describe_ports, find_port, list_ports
 
     if not (args.midi_in or args.midi_virtual):
         if args.midi_out:
@@ -127,9 +127,8 @@ def check_midi_ports(args: argparse.Namespace) -> None:
 
 
 def _engine(args: argparse.Namespace, output_device, deck: bool = False):
-    from models.cli import check_device, load_for_command
-
-    from .build import build_engine, device_block_frames, device_rate, session_window
+    from stemdeck.engine.build import build_engine, device_block_frames, device_rate, session_window
+    from stemdeck.models.cli import check_device, load_for_command
 
     check_device(args.device)
     samplerate = device_rate(output_device)  # the device is checked before the model loads
@@ -173,7 +172,7 @@ def _engine(args: argparse.Namespace, output_device, deck: bool = False):
 
 
 def run_live(args: argparse.Namespace) -> int:
-    from .device import resolve_device
+    from stemdeck.engine.device import resolve_device
 
     check_session_options(args)
     input_device, output_device = resolve_device(args.input, "input"), resolve_device(args.output, "output")
@@ -185,7 +184,7 @@ def run_live(args: argparse.Namespace) -> int:
 
 
 def run_play(args: argparse.Namespace) -> int:
-    from .device import resolve_device
+    from stemdeck.engine.device import resolve_device
 
     check_session_options(args)
     audio, samplerate = read_track(args.file, args.start)
@@ -274,7 +273,7 @@ def _fmt(value) -> str:
 
 
 def run_devices(args: argparse.Namespace) -> int:
-    from .device import list_devices, sounddevice
+    from stemdeck.engine.device import list_devices, sounddevice
 
     sd = sounddevice()
     for api in sd.query_hostapis():

@@ -18,14 +18,16 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from .backends import WorkerBackend, make_backend
-from .calibrate import Calibration
-from .callbacks import DeckBuffers, LiveBuffers, MixerBuffers, deck_block, live_block, warm_up_kernels
-from .config import PRESETS, EngineConfig, WindowConfig
-from .device import DeviceError, open_stream
-from .jack_output import serves as jack_serves
-from .session import DECK, LIVE, SessionSpec, WorkerError
-from .state import (
+from stemdeck.engine.audio.callbacks import (
+    DeckBuffers,
+    LiveBuffers,
+    MixerBuffers,
+    deck_block,
+    live_block,
+    warm_up_kernels,
+)
+from stemdeck.engine.audio.jack_output import serves as jack_serves
+from stemdeck.engine.audio.state import (
     FALLBACK,
     LATE_WINDOWS,
     MAX_INFERENCE_S,
@@ -45,7 +47,12 @@ from .state import (
     playhead_frames,
     seek_pending,
 )
-from .windows import WindowPlan
+from stemdeck.engine.backends import WorkerBackend, make_backend
+from stemdeck.engine.config import PRESETS, EngineConfig, WindowConfig
+from stemdeck.engine.device import DeviceError, open_stream
+from stemdeck.engine.session import DECK, LIVE, SessionSpec, WorkerError
+from stemdeck.engine.worker.calibrate import Calibration
+from stemdeck.engine.worker.windows import WindowPlan
 
 STREAM_LOST = (
     "the audio stream stopped: the device was removed or the sound server quit; "
@@ -113,7 +120,7 @@ class Engine:
         self.sources = tuple(model.sources)
         self._fingerprint: str | None = None
         if config.cache_stems:
-            from .cache import cache_folder, clean_temporaries
+            from stemdeck.engine.worker.cache import cache_folder, clean_temporaries
 
             clean_temporaries(cache_folder())
         self.backend: WorkerBackend = make_backend(model, config)
@@ -246,14 +253,14 @@ class Engine:
 
     def load(self, path: str | Path, cue_s: float = 0.0) -> None:
         """Load a track; separation starts at once from the cue point, ahead of any play."""
-        from models.audio import read_audio
+        from stemdeck.models.audio import read_audio
 
         audio, samplerate = read_audio(path)
         self.load_audio(audio, samplerate, cue_s)
 
     def load_audio(self, audio: np.ndarray, samplerate: int, cue_s: float = 0.0) -> None:
         """Load ``(channels, frames)`` audio read elsewhere (say, checked before the model loaded)."""
-        from models.separate import match_channels, resample
+        from stemdeck.models.separate import match_channels, resample
 
         track = match_channels(resample(audio, samplerate, self.config.samplerate), self.config.channels)
         self.load_array(np.ascontiguousarray(track, dtype=np.float32), cue_s)
@@ -294,7 +301,7 @@ class Engine:
         self._start_session(SessionSpec(DECK, self.deck_plan, cue, cache, quick_frames=quick), arrays)
 
     def _cache_path(self, track: np.ndarray):
-        from .cache import CacheEntry, cache_folder, model_fingerprint, stems_key
+        from stemdeck.engine.worker.cache import CacheEntry, cache_folder, model_fingerprint, stems_key
 
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.model)

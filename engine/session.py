@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .cache import CacheEntry
-    from .windows import WindowPlan
+    from stemdeck.engine.worker.cache import CacheEntry
+    from stemdeck.engine.worker.windows import WindowPlan
 
 LIVE, DECK = "live", "deck"  # what a session separates: the sound card's input, or a loaded track
 

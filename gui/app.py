@@ -16,7 +16,7 @@ GIL_SWITCH_S = 0.0005
 
 
 def add_gui_command(commands, add_model_options, add_midi_options) -> None:
-    from engine.config import PRESETS
+    from stemdeck.engine.config import PRESETS
 
     gui = commands.add_parser("gui", help="the desktop mixer (also what `stemdeck` alone opens)")
     gui.add_argument("file", type=Path, nargs="?", help="a track to load at start")
@@ -61,9 +61,9 @@ def run_gui(args: argparse.Namespace) -> int:
     from PyQt6.QtCore import QSettings, QTimer
     from PyQt6.QtWidgets import QApplication
 
-    from .main_window import MainWindow
-    from .session import Session, SessionConfig
-    from .theme import apply_theme
+    from stemdeck.gui.main_window import MainWindow
+    from stemdeck.gui.session import Session, SessionConfig
+    from stemdeck.gui.theme import apply_theme
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("stemdeck")
@@ -94,8 +94,8 @@ def run_gui(args: argparse.Namespace) -> int:
         return 0
     window.choose_model(model, remember=args.model is not None)  # a fallback is not the user's choice
     if args.demo:
-        from models.demo import SAMPLERATE as DEMO_RATE
-        from models.demo import demo_stems
+        from stemdeck.models.demo import SAMPLERATE as DEMO_RATE
+        from stemdeck.models.demo import demo_stems
 
         session.open_array(sum(demo_stems(20.0).values()), DEMO_RATE, "demo song")
     elif args.file is not None:
@@ -115,7 +115,7 @@ def _shut_down(session, midi) -> None:
     port closed while that audio client ran has hung the tests)."""
     session.close()
     try:
-        from engine.jack_output import close_session_output
+        from stemdeck.engine.audio.jack_output import close_session_output
     except ImportError:  # an engine without its own JACK client
         pass
     else:
@@ -138,9 +138,8 @@ def _remember_midi_ports(args, settings) -> None:
 
 
 def _start_midi(window, session, args):
-    from engine.midi.cli import start_midi
-
-    from .main_window import EngineControls
+    from stemdeck.engine.midi.cli import start_midi
+    from stemdeck.gui.main_window import EngineControls
 
     try:
         controller = start_midi(EngineControls(session), args)

@@ -24,11 +24,10 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
-from engine.config import PRESETS
-
-from .session import Session, Track
-from .theme import stem_colour
-from .widgets import LevelMeter, StemStrip, WaveformOverview
+from stemdeck.engine.config import PRESETS
+from stemdeck.gui.session import Session, Track
+from stemdeck.gui.theme import stem_colour
+from stemdeck.gui.widgets import LevelMeter, StemStrip, WaveformOverview
 
 REFRESH_MS = 33  # ≈ 30 fps
 SEEK_STEP_S = 5.0
@@ -70,7 +69,12 @@ def _rewind_if_ended(engine) -> None:
 
 def model_note(name: str) -> str:
     """What the user should know about a stand-in model, and how to get the real one offline."""
-    from models.registry import BUILT_IN, BUNDLED, REGISTRY, cache_dir  # a model is loaded: torch is in already
+    from stemdeck.models.registry import (  # a model is loaded: torch is in already
+        BUILT_IN,
+        BUNDLED,
+        REGISTRY,
+        cache_dir,
+    )
 
     if name in BUILT_IN:
         return "stand-in: its stems are fixed fractions of the mix, not a separation"
@@ -85,7 +89,7 @@ def model_note(name: str) -> str:
 
 def model_label(name: str) -> str:
     """The status bar's name: the built-in and bundled models say what they are."""
-    from models.registry import BUILT_IN, BUNDLED
+    from stemdeck.models.registry import BUILT_IN, BUNDLED
 
     return f"{name} (stand-in)" if name in BUILT_IN else f"{name} (bundled)" if name in BUNDLED else name
 
@@ -382,7 +386,7 @@ class MainWindow(QMainWindow):
         if self.session.config.headless:
             return [], []
         try:
-            from engine.device import list_devices
+            from stemdeck.engine.device import list_devices
 
             devices = list_devices()
         except Exception:  # noqa: BLE001 - no audio backend: the pickers stay at default

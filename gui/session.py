@@ -46,11 +46,11 @@ class Track:
 
 def user_message(exc: BaseException) -> str:
     """One line for the banner: our errors already say what to do."""
-    from engine.device import DeviceError
-    from engine.midi import MappingError, MidiError
-    from models.audio import AudioError
-    from models.checkpoint import CheckpointError
-    from models.registry import ModelNotAvailableError
+    from stemdeck.engine.device import DeviceError
+    from stemdeck.engine.midi import MappingError, MidiError
+    from stemdeck.models.audio import AudioError
+    from stemdeck.models.checkpoint import CheckpointError
+    from stemdeck.models.registry import ModelNotAvailableError
 
     known = (AudioError, CheckpointError, ModelNotAvailableError, DeviceError, MidiError, MappingError, ValueError)
     if isinstance(exc, known):
@@ -147,14 +147,14 @@ class Session(QObject):
     def _load_or_fetch(self, name: str | None):
         import sys
 
-        from models.loading import load_or_fetch
+        from stemdeck.models.loading import load_or_fetch
 
         return load_or_fetch(name, report=self.busy.emit, progress_bar=sys.stderr.isatty())
 
     def _switch_or_stand_in(self, name: str | None, preset: str) -> None:
         """A model that cannot load leaves the current one; with none yet, the deck still plays."""
-        from models.loading import FALLBACK_MODEL
-        from models.registry import PASSTHROUGH, bundled_path
+        from stemdeck.models.loading import FALLBACK_MODEL
+        from stemdeck.models.registry import PASSTHROUGH, bundled_path
 
         try:
             self._switch_model(name, preset)
@@ -172,7 +172,7 @@ class Session(QObject):
             self._switch_model(PASSTHROUGH, preset)
 
     def _switch_model(self, name: str | None, preset: str) -> None:
-        from engine.build import build_engine, session_window
+        from stemdeck.engine.build import build_engine, session_window
 
         model, name = self._load_model(name)
         engine = build_engine(
@@ -196,12 +196,12 @@ class Session(QObject):
             self._open_audio(self._track_audio, self.track.name, self.track.path, position_s, playing)
 
     def _device_rate(self) -> int:
-        from engine.config import EngineConfig
+        from stemdeck.engine.config import EngineConfig
 
         if self.config.headless:  # no device: the engine's usual rate, whatever the model's
             return EngineConfig().samplerate
-        from engine.build import device_rate
-        from engine.device import resolve_device
+        from stemdeck.engine.build import device_rate
+        from stemdeck.engine.device import resolve_device
 
         return device_rate(resolve_device(self.config.output_device, "output"))
 
@@ -216,14 +216,14 @@ class Session(QObject):
         new.set_dry_mix(mixer.dry_mix)
 
     def _open_file(self, path: Path) -> None:
-        from models.audio import read_audio
+        from stemdeck.models.audio import read_audio
 
         self._require_engine()
         audio, samplerate = read_audio(path)  # a bad file stops here: the current track plays on
         self._open_audio(self._at_engine_rate(audio, samplerate), path.name, path)
 
     def _at_engine_rate(self, audio: np.ndarray, samplerate: int) -> np.ndarray:
-        from models.separate import match_channels, resample
+        from stemdeck.models.separate import match_channels, resample
 
         self._require_engine()
         rate, channels = self.engine.config.samplerate, self.engine.config.channels
@@ -241,7 +241,7 @@ class Session(QObject):
         self._track_audio = audio
         self.track = Track(path, name, audio.shape[-1] / engine.config.samplerate, overview_peaks(audio))
         if not self.config.headless:
-            from engine.device import resolve_device
+            from stemdeck.engine.device import resolve_device
 
             engine.start_output(resolve_device(self.config.output_device, "output"))
         if play:
@@ -249,13 +249,13 @@ class Session(QObject):
         self.track_ready.emit(self.track)
 
     def _restart_output(self) -> None:
-        from engine.device import resolve_device
+        from stemdeck.engine.device import resolve_device
 
         self.engine.stop_output()
         self.engine.start_output(resolve_device(self.config.output_device, "output"))
 
     def _start_live(self) -> None:
-        from engine.device import resolve_device
+        from stemdeck.engine.device import resolve_device
 
         self._require_engine()
         engine = self.engine

@@ -18,7 +18,7 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
-from .theme import ACCENT, DIM_TEXT, PANEL, TEXT
+from stemdeck.gui.theme import ACCENT, DIM_TEXT, PANEL, TEXT
 
 METER_FLOOR_DB = -60.0
 PEAK_HOLD_S = 1.5

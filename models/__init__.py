@@ -6,12 +6,12 @@ from pathlib import Path
 
 from torch import nn
 
-from .bag import BagOfModels
-from .checkpoint import CheckpointError, load_checkpoint, save_safetensors
-from .hdemucs import HDemucs
-from .htdemucs import HTDemucs
-from .registry import BUILT_IN, BUNDLED, REGISTRY, ModelNotAvailableError, fetch, load_named, model_names
-from .separate import apply_model, separate
+from stemdeck.models.bag import BagOfModels
+from stemdeck.models.checkpoint import CheckpointError, load_checkpoint, save_safetensors
+from stemdeck.models.nets.hdemucs import HDemucs
+from stemdeck.models.nets.htdemucs import HTDemucs
+from stemdeck.models.registry import BUILT_IN, BUNDLED, REGISTRY, ModelNotAvailableError, fetch, load_named, model_names
+from stemdeck.models.separate import apply_model, separate
 
 DEFAULT_MODEL = "htdemucs"
 

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .htdemucs import HTDemucs
-from .limits import MAX_BAG_MODELS, SEGMENT_RANGE_S, shown
+from stemdeck.models.limits import MAX_BAG_MODELS, SEGMENT_RANGE_S, shown
+from stemdeck.models.nets.htdemucs import HTDemucs
 
 
 class BagOfModels(nn.Module):

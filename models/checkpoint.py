@@ -36,10 +36,8 @@ import torch
 import yaml
 from torch import nn
 
-from .bag import BagOfModels
-from .hdemucs import HDemucs, UnsupportedModelError
-from .htdemucs import HTDemucs
-from .limits import (
+from stemdeck.models.bag import BagOfModels
+from stemdeck.models.limits import (
     MAX_BAG_MODELS,
     MAX_PARAMETERS,
     LimitError,
@@ -47,6 +45,8 @@ from .limits import (
     fraction,
     shown,
 )
+from stemdeck.models.nets.hdemucs import HDemucs, UnsupportedModelError
+from stemdeck.models.nets.htdemucs import HTDemucs
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "demucs.htdemucs.HTDemucs": HTDemucs,

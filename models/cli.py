@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import (
+from stemdeck.models.audio import (
     AudioError,
     OutputFormat,
     check_stem_name,
@@ -21,9 +21,9 @@ from .audio import (
     remove_stale_partials,
     write_stems_atomically,
 )
-from .checkpoint import CheckpointError
-from .loading import LoadedModel, load_or_fetch
-from .registry import REGISTRY, ModelNotAvailableError
+from stemdeck.models.checkpoint import CheckpointError
+from stemdeck.models.loading import LoadedModel, load_or_fetch
+from stemdeck.models.registry import REGISTRY, ModelNotAvailableError
 
 USER_ERRORS = (AudioError, CheckpointError, ModelNotAvailableError, ValueError)
 SEGMENT_RANGE_S = (0.5, 600.0)
@@ -200,7 +200,7 @@ def separate_file(
     device: str,
     bars: SeparationBars,
 ) -> Path:
-    from .separate import separate
+    from stemdeck.models.separate import separate
 
     expected = [folder / f"{name}.{fmt.extension}" for name in pick(dict.fromkeys(model.sources))]
     existing = [p for p in expected if p.exists()]
@@ -306,7 +306,7 @@ def load_for_command(name_or_path: str | None) -> LoadedModel:
 
 def check_model_segment(model, segment_s: float | None) -> None:
     """Refuse a ``--segment`` the model cannot run before any file is read."""
-    from .separate import check_segment
+    from stemdeck.models.separate import check_segment
 
     for sub_model in getattr(model, "models", [model]):
         check_segment(sub_model, segment_s)
@@ -433,7 +433,7 @@ def check_device(device: str) -> str:
 
 
 def run_models_list(args: argparse.Namespace) -> int:
-    from .registry import BUILT_IN, BUNDLED, bundled_path, cache_dir, cached_size_bytes, is_cached
+    from stemdeck.models.registry import BUILT_IN, BUNDLED, bundled_path, cache_dir, cached_size_bytes, is_cached
 
     rows = [("NAME", "SOURCES", "FILES", "CACHED", "DESCRIPTION")]
     for spec in REGISTRY.values():
@@ -456,7 +456,7 @@ def run_models_list(args: argparse.Namespace) -> int:
 
 
 def run_models_fetch(args: argparse.Namespace) -> int:
-    from .registry import fetch
+    from stemdeck.models.registry import fetch
 
     for path in fetch(args.name, progress=sys.stderr.isatty()):
         print(path)
@@ -467,7 +467,7 @@ def run_models_fetch(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .demo import write_demo
+    from stemdeck.models.demo import write_demo
 
     write_demo(args.path, seconds=args.seconds)
     print(args.path)

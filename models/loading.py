@@ -11,9 +11,9 @@ from typing import NamedTuple
 
 from torch import nn
 
-from . import DEFAULT_MODEL, load_model
-from .checkpoint import CheckpointError
-from .registry import REGISTRY, ModelNotAvailableError, bundled_path, fetch
+from stemdeck.models import DEFAULT_MODEL, load_model
+from stemdeck.models.checkpoint import CheckpointError
+from stemdeck.models.registry import REGISTRY, ModelNotAvailableError, bundled_path, fetch
 
 FALLBACK_MODEL = "tiny"  # bundled: used when the default cannot be had
 

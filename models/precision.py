@@ -52,7 +52,7 @@ def prepare_model(model: torch.nn.Module, precision: str, device: torch.device) 
     values) and whose 2-D convolutions use the channels-last layout oneDNN prefers."""
     if resolve_precision(precision, device) != "bf16":
         return model
-    from .transformer import Attention
+    from stemdeck.models.nets.transformer import Attention
 
     fast = copy.deepcopy(model)
     weighted = (

@@ -19,9 +19,9 @@ from pathlib import Path
 import platformdirs
 from torch import nn
 
-from .bag import BagOfModels
-from .checkpoint import CheckpointError, load_checkpoint
-from .limits import shown
+from stemdeck.models.bag import BagOfModels
+from stemdeck.models.checkpoint import CheckpointError, load_checkpoint
+from stemdeck.models.limits import shown
 
 OFFICIAL_ROOT_URL = "https://dl.fbaipublicfiles.com/demucs/"
 FOUR_SOURCES = ("drums", "bass", "other", "vocals")
@@ -175,7 +175,7 @@ def unknown_name_message(name: str) -> str:
 
 def load_named(name: str) -> nn.Module:
     if name in BUILT_IN:
-        from .passthrough import PassThrough
+        from stemdeck.models.nets.passthrough import PassThrough
 
         return PassThrough(BUILT_IN[name][0])
     if name in BUNDLED:

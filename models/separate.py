@@ -19,10 +19,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .bag import BagOfModels
-from .bandwidth import share_high_band
-from .htdemucs import HTDemucs
-from .precision import autocast, prepare_model
+from stemdeck.models.bag import BagOfModels
+from stemdeck.models.bandwidth import share_high_band
+from stemdeck.models.nets.htdemucs import HTDemucs
+from stemdeck.models.precision import autocast, prepare_model
 
 Progress = Callable[[float], None]  # called with the fraction of the work done, rising to 1
 MIN_SEGMENT_S = 0.1  # shorter chunks are all padding and overhead

@@ -17,11 +17,11 @@ DEFAULT_COMMAND = "gui"
 
 def get_parser() -> argparse.ArgumentParser:
     """The whole command line, every package's subcommands on one parser."""
-    from engine.cli import add_engine_commands
-    from engine.midi.cli import add_midi_options
-    from gui.app import add_gui_command
-    from models.cli import add_demo_command, add_model_options, add_separation_commands
-    from models.training_cli import add_training_commands
+    from stemdeck.engine.cli import add_engine_commands
+    from stemdeck.engine.midi.cli import add_midi_options
+    from stemdeck.gui.app import add_gui_command
+    from stemdeck.models.cli import add_demo_command, add_model_options, add_separation_commands
+    from stemdeck.models.training.cli import add_training_commands
 
     parser = argparse.ArgumentParser(prog="stemdeck", description="Split music into stems with HT Demucs.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -35,17 +35,17 @@ def get_parser() -> argparse.ArgumentParser:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The errors that are the user's to fix: said in one line, never as a traceback."""
-    from engine.device import DeviceError
-    from engine.midi import MappingError, MidiError
-    from engine.session import WorkerError
-    from models.cli import USER_ERRORS, CommandError
+    from stemdeck.engine.device import DeviceError
+    from stemdeck.engine.midi import MappingError, MidiError
+    from stemdeck.engine.session import WorkerError
+    from stemdeck.models.cli import USER_ERRORS, CommandError
 
     return (CommandError, *USER_ERRORS, DeviceError, WorkerError, MidiError, MappingError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``stemdeck [COMMAND ...]``; with no command, the desktop mixer."""
-    from engine.runtime import configure_process
+    from stemdeck.engine.runtime import configure_process
 
     argv = sys.argv[1:] if argv is None else list(argv)
     configure_process()
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_parsed(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     """Run the chosen subcommand; user errors become one line on stderr and exit code 1."""
-    from models.cli import say
+    from stemdeck.models.cli import say
 
     args = parser.parse_args(argv)
     if args.command is None:

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from engine.runtime import configure_process
+from stemdeck.engine.runtime import configure_process
 
 # The test session is an entry point, like the command line: engines run in this process too.
 configure_process()
@@ -70,14 +70,14 @@ def make_pair(reference_class, our_class, kwargs, seed=0):
 def htdemucs_pair():
     from demucs.htdemucs import HTDemucs as Reference
 
-    from models import HTDemucs
+    from stemdeck.models import HTDemucs
 
     return make_pair(Reference, HTDemucs, HTDEMUCS_KW)
 
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from models import HTDemucs
+    from stemdeck.models import HTDemucs
 
     torch.manual_seed(1)
     return HTDemucs(**TINY_HT_KW).eval()
@@ -85,7 +85,7 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_model) -> Path:
-    from models import save_safetensors
+    from stemdeck.models import save_safetensors
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_safetensors(tiny_model, path)
@@ -235,5 +235,5 @@ def _no_jack_audio_client_left():
     yield
     import sys
 
-    if "engine.jack_output" in sys.modules:
-        sys.modules["engine.jack_output"].close_session_output()
+    if "stemdeck.engine.audio.jack_output" in sys.modules:
+        sys.modules["stemdeck.engine.audio.jack_output"].close_session_output()

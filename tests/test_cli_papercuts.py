@@ -74,7 +74,7 @@ def test_head_takes_its_line_and_nothing_else_is_said(tmp_path):
 
 def test_the_offline_fallback_says_where_to_put_the_weights(tmp_path, capsys, monkeypatch):
     """No network (the fixture points downloads at a missing folder): which file, and where it goes."""
-    from models.registry import cache_dir
+    from stemdeck.models.registry import cache_dir
 
     song = tmp_path / "short.wav"
     write_tone(song, seconds=0.5)
@@ -86,7 +86,7 @@ def test_the_offline_fallback_says_where_to_put_the_weights(tmp_path, capsys, mo
 
 
 def test_models_list_says_where_weights_go_without_network(capsys):
-    from models.registry import cache_dir
+    from stemdeck.models.registry import cache_dir
 
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out

@@ -253,7 +253,7 @@ def test_inputs_with_one_name_get_their_own_folders(tmp_path, capsys):
 
 
 def test_track_folders_are_distinct_and_stay_inside_the_output(tmp_path):
-    from models.cli import track_folders
+    from stemdeck.models.cli import track_folders
 
     names = ["a/song.wav", "b/song.wav", "a/Song.flac", "song-a.wav", "..wav", "...wav", "c/d/track.mp3"]
     folders = track_folders([tmp_path / n for n in names], tmp_path / "out")
@@ -265,7 +265,7 @@ def test_track_folders_are_distinct_and_stay_inside_the_output(tmp_path):
 def test_one_failing_file_never_ends_the_batch(tmp_path, tiny_checkpoint, capsys, monkeypatch):
     import importlib
 
-    separate_module = importlib.import_module("models.separate")
+    separate_module = importlib.import_module("stemdeck.models.separate")
     one_hz = tmp_path / "one_hz.wav"
     sf.write(str(one_hz), np.zeros((5, 2)), 1)
     odd_name = tmp_path / os.fsdecode(b"odd \xff name.wav")
@@ -375,7 +375,7 @@ def test_no_bars_off_a_terminal_only_one_line_per_file(tmp_path, song, capsys):
 def test_bars_on_a_terminal_show_the_file_and_the_batch(capsys):
     from pathlib import Path
 
-    from models.cli import SeparationBars
+    from stemdeck.models.cli import SeparationBars
 
     with SeparationBars(2, enabled=True) as bars:
         bars.start_file(Path("first.wav"), 10.0)
@@ -393,12 +393,12 @@ def test_bars_on_a_terminal_show_the_file_and_the_batch(capsys):
 
 def test_a_model_whose_stem_names_are_paths_writes_nothing(tmp_path, song, capsys, monkeypatch):
     """Defence in depth: the checkpoint loader refuses such names; the writer does too."""
-    import models.cli
-    from models.loading import LoadedModel
-    from models.passthrough import PassThrough
+    import stemdeck.models.cli
+    from stemdeck.models.loading import LoadedModel
+    from stemdeck.models.nets.passthrough import PassThrough
 
     hostile = PassThrough(sources=("../../escaped", "bass", "other", "vocals"))
-    monkeypatch.setattr(models.cli, "load_for_command", lambda name: LoadedModel(hostile, "hostile"))
+    monkeypatch.setattr(stemdeck.models.cli, "load_for_command", lambda name: LoadedModel(hostile, "hostile"))
     out = tmp_path / "deep" / "out"
     assert main(["separate", str(song), "-o", str(out), "--model", "passthrough"]) == 1
     err = capsys.readouterr().err

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine.backends import ProcessBackend, ThreadBackend, WorkerBackend, make_backend
-from engine.callbacks import deck_block, live_block
-from engine.config import EngineConfig, WindowConfig
-from engine.engine import Engine
-from engine.runtime import GIL_SWITCH_INTERVAL_S, configure_process
-from engine.session import Failure, WorkerError
-from engine.state import PLAYHEAD, POSITION
-from models.passthrough import PassThrough
+from stemdeck.engine.audio.callbacks import deck_block, live_block
+from stemdeck.engine.audio.state import PLAYHEAD, POSITION
+from stemdeck.engine.backends import ProcessBackend, ThreadBackend, WorkerBackend, make_backend
+from stemdeck.engine.config import EngineConfig, WindowConfig
+from stemdeck.engine.engine import Engine
+from stemdeck.engine.runtime import GIL_SWITCH_INTERVAL_S, configure_process
+from stemdeck.engine.session import Failure, WorkerError
+from stemdeck.models.nets.passthrough import PassThrough
 
 SR = 44100
 BLOCK = 256

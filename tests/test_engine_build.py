@@ -1,10 +1,10 @@
-"""engine.build: the one way the command line and the GUI make an engine (issue 18 items 1 and 4)."""
+"""stemdeck.engine.build: the one way the command line and the GUI make an engine (issue 18 items 1 and 4)."""
 
 import pytest
 
-from engine.build import build_engine, device_block_frames, device_rate, session_window
-from engine.config import PRESETS, WindowConfig
-from models.passthrough import PassThrough
+from stemdeck.engine.build import build_engine, device_block_frames, device_rate, session_window
+from stemdeck.engine.config import PRESETS, WindowConfig
+from stemdeck.models.nets.passthrough import PassThrough
 
 
 def test_a_target_latency_is_a_third_per_hop_two_hops_of_span_half_a_hop_ahead():
@@ -34,7 +34,7 @@ def test_build_engine_fixes_rate_block_and_plan():
 
 
 def test_on_jack_the_server_fixes_rate_and_block(jack_server):
-    from engine.jack_output import close_session_output
+    from stemdeck.engine.audio.jack_output import close_session_output
 
     try:
         assert device_rate(None) == 44100  # the test server's rate, whatever the sound card's

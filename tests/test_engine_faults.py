@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import cache as stems_cache
-from engine.config import EngineConfig, WindowConfig
-from engine.engine import Engine
-from engine.ola import OUTPUT_LIMIT, mix_block
-from engine.process import SharedBlock, WorkerError, WorkerProcess, clean_stale_segments
-from engine.state import PLAYHEAD, SharedState, gain_state
-from models.passthrough import PassThrough
+from stemdeck.engine.audio.mixer import OUTPUT_LIMIT, mix_block
+from stemdeck.engine.audio.state import PLAYHEAD, SharedState, gain_state
+from stemdeck.engine.config import EngineConfig, WindowConfig
+from stemdeck.engine.engine import Engine
+from stemdeck.engine.worker import cache as stems_cache
+from stemdeck.engine.worker.process import SharedBlock, WorkerError, WorkerProcess, clean_stale_segments
+from stemdeck.models.nets.passthrough import PassThrough
 
 SR = 44100
 BLOCK = 256
@@ -409,9 +409,9 @@ class FailsOnMusic(PassThrough):
 
 
 def test_a_failing_session_is_restarted_a_bounded_number_of_times_while_the_deck_plays_dry(monkeypatch):
-    import engine.backends
+    import stemdeck.engine.backends
 
-    monkeypatch.setattr(engine.backends, "MAX_WORKER_RESTARTS", 1)
+    monkeypatch.setattr(stemdeck.engine.backends, "MAX_WORKER_RESTARTS", 1)
     track = tone(60.0)
     deck = deck_engine(FailsOnMusic(), worker="process", cache_stems=False)
     deck.load_array(track)
@@ -510,7 +510,7 @@ def test_a_process_that_never_answers_times_out_and_is_ended():
 SESSION = """
 import sys, time
 sys.path.insert(0, {root!r})
-from engine.process import SharedBlock
+from stemdeck.engine.worker.process import SharedBlock
 block = SharedBlock({{"x": ((1024,), "float32")}})
 print(block.spec.name, flush=True)
 time.sleep(60)
@@ -542,14 +542,14 @@ def test_segments_of_a_killed_session_are_removed_at_the_next_start():
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Any model load fails the test: every check here must come first."""
-    import models.cli
-    import models.loading
+    import stemdeck.models.cli
+    import stemdeck.models.loading
 
     def loaded(*args, **kwargs):
         raise AssertionError("the model was loaded before the inputs were checked")
 
-    monkeypatch.setattr(models.cli, "load_for_command", loaded)
-    monkeypatch.setattr(models.loading, "load_or_fetch", loaded)
+    monkeypatch.setattr(stemdeck.models.cli, "load_for_command", loaded)
+    monkeypatch.setattr(stemdeck.models.loading, "load_or_fetch", loaded)
 
 
 @pytest.fixture

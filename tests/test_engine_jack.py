@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from conftest import JACK_PERIOD, JACK_RATE, start_jack_server, stop_jack_server
 
-from engine.config import EngineConfig, WindowConfig
-from engine.engine import Engine
-from models.passthrough import PassThrough
+from stemdeck.engine.config import EngineConfig, WindowConfig
+from stemdeck.engine.engine import Engine
+from stemdeck.models.nets.passthrough import PassThrough
 
 FAST_PLAN = WindowConfig(window_s=0.5, hop_s=0.1, lookahead_s=0.05, span_s=0.2)
 

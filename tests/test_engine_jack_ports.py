@@ -19,10 +19,10 @@ from conftest import (
     write_tone,
 )
 
-from engine.config import EngineConfig, WindowConfig
-from engine.engine import Engine
-from engine.jack_output import close_session_output
-from models.passthrough import DEFAULT_FRACTIONS, PassThrough
+from stemdeck.engine.audio.jack_output import close_session_output
+from stemdeck.engine.config import EngineConfig, WindowConfig
+from stemdeck.engine.engine import Engine
+from stemdeck.models.nets.passthrough import DEFAULT_FRACTIONS, PassThrough
 
 FAST_PLAN = WindowConfig(window_s=0.5, hop_s=0.1, lookahead_s=0.05, span_s=0.2)
 SOURCES = ("drums", "bass", "other", "vocals")
@@ -150,8 +150,8 @@ def peaks(recording: np.ndarray) -> np.ndarray:
 # First in the module: it runs on the session's 10-port server, before this module's 2-port
 # server becomes this process's JACK server (libjack serves one per process).
 def test_midi_clients_are_named_by_direction(jack_server):
-    from engine.midi import MidiConfig, MidiController, default_mapping
-    from engine.midi.ports import list_ports
+    from stemdeck.engine.midi import MidiConfig, MidiController, default_mapping
+    from stemdeck.engine.midi.ports import list_ports
 
     engine = deck_engine()
     try:

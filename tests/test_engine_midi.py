@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from engine.config import EngineConfig, WindowConfig
-from engine.engine import Engine
-from engine.midi import (
+from stemdeck.engine.config import EngineConfig, WindowConfig
+from stemdeck.engine.engine import Engine
+from stemdeck.engine.midi import (
     Binding,
     Mapping,
     MappingError,
@@ -22,9 +22,9 @@ from engine.midi import (
     relative_delta,
     save_mapping,
 )
-from engine.midi.bindings import ConflictError, Scene
-from engine.midi.mapping_file import parse_control
-from models.passthrough import PassThrough
+from stemdeck.engine.midi.bindings import ConflictError, Scene
+from stemdeck.engine.midi.mapping_file import parse_control
+from stemdeck.models.nets.passthrough import PassThrough
 
 SR = 44100
 FAST_PLAN = WindowConfig(window_s=0.5, hop_s=0.1, lookahead_s=0.05, span_s=0.2)

@@ -9,8 +9,8 @@ import time
 import pytest
 from test_engine_midi import BASS, VOCALS, deck, settled_ratio  # noqa: F401  (the deck fixture)
 
-from engine.midi import MidiConfig, MidiController, MidiError, default_mapping, load_mapping, parse
-from engine.midi.ports import open_client
+from stemdeck.engine.midi import MidiConfig, MidiController, MidiError, default_mapping, load_mapping, parse
+from stemdeck.engine.midi.ports import open_client
 
 CONTROLLER = "fakectl"
 
@@ -51,7 +51,7 @@ class FakeController:
         # rtmidi holds the GIL through JACK calls that wait for a graph change, and a client whose
         # process thread waits for the GIL in a Python callback never lets that change come:
         # no Python callback of this process may run while the ports close.
-        from engine.jack_output import close_session_output
+        from stemdeck.engine.audio.jack_output import close_session_output
 
         close_session_output()
         self.leds_in.cancel_callback()

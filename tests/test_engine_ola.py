@@ -3,17 +3,10 @@
 import numpy as np
 import pytest
 
-from engine.ola import (
-    GAIN_CURRENT,
-    accumulate_window,
-    finalize,
-    mix_block,
-    mix_block_reference,
-    ring_read,
-    ring_write_interleaved,
-    update_gain_targets,
-)
-from engine.state import gain_state
+from stemdeck.engine.audio.mixer import GAIN_CURRENT, mix_block, mix_block_reference, update_gain_targets
+from stemdeck.engine.audio.ring import ring_read, ring_write_interleaved
+from stemdeck.engine.audio.state import gain_state
+from stemdeck.engine.worker.ola import accumulate_window, finalize
 
 
 def test_ring_write_and_read_wrap_around():

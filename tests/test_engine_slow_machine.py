@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import EngineConfig, WindowConfig
-from engine.engine import Engine
-from engine.session import WorkerError
-from engine.windows import WindowPlan
-from models.separate import separate
+from stemdeck.engine.config import EngineConfig, WindowConfig
+from stemdeck.engine.engine import Engine
+from stemdeck.engine.session import WorkerError
+from stemdeck.engine.worker.windows import WindowPlan
+from stemdeck.models.separate import separate
 
 SR = 44100
 BLOCK = 512

@@ -12,11 +12,11 @@ import pytest
 import torch
 from conftest import TINY_HT_KW
 
-from engine.config import EngineConfig, WindowConfig
-from engine.engine import Engine
-from engine.windows import WindowPlan
-from models import HTDemucs, separate
-from models.passthrough import PassThrough
+from stemdeck.engine.config import EngineConfig, WindowConfig
+from stemdeck.engine.engine import Engine
+from stemdeck.engine.worker.windows import WindowPlan
+from stemdeck.models import HTDemucs, separate
+from stemdeck.models.nets.passthrough import PassThrough
 
 SR = 44100
 BLOCK_SIZES = [1, 64, 65, 512, 8193]
@@ -168,7 +168,7 @@ def test_deck_plays_dry_at_once_then_stems_and_follows_seeks():
 def test_deck_counts_late_only_when_stems_fall_behind_not_while_the_first_arrive():
     import threading
 
-    from engine.state import PLAYHEAD, STEMS_WRITTEN
+    from stemdeck.engine.audio.state import PLAYHEAD, STEMS_WRITTEN
 
     class Metered(PassThrough):
         windows = threading.Semaphore(0)  # one release lets one window of music through
@@ -261,7 +261,7 @@ def test_deck_loads_files_at_any_rate_and_channel_count(tmp_path):
 
 
 def test_deck_refuses_unreadable_files_and_keeps_the_loaded_track(tmp_path):
-    from models.audio import AudioError
+    from stemdeck.models.audio import AudioError
 
     engine = Engine(PassThrough(), EngineConfig(inference_budget_s=0.0, worker="thread"))
     engine.prepare(FAST_PLAN, calibrate_plan=False)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from engine.config import PRESETS, WindowConfig
-from engine.windows import WindowPlan
-from models.separate import transition_weights
+from stemdeck.engine.config import PRESETS, WindowConfig
+from stemdeck.engine.worker.windows import WindowPlan
+from stemdeck.models.separate import transition_weights
 
 
 def test_offline_plan_is_the_reference_chunking():
@@ -53,7 +53,7 @@ def test_impossible_plans_are_refused(config, message):
 
 
 def test_calibration_lengthens_the_hop_and_keeps_the_plan_valid():
-    from engine.calibrate import fit_window
+    from stemdeck.engine.worker.calibrate import fit_window
 
     window = WindowConfig(window_s=7.8, hop_s=2.0, lookahead_s=1.5, span_s=4.0).resolved(7.8)
     fitted = fit_window(window, forward_s=2.4, headroom=0.3)

@@ -15,10 +15,10 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from PyQt6.QtCore import QSettings, Qt
 from PyQt6.QtGui import QImage
 
-from gui.main_window import EngineControls, MainWindow
-from gui.session import Session, SessionConfig
-from models.loading import LoadedModel
-from models.passthrough import PassThrough
+from stemdeck.gui.main_window import EngineControls, MainWindow
+from stemdeck.gui.session import Session, SessionConfig
+from stemdeck.models.loading import LoadedModel
+from stemdeck.models.nets.passthrough import PassThrough
 
 SR = 44100
 VOCALS, BASS = 3, 1
@@ -252,7 +252,7 @@ def test_settings_persist_between_launches(qtbot, settings, window):
 
 
 def test_midi_learn_from_the_gui_and_midi_changes_show(qtbot, window):
-    from engine.midi import MidiConfig, MidiController, default_mapping
+    from stemdeck.engine.midi import MidiConfig, MidiController, default_mapping
 
     window.midi = MidiController(EngineControls(window.session), default_mapping(4), MidiConfig())
     window.midi_learn("mute", VOCALS)
@@ -272,7 +272,7 @@ def test_midi_learn_from_the_gui_and_midi_changes_show(qtbot, window):
 
 
 def test_midi_before_any_model_is_loaded_does_not_break(qtbot, settings):
-    from engine.midi import MidiConfig, MidiController, default_mapping
+    from stemdeck.engine.midi import MidiConfig, MidiController, default_mapping
 
     session = Session(SessionConfig(headless=True, worker="thread", calibrate=False), model_loader=loader)
     midi = MidiController(EngineControls(session), default_mapping(4), MidiConfig())
@@ -344,7 +344,7 @@ def test_the_deck_plays_through_a_real_jack_output(qtbot, settings, jack_server)
 def test_midi_ports_are_remembered_between_launches(settings):
     import argparse
 
-    from gui.app import _remember_midi_ports
+    from stemdeck.gui.app import _remember_midi_ports
 
     given = argparse.Namespace(midi_in="nanoKONTROL", midi_out=None, midi_virtual=False)
     _remember_midi_ports(given, settings)

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from test_gui import SIX, SR, loader, output_ratio, tone, wait_idle
 
-from engine.midi.bindings import cc_to_db
-from engine.midi.ports import open_client
-from gui.app import _start_midi
-from gui.main_window import MainWindow, _clock
-from gui.session import Session, SessionConfig
+from stemdeck.engine.midi.bindings import cc_to_db
+from stemdeck.engine.midi.ports import open_client
+from stemdeck.gui.app import _start_midi
+from stemdeck.gui.main_window import MainWindow, _clock
+from stemdeck.gui.session import Session, SessionConfig
 
 FRACTIONS = (0.1, 0.1, 0.2, 0.3, 0.2, 0.1)  # the "six" pass-through model's stems
 VOCALS, BASS = SIX.index("vocals"), SIX.index("bass")
@@ -35,7 +35,7 @@ def pads(jack_server):
     process): with it running, closing an rtmidi JACK port connected to this one hung (rtmidi holds
     the GIL through the call; that client's Python callback needs it every cycle).
     """
-    from engine.jack_output import close_session_output
+    from stemdeck.engine.audio.jack_output import close_session_output
 
     close_session_output()
     client = open_client("out", "jack", CONTROLLER)

@@ -7,9 +7,9 @@ from PyQt6.QtCore import QPoint, QRect, QSettings, Qt
 from PyQt6.QtWidgets import QApplication, QWidget
 from test_gui import SR, VOCALS, loader, make_window, output_ratio, tone, wait_idle
 
-from gui.main_window import MainWindow
-from gui.session import Session, SessionConfig
-from models.loading import load_or_fetch
+from stemdeck.gui.main_window import MainWindow
+from stemdeck.gui.session import Session, SessionConfig
+from stemdeck.models.loading import load_or_fetch
 
 SHIFT = Qt.KeyboardModifier.ShiftModifier
 
@@ -69,8 +69,8 @@ def overlaps(window) -> list[str]:
 
 
 def test_status_bar_figures_are_shown_in_full(qtbot, window):
-    from engine.midi import MidiConfig, MidiController, default_mapping
-    from gui.main_window import EngineControls
+    from stemdeck.engine.midi import MidiConfig, MidiController, default_mapping
+    from stemdeck.gui.main_window import EngineControls
 
     window.midi = MidiController(EngineControls(window.session), default_mapping(4), MidiConfig())
     for size in ((1280, 720), (1, 1)):  # (1, 1): as small as the window goes
@@ -92,8 +92,8 @@ def test_status_bar_figures_are_shown_in_full(qtbot, window):
 
 
 def test_midi_learn_prompt_and_confirmation_show_in_the_window(qtbot, window):
-    from engine.midi import MidiConfig, MidiController, default_mapping
-    from gui.main_window import EngineControls
+    from stemdeck.engine.midi import MidiConfig, MidiController, default_mapping
+    from stemdeck.gui.main_window import EngineControls
 
     window.resize(1, 1)
     window.midi = MidiController(EngineControls(window.session), default_mapping(4), MidiConfig())
@@ -138,7 +138,7 @@ def test_the_automatic_fallback_is_not_saved_as_the_users_choice(qtbot, settings
         note = window.banner_text.text()
         assert window.banner.isVisible() and window.banner.objectName() == "note"
         assert "955717e8-8726e21a.th" in note and "STEMDECK_MODEL_DIR" in note and "models fetch" not in note
-        from models.registry import cache_dir
+        from stemdeck.models.registry import cache_dir
 
         assert str(cache_dir()) in note and note.removeprefix("tiny: ") in window.model_status.toolTip()
     finally:
@@ -230,7 +230,7 @@ def test_keys_still_work_once_a_banner_shows(qtbot, window):
 def test_window_size_option():
     import argparse
 
-    from gui.app import window_size
+    from stemdeck.gui.app import window_size
 
     assert window_size("1600x900") == (1600, 900) and window_size("min") == (1, 1)
     for bad in ("1600", "x900", "0x900", "big"):

@@ -24,9 +24,9 @@ import pytest
 import torch
 from conftest import HDEMUCS_MMI_KW, HTDEMUCS_KW, TINY_HT_KW, write_tone
 
-from models import CheckpointError, HDemucs, HTDemucs, load_checkpoint, save_safetensors
-from models.checkpoint import _encode_json
-from models.limits import (
+from stemdeck.models import CheckpointError, HDemucs, HTDemucs, load_checkpoint, save_safetensors
+from stemdeck.models.checkpoint import _encode_json
+from stemdeck.models.limits import (
     BOOLEANS,
     CHOICES,
     FLOAT_LISTS,
@@ -237,8 +237,8 @@ def _hostile_files(folder: Path) -> dict[str, tuple[Path, str]]:
 BOUNDED_LOADER = textwrap.dedent("""
     import json, resource, sys, time
     from pathlib import Path
-    from models import load_checkpoint
-    from models.registry import bundled_path
+    from stemdeck.models import load_checkpoint
+    from stemdeck.models.registry import bundled_path
 
     def vm_bytes():
         for line in open("/proc/self/status"):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.midi.bindings import Binding, Mapping
-from engine.midi.mapping_file import MAX_BINDINGS, MappingError, load_mapping
+from stemdeck.engine.midi.bindings import Binding, Mapping
+from stemdeck.engine.midi.mapping_file import MAX_BINDINGS, MappingError, load_mapping
 
 
 def _bindings_toml(count: int, distinct: bool) -> str:

@@ -10,12 +10,20 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("models", "engine", "gui", "stemdeck")  # stemdeck: the entry point, above the rest
+PACKAGES = ("models", "engine", "gui", "stemdeck")  # folders; stemdeck/ is the entry point, above the rest
 
 
 def _module_name(path: Path) -> str:
+    """``models/nets/unet.py`` -> ``stemdeck.models.nets.unet``: the folders install under stemdeck."""
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    parts = parts[:-1] if parts[-1] == "__init__" else parts
+    return ".".join(parts if parts[0] == "stemdeck" else ["stemdeck", *parts])
+
+
+def _layer(module: str) -> str:
+    """``stemdeck.engine.audio.mixer`` -> ``engine``; the entry point's own modules -> ``stemdeck``."""
+    second = module.split(".")[1] if "." in module else ""
+    return second if second in ("models", "engine", "gui") else "stemdeck"
 
 
 def _modules() -> dict[str, Path]:
@@ -97,7 +105,7 @@ def test_layers_import_downwards():
         (module, target)
         for module, targets in import_graph().items()
         for target in targets
-        if target.split(".")[0] in above[module.split(".")[0]]
+        if _layer(target) in above[_layer(module)]
     ]
     assert wrong == []
 
@@ -105,15 +113,15 @@ def test_layers_import_downwards():
 def test_the_graph_sees_lazy_imports():
     """An import inside a function counts: engine.cli loads models only when a command runs."""
     graph = import_graph()
-    assert "models.cli" in graph["engine.cli"]
-    assert {"models.cli", "engine.cli", "gui.app"} <= graph["stemdeck.cli"]
+    assert "stemdeck.models.cli" in graph["stemdeck.engine.cli"]
+    assert {"stemdeck.models.cli", "stemdeck.engine.cli", "stemdeck.gui.app"} <= graph["stemdeck.cli"]
 
 
 def test_the_gui_lists_the_registry_names_and_presets():
     """One source of truth: the GUI's written-out model list is the registry's (see MODEL_CHOICES)."""
-    from engine.config import PRESETS
-    from gui.main_window import MODEL_CHOICES, PRESET_NAMES
-    from models.registry import model_names
+    from stemdeck.engine.config import PRESETS
+    from stemdeck.gui.main_window import MODEL_CHOICES, PRESET_NAMES
+    from stemdeck.models.registry import model_names
 
     assert MODEL_CHOICES == model_names()
     assert "tiny" in MODEL_CHOICES and "passthrough" in MODEL_CHOICES
@@ -123,3 +131,33 @@ def test_the_gui_lists_the_registry_names_and_presets():
 def test_no_command_line_reads_argparse_internals():
     offenders = [str(path.relative_to(ROOT)) for path in _modules().values() if "._actions" in path.read_text()]
     assert offenders == []
+
+
+def _external_imports(path: Path) -> set[str]:
+    """Top-level names of everything ``path`` imports absolutely (``torch``, ``numpy``, ...)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_audio_thread_code_stands_apart():
+    """engine/audio (what the callback runs) needs neither the worker, nor the models, nor torch:
+    whatever it imports is loaded before the first block, never by a block."""
+    modules = _modules()
+    graph = import_graph()
+    audio = [m for m in graph if m.startswith("stemdeck.engine.audio")]
+    assert len(audio) >= 5
+    reaches = {t for m in audio for t in graph[m] if t.startswith(("stemdeck.engine.worker", "stemdeck.models"))}
+    assert reaches == set()
+    assert [m for m in audio if "torch" in _external_imports(modules[m])] == []
+
+
+def test_networks_do_not_know_about_training():
+    graph = import_graph()
+    nets = [m for m in graph if m.startswith("stemdeck.models.nets")]
+    assert len(nets) >= 7
+    assert {t for m in nets for t in graph[m] if t.startswith("stemdeck.models.training")} == set()

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 from conftest import write_tone
 
-from models.audio import AudioError, OutputFormat, read_audio, write_stems_atomically
+from stemdeck.models.audio import AudioError, OutputFormat, read_audio, write_stems_atomically
 
 
 @pytest.mark.parametrize("ext,kwargs", [("wav", {}), ("flac", {}), ("ogg", {}), ("mp3", {"format": "MP3"})])
@@ -271,7 +271,7 @@ KILLED_WRITER = r"""
 import os, sys, time
 import numpy as np, soundfile as sf
 from pathlib import Path
-from models.audio import OutputFormat, write_stems_atomically
+from stemdeck.models.audio import OutputFormat, write_stems_atomically
 
 original = sf.write
 def write_then_hang(path, *args, **kwargs):

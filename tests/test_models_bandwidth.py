@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from engine.separator import WindowSeparator
-from engine.windows import WindowPlan
-from models.bandwidth import share_high_band
-from models.evaluate import utterance_sdr
-from models.passthrough import PassThrough
-from models.separate import resample, separate
+from stemdeck.engine.worker.separator import WindowSeparator
+from stemdeck.engine.worker.windows import WindowPlan
+from stemdeck.models.bandwidth import share_high_band
+from stemdeck.models.nets.passthrough import PassThrough
+from stemdeck.models.separate import resample, separate
+from stemdeck.models.training.evaluate import utterance_sdr
 
 SR, MODEL_SR = 44100, 22050
 

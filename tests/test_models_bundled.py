@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import soundfile as sf
 
-from models import load_model
-from models.evaluate import utterance_sdr
-from models.registry import BUNDLED_DIR, bundled_path
+from stemdeck.models import load_model
+from stemdeck.models.registry import BUNDLED_DIR, bundled_path
+from stemdeck.models.training.evaluate import utterance_sdr
 
 SR = 44100
 
@@ -23,8 +23,8 @@ def test_bundled_model_is_shipped_small_and_fp16():
 
 
 def test_bundled_model_separates_an_unseen_generated_song_well_above_the_mixture():
-    from models.separate import separate
-    from models.synth import synth_song
+    from stemdeck.models.separate import separate
+    from stemdeck.models.training.synth import synth_song
 
     stems = synth_song(seed=987_654, seconds=12.0)  # a seed no recipe uses
     mixture = sum(stems.values())

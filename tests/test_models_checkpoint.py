@@ -10,8 +10,8 @@ import torch
 import yaml
 from conftest import TINY_HT_KW, make_pair
 
-from models import BagOfModels, CheckpointError, HTDemucs, load_checkpoint, load_model, save_safetensors
-from models.checkpoint import _encode_json
+from stemdeck.models import BagOfModels, CheckpointError, HTDemucs, load_checkpoint, load_model, save_safetensors
+from stemdeck.models.checkpoint import _encode_json
 
 
 @pytest.fixture(scope="module")

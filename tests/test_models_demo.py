@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import soundfile as sf
 
-from models.demo import SAMPLERATE, demo_stems, write_demo
+from stemdeck.models.demo import SAMPLERATE, demo_stems, write_demo
 
 
 def _db(signal: np.ndarray) -> float:

@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import HDEMUCS_MMI_KW, make_pair
 
-from models import HDemucs
-from models.hdemucs import UnsupportedModelError
+from stemdeck.models import HDemucs
+from stemdeck.models.nets.hdemucs import UnsupportedModelError
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import HTDEMUCS_6S_KW, make_pair
 
-from models import HTDemucs
-from models.hdemucs import UnsupportedModelError
+from stemdeck.models import HTDemucs
+from stemdeck.models.nets.hdemucs import UnsupportedModelError
 
 TOLERANCE = 1e-4
 

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from models import ModelNotAvailableError, load_model, registry
-from models.checkpoint import CheckpointError
+from stemdeck.models import ModelNotAvailableError, load_model, registry
+from stemdeck.models.checkpoint import CheckpointError
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_default_model_falls_back_when_its_cached_file_is_damaged(monkeypatch, t
 def test_passthrough_is_a_registered_name_that_loads_everywhere():
     import torch
 
-    from models.passthrough import PassThrough
+    from stemdeck.models.nets.passthrough import PassThrough
 
     assert registry.model_names() == ("htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi", "tiny", "passthrough")
     model = load_model("passthrough")
@@ -152,7 +152,7 @@ def test_passthrough_is_a_registered_name_that_loads_everywhere():
 
 def test_load_or_fetch_reports_through_its_callback_and_names_what_it_loaded(monkeypatch, tmp_path, capsys):
     """The library prints nothing: the fallback is said through ``report``; the name comes beside the model."""
-    from models.loading import LoadedModel, load_or_fetch
+    from stemdeck.models.loading import LoadedModel, load_or_fetch
 
     offline = tmp_path / "offline"
     offline.mkdir()

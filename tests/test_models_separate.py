@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import HDEMUCS_MMI_KW, TINY_HT_KW, make_pair
 
-from models import BagOfModels, HDemucs, HTDemucs, apply_model, separate
-from models.separate import Span, transition_weights
+from stemdeck.models import BagOfModels, HDemucs, HTDemucs, apply_model, separate
+from stemdeck.models.separate import Span, transition_weights
 
 
 def test_20_second_chunked_separation_matches_reference(htdemucs_pair):
@@ -182,7 +182,7 @@ def test_silence_gives_silent_stems(tiny_model):
 
 
 def test_normalisation_of_short_and_silent_mixes():
-    from models.separate import normalisation
+    from stemdeck.models.separate import normalisation
 
     assert normalisation(np.full((2, 1), 0.5, np.float32)) == (0.5, 1e-8)
     assert normalisation(np.zeros((1, 100), np.float32)) == (0.0, 1e-8)
@@ -207,7 +207,7 @@ def _fractions(model, frames, **kwargs):
 @pytest.fixture
 def two_second_model():
     """Chunks are counted, not listened to: the pass-through runs them without inference time."""
-    from models.passthrough import PassThrough
+    from stemdeck.models.nets.passthrough import PassThrough
 
     return PassThrough(segment=2.0)
 

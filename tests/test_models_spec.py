@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from models.spec import hybrid_inverse, hybrid_spectrogram, istft, reflect_pad, stft
+from stemdeck.models.nets.spec import hybrid_inverse, hybrid_spectrogram, istft, reflect_pad, stft
 
 
 @pytest.mark.parametrize("length", [1, 17, 1024, 4096 * 3 + 5, 44100])

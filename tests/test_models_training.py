@@ -11,12 +11,12 @@ import torch
 from conftest import TINY_HT_KW
 from torch import nn
 
-from models import HTDemucs
-from models.curate import active_fraction, curate, write_report
-from models.dataset import Augment, DatasetError, SegmentSampler, load_stems, track_folders
-from models.evaluate import evaluate, utterance_sdr
-from models.passthrough import PassThrough
-from models.train import TrainConfig, Trainer
+from stemdeck.models import HTDemucs
+from stemdeck.models.nets.passthrough import PassThrough
+from stemdeck.models.training.curate import active_fraction, curate, write_report
+from stemdeck.models.training.dataset import Augment, DatasetError, SegmentSampler, load_stems, track_folders
+from stemdeck.models.training.evaluate import evaluate, utterance_sdr
+from stemdeck.models.training.train import TrainConfig, Trainer
 
 SR = 44100
 SOURCES = ("drums", "bass", "other", "vocals")
@@ -264,7 +264,7 @@ def test_train_and_eval_commands(dataset, tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
-    from models import load_model
+    from stemdeck.models import load_model
 
     model = load_model(out)
     assert sum(p.numel() for p in model.parameters()) < 5e6  # the tiny config
@@ -306,8 +306,8 @@ def test_resume_refuses_another_run_checkpoint(dataset, tmp_path):
 
 
 def test_synth_writes_musdb_tracks_deterministically(tmp_path):
-    from models.synth import SOURCES as SYNTH_SOURCES
-    from models.synth import synth_dataset
+    from stemdeck.models.training.synth import SOURCES as SYNTH_SOURCES
+    from stemdeck.models.training.synth import synth_dataset
 
     first = synth_dataset(tmp_path / "a", 1, 12.0, seed=7)[0]
     second = synth_dataset(tmp_path / "b", 1, 12.0, seed=7)[0]
@@ -326,7 +326,7 @@ def test_synth_writes_musdb_tracks_deterministically(tmp_path):
 
 
 def test_synth_vocal_sings_in_a_voice_range_with_phrases():
-    from models.synth import compose, vocal_part
+    from stemdeck.models.training.synth import compose, vocal_part
 
     rng = np.random.default_rng(4)
     song = compose(rng, 12.0)

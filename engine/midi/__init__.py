@@ -1,10 +1,16 @@
 """MIDI control of the engine: messages, bindings, mapping files, ports and the controller."""
 
-from .bindings import Binding, Mapping, Scene, cc_to_db, db_to_cc, default_mapping, relative_delta
-from .controller import LearnResult, MidiConfig, MidiController
-from .mapping_file import MappingError, load_mapping, load_user_mapping, save_mapping, user_mapping_path
-from .messages import Message, parse
-from .ports import MidiError, list_ports
+from stemdeck.engine.midi.bindings import Binding, Mapping, Scene, cc_to_db, db_to_cc, default_mapping, relative_delta
+from stemdeck.engine.midi.controller import LearnResult, MidiConfig, MidiController
+from stemdeck.engine.midi.mapping_file import (
+    MappingError,
+    load_mapping,
+    load_user_mapping,
+    save_mapping,
+    user_mapping_path,
+)
+from stemdeck.engine.midi.messages import Message, parse
+from stemdeck.engine.midi.ports import MidiError, list_ports
 
 __all__ = [
     "Binding",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from .messages import Message
+from stemdeck.engine.midi.messages import Message
 
 # The stem order of every official model; 4-stem models use the first four.
 STEM_NAMES = ("drums", "bass", "other", "vocals", "guitar", "piano")

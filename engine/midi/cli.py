@@ -7,10 +7,16 @@ import sys
 import threading
 from pathlib import Path
 
-from .bindings import STEM_NAMES, default_mapping
-from .controller import MidiConfig, MidiController
-from .mapping_file import load_mapping, load_user_mapping, parse_control, save_mapping, user_mapping_path
-from .ports import API_NAMES, list_ports
+from stemdeck.engine.midi.bindings import STEM_NAMES, default_mapping
+from stemdeck.engine.midi.controller import MidiConfig, MidiController
+from stemdeck.engine.midi.mapping_file import (
+    load_mapping,
+    load_user_mapping,
+    parse_control,
+    save_mapping,
+    user_mapping_path,
+)
+from stemdeck.engine.midi.ports import API_NAMES, list_ports
 
 ESCAPE = "\x1b"
 
@@ -124,7 +130,7 @@ class _NoEngine:
     sources = STEM_NAMES
 
     def mixer(self):
-        from engine.engine import MixerState
+        from stemdeck.engine.engine import MixerState
 
         n = len(self.sources)
         return MixerState((0.0,) * n, (False,) * n, (False,) * n, 0.0, False)

@@ -17,10 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .bindings import Binding, Mapping, Scene, binding_from_message, cc_to_db, db_to_cc, relative_delta
-from .mapping_file import save_mapping
-from .messages import Message, control_change, note_on, parse
-from .ports import (
+from stemdeck.engine.midi.bindings import (
+    Binding,
+    Mapping,
+    Scene,
+    binding_from_message,
+    cc_to_db,
+    db_to_cc,
+    relative_delta,
+)
+from stemdeck.engine.midi.mapping_file import save_mapping
+from stemdeck.engine.midi.messages import Message, control_change, note_on, parse
+from stemdeck.engine.midi.ports import (
     MidiError,
     client_part,
     describe_ports,

@@ -7,7 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from .bindings import (
+from stemdeck.engine.midi.bindings import (
     CC_MODES,
     CONTROLS,
     MESSAGE_FAMILIES,

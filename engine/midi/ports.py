@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ..device import quiet_stderr
+from stemdeck.engine.device import quiet_stderr
 
 API_NAMES = ("auto", "jack", "alsa")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from .config import WindowConfig
+from stemdeck.engine.config import WindowConfig
 
 SCHEDULING_SLACK_S = 0.05  # polling, thread wake-up, GIL hand-over
 BUDGET_FACTOR = 1.5  # the budget covers the slowest measured forward with this margin

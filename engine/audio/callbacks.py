@@ -16,8 +16,9 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from .ola import mix_block, ring_write_interleaved, update_gain_targets
-from .state import (
+from stemdeck.engine.audio.mixer import mix_block, update_gain_targets
+from stemdeck.engine.audio.ring import ring_write_interleaved
+from stemdeck.engine.audio.state import (
     BLOCKS,
     FALLBACK,
     FIRST_STEMS_AT,

@@ -21,7 +21,7 @@ import numpy as np
 import platformdirs
 from torch import nn
 
-from .runtime import pid_alive
+from stemdeck.engine.runtime import pid_alive
 
 DEFAULT_MAX_BYTES = 4 * 1024**3
 SIDECAR_MAX_BYTES = 4096

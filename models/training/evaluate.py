@@ -73,8 +73,8 @@ def evaluate(
 ) -> Evaluation:
     """Separate every track of ``root/split`` (its first ``max_seconds``, if given) and score each
     source against its stem."""
-    from .dataset import read_stems, track_folders
-    from .separate import separate
+    from stemdeck.models.separate import separate
+    from stemdeck.models.training.dataset import read_stems, track_folders
 
     sources = tuple(model.sources)
     result = Evaluation(sources)

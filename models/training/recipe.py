@@ -18,10 +18,10 @@ def add_recipe_command(commands) -> None:
 
 
 def run_recipe(args: argparse.Namespace) -> int:
-    from .dataset import Augment
-    from .evaluate import evaluate
-    from .synth import synth_dataset, track_folder
-    from .train import TrainConfig, Trainer
+    from stemdeck.models.training.dataset import Augment
+    from stemdeck.models.training.evaluate import evaluate
+    from stemdeck.models.training.synth import synth_dataset, track_folder
+    from stemdeck.models.training.train import TrainConfig, Trainer
 
     try:
         recipe = tomllib.loads(args.file.read_text())
@@ -52,7 +52,7 @@ def run_recipe(args: argparse.Namespace) -> int:
         print(f"resumed at step {trainer.step}", file=sys.stderr)
     trainer.fit(progress=sys.stderr.isatty())
     trainer.save_model(half=recipe["output"].get("half", False))
-    from . import load_model
+    from stemdeck.models import load_model
 
     result = evaluate(load_model(out), data, "test")
     print(result.table())

@@ -13,13 +13,8 @@ import time
 
 import numpy as np
 
-from models.separate import normalisation
-
-from .cache import CacheEntry, load_stems, save_stems
-from .ola import accumulate_window, discard, finalize, ring_read
-from .separator import WindowSeparator
-from .session import LIVE, Failure, SessionSpec
-from .state import (
+from stemdeck.engine.audio.ring import ring_read
+from stemdeck.engine.audio.state import (
     MAX_INFERENCE_S,
     MEAN_INFERENCE_S,
     PLAY,
@@ -31,7 +26,12 @@ from .state import (
     input_written_frames,
     playhead_frames,
 )
-from .windows import WindowPlan
+from stemdeck.engine.session import LIVE, Failure, SessionSpec
+from stemdeck.engine.worker.cache import CacheEntry, load_stems, save_stems
+from stemdeck.engine.worker.ola import accumulate_window, discard, finalize
+from stemdeck.engine.worker.separator import WindowSeparator
+from stemdeck.engine.worker.windows import WindowPlan
+from stemdeck.models.separate import normalisation
 
 
 class OverlapAdd:

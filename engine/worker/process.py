@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .runtime import pid_alive
-from .session import Failure, SessionSpec, WorkerError
+from stemdeck.engine.runtime import pid_alive
+from stemdeck.engine.session import Failure, SessionSpec, WorkerError
 
 READY_TIMEOUT_S = 300.0  # loading and warming a large model on a slow machine
 STOP_TIMEOUT_S = 30.0
@@ -328,7 +328,7 @@ class _Server:
         self.separators: dict = {}
 
     def separator_for(self, plan):
-        from .separator import WindowSeparator
+        from stemdeck.engine.worker.separator import WindowSeparator
 
         key = (plan.window_frames, plan.hop_frames, plan.lookahead_frames, plan.span_frames, plan.pad_to_segment)
         if key not in self.separators:
@@ -337,8 +337,8 @@ class _Server:
         return self.separators[key]
 
     def calibrate(self, command: Calibrate):
-        from .calibrate import calibrate
-        from .windows import WindowPlan
+        from stemdeck.engine.worker.calibrate import calibrate
+        from stemdeck.engine.worker.windows import WindowPlan
 
         segment = float(self.model.segment)
         return calibrate(
@@ -349,7 +349,7 @@ class _Server:
         )
 
     def start(self, command: StartSession) -> None:
-        from .worker import build_worker
+        from stemdeck.engine.worker.worker import build_worker
 
         self.stop()
         self.blocks = [SharedBlock.attach(spec) for spec in command.blocks.values()]
@@ -383,9 +383,9 @@ def _next_command(commands):
 
 def _worker_main(state_spec, precision, threads, stream_rate, commands, replies) -> None:
     """Entry point of the inference process."""
-    from .runtime import configure_separation_process
-    from .state import SharedState
-    from .worker import warm_up_worker_kernels
+    from stemdeck.engine.audio.state import SharedState
+    from stemdeck.engine.runtime import configure_separation_process
+    from stemdeck.engine.worker.worker import warm_up_worker_kernels
 
     model = _receive_model(commands, replies)
     if model is None:

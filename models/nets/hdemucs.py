@@ -7,8 +7,8 @@ from fractions import Fraction
 
 import torch
 
-from .limits import check_sources
-from .unet import HybridUNet
+from stemdeck.models.limits import check_sources
+from stemdeck.models.nets.unet import HybridUNet
 
 
 class UnsupportedModelError(ValueError):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .device import DeviceError, quiet_stderr
+from stemdeck.engine.device import DeviceError, quiet_stderr
 
 CLIENT_NAME = "stemdeck"
 MASTER = "master"
@@ -341,7 +341,7 @@ def serves(input_device: int | None, output_device: int | None) -> JackOutput | 
     default or is a device of PortAudio's JACK host API; a device of another host API (ALSA,
     PulseAudio, CoreAudio, ...) goes through sounddevice as before.
     """
-    from .device import is_jack_device
+    from stemdeck.engine.device import is_jack_device
 
     if any(device is not None and not is_jack_device(device) for device in (input_device, output_device)):
         return None

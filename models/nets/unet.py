@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import DConv, FrequencyEmbedding, _norm, rescale_module
-from .spec import hybrid_inverse, hybrid_spectrogram
+from stemdeck.models.nets.layers import DConv, FrequencyEmbedding, _norm, rescale_module
+from stemdeck.models.nets.spec import hybrid_inverse, hybrid_spectrogram
 
 
 def _freq_major(y: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def add_training_commands(commands, add_model_options) -> None:
-    from .recipe import add_recipe_command
+    from stemdeck.models.training.recipe import add_recipe_command
 
     add_recipe_command(commands)
     dataset = commands.add_parser("dataset", help="generate or curate a multitrack dataset")
@@ -56,7 +56,7 @@ def add_training_commands(commands, add_model_options) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from .synth import synth_dataset
+    from stemdeck.models.training.synth import synth_dataset
 
     folders = synth_dataset(args.out, args.tracks, args.seconds, args.seed, args.split, progress=sys.stderr.isatty())
     print(f"{len(folders)} tracks in {args.out / args.split}")
@@ -64,8 +64,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_curate(args: argparse.Namespace) -> int:
-    from .cli import load_for_command
-    from .curate import curate, write_report
+    from stemdeck.models.cli import load_for_command
+    from stemdeck.models.training.curate import curate, write_report
 
     separator = load_for_command(args.separator).model if args.separator else None
     reports = curate(args.root, separator, threshold=args.threshold)
@@ -74,10 +74,10 @@ def run_curate(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .train import Trainer, train_config_from_args
+    from stemdeck.models.training.train import Trainer, train_config_from_args
 
     config = train_config_from_args(args)
-    from .cli import check_device
+    from stemdeck.models.cli import check_device
 
     trainer = Trainer(args.data, args.out, config, precision=args.precision, device=check_device(args.device))
     if args.resume and trainer.resume():
@@ -89,8 +89,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .cli import load_for_command
-    from .evaluate import evaluate
+    from stemdeck.models.cli import load_for_command
+    from stemdeck.models.training.evaluate import evaluate
 
     model = load_for_command(args.model).model
     result = evaluate(model, args.data, args.split, precision=args.precision)

@@ -52,7 +52,7 @@ def active_fraction(
 
 
 def leakage(separator, stem: np.ndarray, index: int, samplerate: int) -> float:
-    from .separate import separate
+    from stemdeck.models.separate import separate
 
     outputs = separate(separator, stem, samplerate, precision="fp32")
     energy = np.array([np.sum(outputs[s].astype(np.float64) ** 2) for s in separator.sources])
@@ -68,7 +68,7 @@ def curate(
     samplerate: int = 44100,
     sources: tuple[str, ...] = ("drums", "bass", "other", "vocals"),
 ) -> list[TrackReport]:
-    from .dataset import load_stems, track_folders
+    from stemdeck.models.training.dataset import load_stems, track_folders
 
     reports = []
     for split in splits:

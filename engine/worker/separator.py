@@ -9,13 +9,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.bag import BagOfModels
-from models.bandwidth import share_high_band
-from models.htdemucs import HTDemucs
-from models.precision import autocast, prepare_model
-from models.separate import resample
-
-from .windows import WindowPlan
+from stemdeck.engine.worker.windows import WindowPlan
+from stemdeck.models.bag import BagOfModels
+from stemdeck.models.bandwidth import share_high_band
+from stemdeck.models.nets.htdemucs import HTDemucs
+from stemdeck.models.precision import autocast, prepare_model
+from stemdeck.models.separate import resample
 
 
 def _set_train_segment(model: nn.Module, pad_to_segment: bool) -> None:

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.separate import transition_weights
-
-from .config import WindowConfig
+from stemdeck.engine.config import WindowConfig
+from stemdeck.models.separate import transition_weights
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .hdemucs import refuse
-from .limits import check_sources
-from .transformer import CrossTransformerEncoder
-from .unet import HybridUNet
+from stemdeck.models.limits import check_sources
+from stemdeck.models.nets.hdemucs import refuse
+from stemdeck.models.nets.transformer import CrossTransformerEncoder
+from stemdeck.models.nets.unet import HybridUNet
 
 
 class HTDemucs(HybridUNet):

@@ -1,8 +1,7 @@
-"""Numba kernels for the hot paths: ring copies, overlap-add, finalising, and the mix.
+"""The mixer, run in the audio callback: per-stem gains ramped toward their targets (mute, solo,
+fader, stems/dry crossfade) and summed into the device's block, with every sample limited.
 
-Every buffer is preallocated by its owner; no kernel allocates. Positions are absolute frame
-counts (int64) mapped onto rings by ``position % capacity``. Layout is ``(channels, frames)``
-inside, ``(frames, channels)`` at the sound-card boundary.
+Numba kernels on buffers their owners preallocate: nothing here allocates.
 """
 
 from __future__ import annotations
@@ -16,79 +15,6 @@ GAIN_CURRENT, GAIN_TARGET, GAIN_STEP, GAIN_REMAINING = 0, 1, 2, 3
 # Beyond it (or NaN/Inf, from a broken model, a damaged file or a bad control value) is not
 # music: limited, or silenced, before it reaches the device.
 OUTPUT_LIMIT = 4.0
-
-
-@njit(nogil=True, cache=True)
-def ring_write_interleaved(ring, position, block):
-    """Copy a ``(frames, channels)`` device block into a ``(channels, capacity)`` ring at ``position``."""
-    capacity = ring.shape[1]
-    last_channel = block.shape[1] - 1  # a mono input feeds every ring channel
-    for i in range(block.shape[0]):
-        index = (position + i) % capacity
-        for c in range(ring.shape[0]):
-            ring[c, index] = block[i, min(c, last_channel)]
-
-
-@njit(nogil=True, cache=True)
-def ring_read(ring, position, out, available_until):
-    """Fill ``out`` ``(channels, frames)`` from the ring at ``position``; zeros before 0 and at or
-    after ``available_until`` (frames the ring does not hold yet)."""
-    capacity = ring.shape[-1]
-    for i in range(out.shape[-1]):
-        absolute = position + i
-        inside = absolute >= 0 and absolute < available_until
-        index = absolute % capacity
-        for c in range(out.shape[0]):
-            out[c, i] = ring[c, index] if inside else 0.0
-
-
-@njit(nogil=True, cache=True)
-def accumulate_window(acc, weight_acc, stems, weights, start):
-    """Add ``weights * stems`` of one window ``(S, C, W)`` into ring accumulators from ``start``.
-
-    Frames where the weight is zero (outside the used span) are skipped.
-    """
-    capacity = acc.shape[-1]
-    for i in range(stems.shape[-1]):
-        w = weights[i]
-        if w == 0.0:
-            continue
-        index = (start + i) % capacity
-        weight_acc[index] += w
-        for s in range(stems.shape[0]):
-            for c in range(stems.shape[1]):
-                acc[s, c, index] += w * stems[s, c, i]
-
-
-@njit(nogil=True, cache=True)
-def finalize(acc, weight_acc, out_ring, start, stop):
-    """Move ``[start, stop)`` from the accumulators into the stem ring, divided by the summed
-    weights, and clear the accumulators there for reuse."""
-    acc_capacity = acc.shape[-1]
-    out_capacity = out_ring.shape[-1]
-    for position in range(start, stop):
-        a = position % acc_capacity
-        o = position % out_capacity
-        total = weight_acc[a]
-        scale = 1.0 / total if total > 0.0 else 0.0
-        for s in range(acc.shape[0]):
-            for c in range(acc.shape[1]):
-                out_ring[s, c, o] = acc[s, c, a] * scale
-                acc[s, c, a] = 0.0
-        weight_acc[a] = 0.0
-
-
-@njit(nogil=True, cache=True)
-def discard(acc, weight_acc, start, stop):
-    """Clear ``[start, stop)`` of the accumulators without finalising it (frames another pass
-    already holds, or that a restarted pass cannot complete)."""
-    capacity = acc.shape[-1]
-    for position in range(start, stop):
-        a = position % capacity
-        for s in range(acc.shape[0]):
-            for c in range(acc.shape[1]):
-                acc[s, c, a] = 0.0
-        weight_acc[a] = 0.0
 
 
 @njit(nogil=True, cache=True)

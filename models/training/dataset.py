@@ -37,7 +37,7 @@ def track_folders(root: Path, split: str, sources: tuple[str, ...]) -> list[Path
 
 def read_stems(track: Path, sources: tuple[str, ...]) -> tuple[np.ndarray, int]:
     """``(sources, channels, frames)`` float32 at the files' own rate, and that rate."""
-    from .audio import read_audio
+    from stemdeck.models.audio import read_audio
 
     stems, rates = [], set()
     for source in sources:
@@ -56,7 +56,7 @@ def read_stems(track: Path, sources: tuple[str, ...]) -> tuple[np.ndarray, int]:
 
 def load_stems(track: Path, sources: tuple[str, ...], samplerate: int) -> np.ndarray:
     """``(sources, channels, frames)`` float32, every stem resampled (soxr) to ``samplerate``."""
-    from .separate import resample
+    from stemdeck.models.separate import resample
 
     stems, rate = read_stems(track, sources)
     if rate == samplerate:

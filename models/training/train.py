@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .dataset import Augment, SegmentSampler, load_stems, track_folders
+from stemdeck.models.training.dataset import Augment, SegmentSampler, load_stems, track_folders
 
 SOURCES_4 = ("drums", "bass", "other", "vocals")
 CONFIGS = {
@@ -63,7 +63,7 @@ class TrainConfig:
 
 
 def build_model(config: str, sources=SOURCES_4) -> nn.Module:
-    from .htdemucs import HTDemucs
+    from stemdeck.models.nets.htdemucs import HTDemucs
 
     if config not in CONFIGS:
         raise ValueError(f"unknown training config {config!r} (use {', '.join(CONFIGS)})")
@@ -80,7 +80,7 @@ class Trainer:
         precision: str = "auto",
         device: str = "cpu",
     ):
-        from .precision import resolve_precision
+        from stemdeck.models.precision import resolve_precision
 
         self.config, self.data, self.out = config, Path(data), Path(out)
         self.device = torch.device(device)
@@ -186,7 +186,7 @@ class Trainer:
         return self.history
 
     def validate(self) -> dict[str, float]:
-        from .evaluate import evaluate
+        from stemdeck.models.training.evaluate import evaluate
 
         try:
             track_folders(self.data, "test", self.config.sources)
@@ -205,7 +205,7 @@ class Trainer:
     # -- files --------------------------------------------------------------------------------------
 
     def save_model(self, half: bool = False) -> None:
-        from .checkpoint import save_safetensors
+        from stemdeck.models.checkpoint import save_safetensors
 
         self.out.parent.mkdir(parents=True, exist_ok=True)
         save_safetensors(self.ema.cpu(), self.out, half=half)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import LayerScale
+from stemdeck.models.nets.layers import LayerScale
 
 # -- positional embeddings ---------------------------------------------------------------------
 
