@@ -6,12 +6,15 @@ so a missing device is said at once; then the engine is made and its window plan
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from stemdeck.engine.audio.jack_output import serves
 from stemdeck.engine.config import PRESETS, EngineConfig, WindowConfig
 from stemdeck.engine.device import DeviceError, sounddevice
 from stemdeck.engine.engine import Engine
+from stemdeck.engine.session import WorkerError
 
 
 def device_rate(output_device: int | None) -> int:
@@ -60,3 +63,57 @@ def build_engine(
         engine.stop()
         raise
     return engine
+
+
+@dataclass(frozen=True)
+class PresetPlan:
+    """What a preset (or a target latency) gets on this machine, measured before any session."""
+
+    name: str
+    latency_ms: float | None  # None: refused (too slow for live input with this model)
+    window_s: float = 0.0
+    hop_s: float = 0.0
+    forward_s: float = 0.0  # the slowest timed forward of the chosen window
+    lengthened: bool = False  # this machine needed a longer plan than the preset asks for
+    refusal: str = ""
+
+
+def preset_plans(engine: Engine, block_frames: int, windows: dict[str, WindowConfig] | None = None) -> list[PresetPlan]:
+    """Calibrate each plan (every preset, unless ``windows`` names others) on ``engine``'s worker,
+    one after another, as a session would: the latency each gets here, or why live input is refused."""
+    plans = []
+    for name, window in (windows or PRESETS).items():
+        try:
+            engine.prepare(window, block_frames=block_frames, calibrate_plan=True, refuse_live=True)
+        except (ValueError, WorkerError) as exc:
+            if getattr(exc, "kind", "ValueError") != "ValueError":  # the worker failed: not a plan's answer
+                raise
+            plans.append(PresetPlan(name, None, refusal=str(exc)))
+            continue
+        calibration = engine.calibration
+        plans.append(
+            PresetPlan(
+                name,
+                1000.0 * engine.latency_frames / engine.config.samplerate,
+                engine.window.window_s,
+                engine.window.hop_s,
+                calibration.forward_s if calibration is not None else 0.0,
+                calibration is not None and calibration.adapted,
+            )
+        )
+    return plans
+
+
+def describe_plans(plans: list[PresetPlan]) -> str:
+    """One line per preset, for `stemdeck live --dry-run`."""
+    lines = []
+    for plan in plans:
+        if plan.latency_ms is None:
+            lines.append(f"  {plan.name:<12} refused: {plan.refusal}")
+            continue
+        note = " (lengthened for this machine)" if plan.lengthened else ""
+        lines.append(
+            f"  {plan.name:<12} latency {plan.latency_ms:7.0f} ms   window {plan.window_s:.2f} s, "
+            f"hop {plan.hop_s:.2f} s; one window takes {plan.forward_s:.2f} s{note}"
+        )
+    return "\n".join(lines)

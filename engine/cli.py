@@ -25,6 +25,11 @@ MAX_LATENCY_S = 30.0
 def add_engine_commands(commands, add_model_options) -> None:
     live = commands.add_parser("live", help="separate the sound card's input live")
     live.add_argument("--input", help="input device (index, name or part of it)")
+    live.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="calibrate every preset on this machine, print the latency each gets, and exit (no audio)",
+    )
     _add_session_options(live, add_model_options)
     live.set_defaults(func=run_live)
 
@@ -176,6 +181,8 @@ def run_live(args: argparse.Namespace) -> int:
 
     check_session_options(args)
     input_device, output_device = resolve_device(args.input, "input"), resolve_device(args.output, "output")
+    if args.dry_run:
+        return _print_preset_plans(args, output_device)
     check_midi_ports(args)
     engine = _engine(args, output_device)
     with engine, _midi(engine, args):
@@ -198,6 +205,54 @@ def run_play(args: argparse.Namespace) -> int:
             engine.start_output(output_device, stem_outputs=args.stem_outputs)
             engine.play()
             return _run_session(engine, args, until_end=True)
+
+
+def _print_preset_plans(args: argparse.Namespace, output_device) -> int:
+    """`live --dry-run`: every preset (and --latency, if given) calibrated as a session would be."""
+    import torch
+
+    from stemdeck.engine.build import (
+        DeviceError,
+        build_engine,
+        describe_plans,
+        device_block_frames,
+        device_rate,
+        preset_plans,
+        session_window,
+    )
+    from stemdeck.models.cli import check_device, load_for_command
+    from stemdeck.models.precision import resolve_precision
+
+    check_device(args.device)
+    try:
+        samplerate: int | None = device_rate(output_device)
+    except DeviceError as exc:  # planning needs no device: say so, and plan at the model's rate
+        print(f"stemdeck: {exc}; planning at the model's rate", file=sys.stderr)
+        samplerate = None
+    block_frames = device_block_frames(output_device, args.blocksize)
+    model, name = load_for_command(args.model)
+    samplerate = samplerate or int(model.samplerate)
+    print(f"calibrating {name} for every preset on this machine...", file=sys.stderr)
+    engine = build_engine(
+        model,
+        session_window("balanced"),
+        samplerate=samplerate,
+        block_frames=block_frames,
+        precision=args.precision,
+        calibrate=False,
+    )
+    windows = dict(PRESETS)
+    if args.latency:
+        windows[f"--latency {args.latency:g}"] = session_window("", args.latency)
+    with engine:
+        plans = preset_plans(engine, block_frames, windows)
+    precision = resolve_precision(args.precision, torch.device("cpu"))  # the engine separates on the CPU
+    print(
+        f"live input with {name} on this machine ({precision}, block {block_frames} at {samplerate} Hz; "
+        "the device adds its own latency):"
+    )
+    print(describe_plans(plans))
+    return 0
 
 
 @contextlib.contextmanager

@@ -342,7 +342,7 @@ class MainWindow(QMainWindow):
         self._shortcut(QKeySequence(Qt.Key.Key_Right), lambda: self.seek_by(SEEK_STEP_S), repeat=True)
         self._shortcut(QKeySequence(Qt.Key.Key_Escape), self.cancel_learn)
         shift = Qt.KeyboardModifier.ShiftModifier
-        for index, (digit, shifted) in enumerate(zip(DIGIT_KEYS, SHIFTED_DIGIT_KEYS)):
+        for index, (digit, shifted) in enumerate(zip(DIGIT_KEYS, SHIFTED_DIGIT_KEYS, strict=True)):
             self._shortcut(QKeySequence(digit), lambda i=index: self.toggle_stem(i, "mute"))
             # Shift+digit arrives as the digit or as the layout's symbol, with or without Shift; X11
             # offers one key press as several of these, which Qt calls ambiguous: all mean the same.

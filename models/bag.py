@@ -61,7 +61,7 @@ class BagOfModels(nn.Module):
         """``(B, C, T)`` to ``(B, S, C, T)``: the weighted average of the models' outputs."""
         weights = self.source_weights().to(mix)
         out = 0
-        for model, model_weights in zip(self.models, weights):
+        for model, model_weights in zip(self.models, weights, strict=True):
             out = out + model(mix) * model_weights[None, :, None, None]
         return out
 

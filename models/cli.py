@@ -273,7 +273,7 @@ def track_folders(inputs: Sequence[Path], out: Path) -> dict[Path, Path]:
     for clash in _clashes(names):
         parents = [path.absolute().parent.name for path in clash]
         unique_parents = all(parents) and len({p.casefold() for p in parents}) == len(parents)
-        for path, parent in zip(clash, parents):
+        for path, parent in zip(clash, parents, strict=True):
             names[path] = f"{names[path]}-{parent}" if unique_parents else _hashed(path, names[path])
     for clash in _clashes(names):  # a derived name met another input's own name
         for path in clash:
@@ -447,7 +447,7 @@ def run_models_list(args: argparse.Namespace) -> int:
         rows.append((name, ",".join(sources), "0", "built in", description))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4])
     print(
         f"\ncache: {cache_dir()}  (also searched: $STEMDECK_MODEL_DIR); with no network, copy the "
         "files there (README: Getting the official weights)"

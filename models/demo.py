@@ -70,7 +70,7 @@ def _voice(frames: int) -> np.ndarray:
     phase = np.cumsum(pitch) / SAMPLERATE
     source = np.diff(np.floor(phase), prepend=0.0)
     out = np.zeros(frames)
-    for formant_hz, bandwidth_hz in zip(VOWEL_FORMANTS_HZ[0], (80, 90, 120)):
+    for formant_hz, bandwidth_hz in zip(VOWEL_FORMANTS_HZ[0], (80, 90, 120), strict=True):
         r = np.exp(-np.pi * bandwidth_hz / SAMPLERATE)
         a = [1, -2 * r * np.cos(2 * np.pi * formant_hz / SAMPLERATE), r * r]
         out += lfilter([1 - r], a, source)

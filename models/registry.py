@@ -190,7 +190,7 @@ def load_named(name: str) -> nn.Module:
     if spec is None:
         raise ModelNotAvailableError(unknown_name_message(name))
     paths = [find_file(remote) for remote in spec.files]
-    missing = [remote.filename for remote, path in zip(spec.files, paths) if path is None]
+    missing = [remote.filename for remote, path in zip(spec.files, paths, strict=True) if path is None]
     if missing:
         raise ModelNotAvailableError(
             f"model {name!r} is not downloaded: run `stemdeck models fetch {name}`, or put "

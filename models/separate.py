@@ -120,7 +120,7 @@ def apply_model(
     if isinstance(model, BagOfModels):
         weights = model.source_weights()
         out = torch.zeros(mix.shape[0], len(model.sources), *mix.shape[1:])
-        for index, (sub_model, sub_weights) in enumerate(zip(model.models, weights)):
+        for index, (sub_model, sub_weights) in enumerate(zip(model.models, weights, strict=True)):
             stems = apply_model(
                 sub_model,
                 mix,
@@ -284,7 +284,7 @@ def separate(
     stems = _to_input_layout(stems.numpy(), model.samplerate, samplerate, channels, frames)
     if share_band:
         stems = share_high_band(audio, stems, samplerate, model.samplerate)
-    return dict(zip(model.sources, stems))
+    return dict(zip(model.sources, stems, strict=True))
 
 
 def _to_input_layout(stems: np.ndarray, model_rate: int, samplerate: int, channels: int, frames: int) -> np.ndarray:

@@ -34,7 +34,7 @@ class Player:
         if self.start_frame is None:
             self.start_frame = self.client.last_frame_time
         chunk = self.signal[:, self.position : self.position + frames]
-        for port, data in zip(self.ports, chunk):
+        for port, data in zip(self.ports, chunk, strict=True):
             buffer = port.get_array()
             buffer[:] = 0
             buffer[: data.shape[0]] = data
@@ -85,9 +85,9 @@ def route(player: Player | None, recorder: Recorder, out_channels: int):
         for port in client.get_all_connections(name):
             client.disconnect(port, name)
     if player is not None:
-        for port, name in zip(player.ports, inputs):
+        for port, name in zip(player.ports, inputs, strict=False):
             player.client.connect(port, name)
-    for name, port in zip(outputs[:out_channels], recorder.ports):
+    for name, port in zip(outputs[:out_channels], recorder.ports, strict=False):
         client.connect(name, port)
 
 

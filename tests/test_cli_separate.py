@@ -357,7 +357,7 @@ def test_passthrough_stems_are_its_fractions_of_the_input(tmp_path, song):
     assert main(["separate", str(song), "-o", str(out), "--model", "passthrough", "--bits", "32f"]) == 0
     mix, _ = sf.read(str(song), dtype="float64")
     mean = mix.mean()  # the normalisation's mean is added back to every stem, as the reference does
-    for name, fraction in zip(("drums", "bass", "other", "vocals"), (0.1, 0.2, 0.3, 0.4)):
+    for name, fraction in zip(("drums", "bass", "other", "vocals"), (0.1, 0.2, 0.3, 0.4), strict=True):
         stem, _ = sf.read(str(out / "song" / f"{name}.wav"), dtype="float64")
         assert np.abs(stem - (fraction * (mix - mean) + mean)).max() < 1e-6
 

@@ -220,3 +220,22 @@ def test_unknown_output_device_is_one_line(jack_server):
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "no output device matches 'no-such-card'" in result.stderr
+
+
+def test_live_dry_run_prints_each_presets_latency_on_this_machine_and_plays_nothing(jack_server):
+    import re
+
+    result = subprocess.run(
+        [sys.executable, "-m", "stemdeck", "live", "--dry-run", "--model", "passthrough", "--latency", "1.5"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    rows = re.findall(r"^  (\S+(?: \S+)?)\s+latency\s+(\d+) ms\s+window ([\d.]+) s, hop ([\d.]+) s", result.stdout, re.M)
+    assert [row[0] for row in rows] == ["quality", "balanced", "low-latency", "--latency 1.5"]
+    latency_ms = {name: int(ms) for name, ms, _, _ in rows}
+    assert latency_ms["low-latency"] < latency_ms["balanced"] < latency_ms["quality"]
+    assert f"block {JACK_PERIOD} at {JACK_RATE} Hz" in result.stdout  # the JACK server's period and rate
+    assert "passthrough" in result.stdout

@@ -95,7 +95,7 @@ class Recorder:
         return self.data[:, : self.wanted].copy()
 
     def connect(self, *sources: str) -> None:
-        for source, port in zip(sources, self.ports):
+        for source, port in zip(sources, self.ports, strict=False):
             self.client.connect(source, port)
 
     def our_ports(self) -> list[str]:

@@ -1,6 +1,7 @@
 """MIDI without ports: message parsing, taper, encodings, mapping files and the controller's
 effect on a real engine (headless deck, pass-through model whose stems are known fractions)."""
 
+import itertools
 import math
 
 import numpy as np
@@ -74,7 +75,7 @@ def test_fader_taper_points_and_inverse():
     assert cc_to_db(100) == 0.0
     assert cc_to_db(127) == pytest.approx(6.0)
     values = [cc_to_db(v) for v in range(1, 128)]
-    assert all(b > a for a, b in zip(values, values[1:]))  # strictly rising, no dead zone
+    assert all(b > a for a, b in itertools.pairwise(values))  # strictly rising, no dead zone
     for v in range(128):
         assert db_to_cc(cc_to_db(v)) == pytest.approx(v, abs=1e-9)
 

@@ -13,6 +13,7 @@ from stemdeck.engine.config import EngineConfig, WindowConfig
 from stemdeck.engine.engine import Engine
 from stemdeck.engine.session import WorkerError
 from stemdeck.engine.worker.windows import WindowPlan
+from stemdeck.models.nets.passthrough import PassThrough
 from stemdeck.models.separate import separate
 
 SR = 44100
@@ -181,3 +182,36 @@ def test_quick_start_plays_stems_before_a_full_window_could(tiny_model):
             timings[quick_s] = _first_stems_s(engine, track)
     assert timings[1.0] is not None and timings[0.0] is not None
     assert timings[1.0] < 0.75 and timings[1.0] < timings[0.0] - 0.2
+
+
+def test_every_presets_latency_on_this_machine_is_measured_before_a_session():
+    """What `stemdeck live --dry-run` prints: 0.6 s per forward (a sleep; no compute, so the
+    machine's load does not move it much) fits balanced's 1-s hop with 30 % headroom but not
+    low-latency's 0.6-s hop, which is lengthened, not refused."""
+    from stemdeck.engine.build import describe_plans, preset_plans
+
+    engine = _deck(SlowModel(PassThrough(), delay_s=0.6))
+    try:
+        plans = {plan.name: plan for plan in preset_plans(engine, BLOCK)}
+    finally:
+        engine.stop()
+    assert set(plans) == {"quality", "balanced", "low-latency"}
+    balanced, low = plans["balanced"], plans["low-latency"]
+    assert not balanced.lengthened and balanced.hop_s == pytest.approx(1.0)
+    assert low.lengthened and low.hop_s * 0.7 >= low.forward_s >= 0.6
+    for plan in plans.values():
+        assert plan.latency_ms is not None and plan.latency_ms > 1000 * plan.forward_s
+    text = describe_plans(list(plans.values()))
+    assert len(text.splitlines()) == 3 and "low-latency" in text and "(lengthened for this machine)" in text
+
+
+def test_a_plan_this_machine_cannot_run_is_listed_as_refused_with_the_reason():
+    from stemdeck.engine.build import describe_plans, preset_plans
+
+    engine = _deck(SlowModel(PassThrough(segment=0.75), delay_s=1.0))  # no hop of a 0.75 s window takes 1 s
+    try:
+        (plan,) = preset_plans(engine, BLOCK, {"fast": FAST_PLAN})
+    finally:
+        engine.stop()
+    assert plan.latency_ms is None and "smaller model" in plan.refusal
+    assert describe_plans([plan]).startswith("  fast         refused: this machine needs 1.0")

@@ -507,7 +507,9 @@ def test_th_fractions_in_either_pickled_form_still_load(tmp_path):
         path = write_th(tmp_path / f"{name}.th", dict(TINY_HT_KW, segment=segment), state=model.state_dict())
         loaded = load_checkpoint(path)
         assert loaded.segment == Fraction(2, 1) and isinstance(loaded.segment, Fraction)
-        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+        assert all(
+            torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True)
+        )
 
 
 @pytest.mark.parametrize(("cls", "depth"), [(HTDemucs, 1), (HTDemucs, 5), (HDemucs, 5), (HDemucs, 8)])

@@ -39,7 +39,9 @@ def music_like(seconds, seed):
     bass = 0.3 * np.sin(2 * np.pi * f0 * t)
     other = 0.1 * sum(np.sin(2 * np.pi * f * t) for f in (rng.uniform(300, 400), 500.0, 600.0))
     vocals = 0.2 * np.sin(2 * np.pi * rng.uniform(800, 1000) * t + 3 * np.sin(2 * np.pi * 5 * t))
-    return {n: np.stack([s, 0.8 * s]).astype(np.float32) for n, s in zip(SOURCES, (drums, bass, other, vocals))}
+    return {
+        n: np.stack([s, 0.8 * s]).astype(np.float32) for n, s in zip(SOURCES, (drums, bass, other, vocals), strict=True)
+    }
 
 
 @pytest.fixture
@@ -179,10 +181,10 @@ def test_sdr_of_target_plus_noise_at_a_set_snr(snr_db):
 def test_evaluate_scores_an_exact_model_and_the_mixture_baseline(tmp_path):
     fractions = (0.1, 0.2, 0.3, 0.4)
     signal = np.random.default_rng(1).standard_normal((2, 3 * SR)).astype(np.float32) * 0.1
-    write_track(tmp_path / "test" / "exact", {s: f * signal for s, f in zip(SOURCES, fractions)})
+    write_track(tmp_path / "test" / "exact", {s: f * signal for s, f in zip(SOURCES, fractions, strict=True)})
     result = evaluate(PassThrough(), tmp_path, "test", precision="fp32", with_museval=False)
     assert all(v > 60 for v in result.average().values())  # the stems are exactly what it predicts
-    for s, f in zip(SOURCES, fractions):  # mixture as estimate: 10·log10(f² / (1 − f)²)
+    for s, f in zip(SOURCES, fractions, strict=True):  # mixture as estimate: 10·log10(f² / (1 − f)²)
         assert result.average(result.baseline)[s] == pytest.approx(20 * np.log10(f / (1 - f)), abs=1e-4)
     assert "| mixture baseline |" in result.table()
 

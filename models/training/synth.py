@@ -294,7 +294,7 @@ def vocal_part(song: Song, rng: np.random.Generator, frames: int) -> np.ndarray:
         part = np.where(vowel_at == v, source, 0.0)
         if not part.any():
             continue
-        for formant_hz, bandwidth_hz in zip(formants, (80, 100, 140)):
+        for formant_hz, bandwidth_hz in zip(formants, (80, 100, 140), strict=True):
             shifted = formant_hz * rng.uniform(0.92, 1.1)
             r = np.exp(-np.pi * bandwidth_hz / SAMPLERATE)
             out += lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * shifted / SAMPLERATE), r * r], part)

@@ -124,9 +124,9 @@ class Trainer:
         self.optimizer.step()
         with torch.no_grad():
             decay = self.ema_decay(self.step)
-            for average, current in zip(self.ema.parameters(), self.model.parameters()):
+            for average, current in zip(self.ema.parameters(), self.model.parameters(), strict=True):
                 average.lerp_(current, 1.0 - decay)
-            for average, current in zip(self.ema.buffers(), self.model.buffers()):
+            for average, current in zip(self.ema.buffers(), self.model.buffers(), strict=True):
                 average.copy_(current)
         self.step += 1
         return loss.item()
