@@ -233,7 +233,9 @@ def test_live_dry_run_prints_each_presets_latency_on_this_machine_and_plays_noth
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    rows = re.findall(r"^  (\S+(?: \S+)?)\s+latency\s+(\d+) ms\s+window ([\d.]+) s, hop ([\d.]+) s", result.stdout, re.M)
+    rows = re.findall(
+        r"^  (\S+(?: \S+)?)\s+latency\s+(\d+) ms\s+window ([\d.]+) s, hop ([\d.]+) s", result.stdout, re.M
+    )
     assert [row[0] for row in rows] == ["quality", "balanced", "low-latency", "--latency 1.5"]
     latency_ms = {name: int(ms) for name, ms, _, _ in rows}
     assert latency_ms["low-latency"] < latency_ms["balanced"] < latency_ms["quality"]
