@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -110,6 +111,11 @@ def _isolated_model_dirs(tmp_path, monkeypatch):
 
 
 JACK_RATE, JACK_PERIOD = 44100, 256
+
+
+def stemdeck_command(*args) -> list[str]:
+    """The real console entry point (``python -m stemdeck ARGS``), for subprocess.run/Popen."""
+    return [sys.executable, "-m", "stemdeck", *map(str, args)]
 
 
 def _die_with_parent() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import JACK_PERIOD, JACK_RATE, start_jack_server, stop_jack_server
+from conftest import JACK_PERIOD, JACK_RATE, start_jack_server, stemdeck_command, stop_jack_server
 
 from stemdeck.engine.config import EngineConfig, WindowConfig
 from stemdeck.engine.engine import Engine
@@ -120,10 +120,7 @@ def test_stopped_jack_server_ends_the_session_with_one_line(tmp_path):
     server = start_jack_server(name, playback_channels=2)
     env = {**os.environ, "JACK_DEFAULT_SERVER": name, "JACK_NO_AUDIO_RESERVATION": "1"}
     cli = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stemdeck",
+        stemdeck_command(
             "live",
             "--model",
             "passthrough",
@@ -133,7 +130,7 @@ def test_stopped_jack_server_ends_the_session_with_one_line(tmp_path):
             "60",
             "--stats",
             str(tmp_path / "s.json"),
-        ],
+        ),
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -162,10 +159,7 @@ def test_cli_play_reports_stats_as_json(jack_server, tmp_path):
     song = tmp_path / "song.wav"
     write_tone(song, seconds=3.0)
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "stemdeck",
+        stemdeck_command(
             "play",
             str(song),
             "--model",
@@ -176,7 +170,7 @@ def test_cli_play_reports_stats_as_json(jack_server, tmp_path):
             "2",
             "--stats",
             str(tmp_path / "stats.json"),
-        ],
+        ),
         capture_output=True,
         text=True,
         timeout=120,
@@ -202,18 +196,7 @@ def test_cli_play_reports_stats_as_json(jack_server, tmp_path):
 
 def test_unknown_output_device_is_one_line(jack_server):
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "stemdeck",
-            "live",
-            "--model",
-            "passthrough",
-            "--output",
-            "no-such-card",
-            "--duration",
-            "1",
-        ],
+        stemdeck_command("live", "--model", "passthrough", "--output", "no-such-card", "--duration", "1"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -226,7 +209,7 @@ def test_live_dry_run_prints_each_presets_latency_on_this_machine_and_plays_noth
     import re
 
     result = subprocess.run(
-        [sys.executable, "-m", "stemdeck", "live", "--dry-run", "--model", "passthrough", "--latency", "1.5"],
+        stemdeck_command("live", "--dry-run", "--model", "passthrough", "--latency", "1.5"),
         capture_output=True,
         text=True,
         timeout=180,

@@ -15,6 +15,7 @@ from conftest import (
     JACK_PERIOD,
     JACK_RATE,
     start_jack_server,
+    stemdeck_command,
     stop_jack_server,
     write_tone,
 )
@@ -249,10 +250,7 @@ def test_cli_play_with_stem_outputs_on_a_two_port_server(two_port_server, tmp_pa
     song = tmp_path / "song.wav"
     write_tone(song, seconds=6.0)
     cli = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stemdeck",
+        stemdeck_command(
             "play",
             str(song),
             "--model",
@@ -262,7 +260,7 @@ def test_cli_play_with_stem_outputs_on_a_two_port_server(two_port_server, tmp_pa
             "2",
             "--stats",
             str(tmp_path / "stats.json"),
-        ],
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -299,10 +297,7 @@ def test_live_latency_printed_is_the_one_played_on_a_long_period(long_period_ser
     import re
 
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "stemdeck",
+        stemdeck_command(
             "live",
             "--model",
             "passthrough",
@@ -312,7 +307,7 @@ def test_live_latency_printed_is_the_one_played_on_a_long_period(long_period_ser
             "2",
             "--stats",
             str(tmp_path / "stats.json"),
-        ],
+        ),
         capture_output=True,
         text=True,
         timeout=120,
