@@ -161,11 +161,16 @@ def start_jack_server(name: str, playback_channels: int = 10, rate: int = JACK_R
     """A real JACK server with the dummy driver; returns the process once clients can connect."""
     import shutil
     import subprocess
+    import tempfile
 
     if shutil.which("jackd") is None:
         pytest.fail("jackd is not installed; `bash .ci/setup` installs jackd2 (Debian)")
     clear_stale_jack_state()
     env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1", "JACK_NO_START_SERVER": "1"}
+    # jackd's log goes to a file, never to a pipe: it writes a line per xrun, and a pipe nobody
+    # reads fills up after a few hundred; jackd then blocks on the write, and every client of
+    # the server with it (the suite hung in an rtmidi close that waited on the server).
+    log = tempfile.TemporaryFile()
     process = subprocess.Popen(
         [
             "jackd",
@@ -184,15 +189,17 @@ def start_jack_server(name: str, playback_channels: int = 10, rate: int = JACK_R
             str(playback_channels),
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
         env=env,
         preexec_fn=_die_with_parent,
     )
+    process.log = log
     # Probe from another process: a libjack client in this one would crash when that server stops.
     probe = subprocess.run(["jack_wait", "-s", name, "-w", "-t", "15"], capture_output=True, text=True, env=env)
     if probe.returncode != 0 or process.poll() is not None:
         process.kill()
-        pytest.fail(f"jackd did not come up: {probe.stdout} {process.stderr.read().decode()[-500:]}")
+        log.seek(0)
+        pytest.fail(f"jackd did not come up: {probe.stdout} {log.read().decode(errors='replace')[-500:]}")
     return process
 
 
@@ -202,6 +209,7 @@ def stop_jack_server(process) -> None:
         process.wait(5)
     except Exception:
         process.kill()
+    process.log.close()
 
 
 def reinit_portaudio() -> None:

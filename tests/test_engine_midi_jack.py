@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from conftest import stemdeck_command
 from test_engine_midi import BASS, VOCALS, deck, settled_ratio  # noqa: F401  (the deck fixture)
 
 from stemdeck.engine.midi import MidiConfig, MidiController, MidiError, default_mapping, load_mapping, parse
@@ -163,9 +164,7 @@ def test_unknown_input_is_one_clear_error(deck, fake):
 
 
 def _cli(*args, **kwargs):
-    return subprocess.run(
-        [sys.executable, "-m", "stemdeck", *args], capture_output=True, text=True, timeout=60, **kwargs
-    )
+    return subprocess.run(stemdeck_command(*args), capture_output=True, text=True, timeout=180, **kwargs)
 
 
 def test_cli_lists_ports(fake):
