@@ -3,13 +3,17 @@
 htdemucs-sized model (random weights), 44.1 kHz, 256-frame periods, ``--seconds`` per preset.
 The calibration may lengthen a preset's plan for this machine: the plan it chose is printed.
 Usage: python benchmarks/live.py [--json] [--seconds 120] [--presets quality,balanced,low-latency]
-[--precision fp32]
+[--precision fp32] [--model tiny] [--threads 1,2]
+
+``--threads 1,2`` runs every preset once per inference thread count, side by side: on 2 cores,
+whether the worker's second thread costs the audio callback xruns, or buys a lower latency.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -17,17 +21,18 @@ from _common import htdemucs_random, jack_dummy_server
 
 from stemdeck.engine.config import PRESETS, EngineConfig
 from stemdeck.engine.engine import Engine
-from stemdeck.engine.runtime import configure_process
+from stemdeck.engine.runtime import configure_process, inference_threads
 from stemdeck.engine.worker.process import WorkerError
+from stemdeck.models import load_model
 
 
-def run_preset(model, preset: str, seconds: float, precision: str = "auto") -> dict:
-    engine = Engine(model, EngineConfig(precision=precision))
+def run_preset(model, preset: str, seconds: float, precision: str = "auto", threads: int | None = None) -> dict:
+    engine = Engine(model, EngineConfig(precision=precision, inference_threads=threads))
     try:
         try:
             engine.prepare(preset, block_frames=256)
         except WorkerError as exc:  # calibration found no plan for this machine
-            return {"preset": preset, "offered": False, "reason": str(exc)}
+            return {"preset": preset, "threads": threads, "offered": False, "reason": str(exc)}
         engine.start_live()
         time.sleep(seconds)
         status = engine.status()
@@ -35,6 +40,7 @@ def run_preset(model, preset: str, seconds: float, precision: str = "auto") -> d
         engine.stop()
     return {
         "preset": preset,
+        "threads": threads,
         "offered": True,
         "latency_samples": status.latency_frames,
         "latency_ms": status.latency_ms,
@@ -58,28 +64,40 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--precision", default="auto", help="fp32 forces the path without bf16")
+    parser.add_argument("--model", help="a registry name or checkpoint instead of htdemucs-sized random weights")
+    parser.add_argument(
+        "--threads", default="", help="inference thread counts to compare, e.g. 1,2 (default: the engine's)"
+    )
     args = parser.parse_args(argv)
     configure_process()  # as the command line does: this process runs the audio callback
-    model = htdemucs_random()
+    model = load_model(args.model) if args.model else htdemucs_random()
+    model_name = args.model or "htdemucs-sized model"
+    thread_counts = [int(n) for n in args.threads.split(",") if n] or [None]
     with jack_dummy_server():
-        rows = [run_preset(model, preset, args.seconds, args.precision) for preset in args.presets.split(",")]
+        rows = [
+            run_preset(model, preset, args.seconds, args.precision, threads)
+            for preset in args.presets.split(",")
+            for threads in thread_counts
+        ]
     if args.json:
-        print(json.dumps({"seconds_per_preset": args.seconds, "presets": rows}))
+        print(json.dumps({"model": model_name, "seconds_per_preset": args.seconds, "presets": rows}))
         return 0
     print(
-        f"live, htdemucs-sized model ({args.precision}), JACK dummy 44.1 kHz / 256 frames, "
-        f"{args.seconds:.0f} s per preset"
+        f"live, {model_name} ({args.precision}), JACK dummy 44.1 kHz / 256 frames, "
+        f"{args.seconds:.0f} s per preset; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"
     )
     print(
-        f"{'preset':<12} {'latency ms':>10} {'hop s':>6} {'window s':>8} {'xruns':>6} {'late':>5} "
+        f"{'preset':<12} {'threads':>7} {'latency ms':>10} {'hop s':>6} {'window s':>8} {'xruns':>6} {'late':>5} "
         f"{'windows':>7} {'load':>6} {'headroom':>8} {'worst':>6}"
     )
     for r in rows:
+        threads = str(r["threads"] or inference_threads())
         if not r["offered"]:
-            print(f"{r['preset']:<12} not offered on this machine: {r['reason']}")
+            print(f"{r['preset']:<12} {threads:>7} not offered on this machine: {r['reason']}")
             continue
         print(
-            f"{r['preset']:<12} {r['latency_ms']:>10.0f} {r['hop_s']:>6.2f} {r['window_s']:>8.2f} {r['xruns']:>6} "
+            f"{r['preset']:<12} {threads:>7} {r['latency_ms']:>10.0f} {r['hop_s']:>6.2f} {r['window_s']:>8.2f} "
+            f"{r['xruns']:>6} "
             f"{r['late_windows']:>5} {r['windows']:>7} {r['worker_load']:>6.2f} {r['worker_headroom']:>8.0%} "
             f"{r['worst_load']:>6.2f}" + ("  (plan lengthened for this machine)" if r["adapted"] else "")
         )
