@@ -1,0 +1,341 @@
+"""Issue 16: NI STEM files (.stem.mp4) written from a generated song and read back — five stereo
+streams in NI's order, the stem box's JSON, sample-exact lengths (ALAC bit-exact at 24 bits,
+AAC with its encoder delay trimmed), the input's tags carried over, and broken files refused in
+one line."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import zlib
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+from mutagen.flac import FLAC, Picture
+from mutagen.mp4 import MP4
+
+from stemdeck.models.demo import SAMPLERATE, demo_stems
+from stemdeck.models.mp4_boxes import find_child, iter_boxes, put_udta_box, read_udta_box, top_level_boxes
+from stemdeck.models.stem_file import (
+    MASTERING_DSP,
+    NI_STEMS,
+    STREAMS,
+    StemFileError,
+    StemTags,
+    ni_stems,
+    read_stem_file,
+    read_stem_manifest,
+    read_tags,
+    write_stem_file,
+)
+
+SECONDS = 2.0
+ODD_FRAMES = 777  # not a multiple of ALAC's 4096 nor AAC's 1024: the last packet is partial
+
+
+@pytest.fixture(scope="module")
+def song() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    frames = int(SECONDS * SAMPLERATE) + ODD_FRAMES
+    stems = {name: stem[:, :frames] for name, stem in demo_stems(SECONDS + 1).items()}
+    return sum(stems.values()), stems
+
+
+@pytest.fixture(scope="module")
+def alac_file(tmp_path_factory, song) -> Path:
+    path = tmp_path_factory.mktemp("stem") / "song.stem.mp4"
+    master, stems = song
+    assert write_stem_file(path, master, stems, SAMPLERATE) is None  # four stems: nothing to say
+    return path
+
+
+def _quantised(audio: np.ndarray, bits: int = 24) -> np.ndarray:
+    scale = 2 ** (bits - 1)
+    return (np.clip(np.round(audio.astype(np.float64) * scale), -scale, scale - 1) / scale).astype(np.float32)
+
+
+def _snr_db(reference: np.ndarray, actual: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(reference.astype(np.float64) ** 2) / np.sum((actual - reference) ** 2.0)))
+
+
+def test_alac_round_trip_is_bit_exact_at_24_bits(alac_file, song):
+    master, stems = song
+    master_read, stems_read, samplerate = read_stem_file(alac_file)
+    assert samplerate == SAMPLERATE
+    assert list(stems_read) == list(NI_STEMS)
+    assert master_read.shape == master.shape and master_read.dtype == np.float32
+    assert np.array_equal(master_read, _quantised(master))
+    for name in NI_STEMS:
+        assert stems_read[name].shape == stems[name].shape
+        assert np.array_equal(stems_read[name], _quantised(stems[name])), name
+    assert np.abs(stems_read["vocals"]).max() > 0.05  # not silence that agrees
+
+
+def test_five_stereo_streams_in_ni_order_only_the_master_enabled(alac_file, song):
+    """What ffprobe would list: five ALAC stereo streams named master, drums, bass, other, vocals,
+    each as long as the input; only the master's track is enabled (ordinary players play it)."""
+    with av.open(str(alac_file)) as container:
+        streams = list(container.streams)
+        assert [s.type for s in streams] == ["audio"] * 5
+        assert [s.codec_context.name for s in streams] == ["alac"] * 5
+        assert [s.codec_context.channels for s in streams] == [2] * 5
+        assert [s.metadata.get("handler_name") for s in streams] == list(STREAMS)
+        ends = [0] * 5
+        for packet in container.demux():
+            if packet.pts is not None:
+                ends[packet.stream.index] = max(ends[packet.stream.index], packet.pts + packet.duration)
+    assert ends == [song[0].shape[-1]] * 5
+    assert _track_enabled_flags(alac_file) == [True, False, False, False, False]
+    assert [box.type for box in top_level_boxes(alac_file)][-1] == b"moov"  # grows without moving samples
+
+
+def _track_enabled_flags(path: Path) -> list[bool]:
+    data = path.read_bytes()
+    moov = next(box for box in iter_boxes(data) if box.type == b"moov")
+    flags = []
+    for trak in iter_boxes(data, moov.payload_start, moov.end):
+        if trak.type == b"trak":
+            tkhd = find_child(data, trak, b"tkhd")
+            flags.append(bool(struct.unpack(">I", data[tkhd.payload_start : tkhd.payload_start + 4])[0] & 1))
+    return flags
+
+
+def test_stem_box_holds_ni_manifest_with_stemdecks_colours(alac_file):
+    from stemdeck.gui.theme import STEM_COLOURS
+
+    manifest = json.loads(read_udta_box(alac_file, b"stem"))
+    assert manifest == read_stem_manifest(alac_file)
+    assert manifest["version"] == 1
+    assert set(manifest["mastering_dsp"]) == {"compressor", "limiter"}
+    compressor, limiter = manifest["mastering_dsp"]["compressor"], manifest["mastering_dsp"]["limiter"]
+    assert set(compressor) == {
+        "enabled",
+        "input_gain",
+        "output_gain",
+        "threshold",
+        "dry_wet",
+        "attack",
+        "release",
+        "ratio",
+        "hp_cutoff",
+    }
+    assert set(limiter) == {"enabled", "threshold", "ceiling", "release"}
+    assert compressor["enabled"] is False and limiter["enabled"] is False  # stems sum to the master untouched
+    assert manifest["mastering_dsp"] == MASTERING_DSP
+    assert [stem["name"] for stem in manifest["stems"]] == ["Drums", "Bass", "Other", "Vocals"]
+    assert [stem["color"] for stem in manifest["stems"]] == [STEM_COLOURS[name] for name in NI_STEMS]
+    assert all(len(stem["color"]) == 7 and stem["color"][0] == "#" for stem in manifest["stems"])
+
+
+def test_aac_lengths_equal_the_input_encoder_delay_trimmed(tmp_path, song):
+    """AAC puts 1024 frames of encoder delay before the audio (a packet at pts -1024) and pads
+    the last frame: the reader lays frames at their timestamps from 0 and ends where the last
+    packet's duration says, so the length is the input's and the stems line up with it."""
+    master, stems = song
+    path = tmp_path / "song.stem.mp4"
+    write_stem_file(path, master, stems, SAMPLERATE, codec="aac")
+    with av.open(str(path)) as container:
+        assert [s.codec_context.name for s in container.streams.audio] == ["aac"] * 5
+        first_pts = next(iter(container.demux(container.streams.audio[0]))).pts
+    assert first_pts == -1024  # the delay is there to trim
+    master_read, stems_read, samplerate = read_stem_file(path)
+    assert samplerate == SAMPLERATE and master_read.shape == master.shape
+    assert _snr_db(master, master_read) > 20.0
+    for name in NI_STEMS:
+        assert stems_read[name].shape == stems[name].shape
+        assert _snr_db(stems[name], stems_read[name]) > 20.0, name
+    # one frame of misalignment costs the bass most of its accuracy: it is aligned to the sample
+    shifted = _snr_db(stems["bass"][:, 1:], stems_read["bass"][:, :-1])
+    assert _snr_db(stems["bass"], stems_read["bass"]) > shifted + 10.0
+
+
+def _png(width: int = 2, height: int = 2) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def _tagged_flac(path: Path, audio: np.ndarray, cover: bytes) -> None:
+    sf.write(str(path), audio.T, SAMPLERATE, subtype="PCM_16")
+    flac = FLAC(str(path))
+    flac["title"], flac["artist"], flac["album"] = "Demo Song", "stemdeck", "Tests"
+    picture = Picture()
+    picture.type, picture.mime, picture.data = 3, "image/png", cover
+    flac.add_picture(picture)
+    flac.save()
+
+
+def test_tags_and_cover_carried_over_from_a_flac_input(tmp_path, song):
+    master, stems = song
+    cover = _png()
+    source = tmp_path / "song.flac"
+    _tagged_flac(source, master, cover)
+    tags = read_tags(source)
+    assert tags == StemTags("Demo Song", "stemdeck", "Tests", cover, "image/png")
+    audio, samplerate = sf.read(str(source), dtype="float32", always_2d=True)
+    path = tmp_path / "song.stem.mp4"
+    write_stem_file(path, audio.T, stems, samplerate, tags=tags)
+    mp4 = MP4(str(path))
+    assert mp4.tags["\xa9nam"] == ["Demo Song"] and mp4.tags["\xa9ART"] == ["stemdeck"]
+    assert mp4.tags["\xa9alb"] == ["Tests"]
+    assert bytes(mp4.tags["covr"][0]) == cover
+    master_read, stems_read, _ = read_stem_file(path)  # the tags moved nothing the reader needs
+    assert np.array_equal(master_read, audio.T)  # a 16-bit master is exact in a 24-bit ALAC
+    assert np.array_equal(stems_read["bass"], _quantised(stems["bass"]))
+
+
+def test_tags_from_ogg_style_comments_and_untagged_files(tmp_path, song):
+    untagged = tmp_path / "plain.wav"
+    sf.write(str(untagged), song[0].T, SAMPLERATE)
+    assert read_tags(untagged) == StemTags()
+    assert read_tags(tmp_path / "missing.flac") == StemTags()
+    ogg = tmp_path / "song.ogg"
+    sf.write(str(ogg), song[0][:, :4410].T, SAMPLERATE, format="OGG", subtype="VORBIS")
+    from mutagen.oggvorbis import OggVorbis
+
+    vorbis = OggVorbis(str(ogg))
+    picture = Picture()
+    picture.type, picture.mime, picture.data = 3, "image/png", _png()
+    vorbis["title"], vorbis["metadata_block_picture"] = "Ogg Song", base64.b64encode(picture.write()).decode()
+    vorbis.save()
+    assert read_tags(ogg) == StemTags("Ogg Song", None, None, _png(), "image/png")
+
+
+def test_six_stem_model_sums_guitar_and_piano_into_other(tmp_path, song):
+    _, stems = song
+    six = {**stems, "guitar": stems["other"] * 0.5, "piano": stems["vocals"] * 0.25}
+    four, note = ni_stems(six)
+    assert list(four) == list(NI_STEMS)
+    assert np.allclose(four["other"], stems["other"] * 1.5 + stems["vocals"] * 0.25, atol=1e-6)
+    assert np.array_equal(four["vocals"], stems["vocals"])
+    assert note == "other + guitar + piano summed into other (an NI STEM file holds four stems)"
+    path = tmp_path / "six.stem.mp4"
+    assert write_stem_file(path, sum(six.values()), six, SAMPLERATE) == note
+    _, read, _ = read_stem_file(path)
+    assert np.array_equal(read["other"], _quantised(four["other"]))
+    _, note = ni_stems({"vocals": stems["vocals"], "accompaniment": stems["bass"]})
+    assert note == (
+        "accompaniment summed into other (an NI STEM file holds four stems); "
+        "the model has no drums, bass: silent in the stem file"
+    )
+
+
+def _decode_all(path: Path, streams: int = 2) -> list[np.ndarray]:
+    decoded = []
+    for index in range(streams):  # one pass per stream: a decode reads the container to its end
+        with av.open(str(path)) as container:
+            decoded.append(np.concatenate([f.to_ndarray() for f in container.decode(audio=index)], axis=1))
+    return decoded
+
+
+def test_box_writer_fixes_chunk_offsets_when_moov_comes_first(tmp_path):
+    """A 'faststart' MP4 (moov before the samples): growing moov moves every sample, so the
+    chunk offsets must move with it or every decoder reads garbage."""
+    path = tmp_path / "faststart.mp4"
+    tone = (0.25 * np.sin(np.arange(30000) / 7.0)).astype(np.float32)
+    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as container:
+        streams = [container.add_stream("alac", rate=SAMPLERATE, layout="stereo", format="s32p") for _ in range(2)]
+        for stream, gain in zip(streams, (1.0, 0.5), strict=True):
+            block = (np.stack([tone, tone]) * gain * 2**23).astype(np.int32) << 8
+            frame = av.AudioFrame.from_ndarray(block, format="s32p", layout="stereo")
+            frame.sample_rate, frame.pts, frame.time_base = SAMPLERATE, 0, Fraction(1, SAMPLERATE)
+            container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+    assert [box.type for box in top_level_boxes(path)].index(b"moov") < [
+        box.type for box in top_level_boxes(path)
+    ].index(b"mdat")
+    before = _decode_all(path)
+    put_udta_box(path, b"stem", b'{"version":1}')
+    put_udta_box(path, b"stem", b'{"version":1,"again":true}' + b" " * 5000)  # replaced, not added
+    assert read_udta_box(path, b"stem").rstrip() == b'{"version":1,"again":true}'
+    after = _decode_all(path)
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    expected = (np.stack([tone, tone]) * 2**23).astype(np.int32) << 8
+    assert np.array_equal(after[0], expected)  # the samples written, not two garbage reads that agree
+    data = path.read_bytes()
+    moov = next(box for box in iter_boxes(data) if box.type == b"moov")
+    udta = find_child(data, moov, b"udta")
+    assert [box.type for box in iter_boxes(data, udta.payload_start, udta.end)].count(b"stem") == 1
+
+
+# -- broken and hostile files: one line naming the file ----------------------------------------
+
+
+def _one_line_error(path: Path, *phrases: str) -> str:
+    with pytest.raises(StemFileError) as caught:
+        read_stem_file(path)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message
+    assert isinstance(caught.value, ValueError)
+    for phrase in phrases:
+        assert phrase in message, message
+    return message
+
+
+def test_truncated_stem_file_is_one_line(tmp_path, alac_file):
+    cut = tmp_path / "cut.stem.mp4"
+    cut.write_bytes(alac_file.read_bytes()[: alac_file.stat().st_size // 2])
+    _one_line_error(cut, "not a readable MP4 file")
+    header_only = tmp_path / "header.stem.mp4"
+    header_only.write_bytes(alac_file.read_bytes()[:6])
+    _one_line_error(header_only, "cut short")
+
+
+def test_moov_with_truncated_samples_is_one_line(tmp_path, alac_file):
+    """The index intact, the samples it points at gone (a copy that stopped early, moov first)."""
+    data = alac_file.read_bytes()
+    boxes = top_level_boxes(alac_file)
+    mdat = next(box for box in boxes if box.type == b"mdat")
+    moov = next(box for box in boxes if box.type == b"moov")
+    short = bytearray(data[: mdat.start]) + data[moov.start : moov.end]  # mdat dropped: offsets point nowhere
+    path = tmp_path / "nosamples.stem.mp4"
+    path.write_bytes(bytes(short))
+    _one_line_error(path)
+
+
+def test_stem_box_with_bad_json_is_one_line(tmp_path, alac_file):
+    path = tmp_path / "badjson.stem.mp4"
+    path.write_bytes(alac_file.read_bytes())
+    put_udta_box(path, b"stem", b'{"version": 1, "stems": [')
+    _one_line_error(path, "stem box is not valid JSON")
+    put_udta_box(path, b"stem", json.dumps({"version": 1, "stems": [{"name": "a"}] * 3}).encode())
+    _one_line_error(path, "lists 3 stems")
+    put_udta_box(path, b"stem", b" " * 70_000)
+    _one_line_error(path, "70000 bytes")
+    put_udta_box(path, b"stem", b'["version"]')
+    _one_line_error(path, "not a JSON object")
+
+
+def test_three_streams_and_no_stem_box_are_one_line(tmp_path, song):
+    path = tmp_path / "three.stem.mp4"
+    with av.open(str(path), "w", format="mp4") as container:
+        for stream in [container.add_stream("aac", rate=SAMPLERATE, layout="stereo") for _ in range(3)]:
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(song[0][:, :8192]), format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts, frame.time_base = SAMPLERATE, 0, Fraction(1, SAMPLERATE)
+            container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+    _one_line_error(path, "no moov/udta/stem box")
+    put_udta_box(path, b"stem", read_udta_box(path.parent / "three.stem.mp4", b"stem") or b"")
+    manifest = {"version": 1, "mastering_dsp": MASTERING_DSP, "stems": [{"name": n} for n in NI_STEMS]}
+    put_udta_box(path, b"stem", json.dumps(manifest).encode())
+    _one_line_error(path, "3 audio streams, an NI STEM file has 5")
+
+
+def test_not_an_mp4_and_a_lying_box_size_are_one_line(tmp_path, song, alac_file):
+    wav = tmp_path / "song.wav"
+    sf.write(str(wav), song[0][:, :1000].T, SAMPLERATE)
+    _one_line_error(wav, "not a readable MP4 file")
+    data = bytearray(alac_file.read_bytes())
+    moov = next(box for box in top_level_boxes(alac_file) if box.type == b"moov")
+    struct.pack_into(">I", data, moov.start, 0xFFFFFFF0)  # moov claims 4 GB
+    lying = tmp_path / "lying.stem.mp4"
+    lying.write_bytes(bytes(data))
+    _one_line_error(lying, "beyond its container")
+    _one_line_error(tmp_path / "absent.stem.mp4", "cannot read it")
