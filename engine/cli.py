@@ -112,6 +112,33 @@ def read_track(path: Path, start_s: float):
     return audio, samplerate
 
 
+def read_stem_track(path: Path, start_s: float):
+    """An NI STEM file's master and stems, which the deck plays as they are (no separation)."""
+    from stemdeck.models.cli import CommandError
+    from stemdeck.models.stem_file import StemFileError, read_stem_file
+
+    try:
+        master, stems, samplerate = read_stem_file(path)
+    except StemFileError as exc:
+        raise CommandError(f"{exc}; play another copy, or its master exported as WAV or FLAC") from None
+    seconds = master.shape[-1] / samplerate
+    if start_s >= seconds:
+        raise CommandError(f"--start {start_s:g}: {path} lasts {seconds:.1f} s; give a cue point before its end")
+    return master, stems, samplerate
+
+
+def _load_deck(engine, path: Path, audio, stems, samplerate: int, cue_s: float) -> None:
+    if stems is None:
+        engine.load_audio(audio, samplerate, cue_s=cue_s)
+        return
+    from stemdeck.models.cli import CommandError
+
+    try:
+        engine.load_separated(audio, stems, samplerate, cue_s=cue_s)
+    except ValueError as exc:
+        raise CommandError(f"{path}: {exc}; play it with a 4- or 6-stem model") from None
+
+
 def check_midi_ports(args: argparse.Namespace) -> None:
     """The --midi-* ports and mapping, checked before the model loads (which takes seconds)."""
     from stemdeck.engine.midi.mapping_file import load_user_mapping
@@ -192,15 +219,19 @@ def run_live(args: argparse.Namespace) -> int:
 
 def run_play(args: argparse.Namespace) -> int:
     from stemdeck.engine.device import resolve_device
+    from stemdeck.models.stem_file import is_stem_file
 
     check_session_options(args)
-    audio, samplerate = read_track(args.file, args.start)
+    if is_stem_file(args.file):  # stems made already: played as they are
+        audio, stems, samplerate = read_stem_track(args.file, args.start)
+    else:
+        (audio, samplerate), stems = read_track(args.file, args.start), None
     output_device = resolve_device(args.output, "output")
     check_midi_ports(args)
     engine = _engine(args, output_device, deck=True)
     with engine:
-        engine.load_audio(audio, samplerate, cue_s=args.start)
-        del audio
+        _load_deck(engine, args.file, audio, stems, samplerate, args.start)
+        del audio, stems
         with _midi(engine, args):
             engine.start_output(output_device, stem_outputs=args.stem_outputs)
             engine.play()

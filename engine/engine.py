@@ -275,8 +275,32 @@ class Engine:
             return WindowPlan.from_config(self.config.deck_window, self.config.samplerate, segment_s)
         return WindowPlan.offline(self.config.samplerate, segment_s)
 
-    def load_array(self, track: np.ndarray, cue_s: float = 0.0) -> None:
-        """Load ``(channels, frames)`` audio at the engine's rate as the deck's track."""
+    def load_separated(
+        self, master: np.ndarray, stems: dict[str, np.ndarray], samplerate: int, cue_s: float = 0.0
+    ) -> None:
+        """Load a track whose stems exist already (an NI STEM file): ``master`` and each stem
+        ``(channels, frames)``, stems keyed by this engine's source names (one it lacks is
+        silence). The deck plays them as a fully separated track; the model separates nothing."""
+        from stemdeck.models.separate import match_channels, resample
+
+        unknown = sorted(set(stems) - set(self.sources))
+        if unknown:
+            raise ValueError(f"the model's stems ({', '.join(self.sources)}) have no place for {', '.join(unknown)}")
+
+        def at_engine_rate(audio: np.ndarray) -> np.ndarray:
+            audio = match_channels(resample(audio, samplerate, self.config.samplerate), self.config.channels)
+            return np.ascontiguousarray(audio, dtype=np.float32)
+
+        track = at_engine_rate(master)
+        separated = np.zeros((len(self.sources), *track.shape), np.float32)
+        for name, audio in stems.items():
+            audio = at_engine_rate(audio)[..., : track.shape[-1]]
+            separated[self.sources.index(name), :, : audio.shape[-1]] = audio
+        self.load_array(track, cue_s, separated)
+
+    def load_array(self, track: np.ndarray, cue_s: float = 0.0, separated: np.ndarray | None = None) -> None:
+        """Load ``(channels, frames)`` audio at the engine's rate as the deck's track; with
+        ``separated`` (its ``(stems, channels, frames)``), as a track separated already."""
         if not math.isfinite(cue_s):
             raise ValueError(f"cue point {cue_s} s is not a number of seconds")
         self._stop_worker()
@@ -290,15 +314,20 @@ class Engine:
         arrays["track"][:] = track
         # a damaged sample is silence, as models.separate takes it (and the mixer would play it)
         np.nan_to_num(arrays["track"], copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        if separated is not None:  # final from start to end: the worker takes it over as a resumed session
+            arrays["stems"][:] = separated
+            np.nan_to_num(arrays["stems"], copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            self.shared.worker[SEPARATED_FROM], self.shared.worker[STEMS_WRITTEN] = 0, track.shape[-1]
         s = self.shared
         self._deck_buffers = DeckBuffers(
             arrays["track"], arrays["stems"], s.audio, s.worker, s.transport, self._mixer_buffers()
         )
         self._seek_frames(cue)  # the callback moves the playhead there, waiting for stems
         self.cue_s = cue / self.config.samplerate
-        cache = self._cache_path(track) if self.config.cache_stems else None
+        cache = self._cache_path(track) if self.config.cache_stems and separated is None else None
         quick = int(self.config.deck_quick_start_s * self.config.samplerate)
-        self._start_session(SessionSpec(DECK, self.deck_plan, cue, cache, quick_frames=quick), arrays)
+        spec = SessionSpec(DECK, self.deck_plan, cue, cache, resume=separated is not None, quick_frames=quick)
+        self._start_session(spec, arrays)
 
     def _cache_path(self, track: np.ndarray):
         from stemdeck.engine.worker.cache import CacheEntry, cache_folder, model_fingerprint, stems_key

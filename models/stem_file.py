@@ -73,6 +73,20 @@ class StemTags:
     cover_mime: str | None = None  # "image/jpeg" or "image/png"
 
 
+def is_stem_file(path: str | Path) -> bool:
+    """Named as NI STEM files are (``.stem.mp4``, or ``.stem.m4a`` as some tools write them), or
+    an MP4 by any name holding the ``stem`` box (what Mixxx probes for)."""
+    name = Path(path).name.lower()
+    if name.endswith((".stem.mp4", ".stem.m4a")):
+        return True
+    if not name.endswith((".mp4", ".m4a")):
+        return False
+    try:
+        return read_udta_box(Path(path), b"stem") is not None
+    except (BoxError, OSError):
+        return False
+
+
 # -- the four NI stems ----------------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from stemdeck.models.stem_file import (
     STREAMS,
     StemFileError,
     StemTags,
+    is_stem_file,
     ni_stems,
     read_stem_file,
     read_stem_manifest,
@@ -339,3 +340,18 @@ def test_not_an_mp4_and_a_lying_box_size_are_one_line(tmp_path, song, alac_file)
     lying.write_bytes(bytes(data))
     _one_line_error(lying, "beyond its container")
     _one_line_error(tmp_path / "absent.stem.mp4", "cannot read it")
+
+
+def test_stem_files_are_known_by_name_or_by_their_box(tmp_path, alac_file):
+    renamed = tmp_path / "song.mp4"
+    renamed.write_bytes(alac_file.read_bytes())
+    assert is_stem_file(alac_file) and is_stem_file(renamed)
+    assert is_stem_file(tmp_path / "absent.stem.m4a")  # by name: its reader says what is wrong
+    plain = tmp_path / "plain.m4a"
+    with av.open(str(plain), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=SAMPLERATE, layout="stereo")
+        frame = av.AudioFrame.from_ndarray(np.zeros((2, 2048), np.float32), format="fltp", layout="stereo")
+        frame.sample_rate, frame.pts, frame.time_base = SAMPLERATE, 0, Fraction(1, SAMPLERATE)
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    assert not is_stem_file(plain) and not is_stem_file(tmp_path / "song.flac")
