@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import fractions
 import json
-from collections.abc import Mapping
+import os
+import secrets
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,24 +130,133 @@ def write_stem_file(
     codec: str = "alac",
     tags: StemTags | None = None,
 ) -> str | None:
-    """Write an NI STEM file at ``path`` (in place: callers wanting atomicity write a temporary
-    name and rename it). ``master`` and each stem are ``(channels, frames)`` float, mono or
-    stereo, all one length; ``stems`` may be any model's (see ``ni_stems``). Returns the note
-    about summed or missing stems, or None."""
-    if codec not in CODECS:
-        raise ValueError(f"codec must be one of {', '.join(CODECS)}, not {codec!r}")
-    path = Path(path)
-    four, note = ni_stems(stems)
-    streams = {"master": master, **four}
-    arrays = {name: _stereo(name, audio) for name, audio in streams.items()}
-    lengths = {audio.shape[-1] for audio in arrays.values()}
-    if len(lengths) != 1:
-        raise ValueError(f"master and stems must be one length, got {sorted(lengths)} frames")
-    _encode(path, arrays, int(samplerate), codec)
-    if tags is not None:
-        _write_tags(path, tags)
-    put_udta_box(path, b"stem", json.dumps(stem_manifest(), separators=(",", ":")).encode())
+    """Write an NI STEM file at ``path`` (in place: ``write_stem_track`` is the atomic one).
+    ``master`` and each stem are ``(channels, frames)`` float, mono or stereo, all one length;
+    ``stems`` may be any model's (see ``ni_stems``). Returns the note about summed or missing
+    stems, or None."""
+    with StemFileWriter(path, samplerate, codec) as writer:
+        writer.write(master, stems)
+        return writer.finish(tags)
+
+
+class StemFileWriter:
+    """The five streams encoded block by block as the stems arrive (memory does not grow with
+    the track), then the tags and the manifest box; use it in a ``with`` block."""
+
+    def __init__(self, path: str | Path, samplerate: int, codec: str = "alac"):
+        if codec not in CODECS:
+            raise ValueError(f"codec must be one of {', '.join(CODECS)}, not {codec!r}")
+        self.path, self.samplerate, self.codec = Path(path), int(samplerate), codec
+        self.frames = 0
+        self.note: str | None = None
+        self._container = self._streams = None
+
+    def __enter__(self) -> StemFileWriter:
+        import av
+
+        self._container = av.open(str(self.path), "w", format="mp4")
+        self._streams = [_add_stream(self._container, self.codec, self.samplerate, name) for name in STREAMS]
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._container is not None:  # left without finish(): close what there is
+            self._container.close()
+            self._container = None
+
+    def write(self, master: np.ndarray, stems: Mapping[str, np.ndarray]) -> None:
+        """The next ``(channels, n)`` frames of the master and of every stem."""
+        four, self.note = ni_stems(stems)
+        arrays = [_stereo(name, audio) for name, audio in zip(STREAMS, (master, *four.values()), strict=True)]
+        lengths = {audio.shape[-1] for audio in arrays}
+        if len(lengths) != 1:
+            raise ValueError(f"master and stems must be one length, got {sorted(lengths)} frames")
+        frames = lengths.pop()
+        for start in range(0, frames, ENCODE_BLOCK_FRAMES):  # the streams in lockstep: interleaved
+            for stream, audio in zip(self._streams, arrays, strict=True):
+                self._encode(stream, audio[:, start : start + ENCODE_BLOCK_FRAMES], self.frames + start)
+        self.frames += frames
+
+    def _encode(self, stream, block: np.ndarray, pts: int) -> None:
+        import av
+
+        samples = _encoder_samples(block, stream.format.name)
+        frame = av.AudioFrame.from_ndarray(samples, format=stream.format.name, layout="stereo")
+        frame.sample_rate, frame.pts, frame.time_base = self.samplerate, pts, fractions.Fraction(1, self.samplerate)
+        self._container.mux(stream.encode(frame))
+
+    def finish(self, tags: StemTags | None = None) -> str | None:
+        """Flush the encoders, close the file, add the tags and the ``stem`` box; returns the note."""
+        if self.frames == 0:
+            raise ValueError("no audio was written")
+        for stream in self._streams:
+            self._container.mux(stream.encode(None))
+        self._container.close()
+        self._container = None
+        if tags is not None:
+            _write_tags(self.path, tags)
+        put_udta_box(self.path, b"stem", json.dumps(stem_manifest(), separators=(",", ":")).encode())
+        return self.note
+
+
+def write_stem_track(
+    target: Path,
+    master_blocks: Iterable[np.ndarray],
+    stem_blocks: Iterable[Mapping[str, np.ndarray]],
+    samplerate: int,
+    *,
+    codec: str = "alac",
+    tags: StemTags | None = None,
+    force: bool = False,
+) -> str | None:
+    """``stemdeck separate --format stem``: the stems as they come (each block any length) with
+    the master read alongside, written to a hidden temporary beside ``target`` and renamed onto
+    it only when complete; an existing ``target`` is kept unless ``force``. Returns the note."""
+    from stemdeck.models.audio import remove_stale_partials
+
+    if target.exists() and not force:
+        raise StemFileError(f"{target} already exists; use --force to overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(target.parent)  # what a killed run left here
+    partial = _new_partial(target)
+    try:
+        with StemFileWriter(partial, samplerate, codec) as writer:
+            master = _FrameQueue(iter(master_blocks))
+            for stems in stem_blocks:
+                frames = next(iter(stems.values())).shape[-1]
+                writer.write(master.take(frames), stems)
+            note = writer.finish(tags)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
     return note
+
+
+def _new_partial(target: Path) -> Path:
+    """``.<name>.<pid>.<random>.mp4.partial``, as models.audio names its temporaries (so its
+    clean-up knows a dead run's), created with the default mode (0666 less the umask)."""
+    name = target.name.removesuffix(".stem.mp4").replace(".", "_")
+    path = target.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}.mp4.partial")
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return path
+
+
+class _FrameQueue:
+    """The master's blocks, handed out in the lengths the stems arrive in."""
+
+    def __init__(self, blocks: Iterator[np.ndarray]):
+        self.blocks, self.pending = blocks, np.zeros((2, 0), np.float32)
+
+    def take(self, frames: int) -> np.ndarray:
+        parts, have = [self.pending], self.pending.shape[-1]
+        while have < frames:
+            block = next(self.blocks, None)
+            if block is None:
+                raise ValueError(f"the master ended {frames - have} frames before the stems")
+            parts.append(np.asarray(block, np.float32))
+            have += block.shape[-1]
+        joined = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+        self.pending = joined[:, frames:]
+        return joined[:, :frames]
 
 
 def _stereo(name: str, audio: np.ndarray) -> np.ndarray:
@@ -154,22 +265,6 @@ def _stereo(name: str, audio: np.ndarray) -> np.ndarray:
         raise ValueError(f"{name} must be (channels, frames) with 1 or 2 channels, got shape {audio.shape}")
     audio = np.repeat(audio, 2, axis=0) if audio.shape[0] == 1 else audio
     return np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _encode(path: Path, arrays: dict[str, np.ndarray], samplerate: int, codec: str) -> None:
-    import av
-
-    frames = next(iter(arrays.values())).shape[-1]
-    with av.open(str(path), "w", format="mp4") as container:
-        streams = [_add_stream(container, codec, samplerate, name) for name in arrays]
-        for start in range(0, frames, ENCODE_BLOCK_FRAMES):
-            for stream, audio in zip(streams, arrays.values(), strict=True):
-                block = _encoder_samples(audio[:, start : start + ENCODE_BLOCK_FRAMES], stream.format.name)
-                frame = av.AudioFrame.from_ndarray(block, format=stream.format.name, layout="stereo")
-                frame.sample_rate, frame.pts, frame.time_base = samplerate, start, fractions.Fraction(1, samplerate)
-                container.mux(stream.encode(frame))
-        for stream in streams:
-            container.mux(stream.encode(None))
 
 
 def _add_stream(container, codec: str, samplerate: int, name: str):

@@ -33,6 +33,7 @@ from stemdeck.models.stem_file import (
     read_stem_manifest,
     read_tags,
     write_stem_file,
+    write_stem_track,
 )
 
 SECONDS = 2.0
@@ -355,3 +356,54 @@ def test_stem_files_are_known_by_name_or_by_their_box(tmp_path, alac_file):
         container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     assert not is_stem_file(plain) and not is_stem_file(tmp_path / "song.flac")
+
+
+def _blocks(audio: np.ndarray, sizes: tuple[int, ...]):
+    start, index = 0, 0
+    while start < audio.shape[-1]:
+        size = sizes[index % len(sizes)]
+        yield audio[:, start : start + size]
+        start, index = start + size, index + 1
+
+
+@pytest.mark.parametrize("codec", ["alac", "aac"])
+def test_streamed_track_equals_the_whole_array_file(tmp_path, song, alac_file, codec):
+    """`separate --format stem` hands over stems block by block (any sizes) with the master read
+    alongside in blocks of its own: the file reads back as the one written from whole arrays."""
+    master, stems = song
+    target = tmp_path / "out" / "song.stem.mp4"
+    stem_blocks = (
+        {name: part for name, part in zip(stems, parts, strict=True)}
+        for parts in zip(*(_blocks(stem, (3000, 777, 5000)) for stem in stems.values()), strict=True)
+    )
+    note = write_stem_track(target, _blocks(master, (1000, 65536)), stem_blocks, SAMPLERATE, codec=codec)
+    assert note is None and [p.name for p in target.parent.iterdir()] == ["song.stem.mp4"]
+    master_read, stems_read, _ = read_stem_file(target)
+    whole = alac_file if codec == "alac" else tmp_path / "whole.stem.mp4"
+    if codec == "aac":
+        write_stem_file(whole, master, stems, SAMPLERATE, codec="aac")
+    reference, reference_stems, _ = read_stem_file(whole)
+    assert np.array_equal(master_read, reference)  # the encoder was fed the same frames
+    assert all(np.array_equal(stems_read[name], reference_stems[name]) for name in NI_STEMS)
+
+
+def test_stem_track_never_overwrites_without_force_nor_leaves_half_a_file(tmp_path, song):
+    master, stems = song
+    target = tmp_path / "song.stem.mp4"
+    target.write_bytes(b"keep me")
+    with pytest.raises(StemFileError, match="already exists; use --force"):
+        write_stem_track(target, [master], [stems], SAMPLERATE)
+    assert target.read_bytes() == b"keep me"
+
+    def failing():
+        yield {name: stem[:, :10000] for name, stem in stems.items()}
+        raise RuntimeError("the model failed")
+
+    with pytest.raises(RuntimeError, match="the model failed"):
+        write_stem_track(target, [master], failing(), SAMPLERATE, force=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["song.stem.mp4"] and target.read_bytes() == b"keep me"
+    stale = tmp_path / ".song.999999999.0badc0de.mp4.partial"  # a killed run's (no such process)
+    stale.write_bytes(b"half")
+    write_stem_track(target, [master], [stems], SAMPLERATE, force=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["song.stem.mp4"]
+    assert read_stem_file(target)[0].shape == master.shape
