@@ -252,9 +252,15 @@ class Engine:
     # -- file deck -------------------------------------------------------------------------------------
 
     def load(self, path: str | Path, cue_s: float = 0.0) -> None:
-        """Load a track; separation starts at once from the cue point, ahead of any play."""
+        """Load a track; separation starts at once from the cue point, ahead of any play. An NI
+        STEM file's stems are played as they are."""
         from stemdeck.models.audio import read_audio
+        from stemdeck.models.stem_file import is_stem_file, read_stem_file
 
+        if is_stem_file(path):
+            master, stems, samplerate = read_stem_file(path)
+            self.load_separated(master, stems, samplerate, cue_s)
+            return
         audio, samplerate = read_audio(path)
         self.load_audio(audio, samplerate, cue_s)
 

@@ -42,8 +42,9 @@ def stem_file(tmp_path_factory):
     return path, stems
 
 
-@pytest.mark.parametrize("worker", ["thread", "process"])
-def test_deck_plays_a_stem_files_stems_without_separating(tiny_model, stem_file, worker):
+@pytest.mark.parametrize(("worker", "by_path"), [("thread", True), ("process", False)])
+def test_deck_plays_a_stem_files_stems_without_separating(tiny_model, stem_file, worker, by_path):
+    """Engine.load(path) knows a stem file; Engine.load_separated takes its arrays."""
     path, written = stem_file
     master, stems, samplerate = read_stem_file(path)
     model = CountingModel(tiny_model)
@@ -51,18 +52,20 @@ def test_deck_plays_a_stem_files_stems_without_separating(tiny_model, stem_file,
     out = np.zeros((BLOCK, 2), np.float32)
     played = []
     try:
-        engine.load_separated(master, stems, samplerate)
+        if by_path:
+            engine.load(path)
+        else:
+            engine.load_separated(master, stems, samplerate)
         calls_after_load = model.calls  # the thread backend warms the model up once when a session starts
         engine.set_mute("vocals")
         engine.play()
         for _ in range(master.shape[-1] // BLOCK):
             engine.process_deck_block(out)
-            played.append(out.T.copy())
-            assert not engine.status().fallback  # every block is stems, never the dry master
+            played.append(out.T.copy())  # a block played dry (the master) would hold the vocals
         status = engine.status()
     finally:
         engine.stop()
-    assert status.windows_done == 0 and model.calls == calls_after_load
+    assert status.windows_done == 0 and model.calls == calls_after_load and not status.fallback
     played = np.concatenate(played, axis=1)[:, RAMP_FRAMES:]
     frames = played.shape[-1] + RAMP_FRAMES
     without_vocals = sum(written[name] for name in ("drums", "bass", "other"))[:, RAMP_FRAMES:frames]
