@@ -29,7 +29,8 @@ from stemdeck.models.mp4_boxes import BoxError, put_udta_box, read_udta_box
 NI_STEMS = ("drums", "bass", "other", "vocals")
 STREAMS = ("master", *NI_STEMS)
 CODECS = ("alac", "aac")
-ALAC_BITS = 24  # ffmpeg's ALAC takes 16 or 24 bits; 24 keeps a 16- or 24-bit master exact
+ALAC_BITS = (16, 24)  # what ffmpeg's ALAC codes; 24 (the default) keeps a 16- or 24-bit master exact
+ALAC_FORMATS = {16: "s16p", 24: "s32p"}  # s32p: ALAC codes its top 24 bits
 AAC_BIT_RATE = 320_000  # per stereo stream
 ENCODE_BLOCK_FRAMES = 4096  # ALAC's frame; the five streams are fed in lockstep so the muxer interleaves them
 # gui/theme.py's STEM_COLOURS (models must not import the GUI; a test checks they agree).
@@ -129,12 +130,13 @@ def write_stem_file(
     *,
     codec: str = "alac",
     tags: StemTags | None = None,
+    bits: int = 24,
 ) -> str | None:
     """Write an NI STEM file at ``path`` (in place: ``write_stem_track`` is the atomic one).
     ``master`` and each stem are ``(channels, frames)`` float, mono or stereo, all one length;
     ``stems`` may be any model's (see ``ni_stems``). Returns the note about summed or missing
-    stems, or None."""
-    with StemFileWriter(path, samplerate, codec) as writer:
+    stems, or None. ``bits`` (16 or 24) is ALAC's sample size (AAC takes none)."""
+    with StemFileWriter(path, samplerate, codec, bits) as writer:
         writer.write(master, stems)
         return writer.finish(tags)
 
@@ -143,10 +145,12 @@ class StemFileWriter:
     """The five streams encoded block by block as the stems arrive (memory does not grow with
     the track), then the tags and the manifest box; use it in a ``with`` block."""
 
-    def __init__(self, path: str | Path, samplerate: int, codec: str = "alac"):
+    def __init__(self, path: str | Path, samplerate: int, codec: str = "alac", bits: int = 24):
         if codec not in CODECS:
             raise ValueError(f"codec must be one of {', '.join(CODECS)}, not {codec!r}")
-        self.path, self.samplerate, self.codec = Path(path), int(samplerate), codec
+        if bits not in ALAC_BITS:
+            raise ValueError(f"ALAC holds 16 or 24-bit samples, not {bits!r}")
+        self.path, self.samplerate, self.codec, self.bits = Path(path), int(samplerate), codec, bits
         self.frames = 0
         self.note: str | None = None
         self._container = self._streams = None
@@ -155,7 +159,7 @@ class StemFileWriter:
         import av
 
         self._container = av.open(str(self.path), "w", format="mp4")
-        self._streams = [_add_stream(self._container, self.codec, self.samplerate, name) for name in STREAMS]
+        self._streams = [_add_stream(self._container, self.codec, self.samplerate, name, self.bits) for name in STREAMS]
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -207,6 +211,7 @@ def write_stem_track(
     codec: str = "alac",
     tags: StemTags | None = None,
     force: bool = False,
+    bits: int = 24,
 ) -> str | None:
     """``stemdeck separate --format stem``: the stems as they come (each block any length) with
     the master read alongside, written to a hidden temporary beside ``target`` and renamed onto
@@ -219,7 +224,7 @@ def write_stem_track(
     remove_stale_partials(target.parent)  # what a killed run left here
     partial = _new_partial(target)
     try:
-        with StemFileWriter(partial, samplerate, codec) as writer:
+        with StemFileWriter(partial, samplerate, codec, bits) as writer:
             master = _FrameQueue(iter(master_blocks))
             for stems in stem_blocks:
                 frames = next(iter(stems.values())).shape[-1]
@@ -267,10 +272,10 @@ def _stereo(name: str, audio: np.ndarray) -> np.ndarray:
     return np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _add_stream(container, codec: str, samplerate: int, name: str):
+def _add_stream(container, codec: str, samplerate: int, name: str, bits: int):
     stream = container.add_stream(codec, rate=samplerate, layout="stereo")
     if codec == "alac":
-        stream.format = "s32p"  # ALAC codes the top 24 bits
+        stream.format = ALAC_FORMATS[bits]
     else:
         stream.bit_rate = AAC_BIT_RATE
         stream.codec_context.options = {"aac_coder": "fast"}  # 2x faster than twoloop, and closer here
@@ -279,10 +284,11 @@ def _add_stream(container, codec: str, samplerate: int, name: str):
 
 
 def _encoder_samples(block: np.ndarray, sample_format: str) -> np.ndarray:
-    if sample_format == "s32p":
-        full_scale = 2 ** (ALAC_BITS - 1)
+    if sample_format in ("s16p", "s32p"):
+        bits = 16 if sample_format == "s16p" else 24
+        full_scale = 2 ** (bits - 1)
         quantised = np.clip(np.round(block * full_scale), -full_scale, full_scale - 1).astype(np.int32)
-        return np.ascontiguousarray(quantised << (32 - ALAC_BITS))
+        return np.ascontiguousarray(quantised.astype(np.int16) if bits == 16 else quantised << 8)
     return np.ascontiguousarray(np.clip(block, -1.0, 1.0), dtype=np.float32)
 
 

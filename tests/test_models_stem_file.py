@@ -77,6 +77,18 @@ def test_alac_round_trip_is_bit_exact_at_24_bits(alac_file, song):
     assert np.abs(stems_read["vocals"]).max() > 0.05  # not silence that agrees
 
 
+def test_alac_at_16_bits_is_exact_at_16_bits_and_smaller(tmp_path, alac_file, song):
+    master, stems = song
+    path = tmp_path / "song16.stem.mp4"
+    write_stem_file(path, master, stems, SAMPLERATE, bits=16)
+    master_read, stems_read, _ = read_stem_file(path)
+    assert np.array_equal(master_read, _quantised(master, 16))
+    assert all(np.array_equal(stems_read[name], _quantised(stems[name], 16)) for name in NI_STEMS)
+    assert path.stat().st_size < 0.8 * alac_file.stat().st_size
+    with pytest.raises(ValueError, match="16 or 24-bit"):
+        write_stem_file(tmp_path / "x.stem.mp4", master, stems, SAMPLERATE, bits=32)
+
+
 def test_five_stereo_streams_in_ni_order_only_the_master_enabled(alac_file, song):
     """What ffprobe would list: five ALAC stereo streams named master, drums, bass, other, vocals,
     each as long as the input; only the master's track is enabled (ordinary players play it)."""
