@@ -3,12 +3,18 @@
 Both run the ``htdemucs`` architecture with the same random weights (the official ones cannot
 be downloaded here), on the same generated song, with the same overlap, in the same run:
 
-* seconds per 7.8 s segment (one forward, best of ``--repeats``) and its real-time factor;
+* seconds per 7.8 s segment (one forward; the sides interleaved, ``--repeats`` rounds, best and
+  median), its real-time factor and the time ratio to the reference, for our float32, int8 and
+  (where the CPU runs it natively) bfloat16;
+* the SNR of each precision's stems against our float32 stems, with the random weights as
+  initialised and with the Transformer's LayerScales at 1 (their random initial 1e-4 hides the
+  Transformer's contribution, and so int8's error there, which trained weights would not);
 * a whole track (``--track-seconds``) through each side's chunked ``apply_model``, with the SNR of
   our stems against the reference's float32 stems;
-* peak RSS while separating a ``--rss-minutes`` track, each side in a fresh process.
+* peak RSS while separating a ``--rss-minutes`` track, each side in a fresh process;
+* the CPU's vector extensions and the load average before and after (the machine may be shared).
 
-Usage: python benchmarks/offline.py [--json] [--track-seconds 60] [--rss-minutes 10]
+Usage: python benchmarks/offline.py [--json] [--track-seconds 60] [--rss-minutes 10] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -30,7 +36,12 @@ sys.path.insert(0, str(ROOT))
 
 from stemdeck.models import HTDemucs, apply_model, load_checkpoint, save_safetensors  # noqa: E402
 from stemdeck.models.demo import demo_stems  # noqa: E402
-from stemdeck.models.precision import autocast, prepare_model, resolve_precision  # noqa: E402
+from stemdeck.models.precision import (  # noqa: E402
+    autocast,
+    cpu_has_native_bf16,
+    prepare_model,
+    resolve_precision,
+)
 
 SEGMENT_S = 7.8
 HTDEMUCS_KW = dict(
@@ -42,7 +53,17 @@ HTDEMUCS_KW = dict(
     bottom_channels=512,
     segment=7.8,
 )
-SIDES = ("reference", "ours-fp32", "ours-auto")
+CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def sides() -> tuple[str, ...]:
+    """The reference, then ours at every precision this CPU runs natively."""
+    precisions = ["fp32", "int8"] + (["bf16"] if cpu_has_native_bf16() else [])
+    return ("reference", *(f"ours-{p}" for p in precisions))
+
+
+def precision_of(side: str) -> str:
+    return side.split("-")[1]
 
 
 def build(side: str):
@@ -72,23 +93,55 @@ def separate_with(side: str, model, mix: torch.Tensor) -> torch.Tensor:
         from demucs.apply import apply_model as reference_apply
 
         return reference_apply(model, mix, shifts=0, overlap=0.25)
-    return apply_model(model, mix, overlap=0.25, precision=side.split("-")[1])
+    return apply_model(model, mix, overlap=0.25, precision=precision_of(side))
 
 
-def time_segment(side: str, model, repeats: int) -> float:
-    """One forward on one segment, as each side's apply_model runs it."""
+def runnable(side: str, model):
+    """What one segment's forward runs: our model prepared for its precision."""
+    if side == "reference":
+        return model
+    return prepare_model(model, precision_of(side), torch.device("cpu"))
+
+
+def forward(side: str, model, mix: torch.Tensor) -> torch.Tensor:
+    precision = "fp32" if side == "reference" else precision_of(side)
+    with torch.inference_mode(), autocast(precision, torch.device("cpu")):
+        return model(mix)
+
+
+def time_segments(models: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds of one forward on one segment per side, the sides interleaved round by round so
+    that a load change on a shared machine hits them alike; the first round warms up."""
     mix = song(SEGMENT_S)
-    device = torch.device("cpu")
-    precision = "auto" if side == "ours-auto" else "fp32"
-    if side != "reference":
-        model = prepare_model(model, precision, device)
-    times = []
-    for _ in range(repeats + 1):  # the first run warms up
-        with torch.inference_mode(), autocast(precision, device):
+    times: dict[str, list[float]] = {side: [] for side in models}
+    for round_index in range(repeats + 1):
+        for side, model in models.items():
             start = time.perf_counter()
-            model(mix)
-            times.append(time.perf_counter() - start)
-    return min(times[1:])
+            forward(side, model, mix)
+            if round_index:
+                times[side].append(time.perf_counter() - start)
+    return times
+
+
+def segment_snrs(models: dict) -> dict[str, float]:
+    """Each precision's stems on one segment against our float32 stems, in dB."""
+    mix = song(SEGMENT_S)
+    outputs = {side: forward(side, model, mix) for side, model in models.items() if side != "reference"}
+    return {side: snr_db(outputs["ours-fp32"], out) for side, out in outputs.items() if side != "ours-fp32"}
+
+
+def full_strength(model):
+    """A copy with the Transformer's LayerScales at 1: its residual branches at full weight, as a
+    trained model has them far more than a fresh initialisation (1e-4), which would hide int8's
+    error in them."""
+    import copy
+
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("gamma_1.scale", "gamma_2.scale")):
+                parameter.fill_(1.0)
+    return model
 
 
 def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
@@ -130,81 +183,118 @@ def measure_rss(side: str, minutes: float, weights: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def run(args: argparse.Namespace) -> dict:
-    device = torch.device("cpu")
-    report = {
-        "machine": {
-            "cpu_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "auto_precision": resolve_precision("auto", device),
-        },
-        "segment": {},
-        "track": {"seconds": args.track_seconds},
-        "rss": {"minutes": args.rss_minutes},
+def cpu_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [flag for flag in CPU_FLAGS if flag in flags]
+
+
+def machine() -> dict:
+    return {
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": cpu_flags(),
+        "auto_precision": resolve_precision("auto", torch.device("cpu")),
+        "load_average_before": os.getloadavg(),
     }
-    models = {side: build(side) for side in SIDES}
-    for side in SIDES:
-        seconds = time_segment(side, models[side], args.repeats)
-        report["segment"][side] = {"seconds": seconds, "rtf": seconds / SEGMENT_S}
-    mix = song(args.track_seconds)
+
+
+def segment_report(models: dict, repeats: int) -> dict:
+    times = time_segments({side: runnable(side, model) for side, model in models.items()}, repeats)
+    best_ref, median_ref = min(times["reference"]), float(np.median(times["reference"]))
+    report = {}
+    for side, seconds in times.items():
+        best, median = min(seconds), float(np.median(seconds))
+        report[side] = {
+            "seconds": best,
+            "median_seconds": median,
+            "rtf": best / SEGMENT_S,
+            "time_ratio": best / best_ref,
+            "median_time_ratio": median / best_ref if side == "reference" else median / median_ref,
+        }
+    ours = {side: runnable(side, model) for side, model in models.items() if side != "reference"}
+    strong = {side: runnable(side, full_strength(model)) for side, model in models.items() if side != "reference"}
+    for side, snr in segment_snrs(ours).items():
+        report[side]["snr_db_vs_fp32"] = snr
+    for side, snr in segment_snrs(strong).items():
+        report[side]["snr_db_vs_fp32_full_layer_scale"] = snr
+    return report
+
+
+def track_report(models: dict, seconds: float) -> dict:
+    mix = song(seconds)
+    report: dict = {"seconds": seconds}
     outputs = {}
-    for side in SIDES:
+    for side, model in models.items():
         start = time.perf_counter()
-        outputs[side] = separate_with(side, models[side], mix)
+        outputs[side] = separate_with(side, model, mix)
         elapsed = time.perf_counter() - start
-        report["track"][side] = {"seconds": elapsed, "rtf": elapsed / args.track_seconds}
-    for side in SIDES[1:]:
-        report["track"][side]["snr_db_vs_reference"] = snr_db(outputs["reference"], outputs[side])
+        report[side] = {"seconds": elapsed, "rtf": elapsed / seconds}
+    for side in models:
+        report[side]["time_ratio"] = report[side]["seconds"] / report["reference"]["seconds"]
+        if side != "reference":
+            report[side]["snr_db_vs_reference"] = snr_db(outputs["reference"], outputs[side])
+    return report
+
+
+def run(args: argparse.Namespace) -> dict:
+    report = {"machine": machine()}
+    models = {side: build(side) for side in sides()}
+    report["segment"] = segment_report(models, args.repeats)
+    report["track"] = track_report(models, args.track_seconds) if args.track_seconds > 0 else {}
+    report["rss"] = {"minutes": args.rss_minutes}
     if args.rss_minutes > 0:
         with tempfile.TemporaryDirectory() as folder:
             weights = Path(folder) / "htdemucs-random.safetensors"
             save_safetensors(models["ours-fp32"], weights)
-            del models, outputs
-            for side in SIDES:
+            del models
+            for side in sides():
                 report["rss"][side] = measure_rss(side, args.rss_minutes, weights)
-    ref_seg, ref_track = report["segment"]["reference"]["seconds"], report["track"]["reference"]["seconds"]
-    report["speedup"] = {
-        side: {
-            "segment": ref_seg / report["segment"][side]["seconds"],
-            "track": ref_track / report["track"][side]["seconds"],
-        }
-        for side in SIDES[1:]
-    }
+    report["machine"]["load_average_after"] = os.getloadavg()
     return report
 
 
 def print_table(report: dict) -> None:
+    info = report["machine"]
     print(
-        f"HT Demucs (htdemucs size, random weights), {report['machine']['cpu_threads']} threads, "
-        f"torch {report['machine']['torch']}, auto precision = {report['machine']['auto_precision']}"
+        f"HT Demucs (htdemucs size, random weights), {info['cpu_threads']} threads, torch {info['torch']} "
+        f"({info['cpu_capability']}: {' '.join(info['cpu_flags'])}), auto precision = {info['auto_precision']}, "
+        f"load {info['load_average_before'][0]:.2f} -> {info['load_average_after'][0]:.2f}"
     )
     print(
-        f"{'side':<12} {'s/segment':>10} {'RTF':>7} {'track s':>9} {'RTF':>7} {'speedup':>8} "
-        f"{'SNR dB':>7} {'peak RSS MB':>12}"
+        f"{'side':<12} {'s/segment':>10} {'median':>7} {'RTF':>6} {'ratio':>6} {'SNR dB':>7} {'SNR LS=1':>8} "
+        f"{'track s':>8} {'ratio':>6} {'peak RSS MB':>12}"
     )
-    for side in SIDES:
-        seg, track = report["segment"][side], report["track"][side]
-        speed = report["speedup"].get(side, {}).get("track", 1.0)
-        snr = track.get("snr_db_vs_reference")
+    for side, seg in report["segment"].items():
+        track = report["track"].get(side, {})
         rss = report["rss"].get(side, {}).get("peak_rss_mb")
         print(
-            f"{side:<12} {seg['seconds']:>10.3f} {seg['rtf']:>7.3f} {track['seconds']:>9.2f} "
-            f"{track['rtf']:>7.3f} {speed:>7.2f}x {'-' if snr is None else f'{snr:.1f}':>7} "
-            f"{'-' if rss is None else f'{rss:.0f}':>12}"
+            f"{side:<12} {seg['seconds']:>10.3f} {seg['median_seconds']:>7.3f} {seg['rtf']:>6.3f} "
+            f"{seg['time_ratio']:>6.3f} {_number(seg.get('snr_db_vs_fp32')):>7} "
+            f"{_number(seg.get('snr_db_vs_fp32_full_layer_scale')):>8} {_number(track.get('seconds'), 2):>8} "
+            f"{_number(track.get('time_ratio'), 3):>6} {_number(rss, 0):>12}"
         )
     print(
-        f"segment = {SEGMENT_S} s; track = {report['track']['seconds']} s; "
-        f"RSS over a {report['rss']['minutes']}-minute track, each side in its own process"
+        f"segment = {SEGMENT_S} s (best of the interleaved rounds); SNR against our float32 stems; "
+        f"track = {report['track'].get('seconds', 0)} s; RSS over a {report['rss']['minutes']}-minute track"
     )
+
+
+def _number(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--track-seconds", type=float, default=60.0)
+    parser.add_argument("--track-seconds", type=float, default=60.0, help="0 skips the track runs")
     parser.add_argument("--rss-minutes", type=float, default=10.0, help="0 skips the memory runs")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rss-worker", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds after a warm-up one")
+    parser.add_argument("--rss-worker", choices=sides(), help=argparse.SUPPRESS)
     parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_worker:

@@ -23,6 +23,7 @@ from stemdeck.models.audio import (
 )
 from stemdeck.models.checkpoint import CheckpointError
 from stemdeck.models.loading import LoadedModel, load_or_fetch
+from stemdeck.models.precision import PRECISIONS
 from stemdeck.models.registry import REGISTRY, ModelNotAvailableError
 
 USER_ERRORS = (AudioError, CheckpointError, ModelNotAvailableError, ValueError)
@@ -83,8 +84,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--precision",
         default="auto",
-        choices=("auto", "fp32", "bf16"),
-        help="auto: bfloat16 where the hardware runs it natively, else float32",
+        choices=PRECISIONS,
+        help="auto: bfloat16 where the hardware runs it natively, else float32; "
+        "int8: int8 Transformer products (CPU only, faster where bfloat16 is not native)",
     )
 
 

@@ -164,8 +164,30 @@ class DConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
-            x = x + layer(x)
+            x = x + (_plain_branch(layer, x) if _is_plain(layer) and not self.training else layer(x))
         return x
+
+
+def _is_plain(layer: nn.Sequential) -> bool:
+    """A branch without LSTM or local attention: conv, norm, GELU, 1x1 conv, norm, GLU, scale."""
+    return len(layer) == 7 and isinstance(layer[3], nn.Conv1d)
+
+
+def _plain_branch(layer: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """The same branch with less memory traffic, which is what it is bound by: the 1x1
+    expansion as one batched matrix product (oneDNN runs it at half the speed on the
+    ``(bins, C, frames)`` batches of the spectral branch) and the LayerScale folded into the
+    affine part of the norm before the GLU, saving a pass over the widest tensor."""
+    conv, norm, activation, expand, norm_out, _, scale = layer
+    y = activation(norm(conv(x)))
+    weight = expand.weight[:, :, 0].expand(y.shape[0], -1, -1)
+    y = torch.baddbmm(expand.bias[None, :, None], weight, y)
+    if isinstance(norm_out, nn.GroupNorm):
+        ones = torch.ones_like(scale.scale)
+        gain = torch.cat([scale.scale, ones])
+        y = F.group_norm(y, norm_out.num_groups, norm_out.weight * gain, norm_out.bias * gain, norm_out.eps)
+        return F.glu(y, dim=1)
+    return scale(F.glu(norm_out(y), dim=1))
 
 
 def _norm(enabled: bool, channels: int, groups: int = 1) -> nn.Module:

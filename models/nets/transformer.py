@@ -9,6 +9,7 @@ grid is flattened frame-major, as the official checkpoints were trained.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -97,19 +98,81 @@ class Attention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, query: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
-        dim = query.shape[-1]
         if memory is None:
-            q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+            q, k, v = self._project_qkv(query).chunk(3, dim=-1)
         else:
-            q = F.linear(query, self.in_proj_weight[:dim], self.in_proj_bias[:dim])
-            k, v = F.linear(memory, self.in_proj_weight[dim:], self.in_proj_bias[dim:]).chunk(2, dim=-1)
+            q = self._project_q(query)
+            k, v = self._project_kv(memory).chunk(2, dim=-1)
         q, k, v = (self._split_heads(t) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(out.transpose(1, 2).reshape(query.shape))
 
+    def _project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.in_proj_weight, self.in_proj_bias)
+
+    def _project_q(self, x: torch.Tensor) -> torch.Tensor:
+        dim = x.shape[-1]
+        return F.linear(x, self.in_proj_weight[:dim], self.in_proj_bias[:dim])
+
+    def _project_kv(self, x: torch.Tensor) -> torch.Tensor:
+        dim = x.shape[-1]
+        return F.linear(x, self.in_proj_weight[dim:], self.in_proj_bias[dim:])
+
     def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = t.shape
         return t.view(batch, tokens, self.heads, dim // self.heads).transpose(1, 2)
+
+
+class Int8Attention(Attention):
+    """:class:`Attention` whose projections are int8 matrix products (FBGEMM's dynamic
+    quantisation: int8 weights, one scale per output channel; activations quantised per call).
+    Built from a float :class:`Attention` for inference only; the product of queries and keys
+    stays in float32, where the softmax needs the precision."""
+
+    def __init__(self, source: Attention):
+        super().__init__(source.in_proj_weight.shape[1], source.heads, source.dropout)
+        self.load_state_dict(source.state_dict())
+        dim = self.in_proj_weight.shape[1]
+        rows = {"qkv": slice(None), "q": slice(None, dim), "kv": slice(dim, None)}
+        self.packed = nn.ModuleDict(
+            {name: _int8_linear(self.in_proj_weight[part], self.in_proj_bias[part]) for name, part in rows.items()}
+        )
+        self.out_proj = _int8_linear(source.out_proj.weight, source.out_proj.bias)
+
+    def _project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.packed["qkv"](x)
+
+    def _project_q(self, x: torch.Tensor) -> torch.Tensor:
+        return self.packed["q"](x)
+
+    def _project_kv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.packed["kv"](x)
+
+
+def _int8_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices, at every import and call
+        warnings.simplefilter("ignore")
+        from torch.ao.nn.quantized import dynamic as quantized
+        from torch.ao.quantization import per_channel_dynamic_qconfig
+
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            if bias is not None:
+                linear.bias.copy_(bias)
+        linear.qconfig = per_channel_dynamic_qconfig
+        return quantized.Linear.from_float(linear)
+
+
+def quantize_int8(encoder: nn.Module) -> None:
+    """Swap, in place, every attention and feed-forward matrix product of ``encoder`` for its
+    int8 version (see :class:`Int8Attention`)."""
+    for module in list(encoder.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, Attention) and not isinstance(child, Int8Attention):
+                setattr(module, name, Int8Attention(child))
+            elif isinstance(child, nn.Linear) and isinstance(module, TransformerLayer):
+                setattr(module, name, _int8_linear(child.weight, child.bias))
 
 
 class TransformerLayer(nn.Module):

@@ -1,0 +1,150 @@
+"""The faster inference paths (issue 13) against float32 and the reference's layers.
+
+Every path is checked on a small random-weights HT Demucs and the generated demo song. Random
+initial LayerScales (1e-4 in the Transformer) would hide the Transformer's error, so the
+precision tests also run with those scales at 1, as trained models have them.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from conftest import TINY_HT_KW
+from torch import nn
+
+from stemdeck.models import HTDemucs
+from stemdeck.models.cli import add_model_options
+from stemdeck.models.demo import demo_stems
+from stemdeck.models.nets.layers import DConv
+from stemdeck.models.nets.transformer import Attention, Int8Attention
+from stemdeck.models.precision import PRECISIONS, autocast, prepare_model, resolve_precision
+
+CPU = torch.device("cpu")
+SNR_BAR_DB = {"bf16": 40.0, "int8": 40.0}  # issue 13: stems within 40 dB of float32
+
+
+def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    return float(10 * torch.log10(reference.pow(2).sum() / (reference - estimate).pow(2).sum()))
+
+
+def tiny_model(full_layer_scale: bool) -> HTDemucs:
+    torch.manual_seed(3)
+    model = HTDemucs(**TINY_HT_KW).eval()
+    if full_layer_scale:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name.endswith(("gamma_1.scale", "gamma_2.scale")):
+                    parameter.fill_(1.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def song() -> torch.Tensor:
+    mix = torch.from_numpy(sum(demo_stems(2.0).values()))[None]
+    return (mix - mix.mean()) / mix.std()
+
+
+def separate(model: nn.Module, precision: str, mix: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode(), autocast(precision, CPU):
+        return prepare_model(model, precision, CPU)(mix).float()
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["random-init", "layer-scale-1"])
+def model_and_float32_stems(request, song):
+    model = tiny_model(full_layer_scale=request.param)
+    with torch.inference_mode():
+        return model, model(song)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_precision_keeps_its_snr_bar_against_float32(song, model_and_float32_stems, precision):
+    model, expected = model_and_float32_stems
+    stems = separate(model, precision, song)
+    assert not torch.equal(stems, expected)  # the path did run in its precision
+    snr = snr_db(expected, stems)
+    assert snr >= SNR_BAR_DB[precision], f"{precision}: {snr:.1f} dB against float32"
+
+
+def test_float32_path_gives_the_model_s_own_numbers(song):
+    model = tiny_model(full_layer_scale=True)
+    with torch.inference_mode():
+        expected = model(song)
+    assert not model.decoder[0].rewrite.weight.is_contiguous(memory_format=torch.channels_last)
+    prepared = prepare_model(model, "fp32", CPU)
+    assert prepared is model  # no copy of a large model for float32
+    conv = model.decoder[0].rewrite
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(prepared(song), expected, rtol=0, atol=1e-5)
+
+
+def test_int8_swaps_every_transformer_product_and_leaves_the_model_alone():
+    model = tiny_model(full_layer_scale=False)
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    fast = prepare_model(model, "int8", CPU)
+    layers = [*fast.crosstransformer.layers, *fast.crosstransformer.layers_t]
+    attentions = [m for m in fast.modules() if isinstance(m, Attention)]
+    assert len(attentions) == len(layers) == 2 * TINY_HT_KW["t_layers"]
+    assert all(isinstance(m, Int8Attention) for m in attentions)
+    assert not any(isinstance(m, nn.Linear) for layer in layers for m in layer.modules())
+    assert all(torch.equal(p, before[name]) for name, p in model.state_dict().items())
+    assert not any(isinstance(m, Int8Attention) for m in model.modules())
+
+
+def test_int8_is_cpu_only_and_listed():
+    assert "int8" in PRECISIONS
+    assert resolve_precision("int8", CPU) == "int8"
+    assert resolve_precision("auto", CPU) in ("fp32", "bf16")  # never int8 unasked
+    with pytest.raises(ValueError, match="int8 runs on the CPU only"):
+        resolve_precision("int8", torch.device("cuda"))
+    with pytest.raises(ValueError, match="choose auto, fp32, bf16, int8"):
+        resolve_precision("int4", CPU)
+
+
+def test_command_line_accepts_every_precision():
+    parser = argparse.ArgumentParser()
+    add_model_options(parser)
+    assert [parser.parse_args(["--precision", p]).precision for p in PRECISIONS] == list(PRECISIONS)
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
+def test_sdpa_attention_equals_torch_multihead_attention(cross):
+    """The reference runs ``nn.MultiheadAttention``; ours is SDPA on the same parameters."""
+    torch.manual_seed(0)
+    dim, heads = 64, 8
+    reference = nn.MultiheadAttention(dim, heads, batch_first=True).eval()
+    ours = Attention(dim, heads).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    query = torch.randn(2, 300, dim)
+    memory = torch.randn(2, 170, dim) if cross else query
+    with torch.inference_mode():
+        expected = reference(query, memory, memory, need_weights=False)[0]
+        got = ours(query, memory if cross else None)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_dconv_inference_path_equals_the_layer_by_layer_one(norm):
+    torch.manual_seed(0)
+    dconv = DConv(48, compress=8, norm=norm, init=0.5).eval()
+    x = torch.randn(7, 48, 211)
+    with torch.inference_mode():
+        expected = x
+        for branch in dconv.layers:
+            expected = expected + branch(expected)
+        got = dconv(x)
+    assert not torch.equal(got, x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_dconv_with_lstm_and_attention_takes_the_plain_path():
+    torch.manual_seed(0)
+    dconv = DConv(16, compress=4, attn=True, lstm=True).eval()
+    x = torch.randn(1, 16, 300)
+    with torch.inference_mode():
+        expected = x
+        for branch in dconv.layers:
+            expected = expected + branch(expected)
+        torch.testing.assert_close(dconv(x), expected, rtol=0, atol=0)
