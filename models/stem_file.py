@@ -450,7 +450,9 @@ def _audio_streams(path: Path, container) -> list:
     for index, stream in enumerate(streams):
         channels = stream.codec_context.channels
         if channels != 2:
-            raise StemFileError(f"{path}: stream {index} ({STREAMS[index]}) has {channels} channels, not stereo")
+            raise StemFileError(
+                f"{path}: stream {index} ({STREAMS[index]}) has {channels} channel(s); NI STEM streams are stereo"
+            )
         if stream.rate != streams[0].rate or not 8_000 <= (stream.rate or 0) <= 384_000:
             raise StemFileError(f"{path}: stream {index} runs at {stream.rate} Hz, the master at {streams[0].rate}")
     return streams
@@ -472,7 +474,7 @@ def _decode_all(path: Path, container, streams: list) -> list[tuple[int, list[tu
             samples = _float_samples(frame)
             decoded[index] = start + samples.shape[-1]
             if max(decoded[index], ends[index]) > cap:
-                raise StemFileError(f"{path}: longer than {MAX_DURATION_S // 60} minutes; stemdeck reads up to that")
+                raise StemFileError(f"{path}: longer than {MAX_DURATION_S / 60:g} minutes, the most stemdeck reads")
             blocks[index].append((start, samples))
     return [(end or count, found) for end, count, found in zip(ends, decoded, blocks, strict=True)]
 

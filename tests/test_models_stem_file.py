@@ -419,3 +419,34 @@ def test_stem_track_never_overwrites_without_force_nor_leaves_half_a_file(tmp_pa
     write_stem_track(target, [master], [stems], SAMPLERATE, force=True)
     assert [p.name for p in tmp_path.iterdir()] == ["song.stem.mp4"]
     assert read_stem_file(target)[0].shape == master.shape
+
+
+def _five_streams(path: Path, layouts: list[str], frames: list[int]) -> None:
+    """Five ALAC streams of the given layouts and lengths, with a valid stem box."""
+    with av.open(str(path), "w", format="mp4") as container:
+        streams = [container.add_stream("alac", rate=SAMPLERATE, layout=layout, format="s16p") for layout in layouts]
+        for stream, layout, length in zip(streams, layouts, frames, strict=True):
+            channels = 1 if layout == "mono" else 2
+            frame = av.AudioFrame.from_ndarray(
+                np.full((channels, length), 1000, np.int16), format="s16p", layout=layout
+            )
+            frame.sample_rate, frame.pts, frame.time_base = SAMPLERATE, 0, Fraction(1, SAMPLERATE)
+            container.mux(stream.encode(frame))
+        for stream in streams:
+            container.mux(stream.encode(None))
+    manifest = {"version": 1, "mastering_dsp": MASTERING_DSP, "stems": [{"name": n} for n in NI_STEMS]}
+    put_udta_box(path, b"stem", json.dumps(manifest).encode())
+
+
+def test_a_mono_stream_lengths_apart_and_an_overlong_file_are_one_line(tmp_path, monkeypatch):
+    mono = tmp_path / "mono.stem.mp4"
+    _five_streams(mono, ["stereo"] * 3 + ["mono", "stereo"], [20000] * 5)
+    _one_line_error(mono, "stream 3 (other) has 1 channel(s); NI STEM streams are stereo")
+    apart = tmp_path / "apart.stem.mp4"
+    _five_streams(apart, ["stereo"] * 5, [40000, 40000, 40000, 40000, 20000])
+    _one_line_error(apart, "stream 4 (vocals) decodes 20000 of 20000 frames (the master has 40000)")
+    fine = tmp_path / "fine.stem.mp4"
+    _five_streams(fine, ["stereo"] * 5, [40000] * 5)
+    assert read_stem_file(fine)[0].shape == (2, 40000)
+    monkeypatch.setattr("stemdeck.models.stem_file.MAX_DURATION_S", 0.5)  # the cap, checked while decoding
+    _one_line_error(fine, "minutes, the most stemdeck reads")
