@@ -48,9 +48,13 @@ from stemdeck.models.limits import (
 from stemdeck.models.nets.hdemucs import HDemucs, UnsupportedModelError
 from stemdeck.models.nets.htdemucs import HTDemucs
 
+# The names a pickled checkpoint may give our two networks: the reference package's, ours as
+# installed now, and ours before they moved under stemdeck.models.nets (files saved then).
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "demucs.htdemucs.HTDemucs": HTDemucs,
     "demucs.hdemucs.HDemucs": HDemucs,
+    f"{HTDemucs.__module__}.HTDemucs": HTDemucs,
+    f"{HDemucs.__module__}.HDemucs": HDemucs,
     "models.htdemucs.HTDemucs": HTDemucs,
     "models.hdemucs.HDemucs": HDemucs,
 }

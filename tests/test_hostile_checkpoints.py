@@ -176,7 +176,7 @@ def _hostile_files(folder: Path) -> dict[str, tuple[Path, str]]:
     add(
         "HTDemucs(channels=4096) called while unpickling",
         write_th(folder / "ctor.th", {}, klass=_Reduce(HTDemucs, SOURCES, 2, 4096)),
-        r"refused to load: the file calls models\.htdemucs\.HTDemucs\(\.\.\.\) while it is read",
+        r"refused to load: the file calls stemdeck\.models\.nets\.htdemucs\.HTDemucs\(\.\.\.\) while it is read",
     )
     add(
         "bytearray(10**10) (allowed by torch, not by us)",
@@ -446,7 +446,7 @@ def test_real_command_refuses_a_hostile_checkpoint_in_one_line(tmp_path):
     )
     lines = child.stderr.strip().splitlines()
     assert child.returncode == 1 and len(lines) == 1, child.stderr
-    assert "calls models.htdemucs.HTDemucs(...) while it is read" in lines[0]
+    assert "calls stemdeck.models.nets.htdemucs.HTDemucs(...) while it is read" in lines[0]
     assert not (tmp_path / "out").exists()
 
 
