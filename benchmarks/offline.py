@@ -4,8 +4,8 @@ Both run the ``htdemucs`` architecture with the same random weights (the officia
 be downloaded here), on the same generated song, with the same overlap, in the same run:
 
 * seconds per 7.8 s segment (one forward; the sides interleaved, ``--repeats`` rounds, best and
-  median), its real-time factor and the time ratio to the reference, for our float32, int8 and
-  (where the CPU runs it natively) bfloat16;
+  median wall time, best process CPU time), its real-time factor and the time ratio to the
+  reference, for our float32, int8 and (where the CPU runs it natively) bfloat16;
 * the SNR of each precision's stems against our float32 stems, with the random weights as
   initialised and with the Transformer's LayerScales at 1 (their random initial 1e-4 hides the
   Transformer's contribution, and so int8's error there, which trained weights would not);
@@ -109,17 +109,19 @@ def forward(side: str, model, mix: torch.Tensor) -> torch.Tensor:
         return model(mix)
 
 
-def time_segments(models: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds of one forward on one segment per side, the sides interleaved round by round so
-    that a load change on a shared machine hits them alike; the first round warms up."""
+def time_segments(models: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Wall and process-CPU seconds of one forward on one segment per side, the sides
+    interleaved round by round so that a load change on a shared machine hits them alike (CPU
+    seconds are the steadier measure there); the first round warms up."""
     mix = song(SEGMENT_S)
-    times: dict[str, list[float]] = {side: [] for side in models}
+    times = {side: {"wall": [], "cpu": []} for side in models}
     for round_index in range(repeats + 1):
         for side, model in models.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             forward(side, model, mix)
             if round_index:
-                times[side].append(time.perf_counter() - start)
+                times[side]["wall"].append(time.perf_counter() - wall)
+                times[side]["cpu"].append(time.process_time() - cpu)
     return times
 
 
@@ -205,16 +207,17 @@ def machine() -> dict:
 
 def segment_report(models: dict, repeats: int) -> dict:
     times = time_segments({side: runnable(side, model) for side, model in models.items()}, repeats)
-    best_ref, median_ref = min(times["reference"]), float(np.median(times["reference"]))
+    reference = {kind: min(values) for kind, values in times["reference"].items()}
     report = {}
-    for side, seconds in times.items():
-        best, median = min(seconds), float(np.median(seconds))
+    for side, measured in times.items():
+        best, cpu = min(measured["wall"]), min(measured["cpu"])
         report[side] = {
             "seconds": best,
-            "median_seconds": median,
+            "median_seconds": float(np.median(measured["wall"])),
+            "cpu_seconds": cpu,
             "rtf": best / SEGMENT_S,
-            "time_ratio": best / best_ref,
-            "median_time_ratio": median / best_ref if side == "reference" else median / median_ref,
+            "time_ratio": best / reference["wall"],
+            "cpu_time_ratio": cpu / reference["cpu"],
         }
     ours = {side: runnable(side, model) for side, model in models.items() if side != "reference"}
     strong = {side: runnable(side, full_strength(model)) for side, model in models.items() if side != "reference"}
@@ -266,7 +269,8 @@ def print_table(report: dict) -> None:
         f"load {info['load_average_before'][0]:.2f} -> {info['load_average_after'][0]:.2f}"
     )
     print(
-        f"{'side':<12} {'s/segment':>10} {'median':>7} {'RTF':>6} {'ratio':>6} {'SNR dB':>7} {'SNR LS=1':>8} "
+        f"{'side':<12} {'s/segment':>10} {'median':>7} {'RTF':>6} {'ratio':>6} {'CPU s':>6} {'ratio':>6} "
+        f"{'SNR dB':>7} {'SNR LS=1':>8} "
         f"{'track s':>8} {'ratio':>6} {'peak RSS MB':>12}"
     )
     for side, seg in report["segment"].items():
@@ -274,7 +278,8 @@ def print_table(report: dict) -> None:
         rss = report["rss"].get(side, {}).get("peak_rss_mb")
         print(
             f"{side:<12} {seg['seconds']:>10.3f} {seg['median_seconds']:>7.3f} {seg['rtf']:>6.3f} "
-            f"{seg['time_ratio']:>6.3f} {_number(seg.get('snr_db_vs_fp32')):>7} "
+            f"{seg['time_ratio']:>6.3f} {seg['cpu_seconds']:>6.2f} {seg['cpu_time_ratio']:>6.3f} "
+            f"{_number(seg.get('snr_db_vs_fp32')):>7} "
             f"{_number(seg.get('snr_db_vs_fp32_full_layer_scale')):>8} {_number(track.get('seconds'), 2):>8} "
             f"{_number(track.get('time_ratio'), 3):>6} {_number(rss, 0):>12}"
         )
