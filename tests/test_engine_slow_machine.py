@@ -130,7 +130,7 @@ def test_slow_machine_live_input_starts_with_a_longer_plan_instead_of_refusing(t
         engine.stop()
     asked = WindowPlan.from_config(FAST_PLAN, SR, 2.0).latency_frames(BLOCK, 0)
     assert calibration.adapted and calibration.window.window_s > FAST_PLAN.window_s
-    assert calibration.window.hop_s * 0.7 >= calibration.forward_s >= 0.5
+    assert calibration.window.hop_s * 0.7 >= calibration.forward_s - 1e-9 and calibration.forward_s >= 0.5
     assert status.latency_frames > asked + int(calibration.forward_s * SR)
     assert status.worker_error is None
 
@@ -200,7 +200,7 @@ def test_every_presets_latency_on_this_machine_is_measured_before_a_session():
     assert low.lengthened and low.hop_s > 0.6
     assert plans["balanced"].hop_s >= 1.0 and plans["quality"].hop_s >= 2.0  # never shorter than asked
     for plan in plans.values():
-        assert plan.forward_s >= 0.5 and plan.hop_s * 0.7 >= plan.forward_s
+        assert plan.forward_s >= 0.5 and plan.hop_s * 0.7 >= plan.forward_s - 1e-9  # fitted exactly, up to rounding
         assert plan.latency_ms is not None and plan.latency_ms > 1000 * plan.forward_s
     text = describe_plans(list(plans.values()))
     assert len(text.splitlines()) == 3 and "low-latency" in text and "(lengthened for this machine)" in text
