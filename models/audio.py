@@ -7,11 +7,12 @@ read as silence; no non-finite sample is ever written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -262,3 +263,193 @@ def _process_alive(pid: int) -> bool:
     except (ProcessLookupError, OverflowError):
         return False
     return True
+
+
+# -- block by block: long files in bounded memory ---------------------------------------------------
+
+BLOCK_FRAMES = 1 << 16  # 1.4 s at 48 kHz: big enough that per-block overheads vanish
+
+
+@dataclass(frozen=True)
+class AudioFile:
+    """A checked audio file read block by block; ``frames`` is what actually decodes.
+
+    :func:`open_audio` decodes it once (refusing damaged and truncated files before any work
+    is done); every :meth:`blocks` pass then reads it again, with non-finite samples as silence.
+    """
+
+    path: Path
+    samplerate: int
+    channels: int
+    frames: int
+    non_finite: int  # samples read as silence
+
+    def blocks(self, block_frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
+        """Consecutive ``(channels, n)`` float32 blocks covering the file."""
+        read = 0
+        for block in _decode(self.path, block_frames):
+            read += block.shape[1]
+            silence_non_finite(block)
+            yield block
+        if read < self.frames:
+            raise AudioError(
+                f"{self.path} changed while it was read: {read} of its {self.frames} frames "
+                "could be decoded the second time; nothing written, run again"
+            )
+
+
+def open_audio(path: str | Path, report: Callable[[str], None] | None = None) -> AudioFile:
+    """Check a file as :func:`read_audio` does, decoding it once in blocks, in bounded memory."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        info = sf.info(os.fsencode(path), verbose=True)
+    except sf.LibsndfileError as exc:
+        raise AudioError(f"{path}: not a readable audio file ({_reason(exc)}); convert it to WAV or FLAC") from None
+    _check_header(path, info)
+    frames = non_finite = 0
+    for block in _decode(path, BLOCK_FRAMES):
+        frames += block.shape[1]
+        non_finite += int(np.count_nonzero(~np.isfinite(block)))
+    _check_complete(path, info, frames)
+    if frames == 0:
+        raise AudioError(f"{path} holds no audio (0 frames)")
+    if non_finite and report is not None:
+        report(f"{path}: {non_finite} non-finite sample(s) (NaN or infinity) read as silence")
+    return AudioFile(path, info.samplerate, info.channels, frames, non_finite)
+
+
+def _decode(path: Path, block_frames: int) -> Iterator[np.ndarray]:
+    """The file's ``(channels, n)`` float32 blocks; a decoding error names the file and where."""
+    read = 0
+    try:
+        with sf.SoundFile(os.fsencode(path)) as handle:
+            while True:
+                block = handle.read(block_frames, dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    return
+                read += block.shape[0]
+                yield np.ascontiguousarray(block.T)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioError(
+            f"{path} is damaged or truncated: decoding failed after {read} frames ({_reason(exc)}); "
+            "re-export or re-download it"
+        ) from None
+
+
+class StemWriter:
+    """Stems written block by block as they become final, every stem or none.
+
+    Each stem's float32 samples go to a hidden temporary (``.<stem>.<pid>.<random>.f32.partial``);
+    :meth:`finish` encodes them into the asked format in blocks (scaled by the stem's peak for
+    ``clip="rescale"``, which only the whole stem knows), each to a second temporary, and renames
+    them into place together. A failure, or leaving the ``with`` block without :meth:`finish`,
+    removes every temporary: no partial stem ever sits under its final name.
+    """
+
+    def __init__(self, folder: Path, names: list[str], samplerate: int, channels: int, fmt: OutputFormat):
+        for name in names:
+            check_stem_name(name)
+        self.folder, self.names, self.samplerate, self.channels, self.fmt = folder, names, samplerate, channels, fmt
+        self._raw: dict[str, tuple[Path, object]] = {}
+        self._encoded: list[Path] = []
+        self._peaks = dict.fromkeys(names, 0.0)
+        self._made_folder = not folder.exists()
+        self.frames = 0
+
+    def __enter__(self) -> StemWriter:
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _open(self) -> None:
+        with _write_errors(self.folder):
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise AudioError(
+                    f"cannot create {self.folder}: {exc.strerror}; choose another output directory (-o)"
+                ) from None
+            remove_stale_partials(self.folder)
+            for name in self.names:
+                path = _new_partial(self.folder, name, "f32")
+                self._raw[name] = (path, None)
+                self._raw[name] = (path, open(path, "wb"))  # noqa: SIM115 (closed in close())
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def write(self, stems: dict[str, np.ndarray]) -> None:
+        """The next ``(channels, n)`` block of every stem."""
+        check_finite(stems, self.folder)
+        with _write_errors(self.folder):
+            for name in self.names:
+                block = np.asarray(stems[name], np.float32)
+                if block.size:
+                    self._peaks[name] = max(self._peaks[name], float(np.max(np.abs(block))))
+                self._raw[name][1].write(np.ascontiguousarray(block.T).tobytes())
+        self.frames += next(iter(stems.values())).shape[-1] if stems else 0
+
+    def finish(self) -> list[Path]:
+        """Encode every stem and rename them all into place; return the finished files."""
+        finals = []
+        with _write_errors(self.folder):
+            for name in self.names:
+                self._raw[name][1].close()
+                encoded = _new_partial(self.folder, name, self.fmt.extension)
+                self._encoded.append(encoded)
+                self._encode(name, self._raw[name][0], encoded)
+                finals.append(self.folder / f"{name}.{self.fmt.extension}")
+            for encoded, final in zip(self._encoded, finals, strict=True):
+                os.replace(encoded, final)
+        self._encoded = []
+        self.close()
+        return finals
+
+    def _encode(self, name: str, raw: Path, encoded: Path) -> None:
+        scale = max(1.01 * self._peaks[name], 1.0) if self.fmt.clip == "rescale" else None
+        fmt = self.fmt
+        with (
+            open(raw, "rb") as samples,  # read, not mapped: mapped pages would count as resident
+            sf.SoundFile(
+                os.fsencode(encoded),
+                "w",
+                self.samplerate,
+                self.channels,
+                fmt.subtype,
+                format=fmt.FORMATS[fmt.extension],
+            ) as out,
+        ):
+            for start in range(0, self.frames, BLOCK_FRAMES):
+                count = min(BLOCK_FRAMES, self.frames - start) * self.channels
+                block = np.fromfile(samples, np.float32, count).reshape(-1, self.channels)
+                out.write(block / scale if scale is not None else np.clip(block, -0.99, 0.99))
+
+    def close(self) -> None:
+        """Remove every temporary left (all of them unless :meth:`finish` ran)."""
+        for path, handle in self._raw.values():
+            if handle is not None:
+                handle.close()
+            path.unlink(missing_ok=True)
+        for path in self._encoded:
+            path.unlink(missing_ok=True)
+        if self._raw and self._made_folder:
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()  # only if empty: a failed track leaves no folder behind
+        self._raw, self._encoded = {}, []
+
+
+@contextlib.contextmanager
+def _write_errors(folder: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise AudioError(
+            f"cannot write stems to {folder}: {exc.strerror or exc}; "
+            "choose another output directory (-o) or free some space"
+        ) from None
+    except sf.LibsndfileError as exc:
+        raise AudioError(f"cannot encode stems in {folder}: {exc}") from None

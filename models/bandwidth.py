@@ -44,3 +44,93 @@ def share_high_band(
     energy = uniform_filter1d(energy, max(1, int(config.smoothing_s * samplerate)), axis=-1) + config.floor
     weights = energy / energy.sum(axis=0, keepdims=True)
     return (stems + weights[:, None, :] * missing[None]).astype(stems.dtype, copy=False)
+
+
+class HighBandStream:
+    """:func:`share_high_band` over a track that arrives in blocks, in bounded memory.
+
+    The zero-phase low-pass and the guide's smoothing look both ways, so each output block is
+    computed on the mixture and stems around it, ``context_frames`` either side (or up to the
+    track's ends, where the whole-track edge handling then applies unchanged); the causal guide
+    filter keeps its state from block to block. The result equals the whole-track function's
+    within float rounding (the filters' responses decay far below 1e-7 within the context).
+    ``frames`` is the track's length, known in advance; ``enabled=False`` passes the stems through.
+    """
+
+    CONTEXT_CUTOFF_PERIODS = 400  # of the low-pass cut-off: its response is < 1e-9 after this
+
+    def __init__(
+        self,
+        samplerate: int,
+        model_samplerate: int,
+        frames: int,
+        config: BandShare = BandShare(),
+        block_frames: int = 1 << 16,
+        enabled: bool = True,
+    ):
+        from scipy.signal import butter
+
+        self.frames, self.config, self.block_frames = frames, config, block_frames
+        self.active = enabled and model_samplerate < samplerate and frames >= 64
+        cutoff_hz = config.cutoff_ratio * model_samplerate / 2
+        self.smoothing_frames = max(1, int(config.smoothing_s * samplerate))
+        self.context_frames = max(2 * self.smoothing_frames, int(self.CONTEXT_CUTOFF_PERIODS * samplerate / cutoff_hz))
+        self.lowpass = butter(config.lowpass_order, cutoff_hz, "lowpass", fs=samplerate, output="sos")
+        self.guide = butter(config.guide_order, (cutoff_hz / 2, cutoff_hz), "bandpass", fs=samplerate, output="sos")
+        self._guide_state: np.ndarray | None = None
+        self._mixture = self._stems = self._energy = None
+        self._start = 0  # the track position of the buffers' first frame
+        self._emitted = 0  # frames returned so far
+
+    def feed(self, mixture: np.ndarray, stems: np.ndarray) -> np.ndarray:
+        """Add ``mixture`` ``(C, n)`` and its ``stems`` ``(S, C, n)``; return the stems ``(S, C, k)``
+        that are final (all of them once the track's ``frames`` have been fed)."""
+        if not self.active:
+            self._emitted += stems.shape[-1]
+            return stems
+        self._append(mixture, stems)
+        received = self._start + self._stems.shape[-1]
+        end = self.frames if received >= self.frames else received - self.context_frames
+        out = []
+        while end - self._emitted >= (self.block_frames if end < self.frames else 1):
+            out.append(self._emit(min(end, self._emitted + self.block_frames)))  # small pieces: small temporaries
+        return np.concatenate(out, axis=-1) if out else stems[..., :0]
+
+    def _append(self, mixture: np.ndarray, stems: np.ndarray) -> None:
+        from scipy.signal import sosfilt, sosfilt_zi
+
+        if self._guide_state is None:
+            self._guide_state = np.zeros((*sosfilt_zi(self.guide).shape[:1], stems.shape[0], 2))
+        guided, self._guide_state = sosfilt(self.guide, stems.mean(axis=1), axis=-1, zi=self._guide_state)
+        energy = np.square(guided)
+        if self._stems is None:
+            self._mixture, self._stems, self._energy = mixture, stems, energy
+        else:
+            self._mixture = np.concatenate([self._mixture, mixture], axis=-1)
+            self._stems = np.concatenate([self._stems, stems], axis=-1)
+            self._energy = np.concatenate([self._energy, energy], axis=-1)
+
+    def _emit(self, end: int) -> np.ndarray:
+        from scipy.ndimage import uniform_filter1d
+        from scipy.signal import sosfiltfilt
+
+        low = max(0, self._emitted - self.context_frames) - self._start
+        high = min(self.frames, end + self.context_frames) - self._start
+        mixture, stems = self._mixture[..., low:high], self._stems[..., low:high]
+        residual = mixture - stems.sum(axis=0)
+        missing = residual - sosfiltfilt(self.lowpass, residual, axis=-1)
+        energy = uniform_filter1d(self._energy[..., low:high], self.smoothing_frames, axis=-1) + self.config.floor
+        weights = energy / energy.sum(axis=0, keepdims=True)
+        keep = slice(self._emitted - self._start - low, end - self._start - low)
+        out = (stems[..., keep] + weights[:, None, keep] * missing[None, :, keep]).astype(stems.dtype, copy=False)
+        self._emitted = end
+        self._trim(max(0, end - self.context_frames))
+        return out
+
+    def _trim(self, start: int) -> None:
+        drop = start - self._start
+        if drop > 0:
+            self._mixture = self._mixture[..., drop:].copy()
+            self._stems = self._stems[..., drop:].copy()
+            self._energy = self._energy[..., drop:].copy()
+            self._start = start

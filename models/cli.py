@@ -16,10 +16,10 @@ import numpy as np
 from stemdeck.models.audio import (
     AudioError,
     OutputFormat,
+    StemWriter,
     check_stem_name,
-    read_audio,
+    open_audio,
     remove_stale_partials,
-    write_stems_atomically,
 )
 from stemdeck.models.checkpoint import CheckpointError
 from stemdeck.models.loading import LoadedModel, load_or_fetch
@@ -202,26 +202,25 @@ def separate_file(
     device: str,
     bars: SeparationBars,
 ) -> Path:
-    from stemdeck.models.separate import separate
+    """Read, separate and write block by block: memory does not grow with the track's length.
 
-    expected = [folder / f"{name}.{fmt.extension}" for name in pick(dict.fromkeys(model.sources))]
-    existing = [p for p in expected if p.exists()]
+    The stems go to hidden temporaries as they become final and are renamed into place together
+    at the end; a failure or an interruption leaves none under its final name."""
+    from stemdeck.models.streaming import Settings, separate_stream
+
+    names = list(pick(dict.fromkeys(model.sources)))
+    existing = [p for p in (folder / f"{name}.{fmt.extension}" for name in names) if p.exists()]
     if existing and not args.force:
         raise CommandError(f"{path}: {existing[0]} already exists; use --force to overwrite")
-    audio, samplerate = read_audio(path, report=lambda note: bars.say(f"stemdeck: {note}"))
-    bars.start_file(path, audio.shape[1] / samplerate)
-    stems = separate(
-        model,
-        audio,
-        samplerate,
-        overlap=args.overlap,
-        shifts=args.shifts,
-        segment=args.segment,
-        device=device,
-        progress=bars.update,
-        precision=args.precision,
+    source = open_audio(path, report=lambda note: bars.say(f"stemdeck: {note}"))
+    bars.start_file(path, source.frames / source.samplerate)
+    settings = Settings(
+        overlap=args.overlap, shifts=args.shifts, segment=args.segment, device=device, precision=args.precision
     )
-    write_stems_atomically(pick(stems), samplerate, folder, fmt)
+    with StemWriter(folder, names, source.samplerate, source.channels, fmt) as writer:
+        for stems in separate_stream(model, source, settings, progress=bars.update):
+            writer.write(pick(stems))
+        writer.finish()
     return folder
 
 

@@ -265,7 +265,7 @@ def test_track_folders_are_distinct_and_stay_inside_the_output(tmp_path):
 def test_one_failing_file_never_ends_the_batch(tmp_path, tiny_checkpoint, capsys, monkeypatch):
     import importlib
 
-    separate_module = importlib.import_module("stemdeck.models.separate")
+    streaming = importlib.import_module("stemdeck.models.streaming")
     one_hz = tmp_path / "one_hz.wav"
     sf.write(str(one_hz), np.zeros((5, 2)), 1)
     odd_name = tmp_path / os.fsdecode(b"odd \xff name.wav")
@@ -273,14 +273,14 @@ def test_one_failing_file_never_ends_the_batch(tmp_path, tiny_checkpoint, capsys
     crash, good = tmp_path / "crash.wav", tmp_path / "good.wav"
     write_tone(crash, seconds=0.3)
     write_tone(good, seconds=0.2)
-    original = separate_module.separate
+    original = streaming.separate_stream
 
-    def crash_on_one(model, audio, *args, **kwargs):
-        if audio.shape[1] == 13230:  # crash.wav: an error of a kind no one expected
+    def crash_on_one(model, source, *args, **kwargs):
+        if source.frames == 13230:  # crash.wav: an error of a kind no one expected
             raise ZeroDivisionError("float division by zero")
-        return original(model, audio, *args, **kwargs)
+        return original(model, source, *args, **kwargs)
 
-    monkeypatch.setattr(separate_module, "separate", crash_on_one)
+    monkeypatch.setattr(streaming, "separate_stream", crash_on_one)
     out = tmp_path / "out"
     code = main(
         [
@@ -404,3 +404,23 @@ def test_a_model_whose_stem_names_are_paths_writes_nothing(tmp_path, song, capsy
     err = capsys.readouterr().err
     assert "stem name '../../escaped' is not a short identifier" in err
     assert [p for p in tmp_path.rglob("*") if p.is_file() and p != song] == []
+
+
+def test_an_interrupted_run_leaves_no_partial_stem_and_keeps_the_users_files(tmp_path, song, capsys, monkeypatch):
+    import importlib
+
+    streaming = importlib.import_module("stemdeck.models.streaming")
+    original = streaming.separate_stream
+
+    def interrupted(*args, **kwargs):
+        blocks = original(*args, **kwargs)
+        yield next(blocks)  # some stems are final and written...
+        raise KeyboardInterrupt  # ...then the user presses Ctrl-C
+
+    folder = tmp_path / "out" / "song"
+    folder.mkdir(parents=True)
+    (folder / "drums.wav").write_bytes(b"kept")
+    monkeypatch.setattr(streaming, "separate_stream", interrupted)
+    code = main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", "passthrough", "--force"])
+    assert code != 0 and capsys.readouterr().err.splitlines()[-1] == "stemdeck: interrupted"
+    assert os.listdir(folder) == ["drums.wav"] and (folder / "drums.wav").read_bytes() == b"kept"

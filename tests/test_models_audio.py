@@ -7,7 +7,15 @@ import pytest
 import soundfile as sf
 from conftest import write_tone
 
-from stemdeck.models.audio import AudioError, OutputFormat, read_audio, write_stems_atomically
+from stemdeck.models.audio import (
+    AudioError,
+    OutputFormat,
+    StemWriter,
+    open_audio,
+    prepare_for_output,
+    read_audio,
+    write_stems_atomically,
+)
 
 
 @pytest.mark.parametrize("ext,kwargs", [("wav", {}), ("flac", {}), ("ogg", {}), ("mp3", {"format": "MP3"})])
@@ -305,3 +313,84 @@ def test_a_killed_write_leaves_no_finished_looking_file_and_the_next_cleans_up(t
     assert len(left) == 2 and all(name.startswith(".") and name.endswith(".wav.partial") for name in left)
     write_stems_atomically({"other": np.zeros((1, 10), np.float32)}, 44100, folder, OutputFormat())
     assert sorted(p.name for p in folder.iterdir()) == ["other.wav"]
+
+
+# -- block by block ------------------------------------------------------------------------------------
+
+
+def write_in_blocks(folder, stems, fmt, block_frames=1000):
+    channels = next(iter(stems.values())).shape[0]
+    with StemWriter(folder, list(stems), 44100, channels, fmt) as writer:
+        for start in range(0, next(iter(stems.values())).shape[1], block_frames):
+            writer.write({name: audio[:, start : start + block_frames] for name, audio in stems.items()})
+        return writer.finish()
+
+
+@pytest.mark.parametrize("clip", ["rescale", "clamp"])
+def test_stems_written_in_blocks_equal_the_whole_stem_written(tmp_path, clip):
+    rng = np.random.default_rng(0)
+    stems = {
+        "loud": (rng.standard_normal((2, 4321)) * 0.8).astype(np.float32),
+        "quiet": np.full((2, 4321), 0.1, np.float32),
+    }
+    fmt = OutputFormat("wav", "32f", clip)
+    written = write_in_blocks(tmp_path / "song", stems, fmt)
+    assert [p.name for p in written] == ["loud.wav", "quiet.wav"]
+    for name, audio in stems.items():
+        data, rate = sf.read(tmp_path / "song" / f"{name}.wav", dtype="float32", always_2d=True)
+        assert rate == 44100 and np.array_equal(data.T, prepare_for_output(audio, clip))
+    assert sorted(os.listdir(tmp_path / "song")) == ["loud.wav", "quiet.wav"]  # no temporaries left
+
+
+def test_a_failure_while_writing_blocks_leaves_no_stem_and_keeps_the_old_one(tmp_path):
+    folder = tmp_path / "song"
+    folder.mkdir()
+    (folder / "a.wav").write_bytes(b"the user's file")
+    with (
+        pytest.raises(RuntimeError, match="interrupted"),
+        StemWriter(folder, ["a", "b"], 44100, 1, OutputFormat()) as writer,
+    ):
+        writer.write({"a": np.zeros((1, 10), np.float32), "b": np.zeros((1, 10), np.float32)})
+        assert len(os.listdir(folder)) == 3  # two hidden temporaries beside the user's file
+        raise RuntimeError("interrupted")
+    assert os.listdir(folder) == ["a.wav"] and (folder / "a.wav").read_bytes() == b"the user's file"
+
+
+def test_a_failed_track_leaves_no_empty_folder(tmp_path):
+    with pytest.raises(RuntimeError), StemWriter(tmp_path / "song", ["a"], 44100, 1, OutputFormat()):
+        raise RuntimeError("the model failed")
+    assert not (tmp_path / "song").exists()
+
+
+def test_a_non_finite_block_is_never_written(tmp_path):
+    with (
+        pytest.raises(AudioError, match="non-finite samples"),
+        StemWriter(tmp_path / "s", ["a"], 44100, 1, OutputFormat()) as w,
+    ):
+        w.write({"a": np.zeros((1, 10), np.float32)})
+        w.write({"a": np.array([[0.0, np.nan]], np.float32)})
+    assert not (tmp_path / "s").exists()
+
+
+def test_open_audio_checks_like_read_audio_and_blocks_cover_the_file(tmp_path):
+    path = tmp_path / "x.wav"
+    audio = write_tone(path, seconds=1.0, samplerate=48000, subtype="FLOAT")
+    audio[0, 5] = np.nan
+    sf.write(path, audio.T, 48000, subtype="FLOAT")
+    notes = []
+    source = open_audio(path, report=notes.append)
+    assert (source.samplerate, source.channels, source.frames, source.non_finite) == (48000, 2, 48000, 1)
+    assert notes == [f"{path}: 1 non-finite sample(s) (NaN or infinity) read as silence"]
+    blocks = list(source.blocks(block_frames=5000))
+    assert [b.shape[1] for b in blocks] == [5000] * 9 + [3000]
+    expected = np.nan_to_num(audio, nan=0.0)
+    assert np.array_equal(np.concatenate(blocks, axis=1), expected)
+
+
+def test_open_audio_refuses_a_truncated_file_before_any_work(tmp_path):
+    path = tmp_path / "cut.wav"
+    write_tone(path, seconds=1.0)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match=r"cut\.wav is truncated: its header promises"):
+        open_audio(path)
