@@ -288,12 +288,18 @@ def _print_preset_plans(args: argparse.Namespace, output_device) -> int:
 
 @contextlib.contextmanager
 def _midi(engine, args: argparse.Namespace):
-    """The session's MIDI controller, if asked for, closed before the engine stops."""
+    """The session's MIDI controller, if asked for. At the end, audio goes first, then MIDI:
+    rtmidi holds the GIL through its JACK port calls while the server waits on this process's
+    JACK client, whose Python callbacks need the GIL (`play --midi-api jack` hung at exit)."""
+    from stemdeck.engine.audio.jack_output import close_session_output
+
     controller = start_midi(engine, args)
     try:
         yield controller
     finally:
         if controller is not None:
+            engine.stop_output()
+            close_session_output()
             controller.close()
 
 
