@@ -125,7 +125,15 @@ def add_separation_commands(commands) -> None:
         help="chunk length in seconds, {:g} to {:g}; at most the training segment for "
         "HT Demucs (default: the model's)".format(*SEGMENT_RANGE_S),
     )
-    sep.add_argument("--format", default="wav", choices=("wav", "flac", "mp3"))
+    sep.add_argument(
+        "--format",
+        default="wav",
+        choices=("wav", "flac", "mp3", "stem"),
+        help="stem: one NI STEM file OUTDIR/<track>.stem.mp4 for Traktor and Mixxx, instead of a file per stem",
+    )
+    sep.add_argument(
+        "--codec", default="alac", choices=("alac", "aac"), help="--format stem: ALAC (lossless) or AAC (smaller)"
+    )
     sep.add_argument("--bits", default="24", choices=("16", "24", "32f"))
     sep.add_argument(
         "--clip",
@@ -166,7 +174,8 @@ def say(line: str) -> None:
 
 
 def run_separate(args: argparse.Namespace) -> int:
-    fmt = OutputFormat(args.format, args.bits, args.clip)
+    check_stem_format(args)
+    fmt = OutputFormat("wav" if args.format == "stem" else args.format, args.bits, args.clip)
     device = check_device(args.device)
     inputs = unique_inputs(args.inputs)
     folders = track_folders(inputs, args.out)
@@ -208,6 +217,8 @@ def separate_file(
     at the end; a failure or an interruption leaves none under its final name."""
     from stemdeck.models.streaming import Settings, separate_stream
 
+    if args.format == "stem":
+        return separate_to_stem_file(model, path, folder, args, device, bars)
     names = list(pick(dict.fromkeys(model.sources)))
     existing = [p for p in (folder / f"{name}.{fmt.extension}" for name in names) if p.exists()]
     if existing and not args.force:
@@ -222,6 +233,39 @@ def separate_file(
             writer.write(pick(stems))
         writer.finish()
     return folder
+
+
+def check_stem_format(args: argparse.Namespace) -> None:
+    """--format stem writes NI's four stems (a 6-stem model's extra ones summed into other) in
+    16 or 24-bit ALAC or in AAC: --stems, --two-stems and --bits 32f do not apply."""
+    if args.format != "stem":
+        return
+    if args.stems or args.two_stems:
+        raise CommandError("--format stem writes drums, bass, other and vocals; drop --stems/--two-stems")
+    if args.bits == "32f":
+        raise CommandError("--format stem holds 16 or 24-bit ALAC (or AAC); use --bits 16 or 24")
+
+
+def separate_to_stem_file(model, path: Path, folder: Path, args: argparse.Namespace, device: str, bars) -> Path:
+    """--format stem: ``<OUTDIR>/<track>.stem.mp4``, the input as its master, the stems as they
+    become final, the input's tags carried over; written beside and renamed when complete."""
+    from stemdeck.models.stem_file import read_tags, write_stem_track
+    from stemdeck.models.streaming import Settings, separate_stream
+
+    target = folder.with_name(f"{folder.name}.stem.mp4")
+    if target.exists() and not args.force:
+        raise CommandError(f"{path}: {target} already exists; use --force to overwrite")
+    source = open_audio(path, report=lambda note: bars.say(f"stemdeck: {note}"))
+    bars.start_file(path, source.frames / source.samplerate)
+    settings = Settings(
+        overlap=args.overlap, shifts=args.shifts, segment=args.segment, device=device, precision=args.precision
+    )
+    stems = separate_stream(model, source, settings, progress=bars.update)
+    options = {"codec": args.codec, "tags": read_tags(path), "force": args.force, "bits": int(args.bits)}
+    note = write_stem_track(target, source.blocks(), stems, source.samplerate, **options)
+    if note:
+        bars.say(f"stemdeck: {path}: {note}")
+    return target
 
 
 def failure_line(path: Path, exc: Exception) -> str:

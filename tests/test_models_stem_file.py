@@ -450,3 +450,48 @@ def test_a_mono_stream_lengths_apart_and_an_overlong_file_are_one_line(tmp_path,
     assert read_stem_file(fine)[0].shape == (2, 40000)
     monkeypatch.setattr("stemdeck.models.stem_file.MAX_DURATION_S", 0.5)  # the cap, checked while decoding
     _one_line_error(fine, "minutes, the most stemdeck reads")
+
+
+# -- `stemdeck separate --format stem` ------------------------------------------------------------
+
+
+def test_separate_format_stem_writes_one_file_with_the_input_as_master(
+    tmp_path, song, tiny_checkpoint, tiny_model, capsys
+):
+    """The CLI end to end with a small checkpoint: <OUTDIR>/<track>.stem.mp4, the master the
+    input (a 16-bit FLAC: exact in 24-bit ALAC), the stems the model's, the tags carried over,
+    no per-stem files, and no overwrite without --force."""
+    from stemdeck.cli import main
+    from stemdeck.models.separate import separate
+
+    master, _ = song
+    source = tmp_path / "song.flac"
+    _tagged_flac(source, master, _png())
+    out = tmp_path / "out"
+    argv = ["separate", str(source), "-o", str(out), "--model", str(tiny_checkpoint), "--precision", "fp32"]
+    argv += ["--format", "stem"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["song.stem.mp4"]
+    target = out / "song.stem.mp4"
+    master_read, stems_read, samplerate = read_stem_file(target)
+    audio, _ = sf.read(str(source), dtype="float32", always_2d=True)
+    assert samplerate == SAMPLERATE and np.array_equal(master_read, audio.T)
+    expected = separate(tiny_model, audio.T, SAMPLERATE, precision="fp32")
+    for name in NI_STEMS:
+        assert np.abs(stems_read[name] - _quantised(expected[name])).max() < 1e-3, name
+    assert np.abs(stems_read["vocals"]).max() > 0.01
+    tags = MP4(str(target)).tags
+    assert tags["\xa9nam"] == ["Demo Song"] and bytes(tags["covr"][0]) == _png()
+    before = target.read_bytes()
+    assert main(argv) == 1  # exists: kept, said in one line
+    assert target.read_bytes() == before
+    assert main([*argv, "--codec", "aac", "--force"]) == 0
+    with av.open(str(target)) as container:
+        assert [s.codec_context.name for s in container.streams.audio] == ["aac"] * 5
+    assert read_stem_file(target)[0].shape == master_read.shape
+    capsys.readouterr()
+    assert main([*argv, "--two-stems", "vocals"]) == 1 and main([*argv, "--bits", "32f"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "stemdeck: error: --format stem writes drums, bass, other and vocals; drop --stems/--two-stems",
+        "stemdeck: error: --format stem holds 16 or 24-bit ALAC (or AAC); use --bits 16 or 24",
+    ]
