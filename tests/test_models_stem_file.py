@@ -455,6 +455,7 @@ def test_a_mono_stream_lengths_apart_and_an_overlong_file_are_one_line(tmp_path,
 # -- `stemdeck separate --format stem` ------------------------------------------------------------
 
 
+@pytest.mark.slow  # three separations with the tiny model: about 40 s on a loaded 2-core machine
 def test_separate_format_stem_writes_one_file_with_the_input_as_master(
     tmp_path, song, tiny_checkpoint, tiny_model, capsys
 ):
