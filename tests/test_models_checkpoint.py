@@ -71,7 +71,11 @@ def test_our_safetensors_round_trip_and_load_in_the_reference(tmp_path, tiny_mod
     path = tmp_path / "mine.safetensors"
     save_safetensors(tiny_model, path)
     again = load_model(path)
-    assert torch.equal(_output(again), _output(tiny_model))
+    mine = tiny_model.state_dict()
+    assert all(torch.equal(value, mine[name]) for name, value in again.state_dict().items())  # bit for bit
+    # Outputs within rounding, not bit for bit: separating with this (session-wide) model switched its
+    # 2-D convolutions to channels-last in place (models.precision.prepare_model), which sums in another order.
+    assert (_output(again) - _output(tiny_model)).abs().max().item() < 1e-6
     theirs = load_safetensors_model(path).eval()
     assert (_output(theirs) - _output(tiny_model)).abs().max().item() < 1e-4
 
