@@ -110,6 +110,9 @@ def _client(port_name: str) -> str:
     return port_name.partition(":")[0] or port_name
 
 
+OPEN_FILTER = "Audio (*.wav *.flac *.ogg *.mp3 *.aiff *.aif *.stem.mp4);;NI STEM files (*.stem.mp4);;All files (*)"
+
+
 class EngineControls:
     """The current engine's control API, whichever engine that is (MIDI outlives model switches)."""
 
@@ -530,9 +533,7 @@ class MainWindow(QMainWindow):
     # -- commands -----------------------------------------------------------------------------------
 
     def open_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Open a track", str(Path.home()), "Audio (*.wav *.flac *.ogg *.mp3 *.aiff *.aif);;All files (*)"
-        )
+        path, _ = QFileDialog.getOpenFileName(self, "Open a track", str(Path.home()), OPEN_FILTER)
         if path:
             self.open_path(path)
 

@@ -80,6 +80,7 @@ class Session(QObject):
         self.model_name: str | None = None
         self.track: Track | None = None
         self._track_audio: np.ndarray | None = None
+        self._track_stems: dict[str, np.ndarray] | None = None  # an NI STEM file's, at the engine's rate
         self._load_model = model_loader or self._load_or_fetch
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run_jobs, name="stemdeck-session", daemon=True)
@@ -193,7 +194,10 @@ class Session(QObject):
         self.model_name, self.config.preset = name, preset
         self.model_ready.emit(name, tuple(model.sources))
         if self._track_audio is not None and self.track is not None:  # the track goes on where it was
-            self._open_audio(self._track_audio, self.track.name, self.track.path, position_s, playing)
+            stems = self._track_stems
+            if stems is not None and not set(stems) <= set(model.sources):
+                stems = None  # a stem file's stems this model has no place for: it separates the master
+            self._open_audio(self._track_audio, self.track.name, self.track.path, position_s, playing, stems)
 
     def _device_rate(self) -> int:
         from stemdeck.engine.config import EngineConfig
@@ -217,8 +221,14 @@ class Session(QObject):
 
     def _open_file(self, path: Path) -> None:
         from stemdeck.models.audio import read_audio
+        from stemdeck.models.stem_file import is_stem_file, read_stem_file
 
         self._require_engine()
+        if is_stem_file(path):  # an NI STEM file: its stems play as they are, nothing to separate
+            master, stems, samplerate = read_stem_file(path)  # a broken one stops here, as below
+            at_rate = {name: self._at_engine_rate(audio, samplerate) for name, audio in stems.items()}
+            self._open_audio(self._at_engine_rate(master, samplerate), path.name, path, stems=at_rate)
+            return
         audio, samplerate = read_audio(path)  # a bad file stops here: the current track plays on
         self._open_audio(self._at_engine_rate(audio, samplerate), path.name, path)
 
@@ -230,15 +240,25 @@ class Session(QObject):
         return np.ascontiguousarray(match_channels(resample(audio, samplerate, rate), channels), dtype=np.float32)
 
     def _open_audio(
-        self, audio: np.ndarray, name: str, path: Path | None, cue_s: float = 0.0, play: bool = False
+        self,
+        audio: np.ndarray,
+        name: str,
+        path: Path | None,
+        cue_s: float = 0.0,
+        play: bool = False,
+        stems: dict[str, np.ndarray] | None = None,
     ) -> None:
-        """Load ``audio`` on the deck at ``cue_s`` (a new track waits for play, as DJs load)."""
+        """Load ``audio`` on the deck at ``cue_s`` (a new track waits for play, as DJs load);
+        with ``stems`` (at the engine's rate), as a track separated already."""
         self._require_engine()
         engine = self.engine
         engine.pause()
         engine.stop_output()
-        engine.load_array(audio, cue_s)
-        self._track_audio = audio
+        if stems is None:
+            engine.load_array(audio, cue_s)
+        else:
+            engine.load_separated(audio, stems, engine.config.samplerate, cue_s)
+        self._track_audio, self._track_stems = audio, stems
         self.track = Track(path, name, audio.shape[-1] / engine.config.samplerate, overview_peaks(audio))
         if not self.config.headless:
             from stemdeck.engine.device import resolve_device
@@ -266,7 +286,7 @@ class Session(QObject):
             engine.start_live(
                 resolve_device(self.config.input_device, "input"), resolve_device(self.config.output_device, "output")
             )
-        self.track, self._track_audio = None, None
+        self.track, self._track_audio, self._track_stems = None, None, None
         self.live_ready.emit()
 
     def _require_engine(self) -> None:

@@ -351,3 +351,32 @@ def test_midi_ports_are_remembered_between_launches(settings):
     later = argparse.Namespace(midi_in=None, midi_out=None, midi_virtual=False)
     _remember_midi_ports(later, settings)
     assert (later.midi_in, later.midi_out, later.midi_virtual) == ("nanoKONTROL", None, False)
+
+
+def test_opening_an_ni_stem_file_plays_its_stems_without_separating(qtbot, window, tmp_path):
+    """Opened as a user does (the path the Open dialog returns): the file's own stems play, muting
+    vocals leaves exactly the other three, and the model separates nothing."""
+    from stemdeck.models.stem_file import write_stem_file
+
+    t = np.arange(3 * SR) / SR
+    stems = {
+        name: np.stack([amplitude * np.sin(2 * np.pi * hz * t)] * 2).astype(np.float32)
+        for name, hz, amplitude in (("drums", 110, 0.2), ("bass", 55, 0.3), ("other", 330, 0.1), ("vocals", 660, 0.25))
+    }
+    path = tmp_path / "song.stem.mp4"
+    write_stem_file(path, sum(stems.values()), stems, SR)
+    window.open_path(path)
+    wait_idle(qtbot, window.session)
+    assert window.track_label.text() == "song.stem.mp4"
+    engine = window.session.engine
+    windows_before = engine.status().windows_done
+    qtbot.mouseClick(window.strips[VOCALS].mute, Qt.MouseButton.LeftButton)
+    engine.play()
+    out = np.zeros((256, 2), np.float32)
+    for _ in range(8):  # past the 10 ms ramp
+        start = round(engine.status().position_s * SR)
+        engine.process_deck_block(out)
+    expected = (stems["drums"] + stems["bass"] + stems["other"])[0, start : start + 256]
+    assert np.abs(out[:, 0] - expected).max() < 1e-5  # 24-bit ALAC: about 1e-7
+    assert np.abs(expected).max() > 0.1
+    assert engine.status().windows_done == windows_before  # nothing separated
