@@ -215,7 +215,9 @@ def separate_file(
 
     The stems go to hidden temporaries as they become final and are renamed into place together
     at the end; a failure or an interruption leaves none under its final name."""
-    from stemdeck.models.streaming import Settings, separate_stream
+    from stemdeck.models.streaming import Settings, return_freed_memory_early, separate_stream
+
+    return_freed_memory_early()
 
     if args.format == "stem":
         return separate_to_stem_file(model, path, folder, args, device, bars)

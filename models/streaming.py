@@ -88,6 +88,27 @@ class Settings:
     share_band: bool = True
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's initial value
+
+
+def return_freed_memory_early() -> bool:
+    """Keep glibc's malloc from holding freed model activations in its heaps.
+
+    glibc raises its mmap threshold (up to 32 MB) each time a large block is freed, after which
+    such blocks come from heaps that keep their pages: with the model's activations and the
+    stream's blocks interleaved that held ~350 MB more at the peak of an htdemucs separation
+    (1.38 against 1.04 GB, 20 s of 48 kHz stereo). A fixed threshold returns large blocks at
+    once. Returns whether it applied (glibc only; elsewhere nothing changes).
+    """
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
+
+
 # -- blocks of frames --------------------------------------------------------------------------------
 
 
