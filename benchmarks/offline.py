@@ -34,6 +34,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import HTDEMUCS_KW  # noqa: E402
+
 from stemdeck.models import HTDemucs, apply_model, load_checkpoint, save_safetensors  # noqa: E402
 from stemdeck.models.demo import demo_stems  # noqa: E402
 from stemdeck.models.precision import (  # noqa: E402
@@ -44,15 +46,6 @@ from stemdeck.models.precision import (  # noqa: E402
 )
 
 SEGMENT_S = 7.8
-HTDEMUCS_KW = dict(
-    sources=["drums", "bass", "other", "vocals"],
-    channels=48,
-    depth=4,
-    dconv_mode=3,
-    t_layers=5,
-    bottom_channels=512,
-    segment=7.8,
-)
 CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 

@@ -36,15 +36,6 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLERATE = 48000
 DEFAULT_ROWS = "tiny:3,tiny:10,tiny:60,htdemucs:3,htdemucs:10,htdemucs:60"
-HTDEMUCS_KW = dict(  # the released htdemucs's architecture (benchmarks/offline.py)
-    sources=["drums", "bass", "other", "vocals"],
-    channels=48,
-    depth=4,
-    dconv_mode=3,
-    t_layers=5,
-    bottom_channels=512,
-    segment=7.8,
-)
 
 
 def write_song(path: Path, minutes: float) -> None:
@@ -62,6 +53,7 @@ def write_song(path: Path, minutes: float) -> None:
 
 def htdemucs_checkpoint(folder: Path) -> Path:
     import torch
+    from _common import HTDEMUCS_KW  # the released htdemucs's architecture
 
     from stemdeck.models import HTDemucs, save_safetensors
 

@@ -198,25 +198,19 @@ def write_stems_atomically(
     remove_stale_partials(folder)
     pending: list[tuple[Path, Path]] = []
     try:
-        for name, audio in stems.items():
-            tmp = _new_partial(folder, name, fmt.extension)
-            pending.append((tmp, folder / f"{name}.{fmt.extension}"))
-            sf.write(
-                os.fsencode(tmp),
-                prepare_for_output(audio, fmt.clip).T,
-                samplerate,
-                format=fmt.FORMATS[fmt.extension],
-                subtype=fmt.subtype,
-            )
-        for tmp, final in pending:
-            os.replace(tmp, final)
-    except OSError as exc:
-        raise AudioError(
-            f"cannot write stems to {folder}: {exc.strerror or exc}; "
-            "choose another output directory (-o) or free some space"
-        ) from None
-    except sf.LibsndfileError as exc:
-        raise AudioError(f"cannot encode stems in {folder}: {exc}") from None
+        with _write_errors(folder):
+            for name, audio in stems.items():
+                tmp = _new_partial(folder, name, fmt.extension)
+                pending.append((tmp, folder / f"{name}.{fmt.extension}"))
+                sf.write(
+                    os.fsencode(tmp),
+                    prepare_for_output(audio, fmt.clip).T,
+                    samplerate,
+                    format=fmt.FORMATS[fmt.extension],
+                    subtype=fmt.subtype,
+                )
+            for tmp, final in pending:
+                os.replace(tmp, final)
     finally:
         for tmp, _ in pending:
             tmp.unlink(missing_ok=True)
