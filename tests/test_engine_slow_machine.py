@@ -181,7 +181,9 @@ def test_quick_start_plays_stems_before_a_full_window_could(tiny_model):
         with _deck(SlowModel(tiny_model, delay_per_s=0.4), deck_quick_start_s=quick_s) as engine:
             timings[quick_s] = _first_stems_s(engine, track)
     assert timings[1.0] is not None and timings[0.0] is not None
-    assert timings[1.0] < 0.75 and timings[1.0] < timings[0.0] - 0.2
+    # The sleeps alone differ by 0.4 s, and a loaded machine only widens the gap (a 2-s window's
+    # compute grows more than a 1-s one's); the absolute time is a benchmark's (benchmarks/deck.py).
+    assert timings[1.0] < timings[0.0] - 0.2
 
 
 def test_every_presets_latency_on_this_machine_is_measured_before_a_session():
