@@ -118,6 +118,21 @@ def stemdeck_command(*args) -> list[str]:
     return [sys.executable, "-m", "stemdeck", *map(str, args)]
 
 
+def run_stemdeck(*args, timeout_s: float = 300, env: dict[str, str] | None = None):
+    """Run ``stemdeck ARGS`` as a user does, in its own process, to its end; output captured as
+    text. ``env`` adds to this process's environment."""
+    import subprocess
+
+    return subprocess.run(
+        stemdeck_command(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
 def _die_with_parent() -> None:
     """In the child: a server whose test run was killed stops too (JACK allows few servers)."""
     import ctypes

@@ -1,13 +1,11 @@
 """`stemdeck separate`, `models` and `demo` end to end, with a small checkpoint on disk."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import write_tone
+from conftest import run_stemdeck, write_tone
 
 from stemdeck.cli import main
 
@@ -17,17 +15,6 @@ def song(tmp_path):
     path = tmp_path / "song.wav"
     write_tone(path, seconds=2.5)
     return path
-
-
-def run_cli(*args, env=None):
-    """Run the real console entry point in a subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "stemdeck", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=300,
-    )
 
 
 def test_separate_writes_every_stem(tmp_path, song, tiny_checkpoint):
@@ -139,7 +126,7 @@ def test_bad_inputs_exit_nonzero_with_one_line_and_no_traceback(tmp_path, tiny_c
     write_tone(tmp_path / "cut.flac")
     data = (tmp_path / "cut.flac").read_bytes()
     (tmp_path / "cut.flac").write_bytes(data[: len(data) // 2])
-    result = run_cli("separate", make_input(tmp_path), "-o", tmp_path / "out", "--model", tiny_checkpoint)
+    result = run_stemdeck("separate", make_input(tmp_path), "-o", tmp_path / "out", "--model", tiny_checkpoint)
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.wav"))
@@ -156,7 +143,7 @@ def test_bad_inputs_exit_nonzero_with_one_line_and_no_traceback(tmp_path, tiny_c
 )
 def test_model_errors_are_one_line(tmp_path, song, model, message):
     (tmp_path / "corrupt.th").write_bytes(b"PK\x03\x04 this is not a zip")
-    result = run_cli("separate", song, "-o", tmp_path / "out", "--model", model.format(dir=tmp_path))
+    result = run_stemdeck("separate", song, "-o", tmp_path / "out", "--model", model.format(dir=tmp_path))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     import re
@@ -167,7 +154,7 @@ def test_model_errors_are_one_line(tmp_path, song, model, message):
 
 def test_unwritable_output_is_one_line(tmp_path, song, tiny_checkpoint):
     (tmp_path / "out").write_text("a file, not a folder")
-    result = run_cli("separate", song, "-o", tmp_path / "out", "--model", tiny_checkpoint)
+    result = run_stemdeck("separate", song, "-o", tmp_path / "out", "--model", tiny_checkpoint)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "cannot create" in result.stderr and "choose another output directory" in result.stderr
 
@@ -177,17 +164,17 @@ def test_unavailable_cuda_is_explained(tmp_path, song, tiny_checkpoint):
 
     if torch.cuda.is_available():
         pytest.fail("this test expects a CPU-only torch build")
-    result = run_cli("separate", song, "-o", tmp_path / "out", "--model", tiny_checkpoint, "--device", "cuda")
+    result = run_stemdeck("separate", song, "-o", tmp_path / "out", "--model", tiny_checkpoint, "--device", "cuda")
     assert result.returncode == 1 and "CUDA is not available" in result.stderr
 
 
 def test_models_list_and_fetch_from_a_local_mirror(tmp_path):
-    result = run_cli("models", "list")
+    result = run_stemdeck("models", "list")
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert lines[0].split()[:4] == ["NAME", "SOURCES", "FILES", "CACHED"]
     assert any(line.startswith("htdemucs_6s") and "guitar,piano" in line and " no " in line for line in lines)
-    fetch = run_cli("models", "fetch", "htdemucs", env={"STEMDECK_MODEL_URL": (tmp_path / "void").as_uri()})
+    fetch = run_stemdeck("models", "fetch", "htdemucs", env={"STEMDECK_MODEL_URL": (tmp_path / "void").as_uri()})
     assert fetch.returncode == 1 and "cannot download" in fetch.stderr and "Traceback" not in fetch.stderr
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import JACK_PERIOD, JACK_RATE, start_jack_server, stemdeck_command, stop_jack_server
+from conftest import JACK_PERIOD, JACK_RATE, run_stemdeck, start_jack_server, stemdeck_command, stop_jack_server
 
 from stemdeck.engine.config import EngineConfig, WindowConfig
 from stemdeck.engine.engine import Engine
@@ -158,22 +158,18 @@ def test_cli_play_reports_stats_as_json(jack_server, tmp_path):
 
     song = tmp_path / "song.wav"
     write_tone(song, seconds=3.0)
-    result = subprocess.run(
-        stemdeck_command(
-            "play",
-            str(song),
-            "--model",
-            "passthrough",
-            "--mute",
-            "vocals",
-            "--duration",
-            "2",
-            "--stats",
-            str(tmp_path / "stats.json"),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_stemdeck(
+        "play",
+        str(song),
+        "--model",
+        "passthrough",
+        "--mute",
+        "vocals",
+        "--duration",
+        "2",
+        "--stats",
+        str(tmp_path / "stats.json"),
+        timeout_s=120,
     )
     assert result.returncode == 0, result.stderr
     stats = json.loads((tmp_path / "stats.json").read_text())
@@ -195,11 +191,8 @@ def test_cli_play_reports_stats_as_json(jack_server, tmp_path):
 
 
 def test_unknown_output_device_is_one_line(jack_server):
-    result = subprocess.run(
-        stemdeck_command("live", "--model", "passthrough", "--output", "no-such-card", "--duration", "1"),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_stemdeck(
+        "live", "--model", "passthrough", "--output", "no-such-card", "--duration", "1", timeout_s=120
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "no output device matches 'no-such-card'" in result.stderr
@@ -208,12 +201,7 @@ def test_unknown_output_device_is_one_line(jack_server):
 def test_live_dry_run_prints_each_presets_latency_on_this_machine_and_plays_nothing(jack_server):
     import re
 
-    result = subprocess.run(
-        stemdeck_command("live", "--dry-run", "--model", "passthrough", "--latency", "1.5"),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    result = run_stemdeck("live", "--dry-run", "--model", "passthrough", "--latency", "1.5", timeout_s=180)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     rows = re.findall(

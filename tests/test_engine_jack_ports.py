@@ -14,6 +14,7 @@ import pytest
 from conftest import (
     JACK_PERIOD,
     JACK_RATE,
+    run_stemdeck,
     start_jack_server,
     stemdeck_command,
     stop_jack_server,
@@ -296,22 +297,17 @@ def long_period_server():
 def test_live_latency_printed_is_the_one_played_on_a_long_period(long_period_server, tmp_path):
     import re
 
-    result = subprocess.run(
-        stemdeck_command(
-            "live",
-            "--model",
-            "passthrough",
-            "--preset",
-            "low-latency",
-            "--duration",
-            "2",
-            "--stats",
-            str(tmp_path / "stats.json"),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    result = run_stemdeck(
+        "live",
+        "--model",
+        "passthrough",
+        "--preset",
+        "low-latency",
+        "--duration",
+        "2",
+        "--stats",
+        str(tmp_path / "stats.json"),
+        timeout_s=120,
     )
     assert result.returncode == 0, result.stderr
     printed = re.search(r"latency [\d.]+ ms \((\d+) samples at (\d+) Hz\)", result.stderr)

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from conftest import stemdeck_command
+from conftest import run_stemdeck
 from test_engine_midi import BASS, VOCALS, deck, settled_ratio  # noqa: F401  (the deck fixture)
 
 from stemdeck.engine.midi import MidiConfig, MidiController, MidiError, default_mapping, load_mapping, parse
@@ -163,8 +163,8 @@ def test_unknown_input_is_one_clear_error(deck, fake):
         MidiController(deck, default_mapping(4), MidiConfig(input="nanoKONTROL", api="jack")).start()
 
 
-def _cli(*args, **kwargs):
-    return subprocess.run(stemdeck_command(*args), capture_output=True, text=True, timeout=180, **kwargs)
+def _cli(*args):
+    return run_stemdeck(*args, timeout_s=180)
 
 
 def test_cli_lists_ports(fake):
