@@ -56,6 +56,8 @@ class EngineConfig:
     channels: int = 2
     max_block_frames: int = 4096
     ramp_ms: float = 10.0
+    loop_crossfade_ms: float = 5.0  # the loop seam's crossfade: long enough to hide the step, short enough not to blur
+    record_buffer_s: float = 10.0  # the recorder's ring: how far its writer may fall behind before frames drop
     precision: str = "auto"
     inference_threads: int | None = None  # None: all cores but one
     headroom: float = 0.3  # the worker must stay this far below real time

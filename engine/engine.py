@@ -27,9 +27,13 @@ from stemdeck.engine.audio.callbacks import (
     warm_up_kernels,
 )
 from stemdeck.engine.audio.jack_output import serves as jack_serves
+from stemdeck.engine.audio.record import RecordBuffers
 from stemdeck.engine.audio.state import (
     FALLBACK,
     LATE_WINDOWS,
+    LOOP_IN,
+    LOOP_OUT,
+    LOOP_SERIAL,
     MAX_INFERENCE_S,
     MEAN_INFERENCE_S,
     PLAY,
@@ -50,6 +54,7 @@ from stemdeck.engine.audio.state import (
 from stemdeck.engine.backends import WorkerBackend, make_backend
 from stemdeck.engine.config import PRESETS, EngineConfig, WindowConfig
 from stemdeck.engine.device import DeviceError, open_stream
+from stemdeck.engine.practice import BeatGrid, LoopPoints
 from stemdeck.engine.session import DECK, LIVE, SessionSpec, WorkerError
 from stemdeck.engine.worker.calibrate import Calibration
 from stemdeck.engine.worker.windows import WindowPlan
@@ -60,6 +65,7 @@ STREAM_LOST = (
 )
 MIN_GAIN_DB = -60.0  # at or below: silence
 MAX_GAIN_DB = 12.0
+MIN_LOOP_S = 0.02  # halving stops here: shorter is a buzz, not a loop
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,9 @@ class EngineStatus:
     worker_error: str | None
     stream_error: str | None
     worker_notice: str | None = None  # e.g. the separation process died and is being restarted
+    loop_in_s: float | None = None  # deck: the loop as set (in, out), and whether it plays
+    loop_out_s: float | None = None
+    looping: bool = False
 
     @property
     def latency_samples(self) -> int:
@@ -140,6 +149,11 @@ class Engine:
         self._output_block_frames = 0  # the block the open output asks for (JACK: the server's period)
         self._mode: str | None = None  # LIVE or DECK once a session started (read it as ``mode``)
         self.cue_s = 0.0
+        self._loop = LoopPoints()
+        self.beat_grid: BeatGrid | None = None  # the track's tempo, once known (set_beat_grid)
+        self.snap_to_beats = False  # loop points land on the nearest beat when a grid is known
+        self._crossfade_frames = int(round(config.loop_crossfade_ms * config.samplerate / 1000))
+        self._record = RecordBuffers.allocate(config.channels, max(1, int(config.record_buffer_s * config.samplerate)))
 
     @property
     def mode(self) -> str | None:
@@ -242,6 +256,7 @@ class Engine:
             s.transport,
             self._mixer_buffers(),
             int(self.latency_frames),
+            self._record,
         )
         self._seek_frames(0)  # the callback starts the new rings at 0
         self._start_session(SessionSpec(LIVE, self.plan), arrays)
@@ -324,16 +339,30 @@ class Engine:
             arrays["stems"][:] = separated
             np.nan_to_num(arrays["stems"], copy=False, nan=0.0, posinf=0.0, neginf=0.0)
             self.shared.worker[SEPARATED_FROM], self.shared.worker[STEMS_WRITTEN] = 0, track.shape[-1]
-        s = self.shared
-        self._deck_buffers = DeckBuffers(
-            arrays["track"], arrays["stems"], s.audio, s.worker, s.transport, self._mixer_buffers()
-        )
+        self._deck_buffers = self._deck_buffers_for(arrays["track"], arrays["stems"])
+        self._set_loop(LoopPoints())
+        self.beat_grid = None
         self._seek_frames(cue)  # the callback moves the playhead there, waiting for stems
         self.cue_s = cue / self.config.samplerate
         cache = self._cache_path(track) if self.config.cache_stems and separated is None else None
         quick = int(self.config.deck_quick_start_s * self.config.samplerate)
         spec = SessionSpec(DECK, self.deck_plan, cue, cache, resume=separated is not None, quick_frames=quick)
         self._start_session(spec, arrays)
+
+    def _deck_buffers_for(self, track: np.ndarray, stems: np.ndarray) -> DeckBuffers:
+        s, block = self.shared, self.config.max_block_frames
+        return DeckBuffers(
+            track,
+            stems,
+            s.audio,
+            s.worker,
+            s.transport,
+            self._mixer_buffers(),
+            self._record,
+            np.zeros((track.shape[0], block), np.float32),
+            np.zeros((stems.shape[0], track.shape[0], block), np.float32),
+            self._crossfade_frames,
+        )
 
     def _cache_path(self, track: np.ndarray):
         from stemdeck.engine.worker.cache import CacheEntry, cache_folder, model_fingerprint, stems_key
@@ -390,9 +419,99 @@ class Engine:
             self.cue_s = playhead_frames(self.shared) / self.config.samplerate
 
     def seek(self, seconds: float) -> None:
-        """Move the playhead; separation restarts there unless it is already separated."""
+        """Move the playhead; separation restarts there unless it is already separated. A seek
+        out of a playing loop leaves the loop (its points stay, for loop on)."""
         length = self._deck_buffers.track.shape[-1] if self._mode == DECK else 0
-        self._seek_frames(min(max(0, int(seconds * self.config.samplerate)), max(0, length - 1)))
+        target = min(max(0, int(seconds * self.config.samplerate)), max(0, length - 1))
+        loop = self._loop
+        if loop.active and loop.complete and not loop.in_frames <= target < loop.out_frames:
+            self._set_loop(LoopPoints(loop.in_frames, loop.out_frames, False))
+        self._seek_frames(target)
+
+    # -- loops -----------------------------------------------------------------------------------------
+
+    @property
+    def loop(self) -> LoopPoints:
+        """The loop as set, in frames at the engine's rate."""
+        return self._loop
+
+    @property
+    def bpm(self) -> float | None:
+        """The track's tempo once known (a beat tracker or the user set the grid), else None."""
+        return None if self.beat_grid is None else self.beat_grid.bpm
+
+    def set_beat_grid(self, bpm: float | None, first_beat_s: float = 0.0) -> None:
+        """The track's tempo and first beat, for loops by beats and snapping (None: unknown)."""
+        self.beat_grid = None if bpm is None else BeatGrid(float(bpm), float(first_beat_s))
+
+    def loop_in(self) -> None:
+        """Set the loop's in point at the playhead (on the nearest beat when snapping)."""
+        self._set_loop(self._loop.with_in(self._snapped(playhead_frames(self.shared))))
+
+    def loop_out(self) -> None:
+        """Set the loop's out point at the playhead and play the loop from its in point."""
+        self._set_loop(self._loop.with_out(self._snapped(playhead_frames(self.shared))))
+
+    def set_loop(self, in_s: float, out_s: float, active: bool = True) -> None:
+        """A loop from ``in_s`` to ``out_s`` (seconds, within the track), playing if ``active``."""
+        if not (math.isfinite(in_s) and math.isfinite(out_s)):
+            raise ValueError(f"loop {in_s}:{out_s} is not a pair of times in seconds")
+        length, sr = self._track_frames(), self.config.samplerate
+        if in_s < 0 or out_s * sr > length + 1:
+            raise ValueError(f"loop {in_s:g}-{out_s:g} s is outside the track (0-{length / sr:.2f} s)")
+        points = LoopPoints(self._snapped(int(round(in_s * sr))), None).with_out(
+            min(length, self._snapped(int(round(out_s * sr))))
+        )
+        self._set_loop(LoopPoints(points.in_frames, points.out_frames, bool(active)))
+
+    def loop_beats(self, beats: float) -> None:
+        """A loop of ``beats`` beats from the in point (or the playhead when none is set)."""
+        if self.beat_grid is None:
+            raise ValueError("the tempo is not known yet; set the loop's in and out points by hand")
+        start = self._loop.in_frames
+        start = self._snapped(playhead_frames(self.shared)) if start is None else start
+        out = min(self._track_frames(), start + self.beat_grid.beats_frames(beats, self.config.samplerate))
+        self._set_loop(LoopPoints(start, None).with_out(out))
+
+    def toggle_loop(self) -> None:
+        """Loop on or off; on again plays the same loop (the playhead jumps in if it is past it)."""
+        loop = self._loop
+        if not loop.complete:
+            raise ValueError("set the loop's in and out points first")
+        self._set_loop(LoopPoints(loop.in_frames, loop.out_frames, not loop.active))
+
+    def halve_loop(self) -> None:
+        self._resize_loop(0.5)
+
+    def double_loop(self) -> None:
+        self._resize_loop(2.0)
+
+    def clear_loop(self) -> None:
+        self._set_loop(LoopPoints())
+
+    def _resize_loop(self, factor: float) -> None:
+        min_frames = max(int(MIN_LOOP_S * self.config.samplerate), 2 * self._crossfade_frames)
+        self._set_loop(self._loop.resized(factor, min_frames, self._track_frames()))
+
+    def _snapped(self, frames: int) -> int:
+        if self.snap_to_beats and self.beat_grid is not None:
+            return min(self.beat_grid.snap_frames(frames, self.config.samplerate), self._track_frames())
+        return frames
+
+    def _track_frames(self) -> int:
+        if self._mode != DECK:
+            raise ValueError("load a track before setting a loop")
+        return int(self._deck_buffers.track.shape[-1])
+
+    def _set_loop(self, loop: LoopPoints) -> None:
+        """Hand the callback the loop to play: the pair between two serial increments."""
+        loop_in, loop_out = loop.playing()
+        with self._control:
+            self._loop = loop
+            t = self.shared.transport
+            t[LOOP_SERIAL] += 1  # odd: a write under way
+            t[LOOP_IN], t[LOOP_OUT] = loop_in, loop_out
+            t[LOOP_SERIAL] += 1
 
     def _seek_frames(self, frames: int) -> None:
         """Ask the callback to move its position (the deck's playhead, a live session's start)."""
@@ -480,7 +599,16 @@ class Engine:
             worker_error=self.backend.failure(),
             worker_notice=self.backend.notice(),
             stream_error=self._stream_error,
+            **self._loop_status(),
         )
+
+    def _loop_status(self) -> dict:
+        loop, sr = self._loop, self.config.samplerate
+        return {
+            "loop_in_s": None if loop.in_frames is None else loop.in_frames / sr,
+            "loop_out_s": None if loop.out_frames is None else loop.out_frames / sr,
+            "looping": bool(loop.active and loop.complete),
+        }
 
     def _frames_ahead(self, playhead: int) -> int:
         """Deck: separated audio ahead of the playhead (positive), or how far separation is

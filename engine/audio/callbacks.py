@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit
 
 from stemdeck.engine.audio.mixer import mix_block, update_gain_targets
+from stemdeck.engine.audio.record import RecordBuffers, record_block
 from stemdeck.engine.audio.ring import ring_write_interleaved
 from stemdeck.engine.audio.state import (
     BLOCKS,
@@ -25,6 +26,12 @@ from stemdeck.engine.audio.state import (
     INPUT_WRITTEN,
     LATE,
     LATE_WINDOWS,
+    LOOP_IN,
+    LOOP_IN_AT,
+    LOOP_OUT,
+    LOOP_OUT_AT,
+    LOOP_SEEN,
+    LOOP_SERIAL,
     PLAY,
     PLAY_SEEN,
     PLAY_SERIAL,
@@ -42,6 +49,7 @@ from stemdeck.engine.audio.state import (
     SharedState,
     gain_state,
 )
+from stemdeck.engine.audio.transport import read_source, read_span, readable_frames
 
 
 class MixerBuffers(NamedTuple):
@@ -68,6 +76,7 @@ class LiveBuffers(NamedTuple):
     transport: np.ndarray
     mixer: MixerBuffers
     latency_frames: int
+    record: RecordBuffers
 
 
 class DeckBuffers(NamedTuple):
@@ -77,6 +86,10 @@ class DeckBuffers(NamedTuple):
     worker: np.ndarray
     transport: np.ndarray
     mixer: MixerBuffers
+    record: RecordBuffers
+    track_block: np.ndarray  # (C, max_block) the source frames of one block, loop-aware
+    stems_block: np.ndarray  # (S, C, max_block)
+    crossfade_frames: int  # the loop seam's crossfade
 
 
 @njit(nogil=True, cache=True)
@@ -125,6 +138,7 @@ def live_block(indata, outdata, live, xrun):
     )
     audio[POSITION] = position + frames
     audio[BLOCKS] += 1
+    record_block(outdata, live.record)
 
 
 @njit(nogil=True, cache=True)
@@ -141,28 +155,81 @@ def _apply_transport(audio, transport):
 
 
 @njit(nogil=True, cache=True)
+def _apply_loop(audio, transport):
+    """Take the loop the control side asked for, when its serial says the pair is whole."""
+    serial = transport[LOOP_SERIAL]
+    if serial == audio[LOOP_SEEN] or serial % 2 == 1:
+        return
+    loop_in, loop_out = transport[LOOP_IN], transport[LOOP_OUT]
+    if transport[LOOP_SERIAL] == serial:
+        audio[LOOP_IN_AT] = loop_in
+        audio[LOOP_OUT_AT] = loop_out
+        audio[LOOP_SEEN] = serial  # last: a reader that sees it sees the pair
+
+
+@njit(nogil=True, cache=True)
+def _stems_cover(deck, playhead, frames):
+    """Whether separated stems cover every source frame this block reads."""
+    audio = deck.audio
+    low, high = read_span(
+        playhead, frames, audio[LOOP_IN_AT], audio[LOOP_OUT_AT], deck.crossfade_frames, deck.track.shape[-1]
+    )
+    return deck.worker[SEPARATED_FROM] <= low and high <= deck.worker[STEMS_WRITTEN]
+
+
+@njit(nogil=True, cache=True)
+def _read_block(deck, playhead, frames, use_stems):
+    """The block's source frames (track, and stems if used) into the scratch blocks; returns
+    the playhead after them."""
+    audio = deck.audio
+    loop_in, loop_out, fade = audio[LOOP_IN_AT], audio[LOOP_OUT_AT], deck.crossfade_frames
+    if use_stems:
+        for s in range(deck.stems.shape[0]):
+            read_source(deck.stems_block[s], 0, deck.stems[s], playhead, frames, loop_in, loop_out, fade)
+    return read_source(deck.track_block, 0, deck.track, playhead, frames, loop_in, loop_out, fade)
+
+
+@njit(nogil=True, cache=True)
+def _play_chunk(out, deck):
+    """Up to one scratch block of ``out`` from the playhead; False at the track's end."""
+    audio, mixer = deck.audio, deck.mixer
+    length = deck.track.shape[-1]
+    playhead = audio[PLAYHEAD]
+    frames = readable_frames(playhead, out.shape[0], audio[LOOP_IN_AT], audio[LOOP_OUT_AT], length)
+    if frames <= 0:
+        return False
+    ready = _stems_cover(deck, playhead, frames)
+    _note_fallback(audio, not ready)
+    audio[PLAYHEAD] = _read_block(deck, playhead, frames, ready)
+    mix_block(out[:frames], deck.stems_block, 0, deck.track_block, 0, mixer.gains, ready, mixer.levels)
+    if ready and audio[FIRST_STEMS_AT] < 0:
+        audio[FIRST_STEMS_AT] = audio[POSITION] + out.shape[0]
+    return True
+
+
+@njit(nogil=True, cache=True)
 def deck_block(outdata, deck, xrun):
-    """Play the deck from its playhead: stems where separated, else the dry track."""
+    """Play the deck from its playhead: stems where separated, else the dry track; wrapped into
+    the loop when one is set; then hand the block to the recorder."""
     audio, transport, mixer = deck.audio, deck.transport, deck.mixer
     if xrun:
         audio[XRUNS] += 1
     _apply_transport(audio, transport)
+    _apply_loop(audio, transport)
     _update_gains(mixer)
     outdata[:] = 0.0
-    length = deck.track.shape[-1]
-    playhead = audio[PLAYHEAD]
-    frames = min(outdata.shape[0], length - playhead)
-    if transport[PLAY] == 0 or frames <= 0:
-        mixer.levels[:] = 0.0
-        return
-    ready = deck.worker[SEPARATED_FROM] <= playhead and playhead + frames <= deck.worker[STEMS_WRITTEN]
-    _note_fallback(audio, not ready)
-    mix_block(outdata[:frames], deck.stems, playhead, deck.track, playhead, mixer.gains, ready, mixer.levels)
-    audio[PLAYHEAD] = playhead + frames
-    audio[POSITION] += outdata.shape[0]
-    if ready and audio[FIRST_STEMS_AT] < 0:
-        audio[FIRST_STEMS_AT] = audio[POSITION]
-    audio[BLOCKS] += 1
+    mixer.levels[:] = 0.0
+    if transport[PLAY] != 0:
+        chunk = deck.track_block.shape[-1]
+        played = False
+        for start in range(0, outdata.shape[0], chunk):
+            if not _play_chunk(outdata[start : start + chunk], deck):
+                break
+            audio[POSITION] += min(chunk, outdata.shape[0] - start)
+            played = True
+        if played:
+            audio[BLOCKS] += 1
+    record_block(outdata, deck.record)
 
 
 def warm_up_kernels(num_stems: int, channels: int) -> None:
@@ -173,7 +240,12 @@ def warm_up_kernels(num_stems: int, channels: int) -> None:
     stems = np.zeros((num_stems, channels, 16), np.float32)
     indata = np.zeros((block, channels), np.float32)
     outdata = np.zeros((block, channels), np.float32)
+    record = RecordBuffers.allocate(channels, 16)
     live_block(
-        indata, outdata, LiveBuffers(ring, stems, shared.audio, shared.worker, shared.transport, mixer, 8), False
+        indata,
+        outdata,
+        LiveBuffers(ring, stems, shared.audio, shared.worker, shared.transport, mixer, 8, record),
+        False,
     )
-    deck_block(outdata, DeckBuffers(ring, stems, shared.audio, shared.worker, shared.transport, mixer), False)
+    deck = DeckBuffers(ring, stems, shared.audio, shared.worker, shared.transport, mixer, record, ring, stems, 2)
+    deck_block(outdata, deck, False)

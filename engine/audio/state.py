@@ -31,7 +31,10 @@ import numpy as np
     PLAY_SEEN,
     PLAY_STARTED_AT,
     FIRST_STEMS_AT,
-) = range(11)
+    LOOP_SEEN,
+    LOOP_IN_AT,
+    LOOP_OUT_AT,
+) = range(14)
 # audio[FALLBACK] values: stems playing; dry because stems fell behind; dry while the first
 # stems after a load or seek are on their way (expected, so not counted as late)
 PLAYING_STEMS, LATE, WAITING_FOR_STEMS = range(3)
@@ -41,8 +44,10 @@ STEMS_WRITTEN, SEPARATED_FROM, WINDOWS_DONE = range(3)
 MAX_INFERENCE_S, MEAN_INFERENCE_S = range(2)
 # transport[...] slots, written by the control side. SEEK_*: where the callback's position goes
 # (deck: the playhead; live: a new session's rings start there); PLAY_SERIAL: a new play (or a new
-# track) starts the first-stems timing afresh.
-PLAY, SEEK_TARGET, SEEK_SERIAL, PLAY_SERIAL = range(4)
+# track) starts the first-stems timing afresh. LOOP_*: the deck's loop in frames (LOOP_OUT <=
+# LOOP_IN: none), written between two increments of LOOP_SERIAL (odd while a write is under way),
+# so the callback takes a pair only when the serial is even and the same before and after.
+PLAY, SEEK_TARGET, SEEK_SERIAL, PLAY_SERIAL, LOOP_IN, LOOP_OUT, LOOP_SERIAL = range(7)
 
 
 @dataclass
@@ -65,8 +70,8 @@ class SharedState:
             "mute": ((num_stems,), "uint8"),
             "solo": ((num_stems,), "uint8"),
             "dry_mix": ((1,), "float32"),
-            "transport": ((4,), "int64"),
-            "audio": ((11,), "int64"),
+            "transport": ((7,), "int64"),
+            "audio": ((14,), "int64"),
             "levels": ((2, num_stems + 1), "float32"),
             "worker": ((3,), "int64"),
             "worker_seconds": ((2,), "float64"),
@@ -100,6 +105,14 @@ def input_written_frames(shared: SharedState) -> int:
     if seek_pending(shared):
         return int(shared.transport[SEEK_TARGET])
     return int(shared.audio[INPUT_WRITTEN])
+
+
+def applied_loop_frames(shared: SharedState) -> tuple[int, int]:
+    """The loop ``(in, out)`` the callback plays, or the one asked for while it is not applied."""
+    transport, audio = shared.transport, shared.audio
+    if transport[LOOP_SERIAL] != audio[LOOP_SEEN]:
+        return int(transport[LOOP_IN]), int(transport[LOOP_OUT])
+    return int(audio[LOOP_IN_AT]), int(audio[LOOP_OUT_AT])
 
 
 def first_stems_frames(shared: SharedState) -> int | None:
