@@ -366,6 +366,14 @@ def _bar_columns() -> int:
     return min(120, shutil.get_terminal_size((100, 20)).columns)
 
 
+def _bar_rows() -> int:
+    """The terminal's height, given to tqdm: on a pseudo-terminal that says 0 x 0 (`script`, CI)
+    tqdm takes -1 rows and hides every bar."""
+    import shutil
+
+    return max(3, shutil.get_terminal_size((100, 20)).lines)
+
+
 class SeparationBars:
     """tqdm bars on a terminal: one for the file, one overall when there are several files.
 
@@ -388,6 +396,7 @@ class SeparationBars:
                 position=1,
                 file=sys.stderr,
                 ncols=_bar_columns(),
+                nrows=_bar_rows(),
                 bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}]",
             )
         return self
@@ -409,6 +418,7 @@ class SeparationBars:
                 position=0,
                 file=sys.stderr,
                 ncols=_bar_columns(),
+                nrows=_bar_rows(),
                 leave=False,
                 bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s of audio [{elapsed}<{remaining}]",
             )
