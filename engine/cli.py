@@ -16,6 +16,8 @@ from stemdeck.engine.config import PRESETS, EngineConfig
 from stemdeck.engine.engine import STREAM_LOST
 from stemdeck.engine.midi import MidiError
 from stemdeck.engine.midi.cli import add_midi_commands, add_midi_options, mapping_path, start_midi
+from stemdeck.engine.practice import parse_loop
+from stemdeck.engine.recorder import record_format
 
 POLL_S = 0.05
 MIN_BLOCK_FRAMES = 32
@@ -36,6 +38,11 @@ def add_engine_commands(commands, add_model_options) -> None:
     play = commands.add_parser("play", help="play a file with live stem controls")
     play.add_argument("file", type=Path)
     play.add_argument("--start", type=float, default=0.0, help="cue point in seconds")
+    play.add_argument(
+        "--loop",
+        metavar="A:B",
+        help="loop from A to B (seconds, 12.5:20, or m:ss.s, 1:02.5:1:10); play starts at A unless --start is given",
+    )
     _add_session_options(play, add_model_options)
     play.set_defaults(func=run_play)
 
@@ -67,6 +74,12 @@ def _add_session_options(parser: argparse.ArgumentParser, add_model_options) -> 
         "--blocksize", type=int, default=256, help="audio block in frames (default 256; on JACK the server's period)"
     )
     parser.add_argument("--stats", type=Path, help="write the session's counters as JSON here")
+    parser.add_argument(
+        "--record",
+        type=Path,
+        metavar="FILE",
+        help="record what you hear (the master output) to FILE, .wav (32-bit float) or .flac (24-bit)",
+    )
     add_midi_options(parser)
 
 
@@ -87,6 +100,22 @@ def check_session_options(args: argparse.Namespace) -> None:
     start = getattr(args, "start", 0.0)
     if not (math.isfinite(start) and start >= 0):
         raise ValueError(f"--start {start}: give a cue point in seconds from 0 to the track's length")
+    if getattr(args, "loop", None) is not None:
+        args.loop = parse_loop(args.loop)
+    if args.record is not None:
+        record_format(args.record)
+        if not args.record.parent.is_dir():
+            raise ValueError(f"--record {args.record}: no folder {args.record.parent}; create it or record elsewhere")
+        if args.record.exists():
+            raise ValueError(f"--record {args.record}: the file exists; choose another name (nothing is overwritten)")
+
+
+def check_loop(loop: tuple[float, float] | None, path: Path, seconds: float) -> None:
+    """``--loop`` against the track's length, before the model loads."""
+    from stemdeck.models.cli import CommandError
+
+    if loop is not None and loop[1] > seconds:
+        raise CommandError(f"--loop {loop[0]:g}:{loop[1]:g}: {path} lasts {seconds:.1f} s; end the loop before that")
 
 
 def read_track(path: Path, start_s: float):
@@ -214,6 +243,7 @@ def run_live(args: argparse.Namespace) -> int:
     engine = _engine(args, output_device)
     with engine, _midi(engine, args):
         engine.start_live(input_device, output_device, stem_outputs=args.stem_outputs)
+        _start_recording(engine, args)
         return _run_session(engine, args, until_end=False)
 
 
@@ -226,16 +256,51 @@ def run_play(args: argparse.Namespace) -> int:
         audio, stems, samplerate = read_stem_track(args.file, args.start)
     else:
         (audio, samplerate), stems = read_track(args.file, args.start), None
+    check_loop(args.loop, args.file, audio.shape[-1] / samplerate)
     output_device = resolve_device(args.output, "output")
     check_midi_ports(args)
     engine = _engine(args, output_device, deck=True)
+    cue_s = args.loop[0] if args.loop is not None and args.start == 0 else args.start
     with engine:
-        _load_deck(engine, args.file, audio, stems, samplerate, args.start)
+        _load_deck(engine, args.file, audio, stems, samplerate, cue_s)
         del audio, stems
+        if args.loop is not None:
+            engine.set_loop(*args.loop)
         with _midi(engine, args):
             engine.start_output(output_device, stem_outputs=args.stem_outputs)
+            _start_recording(engine, args)
             engine.play()
             return _run_session(engine, args, until_end=True)
+
+
+def _start_recording(engine, args: argparse.Namespace) -> None:
+    from stemdeck.models.cli import CommandError
+
+    if args.record is None:
+        return
+    try:
+        engine.start_recording(args.record)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"recording to {args.record}", file=sys.stderr)
+
+
+def _finish_recording(engine) -> None:
+    """Close the take and say what it holds; a writer that fell behind is said, with how much."""
+    take = engine.stop_recording()
+    if take is None:
+        return
+    seconds = take.frames / engine.config.samplerate
+    print(f"recorded {seconds:.2f} s to {take.path}", file=sys.stderr)
+    if take.dropped_frames:
+        lost_s = take.dropped_frames / engine.config.samplerate
+        print(
+            f"stemdeck: the recorder fell behind the disk and dropped {take.dropped_frames} frames "
+            f"({lost_s:.2f} s); record to a faster disk",
+            file=sys.stderr,
+        )
+    if take.error:
+        print(f"stemdeck: error: {take.error}", file=sys.stderr)
 
 
 def _print_preset_plans(args: argparse.Namespace, output_device) -> int:
@@ -329,6 +394,7 @@ def _run_session(engine, args: argparse.Namespace, until_end: bool) -> int:
                 break
     except KeyboardInterrupt:
         pass
+    _finish_recording(engine)
     status = engine.status()
     stats = _stats(status, engine, until_end)
     print("stats: " + ", ".join(f"{k}={_fmt(v)}" for k, v in stats.items()), file=sys.stderr)

@@ -55,6 +55,7 @@ from stemdeck.engine.backends import WorkerBackend, make_backend
 from stemdeck.engine.config import PRESETS, EngineConfig, WindowConfig
 from stemdeck.engine.device import DeviceError, open_stream
 from stemdeck.engine.practice import BeatGrid, LoopPoints
+from stemdeck.engine.recorder import Recorder, Take
 from stemdeck.engine.session import DECK, LIVE, SessionSpec, WorkerError
 from stemdeck.engine.worker.calibrate import Calibration
 from stemdeck.engine.worker.windows import WindowPlan
@@ -95,6 +96,8 @@ class EngineStatus:
     loop_in_s: float | None = None  # deck: the loop as set (in, out), and whether it plays
     loop_out_s: float | None = None
     looping: bool = False
+    recording: str | None = None  # the file being recorded to
+    record_dropped_frames: int = 0  # frames the recorder's writer had no room for, this take
 
     @property
     def latency_samples(self) -> int:
@@ -154,6 +157,7 @@ class Engine:
         self.snap_to_beats = False  # loop points land on the nearest beat when a grid is known
         self._crossfade_frames = int(round(config.loop_crossfade_ms * config.samplerate / 1000))
         self._record = RecordBuffers.allocate(config.channels, max(1, int(config.record_buffer_s * config.samplerate)))
+        self.recorder = Recorder(self._record, config.samplerate)
 
     @property
     def mode(self) -> str | None:
@@ -564,6 +568,17 @@ class Engine:
         with self._control:
             self.shared.dry_mix[0] = min(1.0, max(0.0, amount))
 
+    # -- recording ---------------------------------------------------------------------------------------
+
+    def start_recording(self, path: str | Path) -> None:
+        """Record what the listener hears (the master output) to ``path``, WAV or FLAC by its
+        extension, from the next block on; an existing file is refused, never overwritten."""
+        self.recorder.start(path, callback_running=self.stream_active)
+
+    def stop_recording(self) -> Take | None:
+        """Finish the take (None if none was under way): its file, frames and dropped frames."""
+        return self.recorder.stop(callback_running=self.stream_active)
+
     # -- status and lifetime -----------------------------------------------------------------------------
 
     def status(self) -> EngineStatus:
@@ -599,6 +614,8 @@ class Engine:
             worker_error=self.backend.failure(),
             worker_notice=self.backend.notice(),
             stream_error=self._stream_error,
+            recording=None if self.recorder.path is None or not self.recorder.recording else str(self.recorder.path),
+            record_dropped_frames=self.recorder.dropped_frames,
             **self._loop_status(),
         )
 
@@ -644,6 +661,8 @@ class Engine:
                 pass
 
     def stop(self) -> None:
+        if self.recorder.recording:  # the take's last blocks are in the ring: finish the file first
+            self.recorder.stop(callback_running=self.stream_active)
         self.stop_output()
         self.shared = self.backend.close()  # the last counters stay readable (status after stop)
 

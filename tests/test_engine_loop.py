@@ -42,10 +42,12 @@ def play(engine: Engine, frames: int, sizes=BLOCK_SIZES) -> np.ndarray:
     return np.concatenate(outs)
 
 
-def looped_reference(track: np.ndarray, loop_in: int, loop_out: int, fade: int, frames: int) -> np.ndarray:
-    """Playing from 0 into the loop, in NumPy: ``(frames, C)``."""
+def looped_reference(
+    track: np.ndarray, loop_in: int, loop_out: int, fade: int, frames: int, start: int = 0
+) -> np.ndarray:
+    """Playing from ``start`` into the loop, in NumPy: ``(frames, C)``."""
     span = loop_out - loop_in
-    positions = np.arange(frames)
+    positions = start + np.arange(frames)
     late = positions >= loop_out
     positions[late] = loop_in + (positions[late] - loop_in) % span
     out = track[:, positions].T.copy()
