@@ -105,6 +105,7 @@ def _isolated_model_dirs(tmp_path, monkeypatch):
     """No test sees the user's cache or settings, or reaches the official download location."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # the deck's track memory (hot cues)
     monkeypatch.delenv("STEMDECK_MODEL_DIR", raising=False)
     monkeypatch.setenv("STEMDECK_MODEL_URL", (tmp_path / "no-server").as_uri())
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
