@@ -80,7 +80,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="registry name (see `stemdeck models list`) or checkpoint path (default: htdemucs "
         "when it is cached or can be downloaded, else the bundled tiny model)",
     )
-    group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    group.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cpu; with --ray, cuda where the cluster has GPUs)"
+    )
     group.add_argument(
         "--precision",
         default="auto",
@@ -93,7 +95,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def add_separation_commands(commands) -> None:
     """``separate`` and ``models``, on the entry point's subcommands."""
     sep = commands.add_parser("separate", help="separate audio files into stems, offline")
-    sep.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="audio files (WAV, FLAC, OGG, MP3...)")
+    sep.add_argument(
+        "inputs", nargs="+", type=Path, metavar="INPUT", help="audio files (WAV, FLAC, OGG, MP3...), or folders with -r"
+    )
     sep.add_argument(
         "-o",
         "--out",
@@ -142,6 +146,7 @@ def add_separation_commands(commands) -> None:
         help="keep stems inside [-1, 1] by scaling down (rescale) or clamping",
     )
     sep.add_argument("--force", action="store_true", help="overwrite existing stems")
+    add_library_options(sep)
     sep.set_defaults(func=run_separate)
 
     models = commands.add_parser("models", help="list or download pretrained models")
@@ -152,6 +157,41 @@ def add_separation_commands(commands) -> None:
     fetch = models_commands.add_parser("fetch", help="download a model into the cache")
     fetch.add_argument("name", choices=sorted(REGISTRY), metavar="NAME")
     fetch.set_defaults(func=run_models_fetch)
+
+
+def add_library_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("library")
+    group.add_argument(
+        "-r",
+        "--recursive",
+        action="store_true",
+        help="walk folders for audio files (their layout kept under OUTDIR); skip files already "
+        "separated with the same model and options (known by content, in OUTDIR's manifest); "
+        "a rerun resumes an interrupted one",
+    )
+    group.add_argument(
+        "--jobs",
+        "-j",
+        type=job_count,
+        default=1,
+        metavar="N",
+        help="separate N files at once, in N processes sharing the cores (default 1); "
+        "with --ray, N workers on the cluster (default: one per GPU, else one per 2 CPUs)",
+    )
+    group.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the files on a Ray cluster (ADDRESS, or auto for the one this machine belongs to); "
+        "OUTDIR must be shared storage the workers write to; needs pip install 'stemdeck[cluster]'",
+    )
+
+
+def job_count(text: str) -> int:
+    """``--jobs``: a whole number of separations at once."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give a whole number of jobs, 1 or more")
+    return value
 
 
 def add_demo_command(commands) -> None:
@@ -175,8 +215,13 @@ def say(line: str) -> None:
 
 def run_separate(args: argparse.Namespace) -> int:
     check_stem_format(args)
+    if args.recursive or args.jobs != 1 or args.ray:
+        from stemdeck.models.library_cli import run_library
+
+        return run_library(args)
     fmt = OutputFormat("wav" if args.format == "stem" else args.format, args.bits, args.clip)
-    device = check_device(args.device)
+    device = check_device(args.device or "cpu")
+    check_no_folders(args.inputs)
     inputs = unique_inputs(args.inputs)
     folders = track_folders(inputs, args.out)
     model, name = load_for_command(args.model)
@@ -237,6 +282,13 @@ def separate_file(
     return folder
 
 
+def check_no_folders(inputs: Sequence[Path]) -> None:
+    """A folder is walked only when asked: -r."""
+    for path in inputs:
+        if path.is_dir():
+            raise CommandError(f"{path} is a directory; add -r to separate the audio files in it")
+
+
 def check_stem_format(args: argparse.Namespace) -> None:
     """--format stem writes NI's four stems (a 6-stem model's extra ones summed into other) in
     16 or 24-bit ALAC or in AAC: --stems, --two-stems and --bits 32f do not apply."""
@@ -286,10 +338,14 @@ def failure_line(path: Path, exc: Exception) -> str:
     return " ".join(text.split())  # one line, whatever the message held
 
 
-def _remove_leftovers(out: Path) -> None:
-    """Temporaries of a run that was killed (SIGKILL, power loss) sit hidden in the track folders."""
+def _remove_leftovers(out: Path, recursive: bool = False) -> None:
+    """Temporaries of a run that was killed (SIGKILL, power loss) sit hidden in the track folders
+    (with -r, anywhere under OUTDIR: the library's folders are kept there)."""
     try:
-        folders = [p for p in out.iterdir() if p.is_dir()] if out.is_dir() else []
+        if recursive:
+            folders = [Path(root) for root, _, _ in os.walk(out)]
+        else:
+            folders = [p for p in out.iterdir() if p.is_dir()] if out.is_dir() else []
     except OSError:
         return
     removed = sum(len(remove_stale_partials(folder)) for folder in folders)

@@ -1,0 +1,129 @@
+"""``stemdeck separate`` with ``-r``, ``--jobs N`` or ``--ray``: the library queue.
+
+-r walks folders and keeps a manifest in OUTDIR (skip what is done, resume what was not);
+--jobs and --ray choose where the files run. Without -r the inputs are files, each separated
+(existing outputs kept unless --force), as in a plain ``stemdeck separate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from stemdeck.models.library import (
+    Found,
+    JobOptions,
+    Manifest,
+    content_hash,
+    find_audio,
+    library_folders,
+    output_paths,
+)
+from stemdeck.models.library_queue import Batch, QueueBars, cores, plan_jobs, run_here
+
+
+def run_library(args: argparse.Namespace) -> int:
+    from stemdeck.models.audio import check_stem_name
+    from stemdeck.models.cli import (
+        _remove_leftovers,
+        check_device,
+        check_model_segment,
+        load_for_command,
+        say,
+        stem_picker,
+    )
+
+    workers = check_jobs(args)
+    device = args.device or "cpu"
+    if not args.ray:
+        check_device(device)
+    folders = input_folders(args)
+    model, name = load_for_command(args.model)
+    check_model_segment(model, args.segment)
+    names = list(stem_picker(model.sources, args.stems, args.two_stems)(dict.fromkeys(model.sources)))
+    for stem in names:
+        check_stem_name(stem)
+    say(f"model {name}: {', '.join(model.sources)} at {model.samplerate} Hz")
+    options = JobOptions.from_args(args)
+    manifest = Manifest(args.out) if args.recursive else None
+    try:
+        _remove_leftovers(args.out, recursive=args.recursive)
+        plan = plan_jobs(folders, names, options, model_identity(args.model, name), manifest, say)
+        if plan.skipped:
+            say(f"{plan.skipped} file(s) already separated with this model and these options: skipped")
+        spec = args.model or name  # what a worker loads: the same checkpoint or registry model
+        with QueueBars(plan.jobs, enabled=sys.stderr.isatty()) as bars:
+            key = options.key(model_identity(args.model, name))
+            batch = Batch(plan, bars, manifest, key, lambda job: output_paths(job.folder, names, options))
+            run_batch(args, model, spec, plan, options, device, batch, workers)
+    finally:
+        if manifest is not None:
+            manifest.close()
+    done = len(plan.jobs) - batch.failures
+    skipped = f"; {plan.skipped + plan.same_content} skipped" if manifest is not None else ""
+    say(f"separated {done} of {len(plan.jobs)} file(s){skipped}")
+    return 1 if batch.failures else 0
+
+
+def run_batch(args, model, spec, plan, options, device, batch, workers) -> None:
+    """The files here (one at a time, or in ``workers`` processes), or on the Ray cluster."""
+    if args.ray:
+        from stemdeck.models.library_ray import run_on_ray
+
+        run_on_ray(args.ray, spec, plan, options, args.device, batch, args.jobs if args.jobs != 1 else None)
+    elif workers == 1:
+        run_here(model, plan, options, device, batch)
+    else:
+        from stemdeck.models.library_pool import run_pool
+
+        run_pool(spec, plan, options, device, batch, workers, max(1, cores() // workers))
+
+
+def check_jobs(args: argparse.Namespace) -> int:
+    """``--jobs`` above this machine's cores is refused: the separations would only take turns."""
+    from stemdeck.models.cli import CommandError
+
+    if args.ray:
+        from stemdeck.models.library_ray import require_ray
+
+        require_ray()
+        return args.jobs
+    available = cores()
+    if args.jobs > available:
+        raise CommandError(
+            f"--jobs {args.jobs}: this machine has {available} core(s); use --jobs {available} or fewer "
+            "(or --ray to use more machines)"
+        )
+    return args.jobs
+
+
+def input_folders(args: argparse.Namespace) -> dict[Path, Path]:
+    """Every input file (folders walked with -r), each once, with its output folder."""
+    from stemdeck.models.cli import CommandError, check_no_folders, say, track_folders, unique_inputs
+
+    if not args.recursive:
+        check_no_folders(args.inputs)
+        found = Found([(path, None) for path in args.inputs], {})
+    else:
+        found = find_audio(args.inputs, args.out)
+        if found.unreadable:
+            kinds = ", ".join(f"{count} {suffix}" for suffix, count in sorted(found.unreadable.items()))
+            say(f"stemdeck: left alone: {kinds} file(s) stemdeck cannot read; convert them to FLAC to separate them")
+    unique = set(unique_inputs([path for path, _ in found.files]))
+    found = Found([(path, root) for path, root in found.files if path in unique], found.unreadable)
+    if not found.files:
+        raise CommandError(
+            f"no audio files (WAV, FLAC, OGG, MP3, AIFF...) in {', '.join(map(str, args.inputs))}; nothing to do"
+        )
+    loose = track_folders([path for path, root in found.files if root is None], args.out)
+    return library_folders(found, args.out, loose)
+
+
+def model_identity(model_arg: str | None, name: str) -> str:
+    """The model as the manifest knows it: a registry name, or a checkpoint by its content (two
+    checkpoints with one file name are two models)."""
+    path = Path(model_arg) if model_arg else None
+    if path is not None and path.is_file():
+        return f"{name}:{content_hash(path)}"
+    return name

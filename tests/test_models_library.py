@@ -1,0 +1,234 @@
+"""The library queue (issue 16): `stemdeck separate DIR -r` walks folders, skips what its manifest
+says is done (by content), resumes after a kill, and `--jobs 2` writes what `--jobs 1` writes."""
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import run_stemdeck, stemdeck_command
+
+from stemdeck.cli import main
+from stemdeck.models.library import MANIFEST_NAME, Found, find_audio, library_folders
+
+STEMS = ("bass", "drums", "other", "vocals")
+
+
+def write_song(path, seconds=1.0, level=0.2, samplerate=44100, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    audio = level * rng.standard_normal((int(seconds * samplerate), 2)).astype(np.float32)
+    sf.write(str(path), audio, samplerate, subtype="FLOAT")
+    return path
+
+
+def done_rows(out):
+    """``{source: (outputs, finished_s)}`` from the manifest."""
+    with sqlite3.connect(out / MANIFEST_NAME) as db:
+        rows = db.execute("SELECT source, outputs, finished_s FROM done").fetchall()
+    return {os.path.basename(source): (json.loads(outputs), finished) for source, outputs, finished in rows}
+
+
+def mtimes(out):
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.suffix == ".wav"}
+
+
+def said(err, marker=" -> "):
+    return sorted(os.path.basename(line.split(marker)[0]) for line in err.splitlines() if marker in line)
+
+
+# -- walking and naming -----------------------------------------------------------------------------------
+
+
+def test_walk_finds_audio_and_skips_hidden_files_the_output_and_stem_files(tmp_path):
+    lib = tmp_path / "lib"
+    for name in ("a/song.wav", "a/song.FLAC", "b/c/track.mp3", ".hidden/x.wav", "a/.x.wav", "out/a/song/bass.wav"):
+        (lib / name).parent.mkdir(parents=True, exist_ok=True)
+        (lib / name).write_bytes(b"x")
+    for name in ("a/cover.jpg", "a/mix.stem.mp4", "b/t.m4a", "b/u.m4a"):
+        (lib / name).write_bytes(b"x")
+    found = find_audio([lib, tmp_path / "loose.wav"], lib / "out")
+    assert [(str(p.relative_to(tmp_path)), r) for p, r in found.files] == [
+        ("lib/a/song.FLAC", lib),
+        ("lib/a/song.wav", lib),
+        ("lib/b/c/track.mp3", lib),
+        ("loose.wav", None),
+    ]
+    assert found.unreadable == {".m4a": 2}
+
+
+def test_library_folders_keep_the_layout_and_never_collide(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    files = [
+        (one / "x/song.wav", one),
+        (one / "y/song.wav", one),
+        (one / "x/song.flac", one),
+        (two / "x/song.wav", two),  # the same place under another folder given
+        (tmp_path / "song.wav", None),
+    ]
+    out = tmp_path / "out"
+    folders = library_folders(Found(files, {}), out, {tmp_path / "song.wav": out / "song"})
+    assert folders[one / "y/song.wav"] == out / "y/song"
+    assert folders[tmp_path / "song.wav"] == out / "song"
+    clash = [folders[one / "x/song.wav"], folders[one / "x/song.flac"], folders[two / "x/song.wav"]]
+    assert all(f.parent == out / "x" and re.fullmatch(r"song-[0-9a-f]{8}", f.name) for f in clash)
+    assert len({str(f).casefold() for f in folders.values()}) == len(files)
+    assert all(f.is_relative_to(out) for f in folders.values())
+    side_by_side = library_folders(Found(files[:1] + files[2:3], {}), out, {})
+    assert sorted(f.name for f in side_by_side.values()) == ["song-flac", "song-wav"]
+
+
+def test_a_folder_without_r_and_too_many_jobs_are_one_line(tmp_path, capsys):
+    write_song(tmp_path / "lib" / "a.wav")
+    assert main(["separate", str(tmp_path / "lib"), "-o", str(tmp_path / "out"), "--model", "passthrough"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"stemdeck: error: {tmp_path / 'lib'} is a directory; add -r to separate the audio files in it"]
+    jobs = len(os.sched_getaffinity(0)) + 1
+    assert main(["separate", str(tmp_path / "lib"), "-r", "-o", str(tmp_path / "out"), "--jobs", str(jobs)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert f"--jobs {jobs}: this machine has {jobs - 1} core(s); use --jobs {jobs - 1} or fewer" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+# -- skipping by content ---------------------------------------------------------------------------------
+
+
+def test_a_rerun_skips_by_content_and_redoes_changed_files_and_deleted_outputs(tmp_path, capsys):
+    lib, out = tmp_path / "lib", tmp_path / "out"
+    for index, name in enumerate(("a/one.wav", "a/two.wav", "b/three.wav", "b/four.wav")):
+        write_song(lib / name, seed=index)
+    args = ["separate", str(lib), "-r", "-o", str(out), "--model", "passthrough"]
+    assert main(args) == 0
+    assert said(capsys.readouterr().err) == ["four.wav", "one.wav", "three.wav", "two.wav"]
+    first, rows = mtimes(out), done_rows(out)
+    assert len(first) == 16 and sorted(rows) == ["four.wav", "one.wav", "three.wav", "two.wav"]
+
+    os.rename(lib / "a/one.wav", lib / "b/one-renamed.wav")  # moved: same content, not redone
+    write_song(lib / "a/two.wav", seed=99)  # changed: redone
+    for stem in (out / "b/three").iterdir():  # the user deleted its stems: redone
+        stem.unlink()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert said(err) == ["three.wav", "two.wav"]
+    assert "2 file(s) already separated with this model and these options: skipped" in err
+    second = mtimes(out)
+    assert second["b/four/vocals.wav"] == first["b/four/vocals.wav"]
+    assert second["a/one/vocals.wav"] == first["a/one/vocals.wav"]
+    assert second["a/two/vocals.wav"] != first["a/two/vocals.wav"]
+    assert "b/one-renamed/vocals.wav" not in second  # its stems are where they were
+    vocals, _ = sf.read(str(out / "a/two/vocals.wav"))
+    assert np.abs(vocals - 0.4 * sf.read(str(lib / "a/two.wav"))[0]).max() < 1e-3  # the new audio's stems
+    rows = done_rows(out)
+    assert rows["four.wav"][1] < rows["two.wav"][1] and rows["four.wav"][1] < rows["three.wav"][1]
+
+    assert main(args + ["--stems", "vocals"]) == 0  # other options: another separation
+    assert len(said(capsys.readouterr().err)) == 4
+
+
+def test_files_with_the_same_audio_are_separated_once(tmp_path, capsys):
+    lib = tmp_path / "lib"
+    write_song(lib / "a.wav")
+    (lib / "copy").mkdir()
+    (lib / "copy" / "a-copy.wav").write_bytes((lib / "a.wav").read_bytes())
+    assert main(["separate", str(lib), "-r", "-o", str(tmp_path / "out"), "--model", "passthrough"]) == 0
+    err = capsys.readouterr().err
+    assert said(err) == ["a.wav"]
+    assert f"{lib / 'copy' / 'a-copy.wav'} has the same audio as {lib / 'a.wav'}; it is separated once" in err
+    assert err.splitlines()[-1] == "separated 1 of 1 file(s); 1 skipped"
+
+
+def test_stems_the_user_made_are_not_overwritten_by_the_queue(tmp_path, capsys):
+    lib, out = tmp_path / "lib", tmp_path / "out"
+    write_song(lib / "a.wav")
+    write_song(lib / "b.wav", seed=1)
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "vocals.wav").write_bytes(b"mine")
+    assert main(["separate", str(lib), "-r", "-o", str(out), "--model", "passthrough"]) == 1
+    err = capsys.readouterr().err
+    assert "a/vocals.wav already exists; use --force to overwrite" in err and said(err) == ["b.wav"]
+    assert (out / "a" / "vocals.wav").read_bytes() == b"mine"
+
+
+# -- resuming after a kill -----------------------------------------------------------------------------------
+
+
+def _partials(out):
+    return [p for p in out.rglob("*") if p.name.endswith(".partial")]
+
+
+def _done_count(out):
+    try:
+        return len(done_rows(out))
+    except sqlite3.Error:
+        return 0
+
+
+def test_a_run_killed_mid_file_resumes_without_redoing_anything(tmp_path):
+    lib, out = tmp_path / "lib", tmp_path / "out"
+    names = [f"song{index}.wav" for index in range(6)]
+    for index, name in enumerate(names):
+        write_song(lib / name, seconds=20.0, seed=index)
+    command = stemdeck_command("separate", lib, "-r", "-o", out, "--model", "passthrough")
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (_done_count(out) >= 1 and _partials(out)):  # one file done, the next one being written
+        assert run.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.005)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    left = _partials(out)
+    before, before_mtimes = done_rows(out), mtimes(out)
+    assert left and 1 <= len(before) < len(names)
+    # nothing half-written under a final name: every stem there belongs to a finished file
+    finished = {name for outputs, _ in before.values() for name in outputs}
+    assert set(before_mtimes) <= finished
+
+    result = run_stemdeck("separate", lib, "-r", "-o", out, "--model", "passthrough")
+    assert result.returncode == 0, result.stderr
+    redone = said(result.stderr)
+    assert redone == sorted(set(names) - set(before))  # nothing finished before is redone
+    assert f"removed {len(left)} unfinished stem file(s) left by an interrupted run" in result.stderr
+    after = done_rows(out)
+    assert sorted(after) == names
+    assert all(after[name][1] == before[name][1] for name in before)
+    assert all(mtimes(out)[path] == mtime for path, mtime in before_mtimes.items())
+    assert _partials(out) == []
+    for name in names:
+        vocals, _ = sf.read(str(out / name.removesuffix(".wav") / "vocals.wav"), dtype="float32")
+        assert vocals.shape == (20 * 44100, 2)
+
+
+# -- --jobs ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_jobs_write_what_one_job_writes(tmp_path, tiny_checkpoint, capsys):
+    lib = tmp_path / "lib"
+    for index in range(3):
+        write_song(lib / f"s{index}.wav", seconds=2.5, seed=index)
+    outputs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"out{jobs}"
+        args = ["separate", str(lib), "-r", "-o", str(out), "--model", str(tiny_checkpoint), "--bits", "32f"]
+        assert main(args + ["--jobs", str(jobs)]) == 0
+        assert capsys.readouterr().err.splitlines()[-1] == "separated 3 of 3 file(s); 0 skipped"
+        outputs[jobs] = {p.relative_to(out): sf.read(str(p))[0] for p in sorted(out.rglob("*.wav"))}
+    assert list(outputs[1]) == list(outputs[2]) and len(outputs[1]) == 12
+    error = max(float(np.abs(outputs[1][name] - outputs[2][name]).max()) for name in outputs[1])
+    assert error <= 1e-6, error
+    print(f"--jobs 2 against --jobs 1: largest difference {error:.3g}")
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "two"])
+def test_impossible_job_counts_are_refused_up_front(tmp_path, capsys, bad):
+    with pytest.raises(SystemExit):
+        main(["separate", str(tmp_path), "-r", "--jobs", bad])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "--jobs" in errors[0]
