@@ -54,7 +54,8 @@ from stemdeck.engine.audio.state import (
 from stemdeck.engine.backends import WorkerBackend, make_backend
 from stemdeck.engine.config import PRESETS, EngineConfig, WindowConfig
 from stemdeck.engine.device import DeviceError, open_stream
-from stemdeck.engine.practice import BeatGrid, LoopPoints
+from stemdeck.engine.memory import TrackMemory, TrackRecord, audio_key
+from stemdeck.engine.practice import NUM_HOT_CUES, BeatGrid, LoopPoints
 from stemdeck.engine.recorder import Recorder, Take
 from stemdeck.engine.session import DECK, LIVE, SessionSpec, WorkerError
 from stemdeck.engine.worker.calibrate import Calibration
@@ -156,6 +157,10 @@ class Engine:
         self.beat_grid: BeatGrid | None = None  # the track's tempo, once known (set_beat_grid)
         self.snap_to_beats = False  # loop points land on the nearest beat when a grid is known
         self._crossfade_frames = int(round(config.loop_crossfade_ms * config.samplerate / 1000))
+        self._cues: list[int | None] = [None] * NUM_HOT_CUES  # frames
+        self.track_key: str | None = None  # the loaded track's name in the memory
+        self.resume_s: float | None = None  # where the loaded track was left last time, if known
+        self._memory: TrackMemory | None = None
         self._record = RecordBuffers.allocate(config.channels, max(1, int(config.record_buffer_s * config.samplerate)))
         self.recorder = Recorder(self._record, config.samplerate)
 
@@ -287,8 +292,9 @@ class Engine:
         """Load ``(channels, frames)`` audio read elsewhere (say, checked before the model loaded)."""
         from stemdeck.models.separate import match_channels, resample
 
+        key = audio_key(audio, samplerate)  # the decoded samples, whatever rate the engine runs at
         track = match_channels(resample(audio, samplerate, self.config.samplerate), self.config.channels)
-        self.load_array(np.ascontiguousarray(track, dtype=np.float32), cue_s)
+        self.load_array(np.ascontiguousarray(track, dtype=np.float32), cue_s, key=key)
 
     @property
     def deck_plan(self) -> WindowPlan:
@@ -321,13 +327,19 @@ class Engine:
         for name, audio in stems.items():
             audio = at_engine_rate(audio)[..., : track.shape[-1]]
             separated[self.sources.index(name), :, : audio.shape[-1]] = audio
-        self.load_array(track, cue_s, separated)
+        self.load_array(track, cue_s, separated, key=audio_key(master, samplerate))
 
-    def load_array(self, track: np.ndarray, cue_s: float = 0.0, separated: np.ndarray | None = None) -> None:
+    def load_array(
+        self, track: np.ndarray, cue_s: float = 0.0, separated: np.ndarray | None = None, key: str | None = None
+    ) -> None:
         """Load ``(channels, frames)`` audio at the engine's rate as the deck's track; with
-        ``separated`` (its ``(stems, channels, frames)``), as a track separated already."""
+        ``separated`` (its ``(stems, channels, frames)``), as a track separated already. ``key``
+        names the track in the deck's memory (hot cues, loop, last position); by default the
+        hash of ``track``."""
         if not math.isfinite(cue_s):
             raise ValueError(f"cue point {cue_s} s is not a number of seconds")
+        self._remember()  # the track going out: where it was
+        self.track_key = None
         self._stop_worker()
         with self._control:
             self.shared.transport[PLAY] = 0
@@ -346,6 +358,7 @@ class Engine:
         self._deck_buffers = self._deck_buffers_for(arrays["track"], arrays["stems"])
         self._set_loop(LoopPoints())
         self.beat_grid = None
+        self._recall(key or audio_key(track, self.config.samplerate), track.shape[-1])
         self._seek_frames(cue)  # the callback moves the playhead there, waiting for stems
         self.cue_s = cue / self.config.samplerate
         cache = self._cache_path(track) if self.config.cache_stems and separated is None else None
@@ -432,6 +445,83 @@ class Engine:
             self._set_loop(LoopPoints(loop.in_frames, loop.out_frames, False))
         self._seek_frames(target)
 
+    # -- hot cues and the track's memory ----------------------------------------------------------------
+
+    @property
+    def hot_cues(self) -> tuple[float | None, ...]:
+        """Hot cues 1-8 in seconds (None where unset); index 0 is cue 1."""
+        sr = self.config.samplerate
+        return tuple(None if frames is None else frames / sr for frames in self._cues)
+
+    def hot_cue(self, number: int) -> None:
+        """A DJ pad: jump to hot cue ``number`` (1-8), or set it at the playhead if it is empty."""
+        if self._cues[self._cue_index(number)] is None:
+            self.set_hot_cue(number)
+        else:
+            self.recall_hot_cue(number)
+
+    def set_hot_cue(self, number: int) -> None:
+        """Hot cue ``number`` at the playhead (on the nearest beat when snapping)."""
+        index = self._cue_index(number)
+        self._track_frames()
+        self._cues[index] = self._snapped(playhead_frames(self.shared))
+        self._remember()
+
+    def recall_hot_cue(self, number: int) -> None:
+        """Jump to hot cue ``number``; an unset one does nothing."""
+        frames = self._cues[self._cue_index(number)]
+        if frames is not None:
+            self.seek(frames / self.config.samplerate)
+
+    def clear_hot_cue(self, number: int) -> None:
+        self._cues[self._cue_index(number)] = None
+        self._remember()
+
+    @property
+    def memory(self) -> TrackMemory:
+        """The per-track memory (opened on first use; tests may hand in their own)."""
+        if self._memory is None:
+            self._memory = TrackMemory()
+        return self._memory
+
+    @memory.setter
+    def memory(self, memory: TrackMemory) -> None:
+        self._memory = memory
+
+    def _cue_index(self, number: int) -> int:
+        if not (isinstance(number, int) and 1 <= number <= NUM_HOT_CUES):
+            raise ValueError(f"hot cue {number!r}: there are hot cues 1 to {NUM_HOT_CUES}")
+        return number - 1
+
+    def _remember(self) -> None:
+        """Store the loaded track's cues, loop and position (a failure is logged, never raised)."""
+        if self.track_key is None or self._mode != DECK:
+            return
+        sr, loop = self.config.samplerate, self._loop
+        record = TrackRecord(
+            self.hot_cues,
+            None if loop.in_frames is None else loop.in_frames / sr,
+            None if loop.out_frames is None else loop.out_frames / sr,
+            playhead_frames(self.shared) / sr,
+        )
+        self.memory.save(self.track_key, record)
+
+    def _recall(self, key: str, length: int) -> None:
+        """Take the track's cues, loop (not playing) and last position from the memory."""
+        record, sr = self.memory.load(key), self.config.samplerate
+
+        def frames(seconds: float | None, end: int = length - 1) -> int | None:
+            return None if seconds is None or round(seconds * sr) > end else int(round(seconds * sr))
+
+        record = record or TrackRecord()
+        self._cues = [frames(s) for s in record.cues]
+        loop = LoopPoints(frames(record.loop_in_s), frames(record.loop_out_s, end=length))
+        if loop.out_frames is not None and not loop.complete:
+            loop = LoopPoints(loop.in_frames)
+        self._set_loop(loop)
+        self.resume_s = record.last_position_s if frames(record.last_position_s) is not None else None
+        self.track_key = key
+
     # -- loops -----------------------------------------------------------------------------------------
 
     @property
@@ -516,6 +606,7 @@ class Engine:
             t[LOOP_SERIAL] += 1  # odd: a write under way
             t[LOOP_IN], t[LOOP_OUT] = loop_in, loop_out
             t[LOOP_SERIAL] += 1
+        self._remember()
 
     def _seek_frames(self, frames: int) -> None:
         """Ask the callback to move its position (the deck's playhead, a live session's start)."""
@@ -661,6 +752,9 @@ class Engine:
                 pass
 
     def stop(self) -> None:
+        self._remember()
+        if self._memory is not None:
+            self._memory.close()
         if self.recorder.recording:  # the take's last blocks are in the ring: finish the file first
             self.recorder.stop(callback_running=self.stream_active)
         self.stop_output()
