@@ -207,6 +207,7 @@ class ProcessBackend:
                     self.config.precision,
                     inference_threads(self.config.inference_threads),
                     self.config.samplerate,
+                    scheduling=self.config.worker_scheduling,
                 )
             return self.process
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from stemdeck.engine.runtime import WORKER_SCHEDULING
+
 
 @dataclass(frozen=True)
 class WindowConfig:
@@ -58,6 +60,7 @@ class EngineConfig:
     ramp_ms: float = 10.0
     loop_crossfade_ms: float = 5.0  # the loop seam's crossfade: long enough to hide the step, short enough not to blur
     record_buffer_s: float = 10.0  # the recorder's ring: how far its writer may fall behind before frames drop
+    beat_tracking: bool = True  # find each loaded track's tempo and beats (a background thread)
     precision: str = "auto"
     inference_threads: int | None = None  # None: all cores but one
     headroom: float = 0.3  # the worker must stay this far below real time
@@ -70,3 +73,11 @@ class EngineConfig:
     # play about a second after play even where a full window takes longer than real time
     deck_quick_start_s: float = 1.5
     worker: str = "process"  # "process": inference never holds the audio thread's GIL; or "thread"
+    # how the separation process yields the CPU to the audio path (engine.runtime.WORKER_SCHEDULING)
+    worker_scheduling: str = "nice"
+
+    def __post_init__(self) -> None:
+        if self.worker_scheduling not in WORKER_SCHEDULING:
+            raise ValueError(
+                f"unknown worker scheduling {self.worker_scheduling!r}: use one of {', '.join(WORKER_SCHEDULING)}"
+            )

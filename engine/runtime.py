@@ -28,14 +28,32 @@ def configure_process(torch_threads: int | None = None) -> None:
         torch.set_num_threads(torch_threads)
 
 
-def configure_separation_process(torch_threads: int, niceness: int) -> None:
+# How the separation process yields the CPU to the audio path: "nice" lowers its priority (it
+# still takes turns with the audio threads within the scheduler's granularity); "idle" runs it
+# only when no ordinary thread wants the CPU (Linux SCHED_IDLE: the callback never waits behind
+# it, but any busy program on the machine delays separation, which then plays dry).
+WORKER_SCHEDULING = ("nice", "idle")
+
+
+def configure_separation_process(torch_threads: int, niceness: int, scheduling: str = "nice") -> None:
     """For the separation process: its torch threads, and a lower priority, so the audio path
     (and the GUI) go first when the CPU is short. No audio callback runs there: Python's own
     switch interval stays."""
     import torch
 
     torch.set_num_threads(torch_threads)
-    os.nice(niceness)
+    for thread_id in _thread_ids():  # Linux applies both per thread; later threads inherit them
+        os.setpriority(os.PRIO_PROCESS, thread_id, os.getpriority(os.PRIO_PROCESS, thread_id) + niceness)
+        if scheduling == "idle" and hasattr(os, "SCHED_IDLE"):
+            os.sched_setscheduler(thread_id, os.SCHED_IDLE, os.sched_param(0))
+
+
+def _thread_ids() -> list[int]:
+    """This process's threads (the calling one alone where /proc is not there)."""
+    try:
+        return [int(name) for name in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
 
 
 def pid_alive(pid: int) -> bool:

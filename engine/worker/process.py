@@ -176,6 +176,7 @@ class WorkerProcess:
         threads: int,
         stream_rate: int,
         ready_timeout_s: float = READY_TIMEOUT_S,
+        scheduling: str = "nice",
     ):
         context = multiprocessing.get_context("spawn")
         self.commands, self.replies = context.Queue(), context.Queue()
@@ -187,7 +188,7 @@ class WorkerProcess:
             target=_worker_main,
             name="stemdeck-worker",
             daemon=True,
-            args=(state_spec, precision, threads, stream_rate, self.commands, self.replies),
+            args=(state_spec, precision, threads, stream_rate, scheduling, self.commands, self.replies),
         )
         self.process.start()
         threading.Thread(target=self._read_replies, name="stemdeck-worker-replies", daemon=True).start()
@@ -381,7 +382,7 @@ def _next_command(commands):
                 return Quit()
 
 
-def _worker_main(state_spec, precision, threads, stream_rate, commands, replies) -> None:
+def _worker_main(state_spec, precision, threads, stream_rate, scheduling, commands, replies) -> None:
     """Entry point of the inference process."""
     from stemdeck.engine.audio.state import SharedState
     from stemdeck.engine.runtime import configure_separation_process
@@ -390,7 +391,7 @@ def _worker_main(state_spec, precision, threads, stream_rate, commands, replies)
     model = _receive_model(commands, replies)
     if model is None:
         return
-    configure_separation_process(threads, WORKER_NICENESS)
+    configure_separation_process(threads, WORKER_NICENESS, scheduling)
     warm_up_worker_kernels(len(model.sources), int(getattr(model, "audio_channels", 2)))
     state_block = SharedBlock.attach(state_spec)
     server = _Server(model, SharedState(**state_block.arrays), precision, stream_rate, replies)
