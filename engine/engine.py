@@ -106,6 +106,26 @@ class EngineStatus:
         return self.latency_frames
 
 
+def recordings_folder() -> Path:
+    """``$STEMDECK_RECORDINGS_DIR``, else a "stemdeck" folder in the user's music folder."""
+    import os
+
+    import platformdirs
+
+    return Path(os.environ.get("STEMDECK_RECORDINGS_DIR") or Path(platformdirs.user_music_dir()) / "stemdeck")
+
+
+def fresh_recording_path(folder: Path) -> Path:
+    """``folder/stemdeck-YYYYmmdd-HHMMSS.wav``, numbered if that exists (the folder is created)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, number = folder / f"stemdeck-{stamp}.wav", 1
+    while path.exists():
+        number += 1
+        path = folder / f"stemdeck-{stamp}-{number}.wav"
+    return path
+
+
 def db_to_gain(db: float) -> float:
     return 0.0 if db <= MIN_GAIN_DB else 10.0 ** (min(db, MAX_GAIN_DB) / 20.0)
 
@@ -123,6 +143,9 @@ class MixerState:
     solo: tuple[bool, ...]
     dry_mix: float
     playing: bool
+    looping: bool = False  # practice state, for pads' lights and the GUI's buttons
+    recording: bool = False
+    hot_cues_set: tuple[bool, ...] = ()
 
 
 class Engine:
@@ -649,6 +672,9 @@ class Engine:
             solo=tuple(bool(v) for v in s.solo),
             dry_mix=float(s.dry_mix[0]),
             playing=bool(s.transport[PLAY]),
+            looping=bool(self._loop.active and self._loop.complete),
+            recording=self.recorder.recording,
+            hot_cues_set=tuple(frames is not None for frames in self._cues),
         )
 
     def set_dry_mix(self, amount: float) -> None:
@@ -669,6 +695,14 @@ class Engine:
     def stop_recording(self) -> Take | None:
         """Finish the take (None if none was under way): its file, frames and dropped frames."""
         return self.recorder.stop(callback_running=self.stream_active)
+
+    def toggle_recording(self, folder: str | Path | None = None) -> Take | None:
+        """A record button: stop the take, or start one in ``folder`` (default: the recordings
+        folder) under a fresh time-stamped name. Returns the finished take when it stops one."""
+        if self.recorder.recording:
+            return self.stop_recording()
+        self.start_recording(fresh_recording_path(Path(folder) if folder else recordings_folder()))
+        return None
 
     # -- status and lifetime -----------------------------------------------------------------------------
 

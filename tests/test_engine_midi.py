@@ -128,7 +128,7 @@ GOOD = '[[binding]]\nmessage = "note"\nnumber = 36\ncontrol = "mute"\nstem = 1\n
     [
         (
             GOOD + '\n[[binding]]\nmessage = "note"\nnumber = 37\ncontrol = "mutee"\nstem = 2\n',
-            r"bad.toml line 10: binding 2: unknown control 'mutee' \(use mute, solo, gain, dry, play, cue\)",
+            r"bad.toml line 10: binding 2: unknown control 'mutee' \(use mute, solo, gain, dry, play, cue, .*record\)",
         ),
         (GOOD.replace("36", "128"), r"line 3: binding 1: number must be 0-127, not 128"),
         (GOOD.replace("stem = 1", 'stem = "voxals"'), r"line 5: binding 1: unknown stem 'voxals'"),

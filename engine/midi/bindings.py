@@ -14,11 +14,18 @@ from stemdeck.engine.midi.messages import Message
 # The stem order of every official model; 4-stem models use the first four.
 STEM_NAMES = ("drums", "bass", "other", "vocals", "guitar", "piano")
 STEM_CONTROLS = ("mute", "solo", "gain")
-CONTROLS = (*STEM_CONTROLS, "dry", "play", "cue")
+# practice: loop points and length, hot cue pads (and their shift layer, which clears), record
+LOOP_CONTROLS = ("loop_in", "loop_out", "loop", "loop_halve", "loop_double")
+SLOT_CONTROLS = ("hotcue", "hotcue_clear", "loop_beats")  # each needs its slot: a cue 1-8, or a beat count
+PRACTICE_CONTROLS = (*LOOP_CONTROLS, *SLOT_CONTROLS, "record")
+CONTROLS = (*STEM_CONTROLS, "dry", "play", "cue", *PRACTICE_CONTROLS)
 NOTE_MODES = ("toggle", "momentary")
 CC_MODES = ("absolute", "relative-twos", "relative-offset", "relative-signbit", "button")
 MESSAGE_FAMILIES = ("note", "cc")
-SWITCH_CONTROLS = ("mute", "solo", "play", "cue")  # on/off things; gain and dry are continuous
+# on/off things and presses; gain and dry are continuous
+SWITCH_CONTROLS = ("mute", "solo", "play", "cue", *PRACTICE_CONTROLS)
+NUM_HOT_CUES = 8
+LOOP_BEATS = (1, 2, 4, 8, 16)
 
 UNITY_CC = 100  # a fader at 100 of 127 is 0 dB
 TOP_DB = 6.0  # at 127
@@ -65,6 +72,7 @@ class Binding:
     stem: int | None = None  # 0-based, for the stem controls
     mode: str = ""  # NOTE_MODES or CC_MODES; "" picks the usual one
     feedback: bool = True  # light the pad / ring with the control's state
+    slot: int | None = None  # hotcue / hotcue_clear: the cue 1-8; loop_beats: the beats (1, 2, 4, 8, 16)
     line: int | None = field(default=None, compare=False)  # where a mapping file defined it
 
     def __post_init__(self):
@@ -91,6 +99,8 @@ class Binding:
         return f"{'note' if self.message == 'note' else 'CC'} {self.number} on {channel}"
 
     def describe_control(self, sources: tuple[str, ...] = STEM_NAMES) -> str:
+        if self.slot is not None:
+            return f"{self.control} {self.slot}"
         if self.stem is None:
             return self.control
         name = sources[self.stem] if self.stem < len(sources) else f"stem {self.stem + 1}"
@@ -169,26 +179,49 @@ class Mapping:
 
 
 def _same_control(a: Binding, b: Binding) -> bool:
-    return a.control == b.control and a.stem == b.stem and a.message == b.message
+    return a.control == b.control and a.stem == b.stem and a.slot == b.slot and a.message == b.message
 
 
-def binding_from_message(message: Message, control: str, stem: int | None = None, mode: str = "") -> Binding:
+def binding_from_message(
+    message: Message, control: str, stem: int | None = None, mode: str = "", slot: int | None = None
+) -> Binding:
     """The binding MIDI learn makes: this message's number, on this message's channel."""
     if message.family not in MESSAGE_FAMILIES:
         raise ValueError(f"{message.describe()} cannot drive a control; send a note or a CC")
     if message.family == "note" and control not in SWITCH_CONTROLS:
         raise ValueError(f"a note cannot ride {control}; move a fader or knob (a CC) instead")
-    return Binding(message.family, message.number, control, message.channel, stem, mode)
+    return Binding(message.family, message.number, control, message.channel, stem, mode, slot=slot)
+
+
+def check_slot(control: str, slot) -> int | None:
+    """The slot a control takes (a hot cue 1-8, a loop of 1-16 beats), or a ValueError in one line."""
+    if control not in SLOT_CONTROLS:
+        if slot is not None:
+            raise ValueError(f"{control} takes no cue or beat count")
+        return None
+    valid = LOOP_BEATS if control == "loop_beats" else tuple(range(1, NUM_HOT_CUES + 1))
+    if isinstance(slot, bool) or slot not in valid:
+        what = "beats" if control == "loop_beats" else "cue"
+        raise ValueError(f"{control} needs {what} {', '.join(map(str, valid))}, not {slot!r}")
+    return int(slot)
 
 
 def default_mapping(num_stems: int = 6) -> Mapping:
     """Notes 36-41 toggle mutes and 42-47 solos of stems 1-6 on any channel; CC 1-6 on channel 1
     ride the faders, CC 7 the dry/stems crossfader; notes 48 and 49 are play/pause and cue;
-    programs 0-3 recall full mix, instrumental, a cappella and no drums."""
+    programs 0-3 recall full mix, instrumental, a cappella and no drums. Practice: notes 50-57 are
+    hot cue pads 1-8 (set when empty, else jump) and 58-65 the same pads with shift (clear);
+    66-70 loop in, loop out, loop on/off, halve, double; 71 record; 72-76 loops of 1, 2, 4, 8
+    and 16 beats."""
     bindings = [Binding("note", 36 + s, "mute", None, s) for s in range(num_stems)]
     bindings += [Binding("note", 42 + s, "solo", None, s) for s in range(num_stems)]
     bindings += [Binding("cc", 1 + s, "gain", 1, s) for s in range(num_stems)]
     bindings += [Binding("cc", 7, "dry", 1), Binding("note", 48, "play"), Binding("note", 49, "cue")]
+    bindings += [Binding("note", 50 + c, "hotcue", slot=c + 1) for c in range(NUM_HOT_CUES)]
+    bindings += [Binding("note", 58 + c, "hotcue_clear", slot=c + 1) for c in range(NUM_HOT_CUES)]
+    bindings += [Binding("note", 66 + i, control) for i, control in enumerate(LOOP_CONTROLS)]
+    bindings += [Binding("note", 71, "record")]
+    bindings += [Binding("note", 72 + i, "loop_beats", slot=beats) for i, beats in enumerate(LOOP_BEATS)]
     vocals, drums = STEM_NAMES.index("vocals"), STEM_NAMES.index("drums")
     scenes = [
         Scene(0, "full mix"),

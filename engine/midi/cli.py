@@ -12,7 +12,7 @@ from stemdeck.engine.midi.controller import MidiConfig, MidiController
 from stemdeck.engine.midi.mapping_file import (
     load_mapping,
     load_user_mapping,
-    parse_control,
+    parse_target,
     save_mapping,
     user_mapping_path,
 )
@@ -46,7 +46,12 @@ def add_midi_commands(commands) -> None:
     show.set_defaults(func=run_show)
 
     learn = actions.add_parser("learn", help="bind the next message that arrives to CONTROL (Esc cancels)")
-    learn.add_argument("control", help="mute:STEM, solo:STEM, gain:STEM, dry, play or cue (STEM: 1-6 or a name)")
+    learn.add_argument(
+        "control",
+        help="mute:STEM, solo:STEM, gain:STEM, dry, play or cue (STEM: 1-6 or a name); practice: loop_in, "
+        "loop_out, loop, loop_halve, loop_double, loop_beats:N (1, 2, 4, 8, 16), hotcue:N, hotcue_clear:N "
+        "(N: 1-8), record",
+    )
     learn.add_argument(
         "--mode",
         default="",
@@ -137,12 +142,12 @@ class _NoEngine:
 
 
 def run_learn(args: argparse.Namespace) -> int:
-    control, stem = parse_control(args.control)
+    control, stem, slot = parse_target(args.control)
     if not (args.midi_in or args.midi_virtual):
         raise ValueError("name the controller to learn from: --midi-in NAME (see `stemdeck midi list`)")
     path = mapping_path(args)
     with MidiController(_NoEngine(), load_user_mapping(path), _config(args), report=_say) as controller:
-        controller.learn(control, stem, args.mode)
+        controller.learn(control, stem, args.mode, slot)
         _say(f"move a control or press a pad on {', '.join(controller.input_names)} (Esc cancels)")
         _watch_for_escape(controller)
         result = controller.wait_learned(args.timeout)

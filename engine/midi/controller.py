@@ -55,6 +55,29 @@ class Controls(Protocol):
     def toggle_play(self) -> None: ...
     def cue(self) -> None: ...
     def mixer(self): ...
+    def loop_in(self) -> None: ...
+    def loop_out(self) -> None: ...
+    def toggle_loop(self) -> None: ...
+    def halve_loop(self) -> None: ...
+    def double_loop(self) -> None: ...
+    def loop_beats(self, beats: float) -> None: ...
+    def hot_cue(self, number: int) -> None: ...
+    def clear_hot_cue(self, number: int) -> None: ...
+    def toggle_recording(self) -> None: ...
+
+
+# practice presses: control -> the Controls method it calls (a slot control passes its slot)
+PRACTICE_METHODS = {
+    "loop_in": "loop_in",
+    "loop_out": "loop_out",
+    "loop": "toggle_loop",
+    "loop_halve": "halve_loop",
+    "loop_double": "double_loop",
+    "loop_beats": "loop_beats",
+    "hotcue": "hot_cue",
+    "hotcue_clear": "clear_hot_cue",
+    "record": "toggle_recording",
+}
 
 
 @dataclass(frozen=True)
@@ -88,6 +111,7 @@ class _Learn:
     control: str
     stem: int | None
     mode: str
+    slot: int | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: LearnResult | None = None
 
@@ -301,7 +325,7 @@ class MidiController:
                 self._set_switch(binding.control, stem, pressed)
                 return True
             if pressed:
-                self._press(binding.control, stem)
+                self._press(binding.control, stem, binding.slot)
             return pressed  # a toggle's release changes nothing
         value = message.value
         if binding.mode == "button":
@@ -309,7 +333,7 @@ class MidiController:
             if binding.control in ("mute", "solo"):
                 self._set_switch(binding.control, stem, on)
             elif on and not self._buttons.get(binding, False):
-                self._press(binding.control, stem)
+                self._press(binding.control, stem, binding.slot)
             self._buttons[binding] = on
             return True
         if binding.control not in ("gain", "dry"):
@@ -333,7 +357,14 @@ class MidiController:
             )
         return self._positions[key]
 
-    def _press(self, control: str, stem: int | None) -> None:
+    def _press(self, control: str, stem: int | None, slot: int | None = None) -> None:
+        if control in PRACTICE_METHODS:
+            method = getattr(self.controls, PRACTICE_METHODS[control])
+            try:
+                method(*(() if slot is None else (slot,)))
+            except ValueError as exc:  # e.g. loop out before loop in, beats before the tempo is known
+                self._say(str(exc))
+            return
         mixer = self.controls.mixer()
         if control == "mute":
             self.controls.set_mute(stem, not mixer.mute[stem])
@@ -357,9 +388,9 @@ class MidiController:
 
     # -- MIDI learn ---------------------------------------------------------------------------------
 
-    def learn(self, control: str, stem: int | None = None, mode: str = "") -> None:
+    def learn(self, control: str, stem: int | None = None, mode: str = "", slot: int | None = None) -> None:
         """Arm a control: the next note or CC that arrives is bound to it."""
-        self._learn = _Learn(control, stem, mode)
+        self._learn = _Learn(control, stem, mode, slot)
 
     def cancel_learn(self) -> None:
         learn, self._learn = self._learn, None
@@ -382,7 +413,7 @@ class MidiController:
         if message.kind in ("note_off", "program"):
             return  # the release of the pad pressed to learn, or nothing learnable: keep waiting
         try:
-            binding = binding_from_message(message, learn.control, learn.stem, learn.mode)
+            binding = binding_from_message(message, learn.control, learn.stem, learn.mode, learn.slot)
         except ValueError as exc:
             self._say(str(exc))
             return
@@ -421,6 +452,8 @@ class MidiController:
         if control in ("mute", "solo", "play"):
             on = mixer.mute[stem] if control == "mute" else mixer.solo[stem] if control == "solo" else mixer.playing
             value = FEEDBACK_ON if on else FEEDBACK_OFF
+        elif control in ("loop", "record", "hotcue"):
+            value = FEEDBACK_ON if _practice_lit(control, binding.slot, mixer) else FEEDBACK_OFF
         elif control == "gain" and binding.mode == "absolute":
             value = round(db_to_cc(mixer.gain_db[stem]) if math.isfinite(mixer.gain_db[stem]) else 0)
         elif control == "dry" and binding.mode == "absolute":
@@ -438,3 +471,13 @@ class MidiController:
     def _say(self, text: str) -> None:
         self.events.append(text)
         self._report(text)
+
+
+def _practice_lit(control: str, slot: int | None, mixer) -> bool:
+    """A practice pad's light: the loop plays, a take is recording, the hot cue is set."""
+    if control == "loop":
+        return bool(getattr(mixer, "looping", False))
+    if control == "record":
+        return bool(getattr(mixer, "recording", False))
+    cues = getattr(mixer, "hot_cues_set", ())
+    return slot is not None and slot <= len(cues) and bool(cues[slot - 1])

@@ -12,12 +12,14 @@ from stemdeck.engine.midi.bindings import (
     CONTROLS,
     MESSAGE_FAMILIES,
     NOTE_MODES,
+    SLOT_CONTROLS,
     STEM_CONTROLS,
     STEM_NAMES,
     Binding,
     ConflictError,
     Mapping,
     Scene,
+    check_slot,
     default_mapping,
 )
 
@@ -25,6 +27,8 @@ HEADER = """\
 # stemdeck MIDI mapping. Edit freely; `stemdeck midi show` checks it.
 # message: "note" or "cc"; number: 0-127; channel: 1-16 or "any";
 # control: mute, solo, gain (stem fader), dry (dry/stems crossfader), play (play/pause), cue;
+#   practice: loop_in, loop_out, loop (on/off), loop_halve, loop_double, loop_beats (beats = 1, 2, 4,
+#   8 or 16), hotcue (cue = 1-8: set when empty, else jump), hotcue_clear (cue = 1-8), record;
 # stem: 1-6 or a name (drums, bass, other, vocals, guitar, piano);
 # mode: notes toggle | momentary; CCs absolute | relative-twos | relative-offset | relative-signbit | button;
 # feedback: light the controller's pad with the control's state (Note On / CC 127 or 0).
@@ -103,16 +107,27 @@ def parse_stem(value) -> int:
 
 def parse_control(text: str) -> tuple[str, int | None]:
     """``mute:vocals``, ``gain:2``, ``play`` → (control, stem)."""
+    control, stem, _ = parse_target(text)
+    return control, stem
+
+
+def parse_target(text: str) -> tuple[str, int | None, int | None]:
+    """``mute:vocals``, ``hotcue:3``, ``loop_beats:4``, ``play`` → (control, stem, slot)."""
     control, _, stem = text.partition(":")
     if control not in CONTROLS:
         raise MappingError(f"unknown control {control!r} (use {', '.join(CONTROLS)})")
+    if control in SLOT_CONTROLS:
+        try:
+            return control, None, check_slot(control, int(stem) if stem.isdigit() else None)
+        except ValueError as exc:
+            raise MappingError(f"{exc}, e.g. {control}:{4 if control == 'loop_beats' else 1}") from None
     if control in STEM_CONTROLS:
         if not stem:
             raise MappingError(f"{control} needs a stem, e.g. {control}:vocals")
-        return control, parse_stem(int(stem) if stem.isdigit() else stem)
+        return control, parse_stem(int(stem) if stem.isdigit() else stem), None
     if stem:
         raise MappingError(f"{control} takes no stem")
-    return control, None
+    return control, None, None
 
 
 def _mapping(data: dict, lines: dict) -> Mapping:
@@ -155,7 +170,7 @@ def _binding(table: dict, index: int, lines: dict) -> Binding:
         line = lines.get(("binding", index, key)) or lines.get(("binding", index, None))
         raise MappingError(f"line {line}: binding {index + 1}: {reason}")
 
-    unknown = set(table) - {"message", "number", "channel", "control", "stem", "mode", "feedback"}
+    unknown = set(table) - {"message", "number", "channel", "control", "stem", "mode", "feedback", "cue", "beats"}
     if unknown:
         key = sorted(unknown)[0]
         fail(key, f"unknown key {key!r}")
@@ -179,6 +194,13 @@ def _binding(table: dict, index: int, lines: dict) -> Binding:
             fail("stem", str(exc))
     elif "stem" in table:
         fail("stem", f"{control} takes no stem")
+    slot_key = "beats" if control == "loop_beats" else "cue"
+    for key in {"cue", "beats"} & set(table) - {slot_key if control in SLOT_CONTROLS else ""}:
+        fail(key, f"{control} takes no {key}")
+    try:
+        slot = check_slot(control, table.get(slot_key))
+    except ValueError as exc:
+        fail(slot_key, str(exc))
     mode = table.get("mode", "")
     modes = NOTE_MODES if message == "note" else CC_MODES
     if mode and mode not in modes:
@@ -192,7 +214,8 @@ def _binding(table: dict, index: int, lines: dict) -> Binding:
         channel = _channel(table.get("channel", "any"), None)
     except MappingError as exc:
         fail("channel", str(exc))
-    return Binding(message, number, control, channel, stem, mode, feedback, line=lines.get(("binding", index, None)))
+    line = lines.get(("binding", index, None))
+    return Binding(message, number, control, channel, stem, mode, feedback, slot=slot, line=line)
 
 
 def _scene(table: dict, index: int, lines: dict) -> Scene:
@@ -275,6 +298,8 @@ def _binding_table(binding: Binding) -> dict:
     }
     if binding.stem is not None:
         table["stem"] = STEM_NAMES[binding.stem]
+    if binding.slot is not None:
+        table["beats" if binding.control == "loop_beats" else "cue"] = binding.slot
     table["mode"] = binding.mode
     table["feedback"] = binding.feedback
     return table
