@@ -120,7 +120,7 @@ def library_folders(found: Found, out: Path, loose_folders: dict[Path, Path]) ->
     ``DIR/a/b/song.wav`` goes to ``OUTDIR/a/b/song``. Where two would still meet (``song.wav``
     beside ``song.flac``, or two folders given with the same layout), a short hash of the
     input's path is added to the track name, so no output is ever written twice."""
-    from stemdeck.models.cli import _hashed, _track_name
+    from stemdeck.models.track_job import _hashed, _track_name
 
     folders: dict[Path, Path] = {}
     for path, root in found.files:

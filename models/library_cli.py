@@ -25,7 +25,7 @@ from stemdeck.models.library_queue import Batch, QueueBars, cores, plan_jobs, ru
 
 def run_library(args: argparse.Namespace) -> int:
     from stemdeck.models.audio import check_stem_name
-    from stemdeck.models.cli import (
+    from stemdeck.models.track_job import (
         _remove_leftovers,
         check_device,
         check_model_segment,
@@ -82,7 +82,7 @@ def run_batch(args, model, spec, plan, options, device, batch, workers) -> None:
 
 def check_jobs(args: argparse.Namespace) -> int:
     """``--jobs`` above this machine's cores is refused: the separations would only take turns."""
-    from stemdeck.models.cli import CommandError
+    from stemdeck.models.track_job import CommandError
 
     if args.ray:
         from stemdeck.models.library_ray import require_ray
@@ -100,7 +100,7 @@ def check_jobs(args: argparse.Namespace) -> int:
 
 def input_folders(args: argparse.Namespace) -> dict[Path, Path]:
     """Every input file (folders walked with -r), each once, with its output folder."""
-    from stemdeck.models.cli import CommandError, check_no_folders, say, track_folders, unique_inputs
+    from stemdeck.models.track_job import CommandError, check_no_folders, say, track_folders, unique_inputs
 
     if not args.recursive:
         check_no_folders(args.inputs)

@@ -14,9 +14,9 @@ import queue
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
-from stemdeck.models.cli import CommandError
 from stemdeck.models.library import Job, JobOptions
 from stemdeck.models.library_queue import Batch, FileBars, Outcome, Plan, separate_job
+from stemdeck.models.track_job import CommandError
 
 POLL_S = 0.1
 
@@ -73,9 +73,19 @@ def run_pool(
             _drain(events, batch)
             for future in finished:
                 batch.finish(_outcome(future, futures[future]))
+    except BaseException:
+        _stop_workers(pool)  # Ctrl-C or a lost worker: no one waits for the files in flight
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         events.close()
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the workers (their temporaries are removed by the next run, their process gone).
+    The executor has no public way; its ``_processes`` has been there since Python 3.2."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
 
 
 def _outcome(future, job: Job) -> Outcome:

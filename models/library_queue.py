@@ -99,7 +99,7 @@ class QueueBars:
         if self.enabled and self.files:
             from tqdm import tqdm
 
-            from stemdeck.models.cli import _bar_columns
+            from stemdeck.models.track_job import _bar_columns, _bar_rows
 
             self._total = tqdm(
                 total=round(sum(self.seconds.values()), 1),
@@ -108,7 +108,8 @@ class QueueBars:
                 position=0,
                 file=sys.stderr,
                 ncols=_bar_columns(),
-                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio, {postfix} [{elapsed}<{remaining}]",
+                nrows=_bar_rows(),
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio{postfix} [{elapsed}<{remaining}]",
                 postfix=f"0/{self.files} files",
             )
         return self
@@ -125,7 +126,7 @@ class QueueBars:
             return
         from tqdm import tqdm
 
-        from stemdeck.models.cli import _bar_columns
+        from stemdeck.models.track_job import _bar_columns, _bar_rows
 
         used = set(self._positions.values())
         position = self._positions[index] = next(p for p in range(1, len(used) + 2) if p not in used)
@@ -136,6 +137,7 @@ class QueueBars:
             position=position,
             file=sys.stderr,
             ncols=_bar_columns(),
+            nrows=_bar_rows(),
             leave=False,
             bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s of audio [{elapsed}<{remaining}]",
         )
@@ -157,7 +159,7 @@ class QueueBars:
         self._refresh()
 
     def say(self, line: str) -> None:
-        from stemdeck.models.cli import printable, say
+        from stemdeck.models.track_job import printable, say
 
         if self._total is not None:
             from tqdm import tqdm
@@ -203,7 +205,7 @@ class FileBars:
 def separate_job(model, job: Job, options: JobOptions, device: str, bars) -> Outcome:
     """Separate ``job`` with ``model``; any failure becomes its one line (the batch goes on)."""
     from stemdeck.models.audio import OutputFormat
-    from stemdeck.models.cli import failure_line, separate_file, stem_picker
+    from stemdeck.models.track_job import failure_line, separate_file, stem_picker
 
     try:
         fmt = OutputFormat("wav" if options.format == "stem" else options.format, options.bits, options.clip)

@@ -232,3 +232,26 @@ def test_impossible_job_counts_are_refused_up_front(tmp_path, capsys, bad):
         main(["separate", str(tmp_path), "-r", "--jobs", bad])
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "--jobs" in errors[0]
+
+
+def test_queue_bars_show_the_batch_in_seconds_with_files_done_and_a_bar_per_running_file(capsys):
+    from pathlib import Path
+
+    from stemdeck.models.library import Job
+    from stemdeck.models.library_queue import QueueBars
+
+    jobs = [Job(0, Path("first.wav"), Path("out/first"), "", 30.0), Job(1, Path("second.wav"), Path("out/s"), "", 10.0)]
+    with QueueBars(jobs, enabled=True) as bars:
+        bars.start(0, Path("first.wav"), 30.0)
+        bars.start(1, Path("second.wav"), 10.0)
+        assert sorted(bars._positions.values()) == [1, 2]  # one line each, below the batch's
+        bars.update(0, 0.5)
+        bars.update(1, 0.5)
+        assert bars._total.n == pytest.approx(20.0)  # half of each file: 15 + 5 s of audio
+        bars.done(1)
+        bars.say("second.wav -> out/s")
+        assert bars._total.n == pytest.approx(25.0) and bars.files_done == 1
+    err = capsys.readouterr().err
+    assert "all files" in err and "s of audio, 1/2 files" in err
+    assert "first.wav" in err and "15.0/30.0 s of audio" in err
+    assert "second.wav -> out/s\n" in err

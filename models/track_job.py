@@ -1,0 +1,259 @@
+"""One input file to its stems: the step that the plain ``stemdeck separate``, the library
+queue (models.library_queue), its worker processes and its Ray actors share, with the helpers
+they all use (one-line errors, output folders, model loading). Below models.cli: the command
+line's parsing imports this, never the other way round."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from stemdeck.models.audio import (
+    AudioError,
+    OutputFormat,
+    StemWriter,
+    open_audio,
+    remove_stale_partials,
+)
+from stemdeck.models.checkpoint import CheckpointError
+from stemdeck.models.loading import LoadedModel, load_or_fetch
+
+
+class Progress(Protocol):
+    """What a separation tells about its file (a terminal's bars, a worker's queue)."""
+
+    def start_file(self, path: Path, seconds: float) -> None: ...
+
+    def update(self, fraction: float) -> None: ...
+
+    def say(self, line: str) -> None: ...
+
+
+class CommandError(Exception):
+    """A one-line error for the user."""
+
+
+def printable(text: str) -> str:
+    """File names need not be UTF-8: their undecodable bytes are shown as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def say(line: str) -> None:
+    print(printable(line), file=sys.stderr)
+
+
+def separate_file(
+    model,
+    path: Path,
+    folder: Path,
+    args: argparse.Namespace,
+    fmt: OutputFormat,
+    pick: Callable[[dict], dict],
+    device: str,
+    bars: Progress,
+) -> Path:
+    """Read, separate and write block by block: memory does not grow with the track's length.
+
+    The stems go to hidden temporaries as they become final and are renamed into place together
+    at the end; a failure or an interruption leaves none under its final name."""
+    from stemdeck.models.streaming import Settings, return_freed_memory_early, separate_stream
+
+    return_freed_memory_early()
+
+    if args.format == "stem":
+        return separate_to_stem_file(model, path, folder, args, device, bars)
+    names = list(pick(dict.fromkeys(model.sources)))
+    existing = [p for p in (folder / f"{name}.{fmt.extension}" for name in names) if p.exists()]
+    if existing and not args.force:
+        raise CommandError(f"{path}: {existing[0]} already exists; use --force to overwrite")
+    source = open_audio(path, report=lambda note: bars.say(f"stemdeck: {note}"))
+    bars.start_file(path, source.frames / source.samplerate)
+    settings = Settings(
+        overlap=args.overlap, shifts=args.shifts, segment=args.segment, device=device, precision=args.precision
+    )
+    with StemWriter(folder, names, source.samplerate, source.channels, fmt) as writer:
+        for stems in separate_stream(model, source, settings, progress=bars.update):
+            writer.write(pick(stems))
+        writer.finish()
+    return folder
+
+
+def separate_to_stem_file(
+    model, path: Path, folder: Path, args: argparse.Namespace, device: str, bars: Progress
+) -> Path:
+    """--format stem: ``<OUTDIR>/<track>.stem.mp4``, the input as its master, the stems as they
+    become final, the input's tags carried over; written beside and renamed when complete."""
+    from stemdeck.models.stem_file import read_tags, write_stem_track
+    from stemdeck.models.streaming import Settings, separate_stream
+
+    target = folder.with_name(f"{folder.name}.stem.mp4")
+    if target.exists() and not args.force:
+        raise CommandError(f"{path}: {target} already exists; use --force to overwrite")
+    source = open_audio(path, report=lambda note: bars.say(f"stemdeck: {note}"))
+    bars.start_file(path, source.frames / source.samplerate)
+    settings = Settings(
+        overlap=args.overlap, shifts=args.shifts, segment=args.segment, device=device, precision=args.precision
+    )
+    stems = separate_stream(model, source, settings, progress=bars.update)
+    options = {"codec": args.codec, "tags": read_tags(path), "force": args.force, "bits": int(args.bits)}
+    note = write_stem_track(target, source.blocks(), stems, source.samplerate, **options)
+    if note:
+        bars.say(f"stemdeck: {path}: {note}")
+    return target
+
+
+def failure_line(path: Path, exc: Exception) -> str:
+    """One line for one file that failed: the expected errors say what to do, the rest their type."""
+    if isinstance(exc, (CommandError, AudioError)):
+        text = str(exc)
+    elif isinstance(exc, MemoryError):
+        text = f"{path}: not enough memory to separate it; try a shorter --segment, or split the file"
+    elif isinstance(exc, (ValueError, CheckpointError)):
+        text = f"{path}: {exc}"
+    else:
+        text = (
+            f"{path}: separation failed ({type(exc).__name__}: {exc}); this is a bug in stemdeck, "
+            "please report it with the file"
+        )
+    return " ".join(text.split())  # one line, whatever the message held
+
+
+def _remove_leftovers(out: Path, recursive: bool = False) -> None:
+    """Temporaries of a run that was killed (SIGKILL, power loss) sit hidden in the track folders
+    (with -r, anywhere under OUTDIR: the library's folders are kept there)."""
+    try:
+        if recursive:
+            folders = [Path(root) for root, _, _ in os.walk(out)]
+        else:
+            folders = [p for p in out.iterdir() if p.is_dir()] if out.is_dir() else []
+    except OSError:
+        return
+    removed = sum(len(remove_stale_partials(folder)) for folder in folders)
+    if removed:
+        say(f"stemdeck: removed {removed} unfinished stem file(s) left by an interrupted run")
+
+
+def unique_inputs(inputs: Sequence[Path]) -> list[Path]:
+    """The inputs, each file once (the same file named twice is separated once, said in one line)."""
+    seen: dict[Path, Path] = {}
+    for path in inputs:
+        key = Path(os.path.realpath(path))
+        if key in seen:
+            say(f"stemdeck: {path} is the same file as {seen[key]}; it is separated once")
+            continue
+        seen[key] = path
+    return list(seen.values())
+
+
+def track_folders(inputs: Sequence[Path], out: Path) -> dict[Path, Path]:
+    """``OUTDIR/<track>`` for each input, a different folder for every input.
+
+    Inputs that share a name (``x/song.wav``, ``y/song.wav``, ``song.flac``) get the name of
+    their folder added (``song-x``, ``song-y``), or a short hash of their path where that is
+    not enough. Compared case-insensitively, as some file systems do.
+    """
+    names = {path: _track_name(path) for path in inputs}
+    for clash in _clashes(names):
+        parents = [path.absolute().parent.name for path in clash]
+        unique_parents = all(parents) and len({p.casefold() for p in parents}) == len(parents)
+        for path, parent in zip(clash, parents, strict=True):
+            names[path] = f"{names[path]}-{parent}" if unique_parents else _hashed(path, names[path])
+    for clash in _clashes(names):  # a derived name met another input's own name
+        for path in clash:
+            names[path] = _hashed(path, _track_name(path))
+    if _clashes(names):
+        raise CommandError("two inputs would write to the same folder; rename one of them")
+    return {path: out / name for path, name in names.items()}
+
+
+def _track_name(path: Path) -> str:
+    stem = path.stem
+    return stem if stem.strip(".") else path.name.replace(".", "_")  # "..wav" must not climb out
+
+
+def _hashed(path: Path, name: str) -> str:
+    return f"{name}-{hashlib.sha1(os.fsencode(os.path.realpath(path))).hexdigest()[:8]}"
+
+
+def _clashes(names: dict[Path, str]) -> list[list[Path]]:
+    groups: dict[str, list[Path]] = {}
+    for path, name in names.items():
+        groups.setdefault(name.casefold(), []).append(path)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def check_no_folders(inputs: Sequence[Path]) -> None:
+    """A folder is walked only when asked: -r."""
+    for path in inputs:
+        if path.is_dir():
+            raise CommandError(f"{path} is a directory; add -r to separate the audio files in it")
+
+
+def load_for_command(name_or_path: str | None) -> LoadedModel:
+    """The model a command asked for, what happens said on stderr (with a bar on a terminal)."""
+    return load_or_fetch(name_or_path, report=say, progress_bar=sys.stderr.isatty())
+
+
+def check_model_segment(model, segment_s: float | None) -> None:
+    """Refuse a ``--segment`` the model cannot run before any file is read."""
+    from stemdeck.models.separate import check_segment
+
+    for sub_model in getattr(model, "models", [model]):
+        check_segment(sub_model, segment_s)
+
+
+def _bar_columns() -> int:
+    """The terminal's width (a pseudo-terminal may say 0: then 100)."""
+    import shutil
+
+    return min(120, shutil.get_terminal_size((100, 20)).columns)
+
+
+def stem_picker(sources: Sequence[str], stems: str | None, two_stems: str | None) -> Callable[[dict], dict]:
+    """Which stems to write, as a function of the separated ``{name: audio}``."""
+    if two_stems:
+        if two_stems not in sources:
+            raise CommandError(f"--two-stems {two_stems}: the model has {', '.join(sources)}")
+
+        def pick_two(result: dict) -> dict:
+            if any(audio is None for audio in result.values()):
+                return {two_stems: None, f"no_{two_stems}": None}
+            rest = sum(audio for name, audio in result.items() if name != two_stems)
+            return {two_stems: result[two_stems], f"no_{two_stems}": np.asarray(rest, np.float32)}
+
+        return pick_two
+    if stems:
+        wanted = [name.strip() for name in stems.split(",") if name.strip()]
+        unknown = [name for name in wanted if name not in sources]
+        if unknown or not wanted:
+            raise CommandError(f"--stems {stems}: unknown stem(s) {unknown}; the model has {', '.join(sources)}")
+        return lambda result: {name: result[name] for name in wanted}
+    return lambda result: dict(result)
+
+
+def check_device(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CommandError(
+            f"--device {device}: CUDA is not available with this torch build "
+            f"({torch.__version__}); use --device cpu or install a CUDA build of torch"
+        )
+    if device != "cpu" and not device.startswith("cuda"):
+        raise CommandError(f"--device {device}: expected cpu, cuda or cuda:N")
+    return device
+
+
+def _bar_rows() -> int:
+    """The terminal's height, given to tqdm: on a pseudo-terminal that says 0 x 0 (`script`, CI)
+    tqdm takes -1 rows and hides every bar."""
+    import shutil
+
+    return max(3, shutil.get_terminal_size((100, 20)).lines)
