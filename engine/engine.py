@@ -22,7 +22,6 @@ from stemdeck.engine.audio.callbacks import (
     DeckBuffers,
     LiveBuffers,
     MixerBuffers,
-    deck_block,
     live_block,
     warm_up_kernels,
 )
@@ -51,6 +50,7 @@ from stemdeck.engine.audio.state import (
     playhead_frames,
     seek_pending,
 )
+from stemdeck.engine.audio.stretched import stretched_deck_block, warm_up_stretched
 from stemdeck.engine.backends import WorkerBackend, make_backend
 from stemdeck.engine.config import PRESETS, EngineConfig, WindowConfig
 from stemdeck.engine.device import DeviceError, open_stream
@@ -58,6 +58,7 @@ from stemdeck.engine.memory import TrackMemory, TrackRecord, audio_key
 from stemdeck.engine.practice import NUM_HOT_CUES, BeatGrid, LoopPoints
 from stemdeck.engine.recorder import Recorder, Take
 from stemdeck.engine.session import DECK, LIVE, SessionSpec, WorkerError
+from stemdeck.engine.stretch.control import PracticeControls
 from stemdeck.engine.worker.calibrate import Calibration
 from stemdeck.engine.worker.windows import WindowPlan
 
@@ -186,6 +187,7 @@ class Engine:
         self._memory: TrackMemory | None = None
         self._record = RecordBuffers.allocate(config.channels, max(1, int(config.record_buffer_s * config.samplerate)))
         self.recorder = Recorder(self._record, config.samplerate)
+        self.practice = PracticeControls(len(self.sources), config.channels, config.samplerate)
 
     @property
     def mode(self) -> str | None:
@@ -383,6 +385,8 @@ class Engine:
         self.beat_grid = None
         self._recall(key or audio_key(track, self.config.samplerate), track.shape[-1])
         self._seek_frames(cue)  # the callback moves the playhead there, waiting for stems
+        beats = self._beats_found if self.config.beat_tracking else None
+        self.practice.track_loaded(self._deck_buffers, self._crossfade_frames, beats)
         self.cue_s = cue / self.config.samplerate
         cache = self._cache_path(track) if self.config.cache_stems and separated is None else None
         quick = int(self.config.deck_quick_start_s * self.config.samplerate)
@@ -430,7 +434,7 @@ class Engine:
         self._open(self._deck_callback, None, output_device, 0, stem_outputs)
 
     def _deck_callback(self, outdata, frames, time_info, status) -> None:
-        deck_block(outdata, self._deck_buffers, bool(status))
+        stretched_deck_block(outdata, self._deck_buffers, self.practice.buffers, bool(status))
 
     def play(self) -> None:
         """Play from the playhead; the time to the first separated audio counts from here."""
@@ -560,6 +564,33 @@ class Engine:
     def set_beat_grid(self, bpm: float | None, first_beat_s: float = 0.0) -> None:
         """The track's tempo and first beat, for loops by beats and snapping (None: unknown)."""
         self.beat_grid = None if bpm is None else BeatGrid(float(bpm), float(first_beat_s))
+
+    def _beats_found(self, beats) -> None:
+        """The beat tracker's grid for the loaded track (its thread calls this)."""
+        try:
+            self.set_beat_grid(beats.bpm, beats.first_beat_s)
+        except ValueError:  # a tempo outside the grid's range: no grid
+            pass
+
+    # -- tempo and key -----------------------------------------------------------------------------------
+
+    @property
+    def tempo(self) -> float:
+        """The deck's tempo: 1 as recorded, 0.5 half speed (the pitch stays)."""
+        return self.practice.tempo
+
+    @property
+    def key(self) -> float:
+        """The deck's key shift in semitones (the tempo stays)."""
+        return self.practice.semitones
+
+    def set_tempo(self, ratio: float) -> None:
+        """0.5 to 1.5 times the recorded tempo, heard within 100 ms, without a click."""
+        self.practice.set_tempo(ratio, self._control)
+
+    def set_key(self, semitones: float) -> None:
+        """-12 to +12 semitones, heard within 100 ms, without a click."""
+        self.practice.set_semitones(semitones, self._control)
 
     def loop_in(self) -> None:
         """Set the loop's in point at the playhead (on the nearest beat when snapping)."""
@@ -792,6 +823,7 @@ class Engine:
         if self.recorder.recording:  # the take's last blocks are in the ring: finish the file first
             self.recorder.stop(callback_running=self.stream_active)
         self.stop_output()
+        self.practice.stop()
         self.shared = self.backend.close()  # the last counters stay readable (status after stop)
 
     def abort(self) -> None:
@@ -865,6 +897,7 @@ class Engine:
     def _warm_kernels(self) -> None:
         """Compile the callback kernels now, not in the first audio block."""
         warm_up_kernels(len(self.sources), self.config.channels)
+        warm_up_stretched(len(self.sources), self.config.channels)
 
     # Used by tests and offline drivers: run the callback without a device.
     def process_live_block(self, indata: np.ndarray, outdata: np.ndarray) -> None:

@@ -1,0 +1,259 @@
+"""Time-stretchers side by side: quality on test signals and cost for the deck's 4 stems + dry.
+
+Candidates (each skipped with a line when its package is missing):
+
+* ``rb-r2`` / ``rb-r3`` / ``rb-r3-short``: Rubber Band (GPL) through ``pylibrb``, real-time
+  (streaming) mode, the R2 "faster" and R3 "finer" engines (R3 also with its short window: one
+  FFT size instead of three, less delay), fed 512-frame blocks, ratios settable while it runs;
+* ``pedalboard``: Spotify's pedalboard (GPL, Rubber Band R3 inside), ``time_stretch`` on the whole
+  buffer (offline: it cannot stream, every call starts afresh);
+* ``signalsmith``: Signalsmith Stretch (MIT) through ``python-stretch`` 0.3.x, whose ``process``
+  also starts afresh each call and takes at most 2 channels (so one call per stereo pair).
+
+Quality (stereo test signals at 44.1 kHz):
+
+* onsets: a 120 BPM click track at tempo 0.75: median onset spacing against 0.5 s / 0.75 (%),
+  and the spread (standard deviation) of the spacings in ms;
+* key -2 on the click track: onset spacing against 0.5 s (%), the tempo must not move;
+* pitch: a 440 Hz harmonic tone at key -2 (expect 392.00 Hz) and at tempo 0.75 key 0 (expect
+  440 Hz): error in cents, and the tone's purity (energy on the expected harmonics against the
+  rest, dB; artefacts lower it);
+* alignment: the 10 channels carry the same click track at 5 gains; worst difference between a
+  channel and channel 0 rescaled (dB below the signal).
+
+Cost: 20 s of 10 channels (4 stereo stems + stereo dry: clicks, tones, noise) at tempo 0.8 and
+key -2: CPU seconds (this process, all threads) per second of audio in, and wall seconds.
+
+Usage: python benchmarks/stretch.py [--json] [--cost-seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+SR = 44100
+BLOCK = 512  # frames per process() call in streaming mode (the deck's stage feeds similar chunks)
+CLICK_BPM = 120.0
+
+
+# -- test signals ------------------------------------------------------------------------------------
+
+
+def click_track(seconds: float, bpm: float = CLICK_BPM, channels: int = 2) -> np.ndarray:
+    """``(channels, frames)``: 10 ms decaying 2 kHz bursts every beat, starting at 0.25 s."""
+    frames = int(seconds * SR)
+    out = np.zeros(frames, np.float32)
+    burst_t = np.arange(int(0.010 * SR)) / SR
+    burst = (np.sin(2 * np.pi * 2000 * burst_t) * np.exp(-burst_t / 0.003)).astype(np.float32)
+    for start_s in np.arange(0.25, seconds - 0.05, 60.0 / bpm):
+        i = int(start_s * SR)
+        out[i : i + burst.size] += burst[: frames - i]
+    return np.repeat(out[None], channels, 0) * 0.8
+
+
+def harmonic_tone(seconds: float, f0_hz: float = 440.0, channels: int = 2) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    tone = sum(a * np.sin(2 * np.pi * k * f0_hz * t) for k, a in ((1, 0.5), (2, 0.25), (3, 0.12)))
+    return np.repeat(tone[None].astype(np.float32), channels, 0)
+
+
+def deck_like(seconds: float, seed: int = 0) -> np.ndarray:
+    """10 channels: four stereo 'stems' (clicks, bass tone, chord, noise) and their sum as dry."""
+    rng = np.random.default_rng(seed)
+    stems = [
+        click_track(seconds),
+        harmonic_tone(seconds, 55.0),
+        harmonic_tone(seconds, 261.6) + harmonic_tone(seconds, 329.6),
+        (0.05 * rng.standard_normal((2, int(seconds * SR)))).astype(np.float32),
+    ]
+    stems = [s * 0.4 for s in stems]
+    return np.concatenate([*stems, sum(stems)], 0).astype(np.float32)
+
+
+# -- measurements ------------------------------------------------------------------------------------
+
+
+def onset_times_s(audio: np.ndarray, threshold: float = 0.3, refractory_s: float = 0.1) -> np.ndarray:
+    """Rising crossings of ``threshold`` x peak of the smoothed magnitude, ``refractory_s`` apart."""
+    envelope = np.abs(audio).mean(0)
+    kernel = np.ones(int(0.002 * SR)) / int(0.002 * SR)
+    envelope = np.convolve(envelope, kernel, mode="same")
+    above = envelope > threshold * envelope.max()
+    rising = np.flatnonzero(above[1:] & ~above[:-1]) + 1
+    kept: list[int] = []
+    for i in rising:
+        if not kept or i - kept[-1] > refractory_s * SR:
+            kept.append(int(i))
+    return np.asarray(kept) / SR
+
+
+def dominant_hz(audio: np.ndarray, lo_hz: float = 100.0, hi_hz: float = 2000.0) -> float:
+    """The strongest frequency between ``lo_hz`` and ``hi_hz`` (zero-padded FFT, parabolic peak)."""
+    x = audio.mean(0).astype(np.float64)
+    x = x * np.hanning(x.size)
+    n = 1 << int(np.ceil(np.log2(x.size * 8)))
+    spectrum = np.abs(np.fft.rfft(x, n))
+    lo, hi = int(lo_hz * n / SR), int(hi_hz * n / SR)
+    k = lo + int(np.argmax(spectrum[lo:hi]))
+    a, b, c = np.log(spectrum[k - 1 : k + 2] + 1e-30)
+    return (k + 0.5 * (a - c) / (a - 2 * b + c)) * SR / n
+
+
+def purity_db(audio: np.ndarray, f0_hz: float) -> float:
+    """Energy within 2 % of the first 3 harmonics of ``f0_hz`` against the rest, in dB."""
+    x = audio.mean(0).astype(np.float64) * np.hanning(audio.shape[-1])
+    power = np.abs(np.fft.rfft(x)) ** 2
+    freqs = np.fft.rfftfreq(x.size, 1 / SR)
+    on = np.zeros(freqs.size, bool)
+    for k in (1, 2, 3):
+        on |= np.abs(freqs - k * f0_hz) < 0.02 * k * f0_hz
+    return float(10 * np.log10(power[on].sum() / max(power[~on].sum(), 1e-30)))
+
+
+def middle(audio: np.ndarray, seconds: float = 1.0) -> np.ndarray:
+    mid, half = audio.shape[-1] // 2, int(seconds * SR / 2)
+    return audio[:, mid - half : mid + half]
+
+
+def cents(measured: float, expected: float) -> float:
+    return float(1200 * np.log2(measured / expected))
+
+
+# -- candidates --------------------------------------------------------------------------------------
+
+
+def rubberband_stream(engine: str, short_window: bool = False):
+    import pylibrb
+
+    engine_flag = pylibrb.Option.ENGINE_FINER if engine == "r3" else pylibrb.Option.ENGINE_FASTER
+    if short_window:
+        engine_flag |= pylibrb.Option.WINDOW_SHORT
+
+    def stretch(audio: np.ndarray, tempo: float, semitones: float) -> np.ndarray:
+        options = pylibrb.Option.PROCESS_REALTIME | engine_flag | pylibrb.Option.PitchHighConsistency
+        rb = pylibrb.RubberBandStretcher(SR, audio.shape[0], options, 1.0 / tempo, 2 ** (semitones / 12))
+        rb.set_max_process_size(BLOCK)
+        pad, delay = rb.get_preferred_start_pad(), rb.get_start_delay()
+        rb.process(np.zeros((audio.shape[0], pad), np.float32))
+        chunks = []
+        for start in range(0, audio.shape[-1], BLOCK):
+            block = np.ascontiguousarray(audio[:, start : start + BLOCK])
+            rb.process(block, final=start + BLOCK >= audio.shape[-1])
+            if rb.available() > 0:
+                chunks.append(rb.retrieve(rb.available()))
+        while rb.available() > 0:
+            chunks.append(rb.retrieve(rb.available()))
+        return np.concatenate(chunks, -1)[:, delay:]
+
+    return stretch
+
+
+def pedalboard_offline(audio: np.ndarray, tempo: float, semitones: float) -> np.ndarray:
+    from pedalboard import time_stretch
+
+    return time_stretch(audio, SR, stretch_factor=tempo, pitch_shift_in_semitones=semitones)
+
+
+def signalsmith_offline(audio: np.ndarray, tempo: float, semitones: float) -> np.ndarray:
+    from python_stretch.Signalsmith import Stretch
+
+    out = []
+    for pair in range(0, audio.shape[0], 2):
+        stretcher = Stretch()
+        stretcher.preset(2, SR)
+        stretcher.setTimeFactor(tempo)
+        stretcher.setTransposeSemitones(semitones)
+        out.append(stretcher.process(np.ascontiguousarray(audio[pair : pair + 2])))
+    return np.concatenate(out, 0)
+
+
+def candidates() -> dict:
+    found, missing = {}, []
+    for name, module, make in (
+        ("rb-r2", "pylibrb", lambda: rubberband_stream("r2")),
+        ("rb-r3", "pylibrb", lambda: rubberband_stream("r3")),
+        ("rb-r3-short", "pylibrb", lambda: rubberband_stream("r3", short_window=True)),
+        ("pedalboard", "pedalboard", lambda: pedalboard_offline),
+        ("signalsmith", "python_stretch", lambda: signalsmith_offline),
+    ):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(f"{name} ({module} not installed)")
+            continue
+        found[name] = make()
+    return found, missing
+
+
+# -- the figures -------------------------------------------------------------------------------------
+
+
+def spacing(times_s: np.ndarray) -> tuple[float, float]:
+    gaps = np.diff(times_s)
+    return float(np.median(gaps)), float(np.std(gaps))
+
+
+def quality(stretch) -> dict:
+    clicks = click_track(8.0)
+    beat_s = 60.0 / CLICK_BPM
+    slow_gap, slow_spread = spacing(onset_times_s(stretch(clicks, 0.75, 0.0)))
+    key_gap, _ = spacing(onset_times_s(stretch(clicks, 1.0, -2.0)))
+    tone = harmonic_tone(4.0)
+    down = middle(stretch(tone, 1.0, -2.0))
+    slow = middle(stretch(tone, 0.75, 0.0))
+    expected_down = 440.0 * 2 ** (-2 / 12)
+    gains = np.repeat(np.array([1.0, 0.8, 0.6, 0.4, 0.2], np.float32), 2)[:, None]
+    aligned = stretch(np.repeat(click_track(3.0)[:1], 10, 0) * gains, 0.8, -2.0)
+    rescaled = aligned / gains[: aligned.shape[0]]
+    misalign = np.abs(rescaled - rescaled[:1]).max() / max(np.abs(rescaled[0]).max(), 1e-12)
+    return {
+        "tempo_0.75_spacing_error_pct": 100 * (slow_gap / (beat_s / 0.75) - 1),
+        "tempo_0.75_spacing_spread_ms": 1000 * slow_spread,
+        "key_-2_spacing_error_pct": 100 * (key_gap / beat_s - 1),
+        "key_-2_pitch_error_cents": cents(dominant_hz(down), expected_down),
+        "key_-2_purity_db": purity_db(down, expected_down),
+        "tempo_0.75_pitch_error_cents": cents(dominant_hz(slow), 440.0),
+        "tempo_0.75_purity_db": purity_db(slow, 440.0),
+        "channel_misalignment_db": float(20 * np.log10(max(misalign, 1e-12))),
+    }
+
+
+def cost(stretch, seconds: float) -> dict:
+    audio = deck_like(seconds)
+    cpu, wall = time.process_time(), time.perf_counter()
+    stretch(audio, 0.8, -2.0)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return {"cpu_s_per_audio_s": cpu / seconds, "wall_s_per_audio_s": wall / seconds}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--cost-seconds", type=float, default=20.0)
+    args = parser.parse_args(argv)
+    found, missing = candidates()
+    load_before = os.getloadavg()
+    report = {name: {**quality(fn), **cost(fn, args.cost_seconds)} for name, fn in found.items()}
+    machine = {"cores": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg()}
+    if args.json:
+        print(json.dumps({"candidates": report, "missing": missing, "machine": machine}, indent=2))
+        return
+    names = list(report)
+    print(f"{'':34}" + "".join(f"{n:>13}" for n in names))
+    for key in next(iter(report.values()), {}):
+        print(f"{key:34}" + "".join(f"{report[n][key]:13.3f}" for n in names))
+    for line in missing:
+        print(f"skipped: {line}")
+    print(
+        f"{machine['cores']} cores; load average {load_before[0]:.2f} before, {machine['load_after'][0]:.2f} after; "
+        f"cost: {args.cost_seconds:.0f} s of 10 channels (4 stereo stems + dry) at tempo 0.8, key -2"
+    )
+
+
+if __name__ == "__main__":
+    main()

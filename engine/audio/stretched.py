@@ -1,0 +1,183 @@
+"""The deck's callback when tempo or key is off unity: it plays the time-stretched stems and dry
+that the stretch stage (:mod:`engine.stretch.stage`, a thread) writes into preallocated rings.
+
+At tempo 1 and key 0 the block is :func:`deck_block` itself, bit for bit. Otherwise the stage
+runs in *epochs*: each starts at a source frame ahead of the playhead (``EPOCH_START``) and
+writes its output from ring frame 0. The callback plays the source unstretched (as
+:func:`deck_block` would) until its playhead reaches that frame, then joins the epoch and reads
+the ring; each ring frame carries the source frame it was made from, so the playhead shown is
+the source frame heard. A seek, or a new epoch, leaves the ring for the unstretched source at
+the playhead until the stage has caught up. The ring running dry is counted (``UNDERFLOWS``)
+and the rest of the block is silence: the callback never waits for the stage.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from stemdeck.engine.audio.callbacks import (
+    DeckBuffers,
+    MixerBuffers,
+    _apply_loop,
+    _apply_transport,
+    _note_fallback,
+    _play_chunk,
+    _update_gains,
+    deck_block,
+)
+from stemdeck.engine.audio.mixer import mix_block
+from stemdeck.engine.audio.record import RecordBuffers, record_block
+from stemdeck.engine.audio.state import (
+    BLOCKS,
+    PLAY,
+    PLAYHEAD,
+    POSITION,
+    SEEK_SEEN,
+    XRUNS,
+    SharedState,
+    gain_state,
+)
+
+# state[...] slots. EPOCH, EPOCH_START, WRITTEN: stage-written (EPOCH odd while the stage sets an
+# epoch up, even once published; WRITTEN counts the epoch's ring frames). The rest:
+# callback-written (JOINED: the epoch it reads, 0 for none; READ: its ring frames taken;
+# MISSED: an epoch whose start the playhead reached before any frame was ready; SEEK_NOTED:
+# the last seek it left an epoch for).
+EPOCH, EPOCH_START, WRITTEN, JOINED, READ, UNDERFLOWS, MISSED, SEEK_NOTED = range(8)
+# controls[...] slots, control-written
+TEMPO, SEMITONES = range(2)
+
+
+class StretchBuffers(NamedTuple):
+    """The stage's output rings and the slots the stage, the callback and the control side share."""
+
+    stems: np.ndarray  # (S, C, capacity) float32, stage-written
+    dry: np.ndarray  # (C, capacity) float32, stage-written
+    ready: np.ndarray  # (capacity,) uint8: the stems were separated at this frame's source; stage-written
+    source: np.ndarray  # (capacity,) int64: the source frame this ring frame was made from; stage-written
+    state: np.ndarray  # (8,) int64, see the slots above
+    controls: np.ndarray  # (2,) float64: tempo (1 = as recorded), key shift in semitones; control-written
+
+    @classmethod
+    def allocate(cls, num_stems: int, channels: int, capacity_frames: int) -> StretchBuffers:
+        controls = np.zeros(2, np.float64)
+        controls[TEMPO] = 1.0
+        return cls(
+            np.zeros((num_stems, channels, capacity_frames), np.float32),
+            np.zeros((channels, capacity_frames), np.float32),
+            np.zeros(capacity_frames, np.uint8),
+            np.zeros(capacity_frames, np.int64),
+            np.zeros(8, np.int64),
+            controls,
+        )
+
+
+@njit(nogil=True, cache=True)
+def stretch_active(controls):
+    """Whether tempo or key is off unity (then the deck plays the stage's output)."""
+    return controls[TEMPO] != 1.0 or controls[SEMITONES] != 0.0
+
+
+@njit(nogil=True, cache=True)
+def _play_ring(out, deck, stretch):
+    """Fill ``out`` from the joined epoch's ring; what the ring lacks stays silent (counted)."""
+    audio, mixer, state = deck.audio, deck.mixer, stretch.state
+    capacity = stretch.dry.shape[-1]
+    frames = min(max(state[WRITTEN] - state[READ], 0), out.shape[0])
+    if frames < out.shape[0]:
+        state[UNDERFLOWS] += 1
+    i = 0
+    while i < frames:
+        at = (state[READ] + i) % capacity
+        ready = stretch.ready[at]
+        run = 1
+        while i + run < frames and (at + run) < capacity and stretch.ready[at + run] == ready:
+            run += 1
+        _note_fallback(audio, ready == 0)
+        mix_block(out[i : i + run], stretch.stems, at, stretch.dry, at, mixer.gains, ready != 0, mixer.levels)
+        i += run
+    if frames > 0:
+        audio[PLAYHEAD] = stretch.source[(state[READ] + frames - 1) % capacity] + 1
+        state[READ] += frames
+    return out.shape[0]
+
+
+@njit(nogil=True, cache=True)
+def _play_source(out, deck, stretch):
+    """Unstretched from the playhead until the stage's epoch starts (stopping there to join it);
+    returns the frames played, 0 at the track's end."""
+    audio, state = deck.audio, stretch.state
+    epoch = state[EPOCH]
+    frames = min(out.shape[0], deck.track_block.shape[-1])
+    if epoch > 0 and epoch % 2 == 0 and state[MISSED] != epoch:
+        to_start = state[EPOCH_START] - audio[PLAYHEAD]
+        if to_start == 0:
+            if state[WRITTEN] > 0:
+                state[READ] = 0
+                state[JOINED] = epoch
+                return _play_ring(out, deck, stretch)
+            state[MISSED] = epoch  # the stage was too slow: it starts again further ahead
+        elif 0 < to_start < frames:
+            frames = to_start
+    if not _play_chunk(out[:frames], deck):
+        return 0
+    return frames
+
+
+@njit(nogil=True, cache=True)
+def _stretched_blocks(outdata, deck, stretch):
+    state = stretch.state
+    done = 0
+    while done < outdata.shape[0]:
+        if state[JOINED] != 0 and state[JOINED] != state[EPOCH]:
+            state[JOINED] = 0  # the stage started afresh: the source from the playhead shown
+        if state[JOINED] != 0:
+            played = _play_ring(outdata[done:], deck, stretch)
+        else:
+            played = _play_source(outdata[done:], deck, stretch)
+        if played <= 0:
+            break
+        done += played
+    return done
+
+
+@njit(nogil=True, cache=True)
+def stretched_deck_block(outdata, deck, stretch, xrun):
+    """The deck's block: :func:`deck_block` at tempo 1 and key 0, else the stage's output."""
+    audio, transport, mixer, state = deck.audio, deck.transport, deck.mixer, stretch.state
+    if not stretch_active(stretch.controls):
+        state[JOINED] = 0  # the playhead already holds the source frame heard next
+        deck_block(outdata, deck, xrun)
+        return
+    if xrun:
+        audio[XRUNS] += 1
+    _apply_transport(audio, transport)
+    if audio[SEEK_SEEN] != state[SEEK_NOTED]:
+        state[SEEK_NOTED] = audio[SEEK_SEEN]
+        state[JOINED] = 0  # the ring holds audio from before the seek
+    _apply_loop(audio, transport)
+    _update_gains(mixer)
+    outdata[:] = 0.0
+    mixer.levels[:] = 0.0
+    if transport[PLAY] != 0 and _stretched_blocks(outdata, deck, stretch) > 0:
+        audio[POSITION] += outdata.shape[0]
+        audio[BLOCKS] += 1
+    record_block(outdata, deck.record)
+
+
+def warm_up_stretched(num_stems: int, channels: int) -> None:
+    """Compile (or load from cache) the stretched block with the session's types, on scratch arrays."""
+    shared = SharedState.create(num_stems)
+    mixer = MixerBuffers.of(shared, gain_state(num_stems), 4)
+    track = np.zeros((channels, 16), np.float32)
+    stems = np.zeros((num_stems, channels, 16), np.float32)
+    record = RecordBuffers.allocate(channels, 16)
+    deck = DeckBuffers(track, stems, shared.audio, shared.worker, shared.transport, mixer, record, track, stems, 2)
+    stretch = StretchBuffers.allocate(num_stems, channels, 16)
+    outdata = np.zeros((4, channels), np.float32)
+    for tempo in (1.0, 0.5):
+        stretch.controls[TEMPO] = tempo
+        stretched_deck_block(outdata, deck, stretch, False)

@@ -1,0 +1,324 @@
+"""The stretch stage: a thread that reads the deck's source ahead of the playhead, stretches the
+stems and the dry track together, and writes the result into the rings the callback plays
+(:mod:`engine.audio.stretched`).
+
+It runs only while tempo or key is off unity. It reads exactly what the callback would read
+(:func:`engine.audio.transport.read_source`, loop seam included): the stems where separated
+(``read_span`` inside ``SEPARATED_FROM``..``STEMS_WRITTEN``, as the callback decides), else
+silence on the stem channels and a "not ready" mark so the callback plays the dry signal, as
+it does unstretched. The ring is kept shallow (``fill_frames``) so a change of tempo or key is
+heard within the ring plus the stretcher's delay; ratios are set on the streaming stretcher,
+never by starting it afresh, so a change has no click. A seek (or the callback reaching an
+epoch's start before any frame was ready) starts a new epoch ahead of the playhead.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from stemdeck.engine.audio.callbacks import DeckBuffers
+from stemdeck.engine.audio.state import (
+    LOOP_IN_AT,
+    LOOP_OUT_AT,
+    PLAY,
+    PLAYHEAD,
+    POSITION,
+    SEEK_SEEN,
+    SEEK_SERIAL,
+    SEPARATED_FROM,
+    STEMS_WRITTEN,
+)
+from stemdeck.engine.audio.stretched import (
+    EPOCH,
+    EPOCH_START,
+    JOINED,
+    MISSED,
+    READ,
+    SEMITONES,
+    TEMPO,
+    WRITTEN,
+    StretchBuffers,
+    stretch_active,
+)
+from stemdeck.engine.audio.transport import advance, read_source, read_span
+from stemdeck.engine.stretch.stretcher import Stretcher
+
+HISTORY_FRAMES = 1 << 16  # source positions of the input fed, kept while its output may still come
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Sizes of the stretch stage. ``fill_frames`` plus the stretcher's delay (1280 frames at
+    44.1 kHz) is how long a change of tempo or key takes to be heard: 76 ms by default."""
+
+    ring_frames: int = 8192  # output ring capacity
+    fill_frames: int = 2048  # output kept ready ahead of the callback
+    chunk_frames: int = 256  # source frames per stretcher call: short calls, steady refills
+    lead_s: float = 0.06  # a new epoch starts this far ahead of the playhead
+    max_lead_s: float = 0.5  # the lead doubles after each epoch the playhead reached too early
+    join_timeout_s: float = 0.5  # played without joining this long: start afresh
+    poll_s: float = 0.002  # while stretching: how often a full ring is looked at again
+    idle_poll_s: float = 0.1  # at tempo 1 and key 0 (a change of either wakes the stage at once)
+
+
+@njit(nogil=True, cache=True)
+def source_positions(out, position, frames, loop_in, loop_out, length):
+    """The source frame each of ``frames`` frames read from ``position`` comes from (as
+    :func:`read_source` walks them); returns the position after them."""
+    looping = 0 <= loop_in < loop_out <= length
+    for i in range(frames):
+        if looping and position >= loop_out:
+            position = loop_in
+        out[i] = min(position, length)
+        position += 1
+    if looping and position >= loop_out:
+        position = loop_in
+    return position
+
+
+class StretchStage:
+    """One track's stretch stage: ``start`` it after a load, ``stop`` it before the next."""
+
+    def __init__(
+        self,
+        deck: DeckBuffers,
+        stretch: StretchBuffers,
+        samplerate: int,
+        crossfade_frames: int,
+        config: StageConfig = StageConfig(),
+    ):
+        self.deck, self.stretch, self.config = deck, stretch, config
+        self.samplerate, self.crossfade_frames = samplerate, crossfade_frames
+        num_stems, channels = deck.stems.shape[0], deck.stems.shape[1]
+        self._channels = channels
+        self._stretcher: Stretcher | None = None  # made on the first use: most sessions never stretch
+        self._input = np.zeros(((num_stems + 1) * channels, config.chunk_frames), np.float32)
+        self._stem_rows = self._input[: num_stems * channels].reshape(num_stems, channels, -1)
+        self._positions = np.zeros(HISTORY_FRAMES, np.int64)
+        self._chunk_positions = np.zeros(config.chunk_frames, np.int64)
+        self._lead_frames = int(config.lead_s * samplerate)
+        self._running = False
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+
+    # -- lifetime ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="stemdeck-stretch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self._thread = None
+        self._stretcher = None
+
+    def wake(self) -> None:
+        """Tempo or key changed: look now rather than at the next idle poll."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self._step()
+            except Exception as exc:  # the deck goes on unstretched rather than silent
+                self.error = f"time-stretching stopped: {exc}"
+                return
+            if not busy:
+                active = stretch_active(self.stretch.controls)
+                self._wake.wait(self.config.poll_s if active else self.config.idle_poll_s)
+                self._wake.clear()
+
+    # -- what the tests and offline drivers wait on ----------------------------------------------------
+
+    def backlog_frames(self) -> int:
+        """Output frames written and not yet played in the current epoch (0 while setting one up)."""
+        state = self.stretch.state
+        epoch = int(state[EPOCH])
+        if epoch % 2 == 1 or not self._running:
+            return 0
+        taken = int(state[READ]) if int(state[JOINED]) == epoch else 0
+        return int(state[WRITTEN]) - taken
+
+    def wait_ahead(self, frames: int, timeout_s: float = 10.0) -> bool:
+        """Block (never in the callback) until ``frames`` output frames are ready, or the stage
+        idles (unity tempo and key); False on timeout or failure."""
+        deadline = time.perf_counter() + timeout_s
+        deck = self.deck
+        while self.error is None and time.perf_counter() < deadline:
+            if not stretch_active(self.stretch.controls) or deck.transport[SEEK_SERIAL] != deck.audio[SEEK_SEEN]:
+                return True  # nothing to wait for, or the callback must apply a seek first
+            if self.backlog_frames() >= min(frames, self.config.fill_frames):
+                return True
+            time.sleep(0.0005)
+        return False
+
+    # -- one step of the thread ------------------------------------------------------------------------
+
+    def _step(self) -> bool:
+        """One chunk of work; False when there is none (idle, or the ring is full enough)."""
+        deck, state = self.deck, self.stretch.state
+        if not stretch_active(self.stretch.controls):
+            self._running = False
+            return False
+        if deck.transport[SEEK_SERIAL] != deck.audio[SEEK_SEEN]:
+            return False  # the callback has not moved the playhead yet
+        if self._needs_new_epoch():
+            self._start_epoch()
+            return True
+        self._stretcher.set_ratios(*self._ratios())
+        if self.backlog_frames() >= self.config.fill_frames:
+            return False
+        if int(state[JOINED]) == int(state[EPOCH]):
+            self._lead_frames = int(self.config.lead_s * self.samplerate)
+        self._feed_chunk()
+        return True
+
+    def _ratios(self) -> tuple[float, float]:
+        controls = self.stretch.controls
+        return float(controls[TEMPO]), float(controls[SEMITONES])
+
+    def _needs_new_epoch(self) -> bool:
+        state, audio = self.stretch.state, self.deck.audio
+        if not self._running or int(audio[SEEK_SEEN]) != self._seek_seen:
+            return True
+        epoch = int(state[EPOCH])
+        if int(state[MISSED]) == epoch:
+            self._lead_frames = min(2 * self._lead_frames, int(self.config.max_lead_s * self.samplerate))
+            return True
+        if int(state[JOINED]) != epoch and self.deck.transport[PLAY]:
+            waited = int(audio[POSITION]) - self._epoch_position
+            return waited > self._lead_frames + self.config.join_timeout_s * self.samplerate
+        return False
+
+    # -- epochs ----------------------------------------------------------------------------------------
+
+    def _start_epoch(self) -> None:
+        """Restart the stretcher ahead of the playhead, primed with the source before that frame."""
+        deck, state = self.deck, self.stretch.state
+        state[EPOCH] += 1  # odd: the callback keeps off the ring while it is set up
+        self._seek_seen = int(deck.audio[SEEK_SEEN])
+        self._epoch_position = int(deck.audio[POSITION])
+        playhead, length = int(deck.audio[PLAYHEAD]), deck.track.shape[-1]
+        loop_in, loop_out = int(deck.audio[LOOP_IN_AT]), int(deck.audio[LOOP_OUT_AT])
+        start = advance(playhead, self._lead_frames, loop_in, loop_out, length) if deck.transport[PLAY] else playhead
+        if self._stretcher is None:
+            self._stretcher = Stretcher(self.samplerate, self._input.shape[0], self.config.chunk_frames)
+        self._stretcher.set_ratios(*self._ratios())
+        pad, self._drop = self._stretcher.restart()
+        self._fed, self._cursor = 0, 0.0
+        # per chunk fed: (first input index, source frames per output frame, stems ready)
+        self._chunks: collections.deque[tuple[int, float, bool]] = collections.deque()
+        state[WRITTEN] = 0
+        self._prime(start, pad)
+        self._read_at = start
+        state[EPOCH_START] = start
+        state[EPOCH] += 1  # even: published
+        self._running = True
+
+    def _prime(self, start: int, pad: int) -> None:
+        """Feed the ``pad`` source frames before ``start`` (silence before the track), so the
+        epoch's first frames come out as they sound in the track, not faded in from nothing."""
+        chunk = self.config.chunk_frames
+        for first in range(start - pad, start, chunk):
+            frames = min(chunk, start - first)
+            self._input[:, :frames] = 0.0
+            skip = max(0, -first)
+            if skip < frames:
+                ready = self._stems_ready(first + skip, frames - skip, 0, 0)
+                self._read(first + skip, frames - skip, 0, 0, ready, offset=skip)
+            self._process(self._input[:, :frames])
+
+    # -- feeding ---------------------------------------------------------------------------------------
+
+    def _stems_ready(self, position: int, frames: int, loop_in: int, loop_out: int) -> bool:
+        deck = self.deck
+        low, high = read_span(position, frames, loop_in, loop_out, self.crossfade_frames, deck.track.shape[-1])
+        return bool(deck.worker[SEPARATED_FROM] <= low and high <= deck.worker[STEMS_WRITTEN])
+
+    def _read(self, position: int, frames: int, loop_in: int, loop_out: int, ready: bool, offset: int = 0) -> int:
+        """Source frames into the input block (stems, or silence where not separated; then dry)."""
+        deck, fade, channels = self.deck, self.crossfade_frames, self._channels
+        if ready:
+            for s in range(deck.stems.shape[0]):
+                read_source(self._stem_rows[s], offset, deck.stems[s], position, frames, loop_in, loop_out, fade)
+        else:
+            self._stem_rows[:, :, offset : offset + frames] = 0.0
+        dry = self._input[-channels:]
+        return int(read_source(dry, offset, deck.track, position, frames, loop_in, loop_out, fade))
+
+    def _feed_chunk(self) -> None:
+        deck, frames = self.deck, self.config.chunk_frames
+        loop_in, loop_out = int(deck.audio[LOOP_IN_AT]), int(deck.audio[LOOP_OUT_AT])
+        position = self._read_at
+        ready = self._stems_ready(position, frames, loop_in, loop_out)
+        positions = self._chunk_positions
+        source_positions(positions, position, frames, loop_in, loop_out, deck.track.shape[-1])
+        at = (self._fed + np.arange(frames)) % HISTORY_FRAMES
+        self._positions[at] = positions
+        self._read_at = self._read(position, frames, loop_in, loop_out, ready)
+        self._chunks.append((self._fed, self._stretcher.tempo, ready))
+        self._fed += frames
+        self._process(self._input)
+
+    def _process(self, block: np.ndarray) -> None:
+        out = self._stretcher.process(block)
+        if out is None:
+            return
+        if self._drop > 0:
+            dropped = min(self._drop, out.shape[-1])
+            out, self._drop = out[:, dropped:], self._drop - dropped
+        if out.shape[-1] > 0:
+            self._write(out)
+
+    # -- output ----------------------------------------------------------------------------------------
+
+    def _map_output(self, frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """The source frame and stems-ready mark of the next ``frames`` output frames: each chunk
+        fed at tempo ``t`` gives one output frame per ``t`` source frames."""
+        sources, ready = np.empty(frames, np.int64), np.empty(frames, np.uint8)
+        done = 0
+        while done < frames:
+            chunks = self._chunks
+            while len(chunks) > 1 and chunks[1][0] <= self._cursor:
+                chunks.popleft()
+            if not chunks:  # output from the priming only: the epoch's start
+                sources[done:], ready[done:] = int(self.stretch.state[EPOCH_START]), 0
+                return sources, ready
+            first, tempo, chunk_ready = chunks[0]
+            end = chunks[1][0] if len(chunks) > 1 else math.inf
+            count = (
+                frames - done
+                if end == math.inf
+                else min(frames - done, max(1, math.ceil((end - self._cursor) / tempo)))
+            )
+            index = np.minimum((self._cursor + np.arange(count) * tempo).astype(np.int64), self._fed - 1)
+            sources[done : done + count] = self._positions[index % HISTORY_FRAMES]
+            ready[done : done + count] = chunk_ready
+            self._cursor += count * tempo
+            done += count
+        return sources, ready
+
+    def _write(self, out: np.ndarray) -> None:
+        """Stretched frames into the ring after the epoch's last (the callback reads up to WRITTEN)."""
+        stretch, state = self.stretch, self.stretch.state
+        frames, capacity = out.shape[-1], stretch.dry.shape[-1]
+        sources, ready = self._map_output(frames)
+        at = (int(state[WRITTEN]) + np.arange(frames)) % capacity
+        num_stems, channels = stretch.stems.shape[0], self._channels
+        stretch.stems[:, :, at] = out[: num_stems * channels].reshape(num_stems, channels, frames)
+        stretch.dry[:, at] = out[num_stems * channels :]
+        stretch.ready[at] = ready
+        stretch.source[at] = sources
+        state[WRITTEN] += frames  # last: the callback reads only frames below it
