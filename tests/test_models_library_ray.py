@@ -1,0 +1,65 @@
+"""`stemdeck separate --ray`: the library queue on a local Ray cluster (one, for the module: it
+takes ~15 s to start here) writes what a local run writes, and a worker that dies mid-file has
+that file retried."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from stemdeck.cli import main
+
+ray = pytest.importorskip("ray", reason="the cluster extra: pip install 'stemdeck[cluster]'")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def write_songs(folder, count=3, seconds=2.5):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    for index in range(count):
+        audio = 0.2 * rng.standard_normal((int(seconds * 44100), 2)).astype(np.float32)
+        sf.write(str(folder / f"s{index}.wav"), audio, 44100, subtype="FLOAT")
+
+
+def stems(out):
+    return {p.relative_to(out): sf.read(str(p), dtype="float32")[0] for p in sorted(out.rglob("*.wav"))}
+
+
+@pytest.mark.slow
+def test_a_ray_run_writes_what_a_local_run_writes(tmp_path, cluster, tiny_checkpoint, capsys):
+    write_songs(tmp_path / "lib")
+    common = ["separate", str(tmp_path / "lib"), "-r", "--model", str(tiny_checkpoint), "--bits", "32f"]
+    assert main(common + ["-o", str(tmp_path / "local")]) == 0
+    assert main(common + ["-o", str(tmp_path / "ray"), "--ray", "auto", "--jobs", "2"]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == "separated 3 of 3 file(s); 0 skipped"
+    local, remote = stems(tmp_path / "local"), stems(tmp_path / "ray")
+    assert list(local) == list(remote) and len(local) == 12
+    error = max(float(np.abs(local[name] - remote[name]).max()) for name in local)
+    assert error <= 1e-6, error
+    print(f"Ray against local: largest difference {error:.3g}")
+    # the driver keeps the manifest: a rerun on the cluster skips everything
+    assert main(common + ["-o", str(tmp_path / "ray"), "--ray", "auto"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == "separated 0 of 0 file(s); 3 skipped"
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_file_has_its_file_retried(tmp_path, cluster, monkeypatch, capsys):
+    write_songs(tmp_path / "lib", count=2)
+    marker = tmp_path / "killed-once"
+    monkeypatch.setenv("STEMDECK_TEST_RAY_EXIT_ONCE", str(marker))
+    out = tmp_path / "out"
+    args = ["separate", str(tmp_path / "lib"), "-r", "-o", str(out), "--model", "passthrough", "--bits", "32f"]
+    assert main(args + ["--ray", "auto", "--jobs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert marker.exists()  # a worker did die, in the middle of a file
+    assert err.splitlines()[-1] == "separated 2 of 2 file(s); 0 skipped", err
+    assert not [p for p in out.rglob("*") if p.name.endswith(".partial")]
+    mix, _ = sf.read(str(tmp_path / "lib" / "s0.wav"), dtype="float64")
+    vocals, _ = sf.read(str(out / "s0" / "vocals.wav"), dtype="float64")
+    assert np.abs(vocals - (0.4 * (mix - mix.mean()) + mix.mean())).max() < 1e-6
