@@ -25,6 +25,7 @@ from PyQt6.QtWidgets import (
 )
 
 from stemdeck.engine.config import PRESETS
+from stemdeck.gui.library_dialog import show_library_dialog
 from stemdeck.gui.session import Session, Track
 from stemdeck.gui.theme import stem_colour
 from stemdeck.gui.widgets import LevelMeter, StemStrip, WaveformOverview
@@ -367,6 +368,8 @@ class MainWindow(QMainWindow):
         self.addAction(open_action)
         menu = self.menuBar().addMenu("&File")
         menu.addAction(open_action)
+        library_action = menu.addAction("Separate a folder in the background…")
+        library_action.triggered.connect(lambda: show_library_dialog(self))
         quit_action = QAction("Quit", self)
         quit_action.setShortcut(QKeySequence("Ctrl+Q"))
         quit_action.triggered.connect(self.close)

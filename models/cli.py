@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -188,6 +189,22 @@ def add_library_options(parser: argparse.ArgumentParser) -> None:
         help="run the files on a Ray cluster (ADDRESS, or auto for the one this machine belongs to); "
         "OUTDIR must be shared storage the workers write to; needs pip install 'stemdeck[cluster]'",
     )
+    group.add_argument(
+        "--nice",
+        type=niceness,
+        default=0,
+        metavar="N",
+        help="lower this run's priority (and its --jobs workers') by N, 0-19, so a deck playing "
+        "on this machine goes first (the GUI's background separation uses 10)",
+    )
+
+
+def niceness(text: str) -> int:
+    """``--nice``: how much lower this run's priority is, as nice(1) counts."""
+    value = _number(text, int)
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"{text}: give a whole number from 0 (normal) to 19 (lowest)")
+    return value
 
 
 def job_count(text: str) -> int:
@@ -210,6 +227,8 @@ def add_demo_command(commands) -> None:
 
 def run_separate(args: argparse.Namespace) -> int:
     check_stem_format(args)
+    if args.nice:
+        os.nice(args.nice)  # the --jobs workers inherit it
     if args.recursive or args.jobs != 1 or args.ray:
         from stemdeck.models.library_cli import run_library
 
