@@ -43,6 +43,12 @@ def add_engine_commands(commands, add_model_options) -> None:
         metavar="A:B",
         help="loop from A to B (seconds, 12.5:20, or m:ss.s, 1:02.5:1:10); play starts at A unless --start is given",
     )
+    play.add_argument(
+        "--tempo", type=float, default=1.0, help="play at this tempo, 0.5 to 1.5 (1 = as recorded; the pitch stays)"
+    )
+    play.add_argument(
+        "--key", type=float, default=0.0, help="shift the key by this many semitones, -12 to 12 (the tempo stays)"
+    )
     _add_session_options(play, add_model_options)
     play.set_defaults(func=run_play)
 
@@ -102,12 +108,25 @@ def check_session_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--start {start}: give a cue point in seconds from 0 to the track's length")
     if getattr(args, "loop", None) is not None:
         args.loop = parse_loop(args.loop)
+    _check_tempo_and_key(args)
     if args.record is not None:
         record_format(args.record)
         if not args.record.parent.is_dir():
             raise ValueError(f"--record {args.record}: no folder {args.record.parent}; create it or record elsewhere")
         if args.record.exists():
             raise ValueError(f"--record {args.record}: the file exists; choose another name (nothing is overwritten)")
+
+
+def _check_tempo_and_key(args: argparse.Namespace) -> None:
+    from stemdeck.engine.stretch.stretcher import check_semitones, check_tempo
+
+    for option, check in (("tempo", check_tempo), ("key", check_semitones)):
+        value = getattr(args, option, None)
+        if value is not None:
+            try:
+                check(value)
+            except ValueError as exc:
+                raise ValueError(f"--{option} {value:g}: {exc}") from None
 
 
 def check_loop(loop: tuple[float, float] | None, path: Path, seconds: float) -> None:
@@ -266,6 +285,8 @@ def run_play(args: argparse.Namespace) -> int:
         del audio, stems
         if args.loop is not None:
             engine.set_loop(*args.loop)
+        engine.set_tempo(args.tempo)
+        engine.set_key(args.key)
         with _midi(engine, args):
             engine.start_output(output_device, stem_outputs=args.stem_outputs)
             _start_recording(engine, args)
@@ -423,6 +444,8 @@ def _stats(status, engine, deck: bool) -> dict:
     if deck:
         stats["seconds_ahead"] = status.seconds_ahead
         stats["first_stems_s"] = status.first_stems_s
+        stats["stretch_underflows"] = engine.practice.underflows  # blocks the tempo/key ring ran dry
+        stats["bpm"] = engine.bpm
     return stats
 
 

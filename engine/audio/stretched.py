@@ -100,7 +100,8 @@ def _play_ring(out, deck, stretch):
         mix_block(out[i : i + run], stretch.stems, at, stretch.dry, at, mixer.gains, ready != 0, mixer.levels)
         i += run
     if frames > 0:
-        audio[PLAYHEAD] = stretch.source[(state[READ] + frames - 1) % capacity] + 1
+        heard = stretch.source[(state[READ] + frames - 1) % capacity] + 1
+        audio[PLAYHEAD] = min(heard, deck.track.shape[-1])
         state[READ] += frames
     return out.shape[0]
 
