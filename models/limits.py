@@ -73,7 +73,9 @@ FLOAT_RANGES: dict[str, tuple[float, float]] = {
     "segment": SEGMENT_RANGE_S,
 }
 OPTIONAL = {"channels_time", "t_lr", "multi_freqs"}
-CHOICES = {"t_emb": ("sin", "cape", "scaled"), "t_mask_type": ("diag", "random", "global")}
+# Sparse attention patterns (models/nets/sparse.py); t_mask_type joins them with '_', each once.
+SPARSE_MASK_KINDS = ("diag", "jmask", "random", "global")
+CHOICES = {"t_emb": ("sin", "cape", "scaled"), "t_mask_type": SPARSE_MASK_KINDS}
 BOOLEANS = {
     "wiener_residual",
     "cac",
@@ -144,6 +146,8 @@ def check_hyperparameters(values: dict[str, Any]) -> None:
         elif name in BOOLEANS:
             if not isinstance(value, bool) and value not in (0, 1):
                 raise LimitError(f"{name} must be true or false, not {shown(value)}")
+        elif name == "t_mask_type":
+            check_mask_type(value)
         elif name in CHOICES:
             if not isinstance(value, str) or value not in CHOICES[name]:
                 raise LimitError(f"{name} must be one of {', '.join(CHOICES[name])}, not {shown(value)}")
@@ -152,6 +156,17 @@ def check_hyperparameters(values: dict[str, Any]) -> None:
         else:
             raise LimitError(f"unexpected model argument {shown(name)}")
     _check_shapes_fit(values)
+
+
+def check_mask_type(value: Any) -> tuple[str, ...]:
+    """``t_mask_type``: sparse pattern kinds joined by '_' (``"diag_global"``), each at most once."""
+    kinds = value.split("_") if isinstance(value, str) and len(value) <= MAX_SHOWN_CHARS else None
+    if not kinds or any(kind not in SPARSE_MASK_KINDS for kind in kinds) or len(set(kinds)) != len(kinds):
+        raise LimitError(
+            f"t_mask_type must be {', '.join(SPARSE_MASK_KINDS)} or several of them joined by '_' "
+            f"(each once), not {shown(value)}"
+        )
+    return tuple(kinds)
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:

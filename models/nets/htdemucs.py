@@ -94,10 +94,6 @@ class HTDemucs(HybridUNet):
     ):
         super().__init__()
         refuse(not cac or wiener_iters or end_iters, "Wiener filtering instead of complex-as-channels")
-        refuse(
-            t_sparse_self_attn or t_sparse_cross_attn or t_auto_sparsity,
-            "sparse attention (local masks / LSH); use a dense-attention model such as htdemucs",
-        )
         self.init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.sources = check_sources(sources)  # they become file names
         self.audio_channels, self.samplerate, self.segment = audio_channels, samplerate, segment
@@ -161,6 +157,14 @@ class HTDemucs(HybridUNet):
                 cape_mean_normalize=t_cape_mean_normalize,
                 cape_augment=t_cape_augment,
                 cape_glob_loc_scale=tuple(t_cape_glob_loc_scale),
+                sparse_self_attn=t_sparse_self_attn,
+                sparse_cross_attn=t_sparse_cross_attn,
+                mask_type=t_mask_type,
+                mask_random_seed=t_mask_random_seed,
+                sparse_attn_window=t_sparse_attn_window,
+                global_window=t_global_window,
+                auto_sparsity=t_auto_sparsity,
+                sparsity=t_sparsity,
             )
 
     def valid_length(self, length: int) -> int:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from stemdeck.models.nets.layers import LayerScale
+from stemdeck.models.nets.sparse import SparsePattern, block_plan, lsh_attention, lsh_projections, planned_attention
 
 # -- positional embeddings ---------------------------------------------------------------------
 
@@ -123,6 +124,57 @@ class Attention(nn.Module):
         return t.view(batch, tokens, self.heads, dim // self.heads).transpose(1, 2)
 
 
+class SparseAttention(nn.Module):
+    """Multi-head attention under a sparse pattern, with the reference's parameter layout for
+    sparse layers (separate ``q``, ``k``, ``v`` and ``proj`` products), so that its checkpoints load.
+
+    ``auto_sparsity`` (0 to 1) picks the keys per input by locality-sensitive hashing (projections
+    seeded with ``lsh_seed``), keeping at most ``1 - auto_sparsity`` of the pairs; otherwise
+    ``pattern`` fixes them (:class:`~stemdeck.models.nets.sparse.SparsePattern`); with neither,
+    every query sees every key (the reference's auto sparsity at 0).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dropout: float = 0.0,
+        pattern: SparsePattern | None = None,
+        auto_sparsity: float = 0,
+        lsh_seed: int = 42,
+    ):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention: {dim} channels do not split into {heads} heads")
+        self.heads, self.dropout = heads, dropout
+        self.pattern, self.auto_sparsity, self.lsh_seed = pattern, float(auto_sparsity), lsh_seed
+        self.q, self.k, self.v, self.proj = (nn.Linear(dim, dim) for _ in range(4))
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(self, query: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+        memory = query if memory is None else memory
+        q, k, v = self._split(self.q(query)), self._split(self.k(memory)), self._split(self.v(memory))
+        dropout = self.dropout if self.training else 0.0
+        if self.auto_sparsity:
+            projections = lsh_projections(q.shape[-1], self.lsh_seed, q.device)
+            out = lsh_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.auto_sparsity, projections, dropout
+            ).transpose(1, 2)
+        elif self.pattern is None:
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout
+            ).transpose(1, 2)
+        else:
+            plan = block_plan(self.pattern, q.shape[1], k.shape[1], q.device)
+            out = planned_attention(q, k, v, plan, dropout)
+        return self.proj_drop(self.proj(out.reshape(query.shape)))
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        """``(B, T, C)`` to token-major heads ``(B, T, H, C / H)``."""
+        batch, tokens, dim = t.shape
+        return t.view(batch, tokens, self.heads, dim // self.heads)
+
+
 class Int8Attention(Attention):
     """:class:`Attention` whose projections are int8 matrix products (FBGEMM's dynamic
     quantisation: int8 weights, one scale per output channel; activations quantised per call).
@@ -171,7 +223,7 @@ def quantize_int8(encoder: nn.Module) -> None:
         for name, child in list(module.named_children()):
             if isinstance(child, Attention) and not isinstance(child, Int8Attention):
                 setattr(module, name, Int8Attention(child))
-            elif isinstance(child, nn.Linear) and isinstance(module, TransformerLayer):
+            elif isinstance(child, nn.Linear) and isinstance(module, (TransformerLayer, SparseAttention)):
                 setattr(module, name, _int8_linear(child.weight, child.bias))
 
 
@@ -179,7 +231,7 @@ class TransformerLayer(nn.Module):
     """One encoder layer: self-attention (``cross=False``) or cross-attention, then a GELU MLP.
 
     Norm-first with LayerScale and a final GroupNorm in HT Demucs; post-norm is kept for other
-    configurations.
+    configurations. ``sparse`` swaps in :class:`SparseAttention` (``pattern``, ``auto_sparsity``).
     """
 
     def __init__(
@@ -197,10 +249,18 @@ class TransformerLayer(nn.Module):
         layer_scale: bool = False,
         init_values: float = 1e-4,
         eps: float = 1e-5,
+        sparse: bool = False,
+        pattern: SparsePattern | None = None,
+        auto_sparsity: float = 0,
+        lsh_seed: int = 42,
     ):
         super().__init__()
         self.cross, self.norm_first = cross, norm_first
-        setattr(self, "cross_attn" if cross else "self_attn", Attention(dim, heads, dropout))
+        if sparse:
+            attention: nn.Module = SparseAttention(dim, heads, dropout, pattern, auto_sparsity, lsh_seed)
+        else:
+            attention = Attention(dim, heads, dropout)
+        setattr(self, "cross_attn" if cross else "self_attn", attention)
         self.linear1 = nn.Linear(dim, hidden_dim)
         self.linear2 = nn.Linear(hidden_dim, dim)
         self.dropout = nn.Dropout(dropout)
@@ -258,6 +318,14 @@ class CrossTransformerEncoder(nn.Module):
         cape_mean_normalize: bool = True,
         cape_augment: bool = True,
         cape_glob_loc_scale: tuple[float, float, float] = (5000.0, 1.0, 1.4),
+        sparse_self_attn: bool = False,
+        sparse_cross_attn: bool = False,
+        mask_type: str = "diag",
+        mask_random_seed: int = 42,
+        sparse_attn_window: int = 500,
+        global_window: int = 50,
+        auto_sparsity: bool = False,
+        sparsity: float = 0.95,
     ):
         super().__init__()
         if emb not in ("sin", "cape", "scaled"):
@@ -287,11 +355,26 @@ class CrossTransformerEncoder(nn.Module):
             norm_out=norm_out,
             layer_scale=layer_scale,
         )
+        # As the reference: a sparse layer's pattern is fixed, or (auto sparsity) hashed per input.
+        pattern = None
+        if (sparse_self_attn or sparse_cross_attn) and not auto_sparsity:
+            pattern = SparsePattern.from_mask_type(
+                mask_type,
+                window=sparse_attn_window,
+                global_window=global_window,
+                seed=mask_random_seed,
+                sparsity=sparsity,
+            )
+        hashed = float(sparsity) if auto_sparsity else 0.0
+        sparse = {
+            cross: dict(sparse=flag, pattern=pattern, auto_sparsity=hashed, lsh_seed=mask_random_seed)
+            for cross, flag in ((False, bool(sparse_self_attn)), (True, bool(sparse_cross_attn)))
+        }
         self.layers, self.layers_t = nn.ModuleList(), nn.ModuleList()
         for index in range(num_layers):
             cross = index % 2 != self.classic_parity
-            self.layers.append(TransformerLayer(cross=cross, **common))
-            self.layers_t.append(TransformerLayer(cross=cross, **common))
+            self.layers.append(TransformerLayer(cross=cross, **common, **sparse[cross]))
+            self.layers_t.append(TransformerLayer(cross=cross, **common, **sparse[cross]))
         self._grid_cache: dict[tuple, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor, xt: torch.Tensor, freqs: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
