@@ -319,3 +319,30 @@ def test_cli_play_at_tempo_0_8_key_minus_2_records_the_stretched_track(jack_serv
     assert np.median(gaps) == pytest.approx(0.5 / 0.8, rel=0.01)
     spectrum_hz = frequency_hz(heard[:, int(0.3 * SR) : int(2.3 * SR)])
     assert spectrum_hz == pytest.approx(440.0 * 2 ** (-2 / 12), rel=0.01)
+
+
+def test_midi_tempo_fader_reset_and_key_pads_drive_the_deck_and_the_fader_follows(tmp_path):
+    from stemdeck.engine.midi import MappingError, MidiConfig, MidiController, default_mapping, load_mapping
+
+    engine = deck(tone_track(0.5))
+    midi = MidiController(engine, default_mapping(len(engine.sources)), MidiConfig())
+    cc8 = [0xB0, 8]  # channel 1
+    for value, tempo in ((0, 0.5), (64, 1.0), (127, 1.5), (32, 0.75)):
+        midi.handle([*cc8, value])
+        assert engine.tempo == pytest.approx(tempo)
+    tempo_binding = next(b for b in midi.mapping.bindings if b.control == "tempo")
+    assert midi._feedback_message(tempo_binding, engine.mixer()) == [0xB0, 8, 32]
+    for note, key in ((78, -1), (78, -2), (79, -1)):  # key down, down, up
+        midi.handle([0x90, note, 100])
+        midi.handle([0x90, note, 0])
+        assert engine.key == key
+    engine.set_key(12)
+    midi.handle([0x90, 79, 100])  # up at the top stays there
+    assert engine.key == 12
+    midi.handle([0x90, 77, 100])  # tempo reset
+    assert engine.tempo == 1.0
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[binding]]\nmessage = "note"\nnumber = 36\ncontrol = "tempo"\n')
+    with pytest.raises(MappingError, match="a note cannot ride tempo; bind a CC"):
+        load_mapping(bad)
+    engine.stop()

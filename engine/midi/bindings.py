@@ -17,8 +17,10 @@ STEM_CONTROLS = ("mute", "solo", "gain")
 # practice: loop points and length, hot cue pads (and their shift layer, which clears), record
 LOOP_CONTROLS = ("loop_in", "loop_out", "loop", "loop_halve", "loop_double")
 SLOT_CONTROLS = ("hotcue", "hotcue_clear", "loop_beats")  # each needs its slot: a cue 1-8, or a beat count
-PRACTICE_CONTROLS = (*LOOP_CONTROLS, *SLOT_CONTROLS, "record")
-CONTROLS = (*STEM_CONTROLS, "dry", "play", "cue", *PRACTICE_CONTROLS)
+KEY_PRESSES = ("tempo_reset", "key_down", "key_up")  # tempo back to 1; the key a semitone down / up
+PRACTICE_CONTROLS = (*LOOP_CONTROLS, *SLOT_CONTROLS, *KEY_PRESSES, "record")
+CONTROLS = (*STEM_CONTROLS, "dry", "play", "cue", "tempo", *PRACTICE_CONTROLS)
+CONTINUOUS_CONTROLS = ("gain", "dry", "tempo")  # a CC's position, not a press
 NOTE_MODES = ("toggle", "momentary")
 CC_MODES = ("absolute", "relative-twos", "relative-offset", "relative-signbit", "button")
 MESSAGE_FAMILIES = ("note", "cc")
@@ -32,6 +34,18 @@ TOP_DB = 6.0  # at 127
 FLOOR_DB = -54.0  # at 1; 0 is silence
 TAPER_POWER = 1.5  # more travel near unity, where ears need it
 BUTTON_THRESHOLD = 64
+
+
+def cc_to_tempo(value: float) -> float:
+    """Tempo fader: 0 → 0.5, 64 → 1 (as recorded), 127 → 1.5; straight on each side of the middle."""
+    value = min(max(value, 0.0), 127.0)
+    return 0.5 + 0.5 * value / 64 if value <= 64 else 1.0 + 0.5 * (value - 64) / 63
+
+
+def tempo_to_cc(tempo: float) -> float:
+    """The tempo fader's inverse."""
+    tempo = min(max(tempo, 0.5), 1.5)
+    return (tempo - 0.5) * 128 if tempo <= 1.0 else 64 + (tempo - 1.0) * 126
 
 
 def cc_to_db(value: float) -> float:
@@ -212,7 +226,8 @@ def default_mapping(num_stems: int = 6) -> Mapping:
     programs 0-3 recall full mix, instrumental, a cappella and no drums. Practice: notes 50-57 are
     hot cue pads 1-8 (set when empty, else jump) and 58-65 the same pads with shift (clear);
     66-70 loop in, loop out, loop on/off, halve, double; 71 record; 72-76 loops of 1, 2, 4, 8
-    and 16 beats."""
+    and 16 beats; CC 8 on channel 1 the tempo (64: as recorded), notes 77-79 tempo reset, key
+    down and key up a semitone."""
     bindings = [Binding("note", 36 + s, "mute", None, s) for s in range(num_stems)]
     bindings += [Binding("note", 42 + s, "solo", None, s) for s in range(num_stems)]
     bindings += [Binding("cc", 1 + s, "gain", 1, s) for s in range(num_stems)]
@@ -222,6 +237,7 @@ def default_mapping(num_stems: int = 6) -> Mapping:
     bindings += [Binding("note", 66 + i, control) for i, control in enumerate(LOOP_CONTROLS)]
     bindings += [Binding("note", 71, "record")]
     bindings += [Binding("note", 72 + i, "loop_beats", slot=beats) for i, beats in enumerate(LOOP_BEATS)]
+    bindings += [Binding("cc", 8, "tempo", 1)] + [Binding("note", 77 + i, c) for i, c in enumerate(KEY_PRESSES)]
     vocals, drums = STEM_NAMES.index("vocals"), STEM_NAMES.index("drums")
     scenes = [
         Scene(0, "full mix"),

@@ -18,13 +18,17 @@ from pathlib import Path
 from typing import Protocol
 
 from stemdeck.engine.midi.bindings import (
+    CONTINUOUS_CONTROLS,
+    KEY_PRESSES,
     Binding,
     Mapping,
     Scene,
     binding_from_message,
     cc_to_db,
+    cc_to_tempo,
     db_to_cc,
     relative_delta,
+    tempo_to_cc,
 )
 from stemdeck.engine.midi.mapping_file import save_mapping
 from stemdeck.engine.midi.messages import Message, control_change, note_on, parse
@@ -64,6 +68,11 @@ class Controls(Protocol):
     def hot_cue(self, number: int) -> None: ...
     def clear_hot_cue(self, number: int) -> None: ...
     def toggle_recording(self) -> None: ...
+    def set_tempo(self, ratio: float) -> None: ...
+    def set_key(self, semitones: float) -> None: ...
+
+    tempo: float
+    key: float
 
 
 # practice presses: control -> the Controls method it calls (a slot control passes its slot)
@@ -336,7 +345,7 @@ class MidiController:
                 self._press(binding.control, stem, binding.slot)
             self._buttons[binding] = on
             return True
-        if binding.control not in ("gain", "dry"):
+        if binding.control not in CONTINUOUS_CONTROLS:
             return False
         position = float(value)
         if binding.mode != "absolute":
@@ -344,13 +353,17 @@ class MidiController:
         self._positions[(binding.control, stem)] = position
         if binding.control == "gain":
             c.set_gain(stem, cc_to_db(position))
+        elif binding.control == "tempo":
+            c.set_tempo(cc_to_tempo(position))
         else:
             c.set_dry_mix(position / CC_TOP)
         return True
 
     def _position(self, binding: Binding) -> float:
         key = (binding.control, binding.stem)
-        if key not in self._positions:
+        if key not in self._positions and binding.control == "tempo":
+            self._positions[key] = tempo_to_cc(self.controls.tempo)
+        elif key not in self._positions:
             mixer = self.controls.mixer()
             self._positions[key] = (
                 db_to_cc(mixer.gain_db[binding.stem]) if binding.control == "gain" else mixer.dry_mix * CC_TOP
@@ -358,6 +371,14 @@ class MidiController:
         return self._positions[key]
 
     def _press(self, control: str, stem: int | None, slot: int | None = None) -> None:
+        if control in KEY_PRESSES:
+            c = self.controls
+            if control == "tempo_reset":
+                c.set_tempo(1.0)
+                self._positions.pop(("tempo", None), None)
+            else:
+                c.set_key(min(12, max(-12, round(c.key) + (1 if control == "key_up" else -1))))
+            return
         if control in PRACTICE_METHODS:
             method = getattr(self.controls, PRACTICE_METHODS[control])
             try:
@@ -458,6 +479,8 @@ class MidiController:
             value = round(db_to_cc(mixer.gain_db[stem]) if math.isfinite(mixer.gain_db[stem]) else 0)
         elif control == "dry" and binding.mode == "absolute":
             value = round(mixer.dry_mix * CC_TOP)
+        elif control == "tempo" and binding.mode == "absolute":
+            value = round(tempo_to_cc(getattr(self.controls, "tempo", 1.0)))
         else:
             return None
         channel = binding.channel or 1

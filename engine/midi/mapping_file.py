@@ -9,6 +9,7 @@ from pathlib import Path
 
 from stemdeck.engine.midi.bindings import (
     CC_MODES,
+    CONTINUOUS_CONTROLS,
     CONTROLS,
     MESSAGE_FAMILIES,
     NOTE_MODES,
@@ -205,7 +206,7 @@ def _binding(table: dict, index: int, lines: dict) -> Binding:
     modes = NOTE_MODES if message == "note" else CC_MODES
     if mode and mode not in modes:
         fail("mode", f"mode {mode!r} does not fit a {message} (use {', '.join(modes)})")
-    if message == "note" and control in ("gain", "dry"):
+    if message == "note" and control in CONTINUOUS_CONTROLS:
         fail("control", f"a note cannot ride {control}; bind a CC")
     feedback = table.get("feedback", True)
     if not isinstance(feedback, bool):
