@@ -241,6 +241,20 @@ def test_back_to_tempo_1_plays_on_from_the_source_frame_heard():
     engine.stop()
 
 
+def test_past_the_tracks_end_the_stage_stops_and_nothing_counts_as_an_underflow():
+    engine = deck(tone_track(1.0))
+    engine.set_tempo(1.25)
+    engine.play()
+    out = play(engine, SR)  # 0.8 s of track, then its end
+    assert engine.status().position_s == pytest.approx(1.0)
+    assert engine.practice.underflows == 0
+    assert np.abs(out[:, int(0.9 * SR) :]).max() < 1e-3  # silence after the end, no stray ring audio
+    fed = engine.practice.stage._fed
+    play(engine, 8 * BLOCK)
+    assert engine.practice.stage._fed == fed  # nothing more stretched while it stands at the end
+    engine.stop()
+
+
 def test_the_callback_never_waits_for_the_stage_it_counts_the_ring_running_dry():
     engine = deck(tone_track(2.0))
     engine.set_tempo(0.8)

@@ -87,8 +87,6 @@ def _play_ring(out, deck, stretch):
     audio, mixer, state = deck.audio, deck.mixer, stretch.state
     capacity = stretch.dry.shape[-1]
     frames = min(max(state[WRITTEN] - state[READ], 0), out.shape[0])
-    if frames < out.shape[0]:
-        state[UNDERFLOWS] += 1
     i = 0
     while i < frames:
         at = (state[READ] + i) % capacity
@@ -103,6 +101,8 @@ def _play_ring(out, deck, stretch):
         heard = stretch.source[(state[READ] + frames - 1) % capacity] + 1
         audio[PLAYHEAD] = min(heard, deck.track.shape[-1])
         state[READ] += frames
+    if frames < out.shape[0] and audio[PLAYHEAD] < deck.track.shape[-1]:
+        state[UNDERFLOWS] += 1  # the stage fell behind (past the track's end there is nothing to wait for)
     return out.shape[0]
 
 

@@ -47,7 +47,7 @@ from stemdeck.engine.audio.stretched import (
     StretchBuffers,
     stretch_active,
 )
-from stemdeck.engine.audio.transport import advance, read_source, read_span
+from stemdeck.engine.audio.transport import advance, loop_active, read_source, read_span
 from stemdeck.engine.stretch.stretcher import Stretcher
 
 HISTORY_FRAMES = 1 << 16  # source positions of the input fed, kept while its output may still come
@@ -161,6 +161,8 @@ class StretchStage:
                 return True  # nothing to wait for, or the callback must apply a seek first
             if self.backlog_frames() >= min(frames, self.config.fill_frames):
                 return True
+            if self._running and self._past_the_end():
+                return True  # all there will be is in the ring
             time.sleep(0.0005)
         return False
 
@@ -178,7 +180,7 @@ class StretchStage:
             self._start_epoch()
             return True
         self._stretcher.set_ratios(*self._ratios())
-        if self.backlog_frames() >= self.config.fill_frames:
+        if self.backlog_frames() >= self.config.fill_frames or self._past_the_end():
             return False
         if int(state[JOINED]) == int(state[EPOCH]):
             self._lead_frames = int(self.config.lead_s * self.samplerate)
@@ -218,6 +220,7 @@ class StretchStage:
         self._stretcher.set_ratios(*self._ratios())
         pad, self._drop = self._stretcher.restart()
         self._fed, self._cursor = 0, 0.0
+        self._tail, self._tail_limit = 0, 2 * pad + self.config.chunk_frames  # silence that flushes the stretcher
         # per chunk fed: (first input index, source frames per output frame, stems ready)
         self._chunks: collections.deque[tuple[int, float, bool]] = collections.deque()
         state[WRITTEN] = 0
@@ -258,10 +261,19 @@ class StretchStage:
         dry = self._input[-channels:]
         return int(read_source(dry, offset, deck.track, position, frames, loop_in, loop_out, fade))
 
+    def _past_the_end(self) -> bool:
+        """Read past the track's end (no loop to go back into) and the stretcher flushed: nothing
+        more to stretch until a seek or a loop."""
+        deck = self.deck
+        length, loop_in, loop_out = deck.track.shape[-1], int(deck.audio[LOOP_IN_AT]), int(deck.audio[LOOP_OUT_AT])
+        return self._read_at >= length and not loop_active(loop_in, loop_out, length) and self._tail >= self._tail_limit
+
     def _feed_chunk(self) -> None:
         deck, frames = self.deck, self.config.chunk_frames
         loop_in, loop_out = int(deck.audio[LOOP_IN_AT]), int(deck.audio[LOOP_OUT_AT])
         position = self._read_at
+        if position >= deck.track.shape[-1]:
+            self._tail += frames
         ready = self._stems_ready(position, frames, loop_in, loop_out)
         positions = self._chunk_positions
         source_positions(positions, position, frames, loop_in, loop_out, deck.track.shape[-1])
