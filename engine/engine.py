@@ -332,7 +332,12 @@ class Engine:
         return WindowPlan.offline(self.config.samplerate, segment_s)
 
     def load_separated(
-        self, master: np.ndarray, stems: dict[str, np.ndarray], samplerate: int, cue_s: float = 0.0
+        self,
+        master: np.ndarray,
+        stems: dict[str, np.ndarray],
+        samplerate: int,
+        cue_s: float = 0.0,
+        key: str | None = None,
     ) -> None:
         """Load a track whose stems exist already (an NI STEM file): ``master`` and each stem
         ``(channels, frames)``, stems keyed by this engine's source names (one it lacks is
@@ -352,7 +357,7 @@ class Engine:
         for name, audio in stems.items():
             audio = at_engine_rate(audio)[..., : track.shape[-1]]
             separated[self.sources.index(name), :, : audio.shape[-1]] = audio
-        self.load_array(track, cue_s, separated, key=audio_key(master, samplerate))
+        self.load_array(track, cue_s, separated, key=key or audio_key(master, samplerate))
 
     def load_array(
         self, track: np.ndarray, cue_s: float = 0.0, separated: np.ndarray | None = None, key: str | None = None

@@ -9,6 +9,7 @@ from pathlib import Path
 from PyQt6.QtCore import QKeyCombination, QSettings, Qt, QTimer
 from PyQt6.QtGui import QAction, QColor, QKeySequence, QShortcut
 from PyQt6.QtWidgets import (
+    QApplication,
     QComboBox,
     QFileDialog,
     QFrame,
@@ -28,6 +29,7 @@ from stemdeck.engine.config import PRESETS
 from stemdeck.gui.library_dialog import show_library_dialog
 from stemdeck.gui.session import Session, Track
 from stemdeck.gui.theme import stem_colour
+from stemdeck.gui.transport import TransportRow
 from stemdeck.gui.widgets import LevelMeter, StemStrip, WaveformOverview
 
 REFRESH_MS = 33  # ≈ 30 fps
@@ -53,6 +55,7 @@ MIDI_MESSAGE_MS = 5000
 NOTE_MS = 15000
 STATUS_MODEL_WIDTH = 170  # px; longer model names are elided, in full in the tooltip
 END_EPSILON_S = 1e-6
+HOT_CUE_KEYS = [getattr(Qt.Key, f"Key_F{n}") for n in range(1, 9)]  # F1-F8; with Shift: clear
 
 
 def _at_end(engine) -> bool:
@@ -266,7 +269,23 @@ class MainWindow(QMainWindow):
         self.overview = WaveformOverview()
         self.overview.seek_requested.connect(self.seek_to)
         layout.addWidget(self.overview)
+        self.transport = TransportRow()
+        self._connect_transport(self.transport)
+        layout.addWidget(self.transport)
         return deck
+
+    def _connect_transport(self, row: TransportRow) -> None:
+        row.loop_in.connect(lambda: self.practice("loop_in"))
+        row.loop_out.connect(lambda: self.practice("loop_out"))
+        row.loop_toggled.connect(lambda: self.practice("toggle_loop"))
+        row.halve.connect(lambda: self.practice("halve_loop"))
+        row.double.connect(lambda: self.practice("double_loop"))
+        row.loop_beats.connect(lambda beats: self.practice("loop_beats", beats))
+        row.snap_toggled.connect(self._snap)
+        row.hot_cue.connect(self.pad_pressed)
+        row.record_toggled.connect(self.toggle_recording)
+        row.tempo_changed.connect(lambda ratio: self.practice("set_tempo", ratio))
+        row.key_step.connect(self.step_key)
 
     def _build_live(self) -> QWidget:
         live = QWidget()
@@ -346,6 +365,19 @@ class MainWindow(QMainWindow):
         self._shortcut(QKeySequence(Qt.Key.Key_Right), lambda: self.seek_by(SEEK_STEP_S), repeat=True)
         self._shortcut(QKeySequence(Qt.Key.Key_Escape), self.cancel_learn)
         shift = Qt.KeyboardModifier.ShiftModifier
+        for key, method in (
+            (Qt.Key.Key_I, "loop_in"),
+            (Qt.Key.Key_O, "loop_out"),
+            (Qt.Key.Key_L, "toggle_loop"),
+            (Qt.Key.Key_BracketLeft, "halve_loop"),
+            (Qt.Key.Key_BracketRight, "double_loop"),
+        ):
+            self._shortcut(QKeySequence(key), lambda m=method: self.practice(m))
+        self._shortcut(QKeySequence(Qt.Key.Key_R), self.toggle_recording)
+        for number, key in enumerate(HOT_CUE_KEYS, 1):
+            self._shortcut(QKeySequence(key), lambda n=number: self.practice("hot_cue", n))
+            clear = QKeySequence(QKeyCombination(shift, key))
+            self._shortcut(clear, lambda n=number: self.practice("clear_hot_cue", n))
         for index, (digit, shifted) in enumerate(zip(DIGIT_KEYS, SHIFTED_DIGIT_KEYS, strict=True)):
             self._shortcut(QKeySequence(digit), lambda i=index: self.toggle_stem(i, "mute"))
             # Shift+digit arrives as the digit or as the layout's symbol, with or without Shift; X11
@@ -562,6 +594,49 @@ class MainWindow(QMainWindow):
             button = self.strips[index].mute if control == "mute" else self.strips[index].solo
             button.toggle()
 
+    def practice(self, method: str, *args) -> None:
+        """A practice control (loop, hot cue, tempo...) on the engine; what it refuses (no track,
+        loop out before in, beats before the tempo is known) is said in the status bar."""
+        engine = self.session.engine
+        if engine is None or not hasattr(engine, method):
+            return
+        try:
+            getattr(engine, method)(*args)
+        except ValueError as exc:
+            self.show_message(str(exc), MIDI_MESSAGE_MS)
+
+    def pad_pressed(self, number: int) -> None:
+        """A hot cue pad: jump (or set when empty); with Shift held, clear it."""
+        shift = QApplication.keyboardModifiers() & Qt.KeyboardModifier.ShiftModifier
+        self.practice("clear_hot_cue" if shift else "hot_cue", number)
+
+    def _snap(self, on: bool) -> None:
+        engine = self.session.engine
+        if engine is not None:
+            engine.snap_to_beats = on
+
+    def step_key(self, semitones: int) -> None:
+        engine = self.session.engine
+        if engine is not None and hasattr(engine, "set_key"):
+            self.practice("set_key", max(-12, min(12, round(engine.key) + semitones)))
+
+    def toggle_recording(self) -> None:
+        """Record what plays to a fresh WAV file in the recordings folder, or finish the take."""
+        engine = self.session.engine
+        if engine is None:
+            return
+        try:
+            take = engine.toggle_recording()
+        except (ValueError, OSError) as exc:
+            self.show_error(f"cannot record: {exc}")
+            return
+        if take is None:
+            self.show_message(f"recording to {engine.recorder.path}")
+            return
+        seconds = take.frames / engine.config.samplerate
+        dropped = f"; {take.dropped_frames} frames dropped (the disk was too slow)" if take.dropped_frames else ""
+        self.show_message(f"recorded {seconds:.1f} s to {take.path}{dropped}", NOTE_MS)
+
     def start_live(self) -> None:
         self.session.config.input_device = self._device_choice(self.input_box)
         self.session.config.output_device = self._device_choice(self.live_output_box)
@@ -627,9 +702,12 @@ class MainWindow(QMainWindow):
             self.crossfader.setValue(round(100 * mixer.dry_mix))
             self.crossfader.blockSignals(False)
         self.play_button.setText("❚❚ Pause" if status.playing else "▶ Play")
+        stretch = hasattr(engine, "set_tempo")  # the time-stretcher's controls, where the engine has them
+        self.transport.sync(mixer, engine.bpm, engine.tempo if stretch else None, engine.key if stretch else None)
         if self.session.track is not None:
             seconds = self.session.track.seconds
             self.overview.set_position(status.position_s, max(0.0, status.seconds_ahead))
+            self.overview.set_marks(engine.hot_cues, (status.loop_in_s, status.loop_out_s, status.looping))
             self.elapsed_label.setText(_clock(status.position_s))
             self.remaining_label.setText(_remaining(seconds - status.position_s))
         self._refresh_status_bar(engine, status)

@@ -220,6 +220,7 @@ class Session(QObject):
         new.set_dry_mix(mixer.dry_mix)
 
     def _open_file(self, path: Path) -> None:
+        from stemdeck.engine.memory import audio_key
         from stemdeck.models.audio import read_audio
         from stemdeck.models.stem_file import is_stem_file, read_stem_file
 
@@ -227,10 +228,12 @@ class Session(QObject):
         if is_stem_file(path):  # an NI STEM file: its stems play as they are, nothing to separate
             master, stems, samplerate = read_stem_file(path)  # a broken one stops here, as below
             at_rate = {name: self._at_engine_rate(audio, samplerate) for name, audio in stems.items()}
-            self._open_audio(self._at_engine_rate(master, samplerate), path.name, path, stems=at_rate)
+            key = audio_key(master, samplerate)  # as the command line names it: cues are shared
+            self._open_audio(self._at_engine_rate(master, samplerate), path.name, path, stems=at_rate, key=key)
             return
         audio, samplerate = read_audio(path)  # a bad file stops here: the current track plays on
-        self._open_audio(self._at_engine_rate(audio, samplerate), path.name, path)
+        key = audio_key(audio, samplerate)
+        self._open_audio(self._at_engine_rate(audio, samplerate), path.name, path, key=key, resume=True)
 
     def _at_engine_rate(self, audio: np.ndarray, samplerate: int) -> np.ndarray:
         from stemdeck.models.separate import match_channels, resample
@@ -247,17 +250,23 @@ class Session(QObject):
         cue_s: float = 0.0,
         play: bool = False,
         stems: dict[str, np.ndarray] | None = None,
+        key: str | None = None,
+        resume: bool = False,
     ) -> None:
         """Load ``audio`` on the deck at ``cue_s`` (a new track waits for play, as DJs load);
-        with ``stems`` (at the engine's rate), as a track separated already."""
+        with ``stems`` (at the engine's rate), as a track separated already. ``key`` names the
+        track in the deck's memory (hot cues, loop); with ``resume``, the deck starts where the
+        track was left last time."""
         self._require_engine()
         engine = self.engine
         engine.pause()
         engine.stop_output()
         if stems is None:
-            engine.load_array(audio, cue_s)
+            engine.load_array(audio, cue_s, key=key)
         else:
-            engine.load_separated(audio, stems, engine.config.samplerate, cue_s)
+            engine.load_separated(audio, stems, engine.config.samplerate, cue_s, key=key)
+        if resume and engine.resume_s is not None:
+            engine.seek(engine.resume_s)
         self._track_audio, self._track_stems = audio, stems
         self.track = Track(path, name, audio.shape[-1] / engine.config.samplerate, overview_peaks(audio))
         if not self.config.headless:

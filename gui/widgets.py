@@ -27,6 +27,8 @@ FADER_STEPS_PER_DB = 10
 ACTIVITY_POINTS = 90  # three seconds at 30 fps
 PLAYED = "#7a808a"  # the waveform left of the playhead
 METER_MIN_HEIGHT = 90  # the window's minimum size keeps every label clear of the meters
+CUE_COLOUR, LOOP_COLOUR = "#26c6da", "#66bb6a"  # hot cue marks; the loop's band
+CUE_FLAG_PX = 14
 
 
 def to_db(value: float) -> float:
@@ -165,6 +167,8 @@ class WaveformOverview(QWidget):
         self.seconds = 0.0
         self.position_s = 0.0
         self.separated_until_s = 0.0
+        self.cues: tuple[float | None, ...] = ()
+        self.loop: tuple[float | None, float | None, bool] = (None, None, False)
         self._lines: list[QLineF] = []
         self._lines_key: tuple | None = None
         self.setMinimumHeight(50)
@@ -181,6 +185,12 @@ class WaveformOverview(QWidget):
         before = (self._x_of(self.position_s), self._x_of(self.separated_until_s))
         self.position_s, self.separated_until_s = position_s, position_s + ahead_s
         if before != (self._x_of(self.position_s), self._x_of(self.separated_until_s)):
+            self.update()
+
+    def set_marks(self, cues: tuple[float | None, ...], loop: tuple[float | None, float | None, bool]) -> None:
+        """Hot cues (seconds or None) and the loop ``(in, out, playing)``; repaints on a change."""
+        if (tuple(cues), tuple(loop)) != (self.cues, self.loop):
+            self.cues, self.loop = tuple(cues), tuple(loop)
             self.update()
 
     def _x_of(self, seconds: float) -> int:
@@ -221,8 +231,40 @@ class WaveformOverview(QWidget):
             p.setPen(QColor(colour))
             p.drawLines(lines)
         p.setClipping(False)
+        self._paint_loop(p, rect)
+        self._paint_cues(p, rect)
         p.setPen(QPen(QColor(ACCENT), 2))
         p.drawLine(QPointF(played, rect.top()), QPointF(played, rect.bottom()))
+
+    def _paint_loop(self, p: QPainter, rect: QRectF) -> None:
+        """The loop's band (filled while it plays, outlined when off) and its in point alone."""
+        loop_in, loop_out, playing = self.loop
+        colour = QColor(LOOP_COLOUR)
+        if loop_in is not None and loop_out is not None:
+            left, right = self._x_of(loop_in), self._x_of(loop_out)
+            band = QRectF(left, rect.top(), max(1, right - left), rect.height())
+            if playing:
+                p.fillRect(band, QColor(colour.red(), colour.green(), colour.blue(), 70))
+            p.setPen(QPen(colour, 1, Qt.PenStyle.SolidLine if playing else Qt.PenStyle.DashLine))
+            p.drawRect(band)
+        elif loop_in is not None:
+            x = self._x_of(loop_in)
+            p.setPen(QPen(colour, 2))
+            p.drawLine(QPointF(x, rect.top()), QPointF(x, rect.bottom()))
+
+    def _paint_cues(self, p: QPainter, rect: QRectF) -> None:
+        """Each hot cue: a line with a numbered flag at the top."""
+        colour = QColor(CUE_COLOUR)
+        for number, seconds in enumerate(self.cues, 1):
+            if seconds is None:
+                continue
+            x = self._x_of(seconds)
+            p.setPen(QPen(colour, 1))
+            p.drawLine(QPointF(x, rect.top()), QPointF(x, rect.bottom()))
+            flag = QRectF(x, rect.top(), CUE_FLAG_PX, CUE_FLAG_PX)
+            p.fillRect(flag, colour)
+            p.setPen(QColor("#000"))
+            p.drawText(flag, Qt.AlignmentFlag.AlignCenter, str(number))
 
 
 class StemStrip(QFrame):

@@ -1,0 +1,123 @@
+"""The practice row in the shown window, used as a person does: keys go to whatever widget has
+the focus (window-wide shortcuts), pads and buttons are clicked, MIDI arrives through a real JACK
+MIDI port; every action is checked on the engine's output audio (pass-through model, headless
+deck pulled here) and on what the window shows (pads lit, loop and cues on the waveform)."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PyQt6.QtCore import Qt
+from test_gui import SR, output_ratio
+from test_gui_keys import key, settings, window  # noqa: F401 - fixtures
+from test_gui_midi_jack import deck, pads, press  # noqa: F401 - fixtures
+
+SHIFT = Qt.KeyboardModifier.ShiftModifier
+REFRESH_MS = 120  # a few of the window's 33 ms refreshes
+
+
+def pull(window, frames: int) -> np.ndarray:
+    """The engine's next ``frames`` of output, as the audio callback would play them."""
+    engine = window.session.engine
+    out = np.zeros((frames, 2), np.float32)
+    engine.process_deck_block(out)
+    return out
+
+
+def track(window) -> np.ndarray:
+    return window.session._track_audio
+
+
+def test_loop_keys_set_play_halve_double_and_leave_the_loop(qtbot, window):
+    engine = window.session.engine
+    pull(window, 11025)
+    key(window, Qt.Key.Key_I)
+    pull(window, 22050)
+    key(window, Qt.Key.Key_O)
+    assert (engine.loop.in_frames, engine.loop.out_frames, engine.loop.active) == (11025, 33075, True)
+    out = pull(window, 22050 + 4096)  # the whole loop, then its start again
+    np.testing.assert_allclose(out[22050:], track(window)[:, 11025 : 11025 + 4096].T, atol=1e-6)
+    key(window, Qt.Key.Key_BracketLeft)
+    assert engine.loop.length_frames == 11025
+    key(window, Qt.Key.Key_BracketRight)
+    key(window, Qt.Key.Key_BracketRight)
+    assert engine.loop.length_frames == 44100
+    qtbot.wait(REFRESH_MS)
+    assert window.transport.loop_button.isChecked()
+    assert window.overview.loop == pytest.approx((0.25, 1.25, True))
+    key(window, Qt.Key.Key_L)
+    qtbot.wait(REFRESH_MS)
+    assert not engine.status().looping and not window.transport.loop_button.isChecked()
+    assert window.overview.loop[2] is False
+
+
+def test_hot_cue_keys_set_jump_and_clear_and_show_on_the_waveform(qtbot, window):
+    engine = window.session.engine
+    pull(window, 22050)
+    key(window, Qt.Key.Key_F2)  # empty: set at 0.5 s
+    pull(window, 44100)
+    key(window, Qt.Key.Key_F2)  # set: jump back
+    out = pull(window, 512)
+    np.testing.assert_allclose(out, track(window)[:, 22050 : 22050 + 512].T, atol=1e-6)
+    qtbot.wait(REFRESH_MS)
+    assert window.transport.pads[1].isChecked() and not window.transport.pads[0].isChecked()
+    assert window.overview.cues[:2] == (None, 0.5)
+    key(window, Qt.Key.Key_F2, SHIFT)
+    qtbot.wait(REFRESH_MS)
+    assert engine.hot_cues[1] is None and not window.transport.pads[1].isChecked()
+    assert window.overview.cues[1] is None
+
+
+def test_pads_and_loop_buttons_by_mouse(qtbot, window):
+    engine = window.session.engine
+    row = window.transport
+    pull(window, 4410)
+    qtbot.mouseClick(row.pads[4], Qt.MouseButton.LeftButton)
+    assert engine.hot_cues[4] == pytest.approx(0.1)
+    qtbot.mouseClick(row.loop_in_button, Qt.MouseButton.LeftButton)
+    pull(window, 8820)
+    qtbot.mouseClick(row.loop_out_button, Qt.MouseButton.LeftButton)
+    assert engine.status().loop_in_s == pytest.approx(0.1) and engine.status().loop_out_s == pytest.approx(0.3)
+    qtbot.mouseClick(row.pads[4], Qt.MouseButton.LeftButton, SHIFT)
+    assert engine.hot_cues[4] is None
+    assert not row.beats_box.isEnabled()  # no tempo yet: no loops by beats
+    engine.set_beat_grid(120.0)
+    qtbot.wait(REFRESH_MS)
+    assert row.beats_box.isEnabled() and row.bpm_label.text() == "120.0 BPM"
+    window.transport.loop_beats.emit(2)  # what choosing "2" in the list sends
+    assert engine.loop.length_frames == SR
+    engine.seek(0.05)  # before the in point: an out point here is refused, in the status bar
+    qtbot.mouseClick(row.loop_out_button, Qt.MouseButton.LeftButton)
+    assert window.status_message() == "the loop's out point must come after its in point"
+    assert engine.loop.length_frames == SR
+
+
+def test_the_record_key_and_button_write_what_plays(qtbot, window, tmp_path, monkeypatch):
+    monkeypatch.setenv("STEMDECK_RECORDINGS_DIR", str(tmp_path / "takes"))
+    window.session.engine.set_mute("vocals")
+    key(window, Qt.Key.Key_R)
+    qtbot.wait(REFRESH_MS)
+    assert window.transport.record_button.isChecked() and "recording to" in window.status_message()
+    heard = np.concatenate([pull(window, 4096) for _ in range(4)])
+    qtbot.mouseClick(window.transport.record_button, Qt.MouseButton.LeftButton)
+    assert "recorded 0.4 s to" in window.status_message()
+    (take,) = (tmp_path / "takes").glob("*.wav")
+    recorded = sf.read(str(take), dtype="float32")[0]
+    np.testing.assert_array_equal(recorded, heard)
+    assert output_ratio(window) == pytest.approx(0.6, abs=1e-5)
+
+
+def test_practice_pads_through_a_real_jack_midi_port(qtbot, pads, deck):  # noqa: F811 - fixtures
+    engine = deck.session.engine
+    output_ratio(deck, blocks=40)
+    at = engine.status().position_s
+    press(qtbot, pads, deck, 52, lambda: engine.hot_cues[2] is not None)  # pad 3: set
+    assert engine.hot_cues[2] == pytest.approx(at, abs=1e-6)
+    assert deck.transport.pads[2].isChecked()
+    press(qtbot, pads, deck, 66, lambda: engine.loop.in_frames is not None)  # loop in
+    output_ratio(deck, blocks=40)
+    press(qtbot, pads, deck, 67, lambda: engine.status().looping)  # loop out: looping
+    assert deck.transport.loop_button.isChecked()
+    press(qtbot, pads, deck, 69, lambda: engine.loop.length_frames == 20 * 256)  # halve
+    press(qtbot, pads, deck, 68, lambda: not engine.status().looping)  # loop off
+    press(qtbot, pads, deck, 60, lambda: engine.hot_cues[2] is None)  # shift layer: clear pad 3
+    assert not deck.transport.pads[2].isChecked()
