@@ -85,9 +85,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="registry name (see `stemdeck models list`) or checkpoint path (default: htdemucs "
         "when it is cached or can be downloaded, else the bundled tiny model)",
     )
-    group.add_argument(
-        "--device", default=None, help="cpu, cuda or cuda:N (default: cpu; with --ray, cuda where the cluster has GPUs)"
-    )
+    group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     group.add_argument(
         "--precision",
         default="auto",
@@ -152,7 +150,7 @@ def add_separation_commands(commands) -> None:
     )
     sep.add_argument("--force", action="store_true", help="overwrite existing stems")
     add_library_options(sep)
-    sep.set_defaults(func=run_separate)
+    sep.set_defaults(func=run_separate, device=None)  # None: cpu here, a GPU per Ray worker where the cluster has them
 
     models = commands.add_parser("models", help="list or download pretrained models")
     models_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
@@ -186,8 +184,9 @@ def add_library_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--ray",
         metavar="ADDRESS",
-        help="run the files on a Ray cluster (ADDRESS, or auto for the one this machine belongs to); "
-        "OUTDIR must be shared storage the workers write to; needs pip install 'stemdeck[cluster]'",
+        help="run the files on a Ray cluster (ADDRESS, or auto for the one this machine belongs to), "
+        "on its GPUs where it has them unless --device cpu; OUTDIR must be shared storage the workers "
+        "write to; needs pip install 'stemdeck[cluster]'",
     )
     group.add_argument(
         "--nice",
