@@ -255,3 +255,12 @@ def test_queue_bars_show_the_batch_in_seconds_with_files_done_and_a_bar_per_runn
     assert "all files" in err and "s of audio, 1/2 files" in err
     assert "first.wav" in err and "15.0/30.0 s of audio" in err
     assert "second.wav -> out/s\n" in err
+
+
+def test_only_separate_leaves_the_device_to_the_cluster():
+    from stemdeck.cli import get_parser
+
+    parser = get_parser()
+    assert parser.parse_args(["separate", "x"]).device is None  # cpu here, GPUs on a Ray cluster
+    assert parser.parse_args(["play", "x"]).device == "cpu"
+    assert parser.parse_args(["separate", "x", "--device", "cuda"]).device == "cuda"
