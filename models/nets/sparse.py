@@ -37,6 +37,8 @@ from stemdeck.models.limits import check_mask_type
 LSH_HASHES = 32
 LSH_PROJECTION = 2  # 2 projections, signed: 4 buckets per hash
 QUERY_BLOCK = 128  # queries that share one gathered set of keys
+GATHER_BLOCKS = 8  # query blocks whose keys are gathered at once
+MASKED_ROWS = 1024  # queries of a masked dense product computed at once
 GATHER_LIMIT = 0.5  # gather keys only when a block needs at most this share of them
 MASK_ROWS = 256  # rows of a diagonal mask scattered at once
 LSH_QUERY_CHUNK = 1024  # queries whose bucket counts are held at once
@@ -120,7 +122,7 @@ class BlockPlan:
     QUERY_BLOCK, 1, 1)`` is 0 for padding queries and for queries that see no key at all (their
     output is zero, a sparse kernel's sum over nothing). Without gathering (it would not save
     work) ``key_index`` is None, ``allowed`` the whole ``(queries, keys)`` mask and ``live``
-    ``(queries, 1)``; all three are None when the pattern keeps every pair.
+    ``(queries, 1, 1)``; all three are None when the pattern keeps every pair.
     """
 
     queries: int
@@ -163,7 +165,7 @@ def _gathered_plan(allowed: torch.Tensor, kept: float) -> BlockPlan | None:
 def _masked_plan(allowed: torch.Tensor, kept: float) -> BlockPlan:
     live = allowed.any(dim=1, keepdim=True)
     allowed[:, :1] |= ~live
-    return BlockPlan(allowed.shape[0], allowed.shape[1], None, allowed, live.to(torch.float32), kept)
+    return BlockPlan(allowed.shape[0], allowed.shape[1], None, allowed, live[..., None].to(torch.float32), kept)
 
 
 def planned_attention(
@@ -171,25 +173,54 @@ def planned_attention(
 ) -> torch.Tensor:
     """Attention of ``q`` ``(B, queries, H, D)`` over ``k``/``v`` ``(B, keys, H, D)`` under
     ``plan``; token-major in and out, so that keys are gathered as whole rows."""
+    if plan.allowed is None:
+        return F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout
+        ).transpose(1, 2)
     if plan.key_index is None:
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=plan.allowed, dropout_p=dropout
-        )
-        out = out if plan.live is None else out * plan.live.to(out.dtype)
-        return out.transpose(1, 2)
+        return _masked_rows(q, k, v, plan, dropout)
     batch, queries, heads, dim = q.shape
-    blocks, width = plan.key_index.shape
+    out = q.new_empty(batch, plan.key_index.shape[0] * QUERY_BLOCK, heads, dim)
+    qb = F.pad(q, (0, 0, 0, 0, 0, out.shape[1] - queries))
+    # A few blocks at a time: the gathered keys and values stay small (a copy of every block's
+    # keys at once would take more memory than dense attention, which never holds its scores).
+    for first in range(0, plan.key_index.shape[0], GATHER_BLOCKS):
+        blocks = slice(first, first + GATHER_BLOCKS)
+        rows = slice(first * QUERY_BLOCK, (first + GATHER_BLOCKS) * QUERY_BLOCK)
+        out[:, rows] = _gathered_blocks(qb[:, rows], k, v, plan, blocks, dropout)
+    return out[:, :queries]
+
+
+def _masked_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, dropout: float) -> torch.Tensor:
+    """Masked dense attention, ``MASKED_ROWS`` queries at a time (the mask's float form stays small)."""
+    out = torch.empty_like(q)
+    heads_first = k.transpose(1, 2), v.transpose(1, 2)
+    for start in range(0, q.shape[1], MASKED_ROWS):
+        rows = slice(start, start + MASKED_ROWS)
+        part = F.scaled_dot_product_attention(
+            q[:, rows].transpose(1, 2), *heads_first, attn_mask=plan.allowed[rows], dropout_p=dropout
+        )
+        out[:, rows] = part.transpose(1, 2) * plan.live[rows].to(part.dtype)
+    return out
+
+
+def _gathered_blocks(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, blocks: slice, dropout: float
+) -> torch.Tensor:
+    """Attention of the query blocks ``blocks`` (``q`` holds their rows) over their own keys."""
+    batch, _, heads, dim = q.shape
+    key_index = plan.key_index[blocks]
+    count, width = key_index.shape
     # Each block of queries is one batch entry of the product, with its own keys and mask.
-    qb = F.pad(q, (0, 0, 0, 0, 0, blocks * QUERY_BLOCK - queries)).view(batch * blocks, QUERY_BLOCK, heads, dim)
-    flat = plan.key_index.reshape(-1)
-    kb = k.index_select(1, flat).view(batch * blocks, width, heads, dim)
-    vb = v.index_select(1, flat).view(batch * blocks, width, heads, dim)
-    allowed = plan.allowed.repeat(batch, 1, 1)[:, None]  # (batch * blocks, 1, QUERY_BLOCK, width)
+    qb = q.reshape(batch * count, QUERY_BLOCK, heads, dim)
+    kb = k.index_select(1, key_index.reshape(-1)).view(batch * count, width, heads, dim)
+    vb = v.index_select(1, key_index.reshape(-1)).view(batch * count, width, heads, dim)
+    allowed = plan.allowed[blocks].repeat(batch, 1, 1)[:, None]  # (batch * count, 1, QUERY_BLOCK, width)
     out = F.scaled_dot_product_attention(
         qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2), attn_mask=allowed, dropout_p=dropout
     )
-    out = out.transpose(1, 2) * plan.live.repeat(batch, 1, 1, 1).to(out.dtype)
-    return out.reshape(batch, blocks * QUERY_BLOCK, heads, dim)[:, :queries]
+    out = out.transpose(1, 2) * plan.live[blocks].repeat(batch, 1, 1, 1).to(out.dtype)
+    return out.reshape(batch, count * QUERY_BLOCK, heads, dim)
 
 
 # -- locality-sensitive hashing (the reference's auto sparsity) ------------------------------------
