@@ -10,7 +10,7 @@ import soundfile as sf
 from conftest import run_stemdeck
 
 from stemdeck.engine.audio.callbacks import deck_block
-from stemdeck.engine.audio.stretched import WRITTEN
+from stemdeck.engine.audio.stretched import FADE_FRAMES, WRITTEN
 from stemdeck.engine.config import EngineConfig
 from stemdeck.engine.engine import Engine
 from stemdeck.engine.stretch.beats import detect_beats
@@ -210,6 +210,26 @@ def test_a_loop_at_tempo_0_8_repeats_every_loop_length_over_0_8_and_the_playhead
     engine.stop()
 
 
+def test_going_into_stretching_changing_it_and_leaving_it_do_not_click():
+    # a cut between the source and its stretched (and pitch-shifted) version jumps by up to twice
+    # the amplitude; crossfaded, no step is larger than the tone's own steepest one
+    engine = deck(tone_track(3.0))
+    engine.play()
+    parts = [play(engine, SR // 4)]
+    engine.set_key(-2)  # joining the stage's output
+    parts.append(play(engine, SR // 2))
+    engine.set_tempo(0.8)  # a change on the running stretcher
+    parts.append(play(engine, SR // 4))
+    engine.set_key(0)
+    engine.set_tempo(1.0)  # leaving it
+    parts.append(play(engine, SR // 4))
+    out = np.concatenate(parts, axis=1)
+    steepest = np.abs(np.diff(parts[0][0])).max()  # the 440 Hz tone as recorded
+    assert np.abs(np.diff(out[0])).max() < 1.1 * steepest
+    assert np.abs(out[0, SR // 2 : SR]).max() > 0.45  # stretched, at full level
+    engine.stop()
+
+
 def test_tempo_1_key_0_plays_the_unstretched_deck_bit_for_bit():
     track = click_track(1.0) + tone_track(1.0, 330.0)
     stretched_path, plain = deck(track), deck(track)
@@ -236,8 +256,8 @@ def test_back_to_tempo_1_plays_on_from_the_source_frame_heard():
     assert heard == pytest.approx(0.7, abs=0.05)  # one second of output at tempo 0.7
     engine.set_tempo(1.0)
     playhead = int(round(engine.status().position_s * SR))
-    out = play(engine, 1024)
-    assert np.allclose(out, track[:, playhead : playhead + 1024], atol=1e-6)
+    out = play(engine, 1024)  # a crossfade from the ring, then the track itself from there
+    np.testing.assert_allclose(out[:, FADE_FRAMES:], track[:, playhead + FADE_FRAMES : playhead + 1024], atol=1e-6)
     engine.stop()
 
 
@@ -330,7 +350,7 @@ def test_cli_play_at_tempo_0_8_key_minus_2_records_the_stretched_track(jack_serv
     heard = recorded[int(np.flatnonzero(np.abs(recorded[:, 0]) > 0)[0]) :].T
     assert rate == SR and heard.shape[-1] > 2 * SR
     gaps = np.diff(onset_times_s(heard[:, int(0.2 * SR) :]))
-    assert np.median(gaps) == pytest.approx(0.5 / 0.8, rel=0.01)
+    assert np.median(gaps) == pytest.approx(0.5 / 0.8, rel=0.01), result.stderr
     spectrum_hz = frequency_hz(heard[:, int(0.3 * SR) : int(2.3 * SR)])
     assert spectrum_hz == pytest.approx(440.0 * 2 ** (-2 / 12), rel=0.01)
 

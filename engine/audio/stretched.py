@@ -46,9 +46,17 @@ from stemdeck.engine.audio.state import (
 # callback-written (JOINED: the epoch it reads, 0 for none; READ: its ring frames taken;
 # MISSED: an epoch whose start the playhead reached before any frame was ready; SEEK_NOTED:
 # the last seek it left an epoch for).
-EPOCH, EPOCH_START, WRITTEN, JOINED, READ, UNDERFLOWS, MISSED, SEEK_NOTED = range(8)
+# HELD, HELD_EPOCH: silent frames the callback has waited at an epoch's start for its first frame.
+EPOCH, EPOCH_START, WRITTEN, JOINED, READ, UNDERFLOWS, MISSED, SEEK_NOTED, HELD, HELD_EPOCH = range(10)
 # controls[...] slots, control-written
 TEMPO, SEMITONES = range(2)
+# joining the stage's output, and leaving it for the source, crossfade over this many frames
+# (6 ms at 44.1 kHz): the two sides are the same music at another pitch or phase, so a cut clicks
+FADE_FRAMES = 256
+# at an epoch's start with nothing stretched yet (play pressed at once after a change, a loaded
+# machine) the callback plays silence, not the source at the wrong tempo, for at most this long
+# (93 ms at 44.1 kHz); then it plays on unstretched and the stage starts again further ahead
+HOLD_FRAMES = 4096
 
 
 class StretchBuffers(NamedTuple):
@@ -58,8 +66,10 @@ class StretchBuffers(NamedTuple):
     dry: np.ndarray  # (C, capacity) float32, stage-written
     ready: np.ndarray  # (capacity,) uint8: the stems were separated at this frame's source; stage-written
     source: np.ndarray  # (capacity,) int64: the source frame this ring frame was made from; stage-written
-    state: np.ndarray  # (8,) int64, see the slots above
+    state: np.ndarray  # (10,) int64, see the slots above
     controls: np.ndarray  # (2,) float64: tempo (1 = as recorded), key shift in semitones; control-written
+    fade: np.ndarray  # (FADE_FRAMES, C * (S + 1)) float32: the other side of a crossfade; callback-owned
+    gains_saved: np.ndarray  # (4, S + 1) float64: the gain ramps before a crossfade's first side; callback-owned
 
     @classmethod
     def allocate(cls, num_stems: int, channels: int, capacity_frames: int) -> StretchBuffers:
@@ -70,8 +80,10 @@ class StretchBuffers(NamedTuple):
             np.zeros((channels, capacity_frames), np.float32),
             np.zeros(capacity_frames, np.uint8),
             np.zeros(capacity_frames, np.int64),
-            np.zeros(8, np.int64),
+            np.zeros(10, np.int64),
             controls,
+            np.zeros((FADE_FRAMES, channels * (num_stems + 1)), np.float32),
+            np.zeros((4, num_stems + 1), np.float64),
         )
 
 
@@ -107,6 +119,36 @@ def _play_ring(out, deck, stretch):
 
 
 @njit(nogil=True, cache=True)
+def _crossfade(out, deck, stretch, to_ring):
+    """The first frames of ``out`` crossfaded from the source played on unstretched to the ring
+    (``to_ring``: joining) or from the ring to the source (leaving); both sides are mixed with the
+    same gain ramps. Returns the frames played; the playhead ends on the side faded to."""
+    audio, mixer, state = deck.audio, deck.mixer, stretch.state
+    frames = min(out.shape[0], stretch.fade.shape[0], max(state[WRITTEN] - state[READ], 0))
+    if frames <= 0:
+        return 0
+    source = stretch.fade[:frames, : out.shape[1]]  # as wide as any output: C * (S + 1)
+    channels = source.shape[1]
+    source[:] = 0.0
+    stretch.gains_saved[:] = mixer.gains
+    start = audio[PLAYHEAD]
+    _play_chunk(source, deck)  # at the track's end: silence
+    source_end = audio[PLAYHEAD]
+    mixer.gains[:] = stretch.gains_saved
+    audio[PLAYHEAD] = start
+    _play_ring(out[:frames], deck, stretch)
+    for i in range(frames):
+        weight = (i + 1) / (frames + 1)  # of the ring
+        if not to_ring:
+            weight = 1.0 - weight
+        for c in range(channels):
+            out[i, c] = weight * out[i, c] + (1.0 - weight) * source[i, c]
+    if not to_ring:
+        audio[PLAYHEAD] = source_end
+    return frames
+
+
+@njit(nogil=True, cache=True)
 def _play_source(out, deck, stretch):
     """Unstretched from the playhead until the stage's epoch starts (stopping there to join it);
     returns the frames played, 0 at the track's end."""
@@ -119,7 +161,12 @@ def _play_source(out, deck, stretch):
             if state[WRITTEN] > 0:
                 state[READ] = 0
                 state[JOINED] = epoch
-                return _play_ring(out, deck, stretch)
+                return _crossfade(out, deck, stretch, True)
+            if state[HELD_EPOCH] != epoch:
+                state[HELD_EPOCH], state[HELD] = epoch, 0
+            if state[HELD] < HOLD_FRAMES:
+                state[HELD] += out.shape[0]
+                return out.shape[0]  # silence; the playhead waits at the start
             state[MISSED] = epoch  # the stage was too slow: it starts again further ahead
         elif 0 < to_start < frames:
             frames = to_start
@@ -146,10 +193,27 @@ def _stretched_blocks(outdata, deck, stretch):
 
 
 @njit(nogil=True, cache=True)
+def _leave(outdata, deck, stretch):
+    """Back at tempo 1 and key 0: a crossfade from the ring to the source, then the source."""
+    state = stretch.state
+    done = _crossfade(outdata, deck, stretch, False) if state[JOINED] != 0 else 0
+    state[JOINED] = 0
+    chunk = deck.track_block.shape[-1]
+    while done < outdata.shape[0]:
+        frames = min(chunk, outdata.shape[0] - done)
+        if not _play_chunk(outdata[done : done + frames], deck):
+            break
+        done += frames
+    return done
+
+
+@njit(nogil=True, cache=True)
 def stretched_deck_block(outdata, deck, stretch, xrun):
-    """The deck's block: :func:`deck_block` at tempo 1 and key 0, else the stage's output."""
+    """The deck's block: :func:`deck_block` at tempo 1 and key 0, else the stage's output (and
+    the block that leaves it, crossfading back to the source)."""
     audio, transport, mixer, state = deck.audio, deck.transport, deck.mixer, stretch.state
-    if not stretch_active(stretch.controls):
+    active = stretch_active(stretch.controls)
+    if not active and (state[JOINED] == 0 or state[JOINED] != state[EPOCH]):
         state[JOINED] = 0  # the playhead already holds the source frame heard next
         deck_block(outdata, deck, xrun)
         return
@@ -163,7 +227,10 @@ def stretched_deck_block(outdata, deck, stretch, xrun):
     _update_gains(mixer)
     outdata[:] = 0.0
     mixer.levels[:] = 0.0
-    if transport[PLAY] != 0 and _stretched_blocks(outdata, deck, stretch) > 0:
+    if transport[PLAY] == 0:
+        if not active:
+            state[JOINED] = 0
+    elif (_stretched_blocks(outdata, deck, stretch) if active else _leave(outdata, deck, stretch)) > 0:
         audio[POSITION] += outdata.shape[0]
         audio[BLOCKS] += 1
     record_block(outdata, deck.record)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -83,6 +84,18 @@ def source_positions(out, position, frames, loop_in, loop_out, length):
     return position
 
 
+STAGE_NICE = -10  # the stage feeds the audio callback: ahead of the separation (niced) and other work
+
+
+def _raise_priority() -> None:
+    """Best effort: this thread (a Linux task of its own) at a higher priority, where allowed
+    (root, or CAP_SYS_NICE / an rtprio limit); otherwise it stays as it is."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), STAGE_NICE)
+    except (OSError, AttributeError):
+        pass
+
+
 class StretchStage:
     """One track's stretch stage: ``start`` it after a load, ``stop`` it before the next."""
 
@@ -129,6 +142,7 @@ class StretchStage:
         self._wake.set()
 
     def _run(self) -> None:
+        _raise_priority()
         while not self._stop.is_set():
             try:
                 busy = self._step()
