@@ -176,7 +176,7 @@ def add_library_options(parser: argparse.ArgumentParser) -> None:
         "--jobs",
         "-j",
         type=job_count,
-        default=1,
+        default=None,
         metavar="N",
         help="separate N files at once, in N processes sharing the cores (default 1); "
         "with --ray, N workers on the cluster (default: one per GPU, else one per 2 CPUs)",
@@ -228,7 +228,7 @@ def run_separate(args: argparse.Namespace) -> int:
     check_stem_format(args)
     if args.nice:
         os.nice(args.nice)  # the --jobs workers inherit it
-    if args.recursive or args.jobs != 1 or args.ray:
+    if args.recursive or (args.jobs or 1) != 1 or args.ray:
         from stemdeck.models.library_cli import run_library
 
         return run_library(args)

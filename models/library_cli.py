@@ -67,11 +67,15 @@ def run_library(args: argparse.Namespace) -> int:
 
 
 def run_batch(args, model, spec, plan, options, device, batch, workers) -> None:
-    """The files here (one at a time, or in ``workers`` processes), or on the Ray cluster."""
+    """The files here (one at a time, or in ``workers`` processes), or on the Ray cluster;
+    nothing started for nothing to do, no more workers than files."""
+    workers = min(workers, len(plan.jobs)) if workers else None  # None: the cluster's default
+    if not plan.jobs:
+        return
     if args.ray:
         from stemdeck.models.library_ray import run_on_ray
 
-        run_on_ray(args.ray, spec, plan, options, args.device, batch, args.jobs if args.jobs != 1 else None)
+        run_on_ray(args.ray, spec, plan, options, args.device, batch, workers)
     elif workers == 1:
         run_here(model, plan, options, device, batch)
     else:
@@ -88,14 +92,14 @@ def check_jobs(args: argparse.Namespace) -> int:
         from stemdeck.models.library_ray import require_ray
 
         require_ray()
-        return args.jobs
-    available = cores()
-    if args.jobs > available:
+        return args.jobs  # None: the cluster's default
+    available, jobs = cores(), args.jobs or 1
+    if jobs > available:
         raise CommandError(
-            f"--jobs {args.jobs}: this machine has {available} core(s); use --jobs {available} or fewer "
+            f"--jobs {jobs}: this machine has {available} core(s); use --jobs {available} or fewer "
             "(or --ray to use more machines)"
         )
-    return args.jobs
+    return jobs
 
 
 def input_folders(args: argparse.Namespace) -> dict[Path, Path]:

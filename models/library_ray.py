@@ -75,7 +75,7 @@ def run_on_ray(
     if started:
         connect(ray, address)
     try:
-        actors, device = start_actors(ray, model_spec, device, workers)
+        actors, device = start_actors(ray, model_spec, device, workers, len(plan.jobs))
         dispatch(ray, actors, plan, options, batch)
     finally:
         if started:
@@ -94,9 +94,10 @@ def connect(ray, address: str) -> None:
         ) from None
 
 
-def start_actors(ray, model_spec: str, device: str | None, workers: int | None):
-    """``workers`` actors (default: one per GPU, else one per two CPUs), each on a GPU where the
-    cluster has them and ``--device`` does not say cpu; torch threads share the CPUs out."""
+def start_actors(ray, model_spec: str, device: str | None, workers: int | None, files: int):
+    """``workers`` actors (default: one per GPU, else one per two CPUs; never more than files),
+    each on a GPU where the cluster has them and ``--device`` does not say cpu; torch threads
+    share the CPUs out."""
     from stemdeck.models.track_job import CommandError
 
     resources = ray.cluster_resources()
@@ -104,7 +105,7 @@ def start_actors(ray, model_spec: str, device: str | None, workers: int | None):
     use_gpu = gpus > 0 and (device is None or device.startswith("cuda"))
     if device is not None and device.startswith("cuda") and not gpus:
         raise CommandError(f"--device {device}: the Ray cluster has no GPUs; leave --device out or use cpu")
-    count = workers or (gpus if use_gpu else max(1, cpus // 2))
+    count = min(workers or (gpus if use_gpu else max(1, cpus // 2)), max(1, files))
     threads = max(1, cpus // count)
     env = {name: value for name, value in os.environ.items() if name.startswith("STEMDECK_TEST_")}
     actor = ray.remote(Separator).options(
