@@ -311,10 +311,15 @@ def test_the_beat_tracker_finds_a_click_tracks_tempo_within_1_percent():
     assert beats.first_beat_s == pytest.approx(0.25, abs=0.02)
 
 
-def test_a_loaded_track_gets_its_beat_grid_in_the_background():
+def test_a_loaded_track_gets_its_beat_grid_in_the_background_and_a_reload_the_new_tracks():
     engine = deck(click_track(12.0, period_s=60.0 / 96.0), beat_tracking=True)
     assert engine.practice.wait_beats(120.0) is not None
     assert engine.bpm == pytest.approx(96.0, rel=0.01)
+    first = click_track(12.0, period_s=60.0 / 140.0)
+    engine.load_array(first, 0.0)
+    engine.load_array(click_track(12.0, period_s=60.0 / 128.0), 0.0)  # at once, while the 140 BPM is searched
+    assert engine.practice.wait_beats(120.0) is not None
+    assert engine.bpm == pytest.approx(128.0, rel=0.01)
     engine.stop()
 
 

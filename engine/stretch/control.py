@@ -2,9 +2,9 @@
 
 :class:`engine.engine.Engine` holds one :class:`PracticeControls`: it writes tempo and key into
 the slots the callback and the stage read, runs one :class:`StretchStage` per loaded track and,
-per track, finds the beat grid in a process of its own (play never waits for it, and the beat
-tracker's Numba compilation and NumPy work never hold this process's interpreter lock, which the
-audio callback needs).
+per track, finds the beat grid in a process of its own, one for the whole program (play never
+waits for it, and the beat tracker's Numba compilation and NumPy work never hold this process's
+interpreter lock, which the audio callback needs).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import multiprocessing
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
@@ -22,9 +23,34 @@ from stemdeck.engine.stretch.beats import Beats, analysis_signal, beats_of_signa
 from stemdeck.engine.stretch.stage import StageConfig, StretchStage
 from stemdeck.engine.stretch.stretcher import check_semitones, check_tempo
 
+_beat_pool: ProcessPoolExecutor | None = None
+_beat_pool_lock = threading.Lock()
+
+
+def beat_pool() -> ProcessPoolExecutor:
+    """One beat-tracking process for the whole program (its librosa import costs seconds), niced,
+    started on the first track; it ends with the program."""
+    global _beat_pool
+    with _beat_pool_lock:
+        if _beat_pool is None:
+            context = multiprocessing.get_context("spawn")
+            _beat_pool = ProcessPoolExecutor(1, mp_context=context, initializer=lower_priority)
+        return _beat_pool
+
+
+def _submit(signal: np.ndarray) -> Future:
+    """The beat search on the shared process; a process that died is replaced once."""
+    global _beat_pool
+    try:
+        return beat_pool().submit(beats_of_signal, signal)
+    except BrokenProcessPool:
+        with _beat_pool_lock:
+            _beat_pool = None
+        return beat_pool().submit(beats_of_signal, signal)
+
 
 class PracticeControls:
-    """Tempo and key (shared slots and the stage thread) and the beat tracker's thread."""
+    """Tempo and key (shared slots and the stage thread) and the search for each track's beats."""
 
     def __init__(self, num_stems: int, channels: int, samplerate: int, config: StageConfig = StageConfig()):
         self.buffers = StretchBuffers.allocate(num_stems, channels, config.ring_frames)
@@ -32,8 +58,7 @@ class PracticeControls:
         self.stage: StretchStage | None = None
         self.beats: Beats | None = None
         self._track_serial = 0  # a beat grid found for an older track is dropped
-        self._beat_pool: ProcessPoolExecutor | None = None
-        self._beat_search: Future | None = None
+        self._beat_thread: threading.Thread | None = None
 
     @property
     def tempo(self) -> float:
@@ -77,33 +102,34 @@ class PracticeControls:
         self.stage = StretchStage(deck, self.buffers, self.samplerate, crossfade_frames, self.config)
         self.stage.start()
         self._track_serial += 1
-        self.beats, self._beat_search = None, None
+        self.beats = None
         if on_beats is not None:
-            self._search_beats(deck.track, self._track_serial, on_beats)
+            self._beat_thread = threading.Thread(
+                target=self._search_beats,
+                args=(deck.track, self._track_serial, on_beats),
+                name="stemdeck-beats",
+                daemon=True,
+            )
+            self._beat_thread.start()
 
     def _search_beats(self, track: np.ndarray, serial: int, on_beats: Callable[[Beats], None]) -> None:
-        if self._beat_pool is None:
-            context = multiprocessing.get_context("spawn")
-            self._beat_pool = ProcessPoolExecutor(1, mp_context=context, initializer=lower_priority)
-        search = self._beat_pool.submit(beats_of_signal, analysis_signal(track, self.samplerate))
-
-        def found(done: Future) -> None:
-            beats = None if done.cancelled() or done.exception() is not None else done.result()
-            if beats is not None and serial == self._track_serial:
-                self.beats = beats
-                on_beats(beats)
-
-        search.add_done_callback(found)
-        self._beat_search = search
+        """On its own thread: the track handed to the beat process, its answer awaited. No grid is
+        a usable answer (loops are then set by hand), so any failure is just no grid."""
+        try:
+            signal = analysis_signal(track, self.samplerate)
+            if serial != self._track_serial:
+                return
+            beats = _submit(signal).result()
+        except Exception:  # noqa: BLE001 - a broken beat process, a damaged track: no grid
+            return
+        if beats is not None and serial == self._track_serial:
+            self.beats = beats
+            on_beats(beats)
 
     def wait_beats(self, timeout_s: float = 60.0) -> Beats | None:
         """Block (tests, scripts) until this track's beat search ends; its grid, or None."""
-        search = self._beat_search
-        if search is not None:
-            try:
-                search.result(timeout_s)
-            except Exception:
-                return None
+        if self._beat_thread is not None:
+            self._beat_thread.join(timeout_s)
         return self.beats
 
     def stop_stage(self) -> None:
@@ -112,8 +138,6 @@ class PracticeControls:
         self.stage = None
 
     def stop(self) -> None:
-        """The stage and the beat tracker's process end (a search under way is dropped)."""
+        """The stage ends; this engine's beat search is dropped (the shared process stays)."""
         self.stop_stage()
-        pool, self._beat_pool = self._beat_pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        self._track_serial += 1
