@@ -69,32 +69,49 @@ def read_span(position, frames, loop_in, loop_out, crossfade, length):
 
 
 @njit(nogil=True, cache=True)
+def _run_end(position, looping, loop_out, seam_start, length):
+    """Where the plain copy from ``position`` stops: the seam, the loop's out point or the end."""
+    if looping and position < seam_start:
+        return seam_start
+    if looping and position < loop_out:
+        return loop_out
+    return length
+
+
+@njit(nogil=True, cache=True)
+def _blend_seam(dest, at, source, position, channels, span, seam, seam_start):
+    weight = (position - seam_start + 1) / (seam + 1)
+    for c in range(channels):
+        here = source[c, position]
+        dest[c, at] = here + weight * (source[c, position - span] - here)
+
+
+@njit(nogil=True, cache=True)
 def read_source(dest, dest_start, source, position, frames, loop_in, loop_out, crossfade):
     """Copy ``frames`` frames of ``source`` ``(C, length)`` from ``position`` into
     ``dest[:, dest_start:]``, loop-aware with the seam's crossfade; frames past the track's
-    end (no loop) are zeros. Returns the position after them (see :func:`advance`)."""
+    end (no loop) are zeros. Returns the position after them (see :func:`advance`). Plain
+    stretches are copied as slices; only the seam's few milliseconds are blended frame by frame."""
     length = source.shape[-1]
     channels = min(dest.shape[0], source.shape[0])
     looping = loop_active(loop_in, loop_out, length)
     seam = seam_frames(loop_in, loop_out, crossfade) if looping else 0
-    span = loop_out - loop_in
-    seam_start = loop_out - seam
-    for i in range(frames):
+    span, seam_start = loop_out - loop_in, loop_out - seam
+    done = 0
+    while done < frames:
         if looping and position >= loop_out:
             position = loop_in
+        at = dest_start + done
         if position >= length:
-            for c in range(channels):
-                dest[c, dest_start + i] = 0.0
+            dest[:channels, at : dest_start + frames] = 0.0
+            return position
+        if looping and seam > 0 and seam_start <= position < loop_out:
+            _blend_seam(dest, at, source, position, channels, span, seam, seam_start)
+            position, done = position + 1, done + 1
             continue
-        if position >= seam_start and looping and seam > 0:
-            weight = (position - seam_start + 1) / (seam + 1)
-            for c in range(channels):
-                here = source[c, position]
-                dest[c, dest_start + i] = here + weight * (source[c, position - span] - here)
-        else:
-            for c in range(channels):
-                dest[c, dest_start + i] = source[c, position]
-        position += 1
+        count = min(frames - done, _run_end(position, looping, loop_out, seam_start, length) - position)
+        dest[:channels, at : at + count] = source[:channels, position : position + count]
+        position, done = position + count, done + count
     if looping and position >= loop_out:
         position = loop_in
     return position
