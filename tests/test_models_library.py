@@ -264,3 +264,39 @@ def test_only_separate_leaves_the_device_to_the_cluster():
     assert parser.parse_args(["separate", "x"]).device is None  # cpu here, GPUs on a Ray cluster
     assert parser.parse_args(["play", "x"]).device == "cpu"
     assert parser.parse_args(["separate", "x", "--device", "cuda"]).device == "cuda"
+
+
+def _children(pid):
+    """The pids whose parent is ``pid``."""
+    found = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                with open(f"/proc/{stat}/stat") as handle:
+                    if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(stat))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_workers_at_once_and_a_rerun_finishes(tmp_path):
+    lib, out = tmp_path / "lib", tmp_path / "out"
+    for index in range(6):
+        write_song(lib / f"song{index}.wav", seconds=20.0, seed=index)
+    command = stemdeck_command("separate", lib, "-r", "-o", out, "--model", "passthrough", "--jobs", "2")
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not _partials(out):  # the workers are writing
+        assert run.poll() is None and time.monotonic() < deadline, "the run ended before it could be interrupted"
+        time.sleep(0.005)
+    workers = [pid for pid in _children(run.pid) if "spawn_main" in open(f"/proc/{pid}/cmdline").read()]
+    run.send_signal(signal.SIGINT)  # as Ctrl-C, to the queue alone: it stops its workers
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and err.splitlines()[-1] == "stemdeck: interrupted", err
+    assert "Traceback" not in err and workers
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
+    result = run_stemdeck("separate", lib, "-r", "-o", out, "--model", "passthrough", "--jobs", "2")
+    assert result.returncode == 0 and result.stderr.splitlines()[-1].startswith("separated ")
+    assert sorted(done_rows(out)) == [f"song{index}.wav" for index in range(6)] and _partials(out) == []
