@@ -300,3 +300,17 @@ def test_ctrl_c_stops_the_workers_at_once_and_a_rerun_finishes(tmp_path):
     result = run_stemdeck("separate", lib, "-r", "-o", out, "--model", "passthrough", "--jobs", "2")
     assert result.returncode == 0 and result.stderr.splitlines()[-1].startswith("separated ")
     assert sorted(done_rows(out)) == [f"song{index}.wav" for index in range(6)] and _partials(out) == []
+
+
+def test_stem_files_keep_the_layout_and_are_skipped_on_a_rerun(tmp_path, capsys):
+    lib, out = tmp_path / "lib", tmp_path / "out"
+    write_song(lib / "x" / "song.wav")
+    write_song(lib / "y" / "song.wav", seed=1)
+    args = ["separate", str(lib), "-r", "-o", str(out), "--model", "passthrough", "--format", "stem"]
+    assert main(args) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.stem.mp4")) == ["x/song.stem.mp4", "y/song.stem.mp4"]
+    before = (out / "x" / "song.stem.mp4").stat().st_mtime_ns
+    assert main(args) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == "separated 0 of 0 file(s); 2 skipped"
+    assert (out / "x" / "song.stem.mp4").stat().st_mtime_ns == before
+    assert sorted(done_rows(out)["song.wav"][0]) in (["x/song.stem.mp4"], ["y/song.stem.mp4"])
