@@ -24,7 +24,10 @@ Quality (stereo test signals at 44.1 kHz):
 Cost: 20 s of 10 channels (4 stereo stems + stereo dry: clicks, tones, noise) at tempo 0.8 and
 key -2: CPU seconds (this process, all threads) per second of audio in, and wall seconds.
 
-Usage: python benchmarks/stretch.py [--json] [--cost-seconds 20]
+``--deck-only``: the deck itself (stage thread and callback, driven headless) at tempo 0.8, key
+-2, as CPU seconds per second of track played.
+
+Usage: python benchmarks/stretch.py [--json] [--cost-seconds 20] [--deck-only]
 """
 
 from __future__ import annotations
@@ -231,11 +234,50 @@ def cost(stretch, seconds: float) -> dict:
     return {"cpu_s_per_audio_s": cpu / seconds, "wall_s_per_audio_s": wall / seconds}
 
 
+def deck_cost(seconds: float) -> dict:
+    """The deck itself at tempo 0.8, key -2: the stretch stage (Rubber Band, reading, mapping,
+    ring writes) and the callback, as CPU seconds of this process per second of track played."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from stemdeck.engine.config import EngineConfig
+    from stemdeck.engine.engine import Engine
+    from stemdeck.models.nets.passthrough import DEFAULT_FRACTIONS, PassThrough
+
+    track = deck_like(seconds)[-2:]
+    engine = Engine(PassThrough(), EngineConfig(worker="thread", cache_stems=False, beat_tracking=False))
+    engine.load_array(track, 0.0, separated=np.stack([f * track for f in DEFAULT_FRACTIONS]).astype(np.float32))
+    engine.set_tempo(0.8)
+    engine.set_key(-2)
+    engine.play()
+    block, played = np.zeros((256, 2), np.float32), int(seconds * 0.8 * SR * 0.9)
+    engine.practice.stage.wait_ahead(2048)
+    cpu = time.process_time()
+    for _ in range(played // 256):
+        engine.practice.stage.wait_ahead(256)
+        engine.process_deck_block(block)
+    cpu = time.process_time() - cpu
+    track_s = engine.status().position_s
+    engine.stop()
+    return {"deck_cpu_s_per_track_s": cpu / track_s, "deck_underflows": engine.practice.underflows}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--cost-seconds", type=float, default=20.0)
+    parser.add_argument("--deck-only", action="store_true", help="only the deck's own cost (no candidates)")
     args = parser.parse_args(argv)
+    if args.deck_only:
+        figures = deck_cost(args.cost_seconds)
+        print(
+            json.dumps(figures)
+            if args.json
+            else ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
+        )
+        print(f"load average {os.getloadavg()[0]:.2f}")
+        return
     found, missing = candidates()
     load_before = os.getloadavg()
     report = {name: {**quality(fn), **cost(fn, args.cost_seconds)} for name, fn in found.items()}
