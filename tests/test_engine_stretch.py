@@ -230,6 +230,28 @@ def test_going_into_stretching_changing_it_and_leaving_it_do_not_click():
     engine.stop()
 
 
+def test_a_seek_while_stretched_plays_on_from_there_and_a_pause_resumes_where_it_was():
+    engine = deck(click_track(4.0, period_s=0.25, first_s=0.1))
+    engine.set_tempo(0.8)
+    engine.play()
+    play(engine, SR // 2)
+    engine.seek(2.0)  # e.g. a hot cue: unstretched while the stage starts there, then at 0.8
+    play(engine, SR // 2)
+    unstretched_s = (BLOCK + int(0.06 * SR)) / SR  # the block that seeks, then the stage's lead
+    expected_s = 2.0 + unstretched_s + (0.5 - unstretched_s) * 0.8
+    assert engine.status().position_s == pytest.approx(expected_s, abs=0.005)
+    engine.pause()
+    epoch, position = int(engine.practice.buffers.state[0]), engine.status().position_s
+    play(engine, SR // 4)  # paused: silence, nothing moves
+    engine.play()
+    out = play(engine, SR)
+    assert int(engine.practice.buffers.state[0]) == epoch  # resumed on the same stretcher run
+    assert engine.status().position_s == pytest.approx(position + 0.8, abs=0.01)
+    assert np.median(np.diff(onset_times_s(out))) == pytest.approx(0.25 / 0.8, rel=0.01)
+    assert engine.practice.underflows == 0
+    engine.stop()
+
+
 def test_tempo_1_key_0_plays_the_unstretched_deck_bit_for_bit():
     track = click_track(1.0) + tone_track(1.0, 330.0)
     stretched_path, plain = deck(track), deck(track)

@@ -160,8 +160,8 @@ class StretchStage:
         """Output frames written and not yet played in the current epoch (0 while setting one up)."""
         state = self.stretch.state
         epoch = int(state[EPOCH])
-        if epoch % 2 == 1 or not self._running:
-            return 0
+        if epoch % 2 == 1 or not self._running or int(self.deck.audio[SEEK_SEEN]) != self._seek_seen:
+            return 0  # setting up, idle, or a seek the stage has not started again from
         taken = int(state[READ]) if int(state[JOINED]) == epoch else 0
         return int(state[WRITTEN]) - taken
 
