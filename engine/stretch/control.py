@@ -4,7 +4,8 @@
 the slots the callback and the stage read, runs one :class:`StretchStage` per loaded track and,
 per track, finds the beat grid in a process of its own, one for the whole program (play never
 waits for it, and the beat tracker's Numba compilation and NumPy work never hold this process's
-interpreter lock, which the audio callback needs).
+interpreter lock, which the audio callback needs). The answer comes back pickled over a pipe
+from that child of ours: nothing from outside is unpickled.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
@@ -23,30 +22,56 @@ from stemdeck.engine.stretch.beats import Beats, analysis_signal, beats_of_signa
 from stemdeck.engine.stretch.stage import StageConfig, StretchStage
 from stemdeck.engine.stretch.stretcher import check_semitones, check_tempo
 
-_beat_pool: ProcessPoolExecutor | None = None
-_beat_pool_lock = threading.Lock()
+
+def _serve_beats(connection) -> None:
+    """The beat process: a track's analysis signal in, its :class:`Beats` (or None) out."""
+    lower_priority()
+    while True:
+        try:
+            signal = connection.recv()
+        except EOFError:  # the program is gone
+            return
+        try:
+            beats = beats_of_signal(signal)
+        except Exception:  # noqa: BLE001 - a track the tracker cannot read: no grid
+            beats = None
+        connection.send(beats)
 
 
-def beat_pool() -> ProcessPoolExecutor:
-    """One beat-tracking process for the whole program (its librosa import costs seconds), niced,
-    started on the first track; it ends with the program."""
-    global _beat_pool
-    with _beat_pool_lock:
-        if _beat_pool is None:
-            context = multiprocessing.get_context("spawn")
-            _beat_pool = ProcessPoolExecutor(1, mp_context=context, initializer=lower_priority)
-        return _beat_pool
+class _BeatProcess:
+    """One daemon process for the program's beat searches (its librosa import costs seconds, so
+    it is started once, on the first track), niced; one search at a time. Daemonic, so the
+    program's exit ends it at once, a search under way or not."""
+
+    def __init__(self):
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(target=_serve_beats, args=(child,), name="stemdeck-beats", daemon=True)
+        self._process.start()
+        child.close()
+
+    def search(self, signal: np.ndarray) -> Beats | None:
+        self._connection.send(signal)
+        return self._connection.recv()  # our own child's answer: a Beats or None
 
 
-def _submit(signal: np.ndarray) -> Future:
-    """The beat search on the shared process; a process that died is replaced once."""
-    global _beat_pool
-    try:
-        return beat_pool().submit(beats_of_signal, signal)
-    except BrokenProcessPool:
-        with _beat_pool_lock:
-            _beat_pool = None
-        return beat_pool().submit(beats_of_signal, signal)
+_beat_process: _BeatProcess | None = None
+_beat_lock = threading.Lock()  # one search at a time; a newer track's waits for the one under way
+
+
+def search_beats(signal: np.ndarray) -> Beats | None:
+    """The beat grid of :func:`analysis_signal`'s output, found in the beat process (started
+    on first use, and again if it died)."""
+    global _beat_process
+    with _beat_lock:
+        for _ in range(2):
+            if _beat_process is None:
+                _beat_process = _BeatProcess()
+            try:
+                return _beat_process.search(signal)
+            except (EOFError, OSError):  # it died (killed, out of memory): a new one, once
+                _beat_process = None
+        return None
 
 
 class PracticeControls:
@@ -119,7 +144,7 @@ class PracticeControls:
             signal = analysis_signal(track, self.samplerate)
             if serial != self._track_serial:
                 return
-            beats = _submit(signal).result()
+            beats = search_beats(signal)
         except Exception:  # noqa: BLE001 - a broken beat process, a damaged track: no grid
             return
         if beats is not None and serial == self._track_serial:
