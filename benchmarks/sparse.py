@@ -2,8 +2,8 @@
 transformer alone and of a whole forward, at 7.8 s, 15 s and 30 s segments.
 
 Each model runs in a fresh process (random weights, seeded; the official ones cannot be fetched
-here): one call of the transformer alone (random tokens of the segment's shapes), then one whole
-forward, each timed once (the machine is slow and shared; the figures are single runs). Peak
+here): the transformer alone (random tokens of the segment's shapes, best of two calls), then
+one whole forward (one call: the machine is slow and shared), wall and process CPU seconds. Peak
 memory is the peak during the call minus the RSS just before it (CPU, glibc returning freed
 blocks at once as ``stemdeck separate`` does), or ``torch.cuda.max_memory_allocated`` (GPU). A
 fixed sparse pattern's block plans (one per attention shape, shared by the layers, built on first
@@ -48,6 +48,7 @@ VARIANTS = {
     "lsh": dict(t_sparse_self_attn=True, t_sparse_cross_attn=True, t_auto_sparsity=True, t_sparsity=0.9),
 }
 PARTS = ("transformer", "forward")
+TRANSFORMER_REPEATS = 2  # the transformer alone is timed twice (best kept), the whole forward once
 
 
 def token_counts(segment_s: float) -> tuple[int, int]:
@@ -88,13 +89,14 @@ def run_case(variant: str, segment_s: float, device: torch.device) -> list[dict]
     calls = {"transformer": lambda: model.crosstransformer(x, xt, 8, spectral // 8), "forward": lambda: model(mix)}
     results = []
     for part, call in calls.items():
-        seconds, peak = _timed(call, device)
+        seconds, cpu_s, peak = _timed(call, device, TRANSFORMER_REPEATS if part == "transformer" else 1)
         results.append(
             dict(
                 variant=variant,
                 segment_s=segment_s,
                 part=part,
                 seconds=seconds,
+                cpu_s=cpu_s,
                 plans_s=plans_s,
                 peak_mb=peak / 2**20,
                 tokens=[spectral, waveform],
@@ -119,19 +121,25 @@ def _shapes(spectral: int, waveform: int) -> list[tuple[int, int]]:
     return [(spectral, spectral), (waveform, waveform), (spectral, waveform), (waveform, spectral)]
 
 
-def _timed(call, device: torch.device) -> tuple[float, int]:
-    """Seconds and peak memory of one call: GPU bytes allocated, or the RSS above the RSS before."""
-    before = rss_bytes()
-    reset_peak_rss()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    with torch.inference_mode():
-        start = time.perf_counter()
-        call()
-        _sync(device)
-        seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else rss_bytes("VmHWM") - before
-    return seconds, peak
+def _timed(call, device: torch.device, repeats: int) -> tuple[float, float, int]:
+    """Best wall and process CPU seconds (CPU time is steadier on a shared machine) of
+    ``repeats`` calls, and the peak memory of the first: GPU bytes allocated, or the RSS above
+    the RSS before it."""
+    walls, cpus = [], []
+    for repeat in range(repeats):
+        before = rss_bytes()
+        reset_peak_rss()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            call()
+            _sync(device)
+            walls.append(time.perf_counter() - start)
+            cpus.append(time.process_time() - start_cpu)
+        if repeat == 0:
+            peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else rss_bytes("VmHWM") - before
+    return min(walls), min(cpus), peak
 
 
 def _kept(variant: str, spectral: int, waveform: int) -> float | None:
@@ -162,8 +170,8 @@ def run_in_child(variant: str, segment_s: float, device: str) -> list[dict]:
 def table(results: list[dict]) -> str:
     """Markdown: one row per segment and variant, the transformer and the whole forward side by side."""
     rows = [
-        "| segment | variant | tokens (spec / wave) | pairs kept | transformer s | transformer peak MB "
-        "| forward s | forward peak MB | plans built s |",
+        "| segment | variant | tokens (spec / wave) | pairs kept | transformer s (CPU s) | transformer peak MB "
+        "| forward s (CPU s) | forward peak MB | plans built s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     cases = {(r["segment_s"], r["variant"], r["part"]): r for r in results}
@@ -174,8 +182,9 @@ def table(results: list[dict]) -> str:
         rows.append(
             f"| {segment_s:g} s | {variant} | {tokens[0]} / {tokens[1]} | "
             f"{'all' if variant == 'dense' else f'{kept:.1%}' if kept else 'per input'} | "
-            f"{_cell(t, 'seconds', '.2f')} | {_cell(t, 'peak_mb', '.0f')} | "
-            f"{_cell(f, 'seconds', '.2f')} | {_cell(f, 'peak_mb', '.0f')} | {_cell(t, 'plans_s', '.2f')} |"
+            f"{_cell(t, 'seconds', '.1f')} ({_cell(t, 'cpu_s', '.1f')}) | {_cell(t, 'peak_mb', '.0f')} | "
+            f"{_cell(f, 'seconds', '.1f')} ({_cell(f, 'cpu_s', '.1f')}) | {_cell(f, 'peak_mb', '.0f')} | "
+            f"{_cell(t, 'plans_s', '.1f')} |"
         )
     return "\n".join(rows)
 

@@ -119,8 +119,8 @@ class BlockPlan:
 
     ``key_index`` ``(blocks, width)`` lists those keys (padded with key 0); ``allowed``
     ``(blocks, QUERY_BLOCK, width)`` says which of them each query sees; ``live`` ``(blocks,
-    QUERY_BLOCK, 1, 1)`` is 0 for padding queries and for queries that see no key at all (their
-    output is zero, a sparse kernel's sum over nothing). Without gathering (it would not save
+    QUERY_BLOCK, 1, 1)`` is 0 for queries that see no key at all (their output is zero, a sparse
+    kernel's sum over nothing), None when every query sees one. Without gathering (it would not save
     work) ``key_index`` is None, ``allowed`` the whole ``(queries, keys)`` mask and ``live``
     ``(queries, 1, 1)``; all three are None when the pattern keeps every pair.
     """
@@ -138,7 +138,7 @@ def block_plan(pattern: SparsePattern, queries: int, keys: int, device: torch.de
     """The plan for one shape, shared by every layer with that pattern (built once, on first use)."""
     with torch.inference_mode(False), torch.no_grad():
         allowed = pattern.mask(queries, keys, device)
-        kept = float(allowed.float().mean())
+        kept = torch.count_nonzero(allowed).item() / allowed.numel()
         if bool(allowed.all()):
             return BlockPlan(queries, keys, None, None, None, 1.0)
         return _gathered_plan(allowed, kept) or _masked_plan(allowed, kept)
@@ -159,13 +159,16 @@ def _gathered_plan(allowed: torch.Tensor, kept: float) -> BlockPlan | None:
     sub = torch.gather(padded, 2, key_index[:, None, :].expand(-1, QUERY_BLOCK, -1)) & in_block[:, None, :]
     live = sub.any(dim=2, keepdim=True)
     sub[..., :1] |= ~live  # a query with no key attends to one and is zeroed: no NaN in either pass
-    return BlockPlan(queries, keys, key_index, sub, live[..., None].to(torch.float32), kept)
+    # Padding queries are cut off after the product: zeroing is only needed for real ones.
+    dead = bool((~live).view(-1)[:queries].any())
+    return BlockPlan(queries, keys, key_index, sub, live[..., None].to(torch.float32) if dead else None, kept)
 
 
 def _masked_plan(allowed: torch.Tensor, kept: float) -> BlockPlan:
     live = allowed.any(dim=1, keepdim=True)
     allowed[:, :1] |= ~live
-    return BlockPlan(allowed.shape[0], allowed.shape[1], None, allowed, live[..., None].to(torch.float32), kept)
+    dead = not bool(live.all())
+    return BlockPlan(*allowed.shape, None, allowed, live[..., None].to(torch.float32) if dead else None, kept)
 
 
 def planned_attention(
@@ -200,7 +203,8 @@ def _masked_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockP
         part = F.scaled_dot_product_attention(
             q[:, rows].transpose(1, 2), *heads_first, attn_mask=plan.allowed[rows], dropout_p=dropout
         )
-        out[:, rows] = part.transpose(1, 2) * plan.live[rows].to(part.dtype)
+        part = part.transpose(1, 2)
+        out[:, rows] = part if plan.live is None else part * plan.live[rows].to(part.dtype)
     return out
 
 
@@ -215,11 +219,13 @@ def _gathered_blocks(
     qb = q.reshape(batch * count, QUERY_BLOCK, heads, dim)
     kb = k.index_select(1, key_index.reshape(-1)).view(batch * count, width, heads, dim)
     vb = v.index_select(1, key_index.reshape(-1)).view(batch * count, width, heads, dim)
-    allowed = plan.allowed[blocks].repeat(batch, 1, 1)[:, None]  # (batch * count, 1, QUERY_BLOCK, width)
+    allowed = plan.allowed[blocks, None]  # (count, 1, QUERY_BLOCK, width), for every batch entry
+    allowed = allowed if batch == 1 else allowed.repeat(batch, 1, 1, 1)
     out = F.scaled_dot_product_attention(
         qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2), attn_mask=allowed, dropout_p=dropout
-    )
-    out = out.transpose(1, 2) * plan.live[blocks].repeat(batch, 1, 1, 1).to(out.dtype)
+    ).transpose(1, 2)
+    if plan.live is not None:
+        out = out * plan.live[blocks].repeat(batch, 1, 1, 1).to(out.dtype)
     return out.reshape(batch, count * QUERY_BLOCK, heads, dim)
 
 
