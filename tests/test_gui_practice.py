@@ -121,3 +121,28 @@ def test_practice_pads_through_a_real_jack_midi_port(qtbot, pads, deck):  # noqa
     press(qtbot, pads, deck, 68, lambda: not engine.status().looping)  # loop off
     press(qtbot, pads, deck, 60, lambda: engine.hot_cues[2] is None)  # shift layer: clear pad 3
     assert not deck.transport.pads[2].isChecked()
+
+
+def test_a_reopened_file_brings_back_its_cues_loop_and_position(qtbot, window, tmp_path):
+    from conftest import write_tone
+    from test_gui import wait_idle
+
+    path = tmp_path / "song.flac"
+    write_tone(path, seconds=3.0, samplerate=48000)  # the engine runs at 44.1 kHz: the key is the file's
+    window.open_path(path)
+    wait_idle(qtbot, window.session)
+    engine = window.session.engine
+    engine.seek(1.5)
+    key(window, Qt.Key.Key_F4)
+    engine.set_loop(0.5, 1.0, active=False)
+    engine.seek(2.25)
+    window.session.open_array(np.zeros((2, SR), np.float32), SR, "silence")  # another track: 2.25 s is kept
+    wait_idle(qtbot, window.session)
+    assert engine.hot_cues[3] is None
+    window.open_path(path)
+    wait_idle(qtbot, window.session)
+    qtbot.wait(REFRESH_MS)
+    assert engine.hot_cues[3] == pytest.approx(1.5, abs=1 / SR)
+    assert engine.status().position_s == pytest.approx(2.25, abs=1 / SR)
+    assert window.transport.pads[3].isChecked()
+    assert window.overview.loop == pytest.approx((0.5, 1.0, False), abs=1 / SR)
