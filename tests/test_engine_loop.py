@@ -210,3 +210,39 @@ def test_advance_agrees_with_what_read_source_reads(loop_in, loop_out):
         positions = read[read == np.round(read)] - 1  # blended seam frames aside
         assert positions.size == 0 or (low <= positions.min() and positions.max() < high)
     assert seam_frames(100, 400, 8) == 8 and seam_frames(0, 300, 8) == 0 and seam_frames(350, 351, 8) == 0
+
+
+def test_halving_stops_at_the_shortest_loop():
+    engine = deck(tone_track())
+    engine.set_loop(0.5, 1.0)
+    for _ in range(12):
+        engine.halve_loop()
+    assert engine.loop.length_frames == int(0.02 * SR)  # MIN_LOOP_S: shorter is a buzz, not a loop
+    engine.double_loop()
+    assert engine.loop.length_frames == 2 * int(0.02 * SR)
+    engine.stop()
+
+
+def test_the_callback_never_takes_a_loop_pair_being_written():
+    """The control side writes the pair between two serial increments; a block that comes while
+    the serial is odd (a write under way) keeps playing the loop it had."""
+    from stemdeck.engine.audio.state import LOOP_IN, LOOP_OUT, LOOP_SERIAL
+
+    track = tone_track()
+    engine = deck(track)
+    engine.set_loop(0.5, 0.6)
+    engine.seek(0.5)
+    engine.play()
+    play(engine, 1)  # the callback has taken the loop
+    transport = engine.shared.transport
+    transport[LOOP_SERIAL] += 1  # a writer stopped half-way: a new in point, the old out point
+    transport[LOOP_IN] = int(0.2 * SR)
+    out = play(engine, int(0.3 * SR))
+    loop_in, loop_out, fade = int(0.5 * SR), int(0.6 * SR), int(round(0.005 * SR))
+    expected = looped_reference(track, loop_in, loop_out, fade, int(0.3 * SR), start=loop_in + 1)
+    np.testing.assert_allclose(out, expected, atol=1e-6)  # three passes of 0.5-0.6 s, not 0.2-0.6 s
+    transport[LOOP_OUT] = int(0.3 * SR)
+    transport[LOOP_SERIAL] += 1  # whole: the playhead, past the new loop, jumps into it
+    out = play(engine, 64)
+    np.testing.assert_allclose(out, track[:, int(0.2 * SR) : int(0.2 * SR) + 64].T, atol=1e-6)
+    engine.stop()
