@@ -107,6 +107,7 @@ def test_bad_record_names_are_one_line_and_nothing_is_overwritten(tmp_path):
     engine.stop()
 
 
+@pytest.mark.slow  # the real command end to end: 20-35 s on a loaded 2-core machine
 def test_cli_play_loops_and_records_what_jack_plays(jack_server, tmp_path):
     """`stemdeck play --loop --record` on a real JACK server: after the silent blocks before play,
     the file is the loop from its in point, seam crossfade and all (stems and dry are the same
