@@ -285,6 +285,7 @@ def run_play(args: argparse.Namespace) -> int:
         del audio, stems
         if args.loop is not None:
             engine.set_loop(*args.loop)
+            print(f"looping {args.loop[0]:g} s to {args.loop[1]:g} s", file=sys.stderr)
         engine.set_tempo(args.tempo)
         engine.set_key(args.key)
         with _midi(engine, args):

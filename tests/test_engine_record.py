@@ -131,6 +131,7 @@ def test_cli_play_loops_and_records_what_jack_plays(jack_server, tmp_path):
         timeout_s=120,
     )
     assert result.returncode == 0, result.stderr
+    assert "looping 0.51 s to 0.9 s" in result.stderr
     assert "recorded" in result.stderr and "dropped" not in result.stderr
     recorded, rate = sf.read(str(take), dtype="float32", always_2d=True)
     first = int(np.flatnonzero(np.abs(recorded[:, 0]) > 0)[0])
