@@ -49,16 +49,19 @@ def test_a_ray_run_writes_what_a_local_run_writes(tmp_path, cluster, tiny_checkp
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_file_has_its_file_retried(tmp_path, cluster, monkeypatch, capsys):
+def test_a_killed_worker_has_its_file_retried_and_a_bad_file_is_one_line(tmp_path, cluster, monkeypatch, capsys):
     write_songs(tmp_path / "lib", count=2)
+    (tmp_path / "lib" / "broken.wav").write_bytes(b"not audio" * 100)  # an ordinary failure: one line, no retry
     marker = tmp_path / "killed-once"
     monkeypatch.setenv("STEMDECK_TEST_RAY_EXIT_ONCE", str(marker))
     out = tmp_path / "out"
     args = ["separate", str(tmp_path / "lib"), "-r", "-o", str(out), "--model", "passthrough", "--bits", "32f"]
-    assert main(args + ["--ray", "auto", "--jobs", "1"]) == 0
+    assert main(args + ["--ray", "auto", "--jobs", "1"]) == 1
     err = capsys.readouterr().err
     assert marker.exists()  # a worker did die, in the middle of a file
-    assert err.splitlines()[-1] == "separated 2 of 2 file(s); 0 skipped", err
+    assert err.splitlines()[-1] == "separated 2 of 3 file(s); 0 skipped", err
+    failures = [line for line in err.splitlines() if line.startswith("stemdeck: ")]
+    assert len(failures) == 1 and "broken.wav: not a readable audio file" in failures[0]
     assert not [p for p in out.rglob("*") if p.name.endswith(".partial")]
     mix, _ = sf.read(str(tmp_path / "lib" / "s0.wav"), dtype="float64")
     vocals, _ = sf.read(str(out / "s0" / "vocals.wav"), dtype="float64")
