@@ -118,13 +118,14 @@ def check_session_options(args: argparse.Namespace) -> None:
 
 
 def _check_tempo_and_key(args: argparse.Namespace) -> None:
-    from stemdeck.engine.stretch.stretcher import check_semitones, check_tempo
+    from stemdeck.engine.stretch.stretcher import check_semitones, check_tempo, require_stretch
 
     for option, check in (("tempo", check_tempo), ("key", check_semitones)):
         value = getattr(args, option, None)
         if value is not None:
             try:
                 check(value)
+                require_stretch(*((value, 0.0) if option == "tempo" else (1.0, value)))
             except ValueError as exc:
                 raise ValueError(f"--{option} {value:g}: {exc}") from None
 

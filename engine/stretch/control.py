@@ -20,7 +20,7 @@ from stemdeck.engine.audio.callbacks import DeckBuffers
 from stemdeck.engine.audio.stretched import SEMITONES, TEMPO, UNDERFLOWS, StretchBuffers
 from stemdeck.engine.stretch.beats import Beats, analysis_signal, beats_of_signal, lower_priority
 from stemdeck.engine.stretch.stage import StageConfig, StretchStage
-from stemdeck.engine.stretch.stretcher import check_semitones, check_tempo
+from stemdeck.engine.stretch.stretcher import check_semitones, check_tempo, require_stretch
 
 
 def _serve_beats(connection) -> None:
@@ -104,12 +104,14 @@ class PracticeControls:
 
     def set_tempo(self, tempo: float, lock: threading.Lock) -> None:
         tempo = check_tempo(tempo)
+        require_stretch(tempo, 0.0)
         with lock:
             self.buffers.controls[TEMPO] = tempo
         self._wake_stage()
 
     def set_semitones(self, semitones: float, lock: threading.Lock) -> None:
         semitones = check_semitones(semitones)
+        require_stretch(1.0, semitones)
         with lock:
             self.buffers.controls[SEMITONES] = semitones
         self._wake_stage()

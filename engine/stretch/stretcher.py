@@ -5,7 +5,9 @@ Python wheels it is the one that streams with tempo and pitch changeable while i
 window costs a third of the standard one's CPU, with 29 ms of delay instead of 46 ms, and kept
 onsets and pitch as exact on the test signals. All the deck's channels (every stem's and the
 dry track's) go through ONE instance, so they share its analysis hops and stay sample-aligned.
-Rubber Band is GPL (v2 or later); see README.
+Rubber Band is GPL (v2 or later), so it is an optional extra (``stemdeck[stretch]``): stemdeck
+itself stays MIT, and without the extra every other feature works and tempo and key say how to
+add it (README: licences).
 """
 
 from __future__ import annotations
@@ -16,6 +18,27 @@ import numpy as np
 
 MIN_TEMPO, MAX_TEMPO = 0.5, 1.5
 MIN_SEMITONES, MAX_SEMITONES = -12.0, 12.0
+STRETCH_EXTRA = "tempo and key need Rubber Band (GPL-2.0), an optional extra: pip install 'stemdeck[stretch]'"
+
+
+class StretchUnavailable(ValueError):
+    """Tempo or key asked for where the optional time-stretcher is not installed."""
+
+
+def stretch_available() -> bool:
+    """Whether the optional time-stretcher (pylibrb) can be imported."""
+    try:
+        import pylibrb  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_stretch(tempo: float, semitones: float) -> None:
+    """A one-line :class:`StretchUnavailable` if anything but tempo 1 and key 0 is asked for
+    without the stretcher (tempo 1, key 0 plays the deck as it is: no stretcher needed)."""
+    if (tempo != 1.0 or semitones != 0.0) and not stretch_available():
+        raise StretchUnavailable(STRETCH_EXTRA)
 
 
 def check_tempo(tempo: float) -> float:
@@ -42,8 +65,8 @@ class Stretcher:
     def __init__(self, samplerate: int, channels: int, max_frames: int):
         try:
             import pylibrb
-        except ImportError as exc:  # a dependency; only a broken install lacks it
-            raise RuntimeError("tempo and key need pylibrb (Rubber Band): pip install pylibrb") from exc
+        except ImportError as exc:  # require_stretch said so before any stage started
+            raise StretchUnavailable(STRETCH_EXTRA) from exc
         options = pylibrb.Option.PROCESS_REALTIME | pylibrb.Option.ENGINE_FINER | pylibrb.Option.WINDOW_SHORT
         self._rb = pylibrb.RubberBandStretcher(samplerate, channels, options, 1.0, 1.0)
         self._rb.set_max_process_size(max_frames)
