@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from PyQt6.QtWidgets import (
 )
 
 from stemdeck.engine.config import PRESETS
+from stemdeck.engine.stretch.stretcher import stretch_available
 from stemdeck.gui.library_dialog import show_library_dialog
 from stemdeck.gui.session import Session, Track
 from stemdeck.gui.theme import stem_colour
@@ -141,6 +143,12 @@ class EngineControls:
 
     def __getattr__(self, name):
         return getattr(self._engine(), name)
+
+
+@functools.cache
+def _stretcher_installed() -> bool:
+    """Tempo and key's stretcher is an optional extra; asked once, not on every refresh."""
+    return stretch_available()
 
 
 class MainWindow(QMainWindow):
@@ -702,7 +710,7 @@ class MainWindow(QMainWindow):
             self.crossfader.setValue(round(100 * mixer.dry_mix))
             self.crossfader.blockSignals(False)
         self.play_button.setText("❚❚ Pause" if status.playing else "▶ Play")
-        stretch = hasattr(engine, "set_tempo")  # the time-stretcher's controls, where the engine has them
+        stretch = hasattr(engine, "set_tempo") and _stretcher_installed()  # an optional extra (GPL)
         self.transport.sync(mixer, engine.bpm, engine.tempo if stretch else None, engine.key if stretch else None)
         if self.session.track is not None:
             seconds = self.session.track.seconds

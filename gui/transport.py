@@ -146,7 +146,9 @@ class TransportRow(QWidget):
         for pad, is_set in zip(self.pads, mixer.hot_cues_set, strict=False):
             _show_checked(pad, is_set)
         self.beats_box.setEnabled(bpm is not None)
-        self.bpm_label.setText("— BPM" if bpm is None else f"{bpm:.1f} BPM")
+        heard_bpm = None if bpm is None else bpm * (tempo or 1.0)  # what the DJ beat-matches against
+        self.bpm_label.setText("— BPM" if heard_bpm is None else f"{heard_bpm:.1f} BPM")
+        self.bpm_label.setToolTip("The tempo you hear" + ("" if bpm is None else f" (recorded at {bpm:.1f} BPM)"))
         self.set_stretch_available(tempo is not None)
         if tempo is not None and not self.tempo_slider.isSliderDown():
             self.tempo_slider.blockSignals(True)

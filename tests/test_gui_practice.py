@@ -83,6 +83,11 @@ def test_pads_and_loop_buttons_by_mouse(qtbot, window):
     engine.set_beat_grid(120.0)
     qtbot.wait(REFRESH_MS)
     assert row.beats_box.isEnabled() and row.bpm_label.text() == "120.0 BPM"
+    row.tempo_slider.setValue(80)  # the tempo heard is what a DJ matches: 0.8 x 120
+    qtbot.wait(REFRESH_MS)
+    assert engine.tempo == pytest.approx(0.8) and row.bpm_label.text() == "96.0 BPM"
+    assert "recorded at 120.0 BPM" in row.bpm_label.toolTip()
+    row.tempo_slider.setValue(100)
     window.transport.loop_beats.emit(2)  # what choosing "2" in the list sends
     assert engine.loop.length_frames == SR
     engine.seek(0.05)  # before the in point: an out point here is refused, in the status bar
