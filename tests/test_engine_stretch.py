@@ -4,6 +4,9 @@ stems stay aligned with each other and with dry, a change while playing is heard
 and tempo 1 / key 0 is the unstretched deck bit for bit. The pass-through model's stems are
 known fractions of the track, loaded as a separated track so no worker has to catch up."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -406,3 +409,31 @@ def test_midi_tempo_fader_reset_and_key_pads_drive_the_deck_and_the_fader_follow
     with pytest.raises(MappingError, match="a note cannot ride tempo; bind a CC"):
         load_mapping(bad)
     engine.stop()
+
+
+LEAVES_MID_SEARCH = """
+import os, sys, threading, time
+import subprocess
+import sys
+
+import numpy as np
+from stemdeck.engine.stretch.control import search_beats
+
+if __name__ == "__main__":
+    noise = np.random.default_rng(0).standard_normal(22050 * 60).astype(np.float32)
+    threading.Thread(target=search_beats, args=(noise,), daemon=True).start()
+    time.sleep(float(sys.argv[1]))  # the beat process is searching now
+    sys.stderr.flush()
+    os._exit(0)  # as a window closed mid-search: no goodbye to the beat process
+"""
+
+
+def test_the_beat_process_ends_quietly_when_the_program_leaves_mid_search(tmp_path):
+    """Its answer meets a closed pipe: no BrokenPipeError traceback on the user's terminal."""
+    script = tmp_path / "leaves.py"
+    script.write_text(LEAVES_MID_SEARCH)
+    result = subprocess.run(
+        [sys.executable, str(script), "6"], capture_output=True, text=True, timeout=180
+    )  # returns once the beat process, which shares the stderr pipe, has ended too
+    assert result.returncode == 0
+    assert result.stderr == ""

@@ -13,6 +13,8 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from collections.abc import Callable
+from signal import SIG_IGN, SIGINT
+from signal import signal as handle_signal
 
 import numpy as np
 
@@ -24,18 +26,24 @@ from stemdeck.engine.stretch.stretcher import check_semitones, check_tempo, requ
 
 
 def _serve_beats(connection) -> None:
-    """The beat process: a track's analysis signal in, its :class:`Beats` (or None) out."""
+    """The beat process: a track's analysis signal in, its :class:`Beats` (or None) out. The
+    program may leave at any moment (its window closed mid-search): then the pipe is gone and
+    this ends quietly; Ctrl-C is the program's to handle."""
+    handle_signal(SIGINT, SIG_IGN)
     lower_priority()
     while True:
         try:
-            signal = connection.recv()
-        except EOFError:  # the program is gone
+            audio = connection.recv()
+        except (EOFError, OSError):  # the program is gone
             return
         try:
-            beats = beats_of_signal(signal)
+            beats = beats_of_signal(audio)
         except Exception:  # noqa: BLE001 - a track the tracker cannot read: no grid
             beats = None
-        connection.send(beats)
+        try:
+            connection.send(beats)
+        except OSError:  # BrokenPipeError: the program left while we searched
+            return
 
 
 class _BeatProcess:
