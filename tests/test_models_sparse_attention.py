@@ -358,15 +358,15 @@ def test_every_documented_mask_combination_is_accepted():
         check_hyperparameters(dict(base, t_mask_type="diag_local"))
 
 
-def test_int8_and_bf16_precisions_run_a_sparse_model():
-    from stemdeck.models.precision import autocast, prepare_model
+def test_int8_precision_runs_a_sparse_model():
+    """int8 swaps the sparse layers' q/k/v/proj products too (bfloat16 needs nothing sparse-specific)."""
+    from stemdeck.models.precision import prepare_model
 
     torch.manual_seed(12)
     model = _strong_transformer(HTDemucs(**SPARSE_KW).eval())
     reference = _separate(model)
-    for precision in ("int8", "bf16"):
-        fast = prepare_model(model, precision, torch.device("cpu"))
-        with autocast(precision, torch.device("cpu")):
-            out = _separate(fast).float()
-        snr_db = 10 * torch.log10(reference.pow(2).sum() / (out - reference).pow(2).sum())
-        assert snr_db > 20, precision
+    fast = prepare_model(model, "int8", torch.device("cpu"))
+    assert not any(isinstance(m, torch.nn.Linear) for m in fast.crosstransformer.modules())
+    out = _separate(fast)
+    snr_db = 10 * torch.log10(reference.pow(2).sum() / (out - reference).pow(2).sum())
+    assert snr_db > 20
