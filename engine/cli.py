@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from stemdeck.engine.config import PRESETS, EngineConfig
-from stemdeck.engine.engine import STREAM_LOST
+from stemdeck.engine.engine import MAX_COUNT_IN_BEATS, STREAM_LOST
 from stemdeck.engine.midi import MidiError
 from stemdeck.engine.midi.cli import add_midi_commands, add_midi_options, mapping_path, start_midi
 from stemdeck.engine.practice import parse_loop
@@ -42,6 +42,11 @@ def add_engine_commands(commands, add_model_options) -> None:
         "--loop",
         metavar="A:B",
         help="loop from A to B (seconds, 12.5:20, or m:ss.s, 1:02.5:1:10); play starts at A unless --start is given",
+    )
+    play.add_argument(
+        "--count-in",
+        metavar="N",
+        help="with --loop: N clicks (1-8, one a beat of the track's tempo, else 120 BPM) before each restart",
     )
     play.add_argument(
         "--tempo", type=float, default=1.0, help="play at this tempo, 0.5 to 1.5 (1 = as recorded; the pitch stays)"
@@ -108,6 +113,7 @@ def check_session_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--start {start}: give a cue point in seconds from 0 to the track's length")
     if getattr(args, "loop", None) is not None:
         args.loop = parse_loop(args.loop)
+    _check_count_in(args)
     _check_tempo_and_key(args)
     if args.record is not None:
         record_format(args.record)
@@ -115,6 +121,18 @@ def check_session_options(args: argparse.Namespace) -> None:
             raise ValueError(f"--record {args.record}: no folder {args.record.parent}; create it or record elsewhere")
         if args.record.exists():
             raise ValueError(f"--record {args.record}: the file exists; choose another name (nothing is overwritten)")
+
+
+def _check_count_in(args: argparse.Namespace) -> None:
+    """``--count-in N``: a whole number of beats, 1 to 8, and a loop to count into."""
+    count_in = getattr(args, "count_in", None)
+    if count_in is None:
+        return
+    if not (count_in.isdigit() and 1 <= int(count_in) <= MAX_COUNT_IN_BEATS):
+        raise ValueError(f"--count-in {count_in}: give a number of beats from 1 to {MAX_COUNT_IN_BEATS}")
+    if args.loop is None:
+        raise ValueError(f"--count-in {count_in} needs --loop A:B (the count-in plays before the loop restarts)")
+    args.count_in = int(count_in)
 
 
 def _check_tempo_and_key(args: argparse.Namespace) -> None:
@@ -289,11 +307,20 @@ def run_play(args: argparse.Namespace) -> int:
             print(f"looping {args.loop[0]:g} s to {args.loop[1]:g} s", file=sys.stderr)
         engine.set_tempo(args.tempo)
         engine.set_key(args.key)
+        _set_count_in(engine, args.count_in)
         with _midi(engine, args):
             engine.start_output(output_device, stem_outputs=args.stem_outputs)
             _start_recording(engine, args)
             engine.play()
             return _run_session(engine, args, until_end=True)
+
+
+def _set_count_in(engine, beats: int | None) -> None:
+    if beats:
+        engine.set_count_in(beats)
+        print(f"count-in: {beats} beat(s) before each restart of the loop", file=sys.stderr)
+        if engine.count_in_note:
+            print(f"note: {engine.count_in_note}", file=sys.stderr)
 
 
 def _start_recording(engine, args: argparse.Namespace) -> None:

@@ -50,6 +50,19 @@ PRESETS: dict[str, WindowConfig] = {
 
 
 @dataclass(frozen=True)
+class CountInConfig:
+    """The count-in's click before a loop restarts: a short sine burst per beat, the first beat
+    higher and louder so the player hears where the bar starts."""
+
+    click_hz: float = 1000.0
+    accent_hz: float = 1500.0
+    click_ms: float = 20.0  # short enough to stay a click at 8 beats of 200 BPM (300 ms a beat)
+    level_db: float = -12.0
+    accent_level_db: float = -6.0
+    no_grid_bpm: float = 120.0  # the beat when the track's tempo is not known
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything the engine fixes at start. Buffers are sized from it, never grown later."""
 
@@ -58,6 +71,7 @@ class EngineConfig:
     channels: int = 2
     max_block_frames: int = 4096
     ramp_ms: float = 10.0
+    count_in: CountInConfig = field(default_factory=CountInConfig)
     loop_crossfade_ms: float = 5.0  # the loop seam's crossfade: long enough to hide the step, short enough not to blur
     record_buffer_s: float = 10.0  # the recorder's ring: how far its writer may fall behind before frames drop
     beat_tracking: bool = True  # find each loaded track's tempo and beats (a background thread)

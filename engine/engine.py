@@ -25,9 +25,12 @@ from stemdeck.engine.audio.callbacks import (
     live_block,
     warm_up_kernels,
 )
+from stemdeck.engine.audio.click import beat_frames, click_buffer
 from stemdeck.engine.audio.jack_output import serves as jack_serves
 from stemdeck.engine.audio.record import RecordBuffers
 from stemdeck.engine.audio.state import (
+    COUNT_IN_BEAT_FRAMES,
+    COUNT_IN_BEATS,
     FALLBACK,
     LATE_WINDOWS,
     LOOP_IN,
@@ -68,6 +71,8 @@ STREAM_LOST = (
 )
 MIN_GAIN_DB = -60.0  # at or below: silence
 MAX_GAIN_DB = 12.0
+MAX_COUNT_IN_BEATS = 8
+COUNT_IN_TEMPO_NOTE = "the count-in plays at tempo 100 % and key 0 only (set both back to hear it)"
 MIN_LOOP_S = 0.02  # halving stops here: shorter is a buzz, not a loop
 
 
@@ -147,6 +152,8 @@ class MixerState:
     looping: bool = False  # practice state, for pads' lights and the GUI's buttons
     recording: bool = False
     hot_cues_set: tuple[bool, ...] = ()
+    count_in: int = 0  # beats of click before each restart of the loop (0: off)
+    count_in_note: str | None = None  # why the count-in is not heard now, if it is not
 
 
 class Engine:
@@ -181,6 +188,8 @@ class Engine:
         self.beat_grid: BeatGrid | None = None  # the track's tempo, once known (set_beat_grid)
         self.snap_to_beats = False  # loop points land on the nearest beat when a grid is known
         self._crossfade_frames = int(round(config.loop_crossfade_ms * config.samplerate / 1000))
+        self._count_in_beats = 0  # clicks before each restart of the loop (set_count_in)
+        self._click = click_buffer(config.count_in, config.samplerate)  # made once, copied by the callback
         self._cues: list[int | None] = [None] * NUM_HOT_CUES  # frames
         self.track_key: str | None = None  # the loaded track's name in the memory
         self.resume_s: float | None = None  # where the loaded track was left last time, if known
@@ -388,6 +397,7 @@ class Engine:
         self._deck_buffers = self._deck_buffers_for(arrays["track"], arrays["stems"])
         self._set_loop(LoopPoints())
         self.beat_grid = None
+        self._write_count_in()  # its beat: the fixed tempo until the track's is found
         self._recall(key or audio_key(track, self.config.samplerate), track.shape[-1])
         self._seek_frames(cue)  # the callback moves the playhead there, waiting for stems
         beats = self._beats_found if self.config.beat_tracking else None
@@ -411,6 +421,7 @@ class Engine:
             np.zeros((track.shape[0], block), np.float32),
             np.zeros((stems.shape[0], track.shape[0], block), np.float32),
             self._crossfade_frames,
+            self._click,
         )
 
     def _cache_path(self, track: np.ndarray):
@@ -569,6 +580,37 @@ class Engine:
     def set_beat_grid(self, bpm: float | None, first_beat_s: float = 0.0) -> None:
         """The track's tempo and first beat, for loops by beats and snapping (None: unknown)."""
         self.beat_grid = None if bpm is None else BeatGrid(float(bpm), float(first_beat_s))
+        self._write_count_in()
+
+    @property
+    def count_in(self) -> int:
+        """Clicks (one a beat) played before each restart of the loop; 0: off."""
+        return self._count_in_beats
+
+    def set_count_in(self, beats: int) -> None:
+        """Before the loop restarts from its in point, ``beats`` clicks (1-8, 0 off) at the
+        track's tempo (``bpm``; the config's fixed tempo while none is known), the first accented;
+        the playhead waits at the in point meanwhile. Heard at tempo 1 and key 0 only
+        (:attr:`count_in_note` says so when both are on)."""
+        if isinstance(beats, bool) or not isinstance(beats, int) or not 0 <= beats <= MAX_COUNT_IN_BEATS:
+            raise ValueError(f"count-in {beats!r} is not a number of beats from 0 (off) to {MAX_COUNT_IN_BEATS}")
+        self._count_in_beats = beats
+        self._write_count_in()
+
+    @property
+    def count_in_note(self) -> str | None:
+        """One line when the count-in is on but not heard (tempo or key off unity), else None."""
+        if self._count_in_beats and (self.tempo != 1.0 or self.key != 0.0):
+            return COUNT_IN_TEMPO_NOTE
+        return None
+
+    def _write_count_in(self) -> None:
+        """Hand the callback the count-in: the beat's length first, so it never takes a new
+        number of beats with an old tempo's beat for longer than one count-in."""
+        frames = beat_frames(self.bpm, self.config.count_in, self.config.samplerate)
+        with self._control:
+            self.shared.transport[COUNT_IN_BEAT_FRAMES] = frames
+            self.shared.transport[COUNT_IN_BEATS] = self._count_in_beats
 
     def _beats_found(self, beats) -> None:
         """The beat tracker's grid for the loaded track (its thread calls this)."""
@@ -711,6 +753,8 @@ class Engine:
             looping=bool(self._loop.active and self._loop.complete),
             recording=self.recorder.recording,
             hot_cues_set=tuple(frames is not None for frames in self._cues),
+            count_in=self._count_in_beats,
+            count_in_note=self.count_in_note,
         )
 
     def set_dry_mix(self, amount: float) -> None:

@@ -31,7 +31,7 @@ from stemdeck.engine.stretch.stretcher import stretch_available
 from stemdeck.gui.library_dialog import show_library_dialog
 from stemdeck.gui.session import Session, Track
 from stemdeck.gui.theme import stem_colour
-from stemdeck.gui.transport import TransportRow
+from stemdeck.gui.transport import COUNT_IN_BEATS, TransportRow
 from stemdeck.gui.widgets import LevelMeter, StemStrip, WaveformOverview
 
 REFRESH_MS = 33  # ≈ 30 fps
@@ -290,6 +290,7 @@ class MainWindow(QMainWindow):
         row.double.connect(lambda: self.practice("double_loop"))
         row.loop_beats.connect(lambda beats: self.practice("loop_beats", beats))
         row.snap_toggled.connect(self._snap)
+        row.count_in_toggled.connect(self._count_in)
         row.hot_cue.connect(self.pad_pressed)
         row.record_toggled.connect(self.toggle_recording)
         row.tempo_changed.connect(lambda ratio: self.practice("set_tempo", ratio))
@@ -622,6 +623,14 @@ class MainWindow(QMainWindow):
         engine = self.session.engine
         if engine is not None:
             engine.snap_to_beats = on
+
+    def _count_in(self, on: bool) -> None:
+        """The Count-in button: a bar of clicks before each restart of the loop, or none; where
+        tempo or key make it silent, the status bar says so."""
+        self.practice("set_count_in", COUNT_IN_BEATS if on else 0)
+        engine = self.session.engine
+        if engine is not None and getattr(engine, "count_in_note", None):
+            self.show_message(engine.count_in_note, MIDI_MESSAGE_MS)
 
     def step_key(self, semitones: int) -> None:
         engine = self.session.engine

@@ -1,4 +1,4 @@
-"""The deck's practice row: loop in/out/on, halve/double, loops by beats, snap, hot cue pads 1-8,
+"""The deck's practice row: loop in/out/on, halve/double, loops by beats, snap, count-in, hot cue pads 1-8,
 record, and the tempo, key and BPM controls. Buttons only say what was pressed (signals); the
 window calls the engine, and :meth:`TransportRow.sync` shows the engine's state at each refresh."""
 
@@ -12,6 +12,8 @@ from stemdeck.engine.practice import LOOP_BEATS, NUM_HOT_CUES
 TEMPO_RANGE_PERCENT = (50, 150)
 KEY_RANGE_SEMITONES = 12
 NO_BEATS = "beats"  # the length list's first entry: no loop by beats chosen
+COUNT_IN_BEATS = 4  # the Count-in button's clicks: one bar of 4/4
+COUNT_IN_TIP = f"{COUNT_IN_BEATS} clicks (one a beat) before the loop restarts; tempo 100 % and key 0 only"
 
 
 class TransportRow(QWidget):
@@ -24,6 +26,7 @@ class TransportRow(QWidget):
     double = pyqtSignal()
     loop_beats = pyqtSignal(int)
     snap_toggled = pyqtSignal(bool)
+    count_in_toggled = pyqtSignal(bool)
     hot_cue = pyqtSignal(int)  # 1-8: jump, or set when empty
     record_toggled = pyqtSignal()
     tempo_changed = pyqtSignal(float)  # ratio
@@ -66,6 +69,8 @@ class TransportRow(QWidget):
         self.beats_box.activated.connect(self._beats_chosen)
         self.snap_button = self._button("Snap", "Loop points and hot cues land on the nearest beat", checkable=True)
         self.snap_button.toggled.connect(self.snap_toggled.emit)
+        self.count_in_button = self._button("Count-in", COUNT_IN_TIP, checkable=True)
+        self.count_in_button.toggled.connect(self.count_in_toggled.emit)
         for button, signal in (
             (self.loop_in_button, self.loop_in),
             (self.loop_out_button, self.loop_out),
@@ -82,6 +87,7 @@ class TransportRow(QWidget):
             self.double_button,
             self.beats_box,
             self.snap_button,
+            self.count_in_button,
         ):
             row.addWidget(widget)
 
@@ -143,6 +149,8 @@ class TransportRow(QWidget):
         """Show the engine's state (looping, recording, cues set, tempo and key) without signals."""
         _show_checked(self.loop_button, mixer.looping)
         _show_checked(self.record_button, mixer.recording)
+        _show_checked(self.count_in_button, mixer.count_in > 0)
+        self.count_in_button.setToolTip(mixer.count_in_note or COUNT_IN_TIP)
         for pad, is_set in zip(self.pads, mixer.hot_cues_set, strict=False):
             _show_checked(pad, is_set)
         self.beats_box.setEnabled(bpm is not None)

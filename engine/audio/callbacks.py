@@ -21,6 +21,11 @@ from stemdeck.engine.audio.record import RecordBuffers, record_block
 from stemdeck.engine.audio.ring import ring_write_interleaved
 from stemdeck.engine.audio.state import (
     BLOCKS,
+    COUNT_IN_BEAT,
+    COUNT_IN_BEAT_FRAMES,
+    COUNT_IN_BEATS,
+    COUNT_IN_LEFT,
+    COUNT_IN_TOTAL,
     FALLBACK,
     FIRST_STEMS_AT,
     INPUT_WRITTEN,
@@ -49,7 +54,9 @@ from stemdeck.engine.audio.state import (
     SharedState,
     gain_state,
 )
-from stemdeck.engine.audio.transport import read_source, read_span, readable_frames
+from stemdeck.engine.audio.transport import loop_active, read_source, read_span, readable_frames
+
+NO_CLICK = np.zeros((2, 1), np.float32)  # a deck built without a count-in click (warm-ups)
 
 
 class MixerBuffers(NamedTuple):
@@ -90,6 +97,7 @@ class DeckBuffers(NamedTuple):
     track_block: np.ndarray  # (C, max_block) the source frames of one block, loop-aware
     stems_block: np.ndarray  # (S, C, max_block)
     crossfade_frames: int  # the loop seam's crossfade
+    click: np.ndarray = NO_CLICK  # (2, click_frames) the count-in's accented and plain click
 
 
 @njit(nogil=True, cache=True)
@@ -147,6 +155,7 @@ def _apply_transport(audio, transport):
     if transport[SEEK_SERIAL] != audio[SEEK_SEEN]:
         audio[PLAYHEAD] = transport[SEEK_TARGET]
         audio[FALLBACK] = WAITING_FOR_STEMS
+        audio[COUNT_IN_LEFT] = 0  # a seek ends a count-in under way
         audio[SEEK_SEEN] = transport[SEEK_SERIAL]  # last: a reader that sees it sees the rest
     if transport[PLAY_SERIAL] != audio[PLAY_SEEN]:
         audio[FIRST_STEMS_AT] = -1
@@ -168,21 +177,19 @@ def _apply_loop(audio, transport):
 
 
 @njit(nogil=True, cache=True)
-def _stems_cover(deck, playhead, frames):
+def _stems_cover(deck, playhead, frames, fade):
     """Whether separated stems cover every source frame this block reads."""
     audio = deck.audio
-    low, high = read_span(
-        playhead, frames, audio[LOOP_IN_AT], audio[LOOP_OUT_AT], deck.crossfade_frames, deck.track.shape[-1]
-    )
+    low, high = read_span(playhead, frames, audio[LOOP_IN_AT], audio[LOOP_OUT_AT], fade, deck.track.shape[-1])
     return deck.worker[SEPARATED_FROM] <= low and high <= deck.worker[STEMS_WRITTEN]
 
 
 @njit(nogil=True, cache=True)
-def _read_block(deck, playhead, frames, use_stems):
+def _read_block(deck, playhead, frames, use_stems, fade):
     """The block's source frames (track, and stems if used) into the scratch blocks; returns
     the playhead after them."""
     audio = deck.audio
-    loop_in, loop_out, fade = audio[LOOP_IN_AT], audio[LOOP_OUT_AT], deck.crossfade_frames
+    loop_in, loop_out = audio[LOOP_IN_AT], audio[LOOP_OUT_AT]
     if use_stems:
         for s in range(deck.stems.shape[0]):
             read_source(deck.stems_block[s], 0, deck.stems[s], playhead, frames, loop_in, loop_out, fade)
@@ -190,17 +197,18 @@ def _read_block(deck, playhead, frames, use_stems):
 
 
 @njit(nogil=True, cache=True)
-def _play_chunk(out, deck):
-    """Up to one scratch block of ``out`` from the playhead; False at the track's end."""
+def _play_chunk_faded(out, deck, fade):
+    """Up to one scratch block of ``out`` from the playhead, the loop's seam blended over
+    ``fade`` frames; False at the track's end."""
     audio, mixer = deck.audio, deck.mixer
     length = deck.track.shape[-1]
     playhead = audio[PLAYHEAD]
     frames = readable_frames(playhead, out.shape[0], audio[LOOP_IN_AT], audio[LOOP_OUT_AT], length)
     if frames <= 0:
         return False
-    ready = _stems_cover(deck, playhead, frames)
+    ready = _stems_cover(deck, playhead, frames, fade)
     _note_fallback(audio, not ready)
-    audio[PLAYHEAD] = _read_block(deck, playhead, frames, ready)
+    audio[PLAYHEAD] = _read_block(deck, playhead, frames, ready, fade)
     mix_block(out[:frames], deck.stems_block, 0, deck.track_block, 0, mixer.gains, ready, mixer.levels)
     if ready and audio[FIRST_STEMS_AT] < 0:
         audio[FIRST_STEMS_AT] = audio[POSITION] + out.shape[0]
@@ -208,9 +216,93 @@ def _play_chunk(out, deck):
 
 
 @njit(nogil=True, cache=True)
+def _play_chunk(out, deck):
+    """Up to one scratch block of ``out`` from the playhead; False at the track's end."""
+    return _play_chunk_faded(out, deck, deck.crossfade_frames)
+
+
+@njit(nogil=True, cache=True)
+def _counting_in(deck):
+    """Whether a count-in plays before the loop restarts: one asked for, and a loop playing."""
+    audio, transport = deck.audio, deck.transport
+    asked = transport[COUNT_IN_BEATS] > 0 and transport[COUNT_IN_BEAT_FRAMES] > 0
+    return asked and loop_active(audio[LOOP_IN_AT], audio[LOOP_OUT_AT], deck.track.shape[-1])
+
+
+@njit(nogil=True, cache=True)
+def _fade_out(out, playhead, loop_out, seam):
+    """The frames of ``out`` (from source frame ``playhead``) in the loop's last ``seam`` frames,
+    faded towards silence: the count-in follows them, not the loop's start."""
+    for i in range(out.shape[0]):
+        left = loop_out - (playhead + i)
+        if 0 < left <= seam:
+            out[i, :] *= left / (seam + 1)
+
+
+@njit(nogil=True, cache=True)
+def _play_to_loop_out(out, deck):
+    """Up to one scratch block from the playhead, stopping at the loop's out point, where the
+    count-in starts (the playhead waits at the in point). Returns the frames played."""
+    audio, transport = deck.audio, deck.transport
+    loop_in, loop_out = audio[LOOP_IN_AT], audio[LOOP_OUT_AT]
+    if audio[PLAYHEAD] >= loop_out:
+        audio[PLAYHEAD] = loop_in  # as the source reader would: a loop set behind the playhead
+    playhead = audio[PLAYHEAD]
+    frames = min(out.shape[0], deck.track_block.shape[-1], loop_out - playhead)
+    _play_chunk_faded(out[:frames], deck, 0)
+    _fade_out(out[:frames], playhead, loop_out, min(deck.crossfade_frames, (loop_out - loop_in) // 2))
+    if playhead + frames == loop_out:
+        beat = transport[COUNT_IN_BEAT_FRAMES]
+        audio[COUNT_IN_BEAT] = beat
+        audio[COUNT_IN_TOTAL] = transport[COUNT_IN_BEATS] * beat
+        audio[COUNT_IN_LEFT] = audio[COUNT_IN_TOTAL]
+    return frames
+
+
+@njit(nogil=True, cache=True)
+def _play_count_in(out, deck):
+    """The count-in's clicks from where it stands into ``out`` (zeros before); the playhead
+    stays at the loop's in point. Returns the frames played."""
+    audio, click = deck.audio, deck.click
+    frames = min(out.shape[0], audio[COUNT_IN_LEFT])
+    played, beat = audio[COUNT_IN_TOTAL] - audio[COUNT_IN_LEFT], audio[COUNT_IN_BEAT]
+    click_frames = min(click.shape[1], beat)
+    for i in range(frames):
+        within = (played + i) % beat
+        if within < click_frames:
+            row = 0 if played + i < beat else 1
+            out[i, :] = click[row, within]
+    audio[COUNT_IN_LEFT] -= frames
+    return frames
+
+
+@njit(nogil=True, cache=True)
+def _play_with_count_in(outdata, deck):
+    """The block in pieces: the source up to the loop's out point, the count-in's clicks, then
+    the source from the in point; returns whether anything played."""
+    audio = deck.audio
+    chunk, done = deck.track_block.shape[-1], 0
+    while done < outdata.shape[0]:
+        out = outdata[done:]
+        if not _counting_in(deck):
+            audio[COUNT_IN_LEFT] = 0  # count-in or loop off: the loop's start plays at once
+            frames = min(chunk, out.shape[0]) if _play_chunk(out[:chunk], deck) else 0
+        elif audio[COUNT_IN_LEFT] > 0:
+            frames = _play_count_in(out, deck)
+        else:
+            frames = _play_to_loop_out(out, deck)
+        if frames <= 0:
+            break
+        audio[POSITION] += frames
+        done += frames
+    return done > 0
+
+
+@njit(nogil=True, cache=True)
 def deck_block(outdata, deck, xrun):
     """Play the deck from its playhead: stems where separated, else the dry track; wrapped into
-    the loop when one is set; then hand the block to the recorder."""
+    the loop when one is set (with a count-in's clicks before each restart when asked); then
+    hand the block to the recorder."""
     audio, transport, mixer = deck.audio, deck.transport, deck.mixer
     if xrun:
         audio[XRUNS] += 1
@@ -219,7 +311,10 @@ def deck_block(outdata, deck, xrun):
     _update_gains(mixer)
     outdata[:] = 0.0
     mixer.levels[:] = 0.0
-    if transport[PLAY] != 0:
+    if transport[PLAY] != 0 and (transport[COUNT_IN_BEATS] > 0 or audio[COUNT_IN_LEFT] > 0):
+        if _play_with_count_in(outdata, deck):
+            audio[BLOCKS] += 1
+    elif transport[PLAY] != 0:
         chunk = deck.track_block.shape[-1]
         played = False
         for start in range(0, outdata.shape[0], chunk):

@@ -34,7 +34,13 @@ import numpy as np
     LOOP_SEEN,
     LOOP_IN_AT,
     LOOP_OUT_AT,
-) = range(14)
+    COUNT_IN_LEFT,
+    COUNT_IN_TOTAL,
+    COUNT_IN_BEAT,
+) = range(17)
+# COUNT_IN_LEFT: frames of the count-in still to play before the loop restarts (0: none under
+# way); COUNT_IN_TOTAL and COUNT_IN_BEAT: its length and its beat in frames when it began (the
+# frames played are TOTAL - LEFT; a change of tempo mid count-in applies to the next one)
 # audio[FALLBACK] values: stems playing; dry because stems fell behind; dry while the first
 # stems after a load or seek are on their way (expected, so not counted as late)
 PLAYING_STEMS, LATE, WAITING_FOR_STEMS = range(3)
@@ -47,7 +53,10 @@ MAX_INFERENCE_S, MEAN_INFERENCE_S = range(2)
 # track) starts the first-stems timing afresh. LOOP_*: the deck's loop in frames (LOOP_OUT <=
 # LOOP_IN: none), written between two increments of LOOP_SERIAL (odd while a write is under way),
 # so the callback takes a pair only when the serial is even and the same before and after.
-PLAY, SEEK_TARGET, SEEK_SERIAL, PLAY_SERIAL, LOOP_IN, LOOP_OUT, LOOP_SERIAL = range(7)
+# COUNT_IN_BEATS: clicks before each restart of the loop (0: off); COUNT_IN_BEAT_FRAMES: one beat.
+PLAY, SEEK_TARGET, SEEK_SERIAL, PLAY_SERIAL, LOOP_IN, LOOP_OUT, LOOP_SERIAL, COUNT_IN_BEATS, COUNT_IN_BEAT_FRAMES = (
+    range(9)
+)
 
 
 @dataclass
@@ -70,8 +79,8 @@ class SharedState:
             "mute": ((num_stems,), "uint8"),
             "solo": ((num_stems,), "uint8"),
             "dry_mix": ((1,), "float32"),
-            "transport": ((7,), "int64"),
-            "audio": ((14,), "int64"),
+            "transport": ((9,), "int64"),
+            "audio": ((17,), "int64"),
             "levels": ((2, num_stems + 1), "float32"),
             "worker": ((3,), "int64"),
             "worker_seconds": ((2,), "float64"),

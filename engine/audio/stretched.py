@@ -32,6 +32,7 @@ from stemdeck.engine.audio.mixer import mix_block
 from stemdeck.engine.audio.record import RecordBuffers, record_block
 from stemdeck.engine.audio.state import (
     BLOCKS,
+    COUNT_IN_LEFT,
     PLAY,
     PLAYHEAD,
     POSITION,
@@ -224,6 +225,7 @@ def stretched_deck_block(outdata, deck, stretch, xrun):
         state[SEEK_NOTED] = audio[SEEK_SEEN]
         state[JOINED] = 0  # the ring holds audio from before the seek
     _apply_loop(audio, transport)
+    audio[COUNT_IN_LEFT] = 0  # the count-in plays at tempo 1 and key 0 only: none resumes later
     _update_gains(mixer)
     outdata[:] = 0.0
     mixer.levels[:] = 0.0

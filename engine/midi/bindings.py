@@ -18,7 +18,7 @@ STEM_CONTROLS = ("mute", "solo", "gain")
 LOOP_CONTROLS = ("loop_in", "loop_out", "loop", "loop_halve", "loop_double")
 SLOT_CONTROLS = ("hotcue", "hotcue_clear", "loop_beats")  # each needs its slot: a cue 1-8, or a beat count
 KEY_PRESSES = ("tempo_reset", "key_down", "key_up")  # tempo back to 1; the key a semitone down / up
-PRACTICE_CONTROLS = (*LOOP_CONTROLS, *SLOT_CONTROLS, *KEY_PRESSES, "record")
+PRACTICE_CONTROLS = (*LOOP_CONTROLS, *SLOT_CONTROLS, *KEY_PRESSES, "count_in", "record")
 CONTROLS = (*STEM_CONTROLS, "dry", "play", "cue", "tempo", *PRACTICE_CONTROLS)
 CONTINUOUS_CONTROLS = ("gain", "dry", "tempo")  # a CC's position, not a press
 NOTE_MODES = ("toggle", "momentary")
@@ -227,7 +227,7 @@ def default_mapping(num_stems: int = 6) -> Mapping:
     hot cue pads 1-8 (set when empty, else jump) and 58-65 the same pads with shift (clear);
     66-70 loop in, loop out, loop on/off, halve, double; 71 record; 72-76 loops of 1, 2, 4, 8
     and 16 beats; CC 8 on channel 1 the tempo (64: as recorded), notes 77-79 tempo reset, key
-    down and key up a semitone."""
+    down and key up a semitone; note 80 on channel 1 the count-in on (a bar of 4 beats) / off."""
     bindings = [Binding("note", 36 + s, "mute", None, s) for s in range(num_stems)]
     bindings += [Binding("note", 42 + s, "solo", None, s) for s in range(num_stems)]
     bindings += [Binding("cc", 1 + s, "gain", 1, s) for s in range(num_stems)]
@@ -238,6 +238,7 @@ def default_mapping(num_stems: int = 6) -> Mapping:
     bindings += [Binding("note", 71, "record")]
     bindings += [Binding("note", 72 + i, "loop_beats", slot=beats) for i, beats in enumerate(LOOP_BEATS)]
     bindings += [Binding("cc", 8, "tempo", 1)] + [Binding("note", 77 + i, c) for i, c in enumerate(KEY_PRESSES)]
+    bindings += [Binding("note", 80, "count_in", 1)]
     vocals, drums = STEM_NAMES.index("vocals"), STEM_NAMES.index("drums")
     scenes = [
         Scene(0, "full mix"),

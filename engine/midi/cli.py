@@ -50,7 +50,7 @@ def add_midi_commands(commands) -> None:
         "control",
         help="mute:STEM, solo:STEM, gain:STEM, dry, play or cue (STEM: 1-6 or a name); practice: loop_in, "
         "loop_out, loop, loop_halve, loop_double, loop_beats:N (1, 2, 4, 8, 16), hotcue:N, hotcue_clear:N "
-        "(N: 1-8), record",
+        "(N: 1-8), record, count_in",
     )
     learn.add_argument(
         "--mode",

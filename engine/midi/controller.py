@@ -44,6 +44,7 @@ from stemdeck.engine.midi.ports import (
 )
 
 FEEDBACK_ON, FEEDBACK_OFF = 127, 0
+COUNT_IN_BEATS = 4  # the count_in pad's clicks: one bar of 4/4
 CC_TOP = 127
 
 
@@ -70,9 +71,11 @@ class Controls(Protocol):
     def toggle_recording(self) -> None: ...
     def set_tempo(self, ratio: float) -> None: ...
     def set_key(self, semitones: float) -> None: ...
+    def set_count_in(self, beats: int) -> None: ...
 
     tempo: float
     key: float
+    count_in: int
 
 
 # practice presses: control -> the Controls method it calls (a slot control passes its slot)
@@ -379,6 +382,9 @@ class MidiController:
             else:
                 c.set_key(min(12, max(-12, round(c.key) + (1 if control == "key_up" else -1))))
             return
+        if control == "count_in":
+            self.controls.set_count_in(0 if self.controls.count_in else COUNT_IN_BEATS)
+            return
         if control in PRACTICE_METHODS:
             method = getattr(self.controls, PRACTICE_METHODS[control])
             try:
@@ -473,7 +479,7 @@ class MidiController:
         if control in ("mute", "solo", "play"):
             on = mixer.mute[stem] if control == "mute" else mixer.solo[stem] if control == "solo" else mixer.playing
             value = FEEDBACK_ON if on else FEEDBACK_OFF
-        elif control in ("loop", "record", "hotcue"):
+        elif control in ("loop", "record", "hotcue", "count_in"):
             value = FEEDBACK_ON if _practice_lit(control, binding.slot, mixer) else FEEDBACK_OFF
         elif control == "gain" and binding.mode == "absolute":
             value = round(db_to_cc(mixer.gain_db[stem]) if math.isfinite(mixer.gain_db[stem]) else 0)
@@ -497,7 +503,10 @@ class MidiController:
 
 
 def _practice_lit(control: str, slot: int | None, mixer) -> bool:
-    """A practice pad's light: the loop plays, a take is recording, the hot cue is set."""
+    """A practice pad's light: the loop plays, a take is recording, the count-in is on, the hot
+    cue is set."""
+    if control == "count_in":
+        return bool(getattr(mixer, "count_in", 0))
     if control == "loop":
         return bool(getattr(mixer, "looping", False))
     if control == "record":

@@ -29,7 +29,8 @@ HEADER = """\
 # message: "note" or "cc"; number: 0-127; channel: 1-16 or "any";
 # control: mute, solo, gain (stem fader), dry (dry/stems crossfader), play (play/pause), cue;
 #   practice: loop_in, loop_out, loop (on/off), loop_halve, loop_double, loop_beats (beats = 1, 2, 4,
-#   8 or 16), hotcue (cue = 1-8: set when empty, else jump), hotcue_clear (cue = 1-8), record;
+#   8 or 16), hotcue (cue = 1-8: set when empty, else jump), hotcue_clear (cue = 1-8), record,
+#   count_in (on with 4 beats / off);
 # stem: 1-6 or a name (drums, bass, other, vocals, guitar, piano);
 # mode: notes toggle | momentary; CCs absolute | relative-twos | relative-offset | relative-signbit | button;
 # feedback: light the controller's pad with the control's state (Note On / CC 127 or 0).
