@@ -12,6 +12,7 @@ from stemdeck.engine.practice import LOOP_BEATS, NUM_HOT_CUES
 TEMPO_RANGE_PERCENT = (50, 150)
 KEY_RANGE_SEMITONES = 12
 NO_BEATS = "beats"  # the length list's first entry: no loop by beats chosen
+GLYPH_BUTTON_PX = 36  # ½ and ×2, as narrow as the cue pads: the window keeps its minimum width
 COUNT_IN_BEATS = 4  # the Count-in button's clicks: one bar of 4/4
 COUNT_IN_TIP = f"{COUNT_IN_BEATS} clicks (one a beat) before the loop restarts; tempo 100 % and key 0 only"
 
@@ -62,6 +63,8 @@ class TransportRow(QWidget):
         self.loop_button = self._button("⟳ On", "Loop on / off (L)", checkable=True)
         self.halve_button = self._button("½", "Halve the loop ([)")
         self.double_button = self._button("×2", "Double the loop (])")
+        for glyph in (self.halve_button, self.double_button):
+            glyph.setFixedWidth(GLYPH_BUTTON_PX)  # one glyph each: room in the row for Count-in
         self.beats_box = QComboBox()
         self.beats_box.addItems([NO_BEATS] + [str(b) for b in LOOP_BEATS])
         self.beats_box.setFocusPolicy(Qt.FocusPolicy.NoFocus)
