@@ -10,7 +10,9 @@ from that child of ours: nothing from outside is unpickled.
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
+import multiprocessing.util  # noqa: F401 - its exit handler registered before ours (below)
 import threading
 from collections.abc import Callable
 from signal import SIG_IGN, SIGINT
@@ -65,14 +67,22 @@ class _BeatProcess:
 
 _beat_process: _BeatProcess | None = None
 _beat_lock = threading.Lock()  # one search at a time; a newer track's waits for the one under way
+# Set when the program starts to exit: a search cut short then is not a dead process to replace
+# (a child spawned by an exiting program finds no parent to read from: a traceback). It must run
+# before multiprocessing's own exit handler, which ends the beat process; handlers run last
+# registered first, and multiprocessing.util registers its handler on import, so import it first.
+_exiting = threading.Event()
+atexit.register(_exiting.set)
 
 
 def search_beats(signal: np.ndarray) -> Beats | None:
     """The beat grid of :func:`analysis_signal`'s output, found in the beat process (started
-    on first use, and again if it died)."""
+    on first use, and again if it died); None once the program is exiting."""
     global _beat_process
     with _beat_lock:
         for _ in range(2):
+            if _exiting.is_set():
+                return None
             if _beat_process is None:
                 _beat_process = _BeatProcess()
             try:
