@@ -318,7 +318,8 @@ def test_the_callback_never_waits_for_the_stage_it_counts_the_ring_running_dry()
     "call, message",
     [
         (lambda e: e.set_tempo(1.6), "tempo 1.6 is out of range; give 0.5 to 1.5"),
-        (lambda e: e.set_tempo(float("nan")), "tempo nan is out of range"),
+        (lambda e: e.set_tempo(float("nan")), "tempo nan is not a number; give 0.5 to 1.5"),
+        (lambda e: e.set_key(float("inf")), "key shift inf is not a number; give -12 to 12 semitones"),
         (lambda e: e.set_key(-13), "key shift -13 is out of range; give -12 to 12 semitones"),
     ],
 )

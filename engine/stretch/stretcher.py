@@ -44,7 +44,9 @@ def require_stretch(tempo: float, semitones: float) -> None:
 def check_tempo(tempo: float) -> float:
     """``tempo`` (1 = as recorded) as a float, or a one-line ValueError."""
     tempo = float(tempo)
-    if not (math.isfinite(tempo) and MIN_TEMPO <= tempo <= MAX_TEMPO):
+    if not math.isfinite(tempo):
+        raise ValueError(f"tempo {tempo:g} is not a number; give {MIN_TEMPO:g} to {MAX_TEMPO:g} (1 = as recorded)")
+    if not MIN_TEMPO <= tempo <= MAX_TEMPO:
         raise ValueError(f"tempo {tempo:g} is out of range; give {MIN_TEMPO:g} to {MAX_TEMPO:g} (1 = as recorded)")
     return tempo
 
@@ -52,7 +54,10 @@ def check_tempo(tempo: float) -> float:
 def check_semitones(semitones: float) -> float:
     """A key shift in semitones as a float, or a one-line ValueError."""
     semitones = float(semitones)
-    if not (math.isfinite(semitones) and MIN_SEMITONES <= semitones <= MAX_SEMITONES):
+    if not math.isfinite(semitones):
+        give = f"give {MIN_SEMITONES:g} to {MAX_SEMITONES:g} semitones"
+        raise ValueError(f"key shift {semitones:g} is not a number; {give}")
+    if not MIN_SEMITONES <= semitones <= MAX_SEMITONES:
         raise ValueError(
             f"key shift {semitones:g} is out of range; give {MIN_SEMITONES:g} to {MAX_SEMITONES:g} semitones"
         )
