@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from stemdeck.engine.audio.click import ACCENT, BEAT
 from stemdeck.engine.audio.mixer import mix_block, update_gain_targets
 from stemdeck.engine.audio.record import RecordBuffers, record_block
 from stemdeck.engine.audio.ring import ring_write_interleaved
@@ -270,7 +271,7 @@ def _play_count_in(out, deck):
     for i in range(frames):
         within = (played + i) % beat
         if within < click_frames:
-            row = 0 if played + i < beat else 1
+            row = ACCENT if played + i < beat else BEAT
             out[i, :] = click[row, within]
     audio[COUNT_IN_LEFT] -= frames
     return frames
