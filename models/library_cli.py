@@ -104,8 +104,16 @@ def check_jobs(args: argparse.Namespace) -> int:
 
 def input_folders(args: argparse.Namespace) -> dict[Path, Path]:
     """Every input file (folders walked with -r), each once, with its output folder."""
-    from stemdeck.models.track_job import CommandError, check_no_folders, say, track_folders, unique_inputs
+    from stemdeck.models.track_job import (
+        CommandError,
+        check_inputs_exist,
+        check_no_folders,
+        say,
+        track_folders,
+        unique_inputs,
+    )
 
+    check_inputs_exist(args.inputs)
     if not args.recursive:
         check_no_folders(args.inputs)
         found = Found([(path, None) for path in args.inputs], {})

@@ -189,8 +189,17 @@ def _clashes(names: dict[Path, str]) -> list[list[Path]]:
     return [group for group in groups.values() if len(group) > 1]
 
 
+def check_inputs_exist(inputs: Sequence[Path]) -> None:
+    """A mistyped path is said before the model loads (seconds for htdemucs), and before any
+    file is separated: nothing half done to redo once the path is fixed."""
+    for path in inputs:
+        if not path.exists():
+            raise CommandError(f"{path}: no such file or folder; check the path (nothing was separated)")
+
+
 def check_no_folders(inputs: Sequence[Path]) -> None:
     """A folder is walked only when asked: -r."""
+    check_inputs_exist(inputs)
     for path in inputs:
         if path.is_dir():
             raise CommandError(f"{path} is a directory; add -r to separate the audio files in it")

@@ -97,6 +97,25 @@ def test_a_folder_without_r_and_too_many_jobs_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("walk", [[], ["-r"], ["--jobs", "2"]])
+def test_a_mistyped_input_is_one_line_before_the_model_loads(tmp_path, capsys, monkeypatch, walk):
+    import stemdeck.models.cli
+    import stemdeck.models.track_job
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(stemdeck.models.cli, "load_for_command", loaded)
+    monkeypatch.setattr(stemdeck.models.track_job, "load_for_command", loaded)
+    write_song(tmp_path / "lib" / "a.wav")
+    inputs = [str(tmp_path / "lib" / "a.wav"), str(tmp_path / "nolib")]
+    assert main(["separate", *inputs, *walk, "-o", str(tmp_path / "out"), "--model", "passthrough"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    missing = tmp_path / "nolib"
+    assert err == [f"stemdeck: error: {missing}: no such file or folder; check the path (nothing was separated)"]
+    assert not (tmp_path / "out").exists()
+
+
 # -- skipping by content ---------------------------------------------------------------------------------
 
 
