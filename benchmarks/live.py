@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         "--threads", default="", help="inference thread counts to compare, e.g. 1,2 (default: the engine's)"
     )
     parser.add_argument(
-        "--scheduling", default="nice", help="the separation process's CPU policies to compare, e.g. nice,idle"
+        "--scheduling", default="idle", help="the separation process's CPU policies to compare, e.g. nice,idle"
     )
     args = parser.parse_args(argv)
     configure_process()  # as the command line does: this process runs the audio callback

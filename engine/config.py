@@ -87,8 +87,9 @@ class EngineConfig:
     # play about a second after play even where a full window takes longer than real time
     deck_quick_start_s: float = 1.5
     worker: str = "process"  # "process": inference never holds the audio thread's GIL; or "thread"
-    # how the separation process yields the CPU to the audio path (engine.runtime.WORKER_SCHEDULING)
-    worker_scheduling: str = "nice"
+    # how the separation process yields the CPU to the audio path (engine.runtime.WORKER_SCHEDULING):
+    # "idle" halved the xruns against "nice" with no late window (docs/benchmarks.md, live, 2 cores)
+    worker_scheduling: str = "idle"
 
     def __post_init__(self) -> None:
         if self.worker_scheduling not in WORKER_SCHEDULING:

@@ -37,6 +37,10 @@ def _worker_threads(scheduling: str) -> tuple[list[int], list[int]]:
         engine.stop()
 
 
+def test_the_separation_process_is_scheduled_idle_by_default():
+    assert EngineConfig().worker_scheduling == "idle"  # chosen with benchmarks/live.py --scheduling nice,idle
+
+
 @linux_only
 def test_every_thread_of_the_separation_process_is_niced():
     policies, niceness = _worker_threads("nice")
