@@ -116,7 +116,10 @@ def check_session_options(args: argparse.Namespace) -> None:
     _check_count_in(args)
     _check_tempo_and_key(args)
     if args.record is not None:
-        record_format(args.record)
+        try:
+            record_format(args.record)
+        except ValueError:
+            raise ValueError(f"--record {args.record}: stemdeck records WAV or FLAC; name it .wav or .flac") from None
         if not args.record.parent.is_dir():
             raise ValueError(f"--record {args.record}: no folder {args.record.parent}; create it or record elsewhere")
         if args.record.exists():
@@ -307,6 +310,8 @@ def run_play(args: argparse.Namespace) -> int:
             print(f"looping {args.loop[0]:g} s to {args.loop[1]:g} s", file=sys.stderr)
         engine.set_tempo(args.tempo)
         engine.set_key(args.key)
+        if args.tempo != 1.0 or args.key != 0.0:
+            print(f"tempo {args.tempo:g} (pitch kept), key {args.key:+g} semitones (tempo kept)", file=sys.stderr)
         _set_count_in(engine, args.count_in)
         with _midi(engine, args):
             engine.start_output(output_device, stem_outputs=args.stem_outputs)

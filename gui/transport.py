@@ -104,11 +104,11 @@ class TransportRow(QWidget):
         self.tempo_slider.setMaximumWidth(140)
         self.tempo_slider.setToolTip("Tempo 50-150 %, pitch unchanged")
         self.tempo_slider.valueChanged.connect(lambda v: self.tempo_changed.emit(v / 100))
-        self.tempo_label = QLabel("100 %")
+        self.tempo_label = _steady_label("100 %", widest="150 %")
         self.tempo_reset = self._button("1×", "Back to the recorded tempo")
         self.tempo_reset.clicked.connect(lambda: self.tempo_slider.setValue(100))
         self.key_down = self._button("♭", "Key down a semitone")
-        self.key_label = QLabel("key ±0")
+        self.key_label = _steady_label("key ±0", widest="key -12")
         self.key_up = self._button("♯", "Key up a semitone")
         self.key_down.clicked.connect(lambda: self.key_step.emit(-1))
         self.key_up.clicked.connect(lambda: self.key_step.emit(1))
@@ -168,6 +168,15 @@ class TransportRow(QWidget):
             self.tempo_label.setText(f"{100 * tempo:.0f} %")
         if key is not None:
             self.key_label.setText(f"key {key:+.0f}" if key else "key ±0")
+
+
+def _steady_label(text: str, widest: str) -> QLabel:
+    """A label as wide as the widest text it will show, so the buttons beside it stay under the
+    mouse while its figure changes (a tempo slider dragged from 100 % to 53 %)."""
+    label = QLabel(text)
+    label.setFixedWidth(label.fontMetrics().horizontalAdvance(widest) + 2)
+    label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+    return label
 
 
 def _show_checked(button: QPushButton, on: bool) -> None:

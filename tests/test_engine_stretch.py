@@ -90,6 +90,7 @@ def test_tempo_0_75_spreads_onsets_by_1_over_0_75_and_keeps_the_pitch():
     assert gaps.size >= 6
     assert np.median(gaps) == pytest.approx(0.5 / 0.75, rel=0.01)
     assert engine.practice.underflows == 0
+    assert 0 < engine.status().first_stems_s < 0.5  # stretched stems count as stems played
     engine.load_array(tone_track(2.0), 0.0)
     engine.set_tempo(0.75)
     engine.play()
@@ -352,6 +353,7 @@ def test_a_loaded_track_gets_its_beat_grid_in_the_background_and_a_reload_the_ne
 @pytest.mark.parametrize(
     "option, value, message",
     [
+        ("--record", "take.mp3", "--record take.mp3: stemdeck records WAV or FLAC; name it .wav or .flac"),
         ("--tempo", "2", "--tempo 2: tempo 2 is out of range; give 0.5 to 1.5 (1 = as recorded)"),
         ("--key", "-13", "--key -13: key shift -13 is out of range; give -12 to 12 semitones"),
     ],
@@ -376,6 +378,7 @@ def test_cli_play_at_tempo_0_8_key_minus_2_records_the_stretched_track(jack_serv
     assert result.returncode == 0, result.stderr
     # counted, not asserted zero: on a shared 2-core machine under load the stage can miss a block
     assert "stretch_underflows=" in result.stderr
+    assert "tempo 0.8 (pitch kept), key -2 semitones (tempo kept)" in result.stderr
     recorded, rate = sf.read(str(take), dtype="float32", always_2d=True)
     heard = recorded[int(np.flatnonzero(np.abs(recorded[:, 0]) > 0)[0]) :].T
     assert rate == SR and heard.shape[-1] > 2 * SR

@@ -83,11 +83,16 @@ def test_pads_and_loop_buttons_by_mouse(qtbot, window):
     engine.set_beat_grid(120.0)
     qtbot.wait(REFRESH_MS)
     assert row.beats_box.isEnabled() and row.bpm_label.text() == "120.0 BPM"
-    row.tempo_slider.setValue(80)  # the tempo heard is what a DJ matches: 0.8 x 120
+    under_the_mouse = [(button.x(), button.y()) for button in (row.tempo_reset, row.key_down, row.key_up)]
+    row.tempo_slider.setValue(53)  # the tempo heard is what a DJ matches: 0.53 x 120
+    window.practice("set_key", -12)
     qtbot.wait(REFRESH_MS)
-    assert engine.tempo == pytest.approx(0.8) and row.bpm_label.text() == "96.0 BPM"
+    assert engine.tempo == pytest.approx(0.53) and row.bpm_label.text() == "63.6 BPM"
     assert "recorded at 120.0 BPM" in row.bpm_label.toolTip()
+    assert (row.tempo_label.text(), row.key_label.text()) == ("53 %", "key -12")
+    assert [(button.x(), button.y()) for button in (row.tempo_reset, row.key_down, row.key_up)] == under_the_mouse
     row.tempo_slider.setValue(100)
+    window.practice("set_key", 0)
     window.transport.loop_beats.emit(2)  # what choosing "2" in the list sends
     assert engine.loop.length_frames == SR
     engine.seek(0.05)  # before the in point: an out point here is refused, in the status bar

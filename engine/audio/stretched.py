@@ -33,6 +33,7 @@ from stemdeck.engine.audio.record import RecordBuffers, record_block
 from stemdeck.engine.audio.state import (
     BLOCKS,
     COUNT_IN_LEFT,
+    FIRST_STEMS_AT,
     PLAY,
     PLAYHEAD,
     POSITION,
@@ -109,6 +110,8 @@ def _play_ring(out, deck, stretch):
             run += 1
         _note_fallback(audio, ready == 0)
         mix_block(out[i : i + run], stretch.stems, at, stretch.dry, at, mixer.gains, ready != 0, mixer.levels)
+        if ready != 0 and audio[FIRST_STEMS_AT] < 0:  # as deck_block counts it: this block's end
+            audio[FIRST_STEMS_AT] = audio[POSITION] + out.shape[0]
         i += run
     if frames > 0:
         heard = stretch.source[(state[READ] + frames - 1) % capacity] + 1
