@@ -305,7 +305,15 @@ def test_ctrl_c_stops_the_workers_at_once_and_a_rerun_finishes(tmp_path):
     for index in range(6):
         write_song(lib / f"song{index}.wav", seconds=20.0, seed=index)
     command = stemdeck_command("separate", lib, "-r", "-o", out, "--model", "passthrough", "--jobs", "2")
-    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a shell that starts jobs in the background (`bash .ci/run &`) hands them SIGINT
+        # ignored, and Python keeps an ignored SIGINT: Ctrl-C as on a terminal, whoever ran us
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 240
     while not _partials(out):  # the workers are writing
         assert run.poll() is None and time.monotonic() < deadline, "the run ended before it could be interrupted"
