@@ -35,9 +35,13 @@ def channel_suffixes(channels: int) -> tuple[str, ...]:
     return ("L", "R") if channels == 2 else tuple(str(c + 1) for c in range(channels))
 
 
-def output_port_names(sources: tuple[str, ...], channels: int, stem_outputs: bool) -> list[str]:
-    """Short port names in the kernels' column order: the mix first, then each stem."""
-    groups = [MASTER, *(sources if stem_outputs else ())]
+def output_port_names(
+    sources: tuple[str, ...], channels: int, stem_outputs: bool, groups: tuple[str, ...] | None = None
+) -> list[str]:
+    """Short port names in the kernels' column order: the mix first, then each stem; or one
+    pair per name in ``groups`` (two decks: master, cue, deckA_vocals, ...)."""
+    if groups is None:
+        groups = (MASTER, *(sources if stem_outputs else ()))
     return [f"{group}_{suffix}" for group in groups for suffix in channel_suffixes(channels)]
 
 
@@ -221,8 +225,10 @@ class JackOutput:
         live: bool,
         max_frames: int,
         on_finished: Callable[[], None],
+        groups: tuple[str, ...] | None = None,
     ) -> JackStream:
-        """Play ``render``'s blocks on the ports for ``sources`` (made now if new); returns the hold."""
+        """Play ``render``'s blocks on the ports for ``sources`` (or named by ``groups``, see
+        :func:`output_port_names`), made now if new; returns the hold."""
         if self.lost:
             raise DeviceError(f"the JACK server went away ({self.lost_reason}); start it again")
         if self.blocksize > max_frames:
@@ -231,7 +237,8 @@ class JackOutput:
                 "set a smaller period (jackd -p)"
             )
         outputs = [
-            self._port(self._outputs, name, output=True) for name in output_port_names(sources, channels, stem_outputs)
+            self._port(self._outputs, name, output=True)
+            for name in output_port_names(sources, channels, stem_outputs, groups)
         ]
         inputs = [self._port(self._inputs, name, output=False) for name in input_port_names(channels)] if live else []
         others = [port for port in self._outputs.values() if port not in outputs]

@@ -1,0 +1,162 @@
+"""The two-deck mixer, run in the audio callback: each deck's block (already mixed from its
+stems by its own :func:`~engine.audio.stretched.stretched_deck_block`) through its channel fader
+and the crossfader into the master, and through the headphone cue (PFL) into the cue bus.
+
+Numba kernels on preallocated arrays: nothing here allocates or waits. The control side writes
+only ``controls`` (one writer, under the decks' control lock); the callback alone writes the
+gain ramps and the levels. Every gain change is a linear ramp (as the stem gains are), so a
+crossfader jump never clicks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from stemdeck.engine.audio.mixer import GAIN_CURRENT, GAIN_TARGET, OUTPUT_LIMIT, _next_gain, _retarget, safe_sample
+
+# controls[...] slots, control-written. VOLUME_*: channel faders, linear (1 = 0 dB);
+# CROSSFADER: 0 = all A, 1 = all B; CURVE: one of the CURVES' indices; CUE_*: 1 = the deck is in
+# the headphones (PFL, before its channel fader and the crossfader); CUE_MIX: the headphones
+# hear 0 = the cue bus only ... 1 = the master only; MASTER: the master's gain, linear.
+VOLUME_A, VOLUME_B, CROSSFADER, CURVE, CUE_A, CUE_B, CUE_MIX, MASTER = range(8)
+NUM_CONTROLS = 8
+# ramps[:, ...] columns (callback-owned, ``mixer.GAIN_*`` rows): what each deck sends where
+TO_MASTER_A, TO_MASTER_B, TO_CUE_A, TO_CUE_B = range(4)
+# levels[:, ...] columns (callback-written; row 0 peak, row 1 mean square): each deck after its
+# channel fader and the crossfader, the master, the cue output
+LEVEL_A, LEVEL_B, LEVEL_MASTER, LEVEL_CUE = range(4)
+
+# The usual crossfader curves. linear: A falls as B rises (a dip of 6 dB in the middle);
+# constant-power: cos/sin, the same loudness all the way for unrelated tracks; cut: both decks
+# at full level over the whole travel except the last CUT_WIDTH at either end (scratch DJs).
+CURVES = ("linear", "constant-power", "cut")
+LINEAR, CONSTANT_POWER, CUT = range(3)
+CUT_WIDTH = 0.05
+
+
+def mix_controls() -> np.ndarray:
+    """Fresh controls: faders at 0 dB, crossfader on A, constant power, no cue, cue mix halfway."""
+    controls = np.zeros(NUM_CONTROLS, np.float64)
+    controls[[VOLUME_A, VOLUME_B, MASTER]] = 1.0
+    controls[CURVE] = CONSTANT_POWER
+    controls[CUE_MIX] = 0.5
+    return controls
+
+
+def mix_ramps() -> np.ndarray:
+    """The callback's ramp state ``(4, 4)``: deck A on the master at unity, the rest silent (as
+    :func:`mix_controls` sets them, so the first block does not ramp)."""
+    ramps = np.zeros((4, 4), np.float64)
+    ramps[GAIN_CURRENT, TO_MASTER_A] = ramps[GAIN_TARGET, TO_MASTER_A] = 1.0
+    ramps[GAIN_CURRENT, TO_CUE_A] = ramps[GAIN_TARGET, TO_CUE_A] = 0.5  # cue mix 0.5 of the master
+    return ramps
+
+
+@njit(nogil=True, cache=True)
+def _unit(value):
+    """``value`` within 0..1; NaN is 0 (a bad control value is silence, never noise)."""
+    if not np.isfinite(value):
+        return 0.0
+    return min(max(value, 0.0), 1.0)
+
+
+@njit(nogil=True, cache=True)
+def crossfader_gains(position, curve):
+    """The gains of deck A and deck B at crossfader ``position`` (0 = A, 1 = B) on ``curve``."""
+    x = _unit(position)
+    if curve == LINEAR:
+        return 1.0 - x, x
+    if curve == CUT:
+        return min(1.0, (1.0 - x) / CUT_WIDTH), min(1.0, x / CUT_WIDTH)
+    if x == 0.0:  # exactly: deck A alone is bit for bit what deck A plays
+        return 1.0, 0.0
+    if x == 1.0:
+        return 0.0, 1.0
+    return math.cos(0.5 * math.pi * x), math.sin(0.5 * math.pi * x)
+
+
+@njit(nogil=True, cache=True)
+def _fader(value):
+    if not np.isfinite(value):
+        return 0.0
+    return min(max(value, 0.0), OUTPUT_LIMIT)
+
+
+@njit(nogil=True, cache=True)
+def update_mix_targets(ramps, controls, ramp_frames):
+    """Start a ramp on every send whose target moved since the last block."""
+    gain_a, gain_b = crossfader_gains(controls[CROSSFADER], int(controls[CURVE]))
+    master = _fader(controls[MASTER])
+    to_master_a = _fader(controls[VOLUME_A]) * gain_a * master
+    to_master_b = _fader(controls[VOLUME_B]) * gain_b * master
+    blend = _unit(controls[CUE_MIX])
+    cue_a = 1.0 if controls[CUE_A] != 0.0 else 0.0
+    cue_b = 1.0 if controls[CUE_B] != 0.0 else 0.0
+    _retarget(ramps, TO_MASTER_A, to_master_a, ramp_frames)
+    _retarget(ramps, TO_MASTER_B, to_master_b, ramp_frames)
+    _retarget(ramps, TO_CUE_A, (1.0 - blend) * cue_a + blend * to_master_a, ramp_frames)
+    _retarget(ramps, TO_CUE_B, (1.0 - blend) * cue_b + blend * to_master_b, ramp_frames)
+
+
+@njit(nogil=True, cache=True)
+def _meter(levels, column, value):
+    magnitude = abs(value)
+    if magnitude > levels[0, column]:
+        levels[0, column] = magnitude
+    levels[1, column] += value * value
+
+
+@njit(nogil=True, cache=True)
+def mix_decks(out, deck_a, deck_b, channels, cue_column, ramps, levels):
+    """Master (and cue) from the two decks' blocks.
+
+    ``deck_a`` and ``deck_b`` are ``(frames, >= channels)``: each deck's mix in its first
+    ``channels`` columns. ``out`` is ``(frames, out_channels)``: the master in its first
+    ``channels`` columns, the cue bus from ``cue_column`` (negative: no cue output). Every
+    sample written is finite and within +-OUTPUT_LIMIT. Stem outputs are copied separately
+    (:func:`copy_columns`).
+    """
+    frames = out.shape[0]
+    levels[:] = 0.0
+    for i in range(frames):
+        to_a = _next_gain(ramps, TO_MASTER_A)
+        to_b = _next_gain(ramps, TO_MASTER_B)
+        cue_a = _next_gain(ramps, TO_CUE_A)
+        cue_b = _next_gain(ramps, TO_CUE_B)
+        for c in range(channels):
+            a, b = deck_a[i, c], deck_b[i, c]
+            master = safe_sample(a * to_a + b * to_b)
+            out[i, c] = master
+            _meter(levels, LEVEL_A, a * to_a)
+            _meter(levels, LEVEL_B, b * to_b)
+            _meter(levels, LEVEL_MASTER, master)
+            if cue_column >= 0:
+                cue = safe_sample(a * cue_a + b * cue_b)
+                out[i, cue_column + c] = cue
+                _meter(levels, LEVEL_CUE, cue)
+    if frames > 0:
+        for k in range(levels.shape[1]):
+            levels[1, k] /= frames * channels
+
+
+@njit(nogil=True, cache=True)
+def copy_columns(out, first_column, block, from_column):
+    """``block``'s columns from ``from_column`` on into ``out``'s from ``first_column`` (a
+    deck's stem outputs, as its own kernel wrote them)."""
+    width = block.shape[1] - from_column
+    for i in range(out.shape[0]):
+        for c in range(width):
+            out[i, first_column + c] = block[i, from_column + c]
+
+
+def warm_up_decks_mix(channels: int, stem_columns: int) -> None:
+    """Compile (or load from cache) the kernels with the session's types, on scratch arrays."""
+    block = np.zeros((4, channels + stem_columns), np.float32)
+    out = np.zeros((4, 2 * channels + 2 * stem_columns), np.float32)
+    ramps, levels = mix_ramps(), np.zeros((2, 4), np.float32)
+    update_mix_targets(ramps, mix_controls(), 4)
+    mix_decks(out, block, block, channels, channels, ramps, levels)
+    copy_columns(out, 2 * channels, block, channels)
