@@ -20,7 +20,21 @@ def add_training_commands(commands, add_model_options) -> None:
     synth.add_argument("--seconds", type=float, default=30.0)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--split", choices=("train", "test"), default="train")
+    synth.add_argument(
+        "--wide",
+        action="store_true",
+        help="several SoundFonts and voices, articulation and per-stem effects (never the held-out ones)",
+    )
     synth.set_defaults(func=run_synth)
+
+    heldout = actions.add_parser(
+        "heldout", help="the evaluation set: wide songs from the held-out SoundFont and voices only (OUT/test)"
+    )
+    heldout.add_argument("out", type=Path)
+    heldout.add_argument("--tracks", type=int, default=10)
+    heldout.add_argument("--seconds", type=float, default=30.0)
+    heldout.add_argument("--seed", type=int, default=9)
+    heldout.set_defaults(func=run_heldout)
 
     curate = actions.add_parser("curate", help="report silent stems and stems that leak into others")
     curate.add_argument("root", type=Path)
@@ -45,6 +59,8 @@ def add_training_commands(commands, add_model_options) -> None:
     train.add_argument("--threads", type=int)
     train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     train.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
+    train.add_argument("--init", metavar="MODEL", help="start from this model's weights (fine-tuning)")
+    train.add_argument("--lr", type=float, default=3e-4, help="Adam's learning rate")
     train.set_defaults(func=run_train)
 
     evaluate = commands.add_parser("eval", help="SDR of a model on a dataset's test tracks")
@@ -56,10 +72,23 @@ def add_training_commands(commands, add_model_options) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from stemdeck.models.training.synth import synth_dataset
+    from stemdeck.models.training.synth import WIDE, synth_dataset
 
-    folders = synth_dataset(args.out, args.tracks, args.seconds, args.seed, args.split, progress=sys.stderr.isatty())
+    variety = WIDE if args.wide else None
+    folders = synth_dataset(
+        args.out, args.tracks, args.seconds, args.seed, args.split, progress=sys.stderr.isatty(), variety=variety
+    )
     print(f"{len(folders)} tracks in {args.out / args.split}")
+    return 0
+
+
+def run_heldout(args: argparse.Namespace) -> int:
+    from stemdeck.models.training.synth import HELD_OUT, synth_dataset
+
+    folders = synth_dataset(
+        args.out, args.tracks, args.seconds, args.seed, "test", progress=sys.stderr.isatty(), variety=HELD_OUT
+    )
+    print(f"{len(folders)} held-out tracks in {args.out / 'test'}")
     return 0
 
 
@@ -74,12 +103,14 @@ def run_curate(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from stemdeck.models.training.train import Trainer, train_config_from_args
+    from stemdeck.models.cli import check_device
+    from stemdeck.models.training.train import Trainer, initial_model, train_config_from_args
 
     config = train_config_from_args(args)
-    from stemdeck.models.cli import check_device
-
-    trainer = Trainer(args.data, args.out, config, precision=args.precision, device=check_device(args.device))
+    model = initial_model(config.config, args.init, config.sources)
+    trainer = Trainer(
+        args.data, args.out, config, model=model, precision=args.precision, device=check_device(args.device)
+    )
     if args.resume and trainer.resume():
         print(f"resumed at step {trainer.step} (epoch {trainer.epoch})", file=sys.stderr)
     trainer.fit(progress=sys.stderr.isatty())

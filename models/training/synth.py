@@ -1,23 +1,34 @@
 """Procedural multitracks: composed songs with each stem rendered on its own, in the MUSDB layout.
 
-Drums, bass and other are General MIDI parts rendered by FluidSynth with a GM SoundFont
-(Debian's fluid-soundfont-gm). The vocal is formant synthesis, written here: a monophonic lead
-whose syllables have consonant onsets, vowel formants, pitch glides, delayed vibrato and breaths
-between phrases. GM "voice" programs are sustained pads with no syllables, and espeak-ng speaks
-rather than sings; formants give a voice-like stem that still varies in every way a model could
-learn from (pitch, vowel, timing, timbre). Deterministic for a seed: the composition is drawn from
-one seeded generator and FluidSynth renders MIDI deterministically.
+Drums, bass and other are General MIDI parts rendered by FluidSynth with a GM SoundFont. The
+vocal is a synthetic singer (``voices.py``): formant synthesis, or espeak-ng singing a syllable per
+note. Two kinds of song:
+
+- classic (no ``Variety``): the generator's original songs, FluidR3 GM and the original formant
+  voice, dry; the bundled model's own test songs are these, and they stay bit-identical.
+- wide (a ``Variety``): each part from one of several SoundFonts, a voice drawn from several,
+  per-note velocity and articulation (length, timing) variety, a wider choice of "other"
+  instruments, and a studio chain per stem (``effects.py``). One SoundFont and two voices are
+  held out: the training split refuses them (``check_trainable``), the evaluation set
+  (``HELD_OUT``, `stemdeck dataset heldout`) uses only them.
+
+Deterministic for a seed: the composition is drawn from one seeded generator, the wide choices
+from a second one, and FluidSynth and espeak-ng render deterministically.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from stemdeck.models.training.effects import Chain, draw_chain
+from stemdeck.models.training.voices import CLASSIC, HELD_OUT_VOICES, TRAIN_VOICES, Voice, sing
 
 SAMPLERATE = 44100
 SOURCES = ("drums", "bass", "other", "vocals")
@@ -30,8 +41,9 @@ MAJOR, MINOR = (0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 10)
 PROGRESSIONS = ((0, 4, 5, 3), (0, 5, 3, 4), (5, 3, 0, 4), (0, 3, 4, 3), (0, 0, 3, 4), (1, 4, 0, 0), (0, 6, 5, 4))
 BASS_PROGRAMS = tuple(range(32, 40))
 OTHER_PROGRAMS = (*range(0, 8), *range(24, 32), 48, 49, 50, 51, *range(88, 96), 16, 17, 19)
-# (F1, F2, F3) Hz of a, e, i, o, u
-VOWELS = ((730, 1090, 2440), (530, 1840, 2480), (270, 2290, 3010), (570, 840, 2410), (300, 870, 2240))
+# wide songs: every melodic GM family but basses, percussion and sound effects
+WIDE_OTHER_PROGRAMS = (*range(0, 32), *range(40, 96))
+PLAN_FILE = "synth.json"  # in each track folder: the SoundFonts, voice and effects that made it
 SECTIONS = (
     ("intro", 2, 0.4, False),
     ("verse", 8, 0.7, True),
@@ -51,6 +63,102 @@ def find_soundfont() -> Path:
         if path.exists():
             return path
     raise SynthError("no General MIDI SoundFont; install one (Debian: apt install fluid-soundfont-gm)")
+
+
+@dataclass(frozen=True)
+class SoundFont:
+    name: str
+    path: Path
+    package: str  # the Debian package that installs it
+    held_out: bool = False
+
+    def require(self) -> Path:
+        if not self.path.exists():
+            raise SynthError(f"SoundFont {self.name} is missing ({self.path}); install it: apt install {self.package}")
+        return self.path
+
+
+# Freely licensed GM SoundFonts that Debian packages, small enough to load fast (FluidR3 Mono and
+# MuseScore General are .sf3, whose samples FluidSynth decompresses at every start: ~8 s each).
+# MuseScore General is held out: training never uses it, the evaluation set only it. TimGM6mb is
+# the smallest (6 MB), the one the tests render with.
+SOUNDFONTS = (
+    SoundFont("fluidr3", Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"), "fluid-soundfont-gm"),
+    SoundFont("timgm6mb", Path("/usr/share/sounds/sf2/TimGM6mb.sf2"), "timgm6mb-soundfont"),
+    SoundFont("csound-gm", Path("/usr/share/sounds/sf2/sf_GMbank.sf2"), "csound-soundfont"),  # public domain
+    SoundFont(
+        "musescore",
+        Path("/usr/share/sounds/sf3/MuseScore_General_Lite.sf3"),
+        "musescore-general-soundfont-small",
+        held_out=True,
+    ),
+)
+TRAIN_SOUNDFONTS = tuple(f for f in SOUNDFONTS if not f.held_out)
+HELD_OUT_SOUNDFONTS = tuple(f for f in SOUNDFONTS if f.held_out)
+
+
+@dataclass(frozen=True)
+class Variety:
+    """What a wide song may be made of; each song draws its own from these."""
+
+    soundfonts: tuple[SoundFont, ...] = TRAIN_SOUNDFONTS
+    voices: tuple[Voice, ...] = TRAIN_VOICES
+    effects: bool = True
+    articulation: bool = True
+
+
+WIDE = Variety()
+HELD_OUT = Variety(HELD_OUT_SOUNDFONTS, HELD_OUT_VOICES)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The wide choices of one song: a SoundFont per part, the voice, the other programs, a chain per stem."""
+
+    soundfonts: dict[str, SoundFont]  # drums, bass, other, other2
+    voice: Voice
+    programs: dict[str, int]
+    chains: dict[str, Chain] = field(default_factory=dict)
+    articulation: bool = False
+
+    def describe(self) -> dict:
+        return {
+            "soundfonts": {part: font.name for part, font in self.soundfonts.items()},
+            "voice": self.voice.name,
+            "programs": self.programs,
+            "effects": {s: _chain_names(c) for s, c in self.chains.items()},
+            "articulation": self.articulation,
+        }
+
+
+def _chain_names(chain: Chain) -> list[str]:
+    return [n for n in ("eq", "compressor", "distortion", "reverb") if getattr(chain, n)]
+
+
+def check_trainable(variety: Variety) -> None:
+    """Refuse a held-out SoundFont or voice for training: the evaluation set must stay unseen."""
+    held = [f.name for f in variety.soundfonts if f.held_out] + [v.name for v in variety.voices if v.held_out]
+    if held:
+        raise SynthError(
+            f"{', '.join(held)} {'is' if len(held) == 1 else 'are'} held out for evaluation; "
+            "a training split never uses them (render them with `stemdeck dataset heldout`)"
+        )
+
+
+def check_training_tracks(folders: list[Path]) -> None:
+    """Refuse training tracks whose plan names a held-out SoundFont or voice (tracks without a plan pass)."""
+    held = {f.name for f in HELD_OUT_SOUNDFONTS} | {v.name for v in HELD_OUT_VOICES}
+    for folder in folders:
+        plan_file = Path(folder) / PLAN_FILE
+        if not plan_file.exists():
+            continue
+        plan = json.loads(plan_file.read_text())
+        used = set(plan.get("soundfonts", {}).values()) | {plan.get("voice")}
+        if used & held:
+            raise SynthError(
+                f"{folder} was made with {', '.join(sorted(used & held))}, held out for evaluation; "
+                "move it out of the training split"
+            )
 
 
 def _fluidsynth() -> str:
@@ -234,102 +342,6 @@ def render_midi(midi, frames: int, soundfont: Path, gain: float = 0.5) -> np.nda
     return audio[:, :frames]
 
 
-# -- the vocal ---------------------------------------------------------------------------------------
-
-
-def vocal_part(song: Song, rng: np.random.Generator, frames: int) -> np.ndarray:
-    """A sung lead: phrases of syllables on the scale, with glides, vibrato and breaths."""
-    from scipy.signal import lfilter
-
-    beat_frames = song.beat_s * SAMPLERATE
-    pitch = np.zeros(frames)
-    amplitude = np.zeros(frames)
-    vowel_at = np.zeros(frames, int)
-    noise_bursts = np.zeros(frames)
-    register = song.root + 24 + int(rng.integers(-3, 6))
-    degree = int(rng.integers(0, 5))
-    for bar, (_, _density, vocals) in enumerate(song.bars):
-        if not vocals or bar % 4 == 3 and rng.random() < 0.5:  # phrases breathe every few bars
-            continue
-        rhythm = _pick(rng, [(0, 1, 2, 3), (0, 0.5, 1, 2, 2.5, 3), (0.5, 1.5, 2, 3), (0, 1.5, 2, 2.5, 3.5)])
-        bar_start = 4 * bar * beat_frames
-        breath = int(bar_start - 0.3 * SAMPLERATE)
-        if bar % 4 == 0 and breath > 0:
-            length = int(0.25 * SAMPLERATE)
-            noise_bursts[breath : breath + length] += 0.05 * np.hanning(length)[: max(0, frames - breath)]
-        for i, start_beat in enumerate(rhythm):
-            end_beat = rhythm[i + 1] if i + 1 < len(rhythm) else 4.0
-            begin = int(bar_start + start_beat * beat_frames)
-            end = min(frames, int(bar_start + end_beat * beat_frames * rng.uniform(0.8, 0.98)))
-            if begin >= frames or end <= begin:
-                continue
-            degree = int(np.clip(degree + rng.choice([-2, -1, -1, 0, 1, 1, 2, 3]), -3, 9))
-            note = register + song.scale[degree % 7] + 12 * (degree // 7)
-            pitch[begin:end] = 440.0 * 2 ** ((note - 69) / 12)
-            length = end - begin
-            attack, release = min(length // 3, int(0.03 * SAMPLERATE)), min(length // 3, int(0.06 * SAMPLERATE))
-            envelope = np.ones(length)
-            envelope[:attack] = np.linspace(0, 1, attack)
-            envelope[length - release :] = np.linspace(1, 0, release)
-            amplitude[begin:end] = envelope * rng.uniform(0.6, 1.0)
-            vowel_at[begin:end] = rng.integers(len(VOWELS))
-            consonant = int(0.02 * SAMPLERATE)
-            if rng.random() < 0.6:
-                noise_bursts[begin : begin + consonant] += (
-                    0.2 * np.hanning(consonant)[: len(noise_bursts[begin : begin + consonant])]
-                )
-    voiced = pitch > 0
-    smooth = _glide(np.where(voiced, pitch, np.nan))
-    t = np.arange(frames) / SAMPLERATE
-    vibrato = 1 + rng.uniform(0.005, 0.015) * np.sin(2 * np.pi * rng.uniform(4.8, 6.5) * t) * _onset_ramp(voiced)
-    phase = 2 * np.pi * np.cumsum(np.nan_to_num(smooth, nan=200.0) * vibrato) / SAMPLERATE
-    harmonics = np.zeros(frames)
-    tilt = rng.uniform(1.0, 1.6)
-    for k in range(1, 40):
-        audible = (k * np.nan_to_num(smooth, nan=0.0)) < 0.45 * SAMPLERATE
-        harmonics += audible * np.sin(k * phase) / k**tilt
-    source = harmonics * amplitude
-    out = np.zeros(frames)
-    for v, formants in enumerate(VOWELS):
-        part = np.where(vowel_at == v, source, 0.0)
-        if not part.any():
-            continue
-        for formant_hz, bandwidth_hz in zip(formants, (80, 100, 140), strict=True):
-            shifted = formant_hz * rng.uniform(0.92, 1.1)
-            r = np.exp(-np.pi * bandwidth_hz / SAMPLERATE)
-            out += lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * shifted / SAMPLERATE), r * r], part)
-    breath_r = np.exp(-np.pi * 2000 / SAMPLERATE)
-    breaths = lfilter(
-        [1 - breath_r],
-        [1, -2 * breath_r * np.cos(2 * np.pi * 3000 / SAMPLERATE), breath_r**2],
-        rng.standard_normal(frames) * noise_bursts,
-    )
-    mono = out + 4 * breaths
-    peak = np.abs(mono).max()
-    return (mono / peak * 0.5 if peak > 0 else mono).astype(np.float32)
-
-
-def _glide(pitch: np.ndarray, glide_frames: int = int(0.04 * SAMPLERATE)) -> np.ndarray:
-    """Portamento: a one-pole smoother over the voiced pitch (the unvoiced gaps stay NaN)."""
-    from scipy.signal import lfilter
-
-    voiced = ~np.isnan(pitch)
-    filled = np.interp(np.arange(len(pitch)), np.flatnonzero(voiced), pitch[voiced]) if voiced.any() else pitch
-    a = np.exp(-1.0 / glide_frames)
-    smooth = lfilter([1 - a], [1, -a], np.log(np.maximum(filled, 1.0)), zi=[np.log(max(filled[0], 1.0)) * a])[0]
-    return np.where(voiced, np.exp(smooth), np.nan)
-
-
-def _onset_ramp(voiced: np.ndarray, delay_s: float = 0.25) -> np.ndarray:
-    """Vibrato that sets in after a note starts, as singers do."""
-    runs = np.zeros(len(voiced))
-    count = 0
-    for i, on in enumerate(voiced):
-        count = count + 1 if on else 0
-        runs[i] = count
-    return np.clip(runs / (delay_s * SAMPLERATE), 0, 1)
-
-
 def _pan(mono: np.ndarray, cc10: int) -> np.ndarray:
     angle = (cc10 / 127) * np.pi / 2
     return np.stack([mono * np.cos(angle), mono * np.sin(angle)]).astype(np.float32)
@@ -338,40 +350,104 @@ def _pan(mono: np.ndarray, cc10: int) -> np.ndarray:
 # -- songs and datasets -----------------------------------------------------------------------------
 
 
-def synth_song(seed: int, seconds: float, soundfont: Path | None = None) -> dict[str, np.ndarray]:
+def draw_plan(seed: int, song: Song, variety: Variety) -> Plan:
+    """The wide choices of song ``seed``, from a generator of their own (the composition's stays as it was)."""
+    rng = np.random.default_rng([seed, 17])
+    fonts = variety.soundfonts
+    soundfonts = {part: fonts[rng.integers(len(fonts))] for part in ("drums", "bass", "other", "other2")}
+    voice = variety.voices[rng.integers(len(variety.voices))]
+    programs = {
+        "bass": song.programs["bass"],
+        "other": int(rng.choice(WIDE_OTHER_PROGRAMS)),
+        "other2": int(rng.choice(WIDE_OTHER_PROGRAMS)),
+    }
+    chains = {}
+    if variety.effects:
+        chains = {s: draw_chain(rng, s, programs["other"] if s == "other" else None) for s in SOURCES}
+    return Plan(soundfonts, voice, programs, chains, variety.articulation)
+
+
+def articulate(events: list, rng: np.random.Generator, lengths: bool = True) -> list:
+    """Per-note velocity (a part's level, per-note spread, accents on the beat), note length
+    (staccato to legato) and timing (a human's few milliseconds) for one part's note pairs."""
+    offset, spread = rng.uniform(-35, 15), rng.uniform(3, 25)
+    length_factor = rng.uniform(0.3, 1.15) if lengths else 1.0
+    jitter_beats = rng.uniform(0.0, 0.03)
+    out = []
+    for on, off in zip(events[0::2], events[1::2], strict=True):
+        status, note, velocity = on[1]
+        accent = 12 if abs(on[0] - round(on[0])) < 1e-6 else 0
+        velocity = int(np.clip(velocity + offset + accent + rng.normal(0, spread), 1, 127))
+        start = max(0.0, on[0] + rng.normal(0, jitter_beats))
+        length = max(0.05, (off[0] - on[0]) * length_factor)
+        out += [(start, [status, note, velocity]), (start + length, off[1])]
+    return out
+
+
+def synth_song(
+    seed: int, seconds: float, soundfont: Path | None = None, variety: Variety | None = None
+) -> dict[str, np.ndarray]:
     """The four stems of song ``seed``, each ``(2, frames)`` float32, summing under full scale."""
-    soundfont = soundfont or find_soundfont()
+    stems, _ = render_song(seed, seconds, soundfont, variety)
+    return stems
+
+
+def render_song(
+    seed: int, seconds: float, soundfont: Path | None = None, variety: Variety | None = None
+) -> tuple[dict[str, np.ndarray], Plan | None]:
+    """Stems and, for a wide song, its plan. Without ``variety`` the classic song, bit for bit."""
     rng = np.random.default_rng(seed)
     song = compose(rng, seconds)
     frames = int(seconds * SAMPLERATE)
+    if variety is None:
+        font = soundfont or find_soundfont()
+        plan = None
+        fonts = dict.fromkeys(("drums", "bass", "other", "other2"), font)
+        programs, voice = song.programs, CLASSIC
+    else:
+        plan = draw_plan(seed, song, variety)
+        fonts = {part: f.require() for part, f in plan.soundfonts.items()}
+        programs, voice = plan.programs, plan.voice
+    vary = _articulator(seed, plan)
     other = other_part(song, rng, 0, arpeggio=False) + other_part(song, rng, 1, arpeggio=True)
-    other_midi = _midi_file(
-        song, [e for e in other if e[1][0] & 0x0F == 0], 0, song.programs["other"], song.pans["other"]
-    )
-    second = _midi_file(
-        song, [e for e in other if e[1][0] & 0x0F == 1], 1, song.programs["other2"], 127 - song.pans["other"]
-    )
+    first = vary([e for e in other if e[1][0] & 0x0F == 0], True)
+    second = vary([e for e in other if e[1][0] & 0x0F == 1], True)
+    other_midi = _midi_file(song, first, 0, programs["other"], song.pans["other"])
+    second_midi = _midi_file(song, second, 1, programs["other2"], 127 - song.pans["other"])
+    drums = vary(drum_part(song, rng), False)
+    bass = vary(bass_part(song, rng), True)
     stems = {
-        "drums": render_midi(
-            _midi_file(song, drum_part(song, rng), DRUM_CHANNEL, None, song.pans["drums"]), frames, soundfont
-        ),
-        "bass": render_midi(
-            _midi_file(song, bass_part(song, rng), 0, song.programs["bass"], song.pans["bass"]), frames, soundfont
-        ),
-        "other": render_midi(other_midi, frames, soundfont) + render_midi(second, frames, soundfont) * 0.7,
-        "vocals": _pan(vocal_part(song, rng, frames), song.pans["vocals"]),
+        "drums": render_midi(_midi_file(song, drums, DRUM_CHANNEL, None, song.pans["drums"]), frames, fonts["drums"]),
+        "bass": render_midi(_midi_file(song, bass, 0, programs["bass"], song.pans["bass"]), frames, fonts["bass"]),
+        "other": render_midi(other_midi, frames, fonts["other"])
+        + render_midi(second_midi, frames, fonts["other2"]) * 0.7,
+        "vocals": _pan(sing(voice, song, rng, frames), song.pans["vocals"]),
     }
+    if plan is not None:
+        stems = {name: plan.chains[name].apply(stem, seed) if plan.chains else stem for name, stem in stems.items()}
+    return level_stems(stems, song.gains_db), plan
+
+
+def _articulator(seed: int, plan: Plan | None):
+    if plan is None or not plan.articulation:
+        return lambda events, lengths: events
+    rng = np.random.default_rng([seed, 23])
+    return lambda events, lengths: articulate(events, rng, lengths)
+
+
+def level_stems(stems: dict[str, np.ndarray], gains_db: dict[str, float]) -> dict[str, np.ndarray]:
+    """Each stem at −20 dBFS RMS less its gain, the whole turned down if the mix would clip."""
     for name in SOURCES:  # level by loudness, not peak: drums' transients would leave them ~7 dB quieter
         rms = np.sqrt(np.mean(np.square(stems[name], dtype=np.float64)))
-        stems[name] = stems[name] / max(rms, 1e-9) * 10 ** ((STEM_RMS_DBFS + song.gains_db[name]) / 20)
+        stems[name] = stems[name] / max(rms, 1e-9) * 10 ** ((STEM_RMS_DBFS + gains_db[name]) / 20)
     mix_peak = np.abs(sum(stems.values())).max()
     if mix_peak > 0.98:
         stems = {name: stem * (0.98 / mix_peak) for name, stem in stems.items()}
     return {name: stem.astype(np.float32) for name, stem in stems.items()}
 
 
-def write_track(folder: Path, stems: dict[str, np.ndarray]) -> None:
-    """Stems as 16-bit WAV; the mixture as 24-bit, the exact sum of the 16-bit stems."""
+def write_track(folder: Path, stems: dict[str, np.ndarray], plan: Plan | None = None) -> None:
+    """Stems as 16-bit WAV; the mixture as 24-bit, the exact sum of the 16-bit stems; the plan as JSON."""
     import soundfile as sf
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -380,6 +456,8 @@ def write_track(folder: Path, stems: dict[str, np.ndarray]) -> None:
         sf.write(str(folder / f"{name}.wav"), stem.T, SAMPLERATE, subtype="PCM_16")
         written.append(sf.read(str(folder / f"{name}.wav"), dtype="float64", always_2d=True)[0])  # as readers see it
     sf.write(str(folder / "mixture.wav"), sum(written), SAMPLERATE, subtype="PCM_24")
+    if plan is not None:
+        (folder / PLAN_FILE).write_text(json.dumps(plan.describe(), indent=1) + "\n")
 
 
 def song_seed(seed: int, index: int) -> int:
@@ -391,14 +469,34 @@ def track_folder(out: Path, split: str, seed: int, index: int) -> Path:
 
 
 def synth_dataset(
-    out: Path, tracks: int, seconds: float, seed: int, split: str = "train", progress: bool = False
+    out: Path,
+    tracks: int,
+    seconds: float,
+    seed: int,
+    split: str = "train",
+    progress: bool = False,
+    variety: Variety | None = None,
 ) -> list[Path]:
+    """``tracks`` songs in ``out/split``: classic ones, or wide ones drawn from ``variety``."""
     from tqdm import tqdm
 
-    soundfont = find_soundfont()
+    if variety is None:
+        soundfont = find_soundfont()
+    else:
+        soundfont = None
+        if split == "train":
+            check_trainable(variety)
+        for font in variety.soundfonts:
+            font.require()
     folders = []
     for index in tqdm(range(tracks), desc=f"synth {split}", disable=not progress, unit="track"):
         folder = track_folder(out, split, seed, index)
-        write_track(folder, synth_song(song_seed(seed, index), seconds, soundfont))
+        stems, plan = render_song(song_seed(seed, index), seconds, soundfont, variety)
+        write_track(folder, stems, plan)
         folders.append(folder)
     return folders
+
+
+def vocal_part(song: Song, rng: np.random.Generator, frames: int) -> np.ndarray:
+    """The classic voice's sung lead (kept for callers of the original generator)."""
+    return sing(CLASSIC, song, rng, frames)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from stemdeck.models.training.dataset import Augment, SegmentSampler, load_stems, track_folders
+from stemdeck.models.training.synth import check_training_tracks
 
 SOURCES_4 = ("drums", "bass", "other", "vocals")
 CONFIGS = {
@@ -62,6 +63,21 @@ class TrainConfig:
     threads: int | None = None
 
 
+def initial_model(config: str, init: str | Path | None, sources=SOURCES_4) -> nn.Module | None:
+    """The model to fine-tune from ``init`` (a model name or file), checked against ``config``'s
+    shape; None to start from random weights."""
+    if init is None:
+        return None
+    from stemdeck.models import load_model
+
+    model = load_model(init)
+    fresh = build_model(config, sources)
+    shapes = {k: v.shape for k, v in fresh.state_dict().items()}
+    if type(model) is not type(fresh) or {k: v.shape for k, v in model.state_dict().items()} != shapes:
+        raise ValueError(f"--init {init} is not a {config!r} model with sources {', '.join(sources)}")
+    return model.float().train()
+
+
 def build_model(config: str, sources=SOURCES_4) -> nn.Module:
     from stemdeck.models.nets.htdemucs import HTDemucs
 
@@ -97,7 +113,9 @@ class Trainer:
         weights = config.source_weights or (1.0,) * len(config.sources)
         self.source_weights = torch.tensor(weights, dtype=torch.float32)
         sr = self.model.samplerate
-        tracks = [load_stems(t, config.sources, sr) for t in track_folders(self.data, "train", config.sources)]
+        folders = track_folders(self.data, "train", config.sources)
+        check_training_tracks(folders)  # the held-out SoundFont and voices stay unseen
+        tracks = [load_stems(t, config.sources, sr) for t in folders]
         segment_frames = int(float(self.model.segment) * sr)
         self.sampler = SegmentSampler(tracks, segment_frames, sr, config.augment, config.seed)
 
@@ -258,6 +276,7 @@ def train_config_from_args(args) -> TrainConfig:
         steps_per_epoch=args.steps_per_epoch,
         seed=args.seed,
         threads=args.threads,
+        lr=args.lr,
     )
     if args.source_weights:
         config = replace(config, source_weights=tuple(float(w) for w in args.source_weights.split(",")))
