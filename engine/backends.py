@@ -36,6 +36,7 @@ class WorkerBackend(Protocol):
     """What the engine asks of whatever runs the separation."""
 
     shared: SharedState  # the counters and controls, where the worker can reach them
+    memory: SessionMemory  # where they live: shared memory another process can attach to
 
     def calibrate(self, window: WindowConfig, headroom: float) -> Calibration: ...
 
@@ -74,13 +75,53 @@ def _plan(model: nn.Module, config: EngineConfig, window: WindowConfig) -> Windo
     return WindowPlan.from_config(window, config.samplerate, float(model.segment))
 
 
+class SessionMemory:
+    """The shared state and each session's arrays (track, stems, rings) in shared memory, so a
+    process can attach to them: the separation process, and the deck's stretch process whichever
+    backend separates. A session's arrays are freed one session later: a running stream may
+    still read them for one more block."""
+
+    def __init__(self, num_stems: int):
+        clean_stale_segments()
+        self.state_block = SharedBlock(SharedState.specs(num_stems))
+        self.shared = SharedState.create(num_stems, self.state_block.arrays)
+        self.blocks: list[SharedBlock] = []
+        self.retired: list[SharedBlock] = []
+        self.keys: tuple[str, ...] = ()
+
+    def allocate(self, arrays: ArraySpecs) -> dict[str, np.ndarray]:
+        self.blocks, self.keys = [SharedBlock({key: spec}) for key, spec in arrays.items()], tuple(arrays)
+        return {key: block.arrays[key] for key, block in zip(arrays, self.blocks, strict=True)}
+
+    def specs(self) -> dict[str, BlockSpec]:
+        """The state's block (``state``) and the session's, by array name, to attach to."""
+        return {"state": self.state_block.spec, **{k: b.spec for k, b in zip(self.keys, self.blocks, strict=True)}}
+
+    def retire(self) -> None:
+        for block in self.retired:
+            block.close()
+        self.retired, self.blocks = self.blocks, []
+
+    def close(self) -> SharedState:
+        """Free every segment; returns a copy of the last state, still readable."""
+        for block in self.retired + self.blocks:
+            block.close()
+        self.retired, self.blocks = [], []
+        if self.state_block.arrays:
+            self.shared = SharedState(**{key: array.copy() for key, array in self.state_block.arrays.items()})
+            self.state_block.close()
+        return self.shared
+
+
 class ThreadBackend:
     """Separation in a thread of this process. Inference then shares the interpreter lock with
-    the audio callback, and torch's thread count is this process's (its entry point's choice)."""
+    the audio callback, and torch's thread count is this process's (its entry point's choice).
+    The arrays are in shared memory all the same, for the deck's stretch process."""
 
     def __init__(self, model: nn.Module, config: EngineConfig):
         self.model, self.config = model, config
-        self.shared = SharedState.create(len(model.sources))
+        self.memory = SessionMemory(len(model.sources))
+        self.shared = self.memory.shared
         self.worker: SeparationWorker | None = None
 
     def calibrate(self, window: WindowConfig, headroom: float) -> Calibration:
@@ -92,7 +133,7 @@ class ThreadBackend:
         )
 
     def allocate(self, arrays: ArraySpecs) -> dict[str, np.ndarray]:
-        return {key: np.zeros(shape, dtype) for key, (shape, dtype) in arrays.items()}
+        return self.memory.allocate(arrays)
 
     def start(self, spec: SessionSpec, arrays: dict[str, np.ndarray]) -> None:
         separator = _separator(self.model, self.config, spec.plan)
@@ -105,6 +146,7 @@ class ThreadBackend:
         if self.worker is not None:
             self.worker.stop()
             self.worker = None
+        self.memory.retire()
 
     def failure(self) -> str | None:
         worker = self.worker
@@ -119,6 +161,7 @@ class ThreadBackend:
 
     def close(self) -> SharedState:
         self.stop_session()
+        self.shared = self.memory.close()
         return self.shared
 
 
@@ -128,12 +171,9 @@ class ProcessBackend:
 
     def __init__(self, model: nn.Module, config: EngineConfig):
         self.model, self.config = model, config
-        clean_stale_segments()
-        self._state_block = SharedBlock(SharedState.specs(len(model.sources)))
-        self.shared = SharedState.create(len(model.sources), self._state_block.arrays)
+        self.memory = SessionMemory(len(model.sources))
+        self.shared = self.memory.shared
         self.process: WorkerProcess | None = None
-        self._blocks: list[SharedBlock] = []
-        self._retired_blocks: list[SharedBlock] = []
         self._session: tuple[SessionSpec, dict[str, BlockSpec]] | None = None  # to restart a dead worker
         self._lock = threading.RLock()
         self._supervisor: threading.Thread | None = None
@@ -147,11 +187,10 @@ class ProcessBackend:
         return self._worker_process().calibrate(window, headroom)
 
     def allocate(self, arrays: ArraySpecs) -> dict[str, np.ndarray]:
-        self._blocks = [SharedBlock({key: spec}) for key, spec in arrays.items()]
-        return {key: block.arrays[key] for key, block in zip(arrays, self._blocks, strict=True)}
+        return self.memory.allocate(arrays)
 
     def start(self, spec: SessionSpec, arrays: dict[str, np.ndarray]) -> None:
-        blocks = {key: block.spec for key, block in zip(arrays, self._blocks, strict=True)}
+        blocks = {key: block.spec for key, block in zip(arrays, self.memory.blocks, strict=True)}
         with self._lock:
             self._worker_process().start(spec, blocks)
             self._session = (spec, blocks)
@@ -163,11 +202,7 @@ class ProcessBackend:
             self._session = None  # nothing for the supervisor to restart
             if self.process is not None:
                 self.process.stop_session()
-        # A running stream may still read the previous session's arrays for one more block:
-        # free them one session later.
-        for block in self._retired_blocks:
-            block.close()
-        self._retired_blocks, self._blocks = self._blocks, []
+        self.memory.retire()
 
     def failure(self) -> str | None:
         return self._fatal  # failures short of the restart limit are notices
@@ -187,12 +222,7 @@ class ProcessBackend:
             if self.process is not None:
                 self.process.close()
                 self.process = None
-        for block in self._retired_blocks + self._blocks:
-            block.close()
-        self._retired_blocks, self._blocks = [], []
-        if self._state_block.arrays:
-            self.shared = SharedState(**{key: array.copy() for key, array in self._state_block.arrays.items()})
-            self._state_block.close()
+        self.shared = self.memory.close()
         return self.shared
 
     def _worker_process(self) -> WorkerProcess:
@@ -203,7 +233,7 @@ class ProcessBackend:
             if self.process is None:
                 self.process = WorkerProcess(
                     self.model,
-                    self._state_block.spec,
+                    self.memory.state_block.spec,
                     self.config.precision,
                     inference_threads(self.config.inference_threads),
                     self.config.samplerate,

@@ -401,7 +401,7 @@ class Engine:
         self._recall(key or audio_key(track, self.config.samplerate), track.shape[-1])
         self._seek_frames(cue)  # the callback moves the playhead there, waiting for stems
         beats = self._beats_found if self.config.beat_tracking else None
-        self.practice.track_loaded(self._deck_buffers, self._crossfade_frames, beats)
+        self.practice.track_loaded(self._deck_buffers, self._crossfade_frames, beats, self.backend.memory.specs())
         self.cue_s = cue / self.config.samplerate
         cache = self._cache_path(track) if self.config.cache_stems and separated is None else None
         quick = int(self.config.deck_quick_start_s * self.config.samplerate)
@@ -817,7 +817,7 @@ class Engine:
             seconds_ahead=ahead,
             first_stems_s=None if first_stems is None else first_stems / sr,
             worker_error=self.backend.failure(),
-            worker_notice=self.backend.notice(),
+            worker_notice=self.backend.notice() or self.practice.notice,
             stream_error=self._stream_error,
             recording=None if self.recorder.path is None or not self.recorder.recording else str(self.recorder.path),
             record_dropped_frames=self.recorder.dropped_frames,

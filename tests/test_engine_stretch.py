@@ -295,9 +295,9 @@ def test_past_the_tracks_end_the_stage_stops_and_nothing_counts_as_an_underflow(
     assert engine.status().position_s == pytest.approx(1.0)
     assert engine.practice.underflows == 0
     assert np.abs(out[:, int(0.9 * SR) :]).max() < 1e-3  # silence after the end, no stray ring audio
-    fed = engine.practice.stage._fed
+    fed = engine.practice.stage.fed_frames
     play(engine, 8 * BLOCK)
-    assert engine.practice.stage._fed == fed  # nothing more stretched while it stands at the end
+    assert engine.practice.stage.fed_frames == fed  # nothing more stretched while it stands at the end
     engine.stop()
 
 

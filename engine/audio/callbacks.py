@@ -112,6 +112,13 @@ def _note_fallback(audio, needed_stems):
 
 
 @njit(nogil=True, cache=True)
+def _note_first_stems(audio, ready, block_frames):
+    """The first stems played since the play: FIRST_STEMS_AT is the end of the block they are in."""
+    if ready and audio[FIRST_STEMS_AT] < 0:
+        audio[FIRST_STEMS_AT] = audio[POSITION] + block_frames
+
+
+@njit(nogil=True, cache=True)
 def _update_gains(mixer):
     update_gain_targets(mixer.gains, mixer.user_gain, mixer.mute, mixer.solo, mixer.dry_mix[0], mixer.ramp_frames)
 
@@ -211,8 +218,7 @@ def _play_chunk_faded(out, deck, fade):
     _note_fallback(audio, not ready)
     audio[PLAYHEAD] = _read_block(deck, playhead, frames, ready, fade)
     mix_block(out[:frames], deck.stems_block, 0, deck.track_block, 0, mixer.gains, ready, mixer.levels)
-    if ready and audio[FIRST_STEMS_AT] < 0:
-        audio[FIRST_STEMS_AT] = audio[POSITION] + out.shape[0]
+    _note_first_stems(audio, ready, out.shape[0])
     return True
 
 

@@ -1,5 +1,6 @@
 """The deck's callback when tempo or key is off unity: it plays the time-stretched stems and dry
-that the stretch stage (:mod:`engine.stretch.stage`, a thread) writes into preallocated rings.
+that the stretch stage (:mod:`engine.stretch.stage`, in a process of its own) writes into rings
+in shared memory.
 
 At tempo 1 and key 0 the block is :func:`deck_block` itself, bit for bit. Otherwise the stage
 runs in *epochs*: each starts at a source frame ahead of the playhead (``EPOCH_START``) and
@@ -24,6 +25,7 @@ from stemdeck.engine.audio.callbacks import (
     _apply_loop,
     _apply_transport,
     _note_fallback,
+    _note_first_stems,
     _play_chunk,
     _update_gains,
     deck_block,
@@ -33,7 +35,6 @@ from stemdeck.engine.audio.record import RecordBuffers, record_block
 from stemdeck.engine.audio.state import (
     BLOCKS,
     COUNT_IN_LEFT,
-    FIRST_STEMS_AT,
     PLAY,
     PLAYHEAD,
     POSITION,
@@ -49,7 +50,27 @@ from stemdeck.engine.audio.state import (
 # MISSED: an epoch whose start the playhead reached before any frame was ready; SEEK_NOTED:
 # the last seek it left an epoch for).
 # HELD, HELD_EPOCH: silent frames the callback has waited at an epoch's start for its first frame.
-EPOCH, EPOCH_START, WRITTEN, JOINED, READ, UNDERFLOWS, MISSED, SEEK_NOTED, HELD, HELD_EPOCH = range(10)
+# Stage-written, for the control side's waits: RUNNING (an epoch is under way), EPOCH_SEEK (the
+# callback's SEEK_SEEN the epoch started from), DRAINED (read past the track's end, stretcher
+# flushed), FED (source frames fed into the epoch's stretcher). The control side writes EPOCH
+# and RUNNING only while no stage process is alive (one that died: the source plays on).
+(
+    EPOCH,
+    EPOCH_START,
+    WRITTEN,
+    JOINED,
+    READ,
+    UNDERFLOWS,
+    MISSED,
+    SEEK_NOTED,
+    HELD,
+    HELD_EPOCH,
+    RUNNING,
+    EPOCH_SEEK,
+    DRAINED,
+    FED,
+) = range(14)
+STATE_SLOTS = 14
 # controls[...] slots, control-written
 TEMPO, SEMITONES = range(2)
 # joining the stage's output, and leaving it for the source, crossfade over this many frames
@@ -62,7 +83,8 @@ HOLD_FRAMES = 4096
 
 
 class StretchBuffers(NamedTuple):
-    """The stage's output rings and the slots the stage, the callback and the control side share."""
+    """The stage's output rings and the slots the stage, the callback and the control side share
+    (the first six in shared memory, :meth:`specs`; the last two are the callback's own)."""
 
     stems: np.ndarray  # (S, C, capacity) float32, stage-written
     dry: np.ndarray  # (C, capacity) float32, stage-written
@@ -73,20 +95,35 @@ class StretchBuffers(NamedTuple):
     fade: np.ndarray  # (FADE_FRAMES, C * (S + 1)) float32: the other side of a crossfade; callback-owned
     gains_saved: np.ndarray  # (4, S + 1) float64: the gain ramps before a crossfade's first side; callback-owned
 
+    @staticmethod
+    def specs(num_stems: int, channels: int, capacity_frames: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Shape and dtype of the arrays the stage process shares, so they can live in shared memory."""
+        return {
+            "stems": ((num_stems, channels, capacity_frames), "float32"),
+            "dry": ((channels, capacity_frames), "float32"),
+            "ready": ((capacity_frames,), "uint8"),
+            "source": ((capacity_frames,), "int64"),
+            "state": ((STATE_SLOTS,), "int64"),
+            "controls": ((2,), "float64"),
+        }
+
+    @classmethod
+    def of(cls, arrays: dict[str, np.ndarray]) -> StretchBuffers:
+        """The buffers on ``arrays`` (:meth:`specs`'s, e.g. in shared memory) as they are."""
+        num_stems, channels = arrays["stems"].shape[:2]
+        return cls(
+            **arrays,
+            fade=np.zeros((FADE_FRAMES, channels * (num_stems + 1)), np.float32),
+            gains_saved=np.zeros((4, num_stems + 1), np.float64),
+        )
+
     @classmethod
     def allocate(cls, num_stems: int, channels: int, capacity_frames: int) -> StretchBuffers:
-        controls = np.zeros(2, np.float64)
-        controls[TEMPO] = 1.0
-        return cls(
-            np.zeros((num_stems, channels, capacity_frames), np.float32),
-            np.zeros((channels, capacity_frames), np.float32),
-            np.zeros(capacity_frames, np.uint8),
-            np.zeros(capacity_frames, np.int64),
-            np.zeros(10, np.int64),
-            controls,
-            np.zeros((FADE_FRAMES, channels * (num_stems + 1)), np.float32),
-            np.zeros((4, num_stems + 1), np.float64),
-        )
+        """Private buffers at tempo 1, key 0 (the warm-up's)."""
+        specs = cls.specs(num_stems, channels, capacity_frames)
+        buffers = cls.of({key: np.zeros(shape, dtype) for key, (shape, dtype) in specs.items()})
+        buffers.controls[TEMPO] = 1.0
+        return buffers
 
 
 @njit(nogil=True, cache=True)
@@ -110,8 +147,7 @@ def _play_ring(out, deck, stretch):
             run += 1
         _note_fallback(audio, ready == 0)
         mix_block(out[i : i + run], stretch.stems, at, stretch.dry, at, mixer.gains, ready != 0, mixer.levels)
-        if ready != 0 and audio[FIRST_STEMS_AT] < 0:  # as deck_block counts it: this block's end
-            audio[FIRST_STEMS_AT] = audio[POSITION] + out.shape[0]
+        _note_first_stems(audio, ready != 0, out.shape[0])
         i += run
     if frames > 0:
         heard = stretch.source[(state[READ] + frames - 1) % capacity] + 1

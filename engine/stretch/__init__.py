@@ -1,2 +1,2 @@
-"""Tempo and key for the deck: the time-stretch stage (a thread ahead of the playhead) and the
-track's beat grid."""
+"""Tempo and key for the deck: the time-stretch stage (a process of its own, ahead of the
+playhead) and the track's beat grid."""

@@ -61,6 +61,30 @@ def analysis_signal(track: np.ndarray, samplerate: int) -> np.ndarray:
     return soxr.resample(mono, samplerate, ANALYSIS_RATE) if samplerate != ANALYSIS_RATE else mono
 
 
+def import_beat_tracker():
+    """``librosa.beat``, its Numba kernels kept in Numba's on-disk cache. librosa 0.11 compiles
+    one of them (``__beat_local_score``) with the cache off, so every process paid its compilation
+    (6.6 s on a quiet 2-core machine, most of a first search) before the tracker ran. Imported
+    here with ``numba.guvectorize`` caching, it is compiled once and loaded afterwards."""
+    import sys
+
+    if "librosa.beat" in sys.modules:
+        return sys.modules["librosa.beat"]
+    import numba
+
+    original = numba.guvectorize
+
+    def cached_guvectorize(*args, **kwargs):
+        return original(*args, **{**kwargs, "cache": True})
+
+    numba.guvectorize = cached_guvectorize
+    try:
+        import librosa.beat
+    finally:
+        numba.guvectorize = original
+    return librosa.beat
+
+
 def lower_priority() -> None:
     """For the beat tracker's process: the audio and the separation come first."""
     import os
@@ -75,9 +99,8 @@ def detect_beats(track: np.ndarray, samplerate: int) -> Beats | None:
 
 def beats_of_signal(mono: np.ndarray) -> Beats | None:
     """The beat grid of :func:`analysis_signal`'s output, or None when too few beats are found."""
-    import librosa
-
-    _, beat_times = librosa.beat.beat_track(y=mono, sr=ANALYSIS_RATE, units="time")
+    beat = import_beat_tracker()
+    _, beat_times = beat.beat_track(y=mono, sr=ANALYSIS_RATE, units="time")
     beat_times = np.asarray(beat_times, np.float64)
     if beat_times.size < MIN_BEATS:
         return None

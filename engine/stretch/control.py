@@ -1,8 +1,9 @@
 """The control side of tempo, key and the beat grid for one engine.
 
 :class:`engine.engine.Engine` holds one :class:`PracticeControls`: it writes tempo and key into
-the slots the callback and the stage read, runs one :class:`StretchStage` per loaded track and,
-per track, finds the beat grid in a process of its own, one for the whole program (play never
+the slots the callback and the stage read, has the deck's stretch process
+(:class:`engine.stretch.process.StageProcess`) follow each loaded track and, per track, finds
+the beat grid in a process of its own, one for the whole program (play never
 waits for it, and the beat tracker's Numba compilation and NumPy work never hold this process's
 interpreter lock, which the audio callback needs). The answer comes back pickled over a pipe
 from that child of ours: nothing from outside is unpickled.
@@ -21,10 +22,18 @@ from signal import signal as handle_signal
 import numpy as np
 
 from stemdeck.engine.audio.callbacks import DeckBuffers
-from stemdeck.engine.audio.stretched import SEMITONES, TEMPO, UNDERFLOWS, StretchBuffers
-from stemdeck.engine.stretch.beats import Beats, analysis_signal, beats_of_signal, lower_priority
-from stemdeck.engine.stretch.stage import StageConfig, StretchStage
+from stemdeck.engine.audio.stretched import SEMITONES, TEMPO, UNDERFLOWS, stretch_active
+from stemdeck.engine.stretch.beats import (
+    Beats,
+    analysis_signal,
+    beats_of_signal,
+    import_beat_tracker,
+    lower_priority,
+)
+from stemdeck.engine.stretch.process import StageProcess
+from stemdeck.engine.stretch.stage import StageConfig
 from stemdeck.engine.stretch.stretcher import check_semitones, check_tempo, require_stretch
+from stemdeck.engine.worker.process import BlockSpec
 
 
 def _serve_beats(connection) -> None:
@@ -33,6 +42,10 @@ def _serve_beats(connection) -> None:
     this ends quietly; Ctrl-C is the program's to handle."""
     handle_signal(SIGINT, SIG_IGN)
     lower_priority()
+    try:
+        import_beat_tracker()  # before the first track comes: its import is most of a first search
+    except Exception:  # noqa: BLE001 - said by the search that needs it (no grid)
+        pass
     while True:
         try:
             audio = connection.recv()
@@ -93,12 +106,12 @@ def search_beats(signal: np.ndarray) -> Beats | None:
 
 
 class PracticeControls:
-    """Tempo and key (shared slots and the stage thread) and the search for each track's beats."""
+    """Tempo and key (shared slots and the stage process) and the search for each track's beats."""
 
     def __init__(self, num_stems: int, channels: int, samplerate: int, config: StageConfig = StageConfig()):
-        self.buffers = StretchBuffers.allocate(num_stems, channels, config.ring_frames)
         self.samplerate, self.config = samplerate, config
-        self.stage: StretchStage | None = None
+        self.stage = StageProcess(num_stems, channels, samplerate, config)
+        self.buffers = self.stage.buffers
         self.beats: Beats | None = None
         self._track_serial = 0  # a beat grid found for an older track is dropped
         self._beat_thread: threading.Thread | None = None
@@ -118,34 +131,45 @@ class PracticeControls:
 
     @property
     def error(self) -> str | None:
-        return None if self.stage is None else self.stage.error
+        """Why the deck plays unstretched for good (its stage process failed too often)."""
+        return self.stage.error
+
+    @property
+    def notice(self) -> str | None:
+        """The stage process's last failure and what became of it, in one line."""
+        return self.stage.notice
 
     def set_tempo(self, tempo: float, lock: threading.Lock) -> None:
+        """The first change off unity starts the stage process and waits until it serves."""
         tempo = check_tempo(tempo)
         require_stretch(tempo, 0.0)
-        with lock:
-            self.buffers.controls[TEMPO] = tempo
-        self._wake_stage()
+        self._set(TEMPO, tempo, lock, tempo != 1.0)
 
     def set_semitones(self, semitones: float, lock: threading.Lock) -> None:
         semitones = check_semitones(semitones)
         require_stretch(1.0, semitones)
-        with lock:
-            self.buffers.controls[SEMITONES] = semitones
-        self._wake_stage()
+        self._set(SEMITONES, semitones, lock, semitones != 0.0)
 
-    def _wake_stage(self) -> None:
-        stage = self.stage
-        if stage is not None:
-            stage.wake()
+    def _set(self, slot: int, value: float, lock: threading.Lock, off_unity: bool) -> None:
+        if off_unity:
+            self.stage.ensure_started()
+        with lock:
+            self.buffers.controls[slot] = value
+        self.stage.wake()
 
     def track_loaded(
-        self, deck: DeckBuffers, crossfade_frames: int, on_beats: Callable[[Beats], None] | None = None
+        self,
+        deck: DeckBuffers,
+        crossfade_frames: int,
+        on_beats: Callable[[Beats], None] | None = None,
+        blocks: dict[str, BlockSpec] | None = None,
     ) -> None:
-        """A new track: a new stage on its buffers; with ``on_beats``, its beats looked for."""
-        self.stop_stage()
-        self.stage = StretchStage(deck, self.buffers, self.samplerate, crossfade_frames, self.config)
-        self.stage.start()
+        """A new track, its shared ``blocks`` (``state``, ``track``, ``stems``) for the stage
+        process to stretch from; with ``on_beats``, its beats looked for."""
+        if blocks is not None:
+            self.stage.load(blocks, crossfade_frames, deck.audio, deck.transport)
+            if stretch_active(self.buffers.controls):
+                self.stage.ensure_started(wait=False)
         self._track_serial += 1
         self.beats = None
         if on_beats is not None:
@@ -178,11 +202,10 @@ class PracticeControls:
         return self.beats
 
     def stop_stage(self) -> None:
-        if self.stage is not None:
-            self.stage.stop()
-        self.stage = None
+        self.stage.stop()
 
     def stop(self) -> None:
-        """The stage ends; this engine's beat search is dropped (the shared process stays)."""
-        self.stop_stage()
+        """The stage process ends and its rings are freed; this engine's beat search is dropped
+        (the shared beat process stays)."""
+        self.stage.close()
         self._track_serial += 1

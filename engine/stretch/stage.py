@@ -1,8 +1,10 @@
-"""The stretch stage: a thread that reads the deck's source ahead of the playhead, stretches the
-stems and the dry track together, and writes the result into the rings the callback plays
-(:mod:`engine.audio.stretched`).
+"""The stretch stage: it reads the deck's source ahead of the playhead, stretches the stems and
+the dry track together, and writes the result into the rings the callback plays
+(:mod:`engine.audio.stretched`). It runs in a process of its own (:mod:`engine.stretch.process`),
+on the track, stems, slots and rings in shared memory, so Rubber Band never holds the interpreter
+lock the audio callback needs.
 
-It runs only while tempo or key is off unity. It reads exactly what the callback would read
+It works only while tempo or key is off unity. It reads exactly what the callback would read
 (:func:`engine.audio.transport.read_source`, loop seam included): the stems where separated
 (``read_span`` inside ``SEPARATED_FROM``..``STEMS_WRITTEN``, as the callback decides), else
 silence on the stem channels and a "not ready" mark so the callback plays the dry signal, as
@@ -17,14 +19,12 @@ from __future__ import annotations
 import collections
 import math
 import os
-import threading
-import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
-from stemdeck.engine.audio.callbacks import DeckBuffers
 from stemdeck.engine.audio.state import (
     LOOP_IN_AT,
     LOOP_OUT_AT,
@@ -35,13 +35,18 @@ from stemdeck.engine.audio.state import (
     SEEK_SERIAL,
     SEPARATED_FROM,
     STEMS_WRITTEN,
+    SharedState,
 )
 from stemdeck.engine.audio.stretched import (
+    DRAINED,
     EPOCH,
+    EPOCH_SEEK,
     EPOCH_START,
+    FED,
     JOINED,
     MISSED,
     READ,
+    RUNNING,
     SEMITONES,
     TEMPO,
     WRITTEN,
@@ -57,7 +62,9 @@ HISTORY_FRAMES = 1 << 16  # source positions of the input fed, kept while its ou
 @dataclass(frozen=True)
 class StageConfig:
     """Sizes of the stretch stage. ``fill_frames`` plus the stretcher's delay (1280 frames at
-    44.1 kHz) is how long a change of tempo or key takes to be heard: 76 ms by default."""
+    44.1 kHz) is how long a change of tempo or key takes to be heard: 76 ms by default. A stage
+    process that dies is restarted ``max_restarts`` times within ``restart_window_s`` (the
+    source plays on unstretched meanwhile); more deaths and the deck stays unstretched."""
 
     ring_frames: int = 8192  # output ring capacity
     fill_frames: int = 2048  # output kept ready ahead of the callback
@@ -67,6 +74,20 @@ class StageConfig:
     join_timeout_s: float = 0.5  # played without joining this long: start afresh
     poll_s: float = 0.002  # while stretching: how often a full ring is looked at again
     idle_poll_s: float = 0.1  # at tempo 1 and key 0 (a change of either wakes the stage at once)
+    ready_timeout_s: float = 60.0  # the first change off unity waits this long for the process
+    max_restarts: int = 3
+    restart_window_s: float = 60.0
+
+
+class StageInputs(NamedTuple):
+    """What the stage reads of the deck (all in shared memory): the track, its stems as the
+    separation worker writes them, and the callback's, worker's and control side's slots."""
+
+    track: np.ndarray  # (C, frames)
+    stems: np.ndarray  # (S, C, frames)
+    audio: np.ndarray
+    worker: np.ndarray
+    transport: np.ndarray
 
 
 @njit(nogil=True, cache=True)
@@ -84,109 +105,78 @@ def source_positions(out, position, frames, loop_in, loop_out, length):
     return position
 
 
+def backlog_frames(state: np.ndarray, audio: np.ndarray) -> int:
+    """Output frames the stage wrote and the callback has not played in the current epoch (0
+    while one is set up, idle, or after a seek the stage has not started again from)."""
+    epoch = int(state[EPOCH])
+    if epoch % 2 == 1 or not state[RUNNING] or int(audio[SEEK_SEEN]) != int(state[EPOCH_SEEK]):
+        return 0
+    taken = int(state[READ]) if int(state[JOINED]) == epoch else 0
+    return int(state[WRITTEN]) - taken
+
+
+def unpublish(state: np.ndarray) -> None:
+    """No epoch for the callback to join (EPOCH odd): it plays the source from its playhead."""
+    state[RUNNING] = 0
+    if state[EPOCH] % 2 == 0:
+        state[EPOCH] += 1
+
+
 STAGE_NICE = -10  # the stage feeds the audio callback: ahead of the separation (niced) and other work
 
 
-def _raise_priority() -> None:
-    """Best effort: this thread (a Linux task of its own) at a higher priority, where allowed
-    (root, or CAP_SYS_NICE / an rtprio limit); otherwise it stays as it is."""
+def raise_priority() -> None:
+    """Best effort: this process at a higher priority, where allowed (root, or CAP_SYS_NICE / an
+    rtprio limit); otherwise it stays as it is."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), STAGE_NICE)
-    except (OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, 0, STAGE_NICE)
+    except OSError:
         pass
 
 
 class StretchStage:
-    """One track's stretch stage: ``start`` it after a load, ``stop`` it before the next."""
+    """One track's stretch stage, stepped by the stage process: :meth:`step` does one chunk."""
 
     def __init__(
         self,
-        deck: DeckBuffers,
+        deck: StageInputs,
         stretch: StretchBuffers,
         samplerate: int,
         crossfade_frames: int,
         config: StageConfig = StageConfig(),
+        stretcher: Stretcher | None = None,
     ):
         self.deck, self.stretch, self.config = deck, stretch, config
         self.samplerate, self.crossfade_frames = samplerate, crossfade_frames
         num_stems, channels = deck.stems.shape[0], deck.stems.shape[1]
         self._channels = channels
-        self._stretcher: Stretcher | None = None  # made on the first use: most sessions never stretch
+        self._stretcher = stretcher  # made on the first use unless handed over (the warm-up's)
         self._input = np.zeros(((num_stems + 1) * channels, config.chunk_frames), np.float32)
         self._stem_rows = self._input[: num_stems * channels].reshape(num_stems, channels, -1)
         self._positions = np.zeros(HISTORY_FRAMES, np.int64)
         self._chunk_positions = np.zeros(config.chunk_frames, np.int64)
         self._lead_frames = int(config.lead_s * samplerate)
-        self._running = False
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.error: str | None = None
+        self._fed = 0
+        unpublish(stretch.state)  # the ring holds the last track's frames
 
-    # -- lifetime ----------------------------------------------------------------------------------
+    @property
+    def stretcher(self) -> Stretcher | None:
+        return self._stretcher
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="stemdeck-stretch", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-        self._thread = None
-        self._stretcher = None
-
-    def wake(self) -> None:
-        """Tempo or key changed: look now rather than at the next idle poll."""
-        self._wake.set()
-
-    def _run(self) -> None:
-        _raise_priority()
-        while not self._stop.is_set():
-            try:
-                busy = self._step()
-            except Exception as exc:  # the deck goes on unstretched rather than silent
-                self.error = f"time-stretching stopped: {exc}"
-                return
-            if not busy:
-                active = stretch_active(self.stretch.controls)
-                self._wake.wait(self.config.poll_s if active else self.config.idle_poll_s)
-                self._wake.clear()
-
-    # -- what the tests and offline drivers wait on ----------------------------------------------------
+    @property
+    def _running(self) -> bool:
+        return bool(self.stretch.state[RUNNING])
 
     def backlog_frames(self) -> int:
-        """Output frames written and not yet played in the current epoch (0 while setting one up)."""
-        state = self.stretch.state
-        epoch = int(state[EPOCH])
-        if epoch % 2 == 1 or not self._running or int(self.deck.audio[SEEK_SEEN]) != self._seek_seen:
-            return 0  # setting up, idle, or a seek the stage has not started again from
-        taken = int(state[READ]) if int(state[JOINED]) == epoch else 0
-        return int(state[WRITTEN]) - taken
+        return backlog_frames(self.stretch.state, self.deck.audio)
 
-    def wait_ahead(self, frames: int, timeout_s: float = 10.0) -> bool:
-        """Block (never in the callback) until ``frames`` output frames are ready, or the stage
-        idles (unity tempo and key); False on timeout or failure."""
-        deadline = time.perf_counter() + timeout_s
-        deck = self.deck
-        while self.error is None and time.perf_counter() < deadline:
-            if not stretch_active(self.stretch.controls) or deck.transport[SEEK_SERIAL] != deck.audio[SEEK_SEEN]:
-                return True  # nothing to wait for, or the callback must apply a seek first
-            if self.backlog_frames() >= min(frames, self.config.fill_frames):
-                return True
-            if self._running and self._past_the_end():
-                return True  # all there will be is in the ring
-            time.sleep(0.0005)
-        return False
+    # -- one step ----------------------------------------------------------------------------------------
 
-    # -- one step of the thread ------------------------------------------------------------------------
-
-    def _step(self) -> bool:
+    def step(self) -> bool:
         """One chunk of work; False when there is none (idle, or the ring is full enough)."""
         deck, state = self.deck, self.stretch.state
         if not stretch_active(self.stretch.controls):
-            self._running = False
+            state[RUNNING] = 0
             return False
         if deck.transport[SEEK_SERIAL] != deck.audio[SEEK_SEEN]:
             return False  # the callback has not moved the playhead yet
@@ -194,7 +184,9 @@ class StretchStage:
             self._start_epoch()
             return True
         self._stretcher.set_ratios(*self._ratios())
-        if self.backlog_frames() >= self.config.fill_frames or self._past_the_end():
+        drained = self._past_the_end()
+        state[DRAINED] = drained
+        if self.backlog_frames() >= self.config.fill_frames or drained:
             return False
         if int(state[JOINED]) == int(state[EPOCH]):
             self._lead_frames = int(self.config.lead_s * self.samplerate)
@@ -207,7 +199,7 @@ class StretchStage:
 
     def _needs_new_epoch(self) -> bool:
         state, audio = self.stretch.state, self.deck.audio
-        if not self._running or int(audio[SEEK_SEEN]) != self._seek_seen:
+        if not self._running or int(audio[SEEK_SEEN]) != int(state[EPOCH_SEEK]):
             return True
         epoch = int(state[EPOCH])
         if int(state[MISSED]) == epoch:
@@ -223,8 +215,8 @@ class StretchStage:
     def _start_epoch(self) -> None:
         """Restart the stretcher ahead of the playhead, primed with the source before that frame."""
         deck, state = self.deck, self.stretch.state
-        state[EPOCH] += 1  # odd: the callback keeps off the ring while it is set up
-        self._seek_seen = int(deck.audio[SEEK_SEEN])
+        unpublish(state)  # odd: the callback keeps off the ring while it is set up
+        state[EPOCH_SEEK] = int(deck.audio[SEEK_SEEN])
         self._epoch_position = int(deck.audio[POSITION])
         playhead, length = int(deck.audio[PLAYHEAD]), deck.track.shape[-1]
         loop_in, loop_out = int(deck.audio[LOOP_IN_AT]), int(deck.audio[LOOP_OUT_AT])
@@ -234,6 +226,7 @@ class StretchStage:
         self._stretcher.set_ratios(*self._ratios())
         pad, self._drop = self._stretcher.restart()
         self._fed, self._cursor = 0, 0.0
+        state[FED], state[DRAINED] = 0, 0
         self._tail, self._tail_limit = 0, 2 * pad + self.config.chunk_frames  # silence that flushes the stretcher
         # per chunk fed: (first input index, source frames per output frame, stems ready)
         self._chunks: collections.deque[tuple[int, float, bool]] = collections.deque()
@@ -242,7 +235,7 @@ class StretchStage:
         self._read_at = start
         state[EPOCH_START] = start
         state[EPOCH] += 1  # even: published
-        self._running = True
+        state[RUNNING] = 1
 
     def _prime(self, start: int, pad: int) -> None:
         """Feed the ``pad`` source frames before ``start`` (silence before the track), so the
@@ -296,6 +289,7 @@ class StretchStage:
         self._read_at = self._read(position, frames, loop_in, loop_out, ready)
         self._chunks.append((self._fed, self._stretcher.tempo, ready))
         self._fed += frames
+        self.stretch.state[FED] = self._fed
         self._process(self._input)
 
     def _process(self, block: np.ndarray) -> None:
@@ -348,3 +342,23 @@ class StretchStage:
         stretch.ready[at] = ready
         stretch.source[at] = sources
         state[WRITTEN] += frames  # last: the callback reads only frames below it
+
+
+def warm_up_stage(num_stems: int, channels: int, samplerate: int, config: StageConfig) -> Stretcher:
+    """Compile (or load from Numba's cache) the stage's kernels and make its stretcher, by
+    stretching silence on scratch arrays: the first change off unity is then heard as soon as
+    any other. Returns the stretcher, for the stages to come."""
+    frames = 4 * config.chunk_frames
+    slots = SharedState.specs(num_stems)
+    inputs = StageInputs(
+        np.zeros((channels, frames), np.float32),
+        np.zeros((num_stems, channels, frames), np.float32),
+        *(np.zeros(*slots[name]) for name in ("audio", "worker", "transport")),
+    )
+    inputs.worker[STEMS_WRITTEN] = frames  # separated: the stems are read too
+    stretch = StretchBuffers.allocate(num_stems, channels, config.ring_frames)
+    stretch.controls[TEMPO] = 0.8
+    stage = StretchStage(inputs, stretch, samplerate, 2, config)
+    for _ in range(16):
+        stage.step()
+    return stage.stretcher
