@@ -166,8 +166,8 @@ def test_parse_control():
     assert parse_control("play") == ("play", None)
     with pytest.raises(MappingError, match="solo needs a stem"):
         parse_control("solo")
-    with pytest.raises(MappingError, match="unknown control 'volume'"):
-        parse_control("volume:1")
+    with pytest.raises(MappingError, match="unknown control 'pitch'"):
+        parse_control("pitch:1")
 
 
 # -- the controller on a real engine --------------------------------------------------------------

@@ -1,6 +1,15 @@
 """MIDI control of the engine: messages, bindings, mapping files, ports and the controller."""
 
-from stemdeck.engine.midi.bindings import Binding, Mapping, Scene, cc_to_db, db_to_cc, default_mapping, relative_delta
+from stemdeck.engine.midi.bindings import (
+    Binding,
+    Mapping,
+    Scene,
+    cc_to_db,
+    db_to_cc,
+    default_mapping,
+    relative_delta,
+    two_deck_mapping,
+)
 from stemdeck.engine.midi.controller import LearnResult, MidiConfig, MidiController
 from stemdeck.engine.midi.mapping_file import (
     MappingError,
@@ -30,6 +39,7 @@ __all__ = [
     "load_user_mapping",
     "parse",
     "relative_delta",
+    "two_deck_mapping",
     "save_mapping",
     "user_mapping_path",
 ]

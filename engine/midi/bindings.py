@@ -19,13 +19,19 @@ LOOP_CONTROLS = ("loop_in", "loop_out", "loop", "loop_halve", "loop_double")
 SLOT_CONTROLS = ("hotcue", "hotcue_clear", "loop_beats")  # each needs its slot: a cue 1-8, or a beat count
 KEY_PRESSES = ("tempo_reset", "key_down", "key_up")  # tempo back to 1; the key a semitone down / up
 PRACTICE_CONTROLS = (*LOOP_CONTROLS, *SLOT_CONTROLS, *KEY_PRESSES, "count_in", "record")
-CONTROLS = (*STEM_CONTROLS, "dry", "play", "cue", "tempo", *PRACTICE_CONTROLS)
-CONTINUOUS_CONTROLS = ("gain", "dry", "tempo")  # a CC's position, not a press
+# two decks (engine.decks): the A/B crossfader and the headphones' cue/master knob (the mixer's,
+# no deck); a deck's channel fader, sync and headphone cue button (PFL). One deck: ignored.
+MIXER_CONTROLS = ("crossfader", "cue_mix")
+DECK_MIXER_CONTROLS = ("volume", "sync", "headphone")
+DECKS_CONTROLS = (*MIXER_CONTROLS, *DECK_MIXER_CONTROLS)
+CONTROLS = (*STEM_CONTROLS, "dry", "play", "cue", "tempo", *DECKS_CONTROLS, *PRACTICE_CONTROLS)
+CONTINUOUS_CONTROLS = ("gain", "dry", "tempo", "volume", "crossfader", "cue_mix")  # a CC's position, not a press
+DECK_NAMES = ("A", "B")
 NOTE_MODES = ("toggle", "momentary")
 CC_MODES = ("absolute", "relative-twos", "relative-offset", "relative-signbit", "button")
 MESSAGE_FAMILIES = ("note", "cc")
 # on/off things and presses; gain and dry are continuous
-SWITCH_CONTROLS = ("mute", "solo", "play", "cue", *PRACTICE_CONTROLS)
+SWITCH_CONTROLS = ("mute", "solo", "play", "cue", *PRACTICE_CONTROLS, "sync", "headphone")
 NUM_HOT_CUES = 8
 LOOP_BEATS = (1, 2, 4, 8, 16)
 
@@ -88,6 +94,7 @@ class Binding:
     feedback: bool = True  # light the pad / ring with the control's state
     slot: int | None = None  # hotcue / hotcue_clear: the cue 1-8; loop_beats: the beats (1, 2, 4, 8, 16)
     line: int | None = field(default=None, compare=False)  # where a mapping file defined it
+    deck: int | None = None  # two decks: 0 = A, 1 = B; None: the only deck (deck A), or the mixer's control
 
     def __post_init__(self):
         if not self.mode:
@@ -113,12 +120,13 @@ class Binding:
         return f"{'note' if self.message == 'note' else 'CC'} {self.number} on {channel}"
 
     def describe_control(self, sources: tuple[str, ...] = STEM_NAMES) -> str:
+        deck = "" if self.deck is None else f"deck {DECK_NAMES[self.deck]} "
         if self.slot is not None:
-            return f"{self.control} {self.slot}"
+            return f"{deck}{self.control} {self.slot}"
         if self.stem is None:
-            return self.control
+            return f"{deck}{self.control}"
         name = sources[self.stem] if self.stem < len(sources) else f"stem {self.stem + 1}"
-        return f"{self.control} {name}"
+        return f"{deck}{self.control} {name}"
 
 
 @dataclass(frozen=True)
@@ -193,18 +201,28 @@ class Mapping:
 
 
 def _same_control(a: Binding, b: Binding) -> bool:
-    return a.control == b.control and a.stem == b.stem and a.slot == b.slot and a.message == b.message
+    return (
+        a.control == b.control and a.stem == b.stem and a.slot == b.slot and a.message == b.message and a.deck == b.deck
+    )
 
 
 def binding_from_message(
-    message: Message, control: str, stem: int | None = None, mode: str = "", slot: int | None = None
+    message: Message,
+    control: str,
+    stem: int | None = None,
+    mode: str = "",
+    slot: int | None = None,
+    deck: int | None = None,
 ) -> Binding:
-    """The binding MIDI learn makes: this message's number, on this message's channel."""
+    """The binding MIDI learn makes: this message's number, on this message's channel (for
+    ``deck`` 0 = A or 1 = B in a two-deck session)."""
     if message.family not in MESSAGE_FAMILIES:
         raise ValueError(f"{message.describe()} cannot drive a control; send a note or a CC")
     if message.family == "note" and control not in SWITCH_CONTROLS:
         raise ValueError(f"a note cannot ride {control}; move a fader or knob (a CC) instead")
-    return Binding(message.family, message.number, control, message.channel, stem, mode, slot=slot)
+    if control in MIXER_CONTROLS:
+        deck = None  # the crossfader belongs to no deck
+    return Binding(message.family, message.number, control, message.channel, stem, mode, slot=slot, deck=deck)
 
 
 def check_slot(control: str, slot) -> int | None:
@@ -247,3 +265,35 @@ def default_mapping(num_stems: int = 6) -> Mapping:
         Scene(3, "no drums", mute=frozenset({drums})),
     ]
     return Mapping(bindings, scenes)
+
+
+# Two decks: each deck's layout on its own channel, the tempo moved off CC 8 for the crossfader.
+DECK_CHANNELS = (1, 2)
+DECKS_TEMPO_CC = 9
+DECKS_VOLUME_CC = 10
+CROSSFADER_CC = 8
+CUE_MIX_CC = 11
+SYNC_NOTE, HEADPHONE_NOTE = 81, 82
+
+
+def two_deck_mapping(num_stems: int = 6) -> Mapping:
+    """Two decks (``stemdeck play A B``): deck A answers on MIDI channel 1 and deck B on channel 2,
+    each with the one-deck layout of :func:`default_mapping` (notes 36-47 mutes and solos, 48/49
+    play and cue, 50-80 practice; CC 1-6 stem faders, CC 7 dry), except the tempo fader, which is
+    CC 9 on the deck's channel (CC 8 on channel 1 is the crossfader). Added per deck: CC 10 the
+    channel fader, note 81 sync, note 82 the headphone cue (PFL). The mixer's, on channel 1:
+    CC 8 the A/B crossfader (0 = A, 127 = B), CC 11 the headphones' cue/master mix. Programs
+    0-3 recall a scene on the deck whose channel sends them."""
+    one = default_mapping(num_stems)
+    bindings = []
+    for deck, channel in enumerate(DECK_CHANNELS):
+        for binding in one.bindings:
+            number = DECKS_TEMPO_CC if (binding.message, binding.control) == ("cc", "tempo") else binding.number
+            bindings.append(replace(binding, channel=channel, number=number, deck=deck))
+        bindings += [
+            Binding("cc", DECKS_VOLUME_CC, "volume", channel, deck=deck),
+            Binding("note", SYNC_NOTE, "sync", channel, deck=deck),
+            Binding("note", HEADPHONE_NOTE, "headphone", channel, deck=deck),
+        ]
+    bindings += [Binding("cc", CROSSFADER_CC, "crossfader", 1), Binding("cc", CUE_MIX_CC, "cue_mix", 1)]
+    return Mapping(bindings, one.scenes)

@@ -7,13 +7,15 @@ import sys
 import threading
 from pathlib import Path
 
-from stemdeck.engine.midi.bindings import STEM_NAMES, default_mapping
+from stemdeck.engine.midi.bindings import DECK_NAMES, STEM_NAMES, default_mapping
 from stemdeck.engine.midi.controller import MidiConfig, MidiController
 from stemdeck.engine.midi.mapping_file import (
     load_mapping,
+    load_user_decks_mapping,
     load_user_mapping,
     parse_target,
     save_mapping,
+    user_decks_mapping_path,
     user_mapping_path,
 )
 from stemdeck.engine.midi.ports import API_NAMES, list_ports
@@ -31,7 +33,12 @@ def add_midi_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--midi-api", choices=API_NAMES, default="auto", help="MIDI system (default: JACK if running, else ALSA)"
     )
-    group.add_argument("--midi-map", type=Path, metavar="FILE", help=f"mapping file (default: {user_mapping_path()})")
+    group.add_argument(
+        "--midi-map",
+        type=Path,
+        metavar="FILE",
+        help=f"mapping file (default: {user_mapping_path()}; two decks: {user_decks_mapping_path()})",
+    )
 
 
 def add_midi_commands(commands) -> None:
@@ -43,6 +50,7 @@ def add_midi_commands(commands) -> None:
 
     show = actions.add_parser("show", help="check the mapping and print its bindings")
     show.add_argument("--midi-map", type=Path, metavar="FILE")
+    show.add_argument("--decks", action="store_true", help="the two-deck sessions' mapping")
     show.set_defaults(func=run_show)
 
     learn = actions.add_parser("learn", help="bind the next message that arrives to CONTROL (Esc cancels)")
@@ -58,6 +66,11 @@ def add_midi_commands(commands) -> None:
         help="toggle|momentary (notes), absolute|relative-twos|relative-offset|relative-signbit|button (CCs)",
     )
     learn.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
+    learn.add_argument(
+        "--deck",
+        choices=DECK_NAMES,
+        help="learn into the two-deck mapping, for this deck (crossfader and cue_mix: either)",
+    )
     add_midi_options(learn)
     learn.set_defaults(func=run_learn)
 
@@ -76,8 +89,15 @@ def add_midi_commands(commands) -> None:
     reset.set_defaults(func=run_reset)
 
 
-def mapping_path(args: argparse.Namespace) -> Path:
-    return args.midi_map or user_mapping_path()
+def mapping_path(args: argparse.Namespace, decks: bool = False) -> Path:
+    """--midi-map, else the user's mapping (two decks: the two-deck one)."""
+    return args.midi_map or (user_decks_mapping_path() if decks else user_mapping_path())
+
+
+def load_session_mapping(args: argparse.Namespace, decks: bool = False):
+    """The mapping a session uses: one deck's, or the two decks' (:func:`two_deck_mapping` by default)."""
+    path = mapping_path(args, decks)
+    return load_user_decks_mapping(path) if decks else load_user_mapping(path)
 
 
 def start_midi(controls, args: argparse.Namespace) -> MidiController | None:
@@ -86,20 +106,21 @@ def start_midi(controls, args: argparse.Namespace) -> MidiController | None:
         if args.midi_out:
             raise ValueError("--midi-out needs --midi-in or --midi-virtual to have something to control")
         return None
-    controller = MidiController(controls, load_user_mapping(mapping_path(args)), _config(args), report=_say).start()
+    decks = hasattr(controls, "deck")  # two decks: engine.decks.Decks
+    controller = MidiController(controls, load_session_mapping(args, decks), _config(args, decks), report=_say).start()
     ports = controller.input_names + ([f"LEDs on {controller.output_name}"] if controller.output_name else [])
     _say(f"MIDI: {', '.join(ports)}")
     return controller
 
 
-def _config(args: argparse.Namespace) -> MidiConfig:
+def _config(args: argparse.Namespace, decks: bool = False) -> MidiConfig:
     """The --midi-* options; learned bindings are saved to the mapping in use."""
     return MidiConfig(
         input=args.midi_in,
         output=args.midi_out,
         virtual=args.midi_virtual,
         api=args.midi_api,
-        mapping_path=mapping_path(args),
+        mapping_path=mapping_path(args, decks),
     )
 
 
@@ -119,11 +140,12 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    path = mapping_path(args)
-    mapping = load_user_mapping(path)
+    decks = getattr(args, "decks", False)
+    path = mapping_path(args, decks)
+    mapping = load_session_mapping(args, decks)
     print(f"mapping: {path}" + ("" if path.exists() else " (not written yet: the default)"))
     for b in mapping.bindings:
-        print(f"  {b.describe_message():<24} {b.describe_control():<14} {b.mode:<16} {'LED' if b.feedback else ''}")
+        print(f"  {b.describe_message():<24} {b.describe_control():<22} {b.mode:<16} {'LED' if b.feedback else ''}")
     for scene in mapping.scenes:
         print(f"  program {scene.program:<16} scene {scene.name}")
     return 0
@@ -145,9 +167,12 @@ def run_learn(args: argparse.Namespace) -> int:
     control, stem, slot = parse_target(args.control)
     if not (args.midi_in or args.midi_virtual):
         raise ValueError("name the controller to learn from: --midi-in NAME (see `stemdeck midi list`)")
-    path = mapping_path(args)
-    with MidiController(_NoEngine(), load_user_mapping(path), _config(args), report=_say) as controller:
-        controller.learn(control, stem, args.mode, slot)
+    decks = getattr(args, "deck", None) is not None
+    deck = DECK_NAMES.index(args.deck) if decks else None
+    path = mapping_path(args, decks)
+    mapping = load_session_mapping(args, decks)
+    with MidiController(_NoEngine(), mapping, _config(args, decks), report=_say) as controller:
+        controller.learn(control, stem, args.mode, slot, deck)
         _say(f"move a control or press a pad on {', '.join(controller.input_names)} (Esc cancels)")
         _watch_for_escape(controller)
         result = controller.wait_learned(args.timeout)

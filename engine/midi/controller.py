@@ -19,6 +19,7 @@ from typing import Protocol
 
 from stemdeck.engine.midi.bindings import (
     CONTINUOUS_CONTROLS,
+    DECKS_CONTROLS,
     KEY_PRESSES,
     Binding,
     Mapping,
@@ -124,6 +125,7 @@ class _Learn:
     stem: int | None
     mode: str
     slot: int | None = None
+    deck: int | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: LearnResult | None = None
 
@@ -320,32 +322,47 @@ class MidiController:
         scene = self.mapping.scene_for(message)
         binding = self.mapping.find(message) if scene is None else None
         if scene is not None:
-            self._recall(scene)
+            self._recall(scene, self._deck_of_channel(message.channel))
         elif binding is None or not self._apply(binding, message):
             self.ignored += 1
             return
         self.applied += 1
 
+    @property
+    def two_decks(self) -> bool:
+        """Whether the controls are two decks (:class:`engine.decks.Decks`), not one engine."""
+        return hasattr(self.controls, "deck")
+
+    def _target(self, binding: Binding):
+        """The engine a binding drives: its deck's in a two-deck session, else the one engine."""
+        return self.controls.deck(binding.deck or 0) if self.two_decks else self.controls
+
+    def _deck_of_channel(self, channel: int):
+        """Two decks: deck A answers channel 1, deck B channel 2 (a scene's Program Change)."""
+        return self.controls.deck(1 if channel == 2 else 0) if self.two_decks else self.controls
+
     def _apply(self, binding: Binding, message: Message) -> bool:
-        c = self.controls
+        if binding.control in DECKS_CONTROLS and not self.two_decks:
+            return False  # a two-deck control in a one-deck session
+        c = self._target(binding)
         stem = binding.stem
         if stem is not None and stem >= len(c.sources):
             return False  # a 6-stem binding on a 4-stem model
         if binding.message == "note":
             pressed = message.kind == "note_on"
             if binding.mode == "momentary" and binding.control in ("mute", "solo"):
-                self._set_switch(binding.control, stem, pressed)
+                self._set_switch(c, binding.control, stem, pressed)
                 return True
             if pressed:
-                self._press(binding.control, stem, binding.slot)
+                self._press(binding, c)
             return pressed  # a toggle's release changes nothing
         value = message.value
         if binding.mode == "button":
             on = value >= 64
             if binding.control in ("mute", "solo"):
-                self._set_switch(binding.control, stem, on)
+                self._set_switch(c, binding.control, stem, on)
             elif on and not self._buttons.get(binding, False):
-                self._press(binding.control, stem, binding.slot)
+                self._press(binding, c)
             self._buttons[binding] = on
             return True
         if binding.control not in CONTINUOUS_CONTROLS:
@@ -353,71 +370,99 @@ class MidiController:
         position = float(value)
         if binding.mode != "absolute":
             position = min(CC_TOP, max(0.0, self._position(binding) + relative_delta(value, binding.mode)))
-        self._positions[(binding.control, stem)] = position
-        if binding.control == "gain":
-            c.set_gain(stem, cc_to_db(position))
-        elif binding.control == "tempo":
-            c.set_tempo(cc_to_tempo(position))
-        else:
-            c.set_dry_mix(position / CC_TOP)
+        self._positions[_key(binding)] = position
+        self._ride(binding, c, position)
         return True
 
+    def _ride(self, binding: Binding, c, position: float) -> None:
+        """A continuous control to ``position`` (0-127)."""
+        control, decks, deck = binding.control, self.controls, binding.deck or 0
+        if control == "gain":
+            c.set_gain(binding.stem, cc_to_db(position))
+        elif control == "tempo":
+            c.set_tempo(cc_to_tempo(position))
+        elif control == "dry":
+            c.set_dry_mix(position / CC_TOP)
+        elif control == "volume":
+            decks.set_volume_db(deck, cc_to_db(position))
+        elif control == "crossfader":
+            decks.set_crossfader(position / CC_TOP)
+        else:
+            decks.set_cue_mix(position / CC_TOP)
+
     def _position(self, binding: Binding) -> float:
-        key = (binding.control, binding.stem)
-        if key not in self._positions and binding.control == "tempo":
-            self._positions[key] = tempo_to_cc(self.controls.tempo)
-        elif key not in self._positions:
-            mixer = self.controls.mixer()
-            self._positions[key] = (
-                db_to_cc(mixer.gain_db[binding.stem]) if binding.control == "gain" else mixer.dry_mix * CC_TOP
-            )
+        key = _key(binding)
+        if key not in self._positions:
+            self._positions[key] = self._state_position(binding, self._target(binding))
         return self._positions[key]
 
-    def _press(self, control: str, stem: int | None, slot: int | None = None) -> None:
+    def _state_position(self, binding: Binding, c) -> float:
+        """Where the control stands now (0-127), whoever moved it last."""
+        control, decks = binding.control, self.controls
+        if control == "tempo":
+            return tempo_to_cc(c.tempo)
+        if control == "volume":
+            volume = decks.volume_db(binding.deck or 0)
+            return db_to_cc(volume) if math.isfinite(volume) else 0.0
+        if control in ("crossfader", "cue_mix"):
+            return (decks.crossfader if control == "crossfader" else decks.cue_mix) * CC_TOP
+        mixer = c.mixer()
+        return db_to_cc(mixer.gain_db[binding.stem]) if control == "gain" else mixer.dry_mix * CC_TOP
+
+    def _press(self, binding: Binding, c) -> None:
+        control, stem, slot = binding.control, binding.stem, binding.slot
         if control in KEY_PRESSES:
-            c = self.controls
             if control == "tempo_reset":
                 c.set_tempo(1.0)
-                self._positions.pop(("tempo", None), None)
+                self._positions.pop((binding.deck, "tempo", None), None)
             else:
                 c.set_key(min(12, max(-12, round(c.key) + (1 if control == "key_up" else -1))))
             return
         if control == "count_in":
-            self.controls.set_count_in(0 if self.controls.count_in else COUNT_IN_BEATS)
+            c.set_count_in(0 if c.count_in else COUNT_IN_BEATS)
             return
-        if control in PRACTICE_METHODS:
-            method = getattr(self.controls, PRACTICE_METHODS[control])
+        if control in PRACTICE_METHODS or control == "sync":
+            method = getattr(c, PRACTICE_METHODS[control]) if control != "sync" else self.controls.sync
+            args = (binding.deck or 0,) if control == "sync" else (() if slot is None else (slot,))
             try:
-                method(*(() if slot is None else (slot,)))
+                method(*args)
             except ValueError as exc:  # e.g. loop out before loop in, beats before the tempo is known
                 self._say(str(exc))
             return
-        mixer = self.controls.mixer()
+        if control == "headphone":
+            self.controls.toggle_cue(binding.deck or 0)
+            return
+        mixer = c.mixer()
         if control == "mute":
-            self.controls.set_mute(stem, not mixer.mute[stem])
+            c.set_mute(stem, not mixer.mute[stem])
         elif control == "solo":
-            self.controls.set_solo(stem, not mixer.solo[stem])
+            c.set_solo(stem, not mixer.solo[stem])
         elif control == "play":
-            self.controls.toggle_play()
+            c.toggle_play()
         elif control == "cue":
-            self.controls.cue()
+            c.cue()
 
-    def _set_switch(self, control: str, stem: int, on: bool) -> None:
-        (self.controls.set_mute if control == "mute" else self.controls.set_solo)(stem, on)
+    @staticmethod
+    def _set_switch(c, control: str, stem: int, on: bool) -> None:
+        (c.set_mute if control == "mute" else c.set_solo)(stem, on)
 
-    def _recall(self, scene: Scene) -> None:
-        for stem in range(len(self.controls.sources)):
-            self.controls.set_gain(stem, scene.gain_db.get(stem, 0.0))
-            self.controls.set_mute(stem, stem in scene.mute)
-            self.controls.set_solo(stem, stem in scene.solo)
-            self._positions.pop(("gain", stem), None)
+    def _recall(self, scene: Scene, c) -> None:
+        for stem in range(len(c.sources)):
+            c.set_gain(stem, scene.gain_db.get(stem, 0.0))
+            c.set_mute(stem, stem in scene.mute)
+            c.set_solo(stem, stem in scene.solo)
+            for deck in (None, 0, 1):
+                self._positions.pop((deck, "gain", stem), None)
         self._say(f"scene {scene.program}{': ' + scene.name if scene.name else ''} recalled")
 
     # -- MIDI learn ---------------------------------------------------------------------------------
 
-    def learn(self, control: str, stem: int | None = None, mode: str = "", slot: int | None = None) -> None:
-        """Arm a control: the next note or CC that arrives is bound to it."""
-        self._learn = _Learn(control, stem, mode, slot)
+    def learn(
+        self, control: str, stem: int | None = None, mode: str = "", slot: int | None = None, deck: int | None = None
+    ) -> None:
+        """Arm a control (of ``deck`` 0 = A or 1 = B, in a two-deck session): the next note or
+        CC that arrives is bound to it."""
+        self._learn = _Learn(control, stem, mode, slot, deck)
 
     def cancel_learn(self) -> None:
         learn, self._learn = self._learn, None
@@ -440,7 +485,7 @@ class MidiController:
         if message.kind in ("note_off", "program"):
             return  # the release of the pad pressed to learn, or nothing learnable: keep waiting
         try:
-            binding = binding_from_message(message, learn.control, learn.stem, learn.mode, learn.slot)
+            binding = binding_from_message(message, learn.control, learn.stem, learn.mode, learn.slot, learn.deck)
         except ValueError as exc:
             self._say(str(exc))
             return
@@ -460,9 +505,14 @@ class MidiController:
         outputs = [p for p in (self._output, self._virtual_output) if p is not None and p.connected]
         if not outputs:
             return
-        mixer = self.controls.mixer()
+        mixers: dict = {}  # one snapshot per deck per pass
         for binding in self.mapping.bindings:
-            message = self._feedback_message(binding, mixer)
+            if binding.control in DECKS_CONTROLS and not self.two_decks:
+                continue
+            target = self._target(binding)
+            if id(target) not in mixers:
+                mixers[id(target)] = target.mixer()
+            message = self._feedback_message(binding, mixers[id(target)], target)
             key = (binding.message, binding.channel, binding.number)
             if message is None or self._sent.get(key) == message:
                 continue
@@ -472,7 +522,9 @@ class MidiController:
                         port.client.send_message(message)
             self._sent[key] = message
 
-    def _feedback_message(self, binding: Binding, mixer) -> list[int] | None:
+    def _feedback_message(self, binding: Binding, mixer, target=None) -> list[int] | None:
+        """The message that shows ``binding``'s state (``mixer``: its deck's), or None for none."""
+        target = self.controls if target is None else target
         if not binding.feedback or (binding.stem is not None and binding.stem >= len(mixer.mute)):
             return None
         control, stem = binding.control, binding.stem
@@ -486,7 +538,11 @@ class MidiController:
         elif control == "dry" and binding.mode == "absolute":
             value = round(mixer.dry_mix * CC_TOP)
         elif control == "tempo" and binding.mode == "absolute":
-            value = round(tempo_to_cc(getattr(self.controls, "tempo", 1.0)))
+            value = round(tempo_to_cc(getattr(target, "tempo", 1.0)))
+        elif control == "headphone":
+            value = FEEDBACK_ON if self.controls.cue_on(binding.deck or 0) else FEEDBACK_OFF
+        elif control in ("volume", "crossfader", "cue_mix") and binding.mode == "absolute":
+            value = round(self._state_position(binding, target))
         else:
             return None
         channel = binding.channel or 1
@@ -513,3 +569,8 @@ def _practice_lit(control: str, slot: int | None, mixer) -> bool:
         return bool(getattr(mixer, "recording", False))
     cues = getattr(mixer, "hot_cues_set", ())
     return slot is not None and slot <= len(cues) and bool(cues[slot - 1])
+
+
+def _key(binding: Binding) -> tuple:
+    """A fader's place in the remembered positions: its deck, control and stem."""
+    return (binding.deck, binding.control, binding.stem)

@@ -11,7 +11,9 @@ from stemdeck.engine.midi.bindings import (
     CC_MODES,
     CONTINUOUS_CONTROLS,
     CONTROLS,
+    DECK_NAMES,
     MESSAGE_FAMILIES,
+    MIXER_CONTROLS,
     NOTE_MODES,
     SLOT_CONTROLS,
     STEM_CONTROLS,
@@ -22,6 +24,7 @@ from stemdeck.engine.midi.bindings import (
     Scene,
     check_slot,
     default_mapping,
+    two_deck_mapping,
 )
 
 HEADER = """\
@@ -31,6 +34,8 @@ HEADER = """\
 #   practice: loop_in, loop_out, loop (on/off), loop_halve, loop_double, loop_beats (beats = 1, 2, 4,
 #   8 or 16), hotcue (cue = 1-8: set when empty, else jump), hotcue_clear (cue = 1-8), record,
 #   count_in (on with 4 beats / off);
+#   two decks: crossfader and cue_mix (the mixer's), volume (channel fader), sync, headphone (cue in
+#   the headphones); deck: "A" or "B", the deck a binding drives (two-deck sessions; default A);
 # stem: 1-6 or a name (drums, bass, other, vocals, guitar, piano);
 # mode: notes toggle | momentary; CCs absolute | relative-twos | relative-offset | relative-signbit | button;
 # feedback: light the controller's pad with the control's state (Note On / CC 127 or 0).
@@ -59,6 +64,17 @@ def load_user_mapping(path: Path | None = None) -> Mapping:
     """The user's mapping, or the default one when there is none yet."""
     path = path or user_mapping_path()
     return load_mapping(path) if path.exists() else default_mapping()
+
+
+def user_decks_mapping_path() -> Path:
+    """The two-deck sessions' mapping: a file of its own, so the one-deck layout stays as it is."""
+    return user_mapping_path().with_name("midi-decks.toml")
+
+
+def load_user_decks_mapping(path: Path | None = None) -> Mapping:
+    """The user's two-deck mapping, or :func:`two_deck_mapping` when there is none yet."""
+    path = path or user_decks_mapping_path()
+    return load_mapping(path) if path.exists() else two_deck_mapping()
 
 
 def load_mapping(path: Path) -> Mapping:
@@ -172,7 +188,18 @@ def _binding(table: dict, index: int, lines: dict) -> Binding:
         line = lines.get(("binding", index, key)) or lines.get(("binding", index, None))
         raise MappingError(f"line {line}: binding {index + 1}: {reason}")
 
-    unknown = set(table) - {"message", "number", "channel", "control", "stem", "mode", "feedback", "cue", "beats"}
+    unknown = set(table) - {
+        "message",
+        "number",
+        "channel",
+        "control",
+        "stem",
+        "mode",
+        "feedback",
+        "cue",
+        "beats",
+        "deck",
+    }
     if unknown:
         key = sorted(unknown)[0]
         fail(key, f"unknown key {key!r}")
@@ -216,8 +243,14 @@ def _binding(table: dict, index: int, lines: dict) -> Binding:
         channel = _channel(table.get("channel", "any"), None)
     except MappingError as exc:
         fail("channel", str(exc))
+    deck = table.get("deck")
+    if deck is not None and (not isinstance(deck, str) or deck.upper() not in DECK_NAMES):
+        fail("deck", f'deck must be "A" or "B", not {deck!r}')
+    if deck is not None and control in MIXER_CONTROLS:
+        fail("deck", f"{control} is the mixer's, not a deck's; leave deck out")
+    deck = None if deck is None else DECK_NAMES.index(deck.upper())
     line = lines.get(("binding", index, None))
-    return Binding(message, number, control, channel, stem, mode, feedback, slot=slot, line=line)
+    return Binding(message, number, control, channel, stem, mode, feedback, slot=slot, line=line, deck=deck)
 
 
 def _scene(table: dict, index: int, lines: dict) -> Scene:
@@ -302,6 +335,8 @@ def _binding_table(binding: Binding) -> dict:
         table["stem"] = STEM_NAMES[binding.stem]
     if binding.slot is not None:
         table["beats" if binding.control == "loop_beats" else "cue"] = binding.slot
+    if binding.deck is not None:
+        table["deck"] = DECK_NAMES[binding.deck]
     table["mode"] = binding.mode
     table["feedback"] = binding.feedback
     return table
