@@ -15,7 +15,7 @@ from pathlib import Path
 from stemdeck.engine.config import PRESETS, EngineConfig
 from stemdeck.engine.engine import MAX_COUNT_IN_BEATS, STREAM_LOST
 from stemdeck.engine.midi import MidiError
-from stemdeck.engine.midi.cli import add_midi_commands, add_midi_options, mapping_path, start_midi
+from stemdeck.engine.midi.cli import add_midi_commands, add_midi_options, start_midi
 from stemdeck.engine.practice import parse_loop
 from stemdeck.engine.recorder import record_format
 
@@ -35,8 +35,17 @@ def add_engine_commands(commands, add_model_options) -> None:
     _add_session_options(live, add_model_options)
     live.set_defaults(func=run_live)
 
-    play = commands.add_parser("play", help="play a file with live stem controls")
+    play = commands.add_parser(
+        "play", help="play a file with live stem controls (two files: two decks, A playing and B cued)"
+    )
     play.add_argument("file", type=Path)
+    play.add_argument(
+        "second",
+        type=Path,
+        nargs="?",
+        help="a second file: two decks with a crossfader (A plays FILE, B is cued with SECOND; "
+        "on JACK ports master_L/R and cue_L/R)",
+    )
     play.add_argument("--start", type=float, default=0.0, help="cue point in seconds")
     play.add_argument(
         "--loop",
@@ -209,16 +218,17 @@ def _load_deck(engine, path: Path, audio, stems, samplerate: int, cue_s: float) 
         raise CommandError(f"{path}: {exc}; play it with a 4- or 6-stem model") from None
 
 
-def check_midi_ports(args: argparse.Namespace) -> None:
-    """The --midi-* ports and mapping, checked before the model loads (which takes seconds)."""
-    from stemdeck.engine.midi.mapping_file import load_user_mapping
+def check_midi_ports(args: argparse.Namespace, decks: bool = False) -> None:
+    """The --midi-* ports and mapping (``decks``: the two-deck one), checked before the model
+    loads (which takes seconds)."""
+    from stemdeck.engine.midi.cli import load_session_mapping
     from stemdeck.engine.midi.ports import describe_ports, find_port, list_ports
 
     if not (args.midi_in or args.midi_virtual):
         if args.midi_out:
             raise ValueError("--midi-out needs --midi-in or --midi-virtual to have something to control")
         return
-    load_user_mapping(mapping_path(args))
+    load_session_mapping(args, decks)
     if not (args.midi_in or args.midi_out):
         return
     inputs, outputs = list_ports(args.midi_api)
@@ -292,6 +302,8 @@ def run_play(args: argparse.Namespace) -> int:
     from stemdeck.engine.device import resolve_device
     from stemdeck.models.stem_file import is_stem_file
 
+    if getattr(args, "second", None) is not None:
+        return run_play_decks(args)
     check_session_options(args)
     if is_stem_file(args.file):  # stems made already: played as they are
         audio, stems, samplerate = read_stem_track(args.file, args.start)
@@ -318,6 +330,127 @@ def run_play(args: argparse.Namespace) -> int:
             _start_recording(engine, args)
             engine.play()
             return _run_session(engine, args, until_end=True)
+
+
+def _read_any_track(path: Path, start_s: float):
+    """``(audio, stems or None, samplerate)`` of a file or an NI STEM file, before the model loads."""
+    from stemdeck.models.stem_file import is_stem_file
+
+    if is_stem_file(path):
+        return read_stem_track(path, start_s)
+    audio, samplerate = read_track(path, start_s)
+    return audio, None, samplerate
+
+
+def run_play_decks(args: argparse.Namespace) -> int:
+    """``stemdeck play A B``: two decks with the same options, A playing and B cued (its
+    separation starts at once); the crossfader on A; MIDI per engine.midi.bindings.two_deck_mapping."""
+    from stemdeck.engine.build import build_engine, session_window
+    from stemdeck.engine.decks import Decks
+    from stemdeck.engine.device import resolve_device
+    from stemdeck.models.cli import CommandError
+
+    check_session_options(args)
+    if args.record is not None:
+        raise CommandError(f"--record {args.record}: two decks do not record yet; record with one file")
+    tracks = [_read_any_track(path, args.start) for path in (args.file, args.second)]
+    for path, (audio, _, samplerate) in zip((args.file, args.second), tracks, strict=True):
+        check_loop(args.loop, path, audio.shape[-1] / samplerate)
+    output_device = resolve_device(args.output, "output")
+    check_midi_ports(args, decks=True)
+    deck_a = _engine(args, output_device, deck=True)
+    try:
+        deck_b = build_engine(
+            deck_a.model,
+            session_window(args.preset, args.latency),
+            samplerate=deck_a.config.samplerate,
+            block_frames=deck_a.block_frames,
+            precision=args.precision,
+            calibrate=False,
+        )
+    except BaseException:
+        deck_a.stop()
+        raise
+    for stem in args.mute:
+        deck_b.set_mute(stem)
+    for stem in args.solo:
+        deck_b.set_solo(stem)
+    with Decks(deck_a, deck_b) as decks:
+        _load_decks(decks, args, tracks)
+        del tracks
+        with _midi(decks, args):
+            decks.start_output(output_device, stem_outputs=args.stem_outputs)
+            for notice in decks.notices:
+                print(f"stemdeck: {notice}", file=sys.stderr)
+            decks.deck("A").play()
+            print(f"deck A: {args.file.name} playing; deck B: {args.second.name} cued", file=sys.stderr)
+            return _run_decks_session(decks, args)
+
+
+def _load_decks(decks, args: argparse.Namespace, tracks) -> None:
+    """Both tracks into their decks with the same options (cue point, loop, tempo, key, count-in)."""
+    cue_s = args.loop[0] if args.loop is not None and args.start == 0 else args.start
+    for name, path, (audio, stems, samplerate) in zip("AB", (args.file, args.second), tracks, strict=True):
+        engine = decks.deck(name)
+        _load_deck(engine, path, audio, stems, samplerate, cue_s)
+        if args.loop is not None:
+            engine.set_loop(*args.loop)
+        engine.set_tempo(args.tempo)
+        engine.set_key(args.key)
+        if args.count_in:
+            engine.set_count_in(args.count_in)
+    if args.loop is not None:
+        print(f"both decks loop {args.loop[0]:g} s to {args.loop[1]:g} s", file=sys.stderr)
+    if args.tempo != 1.0 or args.key != 0.0:
+        print(f"both decks: tempo {args.tempo:g} (pitch kept), key {args.key:+g} semitones", file=sys.stderr)
+
+
+def _run_decks_session(decks, args: argparse.Namespace) -> int:
+    """Until the duration, deck A's end (B not playing), Ctrl-C or a lost stream; then the
+    counters of both decks."""
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    start, code, said = time.monotonic(), 0, set()
+    try:
+        while not stop["now"]:
+            time.sleep(POLL_S)
+            status = decks.status()
+            if status.stream_error or (decks.output_open and not decks.stream_active):
+                print(f"stemdeck: error: {status.stream_error or STREAM_LOST}", file=sys.stderr)
+                code = 1
+                break
+            for name, deck in zip("AB", status.decks, strict=True):
+                for text in (deck.worker_notice, deck.worker_error):
+                    if text and (name, text) not in said:
+                        said.add((name, text))
+                        print(f"stemdeck: deck {name}: {text}", file=sys.stderr)
+                        code = 1 if text == deck.worker_error else code
+            if args.duration and time.monotonic() - start >= args.duration:
+                break
+            playing = [
+                deck.playing and deck.position_s < decks.deck(n).track_seconds
+                for n, deck in zip("AB", status.decks, strict=True)
+            ]
+            if not args.duration and not any(playing):
+                break
+    except KeyboardInterrupt:
+        pass
+    stats = _decks_stats(decks)
+    for name in "AB":
+        print(f"deck {name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in stats[name].items()), file=sys.stderr)
+    if args.stats:
+        args.stats.write_text(json.dumps(stats) + "\n")
+    return code
+
+
+def _decks_stats(decks) -> dict:
+    status = decks.status()
+    stats: dict = {
+        name: {**_stats(deck, decks.deck(name), True), "playing": deck.playing, "position_s": deck.position_s}
+        for name, deck in zip("AB", status.decks, strict=True)
+    }
+    stats.update(crossfader=status.crossfader, cue_output=status.cue_output, master_peak=status.peak[2])
+    return stats
 
 
 def _set_count_in(engine, beats: int | None) -> None:
