@@ -268,3 +268,82 @@ def test_cue_output_carries_b_while_the_master_carries_a(jack_server, decks, rec
     cue = recorder.record(0.5)[1]
     assert amplitude_at(cue, TONE_A_HZ) == pytest.approx(AMPLITUDE, rel=0.02)
     assert amplitude_at(cue, TONE_B_HZ) < 1e-3
+
+
+def test_sync_matches_the_other_decks_tempo_within_a_tenth_of_a_bpm_and_its_beats(jack_server, decks):
+    from stemdeck.engine.audio.state import POSITION, playhead_frames
+
+    a, b = decks.deck("A"), decks.deck("B")
+    decks.start_output()
+    start_playing(decks, "A", tone(TONE_A_HZ, 10.0))
+    start_playing(decks, "B", tone(TONE_B_HZ, 10.0))
+    a.set_beat_grid(120.0, 0.0)
+    b.set_beat_grid(126.0, 0.1)
+    with pytest.raises(ValueError, match="^deck A's tempo is not known yet"):
+        a.set_beat_grid(None)
+        decks.sync("B")
+    a.set_beat_grid(120.0, 0.0)
+    decks.sync("B")
+    assert Decks.heard_bpm(b) == pytest.approx(120.0, abs=0.1)
+    time.sleep(0.5)  # the stretch joins
+    # the tempo heard: source frames played per output frame, times the recorded tempo
+    source, output = playhead_frames(b.shared), int(b.shared.audio[POSITION])
+    time.sleep(2.0)
+    heard_bpm = 126.0 * (playhead_frames(b.shared) - source) / (int(b.shared.audio[POSITION]) - output)
+    assert heard_bpm == pytest.approx(120.0, abs=0.1)
+    # and on A's beats: the same place in the beat, within a block
+    phase_a = (playhead_frames(a.shared) / JACK_RATE / 0.5) % 1.0
+    phase_b = ((playhead_frames(b.shared) / JACK_RATE - 0.1) / (60 / 126)) % 1.0
+    assert abs((phase_a - phase_b + 0.5) % 1.0 - 0.5) < 0.03
+
+
+class SlowPassThrough(PassThrough):
+    """The pass-through model at a second a window: a deck that takes its time."""
+
+    def forward(self, mix):
+        time.sleep(1.0)
+        return super().forward(mix)
+
+
+def _process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]  # R, S, T (stopped), ...
+
+
+def test_the_deck_on_air_gets_the_cpu_the_other_separation_waits(jack_server):
+    """Deck A (on air, separating slowly) has priority: deck B's separation process is stopped
+    while A is less than the lead ahead, continued when A pauses, and a load into B still works."""
+    config = EngineConfig(
+        precision="fp32", samplerate=JACK_RATE, inference_budget_s=0.0, cache_stems=False, beat_tracking=False
+    )
+    slow = Engine(SlowPassThrough(), EngineConfig(**{**config.__dict__, "worker": "thread"}))
+    other = Engine(PassThrough(), EngineConfig(**{**config.__dict__, "worker": "process"}))
+    decks = Decks(slow, other, DecksConfig(priority_lead_s=1000.0, priority_poll_s=0.02))
+    try:
+        decks.load_array("B", tone(TONE_B_HZ, 30.0))
+        decks.load_array("A", tone(TONE_A_HZ, 120.0))  # 21 windows: separated in no less than 21 s
+        decks.start_output()
+        pid = other.backend.process.pid
+        decks.deck("A").play()
+        assert wait_until(lambda: decks.status().paused_separation == "B")
+        assert decks.status().on_air == "A" and _process_state(pid) == "T"
+        decks.deck("A").pause()
+        assert wait_until(lambda: decks.status().paused_separation is None)
+        assert _process_state(pid) != "T"
+        decks.deck("A").play()
+        assert wait_until(lambda: decks.status().paused_separation == "B")
+        began = time.monotonic()
+        decks.load_array("B", tone(TONE_B_HZ, 5.0))  # its stopped worker is continued to load
+        assert time.monotonic() - began < 10.0 and decks.deck("B").track_seconds == pytest.approx(5.0)
+        assert wait_until(lambda: decks.status().paused_separation == "B")  # and stopped again
+    finally:
+        decks.stop()
+
+
+def wait_until(condition, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
