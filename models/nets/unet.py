@@ -284,13 +284,17 @@ class HybridUNet(nn.Module):
 
     def _separate(self, mix: torch.Tensor) -> torch.Tensor:
         """``(B, C, T)`` mixture to ``(B, S, C, T)`` stems: both branches, summed."""
-        length = mix.shape[-1]
-        z = hybrid_spectrogram(mix, self.nfft)
-        batch, channels, freqs, frames = z.shape
-        x = torch.view_as_real(z).permute(0, 1, 4, 2, 3).reshape(batch, channels * 2, freqs, frames)
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        std = x.std(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) / (1e-5 + std)
+        spec, wave = self.branches(complex_as_channels(hybrid_spectrogram(mix, self.nfft)), mix)
+        return self.stems(spec, wave, mix.shape[-1])
+
+    def branches(self, spec: torch.Tensor, mix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network without its STFT and iSTFT, in real numbers only (what the ONNX backend
+        exports, see models.onnx_backend): the spectrogram as channels ``(B, 2C, Fr, T)`` and
+        the mixture ``(B, C, T)`` to the spectral branch's ``(B, S * 2C, Fr, T)`` and the
+        waveform branch's ``(B, S * C, T)``, both scaled back."""
+        mean = spec.mean(dim=(1, 2, 3), keepdim=True)
+        std = spec.std(dim=(1, 2, 3), keepdim=True)
+        x = (spec - mean) / (1e-5 + std)
         meant = mix.mean(dim=(1, 2), keepdim=True)
         stdt = mix.std(dim=(1, 2), keepdim=True)
         xt = (mix - meant) / (1e-5 + stdt)
@@ -298,15 +302,17 @@ class HybridUNet(nn.Module):
         x, xt, skips = self._encode(x, xt)
         x, xt = self._bottleneck(x, xt)
         x, xt = self._decode(x, xt, skips)
+        return x * std + mean, xt * stdt + meant
 
+    def stems(self, spec: torch.Tensor, wave: torch.Tensor, length: int) -> torch.Tensor:
+        """The two branches' outputs (:meth:`branches`) to ``(B, S, C, length)`` stems."""
+        batch, _, freqs, frames = spec.shape
         num_sources = len(self.sources)
-        x = x.view(batch, num_sources, -1, freqs, frames) * std[:, None] + mean[:, None]
         spec_out = torch.view_as_complex(
-            x.view(batch, num_sources, -1, 2, freqs, frames).permute(0, 1, 2, 4, 5, 3).contiguous()
+            spec.view(batch, num_sources, -1, 2, freqs, frames).permute(0, 1, 2, 4, 5, 3).contiguous()
         )
         wave_spec = hybrid_inverse(spec_out, length)
-        wave_time = xt.view(batch, num_sources, -1, length) * stdt[:, None] + meant[:, None]
-        return wave_time + wave_spec
+        return wave.view(batch, num_sources, -1, length) + wave_spec
 
     def _encode(self, x: torch.Tensor, xt: torch.Tensor):
         skips: dict[str, list] = {"x": [], "xt": [], "len": [], "len_t": []}
@@ -341,3 +347,10 @@ class HybridUNet(nn.Module):
             else:
                 xt, _ = tdecode(xt, skips["xt"].pop(), length_t)
         return x, xt
+
+
+def complex_as_channels(z: torch.Tensor) -> torch.Tensor:
+    """A complex ``(B, C, Fr, T)`` spectrogram as real ``(B, 2C, Fr, T)``: each channel's real
+    part, then its imaginary part."""
+    batch, channels, freqs, frames = z.shape
+    return torch.view_as_real(z).permute(0, 1, 4, 2, 3).reshape(batch, channels * 2, freqs, frames)
