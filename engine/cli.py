@@ -348,11 +348,8 @@ def run_play_decks(args: argparse.Namespace) -> int:
     from stemdeck.engine.build import build_engine, session_window
     from stemdeck.engine.decks import Decks
     from stemdeck.engine.device import resolve_device
-    from stemdeck.models.cli import CommandError
 
     check_session_options(args)
-    if args.record is not None:
-        raise CommandError(f"--record {args.record}: two decks do not record yet; record with one file")
     tracks = [_read_any_track(path, args.start) for path in (args.file, args.second)]
     for path, (audio, _, samplerate) in zip((args.file, args.second), tracks, strict=True):
         check_loop(args.loop, path, audio.shape[-1] / samplerate)
@@ -382,6 +379,7 @@ def run_play_decks(args: argparse.Namespace) -> int:
             decks.start_output(output_device, stem_outputs=args.stem_outputs)
             for notice in decks.notices:
                 print(f"stemdeck: {notice}", file=sys.stderr)
+            _start_recording(decks, args)
             decks.deck("A").play()
             print(f"deck A: {args.file.name} playing; deck B: {args.second.name} cued", file=sys.stderr)
             return _run_decks_session(decks, args)
@@ -435,6 +433,7 @@ def _run_decks_session(decks, args: argparse.Namespace) -> int:
                 break
     except KeyboardInterrupt:
         pass
+    _finish_recording(decks, decks.samplerate)
     stats = _decks_stats(decks)
     for name in "AB":
         print(f"deck {name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in stats[name].items()), file=sys.stderr)
@@ -473,15 +472,17 @@ def _start_recording(engine, args: argparse.Namespace) -> None:
     print(f"recording to {args.record}", file=sys.stderr)
 
 
-def _finish_recording(engine) -> None:
-    """Close the take and say what it holds; a writer that fell behind is said, with how much."""
+def _finish_recording(engine, samplerate: int | None = None) -> None:
+    """Close the take and say what it holds; a writer that fell behind is said, with how much.
+    ``engine``: an Engine, or two Decks (give their ``samplerate``)."""
     take = engine.stop_recording()
     if take is None:
         return
-    seconds = take.frames / engine.config.samplerate
+    samplerate = samplerate or engine.config.samplerate
+    seconds = take.frames / samplerate
     print(f"recorded {seconds:.2f} s to {take.path}", file=sys.stderr)
     if take.dropped_frames:
-        lost_s = take.dropped_frames / engine.config.samplerate
+        lost_s = take.dropped_frames / samplerate
         print(
             f"stemdeck: the recorder fell behind the disk and dropped {take.dropped_frames} frames "
             f"({lost_s:.2f} s); record to a faster disk",

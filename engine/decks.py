@@ -61,9 +61,19 @@ from stemdeck.engine.audio.decks_mix import (
 )
 from stemdeck.engine.audio.jack_output import MASTER as MASTER_GROUP
 from stemdeck.engine.audio.jack_output import serves as jack_serves
+from stemdeck.engine.audio.record import RecordBuffers, record_block
 from stemdeck.engine.audio.state import SEPARATED_FROM, STEMS_WRITTEN, playhead_frames
 from stemdeck.engine.device import DeviceError, open_stream, sounddevice
-from stemdeck.engine.engine import STREAM_LOST, Engine, EngineStatus, db_to_gain, gain_to_db
+from stemdeck.engine.engine import (
+    STREAM_LOST,
+    Engine,
+    EngineStatus,
+    db_to_gain,
+    fresh_recording_path,
+    gain_to_db,
+    recordings_folder,
+)
+from stemdeck.engine.recorder import Recorder, Take
 from stemdeck.engine.session import DECK
 
 DECK_NAMES = ("A", "B")
@@ -140,6 +150,8 @@ class Decks:
         self._on_air: int | None = None
         self._stop = threading.Event()
         self._priority_thread: threading.Thread | None = None
+        self._record = RecordBuffers.allocate(self.channels, max(1, int(a.record_buffer_s * self.samplerate)))
+        self.recorder = Recorder(self._record, self.samplerate)  # the master, as the listener hears it
 
     # -- decks -----------------------------------------------------------------------------------------
 
@@ -364,6 +376,7 @@ class Decks:
         if route.stems_column >= 0:
             copy_columns(outdata, route.stems_column, block_a, self.channels)
             copy_columns(outdata, route.stems_column + route.stem_width, block_b, self.channels)
+        record_block(outdata, self._record)  # its first columns: the master
 
     def process_block(self, outdata: np.ndarray) -> None:
         """Run the callback once without a device (tests, offline drivers): ``outdata`` is
@@ -392,6 +405,24 @@ class Decks:
                 stream.close()
             except Exception:  # the device may already be gone
                 pass
+
+    # -- recording --------------------------------------------------------------------------------------
+
+    def start_recording(self, path: str | Path) -> None:
+        """Record the master (what the audience hears) to ``path``, WAV or FLAC by its extension,
+        from the next block on; an existing file is refused, never overwritten."""
+        self.recorder.start(path, callback_running=self.stream_active)
+
+    def stop_recording(self) -> Take | None:
+        """Finish the take (None if none was under way)."""
+        return self.recorder.stop(callback_running=self.stream_active)
+
+    def toggle_recording(self, folder: str | Path | None = None) -> Take | None:
+        """A record button: stop the take, or start one under a fresh time-stamped name."""
+        if self.recorder.recording:
+            return self.stop_recording()
+        self.start_recording(fresh_recording_path(Path(folder) if folder else recordings_folder()))
+        return None
 
     # -- separation priority ------------------------------------------------------------------------
 
@@ -467,6 +498,8 @@ class Decks:
         self._stop.set()
         if self._priority_thread is not None:
             self._priority_thread.join(5)
+        if self.recorder.recording:  # the take's last blocks are in the ring: finish the file first
+            self.recorder.stop(callback_running=self.stream_active)
         with self._loading:
             self._resume_separation()
         self.stop_output()
