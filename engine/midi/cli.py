@@ -7,7 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
-from stemdeck.engine.midi.bindings import DECK_NAMES, STEM_NAMES, default_mapping
+from stemdeck.engine.midi.bindings import DECK_NAMES, DECKS_CONTROLS, STEM_NAMES, default_mapping
 from stemdeck.engine.midi.controller import MidiConfig, MidiController
 from stemdeck.engine.midi.mapping_file import (
     load_mapping,
@@ -167,8 +167,8 @@ def run_learn(args: argparse.Namespace) -> int:
     control, stem, slot = parse_target(args.control)
     if not (args.midi_in or args.midi_virtual):
         raise ValueError("name the controller to learn from: --midi-in NAME (see `stemdeck midi list`)")
-    decks = getattr(args, "deck", None) is not None
-    deck = DECK_NAMES.index(args.deck) if decks else None
+    deck = DECK_NAMES.index(args.deck) if getattr(args, "deck", None) is not None else None
+    decks = deck is not None or control in DECKS_CONTROLS  # the crossfader: only two decks have one
     path = mapping_path(args, decks)
     mapping = load_session_mapping(args, decks)
     with MidiController(_NoEngine(), mapping, _config(args, decks), report=_say) as controller:
