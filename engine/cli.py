@@ -448,7 +448,12 @@ def _decks_stats(decks) -> dict:
         name: {**_stats(deck, decks.deck(name), True), "playing": deck.playing, "position_s": deck.position_s}
         for name, deck in zip("AB", status.decks, strict=True)
     }
-    stats.update(crossfader=status.crossfader, cue_output=status.cue_output, master_peak=status.peak[2])
+    stats.update(
+        crossfader=status.crossfader,
+        cue_output=status.cue_output,
+        master_peak=status.peak[2],
+        latency_ms=1000.0 * status.latency_frames / decks.samplerate,  # the decks' own say one block
+    )
     return stats
 
 

@@ -112,6 +112,7 @@ class DecksStatus:
     paused_separation: str | None  # the deck whose separation waits for it, if any
     decks: tuple[EngineStatus, EngineStatus]
     stream_error: str | None = None
+    latency_frames: int = 0  # play to speaker: one block and what the output adds after it
 
 
 def deck_index(which: str | int) -> int:
@@ -491,7 +492,17 @@ class Decks:
             paused_separation=None if self._paused is None else DECK_NAMES[self._paused],
             decks=(self.decks[0].status(), self.decks[1].status()),
             stream_error=self._stream_error,
+            latency_frames=self._latency_frames(),
         )
+
+    def _latency_frames(self) -> int:
+        """One block plus the output's own latency (JACK's playback latency, sounddevice's)."""
+        stream, route = self._stream, self._route
+        if stream is None or route is None:
+            return self.decks[0].block_frames
+        latency = getattr(stream, "latency", 0.0)
+        latency = latency[-1] if isinstance(latency, (tuple, list)) else latency
+        return route.frames + int(round(float(latency or 0.0) * self.samplerate))
 
     def stop(self) -> None:
         """Stop the output and both decks (their workers continued first, so they can end)."""

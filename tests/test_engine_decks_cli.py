@@ -45,6 +45,7 @@ def test_play_two_files_plays_deck_a_with_deck_b_cued(jack_server, tmp_path):
     assert not stats["B"]["playing"] and stats["B"]["position_s"] == 0.0
     assert stats["A"]["late_windows"] == 0 and stats["cue_output"] is True
     assert stats["crossfader"] == 0.0 and stats["master_peak"] > 0.1
+    assert 256 / 44.1 < stats["latency_ms"] < 4 * 256 / 44.1  # a period and the dummy driver's latency
     recorded, samplerate = sf.read(take, dtype="float32")  # the master: deck A's tone
     assert samplerate == 44100 and 1.5 < recorded.shape[0] / samplerate < 2.5
     assert np.abs(recorded).max(axis=0) == pytest.approx([0.3, 0.3], abs=0.01)
