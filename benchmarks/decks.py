@@ -2,12 +2,13 @@
 
 htdemucs-sized model (random weights) on a JACK dummy server, each deck with its own separation
 process (SCHED_IDLE, as by default). Deck A is loaded, left paused ``--lead`` seconds (a DJ who
-loaded it a while ago), then played on air; at once deck B is loaded (the next track), and its
-separation runs while A plays, until B's whole track is separated or ``--seconds`` pass. Run
+loaded it a while ago; ``--lead full``: until its whole track is separated), then played on
+air; at once deck B is loaded (the next track), and its separation runs while A plays, until
+B's whole track is separated or ``--seconds`` pass. Run
 once with the decks' priority (B's separation stopped while A is less than the priority lead
 ahead) and once without (both processes share the CPU). Reported per run: A's late windows,
 xruns, how far A's separation was ahead at the least, and how much of B was separated.
-Usage: python benchmarks/decks.py [--json] [--seconds 120] [--lead 30] [--modes priority,shared]
+Usage: python benchmarks/decks.py [--json] [--seconds 120] [--lead 30|full] [--modes priority,shared]
 """
 
 from __future__ import annotations
@@ -46,14 +47,25 @@ def _separated_fraction(engine: Engine) -> float:
     return done / (engine.track_seconds * SR)
 
 
-def run(model, tracks, priority: bool, lead_s: float, seconds: float, precision: str) -> dict:
+def _wait_lead(engine: Engine, lead: str) -> None:
+    """Paused ``lead`` seconds, or (``full``) until the whole track is separated."""
+    if lead != "full":
+        time.sleep(float(lead))
+        return
+    while _separated_fraction(engine) < 1.0 and engine.status().worker_error is None:
+        time.sleep(0.2)
+
+
+def run(model, tracks, priority: bool, lead: str, seconds: float, precision: str) -> dict:
     config = EngineConfig(precision=precision, cache_stems=False, beat_tracking=False)
     decks = Decks(Engine(model, config), Engine(model, config), DecksConfig(priority=priority))
     a, b = decks.deck("A"), decks.deck("B")
     try:
         decks.load_array("A", tracks[0])
         decks.start_output()
-        time.sleep(lead_s)
+        waited = time.monotonic()
+        _wait_lead(a, lead)
+        waited_s = time.monotonic() - waited
         ahead_at_play = a.status().seconds_ahead
         a.play()
         decks.load_array("B", tracks[1])
@@ -66,6 +78,8 @@ def run(model, tracks, priority: bool, lead_s: float, seconds: float, precision:
         status_a, status_b = a.status(), b.status()
         return {
             "priority": priority,
+            "lead": lead,
+            "waited_s": waited_s,
             "played_s": time.monotonic() - began,
             "a_ahead_at_play_s": ahead_at_play,
             "a_least_ahead_s": least_ahead,
@@ -85,7 +99,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--seconds", type=float, default=120.0, help="deck A's play, at most")
-    parser.add_argument("--lead", type=float, default=30.0, help="deck A paused this long after its load")
+    parser.add_argument(
+        "--lead", default="30", help="deck A paused this many seconds after its load (full: until separated)"
+    )
     parser.add_argument("--track-seconds", type=float, default=90.0)
     parser.add_argument("--modes", default="priority,shared", help="priority, shared, or both (comma)")
     parser.add_argument("--precision", default="fp32")
@@ -105,7 +121,8 @@ def main(argv=None) -> int:
     print(f"two decks ({args.model}-sized model, {args.precision}, {args.track_seconds:.0f} s tracks, JACK dummy)")
     for r in runs:
         print(
-            f"  {'priority' if r['priority'] else 'shared  '}: A late windows {r['a_late_windows']}, xruns "
+            f"  {'priority' if r['priority'] else 'shared  '}, A paused {r['waited_s']:.0f} s: "
+            f"A late windows {r['a_late_windows']}, xruns "
             f"{r['a_xruns']}; A ahead {r['a_ahead_at_play_s']:+.1f} s at play, least {r['a_least_ahead_s']:+.1f} s; "
             f"after {r['played_s']:.0f} s B separated {100 * r['b_separated']:.0f} % "
             f"(stopped {r['b_paused_s']:.0f} s), A {100 * r['a_separated']:.0f} %"
