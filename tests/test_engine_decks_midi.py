@@ -49,7 +49,11 @@ def test_two_deck_layout_channel_2_is_deck_b_and_cc_8_the_crossfader(decks):
     assert decks.cue_on("B") and not decks.cue_on("A")
     midi.handle([0xB0, 11, 0])  # CC 11 on channel 1: the headphones hear the cue alone
     assert decks.cue_mix == 0.0
-    assert midi.applied == 6 and midi.ignored == 0
+    midi.handle([0xC0, 1])  # program 1 on channel 1: deck A instrumental
+    assert decks.deck("A").mixer().mute[VOCALS]
+    midi.handle([0xC1, 0])  # program 0 on channel 2: deck B's full mix, deck A untouched
+    assert not decks.deck("B").mixer().mute[VOCALS] and decks.deck("A").mixer().mute[VOCALS]
+    assert midi.applied == 8 and midi.ignored == 0
 
 
 def test_the_mapping_keeps_its_decks_through_toml_and_refuses_a_bad_deck(tmp_path):
