@@ -22,8 +22,10 @@ Priority: separation of the deck on air (playing, and up on the master) wins the
 it is less than ``DecksConfig.priority_lead_s`` ahead of its playhead, the other deck's
 separation process is stopped (SIGSTOP), and continued once the deck on air is that far
 ahead (or done, or off air). Both processes already run at SCHED_IDLE against the audio
-path; between themselves they would share the CPU evenly, and on 2 cores the deck on air fell
-behind (benchmarks/decks.py measures both ways).
+path; between themselves they would share the CPU evenly (benchmarks/decks.py measures both
+ways). A thread worker (``EngineConfig.worker="thread"``) cannot be stopped: it shares. Should
+this program die while a worker is stopped, the kernel sends the orphaned process group SIGHUP
+and SIGCONT, which ends it.
 """
 
 from __future__ import annotations
