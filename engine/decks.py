@@ -23,13 +23,15 @@ it is less than ``DecksConfig.priority_lead_s`` ahead of its playhead, the other
 separation process is stopped (SIGSTOP), and continued once the deck on air is that far
 ahead (or done, or off air). Both processes already run at SCHED_IDLE against the audio
 path; between themselves they would share the CPU evenly (benchmarks/decks.py measures both
-ways). A thread worker (``EngineConfig.worker="thread"``) cannot be stopped: it shares. Should
-this program die while a worker is stopped, the kernel sends the orphaned process group SIGHUP
-and SIGCONT, which ends it.
+ways). A thread worker (``EngineConfig.worker="thread"``) cannot be stopped: it shares. A
+stopped worker is continued at :meth:`Decks.stop` and at the program's exit (atexit); a program
+killed outright from a terminal leaves an orphaned process group, which the kernel sends SIGHUP
+and SIGCONT, ending it.
 """
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import signal
@@ -441,13 +443,21 @@ class Decks:
 
     def _start_priority(self) -> None:
         if self.config.priority and self._priority_thread is None:
+            atexit.register(self._end_priority)  # never leave a stopped worker behind
             self._priority_thread = threading.Thread(target=self._priority_loop, name="stemdeck-decks", daemon=True)
             self._priority_thread.start()
 
     def _priority_loop(self) -> None:
         while not self._stop.wait(self.config.priority_poll_s):
             with self._loading:
-                self._update_priority()
+                if not self._stop.is_set():  # ended meanwhile: it resumed the worker, leave it so
+                    self._update_priority()
+
+    def _end_priority(self) -> None:
+        """No more stopping; a stopped worker continues."""
+        self._stop.set()
+        with self._loading:
+            self._resume_separation()
 
     def _update_priority(self) -> None:
         on_air = self.on_air()
@@ -508,13 +518,12 @@ class Decks:
 
     def stop(self) -> None:
         """Stop the output and both decks (their workers continued first, so they can end)."""
-        self._stop.set()
+        self._end_priority()
+        atexit.unregister(self._end_priority)
         if self._priority_thread is not None:
             self._priority_thread.join(5)
         if self.recorder.recording:  # the take's last blocks are in the ring: finish the file first
             self.recorder.stop(callback_running=self.stream_active)
-        with self._loading:
-            self._resume_separation()
         self.stop_output()
         for engine in self.decks:
             engine.stop()
