@@ -43,6 +43,7 @@ def test_play_two_files_plays_deck_a_with_deck_b_cued(jack_server, tmp_path):
     stats = json.loads(stats_path.read_text())
     assert stats["A"]["playing"] and 1.0 < stats["A"]["position_s"] < 4.0
     assert not stats["B"]["playing"] and stats["B"]["position_s"] == 0.0
+    assert stats["B"]["seconds_ahead"] > 1.0  # cued, and separated from its load on
     assert stats["A"]["late_windows"] == 0 and stats["cue_output"] is True
     assert stats["crossfader"] == 0.0 and stats["master_peak"] > 0.1
     assert 256 / 44.1 < stats["latency_ms"] < 4 * 256 / 44.1  # a period and the dummy driver's latency
