@@ -158,6 +158,39 @@ class Decks:
         self._record = RecordBuffers.allocate(self.channels, max(1, int(a.record_buffer_s * self.samplerate)))
         self.recorder = Recorder(self._record, self.samplerate)  # the master, as the listener hears it
 
+    @classmethod
+    def build(
+        cls,
+        model,
+        *,
+        samplerate: int,
+        block_frames: int,
+        precision: str = "auto",
+        worker: str = "process",
+        config: DecksConfig = DecksConfig(),
+    ) -> Decks:
+        """Two decks of one ``model`` (loaded once, shared) for an output at ``samplerate``,
+        each with its own separation worker; nothing plays until :meth:`start_output`."""
+        from stemdeck.engine.build import build_engine, session_window
+
+        def one() -> Engine:
+            return build_engine(
+                model,
+                session_window("balanced"),
+                samplerate=samplerate,
+                block_frames=block_frames,
+                precision=precision,
+                worker=worker,
+                calibrate=False,  # decks read ahead of their playheads: no live plan to calibrate
+            )
+
+        deck_a = one()
+        try:
+            return cls(deck_a, one(), config)
+        except BaseException:
+            deck_a.stop()
+            raise
+
     # -- decks -----------------------------------------------------------------------------------------
 
     def deck(self, which: str | int) -> Engine:

@@ -181,6 +181,18 @@ def test_deck_names_and_one_line_refusals(decks):
         decks.set_crossfader(float("nan"))
 
 
+def test_build_makes_two_decks_of_one_model_each_with_its_own_worker():
+    model = PassThrough()
+    decks = Decks.build(model, samplerate=JACK_RATE, block_frames=JACK_PERIOD, precision="fp32", worker="thread")
+    try:
+        a, b = decks.decks
+        assert a is not b and a.model is model and b.model is model
+        assert a.backend is not b.backend and a.shared is not b.shared
+        assert decks.status().decks[0].samplerate == JACK_RATE
+    finally:
+        decks.stop()
+
+
 def test_loading_the_playing_deck_is_refused_and_the_deck_plays_on(decks):
     track = tone(TONE_A_HZ, 2.0)
     decks.load_array("A", track)
