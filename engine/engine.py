@@ -26,7 +26,9 @@ from stemdeck.engine.audio.callbacks import (
     warm_up_kernels,
 )
 from stemdeck.engine.audio.click import beat_frames, click_buffer
+from stemdeck.engine.audio.jack_output import JackStream
 from stemdeck.engine.audio.jack_output import serves as jack_serves
+from stemdeck.engine.audio.native import NativeRender
 from stemdeck.engine.audio.record import RecordBuffers
 from stemdeck.engine.audio.state import (
     COUNT_IN_BEAT_FRAMES,
@@ -267,7 +269,8 @@ class Engine:
         self._follow_jack_period(input_device, output_device)
         self.start_live_headless()
         try:
-            self._open(self._live_callback, input_device, output_device, input_channels, stem_outputs)
+            native = NativeRender(live_block, (self._live_buffers,), live=True)
+            self._open(self._live_callback, input_device, output_device, input_channels, stem_outputs, native)
         except DeviceError:
             self._stop_worker()
             raise
@@ -395,6 +398,7 @@ class Engine:
             np.nan_to_num(arrays["stems"], copy=False, nan=0.0, posinf=0.0, neginf=0.0)
             self.shared.worker[SEPARATED_FROM], self.shared.worker[STEMS_WRITTEN] = 0, track.shape[-1]
         self._deck_buffers = self._deck_buffers_for(arrays["track"], arrays["stems"])
+        self._renew_deck_output()
         self._set_loop(LoopPoints())
         self.beat_grid = None
         self._write_count_in()  # its beat: the fixed tempo until the track's is found
@@ -447,7 +451,16 @@ class Engine:
         """Open the output device for the deck."""
         if self._mode != DECK:
             raise RuntimeError("load a track before starting the deck's output")
-        self._open(self._deck_callback, None, output_device, 0, stem_outputs)
+        self._open(self._deck_callback, None, output_device, 0, stem_outputs, self._deck_native())
+
+    def _deck_native(self) -> NativeRender:
+        """The deck's callback as JACK plays it natively (see :mod:`engine.audio.native`)."""
+        return NativeRender(stretched_deck_block, (self._deck_buffers, self.practice.buffers))
+
+    def _renew_deck_output(self) -> None:
+        """A native JACK route points at the arrays it was given: a new track's must replace them."""
+        if isinstance(self._stream, JackStream) and self._stream.route.native is not None:
+            self._stream = self._stream.output.renew(self._stream, self._deck_native())
 
     def _deck_callback(self, outdata, frames, time_info, status) -> None:
         stretched_deck_block(outdata, self._deck_buffers, self.practice.buffers, bool(status))
@@ -894,7 +907,9 @@ class Engine:
     def _stop_worker(self) -> None:
         self.backend.stop_session()
 
-    def _open(self, callback, input_device, output_device, input_channels: int, stem_outputs: bool) -> None:
+    def _open(
+        self, callback, input_device, output_device, input_channels: int, stem_outputs: bool, native=None
+    ) -> None:
         """Play through the session's JACK client when JACK serves these devices, else sounddevice."""
         self._stream_error = None
         jack = jack_serves(input_device if input_channels else None, output_device)
@@ -912,6 +927,7 @@ class Engine:
                 live=bool(input_channels),
                 max_frames=self.config.max_block_frames,
                 on_finished=self._on_finished,
+                native=native,
             )
             block_frames = jack.blocksize
         else:

@@ -6,11 +6,15 @@ connections. Here the client ``stemdeck`` is opened on first use and outlives en
 load or a model switch detaches one engine's block function and attaches the next, while the
 ports (``stemdeck:master_L``, ``stemdeck:vocals_R``, ...) and their connections stay.
 
-Threads: ``_process`` runs in JACK's realtime thread. It reads one immutable ``Route`` (swapped
-whole by the control side), runs the engine's Numba kernel into a preallocated interleaved
+Threads: JACK's realtime thread runs the engine's Numba kernel into a preallocated interleaved
 ``(frames, channels)`` buffer and copies its columns into the port buffers; no locks, no
-buffer allocation. xruns come from JACK's xrun callback (another thread) through a counter
-pair that each side only writes its own half of.
+buffer allocation. An engine that hands its kernel as a :class:`NativeRender` is played by a
+compiled process callback that never takes Python's interpreter lock (:mod:`engine.audio.native`:
+no Python thread of this process can delay a cycle); a plain Python block function is played
+by ``_process``, which reads one immutable ``Route`` (swapped whole by the control side).
+``STEMDECK_PYTHON_CALLBACK=1`` plays every engine through ``_process`` (for comparison). xruns
+come from JACK's xrun callback (another thread) through a counter pair that each side only
+writes its own half of.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ import ctypes
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from stemdeck.engine.audio.native import NativeRender, NativeSlots, NativeUnavailable, build_native_route
 from stemdeck.engine.device import DeviceError, quiet_stderr
 
 CLIENT_NAME = "stemdeck"
@@ -77,9 +82,12 @@ class Route:
     indata: np.ndarray
     in_columns: tuple
     silent: tuple  # our other output ports: zeros
+    native: NativeRender | None = None  # the same render as machine code, when the engine offers it
 
 
-def build_route(render, live: bool, outputs: list, inputs: list, others: list, frames: int, max_frames: int) -> Route:
+def build_route(
+    render, live: bool, outputs: list, inputs: list, others: list, frames: int, max_frames: int, native=None
+) -> Route:
     full_out = np.zeros((max_frames, len(outputs)), np.float32)
     full_in = np.zeros((max_frames, len(inputs)), np.float32)
     outdata, indata = full_out[:frames], full_in[:frames]
@@ -94,7 +102,13 @@ def build_route(render, live: bool, outputs: list, inputs: list, others: list, f
         indata,
         tuple((p, indata[:, c]) for c, p in enumerate(inputs)),
         tuple(others),
+        native,
     )
+
+
+def native_wanted() -> bool:
+    """Play native renders natively unless ``STEMDECK_PYTHON_CALLBACK`` asks for Python."""
+    return os.environ.get("STEMDECK_PYTHON_CALLBACK", "") in ("", "0")
 
 
 class JackStream:
@@ -139,7 +153,8 @@ class JackOutput:
         self._on_finished: Callable[[], None] | None = None
         self.route = build_route(None, False, [], [], [], 1, 1)
         self._retired: Route | None = None  # the audio thread never drops a route's last reference
-        client.set_process_callback(self._process)
+        self._native = NativeSlots()
+        self.native: bool | None = None  # which process callback JACK calls; chosen at activation
         client.set_xrun_callback(self._on_xrun)
         client.set_shutdown_callback(self._on_shutdown)
         self.active = False  # activated at the first attach: until then no Python runs in JACK's thread
@@ -207,6 +222,12 @@ class JackOutput:
 
     def _on_xrun(self, delayed_usecs: float) -> None:
         self._xruns += 1
+        self._native.count_xrun()
+
+    @property
+    def cycles(self) -> int:
+        """Process cycles run so far (by whichever callback JACK calls)."""
+        return self._native.cycles if self.native else self._cycles
 
     def _on_shutdown(self, status, reason: str) -> None:
         self.lost, self.lost_reason = True, reason
@@ -226,6 +247,7 @@ class JackOutput:
         max_frames: int,
         on_finished: Callable[[], None],
         groups: tuple[str, ...] | None = None,
+        native: NativeRender | None = None,
     ) -> JackStream:
         """Play ``render``'s blocks on the ports for ``sources`` (or named by ``groups``, see
         :func:`output_port_names`), made now if new; returns the hold."""
@@ -242,15 +264,76 @@ class JackOutput:
         ]
         inputs = [self._port(self._inputs, name, output=False) for name in input_port_names(channels)] if live else []
         others = [port for port in self._outputs.values() if port not in outputs]
-        route = build_route(render, live, outputs, inputs, others, self.blocksize, max_frames)
+        route = build_route(render, live, outputs, inputs, others, self.blocksize, max_frames, native)
         self._on_finished = on_finished
-        if not self.active:
-            self.route = route
-            self.client.activate()
-            self.active = True
-            self._connect_hardware(outputs + inputs)
+        self._play(route)
+        return JackStream(self, route)
+
+    def _play(self, route: Route) -> None:
+        """Make ``route`` the one every cycle plays: natively where it can, else through Python."""
+        native = self._native_route(route)
+        if route.render is None and self.native is False:
+            native = None  # silence plays in whichever kind is registered: no switch for it
+        if self.native is None or self.native != (native is not None):
+            self._activate(native is not None, route, native)
+        elif native is not None:
+            self._retired, self.route = self.route, route
+            self._native.publish(*native)
+            self._wait_settled()
         else:
             self._swap(route)
+
+    def _native_route(self, route: Route):
+        """The route's slot words (compiled on first need), or None to play it through Python."""
+        if not native_wanted() or (route.render is not None and route.native is None):
+            return None
+        try:
+            return build_native_route(
+                route.native,
+                [p for p, _ in route.out_columns],
+                [p for p, _ in route.in_columns],
+                list(route.silent),
+                route.full_out.shape[0],
+                self._jack._ffi,
+            )
+        except NativeUnavailable:
+            return None
+
+    def _activate(self, native: bool, route: Route, native_route) -> None:
+        """Register the kind of process callback ``route`` needs and (re)activate. A switch between
+        kinds deactivates the client, which drops its connections: the hardware ones are made again."""
+        if self.active:
+            self.client.deactivate()
+            self.active = False
+        self.route = route
+        if native:
+            from stemdeck.engine.audio.native import process_callback
+
+            self._native.publish(*native_route)
+            ffi, lib = self._jack._ffi, self._jack._lib
+            callback = ffi.cast("JackProcessCallback", process_callback().address)
+            if lib.jack_set_process_callback(
+                self.client._ptr, callback, ffi.cast("void *", self._native.header.ctypes.data)
+            ):
+                raise DeviceError("JACK refused stemdeck's process callback; start stemdeck again")
+        else:
+            self.client.set_process_callback(self._process)
+        self.native = native
+        self.client.activate()
+        self.active = True
+        self._connect_hardware([*(p for p, _ in route.out_columns), *(p for p, _ in route.in_columns)])
+
+    def _wait_settled(self) -> None:
+        deadline = time.monotonic() + DETACH_TIMEOUT_S
+        while not self._native.settled() and not self.lost and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def renew(self, stream: JackStream, native: NativeRender) -> JackStream:
+        """``stream``'s ports played from new arrays (a track loaded while the output is open)."""
+        if self.route is not stream.route:
+            return stream
+        route = replace(stream.route, native=native)
+        self._play(route)
         return JackStream(self, route)
 
     def detach(self, stream: JackStream) -> None:
@@ -258,7 +341,7 @@ class JackOutput:
         if self.route is not stream.route:
             return
         self._on_finished = None
-        self._swap(build_route(None, False, [], [], list(self._outputs.values()), self.blocksize, 1))
+        self._play(build_route(None, False, [], [], list(self._outputs.values()), self.blocksize, 1))
 
     def _swap(self, route: Route) -> None:
         self._retired, self.route = self.route, route
