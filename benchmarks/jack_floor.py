@@ -7,8 +7,10 @@ client, the kernel's scheduling. To tell what stemdeck adds, this runs the same 
 - ``empty``: no client but the observer that counts the xruns;
 - ``python``: a Python client whose process callback writes silence to two ports, the least a
   Python audio callback can do (it takes the interpreter lock once per cycle, like ours);
-- ``play``: ``stemdeck play`` with the pass-through model (the engine, its callback, its
-  separation process), the track looping for the whole turn.
+- ``play``: ``stemdeck play`` with the pass-through model (the engine, its compiled callback,
+  its separation process), the track looping for the whole turn;
+- ``play-python``: the same with ``STEMDECK_PYTHON_CALLBACK=1`` (the block kernels called from
+  a Python process callback, as before the compiled one).
 
     python benchmarks/jack_floor.py --seconds 60 --rounds 2
 
@@ -35,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import jack_dummy_server  # noqa: E402
 
-TURNS = ("empty", "python", "play")
+TURNS = ("empty", "python", "play", "play-python")
 
 
 def count_xruns(seconds: float, name: str) -> int:
@@ -85,7 +87,8 @@ def run_turn(turn: str, seconds: float, track: Path) -> int:
             thread.join(10)
     command = [sys.executable, "-m", "stemdeck", "play", str(track), "--model", "passthrough"]
     command += ["--loop", f"0:{sf.info(str(track)).duration - 0.5:.1f}", "--duration", str(seconds + 8)]
-    player = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ)
+    env = {**os.environ, "STEMDECK_PYTHON_CALLBACK": "1" if turn == "play-python" else "0"}
+    player = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         time.sleep(6.0)  # the model loaded and the deck playing before counting
         return count_xruns(seconds, turn)
