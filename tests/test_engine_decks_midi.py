@@ -141,9 +141,9 @@ def test_cc_8_from_a_controller_crossfades_the_master_from_a_to_b_with_no_gap(ri
     assert wait_for(lambda: decks.crossfader == 1.0)
     master = recorder.result()[0]
     before, after = master[: int(0.25 * JACK_RATE)], master[-int(0.3 * JACK_RATE) :]
-    assert amplitude_at(before, TONE_A_HZ) == pytest.approx(AMPLITUDE, rel=0.02)
+    assert amplitude_at(before, TONE_A_HZ) == pytest.approx(AMPLITUDE, rel=0.05)
     assert amplitude_at(before, TONE_B_HZ) < 1e-3
-    assert amplitude_at(after, TONE_B_HZ) == pytest.approx(AMPLITUDE, rel=0.02)
+    assert amplitude_at(after, TONE_B_HZ) == pytest.approx(AMPLITUDE, rel=0.05)
     assert amplitude_at(after, TONE_A_HZ) < 1e-3
     # constant power: the two tones together stay as loud as either alone, window by window
     assert windowed_rms(master).min() > 0.85 * AMPLITUDE / np.sqrt(2)
@@ -158,5 +158,5 @@ def test_a_note_on_channel_2_mutes_deck_bs_vocals_and_not_deck_as(rig):
     assert not decks.deck("A").mixer().mute[VOCALS]
     time.sleep(0.1)
     master, cue = recorder.record(0.5)[:2]
-    assert amplitude_at(master, TONE_A_HZ) == pytest.approx(AMPLITUDE, rel=0.02)  # A keeps its vocals (0.4)
-    assert amplitude_at(cue, TONE_B_HZ) == pytest.approx(0.6 * AMPLITUDE, rel=0.02)  # B lost them
+    assert amplitude_at(master, TONE_A_HZ) == pytest.approx(AMPLITUDE, rel=0.05)  # A keeps its vocals (0.4)
+    assert amplitude_at(cue, TONE_B_HZ) == pytest.approx(0.6 * AMPLITUDE, rel=0.05)  # B lost them
