@@ -85,10 +85,29 @@ def open_stream(
     input_channels: int,
     output_channels: int,
     on_finished: Callable[[], None],
+    native=None,
+    max_frames: int = 0,
 ):
-    """Start a duplex stream (or output-only when ``input_channels`` is 0); float32 buffers."""
+    """Start a duplex stream (or output-only when ``input_channels`` is 0); float32 buffers.
+    With ``native`` (a :class:`~engine.audio.native.NativeRender`), PortAudio calls compiled code
+    that never takes Python's interpreter lock; ``callback`` where that cannot be done."""
     sd = sounddevice()
     try:
+        stream = _native_stream(
+            sd,
+            native,
+            samplerate,
+            blocksize,
+            input_device,
+            output_device,
+            input_channels,
+            output_channels,
+            on_finished,
+            max_frames or blocksize,
+        )
+        if stream is not None:
+            stream.start()
+            return stream
         if input_channels:
             stream = sd.Stream(
                 samplerate=samplerate,
@@ -116,6 +135,67 @@ def open_stream(
             "the sample rate and channel count, or start the sound server"
         ) from None
     return stream
+
+
+def _native_stream(
+    sd,
+    native,
+    samplerate,
+    blocksize,
+    input_device,
+    output_device,
+    input_channels,
+    output_channels,
+    on_finished,
+    max_frames,
+):
+    """A sounddevice stream whose callback is :func:`engine.audio.native_process.portaudio_process`
+    (None where it cannot be: no native render, asked for Python, a 32-bit ``unsigned long``)."""
+    from stemdeck.engine.audio.native import (
+        NativeSlots,
+        NativeUnavailable,
+        build_device_route,
+        native_wanted,
+        portaudio_callback,
+    )
+
+    if native is None or not native_wanted() or blocksize <= 0:
+        return None
+    callback = portaudio_callback()
+    if callback is None:
+        return None
+    try:
+        slots = NativeSlots(port_buffer=False)
+        slots.publish(*build_device_route(native, output_channels, input_channels, max(max_frames, blocksize)))
+    except NativeUnavailable:
+        return None
+    stream = sd._StreamBase(
+        kind="duplex" if input_channels else "output",
+        samplerate=samplerate,
+        blocksize=blocksize,
+        device=(input_device, output_device) if input_channels else output_device,
+        channels=(input_channels, output_channels) if input_channels else output_channels,
+        dtype=("float32", "float32") if input_channels else "float32",
+        callback=sd._ffi.cast("PaStreamCallback*", callback.address),
+        userdata=sd._ffi.cast("void *", slots.header.ctypes.data),
+        finished_callback=on_finished,
+    )
+    stream.native_slots = slots  # the header and routes the callback reads live as long as it
+    stream.native_shape = (output_channels, input_channels, max(max_frames, blocksize))
+    return stream
+
+
+def renew_native_stream(stream, native, timeout_s: float = 0.5) -> bool:
+    """Point a native stream's callback at ``native``'s arrays (a new track); False if ``stream``
+    is not native (its Python callback reads the engine's arrays itself)."""
+    slots = getattr(stream, "native_slots", None)
+    if slots is None:
+        return False
+    from stemdeck.engine.audio.native import build_device_route
+
+    slots.publish(*build_device_route(native, *stream.native_shape))
+    slots.wait_settled(timeout_s, lambda: not stream.active)
+    return True
 
 
 def _first_line(exc: BaseException) -> str:

@@ -58,7 +58,7 @@ from stemdeck.engine.audio.state import (
 from stemdeck.engine.audio.stretched import stretched_deck_block, warm_up_stretched
 from stemdeck.engine.backends import WorkerBackend, make_backend
 from stemdeck.engine.config import PRESETS, EngineConfig, WindowConfig
-from stemdeck.engine.device import DeviceError, open_stream
+from stemdeck.engine.device import DeviceError, open_stream, renew_native_stream
 from stemdeck.engine.memory import TrackMemory, TrackRecord, audio_key
 from stemdeck.engine.practice import NUM_HOT_CUES, BeatGrid, LoopPoints
 from stemdeck.engine.recorder import Recorder, Take
@@ -458,9 +458,11 @@ class Engine:
         return NativeRender(stretched_deck_block, (self._deck_buffers, self.practice.buffers))
 
     def _renew_deck_output(self) -> None:
-        """A native JACK route points at the arrays it was given: a new track's must replace them."""
+        """A native callback points at the arrays it was given: a new track's must replace them."""
         if isinstance(self._stream, JackStream) and self._stream.route.native is not None:
             self._stream = self._stream.output.renew(self._stream, self._deck_native())
+        elif self._stream is not None:
+            renew_native_stream(self._stream, self._deck_native())
 
     def _deck_callback(self, outdata, frames, time_info, status) -> None:
         stretched_deck_block(outdata, self._deck_buffers, self.practice.buffers, bool(status))
@@ -941,6 +943,8 @@ class Engine:
                 input_channels=input_channels,
                 output_channels=output_channels,
                 on_finished=self._on_finished,
+                native=native,
+                max_frames=self.config.max_block_frames,
             )
             block_frames = self.block_frames
         self._output_block_frames = block_frames

@@ -149,3 +149,33 @@ def test_what_cannot_be_handed_to_machine_code_is_named():
     with pytest.raises(NativeUnavailable, match="float"):
         structure(0.5)
     assert os.environ.get("STEMDECK_PYTHON_CALLBACK", "") in ("", "0")  # the suite runs the native path
+
+
+def test_through_portaudio_too_the_deck_plays_on_while_python_holds_the_lock(jack_server, monkeypatch):
+    """Without stemdeck's own JACK client (a sound card through PortAudio), PortAudio calls the
+    compiled callback: here PortAudio's JACK host API stands in for the sound card."""
+    import stemdeck.engine.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "jack_serves", lambda *devices: None)
+    engine = loaded(deck_engine(), tone(0.3, 441))
+    try:
+        for native in (True, False):
+            monkeypatch.setenv("STEMDECK_PYTHON_CALLBACK", "0" if native else "1")
+            engine.start_output()
+            assert hasattr(engine._stream, "native_slots") is native
+            engine.play()
+            time.sleep(0.3)
+            playhead = int(engine.shared.audio[PLAYHEAD])
+            hold_the_interpreter_lock(HOLD_S)
+            frames = int(engine.shared.audio[PLAYHEAD]) - playhead
+            if native:
+                assert frames >= 0.5 * HOLD_S * JACK_RATE, frames
+                loaded(engine, tone(0.2, 441))  # a new track while the stream is open
+                engine.play()
+                time.sleep(0.3)
+                assert float(engine.shared.levels[0, -1]) == pytest.approx(0.2, abs=0.02)
+            else:
+                assert frames <= 0.2 * HOLD_S * JACK_RATE, frames
+            engine.stop_output()
+    finally:
+        engine.stop()

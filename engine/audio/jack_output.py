@@ -28,7 +28,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from stemdeck.engine.audio.native import NativeRender, NativeSlots, NativeUnavailable, build_native_route
+from stemdeck.engine.audio.native import (
+    NativeRender,
+    NativeSlots,
+    NativeUnavailable,
+    build_native_route,
+    native_wanted,
+)
 from stemdeck.engine.device import DeviceError, quiet_stderr
 
 CLIENT_NAME = "stemdeck"
@@ -104,11 +110,6 @@ def build_route(
         tuple(others),
         native,
     )
-
-
-def native_wanted() -> bool:
-    """Play native renders natively unless ``STEMDECK_PYTHON_CALLBACK`` asks for Python."""
-    return os.environ.get("STEMDECK_PYTHON_CALLBACK", "") in ("", "0")
 
 
 class JackStream:
@@ -324,9 +325,7 @@ class JackOutput:
         self._connect_hardware([*(p for p, _ in route.out_columns), *(p for p, _ in route.in_columns)])
 
     def _wait_settled(self) -> None:
-        deadline = time.monotonic() + DETACH_TIMEOUT_S
-        while not self._native.settled() and not self.lost and time.monotonic() < deadline:
-            time.sleep(0.001)
+        self._native.wait_settled(DETACH_TIMEOUT_S, lambda: self.lost)
 
     def renew(self, stream: JackStream, native: NativeRender) -> JackStream:
         """``stream``'s ports played from new arrays (a track loaded while the output is open)."""

@@ -30,6 +30,7 @@ import importlib.util
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -259,6 +260,21 @@ def port_buffer_address() -> int:
     return ctypes.cast(library.jack_port_get_buffer, ctypes.c_void_p).value
 
 
+def native_wanted() -> bool:
+    """Play native renders natively unless ``STEMDECK_PYTHON_CALLBACK`` asks for Python."""
+    return os.environ.get("STEMDECK_PYTHON_CALLBACK", "") in ("", "0")
+
+
+def portaudio_callback():
+    """The cfunc PortAudio calls each buffer (``PaStreamCallback``), or None where its pointer
+    arguments are not 64-bit words (``unsigned long`` is 32 bits on Windows)."""
+    if ctypes.sizeof(ctypes.c_ulong) != 8 or ctypes.sizeof(ctypes.c_void_p) != 8:
+        return None
+    from stemdeck.engine.audio.native_process import portaudio_process
+
+    return portaudio_process
+
+
 def process_callback():
     """The cfunc libjack calls each cycle (``JackProcessCallback``, in :mod:`.native_process`,
     imported on first use: its machine code is loaded from Numba's cache, or compiled once)."""
@@ -320,14 +336,32 @@ def build_native_route(
     return NativeRoute(render, args, full_out, full_in, keep), words
 
 
+def build_device_route(
+    native: NativeRender, output_channels: int, input_channels: int, max_frames: int
+) -> tuple[NativeRoute, list[int]]:
+    """A PortAudio stream's route: the render writes into the device's own interleaved buffer,
+    so the slot holds no ports and no buffers, only the counts."""
+    render = render_function(native.kernel, native.arguments, native.live)
+    words_of_arguments: list[int] = []
+    for argument in native.arguments:
+        flatten(argument, words_of_arguments)
+    args = np.array(words_of_arguments or [0], np.int64)
+    words = [0] * SLOT_WORDS
+    words[RENDER], words[ARGS], words[MAX_FRAMES] = int(render.address), args.ctypes.data, max_frames
+    words[N_OUT], words[N_IN] = output_channels, input_channels
+    empty = np.zeros((0, 0), np.float32)
+    return NativeRoute(render, args, empty, empty, (native,)), words
+
+
 class NativeSlots:
     """The header and the two slots the process callback reads; the control side's half."""
 
-    def __init__(self):
+    def __init__(self, port_buffer: bool = True):
         self.header = np.zeros(HEADER_WORDS, np.int64)
         self.slots = np.zeros((2, SLOT_WORDS), np.int64)
         self.header[SLOT0], self.header[SLOT1] = self.slots[0].ctypes.data, self.slots[1].ctypes.data
-        self.header[PORT_BUFFER] = port_buffer_address()
+        if port_buffer:  # JACK's; a PortAudio stream has no ports
+            self.header[PORT_BUFFER] = port_buffer_address()
         self.routes: list[NativeRoute | None] = [None, None]
 
     def publish(self, route: NativeRoute, words: list[int]) -> None:
@@ -337,6 +371,12 @@ class NativeSlots:
         self.slots[spare, :] = words
         self.routes[spare] = route
         self.header[ACTIVE] = spare
+
+    def wait_settled(self, timeout_s: float, lost=lambda: False) -> None:
+        """Until the callback has played the active slot (or ``timeout_s``: a stalled device)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.settled() and not lost() and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def settled(self) -> bool:
         """The callback has played the active slot at least once since it was published."""

@@ -1,6 +1,6 @@
-"""The process callback libjack calls each cycle: see :mod:`engine.audio.native`.
+"""The callbacks libjack and PortAudio call each cycle: see :mod:`engine.audio.native`.
 
-A module of its own so that importing the engine does not load it: only a JACK session does.
+A module of its own so that importing the engine does not load them: only an output does.
 """
 
 import numpy as np
@@ -64,6 +64,38 @@ def process(nframes, header_at):
     for s in range(n_silent):
         port = carray(_port_buffer(get_buffer, slot[SLOT_HEADER_WORDS + n_out + n_in + s], frames), (frames,))
         port[:] = 0.0
+    header[SEEN] = active
+    header[CYCLES] += 1
+    return 0
+
+
+# PaStreamCallbackFlags a device sets when a buffer was late (portaudio.h)
+PA_XRUN_FLAGS = 0x1 | 0x2 | 0x4 | 0x8  # input underflow, input overflow, output underflow, output overflow
+
+
+# PaStreamCallback(input, output, frames, time info, status flags, user data)
+PORTAUDIO_SIGNATURE = types.int32(
+    types.int64, types.int64, types.uint64, types.int64, types.uint64, types.CPointer(types.int64)
+)
+
+
+@cfunc(PORTAUDIO_SIGNATURE, nogil=True, cache=True)
+def portaudio_process(input_at, output_at, frame_count, time_info, status_flags, header_at):
+    """PortAudio's ``PaStreamCallback`` (pointers as 64-bit words: LP64 platforms only). The
+    render writes straight into PortAudio's interleaved float32 buffer, whose layout is the
+    ``(frames, channels)`` block the kernels fill."""
+    header = carray(header_at, (HEADER_WORDS,))
+    active = header[ACTIVE]
+    slot = carray(_as_int64_pointer(header[SLOT0 + active]), (SLOT_WORDS,))
+    frames = np.int64(frame_count)
+    xrun = 1 if (status_flags & PA_XRUN_FLAGS) != 0 else 0
+    header[XRUNS] += xrun
+    n_out, n_in = slot[N_OUT], slot[N_IN]
+    if slot[RENDER] != 0 and frames <= slot[MAX_FRAMES]:
+        _call_render(slot[RENDER], frames, slot[ARGS], output_at, n_out, input_at, n_in, xrun)
+    else:
+        outdata = carray(_as_float32_pointer(output_at), (frames * n_out,))
+        outdata[:] = 0.0
     header[SEEN] = active
     header[CYCLES] += 1
     return 0
