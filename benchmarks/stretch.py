@@ -24,10 +24,19 @@ Quality (stereo test signals at 44.1 kHz):
 Cost: 20 s of 10 channels (4 stereo stems + stereo dry: clicks, tones, noise) at tempo 0.8 and
 key -2: CPU seconds (this process, all threads) per second of audio in, and wall seconds.
 
-``--deck-only``: the deck itself (stage thread and callback, driven headless) at tempo 0.8, key
--2, as CPU seconds per second of track played.
+``--deck-only``: the deck itself (its stage process and the callback, driven headless) at tempo
+0.8, key -2, as CPU seconds (both processes) per second of track played.
 
-Usage: python benchmarks/stretch.py [--json] [--cost-seconds 20] [--deck-only]
+``--gil``: what stretching costs the audio process's other Python threads. A thread plays the
+deck's blocks on the audio period's clock (256 frames) at tempo 0.8 key -2, and at tempo 1 key 0
+for comparison, while a probe thread sleeps 1 ms at a time. Each thread's lateness (p50/p99) is
+split by the kernel's per-thread run-queue time: what is left (``*_gil``) is time off the run
+queue, waiting for the interpreter lock (plus 0.05 ms of timer slack); the rest is CPU
+contention, which a busy shared machine adds whatever the design. On a busy machine run it
+under ``chrt -f 10`` (as JACK runs its process thread): this process's threads then never wait
+for a CPU behind other programs, and a stage process is put back to normal scheduling.
+
+Usage: python benchmarks/stretch.py [--json] [--cost-seconds 20] [--deck-only] [--gil]
 """
 
 from __future__ import annotations
@@ -35,7 +44,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -237,9 +248,6 @@ def cost(stretch, seconds: float) -> dict:
 def deck_cost(seconds: float) -> dict:
     """The deck itself at tempo 0.8, key -2: the stretch stage (Rubber Band, reading, mapping,
     ring writes) and the callback, as CPU seconds of this process per second of track played."""
-    import sys
-    from pathlib import Path
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from stemdeck.engine.config import EngineConfig
     from stemdeck.engine.engine import Engine
@@ -253,14 +261,95 @@ def deck_cost(seconds: float) -> dict:
     engine.play()
     block, played = np.zeros((256, 2), np.float32), int(seconds * 0.8 * SR * 0.9)
     engine.practice.stage.wait_ahead(2048)
-    cpu = time.process_time()
+    stage_pid = engine.practice.stage.pid
+    cpu, stage_cpu = time.process_time(), process_cpu_s(stage_pid)
     for _ in range(played // 256):
         engine.practice.stage.wait_ahead(256)
         engine.process_deck_block(block)
-    cpu = time.process_time() - cpu
+    cpu, stage_cpu = time.process_time() - cpu, process_cpu_s(stage_pid) - stage_cpu
     track_s = engine.status().position_s
+    underflows = engine.practice.underflows
     engine.stop()
-    return {"deck_cpu_s_per_track_s": cpu / track_s, "deck_underflows": engine.practice.underflows}
+    return {
+        "deck_cpu_s_per_track_s": (cpu + stage_cpu) / track_s,
+        "stage_process_cpu_s_per_track_s": stage_cpu / track_s,
+        "deck_underflows": underflows,
+    }
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def runqueue_wait_s(fd: int) -> float:
+    """Seconds the calling thread has waited for a CPU so far (``/proc/thread-self/schedstat``)."""
+    return int(os.pread(fd, 100, 0).split()[1]) / 1e9
+
+
+def gil_wait(seconds: float, tempo: float, semitones: float) -> dict:
+    """A probe thread's lateness (ms) while a block thread plays the deck in real time, and the
+    part of it not spent waiting for a CPU (the scheduler's run queue): the wait for the
+    interpreter lock (plus the kernel's timer slack, 0.05 ms)."""
+    import threading
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from stemdeck.engine.config import EngineConfig
+    from stemdeck.engine.engine import Engine
+    from stemdeck.engine.runtime import configure_process
+    from stemdeck.models.nets.passthrough import DEFAULT_FRACTIONS, PassThrough
+
+    configure_process()  # the command line's GIL switch interval
+    track = deck_like(seconds + 5)[-2:]
+    engine = Engine(PassThrough(), EngineConfig(worker="thread", cache_stems=False, beat_tracking=False))
+    engine.load_array(track, 0.0, separated=np.stack([f * track for f in DEFAULT_FRACTIONS]).astype(np.float32))
+    engine.set_tempo(tempo)
+    engine.set_key(semitones)
+    stage_pid = getattr(engine.practice.stage, "pid", None)  # a stage process, where there is one
+    if stage_pid is not None and os.sched_getscheduler(0) != os.SCHED_OTHER:
+        os.sched_setscheduler(stage_pid, os.SCHED_OTHER, os.sched_param(0))  # as the program runs it
+    engine.play()
+    block, stop = np.zeros((256, 2), np.float32), threading.Event()
+    late: dict[str, list[float]] = {"probe": [], "probe_gil": [], "block": [], "block_gil": []}
+    engine.process_deck_block(block)
+    engine.practice.stage.wait_ahead(2048)
+
+    def blocks() -> None:
+        fd, period, due = os.open("/proc/thread-self/schedstat", os.O_RDONLY), 256 / SR, time.perf_counter()
+        while not stop.is_set():
+            due += period
+            queued = runqueue_wait_s(fd)
+            time.sleep(max(0.0, due - time.perf_counter()))
+            lateness = time.perf_counter() - due
+            late["block"].append(lateness)
+            late["block_gil"].append(lateness - (runqueue_wait_s(fd) - queued))
+            engine.process_deck_block(block)
+
+    def probe() -> None:
+        fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        while not stop.is_set():
+            queued, start = runqueue_wait_s(fd), time.perf_counter()
+            time.sleep(0.001)
+            lateness = time.perf_counter() - start - 0.001
+            late["probe"].append(lateness)
+            late["probe_gil"].append(lateness - (runqueue_wait_s(fd) - queued))
+
+    threads = [threading.Thread(target=blocks), threading.Thread(target=probe)]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    underflows = engine.practice.underflows
+    engine.stop()
+    figures = {"tempo": tempo, "key": semitones}
+    for name, values in late.items():
+        values_ms = 1000 * np.asarray(values)
+        figures[f"{name}_p50_ms"] = round(float(np.percentile(values_ms, 50)), 3)
+        figures[f"{name}_p99_ms"] = round(float(np.percentile(values_ms, 99)), 3)
+    return {**figures, "underflows": underflows}
 
 
 def main(argv=None) -> None:
@@ -268,7 +357,14 @@ def main(argv=None) -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--cost-seconds", type=float, default=20.0)
     parser.add_argument("--deck-only", action="store_true", help="only the deck's own cost (no candidates)")
+    parser.add_argument("--gil", action="store_true", help="another thread's GIL wait while the deck stretches")
     args = parser.parse_args(argv)
+    if args.gil:
+        for tempo, semitones in ((1.0, 0.0), (0.8, -2.0), (1.0, 0.0), (0.8, -2.0)):
+            figures = gil_wait(args.cost_seconds, tempo, semitones)
+            print(json.dumps(figures) if args.json else ", ".join(f"{k} {v:g}" for k, v in figures.items()))
+        print(f"load average {os.getloadavg()[0]:.2f}")
+        return
     if args.deck_only:
         figures = deck_cost(args.cost_seconds)
         print(

@@ -199,6 +199,8 @@ class Engine:
         self._record = RecordBuffers.allocate(config.channels, max(1, int(config.record_buffer_s * config.samplerate)))
         self.recorder = Recorder(self._record, config.samplerate)
         self.practice = PracticeControls(len(self.sources), config.channels, config.samplerate)
+        if config.beat_tracking:
+            self.practice.warm_beats()  # the tracker's imports (seconds) before the first track
 
     @property
     def mode(self) -> str | None:

@@ -88,6 +88,19 @@ _exiting = threading.Event()
 atexit.register(_exiting.set)
 
 
+def start_beat_process() -> None:
+    """The beat process started now, if it is not running: it imports the tracker (seconds)
+    before the first track comes. Never waits (a search under way holds the lock: it runs)."""
+    global _beat_process
+    if not _beat_lock.acquire(blocking=False):
+        return
+    try:
+        if _beat_process is None and not _exiting.is_set():
+            _beat_process = _BeatProcess()
+    finally:
+        _beat_lock.release()
+
+
 def search_beats(signal: np.ndarray) -> Beats | None:
     """The beat grid of :func:`analysis_signal`'s output, found in the beat process (started
     on first use, and again if it died); None once the program is exiting."""
@@ -194,6 +207,10 @@ class PracticeControls:
         if beats is not None and serial == self._track_serial:
             self.beats = beats
             on_beats(beats)
+
+    def warm_beats(self) -> None:
+        """Start the program's beat process ahead of the first track (see :func:`start_beat_process`)."""
+        start_beat_process()
 
     def wait_beats(self, timeout_s: float = 60.0) -> Beats | None:
         """Block (tests, scripts) until this track's beat search ends; its grid, or None."""
