@@ -20,6 +20,7 @@ def add_gui_command(commands, add_model_options, add_midi_options) -> None:
 
     gui = commands.add_parser("gui", help="the desktop mixer (also what `stemdeck` alone opens)")
     gui.add_argument("file", type=Path, nargs="?", help="a track to load at start")
+    gui.add_argument("second", type=Path, nargs="?", help="a second track: two decks, A and B (README: Two decks)")
     gui.add_argument("--demo", action="store_true", help="load a generated demo song")
     gui.add_argument("--screenshot", type=Path, metavar="PNG", help="render the window to PNG and exit")
     gui.add_argument(
@@ -58,6 +59,8 @@ def run_gui(args: argparse.Namespace) -> int:
             "`stemdeck gui --demo --screenshot mixer.png`"
         )
     sys.setswitchinterval(GIL_SWITCH_S)
+    if getattr(args, "second", None) is not None:
+        return run_decks_gui(args, headless)
     from PyQt6.QtCore import QSettings, QTimer
     from PyQt6.QtWidgets import QApplication
 
@@ -107,6 +110,77 @@ def run_gui(args: argparse.Namespace) -> int:
         return 0
     finally:
         _shut_down(session, midi)
+
+
+def run_decks_gui(args: argparse.Namespace, headless: bool) -> int:
+    """``stemdeck gui A B``: the two-deck window, A and B loaded (both paused, the crossfader on A)."""
+    from PyQt6.QtCore import QSettings
+    from PyQt6.QtWidgets import QApplication
+
+    from stemdeck.gui.decks_session import DecksSession
+    from stemdeck.gui.decks_window import DecksWindow
+    from stemdeck.gui.session import SessionConfig
+    from stemdeck.gui.theme import apply_theme
+
+    for path in (args.file, args.second):
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file; give two audio files, deck A's then deck B's")
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("stemdeck")
+    apply_theme(app)
+    settings = QSettings("stemdeck", "stemdeck")
+    config = SessionConfig(
+        model=args.model or settings.value("model") or None,
+        output_device=args.output,
+        headless=headless,
+        worker="thread" if headless else "process",
+        precision=args.precision,
+        calibrate=False,
+    )
+    session = DecksSession(config)
+    window = DecksWindow(session, settings)
+    if args.size is not None:
+        window.resize(*args.size)
+    window.show()
+    session.start(config.model)
+    session.open_file(0, args.file)
+    session.open_file(1, args.second)
+    try:
+        if headless:
+            return _decks_screenshot(app, window, session, args.screenshot)
+        app.exec()
+        return 0
+    finally:
+        _shut_down(session, None)
+
+
+def _decks_screenshot(app, window, session, path: Path) -> int:
+    """Both decks loaded, A playing a few seconds on the master, B cued in the headphones."""
+    deadline = time.monotonic() + 120
+    while not session.idle.is_set() or None in session.tracks:
+        app.processEvents()
+        if time.monotonic() > deadline or (session.idle.is_set() and session.decks is None):
+            raise ValueError("the model or the tracks did not load within 120 s; nothing rendered")
+        time.sleep(0.01)
+    import numpy as np
+
+    decks = session.decks
+    decks.deck("A").wait_separated(int(3 * decks.samplerate), timeout_s=60)
+    decks.deck("A").play()
+    decks.set_cue("B")
+    out = np.zeros((BLOCK_FRAMES, 2 * decks.channels), np.float32)
+    for block in range(SCREENSHOT_BLOCKS):
+        decks.process_block(out)
+        if block % 6 == 0:
+            window.refresh()
+            app.processEvents()
+    window.refresh()
+    app.processEvents()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not window.grab().save(str(path), "PNG"):
+        raise ValueError(f"could not write {path}")
+    print(path)
+    return 0
 
 
 def _shut_down(session, midi) -> None:

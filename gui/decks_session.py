@@ -1,0 +1,85 @@
+"""The two-deck window's side of the engine: one :class:`~engine.decks.Decks`, changed only on
+the session's job thread (model, files, output), as :class:`gui.session.Session` does for one deck.
+
+The GUI thread only calls the decks' control API (cheap, never waits on the audio callback)
+and reads ``decks.status()``; results and errors come back as Qt signals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PyQt6.QtCore import pyqtSignal
+
+from stemdeck.gui.session import BLOCK_FRAMES, Session, Track, overview_peaks
+
+
+class DecksSession(Session):
+    """Two decks of one model; ``deck_ready(index, Track)`` after each load."""
+
+    decks_ready = pyqtSignal(tuple)  # sources
+    deck_ready = pyqtSignal(int, object)  # deck 0/1, Track
+
+    def __init__(self, config=None, model_loader=None):
+        super().__init__(config, model_loader)
+        self.decks = None
+        self.tracks: list[Track | None] = [None, None]
+
+    def start(self, name: str | None) -> None:
+        """Load the model and build both decks (their output opened unless headless)."""
+        self._submit(f"loading {name or 'the default model'}…", lambda: self._build_decks(name))
+
+    def open_file(self, which: int, path: str | Path) -> None:  # type: ignore[override]
+        self._submit(f"opening {Path(path).name} on deck {'AB'[which]}…", lambda: self._open_file(which, Path(path)))
+
+    def open_array(self, which: int, audio: np.ndarray, samplerate: int, name: str) -> None:  # type: ignore[override]
+        self._submit(f"loading {name}…", lambda: self._load(which, audio, samplerate, name, None))
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(30)
+        if self.decks is not None:
+            self.decks.stop()
+            self.decks = None
+
+    # -- on the job thread ------------------------------------------------------------------------------
+
+    def _build_decks(self, name: str | None) -> None:
+        from stemdeck.engine.decks import Decks
+
+        model, name = self._load_model(name)
+        decks = Decks.build(
+            model,
+            samplerate=self._device_rate(),
+            block_frames=BLOCK_FRAMES,
+            precision=self.config.precision,
+            worker=self.config.worker,
+        )
+        self.decks, self.model_name = decks, name
+        if not self.config.headless:
+            from stemdeck.engine.device import resolve_device
+
+            decks.start_output(resolve_device(self.config.output_device, "output"))
+            for notice in decks.notices:  # no cue output, say once
+                self.failed.emit(notice)
+        self.decks_ready.emit(tuple(model.sources))
+
+    def _open_file(self, which: int, path: Path) -> None:
+        from stemdeck.models.audio import read_audio
+
+        audio, samplerate = read_audio(path)  # a bad file stops here: both decks play on
+        self._load(which, audio, samplerate, path.name, path)
+
+    def _load(self, which: int, audio: np.ndarray, samplerate: int, name: str, path: Path | None) -> None:
+        """Into a deck that is not playing (the decks refuse the playing one: DeckBusy's message)."""
+        from stemdeck.models.separate import match_channels, resample
+
+        if self.decks is None:
+            raise ValueError("no model is loaded yet; wait for it, then load the track")
+        rate, channels = self.decks.samplerate, self.decks.channels
+        audio = np.ascontiguousarray(match_channels(resample(audio, samplerate, rate), channels), dtype=np.float32)
+        self.decks.load_array(which, audio)
+        track = Track(path, name, audio.shape[-1] / rate, overview_peaks(audio))
+        self.tracks[which] = track
+        self.deck_ready.emit(which, track)

@@ -1,0 +1,145 @@
+"""The two-deck window (issue 15) under pytest-qt (offscreen) on real decks with the pass-through
+model (stems: drums 0.1, bass 0.2, other 0.3, vocals 0.4 of the track): deck A plays a 220 Hz
+tone, deck B 330 Hz, and the master is the decks' own callback driven block by block."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import soundfile
+from PyQt6.QtCore import QSettings, Qt
+from PyQt6.QtTest import QTest
+from PyQt6.QtWidgets import QApplication, QMessageBox
+from test_gui import IDLE_TIMEOUT_MS, loader
+
+from stemdeck.gui.decks_session import DecksSession
+from stemdeck.gui.decks_window import DecksWindow
+from stemdeck.gui.session import SessionConfig
+
+SR = 44100
+BLOCK = 256
+TONE_A_HZ, TONE_B_HZ = 220.0, 330.0
+AMPLITUDE = 0.3
+VOCALS = 3
+
+
+def tone(hz: float, seconds: float = 8.0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    wave = (AMPLITUDE * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+    return np.stack([wave, wave])
+
+
+def wait_idle(qtbot, session):
+    qtbot.waitUntil(lambda: session.idle.is_set(), timeout=IDLE_TIMEOUT_MS)
+    qtbot.wait(50)  # the signals queued to the GUI thread land
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    settings = QSettings(str(tmp_path / "stemdeck.ini"), QSettings.Format.IniFormat)
+    config = SessionConfig(model="passthrough", headless=True, worker="thread", calibrate=False)
+    session = DecksSession(config, model_loader=loader)
+    window = DecksWindow(session, settings)
+    qtbot.addWidget(window)
+    window.show()
+    session.start("passthrough")
+    session.open_array(0, tone(TONE_A_HZ), SR, "deck-a tone")
+    session.open_array(1, tone(TONE_B_HZ), SR, "deck-b tone")
+    wait_idle(qtbot, session)
+    window.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=5000)
+    for deck in session.decks.decks:
+        assert deck.wait_separated(3 * SR, timeout_s=60)
+    yield window
+    window.close()
+    session.close()
+
+
+def key(window, code):
+    """A key press where the keyboard goes: the focused widget, else the active window."""
+    QTest.keyClick(QApplication.focusWidget() or QApplication.activeWindow() or window, code)
+
+
+def amplitudes(decks, blocks: int = 40) -> tuple[float, float]:
+    """The master's amplitude at deck A's and deck B's tone, after the 10 ms ramps."""
+    out = np.zeros((BLOCK, 4), np.float32)
+    for _ in range(4):
+        decks.process_block(out)
+    left = np.zeros(blocks * BLOCK, np.float32)
+    for k in range(blocks):
+        decks.process_block(out)
+        left[k * BLOCK : (k + 1) * BLOCK] = out[:, 0]
+    t = np.arange(left.size) / SR
+
+    def at(hz):
+        return 2 * abs(np.dot(left, np.exp(-2j * np.pi * hz * t))) / left.size
+
+    return at(TONE_A_HZ), at(TONE_B_HZ)
+
+
+def test_window_shows_both_decks_tracks_and_stems(window):
+    a, b = window.panels
+    assert (a.track_label.text(), b.track_label.text()) == ("deck-a tone", "deck-b tone")
+    assert [s.name for s in b.strips] == ["drums", "bass", "other", "vocals"]
+    assert window.decks.deck("B").track_seconds == pytest.approx(8.0, abs=0.01)
+
+
+def test_crossfader_widget_and_arrow_keys_move_the_decks_crossfader(qtbot, window):
+    decks, slider = window.decks, window.crossfader
+    assert decks.crossfader == 0.0
+    qtbot.mouseClick(slider, Qt.MouseButton.LeftButton, pos=slider.rect().center())
+    assert slider.value() > 0
+    assert decks.crossfader == pytest.approx(slider.value() / 100)
+    before = decks.crossfader
+    key(window, Qt.Key.Key_Left)
+    assert decks.crossfader == pytest.approx(before - 0.1)
+    window.curve_box.setCurrentText("linear")
+    window.curve_box.activated.emit(window.curve_box.currentIndex())
+    assert decks.crossfader_curve == "linear"
+
+
+def test_deck_b_mute_mutes_deck_b_only_in_the_mixer_and_the_master(qtbot, window):
+    decks = window.decks
+    decks.set_crossfader_curve("linear")
+    window.crossfader.setValue(50)  # both decks half up on the master
+    key(window, Qt.Key.Key_Space)
+    key(window, Qt.Key.Key_Return)
+    assert decks.playing("A") and decks.playing("B")
+    a_before, b_before = amplitudes(decks)
+    assert a_before == pytest.approx(0.5 * AMPLITUDE, rel=0.05)
+    qtbot.mouseClick(window.panels[1].strips[VOCALS].mute, Qt.MouseButton.LeftButton)
+    assert decks.deck("B").mixer().mute[VOCALS] and not decks.deck("A").mixer().mute[VOCALS]
+    a_after, b_after = amplitudes(decks)
+    assert b_after / b_before == pytest.approx(0.6, abs=0.02)  # B's vocals (0.4) gone
+    assert a_after / a_before == pytest.approx(1.0, abs=0.02)
+    key(window, Qt.Key.Key_Q)  # deck B's first stem (drums), by key
+    assert decks.deck("B").mixer().mute[0] and not decks.deck("A").mixer().mute[0]
+    key(window, Qt.Key.Key_1)  # deck A's
+    assert decks.deck("A").mixer().mute[0]
+
+
+def test_loading_into_the_playing_deck_asks_and_the_other_deck_plays_on(qtbot, window, tmp_path, monkeypatch):
+    decks = window.decks
+    path = tmp_path / "next.wav"
+    soundfile.write(path, tone(TONE_B_HZ, 2.0).T, SR)
+    key(window, Qt.Key.Key_Space)  # deck A plays
+    asked = []
+
+    def answer(parent, title, text, *args):
+        asked.append(title)
+        return QMessageBox.StandardButton.No
+
+    monkeypatch.setattr(QMessageBox, "question", answer)
+    assert window.load(0, path) is False
+    assert asked == ["Deck A is playing"]
+    assert decks.playing("A") and window.panels[0].track_label.text() == "deck-a tone"
+    assert window.load(1, path) is True  # deck B is not playing: no question
+    wait_idle(qtbot, window.session)
+    assert asked == ["Deck A is playing"]
+    assert window.panels[1].track_label.text() == "next.wav"
+    assert decks.deck("B").track_seconds == pytest.approx(2.0, abs=0.01)
+    assert decks.playing("A")
+    assert amplitudes(decks)[0] == pytest.approx(AMPLITUDE, rel=0.05)  # A on the master, untouched
