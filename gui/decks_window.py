@@ -40,8 +40,10 @@ from stemdeck.gui.main_window import (
     DIGIT_KEYS,
     OPEN_FILTER,
     REFRESH_MS,
+    _at_end,
     _clock,
     _remaining,
+    _rewind_if_ended,
     _stretcher_installed,
 )
 from stemdeck.gui.theme import stem_colour
@@ -205,8 +207,12 @@ class DeckPanel(QFrame):
     def refresh(self, status, decks_status, elapsed_s: float) -> None:
         """Show the deck's state (set here, by MIDI or by a key) without sending it back."""
         engine, mixer = self.engine, self.engine.mixer()
+        playing = status.playing
+        if playing and _at_end(engine):
+            engine.pause()  # the end of the track: stopped, ready to play it again
+            playing = False
         rms, peak = status.rms, status.peak
-        if not status.playing:  # a paused deck is silent, whatever was last measured
+        if not playing:  # a paused deck is silent, whatever was last measured
             rms = peak = (0.0,) * len(rms)
         for index, strip in enumerate(self.strips[: len(rms) - 1]):
             strip.meter.set_levels(rms[index], peak[index], elapsed_s)
@@ -217,7 +223,7 @@ class DeckPanel(QFrame):
                 if not (strip.fader.db == -math.inf and mixer.gain_db[index] <= -60):
                     strip.show_gain(mixer.gain_db[index])
         self.meter.set_levels(decks_status.rms[self.index], decks_status.peak[self.index], elapsed_s)
-        self.play_button.setText("❚❚ Pause" if status.playing else "▶ Play")
+        self.play_button.setText("❚❚ Pause" if playing else "▶ Play")
         _show_checked(self.headphone_button, decks_status.cue[self.index])
         volume_db = decks_status.volume_db[self.index]
         if not self.volume.isSliderDown() and abs(self.volume.db - volume_db) > 0.05:
@@ -334,7 +340,9 @@ class DecksWindow(QMainWindow):
 
     def toggle_play(self, index: int) -> None:
         if self.decks is not None and self.session.tracks[index] is not None:
-            self.decks.deck(index).toggle_play()
+            engine = self.decks.deck(index)
+            _rewind_if_ended(engine)  # play at the end starts the track again, as a player does
+            engine.toggle_play()
 
     def toggle_mute(self, deck: int, stem: int) -> None:
         strips = self.panels[deck].strips

@@ -143,3 +143,17 @@ def test_loading_into_the_playing_deck_asks_and_the_other_deck_plays_on(qtbot, w
     assert decks.deck("B").track_seconds == pytest.approx(2.0, abs=0.01)
     assert decks.playing("A")
     assert amplitudes(decks)[0] == pytest.approx(AMPLITUDE, rel=0.05)  # A on the master, untouched
+
+
+def test_a_deck_at_its_end_stops_and_space_plays_it_again(qtbot, window):
+    decks, panel = window.decks, window.panels[0]
+    deck_a = decks.deck("A")
+    deck_a.seek(7.9)
+    key(window, Qt.Key.Key_Space)
+    out = np.zeros((BLOCK, 4), np.float32)
+    for _ in range(40):  # 0.23 s: past the end
+        decks.process_block(out)
+    window.refresh()
+    assert not decks.playing("A") and panel.play_button.text() == "▶ Play"
+    key(window, Qt.Key.Key_Space)
+    assert decks.playing("A") and deck_a.status().position_s < 0.1
