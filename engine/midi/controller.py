@@ -331,7 +331,7 @@ class MidiController:
     @property
     def two_decks(self) -> bool:
         """Whether the controls are two decks (:class:`engine.decks.Decks`), not one engine."""
-        return hasattr(self.controls, "deck")
+        return hasattr(type(self.controls), "deck")  # a class attribute: a proxy must not load a model to say no
 
     def _target(self, binding: Binding):
         """The engine a binding drives: its deck's in a two-deck session, else the one engine."""
