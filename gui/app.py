@@ -139,6 +139,8 @@ def run_decks_gui(args: argparse.Namespace, headless: bool) -> int:
     )
     session = DecksSession(config)
     window = DecksWindow(session, settings)
+    _remember_midi_ports(args, settings)
+    midi = _start_decks_midi(window, session, args)
     if args.size is not None:
         window.resize(*args.size)
     window.show()
@@ -151,7 +153,19 @@ def run_decks_gui(args: argparse.Namespace, headless: bool) -> int:
         app.exec()
         return 0
     finally:
-        _shut_down(session, None)
+        _shut_down(session, midi)
+
+
+def _start_decks_midi(window, session, args):
+    """MIDI for two decks (README: Two decks, MIDI): deck A on channel 1, deck B on channel 2."""
+    from stemdeck.engine.midi.cli import start_midi
+    from stemdeck.gui.decks_session import DecksControls
+
+    try:
+        return start_midi(DecksControls(session), args)
+    except Exception as exc:  # noqa: BLE001 - a missing controller must not stop the mixer
+        window.show_error(f"MIDI: {str(exc).splitlines()[0]}")
+        return None
 
 
 def _decks_screenshot(app, window, session, path: Path) -> int:

@@ -83,3 +83,29 @@ class DecksSession(Session):
         track = Track(path, name, audio.shape[-1] / rate, overview_peaks(audio))
         self.tracks[which] = track
         self.deck_ready.emit(which, track)
+
+
+class DecksControls:
+    """The session's decks for the MIDI controller, whenever they exist (MIDI starts before the
+    model has loaded). ``deck`` is a class attribute: the controller asks the class whether it
+    drives two decks, so the answer never waits for a model."""
+
+    def __init__(self, session: DecksSession):
+        self._session = session
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        decks = self._session.decks
+        return decks.sources if decks is not None else ()
+
+    def _decks(self):
+        decks = self._session.decks
+        if decks is None:
+            raise ValueError("no model is loaded yet")
+        return decks
+
+    def deck(self, which):
+        return self._decks().deck(which)
+
+    def __getattr__(self, name):
+        return getattr(self._decks(), name)

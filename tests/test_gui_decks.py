@@ -2,6 +2,7 @@
 model (stems: drums 0.1, bass 0.2, other 0.3, vocals 0.4 of the track): deck A plays a 220 Hz
 tone, deck B 330 Hz, and the master is the decks' own callback driven block by block."""
 
+import argparse
 import os
 
 import numpy as np
@@ -14,7 +15,9 @@ from PyQt6.QtCore import QSettings, Qt
 from PyQt6.QtTest import QTest
 from PyQt6.QtWidgets import QApplication, QMessageBox
 from test_gui import IDLE_TIMEOUT_MS, loader
+from test_gui_midi_jack import CONTROLLER, pads, send  # noqa: F401 - pads: the controller fixture
 
+from stemdeck.gui.app import _start_decks_midi
 from stemdeck.gui.decks_session import DecksSession
 from stemdeck.gui.decks_window import DecksWindow
 from stemdeck.gui.session import SessionConfig
@@ -157,3 +160,21 @@ def test_a_deck_at_its_end_stops_and_space_plays_it_again(qtbot, window):
     assert not decks.playing("A") and panel.play_button.text() == "▶ Play"
     key(window, Qt.Key.Key_Space)
     assert decks.playing("A") and deck_a.status().position_s < 0.1
+
+
+def test_midi_cc8_moves_the_crossfader_and_channel_2_mutes_deck_b(qtbot, pads, window, tmp_path):  # noqa: F811
+    """As `stemdeck gui A B --midi-in fakectl` wires it, through a real JACK MIDI port."""
+    args = argparse.Namespace(
+        midi_in=CONTROLLER, midi_out=None, midi_virtual=False, midi_api="jack", midi_map=tmp_path / "midi.toml"
+    )
+    midi = _start_decks_midi(window, window.session, args)
+    assert midi is not None and not window.errors, window.errors
+    try:
+        decks = window.decks
+        send(qtbot, pads, window, (0xB0, 8, 127), until=lambda: decks.crossfader == 1.0)
+        assert window.crossfader.value() == 100
+        send(qtbot, pads, window, (0x91, 36 + VOCALS, 127), until=lambda: decks.deck("B").mixer().mute[VOCALS])
+        assert window.panels[1].strips[VOCALS].mute.isChecked()
+        assert not decks.deck("A").mixer().mute[VOCALS] and not window.panels[0].strips[VOCALS].mute.isChecked()
+    finally:
+        midi.close()
