@@ -55,17 +55,19 @@ from stemdeck.engine.audio.decks_mix import (
     MASTER,
     VOLUME_A,
     VOLUME_B,
-    copy_columns,
+    MixBuffers,
     crossfader_gains,
+    decks_block,
+    idle_deck,
     mix_controls,
-    mix_decks,
     mix_ramps,
-    update_mix_targets,
     warm_up_decks_mix,
 )
 from stemdeck.engine.audio.jack_output import MASTER as MASTER_GROUP
+from stemdeck.engine.audio.jack_output import JackStream
 from stemdeck.engine.audio.jack_output import serves as jack_serves
-from stemdeck.engine.audio.record import RecordBuffers, record_block
+from stemdeck.engine.audio.native import NativeRender
+from stemdeck.engine.audio.record import RecordBuffers
 from stemdeck.engine.audio.state import SEPARATED_FROM, STEMS_WRITTEN, playhead_frames
 from stemdeck.engine.device import DeviceError, open_stream, sounddevice
 from stemdeck.engine.engine import (
@@ -148,7 +150,10 @@ class Decks:
         self._loading = threading.Lock()  # a load and the priority thread never act on a deck at once
         self._stream = None
         self._stream_error: str | None = None
-        self._route: _Route | None = None
+        self._layout: _Layout | None = None
+        self._loaded = np.zeros(2, np.int64)  # which decks have a track; control-written
+        self._idle = idle_deck(len(self.sources), self.channels)  # what a deck without a track hands the kernel
+        self._args: tuple | None = None  # decks_block's arguments after outdata, swapped whole
         self.cue_output = False
         self.notices: list[str] = []  # one-line things the user should know (no cue output...)
         self._paused: int | None = None  # the deck whose separation process is stopped
@@ -229,7 +234,7 @@ class Decks:
         with self._loading:
             self._resume_separation()  # its worker must answer the load's stop and start
             load(engine)
-            # a new track: the separation has no lead to protect yet; it takes its turn below
+            self._refresh_output()  # the callback plays the new track's arrays from now on
 
     # -- mixer ------------------------------------------------------------------------------------------
 
@@ -332,9 +337,10 @@ class Decks:
 
     def start_output(self, output_device=None, stem_outputs: bool = False) -> None:
         """Open the one output: JACK ports ``master_L/R``, ``cue_L/R`` (and with ``stem_outputs``
-        ``deckA_<stem>_L/R``, ``deckB_<stem>_L/R``); or a sounddevice stream with the master
-        on its first pair and the cue on its second where the device has one."""
-        warm_up_decks_mix(self.channels, self.channels * len(self.sources) if stem_outputs else 0)
+        ``deckA_<stem>_L/R``, ``deckB_<stem>_L/R``), played by machine code that never takes the
+        interpreter lock; or a sounddevice stream with the master on its first pair and the cue
+        on its second where the device has one."""
+        warm_up_decks_mix(len(self.sources), self.channels, self.channels * len(self.sources) if stem_outputs else 0)
         for engine in self.decks:
             engine._warm_kernels()
         self._stream_error = None
@@ -349,6 +355,46 @@ class Decks:
         stems = [f"deck{d}_{s}" for d in DECK_NAMES for s in self.sources] if stem_outputs else []
         return (MASTER_GROUP, *((CUE_GROUP,) if cue else ()), *stems)
 
+    def _lay_out(self, frames: int, cue: bool, stem_outputs: bool) -> None:
+        """The columns, and the mixer's buffers for them (scratch as wide as a deck's block)."""
+        layout = _Layout.of(self.channels, len(self.sources), frames, cue, stem_outputs)
+        width = self.channels + layout.stem_width
+        self._layout = layout
+        self._mix = MixBuffers(
+            self._controls,
+            self._ramps,
+            self._levels,
+            self._loaded,
+            np.zeros((self._max_frames, width), np.float32),
+            np.zeros((self._max_frames, width), np.float32),
+            self._record,
+            self._ramp_frames,
+            self.channels,
+            layout.cue_column,
+            layout.stems_column,
+            layout.stem_width,
+        )
+        self._args = self._kernel_arguments()
+
+    def _kernel_arguments(self) -> tuple:
+        """``decks_block``'s arguments after ``outdata``: each deck's buffers (as its own engine
+        hands them to its kernel; a deck without a track, placeholders), then the mixer's."""
+        decks = []
+        for index, engine in enumerate(self.decks):
+            loaded = engine.mode == DECK
+            decks += engine._deck_native().arguments if loaded else self._idle
+            self._loaded[index] = int(loaded)
+        return (*decks, self._mix)
+
+    def _refresh_output(self) -> None:
+        """After a load: the callback (Python's, or JACK's machine code) takes the new arrays."""
+        if self._layout is None:
+            return
+        self._args = self._kernel_arguments()
+        stream = self._stream
+        if isinstance(stream, JackStream) and stream.route.native is not None:
+            self._stream = stream.output.renew(stream, NativeRender(decks_block, self._args))
+
     def _open_jack(self, jack, stem_outputs: bool) -> None:
         if jack.samplerate != self.samplerate:
             raise DeviceError(
@@ -356,7 +402,7 @@ class Decks:
                 f"{self.samplerate} Hz; start stemdeck again (it follows the server's rate)"
             )
         self.cue_output = True
-        self._route = _Route.build(self, jack.blocksize, True, stem_outputs)
+        self._lay_out(jack.blocksize, True, stem_outputs)
         self._stream = jack.attach(
             self._render,
             sources=self.sources,
@@ -366,6 +412,7 @@ class Decks:
             max_frames=self._max_frames,
             on_finished=self._on_finished,
             groups=self._groups(True, stem_outputs),
+            native=NativeRender(decks_block, self._args),
         )
 
     def _open_sounddevice(self, output_device, stem_outputs: bool) -> None:
@@ -388,7 +435,7 @@ class Decks:
             )
         self.cue_output = cue
         block = self.decks[0].block_frames
-        self._route = _Route.build(self, block, cue, stem_outputs)
+        self._lay_out(block, cue, stem_outputs)
         self._stream = open_stream(
             callback=self._render,
             samplerate=self.samplerate,
@@ -396,31 +443,20 @@ class Decks:
             input_device=None,
             output_device=output_device,
             input_channels=0,
-            output_channels=self._route.width,
+            output_channels=self._layout.width,
             on_finished=self._on_finished,
         )
 
     def _render(self, outdata, frames, time_info, status) -> None:
-        """The output's callback: each deck's block into its scratch, then the mix."""
-        route = self._route
-        if frames == route.frames:
-            block_a, block_b = route.block_a, route.block_b
-        else:  # a server that changed its period: views cut this once
-            block_a, block_b = route.scratch_a[:frames], route.scratch_b[:frames]
-        _deck_block(self.decks[0], block_a, frames, status)
-        _deck_block(self.decks[1], block_b, frames, status)
-        update_mix_targets(self._ramps, self._controls, self._ramp_frames)
-        mix_decks(outdata, block_a, block_b, self.channels, route.cue_column, self._ramps, self._levels)
-        if route.stems_column >= 0:
-            copy_columns(outdata, route.stems_column, block_a, self.channels)
-            copy_columns(outdata, route.stems_column + route.stem_width, block_b, self.channels)
-        record_block(outdata, self._record)  # its first columns: the master
+        """The Python callback (sounddevice; JACK where machine code is not used): the same kernel."""
+        a = self._args
+        decks_block(outdata, a[0], a[1], a[2], a[3], a[4], bool(status))
 
     def process_block(self, outdata: np.ndarray) -> None:
         """Run the callback once without a device (tests, offline drivers): ``outdata`` is
         ``(frames, width)`` as :meth:`start_output` laid it out (or master + cue by default)."""
-        if self._route is None:
-            self._route = _Route.build(self, outdata.shape[0], True, False)
+        if self._layout is None:
+            self._lay_out(outdata.shape[0], True, False)
         self._render(outdata, outdata.shape[0], None, 0)
 
     def _on_finished(self) -> None:
@@ -542,12 +578,12 @@ class Decks:
 
     def _latency_frames(self) -> int:
         """One block plus the output's own latency (JACK's playback latency, sounddevice's)."""
-        stream, route = self._stream, self._route
-        if stream is None or route is None:
+        stream, layout = self._stream, self._layout
+        if stream is None or layout is None:
             return self.decks[0].block_frames
         latency = getattr(stream, "latency", 0.0)
         latency = latency[-1] if isinstance(latency, (tuple, list)) else latency
-        return route.frames + int(round(float(latency or 0.0) * self.samplerate))
+        return layout.frames + int(round(float(latency or 0.0) * self.samplerate))
 
     def stop(self) -> None:
         """Stop the output and both decks (their workers continued first, so they can end)."""
@@ -572,48 +608,22 @@ class Decks:
         self.stop()
 
 
-@dataclass(frozen=True, eq=False)
-class _Route:
-    """The callback's scratch and column layout, built when the output opens."""
+@dataclass(frozen=True)
+class _Layout:
+    """The output's columns: the master, the cue (if any), each deck's stems (if asked)."""
 
-    frames: int
-    scratch_a: np.ndarray  # (max_frames, C) or (max_frames, C * (1 + S)) with stem outputs
-    scratch_b: np.ndarray
-    block_a: np.ndarray  # the first ``frames`` rows (views made here, not per block)
-    block_b: np.ndarray
+    frames: int  # the block the output asks for
     cue_column: int  # -1: no cue output
     stems_column: int  # -1: no stem outputs
     stem_width: int
-    width: int  # output columns
+    width: int
 
     @classmethod
-    def build(cls, decks: Decks, frames: int, cue: bool, stem_outputs: bool) -> _Route:
-        c, stems = decks.channels, len(decks.sources)
-        stem_width = c * stems if stem_outputs else 0
-        scratch_a = np.zeros((decks._max_frames, c + stem_width), np.float32)
-        scratch_b = np.zeros_like(scratch_a)
-        cue_column = c if cue else -1
-        stems_column = (2 * c if cue else c) if stem_outputs else -1
-        width = c + (c if cue else 0) + 2 * stem_width
-        return cls(
-            frames,
-            scratch_a,
-            scratch_b,
-            scratch_a[:frames],
-            scratch_b[:frames],
-            cue_column,
-            stems_column,
-            stem_width,
-            width,
-        )
-
-
-def _deck_block(engine: Engine, block: np.ndarray, frames: int, status) -> None:
-    """One deck's block (its own kernel: stems, loops, tempo), or silence before its first load."""
-    if engine.mode == DECK:
-        engine._deck_callback(block, frames, None, status)
-    else:
-        block.fill(0.0)
+    def of(cls, channels: int, num_stems: int, frames: int, cue: bool, stem_outputs: bool) -> _Layout:
+        stem_width = channels * num_stems if stem_outputs else 0
+        stems_column = (2 * channels if cue else channels) if stem_outputs else -1
+        width = channels + (channels if cue else 0) + 2 * stem_width
+        return cls(frames, channels if cue else -1, stems_column, stem_width, width)
 
 
 def _beat_phase(engine: Engine, position_s: float) -> float:

@@ -11,11 +11,16 @@ crossfader jump never clicks.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
+from stemdeck.engine.audio.callbacks import DeckBuffers, MixerBuffers
 from stemdeck.engine.audio.mixer import GAIN_CURRENT, GAIN_TARGET, OUTPUT_LIMIT, _next_gain, _retarget, safe_sample
+from stemdeck.engine.audio.record import RecordBuffers, record_block
+from stemdeck.engine.audio.state import SharedState, gain_state
+from stemdeck.engine.audio.stretched import StretchBuffers, stretched_deck_block
 
 # controls[...] slots, control-written. VOLUME_*: channel faders, linear (1 = 0 dB);
 # CROSSFADER: 0 = all A, 1 = all B; CURVE: one of the CURVES' indices; CUE_*: 1 = the deck is in
@@ -152,11 +157,76 @@ def copy_columns(out, first_column, block, from_column):
             out[i, first_column + c] = block[i, from_column + c]
 
 
-def warm_up_decks_mix(channels: int, stem_columns: int) -> None:
-    """Compile (or load from cache) the kernels with the session's types, on scratch arrays."""
-    block = np.zeros((4, channels + stem_columns), np.float32)
+class MixBuffers(NamedTuple):
+    """The two-deck mixer's arrays and layout, handed to :func:`decks_block` (and, on JACK, to
+    machine code: arrays and integers only)."""
+
+    controls: np.ndarray  # (NUM_CONTROLS,) float64, control-written
+    ramps: np.ndarray  # (4, 4) float64, callback-owned
+    levels: np.ndarray  # (2, 4) float32, callback-written
+    loaded: np.ndarray  # (2,) int64: whether deck A / B has a track (else it is silence); control-written
+    scratch_a: np.ndarray  # (max_frames, C [+ C * S]) float32: deck A's block, callback-owned
+    scratch_b: np.ndarray
+    record: RecordBuffers  # the master's record tap
+    ramp_frames: int
+    channels: int
+    cue_column: int  # -1: no cue output
+    stems_column: int  # -1: no stem outputs
+    stem_width: int
+
+
+@njit(nogil=True, cache=True)
+def decks_block(outdata, deck_a, stretch_a, deck_b, stretch_b, mix, xrun):
+    """One output block of two decks: each deck's own block (stems, loops, tempo: what
+    :func:`stretched_deck_block` plays on one deck) into its scratch, then the mix, the stem
+    outputs, and the master's record tap."""
+    frames = outdata.shape[0]
+    block_a, block_b = mix.scratch_a[:frames], mix.scratch_b[:frames]
+    if mix.loaded[0] != 0:
+        stretched_deck_block(block_a, deck_a, stretch_a, xrun)
+    else:
+        block_a[:] = 0.0
+    if mix.loaded[1] != 0:
+        stretched_deck_block(block_b, deck_b, stretch_b, xrun)
+    else:
+        block_b[:] = 0.0
+    update_mix_targets(mix.ramps, mix.controls, mix.ramp_frames)
+    mix_decks(outdata, block_a, block_b, mix.channels, mix.cue_column, mix.ramps, mix.levels)
+    if mix.stems_column >= 0:
+        copy_columns(outdata, mix.stems_column, block_a, mix.channels)
+        copy_columns(outdata, mix.stems_column + mix.stem_width, block_b, mix.channels)
+    record_block(outdata, mix.record)
+
+
+def idle_deck(num_stems: int, channels: int) -> tuple:
+    """``(DeckBuffers, StretchBuffers)`` for a deck with no track yet (never played: its
+    ``loaded`` flag is 0), shaped like a loaded deck's so one compiled block serves both."""
+    shared = SharedState.create(num_stems)
+    mixer = MixerBuffers.of(shared, gain_state(num_stems), 1)
+    track = np.zeros((channels, 1), np.float32)
+    stems = np.zeros((num_stems, channels, 1), np.float32)
+    record = RecordBuffers.allocate(channels, 1)
+    deck = DeckBuffers(track, stems, shared.audio, shared.worker, shared.transport, mixer, record, track, stems, 0)
+    return deck, StretchBuffers.allocate(num_stems, channels, 1)
+
+
+def warm_up_decks_mix(num_stems: int, channels: int, stem_columns: int) -> None:
+    """Compile (or load from cache) the two-deck block with the session's types, on scratch arrays."""
+    width = channels + stem_columns
+    mix = MixBuffers(
+        mix_controls(),
+        mix_ramps(),
+        np.zeros((2, 4), np.float32),
+        np.zeros(2, np.int64),
+        np.zeros((4, width), np.float32),
+        np.zeros((4, width), np.float32),
+        RecordBuffers.allocate(channels, 16),
+        4,
+        channels,
+        channels,
+        2 * channels if stem_columns else -1,
+        stem_columns,
+    )
+    deck, stretch = idle_deck(num_stems, channels)
     out = np.zeros((4, 2 * channels + 2 * stem_columns), np.float32)
-    ramps, levels = mix_ramps(), np.zeros((2, 4), np.float32)
-    update_mix_targets(ramps, mix_controls(), 4)
-    mix_decks(out, block, block, channels, channels, ramps, levels)
-    copy_columns(out, 2 * channels, block, channels)
+    decks_block(out, deck, stretch, deck, stretch, mix, False)
