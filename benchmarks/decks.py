@@ -2,7 +2,8 @@
 
 htdemucs-sized model (random weights) on a JACK dummy server, each deck with its own separation
 process (SCHED_IDLE, as by default). Deck A is loaded, left paused ``--lead`` seconds (a DJ who
-loaded it a while ago; ``--lead full``: until its whole track is separated), then played on
+loaded it a while ago; ``--lead full``: until its whole track is separated; ``--lead cached``:
+loaded with its stems, as from the stems cache or an NI STEM file), then played on
 air; at once deck B is loaded (the next track), and its separation runs while A plays, until
 B's whole track is separated or ``--seconds`` pass. Run
 once with the decks' priority (B's separation stopped while A is less than the priority lead
@@ -49,6 +50,8 @@ def _separated_fraction(engine: Engine) -> float:
 
 def _wait_lead(engine: Engine, lead: str) -> None:
     """Paused ``lead`` seconds, or (``full``) until the whole track is separated."""
+    if lead == "cached":
+        return
     if lead != "full":
         time.sleep(float(lead))
         return
@@ -61,7 +64,11 @@ def run(model, tracks, priority: bool, lead: str, seconds: float, precision: str
     decks = Decks(Engine(model, config), Engine(model, config), DecksConfig(priority=priority))
     a, b = decks.deck("A"), decks.deck("B")
     try:
-        decks.load_array("A", tracks[0])
+        if lead == "cached":  # separated earlier: the stems cache hands them over at load
+            stems = {name: tracks[0] / len(a.sources) for name in a.sources}
+            decks.load_separated("A", tracks[0], stems, SR)
+        else:
+            decks.load_array("A", tracks[0])
         decks.start_output()
         waited = time.monotonic()
         _wait_lead(a, lead)
@@ -100,7 +107,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--seconds", type=float, default=120.0, help="deck A's play, at most")
     parser.add_argument(
-        "--lead", default="30", help="deck A paused this many seconds after its load (full: until separated)"
+        "--lead",
+        default="30",
+        help="deck A paused this many seconds after its load (full: until separated; cached: loaded with stems)",
     )
     parser.add_argument("--track-seconds", type=float, default=90.0)
     parser.add_argument("--modes", default="priority,shared", help="priority, shared, or both (comma)")
