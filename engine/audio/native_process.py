@@ -6,7 +6,7 @@ A module of its own so that importing the engine does not load them: only an out
 import numpy as np
 from numba import carray, cfunc, types
 
-from stemdeck.engine.audio.native import (
+from stemdeck.engine.audio.native_words import (
     ACTIVE,
     ARGS,
     CYCLES,
