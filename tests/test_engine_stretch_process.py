@@ -95,7 +95,8 @@ def test_a_killed_stage_process_leaves_the_deck_unstretched_with_one_line_until_
         heard = _unstretched_blocks(engine, SR // 4)  # not silence: the source at its own pitch
         assert frequency_hz(heard[:, SR // 16 :]) == pytest.approx(440.0, rel=0.01)
         assert np.abs(heard[:, SR // 16 :]).max() > 0.45
-        after = play(engine, SR // 2)  # waits for the new process
+        engine.practice.stage.ensure_started()  # the new process, warmed up (seconds on a busy machine)
+        after = play(engine, SR // 2)
         assert engine.practice.stage.pid not in (None, dead)
         for out in (before, after):
             assert frequency_hz(out[:, SR // 4 :]) == pytest.approx(440.0 * 2 ** (-2 / 12), rel=0.01)
