@@ -273,9 +273,19 @@ class Session(QObject):
             from stemdeck.engine.device import resolve_device
 
             engine.start_output(resolve_device(self.config.output_device, "output"))
+            self._prestart_stretch(engine)
         if play:
             engine.play()
         self.track_ready.emit(self.track)
+
+    @staticmethod
+    def _prestart_stretch(engine) -> None:
+        """The deck's stretch process started in the background with the window's first track,
+        so that the first tempo or key change is heard at once (starting it then takes seconds)."""
+        from stemdeck.engine.stretch.stretcher import stretch_available
+
+        if stretch_available():
+            engine.practice.stage.ensure_started(wait=False)
 
     def _restart_output(self) -> None:
         from stemdeck.engine.device import resolve_device
