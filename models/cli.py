@@ -15,7 +15,7 @@ from stemdeck.models.audio import (
     check_stem_name,
 )
 from stemdeck.models.checkpoint import CheckpointError
-from stemdeck.models.precision import PRECISIONS
+from stemdeck.models.precision import BACKENDS, PRECISIONS
 from stemdeck.models.registry import REGISTRY, ModelNotAvailableError
 from stemdeck.models.track_job import (  # noqa: F401 (the command line's API: other commands and tests use them here)
     CommandError,
@@ -149,6 +149,14 @@ def add_separation_commands(commands) -> None:
         help="keep stems inside [-1, 1] by scaling down (rescale) or clamping",
     )
     sep.add_argument("--force", action="store_true", help="overwrite existing stems")
+    sep.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="what runs the network: torch, or onnx (ONNX Runtime, float32 on the CPU: pip install "
+        "'stemdeck[onnx]'); auto: ONNX Runtime where installed and measured faster for the model",
+    )
+    sep.add_argument("-v", "--verbose", action="store_true", help="say which backend and precision run the network")
     add_library_options(sep)
     sep.set_defaults(func=run_separate, device=None)  # None: cpu here, a GPU per Ray worker where the cluster has them
 
@@ -226,6 +234,7 @@ def add_demo_command(commands) -> None:
 
 def run_separate(args: argparse.Namespace) -> int:
     check_stem_format(args)
+    check_backend(args)
     if args.nice:
         os.nice(args.nice)  # the --jobs workers inherit it
     if args.recursive or (args.jobs or 1) != 1 or args.ray:
@@ -257,6 +266,14 @@ def run_separate(args: argparse.Namespace) -> int:
     done = len(inputs) - failures
     print(f"separated {done} of {len(inputs)} file(s)", file=sys.stderr)
     return 1 if failures else 0
+
+
+def check_backend(args: argparse.Namespace) -> None:
+    """--backend onnx without ONNX Runtime: one line before the model loads."""
+    from stemdeck.models import onnx_backend
+
+    if args.backend == "onnx" and not onnx_backend.available():
+        raise CommandError(f"--backend onnx: ONNX Runtime is not installed; {onnx_backend.INSTALL_HINT}")
 
 
 def check_stem_format(args: argparse.Namespace) -> None:

@@ -10,6 +10,12 @@ AVX512-BF16 or AMX and on recent GPUs, at an output SNR of about 48 dB against f
 FBGEMM int8 products with dynamically quantised activations: the cheaper arithmetic for CPUs
 without native bfloat16. It is chosen explicitly, never by ``"auto"``: its SNR against float32
 depends on the trained weights (``benchmarks/offline.py`` measures it).
+
+The backend runs the network: ``"torch"``, or ``"onnx"`` (ONNX Runtime, float32 on the CPU, an
+optional dependency: :mod:`models.onnx_backend`). ``"auto"`` takes ONNX Runtime where it is
+installed and, for this model, measured faster than torch when it was exported; a model's first
+export (about a minute for htdemucs) is made only for a job of at least
+:data:`AUTO_EXPORT_MIN_CHUNKS` chunks, so previews and short clips never wait for it.
 """
 
 from __future__ import annotations
@@ -17,11 +23,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
+BACKENDS = ("auto", "torch", "onnx")
+AUTO_EXPORT_MIN_CHUNKS = 16  # about 90 s of audio at htdemucs's 7.8 s segments
 
 
 @functools.cache
@@ -90,3 +100,119 @@ def _cast_weights(model: torch.nn.Module, dtype: torch.dtype) -> None:
     for module in model.modules():
         if isinstance(module, weighted):
             module.to(dtype)
+
+
+# -- the backend -------------------------------------------------------------------------------------
+
+
+class Network(Protocol):
+    """What runs a model's chunks: ``(B, C, T)`` mixture to ``(B, S, C, T)`` stems."""
+
+    backend: str
+    precision: str  # resolved
+
+    def __call__(self, mix: torch.Tensor) -> torch.Tensor: ...
+
+    def describe(self) -> str: ...
+
+
+class TorchNetwork:
+    """The model in torch, prepared for its precision (:func:`prepare_model`), under autocast."""
+
+    backend = "torch"
+
+    def __init__(self, model: torch.nn.Module, precision: str, device: torch.device, why: str = ""):
+        self.precision = resolve_precision(precision, device)
+        self.model, self.device, self.why = prepare_model(model, precision, device), device, why
+
+    def __call__(self, mix: torch.Tensor) -> torch.Tensor:
+        with autocast(self.precision, self.device):
+            return self.model(mix)
+
+    def describe(self) -> str:
+        threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""
+        return f"torch ({self.precision} on {self.device.type}{threads}){self.why}"
+
+
+def prepare_network(
+    model: torch.nn.Module,
+    precision: str,
+    device: torch.device,
+    backend: str = "auto",
+    segment_s: float | None = None,
+    chunks: int = 0,
+    note: Callable[[str], None] | None = None,
+) -> Network:
+    """What runs ``model``'s chunks (of ``segment_s`` seconds, ``chunks`` of them in this job):
+    torch, or ONNX Runtime where ``backend`` asks for it or ``"auto"`` finds it faster (see the
+    module's docstring). ``note`` hears of a first export, and of why ``"auto"`` kept torch when
+    ONNX Runtime is installed. Explicit ``"onnx"`` that cannot run raises ``ValueError``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return TorchNetwork(model, precision, device)
+    from stemdeck.models import onnx_backend
+
+    refusal = _onnx_refusal(model, precision, device, segment_s)
+    if backend == "onnx":
+        if refusal:
+            raise ValueError(f"--backend onnx: {refusal}")
+        return _onnx_network(model, segment_s, note)
+    if refusal or not onnx_backend.available():
+        return TorchNetwork(model, precision, device)
+    return _auto_network(model, precision, device, segment_s, chunks, note)
+
+
+def _onnx_refusal(model, precision: str, device: torch.device, segment_s: float | None) -> str:
+    """Why ONNX Runtime cannot run this, or ``""``."""
+    from stemdeck.models import onnx_backend
+
+    if not onnx_backend.available():
+        return f"ONNX Runtime is not installed; {onnx_backend.INSTALL_HINT}, or use --backend torch"
+    if device.type != "cpu":
+        return f"ONNX Runtime runs on the CPU here, not on {device.type}; use --backend torch"
+    if precision not in ("auto", "fp32"):
+        return f"ONNX Runtime runs float32; use --precision fp32 or auto, or --backend torch for {precision}"
+    if onnx_backend.network_length(model, segment_s) is None:
+        return "it runs HT Demucs models at a fixed segment; use --backend torch for this model"
+    return ""
+
+
+def _onnx_network(model, segment_s: float | None, note) -> Network:
+    from stemdeck.models import onnx_backend
+
+    length = onnx_backend.network_length(model, segment_s)
+    try:
+        network = onnx_backend.load_or_export(model.eval(), length, note=note)
+    except onnx_backend.OnnxError as exc:
+        raise ValueError(f"--backend onnx: {exc}") from exc
+    if not network.measured.accurate:
+        raise ValueError(
+            f"--backend onnx: ONNX Runtime's stems were {network.measured.snr_db:.1f} dB from torch's on this "
+            f"model (under {onnx_backend.SNR_BAR_DB:g} dB); use --backend torch"
+        )
+    return network
+
+
+def _auto_network(model, precision: str, device: torch.device, segment_s: float | None, chunks: int, note) -> Network:
+    from stemdeck.models import onnx_backend
+
+    if resolve_precision(precision, device) != "fp32":
+        return TorchNetwork(model, precision, device)
+    length = onnx_backend.network_length(model, segment_s)
+    if not onnx_backend.is_cached(model, length) and chunks < AUTO_EXPORT_MIN_CHUNKS:
+        why = f"; ONNX Runtime not exported yet for this model, done for jobs of {AUTO_EXPORT_MIN_CHUNKS}+ chunks"
+        return TorchNetwork(model, precision, device, why)
+    try:
+        network = onnx_backend.load_or_export(model.eval(), length, note=note)
+    except onnx_backend.OnnxError as exc:
+        if note is not None:
+            note(f"ONNX Runtime not used: {exc}")
+        return TorchNetwork(model, precision, device)
+    measured = network.measured
+    if not measured.accurate:
+        return TorchNetwork(model, precision, device, f"; ONNX Runtime's stems {measured.snr_db:.1f} dB from torch's")
+    if not measured.faster:
+        why = f"; ONNX Runtime was slower here ({measured.onnx_cpu_s:.2f} against {measured.torch_cpu_s:.2f} CPU s)"
+        return TorchNetwork(model, precision, device, why)
+    return network

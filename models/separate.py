@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from stemdeck.models.bag import BagOfModels
 from stemdeck.models.bandwidth import share_high_band
 from stemdeck.models.nets.htdemucs import HTDemucs
-from stemdeck.models.precision import autocast, prepare_model
+from stemdeck.models.precision import Network, prepare_network
 
 Progress = Callable[[float], None]  # called with the fraction of the work done, rising to 1
 MIN_SEGMENT_S = 0.1  # shorter chunks are all padding and overhead
@@ -101,13 +101,17 @@ def apply_model(
     progress: Progress | None = None,
     seed: int | None = None,
     precision: str = "auto",
+    backend: str = "auto",
+    note: Callable[[str], None] | None = None,
 ) -> torch.Tensor:
     """Separate ``(B, C, T)`` into ``(B, S, C, T)`` with chunking, overlap-add and shifts.
 
     Mirrors the reference's numbers (with ``precision="fp32"``; ``"auto"`` uses bfloat16 where
-    the hardware runs it natively, see :mod:`models.precision`). ``shifts`` randomly offsets the
-    input by up to half a second and averages (seeded by ``seed`` for repeatable runs).
-    ``progress`` is called after every chunk with the fraction of the whole work done.
+    the hardware runs it natively, see :mod:`models.precision`). ``backend`` runs the network in
+    torch or ONNX Runtime (:func:`models.precision.prepare_network`; ``note`` hears of a first
+    export). ``shifts`` randomly offsets the input by up to half a second and averages (seeded by
+    ``seed`` for repeatable runs). ``progress`` is called after every chunk with the fraction of
+    the whole work done.
     """
     if transition_power < 1:
         raise ValueError("transition_power must be >= 1")
@@ -132,19 +136,24 @@ def apply_model(
                 progress=_part(progress, index, len(model.models)),
                 seed=seed,
                 precision=precision,
+                backend=backend,
+                note=note,
             )
             out += stems * sub_weights[None, :, None, None]
         return out
-    model = prepare_model(model.to(device).eval(), precision, device)
-    with torch.inference_mode(), autocast(precision, device):
+    model = model.to(device).eval()
+    chunks = len(ChunkPlan.for_model(model, check_segment(model, segment), overlap, 1.0).offsets(mix.shape[-1]))
+    network = prepare_network(model, precision, device, backend, segment, chunks * max(1, shifts), note)
+    with torch.inference_mode():
         if shifts:
             return _apply_shifted(
-                model, mix, shifts, random.Random(seed), overlap, segment, transition_power, device, progress
+                model, network, mix, shifts, random.Random(seed), overlap, segment, transition_power, device, progress
             )
-        return _apply_chunked(model, Span(mix, 0, mix.shape[-1]), overlap, segment, transition_power, device, progress)
+        span = Span(mix, 0, mix.shape[-1])
+        return _apply_chunked(model, network, span, overlap, segment, transition_power, device, progress)
 
 
-def _apply_shifted(model, mix, shifts, rng, overlap, segment, transition_power, device, progress):
+def _apply_shifted(model, network, mix, shifts, rng, overlap, segment, transition_power, device, progress):
     max_shift = int(0.5 * model.samplerate)
     length = mix.shape[-1]
     padded = F.pad(mix, (max_shift, max_shift))
@@ -152,13 +161,15 @@ def _apply_shifted(model, mix, shifts, rng, overlap, segment, transition_power, 
     for index in range(shifts):
         offset = rng.randint(0, max_shift)
         span = Span(padded, offset, length + max_shift - offset)
-        stems = _apply_chunked(model, span, overlap, segment, transition_power, device, _part(progress, index, shifts))
+        part = _part(progress, index, shifts)
+        stems = _apply_chunked(model, network, span, overlap, segment, transition_power, device, part)
         out = out + stems[..., max_shift - offset :]
     return out / shifts
 
 
 def _apply_chunked(
     model: nn.Module,
+    network: Network,
     span: Span,
     overlap: float,
     segment: float | None,
@@ -172,7 +183,7 @@ def _apply_chunked(
     out = torch.zeros(batch, len(model.sources), channels, span.length)
     weight_sum = torch.zeros(span.length)
     chunks = len(plan.offsets(span.length))
-    for done, (offset, stems) in enumerate(_run_chunks(model, span, plan, segment, device), 1):
+    for done, (offset, stems) in enumerate(_run_chunks(model, network, span, plan, segment, device), 1):
         chunk_weights = plan.weights[: stems.shape[-1]]
         out[..., offset : offset + stems.shape[-1]].addcmul_(stems.cpu(), chunk_weights)
         weight_sum[offset : offset + stems.shape[-1]] += chunk_weights
@@ -197,12 +208,12 @@ def check_segment(model: nn.Module, segment: float | None) -> float:
 
 
 def _run_chunks(
-    model: nn.Module, span: Span, plan: ChunkPlan, segment: float | None, device: torch.device
+    model: nn.Module, network: Network, span: Span, plan: ChunkPlan, segment: float | None, device: torch.device
 ) -> Iterator[tuple[int, torch.Tensor]]:
     for offset in plan.offsets(span.length):
         chunk = span.sub(offset, plan.segment_length)
         run_length = model_run_length(model, chunk.length, segment)
-        stems = model(chunk.padded(run_length).to(device))
+        stems = network(chunk.padded(run_length).to(device))
         yield offset, center_trim(stems, chunk.length).float()
 
 
@@ -236,6 +247,7 @@ def separate(
     progress: Progress | None = None,
     seed: int | None = None,
     precision: str = "auto",
+    backend: str = "auto",
     normalise: bool = True,
     share_band: bool = True,
 ) -> dict[str, np.ndarray]:
@@ -247,7 +259,7 @@ def separate(
     standard deviation, as the reference does, and the stems scaled back (``normalise=False``
     feeds it as training does); a silent, constant or one-frame input has deviation 0 (+1e-8).
     Non-finite samples (NaN, infinity) are treated as silence. ``progress`` is called with the
-    fraction of the work done (see :func:`apply_model`).
+    fraction of the work done; ``precision`` and ``backend`` as :func:`apply_model` takes them.
     """
     progress = _callback(progress)
     audio = np.asarray(audio, dtype=np.float32)
@@ -277,6 +289,7 @@ def separate(
         progress=progress,
         seed=seed,
         precision=precision,
+        backend=backend,
     )[0]
     del mix  # long tracks: every copy of the whole track counts
     with torch.inference_mode():

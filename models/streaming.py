@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,7 +30,7 @@ from torch import nn
 
 from stemdeck.models.bag import BagOfModels
 from stemdeck.models.bandwidth import HighBandStream
-from stemdeck.models.precision import autocast, prepare_model
+from stemdeck.models.precision import Network, prepare_network
 from stemdeck.models.separate import (
     ChunkPlan,
     Progress,
@@ -86,6 +86,9 @@ class Settings:
     precision: str = "auto"
     normalise: bool = True
     share_band: bool = True
+    backend: str = "auto"  # models.precision.BACKENDS
+    note: Callable[[str], None] | None = None  # hears of a first ONNX export (and, verbose, the backend)
+    verbose: bool = False
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -249,7 +252,7 @@ class Lane:
     segment: float | None
     lead: int
     length: int  # the led mix: lead + mix frames
-    precision: str
+    network: Network  # runs the model's chunks
     next_chunk: int = 0
     ready: FrameQueue = field(default_factory=FrameQueue)
     _sum: torch.Tensor | None = None  # (1, S, C, n) weighted stems from _sum_start
@@ -289,8 +292,8 @@ class Lane:
     def run_next(self, window: MixWindow, device: torch.device) -> None:
         offset, length, run_length, begin = self.chunk_bounds(self.next_chunk)
         chunk = window.read(begin, begin + run_length).to(device)
-        with torch.inference_mode(), autocast(self.precision, device):
-            stems = center_trim(self.model(chunk), length).float().cpu()
+        with torch.inference_mode():
+            stems = center_trim(self.network(chunk), length).float().cpu()
         self._accumulate(offset, stems)
         self.next_chunk += 1
         self._release(self.offsets[self.next_chunk] if not self.finished else self.length)
@@ -331,14 +334,24 @@ def make_lanes(
     for sub_model in models:
         segment_s = check_segment(sub_model, settings.segment)
         plan = ChunkPlan.for_model(sub_model, segment_s, settings.overlap, 1.0)
-        ready = prepare_model(sub_model.to(device).eval(), settings.precision, device)
+        network = _network(sub_model.to(device).eval(), settings, device, len(plan.offsets(mix_frames)))
         lanes.append(
             [
-                Lane(ready, plan, settings.segment, lead, lead + mix_frames, settings.precision)
+                Lane(sub_model, plan, settings.segment, lead, lead + mix_frames, network)
                 for lead in shift_leads(sub_model, settings.shifts, settings.seed)
             ]
         )
     return lanes, bag_weights
+
+
+def _network(model: nn.Module, settings: Settings, device: torch.device, chunks: int) -> Network:
+    chunks *= max(1, settings.shifts)
+    network = prepare_network(
+        model, settings.precision, device, settings.backend, settings.segment, chunks, settings.note
+    )
+    if settings.verbose and settings.note is not None:
+        settings.note(f"network: {network.describe()}")
+    return network
 
 
 def shift_leads(model: nn.Module, shifts: int, seed: int | None) -> list[int]:

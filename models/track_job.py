@@ -63,7 +63,7 @@ def separate_file(
 
     The stems go to hidden temporaries as they become final and are renamed into place together
     at the end; a failure or an interruption leaves none under its final name."""
-    from stemdeck.models.streaming import Settings, return_freed_memory_early, separate_stream
+    from stemdeck.models.streaming import return_freed_memory_early, separate_stream
 
     return_freed_memory_early()
 
@@ -75,14 +75,28 @@ def separate_file(
         raise CommandError(f"{path}: {existing[0]} already exists; use --force to overwrite")
     source = open_audio(path, report=lambda note: bars.say(f"stemdeck: {note}"))
     bars.start_file(path, source.frames / source.samplerate)
-    settings = Settings(
-        overlap=args.overlap, shifts=args.shifts, segment=args.segment, device=device, precision=args.precision
-    )
+    settings = stream_settings(args, device, bars)
     with StemWriter(folder, names, source.samplerate, source.channels, fmt) as writer:
         for stems in separate_stream(model, source, settings, progress=bars.update):
             writer.write(pick(stems))
         writer.finish()
     return folder
+
+
+def stream_settings(args: argparse.Namespace, device: str, bars: Progress):
+    """The command's separation options; notes (a first ONNX export, with -v the backend) go to ``bars``."""
+    from stemdeck.models.streaming import Settings
+
+    return Settings(
+        overlap=args.overlap,
+        shifts=args.shifts,
+        segment=args.segment,
+        device=device,
+        precision=args.precision,
+        backend=getattr(args, "backend", "auto"),
+        note=lambda line: bars.say(f"stemdeck: {line}"),
+        verbose=getattr(args, "verbose", False),
+    )
 
 
 def separate_to_stem_file(
@@ -91,16 +105,14 @@ def separate_to_stem_file(
     """--format stem: ``<OUTDIR>/<track>.stem.mp4``, the input as its master, the stems as they
     become final, the input's tags carried over; written beside and renamed when complete."""
     from stemdeck.models.stem_file import read_tags, write_stem_track
-    from stemdeck.models.streaming import Settings, separate_stream
+    from stemdeck.models.streaming import separate_stream
 
     target = folder.with_name(f"{folder.name}.stem.mp4")
     if target.exists() and not args.force:
         raise CommandError(f"{path}: {target} already exists; use --force to overwrite")
     source = open_audio(path, report=lambda note: bars.say(f"stemdeck: {note}"))
     bars.start_file(path, source.frames / source.samplerate)
-    settings = Settings(
-        overlap=args.overlap, shifts=args.shifts, segment=args.segment, device=device, precision=args.precision
-    )
+    settings = stream_settings(args, device, bars)
     stems = separate_stream(model, source, settings, progress=bars.update)
     options = {"codec": args.codec, "tags": read_tags(path), "force": args.force, "bits": int(args.bits)}
     note = write_stem_track(target, source.blocks(), stems, source.samplerate, **options)

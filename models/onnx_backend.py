@@ -1,0 +1,351 @@
+"""ONNX Runtime for the network of an HT Demucs on the CPU (issue 13): optional, ``stemdeck[onnx]``.
+
+What runs in ONNX Runtime is :meth:`HybridUNet.branches`, the whole network in real numbers:
+the spectrogram (complex as channels) and the mixture in, both branches' outputs out. The STFT
+and iSTFT stay in torch (complex tensors do not export). On a 2-core AVX2 CPU its float32
+kernels did one htdemucs segment in about 0.65 of torch's CPU time, to the same stems within
+float rounding (``benchmarks/offline.py`` measures it).
+
+The export costs about a minute for htdemucs, so it is made once per model and cached in the
+user cache folder (``$STEMDECK_ONNX_DIR`` instead, if set), named by a digest of the model's
+class, arguments and weights, the length it runs at and the exporting torch's version. A JSON
+record beside it holds the file's SHA-256 and what the export measured; the record is written
+after the file, both atomically, and a file that does not match its record (truncated, damaged,
+left by a killed export) is exported again, never loaded. At export, ONNX Runtime's stems are
+checked against torch's on a probe (at least :data:`SNR_BAR_DB`) and both are timed once:
+``auto`` (:func:`models.precision.prepare_network`) uses ONNX Runtime only where it was faster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import hashlib
+import importlib.util
+import io
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from stemdeck.models.nets.htdemucs import HTDemucs
+from stemdeck.models.nets.spec import hybrid_spectrogram
+from stemdeck.models.nets.unet import complex_as_channels
+
+SNR_BAR_DB = 40.0  # issue 13: every backend's stems within 40 dB of torch's float32 ones
+FORMAT = 1  # bump when what is exported changes: older cached files are then not used
+CACHE_ENV = "STEMDECK_ONNX_DIR"
+INSTALL_HINT = "pip install 'stemdeck[onnx]'"
+REQUIRED_MODULES = ("onnxruntime",)  # torch's newer exporter also needs onnx and onnxscript (the extra has them)
+
+Note = Callable[[str], None]
+
+
+class OnnxError(Exception):
+    """The ONNX backend cannot run this model here; the message says why and what to do."""
+
+
+def available() -> bool:
+    """Whether ONNX Runtime and torch's exporter's modules are installed."""
+    return all(_installed(name) for name in REQUIRED_MODULES)
+
+
+def _installed(name: str) -> bool:
+    if name in sys.modules:
+        return sys.modules[name] is not None  # None: an import that is to fail
+    return importlib.util.find_spec(name) is not None
+
+
+def cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("stemdeck")) / "onnx"
+
+
+def network_length(model: nn.Module, segment_s: float | None) -> int | None:
+    """The one length, in samples, the network runs every chunk at, or ``None`` where it varies
+    (an ONNX file has fixed shapes): HT Demucs run at their training segment, or at ``segment_s``."""
+    if not isinstance(model, HTDemucs):
+        return None
+    if segment_s is None and not model.use_train_segment:
+        return None
+    run_length = int(segment_s * model.samplerate) if segment_s is not None else None
+    return model.valid_length(run_length) if run_length is not None else int(model.segment * model.samplerate)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What an export measured on its probe: torch's and ONNX Runtime's process CPU seconds for
+    one forward (the steadier measure on a shared machine) and the stems' SNR between them."""
+
+    torch_cpu_s: float
+    onnx_cpu_s: float
+    torch_wall_s: float
+    onnx_wall_s: float
+    snr_db: float
+    threads: int
+
+    @property
+    def faster(self) -> bool:
+        return self.onnx_cpu_s < self.torch_cpu_s
+
+    @property
+    def accurate(self) -> bool:
+        return self.snr_db >= SNR_BAR_DB
+
+
+class OnnxNetwork:
+    """``(B, C, T)`` mixture to ``(B, S, C, T)`` stems, the network in ONNX Runtime, the STFT and
+    iSTFT in torch; ``T`` at most the exported length (shorter chunks are zero-padded to it, as
+    :meth:`HTDemucs.forward` does)."""
+
+    backend = "onnx"
+    precision = "fp32"
+
+    def __init__(self, model: HTDemucs, session, length: int, path: Path, measured: Measurement):
+        self.model, self.session, self.length = model, session, length
+        self.path, self.measured = path, measured
+
+    def __call__(self, mix: torch.Tensor) -> torch.Tensor:
+        length = mix.shape[-1]
+        if length > self.length:
+            raise ValueError(f"chunk of {length} samples is longer than the {self.length} the ONNX network runs")
+        mix = torch.nn.functional.pad(mix.float().cpu(), (0, self.length - length))
+        stems = [self._run(item[None]) for item in mix]
+        return torch.cat(stems)[..., :length]
+
+    def _run(self, mix: torch.Tensor) -> torch.Tensor:
+        spec = complex_as_channels(hybrid_spectrogram(mix, self.model.nfft)).contiguous()
+        spec_out, wave_out = self.session.run(None, {"spec": spec.numpy(), "mix": mix.contiguous().numpy()})
+        return self.model.stems(torch.from_numpy(spec_out), torch.from_numpy(wave_out), self.length)
+
+    def describe(self) -> str:
+        import onnxruntime
+
+        return (
+            f"onnx (ONNX Runtime {onnxruntime.__version__}, float32, {self.measured.threads} threads; "
+            f"{self.measured.onnx_cpu_s:.2f} against torch's {self.measured.torch_cpu_s:.2f} CPU s a chunk "
+            f"when exported; {self.path})"
+        )
+
+
+# -- the cache ---------------------------------------------------------------------------------------------
+
+
+def model_digest(model: nn.Module, length: int) -> str:
+    """What the exported file depends on: the model's class, arguments and weights, the length it
+    runs at, the export format and torch's version (its exporter writes the graph)."""
+    digest = hashlib.sha256()
+    header = {
+        "format": FORMAT,
+        "class": type(model).__name__,
+        "kwargs": getattr(model, "init_kwargs", {}),
+        "length": length,
+        "torch": torch.__version__,
+    }
+    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:32]
+
+
+def file_sha256(path: Path) -> str | None:
+    """The file's SHA-256, or ``None`` if it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as file:
+            for block in iter(functools.partial(file.read, 1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def read_record(path: Path) -> dict | None:
+    """The JSON record beside a cached file, or ``None`` when missing or not one of ours."""
+    try:
+        record = json.loads(path.read_text())
+        Measurement(**record["measured"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(record.get("sha256"), str) or record.get("format") != FORMAT:
+        return None
+    return record
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def is_cached(model: nn.Module, length: int, folder: Path | None = None) -> bool:
+    """Whether an export of this model at ``length`` is in the cache (its file checked on loading)."""
+    folder = folder or cache_dir()
+    digest = model_digest(model, length)
+    return read_record(folder / f"{digest}.json") is not None and (folder / f"{digest}.onnx").is_file()
+
+
+_loaded: dict[tuple[str, int], OnnxNetwork] = {}  # digest, threads: a batch of files loads it once
+
+
+def load_or_export(model: HTDemucs, length: int, folder: Path | None = None, note: Note | None = None) -> OnnxNetwork:
+    """The ONNX network of ``model`` at ``length`` samples: the verified cached file, else a new
+    export (which ``note`` is told about, taking about a minute for htdemucs)."""
+    folder = folder or cache_dir()
+    threads = torch.get_num_threads()
+    digest = model_digest(model, length)
+    path, record_path = folder / f"{digest}.onnx", folder / f"{digest}.json"
+    network = _loaded.get((digest, threads))
+    if network is not None and network.path == path:
+        return network
+    record = read_record(record_path)
+    if record is not None and file_sha256(path) == record["sha256"]:
+        network = OnnxNetwork(model, _session(path, threads), length, path, Measurement(**record["measured"]))
+    else:
+        if note is not None:
+            damaged = path.exists() or record_path.exists()
+            why = "the cached one does not match its record; " if damaged else ""
+            note(f"exporting the network to ONNX ({why}once per model, about a minute for htdemucs): {path}")
+        network = _export(model, length, path, record_path, threads)
+    _loaded.clear()  # one model's weights at a time
+    _loaded[(digest, threads)] = network
+    return network
+
+
+# -- export ----------------------------------------------------------------------------------------------
+
+
+class _Branches(nn.Module):
+    def __init__(self, model: HTDemucs):
+        super().__init__()
+        self.model = model
+
+    def forward(self, spec: torch.Tensor, mix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.branches(spec, mix)
+
+
+def _export(model: HTDemucs, length: int, path: Path, record_path: Path, threads: int) -> OnnxNetwork:
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OnnxError(f"cannot write the ONNX cache folder {folder} ({exc}); set ${CACHE_ENV} elsewhere") from exc
+    mix = _probe(model, length)
+    spec = complex_as_channels(hybrid_spectrogram(mix, model.nfft)).contiguous()
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        _write_onnx(model, spec, mix, temporary)
+        session = _session(temporary, threads)
+        measured = _measure(model, session, spec, mix, threads)
+        sha256 = file_sha256(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    record = {"format": FORMAT, "sha256": sha256, "length": length, "measured": asdict(measured)}
+    _write_atomically(record_path, json.dumps(record, indent=1).encode())
+    return OnnxNetwork(model, session, length, path, measured)
+
+
+def _probe(model: HTDemucs, length: int) -> torch.Tensor:
+    """A fixed, music-loud input: normalised noise with a slow swell."""
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, model.audio_channels, length, generator=generator)
+    swell = 0.5 + 0.5 * torch.sin(torch.linspace(0, 6.28, length))
+    return noise * swell
+
+
+def _write_onnx(model: HTDemucs, spec: torch.Tensor, mix: torch.Tensor, target: Path) -> None:
+    """Exported from a copy (tracing may leave traced tensors in the model's caches), progress
+    lines, notices and warnings kept off the terminal. torch's TorchScript exporter first: it
+    exports htdemucs about 3 times as fast as the torch.export one (14 against 55 s for the test
+    model on a loaded machine) to a graph that ONNX Runtime runs as fast; the newer exporter
+    where torch no longer has it."""
+    branches = _Branches(copy.deepcopy(model)).eval()
+    failures = []
+    for dynamo in (False, True):
+        try:
+            _quiet_export(branches, spec, mix, target, dynamo)
+            return
+        except Exception as exc:  # noqa: BLE001 (the exporters raise many kinds; each means the same here)
+            failures.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160])
+    raise OnnxError(f"this model does not export to ONNX ({'; '.join(failures)}); use --backend torch")
+
+
+def _quiet_export(branches: nn.Module, spec: torch.Tensor, mix: torch.Tensor, target: Path, dynamo: bool) -> None:
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                branches,
+                (spec, mix),
+                str(target),
+                input_names=["spec", "mix"],
+                output_names=["spec_out", "wave_out"],
+                dynamo=dynamo,
+                external_data=False,
+            )
+    finally:
+        exporter_log.setLevel(level)
+
+
+def _session(path: Path, threads: int):
+    """An ONNX Runtime CPU session at torch's thread count. Its threads sleep between operators
+    instead of spinning: on a 2-core machine shared with other work that cost it less CPU time
+    (6.9 against 8.0 s a segment) and no wall time. No memory arena and no memory pattern:
+    with them an htdemucs segment's peak RSS grew from run to run (2.5 GB after the first, 4.8
+    after the second); without, it peaks at 2.4 GB and falls back to 0.6 GB between chunks, at
+    the same speed (torch peaks at 1.1 GB: its attention never holds the whole score matrix)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 (onnxruntime's own exception types)
+        raise OnnxError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}); use --backend torch") from exc
+
+
+def _measure(model: HTDemucs, session, spec: torch.Tensor, mix: torch.Tensor, threads: int) -> Measurement:
+    """Both backends on the probe: warmed up once, then timed once; the stems' SNR."""
+    length = mix.shape[-1]
+    feeds = {"spec": spec.numpy(), "mix": mix.numpy()}
+    with torch.inference_mode():
+        model.branches(spec, mix)
+        (torch_wall, torch_cpu), expected = _timed(lambda: model.branches(spec, mix))
+        session.run(None, feeds)
+        (onnx_wall, onnx_cpu), got = _timed(lambda: session.run(None, feeds))
+        expected_stems = model.stems(*expected, length)
+        got_stems = model.stems(*(torch.from_numpy(out) for out in got), length)
+        error = (expected_stems - got_stems).pow(2).sum()
+        snr = float(10 * torch.log10(expected_stems.pow(2).sum() / error)) if error > 0 else float("inf")
+    return Measurement(torch_cpu, onnx_cpu, torch_wall, onnx_wall, snr, threads)
+
+
+def _timed(run: Callable):
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = run()
+    return (time.perf_counter() - wall, time.process_time() - cpu), result

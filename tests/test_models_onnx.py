@@ -1,0 +1,188 @@
+"""The ONNX Runtime backend (issue 13): stems within the SNR bar of torch's, the export cached and
+checked, the choice reported, and torch without a word where ONNX Runtime is not installed.
+
+One small random-weights HT Demucs (its Transformer's LayerScales at 1, so that its error shows)
+is exported once for the module into a temporary cache folder; the damage test exports again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import TINY_HT_KW
+
+from stemdeck.cli import main
+from stemdeck.models import HTDemucs, apply_model, load_checkpoint, save_safetensors
+from stemdeck.models import onnx_backend as ob
+from stemdeck.models.demo import demo_stems
+from stemdeck.models.precision import AUTO_EXPORT_MIN_CHUNKS, TorchNetwork, prepare_network
+
+pytest.importorskip("onnxruntime")  # in the test extras; the last test hides it
+
+CPU = torch.device("cpu")
+
+
+def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    return float(10 * torch.log10(reference.pow(2).sum() / (reference - estimate).pow(2).sum()))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(3)
+    model = HTDemucs(**TINY_HT_KW).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("gamma_1.scale", "gamma_2.scale")):
+                parameter.fill_(1.0)
+    path = tmp_path_factory.mktemp("onnx-ckpt") / "tiny-ls1.safetensors"
+    save_safetensors(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ob.CACHE_ENV, str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return load_checkpoint(checkpoint).eval()  # as the command line loads it: the same digest
+
+
+@pytest.fixture(scope="module")
+def song() -> torch.Tensor:
+    mix = torch.from_numpy(sum(demo_stems(3.0).values()))[None]
+    return (mix - mix.mean()) / mix.std()
+
+
+@pytest.fixture(scope="module")
+def exported(model, cache):
+    """The model's export, made once (explicit ``onnx`` exports whatever the job's length)."""
+    notes = []
+    network = prepare_network(model, "fp32", CPU, backend="onnx", note=notes.append)
+    assert len(notes) == 1 and "exporting the network to ONNX" in notes[0]
+    return network
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """Forget the sessions this process loaded, as a new run would."""
+    monkeypatch.setattr(ob, "_loaded", {})
+
+
+def test_onnx_stems_keep_the_snr_bar_against_torch(model, song, exported):
+    expected = apply_model(model, song, precision="fp32", backend="torch")
+    stems = apply_model(model, song, precision="fp32", backend="onnx")
+    assert isinstance(exported, ob.OnnxNetwork)
+    assert stems.shape == expected.shape == (1, 4, 2, song.shape[-1])
+    assert not torch.equal(stems, expected)  # ONNX Runtime's own arithmetic ran
+    assert snr_db(expected, stems) >= ob.SNR_BAR_DB
+    assert exported.measured.snr_db >= ob.SNR_BAR_DB  # checked at export, on the probe
+
+
+def test_export_is_cached_by_content_and_reused(model, cache, exported, fresh_process):
+    files = sorted(p.name for p in cache.iterdir())
+    digest = ob.model_digest(model, exported.length)
+    assert files == [f"{digest}.json", f"{digest}.onnx"]  # no temporaries left
+    record = json.loads((cache / f"{digest}.json").read_text())
+    assert record["sha256"] == ob.file_sha256(cache / f"{digest}.onnx")
+    notes = []
+    again = prepare_network(model, "fp32", CPU, backend="onnx", note=notes.append)
+    assert notes == [] and again.path == exported.path  # loaded, not exported
+    changed = HTDemucs(**TINY_HT_KW)
+    changed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        changed.decoder[0].conv_tr.bias.add_(1e-3)
+    assert ob.model_digest(changed, exported.length) != digest  # other weights, another file
+
+
+def test_damaged_cache_file_is_exported_again(model, song, cache, exported, fresh_process):
+    path = exported.path
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # zeroed weights: still loads, wrong numbers
+    path.write_bytes(bytes(data))
+    notes = []
+    rebuilt = prepare_network(model, "fp32", CPU, backend="onnx", note=notes.append)
+    assert len(notes) == 1 and "does not match its record" in notes[0]
+    record = ob.read_record(path.with_suffix(".json"))
+    assert ob.file_sha256(path) == record["sha256"]
+    segment = song[..., : rebuilt.length]
+    with torch.inference_mode():
+        assert snr_db(model(segment), rebuilt(segment)) >= ob.SNR_BAR_DB
+
+
+@pytest.mark.parametrize("text", ["", "{", '{"format": 1, "sha256": 5, "measured": {}}', "[]"])
+def test_a_record_that_is_not_ours_is_not_trusted(tmp_path, text):
+    path = tmp_path / "x.json"
+    path.write_text(text)
+    assert ob.read_record(path) is None
+    assert ob.read_record(tmp_path / "missing.json") is None
+
+
+def _set_measured(network: ob.OnnxNetwork, **values) -> None:
+    record_path = network.path.with_suffix(".json")
+    record = json.loads(record_path.read_text())
+    record["measured"].update(values)
+    record_path.write_text(json.dumps(record))
+
+
+def test_auto_takes_onnx_only_where_it_measured_faster(model, exported, fresh_process):
+    _set_measured(exported, torch_cpu_s=2.0, onnx_cpu_s=1.0)
+    chosen = prepare_network(model, "auto", CPU, backend="auto")
+    assert chosen.backend == "onnx" and "ONNX Runtime" in chosen.describe()
+    ob._loaded.clear()
+    _set_measured(exported, torch_cpu_s=1.0, onnx_cpu_s=2.0)
+    chosen = prepare_network(model, "auto", CPU, backend="auto")
+    assert isinstance(chosen, TorchNetwork) and "ONNX Runtime was slower here" in chosen.describe()
+    assert prepare_network(model, "int8", CPU, backend="auto").backend == "torch"  # ONNX runs float32
+    with pytest.raises(ValueError, match="--backend onnx: ONNX Runtime runs float32"):
+        prepare_network(model, "int8", CPU, backend="onnx")
+
+
+def test_auto_exports_only_for_a_long_job(model, tmp_path, monkeypatch, fresh_process):
+    monkeypatch.setenv(ob.CACHE_ENV, str(tmp_path))
+    notes = []
+    short = prepare_network(model, "fp32", CPU, chunks=AUTO_EXPORT_MIN_CHUNKS - 1, note=notes.append)
+    assert isinstance(short, TorchNetwork) and "not exported yet" in short.describe()
+    assert notes == [] and list(tmp_path.iterdir()) == []
+
+
+def test_separate_verbose_reports_the_backend(tmp_path, checkpoint, exported, capsys, fresh_process):
+    _set_measured(exported, torch_cpu_s=2.0, onnx_cpu_s=1.0)
+    song = tmp_path / "song.wav"
+    sf.write(song, np.random.default_rng(0).normal(0, 0.1, (44100, 2)).astype(np.float32), 44100)
+    for backend, expected in (("onnx", "network: onnx (ONNX Runtime"), ("torch", "network: torch (fp32 on cpu")):
+        args = ["separate", str(song), "-o", str(tmp_path / backend), "--model", str(checkpoint), "-v"]
+        assert main([*args, "--backend", backend]) == 0
+        err = capsys.readouterr().err
+        assert expected in err and "exporting" not in err
+        assert sf.info(tmp_path / backend / "song" / "vocals.wav").frames == 44100
+    ours = sf.read(tmp_path / "onnx" / "song" / "drums.wav")[0]
+    theirs = sf.read(tmp_path / "torch" / "song" / "drums.wav")[0]
+    assert 10 * np.log10(np.sum(theirs**2) / np.sum((theirs - ours) ** 2)) >= ob.SNR_BAR_DB - 1  # 24-bit files
+
+
+def test_without_onnxruntime_torch_runs_and_onnx_says_how_to_install(
+    model, song, tmp_path, checkpoint, monkeypatch, capsys, fresh_process
+):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    assert not ob.available()
+    chosen = prepare_network(model, "auto", CPU, backend="auto", chunks=1000)
+    assert isinstance(chosen, TorchNetwork)
+    torch.testing.assert_close(
+        apply_model(model, song, precision="fp32"), apply_model(model, song, precision="fp32", backend="torch")
+    )
+    with pytest.raises(ValueError, match=r"pip install 'stemdeck\[onnx\]'"):
+        prepare_network(model, "fp32", CPU, backend="onnx")
+    args = ["separate", str(tmp_path / "none.wav"), "-o", str(tmp_path), "--model", str(checkpoint)]
+    assert main([*args, "--backend", "onnx"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["stemdeck: error: --backend onnx: ONNX Runtime is not installed; pip install 'stemdeck[onnx]'"]
