@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -98,6 +99,12 @@ def write_tone(path: Path, seconds: float = 3.0, samplerate: int = 44100, channe
     audio = np.stack([0.3 * np.sin(2 * np.pi * (220 + 110 * c) * t) for c in range(channels)])
     sf.write(str(path), audio.T, samplerate, **kwargs)
     return audio.astype(np.float32)
+
+
+# The compiled audio callbacks' machine code (engine/audio/native.py) is keyed by the kernels'
+# sources, so one folder serves every test and every `stemdeck` process they start: each test's
+# own cache folder would compile it again in each (20 s on 2 busy cores).
+os.environ.setdefault("STEMDECK_NATIVE_DIR", str(Path(tempfile.gettempdir()) / f"stemdeck-native-{os.getuid()}"))
 
 
 @pytest.fixture(autouse=True)

@@ -170,7 +170,9 @@ def _kernel_sources_digest() -> str:
 
 
 def render_folder() -> Path:
-    return Path(platformdirs.user_cache_dir("stemdeck")) / "native"
+    """Where render modules and their machine code are kept (``STEMDECK_NATIVE_DIR`` if set)."""
+    folder = os.environ.get("STEMDECK_NATIVE_DIR")
+    return Path(folder) if folder else Path(platformdirs.user_cache_dir("stemdeck")) / "native"
 
 
 def _compile_render(kernel, shapes: tuple, live: bool):
@@ -183,6 +185,7 @@ def _compile_render(kernel, shapes: tuple, live: bool):
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text() != source:
+            _remove_stale_renders(folder)
             temporary = path.with_suffix(f".{os.getpid()}.tmp")
             temporary.write_text(source)
             os.replace(temporary, path)
@@ -195,6 +198,20 @@ def _compile_render(kernel, shapes: tuple, live: bool):
     sys.modules[name] = module  # Numba's cache finds the function's globals through it
     spec.loader.exec_module(module)
     return module.render
+
+
+def _remove_stale_renders(folder: Path) -> None:
+    """Render modules made for other kernels' sources (an older stemdeck) and their machine code."""
+    current = f"# kernels' sources: {_kernel_sources_digest()}"
+    for module in folder.glob("stemdeck_render_*.py"):
+        try:
+            if current in module.read_text():
+                continue
+            module.unlink()
+            for cached in (folder / "__pycache__").glob(f"{module.stem}.*"):
+                cached.unlink()
+        except OSError:
+            continue  # another process's, or gone already
 
 
 # -- the process callback -----------------------------------------------------------------------------
