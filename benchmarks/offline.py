@@ -5,7 +5,10 @@ be downloaded here), on the same generated song, with the same overlap, in the s
 
 * seconds per 7.8 s segment (one forward; the sides interleaved, ``--repeats`` rounds, best and
   median wall time, best process CPU time), its real-time factor and the time ratio to the
-  reference, for our float32, int8 and (where the CPU runs it natively) bfloat16;
+  reference, for our float32, int8 and (where the CPU runs it natively) bfloat16 in torch, and
+  float32 in ONNX Runtime where it is installed (``ours-onnx``: the network exported once,
+  untimed, into a temporary cache unless ``$STEMDECK_ONNX_DIR`` names one; its STFT and iSTFT
+  in torch, timed with it);
 * the SNR of each precision's stems against our float32 stems, with the random weights as
   initialised and with the Transformer's LayerScales at 1 (their random initial 1e-4 hides the
   Transformer's contribution, and so int8's error there, which trained weights would not);
@@ -36,12 +39,19 @@ sys.path.insert(0, str(ROOT))
 
 from _common import HTDEMUCS_KW  # noqa: E402
 
-from stemdeck.models import HTDemucs, apply_model, load_checkpoint, save_safetensors  # noqa: E402
+from stemdeck.models import (  # noqa: E402
+    HTDemucs,
+    apply_model,
+    load_checkpoint,
+    onnx_backend,
+    save_safetensors,
+)
 from stemdeck.models.demo import demo_stems  # noqa: E402
 from stemdeck.models.precision import (  # noqa: E402
     autocast,
     cpu_has_native_bf16,
     prepare_model,
+    prepare_network,
     resolve_precision,
 )
 
@@ -50,13 +60,18 @@ CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512
 
 
 def sides() -> tuple[str, ...]:
-    """The reference, then ours at every precision this CPU runs natively."""
+    """The reference, then ours at every precision this CPU runs natively, and in ONNX Runtime."""
     precisions = ["fp32", "int8"] + (["bf16"] if cpu_has_native_bf16() else [])
-    return ("reference", *(f"ours-{p}" for p in precisions))
+    onnx = ["onnx"] if onnx_backend.available() else []
+    return ("reference", *(f"ours-{p}" for p in precisions + onnx))
 
 
 def precision_of(side: str) -> str:
-    return side.split("-")[1]
+    return "fp32" if side == "ours-onnx" else side.split("-")[1]
+
+
+def backend_of(side: str) -> str:
+    return "onnx" if side == "ours-onnx" else "torch"
 
 
 def build(side: str):
@@ -86,18 +101,21 @@ def separate_with(side: str, model, mix: torch.Tensor) -> torch.Tensor:
         from demucs.apply import apply_model as reference_apply
 
         return reference_apply(model, mix, shifts=0, overlap=0.25)
-    return apply_model(model, mix, overlap=0.25, precision=precision_of(side))
+    return apply_model(model, mix, overlap=0.25, precision=precision_of(side), backend=backend_of(side))
 
 
 def runnable(side: str, model):
-    """What one segment's forward runs: our model prepared for its precision."""
+    """What one segment's forward runs: our model prepared for its precision, or its ONNX network
+    (exported, or loaded from the cache, here: untimed)."""
     if side == "reference":
         return model
+    if side == "ours-onnx":
+        return prepare_network(model, "fp32", torch.device("cpu"), backend="onnx")
     return prepare_model(model, precision_of(side), torch.device("cpu"))
 
 
 def forward(side: str, model, mix: torch.Tensor) -> torch.Tensor:
-    precision = "fp32" if side == "reference" else precision_of(side)
+    precision = "fp32" if side in ("reference", "ours-onnx") else precision_of(side)
     with torch.inference_mode(), autocast(precision, torch.device("cpu")):
         return model(mix)
 
@@ -152,6 +170,14 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
+def export_onnx(weights: Path) -> dict:
+    """The checkpoint's ONNX network, into the cache the RSS workers read (they load the
+    checkpoint, so its own export); the seconds the export took and what it measured."""
+    start = time.perf_counter()
+    network = runnable("ours-onnx", load_checkpoint(weights))
+    return {"export_seconds": time.perf_counter() - start, "measured": vars(network.measured)}
+
+
 def rss_worker(side: str, minutes: float, weights: Path) -> None:
     """Separate a long track in this fresh process and report its peak RSS."""
     if side == "reference":
@@ -191,6 +217,7 @@ def machine() -> dict:
     return {
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "onnxruntime": _onnxruntime_version(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_flags": cpu_flags(),
         "auto_precision": resolve_precision("auto", torch.device("cpu")),
@@ -198,8 +225,17 @@ def machine() -> dict:
     }
 
 
+def _onnxruntime_version() -> str | None:
+    if not onnx_backend.available():
+        return None
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
 def segment_report(models: dict, repeats: int) -> dict:
-    times = time_segments({side: runnable(side, model) for side, model in models.items()}, repeats)
+    ready = {side: runnable(side, model) for side, model in models.items()}
+    times = time_segments(ready, repeats)
     reference = {kind: min(values) for kind, values in times["reference"].items()}
     report = {}
     for side, measured in times.items():
@@ -211,6 +247,8 @@ def segment_report(models: dict, repeats: int) -> dict:
             "rtf": best / SEGMENT_S,
             "time_ratio": best / reference["wall"],
             "cpu_time_ratio": cpu / reference["cpu"],
+            "backend": backend_of(side) if side != "reference" else "reference",
+            "network": ready[side].describe() if side == "ours-onnx" else None,
         }
     ours = {side: runnable(side, model) for side, model in models.items() if side != "reference"}
     strong = {side: runnable(side, full_strength(model)) for side, model in models.items() if side != "reference"}
@@ -238,6 +276,12 @@ def track_report(models: dict, seconds: float) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ.setdefault(onnx_backend.CACHE_ENV, cache)  # the RSS workers inherit it
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict:
     report = {"machine": machine()}
     models = {side: build(side) for side in sides()}
     report["segment"] = segment_report(models, args.repeats)
@@ -248,6 +292,8 @@ def run(args: argparse.Namespace) -> dict:
             weights = Path(folder) / "htdemucs-random.safetensors"
             save_safetensors(models["ours-fp32"], weights)
             del models
+            if "ours-onnx" in sides():
+                report["onnx_export"] = export_onnx(weights)
             for side in sides():
                 report["rss"][side] = measure_rss(side, args.rss_minutes, weights)
     report["machine"]["load_average_after"] = os.getloadavg()
@@ -257,7 +303,8 @@ def run(args: argparse.Namespace) -> dict:
 def print_table(report: dict) -> None:
     info = report["machine"]
     print(
-        f"HT Demucs (htdemucs size, random weights), {info['cpu_threads']} threads, torch {info['torch']} "
+        f"HT Demucs (htdemucs size, random weights), {info['cpu_threads']} threads, torch {info['torch']}, "
+        f"onnxruntime {info['onnxruntime']} "
         f"({info['cpu_capability']}: {' '.join(info['cpu_flags'])}), auto precision = {info['auto_precision']}, "
         f"load {info['load_average_before'][0]:.2f} -> {info['load_average_after'][0]:.2f}"
     )
