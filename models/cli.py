@@ -154,7 +154,7 @@ def add_separation_commands(commands) -> None:
         default="auto",
         choices=BACKENDS,
         help="what runs the network: torch, or onnx (ONNX Runtime, float32 on the CPU: pip install "
-        "'stemdeck[onnx]'); auto: ONNX Runtime where installed and measured faster for the model",
+        "'stemdeck[onnx]'); auto: torch (ONNX Runtime was no faster on the CPUs measured)",
     )
     sep.add_argument("-v", "--verbose", action="store_true", help="say which backend and precision run the network")
     add_library_options(sep)

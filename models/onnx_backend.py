@@ -3,8 +3,9 @@
 What runs in ONNX Runtime is :meth:`HybridUNet.branches`, the whole network in real numbers:
 the spectrogram (complex as channels) and the mixture in, both branches' outputs out. The STFT
 and iSTFT stay in torch (complex tensors do not export). On a 2-core AVX2 CPU its float32
-kernels did one htdemucs segment in about 0.65 of torch's CPU time, to the same stems within
-float rounding (``benchmarks/offline.py`` measures it).
+kernels were no reliable win over torch's: they did an htdemucs segment in 0.77 of torch's CPU
+time while the machine was overloaded (load 13), and 1.13 of it when the machine was quiet (load 1),
+so ``"auto"`` keeps torch (``benchmarks/offline.py`` measures it).
 
 The export costs about a minute for htdemucs, so it is made once per model and cached in the
 user cache folder (``$STEMDECK_ONNX_DIR`` instead, if set), named by a digest of the model's
@@ -12,8 +13,8 @@ class, arguments and weights, the length it runs at and the exporting torch's ve
 record beside it holds the file's SHA-256 and what the export measured; the record is written
 after the file, both atomically, and a file that does not match its record (truncated, damaged,
 left by a killed export) is exported again, never loaded. At export, ONNX Runtime's stems are
-checked against torch's on a probe (at least :data:`SNR_BAR_DB`) and both are timed once:
-``auto`` (:func:`models.precision.prepare_network`) uses ONNX Runtime only where it was faster.
+checked against torch's on a probe (at least :data:`SNR_BAR_DB`) and both are timed once
+(``-v`` shows both times).
 """
 
 from __future__ import annotations

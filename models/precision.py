@@ -12,10 +12,9 @@ without native bfloat16. It is chosen explicitly, never by ``"auto"``: its SNR a
 depends on the trained weights (``benchmarks/offline.py`` measures it).
 
 The backend runs the network: ``"torch"``, or ``"onnx"`` (ONNX Runtime, float32 on the CPU, an
-optional dependency: :mod:`models.onnx_backend`). ``"auto"`` takes ONNX Runtime where it is
-installed and, for this model, measured faster than torch when it was exported; a model's first
-export (about a minute for htdemucs) is made only for a job of at least
-:data:`AUTO_EXPORT_MIN_CHUNKS` chunks, so previews and short clips never wait for it.
+optional dependency: :mod:`models.onnx_backend`). ``"auto"`` is torch: ONNX Runtime did not win
+on the 2-core AVX2 machine it was measured on (faster only while the machine was overloaded,
+slower when quiet, and twice torch's peak memory: README, "ONNX Runtime backend").
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 BACKENDS = ("auto", "torch", "onnx")
-AUTO_EXPORT_MIN_CHUNKS = 16  # about 90 s of audio at htdemucs's 7.8 s segments
 
 
 @functools.cache
@@ -121,9 +119,9 @@ class TorchNetwork:
 
     backend = "torch"
 
-    def __init__(self, model: torch.nn.Module, precision: str, device: torch.device, why: str = ""):
+    def __init__(self, model: torch.nn.Module, precision: str, device: torch.device):
         self.precision = resolve_precision(precision, device)
-        self.model, self.device, self.why = prepare_model(model, precision, device), device, why
+        self.model, self.device = prepare_model(model, precision, device), device
 
     def __call__(self, mix: torch.Tensor) -> torch.Tensor:
         with autocast(self.precision, self.device):
@@ -131,7 +129,7 @@ class TorchNetwork:
 
     def describe(self) -> str:
         threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""
-        return f"torch ({self.precision} on {self.device.type}{threads}){self.why}"
+        return f"torch ({self.precision} on {self.device.type}{threads})"
 
 
 def prepare_network(
@@ -140,27 +138,19 @@ def prepare_network(
     device: torch.device,
     backend: str = "auto",
     segment_s: float | None = None,
-    chunks: int = 0,
     note: Callable[[str], None] | None = None,
 ) -> Network:
-    """What runs ``model``'s chunks (of ``segment_s`` seconds, ``chunks`` of them in this job):
-    torch, or ONNX Runtime where ``backend`` asks for it or ``"auto"`` finds it faster (see the
-    module's docstring). ``note`` hears of a first export, and of why ``"auto"`` kept torch when
-    ONNX Runtime is installed. Explicit ``"onnx"`` that cannot run raises ``ValueError``."""
+    """What runs ``model``'s chunks (of ``segment_s`` seconds): torch, or ONNX Runtime where
+    ``backend`` is ``"onnx"`` (``note`` hears of a first export). ``"onnx"`` that cannot run here
+    raises ``ValueError`` saying why."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
-    if backend == "torch":
+    if backend != "onnx":
         return TorchNetwork(model, precision, device)
-    from stemdeck.models import onnx_backend
-
     refusal = _onnx_refusal(model, precision, device, segment_s)
-    if backend == "onnx":
-        if refusal:
-            raise ValueError(f"--backend onnx: {refusal}")
-        return _onnx_network(model, segment_s, note)
-    if refusal or not onnx_backend.available():
-        return TorchNetwork(model, precision, device)
-    return _auto_network(model, precision, device, segment_s, chunks, note)
+    if refusal:
+        raise ValueError(f"--backend onnx: {refusal}")
+    return _onnx_network(model, segment_s, note)
 
 
 def _onnx_refusal(model, precision: str, device: torch.device, segment_s: float | None) -> str:
@@ -191,28 +181,4 @@ def _onnx_network(model, segment_s: float | None, note) -> Network:
             f"--backend onnx: ONNX Runtime's stems were {network.measured.snr_db:.1f} dB from torch's on this "
             f"model (under {onnx_backend.SNR_BAR_DB:g} dB); use --backend torch"
         )
-    return network
-
-
-def _auto_network(model, precision: str, device: torch.device, segment_s: float | None, chunks: int, note) -> Network:
-    from stemdeck.models import onnx_backend
-
-    if resolve_precision(precision, device) != "fp32":
-        return TorchNetwork(model, precision, device)
-    length = onnx_backend.network_length(model, segment_s)
-    if not onnx_backend.is_cached(model, length) and chunks < AUTO_EXPORT_MIN_CHUNKS:
-        why = f"; ONNX Runtime not exported yet for this model, done for jobs of {AUTO_EXPORT_MIN_CHUNKS}+ chunks"
-        return TorchNetwork(model, precision, device, why)
-    try:
-        network = onnx_backend.load_or_export(model.eval(), length, note=note)
-    except onnx_backend.OnnxError as exc:
-        if note is not None:
-            note(f"ONNX Runtime not used: {exc}")
-        return TorchNetwork(model, precision, device)
-    measured = network.measured
-    if not measured.accurate:
-        return TorchNetwork(model, precision, device, f"; ONNX Runtime's stems {measured.snr_db:.1f} dB from torch's")
-    if not measured.faster:
-        why = f"; ONNX Runtime was slower here ({measured.onnx_cpu_s:.2f} against {measured.torch_cpu_s:.2f} CPU s)"
-        return TorchNetwork(model, precision, device, why)
     return network

@@ -142,8 +142,7 @@ def apply_model(
             out += stems * sub_weights[None, :, None, None]
         return out
     model = model.to(device).eval()
-    chunks = len(ChunkPlan.for_model(model, check_segment(model, segment), overlap, 1.0).offsets(mix.shape[-1]))
-    network = prepare_network(model, precision, device, backend, segment, chunks * max(1, shifts), note)
+    network = prepare_network(model, precision, device, backend, segment, note)
     with torch.inference_mode():
         if shifts:
             return _apply_shifted(

@@ -334,7 +334,7 @@ def make_lanes(
     for sub_model in models:
         segment_s = check_segment(sub_model, settings.segment)
         plan = ChunkPlan.for_model(sub_model, segment_s, settings.overlap, 1.0)
-        network = _network(sub_model.to(device).eval(), settings, device, len(plan.offsets(mix_frames)))
+        network = _network(sub_model.to(device).eval(), settings, device)
         lanes.append(
             [
                 Lane(sub_model, plan, settings.segment, lead, lead + mix_frames, network)
@@ -344,11 +344,8 @@ def make_lanes(
     return lanes, bag_weights
 
 
-def _network(model: nn.Module, settings: Settings, device: torch.device, chunks: int) -> Network:
-    chunks *= max(1, settings.shifts)
-    network = prepare_network(
-        model, settings.precision, device, settings.backend, settings.segment, chunks, settings.note
-    )
+def _network(model: nn.Module, settings: Settings, device: torch.device) -> Network:
+    network = prepare_network(model, settings.precision, device, settings.backend, settings.segment, settings.note)
     if settings.verbose and settings.note is not None:
         settings.note(f"network: {network.describe()}")
     return network
