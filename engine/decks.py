@@ -69,7 +69,7 @@ from stemdeck.engine.audio.jack_output import serves as jack_serves
 from stemdeck.engine.audio.native import NativeRender
 from stemdeck.engine.audio.record import RecordBuffers
 from stemdeck.engine.audio.state import SEPARATED_FROM, STEMS_WRITTEN, playhead_frames
-from stemdeck.engine.device import DeviceError, open_stream, sounddevice
+from stemdeck.engine.device import DeviceError, close_stream, open_stream, sounddevice
 from stemdeck.engine.engine import (
     STREAM_LOST,
     Engine,
@@ -473,12 +473,7 @@ class Decks:
 
     def stop_output(self) -> None:
         stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.stop()
-                stream.close()
-            except Exception:  # the device may already be gone
-                pass
+        close_stream(stream)
 
     # -- recording --------------------------------------------------------------------------------------
 

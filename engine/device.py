@@ -92,42 +92,18 @@ def open_stream(
     With ``native`` (a :class:`~engine.audio.native.NativeRender`), PortAudio calls compiled code
     that never takes Python's interpreter lock; ``callback`` where that cannot be done."""
     sd = sounddevice()
+    duplex = input_channels > 0
+    stream_args = dict(
+        samplerate=samplerate,
+        blocksize=blocksize,
+        device=(input_device, output_device) if duplex else output_device,
+        channels=(input_channels, output_channels) if duplex else output_channels,
+        finished_callback=on_finished,
+    )
     try:
-        stream = _native_stream(
-            sd,
-            native,
-            samplerate,
-            blocksize,
-            input_device,
-            output_device,
-            input_channels,
-            output_channels,
-            on_finished,
-            max_frames or blocksize,
-        )
-        if stream is not None:
-            stream.start()
-            return stream
-        if input_channels:
-            stream = sd.Stream(
-                samplerate=samplerate,
-                blocksize=blocksize,
-                dtype="float32",
-                device=(input_device, output_device),
-                channels=(input_channels, output_channels),
-                callback=callback,
-                finished_callback=on_finished,
-            )
-        else:
-            stream = sd.OutputStream(
-                samplerate=samplerate,
-                blocksize=blocksize,
-                dtype="float32",
-                device=output_device,
-                channels=output_channels,
-                callback=callback,
-                finished_callback=on_finished,
-            )
+        stream = _native_stream(sd, native, input_channels, output_channels, max(max_frames, blocksize), stream_args)
+        if stream is None:
+            stream = (sd.Stream if duplex else sd.OutputStream)(dtype="float32", callback=callback, **stream_args)
         stream.start()
     except (sd.PortAudioError, ValueError) as exc:
         raise DeviceError(
@@ -137,18 +113,7 @@ def open_stream(
     return stream
 
 
-def _native_stream(
-    sd,
-    native,
-    samplerate,
-    blocksize,
-    input_device,
-    output_device,
-    input_channels,
-    output_channels,
-    on_finished,
-    max_frames,
-):
+def _native_stream(sd, native, input_channels: int, output_channels: int, max_frames: int, stream_args: dict):
     """A sounddevice stream whose callback is :func:`engine.audio.native_process.portaudio_process`
     (None where it cannot be: no native render, asked for Python, a 32-bit ``unsigned long``)."""
     from stemdeck.engine.audio.native import (
@@ -159,30 +124,38 @@ def _native_stream(
         portaudio_callback,
     )
 
-    if native is None or not native_wanted() or blocksize <= 0:
+    if native is None or not native_wanted() or stream_args["blocksize"] <= 0:
         return None
     callback = portaudio_callback()
     if callback is None:
         return None
     try:
         slots = NativeSlots(port_buffer=False)
-        slots.publish(*build_device_route(native, output_channels, input_channels, max(max_frames, blocksize)))
+        slots.publish(*build_device_route(native, output_channels, input_channels, max_frames))
     except NativeUnavailable:
         return None
     stream = sd._StreamBase(
         kind="duplex" if input_channels else "output",
-        samplerate=samplerate,
-        blocksize=blocksize,
-        device=(input_device, output_device) if input_channels else output_device,
-        channels=(input_channels, output_channels) if input_channels else output_channels,
         dtype=("float32", "float32") if input_channels else "float32",
         callback=sd._ffi.cast("PaStreamCallback*", callback.address),
         userdata=sd._ffi.cast("void *", slots.header.ctypes.data),
-        finished_callback=on_finished,
+        **stream_args,
     )
     stream.native_slots = slots  # the header and routes the callback reads live as long as it
-    stream.native_shape = (output_channels, input_channels, max(max_frames, blocksize))
+    stream.native_shape = (output_channels, input_channels, max_frames)
     return stream
+
+
+def close_stream(stream) -> None:
+    """Stop and close an output (sounddevice's stream, or a hold on the JACK client), quietly:
+    the device may already be gone."""
+    if stream is None:
+        return
+    try:
+        stream.stop()
+        stream.close()
+    except Exception:
+        pass
 
 
 def renew_native_stream(stream, native, timeout_s: float = 0.5) -> bool:

@@ -58,7 +58,7 @@ from stemdeck.engine.audio.state import (
 from stemdeck.engine.audio.stretched import stretched_deck_block, warm_up_stretched
 from stemdeck.engine.backends import WorkerBackend, make_backend
 from stemdeck.engine.config import PRESETS, EngineConfig, WindowConfig
-from stemdeck.engine.device import DeviceError, open_stream, renew_native_stream
+from stemdeck.engine.device import DeviceError, close_stream, open_stream, renew_native_stream
 from stemdeck.engine.memory import TrackMemory, TrackRecord, audio_key
 from stemdeck.engine.practice import NUM_HOT_CUES, BeatGrid, LoopPoints
 from stemdeck.engine.recorder import Recorder, Take
@@ -875,12 +875,7 @@ class Engine:
         """Stop playing and keep the session (the deck's track, its stems, the worker). sounddevice's
         stream is closed; on JACK the client and its ports stay (silent), with their connections."""
         stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.stop()
-                stream.close()
-            except Exception:  # the device may already be gone
-                pass
+        close_stream(stream)
 
     def stop(self) -> None:
         self._remember()
