@@ -16,6 +16,7 @@ import re
 import secrets
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -96,17 +97,39 @@ class SharedBlock:
         return cls(spec.arrays, spec.name)
 
     def close(self) -> None:
-        """Unlink the segment; the mapping itself stays valid while any array still views it."""
-        self.arrays = {}
+        """Unlink the segment; the mapping itself stays valid while any array still views it.
+
+        numpy does not hold a buffer export on the mapping (an array keeps only a reference to
+        the memoryview, which ``SharedMemory.close`` releases), so closing it at once would
+        unmap memory an array, a stream's block or the compiled callback still reads. The
+        mapping is closed once no array made here is alive (:func:`close_unused_mappings`)."""
+        arrays, self.arrays = list(self.arrays.values()), {}
         if self.owner:
             try:
                 self.memory.unlink()
             except FileNotFoundError:
                 pass
+        _unused_mappings.append((self.memory, [weakref.ref(array) for array in arrays]))
+        del arrays
+        close_unused_mappings()
+
+
+# closed blocks' mappings and the arrays made on them (views of an array keep it alive)
+_unused_mappings: list[tuple[shared_memory.SharedMemory, list[weakref.ref]]] = []
+
+
+def close_unused_mappings() -> None:
+    """Unmap every closed block whose arrays are all gone."""
+    still_viewed = []
+    for memory, arrays in _unused_mappings:
+        if any(array() is not None for array in arrays):
+            still_viewed.append((memory, arrays))
+            continue
         try:
-            self.memory.close()
-        except BufferError:  # views remain (e.g. a stream's last block): unmapped when they go
-            pass
+            memory.close()
+        except BufferError:  # a buffer export after all: next time
+            still_viewed.append((memory, arrays))
+    _unused_mappings[:] = still_viewed
 
 
 # -- commands (parent to process) and replies ---------------------------------------------------------
