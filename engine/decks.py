@@ -87,6 +87,14 @@ CUE_GROUP = "cue"
 SYNC_BPM_TOLERANCE = 0.1  # what sync promises: the decks' heard tempos within this
 
 
+def _unit(value: float, name: str, give: str) -> float:
+    """A 0-1 control's position, clamped; a NaN is refused in one line."""
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"{name} is not a number (nan); give {give}")
+    return min(1.0, max(0.0, value))
+
+
 class DeckBusy(ValueError):
     """A load into the deck that is playing: the CLI and MIDI refuse it, the GUI asks first."""
 
@@ -244,10 +252,7 @@ class Decks:
 
     def set_crossfader(self, position: float) -> None:
         """0 plays deck A alone, 1 deck B alone; between, as the curve says."""
-        position = float(position)
-        if math.isnan(position):
-            raise ValueError("crossfader is not a number (nan); give 0 (deck A) to 1 (deck B)")
-        self._write(CROSSFADER, min(1.0, max(0.0, position)))
+        self._write(CROSSFADER, _unit(position, "crossfader", "0 (deck A) to 1 (deck B)"))
 
     @property
     def crossfader(self) -> float:
@@ -291,10 +296,7 @@ class Decks:
 
     def set_cue_mix(self, amount: float) -> None:
         """What the headphones hear: 0 the cued decks only, 1 the master only, between a blend."""
-        amount = float(amount)
-        if math.isnan(amount):
-            raise ValueError("cue mix is not a number (nan); give 0 (cue) to 1 (master)")
-        self._write(CUE_MIX, min(1.0, max(0.0, amount)))
+        self._write(CUE_MIX, _unit(amount, "cue mix", "0 (cue) to 1 (master)"))
 
     @property
     def cue_mix(self) -> float:

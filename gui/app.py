@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -183,18 +184,7 @@ def _decks_screenshot(app, window, session, path: Path) -> int:
     decks.deck("A").play()
     decks.set_cue("B")
     out = np.zeros((BLOCK_FRAMES, 2 * decks.channels), np.float32)
-    for block in range(SCREENSHOT_BLOCKS):
-        decks.process_block(out)
-        if block % 6 == 0:
-            window.refresh()
-            app.processEvents()
-    window.refresh()
-    app.processEvents()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not window.grab().save(str(path), "PNG"):
-        raise ValueError(f"could not write {path}")
-    print(path)
-    return 0
+    return _play_and_grab(app, window, path, functools.partial(decks.process_block, out))
 
 
 def _shut_down(session, midi) -> None:
@@ -251,11 +241,20 @@ def _screenshot(app, window, session, path: Path) -> int:
     import numpy as np
 
     out = np.zeros((BLOCK_FRAMES, engine.config.channels), np.float32)
+    render = None
     if session.track is not None:
         engine.wait_separated(int(3 * engine.config.samplerate), timeout_s=60)
         engine.play()
+        render = functools.partial(engine.process_deck_block, out)
+    return _play_and_grab(app, window, path, render)
+
+
+def _play_and_grab(app, window, path: Path, render_block) -> int:
+    """``render_block`` run for the screenshot's blocks (None: nothing plays) with the window
+    redrawn as it goes, then the window saved to ``path``."""
+    if render_block is not None:
         for block in range(SCREENSHOT_BLOCKS):
-            engine.process_deck_block(out)
+            render_block()
             if block % 6 == 0:
                 window.refresh()
                 app.processEvents()
