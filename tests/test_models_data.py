@@ -250,3 +250,16 @@ def test_fine_tuning_starts_from_a_model_of_the_same_shape(tmp_path):
     with pytest.raises(ValueError, match=r"--init .*other.safetensors is not a 'tiny' model"):
         initial_model("tiny", other)
     assert initial_model("tiny", None) is None
+
+
+def test_the_sparse_tiny_starts_from_the_dense_bundled_weights():
+    from stemdeck.models.nets.transformer import SparseAttention
+
+    dense = initial_model("tiny", "tiny")
+    sparse = initial_model("tiny-sparse", "tiny")
+    assert isinstance(sparse.crosstransformer.layers[0].self_attn, SparseAttention)
+    assert sparse.init_kwargs["t_mask_type"] == "diag_global" and sparse.init_kwargs["t_sparse_attn_window"] == 64
+    assert sum(p.numel() for p in sparse.parameters()) == sum(p.numel() for p in dense.parameters())
+    in_proj = dense.state_dict()["crosstransformer.layers_t.1.cross_attn.in_proj_weight"]
+    assert torch.equal(sparse.state_dict()["crosstransformer.layers_t.1.cross_attn.k.weight"], in_proj.chunk(3)[1])
+    assert torch.equal(sparse.state_dict()["encoder.0.conv.weight"], dense.state_dict()["encoder.0.conv.weight"])

@@ -370,3 +370,34 @@ def test_int8_precision_runs_a_sparse_model():
     out = _separate(fast)
     snr_db = 10 * torch.log10(reference.pow(2).sum() / (out - reference).pow(2).sum())
     assert snr_db > 20
+
+
+# -- the sparse `tiny`, made from dense weights ------------------------------------------------------
+
+
+def test_a_dense_model_becomes_sparse_with_its_weights_and_a_full_pattern_changes_nothing():
+    from stemdeck.models.training.sparsify import sparse_from_dense
+
+    torch.manual_seed(8)
+    dense = _strong_transformer(HTDemucs(**dict(TINY_HT_KW, segment=1)).eval())
+    everything = dict(t_sparse_self_attn=True, t_sparse_cross_attn=True, t_mask_type="diag", t_sparse_attn_window=10**5)
+    full = sparse_from_dense(dense, **everything).eval()
+    narrow = sparse_from_dense(dense, **dict(everything, t_mask_type="diag_global", t_sparse_attn_window=2)).eval()
+    assert sum(p.numel() for p in full.parameters()) == sum(p.numel() for p in dense.parameters())
+    assert isinstance(full.crosstransformer.layers[0].self_attn, SparseAttention)
+    assert full.init_kwargs["t_sparse_attn_window"] == 10**5  # saved with the weights
+    assert torch.equal(
+        _as_dense_state(full.state_dict())["crosstransformer.layers.0.self_attn.in_proj_weight"],
+        dense.state_dict()["crosstransformer.layers.0.self_attn.in_proj_weight"],
+    )
+    assert (_separate(full) - _separate(dense)).abs().max() < 1e-5
+    tokens = _transformer_tokens(dense)
+    assert (_transformer_tokens(narrow) - tokens).abs().max() > 1e-3 * tokens.abs().max()  # the pattern bites
+
+
+def test_only_an_ht_demucs_is_made_sparse():
+    from stemdeck.models.nets.passthrough import PassThrough
+    from stemdeck.models.training.sparsify import sparse_from_dense
+
+    with pytest.raises(ValueError, match="only an HT Demucs has attention to make sparse, not PassThrough"):
+        sparse_from_dense(PassThrough(["drums", "bass", "other", "vocals"]))

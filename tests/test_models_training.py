@@ -352,3 +352,16 @@ def test_ema_warms_up_then_holds_the_configured_decay(dataset, tmp_path):
     moved = trainer.ema.state_dict()[name] - start[name]
     target = trainer.model.state_dict()[name] - start[name]
     assert torch.allclose(moved, 0.9 * target, atol=1e-7)
+
+
+def test_learning_rate_warms_up_and_fit_stops_at_max_steps_for_good(dataset, tmp_path):
+    trainer = small_trainer(dataset, tmp_path / "m.safetensors", lr=1e-3, warmup_steps=4, steps_per_epoch=100)
+    assert [trainer.learning_rate(s) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert small_trainer(dataset, tmp_path / "n.safetensors").learning_rate(0) == 1e-3  # no warm-up
+    trainer.fit(progress=False, max_steps=2)
+    assert trainer.step == 2 and trainer.checkpoint_path.exists()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)  # what step 1 used
+    resumed = small_trainer(dataset, tmp_path / "m.safetensors", lr=1e-3, warmup_steps=4, steps_per_epoch=100)
+    assert resumed.resume() and resumed.step == 2
+    resumed.fit(progress=False, max_steps=2)
+    assert resumed.step == 2  # a finished run takes no more steps

@@ -38,6 +38,7 @@ def run_recipe(args: argparse.Namespace) -> int:
         threads=t.get("threads"),
         valid_seconds=t.get("valid_seconds", 30.0),
         lr=t.get("lr", 3e-4),
+        warmup_steps=t.get("warmup_steps", 0),
         augment=Augment(),
     )
     trainer = Trainer(
@@ -45,7 +46,7 @@ def run_recipe(args: argparse.Namespace) -> int:
     )
     if trainer.resume():
         print(f"resumed at step {trainer.step}", file=sys.stderr)
-    trainer.fit(progress=sys.stderr.isatty())
+    trainer.fit(progress=sys.stderr.isatty(), max_steps=t.get("steps"))
     trainer.save_model(half=recipe["output"].get("half", False))
     report = evaluate_recipe(recipe["data"], out, data, args.workdir)
     report_path = out.with_suffix(".eval.json")

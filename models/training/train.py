@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from stemdeck.models.training.dataset import Augment, SegmentSampler, load_stems, track_folders
+from stemdeck.models.training.sparsify import SPARSE_TINY, sparse_from_dense
 from stemdeck.models.training.synth import check_training_tracks
 
 SOURCES_4 = ("drums", "bass", "other", "vocals")
@@ -40,6 +41,18 @@ CONFIGS = {
         segment=Fraction(4),
         samplerate=22050,
     ),
+    # `tiny` with sparse attention (issue 17): the same parameters, fine-tuned from the dense weights
+    "tiny-sparse": dict(
+        channels=16,
+        depth=4,
+        dconv_mode=3,
+        t_layers=2,
+        bottom_channels=128,
+        t_heads=4,
+        segment=Fraction(4),
+        samplerate=22050,
+        **SPARSE_TINY,
+    ),
     "small": dict(channels=24, depth=4, dconv_mode=3, t_layers=3, bottom_channels=256, t_heads=8, segment=Fraction(6)),
 }
 
@@ -50,6 +63,7 @@ class TrainConfig:
     sources: tuple[str, ...] = SOURCES_4
     batch_size: int = 4
     lr: float = 3e-4
+    warmup_steps: int = 0  # the rate rises linearly over these steps: a fresh Adam does not jolt fine-tuned weights
     ema_decay: float = 0.999
     clip_grad_norm: float = 5.0
     source_weights: tuple[float, ...] | None = None  # None: all 1
@@ -72,6 +86,9 @@ def initial_model(config: str, init: str | Path | None, sources=SOURCES_4) -> nn
 
     model = load_model(init)
     fresh = build_model(config, sources)
+    if CONFIGS[config].get("t_sparse_self_attn") and not getattr(model, "init_kwargs", {}).get("t_sparse_self_attn"):
+        # a dense model's weights fine-tuned under the sparse pattern
+        model = sparse_from_dense(model, **{k: v for k, v in CONFIGS[config].items() if k.startswith("t_")})
     shapes = {k: v.shape for k, v in fresh.state_dict().items()}
     if type(model) is not type(fresh) or {k: v.shape for k, v in model.state_dict().items()} != shapes:
         raise ValueError(f"--init {init} is not a {config!r} model with sources {', '.join(sources)}")
@@ -139,6 +156,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.step)
         self.optimizer.step()
         with torch.no_grad():
             decay = self.ema_decay(self.step)
@@ -148,6 +167,11 @@ class Trainer:
                 average.copy_(current)
         self.step += 1
         return loss.item()
+
+    def learning_rate(self, step: int) -> float:
+        """The configured rate, after a linear warm-up from ``lr / warmup_steps`` at step 0."""
+        warmup = self.config.warmup_steps
+        return self.config.lr * min(1.0, (step + 1) / warmup) if warmup else self.config.lr
 
     def ema_decay(self, step: int) -> float:
         """The configured decay, warmed up as (1 + step) / (10 + step): a short run's average is
@@ -160,6 +184,8 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.config
+        if max_steps is not None and self.step >= max_steps:
+            return self.history
         deadline = time.monotonic() + 60 * cfg.minutes if cfg.minutes else math.inf
         total_epochs = cfg.epochs if cfg.epochs is not None else (None if cfg.minutes else 1)
         while total_epochs is None or self.epoch < total_epochs:
