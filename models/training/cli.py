@@ -61,6 +61,7 @@ def add_training_commands(commands, add_model_options) -> None:
     train.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
     train.add_argument("--init", metavar="MODEL", help="start from this model's weights (fine-tuning)")
     train.add_argument("--lr", type=float, default=3e-4, help="Adam's learning rate")
+    train.add_argument("--warmup-steps", type=int, default=0, help="raise the rate linearly over these steps")
     train.set_defaults(func=run_train)
 
     evaluate = commands.add_parser("eval", help="SDR of a model on a dataset's test tracks")

@@ -303,6 +303,7 @@ def train_config_from_args(args) -> TrainConfig:
         seed=args.seed,
         threads=args.threads,
         lr=args.lr,
+        warmup_steps=args.warmup_steps,
     )
     if args.source_weights:
         config = replace(config, source_weights=tuple(float(w) for w in args.source_weights.split(",")))
