@@ -461,8 +461,6 @@ def _set_count_in(engine, beats: int | None) -> None:
     if beats:
         engine.set_count_in(beats)
         print(f"count-in: {beats} beat(s) before each restart of the loop", file=sys.stderr)
-        if engine.count_in_note:
-            print(f"note: {engine.count_in_note}", file=sys.stderr)
 
 
 def _start_recording(engine, args: argparse.Namespace) -> None:

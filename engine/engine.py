@@ -74,7 +74,6 @@ STREAM_LOST = (
 MIN_GAIN_DB = -60.0  # at or below: silence
 MAX_GAIN_DB = 12.0
 MAX_COUNT_IN_BEATS = 8
-COUNT_IN_TEMPO_NOTE = "the count-in plays at tempo 100 % and key 0 only (set both back to hear it)"
 MIN_LOOP_S = 0.02  # halving stops here: shorter is a buzz, not a loop
 
 
@@ -155,7 +154,6 @@ class MixerState:
     recording: bool = False
     hot_cues_set: tuple[bool, ...] = ()
     count_in: int = 0  # beats of click before each restart of the loop (0: off)
-    count_in_note: str | None = None  # why the count-in is not heard now, if it is not
 
 
 class Engine:
@@ -607,19 +605,12 @@ class Engine:
     def set_count_in(self, beats: int) -> None:
         """Before the loop restarts from its in point, ``beats`` clicks (1-8, 0 off) at the
         track's tempo (``bpm``; the config's fixed tempo while none is known), the first accented;
-        the playhead waits at the in point meanwhile. Heard at tempo 1 and key 0 only
-        (:attr:`count_in_note` says so when both are on)."""
+        the playhead waits at the in point meanwhile. At another tempo the clicks come one beat
+        as heard apart (the track's beat over the tempo), the key shift leaves them as they are."""
         if isinstance(beats, bool) or not isinstance(beats, int) or not 0 <= beats <= MAX_COUNT_IN_BEATS:
             raise ValueError(f"count-in {beats!r} is not a number of beats from 0 (off) to {MAX_COUNT_IN_BEATS}")
         self._count_in_beats = beats
         self._write_count_in()
-
-    @property
-    def count_in_note(self) -> str | None:
-        """One line when the count-in is on but not heard (tempo or key off unity), else None."""
-        if self._count_in_beats and (self.tempo != 1.0 or self.key != 0.0):
-            return COUNT_IN_TEMPO_NOTE
-        return None
 
     def _write_count_in(self) -> None:
         """Hand the callback the count-in: the beat's length first, so it never takes a new
@@ -771,7 +762,6 @@ class Engine:
             recording=self.recorder.recording,
             hot_cues_set=tuple(frames is not None for frames in self._cues),
             count_in=self._count_in_beats,
-            count_in_note=self.count_in_note,
         )
 
     def set_dry_mix(self, amount: float) -> None:

@@ -625,12 +625,8 @@ class MainWindow(QMainWindow):
             engine.snap_to_beats = on
 
     def _count_in(self, on: bool) -> None:
-        """The Count-in button: a bar of clicks before each restart of the loop, or none; where
-        tempo or key make it silent, the status bar says so."""
+        """The Count-in button: a bar of clicks before each restart of the loop, or none."""
         self.practice("set_count_in", COUNT_IN_BEATS if on else 0)
-        engine = self.session.engine
-        if engine is not None and getattr(engine, "count_in_note", None):
-            self.show_message(engine.count_in_note, MIDI_MESSAGE_MS)
 
     def step_key(self, semitones: int) -> None:
         engine = self.session.engine

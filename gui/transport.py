@@ -14,7 +14,7 @@ KEY_RANGE_SEMITONES = 12
 NO_BEATS = "beats"  # the length list's first entry: no loop by beats chosen
 GLYPH_BUTTON_PX = 36  # ½ and ×2, as narrow as the cue pads: the window keeps its minimum width
 COUNT_IN_BEATS = 4  # the Count-in button's clicks: one bar of 4/4
-COUNT_IN_TIP = f"{COUNT_IN_BEATS} clicks (one a beat) before the loop restarts; tempo 100 % and key 0 only"
+COUNT_IN_TIP = f"{COUNT_IN_BEATS} clicks (one a beat as heard) before the loop restarts"
 
 
 class TransportRow(QWidget):
@@ -153,7 +153,6 @@ class TransportRow(QWidget):
         _show_checked(self.loop_button, mixer.looping)
         _show_checked(self.record_button, mixer.recording)
         _show_checked(self.count_in_button, mixer.count_in > 0)
-        self.count_in_button.setToolTip(mixer.count_in_note or COUNT_IN_TIP)
         for pad, is_set in zip(self.pads, mixer.hot_cues_set, strict=False):
             _show_checked(pad, is_set)
         self.beats_box.setEnabled(bpm is not None)

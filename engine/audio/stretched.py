@@ -10,6 +10,13 @@ the ring; each ring frame carries the source frame it was made from, so the play
 the source frame heard. A seek, or a new epoch, leaves the ring for the unstretched source at
 the playhead until the stage has caught up. The ring running dry is counted (``UNDERFLOWS``)
 and the rest of the block is silence: the callback never waits for the stage.
+
+A count-in (practice) plays here too: while one is asked for, the stage stretches the loop only
+up to its out point (faded out, then silence that flushes the stretcher), so the callback stops
+at the first ring frame made from the out point, plays the clicks one beat *as heard* apart
+(the track's beat / tempo), and leaves that epoch; the stage starts a new one exactly at the
+in point (its stretcher restarted and primed with the frames before it, so nothing of the out
+point's audio smears into the restart), which the callback joins the moment the clicks end.
 """
 
 from __future__ import annotations
@@ -24,9 +31,12 @@ from stemdeck.engine.audio.callbacks import (
     MixerBuffers,
     _apply_loop,
     _apply_transport,
+    _counting_in,
     _note_fallback,
     _note_first_stems,
     _play_chunk,
+    _play_count_in,
+    _play_to_loop_out,
     _update_gains,
     deck_block,
 )
@@ -34,7 +44,13 @@ from stemdeck.engine.audio.mixer import mix_block
 from stemdeck.engine.audio.record import RecordBuffers, record_block
 from stemdeck.engine.audio.state import (
     BLOCKS,
+    COUNT_IN_BEAT,
+    COUNT_IN_BEAT_FRAMES,
+    COUNT_IN_BEATS,
     COUNT_IN_LEFT,
+    COUNT_IN_TOTAL,
+    LOOP_IN_AT,
+    LOOP_OUT_AT,
     PLAY,
     PLAYHEAD,
     POSITION,
@@ -54,6 +70,10 @@ from stemdeck.engine.audio.state import (
 # callback's SEEK_SEEN the epoch started from), DRAINED (read past the track's end, stretcher
 # flushed), FED (source frames fed into the epoch's stretcher). The control side writes EPOCH
 # and RUNNING only while no stage process is alive (one that died: the source plays on).
+# Callback-written, for the count-in: COUNT_INS (count-ins begun: a new one has the stage start an
+# epoch at the loop's in point), LEFT_EPOCH (the epoch the last count-in left, never rejoined),
+# RESUMING (1 from a count-in's start until the ring plays again from the in point). Stage-written:
+# EPOCH_COUNT_INS, the COUNT_INS the current epoch was started for.
 (
     EPOCH,
     EPOCH_START,
@@ -69,8 +89,12 @@ from stemdeck.engine.audio.state import (
     EPOCH_SEEK,
     DRAINED,
     FED,
-) = range(14)
-STATE_SLOTS = 14
+    COUNT_INS,
+    LEFT_EPOCH,
+    RESUMING,
+    EPOCH_COUNT_INS,
+) = range(18)
+STATE_SLOTS = 18
 # controls[...] slots, control-written
 TEMPO, SEMITONES = range(2)
 # joining the stage's output, and leaving it for the source, crossfade over this many frames
@@ -80,6 +104,7 @@ FADE_FRAMES = 256
 # machine) the callback plays silence, not the source at the wrong tempo, for at most this long
 # (93 ms at 44.1 kHz); then it plays on unstretched and the stage starts again further ahead
 HOLD_FRAMES = 4096
+NO_STOP = np.iinfo(np.int64).max  # the ring plays on whatever source frame it reaches
 
 
 class StretchBuffers(NamedTuple):
@@ -90,7 +115,7 @@ class StretchBuffers(NamedTuple):
     dry: np.ndarray  # (C, capacity) float32, stage-written
     ready: np.ndarray  # (capacity,) uint8: the stems were separated at this frame's source; stage-written
     source: np.ndarray  # (capacity,) int64: the source frame this ring frame was made from; stage-written
-    state: np.ndarray  # (10,) int64, see the slots above
+    state: np.ndarray  # (STATE_SLOTS,) int64, see the slots above
     controls: np.ndarray  # (2,) float64: tempo (1 = as recorded), key shift in semitones; control-written
     fade: np.ndarray  # (FADE_FRAMES, C * (S + 1)) float32: the other side of a crossfade; callback-owned
     gains_saved: np.ndarray  # (4, S + 1) float64: the gain ramps before a crossfade's first side; callback-owned
@@ -133,11 +158,24 @@ def stretch_active(controls):
 
 
 @njit(nogil=True, cache=True)
-def _play_ring(out, deck, stretch):
-    """Fill ``out`` from the joined epoch's ring; what the ring lacks stays silent (counted)."""
+def _frames_before(stretch, frames, stop_source):
+    """How many of the next ``frames`` ring frames were made from source frames before ``stop_source``."""
+    capacity, read = stretch.dry.shape[-1], stretch.state[READ]
+    for i in range(frames):
+        if stretch.source[(read + i) % capacity] >= stop_source:
+            return i
+    return frames
+
+
+@njit(nogil=True, cache=True)
+def _play_ring(out, deck, stretch, stop_source):
+    """Fill ``out`` from the joined epoch's ring, stopping before the first frame made from
+    ``stop_source`` or later (the loop's out point, where a count-in starts): returns the frames
+    played then; else ``out``'s length, what the ring lacks silent (counted)."""
     audio, mixer, state = deck.audio, deck.mixer, stretch.state
     capacity = stretch.dry.shape[-1]
-    frames = min(max(state[WRITTEN] - state[READ], 0), out.shape[0])
+    available = min(max(state[WRITTEN] - state[READ], 0), out.shape[0])
+    frames = _frames_before(stretch, available, stop_source)
     i = 0
     while i < frames:
         at = (state[READ] + i) % capacity
@@ -153,6 +191,8 @@ def _play_ring(out, deck, stretch):
         heard = stretch.source[(state[READ] + frames - 1) % capacity] + 1
         audio[PLAYHEAD] = min(heard, deck.track.shape[-1])
         state[READ] += frames
+    if frames < available:
+        return frames  # the out point
     if frames < out.shape[0] and audio[PLAYHEAD] < deck.track.shape[-1]:
         state[UNDERFLOWS] += 1  # the stage fell behind (past the track's end there is nothing to wait for)
     return out.shape[0]
@@ -176,7 +216,7 @@ def _crossfade(out, deck, stretch, to_ring):
     source_end = audio[PLAYHEAD]
     mixer.gains[:] = stretch.gains_saved
     audio[PLAYHEAD] = start
-    _play_ring(out[:frames], deck, stretch)
+    _play_ring(out[:frames], deck, stretch, NO_STOP)
     for i in range(frames):
         weight = (i + 1) / (frames + 1)  # of the ring
         if not to_ring:
@@ -189,13 +229,50 @@ def _crossfade(out, deck, stretch, to_ring):
 
 
 @njit(nogil=True, cache=True)
+def _begin_count_in(deck, stretch):
+    """At the loop's out point: the count-in's clicks one beat as heard apart (the track's beat
+    over the tempo, fixed for this count-in), the playhead waiting at the in point, the ring
+    left; the stage is told (COUNT_INS, last) to start an epoch there."""
+    audio, transport, state = deck.audio, deck.transport, stretch.state
+    beat = max(1, int(round(transport[COUNT_IN_BEAT_FRAMES] / stretch.controls[TEMPO])))
+    audio[COUNT_IN_BEAT] = beat
+    audio[COUNT_IN_TOTAL] = transport[COUNT_IN_BEATS] * beat
+    audio[COUNT_IN_LEFT] = audio[COUNT_IN_TOTAL]
+    audio[PLAYHEAD] = audio[LOOP_IN_AT]
+    state[LEFT_EPOCH] = state[EPOCH]
+    state[JOINED] = 0
+    state[RESUMING], state[HELD] = 1, 0
+    state[COUNT_INS] += 1
+
+
+@njit(nogil=True, cache=True)
+def _resume(out, deck, stretch):
+    """After a count-in: the ring from the in point as soon as the stage's epoch there has a
+    frame (no crossfade: clicks, not music, came before); silence while it has none, for at
+    most HOLD_FRAMES, then as after any other epoch missed. Returns the frames played, 0 to
+    play on as usual."""
+    audio, state = deck.audio, stretch.state
+    epoch = state[EPOCH]
+    published = epoch > 0 and epoch % 2 == 0 and epoch != state[LEFT_EPOCH] and state[MISSED] != epoch
+    if published and state[EPOCH_START] == audio[PLAYHEAD] and state[WRITTEN] > 0:
+        state[READ], state[JOINED], state[RESUMING] = 0, epoch, 0
+        return _play_ring(out, deck, stretch, NO_STOP)
+    if state[HELD] < HOLD_FRAMES:
+        state[HELD] += out.shape[0]
+        return out.shape[0]
+    state[RESUMING] = 0
+    return 0
+
+
+@njit(nogil=True, cache=True)
 def _play_source(out, deck, stretch):
-    """Unstretched from the playhead until the stage's epoch starts (stopping there to join it);
-    returns the frames played, 0 at the track's end."""
+    """Unstretched from the playhead until the stage's epoch starts (stopping there to join it),
+    or to the loop's out point where a count-in starts; returns the frames played, 0 at the
+    track's end."""
     audio, state = deck.audio, stretch.state
     epoch = state[EPOCH]
     frames = min(out.shape[0], deck.track_block.shape[-1])
-    if epoch > 0 and epoch % 2 == 0 and state[MISSED] != epoch:
+    if epoch > 0 and epoch % 2 == 0 and state[MISSED] != epoch and epoch != state[LEFT_EPOCH]:
         to_start = state[EPOCH_START] - audio[PLAYHEAD]
         if to_start == 0:
             if state[WRITTEN] > 0:
@@ -210,6 +287,11 @@ def _play_source(out, deck, stretch):
             state[MISSED] = epoch  # the stage was too slow: it starts again further ahead
         elif 0 < to_start < frames:
             frames = to_start
+    if _counting_in(deck):
+        frames = _play_to_loop_out(out[:frames], deck)
+        if audio[COUNT_IN_LEFT] > 0:
+            _begin_count_in(deck, stretch)  # at the tempo heard, not the track's
+        return frames
     if not _play_chunk(out[:frames], deck):
         return 0
     return frames
@@ -217,17 +299,28 @@ def _play_source(out, deck, stretch):
 
 @njit(nogil=True, cache=True)
 def _stretched_blocks(outdata, deck, stretch):
-    state = stretch.state
+    audio, state = deck.audio, stretch.state
     done = 0
     while done < outdata.shape[0]:
+        out = outdata[done:]
         if state[JOINED] != 0 and state[JOINED] != state[EPOCH]:
             state[JOINED] = 0  # the stage started afresh: the source from the playhead shown
-        if state[JOINED] != 0:
-            played = _play_ring(outdata[done:], deck, stretch)
-        else:
-            played = _play_source(outdata[done:], deck, stretch)
-        if played <= 0:
-            break
+        counting = _counting_in(deck)
+        if audio[COUNT_IN_LEFT] > 0 and not counting:
+            audio[COUNT_IN_LEFT] = 0  # count-in or loop off: the loop's start plays at once
+        played = 0
+        if audio[COUNT_IN_LEFT] > 0:
+            played = _play_count_in(out, deck)
+        elif state[JOINED] != 0:
+            played = _play_ring(out, deck, stretch, audio[LOOP_OUT_AT] if counting else NO_STOP)
+            if played < out.shape[0]:
+                _begin_count_in(deck, stretch)
+        elif state[RESUMING] != 0:
+            played = _resume(out, deck, stretch)
+        if played == 0 and audio[COUNT_IN_LEFT] == 0 and state[JOINED] == 0 and state[RESUMING] == 0:
+            played = _play_source(out, deck, stretch)
+            if played <= 0 and audio[COUNT_IN_LEFT] == 0:
+                break
         done += played
     return done
 
@@ -255,6 +348,7 @@ def stretched_deck_block(outdata, deck, stretch, xrun):
     active = stretch_active(stretch.controls)
     if not active and (state[JOINED] == 0 or state[JOINED] != state[EPOCH]):
         state[JOINED] = 0  # the playhead already holds the source frame heard next
+        state[RESUMING] = 0  # a count-in under way ends unstretched, as it began
         deck_block(outdata, deck, xrun)
         return
     if xrun:
@@ -263,8 +357,8 @@ def stretched_deck_block(outdata, deck, stretch, xrun):
     if audio[SEEK_SEEN] != state[SEEK_NOTED]:
         state[SEEK_NOTED] = audio[SEEK_SEEN]
         state[JOINED] = 0  # the ring holds audio from before the seek
+        state[RESUMING] = 0  # and ended any count-in
     _apply_loop(audio, transport)
-    audio[COUNT_IN_LEFT] = 0  # the count-in plays at tempo 1 and key 0 only: none resumes later
     _update_gains(mixer)
     outdata[:] = 0.0
     mixer.levels[:] = 0.0

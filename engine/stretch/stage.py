@@ -12,6 +12,14 @@ it does unstretched. The ring is kept shallow (``fill_frames``) so a change of t
 heard within the ring plus the stretcher's delay; ratios are set on the streaming stretcher,
 never by starting it afresh, so a change has no click. A seek (or the callback reaching an
 epoch's start before any frame was ready) starts a new epoch ahead of the playhead.
+
+With a count-in asked for, the loop is read only up to its out point, its last frames faded out
+as the unstretched deck fades them, then silence that flushes the stretcher (those frames carry
+the out point as their source: the callback stops there and counts in). The count-in the
+callback begins (``COUNT_INS``) starts a new epoch exactly at the in point, where the playhead
+waits, with no lead: the stretcher restarted and primed with the frames before the in point.
+A tempo or key change while the clicks play starts that epoch again at the new ratios (none of
+it has been heard), so the restart is at the new tempo from its first frame.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ import numpy as np
 from numba import njit
 
 from stemdeck.engine.audio.state import (
+    COUNT_IN_BEAT_FRAMES,
+    COUNT_IN_BEATS,
+    COUNT_IN_LEFT,
     LOOP_IN_AT,
     LOOP_OUT_AT,
     PLAY,
@@ -38,8 +49,10 @@ from stemdeck.engine.audio.state import (
     SharedState,
 )
 from stemdeck.engine.audio.stretched import (
+    COUNT_INS,
     DRAINED,
     EPOCH,
+    EPOCH_COUNT_INS,
     EPOCH_SEEK,
     EPOCH_START,
     FED,
@@ -107,10 +120,13 @@ def source_positions(out, position, frames, loop_in, loop_out, length):
 
 def backlog_frames(state: np.ndarray, audio: np.ndarray) -> int:
     """Output frames the stage wrote and the callback has not played in the current epoch (0
-    while one is set up, idle, or after a seek the stage has not started again from)."""
+    while one is set up, idle, or after a seek or a count-in's start the stage has not started
+    again from)."""
     epoch = int(state[EPOCH])
     if epoch % 2 == 1 or not state[RUNNING] or int(audio[SEEK_SEEN]) != int(state[EPOCH_SEEK]):
         return 0
+    if state[COUNT_INS] != state[EPOCH_COUNT_INS]:
+        return 0  # a count-in began: the epoch at the in point is still to start
     taken = int(state[READ]) if int(state[JOINED]) == epoch else 0
     return int(state[WRITTEN]) - taken
 
@@ -210,10 +226,15 @@ class StretchStage:
         state, audio = self.stretch.state, self.deck.audio
         if not self._running or int(audio[SEEK_SEEN]) != int(state[EPOCH_SEEK]):
             return True
+        if state[COUNT_INS] != state[EPOCH_COUNT_INS]:
+            return True  # a count-in began: the in point, afresh
         epoch = int(state[EPOCH])
         if int(state[MISSED]) == epoch:
             self._lead_frames = min(2 * self._lead_frames, int(self.config.max_lead_s * self.samplerate))
             return True
+        if audio[COUNT_IN_LEFT] > 0:  # the callback joins at the count-in's end: the wait counts from there
+            self._epoch_position = int(audio[POSITION])
+            return self._ratios() != self._epoch_ratios  # none of it heard yet: afresh at the new ratios
         if int(state[JOINED]) != epoch and self.deck.transport[PLAY]:
             waited = int(audio[POSITION]) - self._epoch_position
             return waited > self._lead_frames + self.config.join_timeout_s * self.samplerate
@@ -222,23 +243,29 @@ class StretchStage:
     # -- epochs ----------------------------------------------------------------------------------------
 
     def _start_epoch(self) -> None:
-        """Restart the stretcher ahead of the playhead, primed with the source before that frame."""
+        """Restart the stretcher ahead of the playhead, primed with the source before that frame
+        (at the playhead itself while paused or counting in: the playhead waits there)."""
         deck, state = self.deck, self.stretch.state
         unpublish(state)  # odd: the callback keeps off the ring while it is set up
         state[EPOCH_SEEK] = int(deck.audio[SEEK_SEEN])
+        counting_in = state[COUNT_INS] != state[EPOCH_COUNT_INS] or deck.audio[COUNT_IN_LEFT] > 0
+        state[EPOCH_COUNT_INS] = state[COUNT_INS]  # before the playhead: the callback writes it first
         self._epoch_position = int(deck.audio[POSITION])
         playhead, length = int(deck.audio[PLAYHEAD]), deck.track.shape[-1]
         loop_in, loop_out = int(deck.audio[LOOP_IN_AT]), int(deck.audio[LOOP_OUT_AT])
-        start = advance(playhead, self._lead_frames, loop_in, loop_out, length) if deck.transport[PLAY] else playhead
+        ahead = deck.transport[PLAY] and not counting_in
+        start = advance(playhead, self._lead_frames, loop_in, loop_out, length) if ahead else playhead
         if self._stretcher is None:
             self._stretcher = Stretcher(self.samplerate, self._input.shape[0], self.config.chunk_frames)
-        self._stretcher.set_ratios(*self._ratios())
+        self._epoch_ratios = self._ratios()
+        self._stretcher.set_ratios(*self._epoch_ratios)
         pad, self._drop = self._stretcher.restart()
         self._fed, self._cursor = 0, 0.0
         state[FED], state[DRAINED] = 0, 0
         self._tail, self._tail_limit = 0, 2 * pad + self.config.chunk_frames  # silence that flushes the stretcher
-        # per chunk fed: (first input index, source frames per output frame, stems ready)
-        self._chunks: collections.deque[tuple[int, float, bool]] = collections.deque()
+        # per chunk fed: (first input index, source frames per output frame, stems ready, and the
+        # loop's out point and seam when read to a count-in, else -1 and 0)
+        self._chunks: collections.deque[tuple[int, float, bool, int, int]] = collections.deque()
         state[WRITTEN] = 0
         self._prime(start, pad)
         self._read_at = start
@@ -284,22 +311,50 @@ class StretchStage:
         length, loop_in, loop_out = deck.track.shape[-1], int(deck.audio[LOOP_IN_AT]), int(deck.audio[LOOP_OUT_AT])
         return self._read_at >= length and not loop_active(loop_in, loop_out, length) and self._tail >= self._tail_limit
 
+    def _counting_in(self, loop_in: int, loop_out: int) -> bool:
+        """A count-in asked for with a loop playing (as the callback's ``_counting_in``)."""
+        transport = self.deck.transport
+        asked = transport[COUNT_IN_BEATS] > 0 and transport[COUNT_IN_BEAT_FRAMES] > 0
+        return bool(asked and loop_active(loop_in, loop_out, self.deck.track.shape[-1]))
+
     def _feed_chunk(self) -> None:
         deck, frames = self.deck, self.config.chunk_frames
         loop_in, loop_out = int(deck.audio[LOOP_IN_AT]), int(deck.audio[LOOP_OUT_AT])
         position = self._read_at
         if position >= deck.track.shape[-1]:
             self._tail += frames
-        ready = self._stems_ready(position, frames, loop_in, loop_out)
-        positions = self._chunk_positions
-        source_positions(positions, position, frames, loop_in, loop_out, deck.track.shape[-1])
+        positions, out_point, seam = self._chunk_positions, -1, 0
+        if self._counting_in(loop_in, loop_out):
+            out_point, seam = loop_out, min(self.crossfade_frames, (loop_out - loop_in) // 2)
+            ready = self._read_to_out_point(position, loop_out, seam)
+        else:
+            ready = self._stems_ready(position, frames, loop_in, loop_out)
+            source_positions(positions, position, frames, loop_in, loop_out, deck.track.shape[-1])
+            self._read_at = self._read(position, frames, loop_in, loop_out, ready)
         at = (self._fed + np.arange(frames)) % HISTORY_FRAMES
         self._positions[at] = positions
-        self._read_at = self._read(position, frames, loop_in, loop_out, ready)
-        self._chunks.append((self._fed, self._stretcher.tempo, ready))
+        self._chunks.append((self._fed, self._stretcher.tempo, ready, out_point, seam))
         self._fed += frames
         self.stretch.state[FED] = self._fed
         self._process(self._input)
+
+    def _read_to_out_point(self, position: int, loop_out: int, seam: int) -> bool:
+        """One chunk while counting in: the source up to the loop's out point (no seam blended
+        into the in point; its last frames faded towards silence, as the unstretched deck fades
+        them), then silence, which flushes the stretcher; every frame from the out point on
+        carries it as its source. Returns whether the stems cover the frames read."""
+        frames, positions = self.config.chunk_frames, self._chunk_positions
+        count = max(0, min(frames, loop_out - position))
+        positions[:count] = position + np.arange(count)
+        positions[count:] = loop_out
+        self._input[:, count:] = 0.0
+        ready = True
+        if count > 0:
+            ready = self._stems_ready(position, count, 0, 0)
+            self._read(position, count, 0, 0, ready)
+            self._input[:, :count] *= fade_out_gains(positions[:count], loop_out, seam)
+        self._read_at = position + count
+        return ready
 
     def _process(self, block: np.ndarray) -> None:
         out = self._stretcher.process(block)
@@ -313,10 +368,13 @@ class StretchStage:
 
     # -- output ----------------------------------------------------------------------------------------
 
-    def _map_output(self, frames: int) -> tuple[np.ndarray, np.ndarray]:
-        """The source frame and stems-ready mark of the next ``frames`` output frames: each chunk
-        fed at tempo ``t`` gives one output frame per ``t`` source frames."""
+    def _map_output(self, frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The source frame, stems-ready mark and gain of the next ``frames`` output frames: each
+        chunk fed at tempo ``t`` gives one output frame per ``t`` source frames; a chunk read to
+        a count-in fades its out point's seam out once more, in time as heard, so what the
+        stretcher smears past the faded input does not end in a step where the clicks begin."""
         sources, ready = np.empty(frames, np.int64), np.empty(frames, np.uint8)
+        gains = np.ones(frames, np.float32)
         done = 0
         while done < frames:
             chunks = self._chunks
@@ -324,8 +382,8 @@ class StretchStage:
                 chunks.popleft()
             if not chunks:  # output from the priming only: the epoch's start
                 sources[done:], ready[done:] = int(self.stretch.state[EPOCH_START]), 0
-                return sources, ready
-            first, tempo, chunk_ready = chunks[0]
+                return sources, ready, gains
+            first, tempo, chunk_ready, out_point, seam = chunks[0]
             end = chunks[1][0] if len(chunks) > 1 else math.inf
             count = (
                 frames - done
@@ -335,15 +393,18 @@ class StretchStage:
             index = np.minimum((self._cursor + np.arange(count) * tempo).astype(np.int64), self._fed - 1)
             sources[done : done + count] = self._positions[index % HISTORY_FRAMES]
             ready[done : done + count] = chunk_ready
+            if out_point >= 0:
+                gains[done : done + count] = fade_out_gains(sources[done : done + count], out_point, seam)
             self._cursor += count * tempo
             done += count
-        return sources, ready
+        return sources, ready, gains
 
     def _write(self, out: np.ndarray) -> None:
         """Stretched frames into the ring after the epoch's last (the callback reads up to WRITTEN)."""
         stretch, state = self.stretch, self.stretch.state
         frames, capacity = out.shape[-1], stretch.dry.shape[-1]
-        sources, ready = self._map_output(frames)
+        sources, ready, gains = self._map_output(frames)
+        out = out * gains
         at = (int(state[WRITTEN]) + np.arange(frames)) % capacity
         num_stems, channels = stretch.stems.shape[0], self._channels
         stretch.stems[:, :, at] = out[: num_stems * channels].reshape(num_stems, channels, frames)
@@ -351,6 +412,13 @@ class StretchStage:
         stretch.ready[at] = ready
         stretch.source[at] = sources
         state[WRITTEN] += frames  # last: the callback reads only frames below it
+
+
+def fade_out_gains(sources: np.ndarray, out_point: int, seam: int) -> np.ndarray:
+    """Gains of frames from ``sources`` before a count-in: linear to silence over the ``seam``
+    frames before ``out_point`` (as the unstretched deck fades them), 0 from it on, else 1."""
+    left = out_point - sources
+    return np.clip(left / (seam + 1), 0.0, 1.0).astype(np.float32)
 
 
 def warm_up_stage(num_stems: int, channels: int, samplerate: int, config: StageConfig) -> Stretcher:
@@ -365,6 +433,10 @@ def warm_up_stage(num_stems: int, channels: int, samplerate: int, config: StageC
         *(np.zeros(*slots[name]) for name in ("audio", "worker", "transport")),
     )
     inputs.worker[STEMS_WRITTEN] = frames  # separated: the stems are read too
+    # playing, as after a change mid-track: the epoch starts ahead of the playhead (``advance``).
+    # A kernel first compiled in a real epoch's set-up (0.4 s on a busy machine with a cold cache)
+    # leaves its start behind the playhead: the old tempo plays on until the join times out.
+    inputs.transport[PLAY] = 1
     stretch = StretchBuffers.allocate(num_stems, channels, config.ring_frames)
     stretch.controls[TEMPO] = 0.8
     stage = StretchStage(inputs, stretch, samplerate, 2, config)
