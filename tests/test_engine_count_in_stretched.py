@@ -167,3 +167,18 @@ def test_back_to_tempo_1_during_a_count_in_it_ends_unstretched_and_the_loop_play
     restart = 2 * beat - 1000
     assert click_starts(out, BEAT) == [beat - 1000]
     np.testing.assert_allclose(out[:, restart:], practice_track()[:, LOOP_IN : LOOP_IN + 4096], atol=1e-6)
+
+
+def test_reaching_the_out_point_before_joining_the_stage_counts_in_at_the_tempo_heard(engine):
+    # a seek while playing plays the source unstretched for the stage's lead (60 ms): a loop
+    # shorter than that reaches its out point before the deck joins the stage's output
+    count_in_at(engine, 0.8, 0.0)
+    engine.set_loop(0.5, 0.52)
+    engine.seek(0.5)
+    beat = round(BEAT_FRAMES / 0.8)
+    out = play(engine, 2 * beat + 4096)
+    accents, beats = click_starts(out, ACCENT), click_starts(out, BEAT)
+    assert accents[0] <= BLOCK + int(0.02 * SR) and beats == [accents[0] + beat]
+    restart = accents[0] + 2 * beat
+    assert np.abs(out[:, restart : restart + 256]).max() > 0.5 * TONE_LEVEL  # the stage's epoch at the in point
+    assert abs(accents[1] - restart - heard_frames(0.8, int(0.02 * SR))) <= 1  # then the loop, stretched
