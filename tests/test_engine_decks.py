@@ -2,6 +2,7 @@
 session's ``jack_server``) with the pass-through model: loading one deck never disturbs the
 other, the cue output carries one deck while the master carries the other, sync."""
 
+import json
 import subprocess
 import sys
 import threading
@@ -315,8 +316,10 @@ def test_sync_matches_the_other_decks_tempo_within_a_tenth_of_a_bpm_and_its_beat
 
     a, b = decks.deck("A"), decks.deck("B")
     decks.start_output()
-    start_playing(decks, "A", tone(TONE_A_HZ, 10.0))
-    start_playing(decks, "B", tone(TONE_B_HZ, 10.0))
+    # long enough that neither deck ends before the last measurement on a busy machine (the stretch
+    # process's start alone takes 5 s there), where a deck that ran out reads as a wrong tempo
+    start_playing(decks, "A", tone(TONE_A_HZ, 30.0))
+    start_playing(decks, "B", tone(TONE_B_HZ, 30.0))
     a.set_beat_grid(120.0, 0.0)
     b.set_beat_grid(126.0, 0.1)
     with pytest.raises(ValueError, match="^deck A's tempo is not known yet"):
@@ -325,7 +328,14 @@ def test_sync_matches_the_other_decks_tempo_within_a_tenth_of_a_bpm_and_its_beat
     a.set_beat_grid(120.0, 0.0)
     decks.sync("B")
     assert Decks.heard_bpm(b) == pytest.approx(120.0, abs=0.1)
-    time.sleep(0.5)  # the stretch joins
+    # the stretch joins (after sync's seek) within half a second: until then the old tempo plays
+    assert wait_until(lambda: _stretch_joined(b), timeout_s=0.5), "the old tempo played on after sync"
+    time.sleep(0.1)
+    # on A's beats once joined: the same place in the beat, within a block (read now: the stretch
+    # running dry later on a busy machine leaves B behind by the silence it played)
+    phase_a = (playhead_frames(a.shared) / JACK_RATE / 0.5) % 1.0
+    phase_b = ((playhead_frames(b.shared) / JACK_RATE - 0.1) / (60 / 126)) % 1.0
+    assert abs((phase_a - phase_b + 0.5) % 1.0 - 0.5) < 0.03, (phase_a, phase_b, b.practice.underflows)
     for _ in range(3):  # the tempo heard: source frames played per output frame, times the recorded tempo
         underflows = b.practice.underflows  # the stretcher ran dry (a busy machine): that second says nothing
         source, output = playhead_frames(b.shared), int(b.shared.audio[POSITION])
@@ -334,10 +344,62 @@ def test_sync_matches_the_other_decks_tempo_within_a_tenth_of_a_bpm_and_its_beat
         if b.practice.underflows == underflows:
             break
     assert heard_bpm == pytest.approx(120.0, abs=0.1), f"stretch underflows {b.practice.underflows}"
-    # and on A's beats: the same place in the beat, within a block
-    phase_a = (playhead_frames(a.shared) / JACK_RATE / 0.5) % 1.0
-    phase_b = ((playhead_frames(b.shared) / JACK_RATE - 0.1) / (60 / 126)) % 1.0
-    assert abs((phase_a - phase_b + 0.5) % 1.0 - 0.5) < 0.03, (phase_a, phase_b, b.practice.underflows)
+
+
+def _stretch_joined(engine: Engine) -> bool:
+    """The deck plays the stretch stage's output: an epoch started after the last seek, joined."""
+    from stemdeck.engine.audio.state import SEEK_SEEN, SEEK_SERIAL
+    from stemdeck.engine.audio.stretched import EPOCH, EPOCH_SEEK, JOINED
+
+    state, audio = engine.practice.buffers.state, engine.shared.audio
+    seek = int(engine.shared.transport[SEEK_SERIAL])
+    epoch = int(state[EPOCH])
+    after_seek = int(audio[SEEK_SEEN]) == seek == int(state[EPOCH_SEEK])
+    return after_seek and epoch % 2 == 0 and int(state[JOINED]) == epoch != 0
+
+
+# In a fresh interpreter: the stage's warm-up, then a real epoch (playing, mid-track, at another
+# tempo): the kernels' signatures before and after it.
+_STAGE_WARM_UP_SCRIPT = """
+import json
+
+import numpy as np
+from numba.core.registry import CPUDispatcher
+from stemdeck.engine.audio.state import PLAY, PLAYHEAD, STEMS_WRITTEN, SharedState
+from stemdeck.engine.audio.stretched import TEMPO, StretchBuffers
+from stemdeck.engine.stretch import stage
+
+config = stage.StageConfig()
+stretcher = stage.warm_up_stage(4, 2, 44100, config)
+kernels = {name: f for name, f in vars(stage).items() if isinstance(f, CPUDispatcher)}
+warmed = {name: len(f.signatures) for name, f in kernels.items()}
+slots = SharedState.specs(4)
+inputs = stage.StageInputs(
+    np.zeros((2, 88200), np.float32),
+    np.zeros((4, 2, 88200), np.float32),
+    *(np.zeros(*slots[name]) for name in ("audio", "worker", "transport")),
+)
+inputs.worker[STEMS_WRITTEN] = 88200
+inputs.transport[PLAY], inputs.audio[PLAYHEAD] = 1, 44100
+stretch = StretchBuffers.allocate(4, 2, config.ring_frames)
+stretch.controls[TEMPO] = 120 / 126
+real = stage.StretchStage(inputs, stretch, 44100, 2, config, stretcher)
+for _ in range(8):
+    real.step()
+print(json.dumps(warmed))
+print(json.dumps({name: len(f.signatures) for name, f in kernels.items()}))
+"""
+
+
+def test_the_stretch_stage_warm_up_compiles_every_kernel_a_playing_decks_first_epoch_calls():
+    """The sync test's flake: a kernel the warm-up missed (``advance``, for an epoch ahead of a
+    playing playhead) was compiled inside the first epoch's set-up, 0.4 s on a busy machine with
+    a cold cache; the epoch's start was then behind the playhead and the old tempo played on."""
+    result = subprocess.run([sys.executable, "-c", _STAGE_WARM_UP_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    warmed, after = map(json.loads, result.stdout.splitlines()[-2:])
+    assert "advance" in warmed and min(warmed.values()) >= 1, warmed  # every kernel the stage calls
+    assert after == warmed  # and the real epoch compiled nothing new
 
 
 class SlowPassThrough(PassThrough):
