@@ -45,6 +45,7 @@ from stemdeck.gui.main_window import (
     _remaining,
     _rewind_if_ended,
     _stretcher_installed,
+    master_panel,
 )
 from stemdeck.gui.theme import stem_colour
 from stemdeck.gui.transport import TransportRow
@@ -277,15 +278,7 @@ class DecksWindow(QMainWindow):
         return self.session.decks
 
     def _build_mixer(self) -> QFrame:
-        mixer = QFrame()
-        mixer.setObjectName("panel")
-        layout = QVBoxLayout(mixer)
-        title = QLabel("Master")
-        title.setObjectName("stemName")
-        title.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        layout.addWidget(title)
-        self.master_meter = LevelMeter(QColor("#e8eaed"))
-        layout.addWidget(self.master_meter, 1, Qt.AlignmentFlag.AlignHCenter)
+        mixer, layout, self.master_meter = master_panel()
         layout.addWidget(QLabel("Cue ◀ mix ▶ Master"))
         self.cue_mix = _no_focus(QDial())
         self.cue_mix.setRange(0, CUE_MIX_STEPS)

@@ -119,6 +119,21 @@ def _client(port_name: str) -> str:
 OPEN_FILTER = "Audio (*.wav *.flac *.ogg *.mp3 *.aiff *.aif *.stem.mp4);;NI STEM files (*.stem.mp4);;All files (*)"
 
 
+def master_panel() -> tuple[QFrame, QVBoxLayout, LevelMeter]:
+    """The master panel as both windows open it: titled, its meter taking the height; each window
+    adds its own controls to the layout below the meter."""
+    panel = QFrame()
+    panel.setObjectName("panel")
+    layout = QVBoxLayout(panel)
+    title = QLabel("Master")
+    title.setObjectName("stemName")
+    title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+    layout.addWidget(title)
+    meter = LevelMeter(QColor("#e8eaed"))
+    layout.addWidget(meter, 1, Qt.AlignmentFlag.AlignHCenter)
+    return panel, layout, meter
+
+
 class EngineControls:
     """The current engine's control API, whichever engine that is (MIDI outlives model switches)."""
 
@@ -312,15 +327,7 @@ class MainWindow(QMainWindow):
         return live
 
     def _build_master(self) -> QFrame:
-        master = QFrame()
-        master.setObjectName("panel")
-        layout = QVBoxLayout(master)
-        title = QLabel("Master")
-        title.setObjectName("stemName")
-        title.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        layout.addWidget(title)
-        self.master_meter = LevelMeter(QColor("#e8eaed"))
-        layout.addWidget(self.master_meter, 1, Qt.AlignmentFlag.AlignHCenter)
+        master, layout, self.master_meter = master_panel()
         layout.addWidget(QLabel("Stems ◀ ▶ Dry"))
         self.crossfader = QSlider(Qt.Orientation.Horizontal)
         self.crossfader.setRange(0, 100)
