@@ -274,3 +274,150 @@ def _no_jack_audio_client_left():
 
     if "stemdeck.engine.audio.jack_output" in sys.modules:
         sys.modules["stemdeck.engine.audio.jack_output"].close_session_output()
+
+
+# -- the engine's JACK tests: a deck on the pass-through model, sine tracks, recorders ----------------
+
+# Windows short enough that a pass-through deck separates a track in well under its length.
+FAST_PLAN_KW = dict(window_s=0.5, hop_s=0.1, lookahead_s=0.05, span_s=0.2)
+
+
+def sine_track(hz: float, seconds: float, amplitude: float = 0.3, samplerate: int = JACK_RATE) -> np.ndarray:
+    """``(2, frames)`` float32: the same sine on both channels."""
+    t = np.arange(int(seconds * samplerate)) / samplerate
+    wave = (amplitude * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+    return np.stack([wave, wave])
+
+
+def pass_through_deck(**config):
+    """A deck on the pass-through model (its stems are fixed fractions of the track, separated at
+    no cost) at the JACK session's rate and period, on a fast plan; ``config`` overrides
+    :class:`EngineConfig` fields (the defaults: fp32, no inference budget, a thread worker, no
+    stem cache, no beat tracking)."""
+    from stemdeck.engine.config import EngineConfig, WindowConfig
+    from stemdeck.engine.engine import Engine
+    from stemdeck.models.nets.passthrough import PassThrough
+
+    defaults = dict(
+        precision="fp32",
+        samplerate=JACK_RATE,
+        inference_budget_s=0.0,
+        worker="thread",
+        cache_stems=False,
+        beat_tracking=False,
+    )
+    engine = Engine(PassThrough(), EngineConfig(**{**defaults, **config}))
+    engine.prepare(WindowConfig(**FAST_PLAN_KW), block_frames=JACK_PERIOD, calibrate_plan=False)
+    return engine
+
+
+class JackRecorder:
+    """A JACK client in this process recording the ports it is connected to, in JACK's cycle."""
+
+    NAME = "stemdeck-test-recorder"
+
+    def __init__(self, server: str, channels: int, capacity_s: float = 4.0):
+        import threading
+
+        import jack
+
+        self.client = jack.Client(self.NAME, servername=server, no_start_server=True)
+        self.ports = [self.client.inports.register(f"in_{c}") for c in range(channels)]
+        self.data = np.zeros((channels, int(capacity_s * JACK_RATE)), np.float32)
+        self.wanted, self.position = 0, 0
+        self.done = threading.Event()
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames):
+        room = min(frames, self.wanted - self.position)
+        if room <= 0:
+            return
+        for c, port in enumerate(self.ports):
+            self.data[c, self.position : self.position + room] = port.get_array()[:room]
+        self.position += room
+        if self.position >= self.wanted:
+            self.done.set()
+
+    def start(self, seconds: float) -> None:
+        """Record the next ``seconds`` (at most ``capacity_s``) from the next cycle on."""
+        assert seconds * JACK_RATE <= self.data.shape[-1], "longer than the recorder holds"
+        self.done.clear()
+        self.position, self.wanted = 0, int(seconds * JACK_RATE)
+
+    def result(self, timeout_s: float = 10.0) -> np.ndarray:
+        """``(channels, frames)`` once :meth:`start`'s seconds are recorded."""
+        assert self.done.wait(timeout_s), "the recorder's JACK cycles stopped"
+        return self.data[:, : self.wanted].copy()
+
+    def record(self, seconds: float) -> np.ndarray:
+        self.start(seconds)
+        return self.result(seconds + 10)
+
+    def connect(self, *sources: str) -> None:
+        for source, port in zip(sources, self.ports, strict=False):
+            self.client.connect(source, port)
+
+    def our_ports(self) -> list[str]:
+        return [p.name for p in self.client.get_ports("stemdeck:", is_audio=True)]
+
+    def connections(self, name: str) -> list[str]:
+        return sorted(p.name for p in self.client.get_all_connections(name))
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+class JackProbe:
+    """tests/jack_probe.py in a process of its own (its Python callback never waits on this
+    process's interpreter lock): it plays ``signal`` into stemdeck's inputs and records
+    ``out_channels`` of its outputs for ``record_s``. It says ROUTED once connected, RECORDED once
+    done, then waits for a line before it writes its result. Use it in a ``with``: a probe left
+    running is killed."""
+
+    def __init__(self, server: str, signal: np.ndarray, record_s: float, out_channels: int, folder: Path):
+        import subprocess
+
+        np.save(folder / "signal.npy", signal)
+        self.result_path = folder / "result.npz"
+        script = Path(__file__).with_name("jack_probe.py")
+        arguments = [server, folder / "signal.npy", record_s, out_channels, self.result_path]
+        self.process = subprocess.Popen(
+            [sys.executable, str(script), *map(str, arguments)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def expect(self, line: str) -> None:
+        """Wait for the probe's next line; it must be ``line`` (ROUTED, RECORDED)."""
+        assert self.process.stdout.readline().strip() == line
+
+    def result(self) -> dict[str, np.ndarray]:
+        """Let the probe write its result and end; ``data`` ``(channels, frames)``, ``recorder_start``
+        and ``player_start`` (JACK frame times of ``data[:, 0]`` and of the signal's first frame)."""
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+        self.process.wait(30)
+        with np.load(self.result_path) as result:
+            return dict(result)
+
+    def __enter__(self) -> JackProbe:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+
+
+def wait_until(condition, timeout_s: float = 10.0, poll_s: float = 0.01) -> bool:
+    """Whether ``condition()`` came true within ``timeout_s`` (polled)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll_s)
+    return True

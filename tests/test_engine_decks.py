@@ -5,13 +5,12 @@ other, the cue output carries one deck while the master carries the other, sync.
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import JACK_PERIOD, JACK_RATE
+from conftest import JACK_PERIOD, JACK_RATE, JackProbe, JackRecorder, pass_through_deck, sine_track, wait_until
 
 from stemdeck.engine.audio.decks_mix import (
     CONSTANT_POWER,
@@ -27,21 +26,14 @@ from stemdeck.engine.audio.decks_mix import (
     update_mix_targets,
 )
 from stemdeck.engine.audio.mixer import GAIN_CURRENT
-from stemdeck.engine.config import EngineConfig, WindowConfig
+from stemdeck.engine.config import EngineConfig
 from stemdeck.engine.decks import DeckBusy, Decks, DecksConfig, deck_index
 from stemdeck.engine.engine import Engine
 from stemdeck.models.nets.passthrough import PassThrough
 
-FAST_PLAN = WindowConfig(window_s=0.5, hop_s=0.1, lookahead_s=0.05, span_s=0.2)
 TONE_A_HZ, TONE_B_HZ = 220.0, 330.0
 AMPLITUDE = 0.3
 VOCALS = 3
-
-
-def tone(hz: float, seconds: float, amplitude: float = AMPLITUDE) -> np.ndarray:
-    t = np.arange(int(seconds * JACK_RATE)) / JACK_RATE
-    wave = (amplitude * np.sin(2 * np.pi * hz * t)).astype(np.float32)
-    return np.stack([wave, wave])
 
 
 def noise(seconds: float, seed: int = 7) -> np.ndarray:
@@ -50,75 +42,16 @@ def noise(seconds: float, seed: int = 7) -> np.ndarray:
     return (0.25 * rng.standard_normal((2, int(seconds * JACK_RATE)))).astype(np.float32)
 
 
-def deck_engine() -> Engine:
-    config = EngineConfig(
-        precision="fp32",
-        samplerate=JACK_RATE,
-        inference_budget_s=0.0,
-        worker="thread",
-        cache_stems=False,
-        beat_tracking=False,
-    )
-    engine = Engine(PassThrough(), config)
-    engine.prepare(FAST_PLAN, block_frames=JACK_PERIOD, calibrate_plan=False)
-    return engine
-
-
 @pytest.fixture
 def decks():
-    pair = Decks(deck_engine(), deck_engine(), DecksConfig(priority=False))
+    pair = Decks(pass_through_deck(), pass_through_deck(), DecksConfig(priority=False))
     yield pair
     pair.stop()
 
 
-class Recorder:
-    """A JACK client of this process recording the ports it is connected to."""
-
-    def __init__(self, server: str, channels: int):
-        import jack
-
-        self.client = jack.Client("stemdeck-decks-recorder", servername=server, no_start_server=True)
-        self.ports = [self.client.inports.register(f"in_{c}") for c in range(channels)]
-        self.data = np.zeros((channels, 4 * JACK_RATE), np.float32)
-        self.wanted, self.position = 0, 0
-        self.done = threading.Event()
-        self.client.set_process_callback(self._process)
-        self.client.activate()
-
-    def _process(self, frames):
-        room = min(frames, self.wanted - self.position)
-        if room <= 0:
-            return
-        for c, port in enumerate(self.ports):
-            self.data[c, self.position : self.position + room] = port.get_array()[:room]
-        self.position += room
-        if self.position >= self.wanted:
-            self.done.set()
-
-    def start(self, seconds: float) -> None:
-        self.done.clear()
-        self.position, self.wanted = 0, int(seconds * JACK_RATE)
-
-    def result(self, timeout_s: float = 10.0) -> np.ndarray:
-        assert self.done.wait(timeout_s), "the recorder's JACK cycles stopped"
-        return self.data[:, : self.wanted].copy()
-
-    def record(self, seconds: float) -> np.ndarray:
-        self.start(seconds)
-        return self.result(seconds + 10)
-
-    def connect(self, *sources: str) -> None:
-        for source, port in zip(sources, self.ports, strict=False):
-            self.client.connect(source, port)
-
-    def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()
-
-
 @pytest.fixture
 def recorder(jack_server):
-    probe = Recorder(jack_server, 4)
+    probe = JackRecorder(jack_server, 4)
     yield probe
     probe.close()
 
@@ -199,18 +132,18 @@ def test_build_makes_two_decks_of_one_model_each_with_its_own_worker():
 
 
 def test_loading_the_playing_deck_is_refused_and_the_deck_plays_on(decks):
-    track = tone(TONE_A_HZ, 2.0)
+    track = sine_track(TONE_A_HZ, 2.0)
     decks.load_array("A", track)
     decks.deck("A").play()
     with pytest.raises(DeckBusy, match="^deck A is playing; pause it first, or load into deck B$"):
-        decks.load_array("A", tone(TONE_B_HZ, 2.0))
+        decks.load_array("A", sine_track(TONE_B_HZ, 2.0))
     assert decks.deck("A").mixer().playing
     assert decks.deck("A").track_seconds == pytest.approx(2.0)
 
 
 def test_process_block_mixes_cue_and_master_without_a_device(decks):
-    start_playing(decks, "A", tone(TONE_A_HZ, 2.0))
-    start_playing(decks, "B", tone(TONE_B_HZ, 2.0))
+    start_playing(decks, "A", sine_track(TONE_A_HZ, 2.0))
+    start_playing(decks, "B", sine_track(TONE_B_HZ, 2.0))
     decks.set_cue("B")
     decks.set_cue_mix(0.0)
     out = np.zeros((JACK_PERIOD, 4), np.float32)
@@ -234,30 +167,16 @@ def _record_while_b_loads(decks: Decks, server: str, folder: Path) -> tuple[np.n
     """Deck A's master over 1.5 s, recorded by a probe in another process (its Python callback
     never waits on this process's interpreter lock), with deck B loaded in the middle; the
     server's xruns meanwhile."""
-    np.save(folder / "signal.npy", np.zeros((2, 1), np.float32))  # the probe plays nothing into us
-    probe = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("jack_probe.py")), server, str(folder / "signal.npy")]
-        + ["1.5", "2", str(folder / "result.npz")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert probe.stdout.readline().strip() == "ROUTED"
+    with JackProbe(server, np.zeros((2, 1), np.float32), 1.5, 2, folder) as probe:  # it plays nothing into us
+        probe.expect("ROUTED")
         xruns = decks.deck("A").status().xruns
         time.sleep(0.3)
         began = time.monotonic()
-        decks.load_array("B", tone(TONE_B_HZ, 6.0))
+        decks.load_array("B", sine_track(TONE_B_HZ, 6.0))
         assert time.monotonic() - began < 1.0  # the load happened inside the recording
-        assert probe.stdout.readline().strip() == "RECORDED"
+        probe.expect("RECORDED")
         xruns = decks.deck("A").status().xruns - xruns
-        probe.stdin.write("\n")
-        probe.stdin.flush()
-        probe.wait(30)
-    finally:
-        if probe.poll() is None:
-            probe.kill()
-    heard = np.load(folder / "result.npz")["data"][:, : int(1.5 * JACK_RATE)]
+        heard = probe.result()["data"][:, : int(1.5 * JACK_RATE)]
     connected = int(np.flatnonzero(heard[0])[0])  # the probe records from before its connections
     return heard[:, connected:], xruns
 
@@ -294,8 +213,8 @@ def test_loading_b_while_a_plays_leaves_a_sample_identical(jack_server, decks, t
 def test_cue_output_carries_b_while_the_master_carries_a(jack_server, decks, recorder):
     decks.start_output()
     recorder.connect("stemdeck:master_L", "stemdeck:cue_L", "stemdeck:master_R", "stemdeck:cue_R")
-    start_playing(decks, "A", tone(TONE_A_HZ, 6.0))
-    start_playing(decks, "B", tone(TONE_B_HZ, 6.0))  # playing, but the crossfader is on A
+    start_playing(decks, "A", sine_track(TONE_A_HZ, 6.0))
+    start_playing(decks, "B", sine_track(TONE_B_HZ, 6.0))  # playing, but the crossfader is on A
     decks.set_cue("B")
     decks.set_cue_mix(0.0)  # the headphones hear the cue bus alone
     time.sleep(0.1)
@@ -318,8 +237,8 @@ def test_sync_matches_the_other_decks_tempo_within_a_tenth_of_a_bpm_and_its_beat
     decks.start_output()
     # long enough that neither deck ends before the last measurement on a busy machine (the stretch
     # process's start alone takes 5 s there), where a deck that ran out reads as a wrong tempo
-    start_playing(decks, "A", tone(TONE_A_HZ, 30.0))
-    start_playing(decks, "B", tone(TONE_B_HZ, 30.0))
+    start_playing(decks, "A", sine_track(TONE_A_HZ, 30.0))
+    start_playing(decks, "B", sine_track(TONE_B_HZ, 30.0))
     a.set_beat_grid(120.0, 0.0)
     b.set_beat_grid(126.0, 0.1)
     with pytest.raises(ValueError, match="^deck A's tempo is not known yet"):
@@ -425,9 +344,9 @@ def test_the_deck_on_air_gets_the_cpu_the_other_separation_waits(jack_server):
     other = Engine(PassThrough(), EngineConfig(**{**config.__dict__, "worker": "process"}))
     decks = Decks(slow, other, DecksConfig(priority_lead_s=1000.0, priority_poll_s=0.02))
     try:
-        decks.load_array("B", tone(TONE_B_HZ, 30.0))
+        decks.load_array("B", sine_track(TONE_B_HZ, 30.0))
         decks.start_output()  # first: its kernel's first compile takes long on a busy machine
-        decks.load_array("A", tone(TONE_A_HZ, 120.0))  # 21 windows: separated in no less than 42 s
+        decks.load_array("A", sine_track(TONE_A_HZ, 120.0))  # 21 windows: separated in no less than 42 s
         pid = other.backend.process.pid
         decks.deck("A").play()
         assert wait_until(lambda: decks.status().paused_separation == "B")
@@ -438,17 +357,8 @@ def test_the_deck_on_air_gets_the_cpu_the_other_separation_waits(jack_server):
         decks.deck("A").play()
         assert wait_until(lambda: decks.status().paused_separation == "B")
         began = time.monotonic()
-        decks.load_array("B", tone(TONE_B_HZ, 5.0))  # its stopped worker is continued to load
+        decks.load_array("B", sine_track(TONE_B_HZ, 5.0))  # its stopped worker is continued to load
         assert time.monotonic() - began < 10.0 and decks.deck("B").track_seconds == pytest.approx(5.0)
         assert wait_until(lambda: decks.status().paused_separation == "B")  # and stopped again
     finally:
         decks.stop()
-
-
-def wait_until(condition, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True

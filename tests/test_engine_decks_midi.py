@@ -6,36 +6,25 @@ import time
 
 import numpy as np
 import pytest
-from test_engine_decks import (
+from conftest import JACK_RATE, JackRecorder, sine_track
+from test_engine_decks import (  # noqa: F401 - decks: the fixture
     AMPLITUDE,
     TONE_A_HZ,
     TONE_B_HZ,
     VOCALS,
-    Recorder,
     amplitude_at,
-    deck_engine,
+    decks,
     start_playing,
-    tone,
 )
 from test_engine_midi_jack import CONTROLLER, FakeController, wait_for
 
-from stemdeck.engine.decks import Decks, DecksConfig
 from stemdeck.engine.midi import MappingError, MidiConfig, MidiController, load_mapping, save_mapping
 from stemdeck.engine.midi.bindings import Binding, Mapping, default_mapping, two_deck_mapping
-
-JACK_RATE = 44100
-
-
-@pytest.fixture
-def decks():
-    pair = Decks(deck_engine(), deck_engine(), DecksConfig(priority=False))
-    yield pair
-    pair.stop()
 
 
 def test_two_deck_layout_channel_2_is_deck_b_and_cc_8_the_crossfader(decks):
     for which, hz in (("A", TONE_A_HZ), ("B", TONE_B_HZ)):
-        decks.load_array(which, tone(hz, 2.0))
+        decks.load_array(which, sine_track(hz, 2.0))
     midi = MidiController(decks, two_deck_mapping(4))
     midi.handle([0x91, 36 + VOCALS, 100])  # note 39 on channel 2: deck B's vocals
     assert decks.deck("B").mixer().mute[VOCALS] and not decks.deck("A").mixer().mute[VOCALS]
@@ -77,7 +66,7 @@ def test_learn_binds_a_control_of_deck_b(decks):
     midi.handle([0x94, 60, 100])  # note 60 on channel 5
     assert midi.mapping.bindings == [Binding("note", 60, "mute", 5, VOCALS, deck=1)]
     assert midi.mapping.bindings[0].describe_control(decks.sources) == "deck B mute vocals"
-    decks.load_array("B", tone(TONE_B_HZ, 1.0))
+    decks.load_array("B", sine_track(TONE_B_HZ, 1.0))
     midi.handle([0x94, 60, 100])
     assert decks.deck("B").mixer().mute[VOCALS] and not decks.deck("A").mixer().mute[VOCALS]
 
@@ -111,10 +100,10 @@ def rig(jack_server, decks):
         decks, two_deck_mapping(4), MidiConfig(input=CONTROLLER, api="jack", hotplug_poll_s=0.05)
     ).start()
     decks.start_output()
-    recorder = Recorder(jack_server, 4)
+    recorder = JackRecorder(jack_server, 4)
     recorder.connect("stemdeck:master_L", "stemdeck:cue_L")
-    start_playing(decks, "A", tone(TONE_A_HZ, 8.0))
-    start_playing(decks, "B", tone(TONE_B_HZ, 8.0))
+    start_playing(decks, "A", sine_track(TONE_A_HZ, 8.0))
+    start_playing(decks, "B", sine_track(TONE_B_HZ, 8.0))
     try:
         yield decks, recorder, fake, controller
     finally:

@@ -3,14 +3,21 @@ recorder client records its outputs, both in JACK's own process cycle."""
 
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import JACK_PERIOD, JACK_RATE, run_stemdeck, start_jack_server, stemdeck_command, stop_jack_server
+from conftest import (
+    JACK_PERIOD,
+    JACK_RATE,
+    JackProbe,
+    run_stemdeck,
+    start_jack_server,
+    stemdeck_command,
+    stop_jack_server,
+)
 
 from stemdeck.engine.config import EngineConfig, WindowConfig
 from stemdeck.engine.engine import Engine
@@ -33,37 +40,17 @@ def run_live(server, engine, signal, record_s, out_channels=2, tmp_path=None):
     activation reorders the JACK graph, which PortAudio reports to every running client)."""
     import tempfile
 
-    folder = Path(tempfile.mkdtemp())
-    np.save(folder / "signal.npy", signal)
     engine.start_live(stem_outputs=out_channels > 2)
-    probe = subprocess.Popen(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("jack_probe.py")),
-            server,
-            str(folder / "signal.npy"),
-            str(record_s),
-            str(out_channels),
-            str(folder / "result.npz"),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     try:
-        assert probe.stdout.readline().strip() == "ROUTED"
-        time.sleep(0.1)
-        xruns_before = engine.status().xruns
-        assert probe.stdout.readline().strip() == "RECORDED"
-        status = engine.status()
-        probe.stdin.write("\n")
-        probe.stdin.flush()
-        probe.wait(30)
+        with JackProbe(server, signal, record_s, out_channels, Path(tempfile.mkdtemp())) as probe:
+            probe.expect("ROUTED")
+            time.sleep(0.1)
+            xruns_before = engine.status().xruns
+            probe.expect("RECORDED")
+            status = engine.status()
+            result = probe.result()
     finally:
-        if probe.poll() is None:
-            probe.kill()
         engine.stop()
-    result = np.load(folder / "result.npz")
     recording = Recording(result["data"], int(result["recorder_start"]), int(result["player_start"]))
     return recording, replace(status, xruns=status.xruns - xruns_before)
 

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -14,7 +13,10 @@ import pytest
 from conftest import (
     JACK_PERIOD,
     JACK_RATE,
+    JackRecorder,
+    pass_through_deck,
     run_stemdeck,
+    sine_track,
     start_jack_server,
     stemdeck_command,
     stop_jack_server,
@@ -22,11 +24,9 @@ from conftest import (
 )
 
 from stemdeck.engine.audio.jack_output import close_session_output
-from stemdeck.engine.config import EngineConfig, WindowConfig
 from stemdeck.engine.engine import Engine
-from stemdeck.models.nets.passthrough import DEFAULT_FRACTIONS, PassThrough
+from stemdeck.models.nets.passthrough import DEFAULT_FRACTIONS
 
-FAST_PLAN = WindowConfig(window_s=0.5, hop_s=0.1, lookahead_s=0.05, span_s=0.2)
 SOURCES = ("drums", "bass", "other", "vocals")
 BASS = SOURCES.index("bass")
 STEM_PORTS = [f"stemdeck:{group}_{side}" for group in ("master", *SOURCES) for side in "LR"]
@@ -65,73 +65,11 @@ def _portaudio_running() -> bool:
     return sd is not None and sd._initialized > 0
 
 
-class Recorder:
-    """A second JACK client in this process that records the ports it is connected to."""
-
-    def __init__(self, server: str, channels: int):
-        import jack
-
-        self.client = jack.Client("stemdeck-test-recorder", servername=server, no_start_server=True)
-        self.ports = [self.client.inports.register(f"in_{c}") for c in range(channels)]
-        self.data = np.zeros((channels, JACK_RATE), np.float32)
-        self.wanted, self.position = 0, 0
-        self.done = threading.Event()
-        self.client.set_process_callback(self._process)
-        self.client.activate()
-
-    def _process(self, frames):
-        room = min(frames, self.wanted - self.position)
-        if room <= 0:
-            return
-        for c, port in enumerate(self.ports):
-            self.data[c, self.position : self.position + room] = port.get_array()[:room]
-        self.position += room
-        if self.position >= self.wanted:
-            self.done.set()
-
-    def record(self, seconds: float) -> np.ndarray:
-        """``(channels, frames)`` from the next cycles."""
-        self.done.clear()
-        self.position, self.wanted = 0, int(seconds * JACK_RATE)
-        assert self.done.wait(seconds + 10), "the recorder's JACK cycles stopped"
-        return self.data[:, : self.wanted].copy()
-
-    def connect(self, *sources: str) -> None:
-        for source, port in zip(sources, self.ports, strict=False):
-            self.client.connect(source, port)
-
-    def our_ports(self) -> list[str]:
-        return [p.name for p in self.client.get_ports("stemdeck:", is_audio=True)]
-
-    def connections(self, name: str) -> list[str]:
-        return sorted(p.name for p in self.client.get_all_connections(name))
-
-    def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()
-
-
 @pytest.fixture
 def recorder(two_port_server):
-    probe = Recorder(two_port_server, 4)
+    probe = JackRecorder(two_port_server, 4)
     yield probe
     probe.close()
-
-
-def tone_track(amplitude: float, seconds: float = 20.0) -> np.ndarray:
-    tone = (amplitude * np.sin(2 * np.pi * 441 * np.arange(int(seconds * JACK_RATE)) / JACK_RATE)).astype(np.float32)
-    return np.stack([tone, tone])
-
-
-def deck_engine() -> Engine:
-    engine = Engine(
-        PassThrough(),
-        EngineConfig(
-            precision="fp32", samplerate=JACK_RATE, inference_budget_s=0.0, worker="thread", cache_stems=False
-        ),
-    )
-    engine.prepare(FAST_PLAN, block_frames=JACK_PERIOD, calibrate_plan=False)
-    return engine
 
 
 def load_and_play(engine: Engine, track: np.ndarray) -> None:
@@ -155,7 +93,7 @@ def test_midi_clients_are_named_by_direction(jack_server):
     from stemdeck.engine.midi import MidiConfig, MidiController, default_mapping
     from stemdeck.engine.midi.ports import list_ports
 
-    engine = deck_engine()
+    engine = pass_through_deck()
     try:
         with MidiController(engine, default_mapping(4), MidiConfig(virtual=True, api="jack")):
             inputs, outputs = list_ports("jack")
@@ -167,9 +105,9 @@ def test_midi_clients_are_named_by_direction(jack_server):
 
 
 def test_stem_ports_on_a_two_port_server_carry_the_stems_and_survive_loads(two_port_server, recorder):
-    engine = deck_engine()
+    engine = pass_through_deck()
     try:
-        load_and_play(engine, tone_track(TONE_AMPLITUDE))
+        load_and_play(engine, sine_track(441.0, 20.0, TONE_AMPLITUDE))
         assert recorder.our_ports() == STEM_PORTS
         assert recorder.connections("stemdeck:master_L") == ["system:playback_1"]  # wired like PortAudio did
         assert recorder.connections("stemdeck:bass_L") == []  # stems are the user's to patch
@@ -185,14 +123,14 @@ def test_stem_ports_on_a_two_port_server_carry_the_stems_and_survive_loads(two_p
         assert muted[2:] == pytest.approx([TONE_AMPLITUDE - bass] * 2, abs=2e-3)  # and bass left the mix
         engine.set_mute("bass", False)
 
-        load_and_play(engine, tone_track(0.25))  # a second track: same ports, same connections
+        load_and_play(engine, sine_track(441.0, 20.0, 0.25))  # a second track: same ports, same connections
         assert recorder.our_ports() == STEM_PORTS
         assert recorder.connections("stemdeck:bass_L") == ["stemdeck-test-recorder:in_0"]
         assert peaks(recorder.record(0.5)) == pytest.approx([0.25 * 0.2, 0.25 * 0.2, 0.25, 0.25], abs=2e-3)
 
         engine.stop()  # a model switch: a new engine takes the same client over
-        engine = deck_engine()
-        load_and_play(engine, tone_track(0.25))
+        engine = pass_through_deck()
+        load_and_play(engine, sine_track(441.0, 20.0, 0.25))
         assert recorder.our_ports() == STEM_PORTS
         assert recorder.connections("stemdeck:master_R") == ["stemdeck-test-recorder:in_3", "system:playback_2"]
         assert peaks(recorder.record(0.5)) == pytest.approx([0.05, 0.05, 0.25, 0.25], abs=2e-3)
@@ -201,10 +139,10 @@ def test_stem_ports_on_a_two_port_server_carry_the_stems_and_survive_loads(two_p
 
 
 def test_deck_latency_is_the_output_latency_not_the_separation_plan(two_port_server, recorder):
-    engine = deck_engine()
+    engine = pass_through_deck()
     try:
         assert engine.latency_samples > 10 * JACK_PERIOD  # the live plan's latency: not the deck's
-        load_and_play(engine, tone_track(TONE_AMPLITUDE, seconds=3.0))
+        load_and_play(engine, sine_track(441.0, 3.0, TONE_AMPLITUDE))
         status = engine.status()
         # one period plus the dummy driver's playback latency, which JACK reports for our port
         assert JACK_PERIOD < status.latency_samples <= 4 * JACK_PERIOD
@@ -218,7 +156,7 @@ def test_deck_latency_is_the_output_latency_not_the_separation_plan(two_port_ser
 def test_xruns_come_from_the_jack_server(two_port_server, recorder):
     import jack
 
-    engine = deck_engine()
+    engine = pass_through_deck()
     stall = jack.Client("stemdeck-test-stall", servername=two_port_server, no_start_server=True)
     stalls = {"left": 0}
 
@@ -230,7 +168,7 @@ def test_xruns_come_from_the_jack_server(two_port_server, recorder):
     stall.set_process_callback(process)
     stall.activate()
     try:
-        load_and_play(engine, tone_track(TONE_AMPLITUDE, seconds=5.0))
+        load_and_play(engine, sine_track(441.0, 5.0, TONE_AMPLITUDE))
         time.sleep(0.3)
         before = engine.status().xruns
         stalls["left"] = 3

@@ -9,30 +9,15 @@ import time
 
 import numpy as np
 import pytest
-from conftest import JACK_PERIOD, JACK_RATE
+from conftest import JACK_PERIOD, JACK_RATE, pass_through_deck, sine_track
 
 from stemdeck.engine.audio.jack_output import session_output
 from stemdeck.engine.audio.native import NativeUnavailable, flatten, render_function, structure
 from stemdeck.engine.audio.state import PLAYHEAD
 from stemdeck.engine.audio.stretched import stretched_deck_block
-from stemdeck.engine.config import EngineConfig, WindowConfig
 from stemdeck.engine.engine import Engine
-from stemdeck.models.nets.passthrough import PassThrough
 
-FAST_PLAN = WindowConfig(window_s=0.5, hop_s=0.1, lookahead_s=0.05, span_s=0.2)
 HOLD_S = 0.5
-
-
-def deck_engine() -> Engine:
-    config = EngineConfig(precision="fp32", samplerate=JACK_RATE, inference_budget_s=0.0, worker="thread")
-    engine = Engine(PassThrough(), EngineConfig(**{**config.__dict__, "cache_stems": False}))
-    engine.prepare(FAST_PLAN, block_frames=JACK_PERIOD, calibrate_plan=False)
-    return engine
-
-
-def tone(amplitude: float, hz: float, seconds: float = 20.0) -> np.ndarray:
-    t = np.arange(int(seconds * JACK_RATE)) / JACK_RATE
-    return np.stack([amplitude * np.sin(2 * np.pi * hz * t)] * 2).astype(np.float32)
 
 
 def loaded(engine: Engine, track: np.ndarray) -> Engine:
@@ -61,7 +46,7 @@ def cycles_and_frames_while_held(engine: Engine) -> tuple[int, int]:
 
 
 def test_the_deck_plays_on_while_python_holds_the_interpreter_lock(jack_server, monkeypatch):
-    engine = loaded(deck_engine(), tone(0.3, 441))
+    engine = loaded(pass_through_deck(), sine_track(441, 20.0, 0.3))
     try:
         engine.start_output()
         engine.play()
@@ -109,8 +94,8 @@ def render_with(engine: Engine, blocks: int, native: bool) -> np.ndarray:
 
 
 def test_the_compiled_render_plays_what_the_kernel_plays():
-    track = tone(0.4, 220, seconds=3.0) * np.linspace(0.2, 1.0, int(3.0 * JACK_RATE), dtype=np.float32)
-    from_python, from_cfunc = (loaded(deck_engine(), track) for _ in range(2))
+    track = sine_track(220, 3.0, 0.4) * np.linspace(0.2, 1.0, int(3.0 * JACK_RATE), dtype=np.float32)
+    from_python, from_cfunc = (loaded(pass_through_deck(), track) for _ in range(2))
     try:
         for engine in (from_python, from_cfunc):
             engine.set_gain("bass", -6.0)
@@ -127,13 +112,13 @@ def test_the_compiled_render_plays_what_the_kernel_plays():
 
 
 def test_a_track_loaded_while_the_output_is_open_is_played_from_its_own_arrays(jack_server):
-    engine = loaded(deck_engine(), tone(0.5, 441))
+    engine = loaded(pass_through_deck(), sine_track(441, 20.0, 0.5))
     try:
         engine.start_output()
         engine.play()
         time.sleep(0.3)
         route = session_output().route
-        loaded(engine, tone(0.2, 441))  # the GUI's load: the output stays open
+        loaded(engine, sine_track(441, 20.0, 0.2))  # the GUI's load: the output stays open
         engine.play()
         time.sleep(0.4)
         assert session_output().route is not route  # a new route, from the new track's arrays
@@ -157,7 +142,7 @@ def test_through_portaudio_too_the_deck_plays_on_while_python_holds_the_lock(jac
     import stemdeck.engine.engine as engine_module
 
     monkeypatch.setattr(engine_module, "jack_serves", lambda *devices: None)
-    engine = loaded(deck_engine(), tone(0.3, 441))
+    engine = loaded(pass_through_deck(), sine_track(441, 20.0, 0.3))
     try:
         for native in (True, False):
             monkeypatch.setenv("STEMDECK_PYTHON_CALLBACK", "0" if native else "1")
@@ -170,7 +155,7 @@ def test_through_portaudio_too_the_deck_plays_on_while_python_holds_the_lock(jac
             frames = int(engine.shared.audio[PLAYHEAD]) - playhead
             if native:
                 assert frames >= 0.5 * HOLD_S * JACK_RATE, frames
-                loaded(engine, tone(0.2, 441))  # a new track while the stream is open
+                loaded(engine, sine_track(441, 20.0, 0.2))  # a new track while the stream is open
                 engine.play()
                 time.sleep(0.3)
                 assert float(engine.shared.levels[0, -1]) == pytest.approx(0.2, abs=0.02)

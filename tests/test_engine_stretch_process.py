@@ -6,10 +6,10 @@ may be, given up on when it dies too often."""
 import dataclasses
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
+from conftest import wait_until
 from test_engine_stretch import SR, deck, frequency_hz, play, tone_track
 
 from stemdeck.engine.config import EngineConfig
@@ -17,19 +17,10 @@ from stemdeck.engine.engine import Engine
 from stemdeck.models.nets.passthrough import DEFAULT_FRACTIONS, PassThrough
 
 
-def _wait_for(condition, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def _kill_stage(engine: Engine) -> int:
     pid = engine.practice.stage.pid
     os.kill(pid, signal.SIGKILL)
-    assert _wait_for(lambda: engine.practice.notice is not None or engine.practice.error is not None)
+    assert wait_until(lambda: engine.practice.notice is not None or engine.practice.error is not None, timeout_s=30.0)
     return pid
 
 
