@@ -3,28 +3,24 @@ the error banner, the window at its minimum size, the end of a track, a new trac
 
 import numpy as np
 import pytest
-from PyQt6.QtCore import QPoint, QRect, QSettings, Qt
+from PyQt6.QtCore import QPoint, QRect, Qt
 from PyQt6.QtWidgets import QApplication, QWidget
-from test_gui import SR, VOCALS, loader, make_window, output_ratio, tone, wait_idle
+from test_gui import (  # noqa: F401 - settings, window: the fixtures
+    SR,
+    VOCALS,
+    loader,
+    output_ratio,
+    settings,
+    tone,
+    wait_idle,
+    window,
+)
 
 from stemdeck.gui.main_window import MainWindow
 from stemdeck.gui.session import Session, SessionConfig
 from stemdeck.models.loading import load_or_fetch
 
 SHIFT = Qt.KeyboardModifier.ShiftModifier
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return QSettings(str(tmp_path / "stemdeck.ini"), QSettings.Format.IniFormat)
-
-
-@pytest.fixture
-def window(qtbot, settings):
-    window = make_window(qtbot, settings)
-    yield window
-    window.close()
-    window.session.close()
 
 
 def real_loader(name):
