@@ -10,9 +10,18 @@ import time
 import numpy as np
 import pytest
 from conftest import JACK_PERIOD, JACK_RATE, pass_through_deck, sine_track
+from numba import njit
 
 from stemdeck.engine.audio.jack_output import session_output
-from stemdeck.engine.audio.native import NativeUnavailable, flatten, render_function, structure
+from stemdeck.engine.audio.native import (
+    COMPILING_MESSAGE,
+    NativeUnavailable,
+    _compile_render,
+    flatten,
+    render_cached,
+    render_function,
+    structure,
+)
 from stemdeck.engine.audio.state import PLAYHEAD
 from stemdeck.engine.audio.stretched import stretched_deck_block
 from stemdeck.engine.engine import Engine
@@ -164,3 +173,23 @@ def test_through_portaudio_too_the_deck_plays_on_while_python_holds_the_lock(jac
             engine.stop_output()
     finally:
         engine.stop()
+
+
+@njit
+def _silent_block(outdata, xrun):
+    outdata[:] = 0.0
+
+
+def test_a_first_session_says_it_compiles_the_callback_and_a_cached_one_does_not(tmp_path, monkeypatch, capfd):
+    """The first session after an install compiles the render (20 s on a busy machine): one line
+    says so before; once Numba's cache holds it, nothing is said. A one-line kernel keeps it quick."""
+    monkeypatch.setenv("STEMDECK_NATIVE_DIR", str(tmp_path))
+    assert _compile_render(_silent_block, (), False).address
+    assert capfd.readouterr().err == COMPILING_MESSAGE + "\n"
+    (module,) = tmp_path.glob("stemdeck_render_*.py")
+    assert render_cached(module)
+    assert _compile_render(_silent_block, (), False).address  # a later session: loaded from the cache
+    assert capfd.readouterr().err == ""
+    for cached in (tmp_path / "__pycache__").glob("*.nbc"):
+        cached.unlink()
+    assert not render_cached(module)  # the decision follows the machine code, not the module

@@ -190,14 +190,31 @@ def _compile_render(kernel, shapes: tuple, live: bool):
             temporary.write_text(source)
             os.replace(temporary, path)
     except OSError:  # a read-only cache: compiled in memory, every time
+        say_compiling()
         namespace: dict[str, Any] = {}
         exec(compile(source.replace("cache=True", "cache=False"), f"<{name}>", "exec"), namespace)  # noqa: S102
         return namespace["render"]
+    if not render_cached(path):
+        say_compiling()
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # Numba's cache finds the function's globals through it
     spec.loader.exec_module(module)
     return module.render
+
+
+COMPILING_MESSAGE = "compiling the audio callback once (about 20 s; later sessions load it at once) ..."
+
+
+def render_cached(path: Path) -> bool:
+    """Whether Numba's cache beside the render module at ``path`` holds its machine code; if not,
+    importing the module compiles it (17-26 s on a busy 2-core machine)."""
+    return any((path.parent / "__pycache__").glob(f"{path.stem}.render-*.nbc"))
+
+
+def say_compiling() -> None:
+    """One line before a first session's long compile, so the silence is not taken for a hang."""
+    print(COMPILING_MESSAGE, file=sys.stderr, flush=True)
 
 
 def _remove_stale_renders(folder: Path) -> None:
