@@ -8,6 +8,8 @@ One engine (and so one stretch process) serves the module: each test loads the t
 The deck starts paused at the in point, so the stage's first epoch starts exactly there, as every
 epoch after a count-in does: the first pass is the reference the later ones must equal."""
 
+import os
+import signal
 import time
 
 import numpy as np
@@ -182,3 +184,25 @@ def test_reaching_the_out_point_before_joining_the_stage_counts_in_at_the_tempo_
     restart = accents[0] + 2 * beat
     assert np.abs(out[:, restart : restart + 256]).max() > 0.5 * TONE_LEVEL  # the stage's epoch at the in point
     assert abs(accents[1] - restart - heard_frames(0.8, int(0.02 * SR))) <= 1  # then the loop, stretched
+
+
+def test_a_stage_that_sleeps_through_the_count_in_still_restarts_the_loop_at_the_in_point(engine):
+    # the callback plays the clicks without the stage; one that does not run meanwhile (stopped
+    # here; descheduled on a loaded machine) must not take the count-in's length for a deck
+    # that never joined its epoch at the in point and start another further on
+    count_in_at(engine, 0.8, -2.0, beats=4)
+    beat, loop_frames = round(BEAT_FRAMES / 0.8), int(np.ceil(heard_frames(0.8, SPAN)))
+    first = play(engine, loop_frames + beat)  # the stage has its epoch at the in point ready
+    pid = engine.practice.stage.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        clicks = np.zeros((3 * beat, 2), np.float32)
+        for start in range(0, clicks.shape[0], BLOCK):
+            engine.process_deck_block(clicks[start : start + BLOCK])
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    time.sleep(0.1)  # the stage runs again before the deck reaches the in point
+    again = play(engine, loop_frames)
+    assert playhead_frames(engine.shared) > LOOP_IN
+    np.testing.assert_array_equal(again[:, FADE_FRAMES:], first[:, FADE_FRAMES:loop_frames])
+    assert engine.practice.underflows == 0

@@ -232,13 +232,19 @@ class StretchStage:
         if int(state[MISSED]) == epoch:
             self._lead_frames = min(2 * self._lead_frames, int(self.config.max_lead_s * self.samplerate))
             return True
-        if audio[COUNT_IN_LEFT] > 0:  # the callback joins at the count-in's end: the wait counts from there
-            self._epoch_position = int(audio[POSITION])
-            return self._ratios() != self._epoch_ratios  # none of it heard yet: afresh at the new ratios
+        if audio[COUNT_IN_LEFT] > 0:  # none of it heard yet: afresh at new ratios
+            self._epoch_position = self._count_in_end()
+            return self._ratios() != self._epoch_ratios
         if int(state[JOINED]) != epoch and self.deck.transport[PLAY]:
             waited = int(audio[POSITION]) - self._epoch_position
             return waited > self._lead_frames + self.config.join_timeout_s * self.samplerate
         return False
+
+    def _count_in_end(self) -> int:
+        """The output position where the count-in under way ends (now, if none is): the callback
+        joins an epoch at the in point only then, however fast it runs (a test's, say)."""
+        audio = self.deck.audio
+        return int(audio[POSITION]) + int(audio[COUNT_IN_LEFT])
 
     # -- epochs ----------------------------------------------------------------------------------------
 
@@ -250,7 +256,7 @@ class StretchStage:
         state[EPOCH_SEEK] = int(deck.audio[SEEK_SEEN])
         counting_in = state[COUNT_INS] != state[EPOCH_COUNT_INS] or deck.audio[COUNT_IN_LEFT] > 0
         state[EPOCH_COUNT_INS] = state[COUNT_INS]  # before the playhead: the callback writes it first
-        self._epoch_position = int(deck.audio[POSITION])
+        self._epoch_position = self._count_in_end()  # the wait to be joined counts from there
         playhead, length = int(deck.audio[PLAYHEAD]), deck.track.shape[-1]
         loop_in, loop_out = int(deck.audio[LOOP_IN_AT]), int(deck.audio[LOOP_OUT_AT])
         ahead = deck.transport[PLAY] and not counting_in
