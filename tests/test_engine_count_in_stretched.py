@@ -206,3 +206,15 @@ def test_a_stage_that_sleeps_through_the_count_in_still_restarts_the_loop_at_the
     assert playhead_frames(engine.shared) > LOOP_IN
     np.testing.assert_array_equal(again[:, FADE_FRAMES:], first[:, FADE_FRAMES:loop_frames])
     assert engine.practice.underflows == 0
+
+
+def test_a_tempo_change_during_an_unstretched_count_in_stretches_the_loop_from_its_in_point(engine):
+    count_in_at(engine, 1.0, 0.0)
+    play(engine, SPAN + 1000)  # unstretched, into the count-in
+    engine.set_tempo(0.8)  # the stage starts at the in point, where the playhead waits
+    out = play(engine, 2 * BEAT_FRAMES - 1000 + int(np.ceil(heard_frames(0.8, SPAN))) + 1000)
+    restart = 2 * BEAT_FRAMES - 1000
+    assert click_starts(out, BEAT) == [BEAT_FRAMES - 1000]  # this count-in keeps the beat it began with
+    assert abs(click_starts(out, ACCENT)[0] - restart - heard_frames(0.8, SPAN)) <= 1  # the next pass stretched
+    assert np.abs(out[:, restart : restart + FADE_FRAMES]).max() > 0.5 * TONE_LEVEL
+    assert engine.practice.underflows == 0
