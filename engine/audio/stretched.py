@@ -247,16 +247,16 @@ def _begin_count_in(deck, stretch):
 
 @njit(nogil=True, cache=True)
 def _resume(out, deck, stretch):
-    """After a count-in: the ring from the in point as soon as the stage's epoch there has a
-    frame (no crossfade: clicks, not music, came before); silence while it has none, for at
-    most HOLD_FRAMES, then as after any other epoch missed. Returns the frames played, 0 to
-    play on as usual."""
+    """After a count-in: joins the stage's epoch at the in point as soon as it has a frame (no
+    crossfade: clicks, not music, came before; the ring plays next); silence while it has none,
+    for at most HOLD_FRAMES, then as after any other epoch missed. Returns the frames of
+    silence played, 0 once joined or given up."""
     audio, state = deck.audio, stretch.state
     epoch = state[EPOCH]
     published = epoch > 0 and epoch % 2 == 0 and epoch != state[LEFT_EPOCH] and state[MISSED] != epoch
     if published and state[EPOCH_START] == audio[PLAYHEAD] and state[WRITTEN] > 0:
         state[READ], state[JOINED], state[RESUMING] = 0, epoch, 0
-        return _play_ring(out, deck, stretch, NO_STOP)
+        return 0
     if state[HELD] < HOLD_FRAMES:
         state[HELD] += out.shape[0]
         return out.shape[0]
