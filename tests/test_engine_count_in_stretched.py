@@ -218,3 +218,16 @@ def test_a_tempo_change_during_an_unstretched_count_in_stretches_the_loop_from_i
     assert abs(click_starts(out, ACCENT)[0] - restart - heard_frames(0.8, SPAN)) <= 1  # the next pass stretched
     assert np.abs(out[:, restart : restart + FADE_FRAMES]).max() > 0.5 * TONE_LEVEL
     assert engine.practice.underflows == 0
+
+
+def test_a_loop_shorter_than_a_block_counts_in_before_every_pass(engine):
+    count_in_at(engine, 0.8, -2.0)
+    engine.set_loop(0.5, 0.52)  # 882 frames, 1103 as heard: several seams in one 4096-frame block
+    blocks = []
+    for _ in range(30):
+        assert engine.practice.stage.wait_ahead(engine.practice.config.fill_frames)
+        blocks.append(np.zeros((4096, 2), np.float32))
+        engine.process_deck_block(blocks[-1])
+    accents = click_starts(np.concatenate(blocks).T, ACCENT)
+    beat, loop_frames = round(BEAT_FRAMES / 0.8), int(np.ceil(heard_frames(0.8, int(0.02 * SR))))
+    assert len(accents) == 4 and set(np.diff(accents).tolist()) == {2 * beat + loop_frames}
