@@ -6,9 +6,9 @@ be downloaded here), on the same generated song, with the same overlap, in the s
 * seconds per 7.8 s segment (one forward; the sides interleaved, ``--repeats`` rounds, best and
   median wall time, best process CPU time), its real-time factor and the time ratio to the
   reference, for our float32, int8 and (where the CPU runs it natively) bfloat16 in torch, and
-  float32 in ONNX Runtime where it is installed (``ours-onnx``: the network exported once,
-  untimed, into a temporary cache unless ``$STEMDECK_ONNX_DIR`` names one; its STFT and iSTFT
-  in torch, timed with it);
+  float32 in ONNX Runtime and OpenVINO where they are installed (``ours-onnx``,
+  ``ours-openvino``: the network exported once, untimed, into a temporary cache unless
+  ``$STEMDECK_ONNX_DIR`` names one; its STFT and iSTFT in torch, timed with it);
 * the SNR of each precision's stems against our float32 stems, with the random weights as
   initialised and with the Transformer's LayerScales at 1 (their random initial 1e-4 hides the
   Transformer's contribution, and so int8's error there, which trained weights would not);
@@ -18,6 +18,7 @@ be downloaded here), on the same generated song, with the same overlap, in the s
 * the CPU's vector extensions and the load average before and after (the machine may be shared).
 
 Usage: python benchmarks/offline.py [--json] [--track-seconds 60] [--rss-minutes 10] [--repeats 5]
+       [--sides reference,ours-fp32,ours-int8,ours-openvino]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from stemdeck.models import (  # noqa: E402
     apply_model,
     load_checkpoint,
     onnx_backend,
+    openvino_backend,
     save_safetensors,
 )
 from stemdeck.models.demo import demo_stems  # noqa: E402
@@ -60,18 +62,33 @@ CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512
 
 
 def sides() -> tuple[str, ...]:
-    """The reference, then ours at every precision this CPU runs natively, and in ONNX Runtime."""
+    """The reference, then ours at every precision this CPU runs natively, and in ONNX Runtime and
+    OpenVINO where they are installed."""
     precisions = ["fp32", "int8"] + (["bf16"] if cpu_has_native_bf16() else [])
     onnx = ["onnx"] if onnx_backend.available() else []
-    return ("reference", *(f"ours-{p}" for p in precisions + onnx))
+    openvino = ["openvino"] if openvino_backend.available() else []
+    return ("reference", *(f"ours-{p}" for p in precisions + onnx + openvino))
+
+
+OTHER_BACKENDS = ("onnx", "openvino")  # float32 sides run by another backend than torch
+
+
+def chosen(names: str) -> tuple[str, ...]:
+    """The sides named (all when none is), the reference and our float32 always among them."""
+    wanted = {name for name in names.split(",") if name} | {"reference", "ours-fp32"}
+    unknown = wanted - set(sides())
+    if unknown:
+        raise SystemExit(f"--sides: {', '.join(sorted(unknown))} not available here; choose from {', '.join(sides())}")
+    return tuple(side for side in sides() if not names or side in wanted)
 
 
 def precision_of(side: str) -> str:
-    return "fp32" if side == "ours-onnx" else side.split("-")[1]
+    return "fp32" if backend_of(side) != "torch" else side.split("-")[1]
 
 
 def backend_of(side: str) -> str:
-    return "onnx" if side == "ours-onnx" else "torch"
+    name = side.split("-")[-1]
+    return name if name in OTHER_BACKENDS else "torch"
 
 
 def build(side: str):
@@ -109,13 +126,13 @@ def runnable(side: str, model):
     (exported, or loaded from the cache, here: untimed)."""
     if side == "reference":
         return model
-    if side == "ours-onnx":
-        return prepare_network(model, "fp32", torch.device("cpu"), backend="onnx")
+    if backend_of(side) != "torch":
+        return prepare_network(model, "fp32", torch.device("cpu"), backend=backend_of(side))
     return prepare_model(model, precision_of(side), torch.device("cpu"))
 
 
 def forward(side: str, model, mix: torch.Tensor) -> torch.Tensor:
-    precision = "fp32" if side in ("reference", "ours-onnx") else precision_of(side)
+    precision = "fp32" if side == "reference" else precision_of(side)
     with torch.inference_mode(), autocast(precision, torch.device("cpu")):
         return model(mix)
 
@@ -170,11 +187,12 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def export_onnx(weights: Path) -> dict:
-    """The checkpoint's ONNX network, into the cache the RSS workers read (they load the
-    checkpoint, so its own export); the seconds the export took and what it measured."""
+def export_network(side: str, weights: Path) -> dict:
+    """The checkpoint's ONNX Runtime or OpenVINO network, into the cache the RSS workers read
+    (they load the checkpoint, so its own export); the seconds the export took and what it
+    measured."""
     start = time.perf_counter()
-    network = runnable("ours-onnx", load_checkpoint(weights))
+    network = runnable(side, load_checkpoint(weights))
     return {"export_seconds": time.perf_counter() - start, "measured": vars(network.measured)}
 
 
@@ -218,6 +236,7 @@ def machine() -> dict:
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "onnxruntime": _onnxruntime_version(),
+        "openvino": openvino_backend.version() if openvino_backend.available() else None,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_flags": cpu_flags(),
         "auto_precision": resolve_precision("auto", torch.device("cpu")),
@@ -248,7 +267,7 @@ def segment_report(models: dict, repeats: int) -> dict:
             "time_ratio": best / reference["wall"],
             "cpu_time_ratio": cpu / reference["cpu"],
             "backend": backend_of(side) if side != "reference" else "reference",
-            "network": ready[side].describe() if side == "ours-onnx" else None,
+            "network": ready[side].describe() if backend_of(side) != "torch" else None,
         }
     ours = {side: runnable(side, model) for side, model in models.items() if side != "reference"}
     strong = {side: runnable(side, full_strength(model)) for side, model in models.items() if side != "reference"}
@@ -283,7 +302,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def _run(args: argparse.Namespace) -> dict:
     report = {"machine": machine()}
-    models = {side: build(side) for side in sides()}
+    models = {side: build(side) for side in chosen(args.sides)}
     report["segment"] = segment_report(models, args.repeats)
     report["track"] = track_report(models, args.track_seconds) if args.track_seconds > 0 else {}
     report["rss"] = {"minutes": args.rss_minutes}
@@ -292,9 +311,10 @@ def _run(args: argparse.Namespace) -> dict:
             weights = Path(folder) / "htdemucs-random.safetensors"
             save_safetensors(models["ours-fp32"], weights)
             del models
-            if "ours-onnx" in sides():
-                report["onnx_export"] = export_onnx(weights)
-            for side in sides():
+            for side in chosen(args.sides):
+                if backend_of(side) != "torch":
+                    report[f"{backend_of(side)}_export"] = export_network(side, weights)
+            for side in chosen(args.sides):
                 report["rss"][side] = measure_rss(side, args.rss_minutes, weights)
     report["machine"]["load_average_after"] = os.getloadavg()
     return report
@@ -304,7 +324,7 @@ def print_table(report: dict) -> None:
     info = report["machine"]
     print(
         f"HT Demucs (htdemucs size, random weights), {info['cpu_threads']} threads, torch {info['torch']}, "
-        f"onnxruntime {info['onnxruntime']} "
+        f"onnxruntime {info['onnxruntime']}, openvino {info['openvino']} "
         f"({info['cpu_capability']}: {' '.join(info['cpu_flags'])}), auto precision = {info['auto_precision']}, "
         f"load {info['load_average_before'][0]:.2f} -> {info['load_average_after'][0]:.2f}"
     )
@@ -339,6 +359,9 @@ def main(argv=None) -> int:
     parser.add_argument("--track-seconds", type=float, default=60.0, help="0 skips the track runs")
     parser.add_argument("--rss-minutes", type=float, default=10.0, help="0 skips the memory runs")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds after a warm-up one")
+    parser.add_argument(
+        "--sides", default="", help="comma-separated sides to run (default: all; reference and ours-fp32 always)"
+    )
     parser.add_argument("--rss-worker", choices=sides(), help=argparse.SUPPRESS)
     parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

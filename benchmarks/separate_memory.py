@@ -15,8 +15,11 @@ alone). The old path is run only up to ``--old-max-minutes``: beyond, its arrays
 a shared machine should be asked for (about 2.3 GB per minute of 48 kHz stereo with tiny),
 and the table says "not run".
 
+``--backend`` is passed to the new path's command line (``openvino``, say; an ONNX Runtime or
+OpenVINO export is made on first use, into ``$STEMDECK_ONNX_DIR`` if set).
+
 Usage: python benchmarks/separate_memory.py [--rows tiny:3,tiny:10,htdemucs:10,passthrough:60]
-       [--old-max-minutes 10] [--json]
+       [--old-max-minutes 10] [--backend auto] [--json]
 """
 
 from __future__ import annotations
@@ -70,13 +73,13 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def worker(path: str, model: str, song: Path, out: Path) -> None:
+def worker(path: str, model: str, song: Path, out: Path, backend: str = "auto") -> None:
     """One separation in this fresh process; prints its peak RSS and seconds as JSON."""
     start = time.perf_counter()
     if path == "new":
         from stemdeck.cli import main
 
-        code = main(["separate", str(song), "-o", str(out), "--model", model, "--force"])
+        code = main(["separate", str(song), "-o", str(out), "--model", model, "--force", "--backend", backend])
         if code:
             raise SystemExit(code)
     else:
@@ -91,9 +94,10 @@ def worker(path: str, model: str, song: Path, out: Path) -> None:
     print(json.dumps({"peak_rss_mb": peak_rss_mb(), "seconds": time.perf_counter() - start}))
 
 
-def measure(path: str, model: str, song: Path, out: Path) -> dict:
+def measure(path: str, model: str, song: Path, out: Path, backend: str = "auto") -> dict:
+    command = [sys.executable, __file__, "--worker", path, "--model", model, "--song", str(song), "--out", str(out)]
     result = subprocess.run(
-        [sys.executable, __file__, "--worker", path, "--model", model, "--song", str(song), "--out", str(out)],
+        [*command, "--backend", backend],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -104,7 +108,7 @@ def measure(path: str, model: str, song: Path, out: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def run(rows: list[tuple[str, float]], old_max_minutes: float, report_row) -> list[dict]:
+def run(rows: list[tuple[str, float]], old_max_minutes: float, report_row, backend: str = "auto") -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -122,7 +126,7 @@ def run(rows: list[tuple[str, float]], old_max_minutes: float, report_row) -> li
                 if path == "old" and minutes > old_max_minutes:
                     row[path] = {"error": "not run"}
                     continue
-                row[path] = measure(path, name, songs[minutes], folder / f"out-{path}")
+                row[path] = measure(path, name, songs[minutes], folder / f"out-{path}", backend)
             results.append(row)
             report_row(row)
     return results
@@ -156,18 +160,20 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"MODEL:MINUTES,... (default {DEFAULT_ROWS})")
     parser.add_argument("--old-max-minutes", type=float, default=10.0, help="longest song the old path runs")
     parser.add_argument("--json", action="store_true", help="print one JSON list at the end")
+    parser.add_argument("--backend", default="auto", help="the new path's --backend (auto, torch, onnx, openvino)")
     parser.add_argument("--worker", choices=("old", "new"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--song", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.model, args.song, args.out)
+        worker(args.worker, args.model, args.song, args.out, args.backend)
         return 0
     if not args.json:
         print(f"peak RSS (MB) and seconds of `stemdeck separate`, 48 kHz stereo, {os.cpu_count()} CPUs")
         print(f"{'model':<12} {'minutes':>7} {'old peak MB':>14} {'old s':>7} {'new peak MB':>14} {'new s':>7}")
-    results = run(parse_rows(args.rows), args.old_max_minutes, (lambda row: None) if args.json else print_row)
+    report_row = (lambda row: None) if args.json else print_row
+    results = run(parse_rows(args.rows), args.old_max_minutes, report_row, args.backend)
     if args.json:
         print(json.dumps(results))
     return 0

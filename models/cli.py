@@ -153,8 +153,10 @@ def add_separation_commands(commands) -> None:
         "--backend",
         default="auto",
         choices=BACKENDS,
-        help="what runs the network: torch, or onnx (ONNX Runtime, float32 on the CPU: pip install "
-        "'stemdeck[onnx]'); auto: torch (ONNX Runtime was no faster on the CPUs measured)",
+        help="what runs the network: torch, onnx (ONNX Runtime, float32 on the CPU: pip install "
+        "'stemdeck[onnx]') or openvino (OpenVINO, float32 on the CPU: pip install 'stemdeck[openvino]'); "
+        "auto: OpenVINO where installed and its cached export (made by a first --backend openvino run) "
+        "measured it faster than torch here, else torch",
     )
     sep.add_argument("-v", "--verbose", action="store_true", help="say which backend and precision run the network")
     add_library_options(sep)
@@ -269,11 +271,13 @@ def run_separate(args: argparse.Namespace) -> int:
 
 
 def check_backend(args: argparse.Namespace) -> None:
-    """--backend onnx without ONNX Runtime: one line before the model loads."""
-    from stemdeck.models import onnx_backend
+    """--backend onnx without ONNX Runtime, openvino without OpenVINO: one line before the model loads."""
+    from stemdeck.models import onnx_backend, openvino_backend
 
     if args.backend == "onnx" and not onnx_backend.available():
         raise CommandError(f"--backend onnx: ONNX Runtime is not installed; {onnx_backend.INSTALL_HINT}")
+    if args.backend == "openvino" and not openvino_backend.available():
+        raise CommandError(f"--backend openvino: OpenVINO is not installed; {openvino_backend.INSTALL_HINT}")
 
 
 def check_stem_format(args: argparse.Namespace) -> None:

@@ -247,11 +247,11 @@ def _export(model: HTDemucs, length: int, path: Path, record_path: Path, threads
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OnnxError(f"cannot write the ONNX cache folder {folder} ({exc}); set ${CACHE_ENV} elsewhere") from exc
-    mix = _probe(model, length)
+    mix = probe(model, length)
     spec = complex_as_channels(hybrid_spectrogram(mix, model.nfft)).contiguous()
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        _write_onnx(model, spec, mix, temporary)
+        write_onnx(model, spec, mix, temporary)
         session = _session(temporary, threads)
         measured = _measure(model, session, spec, mix, threads)
         sha256 = file_sha256(temporary)
@@ -263,7 +263,7 @@ def _export(model: HTDemucs, length: int, path: Path, record_path: Path, threads
     return OnnxNetwork(model, session, length, path, measured)
 
 
-def _probe(model: HTDemucs, length: int) -> torch.Tensor:
+def probe(model: HTDemucs, length: int) -> torch.Tensor:
     """A fixed, music-loud input: normalised noise with a slow swell."""
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn(1, model.audio_channels, length, generator=generator)
@@ -271,7 +271,7 @@ def _probe(model: HTDemucs, length: int) -> torch.Tensor:
     return noise * swell
 
 
-def _write_onnx(model: HTDemucs, spec: torch.Tensor, mix: torch.Tensor, target: Path) -> None:
+def write_onnx(model: HTDemucs, spec: torch.Tensor, mix: torch.Tensor, target: Path) -> None:
     """Exported from a copy (tracing may leave traced tensors in the model's caches), progress
     lines, notices and warnings kept off the terminal. torch's TorchScript exporter first: it
     exports htdemucs about 3 times as fast as the torch.export one (14 against 55 s for the test
@@ -336,9 +336,9 @@ def _measure(model: HTDemucs, session, spec: torch.Tensor, mix: torch.Tensor, th
     feeds = {"spec": spec.numpy(), "mix": mix.numpy()}
     with torch.inference_mode():
         model.branches(spec, mix)
-        (torch_wall, torch_cpu), expected = _timed(lambda: model.branches(spec, mix))
+        (torch_wall, torch_cpu), expected = timed(lambda: model.branches(spec, mix))
         session.run(None, feeds)
-        (onnx_wall, onnx_cpu), got = _timed(lambda: session.run(None, feeds))
+        (onnx_wall, onnx_cpu), got = timed(lambda: session.run(None, feeds))
         expected_stems = model.stems(*expected, length)
         got_stems = model.stems(*(torch.from_numpy(out) for out in got), length)
         error = (expected_stems - got_stems).pow(2).sum()
@@ -346,7 +346,7 @@ def _measure(model: HTDemucs, session, spec: torch.Tensor, mix: torch.Tensor, th
     return Measurement(torch_cpu, onnx_cpu, torch_wall, onnx_wall, snr, threads)
 
 
-def _timed(run: Callable):
+def timed(run: Callable):
     wall, cpu = time.perf_counter(), time.process_time()
     result = run()
     return (time.perf_counter() - wall, time.process_time() - cpu), result

@@ -11,10 +11,15 @@ FBGEMM int8 products with dynamically quantised activations: the cheaper arithme
 without native bfloat16. It is chosen explicitly, never by ``"auto"``: its SNR against float32
 depends on the trained weights (``benchmarks/offline.py`` measures it).
 
-The backend runs the network: ``"torch"``, or ``"onnx"`` (ONNX Runtime, float32 on the CPU, an
-optional dependency: :mod:`models.onnx_backend`). ``"auto"`` is torch: ONNX Runtime did not win
-on the 2-core AVX2 machine it was measured on (faster only while the machine was overloaded,
-slower when quiet, and twice torch's peak memory: README, "ONNX Runtime backend").
+The backend runs the network: ``"torch"``, ``"onnx"`` (ONNX Runtime, float32 on the CPU, an
+optional dependency: :mod:`models.onnx_backend`) or ``"openvino"`` (OpenVINO, float32 on the CPU,
+optional: :mod:`models.openvino_backend`). ``"auto"`` never chooses ONNX Runtime (it did not win
+on the 2-core AVX2 machine it was measured on: README, "ONNX Runtime backend"). It chooses
+OpenVINO where all of these hold: OpenVINO is installed, the network runs float32 on the CPU at
+a fixed length (an HT Demucs), and this model's OpenVINO export is already in the cache (made by
+a first ``--backend openvino`` run, about 2 minutes for htdemucs, so that no job waits for an
+export it did not ask for) and measured there both within the SNR bar of torch and faster than
+torch in wall time (:class:`models.openvino_backend.Measurement`). Otherwise it is torch.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Protocol
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "openvino")
 
 
 @functools.cache
@@ -140,11 +145,15 @@ def prepare_network(
     segment_s: float | None = None,
     note: Callable[[str], None] | None = None,
 ) -> Network:
-    """What runs ``model``'s chunks (of ``segment_s`` seconds): torch, or ONNX Runtime where
-    ``backend`` is ``"onnx"`` (``note`` hears of a first export). ``"onnx"`` that cannot run here
-    raises ``ValueError`` saying why."""
+    """What runs ``model``'s chunks (of ``segment_s`` seconds): torch, ONNX Runtime or OpenVINO
+    as ``backend`` asks, ``"auto"`` as the module's docstring says (``note`` hears of a first
+    export). ``"onnx"`` or ``"openvino"`` that cannot run here raises ``ValueError`` saying why."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
+    if backend == "openvino":
+        return _openvino_network(model, precision, device, segment_s, note)
+    if backend == "auto":
+        return _auto_network(model, precision, device, segment_s)
     if backend != "onnx":
         return TorchNetwork(model, precision, device)
     refusal = _onnx_refusal(model, precision, device, segment_s)
@@ -182,3 +191,53 @@ def _onnx_network(model, segment_s: float | None, note) -> Network:
             f"model (under {onnx_backend.SNR_BAR_DB:g} dB); use --backend torch"
         )
     return network
+
+
+def _openvino_refusal(model, precision: str, device: torch.device, segment_s: float | None) -> str:
+    """Why OpenVINO cannot run this, or ``""``."""
+    from stemdeck.models import onnx_backend, openvino_backend
+
+    if not openvino_backend.available():
+        return f"OpenVINO is not installed; {openvino_backend.INSTALL_HINT}, or use --backend torch"
+    if device.type != "cpu":
+        return f"OpenVINO runs on the CPU here, not on {device.type}; use --backend torch"
+    if precision not in ("auto", "fp32"):
+        return f"OpenVINO runs float32 here; use --precision fp32 or auto, or --backend torch for {precision}"
+    if onnx_backend.network_length(model, segment_s) is None:
+        return "it runs HT Demucs models at a fixed segment; use --backend torch for this model"
+    return ""
+
+
+def _openvino_network(model, precision: str, device: torch.device, segment_s: float | None, note) -> Network:
+    from stemdeck.models import onnx_backend, openvino_backend
+
+    refusal = _openvino_refusal(model, precision, device, segment_s)
+    if refusal:
+        raise ValueError(f"--backend openvino: {refusal}")
+    length = onnx_backend.network_length(model, segment_s)
+    try:
+        network = openvino_backend.load_or_export(model.eval(), length, note=note)
+    except openvino_backend.OpenVinoError as exc:
+        raise ValueError(f"--backend openvino: {exc}") from exc
+    if not network.measured.accurate:
+        raise ValueError(
+            f"--backend openvino: OpenVINO's stems were {network.measured.snr_db:.1f} dB from torch's on this "
+            f"model (under {openvino_backend.SNR_BAR_DB:g} dB); use --backend torch"
+        )
+    return network
+
+
+def _auto_network(model, precision: str, device: torch.device, segment_s: float | None) -> Network:
+    """OpenVINO where its cached export measured it accurate and faster than torch, else torch."""
+    from stemdeck.models import onnx_backend, openvino_backend
+
+    if _openvino_refusal(model, precision, device, segment_s) or resolve_precision(precision, device) != "fp32":
+        return TorchNetwork(model, precision, device)
+    length = onnx_backend.network_length(model, segment_s)
+    measured = openvino_backend.cached_measurement(model, length)
+    if measured is None or not (measured.accurate and measured.faster) or measured.threads != torch.get_num_threads():
+        return TorchNetwork(model, precision, device)
+    try:
+        return openvino_backend.load_or_export(model.eval(), length)
+    except openvino_backend.OpenVinoError:
+        return TorchNetwork(model, precision, device)

@@ -1,0 +1,240 @@
+"""OpenVINO for the network of an HT Demucs on the CPU (issue 13): optional, ``stemdeck[openvino]``.
+
+The same split as :mod:`models.onnx_backend`: :meth:`HybridUNet.branches` (the network in real
+numbers) runs in OpenVINO's CPU plugin, the STFT and iSTFT in torch. OpenVINO reads the ONNX
+file that torch's exporter writes (``onnx_backend.write_onnx``); ONNX Runtime itself is not
+needed. On the 2-core AVX2 machine of issue 13 it did an htdemucs segment in about 0.7 of torch's
+float32 CPU time at 102 dB SNR against torch (docs/benchmarks.md).
+
+The export (about a minute and a half for htdemucs) is made once per model and cached beside the
+ONNX Runtime backend's files (``$STEMDECK_ONNX_DIR``, else the user cache folder), as
+``<digest>.openvino.onnx`` with a JSON record of its SHA-256 and of what the export measured: a
+file that does not match its record is exported again, never loaded. At export both torch and
+OpenVINO run a probe twice, alternately; OpenVINO's stems must be within :data:`SNR_BAR_DB` of
+torch's, and the record keeps the best wall and CPU seconds of each, which is what
+``--backend auto`` reads (:func:`models.precision.prepare_network`).
+
+OpenVINO is asked for float32 inference explicitly: on CPUs with native bfloat16 its default
+would be bfloat16, which is what ``--precision bf16`` means, not float32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from stemdeck.models import onnx_backend
+from stemdeck.models.nets.htdemucs import HTDemucs
+from stemdeck.models.nets.spec import hybrid_spectrogram
+from stemdeck.models.nets.unet import complex_as_channels
+
+SNR_BAR_DB = onnx_backend.SNR_BAR_DB
+FORMAT = 1  # bump when what is exported or measured changes: older records are then not used
+INSTALL_HINT = "pip install 'stemdeck[openvino]'"
+PROBE_RUNS = 2  # each side, alternately; the best of each is kept
+
+
+class OpenVinoError(Exception):
+    """OpenVINO cannot run this model here; the message says why and what to do."""
+
+
+def available() -> bool:
+    """Whether OpenVINO is installed."""
+    return onnx_backend._installed("openvino")
+
+
+def version() -> str:
+    import openvino
+
+    return openvino.get_version().split("-")[0]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What an export measured on its probe: the best of :data:`PROBE_RUNS` wall and process CPU
+    seconds of one forward in torch (float32) and in OpenVINO, and the stems' SNR between them."""
+
+    torch_wall_s: float
+    openvino_wall_s: float
+    torch_cpu_s: float
+    openvino_cpu_s: float
+    snr_db: float
+    threads: int
+
+    @property
+    def faster(self) -> bool:
+        """OpenVINO took less wall time than torch: what a user waits for."""
+        return self.openvino_wall_s < self.torch_wall_s
+
+    @property
+    def accurate(self) -> bool:
+        return self.snr_db >= SNR_BAR_DB
+
+
+class OpenVinoNetwork:
+    """``(B, C, T)`` mixture to ``(B, S, C, T)`` stems, the network in OpenVINO, the STFT and iSTFT
+    in torch; ``T`` at most the exported length (shorter chunks are zero-padded to it)."""
+
+    backend = "openvino"
+    precision = "fp32"
+
+    def __init__(self, model: HTDemucs, compiled, length: int, path: Path, measured: Measurement):
+        self.model, self.compiled, self.length = model, compiled, length
+        self.request = compiled.create_infer_request()
+        self.path, self.measured = path, measured
+
+    def __call__(self, mix: torch.Tensor) -> torch.Tensor:
+        length = mix.shape[-1]
+        if length > self.length:
+            raise ValueError(f"chunk of {length} samples is longer than the {self.length} the OpenVINO network runs")
+        mix = torch.nn.functional.pad(mix.float().cpu(), (0, self.length - length))
+        return torch.cat([self._run(item[None]) for item in mix])[..., :length]
+
+    def branches(self, spec: torch.Tensor, mix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`HybridUNet.branches` in OpenVINO (outputs copied out of its buffers)."""
+        self.request.infer([spec.contiguous().numpy(), mix.contiguous().numpy()])
+        return tuple(torch.from_numpy(self.request.get_output_tensor(i).data.copy()) for i in range(2))
+
+    def _run(self, mix: torch.Tensor) -> torch.Tensor:
+        spec = complex_as_channels(hybrid_spectrogram(mix, self.model.nfft))
+        return self.model.stems(*self.branches(spec, mix), self.length)
+
+    def describe(self) -> str:
+        measured = self.measured
+        return (
+            f"openvino (OpenVINO {version()}, float32, {measured.threads} threads; {measured.openvino_wall_s:.2f} "
+            f"against torch's {measured.torch_wall_s:.2f} s a chunk when exported; {self.path})"
+        )
+
+
+# -- the cache ---------------------------------------------------------------------------------------------
+
+
+def paths(model: HTDemucs, length: int, folder: Path | None = None) -> tuple[Path, Path]:
+    """The cached ONNX file OpenVINO reads and its record."""
+    folder = folder or onnx_backend.cache_dir()
+    digest = onnx_backend.model_digest(model, length)
+    return folder / f"{digest}.openvino.onnx", folder / f"{digest}.openvino.json"
+
+
+def read_record(path: Path) -> dict | None:
+    """The JSON record beside a cached file, or ``None`` when missing, damaged or not this format's."""
+    try:
+        record = json.loads(path.read_text())
+        Measurement(**record["measured"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(record.get("sha256"), str) or record.get("format") != FORMAT:
+        return None
+    return record
+
+
+def cached_measurement(model: HTDemucs, length: int, folder: Path | None = None) -> Measurement | None:
+    """What the cached export of this model measured, or ``None`` if there is none (its file is
+    checked against the record only when loaded)."""
+    onnx_path, record_path = paths(model, length, folder)
+    record = read_record(record_path)
+    if record is None or not onnx_path.is_file():
+        return None
+    return Measurement(**record["measured"])
+
+
+_loaded: dict[tuple[Path, int], OpenVinoNetwork] = {}  # file, threads: a batch of files compiles it once
+
+
+def load_or_export(
+    model: HTDemucs, length: int, folder: Path | None = None, note: onnx_backend.Note | None = None
+) -> OpenVinoNetwork:
+    """The OpenVINO network of ``model`` at ``length`` samples: the verified cached file, else a
+    new export (which ``note`` is told about)."""
+    onnx_path, record_path = paths(model, length, folder)
+    threads = torch.get_num_threads()
+    network = _loaded.get((onnx_path, threads))
+    if network is not None:
+        return network
+    record = read_record(record_path)
+    if record is not None and onnx_backend.file_sha256(onnx_path) == record["sha256"]:
+        measured = Measurement(**record["measured"])
+        network = OpenVinoNetwork(model, _compile(onnx_path, threads), length, onnx_path, measured)
+    else:
+        if note is not None:
+            damaged = onnx_path.exists() or record_path.exists()
+            why = "the cached one does not match its record; " if damaged else ""
+            note(f"exporting the network for OpenVINO ({why}once per model, about 2 minutes for htdemucs): {onnx_path}")
+        network = _export(model, length, onnx_path, record_path, threads)
+    _loaded.clear()  # one model's network at a time
+    _loaded[(onnx_path, threads)] = network
+    return network
+
+
+def _export(model: HTDemucs, length: int, path: Path, record_path: Path, threads: int) -> OpenVinoNetwork:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OpenVinoError(
+            f"cannot write the cache folder {path.parent} ({exc}); set ${onnx_backend.CACHE_ENV} elsewhere"
+        ) from exc
+    mix = onnx_backend.probe(model, length)
+    spec = complex_as_channels(hybrid_spectrogram(mix, model.nfft)).contiguous()
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        try:
+            onnx_backend.write_onnx(model, spec, mix, temporary)
+        except onnx_backend.OnnxError as exc:
+            raise OpenVinoError(str(exc).replace("--backend torch", "--backend torch (OpenVINO reads it)")) from exc
+        network = OpenVinoNetwork(model, _compile(temporary, threads), length, path, _unmeasured(threads))
+        measured = _measure(model, network, spec, mix, threads)
+        sha256 = onnx_backend.file_sha256(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    record = {"format": FORMAT, "sha256": sha256, "length": length, "openvino": version(), "measured": asdict(measured)}
+    onnx_backend._write_atomically(record_path, json.dumps(record, indent=1).encode())
+    return OpenVinoNetwork(model, network.compiled, length, path, measured)
+
+
+def _unmeasured(threads: int) -> Measurement:
+    return Measurement(0.0, 0.0, 0.0, 0.0, 0.0, threads)
+
+
+def _compile(path: Path, threads: int):
+    """OpenVINO's CPU plugin for one request at a time (the latency hint), on torch's thread count,
+    in float32 whatever the CPU's native types."""
+    import openvino
+
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    try:
+        core = openvino.Core()
+        return core.compile_model(core.read_model(str(path)), "CPU", config)
+    except Exception as exc:  # noqa: BLE001 (OpenVINO raises its own RuntimeErrors)
+        first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise OpenVinoError(f"{path}: OpenVINO cannot load it ({first}); use --backend torch") from exc
+
+
+def _measure(model: HTDemucs, network: OpenVinoNetwork, spec, mix, threads: int) -> Measurement:
+    """Both on the probe, warmed up once, then :data:`PROBE_RUNS` times alternately; the stems' SNR.
+    torch runs as its float32 path does (``precision.prepare_model``: 2-D convolutions channels-last,
+    in place)."""
+    length = mix.shape[-1]
+    model = model.to(memory_format=torch.channels_last)
+    torch_times, openvino_times = [], []
+    with torch.inference_mode():
+        expected, got = model.branches(spec, mix), network.branches(spec, mix)
+        for _ in range(PROBE_RUNS):
+            torch_times.append(onnx_backend.timed(lambda: model.branches(spec, mix))[0])
+            openvino_times.append(onnx_backend.timed(lambda: network.branches(spec, mix))[0])
+        expected_stems, got_stems = model.stems(*expected, length), model.stems(*got, length)
+        error = (expected_stems - got_stems).pow(2).sum()
+        snr = float(10 * torch.log10(expected_stems.pow(2).sum() / error)) if error > 0 else float("inf")
+    return Measurement(
+        torch_wall_s=min(wall for wall, _ in torch_times),
+        openvino_wall_s=min(wall for wall, _ in openvino_times),
+        torch_cpu_s=min(cpu for _, cpu in torch_times),
+        openvino_cpu_s=min(cpu for _, cpu in openvino_times),
+        snr_db=snr,
+        threads=threads,
+    )

@@ -1,0 +1,167 @@
+"""The OpenVINO backend (issue 13): stems within the SNR bar of torch's float32, the export cached
+and checked, ``auto`` taking it only where its cached export measured it faster, and one line
+where OpenVINO is not installed.
+
+One small random-weights HT Demucs (its Transformer's LayerScales at 1, so that its error shows)
+is exported once for the module into a temporary cache folder.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import TINY_HT_KW
+
+from stemdeck.cli import main
+from stemdeck.models import HTDemucs, apply_model, load_checkpoint, save_safetensors
+from stemdeck.models import onnx_backend as ob
+from stemdeck.models import openvino_backend as ovb
+from stemdeck.models.demo import demo_stems
+from stemdeck.models.precision import TorchNetwork, prepare_network
+
+pytest.importorskip("openvino")  # in the test extras; the last test hides it
+
+CPU = torch.device("cpu")
+
+
+def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    return float(10 * torch.log10(reference.pow(2).sum() / (reference - estimate).pow(2).sum()))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(5)
+    model = HTDemucs(**TINY_HT_KW).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("gamma_1.scale", "gamma_2.scale")):
+                parameter.fill_(1.0)
+    path = tmp_path_factory.mktemp("ov-ckpt") / "tiny-ls1.safetensors"
+    save_safetensors(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ov-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ob.CACHE_ENV, str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return load_checkpoint(checkpoint).eval()
+
+
+@pytest.fixture(scope="module")
+def song() -> torch.Tensor:
+    mix = torch.from_numpy(sum(demo_stems(3.0).values()))[None]
+    return (mix - mix.mean()) / mix.std()
+
+
+@pytest.fixture(scope="module")
+def exported(model, cache):
+    notes = []
+    network = prepare_network(model, "fp32", CPU, backend="openvino", note=notes.append)
+    assert len(notes) == 1 and "exporting the network for OpenVINO" in notes[0]
+    return network
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """Forget the networks this process compiled, as a new run would."""
+    monkeypatch.setattr(ovb, "_loaded", {})
+
+
+def _set_measured(network: ovb.OpenVinoNetwork, **values) -> None:
+    record_path = ovb.paths(network.model, network.length)[1]
+    record = json.loads(record_path.read_text())
+    record["measured"].update(values)
+    record_path.write_text(json.dumps(record))
+
+
+def test_openvino_stems_keep_the_snr_bar_against_torch(model, song, exported):
+    expected = apply_model(model, song, precision="fp32", backend="torch")
+    stems = apply_model(model, song, precision="fp32", backend="openvino")
+    assert isinstance(exported, ovb.OpenVinoNetwork)
+    assert stems.shape == expected.shape == (1, 4, 2, song.shape[-1])
+    assert not torch.equal(stems, expected)  # OpenVINO's own arithmetic ran
+    assert snr_db(expected, stems) >= ovb.SNR_BAR_DB
+    measured = exported.measured
+    assert measured.snr_db >= ovb.SNR_BAR_DB and measured.threads == torch.get_num_threads()
+    assert min(measured.torch_wall_s, measured.openvino_wall_s, measured.torch_cpu_s) > 0
+
+
+def test_export_is_cached_checked_and_reused(model, cache, exported, fresh_process, monkeypatch):
+    onnx_path, record_path = ovb.paths(model, exported.length)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([onnx_path.name, record_path.name])  # no temporaries
+    assert ovb.read_record(record_path)["sha256"] == ob.file_sha256(onnx_path)
+    notes = []
+    again = prepare_network(model, "fp32", CPU, backend="openvino", note=notes.append)
+    assert notes == [] and again.path == onnx_path  # loaded, not exported
+    original = onnx_path.read_bytes()
+    data = bytearray(original)
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # zeroed weights: still loads, wrong numbers
+    onnx_path.write_bytes(bytes(data))
+    ovb._loaded.clear()
+    exports = []
+    monkeypatch.setattr(ovb, "_export", lambda *args: exports.append(args[2]) or exported)  # a new export: slow
+    prepare_network(model, "fp32", CPU, backend="openvino", note=notes.append)
+    assert len(notes) == 1 and "does not match its record" in notes[0]
+    assert exports == [onnx_path]  # exported again, not loaded
+    onnx_path.write_bytes(original)
+
+
+def test_auto_takes_openvino_only_where_its_export_measured_it_faster(model, exported, fresh_process):
+    _set_measured(exported, torch_wall_s=2.0, openvino_wall_s=1.0)
+    chosen = prepare_network(model, "auto", CPU, backend="auto")
+    assert isinstance(chosen, ovb.OpenVinoNetwork) and chosen.describe().startswith("openvino (OpenVINO ")
+    assert isinstance(prepare_network(model, "int8", CPU, backend="auto"), TorchNetwork)  # int8 is torch's
+    _set_measured(exported, torch_wall_s=1.0, openvino_wall_s=2.0)
+    assert isinstance(prepare_network(model, "auto", CPU, backend="auto"), TorchNetwork)  # slower here
+    _set_measured(exported, torch_wall_s=2.0, openvino_wall_s=1.0, snr_db=30.0)
+    assert isinstance(prepare_network(model, "auto", CPU, backend="auto"), TorchNetwork)  # under the bar
+    ovb._loaded.clear()
+    with pytest.raises(ValueError, match="--backend openvino: OpenVINO's stems were 30.0 dB"):
+        prepare_network(model, "fp32", CPU, backend="openvino")
+    with pytest.raises(ValueError, match="--backend openvino: OpenVINO runs float32 here"):
+        prepare_network(model, "bf16", CPU, backend="openvino")
+    _set_measured(exported, snr_db=exported.measured.snr_db)
+
+
+def test_auto_never_exports(cache, fresh_process):
+    torch.manual_seed(9)
+    other = HTDemucs(**TINY_HT_KW).eval()
+    files = sorted(cache.iterdir())
+    assert isinstance(prepare_network(other, "fp32", CPU, backend="auto"), TorchNetwork)
+    assert sorted(cache.iterdir()) == files
+
+
+def test_separate_verbose_reports_openvino(tmp_path, checkpoint, exported, capsys, fresh_process):
+    song = tmp_path / "song.wav"
+    sf.write(song, np.random.default_rng(0).normal(0, 0.1, (44100, 2)).astype(np.float32), 44100)
+    args = ["separate", str(song), "-o", str(tmp_path), "--model", str(checkpoint), "-v", "--backend", "openvino"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "network: openvino (OpenVINO " in err and "exporting" not in err
+    assert sf.info(tmp_path / "song" / "vocals.wav").frames == 44100
+
+
+def test_without_openvino_auto_is_torch_and_openvino_says_how_to_install(
+    model, tmp_path, checkpoint, monkeypatch, capsys, fresh_process
+):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now raises ImportError
+    assert not ovb.available()
+    assert isinstance(prepare_network(model, "auto", CPU, backend="auto"), TorchNetwork)
+    with pytest.raises(ValueError, match=r"pip install 'stemdeck\[openvino\]'"):
+        prepare_network(model, "fp32", CPU, backend="openvino")
+    args = ["separate", str(tmp_path / "none.wav"), "-o", str(tmp_path), "--model", str(checkpoint)]
+    assert main([*args, "--backend", "openvino"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["stemdeck: error: --backend openvino: OpenVINO is not installed; pip install 'stemdeck[openvino]'"]
