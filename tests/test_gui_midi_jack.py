@@ -47,19 +47,20 @@ def pads(jack_server):
 
 @pytest.fixture
 def deck(qtbot, pads, settings, tmp_path):
-    """A shown window playing a tone, with MIDI started as `stemdeck gui --midi-in fakectl` does."""
+    """A shown window playing a tone, with MIDI started as `stemdeck gui --midi-in fakectl` does:
+    before any model has loaded (gui/app.py starts it first; that once failed every launch)."""
     session = Session(SessionConfig(model="six", headless=True, worker="thread", calibrate=False), model_loader=loader)
     window = MainWindow(session, settings)
     qtbot.addWidget(window)
-    window.show()
-    session.choose_model("six")
-    session.open_array(tone(), SR, "tone")
-    wait_idle(qtbot, session)
     args = argparse.Namespace(
         midi_in=CONTROLLER, midi_out=None, midi_virtual=False, midi_api="jack", midi_map=tmp_path / "midi.toml"
     )
     midi = _start_midi(window, session, args)
     assert midi is not None and not window.errors, window.errors
+    window.show()
+    session.choose_model("six")
+    session.open_array(tone(), SR, "tone")
+    wait_idle(qtbot, session)
     assert session.engine.wait_separated(6 * SR, timeout_s=60)
     session.engine.play()
     yield window

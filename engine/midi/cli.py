@@ -106,7 +106,7 @@ def start_midi(controls, args: argparse.Namespace) -> MidiController | None:
         if args.midi_out:
             raise ValueError("--midi-out needs --midi-in or --midi-virtual to have something to control")
         return None
-    decks = hasattr(controls, "deck")  # two decks: engine.decks.Decks
+    decks = hasattr(type(controls), "deck")  # two decks; the class, so the GUI's proxy loads no model to say no
     controller = MidiController(controls, load_session_mapping(args, decks), _config(args, decks), report=_say).start()
     ports = controller.input_names + ([f"LEDs on {controller.output_name}"] if controller.output_name else [])
     _say(f"MIDI: {', '.join(ports)}")
