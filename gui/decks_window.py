@@ -73,16 +73,6 @@ def _show_checked(button: QPushButton, on: bool) -> None:
         button.blockSignals(False)
 
 
-def _fit_transport(row: TransportRow) -> None:
-    """The row's fixed widths measured in the theme's font (the one-deck window has room to spare;
-    half a screen does not): glyph buttons without side padding, the figures as wide as they get."""
-    for button in (row.halve_button, row.double_button):
-        button.setStyleSheet("padding: 4px 0")
-    for label, widest in ((row.tempo_label, "150 %"), (row.key_label, "key -12")):
-        label.ensurePolished()
-        label.setFixedWidth(label.fontMetrics().horizontalAdvance(widest) + 6)
-
-
 class DeckPanel(QFrame):
     """One deck: track, transport, tempo and sync, headphone cue, channel fader, stem strips."""
 
@@ -98,7 +88,6 @@ class DeckPanel(QFrame):
         layout.addWidget(self.overview)
         self.transport = TransportRow()
         self.transport.record_button.hide()  # two decks record the master, not a deck
-        _fit_transport(self.transport)
         self._connect_transport(self.transport)
         layout.addWidget(self.transport)
         body = QHBoxLayout()

@@ -27,7 +27,7 @@ QPushButton:checked {{ background: {ACCENT}; color: #000; font-weight: bold; }}
 QPushButton:disabled {{ color: #555; }}
 QPushButton#mute:checked {{ background: #e53935; color: #fff; }}
 QPushButton#solo:checked {{ background: #fdd835; color: #000; }}
-QPushButton#hotcue {{ padding: 4px 0; }}
+QPushButton#hotcue, QPushButton#glyph {{ padding: 4px 0; }}
 QPushButton#hotcue:checked {{ background: #26c6da; color: #000; }}
 QPushButton#record:checked {{ background: #e53935; color: #fff; }}
 QComboBox, QDoubleSpinBox {{ background: #2a2e35; border: 1px solid #3a3f47; border-radius: 6px; padding: 4px 8px;

@@ -4,8 +4,18 @@ window calls the engine, and :meth:`TransportRow.sync` shows the engine's state 
 
 from __future__ import annotations
 
-from PyQt6.QtCore import Qt, pyqtSignal
-from PyQt6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
+from PyQt6.QtCore import QSize, Qt, pyqtSignal
+from PyQt6.QtGui import QFont, QFontMetrics
+from PyQt6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
 
 from stemdeck.engine.practice import LOOP_BEATS, NUM_HOT_CUES
 
@@ -13,6 +23,7 @@ TEMPO_RANGE_PERCENT = (50, 150)
 KEY_RANGE_SEMITONES = 12
 NO_BEATS = "beats"  # the length list's first entry: no loop by beats chosen
 GLYPH_BUTTON_PX = 36  # ½ and ×2, as narrow as the cue pads: the window keeps its minimum width
+STEADY_LABEL_SLACK_PX = 6  # beyond the widest figure's advance: the glyphs' side bearings
 COUNT_IN_BEATS = 4  # the Count-in button's clicks: one bar of 4/4
 COUNT_IN_TIP = f"{COUNT_IN_BEATS} clicks (one a beat as heard) before the loop restarts"
 
@@ -64,6 +75,7 @@ class TransportRow(QWidget):
         self.halve_button = self._button("½", "Halve the loop ([)")
         self.double_button = self._button("×2", "Double the loop (])")
         for glyph in (self.halve_button, self.double_button):
+            glyph.setObjectName("glyph")  # the theme's rule: no side padding, so the glyph fits
             glyph.setFixedWidth(GLYPH_BUTTON_PX)  # one glyph each: room in the row for Count-in
         self.beats_box = QComboBox()
         self.beats_box.addItems([NO_BEATS] + [str(b) for b in LOOP_BEATS])
@@ -104,11 +116,11 @@ class TransportRow(QWidget):
         self.tempo_slider.setMaximumWidth(140)
         self.tempo_slider.setToolTip("Tempo 50-150 %, pitch unchanged")
         self.tempo_slider.valueChanged.connect(lambda v: self.tempo_changed.emit(v / 100))
-        self.tempo_label = _steady_label("100 %", widest="150 %")
+        self.tempo_label = SteadyLabel("100 %", widest="150 %")
         self.tempo_reset = self._button("1×", "Back to the recorded tempo")
         self.tempo_reset.clicked.connect(lambda: self.tempo_slider.setValue(100))
         self.key_down = self._button("♭", "Key down a semitone")
-        self.key_label = _steady_label("key ±0", widest="key -12")
+        self.key_label = SteadyLabel("key ±0", widest="key -12")
         self.key_up = self._button("♯", "Key up a semitone")
         self.key_down.clicked.connect(lambda: self.key_step.emit(-1))
         self.key_up.clicked.connect(lambda: self.key_step.emit(1))
@@ -124,7 +136,7 @@ class TransportRow(QWidget):
         self.set_stretch_available(False)
 
     def _button(self, text: str, tip: str, checkable: bool = False) -> QPushButton:
-        button = QPushButton(text)
+        button = ToggleButton(text)
         button.setToolTip(tip)
         button.setCheckable(checkable)
         button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
@@ -169,13 +181,40 @@ class TransportRow(QWidget):
             self.key_label.setText(f"key {key:+.0f}" if key else "key ±0")
 
 
-def _steady_label(text: str, widest: str) -> QLabel:
+class ToggleButton(QPushButton):
+    """A button as wide as its text in bold, which the theme gives it when checked: sized for the
+    regular font, a checked "Count-in" lost its last letter."""
+
+    def sizeHint(self) -> QSize:
+        hint = super().sizeHint()
+        if not self.isCheckable():
+            return hint
+        bold = QFont(self.font())
+        bold.setBold(True)
+        extra_px = QFontMetrics(bold).horizontalAdvance(self.text()) - self.fontMetrics().horizontalAdvance(self.text())
+        return QSize(hint.width() + max(0, extra_px), hint.height())
+
+
+class SteadyLabel(QLabel):
     """A label as wide as the widest text it will show, so the buttons beside it stay under the
-    mouse while its figure changes (a tempo slider dragged from 100 % to 53 %)."""
-    label = QLabel(text)
-    label.setFixedWidth(label.fontMetrics().horizontalAdvance(widest) + 2)
-    label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-    return label
+    mouse while its figure changes (a tempo slider dragged from 100 % to 53 %). Measured in the
+    font it has when laid out, not when made: the theme's stylesheet sets the font later, and a
+    width fixed at construction cut "100 %" to "00 %" on a 96-dpi desktop."""
+
+    def __init__(self, text: str, widest: str):
+        super().__init__(text)
+        self._widest = widest
+        self.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Preferred)
+
+    def sizeHint(self) -> QSize:
+        margins = self.contentsMargins()
+        width = max(self.fontMetrics().horizontalAdvance(t) for t in (self._widest, self.text()))
+        width += margins.left() + margins.right() + 2 * self.margin() + STEADY_LABEL_SLACK_PX
+        return QSize(width, super().sizeHint().height())
+
+    def minimumSizeHint(self) -> QSize:
+        return self.sizeHint()
 
 
 def _show_checked(button: QPushButton, on: bool) -> None:

@@ -16,6 +16,7 @@ from PyQt6.QtTest import QTest
 from PyQt6.QtWidgets import QApplication, QMessageBox
 from test_gui import IDLE_TIMEOUT_MS, loader
 from test_gui_midi_jack import CONTROLLER, pads, send  # noqa: F401 - pads: the controller fixture
+from test_gui_practice import cut_texts, themed  # noqa: F401 - themed: the app theme fixture
 
 from stemdeck.gui.app import _start_decks_midi
 from stemdeck.gui.decks_session import DecksSession
@@ -81,6 +82,13 @@ def amplitudes(decks, blocks: int = 40) -> tuple[float, float]:
         return 2 * abs(np.dot(left, np.exp(-2j * np.pi * hz * t))) / left.size
 
     return at(TONE_A_HZ), at(TONE_B_HZ)
+
+
+def test_both_practice_rows_show_every_figure_whole_in_the_themes_font(qtbot, themed, window):  # noqa: F811
+    window.resize(window.minimumSizeHint())
+    qtbot.wait(100)
+    for panel in window.panels:
+        assert cut_texts(panel.transport) == []
 
 
 def test_window_shows_both_decks_tracks_and_stems(window):

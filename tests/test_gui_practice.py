@@ -7,12 +7,66 @@ import numpy as np
 import pytest
 import soundfile as sf
 from PyQt6.QtCore import Qt
+from PyQt6.QtGui import QFont, QFontMetrics
+from PyQt6.QtWidgets import QApplication, QLabel, QPushButton
 from test_gui import SR, output_ratio
 from test_gui_keys import key, settings, window  # noqa: F401 - fixtures
 from test_gui_midi_jack import deck, pads, press  # noqa: F401 - fixtures
 
 SHIFT = Qt.KeyboardModifier.ShiftModifier
 REFRESH_MS = 120  # a few of the window's 33 ms refreshes
+
+
+@pytest.fixture
+def themed(qapp):
+    """The app's theme, as `stemdeck gui` sets it before any window: its stylesheet sets the font
+    (11 pt) after the widgets are made. Request it before the window fixture."""
+    from stemdeck.gui.theme import apply_theme
+
+    style, sheet, palette = qapp.style().name(), qapp.styleSheet(), qapp.palette()
+    apply_theme(qapp)
+    yield qapp
+    qapp.setStyleSheet(sheet)
+    qapp.setStyle(style)
+    qapp.setPalette(palette)
+
+
+def cut_texts(row, widest=(("tempo_label", "150 %"), ("key_label", "key -12"))) -> list[str]:
+    """The practice row's labels and buttons narrower than their text needs, widest figures shown
+    and every toggle on: the theme sets a checked button's text in bold, which a size hint made
+    in the regular font does not see, so a toggle must fit its bold text plus the padding."""
+    for name, text in widest:
+        getattr(row, name).setText(text)
+    QApplication.processEvents()
+    narrow = [w for w in row.findChildren((QLabel, QPushButton)) if w.width() < w.sizeHint().width()]
+    cut = [f"{w.text()!r} {w.width()} < {w.sizeHint().width()} px" for w in narrow]
+    for button in row.findChildren(QPushButton):
+        if button.isCheckable() and button.width() < bold_width_px(button):
+            cut.append(f"{button.text()!r} checked {button.width()} < {bold_width_px(button)} px")
+    return cut
+
+
+def bold_width_px(button) -> int:
+    """The width a button's text in bold needs: its bold advance and the theme's padding and border
+    (a plain button of the same text and name in the regular font, less that text's advance)."""
+    plain = QPushButton(button.text(), button.parentWidget())
+    plain.setObjectName(button.objectName())
+    plain.ensurePolished()
+    bold = QFont(plain.font())
+    bold.setBold(True)
+    regular_px = plain.fontMetrics().horizontalAdvance(button.text())
+    width = plain.sizeHint().width() - regular_px + QFontMetrics(bold).horizontalAdvance(button.text())
+    plain.deleteLater()
+    return width
+
+
+def test_practice_row_shows_every_figure_whole_in_the_themes_font_at_minimum_size(qtbot, themed, window):
+    """Widths fixed in the font a label had when made cut "100 %" to "00 %" and "×2" to a sliver
+    in the real window (Xvfb, 96 dpi)."""
+    window.resize(window.minimumSizeHint())
+    qtbot.wait(REFRESH_MS)
+    assert window.transport.tempo_label.font().pointSizeF() == 11  # the theme applies
+    assert cut_texts(window.transport) == []
 
 
 def pull(window, frames: int) -> np.ndarray:
