@@ -30,6 +30,7 @@ from stemdeck.engine.worker.worker import SeparationWorker, build_worker, warm_u
 MAX_WORKER_RESTARTS = 3
 WORKER_RESTART_WINDOW_S = 60.0
 SUPERVISE_POLL_S = 0.1
+SUPERVISOR_JOIN_TIMEOUT_S = 30.0  # a restart under way (a process starting) ends first
 
 
 class WorkerBackend(Protocol):
@@ -217,6 +218,7 @@ class ProcessBackend:
     def close(self) -> SharedState:
         """Keep the last counters readable (status after stop), then free the segments."""
         self._closing.set()
+        self._join_supervisor()
         self.stop_session()
         with self._lock:
             if self.process is not None:
@@ -248,6 +250,15 @@ class ProcessBackend:
         if self._supervisor is None:
             self._supervisor = threading.Thread(target=self._supervise_loop, name="stemdeck-supervisor", daemon=True)
             self._supervisor.start()
+
+    def _join_supervisor(self) -> None:
+        """The supervisor ends here, not later on its own: a daemon thread still running when the
+        interpreter exits, dropping the last reference to the model (its tensors release the
+        interpreter lock as they go), is ended inside torch's C++ frames: "terminate called
+        without an active exception" and an abort at exit."""
+        supervisor = self._supervisor
+        if supervisor is not None and supervisor is not threading.current_thread():
+            supervisor.join(SUPERVISOR_JOIN_TIMEOUT_S)
 
     def _supervise_loop(self) -> None:
         while not self._closing.wait(SUPERVISE_POLL_S):

@@ -85,6 +85,7 @@ from stemdeck.engine.session import DECK
 DECK_NAMES = ("A", "B")
 CUE_GROUP = "cue"
 SYNC_BPM_TOLERANCE = 0.1  # what sync promises: the decks' heard tempos within this
+PRIORITY_JOIN_TIMEOUT_S = 10.0  # the loop looks again every priority_poll_s; a load under way ends first
 
 
 def _unit(value: float, name: str, give: str) -> float:
@@ -520,8 +521,13 @@ class Decks:
                     self._update_priority()
 
     def _end_priority(self) -> None:
-        """No more stopping; a stopped worker continues."""
+        """No more stopping; a stopped worker continues. The loop's thread is joined: a daemon
+        thread that drops the last reference to the decks (their models) during the interpreter's
+        exit aborts it in torch's C++ frames ("terminate called without an active exception")."""
         self._stop.set()
+        thread = self._priority_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(PRIORITY_JOIN_TIMEOUT_S)
         with self._loading:
             self._resume_separation()
 
