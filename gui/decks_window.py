@@ -49,7 +49,7 @@ from stemdeck.gui.main_window import (
 )
 from stemdeck.gui.theme import stem_colour
 from stemdeck.gui.transport import TransportRow
-from stemdeck.gui.widgets import DbFader, LevelMeter, StemStrip, WaveformOverview
+from stemdeck.gui.widgets import DbFader, ElidedLabel, LevelMeter, StemStrip, WaveformOverview
 
 DECK_NAMES = ("A", "B")
 DECK_B_MUTE_KEYS = [Qt.Key.Key_Q, Qt.Key.Key_W, Qt.Key.Key_E, Qt.Key.Key_R, Qt.Key.Key_T, Qt.Key.Key_Y]
@@ -86,7 +86,7 @@ class DeckPanel(QFrame):
         self.overview = WaveformOverview()
         self.overview.seek_requested.connect(lambda s: self._call("seek", s))
         layout.addWidget(self.overview)
-        self.transport = TransportRow()
+        self.transport = TransportRow(compact=True)
         self.transport.record_button.hide()  # two decks record the master, not a deck
         self._connect_transport(self.transport)
         layout.addWidget(self.transport)
@@ -96,11 +96,16 @@ class DeckPanel(QFrame):
         body.addLayout(self._build_channel())
         layout.addLayout(body, 1)
 
-    def _build_header(self) -> QHBoxLayout:
-        row = QHBoxLayout()
+    def _build_header(self) -> QVBoxLayout:
+        """Title, track and times above the deck's buttons: two rows, so two decks and the mixer
+        fit a 1366-pixel laptop screen."""
+        rows = QVBoxLayout()
+        title_row, row = QHBoxLayout(), QHBoxLayout()
+        rows.addLayout(title_row)
+        rows.addLayout(row)
         title = QLabel(f"Deck {self.name}")
         title.setObjectName("stemName")
-        row.addWidget(title)
+        title_row.addWidget(title)
         keys = PLAY_KEY_NAMES[self.index]
         self.open_button = self._push("Open…", f"Load a track into deck {self.name}")
         self.open_button.clicked.connect(lambda: self.window.open_dialog(self.index))
@@ -116,13 +121,14 @@ class DeckPanel(QFrame):
         self.headphone_button.toggled.connect(lambda on: self.window.decks.set_cue(self.index, on))
         for widget in (self.open_button, self.play_button, self.cue_button, self.sync_button, self.headphone_button):
             row.addWidget(widget)
-        self.track_label = QLabel("no track")
-        row.addWidget(self.track_label, 1)
+        row.addStretch(1)
+        self.track_label = ElidedLabel("no track")  # a long name is elided, never widens the window
+        title_row.addWidget(self.track_label, 1)
         self.elapsed_label, self.remaining_label = QLabel("0:00.0"), QLabel("−0:00.0")
         for label in (self.elapsed_label, self.remaining_label):
             label.setObjectName("time")
-            row.addWidget(label)
-        return row
+            title_row.addWidget(label)
+        return rows
 
     def _build_channel(self) -> QVBoxLayout:
         """The channel fader (into the crossfader) with the deck's meter after it."""

@@ -50,6 +50,12 @@ QTabBar::tab:selected {{ background: #2a2e35; color: {ACCENT}; }}
 """
 
 
+def checked_text_is_bold() -> bool:
+    """Whether the app wears this theme, whose checked buttons show their text in bold."""
+    app = QApplication.instance()
+    return app is not None and app.styleSheet() == STYLESHEET
+
+
 def stem_colour(name: str, index: int) -> QColor:
     return QColor(STEM_COLOURS.get(name, FALLBACK_COLOURS[index % len(FALLBACK_COLOURS)]))
 

@@ -18,6 +18,7 @@ from PyQt6.QtWidgets import (
 )
 
 from stemdeck.engine.practice import LOOP_BEATS, NUM_HOT_CUES
+from stemdeck.gui.theme import checked_text_is_bold
 
 TEMPO_RANGE_PERCENT = (50, 150)
 KEY_RANGE_SEMITONES = 12
@@ -44,14 +45,17 @@ class TransportRow(QWidget):
     tempo_changed = pyqtSignal(float)  # ratio
     key_step = pyqtSignal(int)  # semitones to add
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, compact: bool = False):
+        """Two rows (loop, then cues and tempo); ``compact``: three, for half a laptop screen
+        (a deck of the two-deck window): loop, then snap, count-in and tempo, then cues."""
         super().__init__(parent)
         rows = QVBoxLayout(self)
         rows.setContentsMargins(0, 0, 0, 0)
         loop_row, cue_row = QHBoxLayout(), QHBoxLayout()  # two rows: the window stays narrow
-        rows.addLayout(loop_row)
-        rows.addLayout(cue_row)
-        self._build_loop(loop_row)
+        tempo_row = QHBoxLayout() if compact else cue_row
+        for row in dict.fromkeys((loop_row, tempo_row, cue_row)):
+            rows.addLayout(row)
+        self._build_loop(loop_row, loop_row if not compact else tempo_row)
         loop_row.addStretch(1)
         self.bpm_label = QLabel("— BPM")
         self.bpm_label.setToolTip("The track's tempo, once the beat tracker has found it")
@@ -65,9 +69,12 @@ class TransportRow(QWidget):
         for pad in self.pads:
             cue_row.addWidget(pad)
         cue_row.addStretch(1)
-        self._build_tempo(cue_row)
+        if compact:
+            tempo_row.addStretch(1)
+        self._build_tempo(tempo_row)
 
-    def _build_loop(self, row: QHBoxLayout) -> None:
+    def _build_loop(self, row: QHBoxLayout, beat_row: QHBoxLayout) -> None:
+        """Loop controls in ``row``; snap and count-in (the beat's) in ``beat_row``."""
         row.addWidget(QLabel("Loop"))
         self.loop_in_button = self._button("In", "Set the loop's in point at the playhead (I)")
         self.loop_out_button = self._button("Out", "Set the loop's out point and play the loop (O)")
@@ -101,10 +108,10 @@ class TransportRow(QWidget):
             self.halve_button,
             self.double_button,
             self.beats_box,
-            self.snap_button,
-            self.count_in_button,
         ):
             row.addWidget(widget)
+        beat_row.addWidget(self.snap_button)
+        beat_row.addWidget(self.count_in_button)
 
     def _build_tempo(self, row: QHBoxLayout) -> None:
         """Tempo and key: enabled where the engine has them (the time-stretcher)."""
@@ -183,11 +190,11 @@ class TransportRow(QWidget):
 
 class ToggleButton(QPushButton):
     """A button as wide as its text in bold, which the theme gives it when checked: sized for the
-    regular font, a checked "Count-in" lost its last letter."""
+    regular font, a checked "Count-in" lost its last letter. (Without the theme, as the regular font.)"""
 
     def sizeHint(self) -> QSize:
         hint = super().sizeHint()
-        if not self.isCheckable():
+        if not (self.isCheckable() and checked_text_is_bold()):
             return hint
         bold = QFont(self.font())
         bold.setBold(True)

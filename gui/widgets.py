@@ -6,13 +6,14 @@ import math
 from collections import deque
 
 import numpy as np
-from PyQt6.QtCore import QLineF, QPointF, QRectF, Qt, pyqtSignal
+from PyQt6.QtCore import QLineF, QPointF, QRectF, QSize, Qt, pyqtSignal
 from PyQt6.QtGui import QColor, QPainter, QPen
 from PyQt6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QSlider,
     QVBoxLayout,
     QWidget,
@@ -33,6 +34,25 @@ CUE_FLAG_PX = 14
 
 def to_db(value: float) -> float:
     return 20.0 * math.log10(value) if value > 1e-6 else -math.inf
+
+
+class ElidedLabel(QLabel):
+    """A label that shows as much of its text as fits, ending in "…": a track's name, however
+    long, never sets the window's width. ``text()`` keeps the whole text; the tooltip shows it."""
+
+    MIN_WIDTH_PX = 40
+
+    def __init__(self, text: str = ""):
+        super().__init__(text)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(self.MIN_WIDTH_PX, super().minimumSizeHint().height())
+
+    def paintEvent(self, event) -> None:
+        painter = QPainter(self)
+        shown = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, self.contentsRect().width())
+        painter.drawText(self.contentsRect(), int(self.alignment()), shown)
 
 
 class LevelMeter(QWidget):

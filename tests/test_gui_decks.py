@@ -84,7 +84,15 @@ def amplitudes(decks, blocks: int = 40) -> tuple[float, float]:
     return at(TONE_A_HZ), at(TONE_B_HZ)
 
 
-def test_both_practice_rows_show_every_figure_whole_in_the_themes_font(qtbot, themed, window):  # noqa: F811
+LAPTOP_WIDTH_PX = 1366  # the commonest laptop screen's width
+
+
+def test_the_window_fits_a_laptop_screen_and_shows_every_figure_whole(qtbot, themed, window):  # noqa: F811
+    """In the theme's font (11 pt) two decks and the mixer were 1638 px at the least (1680 on a
+    96-dpi Xvfb desktop): deck B hung off a 1600-pixel screen. A long track name is elided."""
+    window.panels[1].track_label.setText("a very long track name, " * 8 + ".flac")
+    qtbot.wait(100)
+    assert window.minimumSizeHint().width() <= LAPTOP_WIDTH_PX
     window.resize(window.minimumSizeHint())
     qtbot.wait(100)
     for panel in window.panels:
