@@ -155,8 +155,7 @@ def add_separation_commands(commands) -> None:
         choices=BACKENDS,
         help="what runs the network: torch, onnx (ONNX Runtime, float32 on the CPU: pip install "
         "'stemdeck[onnx]') or openvino (OpenVINO, float32 on the CPU: pip install 'stemdeck[openvino]'); "
-        "auto: OpenVINO where installed and its cached export (made by a first --backend openvino run) "
-        "measured it faster than torch here, else torch",
+        "auto: torch (README: OpenVINO backend)",
     )
     sep.add_argument("-v", "--verbose", action="store_true", help="say which backend and precision run the network")
     add_library_options(sep)

@@ -66,11 +66,6 @@ class Measurement:
     threads: int
 
     @property
-    def faster(self) -> bool:
-        """OpenVINO took less wall time than torch: what a user waits for."""
-        return self.openvino_wall_s < self.torch_wall_s
-
-    @property
     def accurate(self) -> bool:
         return self.snr_db >= SNR_BAR_DB
 
@@ -131,16 +126,6 @@ def read_record(path: Path) -> dict | None:
     if not isinstance(record.get("sha256"), str) or record.get("format") != FORMAT:
         return None
     return record
-
-
-def cached_measurement(model: HTDemucs, length: int, folder: Path | None = None) -> Measurement | None:
-    """What the cached export of this model measured, or ``None`` if there is none (its file is
-    checked against the record only when loaded)."""
-    onnx_path, record_path = paths(model, length, folder)
-    record = read_record(record_path)
-    if record is None or not onnx_path.is_file():
-        return None
-    return Measurement(**record["measured"])
 
 
 _loaded: dict[tuple[Path, int], OpenVinoNetwork] = {}  # file, threads: a batch of files compiles it once

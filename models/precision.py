@@ -13,13 +13,12 @@ depends on the trained weights (``benchmarks/offline.py`` measures it).
 
 The backend runs the network: ``"torch"``, ``"onnx"`` (ONNX Runtime, float32 on the CPU, an
 optional dependency: :mod:`models.onnx_backend`) or ``"openvino"`` (OpenVINO, float32 on the CPU,
-optional: :mod:`models.openvino_backend`). ``"auto"`` never chooses ONNX Runtime (it did not win
-on the 2-core AVX2 machine it was measured on: README, "ONNX Runtime backend"). It chooses
-OpenVINO where all of these hold: OpenVINO is installed, the network runs float32 on the CPU at
-a fixed length (an HT Demucs), and this model's OpenVINO export is already in the cache (made by
-a first ``--backend openvino`` run, about 2 minutes for htdemucs, so that no job waits for an
-export it did not ask for) and measured there both within the SNR bar of torch and faster than
-torch in wall time (:class:`models.openvino_backend.Measurement`). Otherwise it is torch.
+optional: :mod:`models.openvino_backend`). ``"auto"`` is torch. Neither lost to torch per segment
+on a quiet 2-core AVX2 machine by much, but both were slower on whole tracks (ONNX Runtime 1.14,
+OpenVINO 0.90 and 1.01 of the reference's time against torch's 0.82 and 0.85), and both peak
+higher (2.4 and 1.6 GB a htdemucs segment against 1.1); they won only while other processes
+overloaded the cores. OpenVINO's export-time probe times single chunks, which did not predict a
+track (README, "OpenVINO backend"), so it is not a basis for choosing either.
 """
 
 from __future__ import annotations
@@ -152,8 +151,6 @@ def prepare_network(
         raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
     if backend == "openvino":
         return _openvino_network(model, precision, device, segment_s, note)
-    if backend == "auto":
-        return _auto_network(model, precision, device, segment_s)
     if backend != "onnx":
         return TorchNetwork(model, precision, device)
     refusal = _onnx_refusal(model, precision, device, segment_s)
@@ -225,19 +222,3 @@ def _openvino_network(model, precision: str, device: torch.device, segment_s: fl
             f"model (under {openvino_backend.SNR_BAR_DB:g} dB); use --backend torch"
         )
     return network
-
-
-def _auto_network(model, precision: str, device: torch.device, segment_s: float | None) -> Network:
-    """OpenVINO where its cached export measured it accurate and faster than torch, else torch."""
-    from stemdeck.models import onnx_backend, openvino_backend
-
-    if _openvino_refusal(model, precision, device, segment_s) or resolve_precision(precision, device) != "fp32":
-        return TorchNetwork(model, precision, device)
-    length = onnx_backend.network_length(model, segment_s)
-    measured = openvino_backend.cached_measurement(model, length)
-    if measured is None or not (measured.accurate and measured.faster) or measured.threads != torch.get_num_threads():
-        return TorchNetwork(model, precision, device)
-    try:
-        return openvino_backend.load_or_export(model.eval(), length)
-    except openvino_backend.OpenVinoError:
-        return TorchNetwork(model, precision, device)

@@ -1,6 +1,5 @@
 """The OpenVINO backend (issue 13): stems within the SNR bar of torch's float32, the export cached
-and checked, ``auto`` taking it only where its cached export measured it faster, and one line
-where OpenVINO is not installed.
+and checked, ``auto`` never taking it, and one line where OpenVINO is not installed.
 
 One small random-weights HT Demucs (its Transformer's LayerScales at 1, so that its error shows)
 is exported once for the module into a temporary cache folder.
@@ -118,15 +117,13 @@ def test_export_is_cached_checked_and_reused(model, cache, exported, fresh_proce
     onnx_path.write_bytes(original)
 
 
-def test_auto_takes_openvino_only_where_its_export_measured_it_faster(model, exported, fresh_process):
+def test_auto_is_torch_even_where_the_export_measured_openvino_faster(model, exported, fresh_process):
+    """A chunk's probe did not predict a track: on a quiet machine OpenVINO was faster per segment
+    and slower per track than torch (README, "OpenVINO backend"), so auto never takes it."""
     _set_measured(exported, torch_wall_s=2.0, openvino_wall_s=1.0)
-    chosen = prepare_network(model, "auto", CPU, backend="auto")
-    assert isinstance(chosen, ovb.OpenVinoNetwork) and chosen.describe().startswith("openvino (OpenVINO ")
-    assert isinstance(prepare_network(model, "int8", CPU, backend="auto"), TorchNetwork)  # int8 is torch's
-    _set_measured(exported, torch_wall_s=1.0, openvino_wall_s=2.0)
-    assert isinstance(prepare_network(model, "auto", CPU, backend="auto"), TorchNetwork)  # slower here
-    _set_measured(exported, torch_wall_s=2.0, openvino_wall_s=1.0, snr_db=30.0)
-    assert isinstance(prepare_network(model, "auto", CPU, backend="auto"), TorchNetwork)  # under the bar
+    assert isinstance(prepare_network(model, "auto", CPU, backend="auto"), TorchNetwork)
+    assert isinstance(prepare_network(model, "fp32", CPU, backend="openvino"), ovb.OpenVinoNetwork)  # asked for
+    _set_measured(exported, snr_db=30.0)
     ovb._loaded.clear()
     with pytest.raises(ValueError, match="--backend openvino: OpenVINO's stems were 30.0 dB"):
         prepare_network(model, "fp32", CPU, backend="openvino")
