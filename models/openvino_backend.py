@@ -3,16 +3,17 @@
 The same split as :mod:`models.onnx_backend`: :meth:`HybridUNet.branches` (the network in real
 numbers) runs in OpenVINO's CPU plugin, the STFT and iSTFT in torch. OpenVINO reads the ONNX
 file that torch's exporter writes (``onnx_backend.write_onnx``); ONNX Runtime itself is not
-needed. On the 2-core AVX2 machine of issue 13 it did an htdemucs segment in about 0.7 of torch's
-float32 CPU time at 102 dB SNR against torch (docs/benchmarks.md).
+needed. On the quiet 2-core AVX2 machine of issue 13 it did an htdemucs segment in about 0.95 of
+torch's float32 time but a 20 s track in 1.1-1.2 of it, at 87 dB SNR against torch; it was
+faster only while other processes overloaded the cores (docs/benchmarks.md). So it runs only
+when asked for (``--backend openvino``).
 
 The export (about a minute and a half for htdemucs) is made once per model and cached beside the
 ONNX Runtime backend's files (``$STEMDECK_ONNX_DIR``, else the user cache folder), as
 ``<digest>.openvino.onnx`` with a JSON record of its SHA-256 and of what the export measured: a
 file that does not match its record is exported again, never loaded. At export both torch and
 OpenVINO run a probe twice, alternately; OpenVINO's stems must be within :data:`SNR_BAR_DB` of
-torch's, and the record keeps the best wall and CPU seconds of each, which is what
-``--backend auto`` reads (:func:`models.precision.prepare_network`).
+torch's, and the record keeps the best wall and CPU seconds of each (``-v`` reports them).
 
 OpenVINO is asked for float32 inference explicitly: on CPUs with native bfloat16 its default
 would be bfloat16, which is what ``--precision bf16`` means, not float32.
