@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from stemdeck.models.nets import dconv_blocked
+
 
 class LayerScale(nn.Module):
     """Per-channel residual scale (Touvron et al. 2021), started near zero."""
@@ -163,6 +165,8 @@ class DConv(nn.Module):
             self.layers.append(nn.Sequential(*mods))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and dconv_blocked.usable(self.layers, x):
+            return dconv_blocked.run(self.layers, x)
         for layer in self.layers:
             x = x + (_plain_branch(layer, x) if _is_plain(layer) and not self.training else layer(x))
         return x

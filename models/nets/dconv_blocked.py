@@ -1,0 +1,142 @@
+"""DConv's residual branches at inference, without the full-size expanded tensor.
+
+A plain branch (conv, GroupNorm, GELU, 1x1 expansion to ``2C`` channels, GroupNorm, GLU,
+LayerScale) spends most of its time on memory, not arithmetic: the expansion's ``(N, 2C, T)``
+output is the widest tensor of the layer (66 MB at the spectral branch's first layer), freshly
+mapped on every call, then read and written again by the bias, the norm, the GLU and the
+residual add. Here it never exists whole:
+
+* the dilated conv is one batched product of the stacked taps, then shifted adds (oneDNN ran
+  this 48-to-6-channel conv at a tenth of its usual rate);
+* the second GroupNorm (one group per sample) is folded into the expansion: its per-sample
+  mean and variance follow exactly from the small hidden tensor's mean and covariance, so each
+  sample gets its own expansion weights and bias, with the norm's affine and the LayerScale in
+  them (statistics in float64);
+* the expansion, GLU and residual add then run block by block, each block small enough to stay
+  in cache, writing straight into the output.
+
+Same numbers as the module's own forward within float32 rounding (about 130 dB); used only in
+float32 eval without gradients, outside ONNX/TorchScript export (:func:`usable`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+BLOCK_BYTES = 1 << 20  # one block of the expanded tensor: fits the L2 cache of common CPUs
+# Below this the expanded tensor is cheap to make whole (no page faults, few blocks' worth), and
+# the per-block calls cost more than they save: at htdemucs's 8.3 MB layers this path was 20-50 %
+# slower, at 16.5 MB even, at 33-66 MB 2-3x faster (one 7.8 s forward, 2 threads).
+MIN_EXPANDED_BYTES = 12 << 20
+
+
+def usable(layers: nn.ModuleList, x: torch.Tensor) -> bool:
+    """Whether every branch of a DConv can run here and pays: plain, float32, no gradient
+    wanted, not being exported, its expanded tensor at least :data:`MIN_EXPANDED_BYTES`."""
+    if x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type) or torch.is_grad_enabled():
+        return False
+    if 2 * x.numel() * x.element_size() < MIN_EXPANDED_BYTES:
+        return False
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        return False
+    return all(_plain_and_foldable(layer) for layer in layers)
+
+
+def _plain_and_foldable(layer: nn.Sequential) -> bool:
+    if len(layer) != 7:
+        return False
+    conv, norm, _, expand, norm_out, _, _ = layer
+    return (
+        isinstance(conv, nn.Conv1d)
+        and conv.groups == 1
+        and conv.stride == (1,)
+        and conv.padding == (conv.dilation[0] * (conv.kernel_size[0] // 2),)
+        and conv.kernel_size[0] % 2 == 1
+        and isinstance(expand, nn.Conv1d)
+        and expand.kernel_size == (1,)
+        and isinstance(norm_out, nn.GroupNorm)
+        and norm_out.num_groups == 1
+        and all(p.dtype == torch.float32 for p in layer.parameters())
+    )
+
+
+def run(layers: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    """``x`` plus each branch in turn, as ``DConv.forward``; ``x`` itself is left as it is."""
+    out = torch.empty_like(x)  # keeps x's strides: the spectral branch's channels-last view
+    for index, layer in enumerate(layers):
+        _branch_into(layer, x if index == 0 else out, out)
+    return out
+
+
+def _branch_into(layer: nn.Sequential, x: torch.Tensor, out: torch.Tensor) -> None:
+    conv, norm, activation, expand, norm_out, _, scale = layer
+    hidden = activation(norm(taps_conv1d(conv, x)))
+    weight, bias = folded_expansion(expand.weight[:, :, 0], expand.bias, norm_out, scale.scale, hidden)
+    expanded_bytes = weight.shape[1] * 4
+    samples, frames = x.shape[0], x.shape[-1]
+    if samples > 1:
+        per_block = max(1, BLOCK_BYTES // (expanded_bytes * frames))
+        for start in range(0, samples, per_block):
+            rows = slice(start, start + per_block)
+            _glu_add(torch.baddbmm(bias[rows, :, None], weight[rows], hidden[rows]), x[rows], out[rows])
+        return
+    per_block = max(1, BLOCK_BYTES // expanded_bytes)
+    for start in range(0, frames, per_block):
+        span = slice(start, start + per_block)
+        _glu_add(torch.baddbmm(bias[:, :, None], weight, hidden[..., span]), x[..., span], out[..., span])
+
+
+def _glu_add(y: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = x + glu(y)``, the gate's sigmoid taken in place in the (cached) block."""
+    value, gate = y.chunk(2, dim=1)
+    torch.addcmul(x, value, gate.sigmoid_(), out=out)
+
+
+def taps_conv1d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """A stride-1, 'same'-padded, dilated ``conv`` of ``(N, C, T)``: one batched product of all
+    taps at once, then each tap's rows added at its offset (zero beyond the ends)."""
+    hidden, _, kernel = conv.weight.shape
+    dilation, middle, frames = conv.dilation[0], kernel // 2, x.shape[-1]
+    stacked = conv.weight.permute(2, 0, 1).reshape(kernel * hidden, -1)
+    products = torch.bmm(stacked.expand(x.shape[0], -1, -1), x)  # (N, K * hidden, T)
+    out = products[:, middle * hidden : (middle + 1) * hidden] + conv.bias[None, :, None]
+    for tap in range(kernel):
+        offset = dilation * (tap - middle)
+        if tap == middle or abs(offset) >= frames:
+            continue
+        rows = products[:, tap * hidden : (tap + 1) * hidden]
+        if offset > 0:
+            out[..., : frames - offset] += rows[..., offset:]
+        else:
+            out[..., -offset:] += rows[..., : frames + offset]
+    return out
+
+
+def folded_expansion(
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    norm: nn.GroupNorm,
+    value_scale: torch.Tensor,
+    hidden: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample ``(N, 2C, h)`` weights and ``(N, 2C)`` biases equal to the 1x1 expansion
+    ``weight``/``bias`` followed by ``norm`` (one group) and ``value_scale`` on the GLU's first
+    half. The norm's statistics of ``y = W h + b`` over channels and frames come from the
+    hidden tensor's per-sample mean ``mu`` and covariance ``S``: channel ``c`` has mean
+    ``W_c mu + b_c`` and variance ``W_c S W_c``; the sample's variance is the mean of those
+    plus the variance of the channel means."""
+    w64, b64 = weight.double(), bias.double()
+    h64 = hidden.double()
+    mean_hidden = h64.mean(-1)  # (N, h)
+    centred = h64 - mean_hidden[..., None]
+    covariance = torch.bmm(centred, centred.transpose(1, 2)) / hidden.shape[-1]  # (N, h, h)
+    channel_means = mean_hidden @ w64.T + b64  # (N, 2C)
+    channel_vars = ((w64 @ covariance) * w64).sum(-1)  # (N, 2C): W_c S W_c
+    sample_mean = channel_means.mean(-1, keepdim=True)
+    sample_var = channel_vars.mean(-1, keepdim=True) + (channel_means - sample_mean).pow(2).mean(-1, keepdim=True)
+    layer_gain = torch.cat([value_scale, torch.ones_like(value_scale)]).double()
+    per_sample_gain = layer_gain * norm.weight.double() * torch.rsqrt(sample_var + norm.eps)  # (N, 2C)
+    folded_weight = per_sample_gain[..., None] * w64
+    folded_bias = (b64 - sample_mean) * per_sample_gain + norm.bias.double() * layer_gain
+    return folded_weight.float(), folded_bias.float()
