@@ -49,3 +49,14 @@ def test_reflect_pad_handles_signals_shorter_than_the_padding():
     padded = reflect_pad(x, 5, 4)
     assert padded.shape[-1] == 3 + 9
     assert torch.equal(padded[..., 5:8], x)
+
+
+def test_inverse_of_channels_equals_the_complex_inverse():
+    # (B, C, 2, freqs, frames) real and imaginary as channels, straight into the padded buffer
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 44100)
+    z = hybrid_spectrogram(x, 4096)
+    channels = torch.view_as_real(z).movedim(-1, -3).contiguous()
+    from stemdeck.models.nets.spec import hybrid_inverse_of_channels
+
+    assert torch.equal(hybrid_inverse_of_channels(channels, 44100), hybrid_inverse(z, 44100))

@@ -92,8 +92,24 @@ def hybrid_spectrogram(x: torch.Tensor, n_fft: int) -> torch.Tensor:
 
 def hybrid_inverse(z: torch.Tensor, length: int) -> torch.Tensor:
     """Inverse of :func:`hybrid_spectrogram`: restores the dropped Nyquist bin and edge frames."""
-    hop = (z.shape[-2] * 2) // 4
-    z = F.pad(z, (2, 2, 0, 1))
+    return _inverse_of_padded(F.pad(z, (2, 2, 0, 1)), length)
+
+
+def hybrid_inverse_of_channels(x: torch.Tensor, length: int) -> torch.Tensor:
+    """:func:`hybrid_inverse` of a complex-as-channels ``(..., 2, freqs, frames)`` spectrogram.
+
+    The real and imaginary parts go straight into the zero-padded complex buffer, one tensor
+    where a contiguous complex copy and then its padded copy were two (each 44 MB for htdemucs's
+    four stems).
+    """
+    *batch, _, freqs, frames = x.shape
+    buffer = x.new_zeros(*batch, freqs + 1, frames + 4, 2)
+    buffer[..., :freqs, 2 : 2 + frames, :] = x.movedim(-3, -1)
+    return _inverse_of_padded(torch.view_as_complex(buffer), length)
+
+
+def _inverse_of_padded(z: torch.Tensor, length: int) -> torch.Tensor:
+    hop = ((z.shape[-2] - 1) * 2) // 4
     pad = hop // 2 * 3
     padded_length = hop * math.ceil(length / hop) + 2 * pad
     x = istft(z, hop, padded_length)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from stemdeck.models.nets.layers import DConv, FrequencyEmbedding, _norm, rescale_module
-from stemdeck.models.nets.spec import hybrid_inverse, hybrid_spectrogram
+from stemdeck.models.nets.spec import hybrid_inverse_of_channels, hybrid_spectrogram
 
 
 def _freq_major(y: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -308,11 +308,11 @@ class HybridUNet(nn.Module):
         """The two branches' outputs (:meth:`branches`) to ``(B, S, C, length)`` stems."""
         batch, _, freqs, frames = spec.shape
         num_sources = len(self.sources)
-        spec_out = torch.view_as_complex(
-            spec.view(batch, num_sources, -1, 2, freqs, frames).permute(0, 1, 2, 4, 5, 3).contiguous()
-        )
-        wave_spec = hybrid_inverse(spec_out, length)
-        return wave.view(batch, num_sources, -1, length) + wave_spec
+        per_source = spec.view(batch, num_sources, -1, 2, freqs, frames)
+        out = wave.view(batch, num_sources, -1, length).clone()
+        for source in range(num_sources):  # one at a time: a quarter of the iSTFT's temporaries
+            out[:, source] += hybrid_inverse_of_channels(per_source[:, source], length)
+        return out
 
     def _encode(self, x: torch.Tensor, xt: torch.Tensor):
         skips: dict[str, list] = {"x": [], "xt": [], "len": [], "len_t": []}
