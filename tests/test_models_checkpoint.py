@@ -181,3 +181,26 @@ def test_directories_and_unknown_suffixes_are_refused(tmp_path):
     other.write_bytes(b"x")
     with pytest.raises(CheckpointError, match="unknown checkpoint type"):
         load_checkpoint(other)
+
+
+def test_checking_a_checkpoint_costs_no_memory_for_good(tmp_path):
+    # The shapes are checked on a meta-device twin before anything is allocated; weight init on
+    # meta tensors (normal_, cumsum, std) imports torch._dynamo, which stays: 68 MB of a 1 GB goal.
+    import subprocess
+    import sys
+
+    from conftest import TINY_HT_KW
+
+    from stemdeck.models import HDemucs
+
+    torch.manual_seed(0)
+    save_safetensors(HTDemucs(**TINY_HT_KW), tmp_path / "ht.safetensors")
+    save_safetensors(HDemucs(sources=["drums", "bass"], channels=8, depth=5), tmp_path / "h.safetensors")
+    script = (
+        "import sys; from stemdeck.models import load_checkpoint; "
+        f"[load_checkpoint(p) for p in {[str(tmp_path / 'ht.safetensors'), str(tmp_path / 'h.safetensors')]!r}]; "
+        "print('torch._dynamo' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -32,14 +32,19 @@ class FrequencyEmbedding(nn.Module):
 
     def __init__(self, num_freqs: int, channels: int, scale: float = 10.0, smooth: bool = True):
         super().__init__()
-        self.embedding = nn.Embedding(num_freqs, channels)
+        self.embedding = nn.Embedding(num_freqs, channels, _weight=torch.empty(num_freqs, channels))
+        self.scale = scale
+        if self.embedding.weight.device.type == "meta":
+            # only shapes wanted (a checkpoint checked before anything is allocated); the init's
+            # normal_ and cumsum on meta tensors import torch._dynamo, 68 MB kept for good
+            return
+        weight = nn.init.normal_(self.embedding.weight.data)  # nn.Embedding's own init, same draws
         if smooth:
             # Cumulative sum makes neighbouring bins similar; divide by sqrt(n) to keep unit scale.
-            weight = torch.cumsum(self.embedding.weight.data, dim=0)
+            weight = torch.cumsum(weight, dim=0)
             weight = weight / torch.arange(1, num_freqs + 1).to(weight).sqrt()[:, None]
             self.embedding.weight.data[:] = weight
         self.embedding.weight.data /= scale
-        self.scale = scale
 
     def forward(self, bins: torch.Tensor) -> torch.Tensor:
         return self.embedding(bins) * self.scale
@@ -199,7 +204,12 @@ def _norm(enabled: bool, channels: int, groups: int = 1) -> nn.Module:
 
 
 def rescale_module(module: nn.Module, reference: float) -> None:
-    """Initial weight rescaling of every convolution, which trains better (Défossez et al.)."""
+    """Initial weight rescaling of every convolution, which trains better (Défossez et al.).
+
+    Nothing to rescale on the meta device (only shapes wanted), where ``std`` would import
+    torch._dynamo (68 MB kept for good)."""
+    if any(parameter.is_meta for parameter in module.parameters()):
+        return
     for sub in module.modules():
         if isinstance(sub, (nn.Conv1d, nn.ConvTranspose1d, nn.Conv2d, nn.ConvTranspose2d)):
             scale = (sub.weight.std().detach() / reference) ** 0.5
