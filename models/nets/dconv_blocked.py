@@ -73,18 +73,26 @@ def _branch_into(layer: nn.Sequential, x: torch.Tensor, out: torch.Tensor) -> No
     conv, norm, activation, expand, norm_out, _, scale = layer
     hidden = activation(norm(taps_conv1d(conv, x)))
     weight, bias = folded_expansion(expand.weight[:, :, 0], expand.bias, norm_out, scale.scale, hidden)
-    expanded_bytes = weight.shape[1] * 4
+    expanded = weight.shape[1]
     samples, frames = x.shape[0], x.shape[-1]
     if samples > 1:
-        per_block = max(1, BLOCK_BYTES // (expanded_bytes * frames))
+        per_block = max(1, BLOCK_BYTES // (4 * expanded * frames))
+        block = x.new_empty(per_block * expanded * frames)  # one buffer for every block
         for start in range(0, samples, per_block):
             rows = slice(start, start + per_block)
-            _glu_add(torch.baddbmm(bias[rows, :, None], weight[rows], hidden[rows]), x[rows], out[rows])
+            count = min(per_block, samples - start)
+            y = block[: count * expanded * frames].view(count, expanded, frames)
+            torch.baddbmm(bias[rows, :, None], weight[rows], hidden[rows], out=y)
+            _glu_add(y, x[rows], out[rows])
         return
-    per_block = max(1, BLOCK_BYTES // expanded_bytes)
+    per_block = max(1, BLOCK_BYTES // (4 * expanded))
+    block = x.new_empty(expanded * per_block)
     for start in range(0, frames, per_block):
         span = slice(start, start + per_block)
-        _glu_add(torch.baddbmm(bias[:, :, None], weight, hidden[..., span]), x[..., span], out[..., span])
+        count = min(per_block, frames - start)
+        y = block[: expanded * count].view(1, expanded, count)
+        torch.baddbmm(bias[:, :, None], weight, hidden[..., span], out=y)
+        _glu_add(y, x[..., span], out[..., span])
 
 
 def _glu_add(y: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
