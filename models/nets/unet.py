@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from stemdeck.models.nets import rewrite_blocked
 from stemdeck.models.nets.layers import DConv, FrequencyEmbedding, _norm, rescale_module
 from stemdeck.models.nets.spec import hybrid_inverse_of_channels, hybrid_spectrogram
 
@@ -31,6 +32,12 @@ def _run_dconv(dconv: nn.Module, y: torch.Tensor, freq: bool) -> torch.Tensor:
         return dconv(y)
     flat, shape = _freq_major(y)
     return dconv(flat).view(shape).permute(0, 2, 1, 3)
+
+
+def _rewrite_glu(rewrite: nn.Module, norm: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    if rewrite_blocked.usable(rewrite, norm, y):
+        return rewrite_blocked.rewrite_glu(rewrite, y)
+    return F.glu(norm(rewrite(y)), dim=1)
 
 
 class EncoderLayer(nn.Module):
@@ -91,7 +98,7 @@ class EncoderLayer(nn.Module):
             y = _run_dconv(self.dconv, y, self.freq)
         if self.rewrite is None:
             return y
-        return F.glu(self.norm2(self.rewrite(y)), dim=1)
+        return _rewrite_glu(self.rewrite, self.norm2, y)
 
 
 class DecoderLayer(nn.Module):
@@ -148,7 +155,7 @@ class DecoderLayer(nn.Module):
         if not self.empty:
             y = x + skip
             if self.rewrite is not None:
-                y = F.glu(self.norm1(self.rewrite(y)), dim=1)
+                y = _rewrite_glu(self.rewrite, self.norm1, y)
             if self.dconv is not None:
                 y = _run_dconv(self.dconv, y, self.freq)
         z = self.norm2(self.conv_tr(y))

@@ -1,0 +1,44 @@
+"""The rewrite conv and GLU band by band equals the plain conv then GLU (models/nets/rewrite_blocked.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from stemdeck.models.nets import rewrite_blocked
+
+
+@pytest.mark.parametrize("kernel,channels_last", [(3, True), (3, False), (1, True), (5, True)])
+def test_bands_equal_the_whole_conv(monkeypatch, kernel, channels_last):
+    monkeypatch.setattr(rewrite_blocked, "BAND_BYTES", 96 * 2 * 40 * 4 * 7)  # 7 bins a band: a ragged last band
+    monkeypatch.setattr(rewrite_blocked, "MIN_OUTPUT_BYTES", 0)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(48, 96, kernel, 1, kernel // 2)
+    y = torch.randn(1, 48, 64, 40)
+    if channels_last:
+        y, conv = y.to(memory_format=torch.channels_last), conv.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert rewrite_blocked.usable(conv, nn.Identity(), y)
+        banded = rewrite_blocked.rewrite_glu(conv, y)
+        expected = F.glu(conv(y), dim=1)
+    torch.testing.assert_close(banded, expected, rtol=1e-5, atol=1e-5)
+    assert banded.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@torch.no_grad()
+def test_left_to_the_plain_conv_where_it_does_not_apply():
+    big = torch.randn(1, 48, 512, 336)
+    conv = nn.Conv2d(48, 96, 3, 1, 1)
+    assert rewrite_blocked.usable(conv, nn.Identity(), big)  # 66 MB of output
+    assert not rewrite_blocked.usable(conv, nn.Identity(), big[:, :, :64])  # 8 MB: not worth it
+    assert not rewrite_blocked.usable(conv, nn.GroupNorm(1, 96), big)  # a norm needs the whole output
+    assert not rewrite_blocked.usable(nn.Conv2d(48, 96, 3, 1, 0), nn.Identity(), big)  # not 'same'
+    assert not rewrite_blocked.usable(nn.Conv2d(48, 96, 2, 1, 1), nn.Identity(), big)
+    assert not rewrite_blocked.usable(nn.Conv1d(48, 96, 3, 1, 1), nn.Identity(), big[0])
+    assert not rewrite_blocked.usable(conv, nn.Identity(), big.double())
+    with torch.enable_grad():
+        assert not rewrite_blocked.usable(conv, nn.Identity(), big)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not rewrite_blocked.usable(conv, nn.Identity(), big)
