@@ -14,7 +14,6 @@ from test_engine_decks import (  # noqa: F401 - decks: the fixture
     VOCALS,
     amplitude_at,
     decks,
-    start_playing,
 )
 from test_engine_midi_jack import CONTROLLER, FakeController, wait_for
 
@@ -102,8 +101,15 @@ def rig(jack_server, decks):
     decks.start_output()
     recorder = JackRecorder(jack_server, 4)
     recorder.connect("stemdeck:master_L", "stemdeck:cue_L")
-    start_playing(decks, "A", sine_track(TONE_A_HZ, 8.0))
-    start_playing(decks, "B", sine_track(TONE_B_HZ, 8.0))
+    # 30 s tracks, both separated before either plays: with 8 s, deck A started while B was
+    # still separating and ran out in the middle of a recording on a busy CI machine (0.21 of
+    # 0.3 at 220 Hz)
+    for which, hz in (("A", TONE_A_HZ), ("B", TONE_B_HZ)):
+        decks.load_array(which, sine_track(hz, 30.0))
+    for which in "AB":
+        assert decks.deck(which).wait_separated(30 * JACK_RATE - 1, timeout_s=60)
+    for which in "AB":
+        decks.deck(which).play()
     try:
         yield decks, recorder, fake, controller
     finally:
