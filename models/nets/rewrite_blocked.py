@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 BAND_BYTES = 8 << 20  # one band's conv output: few enough calls, far below the whole tensor
-MIN_OUTPUT_BYTES = 32 << 20  # smaller outputs are left to the plain conv (glibc's heap reuses them)
+MIN_OUTPUT_BYTES = 16 << 20  # smaller outputs are left to the plain conv (glibc's heap reuses them)
 
 
 def usable(conv: nn.Module, norm: nn.Module, y: torch.Tensor) -> bool:
@@ -37,7 +37,7 @@ def usable(conv: nn.Module, norm: nn.Module, y: torch.Tensor) -> bool:
         return False
     if torch.is_autocast_enabled(y.device.type) or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return False
-    return y.numel() * 2 * conv.out_channels // conv.in_channels * y.element_size() >= MIN_OUTPUT_BYTES
+    return y.numel() // conv.in_channels * conv.out_channels * y.element_size() >= MIN_OUTPUT_BYTES
 
 
 def rewrite_glu(conv: nn.Conv2d, y: torch.Tensor) -> torch.Tensor:
