@@ -32,8 +32,8 @@ def test_left_to_the_plain_conv_where_it_does_not_apply():
     big = torch.randn(1, 48, 512, 336)
     conv = nn.Conv2d(48, 96, 3, 1, 1)
     assert rewrite_blocked.usable(conv, nn.Identity(), big)  # 66 MB of output
-    assert rewrite_blocked.usable(conv, nn.Identity(), big[:, :, :128])  # 16.5 MB
-    assert not rewrite_blocked.usable(conv, nn.Identity(), big[:, :, :64])  # 8.3 MB: not worth it
+    assert rewrite_blocked.usable(conv, nn.Identity(), big[:, :, :256])  # 33 MB
+    assert not rewrite_blocked.usable(conv, nn.Identity(), big[:, :, :128])  # 16.5 MB, under 16 MiB: not worth it
     assert not rewrite_blocked.usable(conv, nn.GroupNorm(1, 96), big)  # a norm needs the whole output
     assert not rewrite_blocked.usable(nn.Conv2d(48, 96, 3, 1, 0), nn.Identity(), big)  # not 'same'
     assert not rewrite_blocked.usable(nn.Conv2d(48, 96, 2, 1, 1), nn.Identity(), big)
