@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from stemdeck.models.nets.inference_paths import float32_eager_inference
+
 BLOCK_BYTES = 1 << 20  # one block of the expanded tensor: fits the L2 cache of common CPUs
 # Below this the expanded tensor is cheap to make whole (no page faults, few blocks' worth), and
 # the per-block calls cost more than they save: at htdemucs's 8.3 MB layers this path was 20-50 %
@@ -32,32 +34,35 @@ MIN_EXPANDED_BYTES = 12 << 20
 
 
 def usable(layers: nn.ModuleList, x: torch.Tensor) -> bool:
-    """Whether every branch of a DConv can run here and pays: plain, float32, no gradient
-    wanted, not being exported, its expanded tensor at least :data:`MIN_EXPANDED_BYTES`."""
-    if x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type) or torch.is_grad_enabled():
-        return False
+    """Whether every branch of a DConv can run here and pays: plain with a foldable norm,
+    float32 eager inference (:func:`float32_eager_inference`), its expanded tensor at least
+    :data:`MIN_EXPANDED_BYTES`."""
     if 2 * x.numel() * x.element_size() < MIN_EXPANDED_BYTES:
         return False
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
-        return False
-    return all(_plain_and_foldable(layer) for layer in layers)
+    return float32_eager_inference(x, layers) and all(_foldable(layer) for layer in layers)
 
 
-def _plain_and_foldable(layer: nn.Sequential) -> bool:
-    if len(layer) != 7:
+def is_plain(layer: nn.Sequential) -> bool:
+    """A branch without LSTM or local attention: conv, norm, GELU, 1x1 conv, norm, GLU, scale."""
+    return len(layer) == 7 and isinstance(layer[3], nn.Conv1d)
+
+
+def _foldable(layer: nn.Sequential) -> bool:
+    """Plain, its conv stride 1 and 'same' padded with an odd kernel (what :func:`taps_conv1d`
+    computes), its expansion 1x1, its second norm one GroupNorm group (what
+    :func:`folded_expansion` folds)."""
+    if not is_plain(layer):
         return False
-    conv, norm, _, expand, norm_out, _, _ = layer
+    conv, _, _, expand, norm_out, _, _ = layer
     return (
         isinstance(conv, nn.Conv1d)
         and conv.groups == 1
         and conv.stride == (1,)
         and conv.padding == (conv.dilation[0] * (conv.kernel_size[0] // 2),)
         and conv.kernel_size[0] % 2 == 1
-        and isinstance(expand, nn.Conv1d)
         and expand.kernel_size == (1,)
         and isinstance(norm_out, nn.GroupNorm)
         and norm_out.num_groups == 1
-        and all(p.dtype == torch.float32 for p in layer.parameters())
     )
 
 

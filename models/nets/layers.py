@@ -173,13 +173,9 @@ class DConv(nn.Module):
         if not self.training and dconv_blocked.usable(self.layers, x):
             return dconv_blocked.run(self.layers, x)
         for layer in self.layers:
-            x = x + (_plain_branch(layer, x) if _is_plain(layer) and not self.training else layer(x))
+            plain = dconv_blocked.is_plain(layer) and not self.training
+            x = x + (_plain_branch(layer, x) if plain else layer(x))
         return x
-
-
-def _is_plain(layer: nn.Sequential) -> bool:
-    """A branch without LSTM or local attention: conv, norm, GELU, 1x1 conv, norm, GLU, scale."""
-    return len(layer) == 7 and isinstance(layer[3], nn.Conv1d)
 
 
 def _plain_branch(layer: nn.Sequential, x: torch.Tensor) -> torch.Tensor:

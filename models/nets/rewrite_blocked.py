@@ -14,13 +14,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from stemdeck.models.nets.inference_paths import float32_eager_inference
+
 BAND_BYTES = 8 << 20  # one band's conv output: few enough calls, far below the whole tensor
 MIN_OUTPUT_BYTES = 16 << 20  # htdemucs's 66 and 33 MB outputs; smaller ones are left to the plain conv
 
 
 def usable(conv: nn.Module, norm: nn.Module, y: torch.Tensor) -> bool:
     """A plain 2-D conv (odd square-ish kernel, 'same' padding, stride 1) with no norm before
-    the GLU, float32 without gradients, not being exported, and an output worth splitting."""
+    the GLU, in float32 eager inference (:func:`float32_eager_inference`), and an output worth
+    splitting."""
     if not isinstance(conv, nn.Conv2d) or not isinstance(norm, nn.Identity) or y.dim() != 4:
         return False
     kernel_f, kernel_t = conv.kernel_size
@@ -33,9 +36,7 @@ def usable(conv: nn.Module, norm: nn.Module, y: torch.Tensor) -> bool:
         or conv.bias is None
     ):
         return False
-    if y.dtype != torch.float32 or conv.weight.dtype != torch.float32 or torch.is_grad_enabled():
-        return False
-    if torch.is_autocast_enabled(y.device.type) or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if not float32_eager_inference(y, conv):
         return False
     return y.numel() // conv.in_channels * conv.out_channels * y.element_size() >= MIN_OUTPUT_BYTES
 
