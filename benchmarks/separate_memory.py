@@ -16,10 +16,12 @@ a shared machine should be asked for (about 2.3 GB per minute of 48 kHz stereo w
 and the table says "not run".
 
 ``--backend`` is passed to the new path's command line (``openvino``, say; an ONNX Runtime or
-OpenVINO export is made on first use, into ``$STEMDECK_ONNX_DIR`` if set).
+OpenVINO export is made on first use, into ``$STEMDECK_ONNX_DIR`` if set). ``--memory low,speed``
+runs the new path once per ``stemdeck separate --memory`` mode, side by side (columns ``new`` for
+low, ``new-speed``).
 
 Usage: python benchmarks/separate_memory.py [--rows tiny:3,tiny:10,htdemucs:10,passthrough:60]
-       [--old-max-minutes 10] [--backend auto] [--json]
+       [--old-max-minutes 10] [--backend auto] [--memory low,speed] [--json]
 """
 
 from __future__ import annotations
@@ -73,13 +75,14 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def worker(path: str, model: str, song: Path, out: Path, backend: str = "auto") -> None:
+def worker(path: str, model: str, song: Path, out: Path, backend: str = "auto", memory: str = "low") -> None:
     """One separation in this fresh process; prints its peak RSS and seconds as JSON."""
     start = time.perf_counter()
     if path == "new":
         from stemdeck.cli import main
 
-        code = main(["separate", str(song), "-o", str(out), "--model", model, "--force", "--backend", backend])
+        options = ["--force", "--backend", backend, "--memory", memory]
+        code = main(["separate", str(song), "-o", str(out), "--model", model, *options])
         if code:
             raise SystemExit(code)
     else:
@@ -94,10 +97,10 @@ def worker(path: str, model: str, song: Path, out: Path, backend: str = "auto") 
     print(json.dumps({"peak_rss_mb": peak_rss_mb(), "seconds": time.perf_counter() - start}))
 
 
-def measure(path: str, model: str, song: Path, out: Path, backend: str = "auto") -> dict:
+def measure(path: str, model: str, song: Path, out: Path, backend: str = "auto", memory: str = "low") -> dict:
     command = [sys.executable, __file__, "--worker", path, "--model", model, "--song", str(song), "--out", str(out)]
     result = subprocess.run(
-        [*command, "--backend", backend],
+        [*command, "--backend", backend, "--memory", memory],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -108,7 +111,18 @@ def measure(path: str, model: str, song: Path, out: Path, backend: str = "auto")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def run(rows: list[tuple[str, float]], old_max_minutes: float, report_row, backend: str = "auto") -> list[dict]:
+def column(path: str, memory: str) -> str:
+    """``old``, ``new`` (``--memory low``) or ``new-<mode>``."""
+    return path if path == "old" or memory == "low" else f"{path}-{memory}"
+
+
+def run(
+    rows: list[tuple[str, float]],
+    old_max_minutes: float,
+    report_row,
+    backend: str = "auto",
+    memory_modes: tuple[str, ...] = ("low",),
+) -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -122,11 +136,12 @@ def run(rows: list[tuple[str, float]], old_max_minutes: float, report_row, backe
                 checkpoint = htdemucs_checkpoint(folder)
             name = str(checkpoint) if model == "htdemucs" else model
             row = {"model": model, "minutes": minutes}
-            for path in ("old", "new"):
+            for path, memory in [("old", "low")] + [("new", mode) for mode in memory_modes]:
+                key = column(path, memory)
                 if path == "old" and minutes > old_max_minutes:
-                    row[path] = {"error": "not run"}
+                    row[key] = {"error": "not run"}
                     continue
-                row[path] = measure(path, name, songs[minutes], folder / f"out-{path}", backend)
+                row[key] = measure(path, name, songs[minutes], folder / f"out-{key}", backend, memory)
             results.append(row)
             report_row(row)
     return results
@@ -134,15 +149,14 @@ def run(rows: list[tuple[str, float]], old_max_minutes: float, report_row, backe
 
 def print_row(row: dict) -> None:
     cells = []
-    for path in ("old", "new"):
-        result = row[path]
+    for key, result in row.items():
+        if key in ("model", "minutes"):
+            continue
         if "error" in result:
-            cells += [result["error"][:28], "-"]
+            cells.append(f"{result['error'][:28]:>14} {'-':>7}")
         else:
-            cells += [f"{result['peak_rss_mb']:.0f}", f"{result['seconds']:.0f}"]
-    print(
-        f"{row['model']:<12} {row['minutes']:>7g} {cells[0]:>14} {cells[1]:>7} {cells[2]:>14} {cells[3]:>7}", flush=True
-    )
+            cells.append(f"{result['peak_rss_mb']:>14.0f} {result['seconds']:>7.0f}")
+    print(f"{row['model']:<12} {row['minutes']:>7g} {' '.join(cells)}", flush=True)
 
 
 def parse_rows(text: str) -> list[tuple[str, float]]:
@@ -161,19 +175,25 @@ def main(argv=None) -> int:
     parser.add_argument("--old-max-minutes", type=float, default=10.0, help="longest song the old path runs")
     parser.add_argument("--json", action="store_true", help="print one JSON list at the end")
     parser.add_argument("--backend", default="auto", help="the new path's --backend (auto, torch, onnx, openvino)")
+    parser.add_argument(
+        "--memory", default="low", help="the new path's --memory modes, comma-separated (low, speed; default low)"
+    )
     parser.add_argument("--worker", choices=("old", "new"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--song", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.model, args.song, args.out, args.backend)
+        worker(args.worker, args.model, args.song, args.out, args.backend, args.memory)
         return 0
+    memory_modes = tuple(args.memory.split(","))
     if not args.json:
         print(f"peak RSS (MB) and seconds of `stemdeck separate`, 48 kHz stereo, {os.cpu_count()} CPUs")
-        print(f"{'model':<12} {'minutes':>7} {'old peak MB':>14} {'old s':>7} {'new peak MB':>14} {'new s':>7}")
+        columns = ["old"] + [column("new", mode) for mode in memory_modes]
+        header = " ".join(f"{name + ' peak MB':>14} {name + ' s':>7}" for name in columns)
+        print(f"{'model':<12} {'minutes':>7} {header}")
     report_row = (lambda row: None) if args.json else print_row
-    results = run(parse_rows(args.rows), args.old_max_minutes, report_row, args.backend)
+    results = run(parse_rows(args.rows), args.old_max_minutes, report_row, args.backend, memory_modes)
     if args.json:
         print(json.dumps(results))
     return 0

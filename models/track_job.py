@@ -63,9 +63,11 @@ def separate_file(
 
     The stems go to hidden temporaries as they become final and are renamed into place together
     at the end; a failure or an interruption leaves none under its final name."""
-    from stemdeck.models.streaming import return_freed_memory_early, separate_stream
+    from stemdeck.models.streaming import apply_memory_mode, separate_stream
 
-    return_freed_memory_early()
+    memory = apply_memory_mode(getattr(args, "memory", "low"))
+    if getattr(args, "verbose", False):
+        bars.say(f"stemdeck: memory: {memory}")
 
     if args.format == "stem":
         return separate_to_stem_file(model, path, folder, args, device, bars)

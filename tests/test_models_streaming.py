@@ -6,6 +6,7 @@ have decayed far below that within their context.
 """
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -195,6 +196,54 @@ def test_peak_memory_does_not_grow_with_the_song(tmp_path):
     short_mb, long_mb = peak_rss_mb(tmp_path, short), peak_rss_mb(tmp_path, long)
     assert long_mb < 800, f"10 minutes peaked at {long_mb:.0f} MB"
     assert long_mb - short_mb < 80, f"2 minutes: {short_mb:.0f} MB, 10 minutes: {long_mb:.0f} MB"
+
+
+# After the command, this probe asks glibc's malloc for a 10 MB block and frees it (under glibc's
+# own policy that raises its mmap threshold past 6 MB), then maps 6 MB, touches it and frees it:
+# how much of it the process gives back says which policy the command left.
+MALLOC_PROBE_SCRIPT = """
+import ctypes, sys
+from pathlib import Path
+from stemdeck.cli import main
+code = main(sys.argv[1:])
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def rss_kb():
+    return next(int(l.split()[1]) for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))
+libc.free(libc.malloc(10 << 20))
+block = libc.malloc(6 << 20)
+ctypes.memset(block, 1, 6 << 20)
+before = rss_kb()
+libc.free(block)
+print("RETURNED_KB", before - rss_kb())
+sys.exit(code)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the policy is glibc malloc's")
+@pytest.mark.parametrize("mode", ["low", "speed"])
+def test_memory_mode_sets_what_malloc_gives_back(tmp_path, mode):
+    """--memory low: a freed 6 MB block goes back to the system at once; speed: glibc keeps it
+    for the next one. -v says which."""
+    song = tmp_path / "song.wav"
+    sf.write(song, music(2, 44100, 2.0).T, 44100)
+    args = ["separate", song, "-o", tmp_path / "out", "--model", "passthrough", "--memory", mode, "-v"]
+    result = subprocess.run(
+        [sys.executable, "-c", MALLOC_PROBE_SCRIPT, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert result.returncode == 0, result.stderr
+    returned_mb = int(result.stdout.split("RETURNED_KB")[-1]) / 1024
+    if mode == "low":
+        assert returned_mb > 5.5, f"{returned_mb:.1f} MB of 6 given back"
+        assert "stemdeck: memory: low (blocks of 4 MB and more go back to the system when freed)" in result.stderr
+    else:
+        assert returned_mb < 0.5, f"{returned_mb:.1f} MB of 6 given back"
+        assert "stemdeck: memory: speed (malloc keeps freed model memory for reuse)" in result.stderr
 
 
 def test_a_file_cut_short_between_the_passes_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
