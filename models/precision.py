@@ -26,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -149,76 +151,65 @@ def prepare_network(
     export). ``"onnx"`` or ``"openvino"`` that cannot run here raises ``ValueError`` saying why."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
-    if backend == "openvino":
-        return _openvino_network(model, precision, device, segment_s, note)
-    if backend != "onnx":
+    exported = EXPORTED_BACKENDS.get(backend)
+    if exported is None:
         return TorchNetwork(model, precision, device)
-    refusal = _onnx_refusal(model, precision, device, segment_s)
-    if refusal:
-        raise ValueError(f"--backend onnx: {refusal}")
-    return _onnx_network(model, segment_s, note)
+    return exported.network(model, precision, device, segment_s, note)
 
 
-def _onnx_refusal(model, precision: str, device: torch.device, segment_s: float | None) -> str:
-    """Why ONNX Runtime cannot run this, or ``""``."""
-    from stemdeck.models import onnx_backend
+@dataclass(frozen=True)
+class ExportedBackend:
+    """ONNX Runtime or OpenVINO: the network exported once to ONNX, run in float32 on the CPU,
+    refused in one line where it cannot run and where its stems miss the module's SNR bar."""
 
-    if not onnx_backend.available():
-        return f"ONNX Runtime is not installed; {onnx_backend.INSTALL_HINT}, or use --backend torch"
-    if device.type != "cpu":
-        return f"ONNX Runtime runs on the CPU here, not on {device.type}; use --backend torch"
-    if precision not in ("auto", "fp32"):
-        return f"ONNX Runtime runs float32; use --precision fp32 or auto, or --backend torch for {precision}"
-    if onnx_backend.network_length(model, segment_s) is None:
-        return "it runs HT Demucs models at a fixed segment; use --backend torch for this model"
-    return ""
+    flag: str  # --backend's value
+    name: str  # as users know it
+    module_name: str  # under stemdeck.models: available(), INSTALL_HINT, load_or_export, SNR_BAR_DB
+    error_name: str  # the module's exception for a failed export or load
+    where: str = ""  # said after "runs float32"
+
+    def module(self):
+        return importlib.import_module(f"stemdeck.models.{self.module_name}")
+
+    def refusal(self, model, precision: str, device: torch.device, segment_s: float | None) -> str:
+        """Why it cannot run this, or ``""``."""
+        from stemdeck.models import onnx_backend
+
+        if not self.module().available():
+            return f"{self.name} is not installed; {self.module().INSTALL_HINT}, or use --backend torch"
+        if device.type != "cpu":
+            return f"{self.name} runs on the CPU here, not on {device.type}; use --backend torch"
+        if precision not in ("auto", "fp32"):
+            return (
+                f"{self.name} runs float32{self.where}; use --precision fp32 or auto, "
+                f"or --backend torch for {precision}"
+            )
+        if onnx_backend.network_length(model, segment_s) is None:
+            return "it runs HT Demucs models at a fixed segment; use --backend torch for this model"
+        return ""
+
+    def network(self, model, precision: str, device: torch.device, segment_s: float | None, note) -> Network:
+        """The verified export of ``model``, or ``ValueError`` saying why not."""
+        from stemdeck.models import onnx_backend
+
+        refusal = self.refusal(model, precision, device, segment_s)
+        if refusal:
+            raise ValueError(f"--backend {self.flag}: {refusal}")
+        module = self.module()
+        length = onnx_backend.network_length(model, segment_s)
+        try:
+            network = module.load_or_export(model.eval(), length, note=note)
+        except getattr(module, self.error_name) as exc:
+            raise ValueError(f"--backend {self.flag}: {exc}") from exc
+        if not network.measured.accurate:
+            raise ValueError(
+                f"--backend {self.flag}: {self.name}'s stems were {network.measured.snr_db:.1f} dB from torch's "
+                f"on this model (under {module.SNR_BAR_DB:g} dB); use --backend torch"
+            )
+        return network
 
 
-def _onnx_network(model, segment_s: float | None, note) -> Network:
-    from stemdeck.models import onnx_backend
-
-    length = onnx_backend.network_length(model, segment_s)
-    try:
-        network = onnx_backend.load_or_export(model.eval(), length, note=note)
-    except onnx_backend.OnnxError as exc:
-        raise ValueError(f"--backend onnx: {exc}") from exc
-    if not network.measured.accurate:
-        raise ValueError(
-            f"--backend onnx: ONNX Runtime's stems were {network.measured.snr_db:.1f} dB from torch's on this "
-            f"model (under {onnx_backend.SNR_BAR_DB:g} dB); use --backend torch"
-        )
-    return network
-
-
-def _openvino_refusal(model, precision: str, device: torch.device, segment_s: float | None) -> str:
-    """Why OpenVINO cannot run this, or ``""``."""
-    from stemdeck.models import onnx_backend, openvino_backend
-
-    if not openvino_backend.available():
-        return f"OpenVINO is not installed; {openvino_backend.INSTALL_HINT}, or use --backend torch"
-    if device.type != "cpu":
-        return f"OpenVINO runs on the CPU here, not on {device.type}; use --backend torch"
-    if precision not in ("auto", "fp32"):
-        return f"OpenVINO runs float32 here; use --precision fp32 or auto, or --backend torch for {precision}"
-    if onnx_backend.network_length(model, segment_s) is None:
-        return "it runs HT Demucs models at a fixed segment; use --backend torch for this model"
-    return ""
-
-
-def _openvino_network(model, precision: str, device: torch.device, segment_s: float | None, note) -> Network:
-    from stemdeck.models import onnx_backend, openvino_backend
-
-    refusal = _openvino_refusal(model, precision, device, segment_s)
-    if refusal:
-        raise ValueError(f"--backend openvino: {refusal}")
-    length = onnx_backend.network_length(model, segment_s)
-    try:
-        network = openvino_backend.load_or_export(model.eval(), length, note=note)
-    except openvino_backend.OpenVinoError as exc:
-        raise ValueError(f"--backend openvino: {exc}") from exc
-    if not network.measured.accurate:
-        raise ValueError(
-            f"--backend openvino: OpenVINO's stems were {network.measured.snr_db:.1f} dB from torch's on this "
-            f"model (under {openvino_backend.SNR_BAR_DB:g} dB); use --backend torch"
-        )
-    return network
+EXPORTED_BACKENDS = {
+    "onnx": ExportedBackend("onnx", "ONNX Runtime", "onnx_backend", "OnnxError"),
+    "openvino": ExportedBackend("openvino", "OpenVINO", "openvino_backend", "OpenVinoError", where=" here"),
+}

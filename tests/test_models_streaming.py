@@ -169,17 +169,23 @@ def write_long_song(path: Path, minutes: float, samplerate: int = 48000) -> None
             out.write(x.astype(np.float32))
 
 
-def peak_rss_mb(tmp_path: Path, song: Path) -> float:
-    """Peak RSS of ``stemdeck separate`` on ``song`` in a fresh process (VmHWM: not the parent's)."""
-    args = ["separate", song, "-o", tmp_path / "out", "--model", "passthrough", "--stems", "drums", "--bits", "16"]
+def run_command_then(script: str, args: list, timeout_s: float) -> subprocess.CompletedProcess:
+    """``script`` (which runs ``stemdeck`` with ``args``, then measures) in a fresh process."""
     result = subprocess.run(
-        [sys.executable, "-c", RSS_SCRIPT, *map(str, args)],
+        [sys.executable, "-c", script, *map(str, args)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout_s,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def peak_rss_mb(tmp_path: Path, song: Path) -> float:
+    """Peak RSS of ``stemdeck separate`` on ``song`` in a fresh process (VmHWM: not the parent's)."""
+    args = ["separate", song, "-o", tmp_path / "out", "--model", "passthrough", "--stems", "drums", "--bits", "16"]
+    result = run_command_then(RSS_SCRIPT, args, timeout_s=300)
     assert (tmp_path / "out" / song.stem / "drums.wav").is_file()
     return int(result.stdout.split("PEAK_KB")[-1]) / 1024
 
@@ -229,14 +235,7 @@ def test_memory_mode_sets_what_malloc_gives_back(tmp_path, mode):
     song = tmp_path / "song.wav"
     sf.write(song, music(2, 44100, 2.0).T, 44100)
     args = ["separate", song, "-o", tmp_path / "out", "--model", "passthrough", "--memory", mode, "-v"]
-    result = subprocess.run(
-        [sys.executable, "-c", MALLOC_PROBE_SCRIPT, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_command_then(MALLOC_PROBE_SCRIPT, args, timeout_s=120)
     returned_mb = int(result.stdout.split("RETURNED_KB")[-1]) / 1024
     if mode == "low":
         assert returned_mb > 5.5, f"{returned_mb:.1f} MB of 6 given back"
