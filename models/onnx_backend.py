@@ -174,19 +174,22 @@ def file_sha256(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def read_record(path: Path) -> dict | None:
-    """The JSON record beside a cached file, or ``None`` when missing or not one of ours."""
+def read_record(path: Path, measurement: type = Measurement, record_format: int = FORMAT) -> dict | None:
+    """The JSON record beside a cached file, or ``None`` when missing, damaged or not of
+    ``record_format`` (its ``measured`` part must make a ``measurement``): ONNX Runtime's by
+    default, OpenVINO's with its own."""
     try:
         record = json.loads(path.read_text())
-        Measurement(**record["measured"])
+        measurement(**record["measured"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not isinstance(record.get("sha256"), str) or record.get("format") != FORMAT:
+    if not isinstance(record.get("sha256"), str) or record.get("format") != record_format:
         return None
     return record
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
+    """``data`` in ``path`` whole or not at all (a reader never sees part of it)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         temporary.write_bytes(data)
@@ -259,7 +262,7 @@ def _export(model: HTDemucs, length: int, path: Path, record_path: Path, threads
     finally:
         temporary.unlink(missing_ok=True)
     record = {"format": FORMAT, "sha256": sha256, "length": length, "measured": asdict(measured)}
-    _write_atomically(record_path, json.dumps(record, indent=1).encode())
+    write_atomically(record_path, json.dumps(record, indent=1).encode())
     return OnnxNetwork(model, session, length, path, measured)
 
 

@@ -119,14 +119,7 @@ def paths(model: HTDemucs, length: int, folder: Path | None = None) -> tuple[Pat
 
 def read_record(path: Path) -> dict | None:
     """The JSON record beside a cached file, or ``None`` when missing, damaged or not this format's."""
-    try:
-        record = json.loads(path.read_text())
-        Measurement(**record["measured"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not isinstance(record.get("sha256"), str) or record.get("format") != FORMAT:
-        return None
-    return record
+    return onnx_backend.read_record(path, Measurement, FORMAT)
 
 
 _loaded: dict[tuple[Path, int], OpenVinoNetwork] = {}  # file, threads: a batch of files compiles it once
@@ -179,7 +172,7 @@ def _export(model: HTDemucs, length: int, path: Path, record_path: Path, threads
     finally:
         temporary.unlink(missing_ok=True)
     record = {"format": FORMAT, "sha256": sha256, "length": length, "openvino": version(), "measured": asdict(measured)}
-    onnx_backend._write_atomically(record_path, json.dumps(record, indent=1).encode())
+    onnx_backend.write_atomically(record_path, json.dumps(record, indent=1).encode())
     return OpenVinoNetwork(model, network.compiled, length, path, measured)
 
 

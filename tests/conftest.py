@@ -59,6 +59,35 @@ TINY_HT_KW = dict(
 )
 
 
+def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    return float(10 * torch.log10(reference.pow(2).sum() / (reference - estimate).pow(2).sum()))
+
+
+def tiny_ht_transformer_on(seed: int, layer_scales_at_one: bool = True):
+    """A TINY_HT_KW model with random weights (eval), its Transformer's LayerScales at 1: their
+    initial 1e-4 would hide the Transformer, and so any error made in it, from the stems."""
+    from stemdeck.models import HTDemucs
+
+    torch.manual_seed(seed)
+    model = HTDemucs(**TINY_HT_KW).eval()
+    if layer_scales_at_one:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name.endswith(("gamma_1.scale", "gamma_2.scale")):
+                    parameter.fill_(1.0)
+    return model
+
+
+def exported_cache(tmp_path_factory, name: str):
+    """A module's own export cache folder (``$STEMDECK_ONNX_DIR``), for a ``yield from`` fixture."""
+    from stemdeck.models import onnx_backend
+
+    folder = tmp_path_factory.mktemp(name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(onnx_backend.CACHE_ENV, str(folder))
+        yield folder
+
+
 def make_pair(reference_class, our_class, kwargs, seed=0):
     """A reference model with random weights and ours with the same state, both in eval mode."""
     torch.manual_seed(seed)

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import snr_db
 from torch import nn
 from torch.nn import functional as F
 
 from stemdeck.models.nets import dconv_blocked
 from stemdeck.models.nets.layers import DConv
-
-
-def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
-    return float(10 * torch.log10(reference.pow(2).sum() / (reference - estimate).pow(2).sum()))
 
 
 def trained_like(dconv: DConv) -> DConv:

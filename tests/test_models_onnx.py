@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import TINY_HT_KW
+from conftest import TINY_HT_KW, exported_cache, snr_db, tiny_ht_transformer_on
 
 from stemdeck.cli import main
 from stemdeck.models import HTDemucs, apply_model, load_checkpoint, save_safetensors
@@ -27,29 +27,16 @@ pytest.importorskip("onnxruntime")  # in the test extras; the last test hides it
 CPU = torch.device("cpu")
 
 
-def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
-    return float(10 * torch.log10(reference.pow(2).sum() / (reference - estimate).pow(2).sum()))
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(3)
-    model = HTDemucs(**TINY_HT_KW).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith(("gamma_1.scale", "gamma_2.scale")):
-                parameter.fill_(1.0)
     path = tmp_path_factory.mktemp("onnx-ckpt") / "tiny-ls1.safetensors"
-    save_safetensors(model, path)
+    save_safetensors(tiny_ht_transformer_on(seed=3), path)
     return path
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("onnx-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(ob.CACHE_ENV, str(folder))
-        yield folder
+    yield from exported_cache(tmp_path_factory, "onnx-cache")
 
 
 @pytest.fixture(scope="module")

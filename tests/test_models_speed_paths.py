@@ -11,7 +11,7 @@ import argparse
 
 import pytest
 import torch
-from conftest import TINY_HT_KW
+from conftest import TINY_HT_KW, snr_db, tiny_ht_transformer_on
 from torch import nn
 
 from stemdeck.models import HTDemucs
@@ -25,19 +25,8 @@ CPU = torch.device("cpu")
 SNR_BAR_DB = {"bf16": 40.0, "int8": 40.0}  # issue 13: stems within 40 dB of float32
 
 
-def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
-    return float(10 * torch.log10(reference.pow(2).sum() / (reference - estimate).pow(2).sum()))
-
-
 def tiny_model(full_layer_scale: bool) -> HTDemucs:
-    torch.manual_seed(3)
-    model = HTDemucs(**TINY_HT_KW).eval()
-    if full_layer_scale:
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name.endswith(("gamma_1.scale", "gamma_2.scale")):
-                    parameter.fill_(1.0)
-    return model
+    return tiny_ht_transformer_on(seed=3, layer_scales_at_one=full_layer_scale)
 
 
 @pytest.fixture(scope="module")
