@@ -12,12 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from stemdeck.engine.config import PRESETS, EngineConfig
-from stemdeck.engine.engine import MAX_COUNT_IN_BEATS, STREAM_LOST
+from stemdeck.engine.config import MAX_COUNT_IN_BEATS, PRESETS, STREAM_LOST, EngineConfig
 from stemdeck.engine.midi import MidiError
 from stemdeck.engine.midi.cli import add_midi_commands, add_midi_options, start_midi
 from stemdeck.engine.practice import parse_loop
-from stemdeck.engine.recorder import record_format
 
 POLL_S = 0.05
 MIN_BLOCK_FRAMES = 32
@@ -125,6 +123,8 @@ def check_session_options(args: argparse.Namespace) -> None:
     _check_count_in(args)
     _check_tempo_and_key(args)
     if args.record is not None:
+        from stemdeck.engine.recorder import record_format  # its buffers' kernels import numba
+
         try:
             record_format(args.record)
         except ValueError:

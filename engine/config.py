@@ -6,6 +6,14 @@ from dataclasses import dataclass, field, replace
 
 from stemdeck.engine.runtime import WORKER_SCHEDULING
 
+# Here rather than in engine.engine, whose audio kernels (numba, scipy: about 120 MB) the command
+# line's parser, and so `stemdeck separate`, must not import.
+STREAM_LOST = (
+    "the audio stream stopped: the device was removed or the sound server quit; "
+    "reconnect it (or restart the server) and start again"
+)
+MAX_COUNT_IN_BEATS = 8
+
 
 @dataclass(frozen=True)
 class WindowConfig:

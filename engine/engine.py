@@ -57,7 +57,7 @@ from stemdeck.engine.audio.state import (
 )
 from stemdeck.engine.audio.stretched import stretched_deck_block, warm_up_stretched
 from stemdeck.engine.backends import WorkerBackend, make_backend
-from stemdeck.engine.config import PRESETS, EngineConfig, WindowConfig
+from stemdeck.engine.config import MAX_COUNT_IN_BEATS, PRESETS, STREAM_LOST, EngineConfig, WindowConfig
 from stemdeck.engine.device import DeviceError, close_stream, open_stream, renew_native_stream
 from stemdeck.engine.memory import TrackMemory, TrackRecord, audio_key
 from stemdeck.engine.practice import NUM_HOT_CUES, BeatGrid, LoopPoints
@@ -67,13 +67,8 @@ from stemdeck.engine.stretch.control import PracticeControls
 from stemdeck.engine.worker.calibrate import Calibration
 from stemdeck.engine.worker.windows import WindowPlan
 
-STREAM_LOST = (
-    "the audio stream stopped: the device was removed or the sound server quit; "
-    "reconnect it (or restart the server) and start again"
-)
 MIN_GAIN_DB = -60.0  # at or below: silence
 MAX_GAIN_DB = 12.0
-MAX_COUNT_IN_BEATS = 8
 MIN_LOOP_S = 0.02  # halving stops here: shorter is a buzz, not a loop
 
 

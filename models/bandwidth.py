@@ -68,15 +68,16 @@ class HighBandStream:
         block_frames: int = 1 << 16,
         enabled: bool = True,
     ):
-        from scipy.signal import butter
-
         self.frames, self.config, self.block_frames = frames, config, block_frames
         self.active = enabled and model_samplerate < samplerate and frames >= 64
         cutoff_hz = config.cutoff_ratio * model_samplerate / 2
         self.smoothing_frames = max(1, int(config.smoothing_s * samplerate))
         self.context_frames = max(2 * self.smoothing_frames, int(self.CONTEXT_CUTOFF_PERIODS * samplerate / cutoff_hz))
-        self.lowpass = butter(config.lowpass_order, cutoff_hz, "lowpass", fs=samplerate, output="sos")
-        self.guide = butter(config.guide_order, (cutoff_hz / 2, cutoff_hz), "bandpass", fs=samplerate, output="sos")
+        if self.active:  # scipy.signal is about 60 MB: not imported for a song at the model's rate
+            from scipy.signal import butter
+
+            self.lowpass = butter(config.lowpass_order, cutoff_hz, "lowpass", fs=samplerate, output="sos")
+            self.guide = butter(config.guide_order, (cutoff_hz / 2, cutoff_hz), "bandpass", fs=samplerate, output="sos")
         self._guide_state: np.ndarray | None = None
         self._mixture = self._stems = self._energy = None
         self._start = 0  # the track position of the buffers' first frame

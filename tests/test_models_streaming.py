@@ -245,6 +245,25 @@ def test_memory_mode_sets_what_malloc_gives_back(tmp_path, mode):
         assert "stemdeck: memory: speed (malloc keeps freed model memory for reuse)" in result.stderr
 
 
+MODULES_SCRIPT = """
+import sys
+from stemdeck.cli import main
+code = main(sys.argv[1:])
+print("HEAVY", sorted({"numba", "llvmlite", "scipy", "PyQt6", "torch._dynamo"} & set(sys.modules)))
+sys.exit(code)
+"""
+
+
+def test_separate_imports_no_engine_kernels_and_no_scipy_at_the_models_rate(tmp_path):
+    """The live engine's kernels (numba, llvmlite) and scipy.signal cost a `stemdeck separate`
+    process about 120 MB of its peak; a song at the model's rate needs neither."""
+    song = tmp_path / "song.wav"
+    sf.write(song, music(2, 44100, 2.0).T, 44100)
+    args = ["separate", song, "-o", tmp_path / "out", "--model", "passthrough"]
+    result = run_command_then(MODULES_SCRIPT, args, timeout_s=120)
+    assert result.stdout.split("HEAVY")[-1].strip() == "[]"
+
+
 def test_a_file_cut_short_between_the_passes_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     path = tmp_path / "song.wav"
     sf.write(path, music(2, 44100, 2.0).T, 44100)
