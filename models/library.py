@@ -46,6 +46,7 @@ class JobOptions:
     segment: float | None = None
     precision: str = "auto"
     force: bool = False
+    memory: str = "low"  # --memory: how the worker's malloc keeps freed memory; the stems are the same
 
     @classmethod
     def from_args(cls, args) -> JobOptions:
@@ -53,9 +54,10 @@ class JobOptions:
 
     def key(self, model_name: str) -> str:
         """What makes two separations of the same audio the same: the model and every option that
-        changes the stems written (``force`` does not)."""
+        changes the stems written (``force`` and ``memory`` do not)."""
         options = dataclasses.asdict(self)
         options.pop("force")
+        options.pop("memory")
         return json.dumps({"model": model_name, **options}, sort_keys=True)
 
 

@@ -147,6 +147,8 @@ def test_a_rerun_skips_by_content_and_redoes_changed_files_and_deleted_outputs(t
     rows = done_rows(out)
     assert rows["four.wav"][1] < rows["two.wav"][1] and rows["four.wav"][1] < rows["three.wav"][1]
 
+    assert main(args + ["--memory", "speed"]) == 0  # malloc's policy changes no stem: nothing redone
+    assert said(capsys.readouterr().err) == []
     assert main(args + ["--stems", "vocals"]) == 0  # other options: another separation
     assert len(said(capsys.readouterr().err)) == 4
 
