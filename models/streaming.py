@@ -93,7 +93,7 @@ class Settings:
 
 MEMORY_MODES = ("low", "speed")  # stemdeck separate --memory: see apply_memory_mode
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD_BYTES = 4 << 20  # blocks this large and larger are mapped, and returned when freed
+MMAP_THRESHOLD_BYTES = 8 << 20  # blocks this large and larger are mapped, and returned when freed
 
 
 def return_freed_memory_early() -> bool:
@@ -104,10 +104,11 @@ def return_freed_memory_early() -> bool:
     stream's blocks interleaved, an htdemucs separation then peaks far above what it holds. A
     fixed threshold returns large blocks at once, at the price of page faults when they are
     mapped again. `stemdeck separate` of a 1-minute 48 kHz song with htdemucs-sized weights on 2
-    cores, peak RSS and wall time by threshold: glibc's own 1091 MB in 35 s, 8 MB 942 MB in
-    48 s, 4 MB 914 MB in 51 s, 128 kB 861 MB in 59 s. 4 MB keeps the 1 GB of issue 13 with a
-    margin for the cheaper speed. Returns whether it applied (glibc only; elsewhere nothing
-    changes).
+    cores, peak RSS and wall time by threshold (one fresh process each, two runs): 4 MB 841-856
+    MB in 59-61 s, **8 MB 875-880 MB in 48-54 s**, 12 MB 900-916 MB in 49 s, 16 MB 950-992 MB in
+    43-46 s, glibc's own 1017 MB in 38 s. 8 MB keeps the 1 GB of issue 13 with a margin of
+    more than 100 MB for most of the speed. Returns whether it applied (glibc only; elsewhere
+    nothing changes).
     """
     import ctypes
 
@@ -122,8 +123,8 @@ def apply_memory_mode(mode: str) -> str:
 
     ``"low"`` returns freed activations at once (:func:`return_freed_memory_early`): htdemucs
     peaks under 1 GB however long the song. ``"speed"`` leaves glibc's own policy, which keeps
-    them for the next chunk: no page faults to map them again, so about 30 % less time on 2 cores
-    (35 against 51 s for a minute of 48 kHz audio), at about 180 MB more (1091 against 914 MB).
+    them for the next chunk: no page faults to map them again, so less time on 2 cores, at about
+    150 MB more, over 1 GB for htdemucs (``benchmarks/separate_memory.py --memory low,speed``).
     A process-wide setting that cannot be undone: one mode per process."""
     if mode not in MEMORY_MODES:
         raise ValueError(f"unknown memory mode {mode!r}; choose {', '.join(MEMORY_MODES)}")

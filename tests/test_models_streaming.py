@@ -204,25 +204,28 @@ def test_peak_memory_does_not_grow_with_the_song(tmp_path):
     assert long_mb - short_mb < 80, f"2 minutes: {short_mb:.0f} MB, 10 minutes: {long_mb:.0f} MB"
 
 
-# After the command, this probe asks glibc's malloc for a 10 MB block and frees it (under glibc's
-# own policy that raises its mmap threshold past 6 MB), then maps 6 MB, touches it and frees it:
-# how much of it the process gives back says which policy the command left.
+# After the command, this probe asks glibc's malloc for a block of 2.5 thresholds and frees it
+# (under glibc's own policy that raises its mmap threshold past it), then takes 1.5 thresholds,
+# touches them and frees them: how much of it the process gives back says which policy the
+# command left.
 MALLOC_PROBE_SCRIPT = """
 import ctypes, sys
 from pathlib import Path
 from stemdeck.cli import main
+from stemdeck.models.streaming import MMAP_THRESHOLD_BYTES
 code = main(sys.argv[1:])
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 def rss_kb():
     return next(int(l.split()[1]) for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))
-libc.free(libc.malloc(10 << 20))
-block = libc.malloc(6 << 20)
-ctypes.memset(block, 1, 6 << 20)
+libc.free(libc.malloc(5 * MMAP_THRESHOLD_BYTES // 2))
+size = 3 * MMAP_THRESHOLD_BYTES // 2
+block = libc.malloc(size)
+ctypes.memset(block, 1, size)
 before = rss_kb()
 libc.free(block)
-print("RETURNED_KB", before - rss_kb())
+print("RETURNED", (before - rss_kb()) * 1024 / size)
 sys.exit(code)
 """
 
@@ -230,18 +233,18 @@ sys.exit(code)
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the policy is glibc malloc's")
 @pytest.mark.parametrize("mode", ["low", "speed"])
 def test_memory_mode_sets_what_malloc_gives_back(tmp_path, mode):
-    """--memory low: a freed 6 MB block goes back to the system at once; speed: glibc keeps it
-    for the next one. -v says which."""
+    """--memory low: a freed block above the threshold goes back to the system at once; speed:
+    glibc keeps it for the next one. -v says which."""
     song = tmp_path / "song.wav"
     sf.write(song, music(2, 44100, 2.0).T, 44100)
     args = ["separate", song, "-o", tmp_path / "out", "--model", "passthrough", "--memory", mode, "-v"]
     result = run_command_then(MALLOC_PROBE_SCRIPT, args, timeout_s=120)
-    returned_mb = int(result.stdout.split("RETURNED_KB")[-1]) / 1024
+    returned = float(result.stdout.split("RETURNED")[-1])
     if mode == "low":
-        assert returned_mb > 5.5, f"{returned_mb:.1f} MB of 6 given back"
-        assert "stemdeck: memory: low (blocks of 4 MB and more go back to the system when freed)" in result.stderr
+        assert returned > 0.95, f"{returned:.0%} of the block given back"
+        assert "stemdeck: memory: low (blocks of 8 MB and more go back to the system when freed)" in result.stderr
     else:
-        assert returned_mb < 0.5, f"{returned_mb:.1f} MB of 6 given back"
+        assert returned < 0.05, f"{returned:.0%} of the block given back"
         assert "stemdeck: memory: speed (malloc keeps freed model memory for reuse)" in result.stderr
 
 
