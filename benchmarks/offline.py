@@ -166,12 +166,9 @@ def full_strength(model):
     error in them."""
     import copy
 
-    model = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith(("gamma_1.scale", "gamma_2.scale")):
-                parameter.fill_(1.0)
-    return model
+    from stemdeck.models.nets.transformer import layer_scales_at_one
+
+    return layer_scales_at_one(copy.deepcopy(model))
 
 
 def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:

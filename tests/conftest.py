@@ -67,15 +67,11 @@ def tiny_ht_transformer_on(seed: int, layer_scales_at_one: bool = True):
     """A TINY_HT_KW model with random weights (eval), its Transformer's LayerScales at 1: their
     initial 1e-4 would hide the Transformer, and so any error made in it, from the stems."""
     from stemdeck.models import HTDemucs
+    from stemdeck.models.nets import transformer
 
     torch.manual_seed(seed)
     model = HTDemucs(**TINY_HT_KW).eval()
-    if layer_scales_at_one:
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name.endswith(("gamma_1.scale", "gamma_2.scale")):
-                    parameter.fill_(1.0)
-    return model
+    return transformer.layer_scales_at_one(model) if layer_scales_at_one else model
 
 
 def exported_cache(tmp_path_factory, name: str):

@@ -292,6 +292,20 @@ class TransformerLayer(nn.Module):
         return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
 
 
+def layer_scales_at_one(model: nn.Module) -> nn.Module:
+    """``model``, every Transformer layer's LayerScales set to 1 in place: the residual branches at
+    full weight, as a trained model has them far more than a fresh one (1e-4), which would hide
+    the Transformer, and so any error made in it (int8, an export), from the stems. For tests and
+    benchmarks with random weights."""
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, TransformerLayer):
+                for scale in (layer.gamma_1, layer.gamma_2):
+                    if isinstance(scale, LayerScale):
+                        scale.scale.fill_(1.0)
+    return model
+
+
 class CrossTransformerEncoder(nn.Module):
     """Alternating self- and cross-attention layers over spectral and waveform tokens."""
 
