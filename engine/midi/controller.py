@@ -141,6 +141,7 @@ class MidiController:
         self.controls, self.mapping, self.config = controls, mapping, config
         self._report = report or (lambda text: None)
         self.events: deque[str] = deque(maxlen=50)  # what happened, newest last (for the GUI)
+        self.received = 0  # every message that reached the dispatcher, learned ones too
         self.applied = 0  # messages that drove a control
         self.ignored = 0  # the rest: unbound, unbindable (SysEx, pressure...), a toggle's release
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -312,6 +313,7 @@ class MidiController:
 
     def handle(self, data) -> None:
         """Apply one raw message (on the dispatcher thread)."""
+        self.received += 1
         message = parse(data)
         if message is None:
             self.ignored += 1
