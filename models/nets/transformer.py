@@ -207,7 +207,9 @@ def _int8_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
         from torch.ao.nn.quantized import dynamic as quantized
         from torch.ao.quantization import per_channel_dynamic_qconfig
 
-        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        # skip_init: its random initial weights would be drawn only to be overwritten (a third
+        # of the whole model's int8 preparation)
+        linear = nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None)
         with torch.no_grad():
             linear.weight.copy_(weight)
             if bias is not None:
