@@ -68,32 +68,7 @@ class HDemucs(HybridUNet):
         self.sources = check_sources(sources)  # they become file names
         self.audio_channels, self.samplerate, self.segment = audio_channels, samplerate, segment
         self.channels = channels
-        self._build_layers(
-            audio_channels=audio_channels,
-            channels=channels,
-            channels_time=channels_time,
-            growth=growth,
-            nfft=nfft,
-            depth=depth,
-            rewrite=rewrite,
-            multi_freqs=multi_freqs,
-            freq_emb=freq_emb,
-            emb_scale=emb_scale,
-            emb_smooth=emb_smooth,
-            kernel_size=kernel_size,
-            time_stride=time_stride,
-            stride=stride,
-            context=context,
-            context_enc=context_enc,
-            norm_starts=norm_starts,
-            norm_groups=norm_groups,
-            dconv_mode=dconv_mode,
-            dconv_depth=dconv_depth,
-            dconv_comp=dconv_comp,
-            dconv_init=dconv_init,
-            dconv_attn=dconv_attn,
-            dconv_lstm=dconv_lstm,
-        )
+        self._build_layers_from(self.init_kwargs)
         self._init_weights(rescale)
 
     def _bottleneck(self, x: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -100,30 +100,7 @@ class HTDemucs(HybridUNet):
         self.use_train_segment = use_train_segment
         self.channels, self.bottom_channels = channels, bottom_channels
         self.t_weight_decay, self.t_lr = t_weight_decay, t_lr
-        self._build_layers(
-            audio_channels=audio_channels,
-            channels=channels,
-            channels_time=channels_time,
-            growth=growth,
-            nfft=nfft,
-            depth=depth,
-            rewrite=rewrite,
-            multi_freqs=multi_freqs,
-            freq_emb=freq_emb,
-            emb_scale=emb_scale,
-            emb_smooth=emb_smooth,
-            kernel_size=kernel_size,
-            time_stride=time_stride,
-            stride=stride,
-            context=context,
-            context_enc=context_enc,
-            norm_starts=norm_starts,
-            norm_groups=norm_groups,
-            dconv_mode=dconv_mode,
-            dconv_depth=dconv_depth,
-            dconv_comp=dconv_comp,
-            dconv_init=dconv_init,
-        )
+        self._build_layers_from(self.init_kwargs)
         self._init_weights(rescale)
 
         transformer_channels = int(channels * growth ** (depth - 1))

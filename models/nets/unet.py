@@ -10,6 +10,7 @@ remaining layers (Hybrid Demucs) or meet in a cross-domain Transformer (HT Demuc
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -179,6 +180,11 @@ class HybridUNet(nn.Module):
     sources: list[str]
     samplerate: int
     audio_channels: int
+
+    def _build_layers_from(self, arguments: dict) -> None:
+        """Build the U-Net from a constructor's arguments: those that are layer settings."""
+        settings = inspect.signature(self._build_layers).parameters
+        self._build_layers(**{name: value for name, value in arguments.items() if name in settings})
 
     def _build_layers(
         self,
