@@ -86,10 +86,10 @@ def message_fits(window) -> bool:
 def deliver(qtbot, pads, midi, message) -> None:
     """Send ``message`` and wait until the controller's dispatcher has it.
 
-    Once in about fifteen whole-suite runs on a loaded 2-core machine, an absolute CC never
-    reached the dispatcher (the window said nothing of a lost port; a JACK cycle that overruns
-    drops the MIDI written in it). A CC or program change sets an absolute state, so one that did
-    not arrive within RESEND_AFTER_MS is sent once more, and said so; a note toggles, so it is not.
+    Once in about fifteen whole-suite runs on a loaded 2-core machine, a CC never reached the
+    dispatcher (no port was reported lost; the cause was not found, and 36 loaded repeats did
+    not show it again). A CC or program change sets an absolute state, so one that did not
+    arrive within RESEND_AFTER_MS is sent once more, and said so; a note toggles, so it is not.
     """
     received = midi.received
     pads.send_message(list(message))
