@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import sys
@@ -260,6 +261,7 @@ def run_separate(args: argparse.Namespace) -> int:
     folders = track_folders(inputs, args.out)
     model, name = load_for_command(args.model)
     check_model_segment(model, args.segment)
+    check_backend_fits(model, args, device)
     pick = stem_picker(model.sources, args.stems, args.two_stems)
     for stem in pick(dict.fromkeys(model.sources)):
         check_stem_name(stem)  # they become file names: refused before any file is read
@@ -288,6 +290,33 @@ def check_backend(args: argparse.Namespace) -> None:
         raise CommandError(f"--backend onnx: ONNX Runtime is not installed; {onnx_backend.INSTALL_HINT}")
     if args.backend == "openvino" and not openvino_backend.available():
         raise CommandError(f"--backend openvino: OpenVINO is not installed; {openvino_backend.INSTALL_HINT}")
+    package = {"onnx": "onnxruntime", "openvino": "openvino"}.get(args.backend)
+    if package is not None:
+        try:
+            importlib.import_module(package)
+        except ImportError as exc:  # installed, but broken: a missing library, a half-done upgrade
+            error = " ".join(str(exc).split())
+            raise CommandError(
+                f"--backend {args.backend}: {package} is installed but does not import ({error}); "
+                f"reinstall it (pip install --force-reinstall {package}) or use --backend torch"
+            ) from None
+
+
+def check_backend_fits(model, args: argparse.Namespace, device: str) -> None:
+    """--backend onnx or openvino that cannot run this model, precision or device: one line once,
+    before any file is read, rather than the same line for every file of a batch."""
+    import torch
+
+    from stemdeck.models.bag import BagOfModels
+    from stemdeck.models.precision import EXPORTED_BACKENDS
+
+    exported = EXPORTED_BACKENDS.get(args.backend)
+    if exported is None:
+        return
+    for sub_model in model.models if isinstance(model, BagOfModels) else [model]:
+        refusal = exported.refusal(sub_model, args.precision, torch.device(device), args.segment)
+        if refusal:
+            raise CommandError(f"--backend {args.backend}: {refusal}")
 
 
 def check_stem_format(args: argparse.Namespace) -> None:

@@ -45,8 +45,10 @@ class JobOptions:
     shifts: int = 0
     segment: float | None = None
     precision: str = "auto"
+    backend: str = "auto"
     force: bool = False
     memory: str = "low"  # --memory: how the worker's malloc keeps freed memory; the stems are the same
+    verbose: bool = False  # -v: each file says its backend, precision and memory mode
 
     @classmethod
     def from_args(cls, args) -> JobOptions:
@@ -54,10 +56,10 @@ class JobOptions:
 
     def key(self, model_name: str) -> str:
         """What makes two separations of the same audio the same: the model and every option that
-        changes the stems written (``force`` and ``memory`` do not)."""
+        changes the stems written (``force``, ``memory`` and ``verbose`` do not)."""
         options = dataclasses.asdict(self)
-        options.pop("force")
-        options.pop("memory")
+        for unchanging in ("force", "memory", "verbose"):
+            options.pop(unchanging)
         return json.dumps({"model": model_name, **options}, sort_keys=True)
 
 

@@ -25,6 +25,7 @@ from stemdeck.models.library_queue import Batch, QueueBars, cores, plan_jobs, ru
 
 def run_library(args: argparse.Namespace) -> int:
     from stemdeck.models.audio import check_stem_name
+    from stemdeck.models.cli import check_backend_fits
     from stemdeck.models.track_job import (
         _remove_leftovers,
         check_device,
@@ -41,6 +42,7 @@ def run_library(args: argparse.Namespace) -> int:
     folders = input_folders(args)
     model, name = load_for_command(args.model)
     check_model_segment(model, args.segment)
+    check_backend_fits(model, args, device)
     names = list(stem_picker(model.sources, args.stems, args.two_stems)(dict.fromkeys(model.sources)))
     for stem in names:
         check_stem_name(stem)

@@ -247,6 +247,47 @@ def test_two_jobs_write_what_one_job_writes(tmp_path, tiny_checkpoint, capsys):
     print(f"--jobs 2 against --jobs 1: largest difference {error:.3g}")
 
 
+@pytest.mark.parametrize("walk", [[], ["-r"], ["--jobs", "2"]])
+def test_a_backend_that_cannot_run_is_one_line_before_any_file(tmp_path, capsys, walk):
+    """Said once, not once per file of the batch (nor accepted by the queue and ignored)."""
+    pytest.importorskip("onnxruntime")
+    inputs = [str(write_song(tmp_path / "lib" / f"{name}.wav", seed=seed)) for seed, name in enumerate("abc")]
+    args = ["separate", *inputs, *walk, "-o", str(tmp_path / "out"), "--model", "passthrough"]
+    assert main(args + ["--precision", "int8", "--backend", "onnx"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "stemdeck: error: --backend onnx: ONNX Runtime runs float32; use --precision fp32 or auto, "
+        "or --backend torch for int8"
+    ]
+    assert main(args + ["--backend", "onnx"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "stemdeck: error: --backend onnx: it runs HT Demucs models at a fixed segment; "
+        "use --backend torch for this model"
+    ]
+    assert not list(tmp_path.glob("out/**/*.wav"))
+
+
+@pytest.mark.slow
+def test_the_queue_runs_the_backend_asked_for_and_says_so_with_v(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    """--jobs 2 once ran torch whatever --backend said, and its -v said nothing."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("STEMDECK_ONNX_DIR", str(tmp_path / "cache"))
+    lib, out = tmp_path / "lib", tmp_path / "out"
+    for index in range(2):
+        write_song(lib / f"s{index}.wav", seconds=2.5, seed=index)
+    args = ["separate", str(lib), "-r", "-o", str(out), "--model", str(tiny_checkpoint), "--jobs", "2"]
+    assert main(args + ["--backend", "onnx", "-v"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("stemdeck: network: onnx (ONNX Runtime") == 2, err
+    assert err.count("stemdeck: memory: low") == 2
+    assert main(args + ["--backend", "onnx"]) == 0  # -v changes no stem: nothing redone
+    assert said(capsys.readouterr().err) == []
+    assert main(args + ["--backend", "torch", "-v"]) == 0  # another backend: other stems (within 1e-5)
+    err = capsys.readouterr().err
+    assert said(err) == ["s0.wav", "s1.wav"] and err.count("stemdeck: network: torch (fp32 on cpu") == 2, err
+
+
 @pytest.mark.parametrize("bad", ["0", "-1", "two"])
 def test_impossible_job_counts_are_refused_up_front(tmp_path, capsys, bad):
     with pytest.raises(SystemExit):

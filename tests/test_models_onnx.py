@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import TINY_HT_KW, exported_cache, snr_db, tiny_ht_transformer_on
+from conftest import TINY_HT_KW, exported_cache, run_stemdeck, snr_db, tiny_ht_transformer_on
 
 from stemdeck.cli import main
 from stemdeck.models import HTDemucs, apply_model, load_checkpoint, save_safetensors
@@ -146,6 +146,25 @@ def test_separate_verbose_reports_the_backend(tmp_path, checkpoint, exported, ca
     ours = sf.read(tmp_path / "onnx" / "song" / "drums.wav")[0]
     theirs = sf.read(tmp_path / "torch" / "song" / "drums.wav")[0]
     assert 10 * np.log10(np.sum(theirs**2) / np.sum((theirs - ours) ** 2)) >= ob.SNR_BAR_DB - 1  # 24-bit files
+
+
+def test_an_onnxruntime_that_does_not_import_is_one_line_saying_reinstall(tmp_path, checkpoint):
+    """Installed but broken (a missing shared library, a half-done upgrade): said once, up front,
+    not per file as "a bug in stemdeck"."""
+    broken = tmp_path / "site" / "onnxruntime"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("libonnxruntime.so.1: cannot open shared object file")\n')
+    song = tmp_path / "song.wav"
+    sf.write(str(song), np.zeros((4410, 2), np.float32), 44100)
+    args = ["separate", str(song), str(song), "-o", str(tmp_path / "out"), "--model", str(checkpoint)]
+    result = run_stemdeck(*args, "--backend", "onnx", env={"PYTHONPATH": str(tmp_path / "site")})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "stemdeck: error: --backend onnx: onnxruntime is installed but does not import (libonnxruntime.so.1: "
+        "cannot open shared object file); reinstall it (pip install --force-reinstall onnxruntime) or use "
+        "--backend torch"
+    ]
+    assert not (tmp_path / "out").exists()
 
 
 def test_without_onnxruntime_torch_runs_and_onnx_says_how_to_install(
