@@ -56,10 +56,13 @@ class JobOptions:
 
     def key(self, model_name: str) -> str:
         """What makes two separations of the same audio the same: the model and every option that
-        changes the stems written (``force``, ``memory`` and ``verbose`` do not)."""
+        changes the stems written (``force``, ``memory`` and ``verbose`` do not; ``backend`` only
+        when it is not torch)."""
         options = dataclasses.asdict(self)
         for unchanging in ("force", "memory", "verbose"):
             options.pop(unchanging)
+        if options["backend"] in ("auto", "torch"):
+            options.pop("backend")  # torch's stems, as before the key had a backend: earlier runs' rows still match
         return json.dumps({"model": model_name, **options}, sort_keys=True)
 
 

@@ -268,6 +268,17 @@ def test_a_backend_that_cannot_run_is_one_line_before_any_file(tmp_path, capsys,
     assert not list(tmp_path.glob("out/**/*.wav"))
 
 
+def test_the_manifest_key_of_torch_runs_is_what_it_was_before_the_backend_joined_it():
+    """A library separated before --backend reached the queue is not separated again."""
+    from stemdeck.models.library import JobOptions
+
+    before = {"bits", "clip", "codec", "format", "model", "overlap", "precision", "segment", "shifts", "stems"}
+    before |= {"two_stems"}
+    for backend in ("auto", "torch"):
+        assert set(json.loads(JobOptions(backend=backend, verbose=True).key("htdemucs"))) == before
+    assert json.loads(JobOptions(backend="onnx").key("htdemucs"))["backend"] == "onnx"
+
+
 @pytest.mark.slow
 def test_the_queue_runs_the_backend_asked_for_and_says_so_with_v(tmp_path, tiny_checkpoint, capsys, monkeypatch):
     """--jobs 2 once ran torch whatever --backend said, and its -v said nothing."""
