@@ -148,7 +148,7 @@ def add_separation_commands(commands) -> None:
         "--clip",
         default="rescale",
         choices=("rescale", "clamp"),
-        help="keep stems inside [-1, 1] by scaling down (rescale) or clamping",
+        help="keep stems inside [-1, 1] by scaling down (rescale, the default; said with the peak) or clamping",
     )
     sep.add_argument("--force", action="store_true", help="overwrite existing stems")
     sep.add_argument(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -82,6 +83,11 @@ def separate_file(
         for stems in separate_stream(model, source, settings, progress=bars.update):
             writer.write(pick(stems))
         writer.finish()
+    for name, peak in writer.rescaled.items():
+        bars.say(
+            f"stemdeck: {path}: {name} peaked at {peak:.2f}, scaled down {20 * math.log10(1.01 * peak):.1f} dB "
+            "to fit (--clip clamp clips the peaks instead)"
+        )
     return folder
 
 

@@ -349,6 +349,23 @@ def test_passthrough_stems_are_its_fractions_of_the_input(tmp_path, song):
         assert np.abs(stem - (fraction * (mix - mean) + mean)).max() < 1e-6
 
 
+def test_a_stem_scaled_down_to_fit_is_said_with_its_peak(tmp_path, capsys):
+    """--clip rescale (the default) used to lower a loud stem without a word."""
+    song = tmp_path / "loud.wav"
+    t = np.arange(44100) / 44100
+    sf.write(str(song), np.stack([3.0 * np.sin(2 * np.pi * 220 * t)] * 2, axis=1), 44100, subtype="FLOAT")
+    out = tmp_path / "out"
+    assert main(["separate", str(song), "-o", str(out), "--model", "passthrough", "--bits", "32f"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "scaled down" in line]
+    assert notes == [
+        f"stemdeck: {song}: vocals peaked at 1.20, scaled down 1.7 dB to fit (--clip clamp clips the peaks instead)"
+    ]
+    vocals, _ = sf.read(str(out / "loud" / "vocals.wav"))
+    bass, _ = sf.read(str(out / "loud" / "bass.wav"))  # 0.2 of the song, peak 0.6: as it came
+    assert np.abs(vocals).max() == pytest.approx(1 / 1.01, abs=1e-6)
+    assert np.abs(bass).max() == pytest.approx(0.6, abs=1e-3)
+
+
 # -- progress (issue 10 item 7) ----------------------------------------------------------------------
 
 
