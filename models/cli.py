@@ -24,6 +24,7 @@ from stemdeck.models.track_job import (  # noqa: F401 (the command line's API: o
     _bar_columns,
     _bar_rows,
     _remove_leftovers,
+    check_backend_fits,
     check_device,
     check_model_segment,
     check_no_folders,
@@ -300,23 +301,6 @@ def check_backend(args: argparse.Namespace) -> None:
                 f"--backend {args.backend}: {package} is installed but does not import ({error}); "
                 f"reinstall it (pip install --force-reinstall {package}) or use --backend torch"
             ) from None
-
-
-def check_backend_fits(model, args: argparse.Namespace, device: str) -> None:
-    """--backend onnx or openvino that cannot run this model, precision or device: one line once,
-    before any file is read, rather than the same line for every file of a batch."""
-    import torch
-
-    from stemdeck.models.bag import BagOfModels
-    from stemdeck.models.precision import EXPORTED_BACKENDS
-
-    exported = EXPORTED_BACKENDS.get(args.backend)
-    if exported is None:
-        return
-    for sub_model in model.models if isinstance(model, BagOfModels) else [model]:
-        refusal = exported.refusal(sub_model, args.precision, torch.device(device), args.segment)
-        if refusal:
-            raise CommandError(f"--backend {args.backend}: {refusal}")
 
 
 def check_stem_format(args: argparse.Namespace) -> None:

@@ -25,9 +25,9 @@ from stemdeck.models.library_queue import Batch, QueueBars, cores, plan_jobs, ru
 
 def run_library(args: argparse.Namespace) -> int:
     from stemdeck.models.audio import check_stem_name
-    from stemdeck.models.cli import check_backend_fits
     from stemdeck.models.track_job import (
         _remove_leftovers,
+        check_backend_fits,
         check_device,
         check_model_segment,
         load_for_command,

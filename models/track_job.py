@@ -286,3 +286,20 @@ def _bar_rows() -> int:
     import shutil
 
     return max(3, shutil.get_terminal_size((100, 20)).lines)
+
+
+def check_backend_fits(model, args: argparse.Namespace, device: str) -> None:
+    """--backend onnx or openvino that cannot run this model, precision or device: one line once,
+    before any file is read, rather than the same line for every file of a batch."""
+    import torch
+
+    from stemdeck.models.bag import BagOfModels
+    from stemdeck.models.precision import EXPORTED_BACKENDS
+
+    exported = EXPORTED_BACKENDS.get(args.backend)
+    if exported is None:
+        return
+    for sub_model in model.models if isinstance(model, BagOfModels) else [model]:
+        refusal = exported.refusal(sub_model, args.precision, torch.device(device), args.segment)
+        if refusal:
+            raise CommandError(f"--backend {args.backend}: {refusal}")

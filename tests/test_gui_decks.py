@@ -187,9 +187,11 @@ def test_midi_cc8_moves_the_crossfader_and_channel_2_mutes_deck_b(qtbot, pads, w
     assert midi is not None and not window.errors, window.errors
     try:
         decks = window.decks
-        send(qtbot, pads, window, (0xB0, 8, 127), until=lambda: decks.crossfader == 1.0)
+        send(qtbot, pads, window, (0xB0, 8, 127), until=lambda: decks.crossfader == 1.0, midi=midi)
         assert window.crossfader.value() == 100
-        send(qtbot, pads, window, (0x91, 36 + VOCALS, 127), until=lambda: decks.deck("B").mixer().mute[VOCALS])
+        send(
+            qtbot, pads, window, (0x91, 36 + VOCALS, 127), until=lambda: decks.deck("B").mixer().mute[VOCALS], midi=midi
+        )
         assert window.panels[1].strips[VOCALS].mute.isChecked()
         assert not decks.deck("A").mixer().mute[VOCALS] and not window.panels[0].strips[VOCALS].mute.isChecked()
     finally:

@@ -103,10 +103,11 @@ def deliver(qtbot, pads, midi, message) -> None:
         qtbot.waitUntil(lambda: midi.received > received, timeout=RESEND_AFTER_MS)
 
 
-def send(qtbot, pads, window, message, until):
-    """Send ``message`` from the controller; wait for the engine to show it, then for the window."""
+def send(qtbot, pads, window, message, until, midi=None):
+    """Send ``message`` from the controller; wait for the engine to show it, then for the window
+    (``midi``: the window's controller, where the window does not hold it as ``window.midi``)."""
     with qtbot.captureExceptions() as exceptions:
-        deliver(qtbot, pads, window.midi, message)
+        deliver(qtbot, pads, midi or window.midi, message)
         qtbot.waitUntil(until, timeout=5000)
         qtbot.wait(REFRESH_TICKS_MS)
     assert not exceptions, f"the window raised on {message}: {exceptions[0][1]!r}"
