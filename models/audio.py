@@ -350,7 +350,7 @@ class StemWriter:
         self._peaks = dict.fromkeys(names, 0.0)
         self._made_folder = not folder.exists()
         self.frames = 0
-        self.rescaled: dict[str, float] = {}  # after finish: the stems --clip rescale scaled down, by their peak
+        self.rescaled: dict[str, tuple[float, float]] = {}  # after finish: stem -> (peak, divisor) of --clip rescale
 
     def __enter__(self) -> StemWriter:
         try:
@@ -407,7 +407,7 @@ class StemWriter:
     def _encode(self, name: str, raw: Path, encoded: Path) -> None:
         scale = max(1.01 * self._peaks[name], 1.0) if self.fmt.clip == "rescale" else None
         if scale is not None and scale > 1.0:
-            self.rescaled[name] = self._peaks[name]
+            self.rescaled[name] = (self._peaks[name], scale)
         fmt = self.fmt
         with (
             open(raw, "rb") as samples,  # read, not mapped: mapped pages would count as resident

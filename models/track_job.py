@@ -83,9 +83,9 @@ def separate_file(
         for stems in separate_stream(model, source, settings, progress=bars.update):
             writer.write(pick(stems))
         writer.finish()
-    for name, peak in writer.rescaled.items():
+    for name, (peak, divisor) in writer.rescaled.items():
         bars.say(
-            f"stemdeck: {path}: {name} peaked at {peak:.2f}, scaled down {20 * math.log10(1.01 * peak):.1f} dB "
+            f"stemdeck: {path}: {name} peaked at {peak:.2f}, scaled down {20 * math.log10(divisor):.1f} dB "
             "to fit (--clip clamp clips the peaks instead)"
         )
     return folder
