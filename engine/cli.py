@@ -611,6 +611,7 @@ def _stats(status, engine, deck: bool) -> dict:
         "realtime_factor": status.realtime_factor,
         "max_realtime_factor": status.max_realtime_factor,
         "windows_done": status.windows_done,
+        "separation_priority": status.separation_priority,
     }
     if deck:
         stats["seconds_ahead"] = status.seconds_ahead

@@ -44,6 +44,7 @@ from stemdeck.engine.audio.state import (
     PLAY_SERIAL,
     PLAYING_STEMS,
     POSITION,
+    SCHEDULING,
     SEEK_SERIAL,
     SEEK_TARGET,
     SEPARATED_FROM,
@@ -65,6 +66,7 @@ from stemdeck.engine.recorder import Recorder, Take
 from stemdeck.engine.session import DECK, LIVE, SessionSpec, WorkerError
 from stemdeck.engine.stretch.control import PracticeControls
 from stemdeck.engine.worker.calibrate import Calibration
+from stemdeck.engine.worker.scheduling import POLICY_NAMES
 from stemdeck.engine.worker.windows import WindowPlan
 
 MIN_GAIN_DB = -60.0  # at or below: silence
@@ -101,6 +103,8 @@ class EngineStatus:
     looping: bool = False
     recording: str | None = None  # the file being recorded to
     record_dropped_frames: int = 0  # frames the recorder's writer had no room for, this take
+    # how the separation yields the CPU: "nice", "idle", "nice (late at idle)", or "in process"
+    separation_priority: str = "in process"
 
     @property
     def latency_samples(self) -> int:
@@ -823,6 +827,7 @@ class Engine:
             stream_error=self._stream_error,
             recording=None if self.recorder.path is None or not self.recorder.recording else str(self.recorder.path),
             record_dropped_frames=self.recorder.dropped_frames,
+            separation_priority=POLICY_NAMES.get(int(s.worker[SCHEDULING]), "in process"),
             **self._loop_status(),
         )
 

@@ -28,24 +28,22 @@ def configure_process(torch_threads: int | None = None) -> None:
         torch.set_num_threads(torch_threads)
 
 
-# How the separation process yields the CPU to the audio path: "nice" lowers its priority (it
-# still takes turns with the audio threads within the scheduler's granularity); "idle" runs it
-# only when no ordinary thread wants the CPU (Linux SCHED_IDLE: the callback never waits behind
-# it, but any busy program on the machine delays separation, which then plays dry).
+# How the separation process yields the CPU to the audio path during a session
+# (engine.worker.scheduling): "nice" lowers its priority (it still takes turns with the audio
+# threads within the scheduler's granularity); "idle" runs it only when no ordinary thread wants
+# the CPU (Linux SCHED_IDLE), where it can be undone at the first late window.
 WORKER_SCHEDULING = ("nice", "idle")
 
 
-def configure_separation_process(torch_threads: int, niceness: int, scheduling: str = "nice") -> None:
+def configure_separation_process(torch_threads: int, niceness: int) -> None:
     """For the separation process: its torch threads, and a lower priority, so the audio path
     (and the GUI) go first when the CPU is short. No audio callback runs there: Python's own
     switch interval stays."""
     import torch
 
     torch.set_num_threads(torch_threads)
-    for thread_id in _thread_ids():  # Linux applies both per thread; later threads inherit them
+    for thread_id in _thread_ids():  # Linux applies it per thread; later threads inherit it
         os.setpriority(os.PRIO_PROCESS, thread_id, os.getpriority(os.PRIO_PROCESS, thread_id) + niceness)
-        if scheduling == "idle" and hasattr(os, "SCHED_IDLE"):
-            os.sched_setscheduler(thread_id, os.SCHED_IDLE, os.sched_param(0))
 
 
 def _thread_ids() -> list[int]:

@@ -253,4 +253,4 @@ def test_live_latency_printed_is_the_one_played_on_a_long_period(long_period_ser
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert printed is not None and int(printed.group(2)) == 48000
     assert int(printed.group(1)) == stats["latency_samples"]
-    assert stats["late_windows"] == 0
+    assert stats["late_windows"] == 0, stats

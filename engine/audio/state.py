@@ -44,8 +44,9 @@ import numpy as np
 # audio[FALLBACK] values: stems playing; dry because stems fell behind; dry while the first
 # stems after a load or seek are on their way (expected, so not counted as late)
 PLAYING_STEMS, LATE, WAITING_FOR_STEMS = range(3)
-# worker[...] slots, written by the separation worker
-STEMS_WRITTEN, SEPARATED_FROM, WINDOWS_DONE = range(3)
+# worker[...] slots, written by the separation worker; SCHEDULING: the policy its separation thread
+# runs at (engine.worker.scheduling)
+STEMS_WRITTEN, SEPARATED_FROM, WINDOWS_DONE, SCHEDULING = range(4)
 # worker_seconds[...] slots, written by the separation worker
 MAX_INFERENCE_S, MEAN_INFERENCE_S = range(2)
 # transport[...] slots, written by the control side. SEEK_*: where the callback's position goes
@@ -82,7 +83,7 @@ class SharedState:
             "transport": ((9,), "int64"),
             "audio": ((17,), "int64"),
             "levels": ((2, num_stems + 1), "float32"),
-            "worker": ((3,), "int64"),
+            "worker": ((4,), "int64"),
             "worker_seconds": ((2,), "float64"),
         }
 

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from stemdeck.engine.audio.state import SCHEDULING
 from stemdeck.engine.runtime import pid_alive
 from stemdeck.engine.session import Failure, SessionSpec, WorkerError
+from stemdeck.engine.worker.scheduling import IDLE, IdleGuard, enter_policy, session_policy
 
 READY_TIMEOUT_S = 300.0  # loading and warming a large model on a slow machine
 STOP_TIMEOUT_S = 30.0
@@ -344,10 +346,12 @@ def _receive_model(commands, replies):
 class _Server:
     """The process's state between commands: the model, its separators, the running session."""
 
-    def __init__(self, model, shared, precision: str, stream_rate: int, replies):
+    def __init__(self, model, shared, precision: str, stream_rate: int, replies, scheduling: str = "nice"):
         self.model, self.shared, self.precision, self.stream_rate = model, shared, precision, stream_rate
         self.replies = replies
+        self.policy = session_policy(scheduling)  # what each session's separation thread runs at
         self.session = None
+        self.guard = None  # the IdleGuard of a session at idle
         self.blocks: list[SharedBlock] = []
         self.separators: dict = {}
 
@@ -380,9 +384,20 @@ class _Server:
         arrays = {key: block.arrays[key] for key, block in zip(command.blocks, self.blocks, strict=True)}
         self.session = build_worker(command.spec, self.separator_for(command.spec.plan), self.shared, arrays)
         self.session.on_failure = lambda failure: self.replies.put(SessionFailed(failure))
+        self.session.thread_setup = self._enter_policy
+        if self.policy == IDLE:
+            self.guard = IdleGuard(self.shared.audio, self.shared.worker)
+            self.guard.start()
         self.session.start()
 
+    def _enter_policy(self) -> None:
+        enter_policy(self.policy)
+        self.shared.worker[SCHEDULING] = self.policy
+
     def stop(self, command: StopSession | None = None) -> None:
+        if self.guard is not None:
+            self.guard.stop()
+            self.guard = None
         if self.session is not None:
             self.session.stop()
             self.session = None
@@ -414,10 +429,10 @@ def _worker_main(state_spec, precision, threads, stream_rate, scheduling, comman
     model = _receive_model(commands, replies)
     if model is None:
         return
-    configure_separation_process(threads, WORKER_NICENESS, scheduling)
+    configure_separation_process(threads, WORKER_NICENESS)  # a session may go to idle later
     warm_up_worker_kernels(len(model.sources), int(getattr(model, "audio_channels", 2)))
     state_block = SharedBlock.attach(state_spec)
-    server = _Server(model, SharedState(**state_block.arrays), precision, stream_rate, replies)
+    server = _Server(model, SharedState(**state_block.arrays), precision, stream_rate, replies, scheduling)
     replies.put(Reply(LoadModel.__name__))
     while not isinstance(command := _next_command(commands), Quit):
         name = type(command).__name__

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from stemdeck.engine.audio.state import (
     MAX_INFERENCE_S,
     MEAN_INFERENCE_S,
     PLAY,
+    SCHEDULING,
     SEEK_SERIAL,
     SEPARATED_FROM,
     STEMS_WRITTEN,
@@ -29,6 +31,7 @@ from stemdeck.engine.audio.state import (
 from stemdeck.engine.session import LIVE, Failure, SessionSpec
 from stemdeck.engine.worker.cache import CacheEntry, load_stems, save_stems
 from stemdeck.engine.worker.ola import accumulate_window, discard, finalize
+from stemdeck.engine.worker.scheduling import IN_PROCESS
 from stemdeck.engine.worker.separator import WindowSeparator
 from stemdeck.engine.worker.windows import WindowPlan
 from stemdeck.models.separate import normalisation
@@ -77,6 +80,8 @@ class SeparationWorker(threading.Thread):
         self.stop_event = threading.Event()
         self.failure: Failure | None = None
         self.on_failure = None  # called with the Failure (the worker process reports it)
+        # called first on this thread (the separation process sets the thread's scheduling there)
+        self.thread_setup: Callable[[], None] | None = None
         self._inference_total_s = 0.0
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -87,6 +92,8 @@ class SeparationWorker(threading.Thread):
     def run(self) -> None:
         self.reset_counters()
         try:
+            if self.thread_setup is not None:
+                self.thread_setup()
             self.loop()
         except BaseException as exc:  # reported through status; the audio keeps the dry signal
             self.failure = Failure.of(exc)
@@ -102,6 +109,7 @@ class SeparationWorker(threading.Thread):
             worker[WINDOWS_DONE] = 0
         else:
             worker.fill(0)
+        worker[SCHEDULING] = IN_PROCESS  # until a separation process's thread_setup says otherwise
         self.shared.worker_seconds.fill(0.0)
 
     def keeps_separated(self) -> bool:
