@@ -8,7 +8,11 @@ how many median periods it lies from the first (so a missed beat does not shift 
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +20,7 @@ ANALYSIS_RATE = 22050  # librosa's own default rate: half the work of 44.1 kHz, 
 FINE_HOP = 64  # onset envelope hop for placing each beat (2.9 ms); the tracker's own is 512 (23 ms)
 SEARCH_S = 0.05  # a beat moves to the strongest onset within this distance
 MIN_BEATS = 4
+COMPILE_LOCK_NAME = "beat-tracker-compile.lock"  # in the user cache folder
 
 
 @dataclass(frozen=True)
@@ -79,10 +84,56 @@ def import_beat_tracker():
 
     numba.guvectorize = cached_guvectorize
     try:
-        import librosa.beat
+        with tracker_compile_lock():
+            import librosa.beat
     finally:
         numba.guvectorize = original
     return librosa.beat
+
+
+@contextmanager
+def tracker_compile_lock() -> Iterator[None]:
+    """One stemdeck process at a time compiles or loads the tracker's cached kernels. Numba keeps
+    a guvectorized function in two cache files; two processes compiling at once can leave a
+    mismatched pair, and every later process that loads it crashes (numba issue 10128: the
+    suite's beat test and a beat process started beside it did). Where the lock cannot be had
+    (no ``fcntl``, no cache folder), it goes on without."""
+    try:
+        import fcntl
+
+        import platformdirs
+
+        folder = Path(platformdirs.user_cache_dir("stemdeck"))
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / COMPILE_LOCK_NAME, "a")  # noqa: SIM115 - held across the yield
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def tracker_cache_files() -> list[Path]:
+    """The beat tracker's compiled kernels in Numba's cache beside librosa (none if elsewhere)."""
+    spec = importlib.util.find_spec("librosa")
+    if spec is None or spec.origin is None:
+        return []
+    folder = Path(spec.origin).parent / "__pycache__"
+    return sorted([*folder.glob("beat.*.nb[ic]"), *folder.glob("guf-beat.*.nb[ic]")])
+
+
+def forget_compiled_tracker() -> int:
+    """Delete the tracker's cached kernels (a process crashed loading them), so the next import
+    compiles them afresh; returns how many files went."""
+    with tracker_compile_lock():
+        files = tracker_cache_files()
+        for path in files:
+            path.unlink(missing_ok=True)
+    return len(files)
 
 
 def lower_priority() -> None:

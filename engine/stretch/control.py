@@ -14,9 +14,10 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import multiprocessing.util  # noqa: F401 - its exit handler registered before ours (below)
+import sys
 import threading
 from collections.abc import Callable
-from signal import SIG_IGN, SIGINT
+from signal import SIG_IGN, SIGBUS, SIGILL, SIGINT, SIGSEGV
 from signal import signal as handle_signal
 
 import numpy as np
@@ -27,6 +28,7 @@ from stemdeck.engine.stretch.beats import (
     Beats,
     analysis_signal,
     beats_of_signal,
+    forget_compiled_tracker,
     import_beat_tracker,
     lower_priority,
 )
@@ -34,6 +36,9 @@ from stemdeck.engine.stretch.process import StageProcess
 from stemdeck.engine.stretch.stage import StageConfig
 from stemdeck.engine.stretch.stretcher import check_semitones, check_tempo, require_stretch
 from stemdeck.engine.worker.process import BlockSpec
+
+CRASH_EXIT_CODES = (-SIGSEGV, -SIGBUS, -SIGILL)  # multiprocessing's exit code: minus the signal
+DEATH_WAIT_S = 2.0  # for a process whose pipe closed to be reaped
 
 
 def _serve_beats(connection) -> None:
@@ -77,6 +82,11 @@ class _BeatProcess:
         self._connection.send(signal)
         return self._connection.recv()  # our own child's answer: a Beats or None
 
+    def crashed(self) -> bool:
+        """Whether it died of a crash (not killed, not out of memory): a fault in native code."""
+        self._process.join(DEATH_WAIT_S)
+        return self._process.exitcode in CRASH_EXIT_CODES
+
 
 _beat_process: _BeatProcess | None = None
 _beat_lock = threading.Lock()  # one search at a time; a newer track's waits for the one under way
@@ -114,8 +124,21 @@ def search_beats(signal: np.ndarray) -> Beats | None:
             try:
                 return _beat_process.search(signal)
             except (EOFError, OSError):  # it died (killed, out of memory): a new one, once
+                if _beat_process.crashed():
+                    _forget_compiled_tracker()
                 _beat_process = None
         return None
+
+
+def _forget_compiled_tracker() -> None:
+    """A crashed beat process most likely loaded a damaged Numba cache of the tracker: the next
+    one compiles it afresh (seconds), which a damaged cache would never let it do."""
+    removed = forget_compiled_tracker()
+    print(
+        f"stemdeck: the beat tracker crashed; its compiled cache ({removed} files) was cleared and is being rebuilt",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 class PracticeControls:
