@@ -83,7 +83,27 @@ def run_batch(args, model, spec, plan, options, device, batch, workers) -> None:
     else:
         from stemdeck.models.library_pool import run_pool
 
+        export_once(model, options, device)
         run_pool(spec, plan, options, device, batch, workers, max(1, cores() // workers))
+
+
+def export_once(model, options: JobOptions, device: str) -> None:
+    """An exported backend's network (--backend onnx/openvino), made and checked here before the
+    workers start: each would otherwise export the same network at once (a minute or two each
+    for htdemucs). This process keeps nothing of it; the workers read the cached file."""
+    import torch
+
+    from stemdeck.models.precision import EXPORTED_BACKENDS
+    from stemdeck.models.track_job import CommandError, say
+
+    backend = EXPORTED_BACKENDS.get(options.backend)
+    if backend is None:
+        return
+    try:
+        backend.network(model, options.precision, torch.device(device), options.segment, say)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    backend.module().release()
 
 
 def check_jobs(args: argparse.Namespace) -> int:

@@ -208,6 +208,11 @@ def is_cached(model: nn.Module, length: int, folder: Path | None = None) -> bool
 _loaded: dict[tuple[str, int], OnnxNetwork] = {}  # digest, threads: a batch of files loads it once
 
 
+def release() -> None:
+    """Drop the loaded network (a process that exported it for others to read)."""
+    _loaded.clear()
+
+
 def load_or_export(model: HTDemucs, length: int, folder: Path | None = None, note: Note | None = None) -> OnnxNetwork:
     """The ONNX network of ``model`` at ``length`` samples: the verified cached file, else a new
     export (which ``note`` is told about, taking about a minute for htdemucs)."""

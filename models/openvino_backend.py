@@ -125,6 +125,11 @@ def read_record(path: Path) -> dict | None:
 _loaded: dict[tuple[Path, int], OpenVinoNetwork] = {}  # file, threads: a batch of files compiles it once
 
 
+def release() -> None:
+    """Drop the loaded network (a process that exported it for others to read)."""
+    _loaded.clear()
+
+
 def load_or_export(
     model: HTDemucs, length: int, folder: Path | None = None, note: onnx_backend.Note | None = None
 ) -> OpenVinoNetwork:

@@ -281,7 +281,8 @@ def test_the_manifest_key_of_torch_runs_is_what_it_was_before_the_backend_joined
 
 @pytest.mark.slow
 def test_the_queue_runs_the_backend_asked_for_and_says_so_with_v(tmp_path, tiny_checkpoint, capsys, monkeypatch):
-    """--jobs 2 once ran torch whatever --backend said, and its -v said nothing."""
+    """--jobs 2 once ran torch whatever --backend said, and its -v said nothing; then each worker
+    exported the network itself."""
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("STEMDECK_ONNX_DIR", str(tmp_path / "cache"))
     lib, out = tmp_path / "lib", tmp_path / "out"
@@ -292,6 +293,7 @@ def test_the_queue_runs_the_backend_asked_for_and_says_so_with_v(tmp_path, tiny_
     err = capsys.readouterr().err
     assert err.count("stemdeck: network: onnx (ONNX Runtime") == 2, err
     assert err.count("stemdeck: memory: low") == 2
+    assert err.count("exporting the network to ONNX") == 1, err  # by the queue, before its workers
     assert main(args + ["--backend", "onnx"]) == 0  # -v changes no stem: nothing redone
     assert said(capsys.readouterr().err) == []
     assert main(args + ["--backend", "torch", "-v"]) == 0  # another backend: other stems (within 1e-5)
