@@ -4,7 +4,9 @@ process), never by library code: a library that changed them would change them f
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 # Python hands the GIL over after this long: well inside one audio period (5.8 ms at 256 frames
 # at 44.1 kHz), so the audio callback never waits long on another thread's Python code between
@@ -63,3 +65,24 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+def start_deaf_to_ctrl_c(process) -> None:
+    """Start a ``multiprocessing`` child that Ctrl-C does not reach: the terminal sends SIGINT to
+    the whole process group, and a child that took it printed a KeyboardInterrupt traceback
+    while the program stopped it anyway. A child started with SIGINT ignored keeps it ignored
+    from its first line (Python leaves a disposition its parent changed); from a thread other
+    than the main one this cannot be set, and the child ignores it as it starts."""
+    if threading.current_thread() is not threading.main_thread():
+        process.start()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def ignore_ctrl_c() -> None:
+    """For a child process: Ctrl-C is its parent's to handle (the parent stops it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

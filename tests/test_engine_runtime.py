@@ -67,3 +67,57 @@ def test_idle_scheduling_puts_the_separation_thread_under_sched_idle_and_keeps_t
 def test_an_unknown_scheduling_is_one_line_naming_the_choices():
     with pytest.raises(ValueError, match=r"^unknown worker scheduling 'fast': use one of nice, idle$"):
         EngineConfig(worker_scheduling="fast")
+
+
+def _play_then_ctrl_c(song, stats, after_s: float, wait_for: str) -> tuple[int, str]:
+    """``stemdeck play`` in a terminal's stead: its own process group, Ctrl-C to the whole group
+    ``after_s`` after stderr says ``wait_for``; (exit code, stderr)."""
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    from conftest import stemdeck_command
+
+    run = subprocess.Popen(
+        stemdeck_command("play", song, "--model", "passthrough", "--duration", "120", "--stats", stats),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell's `&` ignores it
+    )
+    lines: list[str] = []
+    said = threading.Event()
+
+    def read() -> None:
+        for line in run.stderr:
+            lines.append(line)
+            if wait_for in line:
+                said.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert said.wait(180), "".join(lines)
+    time.sleep(after_s)
+    os.killpg(run.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C: every process of the group
+    run.wait(120)
+    reader.join(10)
+    return run.returncode, "".join(lines)
+
+
+@pytest.mark.slow  # whole `stemdeck play` processes
+@linux_only
+def test_ctrl_c_stops_play_without_a_traceback_while_starting_and_while_playing(jack_server, tmp_path):
+    """The separation process took the terminal's SIGINT too, and printed a KeyboardInterrupt
+    traceback while the program was stopping it anyway."""
+    from conftest import write_tone
+
+    song = tmp_path / "song.wav"
+    write_tone(song, seconds=60.0)
+    code, err = _play_then_ctrl_c(song, tmp_path / "playing.json", 8.0, "deck: ")
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert code == 0 and (tmp_path / "playing.json").exists(), err  # a stop, with its counters
+    code, err = _play_then_ctrl_c(song, tmp_path / "starting.json", 0.0, "deck: ")
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert code in (0, 130), err

@@ -15,14 +15,22 @@ import threading
 import time
 
 import pytest
-from conftest import JACK_RATE, run_stemdeck, start_jack_server, stop_jack_server
+from conftest import JACK_RATE, run_stemdeck, start_jack_server, stop_jack_server, write_tone
 
-from stemdeck.engine.audio.state import LATE_WINDOWS, SCHEDULING, SharedState
+from stemdeck.engine.audio.state import (
+    FALLBACK,
+    LATE_WINDOWS,
+    PLAYHEAD,
+    SCHEDULING,
+    WAITING_FOR_STEMS,
+    SharedState,
+)
 from stemdeck.engine.config import PRESETS
 from stemdeck.engine.worker.scheduling import (
     IDLE,
     NICE,
     NICE_AFTER_LATE,
+    STARVED_AFTER_S,
     IdleGuard,
     enter_policy,
     idle_is_reversible,
@@ -83,7 +91,7 @@ def test_the_guard_waits_for_a_late_window_then_brings_the_separation_back_and_s
     shared.audio[LATE_WINDOWS] = 3  # from earlier sessions: not this one's
     shared.worker[SCHEDULING] = IDLE
     with IdleThread() as idle:
-        guard = IdleGuard(shared.audio, shared.worker)
+        guard = IdleGuard(shared.audio, shared.worker, deck=False)
         guard.start()
         try:
             time.sleep(0.3)  # six polls without a new late window: nothing moves
@@ -97,9 +105,50 @@ def test_the_guard_waits_for_a_late_window_then_brings_the_separation_back_and_s
         finally:
             guard.stop()
     assert capsys.readouterr().err == (
-        "stemdeck: separation fell behind at idle priority (another program keeps the CPU busy); "
+        "stemdeck: separation fell behind at idle priority (a late window: another program keeps the CPU busy); "
         "it runs at normal priority (nice) for the rest of this session\n"
     )
+
+
+class PlayingDeck(threading.Thread):
+    """The audio callback's stand-in: moves the playhead a block every 5 ms while ``playing``."""
+
+    def __init__(self, audio):
+        super().__init__(daemon=True)
+        self.audio, self.playing, self.done = audio, threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.005):
+            if self.playing.is_set():
+                self.audio[PLAYHEAD] += 256
+
+
+@needs_reversible_idle
+def test_a_deck_playing_dry_without_a_late_window_is_brought_back_after_a_while_a_paused_one_is_not(capsys):
+    """A starved deck waits for its first stems all song long: that counts no late window."""
+    shared = SharedState.create(4)
+    shared.audio[FALLBACK] = WAITING_FOR_STEMS  # loaded; the first stems never come
+    shared.worker[SCHEDULING] = IDLE
+    deck = PlayingDeck(shared.audio)
+    deck.start()
+    with IdleThread() as idle:
+        guard = IdleGuard(shared.audio, shared.worker, deck=True)
+        guard.start()
+        try:
+            time.sleep(STARVED_AFTER_S + 1.0)  # paused: nothing plays dry
+            assert os.sched_getscheduler(idle.native_id) == os.SCHED_IDLE
+            deck.playing.set()
+            started = time.monotonic()
+            guard.join(STARVED_AFTER_S + 5.0)
+            waited_s = time.monotonic() - started
+            assert not guard.is_alive()
+            assert STARVED_AFTER_S <= waited_s < STARVED_AFTER_S + 2.0
+            assert os.sched_getscheduler(idle.native_id) == os.SCHED_OTHER
+            assert shared.worker[SCHEDULING] == NICE_AFTER_LATE
+        finally:
+            guard.stop()
+            deck.done.set()
+    assert "fell behind at idle priority (3 s played without stems: another program" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="drops to another user with setpriv")
@@ -122,17 +171,28 @@ def test_where_idle_cannot_be_undone_a_session_runs_niced():
     assert result.stdout.split() == ["False", str(NICE), str(NICE)]
 
 
-@pytest.fixture
-def two_busy_background_jobs():
-    """Two CPU-bound programs at nice 10, one per core of a 2-core machine."""
+def busy_background_jobs(niceness: int):
+    """CPU-bound programs at ``niceness``, one per core of a 2-core machine (or more cores)."""
     jobs = [
-        subprocess.Popen(["nice", "-n", "10", sys.executable, "-c", "while True: pass"])
+        subprocess.Popen(["nice", "-n", str(niceness), sys.executable, "-c", "while True: pass"])
         for _ in range(max(2, os.cpu_count() or 2))
     ]
     yield
     for job in jobs:
         job.kill()
         job.wait()
+
+
+@pytest.fixture
+def two_busy_background_jobs():
+    """At nice 10, as a backup or an indexer runs."""
+    yield from busy_background_jobs(10)
+
+
+@pytest.fixture
+def two_busy_programs():
+    """At nice 0, as a build or a game runs."""
+    yield from busy_background_jobs(0)
 
 
 @pytest.fixture
@@ -177,3 +237,32 @@ def test_live_keeps_separating_beside_busy_background_jobs(jack_2ch, two_busy_ba
     else:
         assert stats["separation_priority"] in ("idle", "nice"), stats
         assert stats["late_windows"] == 0, stats
+
+
+@pytest.mark.slow  # a whole `stemdeck play` process beside two busy programs
+def test_a_deck_keeps_separating_beside_busy_programs(jack_2ch, two_busy_programs, tmp_path):
+    """A starved deck counted no late window, so it stayed idle and played the whole song dry."""
+    song = tmp_path / "song.wav"
+    write_tone(song, seconds=40.0)
+    seconds = 15
+    result = run_stemdeck(
+        "play",
+        str(song),
+        "--model",
+        "passthrough",
+        "--duration",
+        str(seconds),
+        "--stats",
+        str(tmp_path / "stats.json"),
+        timeout_s=240,
+        env={"XDG_CACHE_HOME": str(tmp_path / "cache")},  # no stems kept from an earlier run
+    )
+    assert result.returncode == 0, result.stderr
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["windows_done"] >= 2, stats  # separated here, not read from a cache
+    assert stats["first_stems_s"] is not None and stats["first_stems_s"] < 8.0, stats
+    assert stats["seconds_ahead"] > 0, stats  # ahead of the playhead at the end
+    if stats["separation_priority"] == "nice (late at idle)":
+        assert "separation fell behind at idle priority" in result.stderr
+    else:
+        assert stats["separation_priority"] in ("idle", "nice"), stats

@@ -24,6 +24,7 @@ import numpy as np
 
 from stemdeck.engine.audio.callbacks import DeckBuffers
 from stemdeck.engine.audio.stretched import SEMITONES, TEMPO, UNDERFLOWS, stretch_active
+from stemdeck.engine.runtime import start_deaf_to_ctrl_c
 from stemdeck.engine.stretch.beats import (
     Beats,
     analysis_signal,
@@ -75,7 +76,7 @@ class _BeatProcess:
         context = multiprocessing.get_context("spawn")
         self._connection, child = context.Pipe()
         self._process = context.Process(target=_serve_beats, args=(child,), name="stemdeck-beats", daemon=True)
-        self._process.start()
+        start_deaf_to_ctrl_c(self._process)
         child.close()
 
     def search(self, signal: np.ndarray) -> Beats | None:

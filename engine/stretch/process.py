@@ -26,6 +26,7 @@ import numpy as np
 
 from stemdeck.engine.audio.state import SEEK_SEEN, SEEK_SERIAL
 from stemdeck.engine.audio.stretched import DRAINED, FED, RUNNING, TEMPO, StretchBuffers, stretch_active
+from stemdeck.engine.runtime import start_deaf_to_ctrl_c
 from stemdeck.engine.stretch.stage import (
     StageConfig,
     StageInputs,
@@ -272,7 +273,7 @@ class StageProcess:
             daemon=True,
         )
         unpublish(self.buffers.state)  # no process writes the slots now: the source plays on
-        process.start()
+        start_deaf_to_ctrl_c(process)
         child_end.close()
         self._process, self._connection = process, parent_end
         if self._track is not None:

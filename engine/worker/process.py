@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from stemdeck.engine.audio.state import SCHEDULING
-from stemdeck.engine.runtime import pid_alive
-from stemdeck.engine.session import Failure, SessionSpec, WorkerError
+from stemdeck.engine.runtime import ignore_ctrl_c, pid_alive, start_deaf_to_ctrl_c
+from stemdeck.engine.session import LIVE, Failure, SessionSpec, WorkerError
 from stemdeck.engine.worker.scheduling import IDLE, IdleGuard, enter_policy, session_policy
 
 READY_TIMEOUT_S = 300.0  # loading and warming a large model on a slow machine
@@ -215,7 +215,7 @@ class WorkerProcess:
             daemon=True,
             args=(state_spec, precision, threads, stream_rate, scheduling, self.commands, self.replies),
         )
-        self.process.start()
+        start_deaf_to_ctrl_c(self.process)
         threading.Thread(target=self._read_replies, name="stemdeck-worker-replies", daemon=True).start()
         try:
             self._send(LoadModel(model), ready_timeout_s, "loading the model")
@@ -386,7 +386,7 @@ class _Server:
         self.session.on_failure = lambda failure: self.replies.put(SessionFailed(failure))
         self.session.thread_setup = self._enter_policy
         if self.policy == IDLE:
-            self.guard = IdleGuard(self.shared.audio, self.shared.worker)
+            self.guard = IdleGuard(self.shared.audio, self.shared.worker, deck=command.spec.kind != LIVE)
             self.guard.start()
         self.session.start()
 
@@ -422,6 +422,7 @@ def _next_command(commands):
 
 def _worker_main(state_spec, precision, threads, stream_rate, scheduling, commands, replies) -> None:
     """Entry point of the inference process."""
+    ignore_ctrl_c()
     from stemdeck.engine.audio.state import SharedState
     from stemdeck.engine.runtime import configure_separation_process
     from stemdeck.engine.worker.worker import warm_up_worker_kernels

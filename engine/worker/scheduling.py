@@ -9,8 +9,9 @@ ordinary thread wants a core, so the audio path never waits behind it; but any b
 starve it, and the music would play dry for as long as that program runs. So ``idle`` is used
 only where the thread may return to ordinary scheduling (root, CAP_SYS_NICE, or an RLIMIT_NICE
 that allows its nice value, as the audio group's limits usually do), and :class:`IdleGuard`
-returns it there as soon as the audio path plays a late window. Elsewhere the session runs at
-``nice``.
+returns it there as soon as the audio path plays a late window, or has played dry for
+``STARVED_AFTER_S`` (a deck waiting for its first stems counts no late window: a starved one
+waited all song). Elsewhere the session runs at ``nice``.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ import threading
 
 import numpy as np
 
-from stemdeck.engine.audio.state import LATE_WINDOWS, SCHEDULING
+from stemdeck.engine.audio.state import FALLBACK, LATE_WINDOWS, PLAYHEAD, PLAYING_STEMS, POSITION, SCHEDULING
 
 # shared.worker[SCHEDULING]: the policy the separation thread runs at (0: not a separation
 # process; the "thread" worker shares the audio process and keeps its priority)
 IN_PROCESS, NICE, IDLE, NICE_AFTER_LATE = range(4)
 POLICY_NAMES = {IN_PROCESS: "in process", NICE: "nice", IDLE: "idle", NICE_AFTER_LATE: "nice (late at idle)"}
 GUARD_POLL_S = 0.05  # a late window is noticed within this; the promotion costs one syscall a thread
+# Playing dry this long is starvation. A deck's first stems after a play or seek take about 1 s on
+# a quiet 2-core machine (docs/benchmarks.md, deck); at nice, a longer wait costs nothing either.
+STARVED_AFTER_S = 3.0
 
 
 def idle_is_reversible() -> bool:
@@ -81,29 +85,39 @@ def promote_idle_threads() -> int:
 
 
 class IdleGuard(threading.Thread):
-    """Watches the audio path's late windows while a session separates at ``idle``; at the first
-    one, it moves the separation to ``nice`` for the rest of the session and says so once.
+    """Watches the audio path while a session separates at ``idle``: at its first late window, or
+    once it has played dry for ``STARVED_AFTER_S``, it moves the separation to ``nice`` for the
+    rest of the session and says so once.
 
     It runs at the process's ``nice``, never idle, so a busy machine cannot starve it too."""
 
-    def __init__(self, audio: np.ndarray, worker: np.ndarray):
+    def __init__(self, audio: np.ndarray, worker: np.ndarray, deck: bool):
         super().__init__(daemon=True, name="stemdeck-idle-guard")
         self.audio, self.worker = audio, worker
+        self.played_slot = PLAYHEAD if deck else POSITION  # what moves while sound plays
         self.late_before = int(audio[LATE_WINDOWS])
         self.stop_event = threading.Event()
 
     def run(self) -> None:
+        played, dry_s = int(self.audio[self.played_slot]), 0.0
         while not self.stop_event.wait(GUARD_POLL_S):
-            if int(self.audio[LATE_WINDOWS]) > self.late_before and self.worker[SCHEDULING] == IDLE:
-                promote_idle_threads()
-                self.worker[SCHEDULING] = NICE_AFTER_LATE
-                print(
-                    "stemdeck: separation fell behind at idle priority (another program keeps the CPU "
-                    "busy); it runs at normal priority (nice) for the rest of this session",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            played_before, played = played, int(self.audio[self.played_slot])
+            playing_dry = played != played_before and self.audio[FALLBACK] != PLAYING_STEMS
+            dry_s = dry_s + GUARD_POLL_S if playing_dry else 0.0
+            late = int(self.audio[LATE_WINDOWS]) > self.late_before
+            if (late or dry_s >= STARVED_AFTER_S) and self.worker[SCHEDULING] == IDLE:
+                self.promote("a late window" if late else f"{STARVED_AFTER_S:g} s played without stems")
                 return
+
+    def promote(self, why: str) -> None:
+        promote_idle_threads()
+        self.worker[SCHEDULING] = NICE_AFTER_LATE
+        print(
+            f"stemdeck: separation fell behind at idle priority ({why}: another program keeps the "
+            "CPU busy); it runs at normal priority (nice) for the rest of this session",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def stop(self) -> None:
         self.stop_event.set()
