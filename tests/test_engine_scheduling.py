@@ -1,9 +1,11 @@
 """The separation at SCHED_IDLE never starves for good: start-up runs niced, a session goes idle
-only where the kernel lets it come back, and the first late window brings it back (Linux).
+only where the kernel lets it come back, and the first late window (or 3 s played dry, for a
+deck) brings it back (Linux).
 
-The user-level case: two background jobs at nice 10 keep both cores busy, as a backup or an
-indexer does; `stemdeck live` must start and keep separating. At idle it never got past
-"calibrating"."""
+The user-level cases: busy programs keep both cores busy (at nice 10, as a backup or an indexer
+runs; at nice 0, as a build does). `stemdeck live` must start and keep separating (at idle it
+never got past "calibrating"), and `stemdeck play` must get its stems (a starved deck played the
+whole song dry)."""
 
 from __future__ import annotations
 
