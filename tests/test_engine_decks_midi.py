@@ -127,8 +127,10 @@ def windowed_rms(signal: np.ndarray, window: int = 1024) -> np.ndarray:
 
 def test_cc_8_from_a_controller_crossfades_the_master_from_a_to_b_with_no_gap(rig):
     decks, recorder, fake, _ = rig
-    recorder.start(1.2)
-    time.sleep(0.35)
+    recorder.start(1.5)
+    # the move starts once 0.35 s are recorded, however late the recording began (a sleep here
+    # let a loaded machine's late start put the crossfade inside the "before" window)
+    assert wait_for(lambda: recorder.position >= int(0.35 * JACK_RATE))
     for value in range(0, 128, 8):  # a DJ's move over 160 ms
         fake.send(0xB0, 8, value)
         time.sleep(0.01)
