@@ -268,6 +268,20 @@ def reinit_portaudio() -> None:
     sd._initialize()
 
 
+def default_jack_server(name: str, **server: int):
+    """For a ``yield from`` fixture: a server started as the default of this process's libjack
+    (and of the programs it runs), stopped after, the default before it restored."""
+    previous = os.environ.get("JACK_DEFAULT_SERVER")
+    os.environ["JACK_DEFAULT_SERVER"] = name
+    process = start_jack_server(name, **server)
+    yield name
+    stop_jack_server(process)
+    if previous is None:
+        os.environ.pop("JACK_DEFAULT_SERVER", None)
+    else:
+        os.environ["JACK_DEFAULT_SERVER"] = previous
+
+
 @pytest.fixture(scope="session")
 def jack_server():
     name = f"stemdeck-test-{os.getpid()}"

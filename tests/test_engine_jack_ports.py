@@ -14,6 +14,7 @@ from conftest import (
     JACK_PERIOD,
     JACK_RATE,
     JackRecorder,
+    default_jack_server,
     pass_through_deck,
     run_stemdeck,
     sine_track,
@@ -220,16 +221,7 @@ def test_cli_play_with_stem_outputs_on_a_two_port_server(two_port_server, tmp_pa
 @pytest.fixture
 def long_period_server():
     """A server at another rate and a period 4x the default block: the engine follows both."""
-    name = f"stemdeck-p1024-{os.getpid()}"
-    previous = os.environ.get("JACK_DEFAULT_SERVER")
-    os.environ["JACK_DEFAULT_SERVER"] = name
-    process = start_jack_server(name, playback_channels=2, rate=48000, period=1024)
-    yield name
-    stop_jack_server(process)
-    if previous is None:
-        os.environ.pop("JACK_DEFAULT_SERVER", None)
-    else:
-        os.environ["JACK_DEFAULT_SERVER"] = previous
+    yield from default_jack_server(f"stemdeck-p1024-{os.getpid()}", playback_channels=2, rate=48000, period=1024)
 
 
 @pytest.mark.slow  # a whole `stemdeck live` process

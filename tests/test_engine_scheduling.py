@@ -17,7 +17,7 @@ import threading
 import time
 
 import pytest
-from conftest import JACK_RATE, run_stemdeck, start_jack_server, stop_jack_server, write_tone
+from conftest import JACK_RATE, default_jack_server, run_stemdeck, write_tone
 
 from stemdeck.engine.audio.state import (
     FALLBACK,
@@ -199,16 +199,7 @@ def two_busy_programs():
 
 @pytest.fixture
 def jack_2ch():
-    name = f"stemdeck-busy-{os.getpid()}"
-    previous = os.environ.get("JACK_DEFAULT_SERVER")
-    os.environ["JACK_DEFAULT_SERVER"] = name
-    process = start_jack_server(name, playback_channels=2)
-    yield name
-    stop_jack_server(process)
-    if previous is None:
-        os.environ.pop("JACK_DEFAULT_SERVER", None)
-    else:
-        os.environ["JACK_DEFAULT_SERVER"] = previous
+    yield from default_jack_server(f"stemdeck-busy-{os.getpid()}", playback_channels=2)
 
 
 @pytest.mark.slow  # a whole `stemdeck live` process beside two busy programs
