@@ -12,12 +12,16 @@ be downloaded here), on the same generated song, with the same overlap, in the s
 * the SNR of each precision's stems against our float32 stems, with the random weights as
   initialised and with the Transformer's LayerScales at 1 (their random initial 1e-4 hides the
   Transformer's contribution, and so int8's error there, which trained weights would not);
-* a whole track (``--track-seconds``) through each side's chunked ``apply_model``, with the SNR of
-  our stems against the reference's float32 stems;
+* a whole track (``--track-seconds``) through each side's chunked ``apply_model`` (the sides
+  interleaved for ``--track-repeats`` rounds, best of each), with the SNR of our stems against
+  the reference's float32 stems;
 * peak RSS while separating a ``--rss-minutes`` track, each side in a fresh process;
 * the CPU's vector extensions and the load average before and after (the machine may be shared).
 
-Usage: python benchmarks/offline.py [--json] [--track-seconds 60] [--rss-minutes 10] [--repeats 5]
+``auto`` in the report is what ``--precision auto`` runs on this CPU by ``stemdeck separate``'s
+rule (int8 where it takes at most 0.95 of float32's time at 40 dB or more), from this run.
+
+Usage: python benchmarks/offline.py [--json] [--track-seconds 60] [--track-repeats 1] [--rss-minutes 10] [--repeats 5]
        [--sides reference,ours-fp32,ours-int8,ours-openvino]
 """
 
@@ -56,6 +60,7 @@ from stemdeck.models.precision import (  # noqa: E402
     prepare_network,
     resolve_precision,
 )
+from stemdeck.models.precision_choice import SNR_BAR_DB, WIN_RATIO, verdict  # noqa: E402
 
 SEGMENT_S = 7.8
 CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
@@ -236,7 +241,6 @@ def machine() -> dict:
         "openvino": openvino_backend.version() if openvino_backend.available() else None,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_flags": cpu_flags(),
-        "auto_precision": resolve_precision("auto", torch.device("cpu")),
         "load_average_before": os.getloadavg(),
     }
 
@@ -275,15 +279,37 @@ def segment_report(models: dict, repeats: int) -> dict:
     return report
 
 
-def track_report(models: dict, seconds: float) -> dict:
+def auto_choice(segment: dict) -> dict:
+    """What ``--precision auto`` runs on this CPU by the rule ``stemdeck separate`` applies
+    (:func:`models.precision_choice.verdict`), from this run's segment times and the SNR with the
+    LayerScales at 1 (the trained-like case): bfloat16 where native, else int8 or float32."""
+    if resolve_precision("auto", torch.device("cpu")) == "bf16":
+        return {"precision": "bf16", "rule": "bfloat16 is native on this CPU"}
+    if "ours-int8" not in segment:
+        return {"precision": "fp32", "rule": "int8 not measured in this run"}
+    fp32_s, int8 = segment["ours-fp32"]["seconds"], segment["ours-int8"]
+    snr = int8["snr_db_vs_fp32_full_layer_scale"]
+    return {
+        "precision": verdict(fp32_s, int8["seconds"], snr),
+        "rule": f"int8 where it takes <= {WIN_RATIO:g} of float32's time at >= {SNR_BAR_DB:g} dB",
+        "int8_over_fp32": int8["seconds"] / fp32_s,
+        "int8_snr_db": snr,
+    }
+
+
+def track_report(models: dict, seconds: float, repeats: int = 1) -> dict:
+    """Each side's whole track, the sides interleaved for ``repeats`` rounds, best of each
+    (one round's ±15 % on a quiet 2-core machine decided nothing)."""
     mix = song(seconds)
-    report: dict = {"seconds": seconds}
-    outputs = {}
-    for side, model in models.items():
-        start = time.perf_counter()
-        outputs[side] = separate_with(side, model, mix)
-        elapsed = time.perf_counter() - start
-        report[side] = {"seconds": elapsed, "rtf": elapsed / seconds}
+    report: dict = {"seconds": seconds, "repeats": repeats}
+    outputs, times = {}, {side: [] for side in models}
+    for _ in range(repeats):
+        for side, model in models.items():
+            start = time.perf_counter()
+            outputs[side] = separate_with(side, model, mix)
+            times[side].append(time.perf_counter() - start)
+    for side, measured in times.items():
+        report[side] = {"seconds": min(measured), "all_seconds": measured, "rtf": min(measured) / seconds}
     for side in models:
         report[side]["time_ratio"] = report[side]["seconds"] / report["reference"]["seconds"]
         if side != "reference":
@@ -301,7 +327,8 @@ def _run(args: argparse.Namespace) -> dict:
     report = {"machine": machine()}
     models = {side: build(side) for side in chosen(args.sides)}
     report["segment"] = segment_report(models, args.repeats)
-    report["track"] = track_report(models, args.track_seconds) if args.track_seconds > 0 else {}
+    report["auto"] = auto_choice(report["segment"])
+    report["track"] = track_report(models, args.track_seconds, args.track_repeats) if args.track_seconds > 0 else {}
     report["rss"] = {"minutes": args.rss_minutes}
     if args.rss_minutes > 0:
         with tempfile.TemporaryDirectory() as folder:
@@ -322,7 +349,7 @@ def print_table(report: dict) -> None:
     print(
         f"HT Demucs (htdemucs size, random weights), {info['cpu_threads']} threads, torch {info['torch']}, "
         f"onnxruntime {info['onnxruntime']}, openvino {info['openvino']} "
-        f"({info['cpu_capability']}: {' '.join(info['cpu_flags'])}), auto precision = {info['auto_precision']}, "
+        f"({info['cpu_capability']}: {' '.join(info['cpu_flags'])}), auto precision = {report['auto']['precision']}, "
         f"load {info['load_average_before'][0]:.2f} -> {info['load_average_after'][0]:.2f}"
     )
     print(
@@ -356,6 +383,7 @@ def main(argv=None) -> int:
     parser.add_argument("--track-seconds", type=float, default=60.0, help="0 skips the track runs")
     parser.add_argument("--rss-minutes", type=float, default=10.0, help="0 skips the memory runs")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds after a warm-up one")
+    parser.add_argument("--track-repeats", type=int, default=1, help="interleaved rounds of the track runs")
     parser.add_argument(
         "--sides", default="", help="comma-separated sides to run (default: all; reference and ours-fp32 always)"
     )

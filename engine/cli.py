@@ -509,7 +509,7 @@ def _print_preset_plans(args: argparse.Namespace, output_device) -> int:
         session_window,
     )
     from stemdeck.models.cli import check_device, load_for_command
-    from stemdeck.models.precision import resolve_precision
+    from stemdeck.models.precision_choice import remembered_precision
 
     check_device(args.device)
     try:
@@ -534,7 +534,7 @@ def _print_preset_plans(args: argparse.Namespace, output_device) -> int:
         windows[f"--latency {args.latency:g}"] = session_window("", args.latency)
     with engine:
         plans = preset_plans(engine, block_frames, windows)
-    precision = resolve_precision(args.precision, torch.device("cpu"))  # the engine separates on the CPU
+    precision = remembered_precision(model, args.precision, torch.device("cpu"))  # the engine separates on the CPU
     print(
         f"live input with {name} on this machine ({precision}, block {block_frames} at {samplerate} Hz; "
         "the device adds its own latency):"

@@ -78,7 +78,11 @@ def run_batch(args, model, spec, plan, options, device, batch, workers) -> None:
         from stemdeck.models.library_ray import run_on_ray
 
         run_on_ray(args.ray, spec, plan, options, args.device, batch, workers)
-    elif workers == 1:
+        return
+    from stemdeck.models.track_job import settle_precision
+
+    settle_precision(model, args, device)  # here, once: the workers read what it remembers
+    if workers == 1:
         run_here(model, plan, options, device, batch)
     else:
         from stemdeck.models.library_pool import run_pool

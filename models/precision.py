@@ -8,8 +8,9 @@ AVX512-BF16 or AMX and on recent GPUs, at an output SNR of about 48 dB against f
 
 ``"int8"`` (CPU only) runs the Transformer's linear layers and attention projections as
 FBGEMM int8 products with dynamically quantised activations: the cheaper arithmetic for CPUs
-without native bfloat16. It is chosen explicitly, never by ``"auto"``: its SNR against float32
-depends on the trained weights (``benchmarks/offline.py`` measures it).
+without native bfloat16. ``"auto"`` runs it where the separation commands measured it faster
+than float32 on this CPU for this model, within 40 dB (:mod:`models.precision_choice`): its
+speed depends on the CPU and its SNR against float32 on the trained weights.
 
 The backend runs the network: ``"torch"``, ``"onnx"`` (ONNX Runtime, float32 on the CPU, an
 optional dependency: :mod:`models.onnx_backend`) or ``"openvino"`` (OpenVINO, float32 on the CPU,
@@ -153,7 +154,9 @@ def prepare_network(
         raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
     exported = EXPORTED_BACKENDS.get(backend)
     if exported is None:
-        return TorchNetwork(model, precision, device)
+        from stemdeck.models.precision_choice import remembered_precision
+
+        return TorchNetwork(model, remembered_precision(model, precision, device, backend), device)
     return exported.network(model, precision, device, segment_s, note)
 
 

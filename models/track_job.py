@@ -288,6 +288,17 @@ def _bar_rows() -> int:
     return max(3, shutil.get_terminal_size((100, 20)).lines)
 
 
+def settle_precision(model, args: argparse.Namespace, device: str) -> None:
+    """``--precision auto`` on a CPU without native bfloat16: int8 or float32 for this model,
+    measured here the first time (:mod:`models.precision_choice`) and read from the record by
+    every separation after, the library's workers included."""
+    import torch
+
+    from stemdeck.models.precision_choice import settle_auto
+
+    settle_auto(model, args.precision, torch.device(device), getattr(args, "backend", "auto"), args.segment, say)
+
+
 def check_backend_fits(model, args: argparse.Namespace, device: str) -> None:
     """--backend onnx or openvino that cannot run this model, precision or device: one line once,
     before any file is read, rather than the same line for every file of a batch."""

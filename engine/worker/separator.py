@@ -14,6 +14,7 @@ from stemdeck.models.bag import BagOfModels
 from stemdeck.models.bandwidth import share_high_band
 from stemdeck.models.nets.htdemucs import HTDemucs
 from stemdeck.models.precision import autocast, prepare_model
+from stemdeck.models.precision_choice import remembered_precision
 from stemdeck.models.separate import resample
 
 
@@ -39,7 +40,7 @@ class WindowSeparator:
         stream_rate: int | None = None,
     ):
         self.device = torch.device(device)
-        self.precision = precision
+        self.precision = remembered_precision(model, precision, self.device)  # auto: int8 where measured faster
         stream_rate = int(stream_rate or model.samplerate)
         segment_frames = int(float(model.segment) * stream_rate)
         if plan.pad_to_segment and _has_htdemucs(model) and plan.window_frames > segment_frames:
@@ -49,7 +50,7 @@ class WindowSeparator:
             )
         model = copy.deepcopy(model).to(self.device).eval()
         _set_train_segment(model, plan.pad_to_segment)
-        self.model = prepare_model(model, precision, self.device)
+        self.model = prepare_model(model, self.precision, self.device)
         self.sources = list(model.sources)
         self.plan = plan
         self.model_rate = int(model.samplerate)

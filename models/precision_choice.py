@@ -1,0 +1,220 @@
+"""What ``--precision auto`` runs on a CPU without native bfloat16: int8 where it is faster than
+float32 on this machine and keeps the SNR bar on this model, measured once and remembered.
+
+int8's gain depends on the CPU (0.55-0.70 of the reference's time per segment on two AVX2
+machines, against float32's 0.61-0.73, ``docs/benchmarks.md``) and its error on the trained
+weights, so neither can be decided from flags. The separation commands measure both on one
+segment of the demo song the first time ``auto`` meets a model on a machine
+(:func:`settle_auto`); every later run, the live engine's included, reads the record
+(:func:`remembered_precision`). Elsewhere (no record, a GPU, a bfloat16 CPU) ``auto`` is what
+:func:`models.precision.resolve_precision` says.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import platformdirs
+import torch
+
+from stemdeck.models.precision import cpu_has_native_bf16, prepare_model, resolve_precision
+
+RECORD_FORMAT = 1
+SNR_BAR_DB = 40.0  # issue 13's bar for the stems of a faster precision against float32
+WIN_RATIO = 0.95  # int8 must take at most this share of float32's time: a closer call is noise
+TIMED_ROUNDS = 2  # per precision, interleaved, after one untimed warm-up each
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")  # what FBGEMM's int8 uses
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """One measurement: the chosen precision and why."""
+
+    precision: str  # "fp32" or "int8"
+    fp32_s: float  # best seconds per segment
+    int8_s: float
+    snr_db: float  # int8's stems against float32's, the worst over a bag's models
+    threads: int  # torch's CPU threads while measuring
+
+    def describe(self) -> str:
+        ratio = self.int8_s / self.fp32_s
+        verdict = "int8" if self.precision == "int8" else "float32"
+        return (
+            f"{verdict} (int8 took {self.int8_s:.2f} s a segment against float32's {self.fp32_s:.2f}, "
+            f"{ratio:.2f} of it, at {self.snr_db:.1f} dB from float32; int8 runs where it takes at most "
+            f"{WIN_RATIO:g} of the time at {SNR_BAR_DB:g} dB or more)"
+        )
+
+
+def choices_dir() -> Path:
+    return Path(platformdirs.user_cache_dir("stemdeck")) / "precision"
+
+
+def has_int8_work(model: torch.nn.Module) -> bool:
+    """Whether int8 changes anything in ``model``: it quantises the Transformer's products only."""
+    from stemdeck.models.nets.transformer import Attention
+
+    return any(isinstance(module, Attention) for module in _models(model)[0].modules())
+
+
+def applies(model: torch.nn.Module, precision: str, device: torch.device, backend: str = "auto") -> bool:
+    """Whether ``auto`` is decided by measurement here: a CPU without native bfloat16, torch,
+    and a model with a Transformer."""
+    return (
+        precision == "auto"
+        and device.type == "cpu"
+        and backend in ("auto", "torch")
+        and not cpu_has_native_bf16()
+        and has_int8_work(model)
+    )
+
+
+def record_path(model: torch.nn.Module) -> Path:
+    """The record for this model on this machine: its weights, the CPU and torch's version."""
+    from stemdeck.models.onnx_backend import model_digest
+
+    digest = hashlib.sha256(json.dumps(_machine(), sort_keys=True).encode())
+    for part in _models(model):
+        digest.update(model_digest(part, 0).encode())
+    return choices_dir() / f"{digest.hexdigest()[:32]}.json"
+
+
+def remembered_precision(model: torch.nn.Module, precision: str, device: torch.device, backend: str = "auto") -> str:
+    """``precision`` resolved for ``model``: ``auto`` is the remembered choice where one applies
+    and was measured, else :func:`~models.precision.resolve_precision`'s answer. Never measures."""
+    if not applies(model, precision, device, backend) or not choices_dir().is_dir():
+        return resolve_precision(precision, device)
+    choice = read_choice(record_path(model))
+    return choice.precision if choice is not None else resolve_precision(precision, device)
+
+
+def settle_auto(
+    model: torch.nn.Module,
+    precision: str,
+    device: torch.device,
+    backend: str = "auto",
+    segment_s: float | None = None,
+    say: Callable[[str], None] | None = None,
+) -> PrecisionChoice | None:
+    """Measure and remember the choice for ``model`` if ``auto`` is decided by measurement here and
+    nothing is remembered yet (``say`` hears of it: a minute or less, once); the choice in force,
+    or ``None`` where ``auto`` is not measured."""
+    if not applies(model, precision, device, backend):
+        return None
+    path = record_path(model)
+    choice = read_choice(path)
+    if choice is not None:
+        return choice
+    if say is not None:
+        say("precision auto: timing float32 and int8 on this CPU for this model (once; it is remembered)")
+    choice = measure_choice(model, segment_s)
+    write_choice(path, choice)
+    if say is not None:
+        say(f"precision auto: {choice.describe()}; remembered in {path} (delete it to measure again)")
+    return choice
+
+
+def measure_choice(model: torch.nn.Module, segment_s: float | None = None) -> PrecisionChoice:
+    """Time float32 and int8 on one segment of the demo song (interleaved, best of
+    :data:`TIMED_ROUNDS`) with a bag's first model, and take int8's SNR against float32 on each."""
+    from stemdeck.models.separate import check_segment, model_run_length
+
+    models = _models(model)
+    first = models[0].eval()
+    length = model_run_length(first, int(check_segment(first, segment_s) * first.samplerate), segment_s)
+    mix = _demo_mix(length, first.audio_channels)
+    snrs, times = [], {"fp32": [], "int8": []}
+    for index, part in enumerate(models):
+        runs = {name: prepare_model(part.eval(), name, torch.device("cpu")) for name in ("fp32", "int8")}
+        rounds = 1 + TIMED_ROUNDS if index == 0 else 1
+        outputs = {}
+        for round_index in range(rounds):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    outputs[name] = run(mix)
+                if round_index:
+                    times[name].append(time.perf_counter() - start)
+        snrs.append(snr_db(outputs["fp32"], outputs["int8"]))
+    fp32_s, int8_s, worst_snr = min(times["fp32"]), min(times["int8"]), min(snrs)
+    return PrecisionChoice(verdict(fp32_s, int8_s, worst_snr), fp32_s, int8_s, worst_snr, torch.get_num_threads())
+
+
+def verdict(fp32_s: float, int8_s: float, snr_db: float) -> str:
+    """int8 where it takes at most :data:`WIN_RATIO` of float32's time at :data:`SNR_BAR_DB` or more."""
+    return "int8" if int8_s <= WIN_RATIO * fp32_s and snr_db >= SNR_BAR_DB else "fp32"
+
+
+def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    noise = (reference - estimate).double().pow(2).sum()
+    return float(10 * torch.log10(reference.double().pow(2).sum() / noise.clamp_min(1e-30)))
+
+
+def read_choice(path: Path) -> PrecisionChoice | None:
+    """The record at ``path``, or ``None`` when missing, damaged or of another format."""
+    try:
+        record = json.loads(path.read_text())
+        if record.get("format") != RECORD_FORMAT:
+            return None
+        choice = PrecisionChoice(**record["choice"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return choice if choice.precision in ("fp32", "int8") else None
+
+
+def write_choice(path: Path, choice: PrecisionChoice) -> None:
+    """The record whole or not at all; a cache that cannot be written only costs a new measurement."""
+    record = {"format": RECORD_FORMAT, "machine": _machine(), "choice": asdict(choice)}
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(record, indent=1))
+        os.replace(temporary, path)
+    except OSError:
+        pass
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _models(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """A bag's models, or the model itself."""
+    return list(getattr(model, "models", None) or [model])
+
+
+def _demo_mix(length: int, channels: int) -> torch.Tensor:
+    """``length`` frames of the demo song (music, not noise: int8's error depends on the signal),
+    normalised as a separation normalises its input."""
+    from stemdeck.models.demo import SAMPLERATE, demo_stems
+
+    mix = sum(demo_stems(length / SAMPLERATE + 1.0).values())[:, :length]
+    mix = np.resize(mix, (channels, length)) if mix.shape[0] != channels else mix
+    mono = mix.mean(0)
+    return torch.from_numpy(((mix - mono.mean()) / (mono.std() + 1e-8)).astype(np.float32))[None]
+
+
+@functools.cache
+def _machine() -> dict:
+    """What int8's speed depends on: the CPU, its int8 instructions and torch's kernels."""
+    model_name, flags = "", []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not model_name:
+                model_name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return {
+        "cpu": model_name or os.uname().machine,
+        "flags": [flag for flag in CPU_FLAGS if flag in flags],
+        "torch": torch.__version__,
+        "capability": torch.backends.cpu.get_cpu_capability(),
+    }

@@ -1,0 +1,168 @@
+"""``--precision auto`` on a CPU without native bfloat16: int8 or float32, measured once per model
+and machine by the separation commands, and read by every separation after (models/precision_choice.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_stemdeck, snr_db, tiny_ht_transformer_on, write_tone
+
+from stemdeck.models import HDemucs, save_safetensors
+from stemdeck.models import precision as precision_module
+from stemdeck.models import precision_choice as choice_module
+from stemdeck.models.nets.transformer import Int8Attention
+from stemdeck.models.precision import cpu_has_native_bf16, prepare_model, prepare_network
+from stemdeck.models.precision_choice import (
+    PrecisionChoice,
+    applies,
+    measure_choice,
+    read_choice,
+    record_path,
+    remembered_precision,
+    settle_auto,
+    verdict,
+    write_choice,
+)
+
+CPU = torch.device("cpu")
+TIMES = {"fp32_s": 1.0, "int8_s": 0.5, "snr_db": 50.0, "threads": 1}
+
+
+@pytest.fixture(autouse=True)
+def _no_native_bf16(monkeypatch):
+    """The AVX2 case, whatever CPU runs the tests (on a bfloat16 CPU ``auto`` is bfloat16, unmeasured)."""
+    _native_bf16(monkeypatch, False)
+
+
+def _native_bf16(monkeypatch, native: bool) -> None:
+    monkeypatch.setattr(choice_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: native)
+
+
+def _choice(precision: str) -> PrecisionChoice:
+    return PrecisionChoice(precision, fp32_s=1.0, int8_s=0.8, snr_db=55.0, threads=2)
+
+
+def test_the_rule_takes_int8_only_where_it_is_clearly_faster_and_within_40_db():
+    assert verdict(1.0, 0.95, 40.0) == "int8"
+    assert verdict(1.0, 0.96, 90.0) == "fp32"  # 4 % faster is inside a quiet machine's noise
+    assert verdict(1.0, 0.50, 39.9) == "fp32"  # fast, but too far from float32
+    assert verdict(2.0, 1.0, 58.5) == "int8"
+
+
+def test_measurement_times_both_precisions_and_gives_int8_s_snr_on_music():
+    model = tiny_ht_transformer_on(0)
+    choice = measure_choice(model)
+    assert choice.fp32_s > 0 and choice.int8_s > 0
+    assert choice.threads == torch.get_num_threads()
+    assert choice.precision == verdict(choice.fp32_s, choice.int8_s, choice.snr_db)
+    mix = choice_module._demo_mix(int(float(model.segment) * model.samplerate), 2)
+    with torch.inference_mode():
+        expected = snr_db(prepare_model(model, "fp32", CPU)(mix), prepare_model(model, "int8", CPU)(mix))
+    assert choice.snr_db == pytest.approx(expected, abs=1e-3)
+    assert 40.0 < choice.snr_db < 120.0  # the LayerScales at 1: int8's error is in the stems
+
+
+def test_settle_measures_once_then_reads_the_record(monkeypatch):
+    model = tiny_ht_transformer_on(1)
+    said = []
+    first = settle_auto(model, "auto", CPU, say=said.append)
+    assert first is not None and record_path(model).is_file()
+    assert said[0].startswith("precision auto: timing float32 and int8")
+    assert f"remembered in {record_path(model)}" in said[1]
+    monkeypatch.setattr(choice_module, "measure_choice", lambda *a, **k: pytest.fail("measured twice"))
+    assert settle_auto(model, "auto", CPU, say=said.append) == first
+    assert len(said) == 2
+    assert remembered_precision(model, "auto", CPU) == first.precision
+
+
+def test_a_remembered_int8_is_what_auto_runs_offline_and_live():
+    from stemdeck.engine.worker.separator import WindowSeparator
+    from stemdeck.engine.worker.windows import WindowPlan
+
+    model = tiny_ht_transformer_on(2)
+    write_choice(record_path(model), _choice("int8"))
+    network = prepare_network(model, "auto", CPU)
+    assert network.precision == "int8"
+    assert any(isinstance(m, Int8Attention) for m in network.model.modules())
+    separator = WindowSeparator(model, WindowPlan.offline(44100, 2.0), precision="auto")
+    assert separator.precision == "int8"
+    assert any(isinstance(m, Int8Attention) for m in separator.model.modules())
+    assert prepare_network(model, "fp32", CPU).precision == "fp32"  # asked for: never overridden
+
+
+def test_the_record_belongs_to_these_weights_and_this_machine(monkeypatch):
+    one, other = tiny_ht_transformer_on(3), tiny_ht_transformer_on(4)
+    assert record_path(one) != record_path(other)
+    write_choice(record_path(one), _choice("int8"))
+    assert remembered_precision(other, "auto", CPU) == "fp32"
+    path = record_path(one)
+    monkeypatch.setattr(choice_module, "_machine", lambda: {"cpu": "another CPU", "flags": ["avx2"]})
+    assert record_path(one) != path
+    assert remembered_precision(one, "auto", CPU) == "fp32"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        json.dumps(
+            {"format": 1, "choice": {"precision": "bf16", "fp32_s": 1, "int8_s": 1, "snr_db": 50, "threads": 1}}
+        ),
+        json.dumps(
+            {"format": 99, "choice": {"precision": "int8", "fp32_s": 1, "int8_s": 1, "snr_db": 50, "threads": 1}}
+        ),
+        json.dumps({"format": 1, "choice": {"precision": "int8"}}),
+        json.dumps([1, 2]),
+    ],
+)
+def test_a_damaged_or_foreign_record_is_ignored_and_measured_again(content):
+    model = tiny_ht_transformer_on(5)
+    path = record_path(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    assert read_choice(path) is None
+    assert remembered_precision(model, "auto", CPU) == "fp32"
+    settled = settle_auto(model, "auto", CPU)
+    assert read_choice(path) == settled
+
+
+def test_auto_is_measured_only_where_int8_could_run_instead_of_float32(monkeypatch):
+    model = tiny_ht_transformer_on(6)
+    assert applies(model, "auto", CPU)
+    assert not applies(model, "fp32", CPU)
+    assert not applies(model, "int8", CPU)
+    assert not applies(model, "auto", CPU, backend="onnx")
+    assert not applies(model, "auto", torch.device("cuda"))
+    assert not applies(HDemucs(sources=["drums", "bass"], channels=4, depth=2), "auto", CPU)  # no Transformer
+    assert settle_auto(model, "fp32", CPU) is None and not record_path(model).exists()
+    _native_bf16(monkeypatch, True)
+    assert not applies(model, "auto", CPU)
+    write_choice(record_path(model), _choice("int8"))
+    assert remembered_precision(model, "auto", CPU) == "bf16"
+
+
+@pytest.mark.skipif(cpu_has_native_bf16(), reason="auto is bfloat16, unmeasured, on this CPU")
+def test_separate_measures_on_its_first_auto_run_and_runs_the_choice(tmp_path):
+    model = tiny_ht_transformer_on(7)
+    checkpoint = tmp_path / "ht.safetensors"
+    save_safetensors(model, checkpoint)
+    write_tone(tmp_path / "song.wav", seconds=3.0)
+    command = ("separate", str(tmp_path / "song.wav"), "-o", str(tmp_path / "out"), "--model", str(checkpoint), "-v")
+    first = run_stemdeck(*command)
+    assert first.returncode == 0, first.stderr
+    assert "precision auto: timing float32 and int8 on this CPU for this model" in first.stderr
+    records = list((tmp_path / "cache" / "stemdeck" / "precision").glob("*.json"))
+    assert len(records) == 1
+    chosen = read_choice(records[0]).precision
+    assert f"network: torch ({chosen} on cpu" in first.stderr
+
+    write_choice(records[0], _choice("int8" if chosen == "fp32" else "fp32"))  # the record rules
+    second = run_stemdeck(*command, "--force")
+    assert second.returncode == 0, second.stderr
+    assert "precision auto: timing" not in second.stderr
+    assert f"network: torch ({'int8' if chosen == 'fp32' else 'fp32'} on cpu" in second.stderr
+    asked = run_stemdeck(*command, "--force", "--precision", "fp32")
+    assert "network: torch (fp32 on cpu" in asked.stderr
