@@ -56,6 +56,7 @@ from stemdeck.models.demo import demo_stems  # noqa: E402
 from stemdeck.models.precision import (  # noqa: E402
     autocast,
     cpu_has_native_bf16,
+    forget_prepared_copy,
     prepare_model,
     prepare_network,
     resolve_precision,
@@ -305,6 +306,7 @@ def track_report(models: dict, seconds: float, repeats: int = 1) -> dict:
     outputs, times = {}, {side: [] for side in models}
     for _ in range(repeats):
         for side, model in models.items():
+            forget_prepared_copy()  # each run makes its int8 or bfloat16 copy, as one `separate` does
             start = time.perf_counter()
             outputs[side] = separate_with(side, model, mix)
             times[side].append(time.perf_counter() - start)

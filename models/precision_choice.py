@@ -12,6 +12,7 @@ segment of the demo song the first time ``auto`` meets a model on a machine
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -116,9 +117,10 @@ def settle_auto(
     if say is not None:
         say("precision auto: timing float32 and int8 on this CPU for this model (once; it is remembered)")
     choice = measure_choice(model, segment_s)
-    write_choice(path, choice)
+    kept = write_choice(path, choice)
     if say is not None:
-        say(f"precision auto: {choice.describe()}; remembered in {path} (delete it to measure again)")
+        where = f"remembered in {path} (delete it to measure again)" if kept else f"could not be written to {path}"
+        say(f"precision auto: {choice.describe()}; {where}")
     return choice
 
 
@@ -170,18 +172,21 @@ def read_choice(path: Path) -> PrecisionChoice | None:
     return choice if choice.precision in ("fp32", "int8") else None
 
 
-def write_choice(path: Path, choice: PrecisionChoice) -> None:
-    """The record whole or not at all; a cache that cannot be written only costs a new measurement."""
+def write_choice(path: Path, choice: PrecisionChoice) -> bool:
+    """The record whole or not at all; whether it was written (a cache that cannot be written
+    only costs a new measurement next time)."""
     record = {"format": RECORD_FORMAT, "machine": _machine(), "choice": asdict(choice)}
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary.write_text(json.dumps(record, indent=1))
         os.replace(temporary, path)
+        return True
     except OSError:
-        pass
+        return False
     finally:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
 
 
 def _models(model: torch.nn.Module) -> list[torch.nn.Module]:

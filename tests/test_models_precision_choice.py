@@ -166,3 +166,15 @@ def test_separate_measures_on_its_first_auto_run_and_runs_the_choice(tmp_path):
     assert f"network: torch ({'int8' if chosen == 'fp32' else 'fp32'} on cpu" in second.stderr
     asked = run_stemdeck(*command, "--force", "--precision", "fp32")
     assert "network: torch (fp32 on cpu" in asked.stderr
+
+
+def test_a_cache_that_cannot_be_written_costs_only_a_new_measurement(tmp_path, monkeypatch):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would be")
+    monkeypatch.setattr(choice_module, "choices_dir", lambda: blocked / "precision")
+    model = tiny_ht_transformer_on(8)
+    said = []
+    choice = settle_auto(model, "auto", CPU, say=said.append)
+    assert choice is not None and choice.precision in ("fp32", "int8")
+    assert said[-1].endswith(f"could not be written to {record_path(model)}")
+    assert remembered_precision(model, "auto", CPU) == "fp32"

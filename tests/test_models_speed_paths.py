@@ -137,3 +137,20 @@ def test_dconv_with_lstm_and_attention_takes_the_plain_path():
         for branch in dconv.layers:
             expected = expected + branch(expected)
         torch.testing.assert_close(dconv(x), expected, rtol=0, atol=0)
+
+
+def test_int8_copy_is_made_once_per_model_until_its_weights_change():
+    from stemdeck.models.precision import forget_prepared_copy
+
+    one, other = tiny_ht_transformer_on(0), tiny_ht_transformer_on(1)
+    first = prepare_model(one, "int8", CPU)
+    assert prepare_model(one, "int8", CPU) is first  # the next file of a batch
+    assert prepare_model(one, "fp32", CPU) is one
+    with torch.no_grad():
+        one.decoder[0].conv_tr.bias.add_(1.0)  # trained, or new weights loaded
+    changed = prepare_model(one, "int8", CPU)
+    assert changed is not first
+    assert torch.equal(changed.decoder[0].conv_tr.bias, one.decoder[0].conv_tr.bias)
+    assert prepare_model(other, "int8", CPU) is not changed
+    assert prepare_model(one, "int8", CPU) is not changed  # one slot: the other model took it
+    forget_prepared_copy()
