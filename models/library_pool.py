@@ -48,6 +48,11 @@ def init_worker(model_spec: str, torch_threads: int, niceness: int, events) -> N
 
 
 def run_job(job: Job, options: JobOptions, device: str) -> Outcome:
+    if not _worker.get("precision_committed"):  # the first job: the options arrive with it
+        from stemdeck.models.track_job import commit_precision
+
+        commit_precision(_worker["model"], options.precision, device, options.backend)
+        _worker["precision_committed"] = True
     events = _worker["events"]
     bars = FileBars(job.index, lambda kind, index, value: events.put((kind, index, value)))
     return separate_job(_worker["model"], job, options, device, bars)

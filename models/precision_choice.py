@@ -26,7 +26,8 @@ import numpy as np
 import platformdirs
 import torch
 
-from stemdeck.models.precision import cpu_has_native_bf16, prepare_model, resolve_precision
+from stemdeck.models.nets.transformer import is_int8
+from stemdeck.models.precision import cpu_has_native_bf16, forget_prepared_copy, prepare_model, resolve_precision
 
 RECORD_FORMAT = 1
 SNR_BAR_DB = 40.0  # issue 13's bar for the stems of a faster precision against float32
@@ -75,6 +76,7 @@ def applies(model: torch.nn.Module, precision: str, device: torch.device, backen
         and backend in ("auto", "torch")
         and not cpu_has_native_bf16()
         and has_int8_work(model)
+        and not is_int8(_models(model)[0])
     )
 
 
@@ -90,7 +92,10 @@ def record_path(model: torch.nn.Module) -> Path:
 
 def remembered_precision(model: torch.nn.Module, precision: str, device: torch.device, backend: str = "auto") -> str:
     """``precision`` resolved for ``model``: ``auto`` is the remembered choice where one applies
-    and was measured, else :func:`~models.precision.resolve_precision`'s answer. Never measures."""
+    and was measured (or the model was made int8 for good), else
+    :func:`~models.precision.resolve_precision`'s answer. Never measures."""
+    if precision == "auto" and is_int8(_models(model)[0]):
+        return "int8"
     if not applies(model, precision, device, backend) or not choices_dir().is_dir():
         return resolve_precision(precision, device)
     choice = read_choice(record_path(model))
@@ -146,6 +151,7 @@ def measure_choice(model: torch.nn.Module, segment_s: float | None = None) -> Pr
                 if round_index:
                     times[name].append(time.perf_counter() - start)
         snrs.append(snr_db(outputs["fp32"], outputs["int8"]))
+    forget_prepared_copy()  # the command makes its own, or its model int8 in place
     fp32_s, int8_s, worst_snr = min(times["fp32"]), min(times["int8"]), min(snrs)
     return PrecisionChoice(verdict(fp32_s, int8_s, worst_snr), fp32_s, int8_s, worst_snr, torch.get_num_threads())
 

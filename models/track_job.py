@@ -296,7 +296,21 @@ def settle_precision(model, args: argparse.Namespace, device: str) -> None:
 
     from stemdeck.models.precision_choice import settle_auto
 
-    settle_auto(model, args.precision, torch.device(device), getattr(args, "backend", "auto"), args.segment, say)
+    backend = getattr(args, "backend", "auto")
+    settle_auto(model, args.precision, torch.device(device), backend, args.segment, say)
+    commit_precision(model, args.precision, device, backend)
+
+
+def commit_precision(model, precision: str, device: str, backend: str) -> None:
+    """int8 for this command (asked for, or ``auto``'s remembered choice): the model is made int8
+    in place, its float Transformer freed, since the command runs nothing else with it."""
+    import torch
+
+    from stemdeck.models.precision import quantize_in_place
+    from stemdeck.models.precision_choice import remembered_precision
+
+    if backend in ("auto", "torch") and remembered_precision(model, precision, torch.device(device), backend) == "int8":
+        quantize_in_place(model)
 
 
 def check_backend_fits(model, args: argparse.Namespace, device: str) -> None:

@@ -154,3 +154,41 @@ def test_int8_copy_is_made_once_per_model_until_its_weights_change():
     assert prepare_model(other, "int8", CPU) is not changed
     assert prepare_model(one, "int8", CPU) is not changed  # one slot: the other model took it
     forget_prepared_copy()
+
+
+def test_in_place_inference_gives_the_numbers_autograd_gets_and_leaves_backward_whole():
+    """GELU, the DConv residual and the output scaling write over fresh tensors at inference
+    only: the same numbers as the graph autograd records, which still backpropagates."""
+    model = tiny_ht_transformer_on(2)
+    mix = torch.randn(1, 2, int(float(model.segment) * model.samplerate))
+    with torch.inference_mode():
+        inferred = model(mix)
+    with torch.no_grad():
+        no_grad = model(mix)
+    recorded = model(mix)
+    assert torch.equal(inferred, no_grad)
+    assert torch.allclose(recorded.detach(), inferred, atol=1e-6)
+    recorded.pow(2).mean().backward()  # no "modified by an inplace operation"
+    assert all(p.grad is not None for p in model.crosstransformer.parameters() if p.requires_grad)
+
+
+def test_a_command_makes_its_model_int8_in_place_and_keeps_no_float_transformer():
+    from stemdeck.models.nets.transformer import is_int8
+    from stemdeck.models.precision import prepare_network
+    from stemdeck.models.track_job import commit_precision
+
+    model = tiny_ht_transformer_on(3)
+    mix = torch.randn(1, 2, int(float(model.segment) * model.samplerate))
+    with torch.inference_mode():
+        copied = prepare_model(model, "int8", CPU)(mix)
+    assert any(isinstance(m, nn.Linear) for m in model.crosstransformer.modules())
+    commit_precision(model, "int8", "cpu", "auto")
+    assert is_int8(model)
+    assert not any(isinstance(m, nn.Linear) for m in model.crosstransformer.modules())
+    assert not any(type(m) is Attention for m in model.modules())
+    network = prepare_network(model, "auto", CPU)
+    assert network.precision == "int8" and network.model is model
+    with torch.inference_mode():
+        assert torch.equal(network(mix), copied)  # the same int8 numbers as the copy's
+    with pytest.raises(ValueError, match="Transformer was made int8; it cannot run fp32"):
+        prepare_model(model, "fp32", CPU)

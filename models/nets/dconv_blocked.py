@@ -66,9 +66,10 @@ def _foldable(layer: nn.Sequential) -> bool:
     )
 
 
-def run(layers: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-    """``x`` plus each branch in turn, as ``DConv.forward``; ``x`` itself is left as it is."""
-    out = torch.empty_like(x)  # keeps x's strides: the spectral branch's channels-last view
+def run(layers: nn.ModuleList, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """``x`` plus each branch in turn, as ``DConv.forward``; ``x`` itself is left as it is unless
+    ``in_place`` (each branch reads all of its input before its first block is written)."""
+    out = x if in_place else torch.empty_like(x)  # empty_like keeps x's (channels-last view's) strides
     for index, layer in enumerate(layers):
         _branch_into(layer, x if index == 0 else out, out)
     return out

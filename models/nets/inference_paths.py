@@ -11,13 +11,26 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+
+def eager_inference() -> bool:
+    """No gradient wanted, and not being traced, scripted or exported to ONNX: a fresh
+    intermediate may then be overwritten in place (autograd may need it; a trace or an export
+    would record the in-place op)."""
+    if torch.is_grad_enabled():
+        return False
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
 
 
 def float32_eager_inference(x: torch.Tensor, module: nn.Module) -> bool:
-    """``x`` and every parameter of ``module`` float32, no gradient wanted, no autocast, and
-    not being traced, scripted or exported to ONNX."""
-    if x.dtype != torch.float32 or torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
-        return False
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+    """:func:`eager_inference`, with ``x`` and every parameter of ``module`` float32 and no autocast."""
+    if x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type) or not eager_inference():
         return False
     return all(parameter.dtype == torch.float32 for parameter in module.parameters())
+
+
+def gelu_fresh(x: torch.Tensor) -> torch.Tensor:
+    """GELU of ``x``, which nothing else holds: in place at inference (each of the widest tensors
+    a forward makes is 20-40 MB, freshly mapped and faulted in), else as autograd needs it."""
+    return torch.ops.aten.gelu_(x) if eager_inference() else F.gelu(x)

@@ -169,9 +169,10 @@ class DConv(nn.Module):
                 mods.insert(3, BLSTM(hidden, layers=2, max_steps=200, skip=True))
             self.layers.append(nn.Sequential(*mods))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, consume: bool = False) -> torch.Tensor:
+        """``consume``: ``x`` is the caller's to lose; the blocked path then writes over it."""
         if not self.training and dconv_blocked.usable(self.layers, x):
-            return dconv_blocked.run(self.layers, x)
+            return dconv_blocked.run(self.layers, x, in_place=consume)
         for layer in self.layers:
             plain = dconv_blocked.is_plain(layer) and not self.training
             x = x + (_plain_branch(layer, x) if plain else layer(x))

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from stemdeck.models.nets.inference_paths import eager_inference, gelu_fresh
 from stemdeck.models.nets.layers import LayerScale
 from stemdeck.models.nets.sparse import SparsePattern, block_plan, lsh_attention, lsh_projections, planned_attention
 
@@ -182,13 +183,12 @@ class Int8Attention(Attention):
     stays in float32, where the softmax needs the precision."""
 
     def __init__(self, source: Attention):
-        super().__init__(source.in_proj_weight.shape[1], source.heads, source.dropout)
-        self.load_state_dict(source.state_dict())
-        dim = self.in_proj_weight.shape[1]
+        nn.Module.__init__(self)  # not Attention's: no float projections (its weights would be freed)
+        self.heads, self.dropout = source.heads, source.dropout
+        dim = source.in_proj_weight.shape[1]
         rows = {"qkv": slice(None), "q": slice(None, dim), "kv": slice(dim, None)}
-        self.packed = nn.ModuleDict(
-            {name: _int8_linear(self.in_proj_weight[part], self.in_proj_bias[part]) for name, part in rows.items()}
-        )
+        weight, bias = source.in_proj_weight, source.in_proj_bias
+        self.packed = nn.ModuleDict({name: _int8_linear(weight[part], bias[part]) for name, part in rows.items()})
         self.out_proj = _int8_linear(source.out_proj.weight, source.out_proj.bias)
 
     def _project_qkv(self, x: torch.Tensor) -> torch.Tensor:
@@ -216,6 +216,11 @@ def _int8_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
                 linear.bias.copy_(bias)
         linear.qconfig = per_channel_dynamic_qconfig
         return quantized.Linear.from_float(linear)
+
+
+def is_int8(model: nn.Module) -> bool:
+    """Whether ``model``'s Transformer was made int8 (:func:`quantize_int8`): it runs nothing else."""
+    return any(isinstance(module, Int8Attention) for module in model.modules())
 
 
 def quantize_int8(encoder: nn.Module) -> None:
@@ -291,7 +296,12 @@ class TransformerLayer(nn.Module):
         return self.dropout1(self.self_attn(x))
 
     def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+        hidden = self.linear1(x)
+        if self.activation is F.gelu:
+            hidden = gelu_fresh(hidden)
+        else:
+            hidden = F.relu(hidden, inplace=eager_inference())
+        return self.dropout2(self.linear2(self.dropout(hidden)))
 
 
 def layer_scales_at_one(model: nn.Module) -> nn.Module:

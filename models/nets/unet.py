@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from stemdeck.models.nets import rewrite_blocked
+from stemdeck.models.nets.inference_paths import eager_inference, gelu_fresh
 from stemdeck.models.nets.layers import DConv, FrequencyEmbedding, _norm, rescale_module
 from stemdeck.models.nets.spec import hybrid_inverse_of_channels, hybrid_spectrogram
 
@@ -29,10 +30,11 @@ def _freq_major(y: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
 
 
 def _run_dconv(dconv: nn.Module, y: torch.Tensor, freq: bool) -> torch.Tensor:
+    """The DConv of ``y``, which the layer no longer needs: it may be overwritten."""
     if not freq:
-        return dconv(y)
+        return dconv(y, consume=True)
     flat, shape = _freq_major(y)
-    return dconv(flat).view(shape).permute(0, 2, 1, 3)
+    return dconv(flat, consume=True).view(shape).permute(0, 2, 1, 3)
 
 
 def _rewrite_glu(rewrite: nn.Module, norm: nn.Module, y: torch.Tensor) -> torch.Tensor:
@@ -94,7 +96,7 @@ class EncoderLayer(nn.Module):
             return y
         if inject is not None:
             y = y + (inject[:, :, None] if inject.dim() == 3 and y.dim() == 4 else inject)
-        y = F.gelu(self.norm1(y))
+        y = gelu_fresh(self.norm1(y))  # the conv's output, or its sum with inject
         if self.dconv is not None:
             y = _run_dconv(self.dconv, y, self.freq)
         if self.rewrite is None:
@@ -166,7 +168,7 @@ class DecoderLayer(nn.Module):
         else:
             z = z[..., self.pad : self.pad + length]
         if not self.last:
-            z = F.gelu(z)
+            z = gelu_fresh(z)  # a view of the transposed conv's output
         return z, y
 
 
@@ -307,14 +309,18 @@ class HybridUNet(nn.Module):
         waveform branch's ``(B, S * C, T)``, both scaled back."""
         mean = spec.mean(dim=(1, 2, 3), keepdim=True)
         std = spec.std(dim=(1, 2, 3), keepdim=True)
-        x = (spec - mean) / (1e-5 + std)
         meant = mix.mean(dim=(1, 2), keepdim=True)
         stdt = mix.std(dim=(1, 2), keepdim=True)
-        xt = (mix - meant) / (1e-5 + stdt)
+        if eager_inference():
+            x, xt = (spec - mean).div_(1e-5 + std), (mix - meant).div_(1e-5 + stdt)
+        else:
+            x, xt = (spec - mean) / (1e-5 + std), (mix - meant) / (1e-5 + stdt)
 
         x, xt, skips = self._encode(x, xt)
         x, xt = self._bottleneck(x, xt)
         x, xt = self._decode(x, xt, skips)
+        if eager_inference():  # the decoders' outputs, held by nothing else
+            return x.mul_(std).add_(mean), xt.mul_(stdt).add_(meant)
         return x * std + mean, xt * stdt + meant
 
     def stems(self, spec: torch.Tensor, wave: torch.Tensor, length: int) -> torch.Tensor:
@@ -343,7 +349,8 @@ class HybridUNet(nn.Module):
             x = encode(x, inject)
             if index == 0 and self.freq_emb is not None:
                 bins = torch.arange(x.shape[-2], device=x.device)
-                x = x + self.freq_emb_scale * self.freq_emb(bins).t()[None, :, :, None]
+                embedding = self.freq_emb_scale * self.freq_emb(bins).t()[None, :, :, None]
+                x = x.add_(embedding) if eager_inference() else x + embedding
             skips["x"].append(x)
         return x, xt, skips
 
