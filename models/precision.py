@@ -206,14 +206,14 @@ def prepare_network(
 ) -> Network:
     """What runs ``model``'s chunks (of ``segment_s`` seconds): torch, ONNX Runtime or OpenVINO
     as ``backend`` asks, ``"auto"`` as the module's docstring says (``note`` hears of a first
-    export). ``"onnx"`` or ``"openvino"`` that cannot run here raises ``ValueError`` saying why."""
+    export). ``precision`` ``"auto"`` is resolved without a model here: callers resolve it with
+    :func:`models.precision_choice.remembered_precision` first. ``"onnx"`` or ``"openvino"``
+    that cannot run here raises ``ValueError`` saying why."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
     exported = EXPORTED_BACKENDS.get(backend)
     if exported is None:
-        from stemdeck.models.precision_choice import remembered_precision
-
-        return TorchNetwork(model, remembered_precision(model, precision, device, backend), device)
+        return TorchNetwork(model, precision, device)
     return exported.network(model, precision, device, segment_s, note)
 
 

@@ -33,6 +33,7 @@ RECORD_FORMAT = 1
 SNR_BAR_DB = 40.0  # issue 13's bar for the stems of a faster precision against float32
 WIN_RATIO = 0.95  # int8 must take at most this share of float32's time: a closer call is noise
 TIMED_ROUNDS = 2  # per precision, interleaved, after one untimed warm-up each
+PIN_ENV = "STEMDECK_AUTO_PRECISION"
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")  # what FBGEMM's int8 uses
 
 
@@ -67,9 +68,26 @@ def has_int8_work(model: torch.nn.Module) -> bool:
     return any(isinstance(module, Attention) for module in _models(model)[0].modules())
 
 
+def pinned() -> str | None:
+    """``$STEMDECK_AUTO_PRECISION``: ``fp32`` or ``int8`` for ``auto`` wherever it would be
+    measured, without measuring (the same choice on every machine of a fleet, or repeatable
+    numbers); unset or ``measure``: measured."""
+    value = os.environ.get(PIN_ENV, "").strip().lower()
+    if value in ("", "measure"):
+        return None
+    if value not in ("fp32", "int8"):
+        raise ValueError(f"${PIN_ENV}={value!r} is not a choice; set it to fp32, int8 or measure, or unset it")
+    return value
+
+
 def applies(model: torch.nn.Module, precision: str, device: torch.device, backend: str = "auto") -> bool:
     """Whether ``auto`` is decided by measurement here: a CPU without native bfloat16, torch,
-    and a model with a Transformer."""
+    and a model with a Transformer, and no :func:`pinned` choice."""
+    return eligible(model, precision, device, backend) and pinned() is None
+
+
+def eligible(model: torch.nn.Module, precision: str, device: torch.device, backend: str = "auto") -> bool:
+    """Whether ``auto`` may mean int8 here (measured, or :func:`pinned`)."""
     return (
         precision == "auto"
         and device.type == "cpu"
@@ -96,6 +114,8 @@ def remembered_precision(model: torch.nn.Module, precision: str, device: torch.d
     :func:`~models.precision.resolve_precision`'s answer. Never measures."""
     if precision == "auto" and is_int8(_models(model)[0]):
         return "int8"
+    if eligible(model, precision, device, backend) and pinned() is not None:
+        return pinned()
     if not applies(model, precision, device, backend) or not choices_dir().is_dir():
         return resolve_precision(precision, device)
     choice = read_choice(record_path(model))
@@ -132,11 +152,10 @@ def settle_auto(
 def measure_choice(model: torch.nn.Module, segment_s: float | None = None) -> PrecisionChoice:
     """Time float32 and int8 on one segment of the demo song (interleaved, best of
     :data:`TIMED_ROUNDS`) with a bag's first model, and take int8's SNR against float32 on each."""
-    from stemdeck.models.separate import check_segment, model_run_length
-
     models = _models(model)
     first = models[0].eval()
-    length = model_run_length(first, int(check_segment(first, segment_s) * first.samplerate), segment_s)
+    length = int(float(segment_s or first.segment) * first.samplerate)
+    length = first.valid_length(length) if hasattr(first, "valid_length") else length  # HT Demucs: its training segment
     mix = _demo_mix(length, first.audio_channels)
     snrs, times = [], {"fp32": [], "int8": []}
     for index, part in enumerate(models):

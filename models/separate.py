@@ -23,6 +23,7 @@ from stemdeck.models.bag import BagOfModels
 from stemdeck.models.bandwidth import share_high_band
 from stemdeck.models.nets.htdemucs import HTDemucs
 from stemdeck.models.precision import Network, prepare_network
+from stemdeck.models.precision_choice import remembered_precision
 
 Progress = Callable[[float], None]  # called with the fraction of the work done, rising to 1
 MIN_SEGMENT_S = 0.1  # shorter chunks are all padding and overhead
@@ -142,7 +143,8 @@ def apply_model(
             out += stems * sub_weights[None, :, None, None]
         return out
     model = model.to(device).eval()
-    network = prepare_network(model, precision, device, backend, segment, note)
+    resolved = remembered_precision(model, precision, device, backend)  # auto: int8 where measured faster
+    network = prepare_network(model, resolved, device, backend, segment, note)
     with torch.inference_mode():
         if shifts:
             return _apply_shifted(

@@ -31,6 +31,7 @@ from torch import nn
 from stemdeck.models.bag import BagOfModels
 from stemdeck.models.bandwidth import HighBandStream
 from stemdeck.models.precision import Network, prepare_network
+from stemdeck.models.precision_choice import remembered_precision
 from stemdeck.models.separate import (
     ChunkPlan,
     Progress,
@@ -368,7 +369,8 @@ def make_lanes(
 
 
 def _network(model: nn.Module, settings: Settings, device: torch.device) -> Network:
-    network = prepare_network(model, settings.precision, device, settings.backend, settings.segment, settings.note)
+    precision = remembered_precision(model, settings.precision, device, settings.backend)
+    network = prepare_network(model, precision, device, settings.backend, settings.segment, settings.note)
     if settings.verbose and settings.note is not None:
         settings.note(f"network: {network.describe()}")
     return network

@@ -136,6 +136,9 @@ os.environ.setdefault("STEMDECK_NATIVE_DIR", str(Path(tempfile.gettempdir()) / f
 def _isolated_model_dirs(tmp_path, monkeypatch):
     """No test sees the user's cache or settings, or reaches the official download location."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    # --precision auto as before it measured int8 against float32 (timing decides it, so two
+    # machines could differ): tests/test_models_precision_choice.py unsets it
+    monkeypatch.setenv("STEMDECK_AUTO_PRECISION", "fp32")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # the deck's track memory (hot cues)
     monkeypatch.delenv("STEMDECK_MODEL_DIR", raising=False)

@@ -3,18 +3,20 @@ and machine by the separation commands, and read by every separation after (mode
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
 import torch
 from conftest import run_stemdeck, snr_db, tiny_ht_transformer_on, write_tone
 
-from stemdeck.models import HDemucs, save_safetensors
+from stemdeck.models import HDemucs, apply_model, save_safetensors
 from stemdeck.models import precision as precision_module
 from stemdeck.models import precision_choice as choice_module
 from stemdeck.models.nets.transformer import Int8Attention
 from stemdeck.models.precision import cpu_has_native_bf16, prepare_model, prepare_network
 from stemdeck.models.precision_choice import (
+    PIN_ENV,
     PrecisionChoice,
     applies,
     measure_choice,
@@ -27,12 +29,15 @@ from stemdeck.models.precision_choice import (
 )
 
 CPU = torch.device("cpu")
+separate_module = importlib.import_module("stemdeck.models.separate")  # the module, not its separate()
 TIMES = {"fp32_s": 1.0, "int8_s": 0.5, "snr_db": 50.0, "threads": 1}
 
 
 @pytest.fixture(autouse=True)
-def _no_native_bf16(monkeypatch):
-    """The AVX2 case, whatever CPU runs the tests (on a bfloat16 CPU ``auto`` is bfloat16, unmeasured)."""
+def _no_native_bf16(monkeypatch, _isolated_model_dirs):
+    """The AVX2 case, whatever CPU runs the tests (on a bfloat16 CPU ``auto`` is bfloat16,
+    unmeasured), and ``auto`` measured (the other tests pin it to float32)."""
+    monkeypatch.delenv(PIN_ENV)
     _native_bf16(monkeypatch, False)
 
 
@@ -78,15 +83,19 @@ def test_settle_measures_once_then_reads_the_record(monkeypatch):
     assert remembered_precision(model, "auto", CPU) == first.precision
 
 
-def test_a_remembered_int8_is_what_auto_runs_offline_and_live():
+def test_a_remembered_int8_is_what_auto_runs_offline_and_live(monkeypatch):
     from stemdeck.engine.worker.separator import WindowSeparator
     from stemdeck.engine.worker.windows import WindowPlan
 
     model = tiny_ht_transformer_on(2)
     write_choice(record_path(model), _choice("int8"))
-    network = prepare_network(model, "auto", CPU)
-    assert network.precision == "int8"
-    assert any(isinstance(m, Int8Attention) for m in network.model.modules())
+    networks = []
+    monkeypatch.setattr(
+        separate_module, "prepare_network", lambda *a: networks.append(prepare_network(*a)) or networks[-1]
+    )
+    apply_model(model, torch.zeros(1, 2, 44100), precision="auto")
+    assert networks[0].precision == "int8"
+    assert any(isinstance(m, Int8Attention) for m in networks[0].model.modules())
     separator = WindowSeparator(model, WindowPlan.offline(44100, 2.0), precision="auto")
     assert separator.precision == "int8"
     assert any(isinstance(m, Int8Attention) for m in separator.model.modules())
@@ -178,3 +187,16 @@ def test_a_cache_that_cannot_be_written_costs_only_a_new_measurement(tmp_path, m
     assert choice is not None and choice.precision in ("fp32", "int8")
     assert said[-1].endswith(f"could not be written to {record_path(model)}")
     assert remembered_precision(model, "auto", CPU) == "fp32"
+
+
+def test_a_pinned_choice_is_run_without_measuring_and_a_wrong_one_is_refused(monkeypatch, tmp_path):
+    model = tiny_ht_transformer_on(9)
+    monkeypatch.setenv(PIN_ENV, "int8")
+    monkeypatch.setattr(choice_module, "measure_choice", lambda *a, **k: pytest.fail("measured"))
+    assert settle_auto(model, "auto", CPU) is None
+    assert remembered_precision(model, "auto", CPU) == "int8"
+    assert remembered_precision(model, "fp32", CPU) == "fp32"
+    assert remembered_precision(model, "auto", CPU, backend="onnx") == "fp32"
+    monkeypatch.setenv(PIN_ENV, "fast")
+    with pytest.raises(ValueError, match=r"\$STEMDECK_AUTO_PRECISION='fast' is not a choice; set it to fp32, int8"):
+        remembered_precision(model, "auto", CPU)

@@ -175,6 +175,7 @@ def test_in_place_inference_gives_the_numbers_autograd_gets_and_leaves_backward_
 def test_a_command_makes_its_model_int8_in_place_and_keeps_no_float_transformer():
     from stemdeck.models.nets.transformer import is_int8
     from stemdeck.models.precision import prepare_network
+    from stemdeck.models.precision_choice import remembered_precision
     from stemdeck.models.track_job import commit_precision
 
     model = tiny_ht_transformer_on(3)
@@ -186,7 +187,7 @@ def test_a_command_makes_its_model_int8_in_place_and_keeps_no_float_transformer(
     assert is_int8(model)
     assert not any(isinstance(m, nn.Linear) for m in model.crosstransformer.modules())
     assert not any(type(m) is Attention for m in model.modules())
-    network = prepare_network(model, "auto", CPU)
+    network = prepare_network(model, remembered_precision(model, "auto", CPU), CPU)  # as separate resolves auto
     assert network.precision == "int8" and network.model is model
     with torch.inference_mode():
         assert torch.equal(network(mix), copied)  # the same int8 numbers as the copy's
