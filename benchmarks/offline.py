@@ -56,6 +56,7 @@ from stemdeck.models.demo import demo_stems  # noqa: E402
 from stemdeck.models.precision import (  # noqa: E402
     autocast,
     cpu_has_native_bf16,
+    cpu_info,
     forget_prepared_copy,
     prepare_model,
     prepare_network,
@@ -226,11 +227,7 @@ def measure_rss(side: str, minutes: float, weights: Path) -> dict:
 
 
 def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    flags = cpu_info()[1]
     return [flag for flag in CPU_FLAGS if flag in flags]
 
 

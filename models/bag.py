@@ -66,6 +66,11 @@ class BagOfModels(nn.Module):
         return out
 
 
+def models_of(model: nn.Module) -> list[nn.Module]:
+    """A bag's models, or the model itself."""
+    return list(model.models) if isinstance(model, BagOfModels) else [model]
+
+
 def _check_segment(segment: Any) -> None:
     low, high = SEGMENT_RANGE_S
     if segment is not None and (

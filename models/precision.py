@@ -43,12 +43,23 @@ BACKENDS = ("auto", "torch", "onnx", "openvino")
 
 
 @functools.cache
-def cpu_has_native_bf16() -> bool:
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and flags from ``/proc/cpuinfo`` (``""`` and none where unreadable)."""
+    model_name, flags = "", frozenset()
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+        return model_name, flags
+    for line in lines:
+        if line.startswith("model name") and not model_name:
+            model_name = line.split(":", 1)[1].strip()
+        elif line.startswith("flags") and not flags:
+            flags = frozenset(line.split(":", 1)[1].split())
+    return model_name, flags
+
+
+def cpu_has_native_bf16() -> bool:
+    flags = cpu_info()[1]
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
@@ -135,9 +146,10 @@ def quantize_in_place(model: torch.nn.Module) -> None:
     """Make ``model``'s Transformer int8 for good, for a command that runs nothing else: its
     float weights are freed rather than kept beside an int8 copy (160 MB for htdemucs, which took
     `separate` to 1.0 GB). A bag's models each."""
+    from stemdeck.models.bag import models_of
     from stemdeck.models.nets.transformer import quantize_int8
 
-    for part in getattr(model, "models", None) or [model]:
+    for part in models_of(model):
         quantize_int8(part)
         part.to(memory_format=torch.channels_last)
 

@@ -12,7 +12,6 @@ segment of the demo song the first time ``auto`` meets a model on a machine
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -26,8 +25,16 @@ import numpy as np
 import platformdirs
 import torch
 
-from stemdeck.models.nets.transformer import is_int8
-from stemdeck.models.precision import cpu_has_native_bf16, forget_prepared_copy, prepare_model, resolve_precision
+from stemdeck.models.bag import models_of
+from stemdeck.models.nets.transformer import Attention, is_int8
+from stemdeck.models.onnx_backend import model_digest, write_atomically
+from stemdeck.models.precision import (
+    cpu_has_native_bf16,
+    cpu_info,
+    forget_prepared_copy,
+    prepare_model,
+    resolve_precision,
+)
 
 RECORD_FORMAT = 1
 SNR_BAR_DB = 40.0  # issue 13's bar for the stems of a faster precision against float32
@@ -63,9 +70,7 @@ def choices_dir() -> Path:
 
 def has_int8_work(model: torch.nn.Module) -> bool:
     """Whether int8 changes anything in ``model``: it quantises the Transformer's products only."""
-    from stemdeck.models.nets.transformer import Attention
-
-    return any(isinstance(module, Attention) for module in _models(model)[0].modules())
+    return any(isinstance(module, Attention) for module in models_of(model)[0].modules())
 
 
 def pinned() -> str | None:
@@ -94,16 +99,14 @@ def eligible(model: torch.nn.Module, precision: str, device: torch.device, backe
         and backend in ("auto", "torch")
         and not cpu_has_native_bf16()
         and has_int8_work(model)
-        and not is_int8(_models(model)[0])
+        and not is_int8(models_of(model)[0])
     )
 
 
 def record_path(model: torch.nn.Module) -> Path:
     """The record for this model on this machine: its weights, the CPU and torch's version."""
-    from stemdeck.models.onnx_backend import model_digest
-
     digest = hashlib.sha256(json.dumps(_machine(), sort_keys=True).encode())
-    for part in _models(model):
+    for part in models_of(model):
         digest.update(model_digest(part, 0).encode())
     return choices_dir() / f"{digest.hexdigest()[:32]}.json"
 
@@ -112,13 +115,14 @@ def remembered_precision(model: torch.nn.Module, precision: str, device: torch.d
     """``precision`` resolved for ``model``: ``auto`` is the remembered choice where one applies
     and was measured (or the model was made int8 for good), else
     :func:`~models.precision.resolve_precision`'s answer. Never measures."""
-    if precision == "auto" and is_int8(_models(model)[0]):
+    if precision == "auto" and is_int8(models_of(model)[0]):
         return "int8"
-    if eligible(model, precision, device, backend) and pinned() is not None:
-        return pinned()
-    if not applies(model, precision, device, backend) or not choices_dir().is_dir():
+    if not eligible(model, precision, device, backend):
         return resolve_precision(precision, device)
-    choice = read_choice(record_path(model))
+    pin = pinned()
+    if pin is not None:
+        return pin
+    choice = read_choice(record_path(model)) if choices_dir().is_dir() else None
     return choice.precision if choice is not None else resolve_precision(precision, device)
 
 
@@ -152,7 +156,7 @@ def settle_auto(
 def measure_choice(model: torch.nn.Module, segment_s: float | None = None) -> PrecisionChoice:
     """Time float32 and int8 on one segment of the demo song (interleaved, best of
     :data:`TIMED_ROUNDS`) with a bag's first model, and take int8's SNR against float32 on each."""
-    models = _models(model)
+    models = models_of(model)
     first = models[0].eval()
     length = int(float(segment_s or first.segment) * first.samplerate)
     length = first.valid_length(length) if hasattr(first, "valid_length") else length  # HT Demucs: its training segment
@@ -201,22 +205,12 @@ def write_choice(path: Path, choice: PrecisionChoice) -> bool:
     """The record whole or not at all; whether it was written (a cache that cannot be written
     only costs a new measurement next time)."""
     record = {"format": RECORD_FORMAT, "machine": _machine(), "choice": asdict(choice)}
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps(record, indent=1))
-        os.replace(temporary, path)
-        return True
+        write_atomically(path, json.dumps(record, indent=1).encode())
     except OSError:
         return False
-    finally:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
-
-
-def _models(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """A bag's models, or the model itself."""
-    return list(getattr(model, "models", None) or [model])
+    return True
 
 
 def _demo_mix(length: int, channels: int) -> torch.Tensor:
@@ -233,15 +227,7 @@ def _demo_mix(length: int, channels: int) -> torch.Tensor:
 @functools.cache
 def _machine() -> dict:
     """What int8's speed depends on: the CPU, its int8 instructions and torch's kernels."""
-    model_name, flags = "", []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not model_name:
-                model_name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].split()
-    except OSError:
-        pass
+    model_name, flags = cpu_info()
     return {
         "cpu": model_name or os.uname().machine,
         "flags": [flag for flag in CPU_FLAGS if flag in flags],

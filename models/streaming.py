@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stemdeck.models.bag import BagOfModels
+from stemdeck.models.bag import BagOfModels, models_of
 from stemdeck.models.bandwidth import HighBandStream
 from stemdeck.models.precision import Network, prepare_network
 from stemdeck.models.precision_choice import remembered_precision
@@ -352,7 +352,7 @@ def make_lanes(
     model: nn.Module, mix_frames: int, settings: Settings, device: torch.device
 ) -> tuple[list[list[Lane]], torch.Tensor | None]:
     """Lanes by model (one per shift), and the bag's ``(models, sources)`` weights, if a bag."""
-    models = list(model.models) if isinstance(model, BagOfModels) else [model]
+    models = models_of(model)
     bag_weights = model.source_weights() if isinstance(model, BagOfModels) else None
     lanes = []
     for sub_model in models:

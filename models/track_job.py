@@ -232,9 +232,10 @@ def load_for_command(name_or_path: str | None) -> LoadedModel:
 
 def check_model_segment(model, segment_s: float | None) -> None:
     """Refuse a ``--segment`` the model cannot run before any file is read."""
+    from stemdeck.models.bag import models_of
     from stemdeck.models.separate import check_segment
 
-    for sub_model in getattr(model, "models", [model]):
+    for sub_model in models_of(model):
         check_segment(sub_model, segment_s)
 
 
@@ -318,13 +319,13 @@ def check_backend_fits(model, args: argparse.Namespace, device: str) -> None:
     before any file is read, rather than the same line for every file of a batch."""
     import torch
 
-    from stemdeck.models.bag import BagOfModels
+    from stemdeck.models.bag import models_of
     from stemdeck.models.precision import EXPORTED_BACKENDS
 
     exported = EXPORTED_BACKENDS.get(args.backend)
     if exported is None:
         return
-    for sub_model in model.models if isinstance(model, BagOfModels) else [model]:
+    for sub_model in models_of(model):
         refusal = exported.refusal(sub_model, args.precision, torch.device(device), args.segment)
         if refusal:
             raise CommandError(f"--backend {args.backend}: {refusal}")
