@@ -139,6 +139,7 @@ def main() -> None:
         for side, times in seconds.items()
     }
     machine = offline.machine()
+    machine["auto_precision"] = offline.auto_choice({f"ours-{side}": row for side, row in rows.items()})["precision"]
     if args.json:
         print(json.dumps({"machine": machine, "sides": rows}, indent=2))
         return
