@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stemdeck.models.nets import rewrite_blocked
+from stemdeck.models.nets import rewrite_blocked, winograd
 from stemdeck.models.nets.inference_paths import eager_inference, gelu_fresh
 from stemdeck.models.nets.layers import DConv, FrequencyEmbedding, _norm, rescale_module
 from stemdeck.models.nets.spec import hybrid_inverse_of_channels, hybrid_spectrogram
@@ -38,6 +38,8 @@ def _run_dconv(dconv: nn.Module, y: torch.Tensor, freq: bool) -> torch.Tensor:
 
 
 def _rewrite_glu(rewrite: nn.Module, norm: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    if winograd.usable(rewrite, norm, y):
+        return winograd.rewrite_glu(rewrite, y)
     if rewrite_blocked.usable(rewrite, norm, y):
         return rewrite_blocked.rewrite_glu(rewrite, y)
     return F.glu(norm(rewrite(y)), dim=1)
