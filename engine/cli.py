@@ -509,7 +509,7 @@ def _print_preset_plans(args: argparse.Namespace, output_device) -> int:
         session_window,
     )
     from stemdeck.models.cli import check_device, load_for_command
-    from stemdeck.models.precision_choice import remembered_precision
+    from stemdeck.models.precision_choice import remembered_precision, settle_auto
 
     check_device(args.device)
     try:
@@ -520,6 +520,9 @@ def _print_preset_plans(args: argparse.Namespace, output_device) -> int:
     block_frames = device_block_frames(output_device, args.blocksize)
     model, name = load_for_command(args.model)
     samplerate = samplerate or int(model.samplerate)
+    # the one live command that may take its time: auto's int8-or-float32 measured here, once, for
+    # live, play and the mixer, which only read the record (never measure before playing)
+    settle_auto(model, args.precision, torch.device("cpu"), say=lambda line: print(line, file=sys.stderr))
     print(f"calibrating {name} for every preset on this machine...", file=sys.stderr)
     engine = build_engine(
         model,

@@ -177,6 +177,21 @@ def test_separate_measures_on_its_first_auto_run_and_runs_the_choice(tmp_path):
     assert "network: torch (fp32 on cpu" in asked.stderr
 
 
+@pytest.mark.skipif(cpu_has_native_bf16(), reason="auto is bfloat16, unmeasured, on this CPU")
+def test_live_dry_run_measures_for_the_live_commands_and_plans_with_the_choice(tmp_path):
+    """`live`, `play` and the mixer never measure before playing; `live --dry-run`, which
+    calibrates anyway, is where a user who never runs `separate` gets the measurement."""
+    checkpoint = tmp_path / "ht.safetensors"
+    save_safetensors(tiny_ht_transformer_on(8), checkpoint)
+    result = run_stemdeck("live", "--dry-run", "--model", str(checkpoint), timeout_s=300)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "precision auto: timing float32 and int8 on this CPU for this model" in result.stderr
+    records = list((tmp_path / "cache" / "stemdeck" / "precision").glob("*.json"))
+    assert len(records) == 1
+    assert f"live input with ht.safetensors on this machine ({read_choice(records[0]).precision}," in result.stdout
+
+
 def test_a_cache_that_cannot_be_written_costs_only_a_new_measurement(tmp_path, monkeypatch):
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the cache folder would be")
