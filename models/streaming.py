@@ -30,6 +30,7 @@ from torch import nn
 
 from stemdeck.models.bag import BagOfModels, models_of
 from stemdeck.models.bandwidth import HighBandStream
+from stemdeck.models.nets.inference_paths import allow_memory_for_speed
 from stemdeck.models.precision import Network, prepare_network
 from stemdeck.models.precision_choice import remembered_precision
 from stemdeck.models.separate import (
@@ -129,6 +130,7 @@ def apply_memory_mode(mode: str) -> str:
     A process-wide setting that cannot be undone: one mode per process."""
     if mode not in MEMORY_MODES:
         raise ValueError(f"unknown memory mode {mode!r}; choose {', '.join(MEMORY_MODES)}")
+    allow_memory_for_speed(mode == "speed")
     if mode == "speed":
         return "speed (malloc keeps freed model memory for reuse)"
     if return_freed_memory_early():

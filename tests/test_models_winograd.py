@@ -93,3 +93,18 @@ def test_left_to_the_plain_conv_where_it_does_not_apply():
     with torch.inference_mode():
         made_here = _conv()
     assert not winograd.usable(made_here, nn.Identity(), y)  # no version counter to see changes by
+
+
+def test_stands_aside_where_separate_keeps_its_memory_low(monkeypatch):
+    from stemdeck.models import streaming
+    from stemdeck.models.nets import inference_paths
+
+    monkeypatch.setattr(inference_paths, "_MEMORY_FOR_SPEED", [True])
+    monkeypatch.setattr(streaming, "return_freed_memory_early", lambda: True)  # not this test process's malloc
+    conv, y = _conv(), torch.randn(1, 192, 8, 16)
+    with torch.no_grad():
+        assert winograd.usable(conv, nn.Identity(), y)
+        streaming.apply_memory_mode("low")
+        assert not winograd.usable(conv, nn.Identity(), y)
+        streaming.apply_memory_mode("speed")
+        assert winograd.usable(conv, nn.Identity(), y)

@@ -1,8 +1,8 @@
 """When an inference-only path may stand in for a module's own forward.
 
 The blocked paths (:mod:`~stemdeck.models.nets.dconv_blocked`,
-:mod:`~stemdeck.models.nets.rewrite_blocked`) compute the same numbers as the module they
-replace only in float32, and they are written for eager inference: they do not record what
+:mod:`~stemdeck.models.nets.rewrite_blocked`) and Winograd's (:mod:`~stemdeck.models.nets.winograd`)
+compute the same numbers as the module they replace only in float32, and they are written for eager inference: they do not record what
 autograd needs, autocast would not reach their products, and a trace or export would bake in
 their loops. One guard for all of them, so each checks only its own shapes.
 """
@@ -12,6 +12,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+# Whether a path may hold more memory for speed (transformed weights, larger scratch buffers):
+# not where this process returns freed memory at once to keep its peak low (`stemdeck separate
+# --memory low`), where each large scratch buffer is mapped and faulted in again on every call.
+_MEMORY_FOR_SPEED = [True]
+
+
+def memory_for_speed() -> bool:
+    return _MEMORY_FOR_SPEED[0]
+
+
+def allow_memory_for_speed(allowed: bool) -> None:
+    """Set by the process's memory mode (:func:`models.streaming.apply_memory_mode`)."""
+    _MEMORY_FOR_SPEED[0] = allowed
 
 
 def eager_inference() -> bool:

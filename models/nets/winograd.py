@@ -9,9 +9,15 @@ of their own, and the transformed weights are kept (4x the conv's: 42 MB for htd
 Same numbers as the conv within float32 rounding (about 120 dB); used only in float32 eager
 inference (:func:`usable`).
 
-It pays where the channel products are large. One 7.8 s segment's input, 2 AVX2 cores: 384 to
-768 channels over 8 bins 99 -> 64 ms, 192 to 384 over 32 bins 117 -> 90 ms; 96 to 192 over 128
-bins 102 -> 187 ms (too few channels for the products to outrun the transforms' memory traffic).
+It pays where the channel products are large. In an int8 htdemucs forward on 2 AVX2 cores
+(module hooks, on and off alternated): decoder layer 0 (384 to 768 channels over 8 bins) 157 ->
+111 ms, layer 1 (192 to 384 over 32 bins) 162 -> 148 ms. Alone, 96 to 192 channels over 128 bins
+took 102 -> 187 ms: too few channels for the products to outrun the transforms' memory traffic.
+
+It trades memory for that time, so it stands aside where the process returns freed memory at
+once (``stemdeck separate --memory low``, :func:`inference_paths.memory_for_speed`): there
+each scratch buffer is mapped and faulted in again on every call, and a 1-minute song took the
+same time with it (54-59 s, three runs each) at 906-946 MB against 858-876 MB.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from stemdeck.models.nets.inference_paths import float32_eager_inference
+from stemdeck.models.nets.inference_paths import float32_eager_inference, memory_for_speed
 
 TILE = 4  # output tile side: F(4x4, 3x3)
 PATCH = TILE + 2  # input tile side
@@ -67,7 +73,7 @@ _TRANSFORMED_LOCK = threading.Lock()  # two decks' workers may share a model
 
 def usable(conv: nn.Module, norm: nn.Module, y: torch.Tensor) -> bool:
     """A plain 3x3 'same' conv with a bias and no norm before the GLU, wide enough to pay, in
-    float32 eager inference (:func:`float32_eager_inference`)."""
+    float32 eager inference (:func:`float32_eager_inference`), where memory may buy speed."""
     if not isinstance(conv, nn.Conv2d) or not isinstance(norm, nn.Identity) or y.dim() != 4:
         return False
     plain = (
@@ -81,7 +87,8 @@ def usable(conv: nn.Module, norm: nn.Module, y: torch.Tensor) -> bool:
         and conv.out_channels % 2 == 0
         and not conv.weight.is_inference()  # no version counter: a change in place would go unseen
     )
-    return plain and conv.in_channels >= MIN_IN_CHANNELS and float32_eager_inference(y, conv)
+    wide = conv.in_channels >= MIN_IN_CHANNELS
+    return plain and wide and memory_for_speed() and float32_eager_inference(y, conv)
 
 
 def rewrite_glu(conv: nn.Conv2d, y: torch.Tensor) -> torch.Tensor:
