@@ -123,8 +123,9 @@ def return_freed_memory_early() -> bool:
 def apply_memory_mode(mode: str) -> str:
     """This process's malloc policy for ``stemdeck separate --memory``; what it is, in words.
 
-    ``"low"`` returns freed activations at once (:func:`return_freed_memory_early`): htdemucs
-    peaks under 1 GB however long the song. ``"speed"`` leaves glibc's own policy, which keeps
+    ``"low"`` returns freed activations at once (:func:`return_freed_memory_early`), and the
+    paths that hold memory for speed stand aside (Winograd's convs): htdemucs peaks under 1 GB
+    however long the song. ``"speed"`` leaves glibc's own policy, which keeps
     them for the next chunk: no page faults to map them again, so less time on 2 cores, at about
     150 MB more, over 1 GB for htdemucs (``benchmarks/separate_memory.py --memory low,speed``).
     A process-wide setting that cannot be undone: one mode per process."""
