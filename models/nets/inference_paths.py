@@ -1,10 +1,11 @@
 """When an inference-only path may stand in for a module's own forward.
 
 The blocked paths (:mod:`~stemdeck.models.nets.dconv_blocked`,
-:mod:`~stemdeck.models.nets.rewrite_blocked`) and Winograd's (:mod:`~stemdeck.models.nets.winograd`)
-compute the same numbers as the module they replace only in float32, and they are written for eager inference: they do not record what
-autograd needs, autocast would not reach their products, and a trace or export would bake in
-their loops. One guard for all of them, so each checks only its own shapes.
+:mod:`~stemdeck.models.nets.rewrite_blocked`) and Winograd's
+(:mod:`~stemdeck.models.nets.winograd`) compute the same numbers as the module they replace
+only in float32, and they are written for eager inference: they do not record what autograd
+needs, autocast would not reach their products, and a trace or export would bake in their
+loops. One guard for all of them, so each checks only its own shapes.
 """
 
 from __future__ import annotations
