@@ -12,7 +12,8 @@ inference (:func:`usable`).
 It pays where the channel products are large. In an int8 htdemucs forward on 2 AVX2 cores
 (module hooks, on and off alternated): decoder layer 0 (384 to 768 channels over 8 bins) 157 ->
 111 ms, layer 1 (192 to 384 over 32 bins) 162 -> 148 ms. Alone, 96 to 192 channels over 128 bins
-took 102 -> 187 ms: too few channels for the products to outrun the transforms' memory traffic.
+took 102 -> 187 ms in one piece and 114 -> 118-128 ms in bands: too few channels for the
+products to outrun the transforms' memory traffic.
 
 It trades memory for that time, so it stands aside where the process returns freed memory at
 once (``stemdeck separate --memory low``, :func:`inference_paths.memory_for_speed`): there
