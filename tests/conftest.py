@@ -133,6 +133,16 @@ os.environ.setdefault("STEMDECK_NATIVE_DIR", str(Path(tempfile.gettempdir()) / f
 
 
 @pytest.fixture(autouse=True)
+def _memory_mode_of_a_fresh_process(monkeypatch):
+    """Each test starts as a fresh process does: an in-process `separate` earlier in the suite
+    asked for low memory (apply_memory_mode), which turns the paths that hold memory for speed
+    (Winograd's convs) off for the rest of the process."""
+    from stemdeck.models.nets import inference_paths
+
+    monkeypatch.setattr(inference_paths, "_MEMORY_FOR_SPEED", [True])
+
+
+@pytest.fixture(autouse=True)
 def _isolated_model_dirs(tmp_path, monkeypatch):
     """No test sees the user's cache or settings, or reaches the official download location."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -27,9 +27,15 @@ def _max_error(reference, ours, length, seed=0):
         int(7.8 * 44100),  # exactly the training segment
     ],
 )
-def test_htdemucs_matches_reference(htdemucs_pair, length):
+def test_htdemucs_matches_reference(htdemucs_pair, length, monkeypatch):
+    from stemdeck.models.nets import winograd
+
     reference, ours = htdemucs_pair
+    winograd_layers = []
+    plain = winograd.rewrite_glu
+    monkeypatch.setattr(winograd, "rewrite_glu", lambda conv, y: winograd_layers.append(conv) or plain(conv, y))
     assert _max_error(reference, ours, length) < TOLERANCE
+    assert len(winograd_layers) == 2  # decoder layers 0 and 1 (384 and 192 channels) ran Winograd's convs
 
 
 def test_htdemucs_6s_matches_reference():

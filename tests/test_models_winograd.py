@@ -15,15 +15,6 @@ from stemdeck.models.nets import winograd
 BAR_DB = 100.0  # float32 rounding of the transforms: about 120 dB at htdemucs's layers
 
 
-@pytest.fixture(autouse=True)
-def _memory_may_buy_speed(monkeypatch):
-    """As in a process that did not ask for low memory: a `separate` run earlier in this test
-    process (apply_memory_mode("low")) would otherwise have turned the path off for good."""
-    from stemdeck.models.nets import inference_paths
-
-    monkeypatch.setattr(inference_paths, "_MEMORY_FOR_SPEED", [True])
-
-
 def _conv(chin: int = 192, seed: int = 0) -> nn.Conv2d:
     torch.manual_seed(seed)
     return nn.Conv2d(chin, 2 * chin, 3, 1, 1).eval()
