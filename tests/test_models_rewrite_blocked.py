@@ -43,3 +43,31 @@ def test_left_to_the_plain_conv_where_it_does_not_apply():
         assert not rewrite_blocked.usable(conv, nn.Identity(), big)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not rewrite_blocked.usable(conv, nn.Identity(), big)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(48, 96, 3, 1, 1, padding_mode="reflect"),  # bands would read neighbours, not zeros
+        nn.Conv2d(48, 96, 3, 1, 1, padding_mode="circular"),
+        nn.Conv2d(48, 96, (3, 2), 1, (1, 1)),  # one frame more than it reads: not 'same'
+        nn.Conv2d(48, 95, 3, 1, 1),  # an odd output the GLU cannot halve
+    ],
+    ids=["reflect", "circular", "even-kernel", "odd-output"],
+)
+def test_the_model_keeps_its_own_conv_where_bands_would_change_it(monkeypatch, conv):
+    """What the U-Net layers call (`unet._rewrite_glu`) gives the module's own numbers, or its own
+    error, for convs the band-by-band path does not reproduce."""
+    from stemdeck.models.nets import unet
+
+    monkeypatch.setattr(rewrite_blocked, "BAND_BYTES", 96 * 2 * 40 * 4 * 7)
+    monkeypatch.setattr(rewrite_blocked, "MIN_OUTPUT_BYTES", 0)
+    torch.manual_seed(0)
+    y = torch.randn(1, 48, 64, 40)
+    with torch.no_grad():
+        assert not rewrite_blocked.usable(conv, nn.Identity(), y)
+        if conv.out_channels % 2:
+            with pytest.raises(RuntimeError, match="Halving dimension must be even"):
+                unet._rewrite_glu(conv, nn.Identity(), y)
+            return
+        torch.testing.assert_close(unet._rewrite_glu(conv, nn.Identity(), y), F.glu(conv(y), dim=1), rtol=0, atol=0)

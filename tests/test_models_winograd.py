@@ -85,6 +85,7 @@ def test_left_to_the_plain_conv_where_it_does_not_apply():
     assert not winograd.usable(nn.Conv2d(192, 384, 3, 2, 1), nn.Identity(), y)
     assert not winograd.usable(nn.Conv2d(192, 384, 3, 1, 1, bias=False), nn.Identity(), y)
     assert not winograd.usable(nn.Conv2d(192, 384, (1, 3), 1, (0, 1)), nn.Identity(), y)
+    assert not winograd.usable(nn.Conv2d(192, 384, 3, 1, 1, padding_mode="reflect"), nn.Identity(), y)
     assert not winograd.usable(conv, nn.Identity(), y.double())
     with torch.enable_grad():
         assert not winograd.usable(conv, nn.Identity(), y)

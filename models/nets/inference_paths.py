@@ -45,6 +45,27 @@ def float32_eager_inference(x: torch.Tensor, module: nn.Module) -> bool:
     return all(parameter.dtype == torch.float32 for parameter in module.parameters())
 
 
+def same_padded_conv_before_glu(conv: nn.Module, norm: nn.Module, y: torch.Tensor) -> bool:
+    """A plain 2-D conv the band-by-band and Winograd paths can stand in for: odd kernel, zero
+    'same' padding, stride and dilation 1, one group, a bias and an even output to halve, and no
+    norm between it and the GLU (a norm needs the whole output). Any other padding mode would
+    read the neighbouring bins of a band, not zeros, at its edges."""
+    if not isinstance(conv, nn.Conv2d) or not isinstance(norm, nn.Identity) or y.dim() != 4:
+        return False
+    kernel_f, kernel_t = conv.kernel_size
+    return (
+        kernel_f % 2 == 1
+        and kernel_t % 2 == 1
+        and conv.padding == (kernel_f // 2, kernel_t // 2)
+        and conv.padding_mode == "zeros"
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.bias is not None
+        and conv.out_channels % 2 == 0
+    )
+
+
 def gelu_fresh(x: torch.Tensor) -> torch.Tensor:
     """GELU of ``x``, which nothing else holds: in place at inference (each of the widest tensors
     a forward makes is 20-40 MB, freshly mapped and faulted in), else as autograd needs it."""

@@ -14,29 +14,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stemdeck.models.nets.inference_paths import float32_eager_inference
+from stemdeck.models.nets.inference_paths import float32_eager_inference, same_padded_conv_before_glu
 
 BAND_BYTES = 8 << 20  # one band's conv output: few enough calls, far below the whole tensor
 MIN_OUTPUT_BYTES = 16 << 20  # htdemucs's 66 and 33 MB outputs; smaller ones are left to the plain conv
 
 
 def usable(conv: nn.Module, norm: nn.Module, y: torch.Tensor) -> bool:
-    """A plain 2-D conv (odd square-ish kernel, 'same' padding, stride 1) with no norm before
-    the GLU, in float32 eager inference (:func:`float32_eager_inference`), and an output worth
-    splitting."""
-    if not isinstance(conv, nn.Conv2d) or not isinstance(norm, nn.Identity) or y.dim() != 4:
-        return False
-    kernel_f, kernel_t = conv.kernel_size
-    if (
-        conv.stride != (1, 1)
-        or conv.dilation != (1, 1)
-        or conv.groups != 1
-        or conv.padding != (kernel_f // 2, kernel_t // 2)
-        or kernel_f % 2 == 0
-        or conv.bias is None
-    ):
-        return False
-    if not float32_eager_inference(y, conv):
+    """A plain 'same' conv with no norm before the GLU (:func:`same_padded_conv_before_glu`), in
+    float32 eager inference (:func:`float32_eager_inference`), and an output worth splitting."""
+    if not same_padded_conv_before_glu(conv, norm, y) or not float32_eager_inference(y, conv):
         return False
     return y.numel() // conv.in_channels * conv.out_channels * y.element_size() >= MIN_OUTPUT_BYTES
 

@@ -29,7 +29,11 @@ import torch
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from stemdeck.models.nets.inference_paths import float32_eager_inference, memory_for_speed
+from stemdeck.models.nets.inference_paths import (
+    float32_eager_inference,
+    memory_for_speed,
+    same_padded_conv_before_glu,
+)
 
 TILE = 4  # output tile side: F(4x4, 3x3)
 PATCH = TILE + 2  # input tile side
@@ -73,23 +77,15 @@ _TRANSFORMED_LOCK = threading.Lock()  # two decks' workers may share a model
 
 
 def usable(conv: nn.Module, norm: nn.Module, y: torch.Tensor) -> bool:
-    """A plain 3x3 'same' conv with a bias and no norm before the GLU, wide enough to pay, in
-    float32 eager inference (:func:`float32_eager_inference`), where memory may buy speed."""
-    if not isinstance(conv, nn.Conv2d) or not isinstance(norm, nn.Identity) or y.dim() != 4:
+    """A plain 3x3 'same' conv with no norm before the GLU (:func:`same_padded_conv_before_glu`),
+    wide enough to pay, in float32 eager inference (:func:`float32_eager_inference`), where
+    memory may buy speed."""
+    if not same_padded_conv_before_glu(conv, norm, y) or conv.kernel_size != (3, 3):
         return False
-    plain = (
-        conv.kernel_size == (3, 3)
-        and conv.stride == (1, 1)
-        and conv.dilation == (1, 1)
-        and conv.padding == (1, 1)
-        and conv.groups == 1
-        and conv.padding_mode == "zeros"
-        and conv.bias is not None
-        and conv.out_channels % 2 == 0
-        and not conv.weight.is_inference()  # no version counter: a change in place would go unseen
-    )
+    if conv.weight.is_inference():  # no version counter: a change in place would go unseen
+        return False
     wide = conv.in_channels >= MIN_IN_CHANNELS
-    return plain and wide and memory_for_speed() and float32_eager_inference(y, conv)
+    return wide and memory_for_speed() and float32_eager_inference(y, conv)
 
 
 def rewrite_glu(conv: nn.Conv2d, y: torch.Tensor) -> torch.Tensor:
