@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from stemdeck.models.library import Job, JobOptions
 from stemdeck.models.library_queue import Batch, FileBars, Outcome, Plan, separate_job
+from stemdeck.models.precision_choice import PIN_ENV
 
 MAX_RETRIES = 3
 POLL_S = 0.2
@@ -37,17 +38,41 @@ def require_ray():
 class Separator:
     """A Ray actor: a model loaded once, separating the files it is given, one at a time."""
 
-    def __init__(self, model_spec: str, torch_threads: int, device: str):
+    def __init__(self, model_spec: str, torch_threads: int, device: str, options: JobOptions):
         import torch
 
         from stemdeck.models.loading import load_or_fetch
 
         torch.set_num_threads(torch_threads)
         self.model, self.device = load_or_fetch(model_spec).model, device
+        self.notes = settle_precision_on_node(self.model, options, device)
 
-    def separate(self, job: Job, options: JobOptions) -> Outcome:
+    def separate(self, job: Job, options: JobOptions) -> tuple[Outcome, list[str]]:
+        """The file's outcome, and the lines this actor has for the driver (its node's precision)."""
         bars = FileBars(job.index, _exit_once_for_tests())
-        return separate_job(self.model, job, options, self.device, bars)
+        notes, self.notes = self.notes, []
+        return separate_job(self.model, job, options, self.device, bars), notes
+
+
+def settle_precision_on_node(model, options: JobOptions, device: str) -> list[str]:
+    """``--precision auto`` decided on this actor's node, as a local run decides it on its machine:
+    measured once per node (the node's other actors wait for the record), then committed (int8
+    made in place). The driver's machine may be another CPU, or none of the cluster's. A
+    measurement that fails is a line, and the node runs float32."""
+    import socket
+
+    import torch
+
+    from stemdeck.models.precision_choice import settle_auto
+    from stemdeck.models.track_job import commit_precision
+
+    lines: list[str] = []
+    try:
+        settle_auto(model, options.precision, torch.device(device), options.backend, options.segment, lines.append)
+        commit_precision(model, options.precision, device, options.backend)
+    except Exception as exc:  # noqa: BLE001 (the files still separate, in float32)
+        lines.append(f"precision auto could not be decided here ({exc}); float32")
+    return [f"{socket.gethostname()}: {line}" for line in lines]
 
 
 def _exit_once_for_tests() -> Callable[[str, int, object], None]:
@@ -75,7 +100,7 @@ def run_on_ray(
     if started:
         connect(ray, address)
     try:
-        actors, device = start_actors(ray, model_spec, device, workers, len(plan.jobs))
+        actors, device = start_actors(ray, model_spec, device, workers, len(plan.jobs), options)
         dispatch(ray, actors, plan, options, batch)
     finally:
         if started:
@@ -94,10 +119,10 @@ def connect(ray, address: str) -> None:
         ) from None
 
 
-def start_actors(ray, model_spec: str, device: str | None, workers: int | None, files: int):
+def start_actors(ray, model_spec: str, device: str | None, workers: int | None, files: int, options: JobOptions):
     """``workers`` actors (default: one per GPU, else one per two CPUs; never more than files),
     each on a GPU where the cluster has them and ``--device`` does not say cpu; torch threads
-    share the CPUs out."""
+    share the CPUs out. A fleet-wide ``$STEMDECK_AUTO_PRECISION`` goes with them."""
     from stemdeck.models.track_job import CommandError
 
     resources = ray.cluster_resources()
@@ -107,7 +132,7 @@ def start_actors(ray, model_spec: str, device: str | None, workers: int | None, 
         raise CommandError(f"--device {device}: the Ray cluster has no GPUs; leave --device out or use cpu")
     count = min(workers or (gpus if use_gpu else max(1, cpus // 2)), max(1, files))
     threads = max(1, cpus // count)
-    env = {name: value for name, value in os.environ.items() if name.startswith("STEMDECK_TEST_")}
+    env = {name: value for name, value in os.environ.items() if name.startswith("STEMDECK_TEST_") or name == PIN_ENV}
     actor = ray.remote(Separator).options(
         num_cpus=1,
         num_gpus=1 if use_gpu else 0,
@@ -116,7 +141,7 @@ def start_actors(ray, model_spec: str, device: str | None, workers: int | None, 
         runtime_env={"env_vars": env} if env else None,
     )
     run_device = (device or "cuda") if use_gpu else (device or "cpu")
-    return [actor.remote(model_spec, threads, run_device) for _ in range(count)], run_device
+    return [actor.remote(model_spec, threads, run_device, options) for _ in range(count)], run_device
 
 
 def dispatch(ray, actors: list, plan: Plan, options: JobOptions, batch: Batch) -> None:
@@ -137,9 +162,11 @@ def dispatch(ray, actors: list, plan: Plan, options: JobOptions, batch: Batch) -
         for ref in ready:
             actor, job = running.pop(ref)
             try:
-                outcome = ray.get(ref)
+                outcome, notes = ray.get(ref)
             except ray.exceptions.RayError as exc:
-                outcome, actor = lost(job, exc), None  # that actor is gone for good
+                (outcome, notes), actor = (lost(job, exc), []), None  # that actor is gone for good
+            for line in notes:
+                batch.report("say", job.index, line)
             batch.finish(outcome)
             if actor is not None and waiting:
                 give(actor)

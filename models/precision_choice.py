@@ -26,6 +26,7 @@ import platformdirs
 import torch
 
 from stemdeck.models.bag import models_of
+from stemdeck.models.cache_lock import cache_lock
 from stemdeck.models.nets.transformer import Attention, is_int8
 from stemdeck.models.onnx_backend import model_digest, write_atomically
 from stemdeck.models.precision import (
@@ -41,6 +42,7 @@ SNR_BAR_DB = 40.0  # issue 13's bar for the stems of a faster precision against 
 WIN_RATIO = 0.95  # int8 must take at most this share of float32's time: a closer call is noise
 TIMED_ROUNDS = 2  # per precision, interleaved, after one untimed warm-up each
 PIN_ENV = "STEMDECK_AUTO_PRECISION"
+MEASURE_LOCK_NAME = "precision-measure.lock"  # in the user cache folder: one measurement at a time
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")  # what FBGEMM's int8 uses
 
 
@@ -136,20 +138,26 @@ def settle_auto(
 ) -> PrecisionChoice | None:
     """Measure and remember the choice for ``model`` if ``auto`` is decided by measurement here and
     nothing is remembered yet (``say`` hears of it: a minute or less, once); the choice in force,
-    or ``None`` where ``auto`` is not measured."""
+    or ``None`` where ``auto`` is not measured. One process on a machine measures at a time (two
+    would time each other's load); the others wait for its record."""
     if not applies(model, precision, device, backend):
         return None
     path = record_path(model)
     choice = read_choice(path)
     if choice is not None:
         return choice
-    if say is not None:
-        say("precision auto: timing float32 and int8 on this CPU for this model (once; it is remembered)")
-    choice = measure_choice(model, segment_s)
-    kept = write_choice(path, choice)
-    if say is not None:
-        where = f"remembered in {path} (delete it to measure again)" if kept else f"could not be written to {path}"
-        say(f"precision auto: {choice.describe()}; {where}")
+    tell = say or (lambda line: None)
+    waiting = "precision auto: another stemdeck process is timing it on this machine; waiting for its result"
+    with cache_lock(MEASURE_LOCK_NAME, lambda: tell(waiting)):
+        choice = read_choice(path)  # the process waited for has just measured it
+        if choice is not None:
+            tell(f"precision auto: {choice.describe()}; read from {path}")
+            return choice
+        tell("precision auto: timing float32 and int8 on this CPU for this model (once; it is remembered)")
+        choice = measure_choice(model, segment_s)
+        kept = write_choice(path, choice)
+    where = f"remembered in {path} (delete it to measure again)" if kept else f"could not be written to {path}"
+    tell(f"precision auto: {choice.describe()}; {where}")
     return choice
 
 

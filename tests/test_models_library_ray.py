@@ -1,6 +1,9 @@
 """`stemdeck separate --ray`: the library queue on a local Ray cluster (one, for the module: it
-takes ~15 s to start here) writes what a local run writes, and a worker that dies mid-file has
-that file retried."""
+takes ~15 s to start here) writes what a local run writes, a worker that dies mid-file has
+that file retried, and each node decides `--precision auto` for itself."""
+
+import json
+import socket
 
 import numpy as np
 import pytest
@@ -12,9 +15,12 @@ ray = pytest.importorskip("ray", reason="the cluster extra: pip install 'stemdec
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
+def cluster(tmp_path_factory):
+    """The node's user cache folder (its precision records), apart from the user's own."""
+    cache = tmp_path_factory.mktemp("ray-node-cache")
+    runtime_env = {"env_vars": {"XDG_CACHE_HOME": str(cache)}}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", runtime_env=runtime_env)
+    yield cache
     ray.shutdown()
 
 
@@ -66,3 +72,35 @@ def test_a_killed_worker_has_its_file_retried_and_a_bad_file_is_one_line(tmp_pat
     mix, _ = sf.read(str(tmp_path / "lib" / "s0.wav"), dtype="float64")
     vocals, _ = sf.read(str(out / "s0" / "vocals.wav"), dtype="float64")
     assert np.abs(vocals - (0.4 * (mix - mix.mean()) + mix.mean())).max() < 1e-6
+
+
+@pytest.mark.slow
+def test_each_node_measures_auto_once_and_separates_with_its_choice(
+    tmp_path, cluster, tiny_checkpoint, monkeypatch, capsys
+):
+    """A Ray run measured `--precision auto` nowhere (the driver's own run is not the nodes', and
+    may be on another CPU): every node ran float32, even where int8 wins. Now the node's first
+    actor measures and remembers, its other actor waits for that record, and both run the choice."""
+    monkeypatch.delenv("STEMDECK_AUTO_PRECISION")  # measured, as on a user's cluster
+    write_songs(tmp_path / "lib", count=2)
+    common = ["separate", str(tmp_path / "lib"), "-r", "--model", str(tiny_checkpoint), "--bits", "32f"]
+    assert main(common + ["-o", str(tmp_path / "ray"), "--ray", "auto", "--jobs", "2"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    node = f"{socket.gethostname()}: precision auto: "
+    measured = [line for line in lines if line.startswith(node) and "remembered in" in line]
+    read = [line for line in lines if line.startswith(node) and "read from" in line]
+    # two actors, one measurement; the other read its record (with a line if it waited for it)
+    assert len(measured) == 1 and len(read) <= 1, lines
+    records = sorted((cluster / "stemdeck" / "precision").glob("*.json"))
+    assert len(records) == 1, records
+    choice = json.loads(records[0].read_text())["choice"]["precision"]
+    assert choice in ("fp32", "int8")
+    assert (" int8 (" if choice == "int8" else " float32 (") in measured[0]
+    assert lines[-1] == "separated 2 of 2 file(s); 0 skipped"
+    # the stems are the choice's: a local run held to it writes the same
+    monkeypatch.setenv("STEMDECK_AUTO_PRECISION", choice)
+    assert main(common + ["-o", str(tmp_path / "local")]) == 0
+    local, remote = stems(tmp_path / "local"), stems(tmp_path / "ray")
+    assert list(local) == list(remote) and len(local) == 8
+    error = max(float(np.abs(local[name] - remote[name]).max()) for name in local)
+    assert error <= 1e-6, error

@@ -9,8 +9,7 @@ how many median periods it lies from the first (so a missed beat does not shift 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,30 +90,14 @@ def import_beat_tracker():
     return librosa.beat
 
 
-@contextmanager
-def tracker_compile_lock() -> Iterator[None]:
+def tracker_compile_lock() -> AbstractContextManager[None]:
     """One stemdeck process at a time compiles or loads the tracker's cached kernels. Numba keeps
     a guvectorized function in two cache files; two processes compiling at once can leave a
     mismatched pair, and every later process that loads it crashes (numba issue 10128: the
-    suite's beat test and a beat process started beside it did). Where the lock cannot be had
-    (no ``fcntl``, no cache folder), it goes on without."""
-    try:
-        import fcntl
+    suite's beat test and a beat process started beside it did)."""
+    from stemdeck.models.cache_lock import cache_lock
 
-        import platformdirs
-
-        folder = Path(platformdirs.user_cache_dir("stemdeck"))
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / COMPILE_LOCK_NAME, "a")  # noqa: SIM115 - held across the yield
-    except (ImportError, OSError):
-        yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return cache_lock(COMPILE_LOCK_NAME)
 
 
 def tracker_cache_files() -> list[Path]:
