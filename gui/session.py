@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PyQt6.QtCore import QObject, pyqtSignal
 
+from stemdeck.engine.exit_guard import native_section
+
 DEMO_SECONDS = 20.0
 WAVEFORM_COLUMNS = 1200
 BLOCK_FRAMES = 256  # the engine's block when the GUI sets it (a JACK server's period may differ)
@@ -102,7 +104,8 @@ class Session(QObject):
             label, job = item
             self.busy.emit(label)
             try:
-                job()
+                with native_section():  # loading, calibrating: the exit waits for it (engine/exit_guard.py)
+                    job()
             except Exception as exc:  # noqa: BLE001 - every failure becomes a message, the app goes on
                 self.failed.emit(user_message(exc))
                 if not isinstance(exc, (ValueError, OSError)) and "Error" not in type(exc).__name__:

@@ -12,10 +12,12 @@ from that child of ours: nothing from outside is unpickled.
 from __future__ import annotations
 
 import atexit
+import inspect
 import multiprocessing
 import multiprocessing.util  # noqa: F401 - its exit handler registered before ours (below)
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from signal import SIG_IGN, SIGBUS, SIGILL, SIGINT, SIGSEGV
 from signal import signal as handle_signal
@@ -24,6 +26,7 @@ import numpy as np
 
 from stemdeck.engine.audio.callbacks import DeckBuffers
 from stemdeck.engine.audio.stretched import SEMITONES, TEMPO, UNDERFLOWS, stretch_active
+from stemdeck.engine.exit_guard import native_section
 from stemdeck.engine.runtime import start_deaf_to_ctrl_c
 from stemdeck.engine.stretch.beats import (
     Beats,
@@ -142,6 +145,16 @@ def _forget_compiled_tracker() -> None:
     )
 
 
+def _weakly(callback: Callable[[Beats], None]) -> Callable[[], Callable[[Beats], None] | None]:
+    """``callback`` held weakly where it is an object's method (the engine's): the beat thread must
+    not keep the engine alive. Its last reference dropped on that daemon thread, as the program
+    exits, would free the model's tensors there, and torch's lock guard aborts the process then
+    (:mod:`engine.exit_guard`)."""
+    if inspect.ismethod(callback):
+        return weakref.WeakMethod(callback)
+    return lambda: callback
+
+
 class PracticeControls:
     """Tempo and key (shared slots and the stage process) and the search for each track's beats."""
 
@@ -212,17 +225,18 @@ class PracticeControls:
         if on_beats is not None:
             self._beat_thread = threading.Thread(
                 target=self._search_beats,
-                args=(deck.track, self._track_serial, on_beats),
+                args=(deck.track, self._track_serial, _weakly(on_beats)),
                 name="stemdeck-beats",
                 daemon=True,
             )
             self._beat_thread.start()
 
-    def _search_beats(self, track: np.ndarray, serial: int, on_beats: Callable[[Beats], None]) -> None:
+    def _search_beats(self, track: np.ndarray, serial: int, on_beats: Callable[[], Callable | None]) -> None:
         """On its own thread: the track handed to the beat process, its answer awaited. No grid is
         a usable answer (loops are then set by hand), so any failure is just no grid."""
         try:
-            signal = analysis_signal(track, self.samplerate)
+            with native_section():  # soxr's resampler: the exit waits for it (engine/exit_guard.py)
+                signal = analysis_signal(track, self.samplerate)
             if serial != self._track_serial:
                 return
             beats = search_beats(signal)
@@ -230,7 +244,9 @@ class PracticeControls:
             return
         if beats is not None and serial == self._track_serial:
             self.beats = beats
-            on_beats(beats)
+            receiver = on_beats()
+            if receiver is not None:
+                receiver(beats)
 
     def warm_beats(self) -> None:
         """Start the program's beat process ahead of the first track (see :func:`start_beat_process`)."""

@@ -28,6 +28,7 @@ from stemdeck.engine.audio.state import (
     input_written_frames,
     playhead_frames,
 )
+from stemdeck.engine.exit_guard import in_native_section
 from stemdeck.engine.session import LIVE, Failure, SessionSpec
 from stemdeck.engine.worker.cache import CacheEntry, load_stems, save_stems
 from stemdeck.engine.worker.ola import accumulate_window, discard, finalize
@@ -116,6 +117,7 @@ class SeparationWorker(threading.Thread):
         """Whether the stems final so far stay valid for this session (a taken-over one)."""
         return False
 
+    @in_native_section  # the exit waits for a window under way (engine/exit_guard.py)
     def separate_window(self, index: int, origin: int, available_until: int, source: np.ndarray, limit: int) -> int:
         ring_read(source, self.plan.window_start(index, origin), self.window, available_until)
         stems = self.separator(self.window)
@@ -274,6 +276,7 @@ class DeckWorker(SeparationWorker):
             final = self._separate_next(length, limit=self.exact_from)
         self.exact_from = start
 
+    @in_native_section  # the exit waits for a window under way (engine/exit_guard.py)
     def _separate_next(self, length: int, limit: int | None = None) -> int:
         index, plan = self.next_index, self.plan
         start = plan.window_start(index)
@@ -294,6 +297,7 @@ class DeckWorker(SeparationWorker):
         self.next_index = index + 1
         return max(final, self.floor)  # a window that ends before the floor finalises nothing new
 
+    @in_native_section  # the exit waits for a window under way (engine/exit_guard.py)
     def _separate_quick(self, length: int) -> int:
         """The quick first stems at a (re)start point: one short window run at its own length,
         its stems taken as they are; the full windows then finalise from where it ends (the
