@@ -1,4 +1,4 @@
-"""Helpers shared by the engine benchmarks: a JACK dummy server and an htdemucs-sized model."""
+"""Helpers shared by the benchmarks: a JACK dummy server, an htdemucs-sized model, a best-of timer."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,6 +31,17 @@ def htdemucs_random() -> HTDemucs:
     """The htdemucs architecture with seeded random weights (the official ones cannot be fetched here)."""
     torch.manual_seed(0)
     return HTDemucs(**HTDEMUCS_KW).eval()
+
+
+def best_seconds(run: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``run``, after one untimed warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 @contextlib.contextmanager

@@ -14,10 +14,9 @@ Usage: python benchmarks/kernels.py [--repeats 5] [--threads 2]
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torch
+from _common import best_seconds
 from torch import nn
 from torch.nn import functional as F
 
@@ -29,16 +28,6 @@ FRAMES = 336
 TRANSPOSED_LAYERS = ((384, 192, 8), (192, 96, 32), (96, 48, 128), (48, 16, 512))  # in, out channels, bins in
 KERNEL, STRIDE = 8, 4
 TRIM = KERNEL // 4  # rows the decoder drops at each end
-
-
-def best_seconds(run: Callable[[], object], repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: int) -> torch.Tensor:

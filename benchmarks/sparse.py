@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import HTDEMUCS_KW  # noqa: E402
+from _common import HTDEMUCS_KW, best_seconds  # noqa: E402
 
 from stemdeck.models import HTDemucs  # noqa: E402
 from stemdeck.models.nets import sparse  # noqa: E402
@@ -238,13 +238,7 @@ def _flex_candidates(heads_first: list[torch.Tensor], tokens: int) -> dict:
 
 def _best_of(call, repeats: int = 3) -> float:
     with torch.inference_mode():
-        call()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-    return min(times)
+        return best_seconds(call, repeats)
 
 
 def get_parser() -> argparse.ArgumentParser:
