@@ -61,10 +61,6 @@ def in_native_section(function: Callable[P, R]) -> Callable[P, R]:
     return guarded
 
 
-def active_sections() -> int:
-    return _active[0]
-
-
 def wait_for_native_sections(timeout_s: float = EXIT_WAIT_S) -> bool:
     """Close the door to new sections and wait for those under way; whether none is left."""
     with _lock:

@@ -61,15 +61,11 @@ def settle_precision_on_node(model, options: JobOptions, device: str) -> list[st
     measurement that fails is a line, and the node runs float32."""
     import socket
 
-    import torch
-
-    from stemdeck.models.precision_choice import settle_auto
-    from stemdeck.models.track_job import commit_precision
+    from stemdeck.models.track_job import settle_precision
 
     lines: list[str] = []
     try:
-        settle_auto(model, options.precision, torch.device(device), options.backend, options.segment, lines.append)
-        commit_precision(model, options.precision, device, options.backend)
+        settle_precision(model, options, device, lines.append)
     except Exception as exc:  # noqa: BLE001 (the files still separate, in float32)
         lines.append(f"precision auto could not be decided here ({exc}); float32")
     return [f"{socket.gethostname()}: {line}" for line in lines]

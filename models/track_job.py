@@ -289,16 +289,17 @@ def _bar_rows() -> int:
     return max(3, shutil.get_terminal_size((100, 20)).lines)
 
 
-def settle_precision(model, args: argparse.Namespace, device: str) -> None:
+def settle_precision(model, args, device: str, tell: Callable[[str], None] = say) -> None:
     """``--precision auto`` on a CPU without native bfloat16: int8 or float32 for this model,
     measured here the first time (:mod:`models.precision_choice`) and read from the record by
-    every separation after, the library's workers included."""
+    every separation after, the library's workers included. ``args``: the command's options
+    (or a library's :class:`~models.library.JobOptions`); ``tell`` hears the lines."""
     import torch
 
     from stemdeck.models.precision_choice import settle_auto
 
     backend = getattr(args, "backend", "auto")
-    settle_auto(model, args.precision, torch.device(device), backend, args.segment, say)
+    settle_auto(model, args.precision, torch.device(device), backend, args.segment, tell)
     commit_precision(model, args.precision, device, backend)
 
 
