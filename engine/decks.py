@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stemdeck.engine.audio.compile_notice import notice_if_slow
 from stemdeck.engine.audio.decks_mix import (
     CROSSFADER,
     CUE_A,
@@ -343,9 +344,11 @@ class Decks:
         ``deckA_<stem>_L/R``, ``deckB_<stem>_L/R``), played by machine code that never takes the
         interpreter lock; or a sounddevice stream with the master on its first pair and the cue
         on its second where the device has one."""
-        warm_up_decks_mix(len(self.sources), self.channels, self.channels * len(self.sources) if stem_outputs else 0)
-        for engine in self.decks:
-            engine._warm_kernels()
+        stem_channels = self.channels * len(self.sources) if stem_outputs else 0
+        with notice_if_slow():
+            warm_up_decks_mix(len(self.sources), self.channels, stem_channels)
+            for engine in self.decks:
+                engine._warm_kernels()
         self._stream_error = None
         jack = jack_serves(None, output_device)
         if jack is not None:

@@ -26,6 +26,7 @@ from stemdeck.engine.audio.callbacks import (
     warm_up_kernels,
 )
 from stemdeck.engine.audio.click import beat_frames, click_buffer
+from stemdeck.engine.audio.compile_notice import notice_if_slow
 from stemdeck.engine.audio.jack_output import JackStream
 from stemdeck.engine.audio.jack_output import serves as jack_serves
 from stemdeck.engine.audio.native import NativeRender
@@ -952,8 +953,9 @@ class Engine:
 
     def _warm_kernels(self) -> None:
         """Compile the callback kernels now, not in the first audio block."""
-        warm_up_kernels(len(self.sources), self.config.channels)
-        warm_up_stretched(len(self.sources), self.config.channels)
+        with notice_if_slow():
+            warm_up_kernels(len(self.sources), self.config.channels)
+            warm_up_stretched(len(self.sources), self.config.channels)
 
     # Used by tests and offline drivers: run the callback without a device.
     def process_live_block(self, indata: np.ndarray, outdata: np.ndarray) -> None:

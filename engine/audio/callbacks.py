@@ -217,7 +217,8 @@ def _play_chunk_faded(out, deck, fade):
     ready = _stems_cover(deck, playhead, frames, fade)
     _note_fallback(audio, not ready)
     audio[PLAYHEAD] = _read_block(deck, playhead, frames, ready, fade)
-    mix_block(out[:frames], deck.stems_block, 0, deck.track_block, 0, mixer.gains, ready, mixer.levels)
+    start = np.int64(0)  # not a literal 0, which would compile mix_block a second time
+    mix_block(out[:frames], deck.stems_block, start, deck.track_block, start, mixer.gains, ready, mixer.levels)
     _note_first_stems(audio, ready, out.shape[0])
     return True
 
@@ -243,7 +244,9 @@ def _fade_out(out, playhead, loop_out, seam):
     for i in range(out.shape[0]):
         left = loop_out - (playhead + i)
         if 0 < left <= seam:
-            out[i, :] *= left / (seam + 1)
+            gain = left / (seam + 1)
+            for c in range(out.shape[1]):
+                out[i, c] *= gain
 
 
 @njit(nogil=True, cache=True)
@@ -256,7 +259,7 @@ def _play_to_loop_out(out, deck):
         audio[PLAYHEAD] = loop_in  # as the source reader would: a loop set behind the playhead
     playhead = audio[PLAYHEAD]
     frames = min(out.shape[0], deck.track_block.shape[-1], loop_out - playhead)
-    _play_chunk_faded(out[:frames], deck, 0)
+    _play_chunk_faded(out[:frames], deck, np.int64(0))  # no fade, in the type of the others
     _fade_out(out[:frames], playhead, loop_out, min(deck.crossfade_frames, (loop_out - loop_in) // 2))
     if playhead + frames == loop_out:
         beat = transport[COUNT_IN_BEAT_FRAMES]

@@ -100,10 +100,11 @@ def update_mix_targets(ramps, controls, ramp_frames):
     blend = _unit(controls[CUE_MIX])
     cue_a = 1.0 if controls[CUE_A] != 0.0 else 0.0
     cue_b = 1.0 if controls[CUE_B] != 0.0 else 0.0
-    _retarget(ramps, TO_MASTER_A, to_master_a, ramp_frames)
-    _retarget(ramps, TO_MASTER_B, to_master_b, ramp_frames)
-    _retarget(ramps, TO_CUE_A, (1.0 - blend) * cue_a + blend * to_master_a, ramp_frames)
-    _retarget(ramps, TO_CUE_B, (1.0 - blend) * cue_b + blend * to_master_b, ramp_frames)
+    # np.int64(...), not the bare constants: Numba compiles a callee again for each literal argument
+    _retarget(ramps, np.int64(TO_MASTER_A), to_master_a, ramp_frames)
+    _retarget(ramps, np.int64(TO_MASTER_B), to_master_b, ramp_frames)
+    _retarget(ramps, np.int64(TO_CUE_A), (1.0 - blend) * cue_a + blend * to_master_a, ramp_frames)
+    _retarget(ramps, np.int64(TO_CUE_B), (1.0 - blend) * cue_b + blend * to_master_b, ramp_frames)
 
 
 @njit(nogil=True, cache=True)
@@ -126,22 +127,22 @@ def mix_decks(out, deck_a, deck_b, channels, cue_column, ramps, levels):
     """
     frames = out.shape[0]
     levels[:] = 0.0
-    for i in range(frames):
-        to_a = _next_gain(ramps, TO_MASTER_A)
-        to_b = _next_gain(ramps, TO_MASTER_B)
-        cue_a = _next_gain(ramps, TO_CUE_A)
-        cue_b = _next_gain(ramps, TO_CUE_B)
+    for i in range(frames):  # np.int64(...): one compiled callee, not one per literal column
+        to_a = _next_gain(ramps, np.int64(TO_MASTER_A))
+        to_b = _next_gain(ramps, np.int64(TO_MASTER_B))
+        cue_a = _next_gain(ramps, np.int64(TO_CUE_A))
+        cue_b = _next_gain(ramps, np.int64(TO_CUE_B))
         for c in range(channels):
             a, b = deck_a[i, c], deck_b[i, c]
             master = safe_sample(a * to_a + b * to_b)
             out[i, c] = master
-            _meter(levels, LEVEL_A, a * to_a)
-            _meter(levels, LEVEL_B, b * to_b)
-            _meter(levels, LEVEL_MASTER, master)
+            _meter(levels, np.int64(LEVEL_A), a * to_a)
+            _meter(levels, np.int64(LEVEL_B), b * to_b)
+            _meter(levels, np.int64(LEVEL_MASTER), master)
             if cue_column >= 0:
                 cue = safe_sample(a * cue_a + b * cue_b)
                 out[i, cue_column + c] = cue
-                _meter(levels, LEVEL_CUE, cue)
+                _meter(levels, np.int64(LEVEL_CUE), cue)
     if frames > 0:
         for k in range(levels.shape[1]):
             levels[1, k] /= frames * channels

@@ -117,7 +117,7 @@ class StretchBuffers(NamedTuple):
     source: np.ndarray  # (capacity,) int64: the source frame this ring frame was made from; stage-written
     state: np.ndarray  # (STATE_SLOTS,) int64, see the slots above
     controls: np.ndarray  # (2,) float64: tempo (1 = as recorded), key shift in semitones; control-written
-    fade: np.ndarray  # (FADE_FRAMES, C * (S + 1)) float32: the other side of a crossfade; callback-owned
+    fade: np.ndarray  # (FADE_FRAMES * C * (S + 1),) float32: the other side of a crossfade; callback-owned
     gains_saved: np.ndarray  # (4, S + 1) float64: the gain ramps before a crossfade's first side; callback-owned
 
     @staticmethod
@@ -138,7 +138,7 @@ class StretchBuffers(NamedTuple):
         num_stems, channels = arrays["stems"].shape[:2]
         return cls(
             **arrays,
-            fade=np.zeros((FADE_FRAMES, channels * (num_stems + 1)), np.float32),
+            fade=np.zeros(FADE_FRAMES * channels * (num_stems + 1), np.float32),
             gains_saved=np.zeros((4, num_stems + 1), np.float64),
         )
 
@@ -199,24 +199,36 @@ def _play_ring(out, deck, stretch, stop_source):
 
 
 @njit(nogil=True, cache=True)
+def _copy_gains(dest, source):
+    """``dest[:] = source`` for the ``(4, S + 1)`` gain state, element by element: Numba's array
+    assignment brings its shape-mismatch error's string formatting into the compile (seconds of
+    a first start). For the same reason calls here pass ``np.int64(...)``/``np.bool_(...)``, not
+    constants: Numba compiles a callee once more for each literal argument it is given."""
+    for row in range(dest.shape[0]):
+        for column in range(dest.shape[1]):
+            dest[row, column] = source[row, column]
+
+
+@njit(nogil=True, cache=True)
 def _crossfade(out, deck, stretch, to_ring):
     """The first frames of ``out`` crossfaded from the source played on unstretched to the ring
     (``to_ring``: joining) or from the ring to the source (leaving); both sides are mixed with the
     same gain ramps. Returns the frames played; the playhead ends on the side faded to."""
     audio, mixer, state = deck.audio, deck.mixer, stretch.state
-    frames = min(out.shape[0], stretch.fade.shape[0], max(state[WRITTEN] - state[READ], 0))
+    channels = out.shape[1]  # at most C * (S + 1): the fade buffer holds FADE_FRAMES frames of it
+    frames = min(out.shape[0], stretch.fade.shape[0] // channels, max(state[WRITTEN] - state[READ], 0))
     if frames <= 0:
         return 0
-    source = stretch.fade[:frames, : out.shape[1]]  # as wide as any output: C * (S + 1)
-    channels = source.shape[1]
+    # A contiguous (frames, channels) view, as the output blocks are: one compiled _play_chunk for both
+    source = stretch.fade[: frames * channels].reshape(frames, channels)
     source[:] = 0.0
-    stretch.gains_saved[:] = mixer.gains
+    _copy_gains(stretch.gains_saved, mixer.gains)
     start = audio[PLAYHEAD]
     _play_chunk(source, deck)  # at the track's end: silence
     source_end = audio[PLAYHEAD]
-    mixer.gains[:] = stretch.gains_saved
+    _copy_gains(mixer.gains, stretch.gains_saved)
     audio[PLAYHEAD] = start
-    _play_ring(out[:frames], deck, stretch, NO_STOP)
+    _play_ring(out[:frames], deck, stretch, np.int64(NO_STOP))  # not a literal: see _copy_gains
     for i in range(frames):
         weight = (i + 1) / (frames + 1)  # of the ring
         if not to_ring:
@@ -278,7 +290,7 @@ def _play_source(out, deck, stretch):
             if state[WRITTEN] > 0:
                 state[READ] = 0
                 state[JOINED] = epoch
-                return _crossfade(out, deck, stretch, True)
+                return _crossfade(out, deck, stretch, np.bool_(True))
             if state[HELD_EPOCH] != epoch:
                 state[HELD_EPOCH], state[HELD] = epoch, 0
             if state[HELD] < HOLD_FRAMES:
@@ -312,7 +324,7 @@ def _stretched_blocks(outdata, deck, stretch):
         if audio[COUNT_IN_LEFT] > 0:
             played = _play_count_in(out, deck)
         elif state[JOINED] != 0:
-            played = _play_ring(out, deck, stretch, audio[LOOP_OUT_AT] if counting else NO_STOP)
+            played = _play_ring(out, deck, stretch, audio[LOOP_OUT_AT] if counting else np.int64(NO_STOP))
             if played < out.shape[0]:
                 _begin_count_in(deck, stretch)
         elif state[RESUMING] != 0:
@@ -329,7 +341,7 @@ def _stretched_blocks(outdata, deck, stretch):
 def _leave(outdata, deck, stretch):
     """Back at tempo 1 and key 0: a crossfade from the ring to the source, then the source."""
     state = stretch.state
-    done = _crossfade(outdata, deck, stretch, False) if state[JOINED] != 0 else 0
+    done = _crossfade(outdata, deck, stretch, np.bool_(False)) if state[JOINED] != 0 else 0
     state[JOINED] = 0
     chunk = deck.track_block.shape[-1]
     while done < outdata.shape[0]:

@@ -110,7 +110,9 @@ def read_source(dest, dest_start, source, position, frames, loop_in, loop_out, c
             position, done = position + 1, done + 1
             continue
         count = min(frames - done, _run_end(position, looping, loop_out, seam_start, length) - position)
-        dest[:channels, at : at + count] = source[:channels, position : position + count]
+        for c in range(channels):
+            for i in range(count):
+                dest[c, at + i] = source[c, position + i]
         position, done = position + count, done + count
     if looping and position >= loop_out:
         position = loop_in
