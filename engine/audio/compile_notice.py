@@ -1,8 +1,8 @@
 """One line on stderr when the audio kernels take long to get ready.
 
-On a fresh install Numba compiles the deck's and the live input's block kernels once (about a
-minute and a half on 2 cores; their machine code is cached on disk afterwards), and a start that
-says nothing for that long reads as a hang. From the cache they load in under a second, so a
+On a fresh install Numba compiles the deck's and the live input's block kernels once (about 45 s
+on 2 cores; their machine code is cached on disk afterwards), and a start that says nothing for
+that long reads as a hang. From the cache they load in under a second, so a
 timer, not a guess at Numba's cache, decides: the line appears only when the wait is real.
 """
 

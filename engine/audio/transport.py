@@ -91,7 +91,8 @@ def read_source(dest, dest_start, source, position, frames, loop_in, loop_out, c
     """Copy ``frames`` frames of ``source`` ``(C, length)`` from ``position`` into
     ``dest[:, dest_start:]``, loop-aware with the seam's crossfade; frames past the track's
     end (no loop) are zeros. Returns the position after them (see :func:`advance`). Plain
-    stretches are copied as slices; only the seam's few milliseconds are blended frame by frame."""
+    stretches are copied in one loop (not a slice assignment, whose shape check costs seconds of
+    compile); only the seam's few milliseconds are blended frame by frame."""
     length = source.shape[-1]
     channels = min(dest.shape[0], source.shape[0])
     looping = loop_active(loop_in, loop_out, length)
