@@ -8,26 +8,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import best_seconds  # noqa: E402
+
 from stemdeck.engine.audio.mixer import mix_block, mix_block_reference  # noqa: E402
 from stemdeck.engine.audio.state import gain_state  # noqa: E402
 
 SAMPLERATE = 44100
-
-
-def best_of(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main(argv=None) -> int:
@@ -46,7 +38,6 @@ def main(argv=None) -> int:
     state = gain_state(args.stems)
     gains = np.ones(args.stems + 1)
     start = 1000
-    mix_block(out, stems, start, dry, start, state, True, levels)  # compile
 
     def kernel():
         mix_block(out, stems, start, dry, start, state, True, levels)
@@ -59,8 +50,8 @@ def main(argv=None) -> int:
         np.abs(mixed).max(), (mixed**2).mean()
         out[:] = mixed.T
 
-    kernel_s = best_of(kernel, args.repeats)
-    numpy_s = best_of(numpy_version, args.repeats)
+    kernel_s = best_seconds(kernel, args.repeats)  # its warm-up call compiles the kernel
+    numpy_s = best_seconds(numpy_version, args.repeats)
     block_s = args.block / SAMPLERATE
     report = {
         "block_frames": args.block,
