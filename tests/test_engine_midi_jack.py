@@ -25,8 +25,12 @@ class FakeController:
         self.plug()
         self.leds_in = open_client("in", "jack", CONTROLLER)
         self.leds_in.ignore_types(sysex=False)
-        self.leds_in.set_callback(self._led)
         self.leds_in.open_virtual_port("leds in")
+        # Read from rtmidi's queue, as stemdeck does: an rtmidi callback is Python on JACK's
+        # thread, and closing the port while an LED message arrives crashes or hangs this process.
+        self._closing = threading.Event()
+        self._reader = threading.Thread(target=self._read_leds, name="fake-leds", daemon=True)
+        self._reader.start()
 
     def plug(self):
         self.pads_out = open_client("out", "jack", CONTROLLER)
@@ -39,10 +43,12 @@ class FakeController:
     def send(self, *message):
         self.pads_out.send_message(list(message))
 
-    def _led(self, event, data=None):
-        with self._got:
-            self.leds.append(event[0])
-            self._got.notify_all()
+    def _read_leds(self):
+        while not self._closing.wait(0.001):
+            while (event := self.leds_in.get_message()) is not None:
+                with self._got:
+                    self.leds.append(event[0])
+                    self._got.notify_all()
 
     def wait_led(self, message, timeout_s=5.0) -> bool:
         with self._got:
@@ -51,11 +57,13 @@ class FakeController:
     def close(self):
         # rtmidi holds the GIL through JACK calls that wait for a graph change, and a client whose
         # process thread waits for the GIL in a Python callback never lets that change come:
-        # no Python callback of this process may run while the ports close.
+        # no Python callback of this process may run while the ports close (the engine's JACK
+        # audio client may play through one).
         from stemdeck.engine.audio.jack_output import close_session_output
 
         close_session_output()
-        self.leds_in.cancel_callback()
+        self._closing.set()
+        self._reader.join()
         for client in (self.pads_out, self.leds_in):
             client.close_port()
             client.delete()
@@ -141,6 +149,56 @@ def test_malformed_and_unexpected_messages_are_ignored(deck, fake, midi):
     assert wait_for(lambda: deck.mixer().mute[VOCALS])
     assert midi.applied == 1
     assert deck.mixer().mute == (False, False, False, True) and deck.mixer().solo == (False,) * 4
+
+
+# A controller in its own process that sends a fader move every 50 µs (about 100 in each JACK
+# cycle), and a stemdeck process that opens and closes its MIDI ports meanwhile, its main thread
+# busy between (the GUI thread as the user quits): the test sees a crash or a hang as the
+# second process's exit.
+FLOOD = """
+import time
+from stemdeck.engine.midi.ports import open_client
+
+pads = open_client("out", "jack", "flood")
+pads.open_virtual_port("pads out")
+print("ready", flush=True)
+while True:
+    pads.send_message([0xB0, 7, 64])
+    time.sleep(0.00005)
+"""
+OPEN_AND_CLOSE = """
+import sys, time
+from stemdeck.engine.midi import MidiConfig, MidiController, default_mapping
+from stemdeck.engine.midi.cli import _NoEngine
+
+received = 0
+for _ in range(int(sys.argv[1])):
+    config = MidiConfig(input="flood", api="jack", hotplug_poll_s=0.05)
+    controller = MidiController(_NoEngine(), default_mapping(4), config).start()
+    busy_until = time.perf_counter() + 0.03
+    while time.perf_counter() < busy_until:
+        pass
+    controller.close()
+    received += controller.received
+print("received", received)
+"""
+
+
+def test_closing_while_a_controller_floods_neither_crashes_nor_hangs(jack_server):
+    """With an rtmidi callback this crashed (SIGSEGV) or hung: the callback, waiting for the GIL on
+    JACK's thread, was freed under it, or waited for by a port closing with the GIL held."""
+    cycles = 12
+    flood = subprocess.Popen([sys.executable, "-c", FLOOD], stdout=subprocess.PIPE, text=True)
+    try:
+        assert flood.stdout.readline().strip() == "ready"
+        result = subprocess.run(
+            [sys.executable, "-c", OPEN_AND_CLOSE, str(cycles)], capture_output=True, text=True, timeout=90
+        )
+    finally:
+        flood.kill()
+        flood.wait()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout.split()[-1]) >= 100 * cycles  # each controller applied the moves that came
 
 
 def test_virtual_port_lets_another_app_drive_stemdeck(deck, jack_server):
