@@ -11,7 +11,7 @@ from conftest import run_stemdeck
 from test_engine_midi import BASS, VOCALS, deck, settled_ratio  # noqa: F401  (the deck fixture)
 
 from stemdeck.engine.midi import MidiConfig, MidiController, MidiError, default_mapping, load_mapping, parse
-from stemdeck.engine.midi.ports import open_client
+from stemdeck.engine.midi.ports import open_client, queued_messages
 
 CONTROLLER = "fakectl"
 
@@ -45,9 +45,9 @@ class FakeController:
 
     def _read_leds(self):
         while not self._closing.wait(0.001):
-            while (event := self.leds_in.get_message()) is not None:
+            if messages := queued_messages(self.leds_in):
                 with self._got:
-                    self.leds.append(event[0])
+                    self.leds.extend(messages)
                     self._got.notify_all()
 
     def wait_led(self, message, timeout_s=5.0) -> bool:

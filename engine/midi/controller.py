@@ -45,6 +45,7 @@ from stemdeck.engine.midi.ports import (
     midi_client_name,
     open_client,
     port_names,
+    queued_messages,
     quiet_stderr,
 )
 
@@ -318,12 +319,8 @@ class MidiController:
 
     def _read_inputs(self) -> list[list[int]]:
         """The messages rtmidi queued since the last read, port by port."""
-        received = []
         with self._lock:
-            for port in self._inputs:
-                while (event := port.client.get_message()) is not None:
-                    received.append(event[0])
-        return received
+            return [data for port in self._inputs for data in queued_messages(port.client)]
 
     def _guarded(self, step: Callable, *args) -> None:
         try:

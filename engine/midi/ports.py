@@ -64,6 +64,15 @@ def port_names(client) -> list[str]:
         return list(client.get_ports())
 
 
+def queued_messages(client) -> list[list[int]]:
+    """The messages an rtmidi input queued since the last call, oldest first. Read from a thread
+    of ours: an rtmidi callback would run Python on rtmidi's thread (see engine.midi.controller)."""
+    messages = []
+    while (event := client.get_message()) is not None:
+        messages.append(event[0])
+    return messages
+
+
 def list_ports(api: str = "auto") -> tuple[list[str], list[str]]:
     """(inputs, outputs) as the MIDI system names them."""
     inputs, outputs = open_client("in", api, "stemdeck-list"), open_client("out", api, "stemdeck-list")
