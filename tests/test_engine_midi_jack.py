@@ -151,6 +151,28 @@ def test_malformed_and_unexpected_messages_are_ignored(deck, fake, midi):
     assert deck.mixer().mute == (False, False, False, True) and deck.mixer().solo == (False,) * 4
 
 
+class Unloaded:
+    """The GUI's controls before a model is loaded: every control refuses."""
+
+    sources = ("drums", "bass", "other", "vocals")
+
+    def mixer(self, *args):
+        raise RuntimeError("no model is loaded yet")
+
+    set_mute = set_gain = mixer
+
+
+def test_a_refusal_repeated_by_every_message_is_said_once(fake):
+    """A fader moved before a model is loaded sends dozens of messages: one line, not one each."""
+    lines = []
+    config = MidiConfig(input=CONTROLLER, api="jack")
+    with MidiController(Unloaded(), default_mapping(4), config, report=lines.append) as controller:
+        for value in range(40):
+            fake.send(0xB0, 1, value)  # channel 1 CC 1: the drums' fader
+        assert wait_for(lambda: controller.received == 40)
+    assert lines == ["MIDI message not applied: no model is loaded yet"]
+
+
 # A controller in its own process that sends a fader move every 50 µs (about 100 in each JACK
 # cycle), and a stemdeck process that opens and closes its MIDI ports meanwhile, its main thread
 # busy between (the GUI thread as the user quits): the test sees a crash or a hang as the

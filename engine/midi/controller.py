@@ -50,6 +50,7 @@ from stemdeck.engine.midi.ports import (
 )
 
 FEEDBACK_ON, FEEDBACK_OFF = 127, 0
+FAILURE_REPEAT_S = 5.0  # a failure that repeats (every fader step while no model is loaded) is said this often
 COUNT_IN_BEATS = 4  # the count_in pad's clicks: one bar of 4/4
 CC_TOP = 127
 
@@ -154,6 +155,7 @@ class MidiController:
         self.received = 0  # every message that reached the dispatcher, learned ones too
         self.applied = 0  # messages that drove a control
         self.ignored = 0  # the rest: unbound, unbindable (SysEx, pressure...), a toggle's release
+        self._last_failure, self._last_failure_s = "", 0.0  # what _guarded said last, and when
         self._lock = threading.Lock()  # rtmidi objects: dispatcher and watcher (rtmidi's thread runs no Python)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -326,7 +328,10 @@ class MidiController:
         try:
             step(*args)
         except Exception as exc:  # noqa: BLE001 - e.g. no engine yet, or one being replaced
-            self._say(f"MIDI message not applied: {str(exc).splitlines()[0]}")
+            text, now_s = f"MIDI message not applied: {str(exc).splitlines()[0]}", time.monotonic()
+            if text != self._last_failure or now_s - self._last_failure_s >= FAILURE_REPEAT_S:
+                self._say(text)
+                self._last_failure, self._last_failure_s = text, now_s
 
     def _sync_loaded(self) -> None:
         if not self._stop.is_set() and self.controls.sources:

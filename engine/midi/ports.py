@@ -32,12 +32,18 @@ def _api_constant(name: str) -> int:
     return {"jack": rt.API_UNIX_JACK, "alsa": rt.API_LINUX_ALSA}[name]
 
 
+# Messages an input holds until our dispatcher reads them (rtmidi's default, 1024, overflowed in
+# a 0.1 s stall under a 10 000-message/s flood); a queued message takes a few dozen bytes.
+INPUT_QUEUE_MESSAGES = 16384
+
+
 def open_client(direction: str, api: str = "auto", client_name: str = "stemdeck"):
     """An rtmidi MidiIn/MidiOut on ``api``; "auto" takes JACK when a server runs, else ALSA."""
     rt = rtmidi()
     if api not in API_NAMES:
         raise MidiError(f"unknown MIDI system {api!r} (use {', '.join(API_NAMES)})")
-    klass = rt.MidiIn if direction == "in" else rt.MidiOut
+    inputs = direction == "in"
+    klass, options = (rt.MidiIn, {"queue_size_limit": INPUT_QUEUE_MESSAGES}) if inputs else (rt.MidiOut, {})
     compiled = {rt.get_api_name(a) for a in rt.get_compiled_api()}
     candidates = ["jack", "alsa"] if api == "auto" else [api]
     problems = []
@@ -47,7 +53,7 @@ def open_client(direction: str, api: str = "auto", client_name: str = "stemdeck"
             continue
         try:
             with quiet_stderr():
-                client = klass(rtapi=_api_constant(name), name=client_name)
+                client = klass(rtapi=_api_constant(name), name=client_name, **options)
                 client.get_port_count()
             return client
         except rt.RtMidiError as exc:
