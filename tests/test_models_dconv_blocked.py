@@ -58,7 +58,10 @@ def test_waveform_branch_layout_equals_the_module():
 
 
 @pytest.mark.parametrize("dilation,frames", [(1, 50), (2, 50), (4, 3), (8, 5)])
-def test_taps_conv_equals_a_dilated_conv(dilation, frames):
+@pytest.mark.parametrize("samples_per_block", [2, 5])
+def test_taps_conv_equals_a_dilated_conv(monkeypatch, dilation, frames, samples_per_block):
+    """Blocks of 2 samples of 5 (a ragged last block) or all 5 at once."""
+    monkeypatch.setattr(dconv_blocked, "BLOCK_BYTES", 4 * 3 * 4 * frames * samples_per_block)
     torch.manual_seed(0)
     conv = nn.Conv1d(16, 4, 3, dilation=dilation, padding=dilation)
     x = torch.randn(5, 16, frames)

@@ -28,14 +28,32 @@ def _max_error(reference, ours, length, seed=0):
     ],
 )
 def test_htdemucs_matches_reference(htdemucs_pair, length, monkeypatch):
-    from stemdeck.models.nets import winograd
+    from stemdeck.models.nets import inference_paths, rewrite_blocked, winograd
 
     reference, ours = htdemucs_pair
-    winograd_layers = []
+    monkeypatch.setattr(inference_paths, "_MEMORY_FOR_SPEED", [True])  # as `play` and the mixer run
+    winograd_layers, blocked_layers = [], []
     plain = winograd.rewrite_glu
     monkeypatch.setattr(winograd, "rewrite_glu", lambda conv, y: winograd_layers.append(conv) or plain(conv, y))
+    pieces = rewrite_blocked.rewrite_glu
+
+    def record(conv, y, skip=None):
+        blocked_layers.append((y.dim(), conv.in_channels, skip is not None))
+        return pieces(conv, y, skip)
+
+    monkeypatch.setattr(rewrite_blocked, "rewrite_glu", record)
     assert _max_error(reference, ours, length) < TOLERANCE
     assert len(winograd_layers) == 2  # decoder layers 0 and 1 (384 and 192 channels) ran Winograd's convs
+    # in pieces: the outermost waveform layers (1-D) and spectral ones (2-D), the decoders' with
+    # their skip connection added piece by piece
+    assert sorted(blocked_layers) == [
+        (3, 48, False),
+        (3, 48, True),
+        (4, 48, False),
+        (4, 48, True),
+        (4, 96, False),
+        (4, 96, True),
+    ]
 
 
 def test_htdemucs_6s_matches_reference():

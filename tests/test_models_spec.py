@@ -60,3 +60,17 @@ def test_inverse_of_channels_equals_the_complex_inverse():
     from stemdeck.models.nets.spec import hybrid_inverse_of_channels
 
     assert torch.equal(hybrid_inverse_of_channels(channels, 44100), hybrid_inverse(z, 44100))
+
+
+def test_one_inverse_buffer_serves_one_source_after_another():
+    """The stems' iSTFTs share one zero-padded buffer: each gives what a fresh buffer gives,
+    nothing of the source before it left in the padding."""
+    from stemdeck.models.nets.spec import hybrid_inverse_of_channels, inverse_buffer
+
+    torch.manual_seed(0)
+    sources = [torch.view_as_real(hybrid_spectrogram(torch.randn(1, 2, 44100), 4096)).movedim(-1, -3) for _ in range(3)]
+    shared = inverse_buffer(sources[0])
+    for channels in sources:
+        assert torch.equal(
+            hybrid_inverse_of_channels(channels, 44100, shared), hybrid_inverse_of_channels(channels, 44100)
+        )

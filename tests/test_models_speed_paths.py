@@ -172,6 +172,29 @@ def test_in_place_inference_gives_the_numbers_autograd_gets_and_leaves_backward_
     assert all(p.grad is not None for p in model.crosstransformer.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_feed_forward_in_blocks_of_tokens_keeps_the_numbers(monkeypatch, song, precision):
+    """At inference the Transformer's feed-forward runs a block of tokens at a time (here 7, a
+    ragged last block): float32 gives the graph autograd records, int8 (whose activations are
+    then quantised per block) keeps its bar against float32."""
+    from stemdeck.models.nets import transformer
+
+    model = tiny_model(full_layer_scale=True)
+    calls = []
+    whole = transformer.TransformerLayer._feed_forward_block
+    monkeypatch.setattr(transformer.TransformerLayer, "_feed_forward_block", lambda *a: calls.append(1) or whole(*a))
+    recorded = model(song).detach()  # autograd on: one block
+    assert len(calls) == 2 * TINY_HT_KW["t_layers"]
+    monkeypatch.setattr(transformer, "FEED_FORWARD_BLOCK_BYTES", 4 * 4 * 32 * 7)  # 7 tokens of 4 x 32 hidden
+    calls.clear()
+    blocked = separate(model, precision, song)
+    assert len(calls) > 4 * 2 * TINY_HT_KW["t_layers"]
+    if precision == "fp32":
+        torch.testing.assert_close(blocked, recorded, rtol=1e-5, atol=1e-6)
+    else:
+        assert snr_db(recorded, blocked) > SNR_BAR_DB["int8"]
+
+
 def test_a_command_makes_its_model_int8_in_place_and_keeps_no_float_transformer():
     from stemdeck.models.nets.transformer import is_int8
     from stemdeck.models.precision import prepare_network

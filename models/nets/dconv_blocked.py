@@ -109,12 +109,28 @@ def _glu_add(y: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
 
 def taps_conv1d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """A stride-1, 'same'-padded, dilated ``conv`` of ``(N, C, T)``: one batched product of all
-    taps at once, then each tap's rows added at its offset (zero beyond the ends)."""
+    taps at once, then each tap's rows added at its offset (zero beyond the ends). The products,
+    ``kernel`` times the output, are made for a block of samples at a time in one scratch buffer
+    (11.8 MB at htdemucs's 512 bins, never made whole)."""
     hidden, _, kernel = conv.weight.shape
-    dilation, middle, frames = conv.dilation[0], kernel // 2, x.shape[-1]
+    samples, frames = x.shape[0], x.shape[-1]
     stacked = conv.weight.permute(2, 0, 1).reshape(kernel * hidden, -1)
-    products = torch.bmm(stacked.expand(x.shape[0], -1, -1), x)  # (N, K * hidden, T)
-    out = products[:, middle * hidden : (middle + 1) * hidden] + conv.bias[None, :, None]
+    out = x.new_empty(samples, hidden, frames)
+    per_block = max(1, BLOCK_BYTES // (x.element_size() * kernel * hidden * frames))
+    scratch = x.new_empty(min(per_block, samples) * kernel * hidden * frames)
+    for start in range(0, samples, per_block):
+        count = min(per_block, samples - start)
+        products = scratch[: count * kernel * hidden * frames].view(count, kernel * hidden, frames)
+        torch.bmm(stacked.expand(count, -1, -1), x[start : start + count], out=products)
+        _add_taps(products, conv, out[start : start + count])
+    return out
+
+
+def _add_taps(products: torch.Tensor, conv: nn.Conv1d, out: torch.Tensor) -> None:
+    """``out``: the middle tap's rows plus the bias, then every other tap's rows at its offset."""
+    hidden, _, kernel = conv.weight.shape
+    dilation, middle, frames = conv.dilation[0], kernel // 2, out.shape[-1]
+    torch.add(products[:, middle * hidden : (middle + 1) * hidden], conv.bias[None, :, None], out=out)
     for tap in range(kernel):
         offset = dilation * (tap - middle)
         if tap == middle or abs(offset) >= frames:
@@ -124,7 +140,6 @@ def taps_conv1d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
             out[..., : frames - offset] += rows[..., offset:]
         else:
             out[..., -offset:] += rows[..., : frames + offset]
-    return out
 
 
 def folded_expansion(

@@ -46,23 +46,26 @@ def float32_eager_inference(x: torch.Tensor, module: nn.Module) -> bool:
 
 
 def same_padded_conv_before_glu(conv: nn.Module, norm: nn.Module, y: torch.Tensor) -> bool:
-    """A plain 2-D conv the band-by-band and Winograd paths can stand in for: odd kernel, zero
-    'same' padding, stride and dilation 1, one group, a bias and an even output to halve, and no
-    norm between it and the GLU (a norm needs the whole output). Any other padding mode would
-    read the neighbouring bins of a band, not zeros, at its edges."""
-    if not isinstance(conv, nn.Conv2d) or not isinstance(norm, nn.Identity) or y.dim() != 4:
+    """A plain conv the band-by-band and Winograd paths can stand in for: 2-D over ``(B, C, bins,
+    frames)`` or 1-D over ``(B, C, frames)``, odd kernel, zero 'same' padding, stride and
+    dilation 1, one group, a bias and an even output to halve, and no norm between it and the
+    GLU (a norm needs the whole output). Any other padding mode would read the neighbouring
+    bins or frames of a band, not zeros, at its edges."""
+    if not isinstance(norm, nn.Identity):
         return False
-    kernel_f, kernel_t = conv.kernel_size
+    if not (isinstance(conv, nn.Conv2d) and y.dim() == 4) and not (isinstance(conv, nn.Conv1d) and y.dim() == 3):
+        return False
+    dims = len(conv.kernel_size)
     return (
-        kernel_f % 2 == 1
-        and kernel_t % 2 == 1
-        and conv.padding == (kernel_f // 2, kernel_t // 2)
+        all(side % 2 == 1 for side in conv.kernel_size)
+        and conv.padding == tuple(side // 2 for side in conv.kernel_size)
         and conv.padding_mode == "zeros"
-        and conv.stride == (1, 1)
-        and conv.dilation == (1, 1)
+        and conv.stride == (1,) * dims
+        and conv.dilation == (1,) * dims
         and conv.groups == 1
         and conv.bias is not None
         and conv.out_channels % 2 == 0
+        and y.shape[1] == conv.in_channels
     )
 
 

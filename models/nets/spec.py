@@ -95,17 +95,24 @@ def hybrid_inverse(z: torch.Tensor, length: int) -> torch.Tensor:
     return _inverse_of_padded(F.pad(z, (2, 2, 0, 1)), length)
 
 
-def hybrid_inverse_of_channels(x: torch.Tensor, length: int) -> torch.Tensor:
+def hybrid_inverse_of_channels(x: torch.Tensor, length: int, buffer: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`hybrid_inverse` of a complex-as-channels ``(..., 2, freqs, frames)`` spectrogram.
 
     The real and imaginary parts go straight into the zero-padded complex buffer, one tensor
     where a contiguous complex copy and then its padded copy were two (each 44 MB for htdemucs's
-    four stems).
+    four stems). ``buffer`` (:func:`inverse_buffer`) serves call after call: only its padding
+    must be zero, and only its interior is written.
     """
-    *batch, _, freqs, frames = x.shape
-    buffer = x.new_zeros(*batch, freqs + 1, frames + 4, 2)
+    buffer = inverse_buffer(x) if buffer is None else buffer
+    freqs, frames = x.shape[-2:]
     buffer[..., :freqs, 2 : 2 + frames, :] = x.movedim(-3, -1)
     return _inverse_of_padded(torch.view_as_complex(buffer), length)
+
+
+def inverse_buffer(x: torch.Tensor) -> torch.Tensor:
+    """The zero-padded buffer :func:`hybrid_inverse_of_channels` fills from ``x``."""
+    *batch, _, freqs, frames = x.shape
+    return x.new_zeros(*batch, freqs + 1, frames + 4, 2)
 
 
 def _inverse_of_padded(z: torch.Tensor, length: int) -> torch.Tensor:

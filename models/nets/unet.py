@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from stemdeck.models.nets import rewrite_blocked, winograd
 from stemdeck.models.nets.inference_paths import eager_inference, gelu_fresh
 from stemdeck.models.nets.layers import DConv, FrequencyEmbedding, _norm, rescale_module
-from stemdeck.models.nets.spec import hybrid_inverse_of_channels, hybrid_spectrogram
+from stemdeck.models.nets.spec import hybrid_inverse_of_channels, hybrid_spectrogram, inverse_buffer
 
 
 def _freq_major(y: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -37,12 +37,16 @@ def _run_dconv(dconv: nn.Module, y: torch.Tensor, freq: bool) -> torch.Tensor:
     return dconv(flat, consume=True).view(shape).permute(0, 2, 1, 3)
 
 
-def _rewrite_glu(rewrite: nn.Module, norm: nn.Module, y: torch.Tensor) -> torch.Tensor:
+def _rewrite_glu(
+    rewrite: nn.Module, norm: nn.Module, y: torch.Tensor, skip: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``glu(norm(rewrite(y + skip)), dim=1)``; the blocked path adds ``skip`` a piece at a time, so
+    the sum (33 MB at htdemucs's last spectral decoder) never exists whole."""
     if winograd.usable(rewrite, norm, y):
-        return winograd.rewrite_glu(rewrite, y)
+        return winograd.rewrite_glu(rewrite, y if skip is None else y + skip)
     if rewrite_blocked.usable(rewrite, norm, y):
-        return rewrite_blocked.rewrite_glu(rewrite, y)
-    return F.glu(norm(rewrite(y)), dim=1)
+        return rewrite_blocked.rewrite_glu(rewrite, y, skip)
+    return F.glu(norm(rewrite(y if skip is None else y + skip)), dim=1)
 
 
 class EncoderLayer(nn.Module):
@@ -158,9 +162,7 @@ class DecoderLayer(nn.Module):
             x = x.view(x.shape[0], self.chin, -1, x.shape[-1])
         y = x
         if not self.empty:
-            y = x + skip
-            if self.rewrite is not None:
-                y = _rewrite_glu(self.rewrite, self.norm1, y)
+            y = x + skip if self.rewrite is None else _rewrite_glu(self.rewrite, self.norm1, x, skip)
             if self.dconv is not None:
                 y = _run_dconv(self.dconv, y, self.freq)
         z = self.norm2(self.conv_tr(y))
@@ -331,8 +333,11 @@ class HybridUNet(nn.Module):
         num_sources = len(self.sources)
         per_source = spec.view(batch, num_sources, -1, 2, freqs, frames)
         out = wave.view(batch, num_sources, -1, length).clone()
+        # one zero-padded buffer for every source at inference (10.6 MB each for htdemucs); autograd
+        # may need each source's own
+        shared = inverse_buffer(per_source[:, 0]) if eager_inference() else None
         for source in range(num_sources):  # one at a time: a quarter of the iSTFT's temporaries
-            out[:, source] += hybrid_inverse_of_channels(per_source[:, source], length)
+            out[:, source] += hybrid_inverse_of_channels(per_source[:, source], length, shared)
         return out
 
     def _encode(self, x: torch.Tensor, xt: torch.Tensor):
