@@ -43,6 +43,8 @@ def worker(precision: str, memory: str, stems_path: str) -> None:
     from stemdeck.models.precision import prepare_model
     from stemdeck.models.streaming import apply_memory_mode
 
+    # only names every commit has: offline.py (its song, its model builder) imports backends an
+    # older commit may lack
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import HTDEMUCS_KW
 

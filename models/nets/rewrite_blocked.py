@@ -71,6 +71,9 @@ def _along_bins(conv: nn.Conv2d, y: torch.Tensor, skip: torch.Tensor | None) -> 
         if missing_below or missing_above:
             band = F.pad(band, (0, 0, missing_below, missing_above))
         convolved = F.conv2d(band, conv.weight, conv.bias, padding=(0, conv.padding[1]))
+        # not _glu_into: on channels-last bands the sigmoid and product over strided channel
+        # halves were slower than F.glu and a copy (htdemucs's 512 bins: 49.6 against 29.9 ms for
+        # the 1x1 conv, 115.5 against 97.9 ms for the 3x3)
         out[:, :, start:stop] = F.glu(convolved, dim=1)
     return out
 
