@@ -36,3 +36,18 @@ def test_a_trace_is_refused():
     with torch.no_grad():
         torch.jit.trace(forward, torch.randn(1, 4, 16), check_trace=False)
     assert seen == [False]
+
+
+def test_a_compile_is_refused():
+    """``torch.compile`` of a model that took these paths failed in inductor (a view of
+    Winograd's strided tiles); traced, a model gets its modules' own forwards."""
+    conv, seen = nn.Conv1d(4, 8, 3).requires_grad_(False), []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        seen.append(float32_eager_inference(x, conv))
+        return conv(x)
+
+    with torch.no_grad():
+        out = torch.compile(forward, backend="eager")(torch.randn(1, 4, 16))
+    assert out.shape == (1, 8, 14)
+    assert seen == [False]

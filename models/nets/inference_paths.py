@@ -30,12 +30,17 @@ def allow_memory_for_speed(allowed: bool) -> None:
 
 
 def eager_inference() -> bool:
-    """No gradient wanted, and not being traced, scripted or exported to ONNX: a fresh
-    intermediate may then be overwritten in place (autograd may need it; a trace or an export
-    would record the in-place op)."""
+    """No gradient wanted, and not being traced, scripted, compiled or exported to ONNX: a fresh
+    intermediate may then be overwritten in place (autograd may need it; a trace, a compile or
+    an export would record the in-place op, and bake in the paths' loops)."""
     if torch.is_grad_enabled():
         return False
-    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
+    return not (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    )
 
 
 def float32_eager_inference(x: torch.Tensor, module: nn.Module) -> bool:
