@@ -43,6 +43,7 @@ USER_ERRORS = (AudioError, CheckpointError, ModelNotAvailableError, ValueError)
 SEGMENT_RANGE_S = (0.5, 600.0)
 MAX_OVERLAP = 0.95  # beyond this the chunks barely move: hours of work for nothing
 MAX_SHIFTS = 20  # every shift is one more full pass over the track
+DEMO_SECONDS_RANGE = (1.0, 600.0)  # 10 minutes of stereo float: 0.2 GB while it is made
 
 
 def _number(text: str, kind: type = float) -> float:
@@ -240,8 +241,16 @@ def job_count(text: str) -> int:
 
 def add_demo_command(commands) -> None:
     demo = commands.add_parser("demo", help="write a generated demo song to separate")
-    demo.add_argument("path", type=Path, nargs="?", default=Path("demo.wav"))
-    demo.add_argument("--seconds", type=float, default=12.0)
+    demo.add_argument(
+        "path", type=Path, nargs="?", default=Path("demo.wav"), help="where to write it; its suffix names the format"
+    )
+    demo.add_argument(
+        "--seconds",
+        type=demo_seconds,
+        default=12.0,
+        help=f"its length, {DEMO_SECONDS_RANGE[0]:g}-{DEMO_SECONDS_RANGE[1]:g} s (default 12)",
+    )
+    demo.add_argument("--force", action="store_true", help="overwrite an existing file")
     demo.set_defaults(func=run_demo)
 
 
@@ -434,6 +443,33 @@ def run_models_fetch(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from stemdeck.models.demo import write_demo
 
-    write_demo(args.path, seconds=args.seconds)
+    write_demo(args.path, seconds=args.seconds, audio_format=demo_format(args.path, args.force))
     print(args.path)
     return 0
+
+
+def demo_seconds(text: str) -> float:
+    """``demo --seconds``: long enough to hear, short enough to hold in memory."""
+    value, (low, high) = _number(text), DEMO_SECONDS_RANGE
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value:g} s is outside {low:g}-{high:g} s")
+    return value
+
+
+def demo_format(path: Path, force: bool) -> str:
+    """The audio format ``path``'s suffix names; a file there is the user's to keep unless
+    ``force``, and the folder must exist (a mistyped one is not made)."""
+    import soundfile as sf
+
+    if path.is_dir():
+        raise CommandError(f"{path} is a folder; name a file in it, e.g. {path / 'demo.wav'}")
+    if path.exists() and not force:
+        raise CommandError(f"{path} exists; choose another name or add --force to overwrite it")
+    if not path.parent.is_dir():
+        raise CommandError(f"no folder {path.parent}; create it or write the demo elsewhere")
+    formats = {name.lower() for name in sf.available_formats()}
+    suffix = path.suffix.lstrip(".").lower()
+    suffix = {"aif": "aiff", "oga": "ogg"}.get(suffix, suffix)
+    if suffix not in formats or not sf.check_format(suffix.upper(), sf.default_subtype(suffix.upper())):
+        raise CommandError(f"{path}: no audio format for {path.suffix or 'a name without a suffix'}; use .wav or .flac")
+    return suffix.upper()

@@ -107,6 +107,7 @@ def demo_stems(seconds: float = 12.0, seed: int = 0) -> dict[str, np.ndarray]:
     return {name: (stem * scale).astype(np.float32) for name, stem in stems.items()}
 
 
-def write_demo(path: str | Path, seconds: float = 12.0) -> None:
+def write_demo(path: str | Path, seconds: float = 12.0, audio_format: str = "WAV") -> None:
+    """The demo song's mix, in ``audio_format`` (a soundfile format name) at its default subtype."""
     mix = sum(demo_stems(seconds).values())
-    sf.write(str(path), mix.T, SAMPLERATE, subtype="PCM_16")
+    sf.write(str(path), mix.T, SAMPLERATE, format=audio_format, subtype=sf.default_subtype(audio_format))

@@ -293,8 +293,7 @@ def separate(
         backend=backend,
     )[0]
     del mix  # long tracks: every copy of the whole track counts
-    with torch.inference_mode():
-        stems = stems.mul_(std).add_(mean)
+    stems = scale_back(stems, mean, std)
     stems = _to_input_layout(stems.numpy(), model.samplerate, samplerate, channels, frames)
     if share_band:
         stems = share_high_band(audio, stems, samplerate, model.samplerate)
@@ -307,6 +306,16 @@ def _to_input_layout(stems: np.ndarray, model_rate: int, samplerate: int, channe
     for index in range(len(stems)):
         out[index] = resample(match_channels(stems[index], channels), model_rate, samplerate, frames)
     return out
+
+
+def scale_back(stems: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """``(S, C, T)`` stems of the normalised mix back to the mix's scale, in place.
+
+    The mix's mean (a DC offset) is shared equally among the stems, so that they add back up to
+    the mix. The reference adds all of it to every stem: four stems of a file with a DC offset
+    then sum to four times that offset."""
+    with torch.inference_mode():
+        return stems.mul_(std).add_(mean / stems.shape[0])
 
 
 def normalisation(mix: np.ndarray) -> tuple[float, float]:

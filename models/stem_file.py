@@ -249,16 +249,20 @@ class _FrameQueue:
     """The master's blocks, handed out in the lengths the stems arrive in."""
 
     def __init__(self, blocks: Iterator[np.ndarray]):
-        self.blocks, self.pending = blocks, np.zeros((2, 0), np.float32)
+        # as many channels as the master's blocks: a mono song's master is (1, n)
+        self.blocks, self.pending = blocks, None
 
     def take(self, frames: int) -> np.ndarray:
-        parts, have = [self.pending], self.pending.shape[-1]
+        parts = [] if self.pending is None else [self.pending]
+        have = parts[0].shape[-1] if parts else 0
         while have < frames:
             block = next(self.blocks, None)
             if block is None:
                 raise ValueError(f"the master ended {frames - have} frames before the stems")
             parts.append(np.asarray(block, np.float32))
             have += block.shape[-1]
+        if not parts:
+            return np.zeros((1, 0), np.float32)
         joined = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
         self.pending = joined[:, frames:]
         return joined[:, :frames]

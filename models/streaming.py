@@ -41,6 +41,7 @@ from stemdeck.models.separate import (
     check_segment,
     match_channels,
     model_run_length,
+    scale_back,
 )
 
 BLOCK_FRAMES = 1 << 16
@@ -472,7 +473,7 @@ def _model_rate_stems(source, model, mix_frames, normalisation, lanes, bag_weigh
         ready = min(lane.ready.frames for lane in every_lane)
         if ready:
             with torch.inference_mode():
-                yield combine(lanes, bag_weights, ready).mul_(std).add_(mean).numpy()
+                yield scale_back(combine(lanes, bag_weights, ready), mean, std).numpy()
 
 
 def _to_source_rate(model_stems, source, model, share_band: bool):

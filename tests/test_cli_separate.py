@@ -183,6 +183,45 @@ def test_demo_song_is_written(tmp_path):
     audio, samplerate = sf.read(str(tmp_path / "demo.wav"))
     assert audio.shape == (88200, 2) and samplerate == 44100
     assert 0.1 < np.abs(audio).max() <= 1.0
+    flac = tmp_path / "demo.flac"
+    assert main(["demo", str(flac), "--seconds", "1"]) == 0
+    assert sf.info(str(flac)).format == "FLAC" and sf.info(str(flac)).frames == 44100
+
+
+def test_demo_keeps_a_file_that_is_there(tmp_path, capsys):
+    """``demo mysong.flac`` replaced the user's song with a demo, without a word."""
+    song = tmp_path / "mysong.wav"
+    song.write_bytes(b"the user's song")
+    assert main(["demo", str(song), "--seconds", "1"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"stemdeck: error: {song} exists; choose another name or add --force to overwrite it"
+    )
+    assert song.read_bytes() == b"the user's song"
+    assert main(["demo", str(song), "--seconds", "1", "--force"]) == 0
+    assert sf.info(str(song)).frames == 44100
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["{tmp}"], "{tmp} is a folder; name a file in it, e.g. {tmp}/demo.wav"),
+        (["{tmp}/d.xyz"], "{tmp}/d.xyz: no audio format for .xyz; use .wav or .flac"),
+        (["{tmp}/none/d.wav"], "no folder {tmp}/none; create it or write the demo elsewhere"),
+    ],
+)
+def test_demo_refuses_what_it_cannot_write_in_one_line(tmp_path, capsys, args, message):
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    assert main(["demo", *args, "--seconds", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "stemdeck: error: " + message.format(tmp=tmp_path)
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("seconds", ["0", "-3", "nan", "1e9"])
+def test_demo_refuses_a_length_it_cannot_make(tmp_path, seconds):
+    result = run_stemdeck("demo", str(tmp_path / "d.wav"), "--seconds", seconds)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--seconds" in result.stderr.splitlines()[-1] and not (tmp_path / "d.wav").exists()
 
 
 # -- hostile input, batches and leftovers (issue 11 items 4-7) --------------------------------------
@@ -343,10 +382,28 @@ def test_passthrough_stems_are_its_fractions_of_the_input(tmp_path, song):
     out = tmp_path / "out"
     assert main(["separate", str(song), "-o", str(out), "--model", "passthrough", "--bits", "32f"]) == 0
     mix, _ = sf.read(str(song), dtype="float64")
-    mean = mix.mean()  # the normalisation's mean is added back to every stem, as the reference does
+    mean = mix.mean()  # the normalisation's mean, shared equally among the stems
     for name, fraction in zip(("drums", "bass", "other", "vocals"), (0.1, 0.2, 0.3, 0.4), strict=True):
         stem, _ = sf.read(str(out / "song" / f"{name}.wav"), dtype="float64")
-        assert np.abs(stem - (fraction * (mix - mean) + mean)).max() < 1e-6
+        assert np.abs(stem - (fraction * (mix - mean) + mean / 4)).max() < 1e-6
+
+
+@pytest.mark.parametrize("extra", [[], ["--two-stems", "vocals"]])
+def test_stems_of_a_file_with_a_dc_offset_add_up_to_it(tmp_path, extra):
+    """Every stem carried the file's whole DC offset (as the reference's): four stems of a sine
+    at 0.2 over 0.4 of DC summed to 1.6 of DC and peaked at 1.8."""
+    song = tmp_path / "dc.wav"
+    t = np.arange(3 * 44100) / 44100
+    wave = 0.4 + 0.2 * np.sin(2 * np.pi * 220 * t)
+    sf.write(str(song), np.stack([wave, wave], axis=1), 44100, subtype="FLOAT")
+    out = tmp_path / "out"
+    assert main(["separate", str(song), "-o", str(out), "--model", "passthrough", "--bits", "32f", *extra]) == 0
+    stems = [sf.read(str(path), dtype="float64")[0] for path in sorted((out / "dc").glob("*.wav"))]
+    assert len(stems) == (2 if extra else 4)
+    total = sum(stems)
+    assert np.abs(total - np.stack([wave, wave], axis=1)).max() < 1e-6
+    # a quarter of the offset each; no_vocals holds the three others' quarters
+    assert sorted(round(stem.mean(), 6) for stem in stems) == ([0.1, 0.3] if extra else [0.1] * 4)
 
 
 def test_a_stem_scaled_down_to_fit_is_said_with_its_peak(tmp_path, capsys):

@@ -339,3 +339,41 @@ def test_learn_refuses_a_note_for_a_fader_and_cancel_leaves_all_as_it_was(deck):
     assert not midi.learning and midi.wait_learned(0) is None
     midi.handle([0xB0, 90, 1])
     assert midi.mapping.bindings == before
+
+
+# -- midi export / import on the command line: the user's files ---------------------------------
+
+
+def test_export_to_a_folder_or_a_missing_folder_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    """A folder gave IsADirectoryError and left ``<folder>.tmp``; a mistyped folder was made."""
+    from stemdeck.cli import main
+
+    mapping = ["--midi-map", str(tmp_path / "midi.toml")]
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    assert main(["midi", "export", str(folder), *mapping]) == 1
+    assert main(["midi", "export", str(tmp_path / "none" / "x.toml"), *mapping]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"stemdeck: error: {folder} is a folder; name a file in it, e.g. {folder / 'mapping.toml'}",
+        f"stemdeck: error: no folder {tmp_path / 'none'}; create it or export elsewhere",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports"] and not list(folder.iterdir())
+    assert main(["midi", "export", str(folder / "mine.toml"), *mapping]) == 0
+    assert len(load_mapping(folder / "mine.toml").bindings) == len(default_mapping().bindings)
+
+
+def test_importing_an_empty_file_keeps_the_mapping(tmp_path, capsys):
+    """An empty file replaced the mapping with nothing, and said so as if it were done."""
+    from stemdeck.cli import main
+
+    mine = tmp_path / "midi.toml"
+    mapping = default_mapping()
+    save_mapping(mapping, mine)
+    before = mine.read_bytes()
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    assert main(["midi", "import", str(empty), "--midi-map", str(mine)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"stemdeck: error: {empty} holds no bindings or scenes; the mapping is unchanged"
+    )
+    assert mine.read_bytes() == before

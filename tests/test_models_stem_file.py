@@ -496,3 +496,22 @@ def test_separate_format_stem_writes_one_file_with_the_input_as_master(
         "stemdeck: error: --format stem writes drums, bass, other and vocals; drop --stems/--two-stems",
         "stemdeck: error: --format stem holds 16 or 24-bit ALAC (or AAC); use --bits 16 or 24",
     ]
+
+
+def test_separate_format_stem_of_a_mono_song(tmp_path):
+    """A mono song's master, (1, n), was joined onto a stereo empty start: a numpy error, no file.
+    Its five streams are stereo, both channels the song."""
+    from stemdeck.cli import main
+
+    t = np.arange(2 * SAMPLERATE) / SAMPLERATE
+    mono = (0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    source = tmp_path / "mono.wav"
+    sf.write(str(source), mono, SAMPLERATE, subtype="PCM_16")
+    out = tmp_path / "out"
+    assert main(["separate", str(source), "-o", str(out), "--model", "passthrough", "--format", "stem"]) == 0
+    master, stems, samplerate = read_stem_file(out / "mono.stem.mp4")
+    heard, _ = sf.read(str(source), dtype="float32")
+    assert samplerate == SAMPLERATE and master.shape == (2, len(mono))
+    assert np.array_equal(master[0], heard) and np.array_equal(master[1], heard)
+    for name, fraction in zip(NI_STEMS, (0.1, 0.2, 0.3, 0.4), strict=True):
+        assert np.abs(stems[name] - fraction * heard).max() < 1e-3, name

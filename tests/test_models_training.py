@@ -365,3 +365,43 @@ def test_learning_rate_warms_up_and_fit_stops_at_max_steps_for_good(dataset, tmp
     assert resumed.resume() and resumed.step == 2
     resumed.fit(progress=False, max_steps=2)
     assert resumed.step == 2  # a finished run takes no more steps
+
+
+# -- the commands' input checks ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("", "no [data] table"),
+        ('[data]\nfolder = "x"\n', "[data] has no seconds"),
+        (
+            '[data]\nfolder = "x"\nseconds = 1.0\ntrain = []\ntest = []\n[train]\nconfig = "tiny"\n',
+            "[train] has no minutes",
+        ),
+    ],
+)
+def test_a_recipe_missing_a_key_is_named_in_one_line(tmp_path, capsys, text, message):
+    """A recipe without ``[data]`` gave ``KeyError: 'data'`` and a traceback."""
+    from stemdeck.cli import main
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(text)
+    assert main(["recipe", str(recipe), "--workdir", str(tmp_path / "work")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"stemdeck: error: recipe {recipe}: {message} (models/recipes/tiny.toml shows every key)"
+    assert not (tmp_path / "work").exists()
+
+
+def test_curating_a_folder_that_is_not_a_dataset_is_an_error(tmp_path, capsys):
+    """A mistyped folder printed "0 of 0 tracks kept", exit 0, and a report of nothing."""
+    from stemdeck.cli import main
+
+    report = tmp_path / "r.json"
+    assert main(["dataset", "curate", str(tmp_path / "none"), "--report", str(report)]) == 1
+    assert main(["dataset", "curate", str(tmp_path), "--report", str(report)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"stemdeck: error: no folder {tmp_path / 'none'}; name a dataset's folder (one with train/ or test/ in it)",
+        f"stemdeck: error: {tmp_path} has no train/ or test/ folder of tracks; name the dataset's top folder",
+    ]
+    assert not report.exists()

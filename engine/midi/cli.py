@@ -10,6 +10,7 @@ from pathlib import Path
 from stemdeck.engine.midi.bindings import DECK_NAMES, DECKS_CONTROLS, STEM_NAMES, default_mapping
 from stemdeck.engine.midi.controller import MidiConfig, MidiController
 from stemdeck.engine.midi.mapping_file import (
+    MappingError,
     load_mapping,
     load_user_decks_mapping,
     load_user_mapping,
@@ -214,6 +215,8 @@ def _watch_for_escape(controller: MidiController) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if not args.file.is_dir() and not args.file.parent.is_dir():  # a mistyped folder is not made
+        raise MappingError(f"no folder {args.file.parent}; create it or export elsewhere")
     save_mapping(load_user_mapping(mapping_path(args)), args.file)
     _say(f"mapping written to {args.file}")
     return 0
@@ -221,6 +224,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     mapping = load_mapping(args.file)  # refuses a bad file before anything is replaced
+    if not mapping.bindings and not mapping.scenes:  # an empty file wiped the mapping
+        raise MappingError(f"{args.file} holds no bindings or scenes; the mapping is unchanged")
     save_mapping(mapping, mapping_path(args))
     _say(f"{len(mapping.bindings)} bindings and {len(mapping.scenes)} scenes from {args.file} are now the mapping")
     return 0

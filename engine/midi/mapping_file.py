@@ -106,10 +106,15 @@ def save_mapping(mapping: Mapping, path: Path) -> None:
     document["binding"] = [_binding_table(b) for b in mapping.bindings]
     if mapping.scenes:
         document["scene"] = [_scene_table(s) for s in mapping.scenes]
+    if path.is_dir():
+        raise MappingError(f"{path} is a folder; name a file in it, e.g. {path / 'mapping.toml'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(HEADER + tomli_w.dumps(document), encoding="utf-8")
-    temporary.replace(path)
+    try:
+        temporary.write_text(HEADER + tomli_w.dumps(document), encoding="utf-8")
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def parse_stem(value) -> int:

@@ -97,6 +97,10 @@ def run_curate(args: argparse.Namespace) -> int:
     from stemdeck.models.cli import load_for_command
     from stemdeck.models.training.curate import curate, write_report
 
+    if not args.root.is_dir():
+        raise ValueError(f"no folder {args.root}; name a dataset's folder (one with train/ or test/ in it)")
+    if not any((args.root / split).is_dir() for split in ("train", "test")):
+        raise ValueError(f"{args.root} has no train/ or test/ folder of tracks; name the dataset's top folder")
     separator = load_for_command(args.separator).model if args.separator else None
     reports = curate(args.root, separator, threshold=args.threshold)
     print(write_report(reports, args.report))

@@ -25,6 +25,7 @@ def run_recipe(args: argparse.Namespace) -> int:
         recipe = tomllib.loads(args.file.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"cannot read recipe {args.file}: {exc}") from None
+    check_recipe(recipe, args.file)
     data = args.workdir / recipe["data"]["folder"]
     render_data(recipe["data"], data, args.workdir)
     t = recipe["train"]
@@ -53,6 +54,24 @@ def run_recipe(args: argparse.Namespace) -> int:
     report_path.write_text(json.dumps({**report, "steps": trainer.step, "recipe": str(args.file)}, indent=2) + "\n")
     print(f"{out} ({trainer.step} steps); evaluation in {report_path}")
     return 0
+
+
+# What every recipe names (models/recipes/tiny.toml has them all); the rest have defaults.
+REQUIRED_KEYS = {
+    "data": ("folder", "seconds", "train", "test"),
+    "train": ("config", "minutes", "batch_size", "steps_per_epoch", "seed"),
+    "output": ("model",),
+}
+
+
+def check_recipe(recipe: dict, path: Path) -> None:
+    """Name the first table or key a recipe lacks, before any data is rendered."""
+    for table, keys in REQUIRED_KEYS.items():
+        if not isinstance(recipe.get(table), dict):
+            raise ValueError(f"recipe {path}: no [{table}] table (models/recipes/tiny.toml shows every key)")
+        for key in keys:
+            if key not in recipe[table]:
+                raise ValueError(f"recipe {path}: [{table}] has no {key} (models/recipes/tiny.toml shows every key)")
 
 
 def render_data(spec: dict, data: Path, workdir: Path) -> None:
