@@ -147,7 +147,12 @@ def add_separation_commands(commands) -> None:
     sep.add_argument(
         "--codec", default="alac", choices=("alac", "aac"), help="--format stem: ALAC (lossless) or AAC (smaller)"
     )
-    sep.add_argument("--bits", default="24", choices=("16", "24", "32f"))
+    sep.add_argument(
+        "--bits",
+        default="24",
+        choices=("16", "24", "32f"),
+        help="sample format of wav stems (flac: 16 or 24; --format stem: ALAC's, 16 or 24; mp3 has none)",
+    )
     sep.add_argument(
         "--clip",
         default="rescale",

@@ -259,10 +259,12 @@ def stem_picker(sources: Sequence[str], stems: str | None, two_stems: str | None
             return {two_stems: result[two_stems], f"no_{two_stems}": np.asarray(rest, np.float32)}
 
         return pick_two
-    if stems:
+    if stems is not None:
         wanted = [name.strip() for name in stems.split(",") if name.strip()]
+        if not wanted:  # "" wrote every stem, "," said "unknown stem(s) []"
+            raise CommandError(f"--stems {stems!r} names no stem; choose from {', '.join(sources)}")
         unknown = [name for name in wanted if name not in sources]
-        if unknown or not wanted:
+        if unknown:
             raise CommandError(f"--stems {stems}: unknown stem(s) {unknown}; the model has {', '.join(sources)}")
         return lambda result: {name: result[name] for name in wanted}
     return lambda result: dict(result)

@@ -26,6 +26,16 @@ def test_separate_writes_every_stem(tmp_path, song, tiny_checkpoint):
     assert (info.samplerate, info.channels, info.frames, info.subtype) == (44100, 2, 110250, "PCM_24")
 
 
+@pytest.mark.parametrize("stems", ["", ","])
+def test_stems_naming_no_stem_is_refused(tmp_path, song, capsys, stems):
+    """``--stems ""`` wrote all four stems; ``--stems ,`` said "unknown stem(s) []"."""
+    out = tmp_path / "out"
+    assert main(["separate", str(song), "-o", str(out), "--model", "passthrough", "--stems", stems]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--stems {stems!r} names no stem; choose from drums, bass, other, vocals")
+    assert not list(out.rglob("*.wav"))
+
+
 def test_stems_and_two_stems_choose_what_is_written(tmp_path, song, tiny_checkpoint):
     out = tmp_path / "out"
     assert (
