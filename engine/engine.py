@@ -442,7 +442,7 @@ class Engine:
             plan.lookahead_frames,
             plan.span_frames,
             plan.pad_to_segment,
-            "track-normalised",
+            "track-normalised, mean shared among the stems",  # before: all of it in each
         )
         path = cache_folder() / f"{stems_key(track, self._fingerprint, settings)}.npy"
         return CacheEntry(path, self.config.cache_max_bytes)

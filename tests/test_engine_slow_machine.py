@@ -66,6 +66,18 @@ def test_deck_stems_equal_offline_separation(tiny_model, cue_s, quick_s):
     assert np.abs(redone[..., cue:] - expected[..., cue:]).max() <= 1e-4
 
 
+def test_deck_stems_of_a_track_with_a_dc_offset_add_up_to_it():
+    """Each stem carried the track's whole mean (0.05 here): all four summed to 0.2 of DC."""
+    track = _track(3.0)
+    with _deck(PassThrough(), deck_quick_start_s=0.5) as engine:
+        engine.load_array(track)
+        assert engine.wait_separated(track.shape[-1], timeout_s=60)
+        assert engine.backend.worker.finished.wait(30)
+        stems = engine._deck_buffers.stems[..., : track.shape[-1]].copy()
+    assert np.abs(stems.sum(axis=0) - track).max() <= 1e-5
+    assert np.abs(stems.mean(axis=-1) - track.mean(-1) / 4).max() < 1e-3  # a quarter of it each
+
+
 def test_slow_machine_deck_plays_every_frame_dry_or_stems_and_catches_up_while_paused(tiny_model):
     """Separation slower than real time (2 s of sleep per 1.5 s hop): the deck is not refused,
     plays each block either dry or as offline's stems (never silence), reports itself behind,
