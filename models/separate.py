@@ -13,6 +13,7 @@ import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from stemdeck.models.precision_choice import remembered_precision
 
 Progress = Callable[[float], None]  # called with the fraction of the work done, rising to 1
 MIN_SEGMENT_S = 0.1  # shorter chunks are all padding and overhead
+StemsArray = TypeVar("StemsArray", torch.Tensor, np.ndarray)
 
 
 @dataclass(frozen=True)
@@ -308,14 +310,17 @@ def _to_input_layout(stems: np.ndarray, model_rate: int, samplerate: int, channe
     return out
 
 
-def scale_back(stems: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """``(S, C, T)`` stems of the normalised mix back to the mix's scale, in place.
+def scale_back(stems: StemsArray, mean: float, std: float) -> StemsArray:
+    """``(S, C, T)`` stems of the normalised mix back to the mix's scale, in place: a tensor
+    (offline) or an array (the file deck's windows).
 
     The mix's mean (a DC offset) is shared equally among the stems, so that they add back up to
     the mix. The reference adds all of it to every stem: four stems of a file with a DC offset
     then sum to four times that offset."""
-    with torch.inference_mode():
-        return stems.mul_(std).add_(mean / stems.shape[0])
+    with torch.inference_mode():  # what the model returned is an inference tensor
+        stems *= std
+        stems += mean / len(stems)
+    return stems
 
 
 def normalisation(mix: np.ndarray) -> tuple[float, float]:

@@ -215,7 +215,7 @@ def _watch_for_escape(controller: MidiController) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    if not args.file.is_dir() and not args.file.parent.is_dir():  # a mistyped folder is not made
+    if not args.file.parent.is_dir():  # a mistyped folder is not made
         raise MappingError(f"no folder {args.file.parent}; create it or export elsewhere")
     save_mapping(load_user_mapping(mapping_path(args)), args.file)
     _say(f"mapping written to {args.file}")

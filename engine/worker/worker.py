@@ -35,7 +35,7 @@ from stemdeck.engine.worker.ola import accumulate_window, discard, finalize
 from stemdeck.engine.worker.scheduling import IN_PROCESS
 from stemdeck.engine.worker.separator import WindowSeparator
 from stemdeck.engine.worker.windows import WindowPlan
-from stemdeck.models.separate import normalisation
+from stemdeck.models.separate import normalisation, scale_back
 
 
 class OverlapAdd:
@@ -286,7 +286,7 @@ class DeckWorker(SeparationWorker):
         stems = self.separator(self.window)
         if not np.isfinite(stems).all():  # a broken model: that window is silence, never noise
             np.nan_to_num(stems, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        self._scale_back(stems)
+        scale_back(stems, self.mean, self.std)
         if short:  # the part of the centred window that is the chunk, at the chunk's place
             self.shifted.fill(0.0)
             self.shifted[..., :short] = stems[..., offset : offset + short]
@@ -308,16 +308,10 @@ class DeckWorker(SeparationWorker):
         stems = self.separator.separate_short(self.quick_window)
         if not np.isfinite(stems).all():
             np.nan_to_num(stems, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        self._scale_back(stems)
+        scale_back(stems, self.mean, self.std)
         self.stems_out[..., origin : origin + frames] = stems[..., :frames]
         self.floor = self.exact_from = origin + frames
         return origin + frames
-
-    def _scale_back(self, stems: np.ndarray) -> None:
-        """``(S, C, T)`` stems back to the track's scale in place, the mean shared among them as
-        models.separate.scale_back does (so that they add back up to the mix)."""
-        stems *= self.std
-        stems += self.mean / len(stems)
 
     def _read_normalised(self, position: int, length: int, out: np.ndarray | None = None) -> None:
         """The window from ``position``, normalised track-wide as models.separate does; the
