@@ -16,6 +16,7 @@ from stemdeck.engine.config import MAX_COUNT_IN_BEATS, PRESETS, STREAM_LOST, Eng
 from stemdeck.engine.midi import MidiError
 from stemdeck.engine.midi.cli import add_midi_commands, add_midi_options, start_midi
 from stemdeck.engine.practice import parse_loop
+from stemdeck.paths import missing_folder
 
 POLL_S = 0.05
 MIN_BLOCK_FRAMES = 32
@@ -129,8 +130,8 @@ def check_session_options(args: argparse.Namespace) -> None:
             record_format(args.record)
         except ValueError:
             raise ValueError(f"--record {args.record}: stemdeck records WAV or FLAC; name it .wav or .flac") from None
-        if not args.record.parent.is_dir():
-            raise ValueError(f"--record {args.record}: no folder {args.record.parent}; create it or record elsewhere")
+        if problem := missing_folder(args.record, "record"):
+            raise ValueError(f"--record {args.record}: {problem}")
         if args.record.exists():
             raise ValueError(f"--record {args.record}: the file exists; choose another name (nothing is overwritten)")
 

@@ -17,7 +17,7 @@ from stemdeck.models.audio import (
 )
 from stemdeck.models.checkpoint import CheckpointError
 from stemdeck.models.precision import BACKENDS, PRECISIONS
-from stemdeck.models.registry import REGISTRY, ModelNotAvailableError
+from stemdeck.models.registry import REGISTRY, ModelNotAvailableError, ModelSpec
 from stemdeck.models.streaming import MEMORY_MODES
 from stemdeck.models.track_job import (  # noqa: F401 (the command line's API: other commands and tests use them here)
     CommandError,
@@ -38,11 +38,16 @@ from stemdeck.models.track_job import (  # noqa: F401 (the command line's API: o
     track_folders,
     unique_inputs,
 )
+from stemdeck.paths import missing_folder
 
 USER_ERRORS = (AudioError, CheckpointError, ModelNotAvailableError, ValueError)
 SEGMENT_RANGE_S = (0.5, 600.0)
 MAX_OVERLAP = 0.95  # beyond this the chunks barely move: hours of work for nothing
 MAX_SHIFTS = 20  # every shift is one more full pass over the track
+DEFAULT_OVERLAP = 0.25
+SLOW_WORK_FACTOR = 4.0  # --overlap/--shifts asking this many times the default's work are said
+DEFAULT_BITS = "24"  # wav, flac and ALAC stems: 24-bit keeps the model's quiet tails
+DEFAULT_STEM_CODEC = "alac"
 DEMO_SECONDS_RANGE = (1.0, 600.0)  # 10 minutes of stereo float: 0.2 GB while it is made
 
 
@@ -122,8 +127,8 @@ def add_separation_commands(commands) -> None:
     sep.add_argument(
         "--overlap",
         type=overlap_fraction,
-        default=0.25,
-        help=f"overlap between chunks, 0 to {MAX_OVERLAP:g} (default 0.25)",
+        default=DEFAULT_OVERLAP,
+        help=f"overlap between chunks, 0 to {MAX_OVERLAP:g} (default {DEFAULT_OVERLAP:g})",
     )
     sep.add_argument(
         "--shifts",
@@ -145,13 +150,13 @@ def add_separation_commands(commands) -> None:
         help="stem: one NI STEM file OUTDIR/<track>.stem.mp4 for Traktor and Mixxx, instead of a file per stem",
     )
     sep.add_argument(
-        "--codec", default="alac", choices=("alac", "aac"), help="--format stem: ALAC (lossless) or AAC (smaller)"
+        "--codec", choices=("alac", "aac"), help="--format stem: ALAC (lossless, the default) or AAC (smaller)"
     )
     sep.add_argument(
         "--bits",
-        default="24",
         choices=("16", "24", "32f"),
-        help="sample format of wav stems (flac: 16 or 24; --format stem: ALAC's, 16 or 24; mp3 has none)",
+        help="sample format of wav stems, 24 by default (flac: 16 or 24; --format stem: ALAC's, 16 or 24; "
+        "mp3 has none)",
     )
     sep.add_argument(
         "--clip",
@@ -263,8 +268,10 @@ def add_demo_command(commands) -> None:
 
 
 def run_separate(args: argparse.Namespace) -> int:
-    check_stem_format(args)
+    check_output_options(args)
     check_backend(args)
+    if note := work_note(args.overlap, args.shifts):
+        print(f"stemdeck: {note}", file=sys.stderr)
     if args.nice:
         os.nice(args.nice)  # the --jobs workers inherit it
     if args.recursive or (args.jobs or 1) != 1 or args.ray:
@@ -300,6 +307,19 @@ def run_separate(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def work_note(overlap: float, shifts: int) -> str | None:
+    """A line for --overlap/--shifts that multiply the time a separation takes, so that a run of
+    hours is chosen knowingly; None for the usual settings."""
+    passes = max(1, shifts) / (1.0 - overlap)  # how many times each second of audio is separated
+    factor = passes * (1.0 - DEFAULT_OVERLAP)
+    if factor < SLOW_WORK_FACTOR:
+        return None
+    return (
+        f"note: --overlap {overlap:g} --shifts {shifts} separate each second of audio {passes:.0f} times, "
+        f"about {factor:.0f}x the time of the default (--overlap {DEFAULT_OVERLAP:g} --shifts 0)"
+    )
+
+
 def check_backend(args: argparse.Namespace) -> None:
     """--backend onnx without ONNX Runtime, openvino without OpenVINO: one line before the model loads."""
     from stemdeck.models import onnx_backend, openvino_backend
@@ -320,15 +340,26 @@ def check_backend(args: argparse.Namespace) -> None:
             ) from None
 
 
-def check_stem_format(args: argparse.Namespace) -> None:
-    """--format stem writes NI's four stems (a 6-stem model's extra ones summed into other) in
-    16 or 24-bit ALAC or in AAC: --stems, --two-stems and --bits 32f do not apply."""
-    if args.format != "stem":
-        return
-    if args.stems or args.two_stems:
-        raise CommandError("--format stem writes drums, bass, other and vocals; drop --stems/--two-stems")
-    if args.bits == "32f":
-        raise CommandError("--format stem holds 16 or 24-bit ALAC (or AAC); use --bits 16 or 24")
+def check_output_options(args: argparse.Namespace) -> None:
+    """An option that the chosen --format would ignore is refused, not dropped in silence; then
+    --bits and --codec get their defaults (24, alac).
+
+    --format stem writes NI's four stems (a 6-stem model's extra ones summed into other) in 16 or
+    24-bit ALAC or in AAC: --stems, --two-stems and --bits 32f do not apply. MP3 and AAC have no
+    bit depth.
+    """
+    lossy = "--format mp3" if args.format == "mp3" else "--codec aac" if args.codec == "aac" else None
+    if lossy and args.bits is not None:
+        raise CommandError(f"{lossy} has no bit depth; drop --bits (it sets wav, flac and ALAC stem files)")
+    if args.format != "stem" and args.codec is not None:
+        raise CommandError(f"--codec sets the audio of --format stem files; drop it for --format {args.format}")
+    if args.format == "stem":
+        if args.stems or args.two_stems:
+            raise CommandError("--format stem writes drums, bass, other and vocals; drop --stems/--two-stems")
+        if args.bits == "32f":
+            raise CommandError("--format stem holds 16 or 24-bit ALAC (or AAC); use --bits 16 or 24")
+    args.bits = args.bits or DEFAULT_BITS
+    args.codec = args.codec or DEFAULT_STEM_CODEC
 
 
 class SeparationBars:
@@ -412,11 +443,13 @@ class SeparationBars:
 
 
 def run_models_list(args: argparse.Namespace) -> int:
-    from stemdeck.models.registry import BUILT_IN, BUNDLED, bundled_path, cache_dir, cached_size_bytes, is_cached
+    from stemdeck.models.registry import BUILT_IN, BUNDLED, bundled_path, cache_dir
 
     rows = [("NAME", "SOURCES", "FILES", "CACHED", "DESCRIPTION")]
+    damaged: list[str] = []
     for spec in REGISTRY.values():
-        cached = f"yes ({cached_size_bytes(spec) / 1e6:.0f} MB)" if is_cached(spec) else "no"
+        cached = cache_state(spec)
+        damaged += [spec.name] if cached.startswith("damaged") else []
         rows.append((spec.name, ",".join(spec.sources), str(len(spec.files)), cached, spec.description))
     for name, (_, sources, description) in BUNDLED.items():
         path = bundled_path(name)
@@ -431,7 +464,21 @@ def run_models_list(args: argparse.Namespace) -> int:
         f"\ncache: {cache_dir()}  (also searched: $STEMDECK_MODEL_DIR); with no network, copy the "
         "files there (README: Getting the official weights)"
     )
+    for name in damaged:
+        print(f"{name}: a cached file does not match its checksum; `stemdeck models fetch {name}` replaces it")
     return 0
+
+
+def cache_state(spec: ModelSpec) -> str:
+    """The CACHED column: no, yes with the size, or damaged (fetch replaces the file)."""
+    from stemdeck.models.registry import cached_size_bytes, damaged_files, is_cached
+
+    if not is_cached(spec):
+        return "no"
+    bad = damaged_files(spec)
+    if bad:
+        return f"damaged ({len(bad)} of {len(spec.files)} file(s))"
+    return f"yes ({cached_size_bytes(spec) / 1e6:.0f} MB)"
 
 
 def run_models_fetch(args: argparse.Namespace) -> int:
@@ -470,8 +517,8 @@ def demo_format(path: Path, force: bool) -> str:
         raise CommandError(f"{path} is a folder; name a file in it, e.g. {path / 'demo.wav'}")
     if path.exists() and not force:
         raise CommandError(f"{path} exists; choose another name or add --force to overwrite it")
-    if not path.parent.is_dir():
-        raise CommandError(f"no folder {path.parent}; create it or write the demo elsewhere")
+    if problem := missing_folder(path, "write the demo"):
+        raise CommandError(problem)
     formats = {name.lower() for name in sf.available_formats()}
     suffix = path.suffix.lstrip(".").lower()
     suffix = {"aif": "aiff", "oga": "ogg"}.get(suffix, suffix)

@@ -162,6 +162,13 @@ def is_cached(spec: ModelSpec) -> bool:
     return all(find_file(remote) is not None for remote in spec.files)
 
 
+def damaged_files(spec: ModelSpec) -> list[Path]:
+    """Cached files under their official name whose SHA-256 does not match it (a copy cut short,
+    a file overwritten); ``fetch`` replaces them. A renamed copy has nothing to check against."""
+    found = [(remote, find_file(remote)) for remote in spec.files]
+    return [path for remote, path in found if path is not None and not _checksum_ok(path, remote)]
+
+
 def cached_size_bytes(spec: ModelSpec) -> int:
     return sum(path.stat().st_size for path in map(find_file, spec.files) if path is not None)
 

@@ -36,6 +36,24 @@ def test_stems_naming_no_stem_is_refused(tmp_path, song, capsys, stems):
     assert not list(out.rglob("*.wav"))
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--format", "mp3", "--bits", "16"], "--format mp3 has no bit depth; drop --bits"),
+        (["--format", "stem", "--codec", "aac", "--bits", "24"], "--codec aac has no bit depth; drop --bits"),
+        (["--codec", "aac"], "--codec sets the audio of --format stem files; drop it for --format wav"),
+        (["--format", "flac", "--codec", "alac"], "drop it for --format flac"),
+    ],
+)
+def test_an_option_the_format_would_ignore_is_refused(tmp_path, song, capsys, options, message):
+    """``--bits`` with mp3 or AAC, ``--codec`` without ``--format stem``: they were dropped in silence."""
+    out = tmp_path / "out"
+    assert main(["separate", str(song), "-o", str(out), "--model", "passthrough", *options]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
 def test_stems_and_two_stems_choose_what_is_written(tmp_path, song, tiny_checkpoint):
     out = tmp_path / "out"
     assert (
@@ -369,6 +387,23 @@ def test_impossible_numbers_are_refused_up_front(tmp_path, song, capsys, option,
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and option in errors[0] and message in errors[0]
     assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("overlap", "shifts", "note"),
+    [
+        ("0.25", "0", None),
+        ("0.75", "0", None),  # 3x the default's work: usual enough to pass without a word
+        ("0.95", "2", "separate each second of audio 40 times, about 30x the time of the default"),
+        ("0.5", "3", "separate each second of audio 6 times, about 4x the time of the default"),
+    ],
+)
+def test_settings_that_multiply_the_time_are_said(tmp_path, song, capsys, overlap, shifts, note):
+    argv = ["separate", str(song), "-o", str(tmp_path / "out"), "--model", "passthrough"]
+    assert main([*argv, "--overlap", overlap, "--shifts", shifts]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    said = f"stemdeck: note: --overlap {overlap} --shifts {shifts} {note} (--overlap 0.25 --shifts 0)"
+    assert notes == ([said] if note else [])
 
 
 def test_a_segment_longer_than_training_is_one_line(tmp_path, song, tiny_checkpoint, capsys):

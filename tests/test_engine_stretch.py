@@ -354,6 +354,7 @@ def test_a_loaded_track_gets_its_beat_grid_in_the_background_and_a_reload_the_ne
     "option, value, message",
     [
         ("--record", "take.mp3", "--record take.mp3: stemdeck records WAV or FLAC; name it .wav or .flac"),
+        ("--record", "/no-such-folder/take.wav", "no folder /no-such-folder; create it or record elsewhere"),
         ("--tempo", "2", "--tempo 2: tempo 2 is out of range; give 0.5 to 1.5 (1 = as recorded)"),
         ("--key", "-13", "--key -13: key shift -13 is out of range; give -12 to 12 semitones"),
     ],

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from stemdeck.cli import main
 from stemdeck.models import ModelNotAvailableError, load_model, registry
 from stemdeck.models.checkpoint import CheckpointError
 
@@ -42,6 +43,24 @@ def test_checksum_mismatch_keeps_nothing(fake_release):
         registry.fetch("tinyht", progress=False)
     assert not registry.is_cached(spec)
     assert not list(registry.cache_dir().glob("*.partial"))
+
+
+def test_a_damaged_cached_file_is_listed_as_damaged_and_fetch_replaces_it(fake_release, capsys):
+    """``models list`` showed a 9-byte garbage file as "yes (0 MB)"."""
+    spec, _ = fake_release
+    registry.cache_dir().mkdir(parents=True, exist_ok=True)
+    cached = registry.cache_dir() / spec.files[0].filename
+    cached.write_bytes(b"not torch")
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    row = next(line for line in out if line.startswith("tinyht "))
+    assert row.split()[3:6] == ["damaged", "(1", "of"]
+    assert out[-1] == "tinyht: a cached file does not match its checksum; `stemdeck models fetch tinyht` replaces it"
+    registry.fetch("tinyht", progress=False)
+    assert registry.damaged_files(spec) == [] and cached.stat().st_size > 1000
+    assert main(["models", "list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("tinyht "))
+    assert row.split()[3] == "yes"
 
 
 def test_no_network_says_where_to_put_the_file(fake_release, monkeypatch, tmp_path):

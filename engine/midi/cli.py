@@ -20,6 +20,7 @@ from stemdeck.engine.midi.mapping_file import (
     user_mapping_path,
 )
 from stemdeck.engine.midi.ports import API_NAMES, list_ports
+from stemdeck.paths import missing_folder
 
 ESCAPE = "\x1b"
 
@@ -215,8 +216,8 @@ def _watch_for_escape(controller: MidiController) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    if not args.file.parent.is_dir():  # a mistyped folder is not made
-        raise MappingError(f"no folder {args.file.parent}; create it or export elsewhere")
+    if problem := missing_folder(args.file, "export"):
+        raise MappingError(problem)
     save_mapping(load_user_mapping(mapping_path(args)), args.file)
     _say(f"mapping written to {args.file}")
     return 0
