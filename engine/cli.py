@@ -16,7 +16,7 @@ from stemdeck.engine.config import MAX_COUNT_IN_BEATS, PRESETS, STREAM_LOST, Eng
 from stemdeck.engine.midi import MidiError
 from stemdeck.engine.midi.cli import add_midi_commands, add_midi_options, start_midi
 from stemdeck.engine.practice import parse_loop
-from stemdeck.paths import missing_folder
+from stemdeck.models.paths import missing_folder
 
 POLL_S = 0.05
 MIN_BLOCK_FRAMES = 32
@@ -521,7 +521,7 @@ def _print_preset_plans(args: argparse.Namespace, output_device) -> int:
     block_frames = device_block_frames(output_device, args.blocksize)
     model, name = load_for_command(args.model)
     samplerate = samplerate or int(model.samplerate)
-    # the one live command that may take its time: auto's int8-or-float32 measured here, once, for
+    # the one live command that may take its time: auto's precision measured here, once, for
     # live, play and the mixer, which only read the record (never measure before playing)
     settle_auto(model, args.precision, torch.device("cpu"), say=lambda line: print(line, file=sys.stderr))
     print(f"calibrating {name} for every preset on this machine...", file=sys.stderr)

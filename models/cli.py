@@ -16,6 +16,7 @@ from stemdeck.models.audio import (
     check_stem_name,
 )
 from stemdeck.models.checkpoint import CheckpointError
+from stemdeck.models.paths import missing_folder
 from stemdeck.models.precision import BACKENDS, PRECISIONS
 from stemdeck.models.registry import REGISTRY, ModelNotAvailableError, ModelSpec
 from stemdeck.models.streaming import MEMORY_MODES
@@ -38,7 +39,6 @@ from stemdeck.models.track_job import (  # noqa: F401 (the command line's API: o
     track_folders,
     unique_inputs,
 )
-from stemdeck.paths import missing_folder
 
 USER_ERRORS = (AudioError, CheckpointError, ModelNotAvailableError, ValueError)
 SEGMENT_RANGE_S = (0.5, 600.0)

@@ -4,13 +4,14 @@ int8 matrix products in the Transformer on the CPU.
 bfloat16 roughly halves the time of the convolutions and matrix products on CPUs with
 AVX512-BF16 or AMX and on recent GPUs, at an output SNR of about 48 dB against float32
 (``benchmarks/offline.py`` measures it). Elsewhere it would be emulated and slower, so
-``"auto"`` picks it only where it is native.
+``"auto"`` considers it only where it is native.
 
 ``"int8"`` (CPU only) runs the Transformer's linear layers and attention projections as
 FBGEMM int8 products with dynamically quantised activations: the cheaper arithmetic for CPUs
-without native bfloat16. ``"auto"`` runs it where the separation commands measured it faster
-than float32 on this CPU for this model, within 40 dB (:mod:`models.precision_choice`): its
-speed depends on the CPU and its SNR against float32 on the trained weights.
+without native bfloat16, and on some with it (a Zen 4 EPYC's AVX512-VNNI). ``"auto"`` runs the
+fastest of them that the separation commands measured on this CPU for this model within 40 dB
+of float32 (:mod:`models.precision_choice`): their speeds depend on the CPU and their SNRs on
+the trained weights. Without a measurement it is bfloat16 where native, else float32.
 
 The backend runs the network: ``"torch"``, ``"onnx"`` (ONNX Runtime, float32 on the CPU, an
 optional dependency: :mod:`models.onnx_backend`) or ``"openvino"`` (OpenVINO, float32 on the CPU,

@@ -1,13 +1,14 @@
-"""What ``--precision auto`` runs on a CPU without native bfloat16: int8 where it is faster than
-float32 on this machine and keeps the SNR bar on this model, measured once and remembered.
+"""What ``--precision auto`` runs on a CPU: the fastest of float32, int8 and (where the CPU runs
+it natively) bfloat16 that keeps the SNR bar on this model, measured once and remembered.
 
-int8's gain depends on the CPU (0.55-0.70 of the reference's time per segment on two AVX2
-machines, against float32's 0.61-0.73, ``docs/benchmarks.md``) and its error on the trained
-weights, so neither can be decided from flags. The separation commands measure both on one
-segment of the demo song the first time ``auto`` meets a model on a machine
-(:func:`settle_auto`); every later run, the live engine's included, reads the record
-(:func:`remembered_precision`). Elsewhere (no record, a GPU, a bfloat16 CPU) ``auto`` is what
-:func:`models.precision.resolve_precision` says.
+Their speeds depend on the CPU and their errors on the trained weights, so neither can be
+decided from flags: int8 took 0.55-0.70 of the reference's time per segment on two AVX2
+machines against float32's 0.61-0.73; on a Zen 4 EPYC (AVX512-BF16, no AMX) bfloat16 took 0.52
+and int8 0.55, on an AMX Xeon bfloat16 0.50 and int8 0.67 (``docs/benchmarks.md``). The
+separation commands measure them on one segment of the demo song the first time ``auto`` meets
+a model on a machine (:func:`settle_auto`); every later run, the live engine's included, reads
+the record (:func:`remembered_precision`). Elsewhere (no record, a GPU, a model without a
+Transformer) ``auto`` is what :func:`models.precision.resolve_precision` says.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from stemdeck.models.cache_lock import cache_lock
 from stemdeck.models.nets.transformer import Attention, is_int8
 from stemdeck.models.onnx_backend import model_digest, write_atomically
 from stemdeck.models.precision import (
+    autocast,
     cpu_has_native_bf16,
     cpu_info,
     forget_prepared_copy,
@@ -43,25 +45,35 @@ WIN_RATIO = 0.95  # int8 must take at most this share of float32's time: a close
 TIMED_ROUNDS = 2  # per precision, interleaved, after one untimed warm-up each
 PIN_ENV = "STEMDECK_AUTO_PRECISION"
 MEASURE_LOCK_NAME = "precision-measure.lock"  # in the user cache folder: one measurement at a time
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")  # what FBGEMM's int8 uses
+# what FBGEMM's int8 and oneDNN's bfloat16 use
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16")
+NAMES = {"fp32": "float32", "int8": "int8", "bf16": "bfloat16"}
 
 
 @dataclass(frozen=True)
 class PrecisionChoice:
-    """One measurement: the chosen precision and why."""
+    """One measurement: the chosen precision and why. bfloat16's figures are ``None`` where the
+    CPU has no native bfloat16 (it was not timed)."""
 
-    precision: str  # "fp32" or "int8"
+    precision: str  # "fp32", "int8" or "bf16"
     fp32_s: float  # best seconds per segment
     int8_s: float
     snr_db: float  # int8's stems against float32's, the worst over a bag's models
     threads: int  # torch's CPU threads while measuring
+    bf16_s: float | None = None
+    bf16_snr_db: float | None = None
 
     def describe(self) -> str:
-        ratio = self.int8_s / self.fp32_s
-        verdict = "int8" if self.precision == "int8" else "float32"
+        timed = [("int8", self.int8_s, self.snr_db)]
+        if self.bf16_s is not None and self.bf16_snr_db is not None:
+            timed.append(("bfloat16", self.bf16_s, self.bf16_snr_db))
+        figures = "; ".join(
+            f"{name} took {seconds:.2f} s a segment against float32's {self.fp32_s:.2f}, "
+            f"{seconds / self.fp32_s:.2f} of it, at {snr:.1f} dB from float32"
+            for name, seconds, snr in timed
+        )
         return (
-            f"{verdict} (int8 took {self.int8_s:.2f} s a segment against float32's {self.fp32_s:.2f}, "
-            f"{ratio:.2f} of it, at {self.snr_db:.1f} dB from float32; int8 runs where it takes at most "
+            f"{NAMES[self.precision]} ({figures}; another precision than float32 runs where it takes at most "
             f"{WIN_RATIO:g} of the time at {SNR_BAR_DB:g} dB or more)"
         )
 
@@ -88,8 +100,8 @@ def pinned() -> str | None:
 
 
 def applies(model: torch.nn.Module, precision: str, device: torch.device, backend: str = "auto") -> bool:
-    """Whether ``auto`` is decided by measurement here: a CPU without native bfloat16, torch,
-    and a model with a Transformer, and no :func:`pinned` choice."""
+    """Whether ``auto`` is decided by measurement here: the CPU, torch, and a model with a
+    Transformer, and no :func:`pinned` choice."""
     return eligible(model, precision, device, backend) and pinned() is None
 
 
@@ -99,7 +111,6 @@ def eligible(model: torch.nn.Module, precision: str, device: torch.device, backe
         precision == "auto"
         and device.type == "cpu"
         and backend in ("auto", "torch")
-        and not cpu_has_native_bf16()
         and has_int8_work(model)
         and not is_int8(models_of(model)[0])
     )
@@ -119,6 +130,8 @@ def remembered_precision(model: torch.nn.Module, precision: str, device: torch.d
     :func:`~models.precision.resolve_precision`'s answer. Never measures."""
     if precision == "auto" and is_int8(models_of(model)[0]):
         return "int8"
+    if precision == "auto" and backend not in ("auto", "torch"):
+        return "fp32"  # ONNX Runtime and OpenVINO run float32
     if not eligible(model, precision, device, backend):
         return resolve_precision(precision, device)
     pin = pinned()
@@ -153,7 +166,7 @@ def settle_auto(
         if choice is not None:
             tell(f"precision auto: {choice.describe()}; read from {path}")
             return choice
-        tell("precision auto: timing float32 and int8 on this CPU for this model (once; it is remembered)")
+        tell(f"precision auto: timing {_listed(candidates())} on this CPU for this model (once; it is remembered)")
         choice = measure_choice(model, segment_s)
         kept = write_choice(path, choice)
     where = f"remembered in {path} (delete it to measure again)" if kept else f"could not be written to {path}"
@@ -161,35 +174,64 @@ def settle_auto(
     return choice
 
 
+def candidates() -> tuple[str, ...]:
+    """What ``auto`` chooses among here: bfloat16 only where the CPU runs it (elsewhere it is
+    emulated, many times slower)."""
+    return ("fp32", "int8", "bf16") if cpu_has_native_bf16() else ("fp32", "int8")
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    words = [NAMES[name] for name in names]
+    return " and ".join(words) if len(words) < 3 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
 def measure_choice(model: torch.nn.Module, segment_s: float | None = None) -> PrecisionChoice:
-    """Time float32 and int8 on one segment of the demo song (interleaved, best of
-    :data:`TIMED_ROUNDS`) with a bag's first model, and take int8's SNR against float32 on each."""
+    """Time each of :func:`candidates` on one segment of the demo song (interleaved, best of
+    :data:`TIMED_ROUNDS`) with a bag's first model, and take each one's SNR against float32 on
+    every model of the bag."""
     models = models_of(model)
     first = models[0].eval()
     length = int(float(segment_s or first.segment) * first.samplerate)
     length = first.valid_length(length) if hasattr(first, "valid_length") else length  # HT Demucs: its training segment
     mix = _demo_mix(length, first.audio_channels)
-    snrs, times = [], {"fp32": [], "int8": []}
+    names = candidates()
+    snrs: dict[str, list[float]] = {name: [] for name in names[1:]}
+    times: dict[str, list[float]] = {name: [] for name in names}
     for index, part in enumerate(models):
-        runs = {name: prepare_model(part.eval(), name, torch.device("cpu")) for name in ("fp32", "int8")}
+        runs = {name: prepare_model(part.eval(), name, torch.device("cpu")) for name in names}
         rounds = 1 + TIMED_ROUNDS if index == 0 else 1
         outputs = {}
         for round_index in range(rounds):
             for name, run in runs.items():
                 start = time.perf_counter()
-                with torch.inference_mode():
-                    outputs[name] = run(mix)
+                with torch.inference_mode(), autocast(name, torch.device("cpu")):
+                    outputs[name] = run(mix).float()
                 if round_index:
                     times[name].append(time.perf_counter() - start)
-        snrs.append(snr_db(outputs["fp32"], outputs["int8"]))
+        for name in snrs:
+            snrs[name].append(snr_db(outputs["fp32"], outputs[name]))
     forget_prepared_copy()  # the command makes its own, or its model int8 in place
-    fp32_s, int8_s, worst_snr = min(times["fp32"]), min(times["int8"]), min(snrs)
-    return PrecisionChoice(verdict(fp32_s, int8_s, worst_snr), fp32_s, int8_s, worst_snr, torch.get_num_threads())
+    best = {name: min(seconds) for name, seconds in times.items()}
+    worst = {name: min(values) for name, values in snrs.items()}
+    return PrecisionChoice(
+        verdict(best["fp32"], best["int8"], worst["int8"], best.get("bf16"), worst.get("bf16")),
+        best["fp32"],
+        best["int8"],
+        worst["int8"],
+        torch.get_num_threads(),
+        best.get("bf16"),
+        worst.get("bf16"),
+    )
 
 
-def verdict(fp32_s: float, int8_s: float, snr_db: float) -> str:
-    """int8 where it takes at most :data:`WIN_RATIO` of float32's time at :data:`SNR_BAR_DB` or more."""
-    return "int8" if int8_s <= WIN_RATIO * fp32_s and snr_db >= SNR_BAR_DB else "fp32"
+def verdict(
+    fp32_s: float, int8_s: float, snr_db: float, bf16_s: float | None = None, bf16_snr_db: float | None = None
+) -> str:
+    """The fastest of int8 and bfloat16 that takes at most :data:`WIN_RATIO` of float32's time
+    at :data:`SNR_BAR_DB` or more; float32 where neither does."""
+    timed = [("int8", int8_s, snr_db)] + ([("bf16", bf16_s, bf16_snr_db)] if bf16_s is not None else [])
+    winners = [(seconds, name) for name, seconds, snr in timed if seconds <= WIN_RATIO * fp32_s and snr >= SNR_BAR_DB]
+    return min(winners)[1] if winners else "fp32"
 
 
 def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
@@ -206,7 +248,9 @@ def read_choice(path: Path) -> PrecisionChoice | None:
         choice = PrecisionChoice(**record["choice"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return choice if choice.precision in ("fp32", "int8") else None
+    if choice.precision not in NAMES or (choice.precision == "bf16" and not cpu_has_native_bf16()):
+        return None
+    return choice
 
 
 def write_choice(path: Path, choice: PrecisionChoice) -> bool:
@@ -234,7 +278,8 @@ def _demo_mix(length: int, channels: int) -> torch.Tensor:
 
 @functools.cache
 def _machine() -> dict:
-    """What int8's speed depends on: the CPU, its int8 instructions and torch's kernels."""
+    """What the precisions' speeds depend on: the CPU, its int8 and bfloat16 instructions and
+    torch's kernels."""
     model_name, flags = cpu_info()
     return {
         "cpu": model_name or os.uname().machine,

@@ -292,7 +292,7 @@ def _bar_rows() -> int:
 
 
 def settle_precision(model, args, device: str, tell: Callable[[str], None] = say) -> None:
-    """``--precision auto`` on a CPU without native bfloat16: int8 or float32 for this model,
+    """``--precision auto`` on a CPU: float32, int8 or (where native) bfloat16 for this model,
     measured here the first time (:mod:`models.precision_choice`) and read from the record by
     every separation after, the library's workers included. ``args``: the command's options
     (or a library's :class:`~models.library.JobOptions`); ``tell`` hears the lines."""

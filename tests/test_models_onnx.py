@@ -20,7 +20,7 @@ from stemdeck.cli import main
 from stemdeck.models import HTDemucs, apply_model, load_checkpoint, save_safetensors
 from stemdeck.models import onnx_backend as ob
 from stemdeck.models.demo import demo_stems
-from stemdeck.models.precision import TorchNetwork, prepare_network
+from stemdeck.models.precision import TorchNetwork, prepare_network, resolve_precision
 
 pytest.importorskip("onnxruntime")  # in the test extras; the last test hides it
 
@@ -126,7 +126,8 @@ def test_auto_keeps_torch_and_onnx_refuses_other_precisions(model, exported, cac
     _set_measured(exported, torch_cpu_s=2.0, onnx_cpu_s=1.0)
     files = sorted(cache.iterdir())
     chosen = prepare_network(model, "auto", CPU, backend="auto")
-    assert isinstance(chosen, TorchNetwork) and chosen.describe().startswith("torch (fp32 on cpu")
+    unmeasured = resolve_precision("auto", CPU)  # bf16 on a CPU that runs it, else fp32
+    assert isinstance(chosen, TorchNetwork) and chosen.describe().startswith(f"torch ({unmeasured} on cpu")
     assert sorted(cache.iterdir()) == files  # nothing exported, nothing loaded
     with pytest.raises(ValueError, match="--backend onnx: ONNX Runtime runs float32"):
         prepare_network(model, "int8", CPU, backend="onnx")

@@ -1,5 +1,6 @@
-"""``--precision auto`` on a CPU without native bfloat16: int8 or float32, measured once per model
-and machine by the separation commands, and read by every separation after (models/precision_choice.py)."""
+"""``--precision auto`` on a CPU: float32, int8 or (where the CPU runs it) bfloat16, measured once
+per model and machine by the separation commands, and read by every separation after
+(models/precision_choice.py)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ TIMES = {"fp32_s": 1.0, "int8_s": 0.5, "snr_db": 50.0, "threads": 1}
 
 @pytest.fixture(autouse=True)
 def _no_native_bf16(monkeypatch, _isolated_model_dirs):
-    """The AVX2 case, whatever CPU runs the tests (on a bfloat16 CPU ``auto`` is bfloat16,
-    unmeasured), and ``auto`` measured (the other tests pin it to float32)."""
+    """The AVX2 case, whatever CPU runs the tests (a bfloat16 CPU also times bfloat16), and
+    ``auto`` measured (the other tests pin it to float32)."""
     monkeypatch.delenv(PIN_ENV)
     _native_bf16(monkeypatch, False)
 
@@ -55,6 +56,36 @@ def test_the_rule_takes_int8_only_where_it_is_clearly_faster_and_within_40_db():
     assert verdict(1.0, 0.96, 90.0) == "fp32"  # 4 % faster is inside a quiet machine's noise
     assert verdict(1.0, 0.50, 39.9) == "fp32"  # fast, but too far from float32
     assert verdict(2.0, 1.0, 58.5) == "int8"
+
+
+def test_bfloat16_is_chosen_where_it_is_the_fastest_within_the_bar():
+    assert verdict(1.0, 0.55, 58.0, bf16_s=0.52, bf16_snr_db=46.0) == "bf16"
+    assert verdict(1.0, 0.52, 58.0, bf16_s=0.55, bf16_snr_db=46.0) == "int8"
+    assert verdict(1.0, 0.99, 58.0, bf16_s=0.50, bf16_snr_db=39.0) == "fp32"  # bf16 fast but too far
+    assert verdict(1.0, 0.99, 30.0, bf16_s=0.96, bf16_snr_db=48.0) == "fp32"  # neither clearly faster
+    assert verdict(1.0, 0.60, 30.0, bf16_s=0.90, bf16_snr_db=48.0) == "bf16"  # int8 out of the bar
+
+
+def test_a_bfloat16_cpu_times_bfloat16_too_and_gives_its_snr(monkeypatch):
+    _native_bf16(monkeypatch, True)  # emulated where the CPU has none: slow, the same numbers
+    model = tiny_ht_transformer_on(10)
+    said = []
+    choice = settle_auto(model, "auto", CPU, say=said.append)
+    assert said[0].startswith("precision auto: timing float32, int8 and bfloat16 on this CPU")
+    assert choice.bf16_s > 0 and choice.fp32_s > 0 and choice.int8_s > 0
+    assert choice.precision == verdict(choice.fp32_s, choice.int8_s, choice.snr_db, choice.bf16_s, choice.bf16_snr_db)
+    mix = choice_module._demo_mix(int(float(model.segment) * model.samplerate), 2)
+    with torch.inference_mode():
+        exact = prepare_model(model, "fp32", CPU)(mix)
+        with precision_module.autocast("bf16", CPU):
+            rounded = prepare_model(model, "bf16", CPU)(mix).float()
+    assert choice.bf16_snr_db == pytest.approx(snr_db(exact, rounded), abs=1e-3)
+    assert 25.0 < choice.bf16_snr_db < 90.0  # bfloat16's 8 bits of mantissa show in the stems
+    assert "bfloat16 took" in said[-1] and read_choice(record_path(model)) == choice
+    write_choice(record_path(model), PrecisionChoice("bf16", 1.0, 0.9, 55.0, 2, 0.5, 46.0))
+    assert remembered_precision(model, "auto", CPU) == "bf16"
+    _native_bf16(monkeypatch, False)  # the same record read where bfloat16 is not native: measured again
+    assert read_choice(record_path(model)) is None
 
 
 def test_measurement_times_both_precisions_and_gives_int8_s_snr_on_music():
@@ -138,7 +169,7 @@ def test_a_damaged_or_foreign_record_is_ignored_and_measured_again(content):
     assert read_choice(path) == settled
 
 
-def test_auto_is_measured_only_where_int8_could_run_instead_of_float32(monkeypatch):
+def test_auto_is_measured_only_where_another_precision_could_run_instead_of_float32(monkeypatch):
     model = tiny_ht_transformer_on(6)
     assert applies(model, "auto", CPU)
     assert not applies(model, "fp32", CPU)
@@ -148,12 +179,19 @@ def test_auto_is_measured_only_where_int8_could_run_instead_of_float32(monkeypat
     assert not applies(HDemucs(sources=["drums", "bass"], channels=4, depth=2), "auto", CPU)  # no Transformer
     assert settle_auto(model, "fp32", CPU) is None and not record_path(model).exists()
     _native_bf16(monkeypatch, True)
-    assert not applies(model, "auto", CPU)
+    assert applies(model, "auto", CPU)  # a bfloat16 CPU measures too: int8 may beat it (Zen 4)
+    assert remembered_precision(model, "auto", CPU) == "bf16"  # nothing measured yet
     write_choice(record_path(model), _choice("int8"))
-    assert remembered_precision(model, "auto", CPU) == "bf16"
+    assert remembered_precision(model, "auto", CPU) == "int8"
+    assert remembered_precision(model, "auto", CPU, backend="openvino") == "fp32"  # exported: float32 only
 
 
-@pytest.mark.skipif(cpu_has_native_bf16(), reason="auto is bfloat16, unmeasured, on this CPU")
+def _timing_line() -> str:
+    """What a command in its own process says as it measures: on this machine's real CPU."""
+    names = ["float32", "int8", "bfloat16"] if cpu_has_native_bf16() else ["float32", "int8"]
+    return f"precision auto: timing {', '.join(names[:-1])} and {names[-1]} on this CPU for this model"
+
+
 def test_separate_measures_on_its_first_auto_run_and_runs_the_choice(tmp_path):
     model = tiny_ht_transformer_on(7)
     checkpoint = tmp_path / "ht.safetensors"
@@ -162,7 +200,7 @@ def test_separate_measures_on_its_first_auto_run_and_runs_the_choice(tmp_path):
     command = ("separate", str(tmp_path / "song.wav"), "-o", str(tmp_path / "out"), "--model", str(checkpoint), "-v")
     first = run_stemdeck(*command)
     assert first.returncode == 0, first.stderr
-    assert "precision auto: timing float32 and int8 on this CPU for this model" in first.stderr
+    assert _timing_line() in first.stderr
     records = list((tmp_path / "cache" / "stemdeck" / "precision").glob("*.json"))
     assert len(records) == 1
     chosen = read_choice(records[0]).precision
@@ -177,7 +215,6 @@ def test_separate_measures_on_its_first_auto_run_and_runs_the_choice(tmp_path):
     assert "network: torch (fp32 on cpu" in asked.stderr
 
 
-@pytest.mark.skipif(cpu_has_native_bf16(), reason="auto is bfloat16, unmeasured, on this CPU")
 def test_live_dry_run_measures_for_the_live_commands_and_plans_with_the_choice(tmp_path):
     """`live`, `play` and the mixer never measure before playing; `live --dry-run`, which
     calibrates anyway, is where a user who never runs `separate` gets the measurement."""
@@ -186,7 +223,7 @@ def test_live_dry_run_measures_for_the_live_commands_and_plans_with_the_choice(t
     result = run_stemdeck("live", "--dry-run", "--model", str(checkpoint), timeout_s=300)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    assert "precision auto: timing float32 and int8 on this CPU for this model" in result.stderr
+    assert _timing_line() in result.stderr
     records = list((tmp_path / "cache" / "stemdeck" / "precision").glob("*.json"))
     assert len(records) == 1
     assert f"live input with ht.safetensors on this machine ({read_choice(records[0]).precision}," in result.stdout

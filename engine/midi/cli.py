@@ -20,7 +20,7 @@ from stemdeck.engine.midi.mapping_file import (
     user_mapping_path,
 )
 from stemdeck.engine.midi.ports import API_NAMES, list_ports
-from stemdeck.paths import missing_folder
+from stemdeck.models.paths import missing_folder
 
 ESCAPE = "\x1b"
 
