@@ -54,10 +54,10 @@ from stemdeck.models import (  # noqa: E402
 )
 from stemdeck.models.demo import demo_stems  # noqa: E402
 from stemdeck.models.precision import (  # noqa: E402
-    autocast,
     cpu_has_native_bf16,
     cpu_info,
     forget_prepared_copy,
+    forward_context,
     prepare_model,
     prepare_network,
     resolve_precision,
@@ -139,8 +139,10 @@ def runnable(side: str, model):
 
 
 def forward(side: str, model, mix: torch.Tensor) -> torch.Tensor:
-    precision = "fp32" if side == "reference" else precision_of(side)
-    with torch.inference_mode(), autocast(precision, torch.device("cpu")):
+    if side == "reference":  # as its users run it
+        with torch.inference_mode():
+            return model(mix)
+    with torch.inference_mode(), forward_context(precision_of(side), torch.device("cpu")):
         return model(mix)
 
 

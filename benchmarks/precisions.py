@@ -37,7 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import offline  # noqa: E402
 
-from stemdeck.models.precision import autocast, cpu_has_native_bf16, prepare_model  # noqa: E402
+from stemdeck.models.precision import (  # noqa: E402
+    autocast,
+    cpu_has_native_bf16,
+    forward_context,
+    prepare_model,
+)
 
 CPU = torch.device("cpu")
 ONEDNN_BF16_MATH = "fp32-bf16math"
@@ -71,7 +76,9 @@ def models_for(sides: tuple[str, ...], ours: torch.nn.Module) -> dict[str, torch
 def forward(side: str, model: torch.nn.Module, mix: torch.Tensor) -> torch.Tensor:
     onednn_math(side)
     try:
-        with torch.inference_mode(), autocast(precision_of(side), CPU):
+        # the reference as its users run it; ours as stemdeck runs it (oneDNN's exact products)
+        context = autocast if side == "reference" else forward_context
+        with torch.inference_mode(), context(precision_of(side), CPU):
             return model(mix)
     finally:
         onednn_math("")

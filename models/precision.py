@@ -8,7 +8,7 @@ AVX512-BF16 or AMX and on recent GPUs, at an output SNR of about 48 dB against f
 
 ``"int8"`` (CPU only) runs the Transformer's linear layers and attention projections as
 FBGEMM int8 products with dynamically quantised activations: the cheaper arithmetic for CPUs
-without native bfloat16, and on some with it (a Zen 4 EPYC's AVX512-VNNI). ``"auto"`` runs the
+without native bfloat16, and on some with it (a Zen 5 EPYC's AVX512-VNNI). ``"auto"`` runs the
 fastest of them that the separation commands measured on this CPU for this model within 40 dB
 of float32 (:mod:`models.precision_choice`): their speeds depend on the CPU and their SNRs on
 the trained weights. Without a measurement it is bfloat16 where native, else float32.
@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+
+from stemdeck.models.onednn_products import onednn_products
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 BACKENDS = ("auto", "torch", "onnx", "openvino")
@@ -82,6 +84,15 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def forward_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """What our forward runs in: bfloat16's autocast, or on the CPU float32's products through
+    oneDNN where it computes them exactly (:mod:`models.onednn_products`; int8 keeps float32
+    attention, so it gains too)."""
+    if resolve_precision(precision, device) == "bf16" or device.type != "cpu":
+        return autocast(precision, device)
+    return onednn_products()
 
 
 def prepare_model(model: torch.nn.Module, precision: str, device: torch.device) -> torch.nn.Module:
@@ -201,7 +212,7 @@ class TorchNetwork:
         self.model, self.device = prepare_model(model, precision, device), device
 
     def __call__(self, mix: torch.Tensor) -> torch.Tensor:
-        with autocast(self.precision, self.device):
+        with forward_context(self.precision, self.device):
             return self.model(mix)
 
     def describe(self) -> str:

@@ -3,8 +3,8 @@ it natively) bfloat16 that keeps the SNR bar on this model, measured once and re
 
 Their speeds depend on the CPU and their errors on the trained weights, so neither can be
 decided from flags: int8 took 0.55-0.70 of the reference's time per segment on two AVX2
-machines against float32's 0.61-0.73; on a Zen 4 EPYC (AVX512-BF16, no AMX) bfloat16 took 0.52
-and int8 0.55, on an AMX Xeon bfloat16 0.50 and int8 0.67 (``docs/benchmarks.md``). The
+machines against float32's 0.61-0.73; on a Zen 5 EPYC (AVX512-BF16, no AMX) int8 took 0.40,
+float32 0.49 and bfloat16 0.51, on an AMX Xeon bfloat16 0.50 and int8 0.67 (``docs/benchmarks.md``). The
 separation commands measure them on one segment of the demo song the first time ``auto`` meets
 a model on a machine (:func:`settle_auto`); every later run, the live engine's included, reads
 the record (:func:`remembered_precision`). Elsewhere (no record, a GPU, a model without a
@@ -31,10 +31,10 @@ from stemdeck.models.cache_lock import cache_lock
 from stemdeck.models.nets.transformer import Attention, is_int8
 from stemdeck.models.onnx_backend import model_digest, write_atomically
 from stemdeck.models.precision import (
-    autocast,
     cpu_has_native_bf16,
     cpu_info,
     forget_prepared_copy,
+    forward_context,
     prepare_model,
     resolve_precision,
 )
@@ -204,7 +204,7 @@ def measure_choice(model: torch.nn.Module, segment_s: float | None = None) -> Pr
         for round_index in range(rounds):
             for name, run in runs.items():
                 start = time.perf_counter()
-                with torch.inference_mode(), autocast(name, torch.device("cpu")):
+                with torch.inference_mode(), forward_context(name, torch.device("cpu")):
                     outputs[name] = run(mix).float()
                 if round_index:
                     times[name].append(time.perf_counter() - start)

@@ -179,7 +179,7 @@ def test_auto_is_measured_only_where_another_precision_could_run_instead_of_floa
     assert not applies(HDemucs(sources=["drums", "bass"], channels=4, depth=2), "auto", CPU)  # no Transformer
     assert settle_auto(model, "fp32", CPU) is None and not record_path(model).exists()
     _native_bf16(monkeypatch, True)
-    assert applies(model, "auto", CPU)  # a bfloat16 CPU measures too: int8 may beat it (Zen 4)
+    assert applies(model, "auto", CPU)  # a bfloat16 CPU measures too: int8 may beat it (Zen 5)
     assert remembered_precision(model, "auto", CPU) == "bf16"  # nothing measured yet
     write_choice(record_path(model), _choice("int8"))
     assert remembered_precision(model, "auto", CPU) == "int8"

@@ -13,7 +13,7 @@ from stemdeck.engine.worker.windows import WindowPlan
 from stemdeck.models.bag import BagOfModels
 from stemdeck.models.bandwidth import share_high_band
 from stemdeck.models.nets.htdemucs import HTDemucs
-from stemdeck.models.precision import autocast, prepare_model
+from stemdeck.models.precision import forward_context, prepare_model
 from stemdeck.models.precision_choice import remembered_precision
 from stemdeck.models.separate import resample
 
@@ -67,7 +67,7 @@ class WindowSeparator:
             window = resample(window, self.stream_rate, self.model_rate)
             if self.max_model_frames is not None:
                 window = window[:, : self.max_model_frames]
-        with torch.inference_mode(), autocast(self.precision, self.device):
+        with torch.inference_mode(), forward_context(self.precision, self.device):
             mix = torch.from_numpy(window)[None].to(self.device)
             stems = self.model(mix)[0].float().cpu().numpy()
         if self.stream_rate != self.model_rate:
