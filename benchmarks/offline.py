@@ -19,7 +19,8 @@ be downloaded here), on the same generated song, with the same overlap, in the s
 * the CPU's vector extensions and the load average before and after (the machine may be shared).
 
 ``auto`` in the report is what ``--precision auto`` runs on this CPU by ``stemdeck separate``'s
-rule (int8 where it takes at most 0.95 of float32's time at 40 dB or more), from this run.
+rule (the fastest of int8 and, where native, bfloat16 that takes at most 0.95 of float32's time
+at 40 dB or more), from this run.
 
 Usage: python benchmarks/offline.py [--json] [--track-seconds 60] [--track-repeats 1] [--rss-minutes 10] [--repeats 5]
        [--sides reference,ours-fp32,ours-int8,ours-openvino]
@@ -282,19 +283,25 @@ def segment_report(models: dict, repeats: int) -> dict:
 def auto_choice(segment: dict) -> dict:
     """What ``--precision auto`` runs on this CPU by the rule ``stemdeck separate`` applies
     (:func:`models.precision_choice.verdict`), from this run's segment times and the SNR with the
-    LayerScales at 1 (the trained-like case): bfloat16 where native, else int8 or float32."""
-    if resolve_precision("auto", torch.device("cpu")) == "bf16":
-        return {"precision": "bf16", "rule": "bfloat16 is native on this CPU"}
+    LayerScales at 1 (the trained-like case): the fastest of int8 and (where native) bfloat16
+    within the bar, else float32."""
     if "ours-int8" not in segment:
-        return {"precision": "fp32", "rule": "int8 not measured in this run"}
+        return {"precision": resolve_precision("auto", torch.device("cpu")), "rule": "int8 not measured in this run"}
     fp32_s, int8 = segment["ours-fp32"]["seconds"], segment["ours-int8"]
+    bf16 = segment.get("ours-bf16") if cpu_has_native_bf16() else None
     snr = int8["snr_db_vs_fp32_full_layer_scale"]
-    return {
-        "precision": verdict(fp32_s, int8["seconds"], snr),
-        "rule": f"int8 where it takes <= {WIN_RATIO:g} of float32's time at >= {SNR_BAR_DB:g} dB",
+    bf16_s = bf16["seconds"] if bf16 else None
+    bf16_snr = bf16["snr_db_vs_fp32_full_layer_scale"] if bf16 else None
+    choice = {
+        "precision": verdict(fp32_s, int8["seconds"], snr, bf16_s, bf16_snr),
+        "rule": f"the fastest of int8{' and bf16' if bf16 else ''} taking <= {WIN_RATIO:g} of float32's time "
+        f"at >= {SNR_BAR_DB:g} dB, else fp32",
         "int8_over_fp32": int8["seconds"] / fp32_s,
         "int8_snr_db": snr,
     }
+    if bf16:
+        choice.update(bf16_over_fp32=bf16_s / fp32_s, bf16_snr_db=bf16_snr)
+    return choice
 
 
 def track_report(models: dict, seconds: float, repeats: int = 1) -> dict:
