@@ -197,13 +197,13 @@ def test_feed_forward_in_blocks_of_tokens_keeps_the_numbers(monkeypatch, song, p
 
 def test_a_command_makes_its_model_int8_in_place_and_keeps_no_float_transformer():
     from stemdeck.models.nets.transformer import is_int8
-    from stemdeck.models.precision import prepare_network
+    from stemdeck.models.precision import forward_context, prepare_network
     from stemdeck.models.precision_choice import remembered_precision
     from stemdeck.models.track_job import commit_precision
 
     model = tiny_ht_transformer_on(3)
     mix = torch.randn(1, 2, int(float(model.segment) * model.samplerate))
-    with torch.inference_mode():
+    with torch.inference_mode(), forward_context("int8", CPU):  # as a network runs it
         copied = prepare_model(model, "int8", CPU)(mix)
     assert any(isinstance(m, nn.Linear) for m in model.crosstransformer.modules())
     commit_precision(model, "int8", "cpu", "auto")
