@@ -17,7 +17,6 @@ torch's default.
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 from collections.abc import Iterator
 
@@ -30,20 +29,35 @@ ROUTE = "bf16"  # the setting's value that sends float32 products to oneDNN
 EXACT_RELATIVE_ERROR = 1e-5
 PROBE_SIZE = 512  # as large as the model's products, where oneDNN may pick other kernels than for small ones
 
-_lock = threading.Lock()  # guards the count of forwards inside; never held while one runs
+_lock = threading.Lock()  # guards the probe and the count of forwards inside; never held during a forward
 _users = 0
 _saved = "none"
+_exact: bool | None = None  # the probe's answer, once made
 
 
 def _setting():
     return torch.backends.mkldnn.matmul
 
 
-@functools.cache
 def exact_here() -> bool:
     """Whether the oneDNN route gives float32's own results on this CPU: a matrix product and an
-    attention of the model's sizes, against float64. False where torch has no oneDNN or keeps
-    MKL anyway (no AVX-512: the route changes nothing there)."""
+    attention of the model's sizes, against float64 (17 ms, once a process). False where torch
+    has no oneDNN or keeps MKL anyway (no AVX-512: the route changes nothing there)."""
+    global _exact
+    with _lock:  # one probe, never beside a forward entering or leaving (both set the setting)
+        if _exact is None:
+            _exact = _probe()
+        return _exact
+
+
+def forget_probe() -> None:
+    """The next :func:`exact_here` probes again (for tests)."""
+    global _exact
+    with _lock:
+        _exact = None
+
+
+def _probe() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     generator = torch.Generator().manual_seed(0)

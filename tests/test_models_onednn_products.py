@@ -18,9 +18,9 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def fresh_probe():
-    onednn_products.exact_here.cache_clear()
+    onednn_products.forget_probe()
     yield
-    onednn_products.exact_here.cache_clear()
+    onednn_products.forget_probe()
 
 
 def _setting() -> str:

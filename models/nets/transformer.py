@@ -84,12 +84,16 @@ class TokenGroupNorm(nn.GroupNorm):
     """GroupNorm over ``(batch, tokens, channels)``: with one group, over all tokens and channels."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.num_groups == 1:
+        if self.num_groups == 1 and eager_inference():
             # two passes of plain means, not var_mean: its one-pass (Welford) reduction took 3.2 ms
-            # for the 2688 x 512 tokens against 0.4 ms (2 AVX-512 cores), to the same numbers
+            # for the 2688 x 512 tokens against 0.35 ms (2 AVX-512 cores), to the same numbers.
+            # Not in an export: ONNX's exporter lost the norm's weight from this form's graph.
             centred = x - x.mean(dim=(1, 2), keepdim=True)
             var = centred.square().mean(dim=(1, 2), keepdim=True)
             return torch.addcmul(self.bias, centred, self.weight * torch.rsqrt(var + self.eps))
+        if self.num_groups == 1:
+            var, mean = torch.var_mean(x, dim=(1, 2), correction=0, keepdim=True)
+            return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 
