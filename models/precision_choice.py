@@ -72,9 +72,10 @@ class PrecisionChoice:
             f"{seconds / self.fp32_s:.2f} of it, at {snr:.1f} dB from float32"
             for name, seconds, snr in timed
         )
+        rivals = " or ".join(name for name, _, _ in timed)
         return (
-            f"{NAMES[self.precision]} ({figures}; another precision than float32 runs where it takes at most "
-            f"{WIN_RATIO:g} of the time at {SNR_BAR_DB:g} dB or more)"
+            f"{NAMES[self.precision]} ({figures}; {rivals} runs where it takes at most {WIN_RATIO:g} of "
+            f"float32's time at {SNR_BAR_DB:g} dB or more)"
         )
 
 
