@@ -3,12 +3,13 @@ it natively) bfloat16 that keeps the SNR bar on this model, measured once and re
 
 Their speeds depend on the CPU and their errors on the trained weights, so neither can be
 decided from flags: int8 took 0.55-0.70 of the reference's time per segment on two AVX2
-machines against float32's 0.61-0.73; on a Zen 5 EPYC (AVX512-BF16, no AMX) int8 took 0.40,
-float32 0.49 and bfloat16 0.51, on an AMX Xeon bfloat16 0.50 and int8 0.67 (``docs/benchmarks.md``). The
-separation commands measure them on one segment of the demo song the first time ``auto`` meets
-a model on a machine (:func:`settle_auto`); every later run, the live engine's included, reads
-the record (:func:`remembered_precision`). Elsewhere (no record, a GPU, a model without a
-Transformer) ``auto`` is what :func:`models.precision.resolve_precision` says.
+machines against float32's 0.61-0.73; on a Zen 5 EPYC (AVX512-BF16, no AMX) int8 took 0.40-0.43,
+float32 0.49-0.51 and bfloat16 0.51-0.53; on an AMX Xeon bfloat16 0.50 and int8 0.67
+(``docs/benchmarks.md``). The separation commands measure them on one segment of the demo song
+the first time ``auto`` meets a model on a machine (:func:`settle_auto`); every later run, the
+live engine's included, reads the record (:func:`remembered_precision`). Elsewhere (no record,
+a GPU, a model without a Transformer) ``auto`` is what :func:`models.precision.resolve_precision`
+says.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from stemdeck.models.precision import (
 
 RECORD_FORMAT = 1
 SNR_BAR_DB = 40.0  # issue 13's bar for the stems of a faster precision against float32
-WIN_RATIO = 0.95  # int8 must take at most this share of float32's time: a closer call is noise
+WIN_RATIO = 0.95  # int8 or bf16 must take at most this share of float32's time: a closer call is noise
 TIMED_ROUNDS = 2  # per precision, interleaved, after one untimed warm-up each
 PIN_ENV = "STEMDECK_AUTO_PRECISION"
 MEASURE_LOCK_NAME = "precision-measure.lock"  # in the user cache folder: one measurement at a time
