@@ -355,6 +355,26 @@ def _encode_json(value: Any) -> Any:
     return value
 
 
+def container_readable(path: Path) -> bool:
+    """Whether ``path`` is a torch archive or a safetensors file whose table of contents reads:
+    what can be told of a checkpoint without its checksum (a renamed copy) and without loading
+    it (``models list`` looks at every cached file)."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as file:
+                file.metadata()
+        except (SafetensorError, OSError, ValueError, RuntimeError):
+            return False
+        return True
+    try:
+        _check_th_archive(path)
+    except CheckpointError:
+        return False
+    return True
+
+
 def load_safetensors(path: Path) -> nn.Module:
     from safetensors import SafetensorError, safe_open
 

@@ -100,9 +100,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--precision",
         default="auto",
         choices=PRECISIONS,
-        help="auto: bfloat16 where the hardware runs it natively, else int8 where `separate` measured it "
-        "faster on this CPU for this model within 40 dB of float32 (once, remembered), else float32; "
-        "int8: int8 Transformer products (CPU only)",
+        help="auto: on a CPU, the fastest of float32, int8 and (where native) bfloat16 within 40 dB of "
+        "float32, as `separate` measured it for this model (once, remembered; until then bfloat16 where "
+        "native, else float32); on a GPU, bfloat16 where it runs it; int8: int8 Transformer products "
+        "(CPU only)",
     )
 
 
@@ -443,13 +444,14 @@ class SeparationBars:
 
 
 def run_models_list(args: argparse.Namespace) -> int:
-    from stemdeck.models.registry import BUILT_IN, BUNDLED, bundled_path, cache_dir
+    from stemdeck.models.registry import BUILT_IN, BUNDLED, bundled_path, cache_dir, damaged_files, is_cached
 
     rows = [("NAME", "SOURCES", "FILES", "CACHED", "DESCRIPTION")]
-    damaged: list[str] = []
+    damaged: dict[str, list[Path]] = {}
     for spec in REGISTRY.values():
-        cached = cache_state(spec)
-        damaged += [spec.name] if cached.startswith("damaged") else []
+        if is_cached(spec) and (bad := damaged_files(spec)):
+            damaged[spec.name] = bad
+        cached = cache_state(spec, damaged.get(spec.name, []))
         rows.append((spec.name, ",".join(spec.sources), str(len(spec.files)), cached, spec.description))
     for name, (_, sources, description) in BUNDLED.items():
         path = bundled_path(name)
@@ -464,20 +466,23 @@ def run_models_list(args: argparse.Namespace) -> int:
         f"\ncache: {cache_dir()}  (also searched: $STEMDECK_MODEL_DIR); with no network, copy the "
         "files there (README: Getting the official weights)"
     )
-    for name in damaged:
-        print(f"{name}: a cached file does not match its checksum; `stemdeck models fetch {name}` replaces it")
+    for name, paths in damaged.items():
+        for path in paths:
+            print(
+                f"{name}: {path} is not this model's file (its checksum or its format); delete it and run "
+                f"`stemdeck models fetch {name}`"
+            )
     return 0
 
 
-def cache_state(spec: ModelSpec) -> str:
-    """The CACHED column: no, yes with the size, or damaged (fetch replaces the file)."""
-    from stemdeck.models.registry import cached_size_bytes, damaged_files, is_cached
+def cache_state(spec: ModelSpec, damaged: list[Path]) -> str:
+    """The CACHED column: no, yes with the size, or damaged."""
+    from stemdeck.models.registry import cached_size_bytes, is_cached
 
     if not is_cached(spec):
         return "no"
-    bad = damaged_files(spec)
-    if bad:
-        return f"damaged ({len(bad)} of {len(spec.files)} file(s))"
+    if damaged:
+        return f"damaged ({len(damaged)} of {len(spec.files)} file(s))"
     return f"yes ({cached_size_bytes(spec) / 1e6:.0f} MB)"
 
 

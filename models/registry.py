@@ -20,7 +20,7 @@ import platformdirs
 from torch import nn
 
 from stemdeck.models.bag import BagOfModels
-from stemdeck.models.checkpoint import CheckpointError, load_checkpoint
+from stemdeck.models.checkpoint import CheckpointError, container_readable, load_checkpoint
 from stemdeck.models.limits import shown
 
 OFFICIAL_ROOT_URL = "https://dl.fbaipublicfiles.com/demucs/"
@@ -163,10 +163,17 @@ def is_cached(spec: ModelSpec) -> bool:
 
 
 def damaged_files(spec: ModelSpec) -> list[Path]:
-    """Cached files under their official name whose SHA-256 does not match it (a copy cut short,
-    a file overwritten); ``fetch`` replaces them. A renamed copy has nothing to check against."""
+    """Cached files that cannot be this model's: under their official name, a SHA-256 that does
+    not match it (a copy cut short, a file overwritten; ``fetch`` replaces them); renamed to the
+    signature (no checksum to check against), a container that does not read."""
     found = [(remote, find_file(remote)) for remote in spec.files]
-    return [path for remote, path in found if path is not None and not _checksum_ok(path, remote)]
+    return [path for remote, path in found if path is not None and not _intact(path, remote)]
+
+
+def _intact(path: Path, remote: RemoteFile) -> bool:
+    if path.name == remote.filename:
+        return _checksum_ok(path, remote)
+    return container_readable(path)
 
 
 def cached_size_bytes(spec: ModelSpec) -> int:

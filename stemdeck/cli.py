@@ -10,9 +10,18 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 EXIT_BROKEN_PIPE = 141  # what a tool killed by SIGPIPE returns: the reader (`| head`) has gone
 DEFAULT_COMMAND = "gui"
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse with its errors in one line: the twelve lines of usage it prints above them
+    buried the one that says what is wrong. Every subcommand's parser is of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -23,7 +32,7 @@ def get_parser() -> argparse.ArgumentParser:
     from stemdeck.models.cli import add_demo_command, add_model_options, add_separation_commands
     from stemdeck.models.training.cli import add_training_commands
 
-    parser = argparse.ArgumentParser(prog="stemdeck", description="Split music into stems with HT Demucs.")
+    parser = CommandLineParser(prog="stemdeck", description="Split music into stems with HT Demucs.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_separation_commands(commands)
     add_training_commands(commands, add_model_options)

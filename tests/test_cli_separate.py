@@ -384,9 +384,10 @@ def test_impossible_numbers_are_refused_up_front(tmp_path, song, capsys, option,
         main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", "passthrough", f"{option}={value}"])
     err = capsys.readouterr().err
     assert info.value.code == 2
-    errors = [line for line in err.splitlines() if "error:" in line]
-    assert len(errors) == 1 and option in errors[0] and message in errors[0]
-    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    assert len(err.splitlines()) == 1, err  # no usage block above it
+    assert err.startswith("stemdeck separate: error: ") and option in err and message in err
+    assert err.rstrip().endswith("(`stemdeck separate --help` lists the options)")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(

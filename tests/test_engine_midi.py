@@ -362,6 +362,45 @@ def test_export_to_a_folder_or_a_missing_folder_is_one_line_and_leaves_nothing(t
     assert len(load_mapping(folder / "mine.toml").bindings) == len(default_mapping().bindings)
 
 
+def test_export_keeps_a_file_that_is_there_unless_forced(tmp_path, capsys):
+    """``midi export demo.wav`` replaced the user's song with a mapping and said it was done."""
+    from stemdeck.cli import main
+
+    mapping = ["--midi-map", str(tmp_path / "midi.toml")]
+    song = tmp_path / "demo.wav"
+    song.write_bytes(b"RIFF and the rest of a song")
+    beside_a_file = tmp_path / "demo.wav" / "x.toml"
+    assert main(["midi", "export", str(song), *mapping]) == 1
+    assert main(["midi", "export", str(beside_a_file), *mapping]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"stemdeck: error: {song} exists; choose another name or add --force to overwrite it",
+        f"stemdeck: error: {song} is a file, not a folder; export elsewhere",
+    ]
+    assert song.read_bytes() == b"RIFF and the rest of a song"
+    assert main(["midi", "export", str(song), "--force", *mapping]) == 0
+    assert len(load_mapping(song).bindings) == len(default_mapping().bindings)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: None, "no file {path}; check the name (`stemdeck midi export FILE` writes a mapping)"),
+        (lambda path: path.mkdir(), "{path} is a folder; name a mapping file in it (.toml)"),
+        (lambda path: path.write_bytes(b"\xf6\x00\xff binary"), "{path} is not a text file; a MIDI mapping is TOML"),
+    ],
+)
+def test_importing_what_is_no_mapping_says_what_it_is_in_one_line(tmp_path, capsys, make, message):
+    """A missing file, a folder and a binary file gave Python's own errors ([Errno 2], codec...)."""
+    from stemdeck.cli import main
+
+    path = tmp_path / "nope.toml"
+    make(path)
+    assert main(["midi", "import", str(path), "--midi-map", str(tmp_path / "midi.toml")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"stemdeck: error: {message.format(path=path)}"), err
+    assert not (tmp_path / "midi.toml").exists()
+
+
 def test_importing_an_empty_file_keeps_the_mapping(tmp_path, capsys):
     """An empty file replaced the mapping with nothing, and said so as if it were done."""
     from stemdeck.cli import main

@@ -45,19 +45,26 @@ def test_checksum_mismatch_keeps_nothing(fake_release):
     assert not list(registry.cache_dir().glob("*.partial"))
 
 
-def test_a_damaged_cached_file_is_listed_as_damaged_and_fetch_replaces_it(fake_release, capsys):
-    """``models list`` showed a 9-byte garbage file as "yes (0 MB)"."""
+@pytest.mark.parametrize("renamed", [False, True])
+def test_a_damaged_cached_file_is_listed_as_damaged_and_fetch_replaces_it(fake_release, capsys, renamed):
+    """``models list`` showed a 9-byte garbage file as "yes (0 MB)", under the official name and
+    renamed to the signature alike (the README's names for a copy made by hand)."""
     spec, _ = fake_release
     registry.cache_dir().mkdir(parents=True, exist_ok=True)
-    cached = registry.cache_dir() / spec.files[0].filename
+    remote = spec.files[0]
+    cached = registry.cache_dir() / (f"{remote.signature}.safetensors" if renamed else remote.filename)
     cached.write_bytes(b"not torch")
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out.splitlines()
     row = next(line for line in out if line.startswith("tinyht "))
     assert row.split()[3:6] == ["damaged", "(1", "of"]
-    assert out[-1] == "tinyht: a cached file does not match its checksum; `stemdeck models fetch tinyht` replaces it"
+    assert out[-1] == (
+        f"tinyht: {cached} is not this model's file (its checksum or its format); delete it and run "
+        "`stemdeck models fetch tinyht`"
+    )
+    cached.unlink()
     registry.fetch("tinyht", progress=False)
-    assert registry.damaged_files(spec) == [] and cached.stat().st_size > 1000
+    assert registry.damaged_files(spec) == []
     assert main(["models", "list"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("tinyht "))
     assert row.split()[3] == "yes"

@@ -20,7 +20,7 @@ from stemdeck.engine.midi.mapping_file import (
     user_mapping_path,
 )
 from stemdeck.engine.midi.ports import API_NAMES, list_ports
-from stemdeck.models.paths import missing_folder
+from stemdeck.models.paths import kept_file, missing_folder
 
 ESCAPE = "\x1b"
 
@@ -79,6 +79,7 @@ def add_midi_commands(commands) -> None:
     export = actions.add_parser("export", help="write the mapping to FILE")
     export.add_argument("file", type=Path)
     export.add_argument("--midi-map", type=Path, metavar="FILE")
+    export.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     export.set_defaults(func=run_export)
 
     imported = actions.add_parser("import", help="check FILE and make it the mapping")
@@ -216,7 +217,7 @@ def _watch_for_escape(controller: MidiController) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    if problem := missing_folder(args.file, "export"):
+    if problem := missing_folder(args.file, "export") or kept_file(args.file, args.force):
         raise MappingError(problem)
     save_mapping(load_user_mapping(mapping_path(args)), args.file)
     _say(f"mapping written to {args.file}")

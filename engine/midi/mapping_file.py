@@ -85,8 +85,14 @@ def load_mapping(path: Path) -> Mapping:
                 f"(at most {MAX_FILE_BYTES}); is it the right file?"
             )
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MappingError(f"cannot read MIDI mapping {path}: {exc}") from None
+    except FileNotFoundError:
+        raise MappingError(f"no file {path}; check the name (`stemdeck midi export FILE` writes a mapping)") from None
+    except IsADirectoryError:
+        raise MappingError(f"{path} is a folder; name a mapping file in it (.toml)") from None
+    except UnicodeDecodeError:
+        raise MappingError(f"{path} is not a text file; a MIDI mapping is TOML, as `midi export` writes") from None
+    except OSError as exc:
+        raise MappingError(f"cannot read MIDI mapping {path}: {exc.strerror or exc}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
