@@ -194,7 +194,7 @@ def add_separation_commands(commands) -> None:
         func=run_models_list
     )
     fetch = models_commands.add_parser("fetch", help="download a model into the cache")
-    fetch.add_argument("name", choices=sorted(REGISTRY), metavar="NAME")
+    fetch.add_argument("name", metavar="NAME", help=f"one of {', '.join(REGISTRY)}")
     fetch.set_defaults(func=run_models_fetch)
 
 
@@ -487,8 +487,12 @@ def cache_state(spec: ModelSpec, damaged: list[Path]) -> str:
 
 
 def run_models_fetch(args: argparse.Namespace) -> int:
-    from stemdeck.models.registry import fetch
+    from stemdeck.models.registry import BUILT_IN, BUNDLED, fetch
 
+    if args.name in BUNDLED:
+        raise CommandError(f"{args.name} comes with stemdeck: nothing to fetch; use it with --model {args.name}")
+    if args.name in BUILT_IN:
+        raise CommandError(f"{args.name} is built in, with no weights: nothing to fetch")
     for path in fetch(args.name, progress=sys.stderr.isatty()):
         print(path)
     return 0

@@ -166,7 +166,8 @@ def unique_inputs(inputs: Sequence[Path]) -> list[Path]:
     for path in inputs:
         key = Path(os.path.realpath(path))
         if key in seen:
-            say(f"stemdeck: {path} is the same file as {seen[key]}; it is separated once")
+            twice = f"{path} is named twice" if path == seen[key] else f"{path} is the same file as {seen[key]}"
+            say(f"stemdeck: {twice}; it is separated once")
             continue
         seen[key] = path
     return list(seen.values())

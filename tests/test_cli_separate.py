@@ -206,6 +206,21 @@ def test_models_list_and_fetch_from_a_local_mirror(tmp_path):
     assert fetch.returncode == 1 and "cannot download" in fetch.stderr and "Traceback" not in fetch.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("tiny", "tiny comes with stemdeck: nothing to fetch; use it with --model tiny"),
+        ("passthrough", "passthrough is built in, with no weights: nothing to fetch"),
+        ("htdemucz", "unknown model 'htdemucz'; known models: htdemucs, htdemucs_ft"),
+    ],
+)
+def test_fetching_what_needs_no_download_says_so(capsys, name, message):
+    """``models fetch tiny`` gave argparse's "invalid choice" with the downloadable names only."""
+    assert main(["models", "fetch", name]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"stemdeck: error: {message}"), err
+
+
 def test_demo_song_is_written(tmp_path):
     assert main(["demo", str(tmp_path / "demo.wav"), "--seconds", "2"]) == 0
     audio, samplerate = sf.read(str(tmp_path / "demo.wav"))
@@ -296,10 +311,14 @@ def test_inputs_with_one_name_get_their_own_folders(tmp_path, capsys):
     sf.write(str(tmp_path / "x" / "song.flac"), 0.2 * sine, 44100)
     inputs = [tmp_path / "x" / "song.wav", tmp_path / "y" / "song.wav", tmp_path / "x" / "song.flac"]
     out = tmp_path / "out"
-    code = main(["separate", *map(str, inputs), str(inputs[0]), "-o", str(out), "--model", "passthrough", "--force"])
+    link = tmp_path / "link.wav"
+    link.symlink_to(inputs[1])
+    named = [*map(str, inputs), str(inputs[0]), str(link)]
+    code = main(["separate", *named, "-o", str(out), "--model", "passthrough", "--force"])
     err = capsys.readouterr().err
     assert code == 0 and "separated 3 of 3 file(s)" in err
-    assert f"{inputs[0]} is the same file as {inputs[0]}; it is separated once" in err
+    assert f"{inputs[0]} is named twice; it is separated once" in err
+    assert f"{link} is the same file as {inputs[1]}; it is separated once" in err
     folders = sorted(p.name for p in out.iterdir())
     assert len(folders) == 3 and all(name.startswith("song-") for name in folders)
     peaks = sorted(round(float(np.abs(sf.read(str(out / f / "vocals.wav"))[0]).max()), 3) for f in folders)
