@@ -16,7 +16,7 @@ from stemdeck.models.audio import (
     check_stem_name,
 )
 from stemdeck.models.checkpoint import CheckpointError
-from stemdeck.models.paths import missing_folder
+from stemdeck.models.paths import kept_file, missing_folder
 from stemdeck.models.precision import BACKENDS, PRECISIONS
 from stemdeck.models.registry import REGISTRY, ModelNotAvailableError, ModelSpec
 from stemdeck.models.streaming import MEMORY_MODES
@@ -524,9 +524,7 @@ def demo_format(path: Path, force: bool) -> str:
 
     if path.is_dir():
         raise CommandError(f"{path} is a folder; name a file in it, e.g. {path / 'demo.wav'}")
-    if path.exists() and not force:
-        raise CommandError(f"{path} exists; choose another name or add --force to overwrite it")
-    if problem := missing_folder(path, "write the demo"):
+    if problem := kept_file(path, force) or missing_folder(path, "write the demo"):
         raise CommandError(problem)
     formats = {name.lower() for name in sf.available_formats()}
     suffix = path.suffix.lstrip(".").lower()
