@@ -168,10 +168,14 @@ def settle_auto(
         if choice is not None:
             tell(f"precision auto: {choice.describe()}; read from {path}")
             return choice
+        if path.exists():
+            tell(f"precision auto: the record {path} is unreadable or from another version; timing again")
         tell(f"precision auto: timing {_listed(candidates())} on this CPU for this model (once; it is remembered)")
         choice = measure_choice(model, segment_s)
-        kept = write_choice(path, choice)
-    where = f"remembered in {path} (delete it to measure again)" if kept else f"could not be written to {path}"
+        failure = write_choice(path, choice)
+    where = f"remembered in {path} (delete it to measure again)"
+    if failure:
+        where = f"could not be written to {path} ({failure}); it is measured again next time"
     tell(f"precision auto: {choice.describe()}; {where}")
     return choice
 
@@ -255,16 +259,16 @@ def read_choice(path: Path) -> PrecisionChoice | None:
     return choice
 
 
-def write_choice(path: Path, choice: PrecisionChoice) -> bool:
-    """The record whole or not at all; whether it was written (a cache that cannot be written
-    only costs a new measurement next time)."""
+def write_choice(path: Path, choice: PrecisionChoice) -> str | None:
+    """The record whole or not at all; why it could not be written, or None (a cache that cannot
+    be written only costs a new measurement next time)."""
     record = {"format": RECORD_FORMAT, "machine": _machine(), "choice": asdict(choice)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, json.dumps(record, indent=1).encode())
-    except OSError:
-        return False
-    return True
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
 
 
 def _demo_mix(length: int, channels: int) -> torch.Tensor:

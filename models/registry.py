@@ -223,10 +223,16 @@ def fetch(name: str, progress: bool = True) -> list[Path]:
     if spec is None:
         raise ModelNotAvailableError(unknown_name_message(name))
     paths = []
-    for remote in spec.files:
+    for index, remote in enumerate(spec.files):
         local = find_file(remote)
         if local is None or not _checksum_ok(local, remote):
-            local = _download(remote, progress)
+            try:
+                local = _download(remote, progress)
+            except ModelNotAvailableError as exc:
+                still = [later.filename for later in spec.files[index:] if find_file(later) is None]
+                if len(still) < 2:
+                    raise
+                raise ModelNotAvailableError(f"{exc}; {name} needs {len(still)} files: {', '.join(still)}") from None
         paths.append(local)
     return paths
 

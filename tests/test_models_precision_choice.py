@@ -165,8 +165,10 @@ def test_a_damaged_or_foreign_record_is_ignored_and_measured_again(content):
     path.write_text(content)
     assert read_choice(path) is None
     assert remembered_precision(model, "auto", CPU) == "fp32"
-    settled = settle_auto(model, "auto", CPU)
+    said = []
+    settled = settle_auto(model, "auto", CPU, say=said.append)
     assert read_choice(path) == settled
+    assert said[0] == f"precision auto: the record {path} is unreadable or from another version; timing again"
 
 
 def test_auto_is_measured_only_where_another_precision_could_run_instead_of_float32(monkeypatch):
@@ -237,7 +239,9 @@ def test_a_cache_that_cannot_be_written_costs_only_a_new_measurement(tmp_path, m
     said = []
     choice = settle_auto(model, "auto", CPU, say=said.append)
     assert choice is not None and choice.precision in ("fp32", "int8")
-    assert said[-1].endswith(f"could not be written to {record_path(model)}")
+    assert said[-1].endswith(
+        f"could not be written to {record_path(model)} (Not a directory); it is measured again next time"
+    )
     assert remembered_precision(model, "auto", CPU) == "fp32"
 
 

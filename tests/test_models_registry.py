@@ -76,6 +76,16 @@ def test_no_network_says_where_to_put_the_file(fake_release, monkeypatch, tmp_pa
         registry.fetch("tinyht", progress=False)
 
 
+def test_no_network_for_a_bag_names_every_file_it_still_needs(monkeypatch, tmp_path):
+    """``models fetch htdemucs_ft`` named only the first of its four files."""
+    files = tuple(registry.RemoteFile("hybrid_transformer", f"{sig}-0000000{n}.th") for n, sig in enumerate("abc"))
+    monkeypatch.setitem(registry.REGISTRY, "bag3", registry.ModelSpec("bag3", ("drums",), files, "test bag"))
+    monkeypatch.setenv("STEMDECK_MODEL_URL", (tmp_path / "nowhere").as_uri())
+    with pytest.raises(ModelNotAvailableError) as info:
+        registry.fetch("bag3", progress=False)
+    assert str(info.value).endswith("; bag3 needs 3 files: a-00000000.th, b-00000001.th, c-00000002.th")
+
+
 def test_model_dir_works_offline(fake_release, tmp_path, monkeypatch, tiny_checkpoint):
     spec, _ = fake_release
     offline = tmp_path / "offline"
