@@ -536,6 +536,34 @@ def test_segments_of_a_killed_session_are_removed_at_the_next_start():
         ours.close()
 
 
+DROPPED = """
+import gc, sys, weakref
+sys.path.insert(0, {root!r})
+from stemdeck.engine.worker.process import SharedBlock, close_unused_mappings
+block = SharedBlock({{"x": ((1 << 20,), "float32")}})
+array, memory = block.arrays["x"], weakref.ref(block.memory)
+array[:] = 1.0
+del block
+gc.collect()  # SharedMemory.__del__ unmapped the segment here, under the array
+print(memory() is not None, float(array.sum()), flush=True)
+del array
+close_unused_mappings()
+gc.collect()
+print(memory() is None, flush=True)
+"""
+
+
+def test_a_block_dropped_without_close_stays_mapped_while_an_array_views_it():
+    """A GUI test segfaulted: a block collected on one thread unmapped arrays another thread read.
+    In its own process: the bug, back, would end it with SIGSEGV."""
+    root = str(Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        [sys.executable, "-c", DROPPED.format(root=root)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "1048576.0", "True"]
+
+
 # -- item 11 and issue 10 item 6: the command line checks its inputs before the model loads ------------
 
 

@@ -93,6 +93,7 @@ class SharedBlock:
         if self.owner:
             for array in self.arrays.values():
                 array.fill(0)
+        _keep_mapped(self)
 
     @classmethod
     def attach(cls, spec: BlockSpec) -> SharedBlock:
@@ -105,33 +106,46 @@ class SharedBlock:
         the memoryview, which ``SharedMemory.close`` releases), so closing it at once would
         unmap memory an array, a stream's block or the compiled callback still reads. The
         mapping is closed once no array made here is alive (:func:`close_unused_mappings`)."""
-        arrays, self.arrays = list(self.arrays.values()), {}
+        self.arrays = {}
         if self.owner:
             try:
                 self.memory.unlink()
             except FileNotFoundError:
                 pass
-        _unused_mappings.append((self.memory, [weakref.ref(array) for array in arrays]))
-        del arrays
         close_unused_mappings()
 
 
-# closed blocks' mappings and the arrays made on them (views of an array keep it alive)
-_unused_mappings: list[tuple[shared_memory.SharedMemory, list[weakref.ref]]] = []
+# Every block's mapping, the block and the arrays made on it (views of an array keep it alive).
+# Held here so that ``SharedMemory.__del__`` never unmaps it: a block dropped without close()
+# and collected by the garbage collector, on whatever thread, while another thread still read
+# its arrays, unmapped them under that thread (a segfault in a GUI test, once in six runs).
+_mappings: list[tuple[shared_memory.SharedMemory, weakref.ref, list[weakref.ref]]] = []
+_mappings_lock = threading.Lock()
+
+
+def _keep_mapped(block: SharedBlock) -> None:
+    arrays = [weakref.ref(array) for array in block.arrays.values()]
+    with _mappings_lock:
+        _mappings.append((block.memory, weakref.ref(block), arrays))
+    close_unused_mappings()
 
 
 def close_unused_mappings() -> None:
-    """Unmap every closed block whose arrays are all gone."""
-    still_viewed = []
-    for memory, arrays in _unused_mappings:
-        if any(array() is not None for array in arrays):
-            still_viewed.append((memory, arrays))
-            continue
-        try:
-            memory.close()
-        except BufferError:  # a buffer export after all: next time
-            still_viewed.append((memory, arrays))
-    _unused_mappings[:] = still_viewed
+    """Unmap every block's mapping once the block is closed or gone and its arrays are all gone."""
+    with _mappings_lock:
+        kept = []
+        for memory, block_ref, arrays in _mappings:
+            block = block_ref()
+            in_use = (block is not None and block.arrays) or any(array() is not None for array in arrays)
+            del block
+            if not in_use:
+                try:
+                    memory.close()
+                    continue
+                except BufferError:  # a buffer export after all: next time
+                    pass
+            kept.append((memory, block_ref, arrays))
+        _mappings[:] = kept
 
 
 # -- commands (parent to process) and replies ---------------------------------------------------------
