@@ -118,7 +118,7 @@ class SharedBlock:
 # Every block's mapping, the block and the arrays made on it (views of an array keep it alive).
 # Held here so that ``SharedMemory.__del__`` never unmaps it: a block dropped without close()
 # and collected by the garbage collector, on whatever thread, while another thread still read
-# its arrays, unmapped them under that thread (a segfault in a GUI test, once in six runs).
+# its arrays, unmapped them under that thread (a segfault in a GUI test, once in five full runs).
 _mappings: list[tuple[shared_memory.SharedMemory, weakref.ref, list[weakref.ref]]] = []
 _mappings_lock = threading.Lock()
 
