@@ -158,7 +158,11 @@ class StemFileWriter:
     def __enter__(self) -> StemFileWriter:
         import av
 
-        self._container = av.open(str(self.path), "w", format="mp4")
+        # the movie's timescale in frames, not ffmpeg's milliseconds: each track's edit list then
+        # gives its length to the frame, so players that honour it (AAC's padding past the end
+        # is not audio) end each stream where the song ends, not up to 44 frames off
+        options = {"movie_timescale": str(self.samplerate)}
+        self._container = av.open(str(self.path), "w", format="mp4", options=options)
         self._streams = [_add_stream(self._container, self.codec, self.samplerate, name, self.bits) for name in STREAMS]
         return self
 

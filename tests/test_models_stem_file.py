@@ -167,6 +167,36 @@ def test_aac_lengths_equal_the_input_encoder_delay_trimmed(tmp_path, song):
     assert _snr_db(stems["bass"], stems_read["bass"]) > shifted + 10.0
 
 
+@pytest.mark.parametrize("codec", ["aac", "alac"])
+def test_each_streams_edit_list_gives_its_length_to_the_frame(tmp_path, song, codec):
+    """Players that honour MP4 edit lists (the way to mark AAC's padding past the end as not
+    audio) end each stream where the song ends: the edit's duration is the written length in
+    frames (ffmpeg's default movie timescale, 1000, rounds it to the millisecond), and AAC's
+    edit starts after its 1024 frames of encoder delay."""
+    master, stems = song
+    path = tmp_path / "song.stem.mp4"
+    write_stem_file(path, master, stems, SAMPLERATE, codec=codec)
+    data = path.read_bytes()
+    edits = _edit_lists(data)
+    assert len(edits) == len(STREAMS)
+    movie_timescale = struct.unpack(">I", data[data.find(b"mvhd") + 16 : data.find(b"mvhd") + 20])[0]
+    assert movie_timescale == SAMPLERATE
+    delay = 1024 if codec == "aac" else 0
+    assert edits == [(master.shape[-1], delay)] * len(STREAMS)
+
+
+def _edit_lists(data: bytes) -> list[tuple[int, int]]:
+    """Each ``elst`` box's one edit: (segment duration in movie timescale, media time)."""
+    edits, at = [], data.find(b"elst")
+    while at >= 0:
+        version, count = data[at + 4], struct.unpack(">I", data[at + 8 : at + 12])[0]
+        assert count == 1
+        layout = ">Qq" if version else ">Ii"
+        edits.append(struct.unpack(layout, data[at + 12 : at + 12 + struct.calcsize(layout)]))
+        at = data.find(b"elst", at + 1)
+    return edits
+
+
 def _png(width: int = 2, height: int = 2) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
