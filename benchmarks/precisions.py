@@ -37,12 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import offline  # noqa: E402
 
-from stemdeck.models.precision import (  # noqa: E402
-    autocast,
-    cpu_has_native_bf16,
-    forward_context,
-    prepare_model,
-)
+from stemdeck.models.precision import cpu_has_native_bf16, prepare_model  # noqa: E402
 
 CPU = torch.device("cpu")
 ONEDNN_BF16_MATH = "fp32-bf16math"
@@ -74,12 +69,12 @@ def models_for(sides: tuple[str, ...], ours: torch.nn.Module) -> dict[str, torch
 
 
 def forward(side: str, model: torch.nn.Module, mix: torch.Tensor) -> torch.Tensor:
+    """``offline.forward``'s rule (the reference as its users run it, ours as stemdeck does),
+    with oneDNN's bf16 math around the side that asks for it."""
+    offline_side = "reference" if side == "reference" else f"ours-{precision_of(side)}"
     onednn_math(side)
     try:
-        # the reference as its users run it; ours as stemdeck runs it (oneDNN's exact products)
-        context = autocast if side == "reference" else forward_context
-        with torch.inference_mode(), context(precision_of(side), CPU):
-            return model(mix)
+        return offline.forward(offline_side, model, mix)
     finally:
         onednn_math("")
 
