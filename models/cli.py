@@ -449,10 +449,11 @@ def run_models_list(args: argparse.Namespace) -> int:
     rows = [("NAME", "SOURCES", "FILES", "CACHED", "DESCRIPTION")]
     damaged: dict[str, list[Path]] = {}
     for spec in REGISTRY.values():
-        if is_cached(spec) and (bad := damaged_files(spec)):
+        cached = is_cached(spec)
+        if cached and (bad := damaged_files(spec)):
             damaged[spec.name] = bad
-        cached = cache_state(spec, damaged.get(spec.name, []))
-        rows.append((spec.name, ",".join(spec.sources), str(len(spec.files)), cached, spec.description))
+        state = cache_state(spec, cached, damaged.get(spec.name, []))
+        rows.append((spec.name, ",".join(spec.sources), str(len(spec.files)), state, spec.description))
     for name, (_, sources, description) in BUNDLED.items():
         path = bundled_path(name)
         shipped = f"bundled ({path.stat().st_size / 1e6:.0f} MB)" if path else "missing"
@@ -475,11 +476,11 @@ def run_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cache_state(spec: ModelSpec, damaged: list[Path]) -> str:
+def cache_state(spec: ModelSpec, cached: bool, damaged: list[Path]) -> str:
     """The CACHED column: no, yes with the size, or damaged."""
-    from stemdeck.models.registry import cached_size_bytes, is_cached
+    from stemdeck.models.registry import cached_size_bytes
 
-    if not is_cached(spec):
+    if not cached:
         return "no"
     if damaged:
         return f"damaged ({len(damaged)} of {len(spec.files)} file(s))"
