@@ -242,11 +242,17 @@ class Manifest:
             )
 
     def finish(self, content: str, key: str, source: Path, outputs: Sequence[Path]) -> None:
-        names = json.dumps([self._relative(path) for path in outputs])
+        """Record the separation; one of the same audio with other options whose outputs these
+        overwrote no longer describes the files, and is forgotten (a rerun with those options
+        would skip, keeping these stems)."""
+        names = [self._relative(path) for path in outputs]
         with self._db:
+            earlier = self._db.execute("SELECT key, outputs FROM done WHERE content = ? AND key != ?", (content, key))
+            overwritten = [(content, other) for other, listed in earlier if set(json.loads(listed)) & set(names)]
+            self._db.executemany("DELETE FROM done WHERE content = ? AND key = ?", overwritten)
             self._db.execute(
                 "INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?, ?)",
-                (content, key, os.fsdecode(source), names, time.time()),
+                (content, key, os.fsdecode(source), json.dumps(names), time.time()),
             )
 
     def identify(self, path: Path) -> tuple[str, float]:

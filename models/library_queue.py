@@ -229,8 +229,11 @@ class Batch:
         self.failures = 0
 
     def claim(self, job: Job) -> None:
+        """The job's outputs become the queue's, except files already there that it may not
+        overwrite: the job fails on those (the user's own), and they stay the user's next run."""
         if self.manifest is not None:
-            self.manifest.claim(self.outputs_of(job))
+            outputs = self.outputs_of(job)
+            self.manifest.claim(outputs if job.overwrite else [path for path in outputs if not path.exists()])
 
     def report(self, kind: str, index: int, value) -> None:
         """A worker's message: ``start`` (path, seconds), ``progress`` (fraction) or ``say`` (a line)."""

@@ -177,6 +177,36 @@ def test_stems_the_user_made_are_not_overwritten_by_the_queue(tmp_path, capsys):
     assert (out / "a" / "vocals.wav").read_bytes() == b"mine"
 
 
+def test_a_run_refused_by_the_users_stem_does_not_make_it_the_queues(tmp_path, capsys):
+    """The first run fails on the user's file; so do the second and third (it was claimed as
+    the queue's before the failure, and the second run overwrote it)."""
+    lib, out = tmp_path / "lib", tmp_path / "out"
+    write_song(lib / "a.wav")
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "vocals.wav").write_bytes(b"my hand-edited vocals")
+    args = ["separate", str(lib), "-r", "-o", str(out), "--model", "passthrough"]
+    for _ in range(3):
+        assert main(args) == 1
+        assert "a/vocals.wav already exists; use --force to overwrite" in capsys.readouterr().err
+    assert (out / "a" / "vocals.wav").read_bytes() == b"my hand-edited vocals"
+    assert not (out / "a" / "drums.wav").exists()  # refused before any stem of it is written
+    assert main(args + ["--force"]) == 0 and sf.info(str(out / "a" / "vocals.wav")).frames == 44100
+
+
+def test_stems_overwritten_with_other_options_are_not_skipped_as_the_old_ones(tmp_path, capsys):
+    """16-bit stems, then 24-bit ones over them: a third run asking for 16 bits separates
+    again (the manifest's 16-bit record no longer describes the files)."""
+    lib, out = tmp_path / "lib", tmp_path / "out"
+    write_song(lib / "a.wav")
+    args = ["separate", str(lib), "-r", "-o", str(out), "--model", "passthrough", "--bits"]
+    for bits, subtype in (("16", "PCM_16"), ("24", "PCM_24"), ("16", "PCM_16")):
+        assert main(args + [bits]) == 0
+        assert said(capsys.readouterr().err) == ["a.wav"]
+        assert sf.info(str(out / "a" / "vocals.wav")).subtype == subtype
+    assert main(args + ["16"]) == 0  # and now, with the files as asked, it skips
+    assert "1 file(s) already separated" in capsys.readouterr().err
+
+
 # -- resuming after a kill -----------------------------------------------------------------------------------
 
 
