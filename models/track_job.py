@@ -74,6 +74,7 @@ def separate_file(
         return separate_to_stem_file(model, path, folder, args, device, bars)
     names = list(pick(dict.fromkeys(model.sources)))
     existing = [p for p in (folder / f"{name}.{fmt.extension}" for name in names) if p.exists()]
+    refuse_overwriting_the_input(path, existing)
     if existing and not args.force:
         raise CommandError(f"{path}: {existing[0]} already exists; use --force to overwrite")
     source = open_audio(path, report=lambda note: bars.say(f"stemdeck: {note}"))
@@ -89,6 +90,14 @@ def separate_file(
             "to fit (--clip clamp clips the peaks instead)"
         )
     return folder
+
+
+def refuse_overwriting_the_input(path: Path, existing: list[Path]) -> None:
+    """An output that is the input file itself (``-o`` its own folder, a stem's name) is refused
+    even with --force: writing it would lose the song."""
+    for output in existing:
+        if os.path.samefile(output, path):
+            raise CommandError(f"{path}: its output {output} would overwrite the input itself; choose another -o")
 
 
 def stream_settings(args: argparse.Namespace, device: str, bars: Progress):
@@ -116,6 +125,7 @@ def separate_to_stem_file(
     from stemdeck.models.streaming import separate_stream
 
     target = folder.with_name(f"{folder.name}.stem.mp4")
+    refuse_overwriting_the_input(path, [target] if target.exists() else [])
     if target.exists() and not args.force:
         raise CommandError(f"{path}: {target} already exists; use --force to overwrite")
     source = open_audio(path, report=lambda note: bars.say(f"stemdeck: {note}"))

@@ -550,3 +550,20 @@ def test_an_interrupted_run_leaves_no_partial_stem_and_keeps_the_users_files(tmp
     code = main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", "passthrough", "--force"])
     assert code != 0 and capsys.readouterr().err.splitlines()[-1] == "stemdeck: interrupted"
     assert os.listdir(folder) == ["drums.wav"] and (folder / "drums.wav").read_bytes() == b"kept"
+
+
+@pytest.mark.parametrize("recursive", [False, True])
+def test_force_never_writes_a_stem_over_the_input_itself(tmp_path, recursive, capsys):
+    """``separate out/vocals/vocals.wav -o out --force``: the vocals stem's path is the input's;
+    --force overwrites stems, never the song (it was replaced by its own vocals)."""
+    song = tmp_path / "out" / "vocals" / "vocals.wav"
+    song.parent.mkdir(parents=True)
+    write_tone(song, seconds=1.0)
+    before = song.read_bytes()
+    source = song.parent if recursive else song  # -r: out/vocals/vocals.wav's folder is out/vocals
+    args = ["separate", str(source), "-o", str(tmp_path / "out"), "--force", "--model", "passthrough"]
+    assert main([*args, *(["-r"] if recursive else [])]) == 1
+    err = capsys.readouterr().err
+    assert f"its output {song} would overwrite the input itself; choose another -o" in err
+    assert "Traceback" not in err
+    assert song.read_bytes() == before
