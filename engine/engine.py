@@ -73,6 +73,9 @@ from stemdeck.engine.worker.windows import WindowPlan
 MIN_GAIN_DB = -60.0  # at or below: silence
 MAX_GAIN_DB = 12.0
 MIN_LOOP_S = 0.02  # halving stops here: shorter is a buzz, not a loop
+# A track left closer than this to its end (played out) opens at its cue next time, not parked
+# where Play has nothing left to play
+RESUME_END_MARGIN_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -496,7 +499,7 @@ class Engine:
     def seek(self, seconds: float) -> None:
         """Move the playhead; separation restarts there unless it is already separated. A seek
         out of a playing loop leaves the loop (its points stay, for loop on)."""
-        length = self._deck_buffers.track.shape[-1] if self._mode == DECK else 0
+        length = self._track_frames("seeking")
         target = min(max(0, int(seconds * self.config.samplerate)), max(0, length - 1))
         loop = self._loop
         if loop.active and loop.complete and not loop.in_frames <= target < loop.out_frames:
@@ -513,6 +516,7 @@ class Engine:
 
     def hot_cue(self, number: int) -> None:
         """A DJ pad: jump to hot cue ``number`` (1-8), or set it at the playhead if it is empty."""
+        self._track_frames("hot cues")
         if self._cues[self._cue_index(number)] is None:
             self.set_hot_cue(number)
         else:
@@ -521,12 +525,13 @@ class Engine:
     def set_hot_cue(self, number: int) -> None:
         """Hot cue ``number`` at the playhead (on the nearest beat when snapping)."""
         index = self._cue_index(number)
-        self._track_frames()
+        self._track_frames("hot cues")
         self._cues[index] = self._snapped(playhead_frames(self.shared))
         self._remember()
 
     def recall_hot_cue(self, number: int) -> None:
         """Jump to hot cue ``number``; an unset one does nothing."""
+        self._track_frames("hot cues")
         frames = self._cues[self._cue_index(number)]
         if frames is not None:
             self.seek(frames / self.config.samplerate)
@@ -577,7 +582,8 @@ class Engine:
         if loop.out_frames is not None and not loop.complete:
             loop = LoopPoints(loop.in_frames)
         self._set_loop(loop)
-        self.resume_s = record.last_position_s if frames(record.last_position_s) is not None else None
+        played_out = length - 1 - int(RESUME_END_MARGIN_S * sr)
+        self.resume_s = record.last_position_s if frames(record.last_position_s, played_out) is not None else None
         self.track_key = key
 
     # -- loops -----------------------------------------------------------------------------------------
@@ -649,10 +655,12 @@ class Engine:
 
     def loop_in(self) -> None:
         """Set the loop's in point at the playhead (on the nearest beat when snapping)."""
+        self._track_frames()
         self._set_loop(self._loop.with_in(self._snapped(playhead_frames(self.shared))))
 
     def loop_out(self) -> None:
         """Set the loop's out point at the playhead and play the loop from its in point."""
+        self._track_frames()
         self._set_loop(self._loop.with_out(self._snapped(playhead_frames(self.shared))))
 
     def set_loop(self, in_s: float, out_s: float, active: bool = True) -> None:
@@ -679,6 +687,7 @@ class Engine:
     def toggle_loop(self) -> None:
         """Loop on or off; on again plays the same loop (the playhead jumps in if it is past it)."""
         loop = self._loop
+        self._track_frames()
         if not loop.complete:
             raise ValueError("set the loop's in and out points first")
         self._set_loop(LoopPoints(loop.in_frames, loop.out_frames, not loop.active))
@@ -701,9 +710,14 @@ class Engine:
             return min(self.beat_grid.snap_frames(frames, self.config.samplerate), self._track_frames())
         return frames
 
-    def _track_frames(self) -> int:
+    def _track_frames(self, using: str = "loops") -> int:
+        """The deck's track length; hot cues, loops and seeking have none to move in otherwise (a
+        seek in live mode moved the live input's read point: the output went silent, then
+        replayed old input over and over)."""
+        if self._mode == LIVE:
+            raise ValueError(f"live input has no track for {using}; they are the file deck's")
         if self._mode != DECK:
-            raise ValueError("load a track before setting a loop")
+            raise ValueError(f"no track is loaded for {using}; load one first")
         return int(self._deck_buffers.track.shape[-1])
 
     def _set_loop(self, loop: LoopPoints) -> None:
@@ -788,6 +802,8 @@ class Engine:
         folder) under a fresh time-stamped name. Returns the finished take when it stops one."""
         if self.recorder.recording:
             return self.stop_recording()
+        if self._mode is None:  # it wrote a take of nothing (0.0 s) and said it recorded
+            raise ValueError("nothing is playing to record; open a track or start live input first")
         self.start_recording(fresh_recording_path(Path(folder) if folder else recordings_folder()))
         return None
 

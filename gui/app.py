@@ -14,6 +14,7 @@ BLOCK_FRAMES = 256
 # The audio callback runs Python and needs the GIL every block (5.8 ms at 256 frames at 44.1 kHz);
 # with Python's default 5 ms switch interval a busy GUI thread can keep it waiting a whole block.
 GIL_SWITCH_S = 0.0005
+SIGNAL_POLL_MS = 200  # how soon Ctrl-C or SIGTERM closes the window
 
 
 def add_gui_command(commands, add_model_options, add_midi_options) -> None:
@@ -96,6 +97,7 @@ def run_gui(args: argparse.Namespace) -> int:
         app.exec()
         session.close()
         return 0
+    stopper = _quit_on_signals(app)  # noqa: F841 (kept alive while the window runs)
     window.choose_model(model, remember=args.model is not None)  # a fallback is not the user's choice
     if args.demo:
         from stemdeck.models.demo import SAMPLERATE as DEMO_RATE
@@ -145,6 +147,7 @@ def run_decks_gui(args: argparse.Namespace, headless: bool) -> int:
     if args.size is not None:
         window.resize(*args.size)
     window.show()
+    stopper = _quit_on_signals(app)  # noqa: F841 (kept alive while the window runs)
     session.start(config.model)
     session.open_file(0, args.file)
     session.open_file(1, args.second)
@@ -185,6 +188,22 @@ def _decks_screenshot(app, window, session, path: Path) -> int:
     decks.set_cue("B")
     out = np.zeros((BLOCK_FRAMES, 2 * decks.channels), np.float32)
     return _play_and_grab(app, window, path, functools.partial(decks.process_block, out))
+
+
+def _quit_on_signals(app):
+    """Ctrl-C and SIGTERM close the window as Quit does, the session shut down in order: no
+    KeyboardInterrupt traceback from whatever slot ran, no leaked shared memory. Python runs its
+    signal handlers only between bytecodes, so a timer wakes it while Qt waits for events."""
+    import signal
+
+    from PyQt6.QtCore import QTimer
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: app.quit())
+    timer = QTimer()
+    timer.timeout.connect(lambda: None)
+    timer.start(SIGNAL_POLL_MS)
+    return timer
 
 
 def _shut_down(session, midi) -> None:

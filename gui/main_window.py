@@ -738,7 +738,8 @@ class MainWindow(QMainWindow):
 
     def _refresh_status_bar(self, engine, status) -> None:
         deck = engine._mode == "deck"
-        self.latency_status.setText("no added delay" if deck else f"latency {status.latency_ms:.0f} ms")
+        latency = f"latency {status.latency_ms:.0f} ms" if engine._mode is not None else ""  # nothing runs: none
+        self.latency_status.setText("no added delay" if deck else latency)
         self.latency_status.setToolTip(
             "the deck plays the stems on the playhead: separation runs ahead"
             if deck

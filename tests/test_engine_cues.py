@@ -149,3 +149,47 @@ def test_rows_that_are_not_times_are_ignored():
     record = memory.load("k")
     assert record.cues == (1.5, None, None, None, None, None, 3.0, 4.0)
     assert record.loop_in_s is None and record.last_position_s is None
+
+
+def test_live_input_refuses_hot_cues_loops_and_seeks_and_plays_on_aligned():
+    """A hot cue pressed in live mode (F1, a MIDI pad) sought the live input's rings: the output
+    went silent, then replayed old input every few seconds. Live input has no track: the pads,
+    loops and seeks are refused in one line and the output stays the input, delayed."""
+    from test_engine_backends import BLOCK, thread_engine, tone
+
+    engine = thread_engine()
+    engine.load_array(tone(2.0), 0.0)
+    engine.seek(0.5)
+    engine.set_hot_cue(1)  # the deck's track had a cue
+    engine.start_live_headless()
+    for press, message in [
+        (lambda: engine.hot_cue(1), "^live input has no track for hot cues; they are the file deck's$"),
+        (lambda: engine.recall_hot_cue(1), "no track for hot cues"),
+        (lambda: engine.seek(0.0), "no track for seeking"),
+        (engine.loop_in, "no track for loops"),
+        (engine.toggle_loop, "no track for loops"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            press()
+    signal, out = tone(1.0), np.zeros((BLOCK, 2), np.float32)
+    starts = range(0, SR - BLOCK, BLOCK)
+    for start in starts:
+        assert engine.wait_separated(start + BLOCK - engine.latency_frames, timeout_s=30)
+        engine.process_live_block(np.ascontiguousarray(signal[:, start : start + BLOCK].T), out)
+    latency = engine.latency_frames
+    assert np.allclose(out[:, 0], signal[0, start - latency : start - latency + BLOCK], atol=1e-5)
+    engine.stop()
+
+
+def test_a_track_left_at_its_end_opens_at_its_cue_not_parked_there():
+    """Played to its end last time: Play would have nothing left to play."""
+    track = tone_track(3.0)
+    key = audio_key(track, SR)
+    for left_s, resumed in [(2.999, None), (2.6, None), (2.4, 2.4)]:  # 0.5 s from the end or closer: not resumed
+        memory = TrackMemory()
+        memory.save(key, TrackRecord((None,) * 8, None, None, left_s))
+        engine = Engine(PassThrough(), EngineConfig(worker="thread", cache_stems=False))
+        engine.memory = memory
+        engine.load_array(track, 0.0, key=key)
+        assert engine.resume_s == (None if resumed is None else pytest.approx(resumed))
+        engine.stop()

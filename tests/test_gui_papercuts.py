@@ -232,3 +232,59 @@ def test_window_size_option():
     for bad in ("1600", "x900", "0x900", "big"):
         with pytest.raises(argparse.ArgumentTypeError, match="write WIDTHxHEIGHT"):
             window_size(bad)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_close_the_running_window_cleanly(tmp_path, signal_name):
+    """Ctrl-C in the terminal that started the mixer was ignored (the window ran on until killed),
+    and SIGTERM killed it without shutting the session down: both now close it as Quit does,
+    exit 0, no traceback, no leaked shared memory."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import soundfile as sf
+
+    song = tmp_path / "song.wav"
+    sf.write(str(song), tone(3.0).T, SR)
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    command = [sys.executable, "-m", "stemdeck", "gui", str(song), "--model", "passthrough"]
+    window = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        time.sleep(8.0)  # the window is up, the track loaded, its worker process started
+        assert window.poll() is None, window.communicate()[1]
+        window.send_signal(getattr(signal, signal_name))
+        _, err = window.communicate(timeout=30)
+    finally:
+        window.kill()
+    assert window.returncode == 0, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "leaked" not in err
+
+
+def test_with_no_track_rec_is_refused_and_no_latency_is_shown(qtbot, settings, tmp_path, monkeypatch):
+    """Rec with nothing loaded wrote an empty take ("recorded 0.0 s to ..."), and the status bar
+    showed a live latency while nothing ran."""
+    from PyQt6.QtTest import QTest
+
+    monkeypatch.setenv("STEMDECK_RECORDINGS_DIR", str(tmp_path / "takes"))
+    window = bare_window(qtbot, settings)
+    try:
+        window.session.choose_model("passthrough")
+        wait_idle(qtbot, window.session)
+        window.activateWindow()
+        qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=5000)
+        QTest.keyClick(QApplication.focusWidget() or window, Qt.Key.Key_R)
+        qtbot.waitUntil(lambda: bool(window.errors), timeout=5000)
+        assert window.errors[-1] == (
+            "cannot record: nothing is playing to record; open a track or start live input first"
+        )
+        assert not (tmp_path / "takes").exists() or not list((tmp_path / "takes").iterdir())
+        assert not window.transport.record_button.isChecked()
+        qtbot.wait(300)  # a refresh
+        assert window.latency_status.text() == ""
+    finally:
+        window.close()
+        window.session.close()
