@@ -35,6 +35,9 @@ class AudioError(Exception):
     """An audio file that cannot be used; the message names the file, the problem and a fix."""
 
 
+MP3_RATES_HZ = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)  # MPEG-1, 2 and 2.5's
+
+
 @dataclass(frozen=True)
 class OutputFormat:
     """How stems are written: container, sample format and what to do about overs."""
@@ -59,6 +62,15 @@ class OutputFormat:
     @property
     def subtype(self) -> str:
         return "MPEG_LAYER_III" if self.extension == "mp3" else self.SUBTYPES[self.bits]
+
+    def check_rate(self, path: Path, samplerate: int) -> None:
+        """Stems keep the input's rate; MP3 has only its standard rates up to 48 kHz. Refused
+        before the separation, not at the first write after it (the encoder's own words)."""
+        if self.extension == "mp3" and samplerate not in MP3_RATES_HZ:
+            raise AudioError(
+                f"{path}: MP3 holds {', '.join(f'{rate / 1000:g}' for rate in MP3_RATES_HZ)} kHz audio, "
+                f"not {samplerate} Hz; use --format flac or wav"
+            )
 
 
 def read_audio(path: str | Path, report: Callable[[str], None] | None = None) -> tuple[np.ndarray, int]:

@@ -8,10 +8,12 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from pathlib import Path
 
 from stemdeck.models.library import (
+    MANIFEST_NAME,
     Found,
     JobOptions,
     Manifest,
@@ -40,6 +42,7 @@ def run_library(args: argparse.Namespace) -> int:
     if not args.ray:
         check_device(device)
     folders = input_folders(args)
+    manifest = open_manifest(args.out) if args.recursive else None  # before the model: a bad -o is said at once
     model, name = load_for_command(args.model)
     check_model_segment(model, args.segment)
     check_backend_fits(model, args, device)
@@ -48,7 +51,6 @@ def run_library(args: argparse.Namespace) -> int:
         check_stem_name(stem)
     say(f"model {name}: {', '.join(model.sources)} at {model.samplerate} Hz")
     options = JobOptions.from_args(args)
-    manifest = Manifest(args.out) if args.recursive else None
     try:
         _remove_leftovers(args.out, recursive=args.recursive)
         plan = plan_jobs(folders, names, options, model_identity(args.model, name), manifest, say)
@@ -59,6 +61,11 @@ def run_library(args: argparse.Namespace) -> int:
             key = options.key(model_identity(args.model, name))
             batch = Batch(plan, bars, manifest, key, lambda job: output_paths(job.folder, names, options))
             run_batch(args, model, spec, plan, options, device, batch, workers)
+    except sqlite3.Error as exc:  # the disk filled, the folder went read-only mid-run
+        from stemdeck.models.track_job import CommandError
+
+        where = args.out / MANIFEST_NAME
+        raise CommandError(f"{where}: {exc}; free some space or fix the folder, then run again") from None
     finally:
         if manifest is not None:
             manifest.close()
@@ -66,6 +73,21 @@ def run_library(args: argparse.Namespace) -> int:
     skipped = f"; {plan.skipped + plan.same_content} skipped" if manifest is not None else ""
     say(f"separated {done} of {len(plan.jobs)} file(s){skipped}")
     return 1 if batch.failures else 0
+
+
+def open_manifest(out: Path) -> Manifest:
+    """-r's manifest in OUTDIR, or one line on why OUTDIR cannot hold it (a file, read-only)."""
+    from stemdeck.models.track_job import CommandError
+
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"-o {out} is a file, not a folder; name a folder for the stems")
+    try:
+        return Manifest(out)
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CommandError(
+            f"-o {out}: cannot keep the library's manifest there ({reason}); name a folder you can write"
+        ) from None
 
 
 def run_batch(args, model, spec, plan, options, device, batch, workers) -> None:

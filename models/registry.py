@@ -254,7 +254,13 @@ def _sha256(path: Path) -> str:
 def _download(remote: RemoteFile, progress: bool) -> Path:
     url = f"{root_url()}{remote.folder}/{remote.filename}"
     target_dir = cache_dir()
-    target_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only home, $XDG_CACHE_HOME a file: not a crash, and tiny stands in
+        raise ModelNotAvailableError(
+            f"cannot make the model cache {target_dir} ({exc.strerror or exc}); fix its permissions, "
+            "or put the model's files in $STEMDECK_MODEL_DIR"
+        ) from None
     target = target_dir / remote.filename
     partial = target.with_name(target.name + ".partial")
     try:

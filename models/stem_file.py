@@ -29,6 +29,8 @@ from stemdeck.models.mp4_boxes import BoxError, put_udta_box, read_udta_box
 NI_STEMS = ("drums", "bass", "other", "vocals")
 STREAMS = ("master", *NI_STEMS)
 CODECS = ("alac", "aac")
+# the rates AAC's sampling-frequency index can name (ffmpeg's encoder refuses others)
+AAC_RATES_HZ = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 ALAC_BITS = (16, 24)  # what ffmpeg's ALAC codes; 24 (the default) keeps a 16- or 24-bit master exact
 ALAC_FORMATS = {16: "s16p", 24: "s32p"}  # s32p: ALAC codes its top 24 bits
 AAC_BIT_RATE = 320_000  # per stereo stream

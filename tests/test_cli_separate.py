@@ -567,3 +567,60 @@ def test_force_never_writes_a_stem_over_the_input_itself(tmp_path, recursive, ca
     assert f"its output {song} would overwrite the input itself; choose another -o" in err
     assert "Traceback" not in err
     assert song.read_bytes() == before
+
+
+def test_a_cache_folder_that_cannot_be_made_falls_back_to_tiny_in_one_line(tmp_path, song):
+    """$XDG_CACHE_HOME a file (or a read-only home): the download's folder cannot be made. That
+    was a traceback; it is one line, and without --model tiny stands in, as with no network."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache would go")
+    env = {"XDG_CACHE_HOME": str(blocked), "STEMDECK_AUTO_PRECISION": "fp32"}
+    result = run_stemdeck("separate", song, "-o", tmp_path / "out", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert (
+        f"using the bundled tiny model (cannot make the model cache {blocked / 'stemdeck' / 'models'}" in result.stderr
+    )
+    assert (tmp_path / "out" / "song" / "vocals.wav").is_file()
+    fetch = run_stemdeck("models", "fetch", "htdemucs", env=env)
+    assert fetch.returncode == 1 and "Traceback" not in fetch.stderr
+    assert fetch.stderr.strip().endswith("or put the model's files in $STEMDECK_MODEL_DIR")
+    assert len(fetch.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("rate", "options", "message"),
+    [
+        (
+            96000,
+            ["--format", "mp3"],
+            "MP3 holds 8, 11.025, 12, 16, 22.05, 24, 32, 44.1, 48 kHz audio, not 96000 Hz; use --format flac or wav",
+        ),
+        (
+            192000,
+            ["--format", "stem", "--codec", "aac"],
+            "AAC holds audio up to 96 kHz at its standard rates, not 192000 Hz; use --codec alac (lossless, any rate)",
+        ),
+    ],
+)
+def test_a_rate_the_output_format_cannot_hold_is_refused_before_the_separation(
+    tmp_path, capsys, rate, options, message
+):
+    """A 96 kHz file with --format mp3 was separated in full, then failed at the first write with
+    the encoder's own words (and a 192 kHz one with --codec aac, ``avcodec_open2 ... returned 22``)."""
+    from stemdeck.models import track_job
+
+    song = tmp_path / "hires.wav"
+    write_tone(song, seconds=0.5, samplerate=rate)
+    monkeypatch = pytest.MonkeyPatch()
+    separated = []
+    real = track_job.stream_settings
+    monkeypatch.setattr(track_job, "stream_settings", lambda *a: separated.append(1) or real(*a))
+    try:
+        assert main(["separate", str(song), "-o", str(tmp_path / "out"), "--model", "passthrough", *options]) == 1
+    finally:
+        monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert f"{song}: {message}" in err and "Traceback" not in err
+    assert not separated
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]

@@ -416,3 +416,17 @@ def test_importing_an_empty_file_keeps_the_mapping(tmp_path, capsys):
         f"stemdeck: error: {empty} holds no bindings or scenes; the mapping is unchanged"
     )
     assert mine.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", [["import", "{source}"], ["reset"]])
+def test_a_mapping_that_cannot_be_written_is_one_line(tmp_path, capsys, command):
+    """A read-only folder (here /sys, read-only even to root) gave PermissionError's traceback."""
+    from stemdeck.cli import main
+
+    source = tmp_path / "mine.toml"
+    save_mapping(default_mapping(), source)
+    target = "/sys/stemdeck-test-mapping.toml"
+    args = ["midi", *(part.format(source=source) for part in command), "--midi-map", target]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"stemdeck: error: cannot write {target} (Permission denied); the mapping there is unchanged"]

@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -427,3 +428,32 @@ def test_stem_files_keep_the_layout_and_are_skipped_on_a_rerun(tmp_path, capsys)
     assert capsys.readouterr().err.splitlines()[-1] == "separated 0 of 0 file(s); 2 skipped"
     assert (out / "x" / "song.stem.mp4").stat().st_mtime_ns == before
     assert sorted(done_rows(out)["song.wav"][0]) in (["x/song.stem.mp4"], ["y/song.stem.mp4"])
+
+
+def _a_file(tmp_path):
+    (tmp_path / "out").write_text("a file")
+    return tmp_path / "out"
+
+
+@pytest.mark.parametrize(
+    ("make_out", "message"),
+    [
+        (_a_file, "-o {out} is a file, not a folder; name a folder for the stems"),
+        (lambda tmp_path: Path("/sys/stemdeck-out"), "-o {out}: cannot keep the library's manifest there ("),
+    ],
+)
+def test_an_outdir_that_cannot_hold_the_manifest_is_one_line_before_the_model(
+    tmp_path, capsys, make_out, message, monkeypatch
+):
+    """-r with -o a file, or a folder it cannot write (/sys: read-only to root too), gave
+    FileExistsError's or sqlite3's traceback; without -r the same -o was already one line."""
+    from stemdeck.models import track_job
+
+    lib = tmp_path / "lib"
+    write_song(lib / "a.wav")
+    out = make_out(tmp_path)
+    monkeypatch.setattr(track_job, "load_for_command", lambda *a: pytest.fail("the model loaded first"))
+    assert main(["separate", str(lib), "-r", "-o", str(out), "--model", "passthrough"]) == 1
+    err = capsys.readouterr().err
+    assert message.format(out=out) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

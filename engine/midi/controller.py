@@ -35,7 +35,7 @@ from stemdeck.engine.midi.bindings import (
     relative_delta,
     tempo_to_cc,
 )
-from stemdeck.engine.midi.mapping_file import save_mapping
+from stemdeck.engine.midi.mapping_file import MappingError, save_mapping
 from stemdeck.engine.midi.messages import Message, control_change, note_on, parse
 from stemdeck.engine.midi.ports import (
     MidiError,
@@ -520,7 +520,10 @@ class MidiController:
         replaced = tuple(self.mapping.learn(binding))
         learn.result = LearnResult(binding, replaced)
         if self.config.mapping_path is not None:
-            save_mapping(self.mapping, self.config.mapping_path)
+            try:
+                save_mapping(self.mapping, self.config.mapping_path)
+            except MappingError as exc:  # learned all the same: it drives the control until quit
+                self._say(f"{exc}; the binding works until you quit")
         self._learn = None
         for old in replaced:
             self._say(f"{old.describe_message()} no longer drives {old.describe_control(self.controls.sources)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import tomllib
@@ -114,13 +115,16 @@ def save_mapping(mapping: Mapping, path: Path) -> None:
         document["scene"] = [_scene_table(s) for s in mapping.scenes]
     if path.is_dir():
         raise MappingError(f"{path} is a folder; name a file in it, e.g. {path / 'mapping.toml'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         temporary.write_text(HEADER + tomli_w.dumps(document), encoding="utf-8")
         temporary.replace(path)
+    except OSError as exc:  # a read-only folder or home, a full disk: the mapping as it was stays
+        raise MappingError(f"cannot write {path} ({exc.strerror or exc}); the mapping there is unchanged") from None
     finally:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a folder it cannot list: nothing was left in it
+            temporary.unlink(missing_ok=True)
 
 
 def parse_stem(value) -> int:
