@@ -537,6 +537,8 @@ def _print_preset_plans(args: argparse.Namespace, output_device) -> int:
     if args.latency:
         windows[f"--latency {args.latency:g}"] = session_window("", args.latency)
     with engine:
+        for stem in args.mute + args.solo:  # checked as the session would (a wrong name exited 0)
+            engine.stem_index(stem)
         plans = preset_plans(engine, block_frames, windows)
     precision = remembered_precision(model, args.precision, torch.device("cpu"))  # the engine separates on the CPU
     print(

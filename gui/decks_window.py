@@ -49,7 +49,7 @@ from stemdeck.gui.main_window import (
 )
 from stemdeck.gui.theme import stem_colour
 from stemdeck.gui.transport import TransportRow
-from stemdeck.gui.widgets import DbFader, ElidedLabel, LevelMeter, StemStrip, WaveformOverview
+from stemdeck.gui.widgets import DbFader, ElidedLabel, LevelMeter, StemStrip, WaveformOverview, fit_to_screen
 
 DECK_NAMES = ("A", "B")
 DECK_B_MUTE_KEYS = [Qt.Key.Key_Q, Qt.Key.Key_W, Qt.Key.Key_E, Qt.Key.Key_R, Qt.Key.Key_T, Qt.Key.Key_Y]
@@ -256,14 +256,14 @@ class DecksWindow(QMainWindow):
         row.addWidget(self._build_mixer())
         row.addWidget(self.panels[1], 1)
         self.setCentralWidget(central)
-        self.busy_label = QLabel("")
-        self.statusBar().addPermanentWidget(self.busy_label)
+        self.busy_label = ElidedLabel("")  # "opening <a long name>…" must not widen the window
+        self.statusBar().addPermanentWidget(self.busy_label, 1)
         self._build_shortcuts()
         session.busy.connect(self.busy_label.setText)
         session.failed.connect(self.show_error)
         session.decks_ready.connect(self._on_decks_ready)
         session.deck_ready.connect(lambda index, track: self.panels[index].show_track(track))
-        self.resize(1900, 900)
+        fit_to_screen(self, 1900, 900, session.config.headless)
         self.timer = QTimer(self)
         self.timer.timeout.connect(self.refresh)
         self.timer.start(REFRESH_MS)

@@ -32,7 +32,7 @@ from stemdeck.gui.library_dialog import show_library_dialog
 from stemdeck.gui.session import Session, Track
 from stemdeck.gui.theme import stem_colour
 from stemdeck.gui.transport import COUNT_IN_BEATS, TransportRow
-from stemdeck.gui.widgets import LevelMeter, StemStrip, WaveformOverview
+from stemdeck.gui.widgets import ElidedLabel, LevelMeter, StemStrip, WaveformOverview, fit_to_screen
 
 REFRESH_MS = 33  # ≈ 30 fps
 SEEK_STEP_S = 5.0
@@ -226,13 +226,13 @@ class MainWindow(QMainWindow):
         self.latency_box.activated.connect(self._latency_chosen)
         row.addWidget(QLabel("or latency"))
         row.addWidget(self.latency_box)
-        row.addStretch(1)
-        self.busy_label = QLabel("")
+        self.busy_label = ElidedLabel("")  # "loading <a long name>…" must not widen the window either
+        self.busy_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.busy_bar = QProgressBar()
         self.busy_bar.setRange(0, 0)
         self.busy_bar.setMaximumWidth(160)
         self.busy_bar.hide()
-        row.addWidget(self.busy_label)
+        row.addWidget(self.busy_label, 1)
         row.addWidget(self.busy_bar)
         return row
 
@@ -278,14 +278,14 @@ class MainWindow(QMainWindow):
         self.recent_button.setMenu(self.recent_menu)
         self.play_button = self._push("▶ Play", "Play / pause (Space)")
         self.play_button.clicked.connect(self.toggle_play)
-        self.track_label = QLabel("no track")
+        self.track_label = ElidedLabel("no track")  # a long name is elided, never widens the window
         self.elapsed_label = QLabel("0:00.0")
         self.remaining_label = QLabel("−0:00.0")
         for label in (self.elapsed_label, self.remaining_label):
             label.setObjectName("time")
-        for widget in (self.open_button, self.recent_button, self.play_button, self.track_label):
+        for widget in (self.open_button, self.recent_button, self.play_button):
             row.addWidget(widget)
-        row.addStretch(1)
+        row.addWidget(self.track_label, 1)
         row.addWidget(self.elapsed_label)
         row.addWidget(self.remaining_label)
         layout.addLayout(row)
@@ -493,6 +493,7 @@ class MainWindow(QMainWindow):
 
     def _show_busy(self, what: str) -> None:
         self.busy_label.setText(what)
+        self.busy_label.setToolTip(what)
         self.busy_bar.setVisible(bool(what))
 
     def show_error(self, message: str) -> None:
@@ -539,6 +540,7 @@ class MainWindow(QMainWindow):
     def _on_track_ready(self, track: Track) -> None:
         self.overview.set_track(track.peaks, track.seconds)
         self.track_label.setText(track.name)
+        self.track_label.setToolTip(str(getattr(track, "path", None) or track.name))
         for strip in self.strips:  # nothing of the old track's levels stays on screen
             strip.reset_views()
         self.master_meter.reset()
@@ -792,11 +794,12 @@ class MainWindow(QMainWindow):
         self.recent_button.setEnabled(bool(self._recent()))
 
     def _restore_settings(self) -> None:
-        geometry = self.settings.value("geometry")
+        geometry, headless = self.settings.value("geometry"), self.session.config.headless
         if geometry is not None:
             self.restoreGeometry(geometry)
+            fit_to_screen(self, self.width(), self.height(), headless)  # saved on a larger screen, or too wide once
         else:
-            self.resize(1280, 720)
+            fit_to_screen(self, 1280, 720, headless)
         self._fill_recent()
         self.preset_box.setCurrentText(self.session.config.preset)
         for box, key in ((self.output_box, "output_device"), (self.input_box, "input_device")):

@@ -208,9 +208,13 @@ class Session(QObject):
         if self.config.headless:  # no device: the engine's usual rate, whatever the model's
             return EngineConfig().samplerate
         from stemdeck.engine.build import device_rate
-        from stemdeck.engine.device import resolve_device
+        from stemdeck.engine.device import DeviceError, resolve_device
 
-        return device_rate(resolve_device(self.config.output_device, "output"))
+        try:
+            return device_rate(resolve_device(self.config.output_device, "output"))
+        except DeviceError:  # no device yet (no JACK server, no card): the model and the track still
+            # load, and opening the output says why nothing plays (it said "no model is loaded yet")
+            return EngineConfig().samplerate
 
     @staticmethod
     def _carry_mixer(old, new) -> None:
@@ -272,6 +276,7 @@ class Session(QObject):
             engine.seek(engine.resume_s)
         self._track_audio, self._track_stems = audio, stems
         self.track = Track(path, name, audio.shape[-1] / engine.config.samplerate, overview_peaks(audio))
+        self.track_ready.emit(self.track)  # shown even where no output opens: its error says why it is silent
         if not self.config.headless:
             from stemdeck.engine.device import resolve_device
 
@@ -279,7 +284,6 @@ class Session(QObject):
             self._prestart_stretch(engine)
         if play:
             engine.play()
-        self.track_ready.emit(self.track)
 
     @staticmethod
     def _prestart_stretch(engine) -> None:

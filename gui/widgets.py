@@ -36,6 +36,17 @@ def to_db(value: float) -> float:
     return 20.0 * math.log10(value) if value > 1e-6 else -math.inf
 
 
+def fit_to_screen(window: QWidget, width: int, height: int, headless: bool = False) -> None:
+    """``window`` at ``width`` x ``height``, or less where its screen's free area is smaller (a
+    two-deck window of 1900 px opened partly off a 1600 px screen); never below its minimum.
+    ``headless`` (a picture rendered to a file, no screen to fit): as asked."""
+    screen = None if headless else window.screen()
+    if screen is not None:
+        free = screen.availableGeometry()
+        width, height = min(width, free.width()), min(height, free.height())
+    window.resize(width, height)
+
+
 class ElidedLabel(QLabel):
     """A label that shows as much of its text as fits, ending in "…": a track's name, however
     long, never sets the window's width. ``text()`` keeps the whole text; the tooltip shows it."""

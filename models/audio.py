@@ -73,6 +73,12 @@ class OutputFormat:
             )
 
 
+def _hours_minutes(seconds: float) -> str:
+    """ "3 h 01 min": "3.0 hours" said a file of 3 h 01 min was over a limit of 3 hours."""
+    minutes = int(seconds // 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 def read_audio(path: str | Path, report: Callable[[str], None] | None = None) -> tuple[np.ndarray, int]:
     """Read a whole file as ``(channels, frames)`` float32 and its sample rate.
 
@@ -142,8 +148,8 @@ def _check_header(path: Path, info) -> None:
         )
     if info.frames > MAX_DURATION_S * info.samplerate:
         raise AudioError(
-            f"{path} declares {info.frames / info.samplerate / 3600:.1f} hours of audio; "
-            f"stemdeck reads up to {MAX_DURATION_S // 3600} hours: split it"
+            f"{path} declares {_hours_minutes(info.frames / info.samplerate)} of audio; "
+            f"stemdeck reads up to {_hours_minutes(MAX_DURATION_S)}: split it"
         )
     # libsndfile reads a truncated WAV silently but logs the size its header promised.
     for stated, actual in re.findall(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", info.extra_info, re.MULTILINE):

@@ -48,6 +48,7 @@ DEFAULT_OVERLAP = 0.25
 SLOW_WORK_FACTOR = 4.0  # --overlap/--shifts asking this many times the default's work are said
 DEFAULT_BITS = "24"  # wav, flac and ALAC stems: 24-bit keeps the model's quiet tails
 DEFAULT_STEM_CODEC = "alac"
+DEFAULT_CLIP = "rescale"
 DEMO_SECONDS_RANGE = (1.0, 600.0)  # 10 minutes of stereo float: 0.2 GB while it is made
 
 
@@ -161,7 +162,7 @@ def add_separation_commands(commands) -> None:
     )
     sep.add_argument(
         "--clip",
-        default="rescale",
+        default=None,  # rescale; None tells an option given with --format stem (refused) from the default
         choices=("rescale", "clamp"),
         help="keep stems inside [-1, 1] by scaling down (rescale, the default; said with the peak) or clamping",
     )
@@ -359,7 +360,12 @@ def check_output_options(args: argparse.Namespace) -> None:
             raise CommandError("--format stem writes drums, bass, other and vocals; drop --stems/--two-stems")
         if args.bits == "32f":
             raise CommandError("--format stem holds 16 or 24-bit ALAC (or AAC); use --bits 16 or 24")
+        if args.clip is not None:
+            raise CommandError(
+                "--format stem clamps samples beyond full scale (so the stems sum to the master); drop --clip"
+            )
     args.bits = args.bits or DEFAULT_BITS
+    args.clip = args.clip or DEFAULT_CLIP
     args.codec = args.codec or DEFAULT_STEM_CODEC
 
 

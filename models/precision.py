@@ -216,7 +216,8 @@ class TorchNetwork:
             return self.model(mix)
 
     def describe(self) -> str:
-        threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""
+        count = torch.get_num_threads()
+        threads = f", {count} thread{'s' if count != 1 else ''}" if self.device.type == "cpu" else ""
         return f"torch ({self.precision} on {self.device.type}{threads})"
 
 

@@ -14,6 +14,7 @@ default, AAC an option for smaller files.
 
 from __future__ import annotations
 
+import errno
 import fractions
 import json
 import os
@@ -237,6 +238,10 @@ def write_stem_track(
                 writer.write(master.take(frames), stems)
             note = writer.finish(tags)
         os.replace(partial, target)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StemFileError(f"cannot write {target}: {exc.strerror}; free some space or choose another -o") from None
     finally:
         partial.unlink(missing_ok=True)
     return note

@@ -103,3 +103,12 @@ def test_truncated_flac_is_not_told_to_convert_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"stemdeck: {path} is damaged or truncated: decoding failed" in err
     assert "convert it" not in err
+
+
+@pytest.mark.parametrize("option", ["--mute", "--solo"])
+def test_live_dry_run_checks_the_stems_it_is_given(capsys, option):
+    """`live --dry-run --mute bogus` planned and exited 0; the session itself refuses the name."""
+    assert main(["live", "--dry-run", "--model", "passthrough", option, "bogus"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("unknown stem 'bogus'; this model has drums, bass, other, vocals"), err
+    assert not any("Traceback" in line for line in err)

@@ -43,6 +43,10 @@ def test_stems_naming_no_stem_is_refused(tmp_path, song, capsys, stems):
         (["--format", "stem", "--codec", "aac", "--bits", "24"], "--codec aac has no bit depth; drop --bits"),
         (["--codec", "aac"], "--codec sets the audio of --format stem files; drop it for --format wav"),
         (["--format", "flac", "--codec", "alac"], "drop it for --format flac"),
+        (
+            ["--format", "stem", "--clip", "clamp"],
+            "--format stem clamps samples beyond full scale (so the stems sum to the master); drop --clip",
+        ),
     ],
 )
 def test_an_option_the_format_would_ignore_is_refused(tmp_path, song, capsys, options, message):

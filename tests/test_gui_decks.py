@@ -196,3 +196,20 @@ def test_midi_cc8_moves_the_crossfader_and_channel_2_mutes_deck_b(qtbot, pads, w
         assert not decks.deck("A").mixer().mute[VOCALS] and not window.panels[0].strips[VOCALS].mute.isChecked()
     finally:
         midi.close()
+
+
+def test_the_two_deck_window_opens_no_wider_than_the_screen(qtbot, tmp_path):
+    """It opened 1900 x 900 on a 1600 x 1000 screen: deck B's vocals, fader and clock off it.
+    (Headless, rendering to a file, it keeps 1900 x 900.)"""
+    settings = QSettings(str(tmp_path / "stemdeck.ini"), QSettings.Format.IniFormat)
+    for headless in (False, True):
+        config = SessionConfig(model="passthrough", headless=headless, worker="thread", calibrate=False)
+        window = DecksWindow(DecksSession(config, model_loader=loader), settings)
+        qtbot.addWidget(window)
+        free = window.screen().availableGeometry()
+        if headless:
+            assert (window.width(), window.height()) == (1900, 900)
+        else:
+            assert window.width() <= max(free.width(), window.minimumSizeHint().width()) < 1900
+        window.close()
+        window.session.close()

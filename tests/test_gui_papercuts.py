@@ -288,3 +288,54 @@ def test_with_no_track_rec_is_refused_and_no_latency_is_shown(qtbot, settings, t
     finally:
         window.close()
         window.session.close()
+
+
+def test_a_long_track_name_is_elided_and_never_widens_the_window(qtbot, window):
+    """A 200-character file name opened the window 2323 px wide (clock, BPM, strips off-screen),
+    and that width was saved for the next launch."""
+    before = window.width()
+    long_name = "The Extremely Long Title of a Remix " * 6
+    window.session.open_array(tone(1.0), SR, long_name)
+    wait_idle(qtbot, window.session)
+    qtbot.wait(100)
+    assert window.track_label.text() == long_name and window.track_label.toolTip() == long_name
+    assert window.width() == before and window.minimumSizeHint().width() < 1000
+    assert window.track_label.width() < window.fontMetrics().horizontalAdvance(long_name)  # elided
+
+
+def test_the_default_size_fits_the_screen(qtbot, settings):
+    """1280 x 720 where the screen has room; on a smaller one (the offscreen test screen is
+    800 x 800) no more than its free area, or the window's minimum. (A headless render to a
+    file keeps 1280 x 720: test_screenshot_command_writes_a_real_picture.)"""
+    session = Session(SessionConfig(headless=False, worker="thread", calibrate=False), model_loader=real_loader)
+    window = MainWindow(session, settings)
+    qtbot.addWidget(window)
+    window.show()
+    try:
+        free = window.screen().availableGeometry()
+        assert window.width() <= max(free.width(), window.minimumSizeHint().width())
+        assert window.height() <= max(free.height(), window.minimumSizeHint().height())
+    finally:
+        window.close()
+        window.session.close()
+
+
+def test_with_no_sound_device_the_model_and_track_load_and_the_banner_says_why_nothing_plays(qtbot, settings):
+    """With no JACK server nor card, the model failed on the device's rate and the banner said
+    "no model is loaded yet; pick one in the model menu" (and no track loaded)."""
+    config = SessionConfig(headless=False, worker="thread", calibrate=False, output_device="no-such-device-xyz")
+    session = Session(config, model_loader=real_loader)
+    window = MainWindow(session, settings)
+    qtbot.addWidget(window)
+    window.show()
+    try:
+        window.choose_model("passthrough")
+        session.open_array(tone(1.0), SR, "tone")
+        wait_idle(qtbot, session)
+        assert session.model_name == "passthrough" and session.track is not None
+        assert window.track_label.text() == "tone"
+        assert window.errors and all("no model is loaded" not in error for error in window.errors)
+        assert "no-such-device-xyz" in window.errors[-1]
+    finally:
+        window.close()
+        session.close()

@@ -394,3 +394,20 @@ def test_open_audio_refuses_a_truncated_file_before_any_work(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(AudioError, match=r"cut\.wav is truncated: its header promises"):
         open_audio(path)
+
+
+def test_a_length_over_the_limit_is_said_in_hours_and_minutes(tmp_path):
+    """A 3 h 01 min WAV was "3.0 hours of audio; stemdeck reads up to 3 hours"."""
+    import struct
+
+    path = tmp_path / "long.wav"
+    sf.write(str(path), np.zeros(8000, np.float32), 8000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    declared = (3 * 3600 + 61) * 8000 * 2  # 3 h 01 min 01 s of 16-bit mono at 8 kHz, in bytes
+    at = data.index(b"data")
+    data[at + 4 : at + 8] = struct.pack("<I", declared)
+    data[4:8] = struct.pack("<I", declared + at)
+    path.write_bytes(bytes(data))
+    os.truncate(path, at + 8 + declared)  # as long as declared, sparse: no disk used
+    with pytest.raises(AudioError, match=r"declares 3 h 01 min of audio; stemdeck reads up to 3 h 00 min: split it$"):
+        read_audio(path)

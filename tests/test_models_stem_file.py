@@ -545,3 +545,21 @@ def test_separate_format_stem_of_a_mono_song(tmp_path):
     assert np.array_equal(master[0], heard) and np.array_equal(master[1], heard)
     for name, fraction in zip(NI_STEMS, (0.1, 0.2, 0.3, 0.4), strict=True):
         assert np.abs(stems[name] - fraction * heard).max() < 1e-3, name
+
+
+def test_a_full_disk_is_one_line_that_says_so_and_leaves_no_partial(tmp_path, song, monkeypatch):
+    """ENOSPC while encoding was reported as "separation failed (OSError ...); this is a bug in
+    stemdeck" (WAV stems already said "free some space")."""
+    import errno
+
+    from stemdeck.models import stem_file
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(stem_file.StemFileWriter, "write", full)
+    master, stems = song
+    target = tmp_path / "song.stem.mp4"
+    with pytest.raises(StemFileError, match=r"^cannot write .*song.stem.mp4: No space left on device; free some space"):
+        write_stem_track(target, iter([master]), iter([stems]), SAMPLERATE)
+    assert list(tmp_path.iterdir()) == []
