@@ -430,3 +430,18 @@ def test_a_mapping_that_cannot_be_written_is_one_line(tmp_path, capsys, command)
     assert main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"stemdeck: error: cannot write {target} (Permission denied); the mapping there is unchanged"]
+
+
+def test_export_to_dash_prints_the_mapping_and_writes_no_file(tmp_path, capsys, monkeypatch):
+    """`midi export -` wrote a file named "-"; as other tools do, it prints to standard output."""
+    from stemdeck.cli import main
+    from stemdeck.engine.midi.mapping_file import load_mapping
+
+    mine = tmp_path / "midi.toml"
+    save_mapping(default_mapping(), mine)
+    monkeypatch.chdir(tmp_path)
+    assert main(["midi", "export", "-", "--midi-map", str(mine)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == mine.read_text(encoding="utf-8") and not (tmp_path / "-").exists()
+    (tmp_path / "printed.toml").write_text(printed, encoding="utf-8")
+    assert load_mapping(tmp_path / "printed.toml") == load_mapping(mine)

@@ -14,6 +14,7 @@ from stemdeck.engine.midi.mapping_file import (
     load_mapping,
     load_user_decks_mapping,
     load_user_mapping,
+    mapping_text,
     parse_target,
     save_mapping,
     user_decks_mapping_path,
@@ -44,23 +45,25 @@ def add_midi_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_midi_commands(commands) -> None:
+    map_help = f"the mapping file (default: {user_mapping_path()})"
     midi = commands.add_parser("midi", help="MIDI ports, bindings and MIDI learn")
-    actions = midi.add_subparsers(dest="midi_command", required=True)
+    actions = midi.add_subparsers(dest="midi_command", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="list MIDI input and output ports")
     listing.add_argument("--midi-api", choices=API_NAMES, default="auto")
     listing.set_defaults(func=run_list)
 
     show = actions.add_parser("show", help="check the mapping and print its bindings")
-    show.add_argument("--midi-map", type=Path, metavar="FILE")
+    show.add_argument("--midi-map", type=Path, metavar="FILE", help=map_help)
     show.add_argument("--decks", action="store_true", help="the two-deck sessions' mapping")
     show.set_defaults(func=run_show)
 
     learn = actions.add_parser("learn", help="bind the next message that arrives to CONTROL (Esc cancels)")
     learn.add_argument(
         "control",
-        help="mute:STEM, solo:STEM, gain:STEM, dry, play or cue (STEM: 1-6 or a name); practice: loop_in, "
-        "loop_out, loop, loop_halve, loop_double, loop_beats:N (1, 2, 4, 8, 16), hotcue:N, hotcue_clear:N "
-        "(N: 1-8), record, count_in",
+        help="mute:STEM, solo:STEM, gain:STEM, dry, play, cue or tempo (STEM: 1-6 or a name); practice: "
+        "loop_in, loop_out, loop, loop_halve, loop_double, loop_beats:N (1, 2, 4, 8, 16), hotcue:N, "
+        "hotcue_clear:N (N: 1-8), record, count_in, tempo_reset, key_down, key_up; two decks (with --deck): "
+        "crossfader, cue_mix, volume, sync, headphone",
     )
     learn.add_argument(
         "--mode",
@@ -76,19 +79,19 @@ def add_midi_commands(commands) -> None:
     add_midi_options(learn)
     learn.set_defaults(func=run_learn)
 
-    export = actions.add_parser("export", help="write the mapping to FILE")
+    export = actions.add_parser("export", help="write the mapping to FILE (- prints it)")
     export.add_argument("file", type=Path)
-    export.add_argument("--midi-map", type=Path, metavar="FILE")
+    export.add_argument("--midi-map", type=Path, metavar="FILE", help=map_help)
     export.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     export.set_defaults(func=run_export)
 
     imported = actions.add_parser("import", help="check FILE and make it the mapping")
     imported.add_argument("file", type=Path)
-    imported.add_argument("--midi-map", type=Path, metavar="FILE")
+    imported.add_argument("--midi-map", type=Path, metavar="FILE", help=map_help)
     imported.set_defaults(func=run_import)
 
     reset = actions.add_parser("reset", help="go back to the default mapping")
-    reset.add_argument("--midi-map", type=Path, metavar="FILE")
+    reset.add_argument("--midi-map", type=Path, metavar="FILE", help=map_help)
     reset.set_defaults(func=run_reset)
 
 
@@ -217,6 +220,9 @@ def _watch_for_escape(controller: MidiController) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if str(args.file) == "-":  # to standard output, as other tools read "-" (it wrote a file named "-")
+        sys.stdout.write(mapping_text(load_user_mapping(mapping_path(args))))
+        return 0
     if problem := missing_folder(args.file, "export") or kept_file(args.file, args.force):
         raise MappingError(problem)
     save_mapping(load_user_mapping(mapping_path(args)), args.file)

@@ -105,20 +105,25 @@ def load_mapping(path: Path) -> Mapping:
         raise MappingError(f"{path} {exc}") from None
 
 
-def save_mapping(mapping: Mapping, path: Path) -> None:
-    """Write atomically, so a crash never leaves a half-written mapping behind."""
+def mapping_text(mapping: Mapping) -> str:
+    """The mapping as its TOML file holds it."""
     import tomli_w
 
     document: dict = {"midi": {"scene_channel": mapping.scene_channel or "any"}}
     document["binding"] = [_binding_table(b) for b in mapping.bindings]
     if mapping.scenes:
         document["scene"] = [_scene_table(s) for s in mapping.scenes]
+    return HEADER + tomli_w.dumps(document)
+
+
+def save_mapping(mapping: Mapping, path: Path) -> None:
+    """Write atomically, so a crash never leaves a half-written mapping behind."""
     if path.is_dir():
         raise MappingError(f"{path} is a folder; name a file in it, e.g. {path / 'mapping.toml'}")
     temporary = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(HEADER + tomli_w.dumps(document), encoding="utf-8")
+        temporary.write_text(mapping_text(mapping), encoding="utf-8")
         temporary.replace(path)
     except OSError as exc:  # a read-only folder or home, a full disk: the mapping as it was stays
         raise MappingError(f"cannot write {path} ({exc.strerror or exc}); the mapping there is unchanged") from None
