@@ -25,9 +25,13 @@ HASH_BLOCK_BYTES = 1 << 20
 # What libsndfile (stemdeck's reader, models.audio.open_audio) decodes, by file extension.
 AUDIO_EXTENSIONS = frozenset(
     {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".w64", ".rf64", ".caf"}
+    | {".au", ".snd", ".voc"}  # libsndfile's too (a folder of them was skipped without a word)
 )
 # Audio that libsndfile cannot read: counted and named, never silently ignored.
-OTHER_AUDIO_EXTENSIONS = frozenset({".m4a", ".aac", ".alac", ".wma", ".ape", ".wv", ".mp4", ".mpc", ".dsf"})
+OTHER_AUDIO_EXTENSIONS = frozenset(
+    {".m4a", ".aac", ".alac", ".wma", ".ape", ".wv", ".mp4", ".mpc", ".dsf"}
+    | {".mka", ".webm", ".m4b", ".dff", ".amr", ".ac3"}
+)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -173,6 +174,11 @@ def input_folders(args: argparse.Namespace) -> dict[Path, Path]:
     unique = set(unique_inputs([path for path, _ in found.files]))
     found = Found([(path, root) for path, root in found.files if path in unique], found.unreadable)
     if not found.files:
+        out = os.path.realpath(args.out)
+        if args.recursive and any(os.path.realpath(item) == out for item in args.inputs):
+            raise CommandError(
+                f"-o {args.out} is the folder to separate: the output folder is never walked; choose another -o"
+            )
         raise CommandError(
             f"no audio files (WAV, FLAC, OGG, MP3, AIFF...) in {', '.join(map(str, args.inputs))}; nothing to do"
         )

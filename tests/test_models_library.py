@@ -457,3 +457,20 @@ def test_an_outdir_that_cannot_hold_the_manifest_is_one_line_before_the_model(
     err = capsys.readouterr().err
     assert message.format(out=out) in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_sndfile_formats_are_walked_and_others_counted_and_an_outdir_input_is_named(tmp_path, capsys):
+    """.au/.snd/.voc (which libsndfile reads) and .mka/.webm (which it cannot) were skipped by -r
+    without a word; -o the folder to separate said "no audio files in it"."""
+    lib = tmp_path / "lib"
+    song = write_song(lib / "a.wav")
+    data, rate = sf.read(str(song))
+    sf.write(str(lib / "b.au"), data, rate, format="AU", subtype="FLOAT")
+    (lib / "c.webm").write_bytes(b"\x1a\x45\xdf\xa3 not decodable here")
+    assert main(["separate", str(lib), "-r", "-o", str(tmp_path / "out"), "--model", "passthrough"]) == 0
+    err = capsys.readouterr().err
+    assert said(err) == ["a.wav", "b.au"]
+    assert "left alone: 1 .webm file(s) stemdeck cannot read" in err
+    assert main(["separate", str(lib), "-r", "-o", str(lib), "--model", "passthrough"]) == 1
+    err = capsys.readouterr().err
+    assert f"-o {lib} is the folder to separate: the output folder is never walked; choose another -o" in err
