@@ -63,3 +63,30 @@ def test_calibration_lengthens_the_hop_and_keeps_the_plan_valid():
     assert fit_window(window, forward_s=1.0, headroom=0.3) == window
     with pytest.raises(ValueError, match="no hop fits"):
         fit_window(window, forward_s=5.0, headroom=0.3)
+
+
+def test_a_mono_window_gets_mono_stems_and_a_stereo_one_keeps_its_channels():
+    """A mono file (duplicated to two channels) played back wider than it is: the model's two
+    channels differ a little (-27 dB on the tiny model). Its stems are the mean of the two, as
+    `stemdeck separate` writes a mono file's; a stereo window's stems are left as they are."""
+    from conftest import tiny_ht_transformer_on
+
+    from stemdeck.engine.worker.separator import WindowSeparator
+    from stemdeck.engine.worker.windows import WindowPlan
+
+    model = tiny_ht_transformer_on(11)
+    separator = WindowSeparator(model, WindowPlan.offline(44100, 2.0), precision="fp32")
+    rng = np.random.default_rng(0)
+    frames = separator.plan.window_frames
+    mono = np.repeat(0.1 * rng.standard_normal((1, frames), dtype=np.float32), 2, axis=0)
+    stereo = 0.1 * rng.standard_normal((2, frames), dtype=np.float32)
+    stems = separator(mono)
+    assert np.array_equal(stems[:, 0], stems[:, 1])
+    wide = separator(stereo)
+    assert not np.allclose(wide[:, 0], wide[:, 1])
+    import torch
+
+    with torch.inference_mode():
+        raw = separator.model(torch.from_numpy(mono)[None])[0].numpy()
+    assert not np.allclose(raw[:, 0], raw[:, 1])  # what the model itself gives a mono window
+    np.testing.assert_allclose(stems[:, 0], raw.mean(axis=1), atol=1e-6)

@@ -18,6 +18,10 @@ from stemdeck.models.precision_choice import remembered_precision
 from stemdeck.models.separate import resample
 
 
+def _is_mono(window: np.ndarray) -> bool:
+    return window.shape[0] == 2 and np.array_equal(window[0], window[1])
+
+
 def _set_train_segment(model: nn.Module, pad_to_segment: bool) -> None:
     for module in model.modules():
         if isinstance(module, HTDemucs):
@@ -73,6 +77,10 @@ class WindowSeparator:
         if self.stream_rate != self.model_rate:
             stems = np.stack([resample(stem, self.model_rate, self.stream_rate, frames) for stem in stems])
             stems = share_high_band(mixture, stems, self.stream_rate, self.model_rate)
+        if _is_mono(mixture) and stems.shape[1] == 2:
+            # a mono song (duplicated) or a mono input: mono stems, as `separate` writes them; the
+            # model's channels differ a little (-27 dB), and a mono file played back wider than it is
+            stems[:] = stems.mean(axis=1, keepdims=True)
         self.last_seconds = time.perf_counter() - start
         return stems
 
