@@ -586,9 +586,20 @@ class MainWindow(QMainWindow):
     # -- commands -----------------------------------------------------------------------------------
 
     def open_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open a track", str(Path.home()), OPEN_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self, "Open a track", str(self._open_folder()), OPEN_FILTER)
         if path:
             self.open_path(path)
+
+    def _open_folder(self) -> Path:
+        """Where the Open dialog starts: the loaded track's folder, else the last one opened's,
+        else home (it always started at home, however deep the user's music lies)."""
+        track = self.session.track
+        candidates = [track.path] if track is not None and track.path is not None else []
+        candidates += [Path(recent) for recent in self._recent()[:1]]
+        for candidate in candidates:
+            if Path(candidate).parent.is_dir():
+                return Path(candidate).parent
+        return Path.home()
 
     def open_path(self, path: str | Path) -> None:
         self.tabs.setCurrentIndex(0)

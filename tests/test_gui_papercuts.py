@@ -339,3 +339,18 @@ def test_with_no_sound_device_the_model_and_track_load_and_the_banner_says_why_n
     finally:
         window.close()
         session.close()
+
+
+def test_the_open_dialog_starts_in_the_tracks_folder(qtbot, window, tmp_path):
+    """It always started in the home folder."""
+    from pathlib import Path
+
+    from conftest import write_tone
+
+    assert window._open_folder() == Path.home()  # the fixture's track has no file
+    song = tmp_path / "music" / "song.wav"
+    song.parent.mkdir()
+    write_tone(song, seconds=1.0)
+    window.open_path(song)
+    wait_idle(qtbot, window.session)
+    assert window._open_folder() == song.parent
