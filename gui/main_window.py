@@ -607,8 +607,12 @@ class MainWindow(QMainWindow):
 
     def toggle_play(self) -> None:
         engine = self.session.engine
-        if engine is not None:
-            EngineControls(self.session).toggle_play()
+        if engine is None:
+            return
+        if engine._mode == "deck" and not engine.mixer().playing and engine.status().stream_error:
+            self.session.set_output(self.session.config.output_device)  # the device or server came back
+            self.banner.hide()
+        EngineControls(self.session).toggle_play()
 
     def seek_to(self, seconds: float) -> None:
         self._engine_call("seek", seconds)
@@ -747,7 +751,13 @@ class MainWindow(QMainWindow):
         problem = status.stream_error or status.worker_error
         if problem and problem != self._reported_stream_error:
             self._reported_stream_error = problem
-            self.show_error(f"{problem}; pick an output device and press play to go on")
+            if engine._mode == "deck":  # the button says Play again, and Play opens the output anew
+                engine.pause()
+                self.show_error(f"{problem}; press play to go on (or pick another output device)")
+            else:
+                self.show_error(f"{problem}; press Start live to go on (or pick other devices)")
+        elif not problem:
+            self._reported_stream_error = None  # the next loss is said again
 
     def _refresh_status_bar(self, engine, status) -> None:
         deck = engine._mode == "deck"

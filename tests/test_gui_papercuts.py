@@ -354,3 +354,31 @@ def test_the_open_dialog_starts_in_the_tracks_folder(qtbot, window, tmp_path):
     window.open_path(song)
     wait_idle(qtbot, window.session)
     assert window._open_folder() == song.parent
+
+
+def test_a_lost_stream_pauses_the_deck_and_play_reopens_the_output(qtbot, window, monkeypatch):
+    """JACK killed mid-play: the button still said Pause and the clock froze; after the server
+    came back the first Play only paused, the second played nothing until the device was picked
+    again. Now the deck pauses (Play shows) and Play opens the output anew, then plays."""
+    from PyQt6.QtTest import QTest
+
+    from stemdeck.engine.config import STREAM_LOST
+
+    engine = window.session.engine
+    assert engine.mixer().playing
+    engine._stream_error = STREAM_LOST  # what the engine sets when its stream ends under it
+    qtbot.waitUntil(lambda: not engine.mixer().playing, timeout=5000)
+    assert window.errors[-1].endswith("; press play to go on (or pick another output device)")
+    qtbot.waitUntil(lambda: window.play_button.text().startswith("▶"), timeout=5000)
+    reopened = []
+
+    def reopen(device):
+        reopened.append(device)
+        engine._stream_error = None
+
+    monkeypatch.setattr(window.session, "set_output", reopen)
+    window.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=5000)
+    QTest.keyClick(QApplication.focusWidget() or window, Qt.Key.Key_Space)
+    assert reopened == [window.session.config.output_device] and engine.mixer().playing
+    assert not window.banner.isVisible()
