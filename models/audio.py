@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -129,6 +130,9 @@ def _check_file(path: Path) -> None:
         raise AudioError(f"{path} is a directory; pass audio files (WAV, FLAC, OGG, MP3)")
     if not path.exists():
         raise AudioError(f"{path}: no such file")
+    mode = path.stat().st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):  # it said "is empty (0 bytes)"
+        raise AudioError(f"{path} is a pipe or a device, not a file: save the audio to a file and pass that")
     if path.stat().st_size == 0:
         raise AudioError(f"{path} is empty (0 bytes); re-export or re-download it")
 

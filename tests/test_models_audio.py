@@ -411,3 +411,11 @@ def test_a_length_over_the_limit_is_said_in_hours_and_minutes(tmp_path):
     os.truncate(path, at + 8 + declared)  # as long as declared, sparse: no disk used
     with pytest.raises(AudioError, match=r"declares 3 h 01 min of audio; stemdeck reads up to 3 h 00 min: split it$"):
         read_audio(path)
+
+
+def test_a_pipe_is_named_as_one_not_as_an_empty_file(tmp_path):
+    """`cat x.wav | stemdeck separate /dev/stdin` and a FIFO said "is empty (0 bytes)"."""
+    fifo = tmp_path / "fifo.wav"
+    os.mkfifo(fifo)
+    with pytest.raises(AudioError, match=r"fifo.wav is a pipe or a device, not a file: save the audio to a file"):
+        read_audio(fifo)
