@@ -234,9 +234,28 @@ def run_import(args: argparse.Namespace) -> int:
     mapping = load_mapping(args.file)  # refuses a bad file before anything is replaced
     if not mapping.bindings and not mapping.scenes:  # an empty file wiped the mapping
         raise MappingError(f"{args.file} holds no bindings or scenes; the mapping is unchanged")
-    save_mapping(mapping, mapping_path(args))
+    target = mapping_path(args)
+    kept = _keep_previous(target)
+    save_mapping(mapping, target)
     _say(f"{len(mapping.bindings)} bindings and {len(mapping.scenes)} scenes from {args.file} are now the mapping")
+    if kept is not None:
+        _say(f"the previous mapping (with what MIDI learn had bound) is kept in {kept}")
     return 0
+
+
+def _keep_previous(target: Path) -> Path | None:
+    """A copy of the mapping an import replaces, beside it (``midi.toml.previous``): import
+    replaced learned bindings with no way back."""
+    if not target.is_file():
+        return None
+    kept = target.with_name(target.name + ".previous")
+    try:
+        kept.write_bytes(target.read_bytes())
+    except OSError as exc:
+        raise MappingError(
+            f"cannot keep the previous mapping in {kept} ({exc.strerror}); nothing was imported"
+        ) from None
+    return kept
 
 
 def run_reset(args: argparse.Namespace) -> int:
