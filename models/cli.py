@@ -86,11 +86,26 @@ def shift_count(text: str) -> int:
     return value
 
 
+def named(text: str) -> str:
+    """--model "" meant htdemucs, silently."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty model name; name one (`stemdeck models list`) or a checkpoint")
+    return text
+
+
+def named_path(text: str) -> Path:
+    """-o "" meant the current folder, silently."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty folder name; name the output folder, or leave -o out (separated)")
+    return Path(text)
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
         "-n",
+        type=named,
         default=None,
         metavar="NAME|PATH",
         help="registry name (see `stemdeck models list`) or checkpoint path (default: htdemucs "
@@ -117,7 +132,7 @@ def add_separation_commands(commands) -> None:
     sep.add_argument(
         "-o",
         "--out",
-        type=Path,
+        type=named_path,
         default=Path("separated"),
         metavar="OUTDIR",
         help="stems go to OUTDIR/<track>/<stem>.<ext> (default: separated)",

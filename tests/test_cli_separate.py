@@ -628,3 +628,18 @@ def test_a_rate_the_output_format_cannot_hold_is_refused_before_the_separation(
     assert f"{song}: {message}" in err and "Traceback" not in err
     assert not separated
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--model", "argument --model/-n: an empty model name; name one (`stemdeck models list`) or a checkpoint"),
+        ("-o", "argument -o/--out: an empty folder name; name the output folder, or leave -o out (separated)"),
+    ],
+)
+def test_an_empty_model_or_output_name_is_refused(song, capsys, option, message):
+    """--model "" separated with htdemucs and -o "" wrote into the current folder, in silence."""
+    with pytest.raises(SystemExit) as exited:
+        main(["separate", str(song), option, ""])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
