@@ -143,7 +143,11 @@ def search_dirs() -> list[Path]:
 
 
 def root_url() -> str:
+    """The mirror's root: ``$STEMDECK_MODEL_URL`` (a URL, or a local folder's path: that gave
+    "unknown url type"), else the official one."""
     url = os.environ.get("STEMDECK_MODEL_URL", OFFICIAL_ROOT_URL)
+    if "://" not in url:
+        url = Path(url).expanduser().resolve().as_uri()
     return url if url.endswith("/") else url + "/"
 
 

@@ -35,6 +35,14 @@ def test_fetch_downloads_verifies_and_caches(fake_release):
     assert model.sources == ["drums", "bass", "other", "vocals"]
 
 
+def test_a_mirror_named_by_its_folder_path_works_as_its_file_url(fake_release, monkeypatch):
+    """A bare path in $STEMDECK_MODEL_URL gave urllib's "unknown url type"."""
+    spec, mirror = fake_release
+    monkeypatch.setenv("STEMDECK_MODEL_URL", str(mirror))
+    assert registry.root_url() == mirror.as_uri() + "/"
+    assert registry.fetch("tinyht", progress=False)[0].is_file() and registry.is_cached(spec)
+
+
 def test_checksum_mismatch_keeps_nothing(fake_release):
     spec, mirror = fake_release
     target = mirror / "hybrid_transformer" / spec.files[0].filename
