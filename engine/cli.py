@@ -635,10 +635,17 @@ def run_devices(args: argparse.Namespace) -> int:
     from stemdeck.engine.device import list_devices, sounddevice
 
     sd = sounddevice()
+    devices = list_devices()
+    if not devices:  # it printed a table's header and nothing under it
+        print(
+            "no audio devices: start the sound server (JACK, PipeWire, PulseAudio) or plug one in, then list again",
+            file=sys.stderr,
+        )
+        return 1
     for api in sd.query_hostapis():
         print(f"host API: {api['name']} ({len(api['devices'])} devices)")
     print(f"{'#':>3}  {'in':>3} {'out':>3}  {'rate':>7}  {'host API':<28} name")
-    for d in list_devices():
+    for d in devices:
         print(
             f"{d['index']:>3}  {d['max_input_channels']:>3} {d['max_output_channels']:>3}  "
             f"{d['default_samplerate']:>7.0f}  {d['hostapi_name']:<28} {d['name']}"

@@ -112,3 +112,16 @@ def test_live_dry_run_checks_the_stems_it_is_given(capsys, option):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("unknown stem 'bogus'; this model has drums, bass, other, vocals"), err
     assert not any("Traceback" in line for line in err)
+
+
+def test_devices_with_none_says_so(capsys, monkeypatch):
+    """With no sound server and no card, `stemdeck devices` printed a table header, exit 0."""
+    from stemdeck.engine import device
+
+    monkeypatch.setattr(device, "list_devices", lambda: [])
+    assert main(["devices"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == (
+        "no audio devices: start the sound server (JACK, PipeWire, PulseAudio) or plug one in, then list again"
+    )
