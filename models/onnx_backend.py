@@ -251,10 +251,15 @@ class _Branches(nn.Module):
 
 def _export(model: HTDemucs, length: int, path: Path, record_path: Path, threads: int) -> OnnxNetwork:
     folder = path.parent
-    try:
+    try:  # a folder that exists but takes no file failed in the exporter: "does not export to ONNX"
         folder.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(folder / f".{os.getpid()}.probe", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(folder / f".{os.getpid()}.probe")
     except OSError as exc:
-        raise OnnxError(f"cannot write the ONNX cache folder {folder} ({exc}); set ${CACHE_ENV} elsewhere") from exc
+        raise OnnxError(
+            f"cannot write the ONNX cache folder {folder} ({exc.strerror or exc}); set ${CACHE_ENV} to a folder "
+            "you can write, or use --backend torch"
+        ) from None
     mix = probe(model, length)
     spec = complex_as_channels(hybrid_spectrogram(mix, model.nfft)).contiguous()
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +185,14 @@ def test_without_onnxruntime_torch_runs_and_onnx_says_how_to_install(
     assert main([*args, "--backend", "onnx"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["stemdeck: error: --backend onnx: ONNX Runtime is not installed; pip install 'stemdeck[onnx]'"]
+
+
+def test_a_cache_folder_that_takes_no_file_is_named_not_blamed_on_the_model(model):
+    """A read-only ONNX cache (here /sys, which exists and takes no file, even from root) was
+    reported as "this model does not export to ONNX (PermissionError ...)"."""
+    with pytest.raises(ob.OnnxError) as refused:
+        ob.load_or_export(model, 44100, folder=Path("/sys"))
+    assert str(refused.value) == (
+        "cannot write the ONNX cache folder /sys (Permission denied); set $STEMDECK_ONNX_DIR to a folder you "
+        "can write, or use --backend torch"
+    )
