@@ -159,7 +159,7 @@ def load_th(path: Path) -> nn.Module:
     ) as exc:
         raise CheckpointError(
             f"{path}: not a readable checkpoint ({_first_line(exc)}); the file is truncated or "
-            "corrupt: delete it and fetch it again"
+            "corrupt: delete it and fetch it again (or export your own model again)"
         ) from None
     if not isinstance(package, dict) or not {"klass", "args", "kwargs", "state"} <= package.keys():
         raise CheckpointError(f"{path}: not a Demucs model package (expected klass/args/kwargs/state)")
@@ -180,7 +180,7 @@ def _check_th_archive(path: Path) -> None:
     gigabytes), naming only the globals an official package uses."""
     corrupt = (
         f"{path}: not a readable checkpoint (not a torch zip archive); the file is truncated "
-        "or corrupt: delete it and fetch it again"
+        "or corrupt: delete it and fetch it again (or export your own model again)"
     )
     try:
         with zipfile.ZipFile(path) as archive:
@@ -384,7 +384,8 @@ def load_safetensors(path: Path) -> nn.Module:
             state = {key: file.get_tensor(key) for key in file.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
-            f"{path}: not a readable safetensors file ({_first_line(exc)}); delete it and fetch it again"
+            f"{path}: not a readable safetensors file ({_first_line(exc)}); delete it and fetch it again "
+            "(or export your own model again)"
         ) from None
     if "structure" in metadata:
         raise CheckpointError(f"{path}: DiffQ-quantized checkpoints are not supported")

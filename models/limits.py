@@ -125,7 +125,7 @@ def check_sources(sources: Any) -> list[str]:
         if not isinstance(name, str) or not SOURCE_NAME.fullmatch(name):
             raise LimitError(
                 f"source name {shown(name)} is not a short identifier (letters, digits, "
-                "'_' and '-', at most 32 characters)"
+                "'_' and '-', not starting with '-', at most 32 characters)"
             )
     if len({name.lower() for name in sources}) != len(sources):
         raise LimitError(f"source names repeat: {shown(list(sources))}")
