@@ -36,6 +36,15 @@ def to_db(value: float) -> float:
     return 20.0 * math.log10(value) if value > 1e-6 else -math.inf
 
 
+def db_text(db: float) -> str:
+    """A fader's readout: "−∞ dB", "0.0 dB" (as it opens: it read "+0.0 dB" after a scene
+    recall), else signed, "+3.5 dB", "−6.0 dB"."""
+    if db == -math.inf:
+        return "−∞ dB"
+    shown = f"{db:+.1f}"
+    return "0.0 dB" if shown in ("+0.0", "-0.0") else f"{shown} dB".replace("-", "−")
+
+
 def fit_to_screen(window: QWidget, width: int, height: int, headless: bool = False) -> None:
     """``window`` at ``width`` x ``height``, or less where its screen's free area is smaller (a
     two-deck window of 1900 px opened partly off a 1600 px screen); never below its minimum.
@@ -355,4 +364,4 @@ class StemStrip(QFrame):
         self.activity.reset()
 
     def _show_db(self, db: float) -> None:
-        self.db_label.setText("−∞ dB" if db == -math.inf else f"{db:+.1f} dB".replace("-", "−"))
+        self.db_label.setText(db_text(db))

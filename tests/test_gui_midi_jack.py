@@ -152,7 +152,7 @@ def test_every_fader_cc_moves_the_stem_and_its_fader(qtbot, pads, deck):
         assert deck.strips[stem].db_label.text() == "−∞ dB"
         assert output_ratio(deck) == pytest.approx(1 - fraction, abs=1e-5)
         send(qtbot, pads, deck, [0xB0, 1 + stem, 100], lambda stem=stem: engine.mixer().gain_db[stem] == 0.0)
-        assert deck.strips[stem].db_label.text() == "+0.0 dB"
+        assert deck.strips[stem].db_label.text() == "0.0 dB"
 
 
 def test_crossfader_cc_fades_to_the_dry_track(qtbot, pads, deck):
@@ -207,7 +207,7 @@ def test_a_program_change_recalls_its_scene(qtbot, pads, deck, program, muted, s
     )
     assert [s.mute.isChecked() for s in deck.strips] == [s in muted for s in range(6)]
     assert [s.solo.isChecked() for s in deck.strips] == [s in soloed for s in range(6)]
-    assert deck.strips[BASS].db_label.text() == "+0.0 dB"  # a scene sets every fader
+    assert deck.strips[BASS].db_label.text() == "0.0 dB"  # a scene sets every fader
     assert output_ratio(deck) == pytest.approx(ratio, abs=1e-5)
     assert "recalled" in deck.status_message()
     send(qtbot, pads, deck, [0xC0, 0], lambda: not any(engine.mixer().mute + engine.mixer().solo))

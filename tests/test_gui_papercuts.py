@@ -382,3 +382,20 @@ def test_a_lost_stream_pauses_the_deck_and_play_reopens_the_output(qtbot, window
     QTest.keyClick(QApplication.focusWidget() or window, Qt.Key.Key_Space)
     assert reopened == [window.session.config.output_device] and engine.mixer().playing
     assert not window.banner.isVisible()
+
+
+def test_fader_readouts_read_zero_the_same_way_always():
+    """A scene recall turned the faders' "0.0 dB" into "+0.0 dB"."""
+    import math
+
+    from stemdeck.gui.widgets import db_text
+
+    assert [db_text(db) for db in (0.0, -0.0, 0.04, -0.04, 3.5, -6.0, -math.inf)] == [
+        "0.0 dB",
+        "0.0 dB",
+        "0.0 dB",
+        "0.0 dB",
+        "+3.5 dB",
+        "−6.0 dB",
+        "−∞ dB",
+    ]
