@@ -768,7 +768,8 @@ class MainWindow(QMainWindow):
             if deck
             else "live input: the stems come this much after the input"
         )
-        self.load_status.setText(f"RTF {status.realtime_factor:.2f}")
+        rtf = status.realtime_factor  # none measured: nothing separated yet (stems from the cache, a stem file)
+        self.load_status.setText(f"RTF {rtf:.2f}" if rtf > 0 else "RTF —")
         ahead_s = status.seconds_ahead  # negative: separation is behind the playhead (it plays dry)
         self.ahead_status.setText(
             "" if not deck else f"ahead {ahead_s:.1f} s" if ahead_s >= 0 else f"behind {-ahead_s:.1f} s"

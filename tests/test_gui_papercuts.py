@@ -285,6 +285,7 @@ def test_with_no_track_rec_is_refused_and_no_latency_is_shown(qtbot, settings, t
         assert not window.transport.record_button.isChecked()
         qtbot.wait(300)  # a refresh
         assert window.latency_status.text() == ""
+        assert window.load_status.text() == "RTF —"  # nothing separated: no figure, not 0.00
     finally:
         window.close()
         window.session.close()
