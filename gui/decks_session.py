@@ -57,13 +57,13 @@ class DecksSession(Session):
             worker=self.config.worker,
         )
         self.decks, self.model_name = decks, name
+        self.decks_ready.emit(tuple(model.sources))  # the strips show even where no output opens (its error says why)
         if not self.config.headless:
             from stemdeck.engine.device import resolve_device
 
             decks.start_output(resolve_device(self.config.output_device, "output"))
             for notice in decks.notices:  # no cue output, say once
                 self.failed.emit(notice)
-        self.decks_ready.emit(tuple(model.sources))
 
     def _open_file(self, which: int, path: Path) -> None:
         from stemdeck.models.audio import read_audio

@@ -56,6 +56,7 @@ DECK_B_MUTE_KEYS = [Qt.Key.Key_Q, Qt.Key.Key_W, Qt.Key.Key_E, Qt.Key.Key_R, Qt.K
 MUTE_KEY_NAMES = ("123456", "QWERTY")
 PLAY_KEYS = (Qt.Key.Key_Space, Qt.Key.Key_Return)
 PLAY_KEY_NAMES = ("Space", "Enter")
+BUSY_LABEL_PX = 360
 CROSSFADER_STEPS = 100
 CROSSFADER_KEY_STEP = 10  # a tenth of the way per key press
 CUE_MIX_STEPS = 100
@@ -257,7 +258,8 @@ class DecksWindow(QMainWindow):
         row.addWidget(self.panels[1], 1)
         self.setCentralWidget(central)
         self.busy_label = ElidedLabel("")  # "opening <a long name>…" must not widen the window
-        self.statusBar().addPermanentWidget(self.busy_label, 1)
+        self.busy_label.setFixedWidth(BUSY_LABEL_PX)  # and leaves the bar's messages their room
+        self.statusBar().addPermanentWidget(self.busy_label)
         self._build_shortcuts()
         session.busy.connect(self.busy_label.setText)
         session.failed.connect(self.show_error)

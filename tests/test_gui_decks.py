@@ -213,3 +213,23 @@ def test_the_two_deck_window_opens_no_wider_than_the_screen(qtbot, tmp_path):
             assert window.width() <= max(free.width(), window.minimumSizeHint().width()) < 1900
         window.close()
         window.session.close()
+
+
+def test_with_no_sound_device_the_decks_still_show_their_strips_and_say_why(qtbot, tmp_path):
+    """With no sound server nor card, the two-deck window showed no stem strips and no message."""
+    settings = QSettings(str(tmp_path / "stemdeck.ini"), QSettings.Format.IniFormat)
+    config = SessionConfig(
+        model="passthrough", headless=False, worker="thread", calibrate=False, output_device="no-such-device-xyz"
+    )
+    session = DecksSession(config, model_loader=loader)
+    window = DecksWindow(session, settings)
+    qtbot.addWidget(window)
+    window.show()
+    try:
+        session.start("passthrough")
+        qtbot.waitUntil(lambda: bool(window.errors), timeout=30000)
+        assert "no-such-device-xyz" in window.errors[-1]
+        assert all(len(panel.strips) == 4 for panel in window.panels)
+    finally:
+        window.close()
+        session.close()
