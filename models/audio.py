@@ -75,7 +75,8 @@ class OutputFormat:
 
 
 def _hours_minutes(seconds: float) -> str:
-    """ "3 h 01 min": "3.0 hours" said a file of 3 h 01 min was over a limit of 3 hours."""
+    """Hours and minutes, as in "3 h 01 min" ("3.0 hours" said a file of 3 h 01 min was over
+    a limit of 3 hours)."""
     minutes = int(seconds // 60)
     return f"{minutes // 60} h {minutes % 60:02d} min"
 
