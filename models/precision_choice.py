@@ -18,10 +18,10 @@ import functools
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from time import perf_counter
 
 import numpy as np
 import platformdirs
@@ -44,11 +44,6 @@ RECORD_FORMAT = 1
 SNR_BAR_DB = 40.0  # issue 13's bar for the stems of a faster precision against float32
 WIN_RATIO = 0.95  # int8 or bf16 must take at most this share of float32's time: a closer call is noise
 TIMED_ROUNDS = 2  # per precision, interleaved, after one untimed warm-up each
-# ...and more, up to MAX_TIMED_ROUNDS, until each precision has MIN_TIMED_S of forwards timed: a
-# fast model (the bundled tiny's 0.1 s) is then timed on more than a moment of a busy machine,
-# where two rounds let one slow round decide its choice (auto flipped between runs)
-MIN_TIMED_S = 0.6
-MAX_TIMED_ROUNDS = 8
 PIN_ENV = "STEMDECK_AUTO_PRECISION"
 MEASURE_LOCK_NAME = "precision-measure.lock"  # in the user cache folder: one measurement at a time
 # what FBGEMM's int8 and oneDNN's bfloat16 use
@@ -198,8 +193,8 @@ def _listed(names: tuple[str, ...]) -> str:
 
 def measure_choice(model: torch.nn.Module, segment_s: float | None = None) -> PrecisionChoice:
     """Time each of :func:`candidates` on one segment of the demo song (interleaved, best of
-    :data:`TIMED_ROUNDS` or more, :func:`_time_rounds`) with a bag's first model, and take each
-    one's SNR against float32 on every model of the bag."""
+    :data:`TIMED_ROUNDS`) with a bag's first model, and take each one's SNR against float32 on
+    every model of the bag."""
     models = models_of(model)
     first = models[0].eval()
     length = int(float(segment_s or first.segment) * first.samplerate)
@@ -210,7 +205,15 @@ def measure_choice(model: torch.nn.Module, segment_s: float | None = None) -> Pr
     times: dict[str, list[float]] = {name: [] for name in names}
     for index, part in enumerate(models):
         runs = {name: prepare_model(part.eval(), name, torch.device("cpu")) for name in names}
-        outputs = _time_rounds(runs, mix, times) if index == 0 else _forwards(runs, mix)
+        rounds = 1 + TIMED_ROUNDS if index == 0 else 1
+        outputs = {}
+        for round_index in range(rounds):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                with torch.inference_mode(), forward_context(name, torch.device("cpu")):
+                    outputs[name] = run(mix).float()
+                if round_index:
+                    times[name].append(time.perf_counter() - start)
         for name in snrs:
             snrs[name].append(snr_db(outputs["fp32"], outputs[name]))
     forget_prepared_copy()  # the command makes its own, or its model int8 in place
@@ -225,34 +228,6 @@ def measure_choice(model: torch.nn.Module, segment_s: float | None = None) -> Pr
         best.get("bf16"),
         worst.get("bf16"),
     )
-
-
-def _time_rounds(runs: dict, mix: torch.Tensor, times: dict[str, list[float]]) -> dict[str, torch.Tensor]:
-    """Rounds of one forward per precision, interleaved (a load change hits them alike), the
-    first untimed: :data:`TIMED_ROUNDS` timed, then more until each precision's add up to
-    :data:`MIN_TIMED_S`, at most :data:`MAX_TIMED_ROUNDS`. Appends to ``times``; returns the
-    last round's stems."""
-    timed_rounds = 0
-    while True:
-        outputs = {}
-        for name, run in runs.items():
-            start = perf_counter()
-            outputs[name] = _forward(name, run, mix)
-            if timed_rounds:  # round 0 warms up
-                times[name].append(perf_counter() - start)
-        enough = min(sum(times[name]) for name in runs) >= MIN_TIMED_S
-        if timed_rounds >= MAX_TIMED_ROUNDS or (timed_rounds >= TIMED_ROUNDS and enough):
-            return outputs
-        timed_rounds += 1
-
-
-def _forwards(runs: dict, mix: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {name: _forward(name, run, mix) for name, run in runs.items()}
-
-
-def _forward(name: str, run, mix: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode(), forward_context(name, torch.device("cpu")):
-        return run(mix).float()
 
 
 def verdict(
