@@ -17,7 +17,7 @@ import math
 import time
 from pathlib import Path
 
-from PyQt6.QtCore import QSettings, Qt, QTimer
+from PyQt6.QtCore import QKeyCombination, QSettings, Qt, QTimer
 from PyQt6.QtGui import QColor, QKeySequence, QShortcut
 from PyQt6.QtWidgets import (
     QComboBox,
@@ -40,6 +40,7 @@ from stemdeck.gui.main_window import (
     DIGIT_KEYS,
     OPEN_FILTER,
     REFRESH_MS,
+    SHIFTED_DIGIT_KEYS,
     _at_end,
     _clock,
     _remaining,
@@ -184,7 +185,7 @@ class DeckPanel(QFrame):
         for index, name in enumerate(sources):
             strip = StemStrip(index, name, stem_colour(name, index))
             strip.mute.setToolTip(f"Mute deck {self.name}'s {name}" + (f" ({keys[index]})" if index < 6 else ""))
-            strip.solo.setToolTip(f"Solo deck {self.name}'s {name}")
+            strip.solo.setToolTip(f"Solo deck {self.name}'s {name}" + (f" (Shift+{keys[index]})" if index < 6 else ""))
             strip.mute.toggled.connect(lambda on, i=index: self._call("set_mute", i, on))
             strip.solo.toggled.connect(lambda on, i=index: self._call("set_solo", i, on))
             strip.fader.changed_db.connect(lambda db, i=index: self._call("set_gain", i, db))
@@ -307,20 +308,30 @@ class DecksWindow(QMainWindow):
     def _build_shortcuts(self) -> None:
         for index, key in enumerate(PLAY_KEYS):
             self._shortcut(key, lambda i=index: self.toggle_play(i))
+        shift = Qt.KeyboardModifier.ShiftModifier
         for deck, keys in enumerate((DIGIT_KEYS, DECK_B_MUTE_KEYS)):
             for stem, key in enumerate(keys):
                 self._shortcut(key, lambda d=deck, s=stem: self.toggle_mute(d, s))
+                # with Shift, the solo (it did nothing); a digit may also arrive as its layout's
+                # symbol (as in the one-deck window), a letter as itself with Shift held
+                symbol = [QKeyCombination(shift, SHIFTED_DIGIT_KEYS[stem]), QKeyCombination(SHIFTED_DIGIT_KEYS[stem])]
+                for combination in [QKeyCombination(shift, key), *(symbol if deck == 0 else [])]:
+                    self._shortcut(
+                        QKeySequence(combination), lambda d=deck, s=stem: self.toggle_solo(d, s), same_as_ambiguous=True
+                    )
         self._shortcut(Qt.Key.Key_Left, lambda: self.nudge_crossfader(-CROSSFADER_KEY_STEP), repeat=True)
         self._shortcut(Qt.Key.Key_Right, lambda: self.nudge_crossfader(CROSSFADER_KEY_STEP), repeat=True)
         self._shortcut(QKeySequence("Ctrl+O"), lambda: self.open_dialog(0))
         self._shortcut(QKeySequence("Ctrl+Shift+O"), lambda: self.open_dialog(1))
         self._shortcut(QKeySequence("Ctrl+Q"), self.close)
 
-    def _shortcut(self, keys, slot, repeat: bool = False) -> None:
+    def _shortcut(self, keys, slot, repeat: bool = False, same_as_ambiguous: bool = False) -> None:
         shortcut = QShortcut(QKeySequence(keys), self)
         shortcut.setContext(Qt.ShortcutContext.WindowShortcut)
         shortcut.setAutoRepeat(repeat)
         shortcut.activated.connect(slot)
+        if same_as_ambiguous:  # Qt delivers an ambiguous key press to one of them only
+            shortcut.activatedAmbiguously.connect(slot)
 
     # -- commands -----------------------------------------------------------------------------------
 
@@ -338,6 +349,11 @@ class DecksWindow(QMainWindow):
         strips = self.panels[deck].strips
         if stem < len(strips):
             strips[stem].mute.toggle()
+
+    def toggle_solo(self, deck: int, stem: int) -> None:
+        strips = self.panels[deck].strips
+        if stem < len(strips):
+            strips[stem].solo.toggle()
 
     def nudge_crossfader(self, steps: int) -> None:
         self.crossfader.setValue(self.crossfader.value() + steps)

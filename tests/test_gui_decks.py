@@ -62,6 +62,9 @@ def window(qtbot, tmp_path):
     session.close()
 
 
+SHIFT = Qt.KeyboardModifier.ShiftModifier
+
+
 def key(window, code):
     """A key press where the keyboard goes: the focused widget, else the active window."""
     QTest.keyClick(QApplication.focusWidget() or QApplication.activeWindow() or window, code)
@@ -138,6 +141,12 @@ def test_deck_b_mute_mutes_deck_b_only_in_the_mixer_and_the_master(qtbot, window
     assert decks.deck("B").mixer().mute[0] and not decks.deck("A").mixer().mute[0]
     key(window, Qt.Key.Key_1)  # deck A's
     assert decks.deck("A").mixer().mute[0]
+    # with Shift, the solos (they did nothing): deck A's bass, then deck B's other
+    QTest.keyClick(QApplication.focusWidget() or QApplication.activeWindow() or window, Qt.Key.Key_2, SHIFT)
+    assert decks.deck("A").mixer().solo[1] and not decks.deck("B").mixer().solo[1]
+    QTest.keyClick(QApplication.focusWidget() or QApplication.activeWindow() or window, Qt.Key.Key_E, SHIFT)
+    assert decks.deck("B").mixer().solo[2] and not decks.deck("A").mixer().solo[2]
+    assert window.panels[0].strips[1].solo.isChecked() and window.panels[1].strips[2].solo.isChecked()
 
 
 def test_loading_into_the_playing_deck_asks_and_the_other_deck_plays_on(qtbot, window, tmp_path, monkeypatch):
