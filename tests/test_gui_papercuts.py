@@ -28,8 +28,10 @@ def real_loader(name):
     return load_or_fetch(name)
 
 
-def bare_window(qtbot, settings, model_loader=real_loader):
-    session = Session(SessionConfig(headless=True, worker="thread", calibrate=False), model_loader=model_loader)
+def bare_window(qtbot, settings, model_loader=real_loader, **config):
+    """A shown window with no model nor track; ``config`` changes its session's (headless by default)."""
+    config = {"headless": True, "worker": "thread", "calibrate": False, **config}
+    session = Session(SessionConfig(**config), model_loader=model_loader)
     window = MainWindow(session, settings)
     qtbot.addWidget(window)
     window.show()
@@ -308,10 +310,7 @@ def test_the_default_size_fits_the_screen(qtbot, settings):
     """1280 x 720 where the screen has room; on a smaller one (the offscreen test screen is
     800 x 800) no more than its free area, or the window's minimum. (A headless render to a
     file keeps 1280 x 720: test_screenshot_command_writes_a_real_picture.)"""
-    session = Session(SessionConfig(headless=False, worker="thread", calibrate=False), model_loader=real_loader)
-    window = MainWindow(session, settings)
-    qtbot.addWidget(window)
-    window.show()
+    window = bare_window(qtbot, settings, headless=False)
     try:
         free = window.screen().availableGeometry()
         assert window.width() <= max(free.width(), window.minimumSizeHint().width())
@@ -324,11 +323,8 @@ def test_the_default_size_fits_the_screen(qtbot, settings):
 def test_with_no_sound_device_the_model_and_track_load_and_the_banner_says_why_nothing_plays(qtbot, settings):
     """With no JACK server nor card, the model failed on the device's rate and the banner said
     "no model is loaded yet; pick one in the model menu" (and no track loaded)."""
-    config = SessionConfig(headless=False, worker="thread", calibrate=False, output_device="no-such-device-xyz")
-    session = Session(config, model_loader=real_loader)
-    window = MainWindow(session, settings)
-    qtbot.addWidget(window)
-    window.show()
+    window = bare_window(qtbot, settings, headless=False, output_device="no-such-device-xyz")
+    session = window.session
     try:
         window.choose_model("passthrough")
         session.open_array(tone(1.0), SR, "tone")
