@@ -32,10 +32,17 @@ PARTIAL_SUFFIX = ".partial"
 STALE_PARTIAL_S = 24 * 3600  # a temporary without a live owner, or older than this, is removed
 
 
+NONE_NEEDS_FLOAT = (
+    "--clip none keeps samples beyond full scale, which only 32-bit float WAV holds; "
+    "add --bits 32f, or choose --clip rescale or clamp"
+)
+
+
 class AudioError(Exception):
     """An audio file that cannot be used; the message names the file, the problem and a fix."""
 
 
+CLIP_MODES = ("rescale", "clamp", "none")  # none: as separated, for 32-bit float stems only
 MP3_RATES_HZ = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)  # MPEG-1, 2 and 2.5's
 
 
@@ -57,8 +64,10 @@ class OutputFormat:
             raise ValueError(f"unknown bit depth {self.bits!r}; choose 16, 24 or 32f")
         if self.extension == "flac" and self.bits == "32f":
             raise ValueError("FLAC holds 16 or 24-bit integers; use --bits 16 or 24, or --format wav")
-        if self.clip not in ("rescale", "clamp"):
-            raise ValueError(f"unknown clip mode {self.clip!r}; choose rescale or clamp")
+        if self.clip not in CLIP_MODES:
+            raise ValueError(f"unknown clip mode {self.clip!r}; choose {', '.join(CLIP_MODES)}")
+        if self.clip == "none" and self.subtype != "FLOAT":
+            raise ValueError(NONE_NEEDS_FLOAT)
 
     @property
     def subtype(self) -> str:
@@ -175,11 +184,22 @@ def _check_complete(path: Path, info, frames_read: int) -> None:
 
 
 def prepare_for_output(audio: np.ndarray, clip: str) -> np.ndarray:
-    """Keep samples inside [-1, 1]: scale the whole stem down, or clamp."""
+    """Keep samples inside [-1, 1]: scale the whole stem down, or clamp; or, for float stems,
+    leave them as separated."""
+    if clip == "none":
+        return audio
     if clip == "rescale":
         peak = float(np.max(np.abs(audio))) if audio.size else 0.0
         return audio / max(1.01 * peak, 1.0)
     return np.clip(audio, -0.99, 0.99)
+
+
+def _fitted(block: np.ndarray, scale: float | None, clip: str) -> np.ndarray:
+    """A block of a stem written in blocks: divided by the whole stem's ``scale`` (rescale),
+    clamped, or as it is (none)."""
+    if scale is not None:
+        return block / scale
+    return block if clip == "none" else np.clip(block, -0.99, 0.99)
 
 
 def check_stem_name(name: str) -> str:
@@ -446,7 +466,7 @@ class StemWriter:
             for start in range(0, self.frames, BLOCK_FRAMES):
                 count = min(BLOCK_FRAMES, self.frames - start) * self.channels
                 block = np.fromfile(samples, np.float32, count).reshape(-1, self.channels)
-                out.write(block / scale if scale is not None else np.clip(block, -0.99, 0.99))
+                out.write(_fitted(block, scale, self.fmt.clip))
 
     def close(self) -> None:
         """Remove every temporary left (all of them unless :meth:`finish` ran)."""

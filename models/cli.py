@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from stemdeck.models.audio import (
+    CLIP_MODES,
+    NONE_NEEDS_FLOAT,
     AudioError,
     OutputFormat,
     check_stem_name,
@@ -178,8 +180,9 @@ def add_separation_commands(commands) -> None:
     sep.add_argument(
         "--clip",
         default=None,  # rescale; None tells an option given with --format stem (refused) from the default
-        choices=("rescale", "clamp"),
-        help="keep stems inside [-1, 1] by scaling down (rescale, the default; said with the peak) or clamping",
+        choices=CLIP_MODES,
+        help="keep stems inside [-1, 1] by scaling down (rescale, the default; said with the peak) or clamping; "
+        "none keeps them as separated (--bits 32f only)",
     )
     sep.add_argument("--force", action="store_true", help="overwrite existing stems")
     sep.add_argument(
@@ -380,6 +383,8 @@ def check_output_options(args: argparse.Namespace) -> None:
                 "--format stem clamps samples beyond full scale (so the stems sum to the master); drop --clip"
             )
     args.bits = args.bits or DEFAULT_BITS
+    if args.clip == "none" and (args.format != "wav" or args.bits != "32f"):
+        raise CommandError(NONE_NEEDS_FLOAT)
     args.clip = args.clip or DEFAULT_CLIP
     args.codec = args.codec or DEFAULT_STEM_CODEC
 

@@ -85,10 +85,11 @@ def separate_file(
         for stems in separate_stream(model, source, settings, progress=bars.update):
             writer.write(pick(stems))
         writer.finish()
+    other_ways = "--clip clamp clips the peaks instead" + ("; none keeps them" if fmt.subtype == "FLOAT" else "")
     for name, (peak, divisor) in writer.rescaled.items():
         bars.say(
             f"stemdeck: {path}: {name} peaked at {peak:.2f}, scaled down {20 * math.log10(divisor):.1f} dB "
-            "to fit (--clip clamp clips the peaks instead)"
+            f"to fit ({other_ways})"
         )
     return folder
 

@@ -484,12 +484,39 @@ def test_a_stem_scaled_down_to_fit_is_said_with_its_peak(tmp_path, capsys):
     assert main(["separate", str(song), "-o", str(out), "--model", "passthrough", "--bits", "32f"]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "scaled down" in line]
     assert notes == [
-        f"stemdeck: {song}: vocals peaked at 1.20, scaled down 1.7 dB to fit (--clip clamp clips the peaks instead)"
+        f"stemdeck: {song}: vocals peaked at 1.20, scaled down 1.7 dB to fit "
+        "(--clip clamp clips the peaks instead; none keeps them)"
     ]
     vocals, _ = sf.read(str(out / "loud" / "vocals.wav"))
     bass, _ = sf.read(str(out / "loud" / "bass.wav"))  # 0.2 of the song, peak 0.6: as it came
     assert np.abs(vocals).max() == pytest.approx(1 / 1.01, abs=1e-6)
     assert np.abs(bass).max() == pytest.approx(0.6, abs=1e-3)
+
+
+def test_clip_none_keeps_a_float_stems_peaks(tmp_path, capsys):
+    """32-bit float stems hold samples beyond full scale, yet --clip rescale and clamp were the
+    only choices: a loud stem could not be written as it was separated."""
+    song = tmp_path / "loud.wav"
+    t = np.arange(44100) / 44100
+    sf.write(str(song), np.stack([3.0 * np.sin(2 * np.pi * 220 * t)] * 2, axis=1), 44100, subtype="FLOAT")
+    out = tmp_path / "out"
+    command = ["separate", str(song), "-o", str(out), "--model", "passthrough", "--bits", "32f", "--clip", "none"]
+    assert main(command) == 0
+    assert "scaled down" not in capsys.readouterr().err
+    vocals, _ = sf.read(str(out / "loud" / "vocals.wav"))
+    assert np.abs(vocals).max() == pytest.approx(1.2, abs=1e-4)  # the passthrough's 0.4 of a 3.0 peak
+
+
+@pytest.mark.parametrize("options", [[], ["--bits", "24"], ["--format", "flac"], ["--format", "mp3"]])
+def test_clip_none_without_float_stems_is_refused(tmp_path, song, capsys, options):
+    out = tmp_path / "out"
+    assert main(["separate", str(song), "-o", str(out), "--model", "passthrough", "--clip", "none", *options]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "stemdeck: error: --clip none keeps samples beyond full scale, which only 32-bit float WAV holds; "
+        "add --bits 32f, or choose --clip rescale or clamp"
+    ]
+    assert not out.exists()
 
 
 # -- progress (issue 10 item 7) ----------------------------------------------------------------------

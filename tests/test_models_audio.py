@@ -102,6 +102,15 @@ def test_rescale_and_clamp_keep_samples_in_range(tmp_path):
         assert data.max() == pytest.approx(expected, abs=1e-6)
 
 
+def test_clip_none_writes_float_stems_as_they_are_and_only_those(tmp_path):
+    loud = {"x": np.full((1, 100), 3.0, np.float32)}
+    path = write_stems_atomically(loud, 44100, tmp_path / "none", OutputFormat("wav", "32f", "none"))[0]
+    assert sf.read(str(path))[0].max() == 3.0
+    for extension, bits in (("wav", "24"), ("wav", "16"), ("flac", "24"), ("mp3", "24")):
+        with pytest.raises(ValueError, match="only 32-bit float WAV holds; add --bits 32f"):
+            OutputFormat(extension, bits, "none")
+
+
 def test_unwritable_output_location_fails_cleanly(tmp_path):
     """A file where the track folder should go: the write is refused in one line, nothing made."""
     blocker = tmp_path / "song"
@@ -326,11 +335,11 @@ def write_in_blocks(folder, stems, fmt, block_frames=1000):
         return writer.finish()
 
 
-@pytest.mark.parametrize("clip", ["rescale", "clamp"])
+@pytest.mark.parametrize("clip", ["rescale", "clamp", "none"])
 def test_stems_written_in_blocks_equal_the_whole_stem_written(tmp_path, clip):
     rng = np.random.default_rng(0)
     stems = {
-        "loud": (rng.standard_normal((2, 4321)) * 0.8).astype(np.float32),
+        "loud": (rng.standard_normal((2, 4321)) * 0.8).astype(np.float32),  # peaks near 3
         "quiet": np.full((2, 4321), 0.1, np.float32),
     }
     fmt = OutputFormat("wav", "32f", clip)
