@@ -27,6 +27,20 @@ class WorkerLost(CommandError):
     """A worker process died (killed, out of memory): the batch stops, a rerun resumes it."""
 
 
+class WorkerStopped(BaseException):
+    """The parent stopped this worker (Ctrl-C): raised in its job, so that the job's stem
+    writer removes its temporaries on the way out, then the worker exits."""
+
+
+def _stop_now(signum, frame) -> None:
+    """SIGTERM from the parent: unwind the running job (its files), or exit between jobs."""
+    import os
+
+    if _worker.get("in_job"):
+        raise WorkerStopped
+    os._exit(128 + signum)
+
+
 def init_worker(model_spec: str, torch_threads: int, niceness: int, events) -> None:
     """In each worker, once: die with the parent, set threads and priority, load the model."""
     import ctypes
@@ -40,6 +54,7 @@ def init_worker(model_spec: str, torch_threads: int, niceness: int, events) -> N
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops us
+    signal.signal(signal.SIGTERM, _stop_now)
     torch.set_num_threads(torch_threads)
     if niceness:
         os.nice(niceness)
@@ -48,14 +63,23 @@ def init_worker(model_spec: str, torch_threads: int, niceness: int, events) -> N
 
 
 def run_job(job: Job, options: JobOptions, device: str) -> Outcome:
-    if not _worker.get("precision_committed"):  # the first job: the options arrive with it
-        from stemdeck.models.track_job import commit_precision
+    import os
+    import signal
 
-        commit_precision(_worker["model"], options.precision, device, options.backend)
-        _worker["precision_committed"] = True
-    events = _worker["events"]
-    bars = FileBars(job.index, lambda kind, index, value: events.put((kind, index, value)))
-    return separate_job(_worker["model"], job, options, device, bars)
+    try:
+        _worker["in_job"] = True
+        if not _worker.get("precision_committed"):  # the first job: the options arrive with it
+            from stemdeck.models.track_job import commit_precision
+
+            commit_precision(_worker["model"], options.precision, device, options.backend)
+            _worker["precision_committed"] = True
+        events = _worker["events"]
+        bars = FileBars(job.index, lambda kind, index, value: events.put((kind, index, value)))
+        return separate_job(_worker["model"], job, options, device, bars)
+    except WorkerStopped:
+        os._exit(128 + signal.SIGTERM)  # its temporaries removed; no result, no next job
+    finally:
+        _worker["in_job"] = False
 
 
 def run_pool(
@@ -87,8 +111,9 @@ def run_pool(
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Terminate the workers (their temporaries are removed by the next run, their process gone).
-    The executor has no public way; its ``_processes`` has been there since Python 3.2."""
+    """Terminate the workers: each removes its job's temporaries and exits (within one forward
+    of the model). The executor has no public way; its ``_processes`` has been there since
+    Python 3.2."""
     for process in list((getattr(pool, "_processes", None) or {}).values()):
         process.terminate()
 

@@ -411,6 +411,7 @@ def test_ctrl_c_stops_the_workers_at_once_and_a_rerun_finishes(tmp_path):
     assert run.returncode == 130 and err.splitlines()[-1] == "stemdeck: interrupted", err
     assert "Traceback" not in err and workers
     assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
+    assert _partials(out) == []  # each worker removed its own; they waited for the next run
     result = run_stemdeck("separate", lib, "-r", "-o", out, "--model", "passthrough", "--jobs", "2")
     assert result.returncode == 0 and result.stderr.splitlines()[-1].startswith("separated ")
     assert sorted(done_rows(out)) == [f"song{index}.wav" for index in range(6)] and _partials(out) == []
