@@ -6,11 +6,18 @@ On a running JACK server the engine plays through its own JACK client instead
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import os
+import socket
+import weakref
 from collections.abc import Callable
+from pathlib import Path
 
 SOUNDDEVICE_HINT = "install PortAudio (Debian: apt install libportaudio2) and the sounddevice package"
+JACK_HOST_API = "JACK Audio Connection Kit"
+JACK_SOCKET_DIR = Path("/dev/shm")  # where JACK2 puts its servers' request sockets on Linux
 
 
 class DeviceError(Exception):
@@ -22,7 +29,54 @@ def sounddevice():
         import sounddevice as sd
     except OSError as exc:  # the PortAudio library itself is missing
         raise DeviceError(f"no audio backend: {exc}; {SOUNDDEVICE_HINT}") from None
+    _guard_exit(sd)
     return sd
+
+
+# -- PortAudio's JACK client ------------------------------------------------------------------------
+# PortAudio's JACK host API opens a JACK client when PortAudio starts, and its teardown asserts
+# that closing it worked: once that server has gone (killed, restarted), stopping PortAudio
+# aborts the whole process ("pa_jack.c: Terminate: Assertion `err == 0' failed", status 134), at
+# the program's exit or at a rescan. So PortAudio is stopped only while that server lives.
+
+_PORTAUDIO_JACK_SOCKET: list[Path | None] = [None]  # the request socket of that server, if known
+
+
+@functools.cache
+def _guard_exit(sd) -> None:
+    """Once: sounddevice's exit handler (it stops PortAudio) runs only while it is safe."""
+    atexit.unregister(sd._exit_handler)
+    atexit.register(_stop_portaudio_at_exit, sd)
+    _note_jack_server(sd)
+
+
+def _note_jack_server(sd) -> None:
+    """Which JACK2 server PortAudio has just connected to, by its socket (None: no JACK host
+    API, or a JACK whose sockets are elsewhere, PipeWire's: nothing to check there)."""
+    connected = any(JACK_HOST_API in api["name"] for api in sd.query_hostapis())
+    name = os.environ.get("JACK_DEFAULT_SERVER") or "default"
+    path = JACK_SOCKET_DIR / f"jack_{name}_{os.getuid()}_0"
+    _PORTAUDIO_JACK_SOCKET[0] = path if connected and path.exists() else None
+
+
+def portaudio_can_stop() -> bool:
+    """Whether stopping PortAudio is safe: its JACK client's server, if any, still answers."""
+    path = _PORTAUDIO_JACK_SOCKET[0]
+    if path is None:
+        return True
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(os.fsencode(path))
+        except OSError:  # the socket removed, or nobody listening behind it
+            return False
+    return True
+
+
+def _stop_portaudio_at_exit(sd) -> None:
+    if portaudio_can_stop():
+        sd._exit_handler()
+    # else PortAudio is left as it is: the process ends, and the OS frees what it held
 
 
 def list_devices() -> list[dict]:
@@ -33,6 +87,25 @@ def list_devices() -> list[dict]:
         dict(device, index=index, hostapi_name=apis[device["hostapi"]]["name"])
         for index, device in enumerate(sd.query_devices())
     ]
+
+
+# The PortAudio streams open_stream has opened: a rescan restarts PortAudio, which would close them.
+_OPEN_STREAMS: weakref.WeakSet = weakref.WeakSet()
+
+
+def rescan_devices() -> bool:
+    """Have PortAudio list the devices again. It lists them as they were when it started, so a
+    sound server started (or a card plugged in) since stays unseen until it restarts; a restart
+    closes every open stream, so it is done only while none is open, and not once its JACK
+    server has gone (see above). True when it rescanned."""
+    sd = sounddevice()
+    if any(not stream.closed for stream in list(_OPEN_STREAMS)) or not portaudio_can_stop():
+        return False
+    with quiet_stderr():
+        sd._terminate()
+        sd._initialize()
+    _note_jack_server(sd)
+    return True
 
 
 def is_jack_device(index: int) -> bool:
@@ -104,6 +177,7 @@ def open_stream(
         stream = _native_stream(sd, native, input_channels, output_channels, max(max_frames, blocksize), stream_args)
         if stream is None:
             stream = (sd.Stream if duplex else sd.OutputStream)(dtype="float32", callback=callback, **stream_args)
+        _OPEN_STREAMS.add(stream)
         stream.start()
     except (sd.PortAudioError, ValueError) as exc:
         raise DeviceError(

@@ -32,7 +32,7 @@ from stemdeck.gui.library_dialog import show_library_dialog
 from stemdeck.gui.session import Session, Track
 from stemdeck.gui.theme import stem_colour
 from stemdeck.gui.transport import COUNT_IN_BEATS, TransportRow
-from stemdeck.gui.widgets import ElidedLabel, LevelMeter, StemStrip, WaveformOverview, fit_to_screen
+from stemdeck.gui.widgets import DeviceBox, ElidedLabel, LevelMeter, StemStrip, WaveformOverview, fit_to_screen
 
 REFRESH_MS = 33  # ≈ 30 fps
 SEEK_STEP_S = 5.0
@@ -314,12 +314,13 @@ class MainWindow(QMainWindow):
     def _build_live(self) -> QWidget:
         live = QWidget()
         layout = QHBoxLayout(live)
-        inputs, outputs = self._device_names()
         layout.addWidget(QLabel("Input"))
-        self.input_box = self._combo(["default"] + inputs, "Input device (host API in brackets)")
+        self.input_box = DeviceBox(lambda rescan: self._device_names(rescan)[0], "Input device (host API in brackets)")
         layout.addWidget(self.input_box, 1)
         layout.addWidget(QLabel("Output"))
-        self.live_output_box = self._combo(["default"] + outputs, "Output device (host API in brackets)")
+        self.live_output_box = DeviceBox(
+            lambda rescan: self._device_names(rescan)[1], "Output device (host API in brackets)"
+        )
         layout.addWidget(self.live_output_box, 1)
         self.live_button = self._push("Start live", "Separate the input live, latency-compensated")
         self.live_button.clicked.connect(self.start_live)
@@ -335,8 +336,7 @@ class MainWindow(QMainWindow):
         self.crossfader.setToolTip("Crossfade between the stems mix and the dry track (latency-aligned)")
         self.crossfader.valueChanged.connect(lambda v: self._engine_call("set_dry_mix", v / 100))
         layout.addWidget(self.crossfader)
-        _, outputs = self._device_names()
-        self.output_box = self._combo(["default"] + outputs, "Output device for the deck")
+        self.output_box = DeviceBox(lambda rescan: self._device_names(rescan)[1], "Output device for the deck")
         self.output_box.activated.connect(lambda _: self.session.set_output(self._device_choice(self.output_box)))
         layout.addWidget(QLabel("Output"))
         layout.addWidget(self.output_box)
@@ -436,12 +436,16 @@ class MainWindow(QMainWindow):
         button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         return button
 
-    def _device_names(self) -> tuple[list[str], list[str]]:
+    def _device_names(self, rescan: bool = False) -> tuple[list[str], list[str]]:
+        """Input and output devices' labels; ``rescan`` first has PortAudio look again (a picker
+        opening: a server started since), where no stream of ours is open."""
         if self.session.config.headless:
             return [], []
         try:
-            from stemdeck.engine.device import list_devices
+            from stemdeck.engine.device import list_devices, rescan_devices
 
+            if rescan:
+                rescan_devices()
             devices = list_devices()
         except Exception:  # noqa: BLE001 - no audio backend: the pickers stay at default
             return [], []

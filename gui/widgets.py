@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 from PyQt6.QtCore import QLineF, QPointF, QRectF, QSize, Qt, pyqtSignal
 from PyQt6.QtGui import QColor, QPainter, QPen
 from PyQt6.QtWidgets import (
+    QComboBox,
     QFrame,
     QHBoxLayout,
     QLabel,
@@ -73,6 +75,35 @@ class ElidedLabel(QLabel):
         painter = QPainter(self)
         shown = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, self.contentsRect().width())
         painter.drawText(self.contentsRect(), int(self.alignment()), shown)
+
+
+class DeviceBox(QComboBox):
+    """A sound device picker that lists the devices again each time it opens: a sound server
+    started after the window (JACK, PipeWire) or a card plugged in since shows up. The choice
+    stays as it was, even when its device is gone (opening it then says so in one line)."""
+
+    def __init__(self, names: Callable[[bool], list[str]], tip: str):
+        super().__init__()
+        self._names = names
+        self.addItems(["default", *names(False)])
+        self.setToolTip(tip)
+        self.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+
+    def showPopup(self) -> None:
+        self.refill(self._names(True))
+        super().showPopup()
+
+    def refill(self, names: list[str]) -> None:
+        chosen = self.currentText()
+        items = ["default", *names]
+        if chosen not in items:
+            items.append(chosen)
+        if items != [self.itemText(index) for index in range(self.count())]:
+            self.blockSignals(True)
+            self.clear()
+            self.addItems(items)
+            self.setCurrentText(chosen)
+            self.blockSignals(False)
 
 
 class LevelMeter(QWidget):

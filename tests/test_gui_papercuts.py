@@ -396,3 +396,76 @@ def test_fader_readouts_read_zero_the_same_way_always():
         "−6.0 dB",
         "−∞ dB",
     ]
+
+
+def test_the_output_list_shows_a_jack_server_started_after_the_window(qtbot, settings):
+    """The Output and Input lists were made once, from what PortAudio saw when it started: a
+    JACK server started after the window never showed up in them. Now opening a list looks again."""
+    import os
+
+    from conftest import start_jack_server, stop_jack_server
+    from PyQt6.QtTest import QTest
+
+    from stemdeck.engine.device import rescan_devices
+
+    name, previous = f"stemdeck-late-{os.getpid()}", os.environ.get("JACK_DEFAULT_SERVER")
+    os.environ["JACK_DEFAULT_SERVER"] = name
+    server = None
+    try:
+        assert rescan_devices()  # PortAudio as a window started with no server sees it
+        window = bare_window(qtbot, settings, headless=False)
+        box = window.output_box
+        assert not [box.itemText(i) for i in range(box.count()) if "JACK" in box.itemText(i)]
+        server = start_jack_server(name, playback_channels=2)
+        QTest.mouseClick(box, Qt.MouseButton.LeftButton)  # opens the list
+        jack = [i for i in range(box.count()) if box.itemText(i).endswith("[JACK Audio Connection Kit]")]
+        assert jack, [box.itemText(i) for i in range(box.count())]
+        view = box.view()
+        qtbot.waitUntil(view.isVisible, timeout=5000)
+        view.setCurrentIndex(box.model().index(jack[0], 0))  # arrowed down to it
+        QTest.keyClick(view, Qt.Key.Key_Return)
+        assert window.session.config.output_device == box.itemText(jack[0]).rsplit(" [", 1)[0]
+        window.close()
+        window.session.close()
+    finally:
+        if previous is None:
+            os.environ.pop("JACK_DEFAULT_SERVER", None)
+        else:
+            os.environ["JACK_DEFAULT_SERVER"] = previous
+        assert rescan_devices()  # PortAudio leaves our server while it lives, back to the suite's
+        if server is not None:
+            stop_jack_server(server)
+
+
+def test_the_mixer_quits_cleanly_after_its_jack_server_died(tmp_path):
+    """With JACK stopped mid-session (killed, or restarted), quitting the mixer aborted it:
+    "pa_jack.c: Terminate: Assertion `err == 0' failed", exit status 134. PortAudio's teardown
+    closes its JACK client and asserts that worked; it is now skipped once that server is gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import soundfile as sf
+    from conftest import start_jack_server, stop_jack_server
+
+    song = tmp_path / "song.wav"
+    sf.write(str(song), tone(3.0).T, SR)
+    name = f"stemdeck-dies-{os.getpid()}"
+    server = start_jack_server(name, playback_channels=2)
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "JACK_DEFAULT_SERVER": name}
+    command = [sys.executable, "-m", "stemdeck", "gui", str(song), "--model", "passthrough"]
+    window = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        time.sleep(8.0)  # the window is up, playing into the server
+        assert window.poll() is None, window.communicate()[1]
+        stop_jack_server(server)
+        time.sleep(1.0)
+        window.send_signal(signal.SIGTERM)
+        _, err = window.communicate(timeout=30)
+    finally:
+        window.kill()
+        stop_jack_server(server)
+    assert window.returncode == 0, err
+    assert "Assertion" not in err and "Traceback" not in err
