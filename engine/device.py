@@ -10,14 +10,13 @@ import atexit
 import contextlib
 import functools
 import os
-import socket
 import weakref
 from collections.abc import Callable
-from pathlib import Path
+
+from stemdeck.engine import jack_server
 
 SOUNDDEVICE_HINT = "install PortAudio (Debian: apt install libportaudio2) and the sounddevice package"
 JACK_HOST_API = "JACK Audio Connection Kit"
-JACK_SOCKET_DIR = Path("/dev/shm")  # where JACK2 puts its servers' request sockets on Linux
 
 
 class DeviceError(Exception):
@@ -39,7 +38,7 @@ def sounddevice():
 # aborts the whole process ("pa_jack.c: Terminate: Assertion `err == 0' failed", status 134), at
 # the program's exit or at a rescan. So PortAudio is stopped only while that server lives.
 
-_PORTAUDIO_JACK_SOCKET: list[Path | None] = [None]  # the request socket of that server, if known
+_PORTAUDIO_JACK_SERVER: list[jack_server.Server | None] = [None]  # that server, if known
 
 
 @functools.cache
@@ -54,23 +53,14 @@ def _note_jack_server(sd) -> None:
     """Which JACK2 server PortAudio has just connected to, by its socket (None: no JACK host
     API, or a JACK whose sockets are elsewhere, PipeWire's: nothing to check there)."""
     connected = any(JACK_HOST_API in api["name"] for api in sd.query_hostapis())
-    name = os.environ.get("JACK_DEFAULT_SERVER") or "default"
-    path = JACK_SOCKET_DIR / f"jack_{name}_{os.getuid()}_0"
-    _PORTAUDIO_JACK_SOCKET[0] = path if connected and path.exists() else None
+    _PORTAUDIO_JACK_SERVER[0] = jack_server.running_server() if connected else None
 
 
 def portaudio_can_stop() -> bool:
-    """Whether stopping PortAudio is safe: its JACK client's server, if any, still answers."""
-    path = _PORTAUDIO_JACK_SOCKET[0]
-    if path is None:
-        return True
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(os.fsencode(path))
-        except OSError:  # the socket removed, or nobody listening behind it
-            return False
-    return True
+    """Whether stopping PortAudio is safe: its JACK client's server, if any, still runs (a
+    server started since under the same name does not count)."""
+    server = _PORTAUDIO_JACK_SERVER[0]
+    return server is None or server.runs()
 
 
 def _stop_portaudio_at_exit(sd) -> None:

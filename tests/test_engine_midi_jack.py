@@ -322,3 +322,82 @@ def test_cli_play_with_midi_reports_the_controller(fake, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert f"stemdeck: MIDI: {CONTROLLER}:pads out, LEDs on {CONTROLLER}-01:leds in" in result.stderr
+
+
+# stemdeck's virtual MIDI ports on a JACK server that is stopped and started again, in its own
+# process (a libjack client of a server that stops must not be this suite's): the ports are
+# said closed, opened again once the server is back, and another app drives stemdeck through them.
+SERVER_RESTART = """
+import ctypes, os, signal, subprocess, sys, time
+from stemdeck.engine.device import list_devices
+from stemdeck.engine.midi import MidiConfig, MidiController, default_mapping
+from stemdeck.engine.midi.cli import _NoEngine
+from stemdeck.engine.midi.ports import open_client
+
+def die_with_parent():
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no server left if this fails
+
+def server():
+    process = subprocess.Popen(["jackd", "-n", os.environ["JACK_DEFAULT_SERVER"], "-d", "dummy", "-r", "44100",
+                                "-p", "256"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=die_with_parent)
+    waited = subprocess.run(["jack_wait", "-w", "-t", "15"], capture_output=True)
+    assert waited.returncode == 0, waited
+    return process
+
+def until(condition, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+jackd = server()
+list_devices()  # PortAudio's own JACK client, as in the mixer: a client of the server that stops, too
+controller = MidiController(_NoEngine(), default_mapping(4), MidiConfig(virtual=True, api="jack", hotplug_poll_s=0.05))
+controller.start()
+print("before", controller.input_names, flush=True)
+jackd.terminate()
+jackd.wait()
+until(lambda: controller.input_names == [])
+print("stopped", controller.input_names, flush=True)
+jackd = server()
+until(lambda: controller.input_names != [])
+print("back", controller.input_names, flush=True)
+app = open_client("out", "jack", "daw")
+app.open_port(next(i for i, name in enumerate(app.get_ports()) if name.endswith(":control in")))
+time.sleep(0.1)  # the connection lands on JACK's next cycle
+app.send_message([0x90, 42, 100])
+until(lambda: controller.received == 1)
+print("received", controller.received, flush=True)
+print("events", " | ".join(controller.events), flush=True)
+app.close_port()
+app.delete()
+controller.close()
+jackd.terminate()
+jackd.wait()
+"""
+
+
+def test_virtual_ports_come_back_with_a_restarted_jack_server(tmp_path):
+    """--midi-virtual ports died with the JACK server, and the status bar still named them: a
+    DAW could not reach stemdeck again until it was restarted too."""
+    import os
+
+    from conftest import clear_stale_jack_state
+
+    clear_stale_jack_state()
+    name = f"stemdeck-restart-{os.getpid()}"
+    env = {**os.environ, "JACK_DEFAULT_SERVER": name, "JACK_NO_START_SERVER": "1", "JACK_NO_AUDIO_RESERVATION": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", SERVER_RESTART], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert lines["before"] == "['stemdeck-midi-in:control in']"
+    assert lines["stopped"] == "[]"
+    assert lines["back"] == "['stemdeck-midi-in:control in']"
+    assert lines["received"] == "1"
+    assert lines["events"].split(" | ")[:2] == [
+        "the JACK server stopped: its MIDI ports are closed; stemdeck opens them again when it is back",
+        "the JACK server is back: MIDI ports open again",
+    ]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -36,6 +35,7 @@ from stemdeck.engine.audio.native import (
     native_wanted,
 )
 from stemdeck.engine.device import DeviceError, quiet_stderr
+from stemdeck.engine.jack_server import current_server
 
 CLIENT_NAME = "stemdeck"
 MASTER = "master"
@@ -58,11 +58,6 @@ def output_port_names(
 
 def input_port_names(channels: int) -> list[str]:
     return [f"in_{suffix}" for suffix in channel_suffixes(channels)]
-
-
-def current_server() -> str:
-    """The server libjack will talk to (``$JACK_DEFAULT_SERVER``, else ``default``)."""
-    return os.environ.get("JACK_DEFAULT_SERVER") or "default"
 
 
 def port_array(port) -> np.ndarray:

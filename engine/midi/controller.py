@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from stemdeck.engine import jack_server
 from stemdeck.engine.midi.bindings import (
     CONTINUOUS_CONTROLS,
     DECKS_CONTROLS,
@@ -42,6 +43,7 @@ from stemdeck.engine.midi.ports import (
     client_part,
     describe_ports,
     find_port,
+    is_jack_client,
     midi_client_name,
     open_client,
     port_names,
@@ -124,10 +126,15 @@ class LearnResult:
 
 @dataclass
 class _Port:
-    client: object
+    client: object | None  # None: a JACK port between its stopped server's client and the next
     wanted: str | None  # what the user asked for; None for a virtual port
     name: str = ""
     connected: bool = False
+    receives: bool = field(init=False)
+    jack: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.receives, self.jack = _receives(self.client), is_jack_client(self.client)
 
 
 @dataclass
@@ -162,6 +169,8 @@ class MidiController:
         self._inputs: list[_Port] = []
         self._output: _Port | None = None
         self._virtual_output: _Port | None = None
+        self._jack_server: jack_server.Server | None = None  # the JACK2 server our JACK ports live on, if known
+        self._jack_gone = False  # that server stopped: its ports are closed until it is back
         self._sent: dict[tuple, list[int]] = {}
         self._positions: dict[tuple, float] = {}  # fader positions (0-127) for relative encoders
         self._buttons: dict[Binding, bool] = {}
@@ -183,6 +192,8 @@ class MidiController:
         except Exception:
             self.close()  # no half-open ports left behind
             raise
+        if any(port.jack for port in self._ports()):
+            self._jack_server = jack_server.running_server()
         for target in (self._dispatch_loop, self._watch_loop):
             thread = threading.Thread(target=target, name=f"midi-{target.__name__}", daemon=True)
             thread.start()
@@ -194,12 +205,15 @@ class MidiController:
         for thread in self._threads:
             thread.join(5)
         with self._lock:
-            for port in [*self._inputs, self._output, self._virtual_output]:
-                if port is not None:
+            for port in self._ports():
+                if port.client is not None:
                     with quiet_stderr():
                         port.client.close_port()
                         port.client.delete()
             self._inputs, self._output, self._virtual_output = [], None, None
+
+    def _ports(self) -> list[_Port]:
+        return [port for port in (*self._inputs, self._output, self._virtual_output) if port is not None]
 
     def __enter__(self) -> MidiController:
         return self.start()
@@ -268,20 +282,63 @@ class MidiController:
         client.ignore_types(sysex=True, timing=True, active_sense=True)
 
     def _connect(self, port: _Port, index: int, names: list[str]) -> None:
-        receives = _receives(port.client)
-        if receives:
+        if port.receives:
             self._listen(port.client)
         with quiet_stderr():
-            port.client.open_port(index, "control in" if receives else "feedback out")
+            port.client.open_port(index, "control in" if port.receives else "feedback out")
         port.name, port.connected = names[index], True
 
     def _watch_loop(self) -> None:
-        """Hot-plug: notice a port that went away, reconnect by name when it is back."""
+        """Hot-plug: notice a port that went away, reconnect by name when it is back; and the
+        JACK server that our JACK ports live on stopping and coming back."""
         while not self._stop.wait(self.config.hotplug_poll_s):
             with self._lock:
+                self._watch_jack()
                 for port in [*self._inputs, self._output]:
-                    if port is not None and port.wanted is not None:
+                    if port is not None and port.wanted is not None and not (self._jack_gone and port.jack):
                         self._watch(port)
+
+    def _watch_jack(self) -> None:
+        """A JACK server that stops takes our ports on it along (virtual ones included), while
+        their clients still list the old ports: the server is asked directly. When it is back,
+        each such port gets a new client; virtual ports are opened again, named ones are found
+        again by :meth:`_watch` as after an unplug."""
+        if self._jack_server is None:
+            return
+        if not self._jack_gone and not self._jack_server.runs():
+            self._jack_gone = True
+            for port in self._ports():
+                port.connected = port.connected and not port.jack
+            self._say("the JACK server stopped: its MIDI ports are closed; stemdeck opens them again when it is back")
+        if self._jack_gone and (server := jack_server.running_server()) is not None:
+            try:
+                self._reopen_jack_ports()
+            except MidiError as exc:  # the server is still starting: the next poll tries again
+                self._say(f"the JACK server is back, but its MIDI ports did not open yet: {exc}")
+                return
+            self._jack_server, self._jack_gone = server, False
+            self._sent.clear()  # the LEDs are sent again, all of them
+            self._say("the JACK server is back: MIDI ports open again")
+
+    def _reopen_jack_ports(self) -> None:
+        """Each JACK port on a new client of the (new) server. Every old client goes first: a
+        client opened while another of the stopped server's is still open here registers its
+        ports where no other program sees them."""
+        stale = [port for port in self._ports() if port.jack and not port.connected]
+        for port in stale:
+            if port.client is not None:
+                with quiet_stderr():
+                    port.client.delete()
+                port.client = None
+        for port in stale:
+            direction = "in" if port.receives else "out"
+            port.client = open_client(direction, "jack", self._client_name(direction))
+            if port.wanted is None:  # virtual: ours to open
+                if port.receives:
+                    self._listen(port.client)
+                with quiet_stderr():
+                    port.client.open_virtual_port("control in" if port.receives else "feedback out")
+                port.connected = True
 
     def _watch(self, port: _Port) -> None:
         names = port_names(port.client)
@@ -322,7 +379,7 @@ class MidiController:
     def _read_inputs(self) -> list[list[int]]:
         """The messages rtmidi queued since the last read, port by port."""
         with self._lock:
-            return [data for port in self._inputs for data in queued_messages(port.client)]
+            return [data for port in self._inputs if port.client is not None for data in queued_messages(port.client)]
 
     def _guarded(self, step: Callable, *args) -> None:
         try:

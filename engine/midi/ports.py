@@ -65,6 +65,11 @@ def open_client(direction: str, api: str = "auto", client_name: str = "stemdeck"
     )
 
 
+def is_jack_client(client) -> bool:
+    """Whether an rtmidi client talks to a JACK server (not ALSA's sequencer)."""
+    return client.get_current_api() == rtmidi().API_UNIX_JACK
+
+
 def port_names(client) -> list[str]:
     with quiet_stderr():
         return list(client.get_ports())
