@@ -878,6 +878,20 @@ class Engine:
         """Whether an output is open (it may have stopped since: see ``stream_active``)."""
         return self._stream is not None
 
+    def stop_live(self) -> None:
+        """End live separation: the take being recorded is finished, the stream closed and the
+        worker stopped; the model stays, for the next start or a track."""
+        if self._mode != LIVE:
+            return
+        if self.recorder.recording:
+            self.recorder.stop(callback_running=self.stream_active)
+        self.stop_output()
+        self._stop_worker()
+
+    @property
+    def live_running(self) -> bool:
+        return self._mode == LIVE and self.output_open
+
     def stop_output(self) -> None:
         """Stop playing and keep the session (the deck's track, its stems, the worker). sounddevice's
         stream is closed; on JACK the client and its ports stay (silent), with their connections."""

@@ -322,8 +322,8 @@ class MainWindow(QMainWindow):
             lambda rescan: self._device_names(rescan)[1], "Output device (host API in brackets)"
         )
         layout.addWidget(self.live_output_box, 1)
-        self.live_button = self._push("Start live", "Separate the input live, latency-compensated")
-        self.live_button.clicked.connect(self.start_live)
+        self.live_button = self._push("Start live", "Separate the input live, latency-compensated; press again to stop")
+        self.live_button.clicked.connect(self.toggle_live)
         layout.addWidget(self.live_button)
         return live
 
@@ -471,7 +471,8 @@ class MainWindow(QMainWindow):
         s.failed.connect(self._session_failed)
         s.model_ready.connect(self._on_model_ready)
         s.track_ready.connect(self._on_track_ready)
-        s.live_ready.connect(lambda: self.track_label.setText("live input"))
+        s.live_ready.connect(self._on_live_ready)
+        s.live_stopped.connect(self._on_live_stopped)  # the button follows the engine at each refresh
 
     def choose_model(self, name: str | None, remember: bool = True) -> None:
         """The user's choice is remembered; a fallback the session makes instead is not."""
@@ -683,6 +684,19 @@ class MainWindow(QMainWindow):
         self.session.config.output_device = self._device_choice(self.live_output_box)
         self.session.start_live()
 
+    def toggle_live(self) -> None:
+        engine = self.session.engine
+        if engine is not None and engine.live_running:
+            self.session.stop_live()
+        else:
+            self.start_live()
+
+    def _on_live_ready(self) -> None:
+        self.track_label.setText("live input")
+
+    def _on_live_stopped(self) -> None:
+        self.track_label.setText("no track")
+
     # -- keyboard, drops ----------------------------------------------------------------------------
 
     def dragEnterEvent(self, event) -> None:
@@ -743,6 +757,7 @@ class MainWindow(QMainWindow):
             self.crossfader.setValue(round(100 * mixer.dry_mix))
             self.crossfader.blockSignals(False)
         self.play_button.setText("❚❚ Pause" if status.playing else "▶ Play")
+        self.live_button.setText("Stop live" if engine.live_running else "Start live")
         stretch = hasattr(engine, "set_tempo") and _stretcher_installed()  # an optional extra (GPL)
         self.transport.sync(mixer, engine.bpm, engine.tempo if stretch else None, engine.key if stretch else None)
         if self.session.track is not None:

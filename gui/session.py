@@ -71,6 +71,7 @@ class Session(QObject):
     model_ready = pyqtSignal(str, tuple)  # model name, sources
     track_ready = pyqtSignal(object)  # Track
     live_ready = pyqtSignal()
+    live_stopped = pyqtSignal()
     failed = pyqtSignal(str)  # one line for the user
 
     def __init__(self, config: SessionConfig | None = None, model_loader: Callable | None = None):
@@ -133,6 +134,9 @@ class Session(QObject):
 
     def start_live(self) -> None:
         self._submit("starting live input…", self._start_live)
+
+    def stop_live(self) -> None:
+        self._submit("stopping live input…", self._stop_live)
 
     def set_output(self, device: str | None) -> None:
         self.config.output_device = device
@@ -314,6 +318,11 @@ class Session(QObject):
             )
         self.track, self._track_audio, self._track_stems = None, None, None
         self.live_ready.emit()
+
+    def _stop_live(self) -> None:
+        if self.engine is not None:
+            self.engine.stop_live()
+        self.live_stopped.emit()
 
     def _require_engine(self) -> None:
         if self.engine is None:

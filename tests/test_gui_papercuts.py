@@ -473,3 +473,36 @@ def test_the_mixer_quits_cleanly_after_its_jack_server_died(tmp_path, restarted)
         stop_jack_server(server)
     assert window.returncode == 0, err
     assert "Assertion" not in err and "Traceback" not in err
+
+
+def test_live_input_stops_from_its_button_and_a_take_is_finished(qtbot, settings, jack_server, tmp_path, monkeypatch):
+    """Live input had a Start button and no way to stop but quitting: the worker went on
+    separating the input and the output played it. The button now says Stop live while it runs; a take
+    recorded meanwhile is finished as the input stops."""
+    import soundfile as sf
+    from PyQt6.QtTest import QTest
+
+    monkeypatch.setenv("STEMDECK_RECORDINGS_DIR", str(tmp_path / "takes"))
+    window = bare_window(qtbot, settings, headless=False)
+    try:
+        window.session.choose_model("passthrough")
+        wait_idle(qtbot, window.session)
+        window.tabs.setCurrentIndex(1)
+        QTest.mouseClick(window.live_button, Qt.MouseButton.LeftButton)
+        engine = window.session.engine
+        qtbot.waitUntil(lambda: engine.live_running and window.live_button.text() == "Stop live", timeout=20000)
+        assert window.track_label.text() == "live input"
+        window.toggle_recording()
+        qtbot.waitUntil(lambda: engine.recorder.recording, timeout=5000)
+        qtbot.wait(500)  # half a second of input, recorded
+        QTest.mouseClick(window.live_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: window.track_label.text() == "no track", timeout=20000)
+        assert window.live_button.text() == "Start live"
+        assert not engine.live_running and not engine.recorder.recording
+        takes = list((tmp_path / "takes").iterdir())
+        assert len(takes) == 1 and sf.info(str(takes[0])).frames > 0.3 * sf.info(str(takes[0])).samplerate
+        QTest.mouseClick(window.live_button, Qt.MouseButton.LeftButton)  # and again, as often as wanted
+        qtbot.waitUntil(lambda: engine.live_running and window.live_button.text() == "Stop live", timeout=20000)
+    finally:
+        window.close()
+        window.session.close()
