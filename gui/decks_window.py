@@ -240,6 +240,14 @@ class DeckPanel(QFrame):
             self.remaining_label.setText(_remaining(track.seconds - status.position_s))
 
 
+def _separation_figures(status) -> str:
+    """A deck's RTF and head start, as the one-deck window's status bar says them."""
+    rtf = status.realtime_factor  # none measured: nothing separated yet (stems from the cache)
+    ahead_s = status.seconds_ahead
+    ahead = f"ahead {ahead_s:.1f} s" if ahead_s >= 0 else f"behind {-ahead_s:.1f} s"
+    return f"RTF {rtf:.2f} · {ahead}" if rtf > 0 else f"RTF — · {ahead}"
+
+
 class DecksWindow(QMainWindow):
     """Deck A | mixer | deck B."""
 
@@ -261,6 +269,7 @@ class DecksWindow(QMainWindow):
         self.busy_label = ElidedLabel("")  # "opening <a long name>…" must not widen the window
         self.busy_label.setFixedWidth(BUSY_LABEL_PX)  # and leaves the bar's messages their room
         self.statusBar().addPermanentWidget(self.busy_label)
+        self._build_figures()
         self._build_shortcuts()
         session.busy.connect(self.busy_label.setText)
         session.failed.connect(self.show_error)
@@ -424,9 +433,41 @@ class DecksWindow(QMainWindow):
             self.crossfader.blockSignals(True)  # moved by MIDI
             self.crossfader.setValue(round(status.crossfader * CROSSFADER_STEPS))
             self.crossfader.blockSignals(False)
+        self._refresh_figures(status)
         if status.stream_error and status.stream_error != self._reported_error:
             self._reported_error = status.stream_error
             self.show_error(status.stream_error)
+
+    def _build_figures(self) -> None:
+        """The figures the one-deck window shows, for the output and each deck."""
+        self.latency_status = QLabel("")
+        self.latency_status.setToolTip("From a deck's playhead to the speaker: one block and the output's own")
+        self.deck_status = (QLabel(""), QLabel(""))
+        for name, label in zip(DECK_NAMES, self.deck_status, strict=True):
+            label.setToolTip(
+                f"Deck {name}: the model's time per hop of audio (RTF, below 1 keeps up) and how far "
+                "separation has got ahead of the playhead"
+            )
+        self.xrun_status = QLabel("")
+        self.xrun_status.setToolTip(
+            "xruns: audio blocks the sound system missed; late: windows the model did not finish in "
+            "time on deck A and B (the dry track played instead)"
+        )
+        for label in (self.latency_status, *self.deck_status, self.xrun_status):
+            self.statusBar().addPermanentWidget(label)
+
+    def _refresh_figures(self, status) -> None:
+        open_ = self.decks.output_open
+        self.latency_status.setText(
+            f"latency {1000 * status.latency_frames / self.decks.samplerate:.0f} ms" if open_ else ""
+        )
+        loaded = self.session.tracks
+        for name, label, deck, track in zip(DECK_NAMES, self.deck_status, status.decks, loaded, strict=True):
+            label.setText("" if track is None else f"{name}: {_separation_figures(deck)}")
+        late = " / ".join(str(deck.late_windows) for deck in status.decks)
+        self.xrun_status.setText(f"xruns {max(deck.xruns for deck in status.decks)} · late {late}" if open_ else "")
+        for label in (self.latency_status, *self.deck_status, self.xrun_status):
+            label.setMinimumWidth(max(label.minimumWidth(), label.sizeHint().width()))  # grows, never jitters
 
     def closeEvent(self, event) -> None:
         self.timer.stop()

@@ -242,3 +242,32 @@ def test_with_no_sound_device_the_decks_still_show_their_strips_and_say_why(qtbo
     finally:
         window.close()
         session.close()
+
+
+def test_the_status_bar_shows_the_latency_xruns_and_each_decks_separation(qtbot, tmp_path, jack_server):
+    """The two-deck window's status bar had messages only: no latency, no xruns, no figure of
+    how each deck's separation keeps up, which the one-deck window shows."""
+    import re
+
+    settings = QSettings(str(tmp_path / "stemdeck.ini"), QSettings.Format.IniFormat)
+    config = SessionConfig(model="passthrough", headless=False, worker="thread", calibrate=False)
+    session = DecksSession(config, model_loader=loader)
+    window = DecksWindow(session, settings)
+    qtbot.addWidget(window)
+    window.show()
+    try:
+        session.start("passthrough")
+        session.open_array(0, tone(TONE_A_HZ), SR, "deck-a tone")
+        wait_idle(qtbot, session)
+        qtbot.waitUntil(lambda: window.latency_status.text().startswith("latency"), timeout=10000)
+        decks = session.decks
+        assert (
+            window.latency_status.text() == f"latency {1000 * decks.status().latency_frames / decks.samplerate:.0f} ms"
+        )
+        qtbot.waitUntil(lambda: window.deck_status[0].text().startswith("A: RTF "), timeout=10000)
+        assert re.fullmatch(r"A: RTF (\d+\.\d\d|—) · (ahead|behind) \d+\.\d s", window.deck_status[0].text())
+        assert window.deck_status[1].text() == ""  # deck B holds no track
+        assert re.fullmatch(r"xruns \d+ · late \d+ / \d+", window.xrun_status.text())
+    finally:
+        window.close()
+        session.close()
