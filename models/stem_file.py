@@ -68,6 +68,17 @@ class StemFileError(ValueError):
     """A stem file that cannot be written or read; the message names the file and the problem."""
 
 
+def check_rate(path: Path, codec: str, samplerate: int) -> None:
+    """Stems keep the input's rate; AAC has only its standard rates up to 96 kHz. Refused before
+    the separation, not at the encoder after it (as :meth:`models.audio.OutputFormat.check_rate`
+    does for MP3)."""
+    if codec == "aac" and samplerate not in AAC_RATES_HZ:
+        raise StemFileError(
+            f"{path}: AAC holds audio up to 96 kHz at its standard rates, not {samplerate} Hz; "
+            "use --codec alac (lossless, any rate)"
+        )
+
+
 @dataclass(frozen=True)
 class StemTags:
     """The tags a stem file carries over from its input (what DJ software shows)."""

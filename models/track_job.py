@@ -123,7 +123,7 @@ def separate_to_stem_file(
 ) -> Path:
     """--format stem: ``<OUTDIR>/<track>.stem.mp4``, the input as its master, the stems as they
     become final, the input's tags carried over; written beside and renamed when complete."""
-    from stemdeck.models.stem_file import AAC_RATES_HZ, read_tags, write_stem_track
+    from stemdeck.models.stem_file import check_rate, read_tags, write_stem_track
     from stemdeck.models.streaming import separate_stream
 
     target = folder.with_name(f"{folder.name}.stem.mp4")
@@ -131,11 +131,7 @@ def separate_to_stem_file(
     if target.exists() and not args.force:
         raise CommandError(f"{path}: {target} already exists; use --force to overwrite")
     source = open_audio(path, report=lambda note: bars.say(f"stemdeck: {note}"))
-    if args.codec == "aac" and source.samplerate not in AAC_RATES_HZ:
-        raise CommandError(
-            f"{path}: AAC holds audio up to 96 kHz at its standard rates, not {source.samplerate} Hz; "
-            "use --codec alac (lossless, any rate)"
-        )
+    check_rate(path, args.codec, source.samplerate)
     bars.start_file(path, source.frames / source.samplerate)
     settings = stream_settings(args, device, bars)
     stems = separate_stream(model, source, settings, progress=bars.update)
