@@ -28,6 +28,8 @@ from PyQt6.QtWidgets import (
     QPushButton,
 )
 
+from stemdeck.gui.widgets import ElidedLabel
+
 BACKGROUND_NICENESS = 10
 POLL_MS = 250
 
@@ -96,9 +98,14 @@ class BackgroundSeparation:
 class LibraryDialog(QDialog):
     """Pick a folder and where its stems go; start; watch; the deck pauses it while it plays."""
 
-    def __init__(self, parent=None, deck_busy: Callable[[], bool] = lambda: False, model: str | None = None):
+    def __init__(
+        self,
+        parent=None,
+        deck_busy: Callable[[], bool] = lambda: False,
+        model: Callable[[], str | None] = lambda: None,
+    ):
         super().__init__(parent)
-        self.model = model  # None: the command's default model
+        self.model = model  # the mixer's model when Start is pressed (None: the command's default)
         self.setWindowTitle("Separate a folder in the background")
         self.deck_busy = deck_busy
         self.folder_edit, self.out_edit = QLineEdit(), QLineEdit()
@@ -110,7 +117,7 @@ class LibraryDialog(QDialog):
         self.start_button = QPushButton("Start")
         self.start_button.clicked.connect(self.start)
         self.status = QLabel("Choose a folder")
-        self.last_line = QLabel("")
+        self.last_line = ElidedLabel("")  # a long line (a path) must not widen the dialog
         self.done_files = 0
         self.job = BackgroundSeparation(self, self._line, self._finished)
         self._layout()
@@ -148,7 +155,7 @@ class LibraryDialog(QDialog):
         self.done_files = 0
         self.start_button.setEnabled(False)
         self.status.setText("Separating…")
-        self.job.start(separate_command(folder, out, self.format_box.currentText(), self.model))
+        self.job.start(separate_command(folder, out, self.format_box.currentText(), self.model()))
 
     def follow_deck(self) -> None:
         """Pause the separation while a deck plays (if asked), continue it when the deck stops."""
@@ -167,6 +174,7 @@ class LibraryDialog(QDialog):
         self.start_button.setEnabled(True)
         summary = self.last_line.text()
         self.status.setText(("Finished: " if code == 0 else "Finished with errors: ") + summary)
+        self.last_line.setText("")  # said once, in the status
 
     def shutdown(self) -> None:
         """Stop the separation (closing the dialog only hides it: the separation goes on)."""
@@ -184,7 +192,9 @@ def show_library_dialog(window) -> LibraryDialog:
     """The window's one background-separation dialog, made on first use, shown."""
     dialog = getattr(window, "library_dialog", None)
     if dialog is None:
-        dialog = window.library_dialog = LibraryDialog(window, deck_busy=lambda: deck_playing(window.session))
+        dialog = window.library_dialog = LibraryDialog(
+            window, deck_busy=lambda: deck_playing(window.session), model=lambda: window.session.model_name
+        )
     dialog.show()
     dialog.raise_()
     return dialog
