@@ -239,13 +239,27 @@ def check_midi_ports(args: argparse.Namespace, decks: bool = False) -> None:
         raise MidiError(f"no MIDI output matches {args.midi_out!r}; outputs: {describe_ports(outputs)}")
 
 
+def check_stem_options(args: argparse.Namespace, sources: tuple[str, ...] | None) -> None:
+    """--mute and --solo name stems of the model: checked before it loads where its name tells
+    its stems, else as soon as it has loaded, before any engine exists (its shared memory and
+    worker were left behind by the error)."""
+    if sources is None:
+        return
+    for stem in args.mute + args.solo:
+        if stem not in sources:
+            raise ValueError(f"unknown stem {stem!r}; this model has {', '.join(sources)}")
+
+
 def _engine(args: argparse.Namespace, output_device, deck: bool = False):
     from stemdeck.engine.build import build_engine, device_block_frames, device_rate, session_window
     from stemdeck.models.cli import check_device, load_for_command
+    from stemdeck.models.registry import declared_sources
 
     check_device(args.device)
+    check_stem_options(args, declared_sources(args.model))
     samplerate = device_rate(output_device)  # the device is checked before the model loads
     model, name = load_for_command(args.model)
+    check_stem_options(args, tuple(model.sources))
     if not deck:  # the deck reads ahead of its playhead: nothing to calibrate, nothing to refuse
         print(f"calibrating {name} on this machine...", file=sys.stderr)
     engine = build_engine(
@@ -511,8 +525,10 @@ def _print_preset_plans(args: argparse.Namespace, output_device) -> int:
     )
     from stemdeck.models.cli import check_device, load_for_command
     from stemdeck.models.precision_choice import remembered_precision, settle_auto
+    from stemdeck.models.registry import declared_sources
 
     check_device(args.device)
+    check_stem_options(args, declared_sources(args.model))
     try:
         samplerate: int | None = device_rate(output_device)
     except DeviceError as exc:  # planning needs no device: say so, and plan at the model's rate
@@ -520,6 +536,7 @@ def _print_preset_plans(args: argparse.Namespace, output_device) -> int:
         samplerate = None
     block_frames = device_block_frames(output_device, args.blocksize)
     model, name = load_for_command(args.model)
+    check_stem_options(args, tuple(model.sources))
     samplerate = samplerate or int(model.samplerate)
     # the one live command that may take its time: auto's precision measured here, once, for
     # live, play and the mixer, which only read the record (never measure before playing)
@@ -537,8 +554,6 @@ def _print_preset_plans(args: argparse.Namespace, output_device) -> int:
     if args.latency:
         windows[f"--latency {args.latency:g}"] = session_window("", args.latency)
     with engine:
-        for stem in args.mute + args.solo:  # checked as the session would (a wrong name exited 0)
-            engine.stem_index(stem)
         plans = preset_plans(engine, block_frames, windows)
     precision = remembered_precision(model, args.precision, torch.device("cpu"))  # the engine separates on the CPU
     print(

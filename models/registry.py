@@ -125,6 +125,20 @@ def model_names() -> tuple[str, ...]:
     return (*REGISTRY, *BUNDLED, *BUILT_IN)
 
 
+def declared_sources(name: str | None) -> tuple[str, ...] | None:
+    """The stems a model name gives, known before it loads (None: a checkpoint file's, which only
+    loading tells). No name: the default model, or the bundled one that stands in for it."""
+    if name is None:
+        return FOUR_SOURCES
+    if name in REGISTRY:
+        return REGISTRY[name].sources
+    if name in BUNDLED:
+        return BUNDLED[name][1]
+    if name in BUILT_IN:
+        return BUILT_IN[name][0]
+    return None
+
+
 def bundled_path(name: str) -> Path | None:
     entry = BUNDLED.get(name)
     path = BUNDLED_DIR / entry[0] if entry else None

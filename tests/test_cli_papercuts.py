@@ -125,3 +125,30 @@ def test_devices_with_none_says_so(capsys, monkeypatch):
     assert captured.err.strip() == (
         "no audio devices: start the sound server (JACK, PipeWire, PulseAudio) or plug one in, then list again"
     )
+
+
+def test_play_refuses_an_unknown_stem_before_the_model_loads(tmp_path):
+    """`play song.wav --mute guitar` loaded the model, built the engine, then said so, followed by
+    resource_tracker's two-line warning of leaked shared memory."""
+    from conftest import run_stemdeck
+
+    song = tmp_path / "song.wav"
+    write_tone(song, seconds=2.0)
+    result = run_stemdeck("play", song, "--model", "tiny", "--mute", "guitar", timeout_s=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "stemdeck: error: unknown stem 'guitar'; this model has drums, bass, other, vocals"
+    ]
+
+
+def test_a_checkpoints_unknown_stem_is_refused_before_any_engine(tmp_path, tiny_checkpoint, jack_server):
+    """A checkpoint file's stems are known once it loads: refused then, with nothing left behind."""
+    from conftest import run_stemdeck
+
+    song = tmp_path / "song.wav"
+    write_tone(song, seconds=2.0)
+    result = run_stemdeck("play", song, "--model", tiny_checkpoint, "--solo", "5", timeout_s=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == "stemdeck: error: unknown stem '5'; this model has drums, bass, other, vocals", lines
+    assert not any("leaked" in line or "Traceback" in line for line in lines)
