@@ -66,6 +66,7 @@ from stemdeck.engine.practice import NUM_HOT_CUES, BeatGrid, LoopPoints
 from stemdeck.engine.recorder import Recorder, Take
 from stemdeck.engine.session import DECK, LIVE, SessionSpec, WorkerError
 from stemdeck.engine.stretch.control import PracticeControls
+from stemdeck.engine.worker.cache import load_whole_track
 from stemdeck.engine.worker.calibrate import Calibration
 from stemdeck.engine.worker.scheduling import POLICY_NAMES
 from stemdeck.engine.worker.windows import WindowPlan
@@ -396,9 +397,15 @@ class Engine:
         arrays["track"][:] = track
         # a damaged sample is silence, as models.separate takes it (and the mixer would play it)
         np.nan_to_num(arrays["track"], copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        if separated is not None:  # final from start to end: the worker takes it over as a resumed session
+        if separated is not None:
             arrays["stems"][:] = separated
             np.nan_to_num(arrays["stems"], copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        cache = self._cache_path(track) if self.config.cache_stems and separated is None else None
+        if cache is not None and load_whole_track(cache, arrays["stems"]):
+            # here, not in the worker: its process takes a second or two to start, and the stems
+            # play from the first block (the dry track played until then, mutes unheard)
+            separated, cache = arrays["stems"], None
+        if separated is not None:  # final from start to end: the worker takes it over as a resumed session
             self.shared.worker[SEPARATED_FROM], self.shared.worker[STEMS_WRITTEN] = 0, track.shape[-1]
         self._deck_buffers = self._deck_buffers_for(arrays["track"], arrays["stems"])
         self._renew_deck_output()
@@ -410,7 +417,6 @@ class Engine:
         beats = self._beats_found if self.config.beat_tracking else None
         self.practice.track_loaded(self._deck_buffers, self._crossfade_frames, beats, self.backend.memory.specs())
         self.cue_s = cue / self.config.samplerate
-        cache = self._cache_path(track) if self.config.cache_stems and separated is None else None
         quick = int(self.config.deck_quick_start_s * self.config.samplerate)
         spec = SessionSpec(DECK, self.deck_plan, cue, cache, resume=separated is not None, quick_frames=quick)
         self._start_session(spec, arrays)

@@ -256,6 +256,26 @@ def test_a_damaged_cache_entry_is_ignored_and_the_track_separated_again(caplog, 
     assert len(warnings) == 1 and entry.name in warnings[0]
 
 
+def test_a_cached_track_plays_its_stems_and_mutes_from_the_first_block():
+    """With the whole track in the stems cache, the dry track played (the vocals heard through a
+    mute) for 0.4-2.2 s while the separation process started and read the cache, and that wait
+    was counted as late windows, with a "fell behind" warning, though nothing was separated."""
+    track = tone(1.5)
+    _separate_and_cache(track)
+    engine = deck_engine(worker="process")
+    try:
+        engine.load_array(track)
+        engine.set_mute("vocals")
+        out = play_through(engine, track, wait=False)  # no waiting for the worker: as the sound card
+        status = engine.status()
+    finally:
+        engine.stop()
+    settled = slice(SR // 10, track.shape[-1])  # after the mute's 10 ms ramp: the whole track
+    assert np.allclose(out[settled, 0], MUTED_VOCALS * track[0, settled], atol=2e-3)
+    assert status.windows_done == 0 and status.late_windows == 0
+    assert status.first_stems_s == pytest.approx(0.0, abs=BLOCK / SR)
+
+
 def test_cache_is_kept_under_its_size_limit_least_recently_used_first(tmp_path):
     stems = np.random.default_rng(1).uniform(-1, 1, (4, 2, 10_000)).astype(np.float32)
     entry_bytes = stems.size * 2 + 128 + 60  # float16 samples, the .npy header, the sidecar

@@ -99,6 +99,17 @@ def load_stems(entry: CacheEntry, stems: np.ndarray) -> tuple[int, int] | None:
     return begin, end
 
 
+def load_whole_track(entry: CacheEntry, stems: np.ndarray) -> bool:
+    """Fill ``stems`` from the cache where it holds the whole track (the sidecar says so before
+    anything is read); False, ``stems`` untouched, otherwise. Never raises, as :func:`load_stems`."""
+    length = stems.shape[-1]
+    try:
+        interval = _read_sidecar(entry.sidecar, length)[:2]
+    except (OSError, CacheMiss):  # absent, or damaged: load_stems reports that when the worker meets it
+        return False
+    return interval == (0, length) and load_stems(entry, stems) == (0, length)
+
+
 def _read_entry(entry: CacheEntry, stems: np.ndarray) -> tuple[int, int]:
     begin, end, checksum = _read_sidecar(entry.sidecar, stems.shape[-1])
     shape = (*stems.shape[:-1], end - begin)
