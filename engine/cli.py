@@ -49,7 +49,7 @@ def add_engine_commands(commands, add_model_options) -> None:
     play.add_argument(
         "--loop",
         metavar="A:B",
-        help="loop from A to B (seconds, 12.5:20, or m:ss.s, 1:02.5:1:10); play starts at A unless --start is given",
+        help="loop from A to B (seconds, 12.5:20, or m:ss.s, 1:02.5:1:10); play starts at A unless --start (inside the loop) is given",
     )
     play.add_argument(
         "--count-in",
@@ -121,6 +121,12 @@ def check_session_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--start {start}: give a cue point in seconds from 0 to the track's length")
     if getattr(args, "loop", None) is not None:
         args.loop = parse_loop(args.loop)
+        loop_in, loop_out = args.loop
+        if start and not loop_in <= start < loop_out:  # the loop would take the playhead to A at once
+            raise ValueError(
+                f"--start {start:g} is outside --loop {loop_in:g}:{loop_out:g}; give a --start inside the loop, "
+                "or leave --start out to start at its beginning"
+            )
     _check_count_in(args)
     _check_tempo_and_key(args)
     if args.record is not None:

@@ -152,3 +152,16 @@ def test_a_checkpoints_unknown_stem_is_refused_before_any_engine(tmp_path, tiny_
     lines = result.stderr.strip().splitlines()
     assert lines[-1] == "stemdeck: error: unknown stem '5'; this model has drums, bass, other, vocals", lines
     assert not any("leaked" in line or "Traceback" in line for line in lines)
+
+
+@pytest.mark.parametrize("start", ["20", "3"])
+def test_play_refuses_a_start_outside_its_loop(tmp_path, capsys, start):
+    """`play --loop 4:6 --start 20` started at 4 s (the loop took the playhead back at once),
+    against the help's "play starts at A unless --start is given", and separated from 20 s."""
+    song = tmp_path / "song.wav"
+    write_tone(song, seconds=25.0)
+    assert main(["play", str(song), "--model", "passthrough", "--loop", "4:6", "--start", start]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"stemdeck: error: --start {start} is outside --loop 4:6; give a --start inside the loop, "
+        "or leave --start out to start at its beginning"
+    ]
