@@ -49,7 +49,8 @@ def add_engine_commands(commands, add_model_options) -> None:
     play.add_argument(
         "--loop",
         metavar="A:B",
-        help="loop from A to B (seconds, 12.5:20, or m:ss.s, 1:02.5:1:10); play starts at A unless --start (inside the loop) is given",
+        help="loop from A to B (seconds, 12.5:20, or m:ss.s, 1:02.5:1:10); play starts at A unless --start "
+        "(inside the loop) is given",
     )
     play.add_argument(
         "--count-in",
