@@ -348,9 +348,9 @@ def run_play(args: argparse.Namespace) -> int:
             print(f"tempo {args.tempo:g} (pitch kept), key {args.key:+g} semitones (tempo kept)", file=sys.stderr)
         _set_count_in(engine, args.count_in)
         with _midi(engine, args):
-            engine.start_output(output_device, stem_outputs=args.stem_outputs)
-            _start_recording(engine, args)
-            engine.play()
+            _play_from_the_first_block(
+                engine, args, engine.play, lambda: engine.start_output(output_device, stem_outputs=args.stem_outputs)
+            )
             return _run_session(engine, args, until_end=True)
 
 
@@ -398,11 +398,14 @@ def run_play_decks(args: argparse.Namespace) -> int:
         _load_decks(decks, args, tracks)
         del tracks
         with _midi(decks, args):
-            decks.start_output(output_device, stem_outputs=args.stem_outputs)
+            _play_from_the_first_block(
+                decks,
+                args,
+                decks.deck("A").play,
+                lambda: decks.start_output(output_device, stem_outputs=args.stem_outputs),
+            )
             for notice in decks.notices:
                 print(f"stemdeck: {notice}", file=sys.stderr)
-            _start_recording(decks, args)
-            decks.deck("A").play()
             print(f"deck A: {args.file.name} playing; deck B: {args.second.name} cued", file=sys.stderr)
             return _run_decks_session(decks, args)
 
@@ -483,6 +486,21 @@ def _set_count_in(engine, beats: int | None) -> None:
     if beats:
         engine.set_count_in(beats)
         print(f"count-in: {beats} beat(s) before each restart of the loop", file=sys.stderr)
+
+
+def _play_from_the_first_block(engine, args: argparse.Namespace, play, open_output) -> None:
+    """--record armed and the deck playing before the output opens, so that a take's first
+    block is the music's (armed after the output, every take began with a block of silence).
+    An output that fails to open leaves no empty take behind."""
+    _start_recording(engine, args)
+    play()
+    try:
+        open_output()
+    except BaseException:
+        take = engine.stop_recording()
+        if take is not None and take.frames == 0:
+            take.path.unlink(missing_ok=True)
+        raise
 
 
 def _start_recording(engine, args: argparse.Namespace) -> None:
