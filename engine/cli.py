@@ -37,7 +37,7 @@ def add_engine_commands(commands, add_model_options) -> None:
     play = commands.add_parser(
         "play", help="play a file with live stem controls (two files: two decks, A playing and B cued)"
     )
-    play.add_argument("file", type=Path)
+    play.add_argument("file", type=Path, help="the track: audio (WAV, FLAC, MP3...) or an NI STEM file")
     play.add_argument(
         "second",
         type=Path,
@@ -86,8 +86,8 @@ def _add_session_options(parser: argparse.ArgumentParser, add_model_options) -> 
     parser.add_argument(
         "--stem-outputs",
         action="store_true",
-        help="also send every stem to its own pair of outputs (on JACK: ports "
-        "stemdeck:<stem>_L/_R beside stemdeck:master_L/_R, kept across track loads)",
+        help="also send every stem to its own pair of outputs (on JACK: ports stemdeck:<stem>_L/_R beside "
+        "stemdeck:master_L/_R; two decks: deckA_<stem>_L/_R and deckB_<stem>_L/_R)",
     )
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument(

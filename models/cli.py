@@ -380,7 +380,8 @@ def check_output_options(args: argparse.Namespace) -> None:
             raise CommandError("--format stem holds 16 or 24-bit ALAC (or AAC); use --bits 16 or 24")
         if args.clip is not None:
             raise CommandError(
-                "--format stem clamps samples beyond full scale (so the stems sum to the master); drop --clip"
+                "--format stem clamps samples beyond full scale (rescaled, a stem would no longer match the "
+                "master); drop --clip"
             )
     args.bits = args.bits or DEFAULT_BITS
     if args.clip == "none" and (args.format != "wav" or args.bits != "32f"):

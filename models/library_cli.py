@@ -72,7 +72,10 @@ def run_library(args: argparse.Namespace) -> int:
             manifest.close()
     done = len(plan.jobs) - batch.failures
     skipped = f"; {plan.skipped + plan.same_content} skipped" if manifest is not None else ""
-    say(f"separated {done} of {len(plan.jobs)} file(s){skipped}")
+    if not plan.jobs:  # "separated 0 of 0 file(s)" said a rerun with everything done
+        say(f"nothing left to separate{skipped}")
+    else:
+        say(f"separated {done} of {len(plan.jobs)} file(s){skipped}")
     return 1 if batch.failures else 0
 
 

@@ -45,7 +45,8 @@ def test_stems_naming_no_stem_is_refused(tmp_path, song, capsys, stems):
         (["--format", "flac", "--codec", "alac"], "drop it for --format flac"),
         (
             ["--format", "stem", "--clip", "clamp"],
-            "--format stem clamps samples beyond full scale (so the stems sum to the master); drop --clip",
+            "--format stem clamps samples beyond full scale (rescaled, a stem would no longer match the master); "
+            "drop --clip",
         ),
     ],
 )

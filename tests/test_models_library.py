@@ -426,7 +426,7 @@ def test_stem_files_keep_the_layout_and_are_skipped_on_a_rerun(tmp_path, capsys)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.stem.mp4")) == ["x/song.stem.mp4", "y/song.stem.mp4"]
     before = (out / "x" / "song.stem.mp4").stat().st_mtime_ns
     assert main(args) == 0
-    assert capsys.readouterr().err.splitlines()[-1] == "separated 0 of 0 file(s); 2 skipped"
+    assert capsys.readouterr().err.splitlines()[-1] == "nothing left to separate; 2 skipped"
     assert (out / "x" / "song.stem.mp4").stat().st_mtime_ns == before
     assert sorted(done_rows(out)["song.wav"][0]) in (["x/song.stem.mp4"], ["y/song.stem.mp4"])
 

@@ -51,7 +51,7 @@ def test_a_ray_run_writes_what_a_local_run_writes(tmp_path, cluster, tiny_checkp
     print(f"Ray against local: largest difference {error:.3g}")
     # the driver keeps the manifest: a rerun on the cluster skips everything
     assert main(common + ["-o", str(tmp_path / "ray"), "--ray", "auto"]) == 0
-    assert capsys.readouterr().err.splitlines()[-1] == "separated 0 of 0 file(s); 3 skipped"
+    assert capsys.readouterr().err.splitlines()[-1] == "nothing left to separate; 3 skipped"
 
 
 @pytest.mark.slow

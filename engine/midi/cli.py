@@ -80,13 +80,13 @@ def add_midi_commands(commands) -> None:
     learn.set_defaults(func=run_learn)
 
     export = actions.add_parser("export", help="write the mapping to FILE (- prints it)")
-    export.add_argument("file", type=Path)
+    export.add_argument("file", type=Path, help="the TOML file to write, or - for standard output")
     export.add_argument("--midi-map", type=Path, metavar="FILE", help=map_help)
     export.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     export.set_defaults(func=run_export)
 
     imported = actions.add_parser("import", help="check FILE and make it the mapping")
-    imported.add_argument("file", type=Path)
+    imported.add_argument("file", type=Path, help="a TOML mapping (as midi export writes)")
     imported.add_argument("--midi-map", type=Path, metavar="FILE", help=map_help)
     imported.set_defaults(func=run_import)
 
