@@ -682,12 +682,17 @@ class Engine:
         self._set_loop(LoopPoints(points.in_frames, points.out_frames, bool(active)))
 
     def loop_beats(self, beats: float) -> None:
-        """A loop of ``beats`` beats from the in point (or the playhead when none is set)."""
+        """A loop of ``beats`` beats: from the in point of the loop playing, or of one being set
+        with the playhead still inside what it would span; else from the playhead (an in point
+        left far behind took the playhead back to it, 18 s in the trial that found it)."""
         if self.beat_grid is None:
             raise ValueError("the tempo is not known yet; set the loop's in and out points by hand")
-        start = self._loop.in_frames
-        start = self._snapped(playhead_frames(self.shared)) if start is None else start
-        out = min(self._track_frames(), start + self.beat_grid.beats_frames(beats, self.config.samplerate))
+        length_frames = self.beat_grid.beats_frames(beats, self.config.samplerate)
+        playhead, loop = playhead_frames(self.shared), self._loop
+        start = loop.in_frames
+        if start is None or not (loop.active or start <= playhead < start + length_frames):
+            start = self._snapped(playhead)
+        out = min(self._track_frames(), start + length_frames)
         self._set_loop(LoopPoints(start, None).with_out(out))
 
     def toggle_loop(self) -> None:

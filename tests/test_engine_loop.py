@@ -170,6 +170,26 @@ def test_loops_by_beats_need_a_tempo_and_snap_to_the_grid():
     engine.stop()
 
 
+def test_a_beat_loop_starts_at_the_playhead_once_the_in_point_is_left_behind():
+    """An in point set at 0.6 s, the track played on to 4 s, "2 beats" chosen: the playhead was
+    taken back 3.4 s to a loop at the in point. A loop playing keeps its in point when resized."""
+    engine = deck(tone_track(6.0))
+    engine.set_beat_grid(120.0, first_beat_s=0.1)
+    engine.snap_to_beats = True
+    engine.seek(0.6)
+    engine.play()
+    play(engine, 1)
+    engine.loop_in()  # at 0.6 s, then left behind
+    engine.seek(4.0)
+    play(engine, 1)
+    engine.loop_beats(2)
+    assert (engine.loop.in_frames, engine.loop.out_frames) == (round(4.1 * SR), round(5.1 * SR))  # the nearest beat
+    play(engine, 1)
+    engine.loop_beats(1)  # playing: resized from its in point
+    assert (engine.loop.in_frames, engine.loop.out_frames) == (round(4.1 * SR), round(4.6 * SR))
+    engine.stop()
+
+
 def test_bad_loops_are_one_clear_line():
     engine = deck(tone_track())
     with pytest.raises(ValueError, match="outside the track"):
