@@ -308,11 +308,34 @@ class DecksWindow(QMainWindow):
         self.crossfader.setToolTip("Crossfader: deck A (left) to deck B (right); keys Left / Right")
         self.crossfader.valueChanged.connect(lambda v: self._mixer_call("set_crossfader", v / CROSSFADER_STEPS))
         layout.addWidget(self.crossfader)
+        self.record_button = _no_focus(QPushButton("● Rec master"))
+        self.record_button.setCheckable(True)
+        self.record_button.setToolTip("Record the master (what the audience hears) to a fresh WAV file; again to stop")
+        self.record_button.clicked.connect(self.toggle_recording)
+        layout.addWidget(self.record_button)
         self.cue_output_label = QLabel("")
         self.cue_output_label.setWordWrap(True)
         layout.addWidget(self.cue_output_label)
         mixer.setFixedWidth(190)
         return mixer
+
+    def toggle_recording(self) -> None:
+        """The master to a fresh take in the recordings folder, or the take finished."""
+        decks = self.decks
+        if decks is None:
+            self.show_error("cannot record: no decks yet; wait for the model to load")
+            return
+        try:
+            take = decks.toggle_recording()
+        except (ValueError, OSError) as exc:
+            self.show_error(f"cannot record: {exc}")
+            return
+        if take is None:
+            self.show_message(f"recording the master to {decks.recorder.path}")
+            return
+        seconds = take.frames / decks.samplerate
+        dropped = f"; {take.dropped_frames} frames dropped (the disk was too slow)" if take.dropped_frames else ""
+        self.show_message(f"recorded {seconds:.1f} s to {take.path}{dropped}")
 
     def _build_shortcuts(self) -> None:
         for index, key in enumerate(PLAY_KEYS):
@@ -434,6 +457,7 @@ class DecksWindow(QMainWindow):
             self.crossfader.setValue(round(status.crossfader * CROSSFADER_STEPS))
             self.crossfader.blockSignals(False)
         self._refresh_figures(status)
+        _show_checked(self.record_button, decks.recorder.recording)
         if status.stream_error and status.stream_error != self._reported_error:
             self._reported_error = status.stream_error
             self.show_error(status.stream_error)

@@ -271,3 +271,25 @@ def test_the_status_bar_shows_the_latency_xruns_and_each_decks_separation(qtbot,
     finally:
         window.close()
         session.close()
+
+
+def test_the_master_is_recorded_from_the_two_deck_window(qtbot, window, tmp_path, monkeypatch):
+    """The two-deck window had no Rec: a DJ's set could be recorded only with `play A B --record`."""
+    monkeypatch.setenv("STEMDECK_RECORDINGS_DIR", str(tmp_path / "takes"))
+    decks = window.decks
+    decks.deck("A").play()
+    QTest.mouseClick(window.record_button, Qt.MouseButton.LeftButton)
+    assert decks.recorder.recording and window.record_button.isChecked()
+    out = np.zeros((BLOCK, 4), np.float32)
+    played = []
+    for _ in range(40):
+        decks.process_block(out)
+        played.append(out[:, :2].copy())
+    QTest.mouseClick(window.record_button, Qt.MouseButton.LeftButton)
+    assert not decks.recorder.recording
+    qtbot.waitUntil(lambda: not window.record_button.isChecked(), timeout=2000)
+    [take] = list((tmp_path / "takes").iterdir())
+    recorded, rate = soundfile.read(str(take), dtype="float32", always_2d=True)
+    assert rate == SR and np.array_equal(recorded, np.concatenate(played))  # the master, block for block
+    assert np.abs(recorded).max() > 0.1  # deck A's tone
+    assert window.statusBar().currentMessage() == f"recorded {40 * BLOCK / SR:.1f} s to {take}"
