@@ -90,6 +90,10 @@ class StageConfig:
     ready_timeout_s: float = 60.0  # the first change off unity waits this long for the process
     max_restarts: int = 3
     restart_window_s: float = 60.0
+    # The loop seam's crossfade while the key is shifted: Rubber Band's pitch shifting turns the
+    # 5 ms seam's phase step on a held note into a hole (-9 to -12 dB for 10-40 ms on a tone
+    # whose cycles do not fit the loop); over 40 ms it passes as the plain crossfade does.
+    pitched_seam_ms: float = 40.0
 
 
 class StageInputs(NamedTuple):
@@ -218,6 +222,12 @@ class StretchStage:
         self._feed_chunk()
         return True
 
+    def _seam_frames(self) -> int:
+        """The loop seam's crossfade for the key now (see ``StageConfig.pitched_seam_ms``)."""
+        if self._ratios()[1] == 0.0:
+            return self.crossfade_frames
+        return max(self.crossfade_frames, int(round(self.config.pitched_seam_ms * self.samplerate / 1000)))
+
     def _ratios(self) -> tuple[float, float]:
         controls = self.stretch.controls
         return float(controls[TEMPO]), float(controls[SEMITONES])
@@ -296,12 +306,12 @@ class StretchStage:
 
     def _stems_ready(self, position: int, frames: int, loop_in: int, loop_out: int) -> bool:
         deck = self.deck
-        low, high = read_span(position, frames, loop_in, loop_out, self.crossfade_frames, deck.track.shape[-1])
+        low, high = read_span(position, frames, loop_in, loop_out, self._seam_frames(), deck.track.shape[-1])
         return bool(deck.worker[SEPARATED_FROM] <= low and high <= deck.worker[STEMS_WRITTEN])
 
     def _read(self, position: int, frames: int, loop_in: int, loop_out: int, ready: bool, offset: int = 0) -> int:
         """Source frames into the input block (stems, or silence where not separated; then dry)."""
-        deck, fade, channels = self.deck, self.crossfade_frames, self._channels
+        deck, fade, channels = self.deck, self._seam_frames(), self._channels
         if ready:
             for s in range(deck.stems.shape[0]):
                 read_source(self._stem_rows[s], offset, deck.stems[s], position, frames, loop_in, loop_out, fade)
@@ -331,7 +341,7 @@ class StretchStage:
             self._tail += frames
         positions, out_point, seam = self._chunk_positions, -1, 0
         if self._counting_in(loop_in, loop_out):
-            out_point, seam = loop_out, min(self.crossfade_frames, (loop_out - loop_in) // 2)
+            out_point, seam = loop_out, min(self._seam_frames(), (loop_out - loop_in) // 2)
             ready = self._read_to_out_point(position, loop_out, seam)
         else:
             ready = self._stems_ready(position, frames, loop_in, loop_out)
