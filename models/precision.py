@@ -121,7 +121,7 @@ def prepare_model(model: torch.nn.Module, precision: str, device: torch.device) 
         if source is not None and source() is model and last_key == key:
             return last_copy
     if resolved == "bf16":
-        fast = copy.deepcopy(model)
+        fast = _copy_to_cast(model)
         _cast_weights(fast, torch.bfloat16)
     else:
         from stemdeck.models.nets.transformer import quantize_int8
@@ -148,6 +148,18 @@ def _copy_sharing_weights(model: torch.nn.Module) -> torch.nn.Module:
     over 1 GB)."""
     shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     return copy.deepcopy(model, shared)
+
+
+def _copy_to_cast(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose parameters are its own objects over the same tensors: casting
+    the copy's weights makes only the cast ones anew (84 MB of bfloat16 for htdemucs), where a
+    deep copy first held the whole float model twice (168 MB more at that moment)."""
+    memo = {
+        id(parameter): torch.nn.Parameter(parameter.data, requires_grad=parameter.requires_grad)
+        for parameter in model.parameters()
+    }
+    memo.update({id(buffer): buffer for buffer in model.buffers()})  # none is cast
+    return copy.deepcopy(model, memo)
 
 
 def _weights_version(model: torch.nn.Module) -> tuple:

@@ -313,8 +313,10 @@ def settle_precision(model, args, device: str, tell: Callable[[str], None] = say
     import torch
 
     from stemdeck.models.precision_choice import settle_auto
+    from stemdeck.models.streaming import apply_memory_mode
 
     backend = getattr(args, "backend", "auto")
+    apply_memory_mode(getattr(args, "memory", "low"))  # before the measurement's forwards, as the separation's
     settle_auto(model, args.precision, torch.device(device), backend, args.segment, tell)
     commit_precision(model, args.precision, device, backend)
 
