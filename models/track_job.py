@@ -328,9 +328,11 @@ def commit_precision(model, precision: str, device: str, backend: str) -> None:
 
     from stemdeck.models.precision import quantize_in_place
     from stemdeck.models.precision_choice import remembered_precision
+    from stemdeck.models.streaming import give_back_freed_memory
 
     if backend in ("auto", "torch") and remembered_precision(model, precision, torch.device(device), backend) == "int8":
         quantize_in_place(model)
+        give_back_freed_memory()  # the float Transformer's weights, 4 MB each: under the mmap threshold
 
 
 def check_backend_fits(model, args: argparse.Namespace, device: str) -> None:
