@@ -197,7 +197,7 @@ def measure_choice(model: torch.nn.Module, segment_s: float | None = None) -> Pr
     against float32 on every model of the bag. One precision's copy of the model at a time,
     dropped and its memory given back before the next: all three at once took a first
     `stemdeck separate` of htdemucs to 1.35 GB (0.89 GB once the choice is remembered)."""
-    from stemdeck.models.streaming import give_back_freed_memory  # streaming imports this module
+    from stemdeck.models.heap import give_back_freed_memory
 
     models = models_of(model)
     first = models[0].eval()

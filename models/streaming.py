@@ -121,18 +121,6 @@ def return_freed_memory_early() -> bool:
         return False
 
 
-def give_back_freed_memory() -> bool:
-    """Return the heap's free pages to the system now (glibc's ``malloc_trim``): blocks under
-    the mmap threshold (a model copy's many small weights) stay in the heap when freed, and a
-    later separation would peak on top of them. Whether it applied (glibc only)."""
-    import ctypes
-
-    try:
-        return bool(ctypes.CDLL(None).malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
-
-
 def apply_memory_mode(mode: str) -> str:
     """This process's malloc policy for ``stemdeck separate --memory``; what it is, in words.
 

@@ -312,11 +312,12 @@ def settle_precision(model, args, device: str, tell: Callable[[str], None] = say
     (or a library's :class:`~models.library.JobOptions`); ``tell`` hears the lines."""
     import torch
 
-    from stemdeck.models.precision_choice import settle_auto
+    from stemdeck.models.precision_choice import applies, settle_auto
     from stemdeck.models.streaming import apply_memory_mode
 
     backend = getattr(args, "backend", "auto")
-    apply_memory_mode(getattr(args, "memory", "low"))  # before the measurement's forwards, as the separation's
+    if applies(model, args.precision, torch.device(device), backend):  # it may measure: as the separation runs
+        apply_memory_mode(getattr(args, "memory", "low"))
     settle_auto(model, args.precision, torch.device(device), backend, args.segment, tell)
     commit_precision(model, args.precision, device, backend)
 
@@ -326,9 +327,9 @@ def commit_precision(model, precision: str, device: str, backend: str) -> None:
     in place, its float Transformer freed, since the command runs nothing else with it."""
     import torch
 
+    from stemdeck.models.heap import give_back_freed_memory
     from stemdeck.models.precision import quantize_in_place
     from stemdeck.models.precision_choice import remembered_precision
-    from stemdeck.models.streaming import give_back_freed_memory
 
     if backend in ("auto", "torch") and remembered_precision(model, precision, torch.device(device), backend) == "int8":
         quantize_in_place(model)
