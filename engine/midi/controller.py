@@ -55,6 +55,9 @@ FEEDBACK_ON, FEEDBACK_OFF = 127, 0
 FAILURE_REPEAT_S = 5.0  # a failure that repeats (every fader step while no model is loaded) is said this often
 COUNT_IN_BEATS = 4  # the count_in pad's clicks: one bar of 4/4
 CC_TOP = 127
+# How often the JACK server our ports live on is asked whether it runs: each ask is a connection
+# the server accepts and drops, so not at every hot-plug poll.
+JACK_CHECK_S = 1.0
 
 
 class Controls(Protocol):
@@ -171,6 +174,7 @@ class MidiController:
         self._virtual_output: _Port | None = None
         self._jack_server: jack_server.Server | None = None  # the JACK2 server our JACK ports live on, if known
         self._jack_gone = False  # that server stopped: its ports are closed until it is back
+        self._jack_checked_s = 0.0  # when the server was last asked
         self._sent: dict[tuple, list[int]] = {}
         self._positions: dict[tuple, float] = {}  # fader positions (0-127) for relative encoders
         self._buttons: dict[Binding, bool] = {}
@@ -303,8 +307,10 @@ class MidiController:
         their clients still list the old ports: the server is asked directly. When it is back,
         each such port gets a new client; virtual ports are opened again, named ones are found
         again by :meth:`_watch` as after an unplug."""
-        if self._jack_server is None:
+        now_s = time.monotonic()
+        if self._jack_server is None or now_s - self._jack_checked_s < JACK_CHECK_S:
             return
+        self._jack_checked_s = now_s
         if not self._jack_gone and not self._jack_server.runs():
             self._jack_gone = True
             for port in self._ports():
