@@ -186,17 +186,18 @@ def _check_complete(path: Path, info, frames_read: int) -> None:
 def prepare_for_output(audio: np.ndarray, clip: str) -> np.ndarray:
     """Keep samples inside [-1, 1]: scale the whole stem down, or clamp; or, for float stems,
     leave them as separated."""
-    if clip == "none":
-        return audio
-    if clip == "rescale":
-        peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-        return audio / max(1.01 * peak, 1.0)
-    return np.clip(audio, -0.99, 0.99)
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    return _fitted(audio, _rescale_divisor(peak, clip), clip)
+
+
+def _rescale_divisor(peak: float, clip: str) -> float | None:
+    """What ``--clip rescale`` divides a stem of this peak by (1 where it fits); None otherwise."""
+    return max(1.01 * peak, 1.0) if clip == "rescale" else None
 
 
 def _fitted(block: np.ndarray, scale: float | None, clip: str) -> np.ndarray:
-    """A block of a stem written in blocks: divided by the whole stem's ``scale`` (rescale),
-    clamped, or as it is (none)."""
+    """A stem, or a block of one: divided by the whole stem's ``scale`` (rescale), clamped, or
+    as it is (none)."""
     if scale is not None:
         return block / scale
     return block if clip == "none" else np.clip(block, -0.99, 0.99)
@@ -448,7 +449,7 @@ class StemWriter:
         return finals
 
     def _encode(self, name: str, raw: Path, encoded: Path) -> None:
-        scale = max(1.01 * self._peaks[name], 1.0) if self.fmt.clip == "rescale" else None
+        scale = _rescale_divisor(self._peaks[name], self.fmt.clip)
         if scale is not None and scale > 1.0:
             self.rescaled[name] = (self._peaks[name], scale)
         fmt = self.fmt
