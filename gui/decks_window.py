@@ -47,6 +47,7 @@ from stemdeck.gui.main_window import (
     _rewind_if_ended,
     _stretcher_installed,
     master_panel,
+    take_said,
 )
 from stemdeck.gui.theme import stem_colour
 from stemdeck.gui.transport import TransportRow
@@ -333,9 +334,7 @@ class DecksWindow(QMainWindow):
         if take is None:
             self.show_message(f"recording the master to {decks.recorder.path}")
             return
-        seconds = take.frames / decks.samplerate
-        dropped = f"; {take.dropped_frames} frames dropped (the disk was too slow)" if take.dropped_frames else ""
-        self.show_message(f"recorded {seconds:.1f} s to {take.path}{dropped}")
+        self.show_message(take_said(take, decks.samplerate))
 
     def _build_shortcuts(self) -> None:
         for index, key in enumerate(PLAY_KEYS):

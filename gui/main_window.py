@@ -105,6 +105,12 @@ def _clock(seconds: float) -> str:
     return f"{tenths // 600}:{tenths % 600 / 10:04.1f}"
 
 
+def take_said(take, samplerate: int) -> str:
+    """A finished take, for the status bar: its length, file and any frames the disk lost."""
+    dropped = f"; {take.dropped_frames} frames dropped (the disk was too slow)" if take.dropped_frames else ""
+    return f"recorded {take.frames / samplerate:.1f} s to {take.path}{dropped}"
+
+
 def _remaining(seconds: float) -> str:
     """Time left, counting down; at the end nothing is left, and no minus sign."""
     clock = _clock(seconds)
@@ -675,9 +681,7 @@ class MainWindow(QMainWindow):
         if take is None:
             self.show_message(f"recording to {engine.recorder.path}")
             return
-        seconds = take.frames / engine.config.samplerate
-        dropped = f"; {take.dropped_frames} frames dropped (the disk was too slow)" if take.dropped_frames else ""
-        self.show_message(f"recorded {seconds:.1f} s to {take.path}{dropped}", NOTE_MS)
+        self.show_message(take_said(take, engine.config.samplerate), NOTE_MS)
 
     def start_live(self) -> None:
         self.session.config.input_device = self._device_choice(self.input_box)

@@ -41,14 +41,21 @@ def wait_idle(qtbot, session):
     qtbot.wait(50)  # the signals queued to the GUI thread land
 
 
-@pytest.fixture
-def window(qtbot, tmp_path):
+def shown_window(qtbot, tmp_path, **config) -> tuple[DecksWindow, DecksSession]:
+    """A shown two-deck window on the pass-through model; ``config`` changes its session's
+    (headless by default)."""
     settings = QSettings(str(tmp_path / "stemdeck.ini"), QSettings.Format.IniFormat)
-    config = SessionConfig(model="passthrough", headless=True, worker="thread", calibrate=False)
-    session = DecksSession(config, model_loader=loader)
+    config = {"model": "passthrough", "headless": True, "worker": "thread", "calibrate": False, **config}
+    session = DecksSession(SessionConfig(**config), model_loader=loader)
     window = DecksWindow(session, settings)
     qtbot.addWidget(window)
     window.show()
+    return window, session
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    window, session = shown_window(qtbot, tmp_path)
     session.start("passthrough")
     session.open_array(0, tone(TONE_A_HZ), SR, "deck-a tone")
     session.open_array(1, tone(TONE_B_HZ), SR, "deck-b tone")
@@ -226,14 +233,7 @@ def test_the_two_deck_window_opens_no_wider_than_the_screen(qtbot, tmp_path):
 
 def test_with_no_sound_device_the_decks_still_show_their_strips_and_say_why(qtbot, tmp_path):
     """With no sound server nor card, the two-deck window showed no stem strips and no message."""
-    settings = QSettings(str(tmp_path / "stemdeck.ini"), QSettings.Format.IniFormat)
-    config = SessionConfig(
-        model="passthrough", headless=False, worker="thread", calibrate=False, output_device="no-such-device-xyz"
-    )
-    session = DecksSession(config, model_loader=loader)
-    window = DecksWindow(session, settings)
-    qtbot.addWidget(window)
-    window.show()
+    window, session = shown_window(qtbot, tmp_path, headless=False, output_device="no-such-device-xyz")
     try:
         session.start("passthrough")
         qtbot.waitUntil(lambda: bool(window.errors), timeout=30000)
@@ -249,12 +249,7 @@ def test_the_status_bar_shows_the_latency_xruns_and_each_decks_separation(qtbot,
     how each deck's separation keeps up, which the one-deck window shows."""
     import re
 
-    settings = QSettings(str(tmp_path / "stemdeck.ini"), QSettings.Format.IniFormat)
-    config = SessionConfig(model="passthrough", headless=False, worker="thread", calibrate=False)
-    session = DecksSession(config, model_loader=loader)
-    window = DecksWindow(session, settings)
-    qtbot.addWidget(window)
-    window.show()
+    window, session = shown_window(qtbot, tmp_path, headless=False)
     try:
         session.start("passthrough")
         session.open_array(0, tone(TONE_A_HZ), SR, "deck-a tone")
