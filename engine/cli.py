@@ -23,6 +23,17 @@ MIN_BLOCK_FRAMES = 32
 MAX_LATENCY_S = 30.0
 
 
+class StoreOnce(argparse.Action):
+    """An option a session takes once: given twice, argparse kept the last without a word
+    (``--record a.flac --record b.wav`` recorded only b.wav)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        earlier = getattr(namespace, self.dest, None)
+        if earlier is not None and earlier != self.default:
+            raise argparse.ArgumentError(self, f"given twice ({earlier}, then {values}); give it once")
+        setattr(namespace, self.dest, values)
+
+
 def add_engine_commands(commands, add_model_options) -> None:
     live = commands.add_parser("live", help="separate the sound card's input live")
     live.add_argument("--input", help="input device (index, name or part of it)")
@@ -97,6 +108,7 @@ def _add_session_options(parser: argparse.ArgumentParser, add_model_options) -> 
     parser.add_argument(
         "--record",
         type=Path,
+        action=StoreOnce,
         metavar="FILE",
         help="record what you hear (the master output) to FILE, .wav (32-bit float) or .flac (24-bit)",
     )

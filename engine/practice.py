@@ -93,6 +93,8 @@ _TIME = re.compile(r"^(?:(\d+):)?(\d+(?:\.\d*)?|\.\d+)$")
 def parse_time_s(text: str) -> float:
     """Seconds from ``"75"``, ``"75.5"`` or ``"1:15.5"`` (m:ss.s)."""
     match = _TIME.match(text.strip())
+    if not match and text.strip().startswith("-"):
+        raise ValueError(f"{text!r} is before the track's start; times count from 0")
     if not match:
         raise ValueError(f"{text!r} is not a time; write seconds (75.5) or minutes:seconds (1:15.5)")
     minutes, seconds = match.groups()

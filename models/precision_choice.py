@@ -196,7 +196,8 @@ def measure_choice(model: torch.nn.Module, segment_s: float | None = None) -> Pr
     :data:`TIMED_ROUNDS` after a warm-up) with a bag's first model, and take each one's SNR
     against float32 on every model of the bag. One precision's copy of the model at a time,
     dropped and its memory given back before the next: all three at once took a first
-    `stemdeck separate` of htdemucs to 1.35 GB (0.89 GB once the choice is remembered)."""
+    `stemdeck separate` of htdemucs to 1.35 GB (0.89 GB once the choice is remembered). What
+    making the demo song and each copy frees is given back too, before the forwards peak on it."""
     from stemdeck.models.heap import give_back_freed_memory
 
     models = models_of(model)
@@ -204,6 +205,7 @@ def measure_choice(model: torch.nn.Module, segment_s: float | None = None) -> Pr
     length = int(float(segment_s or first.segment) * first.samplerate)
     length = first.valid_length(length) if hasattr(first, "valid_length") else length  # HT Demucs: its training segment
     mix = _demo_mix(length, first.audio_channels)
+    give_back_freed_memory()
     names = candidates()
     snrs: dict[str, list[float]] = {name: [] for name in names[1:]}
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -212,6 +214,7 @@ def measure_choice(model: torch.nn.Module, segment_s: float | None = None) -> Pr
         outputs = {}
         for name in names:
             run = prepare_model(part.eval(), name, torch.device("cpu"))
+            give_back_freed_memory()  # the float copies an int8 copy quantised, freed in small blocks
             for round_index in range(rounds):
                 start = time.perf_counter()
                 with torch.inference_mode(), forward_context(name, torch.device("cpu")):
@@ -221,8 +224,8 @@ def measure_choice(model: torch.nn.Module, segment_s: float | None = None) -> Pr
             del run
             forget_prepared_copy()  # the copy's memory back to the system before the next is made
             give_back_freed_memory()
-        for name in snrs:
-            snrs[name].append(snr_db(outputs["fp32"], outputs[name]))
+            if name != "fp32":  # float32 comes first: its stems are the reference, kept alone
+                snrs[name].append(snr_db(outputs["fp32"], outputs.pop(name)))
     best = {name: min(seconds) for name, seconds in times.items()}
     worst = {name: min(values) for name, values in snrs.items()}
     return PrecisionChoice(

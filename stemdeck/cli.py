@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -18,7 +19,15 @@ DEFAULT_COMMAND = "gui"
 
 class CommandLineParser(argparse.ArgumentParser):
     """argparse with its errors in one line: the twelve lines of usage it prints above them
-    buried the one that says what is wrong. Every subcommand's parser is of this class too."""
+    buried the one that says what is wrong. Every subcommand's parser is of this class too.
+
+    A value that starts with a minus and holds a colon (``--loop -1:3``) is a value, as a
+    negative number is: argparse took it for an option and said only "expected one argument",
+    where the option's own check names what is wrong with it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[\d.]*:[\d.:]*$")
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")

@@ -165,3 +165,41 @@ def test_play_refuses_a_start_outside_its_loop(tmp_path, capsys, start):
         f"stemdeck: error: --start {start} is outside --loop 4:6; give a --start inside the loop, "
         "or leave --start out to start at its beginning"
     ]
+
+
+@pytest.mark.parametrize(
+    "loop, said",
+    [
+        ("-1:3", "--loop -1:3: '-1' is before the track's start; times count from 0"),
+        ("-0:30:1:10", "--loop -0:30:1:10: '-0:30' is before the track's start; times count from 0"),
+    ],
+)
+def test_a_loop_from_a_negative_time_is_refused_by_its_own_check(tmp_path, capsys, loop, said):
+    """argparse took ``-1:3`` for an option and said only "expected one argument"."""
+    song = tmp_path / "song.wav"
+    write_tone(song, seconds=5.0)
+    assert main(["play", str(song), "--model", "passthrough", "--loop", loop]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"stemdeck: error: {said}"]
+
+
+def test_a_negative_looking_option_is_still_an_option(tmp_path, capsys):
+    """Only values with digits and a colon after the minus are taken for values: a mistyped
+    option after --loop is still said to be one."""
+    with pytest.raises(SystemExit) as exited:
+        main(["play", "song.wav", "--loop", "-x"])
+    assert exited.value.code == 2
+    assert "argument --loop: expected one argument" in capsys.readouterr().err
+
+
+def test_record_given_twice_is_refused(tmp_path, capsys):
+    """``--record a.flac --record b.wav`` recorded only b.wav, without a word."""
+    song = tmp_path / "song.wav"
+    write_tone(song, seconds=1.0)
+    with pytest.raises(SystemExit) as exited:
+        main(["play", str(song), "--model", "passthrough", "--record", "a.flac", "--record", "b.wav"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "stemdeck play: error: argument --record: given twice (a.flac, then b.wav); give it once "
+        "(`stemdeck play --help` lists the options)"
+    ]
+    assert not (tmp_path / "a.flac").exists() and not (tmp_path / "b.wav").exists()
