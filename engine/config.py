@@ -83,6 +83,12 @@ class EngineConfig:
     loop_crossfade_ms: float = 5.0  # the loop seam's crossfade: long enough to hide the step, short enough not to blur
     record_buffer_s: float = 10.0  # the recorder's ring: how far its writer may fall behind before frames drop
     beat_tracking: bool = True  # find each loaded track's tempo and beats (a background thread)
+    # The beat search (8 s of a core for a 10-minute track) waits until the deck's separation is
+    # this far ahead of the playhead, or done: at ordinary priority it starved the idle-priority
+    # separation, and a long track played dry for 3-5 s after play. It waits no longer than
+    # beats_wait_max_s (a separation that never gets ahead must not cost the grid for good).
+    beats_after_ahead_s: float = 20.0
+    beats_wait_max_s: float = 60.0
     precision: str = "auto"
     inference_threads: int | None = None  # None: all cores but one
     headroom: float = 0.3  # the worker must stay this far below real time

@@ -415,7 +415,14 @@ class Engine:
         self._recall(key or audio_key(track, self.config.samplerate), track.shape[-1])
         self._seek_frames(cue)  # the callback moves the playhead there, waiting for stems
         beats = self._beats_found if self.config.beat_tracking else None
-        self.practice.track_loaded(self._deck_buffers, self._crossfade_frames, beats, self.backend.memory.specs())
+        self.practice.track_loaded(
+            self._deck_buffers,
+            self._crossfade_frames,
+            beats,
+            self.backend.memory.specs(),
+            self._ready_for_beats,
+            self.config.beats_wait_max_s,
+        )
         self.cue_s = cue / self.config.samplerate
         quick = int(self.config.deck_quick_start_s * self.config.samplerate)
         spec = SessionSpec(DECK, self.deck_plan, cue, cache, resume=separated is not None, quick_frames=quick)
@@ -631,6 +638,15 @@ class Engine:
         with self._control:
             self.shared.transport[COUNT_IN_BEAT_FRAMES] = frames
             self.shared.transport[COUNT_IN_BEATS] = self._count_in_beats
+
+    def _ready_for_beats(self) -> bool:
+        """Whether the beat search may take a core now: the deck's separation is far enough
+        ahead of the playhead (``beats_after_ahead_s``), or has the whole track."""
+        track_frames = self._deck_buffers.track.shape[-1]
+        if int(self.shared.worker[STEMS_WRITTEN]) >= track_frames:
+            return True
+        ahead_frames = self._frames_ahead(playhead_frames(self.shared))
+        return ahead_frames >= self.config.beats_after_ahead_s * self.config.samplerate
 
     def _beats_found(self, beats) -> None:
         """The beat tracker's grid for the loaded track (its thread calls this)."""

@@ -17,7 +17,6 @@ A source is anything with ``samplerate``, ``channels``, ``frames`` and ``blocks(
 
 from __future__ import annotations
 
-import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from stemdeck.models.precision import Network, prepare_network
 from stemdeck.models.precision_choice import remembered_precision
 from stemdeck.models.separate import (
     ChunkPlan,
+    MixStatistics,
     Progress,
     _callback,
     center_trim,
@@ -198,34 +198,6 @@ def model_rate_blocks(source: Source, model_rate: int, model_channels: int) -> I
     for block in source.blocks():
         yield match_channels(resampler.feed(block), model_channels)
     yield match_channels(resampler.feed(np.zeros((source.channels, 0), np.float32), last=True), model_channels)
-
-
-@dataclass
-class MixStatistics:
-    """Frames, mean and M2 of the mono mix, merged block by block in float64 (Chan et al.)."""
-
-    frames: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
-
-    def add(self, mix: np.ndarray) -> None:
-        mono = mix.mean(axis=0, dtype=np.float64)
-        if not mono.size:
-            return
-        mean = float(mono.mean())
-        m2 = float(np.square(mono - mean).sum())
-        total = self.frames + mono.size
-        delta = mean - self.mean
-        self.m2 += m2 + delta * delta * self.frames * mono.size / total
-        self.mean += delta * mono.size / total
-        self.frames = total
-
-    def normalisation(self) -> tuple[float, float]:
-        """As :func:`models.separate.normalisation` gives for the whole mix."""
-        if self.frames == 0:
-            return 0.0, 1.0
-        deviation = math.sqrt(self.m2 / (self.frames - 1)) if self.frames > 1 else 0.0
-        return self.mean, deviation + 1e-8
 
 
 def mix_statistics(source: Source, model_rate: int, model_channels: int) -> MixStatistics:

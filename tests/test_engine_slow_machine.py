@@ -230,3 +230,62 @@ def test_a_plan_this_machine_cannot_run_is_listed_as_refused_with_the_reason():
         engine.stop()
     assert plan.latency_ms is None and "smaller model" in plan.refusal
     assert describe_plans([plan]).startswith("  fast         refused: this machine needs 1.0")
+
+
+def _clicks(seconds: float, bpm: float) -> np.ndarray:
+    """``(2, frames)`` short 2 kHz bursts on every beat: a track whose tempo the tracker finds."""
+    mono = np.zeros(int(seconds * SR), np.float32)
+    t = np.arange(int(0.010 * SR)) / SR
+    burst = (0.8 * np.sin(2 * np.pi * 2000 * t) * np.exp(-t / 0.003)).astype(np.float32)
+    for start_s in np.arange(0.25, seconds - 0.02, 60.0 / bpm):
+        i = int(round(start_s * SR))
+        mono[i : i + burst.size] += burst[: mono.size - i]
+    return np.stack([mono, 0.5 * mono])
+
+
+def _watch_beat_search(monkeypatch, engine: Engine) -> list[tuple[int, int]]:
+    """Where the deck's separation stood (frames ahead of the playhead, frames written) each
+    time the beat search started in earnest."""
+    from stemdeck.engine.audio.state import STEMS_WRITTEN, playhead_frames
+    from stemdeck.engine.stretch import control
+
+    seen, search = [], control.search_beats
+
+    def watched(signal):
+        seen.append((engine._frames_ahead(playhead_frames(engine.shared)), int(engine.shared.worker[STEMS_WRITTEN])))
+        return search(signal)
+
+    monkeypatch.setattr(control, "search_beats", watched)
+    return seen
+
+
+def test_the_beat_search_waits_for_the_separation_to_get_ahead(monkeypatch):
+    """The beat search (8 s of a core for a 10-minute track) at ordinary priority starved the
+    idle-priority separation: a long track played dry for 3-5 s after play. It now starts once
+    the separation is ``beats_after_ahead_s`` ahead of the playhead, and still finds the grid."""
+    track = _clicks(30.0, bpm=100.0)
+    slow = SlowModel(PassThrough(), delay_per_s=0.08)  # 30 s separated in about 2.4 s
+    with _deck(slow, beat_tracking=True, beats_after_ahead_s=6.0, deck_quick_start_s=0.0) as engine:
+        seen = _watch_beat_search(monkeypatch, engine)
+        engine.load_array(track)
+        beats = engine.practice.wait_beats(120.0)
+    assert len(seen) == 1
+    ahead_frames, written_frames = seen[0]
+    assert ahead_frames >= 6.0 * SR or written_frames >= track.shape[-1], seen
+    assert beats is not None and beats.bpm == pytest.approx(100.0, rel=0.01)
+
+
+def test_the_beat_search_runs_after_its_longest_wait_where_the_separation_never_gets_ahead(monkeypatch):
+    """A machine too slow to get ahead must not lose the grid for good: ``beats_wait_max_s`` on."""
+    track = _clicks(12.0, bpm=120.0)
+    slow = SlowModel(PassThrough(), delay_per_s=0.3)  # under 4 s ahead a second at most
+    config = {"beat_tracking": True, "beats_after_ahead_s": 1000.0, "beats_wait_max_s": 1.0}
+    with _deck(slow, deck_quick_start_s=0.0, **config) as engine:
+        seen = _watch_beat_search(monkeypatch, engine)
+        start = time.monotonic()
+        engine.load_array(track)
+        beats = engine.practice.wait_beats(120.0)
+        waited_s = time.monotonic() - start
+    assert len(seen) == 1 and seen[0][1] < track.shape[-1], seen  # searched before the separation ended
+    assert waited_s >= 1.0
+    assert beats is not None and beats.bpm == pytest.approx(120.0, rel=0.01)

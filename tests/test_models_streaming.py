@@ -20,8 +20,8 @@ from stemdeck.models import BagOfModels, separate
 from stemdeck.models.audio import AudioError, open_audio, read_audio
 from stemdeck.models.nets.passthrough import PassThrough
 from stemdeck.models.registry import load_named
-from stemdeck.models.separate import normalisation, resample
-from stemdeck.models.streaming import ArraySource, FrameQueue, MixStatistics, Resampler, Settings, separate_stream
+from stemdeck.models.separate import MixStatistics, normalisation, resample
+from stemdeck.models.streaming import ArraySource, FrameQueue, Resampler, Settings, separate_stream
 
 TOLERANCE = 1e-4
 

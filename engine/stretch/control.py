@@ -17,6 +17,7 @@ import multiprocessing
 import multiprocessing.util  # noqa: F401 - its exit handler registered before ours (below)
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from signal import SIG_IGN, SIGBUS, SIGILL, SIGINT, SIGSEGV
@@ -43,6 +44,7 @@ from stemdeck.engine.worker.process import BlockSpec
 
 CRASH_EXIT_CODES = (-SIGSEGV, -SIGBUS, -SIGILL)  # multiprocessing's exit code: minus the signal
 DEATH_WAIT_S = 2.0  # for a process whose pipe closed to be reaped
+BEATS_READY_POLL_S = 0.1  # how often a track's beat search asks whether the separation can spare a core
 
 
 def _serve_beats(connection) -> None:
@@ -145,7 +147,7 @@ def _forget_compiled_tracker() -> None:
     )
 
 
-def _weakly(callback: Callable[[Beats], None]) -> Callable[[], Callable[[Beats], None] | None]:
+def _weakly(callback: Callable) -> Callable[[], Callable | None]:
     """``callback`` held weakly where it is an object's method (the engine's): the beat thread must
     not keep the engine alive. Its last reference dropped on that daemon thread, as the program
     exits, would free the model's tensors there, and torch's lock guard aborts the process then
@@ -213,9 +215,12 @@ class PracticeControls:
         crossfade_frames: int,
         on_beats: Callable[[Beats], None] | None = None,
         blocks: dict[str, BlockSpec] | None = None,
+        ready: Callable[[], bool] | None = None,
+        ready_wait_max_s: float = 60.0,
     ) -> None:
         """A new track, its shared ``blocks`` (``state``, ``track``, ``stems``) for the stage
-        process to stretch from; with ``on_beats``, its beats looked for."""
+        process to stretch from; with ``on_beats``, its beats looked for once ``ready()`` says
+        the CPU can be spared (the deck's separation comes first), or ``ready_wait_max_s`` on."""
         if blocks is not None:
             self.stage.load(blocks, crossfade_frames, deck.audio, deck.transport)
             if stretch_active(self.buffers.controls):
@@ -225,16 +230,25 @@ class PracticeControls:
         if on_beats is not None:
             self._beat_thread = threading.Thread(
                 target=self._search_beats,
-                args=(deck.track, self._track_serial, _weakly(on_beats)),
+                args=(deck.track, self._track_serial, _weakly(on_beats), ready and _weakly(ready), ready_wait_max_s),
                 name="stemdeck-beats",
                 daemon=True,
             )
             self._beat_thread.start()
 
-    def _search_beats(self, track: np.ndarray, serial: int, on_beats: Callable[[], Callable | None]) -> None:
+    def _search_beats(
+        self,
+        track: np.ndarray,
+        serial: int,
+        on_beats: Callable[[], Callable | None],
+        ready: Callable[[], Callable[[], bool] | None] | None = None,
+        ready_wait_max_s: float = 60.0,
+    ) -> None:
         """On its own thread: the track handed to the beat process, its answer awaited. No grid is
         a usable answer (loops are then set by hand), so any failure is just no grid."""
         try:
+            if ready is not None and not self._wait_until_ready(ready, serial, ready_wait_max_s):
+                return
             with native_section():  # soxr's resampler: the exit waits for it (engine/exit_guard.py)
                 signal = analysis_signal(track, self.samplerate)
             if serial != self._track_serial:
@@ -247,6 +261,21 @@ class PracticeControls:
             receiver = on_beats()
             if receiver is not None:
                 receiver(beats)
+
+    def _wait_until_ready(self, ready: Callable[[], Callable[[], bool] | None], serial: int, wait_max_s: float) -> bool:
+        """Once the predicate ``ready()`` gives holds, or ``wait_max_s`` on: True; False
+        once another track is loaded, its engine is gone or the program exits (nothing to search
+        for)."""
+        deadline = time.monotonic() + wait_max_s
+        while serial == self._track_serial and not _exiting.is_set():
+            predicate = ready()
+            if predicate is None:
+                return False
+            if predicate() or time.monotonic() >= deadline:
+                return True
+            del predicate  # not held across the sleep: the engine may be dropped meanwhile
+            time.sleep(BEATS_READY_POLL_S)
+        return False
 
     def warm_beats(self) -> None:
         """Start the program's beat process ahead of the first track (see :func:`start_beat_process`)."""
