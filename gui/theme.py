@@ -32,6 +32,7 @@ QPushButton#hotcue:checked {{ background: #26c6da; color: #000; }}
 QPushButton#record:checked {{ background: #e53935; color: #fff; }}
 QComboBox, QDoubleSpinBox {{ background: #2a2e35; border: 1px solid #3a3f47; border-radius: 6px; padding: 4px 8px;
                              min-height: 26px; }}
+QComboBox:disabled, QDoubleSpinBox:disabled {{ color: #555; background: {PANEL}; border-color: #2a2e35; }}
 QLabel#stemName {{ font-size: 13pt; font-weight: bold; }}
 QLabel#time {{ font-family: monospace; font-size: 14pt; }}
 QFrame#banner {{ background: {ERROR_BACKGROUND}; border-radius: 6px; }}

@@ -127,7 +127,7 @@ class TransportRow(QWidget):
         self.tempo_reset = self._button("1×", "Back to the recorded tempo")
         self.tempo_reset.clicked.connect(lambda: self.tempo_slider.setValue(100))
         self.key_down = self._button("♭", "Key down a semitone")
-        self.key_label = SteadyLabel("key ±0", widest="key -12")
+        self.key_label = SteadyLabel("key ±0", widest=("key -12", "key +12"))
         self.key_up = self._button("♯", "Key up a semitone")
         self.key_down.clicked.connect(lambda: self.key_step.emit(-1))
         self.key_up.clicked.connect(lambda: self.key_step.emit(1))
@@ -206,17 +206,19 @@ class SteadyLabel(QLabel):
     """A label as wide as the widest text it will show, so the buttons beside it stay under the
     mouse while its figure changes (a tempo slider dragged from 100 % to 53 %). Measured in the
     font it has when laid out, not when made: the theme's stylesheet sets the font later, and a
-    width fixed at construction cut "100 %" to "00 %" on a 96-dpi desktop."""
+    width fixed at construction cut "100 %" to "00 %" on a 96-dpi desktop. ``widest``: one text
+    or several, where the font decides which is widest ("key +12" was wider than "key -12", and
+    the label grew at +12)."""
 
-    def __init__(self, text: str, widest: str):
+    def __init__(self, text: str, widest: str | tuple[str, ...]):
         super().__init__(text)
-        self._widest = widest
+        self._widest = (widest,) if isinstance(widest, str) else widest
         self.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Preferred)
 
     def sizeHint(self) -> QSize:
         margins = self.contentsMargins()
-        width = max(self.fontMetrics().horizontalAdvance(t) for t in (self._widest, self.text()))
+        width = max(self.fontMetrics().horizontalAdvance(t) for t in (*self._widest, self.text()))
         width += margins.left() + margins.right() + 2 * self.margin() + STEADY_LABEL_SLACK_PX
         return QSize(width, super().sizeHint().height())
 

@@ -69,6 +69,29 @@ def test_practice_row_shows_every_figure_whole_in_the_themes_font_at_minimum_siz
     assert cut_texts(window.transport) == []
 
 
+def test_the_key_label_keeps_its_width_from_minus_to_plus_12(qtbot, themed, window):
+    """The label was as wide as "key -12", and "key +12" is wider in the theme's font: the buttons
+    beside it moved at +12. Its width is now the same at every key."""
+    label = window.transport.key_label
+    widths = set()
+    for semitones in (-12, -1, 0, 5, 12):
+        label.setText(f"key {semitones:+d}" if semitones else "key ±0")
+        QApplication.processEvents()
+        widths.add(label.sizeHint().width())
+    assert len(widths) == 1, widths
+
+
+def test_the_beats_list_looks_disabled_until_the_tempo_is_known(qtbot, themed, window):
+    """Disabled, it was drawn as when enabled: the theme styled combo boxes, not their disabled
+    state."""
+    box = window.transport.beats_box
+    box.setEnabled(True)
+    enabled = box.grab().toImage()
+    box.setEnabled(False)
+    disabled = box.grab().toImage()
+    assert enabled != disabled
+
+
 def pull(window, frames: int) -> np.ndarray:
     """The engine's next ``frames`` of output, as the audio callback would play them."""
     engine = window.session.engine
