@@ -20,6 +20,7 @@ class DecksSession(Session):
 
     decks_ready = pyqtSignal(tuple)  # sources
     deck_ready = pyqtSignal(int, object)  # deck 0/1, Track
+    output_opened = pyqtSignal()  # the decks' output (re)opened: whether it has a cue pair may have changed
 
     def __init__(self, config=None, model_loader=None):
         super().__init__(config, model_loader)
@@ -35,6 +36,13 @@ class DecksSession(Session):
 
     def open_array(self, which: int, audio: np.ndarray, samplerate: int, name: str) -> None:  # type: ignore[override]
         self._submit(f"loading {name}…", lambda: self._load(which, audio, samplerate, name, None))
+
+    def set_output(self, device: str | None) -> None:
+        """Both decks' output to ``device`` (None: the default): closed and opened again on the
+        job thread, the tracks playing on where they were."""
+        self.config.output_device = device
+        if self.decks is not None and not self.config.headless:
+            self._submit("opening the output…", self._restart_output)
 
     def close(self) -> None:
         self._jobs.put(None)
@@ -59,11 +67,21 @@ class DecksSession(Session):
         self.decks, self.model_name = decks, name
         self.decks_ready.emit(tuple(model.sources))  # the strips show even where no output opens (its error says why)
         if not self.config.headless:
-            from stemdeck.engine.device import resolve_device
+            self._open_output()
 
-            decks.start_output(resolve_device(self.config.output_device, "output"))
-            for notice in decks.notices:  # no cue output, say once
-                self.failed.emit(notice)
+    def _restart_output(self) -> None:
+        self.decks.stop_output()
+        self._open_output()
+
+    def _open_output(self) -> None:
+        from stemdeck.engine.device import resolve_device
+
+        decks = self.decks
+        decks.notices.clear()
+        decks.start_output(resolve_device(self.config.output_device, "output"))
+        self.output_opened.emit()
+        for notice in decks.notices:  # no cue output, said once for each device
+            self.failed.emit(notice)
 
     def _open_file(self, which: int, path: Path) -> None:
         from stemdeck.models.audio import read_audio

@@ -51,7 +51,17 @@ from stemdeck.gui.main_window import (
 )
 from stemdeck.gui.theme import stem_colour
 from stemdeck.gui.transport import TransportRow
-from stemdeck.gui.widgets import DbFader, ElidedLabel, LevelMeter, StemStrip, WaveformOverview, fit_to_screen
+from stemdeck.gui.widgets import (
+    DbFader,
+    DeviceBox,
+    ElidedLabel,
+    LevelMeter,
+    StemStrip,
+    WaveformOverview,
+    device_choice,
+    device_labels,
+    fit_to_screen,
+)
 
 DECK_NAMES = ("A", "B")
 DECK_B_MUTE_KEYS = [Qt.Key.Key_Q, Qt.Key.Key_W, Qt.Key.Key_E, Qt.Key.Key_R, Qt.Key.Key_T, Qt.Key.Key_Y]
@@ -276,6 +286,7 @@ class DecksWindow(QMainWindow):
         session.failed.connect(self.show_error)
         session.decks_ready.connect(self._on_decks_ready)
         session.deck_ready.connect(lambda index, track: self.panels[index].show_track(track))
+        session.output_opened.connect(self._show_cue_output)
         fit_to_screen(self, 1900, 900, session.config.headless)
         self.timer = QTimer(self)
         self.timer.timeout.connect(self.refresh)
@@ -317,6 +328,14 @@ class DecksWindow(QMainWindow):
         self.cue_output_label = QLabel("")
         self.cue_output_label.setWordWrap(True)
         layout.addWidget(self.cue_output_label)
+        layout.addWidget(QLabel("Output"))
+        self.output_box = DeviceBox(
+            lambda rescan: device_labels(self.session.config.headless, rescan)[1],
+            "Output device for both decks: the master on its first pair, the cue on its second",
+        )
+        self._show_output_choice(self.session.config.output_device)
+        self.output_box.activated.connect(self._output_chosen)
+        layout.addWidget(self.output_box)
         mixer.setFixedWidth(190)
         return mixer
 
@@ -434,8 +453,21 @@ class DecksWindow(QMainWindow):
         self.curve_box.setCurrentText(self.decks.crossfader_curve)
         self.crossfader.setValue(round(self.decks.crossfader * CROSSFADER_STEPS))
         self.cue_mix.setValue(round(self.decks.cue_mix * CUE_MIX_STEPS))
-        if not self.decks.cue_output and self.decks.output_open:
-            self.cue_output_label.setText("no cue output (use JACK, or a 4-channel device)")
+        self._show_cue_output()
+
+    def _show_cue_output(self) -> None:
+        decks = self.decks
+        lacking = decks is not None and decks.output_open and not decks.cue_output
+        self.cue_output_label.setText("no cue output (use JACK, or a 4-channel device)" if lacking else "")
+
+    def _output_chosen(self) -> None:
+        self.session.set_output(device_choice(self.output_box.currentText()))
+
+    def _show_output_choice(self, device: str | None) -> None:
+        """The picker on the device the decks open (``--output``'s, given by name or part of it)."""
+        labels = [self.output_box.itemText(index) for index in range(self.output_box.count())]
+        named = [label for label in labels[1:] if device and device.lower() in label.lower()]
+        self.output_box.setCurrentText(named[0] if named else "default")
 
     # -- the 30 fps refresh -------------------------------------------------------------------------
 

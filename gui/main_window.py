@@ -32,7 +32,16 @@ from stemdeck.gui.library_dialog import show_library_dialog
 from stemdeck.gui.session import Session, Track
 from stemdeck.gui.theme import stem_colour
 from stemdeck.gui.transport import COUNT_IN_BEATS, TransportRow
-from stemdeck.gui.widgets import DeviceBox, ElidedLabel, LevelMeter, StemStrip, WaveformOverview, fit_to_screen
+from stemdeck.gui.widgets import (
+    DeviceBox,
+    ElidedLabel,
+    LevelMeter,
+    StemStrip,
+    WaveformOverview,
+    device_choice,
+    device_labels,
+    fit_to_screen,
+)
 
 REFRESH_MS = 33  # ≈ 30 fps
 SEEK_STEP_S = 5.0
@@ -443,31 +452,11 @@ class MainWindow(QMainWindow):
         return button
 
     def _device_names(self, rescan: bool = False) -> tuple[list[str], list[str]]:
-        """Input and output devices' labels; ``rescan`` first has PortAudio look again (a picker
-        opening: a server started since), where no stream of ours is open."""
-        if self.session.config.headless:
-            return [], []
-        try:
-            from stemdeck.engine.device import list_devices, rescan_devices
-
-            if rescan:
-                rescan_devices()
-            devices = list_devices()
-        except Exception:  # noqa: BLE001 - no audio backend: the pickers stay at default
-            return [], []
-
-        def label(device: dict) -> str:
-            return f"{device['name']} [{device['hostapi_name']}]"
-
-        return (
-            [label(d) for d in devices if d["max_input_channels"] > 0],
-            [label(d) for d in devices if d["max_output_channels"] > 0],
-        )
+        return device_labels(self.session.config.headless, rescan)
 
     @staticmethod
     def _device_choice(box: QComboBox) -> str | None:
-        text = box.currentText()
-        return None if text == "default" else text.rsplit(" [", 1)[0]
+        return device_choice(box.currentText())
 
     # -- session ------------------------------------------------------------------------------------
 

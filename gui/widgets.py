@@ -77,6 +77,35 @@ class ElidedLabel(QLabel):
         painter.drawText(self.contentsRect(), int(self.alignment()), shown)
 
 
+def device_labels(headless: bool, rescan: bool = False) -> tuple[list[str], list[str]]:
+    """Input and output devices' labels for the pickers ("name [host API]"); ``rescan`` first
+    has PortAudio look again (a picker opening: a server started since), where no stream of ours
+    is open. None where the window opens no device or no audio backend is there."""
+    if headless:
+        return [], []
+    try:
+        from stemdeck.engine.device import list_devices, rescan_devices
+
+        if rescan:
+            rescan_devices()
+        devices = list_devices()
+    except Exception:  # noqa: BLE001 - no audio backend: the pickers stay at default
+        return [], []
+
+    def label(device: dict) -> str:
+        return f"{device['name']} [{device['hostapi_name']}]"
+
+    return (
+        [label(d) for d in devices if d["max_input_channels"] > 0],
+        [label(d) for d in devices if d["max_output_channels"] > 0],
+    )
+
+
+def device_choice(label: str) -> str | None:
+    """The device a picker's label names (None: the default)."""
+    return None if label == "default" else label.rsplit(" [", 1)[0]
+
+
 class DeviceBox(QComboBox):
     """A sound device picker that lists the devices again each time it opens: a sound server
     started after the window (JACK, PipeWire) or a card plugged in since shows up. The choice

@@ -243,12 +243,13 @@ def test_a_missing_model_is_a_banner_and_the_deck_still_plays(qtbot, settings):
 
 
 def test_settings_persist_between_launches(qtbot, settings, window):
-    window.resize(790, 560)  # inside the offscreen platform's 800 x 600 screen
+    size = (max(790, window.minimumSizeHint().width()), 560)  # inside the offscreen platform's 800 x 600 screen
+    window.resize(*size)
     window.close()
     window.session.close()
     again = make_window(qtbot, settings)
     try:
-        assert (again.width(), again.height()) == (790, 560)
+        assert size[0] <= 800 and (again.width(), again.height()) == size
         assert settings.value("model") == "passthrough" and settings.value("preset") == "balanced"
         assert settings.value("colours/vocals") == "#e94b8a"
     finally:

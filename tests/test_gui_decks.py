@@ -288,3 +288,55 @@ def test_the_master_is_recorded_from_the_two_deck_window(qtbot, window, tmp_path
     assert rate == SR and np.array_equal(recorded, np.concatenate(played))  # the master, block for block
     assert np.abs(recorded).max() > 0.1  # deck A's tone
     assert window.statusBar().currentMessage() == f"recorded {40 * BLOCK / SR:.1f} s to {take}"
+
+
+def _level_at(signal: np.ndarray, hz: float) -> float:
+    """The amplitude of the ``hz`` sine in ``signal`` (a whole number of its cycles or close)."""
+    t = np.arange(signal.size) / SR
+    return 2 * abs(np.mean(signal * np.exp(-2j * np.pi * hz * t)))
+
+
+def test_the_output_picker_reopens_both_decks_output_and_deck_a_plays_on(qtbot, tmp_path, jack_server):
+    """The two-deck window had no output picker: the decks played where `--output` or the default
+    put them, and a device started after the window could not be chosen."""
+    from conftest import JackRecorder
+
+    window, session = shown_window(qtbot, tmp_path, headless=False)
+    recorder = None
+    try:
+        session.start("passthrough")
+        session.open_array(0, tone(TONE_A_HZ, seconds=30.0), SR, "deck-a tone")
+        wait_idle(qtbot, session)
+        box = window.output_box
+        box.showPopup()  # lists the devices again, as a click on it does
+        box.hidePopup()
+        labels = [box.itemText(index) for index in range(box.count())]
+        jack_label = next(label for label in labels if label.endswith("[JACK Audio Connection Kit]"))
+        assert labels[0] == "default" and box.currentText() == "default"
+        decks = session.decks
+        decks.deck("A").play()
+        before = decks._stream
+        box.setCurrentIndex(labels.index(jack_label))
+        box.activated.emit(labels.index(jack_label))  # what choosing it in the open list emits
+        wait_idle(qtbot, session)
+        assert session.config.output_device == jack_label.rsplit(" [", 1)[0]
+        assert decks._stream is not before and decks.output_open
+        assert window.errors == [] and window.cue_output_label.text() == ""
+        recorder = JackRecorder(jack_server, 2)
+        recorder.connect("stemdeck:master_L", "stemdeck:master_R")
+        left = recorder.record(1.0)[0]
+        assert _level_at(left, TONE_A_HZ) > 0.5 * AMPLITUDE  # deck A, heard through the reopened output
+    finally:
+        if recorder is not None:
+            recorder.close()
+        window.close()
+        session.close()
+
+
+def test_the_output_picker_shows_the_device_given_on_the_command_line(qtbot, tmp_path, jack_server):
+    window, session = shown_window(qtbot, tmp_path, headless=False, output_device="syst")
+    try:
+        assert window.output_box.currentText() == "system [JACK Audio Connection Kit]"
+    finally:
+        window.close()
+        session.close()
