@@ -20,7 +20,14 @@ from stemdeck.engine.config import EngineConfig, WindowConfig
 from stemdeck.engine.runtime import inference_threads
 from stemdeck.engine.session import DECK, SessionSpec, WorkerError
 from stemdeck.engine.worker.calibrate import Calibration, calibrate
-from stemdeck.engine.worker.process import ArraySpecs, BlockSpec, SharedBlock, WorkerProcess, clean_stale_segments
+from stemdeck.engine.worker.process import (
+    ArraySpecs,
+    BlockSpec,
+    SharedBlock,
+    SharedMemoryFull,
+    WorkerProcess,
+    clean_stale_segments,
+)
 from stemdeck.engine.worker.separator import WindowSeparator
 from stemdeck.engine.worker.windows import WindowPlan
 from stemdeck.engine.worker.worker import SeparationWorker, build_worker, warm_up_worker_kernels
@@ -91,7 +98,15 @@ class SessionMemory:
         self.keys: tuple[str, ...] = ()
 
     def allocate(self, arrays: ArraySpecs) -> dict[str, np.ndarray]:
-        self.blocks, self.keys = [SharedBlock({key: spec}) for key, spec in arrays.items()], tuple(arrays)
+        blocks: list[SharedBlock] = []
+        try:
+            for key, spec in arrays.items():
+                blocks.append(SharedBlock({key: spec}))
+        except SharedMemoryFull:
+            for block in blocks:  # the track's block made, its stems' refused: none is kept
+                block.close()
+            raise
+        self.blocks, self.keys = blocks, tuple(arrays)
         return {key: block.arrays[key] for key, block in zip(arrays, self.blocks, strict=True)}
 
     def specs(self) -> dict[str, BlockSpec]:

@@ -68,6 +68,7 @@ from stemdeck.engine.session import DECK, LIVE, SessionSpec, WorkerError
 from stemdeck.engine.stretch.control import PracticeControls
 from stemdeck.engine.worker.cache import load_whole_track
 from stemdeck.engine.worker.calibrate import Calibration
+from stemdeck.engine.worker.process import SharedMemoryFull, shared_memory_full_said
 from stemdeck.engine.worker.scheduling import POLICY_NAMES
 from stemdeck.engine.worker.windows import WindowPlan
 
@@ -391,9 +392,14 @@ class Engine:
             self.shared.transport[PLAY] = 0
             self.shared.transport[PLAY_SERIAL] += 1  # no first-stems time until the next play
         cue = min(max(0, int(cue_s * self.config.samplerate)), max(0, track.shape[-1] - 1))  # like seek
-        arrays = self.backend.allocate(
-            {"track": (track.shape, "float32"), "stems": ((len(self.sources), *track.shape), "float32")}
-        )
+        specs = {"track": (track.shape, "float32"), "stems": ((len(self.sources), *track.shape), "float32")}
+        try:
+            arrays = self.backend.allocate(specs)
+        except SharedMemoryFull:
+            needed_bytes = 4 * track.size * (1 + len(self.sources))
+            minutes, seconds = divmod(round(track.shape[-1] / self.config.samplerate), 60)
+            what = f"a {minutes}:{seconds:02d} track and its stems"
+            raise SharedMemoryFull(shared_memory_full_said(needed_bytes, what)) from None
         arrays["track"][:] = track
         # a damaged sample is silence, as models.separate takes it (and the mixer would play it)
         np.nan_to_num(arrays["track"], copy=False, nan=0.0, posinf=0.0, neginf=0.0)
