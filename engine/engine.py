@@ -899,6 +899,12 @@ class Engine:
         return written - playhead
 
     @property
+    def loaded_track(self) -> np.ndarray | None:
+        """The deck's track ``(channels, frames)`` at the engine's rate (shared memory: copy it to
+        keep it past a load or stop); None without one."""
+        return self._deck_buffers.track if self._mode == DECK and self._deck_buffers is not None else None
+
+    @property
     def track_seconds(self) -> float:
         return self._deck_buffers.track.shape[-1] / self.config.samplerate if self._mode == DECK else 0.0
 

@@ -31,6 +31,11 @@ class DecksSession(Session):
         """Load the model and build both decks (their output opened unless headless)."""
         self._submit(f"loading {name or 'the default model'}…", lambda: self._build_decks(name))
 
+    def choose_model(self, name: str, preset: str | None = None) -> None:  # type: ignore[override]
+        """Both decks on another model: their tracks stay loaded where they were, their mixer
+        as it was, and separate again. Refused while a deck plays (its music would stop)."""
+        self._submit(f"loading {name}…", lambda: self._switch_model(name))
+
     def open_file(self, which: int, path: str | Path) -> None:  # type: ignore[override]
         self._submit(f"opening {Path(path).name} on deck {'AB'[which]}…", lambda: self._open_file(which, Path(path)))
 
@@ -54,9 +59,58 @@ class DecksSession(Session):
     # -- on the job thread ------------------------------------------------------------------------------
 
     def _build_decks(self, name: str | None) -> None:
+        self._build_decks_of(*self._load_model(name))
+
+    def _switch_model(self, name: str) -> None:  # type: ignore[override]
+        old = self.decks
+        if old is None:
+            self._build_decks(name)
+            return
+        playing = ["AB"[index] for index in (0, 1) if old.playing(index)]
+        if playing:
+            raise ValueError(
+                f"deck {' and '.join(playing)} is playing; pause it to switch the model (both decks separate again)"
+            )
+        model, name = self._load_model(name)  # one that cannot load leaves the decks as they are
+        status = old.status()
+        kept = [self._kept_deck(old, index) for index in (0, 1)]
+        old.stop()
+        self.decks = None
+        self._build_decks_of(model, name)
+        decks = self.decks
+        for index, deck in enumerate(kept):
+            if deck is not None:
+                audio, position_s, mixer, sources = deck
+                decks.load_array(index, audio, cue_s=position_s)
+                self._carry_deck_mixer(decks.deck(index), mixer, sources)
+                self.deck_ready.emit(index, self.tracks[index])
+        decks.set_crossfader_curve(status.curve)
+        decks.set_crossfader(status.crossfader)
+        decks.set_cue_mix(status.cue_mix)
+        decks.set_master_db(status.master_db)
+        for index in (0, 1):
+            decks.set_volume_db(index, status.volume_db[index])
+            decks.set_cue(index, status.cue[index])
+
+    def _kept_deck(self, decks, index: int):
+        """What a deck takes to the new model: its track (copied out of the old decks' shared
+        memory), playhead and mixer; None where it holds no track."""
+        engine = decks.deck(index)
+        if self.tracks[index] is None or engine.loaded_track is None:
+            return None
+        return engine.loaded_track.copy(), engine.status().position_s, engine.mixer(), engine.sources
+
+    @staticmethod
+    def _carry_deck_mixer(engine, mixer, sources: tuple[str, ...]) -> None:
+        for stem, name in enumerate(sources):
+            if name in engine.sources:
+                engine.set_gain(name, mixer.gain_db[stem])
+                engine.set_mute(name, mixer.mute[stem])
+                engine.set_solo(name, mixer.solo[stem])
+
+    def _build_decks_of(self, model, name: str) -> None:
         from stemdeck.engine.decks import Decks
 
-        model, name = self._load_model(name)
         decks = Decks.build(
             model,
             samplerate=self._device_rate(),

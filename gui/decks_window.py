@@ -38,6 +38,7 @@ from stemdeck.engine.audio.decks_mix import CURVES
 from stemdeck.gui.decks_session import DecksSession
 from stemdeck.gui.main_window import (
     DIGIT_KEYS,
+    MODEL_CHOICES,
     OPEN_FILTER,
     REFRESH_MS,
     SHIFTED_DIGIT_KEYS,
@@ -192,6 +193,11 @@ class DeckPanel(QFrame):
             self.window.show_message(f"deck {self.name}: {exc}")
 
     def build_strips(self, sources: tuple[str, ...]) -> None:
+        """The deck's stem strips, made anew for a model (its stems may differ)."""
+        for strip in self.strips:
+            self.strip_row.removeWidget(strip)
+            strip.deleteLater()
+        self.strips.clear()
         keys = MUTE_KEY_NAMES[self.index]
         for index, name in enumerate(sources):
             strip = StemStrip(index, name, stem_colour(name, index))
@@ -298,6 +304,13 @@ class DecksWindow(QMainWindow):
 
     def _build_mixer(self) -> QFrame:
         mixer, layout, self.master_meter = master_panel()
+        layout.addWidget(QLabel("Model"))
+        self.model_box = _no_focus(QComboBox())
+        self.model_box.addItems(MODEL_CHOICES)
+        self._show_model(self.session.config.model)
+        self.model_box.setToolTip("Separation model of both decks (pause them to switch; their tracks stay loaded)")
+        self.model_box.activated.connect(lambda _: self.session.choose_model(self.model_box.currentText()))
+        layout.addWidget(self.model_box)
         layout.addWidget(QLabel("Cue ◀ mix ▶ Master"))
         self.cue_mix = _no_focus(QDial())
         self.cue_mix.setRange(0, CUE_MIX_STEPS)
@@ -450,6 +463,7 @@ class DecksWindow(QMainWindow):
     def _on_decks_ready(self, sources: tuple) -> None:
         for panel in self.panels:
             panel.build_strips(sources)
+        self._show_model(self.session.model_name)
         self.curve_box.setCurrentText(self.decks.crossfader_curve)
         self.crossfader.setValue(round(self.decks.crossfader * CROSSFADER_STEPS))
         self.cue_mix.setValue(round(self.decks.cue_mix * CUE_MIX_STEPS))
@@ -459,6 +473,12 @@ class DecksWindow(QMainWindow):
         decks = self.decks
         lacking = decks is not None and decks.output_open and not decks.cue_output
         self.cue_output_label.setText("no cue output (use JACK, or a 4-channel device)" if lacking else "")
+
+    def _show_model(self, name: str | None) -> None:
+        if name and self.model_box.findText(name) < 0:
+            self.model_box.addItem(name)  # a checkpoint file given by path
+        if name:
+            self.model_box.setCurrentText(name)
 
     def _output_chosen(self) -> None:
         self.session.set_output(device_choice(self.output_box.currentText()))

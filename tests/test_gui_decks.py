@@ -14,7 +14,7 @@ import soundfile
 from PyQt6.QtCore import QSettings, Qt
 from PyQt6.QtTest import QTest
 from PyQt6.QtWidgets import QApplication, QMessageBox
-from test_gui import IDLE_TIMEOUT_MS, loader
+from test_gui import IDLE_TIMEOUT_MS, SIX, loader
 from test_gui_midi_jack import CONTROLLER, pads, send  # noqa: F401 - pads: the controller fixture
 from test_gui_practice import cut_texts, themed  # noqa: F401 - themed: the app theme fixture
 
@@ -340,3 +340,48 @@ def test_the_output_picker_shows_the_device_given_on_the_command_line(qtbot, tmp
     finally:
         window.close()
         session.close()
+
+
+def _choose_model(window, name: str) -> None:
+    """As choosing ``name`` in the open list does (a test's stand-in name added first)."""
+    box = window.model_box
+    if box.findText(name) < 0:
+        box.addItem(name)
+    box.setCurrentText(name)
+    box.activated.emit(box.currentIndex())
+
+
+def test_the_model_picker_switches_both_decks_keeping_tracks_positions_and_mixer(qtbot, window):
+    """The two-deck window had no model picker: the model was the command line's for the session."""
+    session, old = window.session, window.decks
+    old.deck("A").seek(2.0)
+    old.deck("B").set_mute("vocals", True)
+    old.set_crossfader(0.8)
+    old.set_volume_db("A", -6.0)
+    _choose_model(window, "six")
+    wait_idle(qtbot, session)
+    decks = session.decks
+    assert decks is not old and session.model_name == "six" and window.model_box.currentText() == "six"
+    assert decks.sources == SIX and [len(panel.strips) for panel in window.panels] == [6, 6]
+    assert decks.deck("A").status().position_s == pytest.approx(2.0, abs=0.01)
+    assert decks.deck("B").mixer().mute == tuple(name == "vocals" for name in SIX)
+    qtbot.wait(3 * 33)  # the window's refresh shows what the decks hold
+    assert [strip.mute.isChecked() for strip in window.panels[1].strips] == [name == "vocals" for name in SIX]
+    assert decks.crossfader == pytest.approx(0.8) and decks.volume_db("A") == pytest.approx(-6.0, abs=0.01)
+    assert [panel.track_label.text() for panel in window.panels] == ["deck-a tone", "deck-b tone"]
+    fractions = np.array([0.1, 0.1, 0.2, 0.3, 0.2, 0.1])  # the six-stem stand-in's
+    for index, hz in enumerate((TONE_A_HZ, TONE_B_HZ)):
+        engine = decks.deck(index)
+        assert engine.wait_separated(4 * SR, timeout_s=60)
+        stems, track = engine._deck_buffers.stems[..., 2 * SR : 4 * SR], tone(hz)[:, 2 * SR : 4 * SR]
+        assert np.abs(stems - fractions[:, None, None] * track).max() < 1e-4  # the new model's stems
+
+
+def test_the_model_is_not_switched_under_a_playing_deck(qtbot, window):
+    session, decks = window.session, window.decks
+    decks.deck("B").play()
+    _choose_model(window, "six")
+    wait_idle(qtbot, session)
+    assert session.decks is decks and decks.sources != SIX
+    assert window.errors[-1] == "deck B is playing; pause it to switch the model (both decks separate again)"
+    assert decks.playing("B")
