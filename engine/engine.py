@@ -714,7 +714,14 @@ class Engine:
         start = loop.in_frames
         if start is None or not (loop.active or start <= playhead < start + length_frames):
             start = self._snapped(playhead)
-        out = min(self._track_frames(), start + length_frames)
+        track_frames = self._track_frames()
+        if start >= track_frames - 1:  # the beat nearest the playhead lies past the end
+            sr = self.config.samplerate
+            raise ValueError(
+                f"no {beats:g}-beat loop at {playhead / sr:.2f} s: the nearest beat is past the track's end "
+                f"({track_frames / sr:.2f} s); start it before the last beat"
+            )
+        out = min(track_frames, start + length_frames)
         self._set_loop(LoopPoints(start, None).with_out(out))
 
     def toggle_loop(self) -> None:

@@ -40,6 +40,8 @@ from stemdeck.gui.main_window import (
     DIGIT_KEYS,
     MODEL_CHOICES,
     OPEN_FILTER,
+    PAUSE_TEXT,
+    PLAY_TEXT,
     REFRESH_MS,
     SHIFTED_DIGIT_KEYS,
     _at_end,
@@ -57,6 +59,7 @@ from stemdeck.gui.widgets import (
     DeviceBox,
     ElidedLabel,
     LevelMeter,
+    SteadyButton,
     StemStrip,
     WaveformOverview,
     device_choice,
@@ -123,7 +126,7 @@ class DeckPanel(QFrame):
         keys = PLAY_KEY_NAMES[self.index]
         self.open_button = self._push("Open…", f"Load a track into deck {self.name}")
         self.open_button.clicked.connect(lambda: self.window.open_dialog(self.index))
-        self.play_button = self._push("▶ Play", f"Play / pause deck {self.name} ({keys})")
+        self.play_button = SteadyButton((PLAY_TEXT, PAUSE_TEXT), f"Play / pause deck {self.name} ({keys})")
         self.play_button.clicked.connect(lambda: self.window.toggle_play(self.index))
         self.cue_button = self._push("Cue", "While playing: back to the cue point and pause; paused: set it here")
         self.cue_button.clicked.connect(lambda: self._call("cue"))
@@ -238,7 +241,7 @@ class DeckPanel(QFrame):
                 if not (strip.fader.db == -math.inf and mixer.gain_db[index] <= -60):
                     strip.show_gain(mixer.gain_db[index])
         self.meter.set_levels(decks_status.rms[self.index], decks_status.peak[self.index], elapsed_s)
-        self.play_button.setText("❚❚ Pause" if playing else "▶ Play")
+        self.play_button.setText(PAUSE_TEXT if playing else PLAY_TEXT)
         _show_checked(self.headphone_button, decks_status.cue[self.index])
         volume_db = decks_status.volume_db[self.index]
         if not self.volume.isSliderDown() and abs(self.volume.db - volume_db) > 0.05:

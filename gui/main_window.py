@@ -36,6 +36,7 @@ from stemdeck.gui.widgets import (
     DeviceBox,
     ElidedLabel,
     LevelMeter,
+    SteadyButton,
     StemStrip,
     WaveformOverview,
     device_choice,
@@ -60,6 +61,7 @@ SHIFTED_DIGIT_KEYS = [
 PRESET_NAMES = tuple(PRESETS)
 # models.registry.model_names(), written out: importing the registry imports torch (3 s), which must not
 # delay the window; tests/test_import_graph.py checks that the two agree.
+PLAY_TEXT, PAUSE_TEXT = "▶ Play", "❚❚ Pause"
 MODEL_CHOICES = ("htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi", "tiny", "passthrough")
 LATENCY_CHOICES_S = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # instead of the preset
 MIDI_MESSAGE_MS = 5000
@@ -121,9 +123,10 @@ def take_said(take, samplerate: int) -> str:
 
 
 def _remaining(seconds: float) -> str:
-    """Time left, counting down; at the end nothing is left, and no minus sign."""
+    """Time left, counting down; at the end nothing is left, and no minus sign (a space in its
+    place: the clock's font is monospaced, and the elapsed time beside it moved 10 px)."""
     clock = _clock(seconds)
-    return clock if clock == "0:00.0" else "−" + clock
+    return " " + clock if clock == "0:00.0" else "−" + clock
 
 
 def _client(port_name: str) -> str:
@@ -291,7 +294,7 @@ class MainWindow(QMainWindow):
         self.recent_button = self._push("Recent", "Recently opened tracks")
         self.recent_menu = QMenu(self)
         self.recent_button.setMenu(self.recent_menu)
-        self.play_button = self._push("▶ Play", "Play / pause (Space)")
+        self.play_button = SteadyButton((PLAY_TEXT, PAUSE_TEXT), "Play / pause (Space)")
         self.play_button.clicked.connect(self.toggle_play)
         self.track_label = ElidedLabel("no track")  # a long name is elided, never widens the window
         self.elapsed_label = QLabel("0:00.0")
@@ -749,7 +752,7 @@ class MainWindow(QMainWindow):
             self.crossfader.blockSignals(True)  # moved from MIDI
             self.crossfader.setValue(round(100 * mixer.dry_mix))
             self.crossfader.blockSignals(False)
-        self.play_button.setText("❚❚ Pause" if status.playing else "▶ Play")
+        self.play_button.setText(PAUSE_TEXT if status.playing else PLAY_TEXT)
         self.live_button.setText("Stop live" if engine.live_running else "Start live")
         stretch = hasattr(engine, "set_tempo") and _stretcher_installed()  # an optional extra (GPL)
         self.transport.sync(mixer, engine.bpm, engine.tempo if stretch else None, engine.key if stretch else None)

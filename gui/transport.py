@@ -160,6 +160,9 @@ class TransportRow(QWidget):
         return pad
 
     def _beats_chosen(self, index: int) -> None:
+        """A choice acts once and the list shows "beats" again: it kept showing a length whose loop
+        was refused, or left since, and the same length chosen again looked like nothing."""
+        self.beats_box.setCurrentIndex(0)
         if index > 0:
             self.loop_beats.emit(LOOP_BEATS[index - 1])
 

@@ -106,6 +106,27 @@ def device_choice(label: str) -> str | None:
     return None if label == "default" else label.rsplit(" [", 1)[0]
 
 
+class SteadyButton(QPushButton):
+    """A button as wide as the widest of its texts, so the buttons beside it stay under the mouse
+    when it changes ("▶ Play" to "❚❚ Pause" pushed Cue, Sync and Phones 25 px aside). Measured in
+    the font it has when laid out (the theme's, set after it is made)."""
+
+    def __init__(self, texts: tuple[str, ...], tip: str):
+        super().__init__(texts[0])
+        self._texts = texts
+        self.setToolTip(tip)
+        self.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+
+    def sizeHint(self) -> QSize:
+        hint = super().sizeHint()
+        metrics = self.fontMetrics()
+        widest = max(metrics.horizontalAdvance(text) for text in self._texts)
+        return QSize(hint.width() - metrics.horizontalAdvance(self.text()) + widest, hint.height())
+
+    def minimumSizeHint(self) -> QSize:
+        return self.sizeHint()
+
+
 class DeviceBox(QComboBox):
     """A sound device picker that lists the devices again each time it opens: a sound server
     started after the window (JACK, PipeWire) or a card plugged in since shows up. The choice
@@ -113,10 +134,15 @@ class DeviceBox(QComboBox):
 
     def __init__(self, names: Callable[[bool], list[str]], tip: str):
         super().__init__()
-        self._names = names
+        self._names, self._tip = names, tip
         self.addItems(["default", *names(False)])
         self.setToolTip(tip)
         self.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.currentTextChanged.connect(self._show_whole_name)
+
+    def _show_whole_name(self, label: str) -> None:
+        """The chosen device's whole name in the tooltip: a narrow panel cuts it ("system [JACK Audi")."""
+        self.setToolTip(f"{self._tip}\nNow: {label}")
 
     def showPopup(self) -> None:
         self.refill(self._names(True))

@@ -279,7 +279,9 @@ def stem_picker(sources: Sequence[str], stems: str | None, two_stems: str | None
             raise CommandError(f"--stems {stems!r} names no stem; choose from {', '.join(sources)}")
         unknown = [name for name in wanted if name not in sources]
         if unknown:
-            raise CommandError(f"--stems {stems}: unknown stem(s) {unknown}; the model has {', '.join(sources)}")
+            named = ", ".join(repr(name) for name in unknown)
+            noun = "stem" if len(unknown) == 1 else "stems"
+            raise CommandError(f"--stems {stems}: unknown {noun} {named}; the model has {', '.join(sources)}")
         return lambda result: {name: result[name] for name in wanted}
     return lambda result: dict(result)
 

@@ -37,6 +37,19 @@ def test_stems_naming_no_stem_is_refused(tmp_path, song, capsys, stems):
 
 
 @pytest.mark.parametrize(
+    ("stems", "said"),
+    [("voice", "unknown stem 'voice'"), ("drums,voice,keys", "unknown stems 'voice', 'keys'")],
+)
+def test_unknown_stems_are_named_in_words(tmp_path, song, capsys, stems, said):
+    """They were printed as a Python list: "unknown stem(s) ['voice']"."""
+    out = tmp_path / "out"
+    assert main(["separate", str(song), "-o", str(out), "--model", "passthrough", "--stems", stems]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--stems {stems}: {said}; the model has drums, bass, other, vocals")
+    assert not list(out.rglob("*.wav"))
+
+
+@pytest.mark.parametrize(
     ("options", "message"),
     [
         (["--format", "mp3", "--bits", "16"], "--format mp3 has no bit depth; drop --bits"),

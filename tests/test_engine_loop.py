@@ -165,6 +165,14 @@ def test_loops_by_beats_need_a_tempo_and_snap_to_the_grid():
     for beats, seconds in [(1, 0.5), (4, 2.0), (16, 6.0 - 0.6)]:  # 16 beats would pass the end: cut there
         engine.loop_beats(beats)
         assert engine.loop.out_frames - engine.loop.in_frames == int(round(seconds * SR))
+    engine.clear_loop()
+    engine.seek(5.9)  # the nearest beat, 6.1 s, is past the end (the trial's: "the loop's out point
+    play(engine, 1)  # must come after its in point")
+    with pytest.raises(ValueError) as refused:
+        engine.loop_beats(4)
+    assert str(refused.value) == (
+        "no 4-beat loop at 5.90 s: the nearest beat is past the track's end (6.00 s); start it before the last beat"
+    )
     with pytest.raises(ValueError, match="out of range"):
         engine.set_beat_grid(float("nan"))
     engine.stop()

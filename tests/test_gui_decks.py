@@ -194,6 +194,30 @@ def test_a_deck_at_its_end_stops_and_space_plays_it_again(qtbot, window):
     assert decks.playing("A") and deck_a.status().position_s < 0.1
 
 
+def test_play_pause_and_the_end_of_a_track_move_no_button_or_clock(qtbot, themed, window):  # noqa: F811
+    """The wider "❚❚ Pause" than "▶ Play": Cue, Sync and Phones moved 25 px when a deck played, and
+    at the end the remaining time lost its minus sign and the elapsed time moved 10 px."""
+    decks, panel = window.decks, window.panels[0]
+    qtbot.wait(3 * 33)
+
+    def places() -> tuple[int, ...]:
+        QApplication.processEvents()
+        widgets = (panel.cue_button, panel.sync_button, panel.headphone_button, panel.elapsed_label)
+        return tuple(widget.mapTo(window, widget.rect().topLeft()).x() for widget in widgets)
+
+    paused = places()
+    key(window, Qt.Key.Key_Space)
+    qtbot.waitUntil(lambda: panel.play_button.text() == "❚❚ Pause", timeout=2000)
+    assert places() == paused
+    decks.deck("A").seek(7.95)
+    out = np.zeros((BLOCK, 4), np.float32)
+    for _ in range(40):  # past the end
+        decks.process_block(out)
+    qtbot.waitUntil(lambda: panel.play_button.text() == "▶ Play", timeout=2000)
+    assert panel.remaining_label.text() == " 0:00.0"
+    assert places() == paused
+
+
 def test_midi_cc8_moves_the_crossfader_and_channel_2_mutes_deck_b(qtbot, pads, window, tmp_path):  # noqa: F811
     """As `stemdeck gui A B --midi-in fakectl` wires it, through a real JACK MIDI port."""
     args = argparse.Namespace(
@@ -320,6 +344,7 @@ def test_the_output_picker_reopens_both_decks_output_and_deck_a_plays_on(qtbot, 
         box.activated.emit(labels.index(jack_label))  # what choosing it in the open list emits
         wait_idle(qtbot, session)
         assert session.config.output_device == jack_label.rsplit(" [", 1)[0]
+        assert box.toolTip().endswith(f"\nNow: {jack_label}")  # whole, where the box cuts it
         assert decks._stream is not before and decks.output_open
         assert window.errors == [] and window.cue_output_label.text() == ""
         recorder = JackRecorder(jack_server, 2)

@@ -194,7 +194,7 @@ def test_the_end_of_the_track_stops_and_play_starts_it_again(qtbot, settings):
         qtbot.wait(150)
         assert not engine.mixer().playing
         assert window.play_button.text() == "▶ Play"
-        assert (window.elapsed_label.text(), window.remaining_label.text()) == ("0:01.0", "0:00.0")
+        assert (window.elapsed_label.text(), window.remaining_label.text()) == ("0:01.0", " 0:00.0")
         qtbot.keyClick(window, Qt.Key.Key_Space)
         engine.process_deck_block(out)
         assert engine.mixer().playing and engine.status().position_s == pytest.approx(256 / SR)

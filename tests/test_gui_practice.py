@@ -178,6 +178,22 @@ def test_pads_and_loop_buttons_by_mouse(qtbot, window):
     assert engine.loop.length_frames == SR
 
 
+def test_a_beats_list_choice_acts_each_time_and_the_list_says_beats_again(qtbot, window):
+    """The list kept showing "4" after its loop was refused or left, and "4" chosen again looked
+    like nothing."""
+    engine, box = window.session.engine, window.transport.beats_box
+    engine.set_beat_grid(120.0, first_beat_s=0.0)
+    qtbot.waitUntil(box.isEnabled, timeout=2000)
+    four = box.findText("4")
+    for start_s in (1.0, 3.0):
+        engine.clear_loop()
+        engine.seek(start_s)
+        box.setCurrentIndex(four)
+        box.activated.emit(four)  # what choosing "4" in the open list emits
+        assert engine.loop.in_frames == round(start_s * SR) and engine.loop.length_frames == 2 * SR
+        assert box.currentText() == "beats"
+
+
 def test_the_record_key_and_button_write_what_plays(qtbot, window, tmp_path, monkeypatch):
     monkeypatch.setenv("STEMDECK_RECORDINGS_DIR", str(tmp_path / "takes"))
     window.session.engine.set_mute("vocals")
