@@ -195,7 +195,7 @@ def test_a_deck_at_its_end_stops_and_space_plays_it_again(qtbot, window):
 
 
 def test_play_pause_and_the_end_of_a_track_move_no_button_or_clock(qtbot, themed, window):  # noqa: F811
-    """The wider "❚❚ Pause" than "▶ Play": Cue, Sync and Phones moved 25 px when a deck played, and
+    """A playing deck's "❚❚ Pause" is wider than "▶ Play": Cue, Sync and Phones moved 25 px when a deck played, and
     at the end the remaining time lost its minus sign and the elapsed time moved 10 px."""
     decks, panel = window.decks, window.panels[0]
     qtbot.wait(3 * 33)
