@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from stemdeck.engine.config import MAX_COUNT_IN_BEATS, PRESETS, STREAM_LOST, EngineConfig
+from stemdeck.engine.config import DEFAULT_PRESET, MAX_COUNT_IN_BEATS, PRESETS, STREAM_LOST, EngineConfig
 from stemdeck.engine.midi import MidiError
 from stemdeck.engine.midi.cli import add_midi_commands, add_midi_options, start_midi
 from stemdeck.engine.practice import parse_loop
@@ -90,8 +90,12 @@ def _add_session_options(parser: argparse.ArgumentParser, add_model_options) -> 
     )
     add_model_options(parser)
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--preset", choices=sorted(PRESETS), default="balanced")
-    which.add_argument("--latency", type=float, metavar="SECONDS", help="target latency instead of a preset")
+    which.add_argument(
+        "--preset", choices=sorted(PRESETS), help="live input's window plan (default balanced; `stemdeck live` only)"
+    )
+    which.add_argument(
+        "--latency", type=float, metavar="SECONDS", help="live input's target latency instead of a preset (live only)"
+    )
     parser.add_argument("--mute", action="append", default=[], metavar="STEM", help="start with STEM muted")
     parser.add_argument("--solo", action="append", default=[], metavar="STEM", help="start with STEM soloed")
     parser.add_argument(
@@ -125,6 +129,12 @@ def check_session_options(args: argparse.Namespace) -> None:
         )
     if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
         raise ValueError(f"--duration {args.duration}: give a positive number of seconds")
+    if args.command == "play" and (args.preset is not None or args.latency is not None):
+        given = f"--preset {args.preset}" if args.preset is not None else f"--latency {args.latency:g}"
+        raise ValueError(
+            f"{given} shapes live input's windows (`stemdeck live`); a file deck separates ahead of its "
+            "playhead and plays with the output's latency alone: leave it out"
+        )
     if args.latency is not None and not (math.isfinite(args.latency) and 0 < args.latency <= MAX_LATENCY_S):
         raise ValueError(
             f"--latency {args.latency}: give a target latency in seconds, above 0 and at most {MAX_LATENCY_S:.0f}"
@@ -283,7 +293,7 @@ def _engine(args: argparse.Namespace, output_device, deck: bool = False):
         print(f"calibrating {name} on this machine...", file=sys.stderr)
     engine = build_engine(
         model,
-        session_window(args.preset, args.latency),
+        session_window(args.preset or DEFAULT_PRESET, args.latency),
         samplerate=samplerate,
         block_frames=device_block_frames(output_device, args.blocksize),
         precision=args.precision,
@@ -393,7 +403,7 @@ def run_play_decks(args: argparse.Namespace) -> int:
     try:
         deck_b = build_engine(
             deck_a.model,
-            session_window(args.preset, args.latency),
+            session_window(args.preset or DEFAULT_PRESET, args.latency),
             samplerate=deck_a.config.samplerate,
             block_frames=deck_a.block_frames,
             precision=args.precision,

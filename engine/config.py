@@ -55,6 +55,7 @@ PRESETS: dict[str, WindowConfig] = {
     "balanced": WindowConfig(window_s=4.0, hop_s=1.0, lookahead_s=0.75, span_s=2.0),
     "low-latency": WindowConfig(window_s=2.5, hop_s=0.6, lookahead_s=0.3, span_s=1.2),
 }
+DEFAULT_PRESET = "balanced"  # live input's, where neither --preset nor --latency is given
 
 
 @dataclass(frozen=True)

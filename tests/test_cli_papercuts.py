@@ -203,3 +203,16 @@ def test_record_given_twice_is_refused(tmp_path, capsys):
         "(`stemdeck play --help` lists the options)"
     ]
     assert not (tmp_path / "a.flac").exists() and not (tmp_path / "b.wav").exists()
+
+
+@pytest.mark.parametrize("option", [["--latency", "0.01"], ["--preset", "quality"]])
+def test_play_refuses_live_inputs_window_options_it_would_ignore(tmp_path, capsys, option):
+    """`play --latency 0.01` was taken without a word and played with the same 70 ms: a file deck
+    separates ahead of its playhead, and the live plan's options never reached it."""
+    song = tmp_path / "song.wav"
+    write_tone(song, seconds=1.0)
+    assert main(["play", str(song), "--model", "passthrough", *option]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"stemdeck: error: {' '.join(option)} shapes live input's windows (`stemdeck live`); a file deck "
+        "separates ahead of its playhead and plays with the output's latency alone: leave it out"
+    ]

@@ -620,8 +620,8 @@ def song(tmp_path) -> Path:
         (["--blocksize", "100000"], "--blocksize 100000: give a block of 32 to 4096 frames"),
         (["--duration", "0"], "--duration 0.0: give a positive number of seconds"),
         (["--duration", "inf"], "--duration inf: give a positive number of seconds"),
-        (["--latency", "-1"], "--latency -1.0: give a target latency in seconds, above 0 and at most 30"),
-        (["--latency", "nan"], "--latency nan: give a target latency"),
+        (["--latency", "-1"], "--latency -1 shapes live input's windows (`stemdeck live`); a file deck"),
+        (["--preset", "quality"], "--preset quality shapes live input's windows"),
         (["--midi-out", "leds"], "--midi-out needs --midi-in or --midi-virtual"),
     ],
 )
