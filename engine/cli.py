@@ -34,6 +34,13 @@ class StoreOnce(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def file_name(text: str) -> Path:
+    """An option's file, refused when empty: ``Path("")`` is ``.``, which the later checks named."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give a file name")
+    return Path(text)
+
+
 def add_engine_commands(commands, add_model_options) -> None:
     live = commands.add_parser("live", help="separate the sound card's input live")
     live.add_argument("--input", help="input device (index, name or part of it)")
@@ -111,7 +118,7 @@ def _add_session_options(parser: argparse.ArgumentParser, add_model_options) -> 
     parser.add_argument("--stats", type=Path, help="write the session's counters as JSON here")
     parser.add_argument(
         "--record",
-        type=Path,
+        type=file_name,
         action=StoreOnce,
         metavar="FILE",
         help="record what you hear (the master output) to FILE, .wav (32-bit float) or .flac (24-bit)",

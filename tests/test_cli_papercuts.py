@@ -216,3 +216,15 @@ def test_play_refuses_live_inputs_window_options_it_would_ignore(tmp_path, capsy
         f"stemdeck: error: {' '.join(option)} shapes live input's windows (`stemdeck live`); a file deck "
         "separates ahead of its playhead and plays with the output's latency alone: leave it out"
     ]
+
+
+def test_record_with_an_empty_name_is_refused(tmp_path, capsys):
+    """``--record ''`` was named "." in its refusal."""
+    song = tmp_path / "song.wav"
+    write_tone(song, seconds=1.0)
+    with pytest.raises(SystemExit) as exited:
+        main(["play", str(song), "--model", "passthrough", "--record", ""])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "stemdeck play: error: argument --record: give a file name (`stemdeck play --help` lists the options)"
+    ]
