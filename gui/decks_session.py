@@ -76,7 +76,7 @@ class DecksSession(Session):
         kept = [self._kept_deck(old, index) for index in (0, 1)]
         old.stop()
         self.decks = None
-        self._build_decks_of(model, name)
+        self._build_decks_of(model, name, open_output=False)  # the tracks first: an output that fails keeps them
         decks = self.decks
         for index, deck in enumerate(kept):
             if deck is not None:
@@ -91,6 +91,8 @@ class DecksSession(Session):
         for index in (0, 1):
             decks.set_volume_db(index, status.volume_db[index])
             decks.set_cue(index, status.cue[index])
+        if not self.config.headless:
+            self._open_output()
 
     def _kept_deck(self, decks, index: int):
         """What a deck takes to the new model: its track (copied out of the old decks' shared
@@ -108,7 +110,7 @@ class DecksSession(Session):
                 engine.set_mute(name, mixer.mute[stem])
                 engine.set_solo(name, mixer.solo[stem])
 
-    def _build_decks_of(self, model, name: str) -> None:
+    def _build_decks_of(self, model, name: str, open_output: bool = True) -> None:
         from stemdeck.engine.decks import Decks
 
         decks = Decks.build(
@@ -120,7 +122,7 @@ class DecksSession(Session):
         )
         self.decks, self.model_name = decks, name
         self.decks_ready.emit(tuple(model.sources))  # the strips show even where no output opens (its error says why)
-        if not self.config.headless:
+        if open_output and not self.config.headless:
             self._open_output()
 
     def _restart_output(self) -> None:

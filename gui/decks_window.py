@@ -222,9 +222,11 @@ class DeckPanel(QFrame):
             strip.reset_views()
         self.meter.reset()
 
-    def refresh(self, status, decks_status, elapsed_s: float) -> None:
-        """Show the deck's state (set here, by MIDI or by a key) without sending it back."""
-        engine, mixer = self.engine, self.engine.mixer()
+    def refresh(self, decks, status, decks_status, elapsed_s: float) -> None:
+        """Show the deck's state (set here, by MIDI or by a key) without sending it back; from the
+        ``decks`` the window's refresh read once (a model switch replaces the session's meanwhile)."""
+        engine = decks.deck(self.index)
+        mixer = engine.mixer()
         playing = status.playing
         if playing and _at_end(engine):
             engine.pause()  # the end of the track: stopped, ready to play it again
@@ -502,7 +504,7 @@ class DecksWindow(QMainWindow):
             return
         status = decks.status()
         for panel, deck_status in zip(self.panels, status.decks, strict=True):
-            panel.refresh(deck_status, status, elapsed_s)
+            panel.refresh(decks, deck_status, status, elapsed_s)
         self.master_meter.set_levels(status.rms[2], status.peak[2], elapsed_s)
         if not self.crossfader.isSliderDown() and self.crossfader.value() != round(
             status.crossfader * CROSSFADER_STEPS
@@ -510,7 +512,7 @@ class DecksWindow(QMainWindow):
             self.crossfader.blockSignals(True)  # moved by MIDI
             self.crossfader.setValue(round(status.crossfader * CROSSFADER_STEPS))
             self.crossfader.blockSignals(False)
-        self._refresh_figures(status)
+        self._refresh_figures(decks, status)
         _show_checked(self.record_button, decks.recorder.recording)
         if status.stream_error and status.stream_error != self._reported_error:
             self._reported_error = status.stream_error
@@ -534,11 +536,10 @@ class DecksWindow(QMainWindow):
         for label in (self.latency_status, *self.deck_status, self.xrun_status):
             self.statusBar().addPermanentWidget(label)
 
-    def _refresh_figures(self, status) -> None:
-        open_ = self.decks.output_open
-        self.latency_status.setText(
-            f"latency {1000 * status.latency_frames / self.decks.samplerate:.0f} ms" if open_ else ""
-        )
+    def _refresh_figures(self, decks, status) -> None:
+        open_ = decks.output_open
+        latency_ms = 1000 * status.latency_frames / decks.samplerate
+        self.latency_status.setText(f"latency {latency_ms:.0f} ms" if open_ else "")
         loaded = self.session.tracks
         for name, label, deck, track in zip(DECK_NAMES, self.deck_status, status.decks, loaded, strict=True):
             label.setText("" if track is None else f"{name}: {_separation_figures(deck)}")
