@@ -294,6 +294,7 @@ class DecksWindow(QMainWindow):
         self._build_figures()
         self._build_shortcuts()
         session.busy.connect(self.busy_label.setText)
+        session.busy.connect(lambda text: text or self._show_model(session.model_name))  # a model that failed: back
         session.failed.connect(self.show_error)
         session.decks_ready.connect(self._on_decks_ready)
         session.deck_ready.connect(lambda index, track: self.panels[index].show_track(track))

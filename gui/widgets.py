@@ -80,7 +80,7 @@ class ElidedLabel(QLabel):
 def device_labels(headless: bool, rescan: bool = False) -> tuple[list[str], list[str]]:
     """Input and output devices' labels for the pickers ("name [host API]"); ``rescan`` first
     has PortAudio look again (a picker opening: a server started since), where no stream of ours
-    is open. None where the window opens no device or no audio backend is there."""
+    is open. Empty where the window opens no device or no audio backend is there."""
     if headless:
         return [], []
     try:

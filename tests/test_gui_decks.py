@@ -410,3 +410,4 @@ def test_the_model_is_not_switched_under_a_playing_deck(qtbot, window):
     assert session.decks is decks and decks.sources != SIX
     assert window.errors[-1] == "deck B is playing; pause it to switch the model (both decks separate again)"
     assert decks.playing("B")
+    assert window.model_box.currentText() == "passthrough"  # the picker shows the model that plays
