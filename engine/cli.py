@@ -157,6 +157,9 @@ def check_session_options(args: argparse.Namespace) -> None:
                 f"--start {start:g} is outside --loop {loop_in:g}:{loop_out:g}; give a --start inside the loop, "
                 "or leave --start out to start at its beginning"
             )
+    both = [stem for stem in args.mute if stem in args.solo]
+    if both:
+        raise ValueError(f"--mute {both[0]} and --solo {both[0]}: a stem is muted or soloed, not both; give one")
     _check_count_in(args)
     _check_tempo_and_key(args)
     if args.record is not None:

@@ -228,3 +228,15 @@ def test_record_with_an_empty_name_is_refused(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         "stemdeck play: error: argument --record: give a file name (`stemdeck play --help` lists the options)"
     ]
+
+
+@pytest.mark.parametrize("command", ["play", "live"])
+def test_a_stem_both_muted_and_soloed_is_refused(tmp_path, capsys, command):
+    """`play --solo bass --mute bass` was accepted without a word (trial 4)."""
+    song = tmp_path / "song.wav"
+    write_tone(song, seconds=1.0)
+    where = [str(song)] if command == "play" else []
+    assert main([command, *where, "--model", "passthrough", "--solo", "bass", "--mute", "bass"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "stemdeck: error: --mute bass and --solo bass: a stem is muted or soloed, not both; give one"
+    ]
