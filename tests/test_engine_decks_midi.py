@@ -125,8 +125,17 @@ def windowed_rms(signal: np.ndarray, window: int = 1024) -> np.ndarray:
     return np.sqrt(np.mean(signal[:frames].reshape(-1, window) ** 2, axis=1))
 
 
+def _until_deck_a_is_heard(recorder, timeout_s: float = 10.0) -> None:
+    """Deck A whole on the master before the measurement starts: in 2 of 5 full CI rehearsals
+    (never alone) the first 0.25 s held 0.15-0.22 of its 0.3, as if its playback began late."""
+    deadline = time.monotonic() + timeout_s
+    while amplitude_at(recorder.record(0.1)[0], TONE_A_HZ) < 0.95 * AMPLITUDE:
+        assert time.monotonic() < deadline, "deck A is not heard on the master"
+
+
 def test_cc_8_from_a_controller_crossfades_the_master_from_a_to_b_with_no_gap(rig):
     decks, recorder, fake, _ = rig
+    _until_deck_a_is_heard(recorder)
     recorder.start(1.5)
     # the move starts once 0.35 s are recorded, however late the recording began (a sleep here
     # let a loaded machine's late start put the crossfade inside the "before" window)
