@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PyQt6.QtCore import pyqtSignal
 
-from stemdeck.gui.session import BLOCK_FRAMES, Session, Track, overview_peaks
+from stemdeck.gui.session import BLOCK_FRAMES, Session, Track, carry_stem_mixer, overview_peaks
 
 
 class DecksSession(Session):
@@ -82,7 +82,7 @@ class DecksSession(Session):
             if deck is not None:
                 audio, position_s, mixer, sources = deck
                 decks.load_array(index, audio, cue_s=position_s)
-                self._carry_deck_mixer(decks.deck(index), mixer, sources)
+                carry_stem_mixer(mixer, sources, decks.deck(index))
                 self.deck_ready.emit(index, self.tracks[index])
         decks.set_crossfader_curve(status.curve)
         decks.set_crossfader(status.crossfader)
@@ -101,14 +101,6 @@ class DecksSession(Session):
         if self.tracks[index] is None or engine.loaded_track is None:
             return None
         return engine.loaded_track.copy(), engine.status().position_s, engine.mixer(), engine.sources
-
-    @staticmethod
-    def _carry_deck_mixer(engine, mixer, sources: tuple[str, ...]) -> None:
-        for stem, name in enumerate(sources):
-            if name in engine.sources:
-                engine.set_gain(name, mixer.gain_db[stem])
-                engine.set_mute(name, mixer.mute[stem])
-                engine.set_solo(name, mixer.solo[stem])
 
     def _build_decks_of(self, model, name: str, open_output: bool = True) -> None:
         from stemdeck.engine.decks import Decks

@@ -60,6 +60,16 @@ def user_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
+def carry_stem_mixer(mixer, sources: tuple[str, ...], new) -> None:
+    """Each stem's gain, mute and solo from ``mixer`` (an engine's, its stems ``sources``) onto
+    the ``new`` engine, for the stems it has too (a model switch)."""
+    for stem, name in enumerate(sources):
+        if name in new.sources:
+            new.set_gain(name, mixer.gain_db[stem])
+            new.set_mute(name, mixer.mute[stem])
+            new.set_solo(name, mixer.solo[stem])
+
+
 def overview_peaks(track: np.ndarray, columns: int = WAVEFORM_COLUMNS) -> np.ndarray:
     mono = np.abs(track).max(axis=0)
     usable = mono[: len(mono) // columns * columns] if len(mono) >= columns else np.pad(mono, (0, columns - len(mono)))
@@ -223,11 +233,7 @@ class Session(QObject):
     @staticmethod
     def _carry_mixer(old, new) -> None:
         mixer = old.mixer()
-        for stem, name in enumerate(old.sources):
-            if name in new.sources:
-                new.set_gain(name, mixer.gain_db[stem])
-                new.set_mute(name, mixer.mute[stem])
-                new.set_solo(name, mixer.solo[stem])
+        carry_stem_mixer(mixer, old.sources, new)
         new.set_dry_mix(mixer.dry_mix)
 
     def _open_file(self, path: Path) -> None:
