@@ -8,7 +8,8 @@ be downloaded here), on the same generated song, with the same overlap, in the s
   reference, for our float32, int8 and (where the CPU runs it natively) bfloat16 in torch, and
   float32 in ONNX Runtime and OpenVINO where they are installed (``ours-onnx``,
   ``ours-openvino``: the network exported once, untimed, into a temporary cache unless
-  ``$STEMDECK_ONNX_DIR`` names one; its STFT and iSTFT in torch, timed with it);
+  ``$STEMDECK_ONNX_DIR`` names one; its STFT and iSTFT in torch, timed with it), and bfloat16 in
+  OpenVINO where the CPU runs it natively (``ours-openvino-bf16``);
 * the SNR of each precision's stems against our float32 stems, with the random weights as
   initialised and with the Transformer's LayerScales at 1 (their random initial 1e-4 hides the
   Transformer's contribution, and so int8's error there, which trained weights would not);
@@ -23,7 +24,7 @@ rule (the fastest of int8 and, where native, bfloat16 that takes at most 0.95 of
 at 40 dB or more), from this run.
 
 Usage: python benchmarks/offline.py [--json] [--track-seconds 60] [--track-repeats 1] [--rss-minutes 10] [--repeats 5]
-       [--sides reference,ours-fp32,ours-int8,ours-openvino]
+       [--sides reference,ours-fp32,ours-int8,ours-openvino,ours-openvino-bf16]
 """
 
 from __future__ import annotations
@@ -74,11 +75,12 @@ def sides() -> tuple[str, ...]:
     OpenVINO where they are installed."""
     precisions = ["fp32", "int8"] + (["bf16"] if cpu_has_native_bf16() else [])
     onnx = ["onnx"] if onnx_backend.available() else []
-    openvino = ["openvino"] if openvino_backend.available() else []
+    openvino = ["openvino"] + (["openvino-bf16"] if cpu_has_native_bf16() else [])
+    openvino = openvino if openvino_backend.available() else []
     return ("reference", *(f"ours-{p}" for p in precisions + onnx + openvino))
 
 
-OTHER_BACKENDS = ("onnx", "openvino")  # float32 sides run by another backend than torch
+OTHER_BACKENDS = ("onnx", "openvino")  # sides run by another backend than torch: float32 unless named
 
 
 def chosen(names: str) -> tuple[str, ...]:
@@ -91,12 +93,16 @@ def chosen(names: str) -> tuple[str, ...]:
 
 
 def precision_of(side: str) -> str:
-    return "fp32" if backend_of(side) != "torch" else side.split("-")[1]
+    """``ours-int8``: int8; ``ours-openvino``: fp32; ``ours-openvino-bf16``: bf16."""
+    named = side.split("-")[1:]
+    if backend_of(side) == "torch":
+        return named[0]
+    return named[1] if len(named) > 1 else "fp32"
 
 
 def backend_of(side: str) -> str:
-    name = side.split("-")[-1]
-    return name if name in OTHER_BACKENDS else "torch"
+    named = side.split("-")[1:2]
+    return named[0] if named and named[0] in OTHER_BACKENDS else "torch"
 
 
 def build(side: str):
@@ -135,12 +141,12 @@ def runnable(side: str, model):
     if side == "reference":
         return model
     if backend_of(side) != "torch":
-        return prepare_network(model, "fp32", torch.device("cpu"), backend=backend_of(side))
+        return prepare_network(model, precision_of(side), torch.device("cpu"), backend=backend_of(side))
     return prepare_model(model, precision_of(side), torch.device("cpu"))
 
 
 def forward(side: str, model, mix: torch.Tensor) -> torch.Tensor:
-    if side == "reference":  # as its users run it
+    if side == "reference" or backend_of(side) != "torch":  # as its users run it; another backend's own
         with torch.inference_mode():
             return model(mix)
     with torch.inference_mode(), forward_context(precision_of(side), torch.device("cpu")):
@@ -345,7 +351,7 @@ def _run(args: argparse.Namespace) -> dict:
             del models
             for side in chosen(args.sides):
                 if backend_of(side) != "torch":
-                    report[f"{backend_of(side)}_export"] = export_network(side, weights)
+                    report[f"{side}_export"] = export_network(side, weights)
             for side in chosen(args.sides):
                 report["rss"][side] = measure_rss(side, args.rss_minutes, weights)
     report["machine"]["load_average_after"] = os.getloadavg()
@@ -361,7 +367,7 @@ def print_table(report: dict) -> None:
         f"load {info['load_average_before'][0]:.2f} -> {info['load_average_after'][0]:.2f}"
     )
     print(
-        f"{'side':<12} {'s/segment':>10} {'median':>7} {'RTF':>6} {'ratio':>6} {'CPU s':>6} {'ratio':>6} "
+        f"{'side':<18} {'s/segment':>10} {'median':>7} {'RTF':>6} {'ratio':>6} {'CPU s':>6} {'ratio':>6} "
         f"{'SNR dB':>7} {'SNR LS=1':>8} "
         f"{'track s':>8} {'ratio':>6} {'peak RSS MB':>12}"
     )
@@ -369,7 +375,7 @@ def print_table(report: dict) -> None:
         track = report["track"].get(side, {})
         rss = report["rss"].get(side, {}).get("peak_rss_mb")
         print(
-            f"{side:<12} {seg['seconds']:>10.3f} {seg['median_seconds']:>7.3f} {seg['rtf']:>6.3f} "
+            f"{side:<18} {seg['seconds']:>10.3f} {seg['median_seconds']:>7.3f} {seg['rtf']:>6.3f} "
             f"{seg['time_ratio']:>6.3f} {seg['cpu_seconds']:>6.2f} {seg['cpu_time_ratio']:>6.3f} "
             f"{_number(seg.get('snr_db_vs_fp32')):>7} "
             f"{_number(seg.get('snr_db_vs_fp32_full_layer_scale')):>8} {_number(track.get('seconds'), 2):>8} "

@@ -120,8 +120,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         choices=PRECISIONS,
         help="auto: on a CPU, the fastest of float32, int8 and (where native) bfloat16 within 40 dB of "
         "float32, as `separate` measured it for this model (once, remembered; until then bfloat16 where "
-        "native, else float32); on a GPU, bfloat16 where it runs it; int8: int8 Transformer products "
-        "(CPU only)",
+        "native, else float32); on a GPU, bfloat16 where it runs it; with --backend openvino, bfloat16 "
+        "where native and within 40 dB, else float32; int8: int8 Transformer products (CPU only)",
     )
 
 
@@ -190,8 +190,8 @@ def add_separation_commands(commands) -> None:
         default="auto",
         choices=BACKENDS,
         help="what runs the network: torch, onnx (ONNX Runtime, float32 on the CPU: pip install "
-        "'stemdeck[onnx]') or openvino (OpenVINO, float32 on the CPU: pip install 'stemdeck[openvino]'); "
-        "auto: torch (README: OpenVINO backend)",
+        "'stemdeck[onnx]') or openvino (OpenVINO on the CPU, float32, or bfloat16 where the CPU runs it: "
+        "pip install 'stemdeck[openvino]'); auto: torch (README: OpenVINO backend)",
     )
     sep.add_argument(
         "--memory",

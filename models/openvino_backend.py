@@ -15,14 +15,22 @@ file that does not match its record is exported again, never loaded. At export b
 OpenVINO run a probe twice, alternately; OpenVINO's stems must be within :data:`SNR_BAR_DB` of
 torch's, and the record keeps the best wall and CPU seconds of each (``-v`` reports them).
 
-OpenVINO is asked for float32 inference explicitly: on CPUs with native bfloat16 its default
-would be bfloat16, which is what ``--precision bf16`` means, not float32.
+OpenVINO runs the network in float32 (``--precision fp32``, asked for explicitly: on CPUs with
+native bfloat16 its default would be bfloat16) or, where the CPU runs bfloat16 natively, in
+bfloat16 (``--precision bf16``, OpenVINO's bf16 inference precision): on a 2-core Zen 5 EPYC
+(AVX512-BF16, no AMX) a segment took 0.33 of the reference's time there, against torch int8's
+0.42, at 49 dB from torch's float32 stems (docs/benchmarks.md, stop 29). Each precision is
+measured against torch's float32 on the probe once and has its own record
+(``<digest>.openvino.json`` for float32, ``<digest>.openvino.bf16.json``); both verify the one
+ONNX file. ``--precision auto`` with this backend is bfloat16 where native and within the SNR
+bar on the model, else float32.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +45,9 @@ SNR_BAR_DB = onnx_backend.SNR_BAR_DB
 FORMAT = 1  # bump when what is exported or measured changes: older records are then not used
 INSTALL_HINT = "pip install 'stemdeck[openvino]'"
 PROBE_RUNS = 2  # each side, alternately; the best of each is kept
+HINTS = {"fp32": "f32", "bf16": "bf16"}  # our precision: OpenVINO's inference precision hint
+NAMES = {"fp32": "float32", "bf16": "bfloat16"}
+COMPILED_FOLDER = "openvino-compiled"  # in the cache folder: OpenVINO's own cache of compiled networks
 
 
 class OpenVinoError(Exception):
@@ -72,16 +83,18 @@ class Measurement:
 
 
 class OpenVinoNetwork:
-    """``(B, C, T)`` mixture to ``(B, S, C, T)`` stems, the network in OpenVINO, the STFT and iSTFT
-    in torch; ``T`` at most the exported length (shorter chunks are zero-padded to it)."""
+    """``(B, C, T)`` mixture to ``(B, S, C, T)`` stems, the network in OpenVINO (in ``precision``),
+    the STFT and iSTFT in torch; ``T`` at most the exported length (shorter chunks are
+    zero-padded to it)."""
 
     backend = "openvino"
-    precision = "fp32"
 
-    def __init__(self, model: HTDemucs, compiled, length: int, path: Path, measured: Measurement):
+    def __init__(
+        self, model: HTDemucs, compiled, length: int, path: Path, measured: Measurement, precision: str = "fp32"
+    ):
         self.model, self.compiled, self.length = model, compiled, length
         self.request = compiled.create_infer_request()
-        self.path, self.measured = path, measured
+        self.path, self.measured, self.precision = path, measured, precision
 
     def __call__(self, mix: torch.Tensor) -> torch.Tensor:
         length = mix.shape[-1]
@@ -102,7 +115,8 @@ class OpenVinoNetwork:
     def describe(self) -> str:
         measured = self.measured
         return (
-            f"openvino (OpenVINO {version()}, float32, {measured.threads} threads; {measured.openvino_wall_s:.2f} "
+            f"openvino (OpenVINO {version()}, {NAMES[self.precision]}, {measured.threads} threads; "
+            f"{measured.openvino_wall_s:.2f} "
             f"against torch's {measured.torch_wall_s:.2f} s a chunk when exported; {self.path})"
         )
 
@@ -110,11 +124,12 @@ class OpenVinoNetwork:
 # -- the cache ---------------------------------------------------------------------------------------------
 
 
-def paths(model: HTDemucs, length: int, folder: Path | None = None) -> tuple[Path, Path]:
-    """The cached ONNX file OpenVINO reads and its record."""
+def paths(model: HTDemucs, length: int, folder: Path | None = None, precision: str = "fp32") -> tuple[Path, Path]:
+    """The cached ONNX file OpenVINO reads and the record of its run in ``precision``."""
     folder = folder or onnx_backend.cache_dir()
     digest = onnx_backend.model_digest(model, length)
-    return folder / f"{digest}.openvino.onnx", folder / f"{digest}.openvino.json"
+    suffix = "" if precision == "fp32" else f".{precision}"  # float32's name as before bf16 was added
+    return folder / f"{digest}.openvino.onnx", folder / f"{digest}.openvino{suffix}.json"
 
 
 def read_record(path: Path) -> dict | None:
@@ -122,7 +137,15 @@ def read_record(path: Path) -> dict | None:
     return onnx_backend.read_record(path, Measurement, FORMAT)
 
 
-_loaded: dict[tuple[Path, int], OpenVinoNetwork] = {}  # file, threads: a batch of files compiles it once
+def _verified(onnx_path: Path, record_path: Path) -> dict | None:
+    """The record, where the ONNX file is the one it measured."""
+    record = read_record(record_path)
+    if record is None or onnx_backend.file_sha256(onnx_path) != record["sha256"]:
+        return None
+    return record
+
+
+_loaded: dict[tuple[Path, int, str], OpenVinoNetwork] = {}  # file, threads, precision: compiled once a batch
 
 
 def release() -> None:
@@ -131,31 +154,48 @@ def release() -> None:
 
 
 def load_or_export(
-    model: HTDemucs, length: int, folder: Path | None = None, note: onnx_backend.Note | None = None
+    model: HTDemucs,
+    length: int,
+    folder: Path | None = None,
+    note: onnx_backend.Note | None = None,
+    precision: str = "fp32",
 ) -> OpenVinoNetwork:
-    """The OpenVINO network of ``model`` at ``length`` samples: the verified cached file, else a
-    new export (which ``note`` is told about)."""
-    onnx_path, record_path = paths(model, length, folder)
+    """The OpenVINO network of ``model`` at ``length`` samples in ``precision``: the verified cached
+    file and record; the file, where another precision's record verifies it, measured in this one;
+    else a new export (``note`` is told of a measurement or an export)."""
+    onnx_path, record_path = paths(model, length, folder, precision)
     threads = torch.get_num_threads()
-    network = _loaded.get((onnx_path, threads))
+    network = _loaded.get((onnx_path, threads, precision))
     if network is not None:
         return network
-    record = read_record(record_path)
-    if record is not None and onnx_backend.file_sha256(onnx_path) == record["sha256"]:
+    record = _verified(onnx_path, record_path)
+    if record is not None:
         measured = Measurement(**record["measured"])
-        network = OpenVinoNetwork(model, _compile(onnx_path, threads), length, onnx_path, measured)
+        compiled = _compile(onnx_path, threads, precision, sha256=record["sha256"])
+        network = OpenVinoNetwork(model, compiled, length, onnx_path, measured, precision)
+    elif _verified_by_another(model, length, folder, precision):
+        if note is not None:
+            note(f"measuring OpenVINO's {NAMES[precision]} against torch on this model (once, seconds): {onnx_path}")
+        network = _measure_exported(model, length, onnx_path, record_path, threads, precision)
     else:
         if note is not None:
             damaged = onnx_path.exists() or record_path.exists()
             why = "the cached one does not match its record; " if damaged else ""
             note(f"exporting the network for OpenVINO ({why}once per model, about 2 minutes for htdemucs): {onnx_path}")
-        network = _export(model, length, onnx_path, record_path, threads)
+        network = _export(model, length, onnx_path, record_path, threads, precision)
     _loaded.clear()  # one model's network at a time
-    _loaded[(onnx_path, threads)] = network
+    _loaded[(onnx_path, threads, precision)] = network
     return network
 
 
-def _export(model: HTDemucs, length: int, path: Path, record_path: Path, threads: int) -> OpenVinoNetwork:
+def _verified_by_another(model: HTDemucs, length: int, folder: Path | None, precision: str) -> bool:
+    """Whether the ONNX file is there and another precision's record verifies it."""
+    return any(_verified(*paths(model, length, folder, other)) is not None for other in HINTS if other != precision)
+
+
+def _export(
+    model: HTDemucs, length: int, path: Path, record_path: Path, threads: int, precision: str = "fp32"
+) -> OpenVinoNetwork:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -170,33 +210,68 @@ def _export(model: HTDemucs, length: int, path: Path, record_path: Path, threads
             onnx_backend.write_onnx(model, spec, mix, temporary)
         except onnx_backend.OnnxError as exc:
             raise OpenVinoError(str(exc).replace("--backend torch", "--backend torch (OpenVINO reads it)")) from exc
-        network = OpenVinoNetwork(model, _compile(temporary, threads), length, path, _unmeasured(threads))
+        compiled = _compile(temporary, threads, precision)
+        network = OpenVinoNetwork(model, compiled, length, path, _unmeasured(threads), precision)
         measured = _measure(model, network, spec, mix, threads)
         sha256 = onnx_backend.file_sha256(temporary)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+    _write_record(record_path, sha256, length, measured)
+    return OpenVinoNetwork(model, compiled, length, path, measured, precision)
+
+
+def _measure_exported(
+    model: HTDemucs, length: int, path: Path, record_path: Path, threads: int, precision: str
+) -> OpenVinoNetwork:
+    """The exported file in another precision: compiled, measured on the probe, recorded."""
+    mix = onnx_backend.probe(model, length)
+    spec = complex_as_channels(hybrid_spectrogram(mix, model.nfft)).contiguous()
+    compiled = _compile(path, threads, precision)
+    network = OpenVinoNetwork(model, compiled, length, path, _unmeasured(threads), precision)
+    measured = _measure(model, network, spec, mix, threads)
+    _write_record(record_path, onnx_backend.file_sha256(path), length, measured)
+    return OpenVinoNetwork(model, compiled, length, path, measured, precision)
+
+
+def _write_record(record_path: Path, sha256: str | None, length: int, measured: Measurement) -> None:
     record = {"format": FORMAT, "sha256": sha256, "length": length, "openvino": version(), "measured": asdict(measured)}
     onnx_backend.write_atomically(record_path, json.dumps(record, indent=1).encode())
-    return OpenVinoNetwork(model, network.compiled, length, path, measured)
 
 
 def _unmeasured(threads: int) -> Measurement:
     return Measurement(0.0, 0.0, 0.0, 0.0, 0.0, threads)
 
 
-def _compile(path: Path, threads: int):
+def _compile(path: Path, threads: int, precision: str = "fp32", sha256: str | None = None):
     """OpenVINO's CPU plugin for one request at a time (the latency hint), on torch's thread count,
-    in float32 whatever the CPU's native types."""
+    in ``precision`` whatever the CPU's native types. With the ``sha256`` of a verified file,
+    OpenVINO keeps its compiled form (:func:`compiled_folder`) and reads it back next time
+    (htdemucs: 0.5 s against 1.5-1.8 s to compile on 2 cores; about 190 MB per precision)."""
     import openvino
 
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+    config["INFERENCE_PRECISION_HINT"] = HINTS[precision]
+    if sha256 is not None:
+        config["CACHE_DIR"] = str(compiled_folder(path, sha256))
     try:
         core = openvino.Core()
-        return core.compile_model(core.read_model(str(path)), "CPU", config)
+        return core.compile_model(str(path), "CPU", config)
     except Exception as exc:  # noqa: BLE001 (OpenVINO raises its own RuntimeErrors)
         first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise OpenVinoError(f"{path}: OpenVINO cannot load it ({first}); use --backend torch") from exc
+
+
+def compiled_folder(path: Path, sha256: str) -> Path:
+    """Where OpenVINO keeps the compiled forms of the file at ``path`` with these contents: one
+    folder per contents, so a file exported again never meets the old one's; the folders of its
+    earlier contents are removed."""
+    folder = path.parent / COMPILED_FOLDER
+    current = folder / f"{path.name}.{sha256[:16]}"
+    for stale in folder.glob(f"{path.name}.*"):
+        if stale != current:
+            shutil.rmtree(stale, ignore_errors=True)
+    return current
 
 
 def _measure(model: HTDemucs, network: OpenVinoNetwork, spec, mix, threads: int) -> Measurement:

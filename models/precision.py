@@ -14,13 +14,14 @@ of float32 (:mod:`models.precision_choice`): their speeds depend on the CPU and 
 the trained weights. Without a measurement it is bfloat16 where native, else float32.
 
 The backend runs the network: ``"torch"``, ``"onnx"`` (ONNX Runtime, float32 on the CPU, an
-optional dependency: :mod:`models.onnx_backend`) or ``"openvino"`` (OpenVINO, float32 on the CPU,
-optional: :mod:`models.openvino_backend`). ``"auto"`` is torch. Neither lost to torch per segment
-on a quiet 2-core AVX2 machine by much, but both were slower on whole tracks (ONNX Runtime 1.14,
-OpenVINO 0.90 and 1.01 of the reference's time against torch's 0.82 and 0.85), and both peak
-higher (2.4 and 1.6 GB a htdemucs segment against 1.1); they won only while other processes
-overloaded the cores. OpenVINO's export-time probe times single chunks, which did not predict a
-track (README, "OpenVINO backend"), so it is not a basis for choosing either.
+optional dependency: :mod:`models.onnx_backend`) or ``"openvino"`` (OpenVINO on the CPU, float32
+or, where the CPU runs it natively, bfloat16; optional: :mod:`models.openvino_backend`).
+``"auto"`` is torch. In float32 neither beat torch on a quiet 2-core AVX2 machine: both were
+slower on whole tracks (ONNX Runtime 1.14, OpenVINO 0.90 and 1.01 of the reference's time against
+torch's 0.82 and 0.85) and both peak higher (2.4 and 1.6 GB a htdemucs segment against 1.1).
+OpenVINO's bfloat16 is the fastest on a bfloat16 CPU (a Zen 5: 0.34 of the reference's time a
+segment and a track, against torch int8's 0.41-0.42, at 49 dB), but `separate` then peaks above
+the 1 GB that torch keeps to, so it runs where asked for (README, "OpenVINO backend").
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import torch
 from stemdeck.models.onednn_products import onednn_products
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
+NAMES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 
 
@@ -256,17 +258,23 @@ def prepare_network(
 
 @dataclass(frozen=True)
 class ExportedBackend:
-    """ONNX Runtime or OpenVINO: the network exported once to ONNX, run in float32 on the CPU,
-    refused in one line where it cannot run and where its stems miss the module's SNR bar."""
+    """ONNX Runtime or OpenVINO: the network exported once to ONNX, run on the CPU in float32 (and,
+    for OpenVINO, in bfloat16 where the CPU runs it natively), refused in one line where it
+    cannot run and where its stems miss the module's SNR bar."""
 
     flag: str  # --backend's value
     name: str  # as users know it
     module_name: str  # under stemdeck.models: available(), INSTALL_HINT, load_or_export, SNR_BAR_DB
     error_name: str  # the module's exception for a failed export or load
     where: str = ""  # said after "runs float32"
+    native_bf16: bool = False  # runs bfloat16 too, where the CPU does natively
 
     def module(self):
         return importlib.import_module(f"stemdeck.models.{self.module_name}")
+
+    def precisions(self) -> tuple[str, ...]:
+        """What it runs on this CPU, the fastest first (``auto`` takes the first within the bar)."""
+        return ("bf16", "fp32") if self.native_bf16 and cpu_has_native_bf16() else ("fp32",)
 
     def refusal(self, model, precision: str, device: torch.device, segment_s: float | None) -> str:
         """Why it cannot run this, or ``""``."""
@@ -276,9 +284,16 @@ class ExportedBackend:
             return f"{self.name} is not installed; {self.module().INSTALL_HINT}, or use --backend torch"
         if device.type != "cpu":
             return f"{self.name} runs on the CPU here, not on {device.type}; use --backend torch"
-        if precision not in ("auto", "fp32"):
+        if precision == "bf16" and self.native_bf16 and "bf16" not in self.precisions():
             return (
-                f"{self.name} runs float32{self.where}; use --precision fp32 or auto, "
+                f"{self.name} runs bfloat16 only where the CPU has it natively (AVX512-BF16 or AMX), not on "
+                "this one; use --precision fp32 or auto, or --backend torch for bf16"
+            )
+        if precision not in ("auto", *self.precisions()):
+            runs = " or ".join(NAMES[name] for name in reversed(self.precisions()))
+            choose = ", ".join(reversed(self.precisions()))
+            return (
+                f"{self.name} runs {runs}{self.where}; use --precision {choose} or auto, "
                 f"or --backend torch for {precision}"
             )
         if onnx_backend.network_length(model, segment_s) is None:
@@ -286,7 +301,8 @@ class ExportedBackend:
         return ""
 
     def network(self, model, precision: str, device: torch.device, segment_s: float | None, note) -> Network:
-        """The verified export of ``model``, or ``ValueError`` saying why not."""
+        """The verified export of ``model`` in ``precision`` (``auto``: the first of
+        :meth:`precisions` whose stems keep the SNR bar), or ``ValueError`` saying why not."""
         from stemdeck.models import onnx_backend
 
         refusal = self.refusal(model, precision, device, segment_s)
@@ -294,19 +310,26 @@ class ExportedBackend:
             raise ValueError(f"--backend {self.flag}: {refusal}")
         module = self.module()
         length = onnx_backend.network_length(model, segment_s)
-        try:
-            network = module.load_or_export(model.eval(), length, note=note)
-        except getattr(module, self.error_name) as exc:
-            raise ValueError(f"--backend {self.flag}: {exc}") from exc
-        if not network.measured.accurate:
-            raise ValueError(
-                f"--backend {self.flag}: {self.name}'s stems were {network.measured.snr_db:.1f} dB from torch's "
-                f"on this model (under {module.SNR_BAR_DB:g} dB); use --backend torch"
+        candidates = self.precisions() if precision == "auto" else (precision,)
+        for candidate in candidates:
+            options = {"precision": candidate} if self.native_bf16 else {}
+            try:
+                network = module.load_or_export(model.eval(), length, note=note, **options)
+            except getattr(module, self.error_name) as exc:
+                raise ValueError(f"--backend {self.flag}: {exc}") from exc
+            if network.measured.accurate:
+                return network
+            missed = (
+                f"{self.name}'s {NAMES[candidate]} stems were {network.measured.snr_db:.1f} dB from torch's "
+                f"float32 on this model (under {module.SNR_BAR_DB:g} dB)"
             )
-        return network
+            if candidate == candidates[-1]:
+                raise ValueError(f"--backend {self.flag}: {missed}; use --backend torch")
+            if note is not None:
+                note(f"{missed}; running {NAMES[candidates[-1]]}")
 
 
 EXPORTED_BACKENDS = {
     "onnx": ExportedBackend("onnx", "ONNX Runtime", "onnx_backend", "OnnxError"),
-    "openvino": ExportedBackend("openvino", "OpenVINO", "openvino_backend", "OpenVinoError", where=" here"),
+    "openvino": ExportedBackend("openvino", "OpenVINO", "openvino_backend", "OpenVinoError", " here", native_bf16=True),
 }

@@ -133,7 +133,7 @@ def remembered_precision(model: torch.nn.Module, precision: str, device: torch.d
     if precision == "auto" and is_int8(models_of(model)[0]):
         return "int8"
     if precision == "auto" and backend not in ("auto", "torch"):
-        return "fp32"  # ONNX Runtime and OpenVINO run float32
+        return "auto"  # ONNX Runtime and OpenVINO resolve it: models.precision.ExportedBackend.network
     if not eligible(model, precision, device, backend):
         return resolve_precision(precision, device)
     pin = pinned()

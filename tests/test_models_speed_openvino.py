@@ -1,5 +1,6 @@
-"""The OpenVINO backend (issue 13): stems within the SNR bar of torch's float32, the export cached
-and checked, ``auto`` never taking it, and one line where OpenVINO is not installed.
+"""The OpenVINO backend (issue 13): stems within the SNR bar of torch's float32 in float32 and, where
+the CPU runs it natively, bfloat16; the export cached and checked, each precision measured once;
+``--backend auto`` never taking it, and one line where OpenVINO is not installed.
 
 One small random-weights HT Demucs (its Transformer's LayerScales at 1, so that its error shows)
 is exported once for the module into a temporary cache folder.
@@ -20,8 +21,9 @@ from stemdeck.cli import main
 from stemdeck.models import HTDemucs, apply_model, load_checkpoint, save_safetensors
 from stemdeck.models import onnx_backend as ob
 from stemdeck.models import openvino_backend as ovb
+from stemdeck.models import precision as precision_module
 from stemdeck.models.demo import demo_stems
-from stemdeck.models.precision import TorchNetwork, prepare_network
+from stemdeck.models.precision import TorchNetwork, cpu_has_native_bf16, prepare_network
 
 pytest.importorskip("openvino")  # in the test extras; the last test hides it
 
@@ -66,7 +68,7 @@ def fresh_process(monkeypatch):
 
 
 def _set_measured(network: ovb.OpenVinoNetwork, **values) -> None:
-    record_path = ovb.paths(network.model, network.length)[1]
+    record_path = ovb.paths(network.model, network.length, precision=network.precision)[1]
     record = json.loads(record_path.read_text())
     record["measured"].update(values)
     record_path.write_text(json.dumps(record))
@@ -112,11 +114,74 @@ def test_auto_is_torch_even_where_the_export_measured_openvino_faster(model, exp
     assert isinstance(prepare_network(model, "fp32", CPU, backend="openvino"), ovb.OpenVinoNetwork)  # asked for
     _set_measured(exported, snr_db=30.0)
     ovb._loaded.clear()
-    with pytest.raises(ValueError, match="--backend openvino: OpenVINO's stems were 30.0 dB"):
+    with pytest.raises(ValueError) as refused:
         prepare_network(model, "fp32", CPU, backend="openvino")
-    with pytest.raises(ValueError, match="--backend openvino: OpenVINO runs float32 here"):
-        prepare_network(model, "bf16", CPU, backend="openvino")
+    assert str(refused.value) == (
+        "--backend openvino: OpenVINO's float32 stems were 30.0 dB from torch's float32 on this model "
+        "(under 40 dB); use --backend torch"
+    )
     _set_measured(exported, snr_db=exported.measured.snr_db)
+
+
+def test_bf16_and_int8_are_refused_in_one_line_where_the_cpu_has_no_bf16(model, exported, monkeypatch):
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ValueError) as refused:
+        prepare_network(model, "bf16", CPU, backend="openvino")
+    assert str(refused.value) == (
+        "--backend openvino: OpenVINO runs bfloat16 only where the CPU has it natively (AVX512-BF16 or AMX), "
+        "not on this one; use --precision fp32 or auto, or --backend torch for bf16"
+    )
+    only_float32 = r"OpenVINO runs float32 here; use --precision fp32 or auto, or --backend torch for int8$"
+    with pytest.raises(ValueError, match=only_float32):
+        prepare_network(model, "int8", CPU, backend="openvino")
+    assert prepare_network(model, "auto", CPU, backend="openvino").precision == "fp32"  # auto: float32 here
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
+    with pytest.raises(ValueError, match=r"OpenVINO runs float32 or bfloat16 here; use --precision fp32, bf16 or auto"):
+        prepare_network(model, "int8", CPU, backend="openvino")
+
+
+needs_native_bf16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason="OpenVINO runs bfloat16 where the CPU does")
+
+
+@needs_native_bf16
+def test_bf16_is_measured_once_from_the_same_export_and_keeps_the_bar(model, song, cache, exported, fresh_process):
+    notes = []
+    network = prepare_network(model, "bf16", CPU, backend="openvino", note=notes.append)
+    onnx_path, record_path = ovb.paths(model, network.length, precision="bf16")
+    assert network.precision == "bf16" and network.path == onnx_path == exported.path
+    assert len(notes) == 1 and notes[0].startswith("measuring OpenVINO's bfloat16 against torch on this model (once")
+    assert ovb.read_record(record_path)["sha256"] == ob.file_sha256(onnx_path)  # verifies the one export
+    measured = network.measured
+    assert ovb.SNR_BAR_DB <= measured.snr_db < exported.measured.snr_db  # bfloat16 rounds: less exact than float32
+    expected = apply_model(model, song, precision="fp32", backend="torch")
+    float32 = apply_model(model, song, precision="fp32", backend="openvino")
+    stems = apply_model(model, song, precision="bf16", backend="openvino")
+    assert stems.shape == expected.shape
+    assert ovb.SNR_BAR_DB <= snr_db(expected, stems) < snr_db(expected, float32)
+    ovb._loaded.clear()
+    assert prepare_network(model, "bf16", CPU, backend="openvino", note=notes.append).measured == measured
+    assert len(notes) == 1  # read from its record, not measured again
+    kept = ovb.compiled_folder(onnx_path, ob.file_sha256(onnx_path))  # the compiled form, for next time
+    assert [folder.name for folder in (cache / ovb.COMPILED_FOLDER).iterdir()] == [kept.name]
+    assert any(kept.iterdir())
+    assert "bfloat16, " in network.describe()
+
+
+@needs_native_bf16
+def test_auto_with_openvino_is_bf16_where_it_keeps_the_bar_else_float32(model, exported, fresh_process):
+    bf16 = prepare_network(model, "auto", CPU, backend="openvino")
+    assert bf16.precision == "bf16"
+    _set_measured(bf16, snr_db=30.0)
+    ovb._loaded.clear()
+    notes = []
+    network = prepare_network(model, "auto", CPU, backend="openvino", note=notes.append)
+    assert network.precision == "fp32"
+    assert notes == [
+        "OpenVINO's bfloat16 stems were 30.0 dB from torch's float32 on this model (under 40 dB); running float32"
+    ]
+    with pytest.raises(ValueError, match="OpenVINO's bfloat16 stems were 30.0 dB"):  # asked for: refused
+        prepare_network(model, "bf16", CPU, backend="openvino")
+    _set_measured(bf16, snr_db=bf16.measured.snr_db)
 
 
 def test_auto_never_exports(cache, fresh_process):
@@ -130,11 +195,15 @@ def test_auto_never_exports(cache, fresh_process):
 def test_separate_verbose_reports_openvino(tmp_path, checkpoint, exported, capsys, fresh_process):
     song = tmp_path / "song.wav"
     sf.write(song, np.random.default_rng(0).normal(0, 0.1, (44100, 2)).astype(np.float32), 44100)
-    args = ["separate", str(song), "-o", str(tmp_path), "--model", str(checkpoint), "-v", "--backend", "openvino"]
-    assert main(args) == 0
+    args = ["separate", str(song), "--model", str(checkpoint), "-v", "--backend", "openvino"]
+    assert main([*args, "-o", str(tmp_path), "--precision", "fp32"]) == 0
     err = capsys.readouterr().err
-    assert "network: openvino (OpenVINO " in err and "exporting" not in err
+    assert "network: openvino (OpenVINO " in err and ", float32, " in err and "exporting" not in err
     assert sf.info(tmp_path / "song" / "vocals.wav").frames == 44100
+    assert main([*args, "-o", str(tmp_path / "auto")]) == 0  # auto: bfloat16 where the CPU runs it
+    err = capsys.readouterr().err
+    assert (", bfloat16, " if cpu_has_native_bf16() else ", float32, ") in err
+    assert sf.info(tmp_path / "auto" / "song" / "vocals.wav").frames == 44100
 
 
 def test_without_openvino_auto_is_torch_and_openvino_says_how_to_install(
@@ -149,3 +218,14 @@ def test_without_openvino_auto_is_torch_and_openvino_says_how_to_install(
     assert main([*args, "--backend", "openvino"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["stemdeck: error: --backend openvino: OpenVINO is not installed; pip install 'stemdeck[openvino]'"]
+
+
+def test_a_file_exported_again_meets_none_of_the_old_files_compiled_forms(tmp_path):
+    path = tmp_path / "net.openvino.onnx"
+    before = ovb.compiled_folder(path, "a" * 64)
+    before.mkdir(parents=True)
+    another_model = tmp_path / ovb.COMPILED_FOLDER / "other.openvino.onnx.bbbbbbbbbbbbbbbb"
+    another_model.mkdir()
+    after = ovb.compiled_folder(path, "c" * 64)
+    assert after.name == "net.openvino.onnx.cccccccccccccccc"
+    assert not before.exists() and another_model.exists()
