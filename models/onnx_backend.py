@@ -344,10 +344,13 @@ def _session(path: Path, threads: int):
 
 
 def _measure(model: HTDemucs, session, spec: torch.Tensor, mix: torch.Tensor, threads: int) -> Measurement:
-    """Both backends on the probe: warmed up once, then timed once; the stems' SNR."""
+    """Both backends on the probe: warmed up once, then timed once; the stems' SNR. torch runs as
+    its float32 forward does (``precision.forward_context``: its products through oneDNN where exact)."""
+    from stemdeck.models.precision import forward_context
+
     length = mix.shape[-1]
     feeds = {"spec": spec.numpy(), "mix": mix.numpy()}
-    with torch.inference_mode():
+    with torch.inference_mode(), forward_context("fp32", torch.device("cpu")):
         model.branches(spec, mix)
         (torch_wall, torch_cpu), expected = timed(lambda: model.branches(spec, mix))
         session.run(None, feeds)

@@ -117,7 +117,7 @@ class OpenVinoNetwork:
         return (
             f"openvino (OpenVINO {version()}, {NAMES[self.precision]}, {measured.threads} threads; "
             f"{measured.openvino_wall_s:.2f} "
-            f"against torch's {measured.torch_wall_s:.2f} s a chunk when exported; {self.path})"
+            f"against torch float32's {measured.torch_wall_s:.2f} s a chunk when measured; {self.path})"
         )
 
 
@@ -277,11 +277,13 @@ def compiled_folder(path: Path, sha256: str) -> Path:
 def _measure(model: HTDemucs, network: OpenVinoNetwork, spec, mix, threads: int) -> Measurement:
     """Both on the probe, warmed up once, then :data:`PROBE_RUNS` times alternately; the stems' SNR.
     torch runs as its float32 path does (``precision.prepare_model``: 2-D convolutions channels-last,
-    in place)."""
+    in place; ``precision.forward_context``: its products through oneDNN where exact)."""
+    from stemdeck.models.precision import forward_context
+
     length = mix.shape[-1]
     model = model.to(memory_format=torch.channels_last)
     torch_times, openvino_times = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), forward_context("fp32", torch.device("cpu")):
         expected, got = model.branches(spec, mix), network.branches(spec, mix)
         for _ in range(PROBE_RUNS):
             torch_times.append(onnx_backend.timed(lambda: model.branches(spec, mix))[0])
