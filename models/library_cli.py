@@ -35,6 +35,7 @@ def run_library(args: argparse.Namespace) -> int:
         check_model_segment,
         load_for_command,
         say,
+        settle_backend,
         stem_picker,
     )
 
@@ -51,6 +52,7 @@ def run_library(args: argparse.Namespace) -> int:
     for stem in names:
         check_stem_name(stem)
     say(f"model {name}: {', '.join(model.sources)} at {model.samplerate} Hz")
+    settle_backend(model, args, device)  # before the options the workers get
     options = JobOptions.from_args(args)
     try:
         _remove_leftovers(args.out, recursive=args.recursive)

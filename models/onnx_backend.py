@@ -41,6 +41,7 @@ from torch import nn
 from stemdeck.models.nets.htdemucs import HTDemucs
 from stemdeck.models.nets.spec import hybrid_spectrogram
 from stemdeck.models.nets.unet import complex_as_channels
+from stemdeck.models.onednn_products import onednn_products
 
 SNR_BAR_DB = 40.0  # issue 13: every backend's stems within 40 dB of torch's float32 ones
 FORMAT = 1  # bump when what is exported changes: older cached files are then not used
@@ -345,12 +346,10 @@ def _session(path: Path, threads: int):
 
 def _measure(model: HTDemucs, session, spec: torch.Tensor, mix: torch.Tensor, threads: int) -> Measurement:
     """Both backends on the probe: warmed up once, then timed once; the stems' SNR. torch runs as
-    its float32 forward does (``precision.forward_context``: its products through oneDNN where exact)."""
-    from stemdeck.models.precision import forward_context
-
+    its float32 forward does (its products through oneDNN where exact: ``onednn_products``)."""
     length = mix.shape[-1]
     feeds = {"spec": spec.numpy(), "mix": mix.numpy()}
-    with torch.inference_mode(), forward_context("fp32", torch.device("cpu")):
+    with torch.inference_mode(), onednn_products():
         model.branches(spec, mix)
         (torch_wall, torch_cpu), expected = timed(lambda: model.branches(spec, mix))
         session.run(None, feeds)

@@ -40,6 +40,7 @@ from stemdeck.models import onnx_backend
 from stemdeck.models.nets.htdemucs import HTDemucs
 from stemdeck.models.nets.spec import hybrid_spectrogram
 from stemdeck.models.nets.unet import complex_as_channels
+from stemdeck.models.onednn_products import onednn_products
 
 SNR_BAR_DB = onnx_backend.SNR_BAR_DB
 FORMAT = 1  # bump when what is exported or measured changes: older records are then not used
@@ -112,12 +113,16 @@ class OpenVinoNetwork:
         spec = complex_as_channels(hybrid_spectrogram(mix, self.model.nfft))
         return self.model.stems(*self.branches(spec, mix), self.length)
 
+    def threads(self) -> int:
+        """What it runs on (a library worker's share of the cores, say)."""
+        return int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+
     def describe(self) -> str:
         measured = self.measured
         return (
-            f"openvino (OpenVINO {version()}, {NAMES[self.precision]}, {measured.threads} threads; "
-            f"{measured.openvino_wall_s:.2f} "
-            f"against torch float32's {measured.torch_wall_s:.2f} s a chunk when measured; {self.path})"
+            f"openvino (OpenVINO {version()}, {NAMES[self.precision]}, {self.threads()} threads; "
+            f"{measured.openvino_wall_s:.2f} against torch float32's {measured.torch_wall_s:.2f} s a chunk "
+            f"when measured on {measured.threads}; {self.path})"
         )
 
 
@@ -277,13 +282,11 @@ def compiled_folder(path: Path, sha256: str) -> Path:
 def _measure(model: HTDemucs, network: OpenVinoNetwork, spec, mix, threads: int) -> Measurement:
     """Both on the probe, warmed up once, then :data:`PROBE_RUNS` times alternately; the stems' SNR.
     torch runs as its float32 path does (``precision.prepare_model``: 2-D convolutions channels-last,
-    in place; ``precision.forward_context``: its products through oneDNN where exact)."""
-    from stemdeck.models.precision import forward_context
-
+    in place; ``onednn_products``: its products through oneDNN where exact)."""
     length = mix.shape[-1]
     model = model.to(memory_format=torch.channels_last)
     torch_times, openvino_times = [], []
-    with torch.inference_mode(), forward_context("fp32", torch.device("cpu")):
+    with torch.inference_mode(), onednn_products():
         expected, got = model.branches(spec, mix), network.branches(spec, mix)
         for _ in range(PROBE_RUNS):
             torch_times.append(onnx_backend.timed(lambda: model.branches(spec, mix))[0])

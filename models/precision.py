@@ -21,8 +21,8 @@ slower on whole tracks (ONNX Runtime 1.14, OpenVINO 0.90 and 1.01 of the referen
 torch's 0.82 and 0.85) and both peak higher (2.4 and 1.6 GB a htdemucs segment against 1.1).
 OpenVINO's bfloat16 is the fastest on a bfloat16 CPU (a Zen 5: 0.34 of the reference's time a
 segment and a track, against torch int8's 0.41-0.42, at 49 dB), but `separate` then peaks above
-the 1 GB that torch keeps to, so it runs where asked for (README, "OpenVINO backend").
-"""
+the 1 GB that torch keeps to, so it runs where asked for, or under ``--memory speed`` where
+measured faster (:func:`models.track_job.settle_backend`; README, "OpenVINO backend")."""
 
 from __future__ import annotations
 

@@ -64,6 +64,11 @@ class PrecisionChoice:
     bf16_s: float | None = None
     bf16_snr_db: float | None = None
 
+    def share_of_fp32(self) -> float:
+        """The chosen precision's time a segment as a share of float32's."""
+        seconds = {"fp32": self.fp32_s, "int8": self.int8_s, "bf16": self.bf16_s}[self.precision]
+        return (seconds or self.fp32_s) / self.fp32_s
+
     def describe(self) -> str:
         timed = [("int8", self.int8_s, self.snr_db)]
         if self.bf16_s is not None and self.bf16_snr_db is not None:

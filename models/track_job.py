@@ -307,6 +307,68 @@ def _bar_rows() -> int:
     return max(3, shutil.get_terminal_size((100, 20)).lines)
 
 
+def settle_backend(model, args, device: str, tell: Callable[[str], None] = say) -> None:
+    """``--backend auto --memory speed`` on a CPU with native bfloat16 and OpenVINO installed:
+    OpenVINO in bfloat16 where, measured on this model, it takes at most
+    :data:`~models.precision_choice.WIN_RATIO` of what torch's ``auto`` takes here (both as shares
+    of torch's float32, each measured once and remembered), within the SNR bar. It was 0.34 of
+    the reference's time on a Zen 5 against torch int8's 0.41, but `separate` then peaks at about
+    1.45 GB for htdemucs, so only ``--memory speed`` (memory for speed) considers it; ``low``
+    stays torch, under 1 GB. Sets ``args.backend`` and ``args.precision`` to what runs."""
+    import torch
+
+    from stemdeck.models.bag import models_of
+    from stemdeck.models.precision import EXPORTED_BACKENDS, NAMES
+    from stemdeck.models.precision_choice import WIN_RATIO, settle_auto
+    from stemdeck.models.streaming import apply_memory_mode
+
+    if not _openvino_may_win(model, args, device):
+        return
+    apply_memory_mode(args.memory)  # torch is timed as this command would run it
+    cpu, openvino = torch.device("cpu"), EXPORTED_BACKENDS["openvino"]
+    choice = settle_auto(model, "auto", cpu, "auto", args.segment, tell)
+    torch_precision = choice.precision if choice is not None else "fp32"
+    torch_ratio = choice.share_of_fp32() if choice is not None else 1.0
+    try:
+        network = openvino.network(models_of(model)[0], "bf16", cpu, args.segment, tell)
+    except ValueError as exc:
+        tell(f"backend auto (--memory speed): torch; {str(exc).split(': ', 1)[-1]}")
+        return
+    measured = network.measured
+    openvino_ratio = measured.openvino_wall_s / measured.torch_wall_s
+    figures = (
+        f"OpenVINO's bfloat16 took {openvino_ratio:.2f} of torch float32's time on this model at "
+        f"{measured.snr_db:.1f} dB, torch's {NAMES[torch_precision]} {torch_ratio:.2f}"
+    )
+    if openvino_ratio > WIN_RATIO * torch_ratio:
+        openvino.module().release()
+        tell(f"backend auto (--memory speed): torch ({figures})")
+        return
+    args.backend, args.precision = "openvino", "bf16"
+    tell(f"backend auto (--memory speed): openvino, bfloat16 ({figures})")
+
+
+def _openvino_may_win(model, args, device: str) -> bool:
+    """Whether :func:`settle_backend` considers OpenVINO for this command at all."""
+    import torch
+
+    from stemdeck.models.bag import models_of
+    from stemdeck.models.precision import EXPORTED_BACKENDS
+
+    openvino, parts = EXPORTED_BACKENDS["openvino"], models_of(model)
+    return (
+        getattr(args, "backend", "auto") == "auto"
+        and getattr(args, "memory", "low") == "speed"
+        and args.precision == "auto"
+        and not getattr(args, "ray", None)  # each node is its own machine
+        and torch.device(device).type == "cpu"
+        and len(parts) == 1  # a bag's models would each need their own export
+        and openvino.module().available()
+        and "bf16" in openvino.precisions()
+        and not openvino.refusal(parts[0], "bf16", torch.device(device), args.segment)
+    )
+
+
 def settle_precision(model, args, device: str, tell: Callable[[str], None] = say) -> None:
     """``--precision auto`` on a CPU: float32, int8 or (where native) bfloat16 for this model,
     measured here the first time (:mod:`models.precision_choice`) and read from the record by

@@ -1,6 +1,7 @@
 """The OpenVINO backend (issue 13): stems within the SNR bar of torch's float32 in float32 and, where
 the CPU runs it natively, bfloat16; the export cached and checked, each precision measured once;
-``--backend auto`` never taking it, and one line where OpenVINO is not installed.
+``--backend auto`` taking it only under ``--memory speed``, where it measured faster than torch, and
+one line where OpenVINO is not installed.
 
 One small random-weights HT Demucs (its Transformer's LayerScales at 1, so that its error shows)
 is exported once for the module into a temporary cache folder.
@@ -8,6 +9,7 @@ is exported once for the module into a temporary cache folder.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -15,15 +17,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import TINY_HT_KW, exported_cache, snr_db, tiny_ht_transformer_on
+from conftest import TINY_HT_KW, exported_cache, run_stemdeck, snr_db, tiny_ht_transformer_on
 
 from stemdeck.cli import main
-from stemdeck.models import HTDemucs, apply_model, load_checkpoint, save_safetensors
+from stemdeck.models import HTDemucs, apply_model, load_checkpoint, save_safetensors, streaming
 from stemdeck.models import onnx_backend as ob
 from stemdeck.models import openvino_backend as ovb
 from stemdeck.models import precision as precision_module
+from stemdeck.models import precision_choice as choice_module
 from stemdeck.models.demo import demo_stems
 from stemdeck.models.precision import TorchNetwork, cpu_has_native_bf16, prepare_network
+from stemdeck.models.precision_choice import PrecisionChoice
+from stemdeck.models.track_job import settle_backend
 
 pytest.importorskip("openvino")  # in the test extras; the last test hides it
 
@@ -229,3 +234,70 @@ def test_a_file_exported_again_meets_none_of_the_old_files_compiled_forms(tmp_pa
     after = ovb.compiled_folder(path, "c" * 64)
     assert after.name == "net.openvino.onnx.cccccccccccccccc"
     assert not before.exists() and another_model.exists()
+
+
+def _speed_args(**changes) -> argparse.Namespace:
+    """What `separate --memory speed` passes on, backend and precision left to auto."""
+    return argparse.Namespace(**{"backend": "auto", "memory": "speed", "precision": "auto", "segment": None} | changes)
+
+
+@needs_native_bf16
+def test_memory_speed_runs_openvino_bf16_where_it_beats_what_torch_runs(model, exported, fresh_process, monkeypatch):
+    bf16 = prepare_network(model, "bf16", CPU, backend="openvino")
+    modes = []
+    monkeypatch.setattr(streaming, "apply_memory_mode", modes.append)  # process-wide: not in the test process
+    int8_won = PrecisionChoice("int8", fp32_s=1.0, int8_s=0.8, snr_db=58.0, threads=2)
+    monkeypatch.setattr(choice_module, "settle_auto", lambda *args: int8_won)
+    lines = []
+    _set_measured(bf16, torch_wall_s=1.0, openvino_wall_s=0.6, snr_db=49.25)
+    ovb._loaded.clear()
+    args = _speed_args()
+    settle_backend(model, args, "cpu", lines.append)
+    assert (args.backend, args.precision, modes) == ("openvino", "bf16", ["speed"])
+    assert lines == [
+        "backend auto (--memory speed): openvino, bfloat16 (OpenVINO's bfloat16 took 0.60 of torch float32's "
+        "time on this model at 49.2 dB, torch's int8 0.80)"
+    ]
+    _set_measured(bf16, openvino_wall_s=0.77)  # 0.77 > 0.95 x 0.80: a closer call is noise
+    ovb._loaded.clear()
+    args, lines = _speed_args(), []
+    settle_backend(model, args, "cpu", lines.append)
+    assert (args.backend, args.precision) == ("auto", "auto")
+    assert lines[0].startswith("backend auto (--memory speed): torch (OpenVINO's bfloat16 took 0.77 of")
+    assert ovb._loaded == {}  # not kept: torch runs
+    _set_measured(bf16, openvino_wall_s=0.6, snr_db=30.0)
+    ovb._loaded.clear()
+    args, lines = _speed_args(), []
+    settle_backend(model, args, "cpu", lines.append)
+    assert args.backend == "auto"
+    assert lines == [
+        "backend auto (--memory speed): torch; OpenVINO's bfloat16 stems were 30.0 dB from torch's float32 on "
+        "this model (under 40 dB); use --backend torch"
+    ]
+    _set_measured(bf16, **vars(bf16.measured))  # as measured, for the tests after
+    for asked in (_speed_args(memory="low"), _speed_args(precision="int8"), _speed_args(backend="torch")):
+        before = vars(asked).copy()
+        settle_backend(model, asked, "cpu", lines.append)
+        assert vars(asked) == before  # low memory, a precision or a backend asked for: as asked
+
+
+def test_memory_speed_stays_torch_where_the_cpu_has_no_bf16(model, monkeypatch):
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(choice_module, "settle_auto", lambda *args: pytest.fail("measured"))
+    args, lines = _speed_args(), []
+    settle_backend(model, args, "cpu", lines.append)
+    assert (args.backend, lines) == ("auto", [])
+
+
+@needs_native_bf16
+def test_separate_memory_speed_says_which_backend_runs_and_runs_it(tmp_path, checkpoint, cache, exported):
+    song = tmp_path / "song.wav"
+    sf.write(song, np.random.default_rng(1).normal(0, 0.1, (44100, 2)).astype(np.float32), 44100)
+    args = ["separate", str(song), "-o", str(tmp_path), "--model", str(checkpoint), "--memory", "speed", "-v"]
+    done = run_stemdeck(*args, env={ob.CACHE_ENV: str(cache)})
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if line.startswith("backend auto (--memory speed): ")]
+    assert len(said) == 1, done.stderr
+    chosen = "openvino" if said[0].startswith("backend auto (--memory speed): openvino, bfloat16 (") else "torch"
+    assert f"stemdeck: network: {chosen} (" in done.stderr
+    assert sf.info(tmp_path / "song" / "vocals.wav").frames == 44100
