@@ -28,9 +28,9 @@ bar on the model, else float32.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,7 +48,6 @@ INSTALL_HINT = "pip install 'stemdeck[openvino]'"
 PROBE_RUNS = 2  # each side, alternately; the best of each is kept
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # our precision: OpenVINO's inference precision hint
 NAMES = {"fp32": "float32", "bf16": "bfloat16"}
-COMPILED_FOLDER = "openvino-compiled"  # in the cache folder: OpenVINO's own cache of compiled networks
 
 
 class OpenVinoError(Exception):
@@ -250,33 +249,87 @@ def _unmeasured(threads: int) -> Measurement:
 
 def _compile(path: Path, threads: int, precision: str = "fp32", sha256: str | None = None):
     """OpenVINO's CPU plugin for one request at a time (the latency hint), on torch's thread count,
-    in ``precision`` whatever the CPU's native types. With the ``sha256`` of a verified file,
-    OpenVINO keeps its compiled form (:func:`compiled_folder`) and reads it back next time
-    (htdemucs: 0.5 s against 1.5-1.8 s to compile on 2 cores; about 190 MB per precision)."""
+    in ``precision`` whatever the CPU's native types. With the ``sha256`` of a verified file, its
+    compiled form is kept beside it and read back next time (:func:`kept_paths`)."""
     import openvino
 
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
-    config["INFERENCE_PRECISION_HINT"] = HINTS[precision]
-    if sha256 is not None:
-        config["CACHE_DIR"] = str(compiled_folder(path, sha256))
+    config["INFERENCE_PRECISION_HINT"] = HINTS[precision]  # on import too: the form does not hold it
+    if sha256 is not None and (kept := _read_kept(path, sha256, precision, config)) is not None:
+        return kept
     try:
-        core = openvino.Core()
-        return core.compile_model(str(path), "CPU", config)
+        compiled = openvino.Core().compile_model(str(path), "CPU", config)
     except Exception as exc:  # noqa: BLE001 (OpenVINO raises its own RuntimeErrors)
         first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise OpenVinoError(f"{path}: OpenVINO cannot load it ({first}); use --backend torch") from exc
+    if sha256 is not None:
+        _keep(compiled, path, sha256, precision)
+    return compiled
 
 
-def compiled_folder(path: Path, sha256: str) -> Path:
-    """Where OpenVINO keeps the compiled forms of the file at ``path`` with these contents: one
-    folder per contents, so a file exported again never meets the old one's; the folders of its
-    earlier contents are removed."""
-    folder = path.parent / COMPILED_FOLDER
-    current = folder / f"{path.name}.{sha256[:16]}"
-    for stale in folder.glob(f"{path.name}.*"):
-        if stale != current:
-            shutil.rmtree(stale, ignore_errors=True)
-    return current
+# -- the compiled form -------------------------------------------------------------------------------------
+# OpenVINO's own cache (CACHE_DIR) reads its blobs back unchecked: one with bytes changed in the
+# middle gave NaN stems. So the compiled form is kept here, with a record of its SHA-256, of the
+# ONNX file it was compiled from, of OpenVINO's version and of the CPU, and read back only when all
+# match: 0.8 s for htdemucs against 1.5-1.8 s to compile on 2 cores, about 190 MB per precision.
+
+
+def kept_paths(path: Path, precision: str) -> tuple[Path, Path]:
+    """The compiled form of the ONNX file at ``path`` in ``precision``, and its record."""
+    kept = path.with_name(f"{path.name}.{precision}.compiled")
+    return kept, kept.with_name(f"{kept.name}.json")
+
+
+def _kept_record(onnx_sha256: str, sha256: str) -> dict:
+    from stemdeck.models.precision import cpu_info
+
+    model_name, flags = cpu_info()
+    return {
+        "format": FORMAT,
+        "onnx_sha256": onnx_sha256,
+        "sha256": sha256,
+        "openvino": version(),
+        "cpu": model_name,
+        "flags": sorted(flags),
+    }
+
+
+def _read_kept(path: Path, onnx_sha256: str, precision: str, config: dict):
+    """The kept compiled form, or ``None`` (and it is removed) where it is missing, damaged, or of
+    another file, OpenVINO or CPU."""
+    import openvino
+
+    kept, record_path = kept_paths(path, precision)
+    try:
+        record = json.loads(record_path.read_text())
+        data = kept.read_bytes()
+    except (OSError, ValueError):
+        return None
+    if record != _kept_record(onnx_sha256, hashlib.sha256(data).hexdigest()):
+        _drop_kept(path, precision)
+        return None
+    try:
+        return openvino.Core().import_model(data, "CPU", config)
+    except Exception:  # noqa: BLE001 (a form OpenVINO cannot read is compiled again)
+        _drop_kept(path, precision)
+        return None
+
+
+def _keep(compiled, path: Path, onnx_sha256: str, precision: str) -> None:
+    """Keep ``compiled`` for next time; a cache that cannot be written only costs a compile."""
+    kept, record_path = kept_paths(path, precision)
+    try:
+        data = compiled.export_model().getbuffer()
+        onnx_backend.write_atomically(kept, data)
+        record = _kept_record(onnx_sha256, hashlib.sha256(data).hexdigest())
+        onnx_backend.write_atomically(record_path, json.dumps(record, indent=1).encode())
+    except (OSError, RuntimeError):
+        _drop_kept(path, precision)
+
+
+def _drop_kept(path: Path, precision: str) -> None:
+    for stale in kept_paths(path, precision):
+        stale.unlink(missing_ok=True)
 
 
 def _measure(model: HTDemucs, network: OpenVinoNetwork, spec, mix, threads: int) -> Measurement:

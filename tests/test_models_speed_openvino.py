@@ -166,9 +166,8 @@ def test_bf16_is_measured_once_from_the_same_export_and_keeps_the_bar(model, son
     ovb._loaded.clear()
     assert prepare_network(model, "bf16", CPU, backend="openvino", note=notes.append).measured == measured
     assert len(notes) == 1  # read from its record, not measured again
-    kept = ovb.compiled_folder(onnx_path, ob.file_sha256(onnx_path))  # the compiled form, for next time
-    assert [folder.name for folder in (cache / ovb.COMPILED_FOLDER).iterdir()] == [kept.name]
-    assert any(kept.iterdir())
+    kept, kept_record = ovb.kept_paths(onnx_path, "bf16")  # its compiled form, for next time
+    assert json.loads(kept_record.read_text())["sha256"] == ob.file_sha256(kept)
     assert "bfloat16, " in network.describe()
 
 
@@ -225,15 +224,28 @@ def test_without_openvino_auto_is_torch_and_openvino_says_how_to_install(
     assert err == ["stemdeck: error: --backend openvino: OpenVINO is not installed; pip install 'stemdeck[openvino]'"]
 
 
-def test_a_file_exported_again_meets_none_of_the_old_files_compiled_forms(tmp_path):
-    path = tmp_path / "net.openvino.onnx"
-    before = ovb.compiled_folder(path, "a" * 64)
-    before.mkdir(parents=True)
-    another_model = tmp_path / ovb.COMPILED_FOLDER / "other.openvino.onnx.bbbbbbbbbbbbbbbb"
-    another_model.mkdir()
-    after = ovb.compiled_folder(path, "c" * 64)
-    assert after.name == "net.openvino.onnx.cccccccccccccccc"
-    assert not before.exists() and another_model.exists()
+@needs_native_bf16
+def test_a_damaged_compiled_form_is_compiled_again_never_run(model, song, exported, fresh_process):
+    """OpenVINO's own cache ran a blob with bytes changed in its middle: NaN stems."""
+    network = prepare_network(model, "bf16", CPU, backend="openvino")
+    kept, _ = ovb.kept_paths(network.path, "bf16")
+    expected = apply_model(model, song, precision="bf16", backend="openvino")
+    ovb._loaded.clear()
+    assert torch.equal(apply_model(model, song, precision="bf16", backend="openvino"), expected)  # read back
+    original = kept.read_bytes()
+    data = bytearray(original)
+    for tenth in range(1, 10):
+        data[len(data) * tenth // 10 : len(data) * tenth // 10 + 4096] = b"\x7f" * 4096
+    kept.write_bytes(bytes(data))
+    ovb._loaded.clear()
+    stems = apply_model(model, song, precision="bf16", backend="openvino")
+    assert torch.isfinite(stems).all() and torch.equal(stems, expected)  # compiled again from the ONNX file
+    assert kept.read_bytes() != bytes(data)  # and kept anew
+    for precision, hint in (("fp32", "f32"), ("bf16", "bf16"), ("fp32", "f32")):  # each read back as itself
+        ovb._loaded.clear()
+        compiled = prepare_network(model, precision, CPU, backend="openvino").compiled
+        assert ovb.kept_paths(network.path, precision)[0].exists()
+        assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == hint
 
 
 def _speed_args(**changes) -> argparse.Namespace:
