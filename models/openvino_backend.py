@@ -41,13 +41,13 @@ from stemdeck.models.nets.htdemucs import HTDemucs
 from stemdeck.models.nets.spec import hybrid_spectrogram
 from stemdeck.models.nets.unet import complex_as_channels
 from stemdeck.models.onednn_products import onednn_products
+from stemdeck.models.precision import NAMES, cpu_info
 
 SNR_BAR_DB = onnx_backend.SNR_BAR_DB
 FORMAT = 1  # bump when what is exported or measured changes: older records are then not used
 INSTALL_HINT = "pip install 'stemdeck[openvino]'"
 PROBE_RUNS = 2  # each side, alternately; the best of each is kept
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # our precision: OpenVINO's inference precision hint
-NAMES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 class OpenVinoError(Exception):
@@ -177,10 +177,10 @@ def load_or_export(
         measured = Measurement(**record["measured"])
         compiled = _compile(onnx_path, threads, precision, sha256=record["sha256"])
         network = OpenVinoNetwork(model, compiled, length, onnx_path, measured, precision)
-    elif _verified_by_another(model, length, folder, precision):
+    elif (sha256 := _verified_by_another(model, length, folder, precision)) is not None:
         if note is not None:
             note(f"measuring OpenVINO's {NAMES[precision]} against torch on this model (once, seconds): {onnx_path}")
-        network = _measure_exported(model, length, onnx_path, record_path, threads, precision)
+        network = _measure_exported(model, length, onnx_path, record_path, threads, precision, sha256)
     else:
         if note is not None:
             damaged = onnx_path.exists() or record_path.exists()
@@ -192,9 +192,12 @@ def load_or_export(
     return network
 
 
-def _verified_by_another(model: HTDemucs, length: int, folder: Path | None, precision: str) -> bool:
-    """Whether the ONNX file is there and another precision's record verifies it."""
-    return any(_verified(*paths(model, length, folder, other)) is not None for other in HINTS if other != precision)
+def _verified_by_another(model: HTDemucs, length: int, folder: Path | None, precision: str) -> str | None:
+    """The ONNX file's SHA-256 where it is there and another precision's record verifies it."""
+    for other in HINTS:
+        if other != precision and (record := _verified(*paths(model, length, folder, other))) is not None:
+            return record["sha256"]
+    return None
 
 
 def _export(
@@ -206,35 +209,46 @@ def _export(
         raise OpenVinoError(
             f"cannot write the cache folder {path.parent} ({exc}); set ${onnx_backend.CACHE_ENV} elsewhere"
         ) from exc
-    mix = onnx_backend.probe(model, length)
-    spec = complex_as_channels(hybrid_spectrogram(mix, model.nfft)).contiguous()
+    mix, spec = _probe(model, length)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         try:
             onnx_backend.write_onnx(model, spec, mix, temporary)
         except onnx_backend.OnnxError as exc:
             raise OpenVinoError(str(exc).replace("--backend torch", "--backend torch (OpenVINO reads it)")) from exc
-        compiled = _compile(temporary, threads, precision)
-        network = OpenVinoNetwork(model, compiled, length, path, _unmeasured(threads), precision)
-        measured = _measure(model, network, spec, mix, threads)
+        network = _compiled_and_measured(model, length, temporary, path, threads, precision, mix, spec)
         sha256 = onnx_backend.file_sha256(temporary)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-    _write_record(record_path, sha256, length, measured)
-    return OpenVinoNetwork(model, compiled, length, path, measured, precision)
+    _write_record(record_path, sha256, length, network.measured)
+    return network
 
 
 def _measure_exported(
-    model: HTDemucs, length: int, path: Path, record_path: Path, threads: int, precision: str
+    model: HTDemucs, length: int, path: Path, record_path: Path, threads: int, precision: str, sha256: str
 ) -> OpenVinoNetwork:
-    """The exported file in another precision: compiled, measured on the probe, recorded."""
+    """The exported file (its ``sha256`` verified) in another precision: compiled (and its compiled
+    form kept), measured on the probe, recorded."""
+    mix, spec = _probe(model, length)
+    network = _compiled_and_measured(model, length, path, path, threads, precision, mix, spec, sha256)
+    _write_record(record_path, sha256, length, network.measured)
+    return network
+
+
+def _probe(model: HTDemucs, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe's mixture and its spectrogram, as the network takes them."""
     mix = onnx_backend.probe(model, length)
-    spec = complex_as_channels(hybrid_spectrogram(mix, model.nfft)).contiguous()
-    compiled = _compile(path, threads, precision)
+    return mix, complex_as_channels(hybrid_spectrogram(mix, model.nfft)).contiguous()
+
+
+def _compiled_and_measured(
+    model, length: int, source: Path, path: Path, threads: int, precision: str, mix, spec, sha256: str | None = None
+) -> OpenVinoNetwork:
+    """The network compiled from ``source`` (to be found at ``path``), measured on the probe."""
+    compiled = _compile(source, threads, precision, sha256)
     network = OpenVinoNetwork(model, compiled, length, path, _unmeasured(threads), precision)
     measured = _measure(model, network, spec, mix, threads)
-    _write_record(record_path, onnx_backend.file_sha256(path), length, measured)
     return OpenVinoNetwork(model, compiled, length, path, measured, precision)
 
 
@@ -281,8 +295,6 @@ def kept_paths(path: Path, precision: str) -> tuple[Path, Path]:
 
 
 def _kept_record(onnx_sha256: str, sha256: str) -> dict:
-    from stemdeck.models.precision import cpu_info
-
     model_name, flags = cpu_info()
     return {
         "format": FORMAT,

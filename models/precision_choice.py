@@ -32,6 +32,7 @@ from stemdeck.models.cache_lock import cache_lock
 from stemdeck.models.nets.transformer import Attention, is_int8
 from stemdeck.models.onnx_backend import model_digest, write_atomically
 from stemdeck.models.precision import (
+    NAMES,
     cpu_has_native_bf16,
     cpu_info,
     forget_prepared_copy,
@@ -48,7 +49,6 @@ PIN_ENV = "STEMDECK_AUTO_PRECISION"
 MEASURE_LOCK_NAME = "precision-measure.lock"  # in the user cache folder: one measurement at a time
 # what FBGEMM's int8 and oneDNN's bfloat16 use
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16")
-NAMES = {"fp32": "float32", "int8": "int8", "bf16": "bfloat16"}
 
 
 @dataclass(frozen=True)
