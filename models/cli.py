@@ -31,6 +31,7 @@ from stemdeck.models.track_job import (  # noqa: F401 (the command line's API: o
     check_device,
     check_model_segment,
     check_no_folders,
+    commit_backend,
     failure_line,
     load_for_command,
     printable,
@@ -314,6 +315,7 @@ def run_separate(args: argparse.Namespace) -> int:
     print(f"model {name}: {', '.join(model.sources)} at {model.samplerate} Hz", file=sys.stderr)
     settle_backend(model, args, device)
     settle_precision(model, args, device)
+    commit_backend(model, args, device)
     _remove_leftovers(args.out)
     failures = 0
     with SeparationBars(len(inputs), enabled=sys.stderr.isatty()) as bars:

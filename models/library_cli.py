@@ -107,10 +107,11 @@ def run_batch(args, model, spec, plan, options, device, batch, workers) -> None:
 
         run_on_ray(args.ray, spec, plan, options, args.device, batch, workers)
         return
-    from stemdeck.models.track_job import settle_precision
+    from stemdeck.models.track_job import commit_backend, settle_precision
 
     settle_precision(model, args, device)  # here, once: the workers read what it remembers
     if workers == 1:
+        commit_backend(model, options, device)
         run_here(model, plan, options, device, batch)
     else:
         from stemdeck.models.library_pool import run_pool

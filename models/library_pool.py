@@ -69,9 +69,10 @@ def run_job(job: Job, options: JobOptions, device: str) -> Outcome:
     try:
         _worker["in_job"] = True
         if not _worker.get("precision_committed"):  # the first job: the options arrive with it
-            from stemdeck.models.track_job import commit_precision
+            from stemdeck.models.track_job import commit_backend, commit_precision
 
             commit_precision(_worker["model"], options.precision, device, options.backend)
+            commit_backend(_worker["model"], options, device, note=lambda line: None)  # exported before the workers
             _worker["precision_committed"] = True
         events = _worker["events"]
         bars = FileBars(job.index, lambda kind, index, value: events.put((kind, index, value)))

@@ -147,7 +147,13 @@ class OnnxNetwork:
 
 def model_digest(model: nn.Module, length: int) -> str:
     """What the exported file depends on: the model's class, arguments and weights, the length it
-    runs at, the export format and torch's version (its exporter writes the graph)."""
+    runs at, the export format and torch's version (its exporter writes the graph). A model whose
+    weights were given back (:func:`give_back_weights`) answers with the digest they had."""
+    kept = getattr(model, "given_back_digests", None)
+    if kept is not None:
+        if length not in kept:
+            raise OnnxError(f"this model's weights were given back, and its network at {length} samples was never made")
+        return kept[length]
     digest = hashlib.sha256()
     header = {
         "format": FORMAT,
@@ -206,6 +212,21 @@ def is_cached(model: nn.Module, length: int, folder: Path | None = None) -> bool
     return read_record(folder / f"{digest}.json") is not None and (folder / f"{digest}.onnx").is_file()
 
 
+def give_back_weights(model: nn.Module, length: int) -> None:
+    """For a command that runs only the exported network of ``model`` at ``length`` from now on:
+    the torch weights freed (168 MB for htdemucs; the network holds its own), the digest they had
+    kept, so that the loaded or cached network is still found by it. The model still makes the
+    spectrogram and the stems (no weights there), and can no more run in torch or be exported."""
+    digest = model_digest(model, length)
+    for tensor in [*model.parameters(), *model.buffers()]:
+        tensor.data = torch.empty(0, dtype=tensor.dtype)
+    model.given_back_digests = {length: digest}
+
+
+def weights_given_back(model: nn.Module) -> bool:
+    return getattr(model, "given_back_digests", None) is not None
+
+
 _loaded: dict[tuple[str, int], OnnxNetwork] = {}  # digest, threads: a batch of files loads it once
 
 
@@ -227,6 +248,8 @@ def load_or_export(model: HTDemucs, length: int, folder: Path | None = None, not
     record = read_record(record_path)
     if record is not None and file_sha256(path) == record["sha256"]:
         network = OnnxNetwork(model, _session(path, threads), length, path, Measurement(**record["measured"]))
+    elif weights_given_back(model):  # nothing left to export
+        raise OnnxError(f"{path}: the cached network changed during this run; run the command again")
     else:
         if note is not None:
             damaged = path.exists() or record_path.exists()

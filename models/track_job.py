@@ -400,6 +400,29 @@ def commit_precision(model, precision: str, device: str, backend: str) -> None:
         give_back_freed_memory()  # the float Transformer's weights, 4 MB each: under the mmap threshold
 
 
+def commit_backend(
+    model, args, device: str, note: Callable[[str], None] = lambda line: say(f"stemdeck: {line}")
+) -> None:
+    """--backend onnx or openvino (asked for, or ``--memory speed``'s choice): the network loaded
+    once, now, and the torch model's weights given back, since the command runs nothing else with
+    them (168 MB of htdemucs's peak). Where it cannot load, nothing changes: each file says why."""
+    import torch
+
+    from stemdeck.models.bag import BagOfModels
+    from stemdeck.models.onnx_backend import give_back_weights
+    from stemdeck.models.precision import EXPORTED_BACKENDS, forget_prepared_copy
+
+    exported = EXPORTED_BACKENDS.get(getattr(args, "backend", "auto"))
+    if exported is None or isinstance(model, BagOfModels):
+        return
+    try:
+        network = exported.network(model, args.precision, torch.device(device), args.segment, note)
+    except ValueError:
+        return
+    forget_prepared_copy()
+    give_back_weights(model, network.length)
+
+
 def check_backend_fits(model, args: argparse.Namespace, device: str) -> None:
     """--backend onnx or openvino that cannot run this model, precision or device: one line once,
     before any file is read, rather than the same line for every file of a batch."""

@@ -7,6 +7,7 @@ is exported once for the module into a temporary cache folder; the damage test e
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from stemdeck.models import HTDemucs, apply_model, load_checkpoint, save_safeten
 from stemdeck.models import onnx_backend as ob
 from stemdeck.models.demo import demo_stems
 from stemdeck.models.precision import TorchNetwork, prepare_network, resolve_precision
+from stemdeck.models.track_job import commit_backend
 
 pytest.importorskip("onnxruntime")  # in the test extras; the last test hides it
 
@@ -196,3 +198,21 @@ def test_a_cache_folder_that_takes_no_file_is_named_not_blamed_on_the_model(mode
         "cannot write the ONNX cache folder /sys (Permission denied); set $STEMDECK_ONNX_DIR to a folder you "
         "can write, or use --backend torch"
     )
+
+
+def test_a_command_gives_back_the_torch_weights_once_onnx_runtime_runs(checkpoint, song, exported, fresh_process):
+    model = load_checkpoint(checkpoint).eval()  # its own: the module's model stays whole
+    expected = apply_model(model, song, precision="fp32", backend="onnx")
+    commit_backend(model, argparse.Namespace(backend="onnx", precision="fp32", segment=None), "cpu")
+    assert sum(tensor.numel() for tensor in model.parameters()) == 0
+    stems = apply_model(model, song, precision="fp32", backend="onnx")
+    assert torch.equal(stems, expected)
+    ob.release()
+    record_path = ob.cache_dir() / f"{ob.model_digest(model, exported.length)}.json"
+    record = record_path.read_bytes()
+    record_path.unlink()
+    try:
+        with pytest.raises(ValueError, match=r"the cached network changed during this run; run the command again$"):
+            prepare_network(model, "fp32", torch.device("cpu"), backend="onnx")
+    finally:
+        record_path.write_bytes(record)
