@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from stemdeck.models.heap import give_back_freed_memory
 from stemdeck.models.nets.htdemucs import HTDemucs
 from stemdeck.models.nets.spec import hybrid_spectrogram
 from stemdeck.models.nets.unet import complex_as_channels
@@ -319,6 +320,8 @@ def write_onnx(model: HTDemucs, spec: torch.Tensor, mix: torch.Tensor, target: P
     for dynamo in (False, True):
         try:
             _quiet_export(branches, spec, mix, target, dynamo)
+            del branches
+            give_back_freed_memory()  # the copy and the trace: small blocks, kept in the heap when freed
             return
         except Exception as exc:  # noqa: BLE001 (the exporters raise many kinds; each means the same here)
             failures.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160])

@@ -371,18 +371,32 @@ def _drop_kept(path: Path, precision: str) -> None:
         stale.unlink(missing_ok=True)
 
 
+def _give_back_buffers(network: OpenVinoNetwork) -> None:
+    """OpenVINO's buffers for a run (330 MB for htdemucs), given back until the next (OpenVINO
+    2024.5 and later; an older one keeps them)."""
+    release = getattr(network.compiled, "release_memory", None)
+    if release is not None:
+        release()
+
+
 def _measure(model: HTDemucs, network: OpenVinoNetwork, spec, mix, threads: int) -> Measurement:
     """Both on the probe, warmed up once, then :data:`PROBE_RUNS` times alternately; the stems' SNR.
     torch runs as its float32 path does (``precision.prepare_model``: 2-D convolutions channels-last,
-    in place; ``onednn_products``: its products through oneDNN where exact)."""
+    in place; ``onednn_products``: its products through oneDNN where exact). OpenVINO's buffers
+    are given back before each torch run, never held beside torch's activations, and mapped
+    again by an untimed run before each timed one."""
     length = mix.shape[-1]
     model = model.to(memory_format=torch.channels_last)
     torch_times, openvino_times = [], []
     with torch.inference_mode(), onednn_products():
-        expected, got = model.branches(spec, mix), network.branches(spec, mix)
+        expected = model.branches(spec, mix)
+        got = network.branches(spec, mix)
         for _ in range(PROBE_RUNS):
+            _give_back_buffers(network)
             torch_times.append(onnx_backend.timed(lambda: model.branches(spec, mix))[0])
+            network.branches(spec, mix)
             openvino_times.append(onnx_backend.timed(lambda: network.branches(spec, mix))[0])
+        _give_back_buffers(network)
         expected_stems, got_stems = model.stems(*expected, length), model.stems(*got, length)
         error = (expected_stems - got_stems).pow(2).sum()
         snr = float(10 * torch.log10(expected_stems.pow(2).sum() / error)) if error > 0 else float("inf")

@@ -409,18 +409,22 @@ def commit_backend(
     import torch
 
     from stemdeck.models.bag import BagOfModels
+    from stemdeck.models.heap import give_back_freed_memory
     from stemdeck.models.onnx_backend import give_back_weights
     from stemdeck.models.precision import EXPORTED_BACKENDS, forget_prepared_copy
+    from stemdeck.models.streaming import apply_memory_mode
 
     exported = EXPORTED_BACKENDS.get(getattr(args, "backend", "auto"))
     if exported is None or isinstance(model, BagOfModels):
         return
+    apply_memory_mode(getattr(args, "memory", "low"))  # a first export and its measurement: as the separation runs
     try:
         network = exported.network(model, args.precision, torch.device(device), args.segment, note)
     except ValueError:
         return
     forget_prepared_copy()
     give_back_weights(model, network.length)
+    give_back_freed_memory()  # the weights, and a first export's copy and trace: small blocks the heap keeps
 
 
 def check_backend_fits(model, args: argparse.Namespace, device: str) -> None:
