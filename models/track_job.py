@@ -311,10 +311,10 @@ def settle_backend(model, args, device: str, tell: Callable[[str], None] = say) 
     """``--backend auto --memory speed`` on a CPU with native bfloat16 and OpenVINO installed:
     OpenVINO in bfloat16 where, measured on this model, it takes at most
     :data:`~models.precision_choice.WIN_RATIO` of what torch's ``auto`` takes here (both as shares
-    of torch's float32, each measured once and remembered), within the SNR bar. It was 0.34 of
-    the reference's time on a Zen 5 against torch int8's 0.41, but `separate` then peaks at about
-    1.5 GB for htdemucs, so only ``--memory speed`` (memory for speed) considers it; ``low``
-    stays torch, under 1 GB. Sets ``args.backend`` and ``args.precision`` to what runs."""
+    of torch's float32, each measured once and remembered), within the SNR bar. It was 0.33 of
+    the reference's time on a Zen 5 against torch int8's 0.39-0.41, but `separate` then peaks at
+    about 1.2 GB for htdemucs, so only ``--memory speed`` (memory for speed) considers it;
+    ``low`` stays torch, under 1 GB. Sets ``args.backend`` and ``args.precision`` to what runs."""
     import torch
 
     from stemdeck.models.bag import models_of
