@@ -150,6 +150,17 @@ def test_separate_verbose_reports_the_backend(tmp_path, checkpoint, exported, ca
     ours = sf.read(tmp_path / "onnx" / "song" / "drums.wav")[0]
     theirs = sf.read(tmp_path / "torch" / "song" / "drums.wav")[0]
     assert 10 * np.log10(np.sum(theirs**2) / np.sum((theirs - ours) ** 2)) >= ob.SNR_BAR_DB - 1  # 24-bit files
+    library = tmp_path / "library"  # -r, one file at a time here: the torch weights given back there too
+    library.mkdir()
+    song.rename(library / "song.wav")
+    assert (
+        main(
+            ["separate", str(library), "-r", "-o", str(tmp_path / "r"), "--model", str(checkpoint), "--backend", "onnx"]
+        )
+        == 0
+    )
+    [drums] = (tmp_path / "r").rglob("drums.wav")
+    assert np.array_equal(sf.read(drums)[0], ours)
 
 
 def test_an_onnxruntime_that_does_not_import_is_one_line_saying_reinstall(tmp_path, checkpoint):
