@@ -111,6 +111,24 @@ def test_export_is_cached_checked_and_reused(model, cache, exported, fresh_proce
     onnx_path.write_bytes(original)
 
 
+def test_an_older_stemdecks_export_is_made_again_and_said_so(model, exported, fresh_process, monkeypatch):
+    """Stop 30 compiled bfloat16 from float16 weights: the records of format 1 are not used."""
+    _, record_path = ovb.paths(model, exported.length)
+    original = record_path.read_text()
+    record_path.write_text(json.dumps(json.loads(original) | {"format": 1}))
+    exports, notes = [], []
+    monkeypatch.setattr(ovb, "_export", lambda *args: exports.append(args[2]) or exported)  # a new export: slow
+    try:
+        prepare_network(model, "fp32", CPU, backend="openvino", note=notes.append)
+    finally:
+        record_path.write_text(original)
+    assert exports == [exported.path]
+    assert notes == [
+        "exporting the network for OpenVINO (the cached one was made by an older stemdeck; once per model, "
+        f"about 2 minutes for htdemucs): {exported.path}"
+    ]
+
+
 def test_auto_is_torch_even_where_the_export_measured_openvino_faster(model, exported, fresh_process):
     """A chunk's probe did not predict a track: on a quiet machine OpenVINO was faster per segment
     and slower per track than torch (README, "OpenVINO backend"), so auto never takes it."""
