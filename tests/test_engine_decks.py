@@ -218,6 +218,17 @@ def test_loading_b_while_a_plays_leaves_a_sample_identical(jack_server, decks, t
     assert decks.deck("B").mode == "deck" and not decks.deck("B").mixer().playing
 
 
+def _until_the_cue_carries(recorder, heard_hz: float, gone_hz: float, timeout_s: float = 10.0) -> None:
+    """The cue output changed over before it is measured: a 0.1 s wait was too short once in a
+    full CI rehearsal (the other tone still at 0.0025 in the next 0.5 s; never alone)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        cue = recorder.record(0.1)[1]
+        if amplitude_at(cue, gone_hz) < 1e-3 and amplitude_at(cue, heard_hz) > 0.95 * AMPLITUDE:
+            return
+        assert time.monotonic() < deadline, f"the cue output did not change over to {heard_hz:g} Hz"
+
+
 def test_cue_output_carries_b_while_the_master_carries_a(jack_server, decks, recorder):
     decks.start_output()
     recorder.connect("stemdeck:master_L", "stemdeck:cue_L", "stemdeck:master_R", "stemdeck:cue_R")
@@ -225,14 +236,14 @@ def test_cue_output_carries_b_while_the_master_carries_a(jack_server, decks, rec
     start_playing(decks, "B", sine_track(TONE_B_HZ, 6.0))  # playing, but the crossfader is on A
     decks.set_cue("B")
     decks.set_cue_mix(0.0)  # the headphones hear the cue bus alone
-    time.sleep(0.1)
+    _until_the_cue_carries(recorder, TONE_B_HZ, TONE_A_HZ)
     master, cue = recorder.record(0.5)[:2]
     assert amplitude_at(master, TONE_A_HZ) == pytest.approx(AMPLITUDE, rel=0.05)
     assert amplitude_at(master, TONE_B_HZ) < 1e-3
     assert amplitude_at(cue, TONE_B_HZ) == pytest.approx(AMPLITUDE, rel=0.05)
     assert amplitude_at(cue, TONE_A_HZ) < 1e-3
     decks.set_cue_mix(1.0)  # the knob to master: the headphones hear A
-    time.sleep(0.1)
+    _until_the_cue_carries(recorder, TONE_A_HZ, TONE_B_HZ)
     cue = recorder.record(0.5)[1]
     assert amplitude_at(cue, TONE_A_HZ) == pytest.approx(AMPLITUDE, rel=0.05)
     assert amplitude_at(cue, TONE_B_HZ) < 1e-3

@@ -136,7 +136,7 @@ def _until_deck_a_is_heard(recorder, timeout_s: float = 10.0) -> None:
 def test_cc_8_from_a_controller_crossfades_the_master_from_a_to_b_with_no_gap(rig):
     decks, recorder, fake, _ = rig
     _until_deck_a_is_heard(recorder)
-    recorder.start(1.5)
+    recorder.start(3.5)
     # the move starts once 0.35 s are recorded, however late the recording began (a sleep here
     # let a loaded machine's late start put the crossfade inside the "before" window)
     assert wait_for(lambda: recorder.position >= int(0.35 * JACK_RATE))
@@ -145,8 +145,12 @@ def test_cc_8_from_a_controller_crossfades_the_master_from_a_to_b_with_no_gap(ri
         time.sleep(0.01)
     fake.send(0xB0, 8, 127)
     assert wait_for(lambda: decks.crossfader == 1.0)
+    # "after" is measured from where the move ended in the recording: the last 0.3 s of 1.5 s
+    # once held B at 0.12 in a full CI rehearsal (the move's messages read late; never alone)
+    moved_at = recorder.position + int(0.1 * JACK_RATE)  # and the fader's click-free ramp
     master = recorder.result()[0]
-    before, after = master[: int(0.25 * JACK_RATE)], master[-int(0.3 * JACK_RATE) :]
+    assert moved_at + int(0.3 * JACK_RATE) <= master.shape[-1], "the move ended after the recording"
+    before, after = master[: int(0.25 * JACK_RATE)], master[moved_at : moved_at + int(0.3 * JACK_RATE)]
     assert amplitude_at(before, TONE_A_HZ) == pytest.approx(AMPLITUDE, rel=0.05)
     assert amplitude_at(before, TONE_B_HZ) < 1e-3
     assert amplitude_at(after, TONE_B_HZ) == pytest.approx(AMPLITUDE, rel=0.05)
