@@ -26,7 +26,7 @@ ONNX file. ``--precision auto`` with this backend is bfloat16 where native and w
 bar on the model, else float32. In bfloat16 the network is compiled from float16 weights
 (:func:`_float16_weights`).
 
-Memory: the compiled htdemucs holds about 300 MB in bfloat16 and its buffers for a segment about
+Memory: the compiled htdemucs holds about 340 MB in bfloat16 and its buffers for a segment about
 330 MB, so `stemdeck separate` with it peaks at about 1.1 GB (the command gives the torch
 model's weights back once the network is loaded: ``track_job.commit_backend``).
 """
@@ -311,7 +311,7 @@ def _compile(path: Path, threads: int, precision: str = "fp32", sha256: str | No
 
 def _float16_weights(network) -> None:
     """The weights stored in float16 for a bfloat16 run, which rounds them further anyway: the
-    compiled network of htdemucs held 460 MB with its float32 weights, 300 MB with these (its
+    compiled network of htdemucs held 460 MB with its float32 weights, 340 MB with these (its
     kept form 116 MB against 196), at the same speed and 0.2 dB from the float32-weights stems
     (52.8 against 53.0 dB from OpenVINO's float32; docs/benchmarks.md, stop 30). OpenVINO keeps
     such weights compressed only where they are marked as decompressed on use, which its own

@@ -269,7 +269,7 @@ def test_a_damaged_compiled_form_is_compiled_again_never_run(model, song, export
 @needs_native_bf16
 def test_bf16_compiles_float16_weights(model, exported, fresh_process):
     """bfloat16 rounds the weights further anyway; float16 ones took htdemucs's compiled network
-    from 460 to 300 MB. Its kept form shows what the network holds: about half the weights'
+    from 460 to 340 MB. Its kept form shows what the network holds: about half the weights'
     float32 bytes less than float32's."""
     bf16 = prepare_network(model, "bf16", CPU, backend="openvino")
     ovb._loaded.clear()
