@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 from conftest import JACK_RATE, JackRecorder, sine_track
+from fake_controller import CONTROLLER, FakeController
 from test_engine_decks import (  # noqa: F401 - decks: the fixture
     AMPLITUDE,
     TONE_A_HZ,
@@ -15,7 +16,7 @@ from test_engine_decks import (  # noqa: F401 - decks: the fixture
     amplitude_at,
     decks,
 )
-from test_engine_midi_jack import CONTROLLER, FakeController, wait_for
+from test_engine_midi_jack import wait_for
 
 from stemdeck.engine.midi import MappingError, MidiConfig, MidiController, load_mapping, save_mapping
 from stemdeck.engine.midi.bindings import Binding, Mapping, default_mapping, two_deck_mapping

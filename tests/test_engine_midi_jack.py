@@ -3,70 +3,15 @@ the controller, with its own output (pads, faders) and input (LEDs)."""
 
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 from conftest import run_stemdeck
+from fake_controller import CONTROLLER, FakeController
 from test_engine_midi import BASS, VOCALS, deck, settled_ratio  # noqa: F401  (the deck fixture)
 
 from stemdeck.engine.midi import MidiConfig, MidiController, MidiError, default_mapping, load_mapping, parse
-from stemdeck.engine.midi.ports import open_client, queued_messages
-
-CONTROLLER = "fakectl"
-
-
-class FakeController:
-    """A hardware controller as JACK shows it: an output port for its pads, an input for its LEDs."""
-
-    def __init__(self):
-        self.leds: list[list[int]] = []
-        self._got = threading.Condition()
-        self.plug()
-        self.leds_in = open_client("in", "jack", CONTROLLER)
-        self.leds_in.ignore_types(sysex=False)
-        self.leds_in.open_virtual_port("leds in")
-        # Read from rtmidi's queue, as stemdeck does: an rtmidi callback is Python on JACK's
-        # thread, and closing the port while an LED message arrives crashes or hangs this process.
-        self._closing = threading.Event()
-        self._reader = threading.Thread(target=self._read_leds, name="fake-leds", daemon=True)
-        self._reader.start()
-
-    def plug(self):
-        self.pads_out = open_client("out", "jack", CONTROLLER)
-        self.pads_out.open_virtual_port("pads out")
-
-    def unplug(self):
-        self.pads_out.close_port()
-        self.pads_out.delete()
-
-    def send(self, *message):
-        self.pads_out.send_message(list(message))
-
-    def _read_leds(self):
-        while not self._closing.wait(0.001):
-            if messages := queued_messages(self.leds_in):
-                with self._got:
-                    self.leds.extend(messages)
-                    self._got.notify_all()
-
-    def wait_led(self, message, timeout_s=5.0) -> bool:
-        with self._got:
-            return self._got.wait_for(lambda: list(message) in self.leds, timeout_s)
-
-    def close(self):
-        # rtmidi holds the GIL through JACK calls that wait for a graph change, and a client whose
-        # process thread waits for the GIL in a Python callback never lets that change come:
-        # no Python callback of this process may run while the ports close (the engine's JACK
-        # audio client may play through one).
-        from stemdeck.engine.audio.jack_output import close_session_output
-
-        close_session_output()
-        self._closing.set()
-        self._reader.join()
-        for client in (self.pads_out, self.leds_in):
-            client.close_port()
-            client.delete()
+from stemdeck.engine.midi.ports import open_client
 
 
 @pytest.fixture
