@@ -4,7 +4,12 @@ behind), and its compute per second of music against offline separation.
 htdemucs-sized model (random weights) on a JACK dummy server; the track is loaded and played
 at once, as a DJ who did not wait would. The deck separates with the offline plan (the model's
 segment, overlap 0.25) and a quick first window.
+With ``--backends torch:int8,openvino:bf16`` each backend (at its precision; ``--precision``'s
+where none is given) plays the same runs, one after another, in one run of the script (a side
+named twice plays twice, interleaved with the others, for the machine's noise)
+(OpenVINO's export made first, untimed, as `play --backend openvino` makes it).
 Usage: python benchmarks/deck.py [--json] [--seconds 30] [--precision fp32] [--offline-seconds 15]
+       [--backends torch:int8,openvino:bf16]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 from _common import htdemucs_random, jack_dummy_server
 
 from stemdeck.engine.audio.state import MEAN_INFERENCE_S, SEPARATED_FROM, STEMS_WRITTEN, WINDOWS_DONE
+from stemdeck.engine.build import ready_network
 from stemdeck.engine.config import EngineConfig
 from stemdeck.engine.engine import Engine
 from stemdeck.engine.runtime import configure_process
@@ -48,10 +54,10 @@ def _compute_per_music_s(engine: Engine) -> float | None:
     return compute_s / separated_s if separated_s > 0 else None
 
 
-def play_deck(model, track: np.ndarray, seconds: float, precision: str, wait_s: float) -> dict:
+def play_deck(model, track: np.ndarray, seconds: float, precision: str, wait_s: float, backend: str = "torch") -> dict:
     """Load, wait ``wait_s`` paused (a DJ who loads and waits; 0: play at once), play ``seconds``
     (on the JACK server the caller started)."""
-    engine = Engine(model, EngineConfig(precision=precision, cache_stems=False))
+    engine = Engine(model, EngineConfig(precision=precision, cache_stems=False, network_backend=backend))
     try:
         loaded = time.perf_counter()
         engine.load_array(track)
@@ -94,6 +100,11 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", default="fp32", help="fp32 (the path without bf16), bf16 or auto")
     parser.add_argument("--wait", type=float, default=30.0, help="second run: paused this long after load")
     parser.add_argument(
+        "--backends",
+        default="torch",
+        help="comma-separated BACKEND[:PRECISION]: torch, openvino, onnx (what runs the deck's windows)",
+    )
+    parser.add_argument(
         "--offline-seconds",
         type=float,
         default=15.0,
@@ -104,8 +115,19 @@ def main(argv=None) -> int:
     track = sum(demo_stems(30.0).values())
     track = np.ascontiguousarray(np.tile(track, (1, 3)), dtype=np.float32)  # 90 s
     model = htdemucs_random()
+    sides = [(*side.split(":"), args.precision)[:2] for side in args.backends.split(",")]
+    for backend, precision in sides:  # exported (and measured) before anything is timed
+        ready_network(model, precision, backend, "process", note=lambda line: print(line, file=sys.stderr))
     with jack_dummy_server():
-        runs = [play_deck(model, track, args.seconds, args.precision, wait_s) for wait_s in (0.0, args.wait)]
+        runs = [
+            {
+                "side": f"{backend}:{precision}",
+                "runs": [
+                    play_deck(model, track, args.seconds, precision, wait_s, backend) for wait_s in (0.0, args.wait)
+                ],
+            }
+            for backend, precision in sides
+        ]
     offline = (
         offline_compute_per_music_s(model, track, args.offline_seconds, args.precision)
         if args.offline_seconds > 0
@@ -114,7 +136,13 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps({"precision": args.precision, "runs": runs, "offline_compute_per_music_s": offline}))
         return 0
-    print(f"deck (htdemucs-sized model, {args.precision}, offline plan + quick start, JACK dummy 44.1 kHz / 256)")
+    for side in runs:
+        _print_runs(side["side"], side["runs"], args.precision, offline)
+    return 0
+
+
+def _print_runs(side: str, runs: list[dict], precision: str, offline: float | None) -> None:
+    print(f"deck (htdemucs-sized model, {side}, offline plan + quick start, JACK dummy 44.1 kHz / 256)")
     for run in runs:
         first = run["first_stems_s"]
         how = "played at once" if not run["waited_s"] else "waited {:.0f} s paused".format(run["waited_s"])
@@ -129,9 +157,8 @@ def main(argv=None) -> int:
     print(
         "  compute per second of music (paused deck, one pass): "
         + (f"{deck:.2f} s" if deck is not None else "(nothing separated)")
-        + (f"; offline separation {offline:.2f} s" if offline is not None else "")
+        + (f"; offline separation (torch {precision}) {offline:.2f} s" if offline is not None else "")
     )
-    return 0
 
 
 if __name__ == "__main__":

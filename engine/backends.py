@@ -76,7 +76,7 @@ def make_backend(model: nn.Module, config: EngineConfig) -> WorkerBackend:
 
 
 def _separator(model: nn.Module, config: EngineConfig, plan: WindowPlan) -> WindowSeparator:
-    return WindowSeparator(model, plan, config.precision, stream_rate=config.samplerate)
+    return WindowSeparator(model, plan, config.precision, stream_rate=config.samplerate, backend=config.network_backend)
 
 
 def _plan(model: nn.Module, config: EngineConfig, window: WindowConfig) -> WindowPlan:
@@ -255,6 +255,7 @@ class ProcessBackend:
                     inference_threads(self.config.inference_threads),
                     self.config.samplerate,
                     scheduling=self.config.worker_scheduling,
+                    backend=self.config.network_backend,
                 )
             return self.process
 

@@ -6,6 +6,7 @@ so a missing device is said at once; then the engine is made and its window plan
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
@@ -51,18 +52,53 @@ def build_engine(
     worker: str = "process",
     calibrate: bool = True,
     refuse_live: bool = False,
+    network_backend: str = "torch",
+    note: Callable[[str], None] | None = None,
 ) -> Engine:
     """An engine for ``model`` at ``samplerate``, its plan fixed (calibrated on this machine unless
     ``calibrate`` is off); an engine whose plan fails is stopped, so no worker is left behind. A
     machine too slow for live input keeps the engine for the deck (``start_live`` then says why)
-    unless ``refuse_live``: then that is raised here."""
-    engine = Engine(model, EngineConfig(samplerate=samplerate, worker=worker, precision=precision))
+    unless ``refuse_live``: then that is raised here. An exported ``network_backend`` is made
+    ready first (:func:`ready_network`, which ``note`` hears from)."""
+    described = ready_network(model, precision, network_backend, worker, note)
+    if described is not None and note is not None:
+        live_remark = ""
+        if calibrate and not window.pad_to_segment:
+            live_remark = (
+                "; live input's windows run at their own length with this preset, which only torch runs "
+                "(--preset quality pads them to the model's segment)"
+            )
+        note(f"network: {described}{live_remark}")
+    config = EngineConfig(samplerate=samplerate, worker=worker, precision=precision, network_backend=network_backend)
+    engine = Engine(model, config)
     try:
         engine.prepare(window, block_frames=block_frames, calibrate_plan=calibrate, refuse_live=refuse_live)
     except BaseException:
         engine.stop()
         raise
     return engine
+
+
+def ready_network(
+    model: nn.Module, precision: str, backend: str, worker: str, note: Callable[[str], None] | None = None
+) -> str | None:
+    """Export and measure ``backend``'s network here, once, before a worker needs it: a first
+    export takes 20 s to 2 minutes for htdemucs, which ``note`` hears of, and a refusal is one
+    line (``ValueError``) before anything starts. A separation process then only reads the cached
+    files, so this process lets its copy go. What runs the windows, in words (``None``: torch)."""
+    import torch
+
+    from stemdeck.engine.worker.separator import backend_network
+    from stemdeck.models.precision import EXPORTED_BACKENDS
+
+    network = backend_network(model, precision, torch.device("cpu"), backend, note)
+    if network is None:
+        return None
+    described = network.describe()
+    if worker == "process":
+        del network
+        EXPORTED_BACKENDS[backend].module().release()
+    return described
 
 
 @dataclass(frozen=True)

@@ -90,12 +90,15 @@ def add_engine_commands(commands, add_model_options) -> None:
 
 
 def _add_session_options(parser: argparse.ArgumentParser, add_model_options) -> None:
+    from stemdeck.models.cli import add_live_backend_option
+
     parser.add_argument(
         "--output",
         help="output device (index, name or part of it); without it, stemdeck "
         "plays as its own JACK client when a JACK server runs, else on the system default",
     )
     add_model_options(parser)
+    add_live_backend_option(parser)
     which = parser.add_mutually_exclusive_group()
     which.add_argument(
         "--preset", choices=sorted(PRESETS), help="live input's window plan (default balanced; `stemdeck live` only)"
@@ -289,6 +292,10 @@ def check_stem_options(args: argparse.Namespace, sources: tuple[str, ...] | None
             raise ValueError(f"unknown stem {stem!r}; this model has {', '.join(sources)}")
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def _engine(args: argparse.Namespace, output_device, deck: bool = False):
     from stemdeck.engine.build import build_engine, device_block_frames, device_rate, session_window
     from stemdeck.models.cli import check_device, load_for_command
@@ -309,6 +316,8 @@ def _engine(args: argparse.Namespace, output_device, deck: bool = False):
         precision=args.precision,
         calibrate=not deck,
         refuse_live=True,
+        network_backend=args.backend,
+        note=_say,
     )
     for stem in args.mute:
         engine.set_mute(stem)
@@ -418,6 +427,8 @@ def run_play_decks(args: argparse.Namespace) -> int:
             block_frames=deck_a.block_frames,
             precision=args.precision,
             calibrate=False,
+            network_backend=args.backend,
+            note=_say,
         )
     except BaseException:
         deck_a.stop()
@@ -606,6 +617,8 @@ def _print_preset_plans(args: argparse.Namespace, output_device) -> int:
         block_frames=block_frames,
         precision=args.precision,
         calibrate=False,
+        network_backend=args.backend,
+        note=_say,
     )
     windows = dict(PRESETS)
     if args.latency:

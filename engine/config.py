@@ -91,6 +91,10 @@ class EngineConfig:
     beats_after_ahead_s: float = 20.0
     beats_wait_max_s: float = 60.0
     precision: str = "auto"
+    # what runs the model's windows: "torch", or an exported network ("openvino", "onnx") for the
+    # windows of the model's training segment (the deck's and padded live windows; shorter windows,
+    # as the deck's quick first stems, stay torch). "auto" is torch (models.precision)
+    network_backend: str = "torch"
     inference_threads: int | None = None  # None: all cores but one
     headroom: float = 0.3  # the worker must stay this far below real time
     inference_budget_s: float | None = None  # None: measured at start (calibrate)

@@ -36,6 +36,7 @@ import math
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +184,8 @@ class Decks:
         precision: str = "auto",
         worker: str = "process",
         config: DecksConfig = DecksConfig(),
+        network_backend: str = "torch",
+        note: Callable[[str], None] | None = None,
     ) -> Decks:
         """Two decks of one ``model`` (loaded once, shared) for an output at ``samplerate``,
         each with its own separation worker; nothing plays until :meth:`start_output`."""
@@ -197,6 +200,8 @@ class Decks:
                 precision=precision,
                 worker=worker,
                 calibrate=False,  # decks read ahead of their playheads: no live plan to calibrate
+                network_backend=network_backend,
+                note=note,
             )
 
         deck_a = one()

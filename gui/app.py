@@ -19,6 +19,7 @@ SIGNAL_POLL_MS = 200  # how soon Ctrl-C or SIGTERM closes the window
 
 def add_gui_command(commands, add_model_options, add_midi_options) -> None:
     from stemdeck.engine.config import PRESETS
+    from stemdeck.models.cli import add_live_backend_option
 
     gui = commands.add_parser("gui", help="the desktop mixer (also what `stemdeck` alone opens)")
     gui.add_argument("file", type=Path, nargs="?", help="a track to load at start")
@@ -35,6 +36,7 @@ def add_gui_command(commands, add_model_options, add_midi_options) -> None:
     gui.add_argument("--output", help="output device (index, name or part of it)")
     gui.add_argument("--exit-when-shown", action="store_true", help=argparse.SUPPRESS)  # startup benchmark
     add_model_options(gui)
+    add_live_backend_option(gui)
     add_midi_options(gui)
     gui.set_defaults(func=run_gui)
 
@@ -83,6 +85,7 @@ def run_gui(args: argparse.Namespace) -> int:
         headless=headless,
         worker="thread" if headless else "process",
         precision=args.precision,
+        network_backend=args.backend,
         calibrate=not headless,
     )
     session = Session(config)
@@ -138,6 +141,7 @@ def run_decks_gui(args: argparse.Namespace, headless: bool) -> int:
         headless=headless,
         worker="thread" if headless else "process",
         precision=args.precision,
+        network_backend=args.backend,
         calibrate=False,
     )
     session = DecksSession(config)

@@ -105,12 +105,16 @@ class DecksSession(Session):
     def _build_decks_of(self, model, name: str, open_output: bool = True) -> None:
         from stemdeck.engine.decks import Decks
 
-        decks = Decks.build(
-            model,
-            samplerate=self._device_rate(),
-            block_frames=BLOCK_FRAMES,
-            precision=self.config.precision,
-            worker=self.config.worker,
+        decks = self._with_backend(
+            lambda backend: Decks.build(
+                model,
+                samplerate=self._device_rate(),
+                block_frames=BLOCK_FRAMES,
+                precision=self.config.precision,
+                worker=self.config.worker,
+                network_backend=backend,
+                note=self.busy.emit,
+            )
         )
         self.decks, self.model_name = decks, name
         self.decks_ready.emit(tuple(model.sources))  # the strips show even where no output opens (its error says why)

@@ -36,6 +36,7 @@ class SessionConfig:
     worker: str = "process"
     calibrate: bool = True
     precision: str = "auto"
+    network_backend: str = "torch"  # stemdeck gui --backend: what runs the engine's windows
 
 
 @dataclass(frozen=True)
@@ -193,14 +194,18 @@ class Session(QObject):
         from stemdeck.engine.build import build_engine, session_window
 
         model, name = self._load_model(name)
-        engine = build_engine(
-            model,
-            session_window(preset, self.config.latency_s),
-            samplerate=self._device_rate(),
-            block_frames=BLOCK_FRAMES,
-            precision=self.config.precision,
-            worker=self.config.worker,
-            calibrate=self.config.calibrate,
+        engine = self._with_backend(
+            lambda backend: build_engine(
+                model,
+                session_window(preset, self.config.latency_s),
+                samplerate=self._device_rate(),
+                block_frames=BLOCK_FRAMES,
+                precision=self.config.precision,
+                worker=self.config.worker,
+                calibrate=self.config.calibrate,
+                network_backend=backend,
+                note=self.busy.emit,
+            )
         )
         old, self.engine = self.engine, engine
         playing, position_s = False, 0.0
@@ -215,6 +220,18 @@ class Session(QObject):
             if stems is not None and not set(stems) <= set(model.sources):
                 stems = None  # a stem file's stems this model has no place for: it separates the master
             self._open_audio(self._track_audio, self.track.name, self.track.path, position_s, playing, stems)
+
+    def _with_backend(self, build):
+        """``build(backend)`` with ``--backend``'s; where that cannot run this model (not installed,
+        a bag, a precision it lacks), the banner says why and torch's is built instead."""
+        backend = self.config.network_backend
+        try:
+            return build(backend)
+        except ValueError as exc:
+            if backend in ("auto", "torch") or not str(exc).startswith("--backend"):
+                raise
+            self.failed.emit(f"{user_message(exc)} — torch separates instead")
+            return build("torch")
 
     def _device_rate(self) -> int:
         from stemdeck.engine.config import EngineConfig

@@ -127,6 +127,20 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+LIVE_BACKEND_HELP = (
+    "what runs the network of the windows padded to the model's training segment (a deck's, and "
+    "live input's): torch, openvino (OpenVINO on the CPU, bfloat16 where the CPU runs it natively and "
+    "it keeps 40 dB, else float32: pip install 'stemdeck[openvino]') or onnx (ONNX Runtime, float32); "
+    "exported and measured once, the first time (20 s to 2 minutes for htdemucs); a deck's quick first "
+    "stems stay torch; auto: torch (default)"
+)
+
+
+def add_live_backend_option(parser: argparse.ArgumentParser) -> None:
+    """``--backend`` for the commands that play (live, play, gui): what runs the engine's windows."""
+    parser.add_argument("--backend", default="torch", choices=BACKENDS, help=LIVE_BACKEND_HELP)
+
+
 def add_separation_commands(commands) -> None:
     """``separate`` and ``models``, on the entry point's subcommands."""
     sep = commands.add_parser("separate", help="separate audio files into stems, offline")

@@ -255,6 +255,7 @@ class WorkerProcess:
         stream_rate: int,
         ready_timeout_s: float = READY_TIMEOUT_S,
         scheduling: str = "nice",
+        backend: str = "torch",
     ):
         context = multiprocessing.get_context("spawn")
         self.commands, self.replies = context.Queue(), context.Queue()
@@ -266,7 +267,7 @@ class WorkerProcess:
             target=_worker_main,
             name="stemdeck-worker",
             daemon=True,
-            args=(state_spec, precision, threads, stream_rate, scheduling, self.commands, self.replies),
+            args=(state_spec, precision, threads, stream_rate, scheduling, backend, self.commands, self.replies),
         )
         start_deaf_to_ctrl_c(self.process)
         threading.Thread(target=self._read_replies, name="stemdeck-worker-replies", daemon=True).start()
@@ -396,11 +397,28 @@ def _receive_model(commands, replies):
             return command.model
 
 
+def _load_exported_network(model, precision: str, backend: str) -> None:
+    """An exported network compiled with the model, not at the first track's first window, whose
+    stems it delayed (1-2 s for htdemucs on one thread). Its backend keeps it for the separators;
+    where it cannot load, a session's separator says why."""
+    import torch
+
+    from stemdeck.engine.worker.separator import backend_network
+
+    try:
+        backend_network(model, precision, torch.device("cpu"), backend)
+    except ValueError:
+        pass
+
+
 class _Server:
     """The process's state between commands: the model, its separators, the running session."""
 
-    def __init__(self, model, shared, precision: str, stream_rate: int, replies, scheduling: str = "nice"):
+    def __init__(
+        self, model, shared, precision: str, stream_rate: int, replies, scheduling: str = "nice", backend: str = "torch"
+    ):
         self.model, self.shared, self.precision, self.stream_rate = model, shared, precision, stream_rate
+        self.backend = backend
         self.replies = replies
         self.policy = session_policy(scheduling)  # what each session's separation thread runs at
         self.session = None
@@ -414,7 +432,9 @@ class _Server:
         key = (plan.window_frames, plan.hop_frames, plan.lookahead_frames, plan.span_frames, plan.pad_to_segment)
         if key not in self.separators:
             self.separators.clear()
-            self.separators[key] = WindowSeparator(self.model, plan, self.precision, stream_rate=self.stream_rate)
+            self.separators[key] = WindowSeparator(
+                self.model, plan, self.precision, stream_rate=self.stream_rate, backend=self.backend
+            )
         return self.separators[key]
 
     def calibrate(self, command: Calibrate):
@@ -473,7 +493,7 @@ def _next_command(commands):
                 return Quit()
 
 
-def _worker_main(state_spec, precision, threads, stream_rate, scheduling, commands, replies) -> None:
+def _worker_main(state_spec, precision, threads, stream_rate, scheduling, backend, commands, replies) -> None:
     """Entry point of the inference process."""
     ignore_ctrl_c()
     from stemdeck.engine.audio.state import SharedState
@@ -485,8 +505,9 @@ def _worker_main(state_spec, precision, threads, stream_rate, scheduling, comman
         return
     configure_separation_process(threads, WORKER_NICENESS)  # a session may go to idle later
     warm_up_worker_kernels(len(model.sources), int(getattr(model, "audio_channels", 2)))
+    _load_exported_network(model, precision, backend)
     state_block = SharedBlock.attach(state_spec)
-    server = _Server(model, SharedState(**state_block.arrays), precision, stream_rate, replies, scheduling)
+    server = _Server(model, SharedState(**state_block.arrays), precision, stream_rate, replies, scheduling, backend)
     replies.put(Reply(LoadModel.__name__))
     while not isinstance(command := _next_command(commands), Quit):
         name = type(command).__name__

@@ -13,7 +13,14 @@ from stemdeck.engine.worker.windows import WindowPlan
 from stemdeck.models.bag import BagOfModels
 from stemdeck.models.bandwidth import share_high_band
 from stemdeck.models.nets.htdemucs import HTDemucs
-from stemdeck.models.precision import forward_context, prepare_model
+from stemdeck.models.precision import (
+    BACKENDS,
+    EXPORTED_BACKENDS,
+    Network,
+    forward_context,
+    prepare_model,
+    prepare_network,
+)
 from stemdeck.models.precision_choice import remembered_precision
 from stemdeck.models.separate import resample
 
@@ -33,6 +40,8 @@ class WindowSeparator:
 
     The model normalises each window itself, so no track-wide statistics are needed. Torch's
     thread count is the process's, set once at its entry point (:mod:`engine.runtime`).
+    With ``backend`` "openvino" or "onnx", an exported network runs the windows padded to the
+    training segment (:func:`exported_network`); ``ValueError`` says in one line where it cannot.
     """
 
     def __init__(
@@ -42,6 +51,7 @@ class WindowSeparator:
         precision: str = "auto",
         device: str = "cpu",
         stream_rate: int | None = None,
+        backend: str = "torch",
     ):
         self.device = torch.device(device)
         self.precision = remembered_precision(model, precision, self.device)  # auto: int8 where measured faster
@@ -52,6 +62,7 @@ class WindowSeparator:
                 f"window of {plan.window_frames} frames is longer than the model's "
                 f"segment ({segment_frames}); shorten it or set pad_to_segment=False"
             )
+        self.network = exported_network(model, plan, precision, self.device, backend)
         model = copy.deepcopy(model).to(self.device).eval()
         _set_train_segment(model, plan.pad_to_segment)
         self.model = prepare_model(model, self.precision, self.device)
@@ -62,6 +73,7 @@ class WindowSeparator:
         self.max_model_frames = int(float(model.segment) * model.samplerate) if plan.pad_to_segment else None
         self.stream_rate = int(stream_rate or model.samplerate)
         self.last_seconds = 0.0
+        self._short = False
 
     def __call__(self, window: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
@@ -71,9 +83,7 @@ class WindowSeparator:
             window = resample(window, self.stream_rate, self.model_rate)
             if self.max_model_frames is not None:
                 window = window[:, : self.max_model_frames]
-        with torch.inference_mode(), forward_context(self.precision, self.device):
-            mix = torch.from_numpy(window)[None].to(self.device)
-            stems = self.model(mix)[0].float().cpu().numpy()
+        stems = self._separate(window)
         if self.stream_rate != self.model_rate:
             stems = np.stack([resample(stem, self.model_rate, self.stream_rate, frames) for stem in stems])
             stems = share_high_band(mixture, stems, self.stream_rate, self.model_rate)
@@ -84,14 +94,31 @@ class WindowSeparator:
         self.last_seconds = time.perf_counter() - start
         return stems
 
+    def _separate(self, window: np.ndarray) -> np.ndarray:
+        """``(S, C, n)`` stems of a model-rate window."""
+        mix = torch.from_numpy(window)[None]
+        if self.network is not None and not self._short:
+            with torch.inference_mode():
+                return self.network(mix)[0].numpy()
+        with torch.inference_mode(), forward_context(self.precision, self.device):
+            return self.model(mix.to(self.device))[0].float().cpu().numpy()
+
     def separate_short(self, window: np.ndarray) -> np.ndarray:
         """Like a call, on a window shorter than the plan's, run at its own length (not padded
-        to the training segment): the deck's quick first stems."""
+        to the training segment) by the torch model: the deck's quick first stems."""
         _set_train_segment(self.model, False)
+        self._short = True
         try:
             return self(window)
         finally:
+            self._short = False
             _set_train_segment(self.model, self.plan.pad_to_segment)
+
+    def describe(self) -> str:
+        """What runs the windows, in words."""
+        if self.network is not None:
+            return self.network.describe()
+        return f"torch ({self.precision})"
 
     def warm_up(self, runs: int = 1) -> float:
         """Run the model on silence; returns the slowest run in seconds."""
@@ -105,6 +132,33 @@ class WindowSeparator:
     @property
     def model_channels(self) -> int:
         return int(getattr(self.model, "audio_channels", 2))
+
+
+def exported_network(
+    model: nn.Module, plan: WindowPlan, precision: str, device: torch.device, backend: str
+) -> Network | None:
+    """The exported network that runs ``plan``'s windows for ``backend``, or ``None`` where torch
+    runs them: for torch, and for plans whose windows run at their own length (live input's
+    balanced and low-latency presets), since the network runs one length, the training segment,
+    as the torch model pads windows to it (``plan.pad_to_segment``: a deck's and the quality
+    preset's). ``ValueError`` in one line where the backend cannot run at all."""
+    if backend in EXPORTED_BACKENDS and not plan.pad_to_segment:
+        return None
+    return backend_network(model, precision, device, backend)
+
+
+def backend_network(model: nn.Module, precision: str, device: torch.device, backend: str, note=None) -> Network | None:
+    """``model``'s exported network for ``backend`` (exported and measured the first time, which
+    ``note`` hears of), ``None`` for torch, or ``ValueError`` in one line where it cannot run."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
+    if backend not in EXPORTED_BACKENDS:
+        return None
+    models = model.models if isinstance(model, BagOfModels) else [model]
+    if len(models) != 1:
+        raise ValueError(f"--backend {backend}: it runs one model, not a bag of {len(models)}; use --backend torch")
+    precision = remembered_precision(model, precision, device, backend)
+    return prepare_network(models[0].eval(), precision, device, backend, None, note)
 
 
 def _has_htdemucs(model: nn.Module) -> bool:
