@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from _common import htdemucs_random, jack_dummy_server
@@ -69,6 +70,7 @@ def play_deck(model, track: np.ndarray, seconds: float, precision: str, wait_s: 
         engine.play()
         first, behind_s = _watch(engine, seconds)
         status = engine.status()
+        worker_peak_mb = _worker_peak_mb(engine)
     finally:
         engine.stop()
     return {
@@ -83,7 +85,20 @@ def play_deck(model, track: np.ndarray, seconds: float, precision: str, wait_s: 
         "late_windows": status.late_windows,
         "worker_load": status.realtime_factor,
         "compute_per_music_s": compute,
+        "worker_peak_mb": worker_peak_mb,
     }
+
+
+def _worker_peak_mb(engine: Engine) -> float | None:
+    """The separation process's peak resident memory so far (VmHWM), in MB; None where it is
+    not a process of its own, or the system does not say."""
+    process = getattr(getattr(engine.backend, "process", None), "process", None)
+    try:
+        lines = Path(f"/proc/{process.pid}/status").read_text().splitlines()
+    except (AttributeError, OSError):
+        return None
+    peak = [line.split()[1] for line in lines if line.startswith("VmHWM:")]
+    return int(peak[0]) / 1024 if peak else None
 
 
 def offline_compute_per_music_s(model, track: np.ndarray, seconds: float, precision: str) -> float:
@@ -152,6 +167,7 @@ def _print_runs(side: str, runs: list[dict], precision: str, offline: float | No
             + f"ahead after {run['after_s']:.0f} s of play {run['seconds_ahead']:+.1f} s "
             f"(most behind {run['most_behind_s']:+.1f} s); xruns {run['xruns']}, late {run['late_windows']}, "
             f"worker load {run['worker_load']:.2f}"
+            + (f", separation process peak {run['worker_peak_mb']:.0f} MB" if run["worker_peak_mb"] else "")
         )
     deck = runs[-1]["compute_per_music_s"]
     print(

@@ -133,6 +133,18 @@ def test_a_shorter_padded_window_is_padded_as_torch_pads_it_and_an_unpadded_one_
         assert np.array_equal(stems, expected) == (not pad)
 
 
+def test_onnx_runtime_runs_a_decks_window_too(model, cache):
+    """`--backend onnx` takes the same path: ONNX Runtime's float32 window within its bar."""
+    pytest.importorskip("onnxruntime")
+    plan = WindowPlan.offline(SR, float(model.segment))
+    window = track(float(model.segment), seed=5)
+    expected = WindowSeparator(model, plan, "fp32")(window)
+    separator = WindowSeparator(model, plan, "fp32", backend="onnx")
+    stems = separator(window)
+    assert separator.describe().startswith("onnx")
+    assert not np.array_equal(stems, expected) and snr_db(expected, stems) >= ob.SNR_BAR_DB
+
+
 @pytest.mark.parametrize("worker", ["thread", "process"])
 def test_the_decks_stems_from_openvino_keep_the_bar_against_offline_separation(model, exported, worker):
     """The deck chunks as `separate` does; with OpenVINO its stems are within OpenVINO's bar of
