@@ -128,11 +128,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 LIVE_BACKEND_HELP = (
-    "what runs the network of the windows padded to the model's training segment (a deck's, and "
-    "live input's): torch, openvino (OpenVINO on the CPU, bfloat16 where the CPU runs it natively and "
-    "it keeps 40 dB, else float32: pip install 'stemdeck[openvino]') or onnx (ONNX Runtime, float32); "
-    "exported and measured once, the first time (20 s to 2 minutes for htdemucs); a deck's quick first "
-    "stems stay torch; auto: torch (default)"
+    "what runs the windows padded to the model's training segment (every window of a deck, and live "
+    "input's with --preset quality): torch, openvino (OpenVINO on the CPU, bfloat16 where the CPU runs it "
+    "natively and it keeps 40 dB, else float32: pip install 'stemdeck[openvino]') or onnx (ONNX Runtime, "
+    "float32); exported and measured once, the first time (20 s to 2 minutes for htdemucs); a deck's quick "
+    "first stems and other live windows stay torch; auto: torch (default: torch)"
 )
 
 
