@@ -301,6 +301,43 @@ def test_past_the_tracks_end_the_stage_stops_and_nothing_counts_as_an_underflow(
     engine.stop()
 
 
+@pytest.mark.parametrize("tempo", [1.25, 0.8, 1.5])
+def test_the_stage_writes_the_tracks_end_whatever_frame_the_epoch_starts_at(tempo):
+    """At the track's end the stage flushes its stretcher until the end comes out. It once fed a
+    fixed silence, which its output (in steps of the stretcher's own) sometimes did not cover:
+    the last frame written was made from 12 frames before the end, the playhead stopped there and
+    every later block counted as an underflow (an epoch starting at frame 2646 at tempo 1.25: 1
+    start in 8 of the test above). Here the stage runs in this process, from every starting
+    playhead on a 128-frame grid, its ring played as fast as it fills."""
+    from stemdeck.engine.audio.state import PLAY, PLAYHEAD, STEMS_WRITTEN, SharedState
+    from stemdeck.engine.audio.stretched import DRAINED, EPOCH, JOINED, READ, TEMPO, StretchBuffers
+    from stemdeck.engine.stretch import stage
+
+    length, config = SR, stage.StageConfig()
+    stretcher = stage.warm_up_stage(4, 2, SR, config)
+    slots = SharedState.specs(4)
+    track = tone_track(1.0)
+    stems = np.stack([f * track for f in DEFAULT_FRACTIONS]).astype(np.float32)
+    missed = []
+    for playhead in range(0, 2048, 128):
+        inputs = stage.StageInputs(track, stems, *(np.zeros(*slots[n]) for n in ("audio", "worker", "transport")))
+        inputs.worker[STEMS_WRITTEN] = length
+        inputs.transport[PLAY], inputs.audio[PLAYHEAD] = 1, playhead
+        stretch = StretchBuffers.allocate(4, 2, config.ring_frames)
+        stretch.controls[TEMPO] = tempo
+        runner = stage.StretchStage(inputs, stretch, SR, 2, config, stretcher)
+        for _ in range(10_000):
+            runner.step()
+            if stretch.state[EPOCH] % 2 == 0:  # the callback joins the epoch and plays all there is
+                stretch.state[JOINED], stretch.state[READ] = stretch.state[EPOCH], stretch.state[WRITTEN]
+            if stretch.state[DRAINED]:
+                break
+        last = int(stretch.source[(int(stretch.state[WRITTEN]) - 1) % stretch.source.shape[0]])
+        if not stretch.state[DRAINED] or last != length:
+            missed.append((playhead, int(stretch.state[DRAINED]), last))
+    assert missed == []
+
+
 def test_the_callback_never_waits_for_the_stage_it_counts_the_ring_running_dry():
     engine = deck(tone_track(2.0))
     engine.set_tempo(0.8)

@@ -70,6 +70,7 @@ from stemdeck.engine.audio.transport import advance, loop_active, read_source, r
 from stemdeck.engine.stretch.stretcher import Stretcher
 
 HISTORY_FRAMES = 1 << 16  # source positions of the input fed, kept while its output may still come
+TAIL_LIMITS = 4  # the most flushing silence fed at a track's end, in stretcher flushes (_past_the_end)
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,7 @@ class StretchStage:
         self._chunk_positions = np.zeros(config.chunk_frames, np.int64)
         self._lead_frames = int(config.lead_s * samplerate)
         self._fed = 0
+        self._last_source = -1
         unpublish(stretch.state)  # the ring holds the last track's frames
 
     @property
@@ -279,6 +281,7 @@ class StretchStage:
         self._fed, self._cursor = 0, 0.0
         state[FED], state[DRAINED] = 0, 0
         self._tail, self._tail_limit = 0, 2 * pad + self.config.chunk_frames  # silence that flushes the stretcher
+        self._last_source = -1  # the source of the last frame written in this epoch
         # per chunk fed: (first input index, source frames per output frame, stems ready, and the
         # loop's out point and seam when read to a count-in, else -1 and 0)
         self._chunks: collections.deque[tuple[int, float, bool, int, int]] = collections.deque()
@@ -322,10 +325,19 @@ class StretchStage:
 
     def _past_the_end(self) -> bool:
         """Read past the track's end (no loop to go back into) and the stretcher flushed: nothing
-        more to stretch until a seek or a loop."""
+        more to stretch until a seek or a loop.
+
+        Flushed means its output reached the end: the last frame written was made from the
+        track's end, so the callback's playhead gets there. The stretcher gives its output in
+        steps of its own, so the silence that flushes it (``_tail_limit``) was sometimes a few
+        frames short: the playhead stopped 12 frames before the end and the callback counted
+        every later block as an underflow (1 start in 8 at tempo 1.25). More silence goes in
+        until the end comes out, at most ``TAIL_LIMITS`` times that silence."""
         deck = self.deck
         length, loop_in, loop_out = deck.track.shape[-1], int(deck.audio[LOOP_IN_AT]), int(deck.audio[LOOP_OUT_AT])
-        return self._read_at >= length and not loop_active(loop_in, loop_out, length) and self._tail >= self._tail_limit
+        if self._read_at < length or loop_active(loop_in, loop_out, length) or self._tail < self._tail_limit:
+            return False
+        return self._last_source >= length or self._tail >= TAIL_LIMITS * self._tail_limit
 
     def _counting_in(self, loop_in: int, loop_out: int) -> bool:
         """A count-in asked for with a loop playing (as the callback's ``_counting_in``)."""
@@ -427,6 +439,7 @@ class StretchStage:
         stretch.dry[:, at] = out[num_stems * channels :]
         stretch.ready[at] = ready
         stretch.source[at] = sources
+        self._last_source = int(sources[-1])
         state[WRITTEN] += frames  # last: the callback reads only frames below it
 
 
