@@ -66,8 +66,15 @@ def wait_for_ports(server: str, *names: str, timeout_s: float = 90.0) -> bool:
     return False
 
 
+# The live tests below run their separation process at normal priority ("nice"): at the default
+# "idle" a busy CI machine (earlier tests' processes still exiting) starved it now and then, and
+# its first late window (which idle scheduling answers by going back to nice: test_engine_scheduling)
+# failed these tests of latency and routing (both, in 1 full run of 7 at stop 30).
+LIVE_TEST_CONFIG = EngineConfig(precision="fp32", worker_scheduling="nice")
+
+
 def test_end_to_end_delay_equals_reported_latency(jack_server):
-    engine = Engine(PassThrough(), EngineConfig(precision="fp32"))
+    engine = Engine(PassThrough(), LIVE_TEST_CONFIG)
     engine.prepare(FAST_PLAN, block_frames=JACK_PERIOD)
     signal = np.zeros((2, 3 * JACK_RATE), np.float32)
     impulse_at = JACK_RATE // 2
@@ -87,7 +94,7 @@ def test_end_to_end_delay_equals_reported_latency(jack_server):
 
 
 def test_mute_and_solo_act_on_the_intended_stem(jack_server):
-    engine = Engine(PassThrough(), EngineConfig(precision="fp32"))
+    engine = Engine(PassThrough(), LIVE_TEST_CONFIG)
     engine.prepare(FAST_PLAN, block_frames=JACK_PERIOD)
     engine.set_mute("vocals")
     engine.set_solo("bass")
