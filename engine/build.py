@@ -17,6 +17,8 @@ from stemdeck.engine.device import DeviceError, sounddevice
 from stemdeck.engine.engine import Engine
 from stemdeck.engine.session import WorkerError
 
+NETWORK_NOTE = "network: "  # how build_engine's note of what runs the windows begins
+
 
 def device_rate(output_device: int | None) -> int:
     """The rate the output device runs at (a JACK server's, when JACK carries the audio): the engine runs there."""
@@ -68,7 +70,7 @@ def build_engine(
                 "; live input's windows run at their own length with this preset, which only torch runs "
                 "(--preset quality pads them to the model's segment)"
             )
-        note(f"network: {described}{live_remark}")
+        note(f"{NETWORK_NOTE}{described}{live_remark}")
     config = EngineConfig(samplerate=samplerate, worker=worker, precision=precision, network_backend=network_backend)
     engine = Engine(model, config)
     try:

@@ -105,6 +105,7 @@ class DecksSession(Session):
     def _build_decks_of(self, model, name: str, open_output: bool = True) -> None:
         from stemdeck.engine.decks import Decks
 
+        self.network_description = None
         decks = self._with_backend(
             lambda backend: Decks.build(
                 model,
@@ -113,7 +114,7 @@ class DecksSession(Session):
                 precision=self.config.precision,
                 worker=self.config.worker,
                 network_backend=backend,
-                note=self.busy.emit,
+                note=self._hear,
             )
         )
         self.decks, self.model_name = decks, name

@@ -533,10 +533,13 @@ class MainWindow(QMainWindow):
         self.preset_box.setCurrentText(self.session.config.preset)
         self.settings.setValue("preset", self.session.config.preset)
         note = model_note(name)
-        label = model_label(name)
+        label, tip = model_label(name), f"{name}: {', '.join(sources)}" + (f" — {note}" if note else "")
+        network = self.session.network_description
+        if network:  # --backend openvino or onnx: which, in the label; all of it in the tooltip
+            label, tip = f"{label} · {network.split(' ', 1)[0]}", f"{tip}\nwindows: {network}"
         metrics = self.model_status.fontMetrics()
         self.model_status.setText(metrics.elidedText(label, Qt.TextElideMode.ElideMiddle, STATUS_MODEL_WIDTH))
-        self.model_status.setToolTip(f"{name}: {', '.join(sources)}" + (f" — {note}" if note else ""))
+        self.model_status.setToolTip(tip)
         if note and str(self.settings.value("model") or "") != name:  # not what the user picked
             self.show_note(f"{name}: {note}")
 

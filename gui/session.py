@@ -92,6 +92,7 @@ class Session(QObject):
         self.config = config or SessionConfig()
         self.engine = None
         self.model_name: str | None = None
+        self.network_description: str | None = None  # what runs the windows where not torch
         self.track: Track | None = None
         self._track_audio: np.ndarray | None = None
         self._track_stems: dict[str, np.ndarray] | None = None  # an NI STEM file's, at the engine's rate
@@ -194,6 +195,7 @@ class Session(QObject):
         from stemdeck.engine.build import build_engine, session_window
 
         model, name = self._load_model(name)
+        self.network_description = None
         engine = self._with_backend(
             lambda backend: build_engine(
                 model,
@@ -204,7 +206,7 @@ class Session(QObject):
                 worker=self.config.worker,
                 calibrate=self.config.calibrate,
                 network_backend=backend,
-                note=self.busy.emit,
+                note=self._hear,
             )
         )
         old, self.engine = self.engine, engine
@@ -220,6 +222,15 @@ class Session(QObject):
             if stems is not None and not set(stems) <= set(model.sources):
                 stems = None  # a stem file's stems this model has no place for: it separates the master
             self._open_audio(self._track_audio, self.track.name, self.track.path, position_s, playing, stems)
+
+    def _hear(self, line: str) -> None:
+        """A note of the engine's build (an export, what runs the windows), shown as it happens;
+        what runs the windows is kept for the status bar (``network_description``)."""
+        from stemdeck.engine.build import NETWORK_NOTE
+
+        if line.startswith(NETWORK_NOTE):
+            self.network_description = line.removeprefix(NETWORK_NOTE)
+        self.busy.emit(line)
 
     def _with_backend(self, build):
         """``build(backend)`` with ``--backend``'s; where that cannot run this model (not installed,

@@ -245,12 +245,15 @@ def test_the_mixer_runs_openvino_or_says_why_torch_runs_instead(qtbot, tmp_path,
         assert session.model_name == "tiny-ls1"
         qtbot.waitUntil(lambda: session.engine.backend.worker is not None, timeout=30000)
         assert session.engine.backend.worker.separator.describe().startswith(runs)
+        status, tip = window.model_status.text(), window.model_status.toolTip()
         if precision == "int8":
             assert window.banner.isVisible()
             assert window.errors[-1].startswith("--backend openvino: OpenVINO runs float32")
             assert window.errors[-1].endswith("— torch separates instead")
+            assert "openvino" not in status and "windows:" not in tip
         else:
             assert not window.errors
+            assert status.endswith(" · openvino") and "\nwindows: openvino (OpenVINO" in tip
     finally:
         window.close()
         session.close()
