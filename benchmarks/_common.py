@@ -27,6 +27,15 @@ HTDEMUCS_KW = dict(
 )
 
 
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """A process's peak RSS (VmHWM, this one's by default), in MB. Unlike ru_maxrss it does not
+    inherit the parent's peak through fork and exec."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status (Linux only)")
+
+
 def htdemucs_random() -> HTDemucs:
     """The htdemucs architecture with seeded random weights (the official ones cannot be fetched here)."""
     torch.manual_seed(0)

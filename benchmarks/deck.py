@@ -18,10 +18,9 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-from _common import htdemucs_random, jack_dummy_server
+from _common import htdemucs_random, jack_dummy_server, peak_rss_mb
 
 from stemdeck.engine.audio.state import MEAN_INFERENCE_S, SEPARATED_FROM, STEMS_WRITTEN, WINDOWS_DONE
 from stemdeck.engine.build import ready_network
@@ -90,15 +89,13 @@ def play_deck(model, track: np.ndarray, seconds: float, precision: str, wait_s: 
 
 
 def _worker_peak_mb(engine: Engine) -> float | None:
-    """The separation process's peak resident memory so far (VmHWM), in MB; None where it is
-    not a process of its own, or the system does not say."""
+    """The separation process's peak resident memory so far, in MB; None where it is not a
+    process of its own, or the system does not say."""
     process = getattr(getattr(engine.backend, "process", None), "process", None)
     try:
-        lines = Path(f"/proc/{process.pid}/status").read_text().splitlines()
-    except (AttributeError, OSError):
+        return peak_rss_mb(process.pid)
+    except (AttributeError, OSError, RuntimeError):
         return None
-    peak = [line.split()[1] for line in lines if line.startswith("VmHWM:")]
-    return int(peak[0]) / 1024 if peak else None
 
 
 def offline_compute_per_music_s(model, track: np.ndarray, seconds: float, precision: str) -> float:

@@ -44,7 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import HTDEMUCS_KW  # noqa: E402
+from _common import HTDEMUCS_KW, peak_rss_mb  # noqa: E402
 
 from stemdeck.models import (  # noqa: E402
     HTDemucs,
@@ -189,15 +189,6 @@ def full_strength(model):
 
 def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
     return float(10 * torch.log10(reference.pow(2).sum() / (reference - estimate).pow(2).sum()))
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS (VmHWM). Unlike ru_maxrss it does not inherit the parent's peak
-    through fork and exec."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def export_network(side: str, weights: Path) -> dict:

@@ -68,13 +68,6 @@ def htdemucs_checkpoint(folder: Path) -> Path:
     return path
 
 
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
-
-
 def worker(path: str, model: str, song: Path, out: Path, backend: str = "auto", memory: str = "low") -> None:
     """One separation in this fresh process; prints its peak RSS and seconds as JSON."""
     start = time.perf_counter()
@@ -94,7 +87,10 @@ def worker(path: str, model: str, song: Path, out: Path, backend: str = "auto", 
         audio, samplerate = read_audio(song)
         stems = separate(loaded, audio, samplerate)
         write_stems_atomically(stems, samplerate, out / song.stem, OutputFormat())
-    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "seconds": time.perf_counter() - start}))
+    seconds = time.perf_counter() - start
+    from _common import peak_rss_mb  # after the separation: torch and the models are loaded already
+
+    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "seconds": seconds}))
 
 
 def measure(path: str, model: str, song: Path, out: Path, backend: str = "auto", memory: str = "low") -> dict:
