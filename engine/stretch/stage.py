@@ -187,7 +187,6 @@ class StretchStage:
         self._chunk_positions = np.zeros(config.chunk_frames, np.int64)
         self._lead_frames = int(config.lead_s * samplerate)
         self._fed = 0
-        self._last_source = -1
         unpublish(stretch.state)  # the ring holds the last track's frames
 
     @property
@@ -281,7 +280,6 @@ class StretchStage:
         self._fed, self._cursor = 0, 0.0
         state[FED], state[DRAINED] = 0, 0
         self._tail, self._tail_limit = 0, 2 * pad + self.config.chunk_frames  # silence that flushes the stretcher
-        self._last_source = -1  # the source of the last frame written in this epoch
         # per chunk fed: (first input index, source frames per output frame, stems ready, and the
         # loop's out point and seam when read to a count-in, else -1 and 0)
         self._chunks: collections.deque[tuple[int, float, bool, int, int]] = collections.deque()
@@ -337,7 +335,12 @@ class StretchStage:
         length, loop_in, loop_out = deck.track.shape[-1], int(deck.audio[LOOP_IN_AT]), int(deck.audio[LOOP_OUT_AT])
         if self._read_at < length or loop_active(loop_in, loop_out, length) or self._tail < self._tail_limit:
             return False
-        return self._last_source >= length or self._tail >= TAIL_LIMITS * self._tail_limit
+        return self._last_written_source() >= length or self._tail >= TAIL_LIMITS * self._tail_limit
+
+    def _last_written_source(self) -> int:
+        """The source frame of the epoch's last ring frame (-1 before any)."""
+        written, sources = int(self.stretch.state[WRITTEN]), self.stretch.source
+        return int(sources[(written - 1) % sources.shape[0]]) if written else -1
 
     def _counting_in(self, loop_in: int, loop_out: int) -> bool:
         """A count-in asked for with a loop playing (as the callback's ``_counting_in``)."""
@@ -439,7 +442,6 @@ class StretchStage:
         stretch.dry[:, at] = out[num_stems * channels :]
         stretch.ready[at] = ready
         stretch.source[at] = sources
-        self._last_source = int(sources[-1])
         state[WRITTEN] += frames  # last: the callback reads only frames below it
 
 
