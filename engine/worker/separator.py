@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from stemdeck.engine.worker.windows import WindowPlan
-from stemdeck.models.bag import BagOfModels
+from stemdeck.models.bag import BagOfModels, models_of
 from stemdeck.models.bandwidth import share_high_band
 from stemdeck.models.nets.htdemucs import HTDemucs
 from stemdeck.models.precision import (
@@ -154,7 +154,7 @@ def backend_network(model: nn.Module, precision: str, device: torch.device, back
         raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
     if backend not in EXPORTED_BACKENDS:
         return None
-    models = model.models if isinstance(model, BagOfModels) else [model]
+    models = models_of(model)
     if len(models) != 1:
         raise ValueError(f"--backend {backend}: it runs one model, not a bag of {len(models)}; use --backend torch")
     precision = remembered_precision(model, precision, device, backend)
