@@ -253,13 +253,24 @@ def load_or_export(model: HTDemucs, length: int, folder: Path | None = None, not
         raise OnnxError(f"{path}: the cached network changed during this run; run the command again")
     else:
         if note is not None:
-            damaged = path.exists() or record_path.exists()
-            why = "the cached one does not match its record; " if damaged else ""
+            why = why_exported_again(path, record_path, FORMAT)
             note(f"exporting the network to ONNX ({why}once per model, about a minute for htdemucs): {path}")
         network = _export(model, length, path, record_path, threads)
     _loaded.clear()  # one model's weights at a time
     _loaded[(digest, threads)] = network
     return network
+
+
+def why_exported_again(path: Path, record_path: Path, current_format: int) -> str:
+    """What an export's note says of a cached file it replaces: made by an older stemdeck (its
+    record of a format before ``current_format``), or not what its record says; "" for none."""
+    if not (path.exists() or record_path.exists()):
+        return ""
+    try:
+        older = int(json.loads(record_path.read_text())["format"]) < current_format
+    except (OSError, ValueError, KeyError, TypeError):
+        older = False
+    return "the cached one was made by an older stemdeck; " if older else "the cached one does not match its record; "
 
 
 # -- export ----------------------------------------------------------------------------------------------

@@ -196,24 +196,12 @@ def load_or_export(
         network = _measure_exported(model, length, onnx_path, record_path, threads, precision, sha256)
     else:
         if note is not None:
-            why = _why_again(onnx_path, record_path)
+            why = onnx_backend.why_exported_again(onnx_path, record_path, FORMAT)
             note(f"exporting the network for OpenVINO ({why}once per model, about 2 minutes for htdemucs): {onnx_path}")
         network = _export(model, length, onnx_path, record_path, threads, precision)
     _loaded.clear()  # one model's network at a time
     _loaded[(onnx_path, threads, precision)] = network
     return network
-
-
-def _why_again(onnx_path: Path, record_path: Path) -> str:
-    """What the note says of a cached file that is exported again: made by an older stemdeck (its
-    record of an older format), or not what its record says."""
-    if not (onnx_path.exists() or record_path.exists()):
-        return ""
-    try:
-        older = int(json.loads(record_path.read_text())["format"]) < FORMAT
-    except (OSError, ValueError, KeyError, TypeError):
-        older = False
-    return "the cached one was made by an older stemdeck; " if older else "the cached one does not match its record; "
 
 
 def _verified_by_another(model: HTDemucs, length: int, folder: Path | None, precision: str) -> str | None:
