@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stemdeck.models.butterworth import CausalFilter, butterworth, moving_average, zero_phase
+
 
 @dataclass(frozen=True)
 class BandShare:
@@ -27,21 +29,19 @@ def share_high_band(
     mixture: np.ndarray, stems: np.ndarray, samplerate: int, model_samplerate: int, config: BandShare = BandShare()
 ) -> np.ndarray:
     """``stems`` ``(S, C, T)`` at ``samplerate`` plus their share of what they miss of ``mixture``
-    ``(C, T)`` above the model's Nyquist; unchanged when the model covers the whole band."""
-    from scipy.ndimage import uniform_filter1d
-    from scipy.signal import butter, sosfilt, sosfiltfilt
-
+    ``(C, T)`` above the model's Nyquist; unchanged when the model covers the whole band. The
+    filters are numpy's (:mod:`models.butterworth`: scipy.signal's within 1e-9, without its 64 MB)."""
     cutoff_hz = config.cutoff_ratio * model_samplerate / 2
     frames = stems.shape[-1]
     if model_samplerate >= samplerate or len(stems) == 0 or frames < 64:
         return stems
-    lowpass = butter(config.lowpass_order, cutoff_hz, "lowpass", fs=samplerate, output="sos")
-    guide = butter(config.guide_order, (cutoff_hz / 2, cutoff_hz), "bandpass", fs=samplerate, output="sos")
+    lowpass = butterworth(config.lowpass_order, cutoff_hz, samplerate)
+    guide = butterworth(config.guide_order, (cutoff_hz / 2, cutoff_hz), samplerate)
     residual = mixture - stems.sum(axis=0)
-    missing = residual - sosfiltfilt(lowpass, residual, axis=-1)  # the exact complement: nothing lost
+    missing = residual - zero_phase(residual, lowpass)  # the exact complement: nothing lost
     # the guide only weighs the stems: one channel and one pass (its ~0.3 ms delay is far below the smoothing)
-    energy = np.square(sosfilt(guide, stems.mean(axis=1), axis=-1))  # (S, T)
-    energy = uniform_filter1d(energy, max(1, int(config.smoothing_s * samplerate)), axis=-1) + config.floor
+    energy = np.square(CausalFilter(guide)(stems.mean(axis=1)))  # (S, T)
+    energy = moving_average(energy, max(1, int(config.smoothing_s * samplerate))) + config.floor
     weights = energy / energy.sum(axis=0, keepdims=True)
     return (stems + weights[:, None, :] * missing[None]).astype(stems.dtype, copy=False)
 
@@ -73,12 +73,9 @@ class HighBandStream:
         cutoff_hz = config.cutoff_ratio * model_samplerate / 2
         self.smoothing_frames = max(1, int(config.smoothing_s * samplerate))
         self.context_frames = max(2 * self.smoothing_frames, int(self.CONTEXT_CUTOFF_PERIODS * samplerate / cutoff_hz))
-        if self.active:  # scipy.signal is about 60 MB: not imported for a song at the model's rate
-            from scipy.signal import butter
-
-            self.lowpass = butter(config.lowpass_order, cutoff_hz, "lowpass", fs=samplerate, output="sos")
-            self.guide = butter(config.guide_order, (cutoff_hz / 2, cutoff_hz), "bandpass", fs=samplerate, output="sos")
-        self._guide_state: np.ndarray | None = None
+        if self.active:
+            self.lowpass = butterworth(config.lowpass_order, cutoff_hz, samplerate)
+            self.guide = CausalFilter(butterworth(config.guide_order, (cutoff_hz / 2, cutoff_hz), samplerate))
         self._mixture = self._stems = self._energy = None
         self._start = 0  # the track position of the buffers' first frame
         self._emitted = 0  # frames returned so far
@@ -98,12 +95,7 @@ class HighBandStream:
         return np.concatenate(out, axis=-1) if out else stems[..., :0]
 
     def _append(self, mixture: np.ndarray, stems: np.ndarray) -> None:
-        from scipy.signal import sosfilt, sosfilt_zi
-
-        if self._guide_state is None:
-            self._guide_state = np.zeros((*sosfilt_zi(self.guide).shape[:1], stems.shape[0], 2))
-        guided, self._guide_state = sosfilt(self.guide, stems.mean(axis=1), axis=-1, zi=self._guide_state)
-        energy = np.square(guided)
+        energy = np.square(self.guide(stems.mean(axis=1)))
         if self._stems is None:
             self._mixture, self._stems, self._energy = mixture, stems, energy
         else:
@@ -112,15 +104,12 @@ class HighBandStream:
             self._energy = np.concatenate([self._energy, energy], axis=-1)
 
     def _emit(self, end: int) -> np.ndarray:
-        from scipy.ndimage import uniform_filter1d
-        from scipy.signal import sosfiltfilt
-
         low = max(0, self._emitted - self.context_frames) - self._start
         high = min(self.frames, end + self.context_frames) - self._start
         mixture, stems = self._mixture[..., low:high], self._stems[..., low:high]
         residual = mixture - stems.sum(axis=0)
-        missing = residual - sosfiltfilt(self.lowpass, residual, axis=-1)
-        energy = uniform_filter1d(self._energy[..., low:high], self.smoothing_frames, axis=-1) + self.config.floor
+        missing = residual - zero_phase(residual, self.lowpass)
+        energy = moving_average(self._energy[..., low:high], self.smoothing_frames) + self.config.floor
         weights = energy / energy.sum(axis=0, keepdims=True)
         keep = slice(self._emitted - self._start - low, end - self._start - low)
         out = (stems[..., keep] + weights[:, None, keep] * missing[None, :, keep]).astype(stems.dtype, copy=False)

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from stemdeck.models.butterworth import convolve
+
 SAMPLERATE = 44100
 BEAT_S = 0.5
 CHORDS_HZ = ((220.0, 277.18, 329.63), (196.0, 246.94, 293.66), (174.61, 220.0, 261.63), (196.0, 246.94, 329.63))
@@ -86,8 +88,7 @@ def _resonate(signal: np.ndarray, centre_hz: float, bandwidth_hz: float) -> np.n
     taps = int(np.ceil(np.log(RESONANCE_TAIL) / np.log(r)))
     n = np.arange(taps)
     response = (1 - r) * r**n * np.sin((n + 1) * theta) / np.sin(theta)
-    size = 1 << int(np.ceil(np.log2(signal.size + taps - 1)))
-    return np.fft.irfft(np.fft.rfft(signal, size) * np.fft.rfft(response, size), size)[: signal.size]
+    return convolve(signal, response)[: signal.size]
 
 
 def _rms(signal: np.ndarray) -> float:
