@@ -26,9 +26,11 @@ ONNX file. ``--precision auto`` with this backend is bfloat16 where native and w
 bar on the model, else float32. In bfloat16 the network is compiled from float16 weights
 (:func:`_float16_weights`).
 
-Memory: the compiled htdemucs holds about 340 MB in bfloat16 and its buffers for a segment about
-330 MB, so `stemdeck separate` with it peaks at about 1.1 GB (the command gives the torch
-model's weights back once the network is loaded: ``track_job.commit_backend``).
+Memory: the compiled htdemucs holds about 300 MB in bfloat16 and its buffers for a segment about
+300 MB (its outputs in float16: :func:`_half_outputs`). `stemdeck separate` with it gives the
+torch model's weights back once the network is loaded (``track_job.commit_backend``), and
+peaks under 1 GB under ``--memory low`` (934 and 937 MB for 10- and 60-minute songs; docs/benchmarks.md,
+stop 32).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from stemdeck.models.onednn_products import onednn_products
 from stemdeck.models.precision import NAMES, cpu_info
 
 SNR_BAR_DB = onnx_backend.SNR_BAR_DB
-FORMAT = 2  # bump when what is exported or measured changes: older records are then not used (2: float16 weights)
+FORMAT = 3  # bump when what is exported or measured changes: older records are then not used (3: float16 outputs)
 INSTALL_HINT = "pip install 'stemdeck[openvino]'"
 PROBE_RUNS = 2  # each side, alternately; the best of each is kept
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # our precision: OpenVINO's inference precision hint
@@ -113,8 +115,9 @@ class OpenVinoNetwork:
         return tuple(out.clone() for out in self._infer(spec, mix))
 
     def _infer(self, spec: torch.Tensor, mix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The outputs in OpenVINO's own buffers, valid until the next request."""
-        self.request.infer([spec.contiguous().numpy(), mix.contiguous().numpy()])
+        """The outputs in OpenVINO's own buffers, valid until the next request (float16 from a
+        bfloat16 network: :func:`_half_outputs`). The inputs are read where they are, not copied."""
+        self.request.infer([spec.contiguous().numpy(), mix.contiguous().numpy()], share_inputs=True)
         return tuple(torch.from_numpy(self.request.get_output_tensor(i).data) for i in range(2))
 
     def _run(self, mix: torch.Tensor) -> torch.Tensor:
@@ -287,6 +290,7 @@ def _compile(path: Path, threads: int, precision: str = "fp32", sha256: str | No
     try:
         network = core.read_model(str(path))
         if precision == "bf16":
+            network = _half_outputs(network)
             _float16_weights(network)
         compiled = core.compile_model(network, "CPU", config)
     except Exception as exc:  # noqa: BLE001 (OpenVINO raises its own RuntimeErrors)
@@ -295,6 +299,21 @@ def _compile(path: Path, threads: int, precision: str = "fp32", sha256: str | No
     if sha256 is not None:
         _keep(compiled, path, sha256, precision)
     return compiled
+
+
+def _half_outputs(network):
+    """The network's outputs in float16 for a bfloat16 run: its values carry 8 bits of mantissa
+    there, float16 keeps 11, so nothing is lost, and the outputs' buffers halve (55 to 28 MB a
+    segment of htdemucs). With its inputs read in place, a separation's peak fell 70 MB (727 to
+    657 MB for the network alone, a segment in 0.66 s against 0.72; docs/benchmarks.md, stop
+    32). The stems are made from them in float32 (:meth:`HybridUNet.stems`)."""
+    import openvino
+    from openvino.preprocess import PrePostProcessor
+
+    steps = PrePostProcessor(network)
+    for index in range(len(network.outputs)):
+        steps.output(index).tensor().set_element_type(openvino.Type.f16)
+    return steps.build()
 
 
 def _float16_weights(network) -> None:

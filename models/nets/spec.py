@@ -110,9 +110,10 @@ def hybrid_inverse_of_channels(x: torch.Tensor, length: int, buffer: torch.Tenso
 
 
 def inverse_buffer(x: torch.Tensor) -> torch.Tensor:
-    """The zero-padded buffer :func:`hybrid_inverse_of_channels` fills from ``x``."""
+    """The zero-padded buffer :func:`hybrid_inverse_of_channels` fills from ``x``: float32 at
+    least (an exported network's float16 outputs are transformed back in float32)."""
     *batch, _, freqs, frames = x.shape
-    return x.new_zeros(*batch, freqs + 1, frames + 4, 2)
+    return x.new_zeros(*batch, freqs + 1, frames + 4, 2, dtype=torch.promote_types(x.dtype, torch.float32))
 
 
 def _inverse_of_padded(z: torch.Tensor, length: int) -> torch.Tensor:

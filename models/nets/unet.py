@@ -328,11 +328,12 @@ class HybridUNet(nn.Module):
         return x * std + mean, xt * stdt + meant
 
     def stems(self, spec: torch.Tensor, wave: torch.Tensor, length: int) -> torch.Tensor:
-        """The two branches' outputs (:meth:`branches`) to ``(B, S, C, length)`` stems."""
+        """The two branches' outputs (:meth:`branches`) to ``(B, S, C, length)`` stems, in float32
+        at least (from an exported network's float16 outputs too)."""
         batch, _, freqs, frames = spec.shape
         num_sources = len(self.sources)
         per_source = spec.view(batch, num_sources, -1, 2, freqs, frames)
-        out = wave.view(batch, num_sources, -1, length).clone()
+        out = wave.view(batch, num_sources, -1, length).to(torch.promote_types(wave.dtype, torch.float32), copy=True)
         # one zero-padded buffer for every source at inference (10.6 MB each for htdemucs); autograd
         # may need each source's own
         shared = inverse_buffer(per_source[:, 0]) if eager_inference() else None
