@@ -97,9 +97,10 @@ class Settings:
 MEMORY_MODES = ("low", "speed")  # stemdeck separate --memory: see apply_memory_mode
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MMAP_THRESHOLD_BYTES = 8 << 20  # blocks this large and larger are mapped, and returned when freed
+EXPORTED_MMAP_THRESHOLD_BYTES = 2 << 20  # the same where ONNX Runtime or OpenVINO holds the activations
 
 
-def return_freed_memory_early() -> bool:
+def return_freed_memory_early(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Keep glibc's malloc from holding freed model activations in its heaps.
 
     glibc raises its mmap threshold (up to 32 MB) each time a large block is freed, after which
@@ -112,31 +113,41 @@ def return_freed_memory_early() -> bool:
     43-46 s, glibc's own 1017 MB in 38 s. 8 MB keeps the 1 GB of issue 13 with a margin of
     more than 100 MB for most of the speed. Returns whether it applied (glibc only; elsewhere
     nothing changes).
+
+    An exported network (``--backend openvino`` or ``onnx``) keeps its activations in its
+    runtime's own buffers, allocated once, so only the stream's and the iSTFT's blocks (0.5 to 8
+    MB) come and go, and under 8 MB they leave holes in the heap: 56-72 MB of it free by the
+    end of a 2-minute song. With OpenVINO, a 2-minute 48 kHz song, two runs each: 953-954 MB in
+    21.0-22.1 s at 2 MB, against 976-977 MB in 19.8-21.0 s at 8 MB (1 MB took 6 MB more off
+    than 2 before the stream's tail went in blocks). 2 MB buys margin under 1 GB for about 5 %.
     """
     import ctypes
 
     try:
-        return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+        return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, threshold_bytes))
     except (OSError, AttributeError):
         return False
 
 
-def apply_memory_mode(mode: str) -> str:
+def apply_memory_mode(mode: str, backend: str = "torch") -> str:
     """This process's malloc policy for ``stemdeck separate --memory``; what it is, in words.
 
-    ``"low"`` returns freed activations at once (:func:`return_freed_memory_early`), and the
-    paths that hold memory for speed stand aside (Winograd's convs): htdemucs peaks under 1 GB
-    however long the song. ``"speed"`` leaves glibc's own policy, which keeps
-    them for the next chunk: no page faults to map them again, so less time on 2 cores, at about
-    150 MB more, over 1 GB for htdemucs (``benchmarks/separate_memory.py --memory low,speed``).
-    A process-wide setting that cannot be undone: one mode per process."""
+    ``"low"`` returns freed activations at once (:func:`return_freed_memory_early`; blocks from
+    2 MB where ``backend`` is an exported network's, else from 8 MB), and the paths that hold
+    memory for speed stand aside (Winograd's convs): htdemucs peaks under 1 GB however long the
+    song. ``"speed"`` leaves glibc's own policy, which keeps them for the next chunk: no page
+    faults to map them again, so less time on 2 cores, at about 170 MB more (a 10-minute 48 kHz
+    song with htdemucs: 104 s at 983 MB against 138 s at 809 MB; ``benchmarks/separate_memory.py
+    --memory low,speed``, stop 32). A process-wide setting: one
+    mode per process (the threshold follows the backend once it is known)."""
     if mode not in MEMORY_MODES:
         raise ValueError(f"unknown memory mode {mode!r}; choose {', '.join(MEMORY_MODES)}")
     allow_memory_for_speed(mode == "speed")
     if mode == "speed":
         return "speed (malloc keeps freed model memory for reuse)"
-    if return_freed_memory_early():
-        return f"low (blocks of {MMAP_THRESHOLD_BYTES >> 20} MB and more go back to the system when freed)"
+    threshold_bytes = EXPORTED_MMAP_THRESHOLD_BYTES if backend in ("onnx", "openvino") else MMAP_THRESHOLD_BYTES
+    if return_freed_memory_early(threshold_bytes):
+        return f"low (blocks of {threshold_bytes >> 20} MB and more go back to the system when freed)"
     return "low asked, but this C library has no mallopt: its own policy"
 
 
@@ -443,9 +454,11 @@ def _model_rate_stems(source, model, mix_frames, normalisation, lanes, bag_weigh
                 chunk_done()
         window.trim(min(lane.first_needed() for lane in every_lane))
         ready = min(lane.ready.frames for lane in every_lane)
-        if ready:
+        while ready:  # in blocks: the resampler's, the band share's and the writer's copies stay small
+            frames = min(ready, BLOCK_FRAMES)
             with torch.inference_mode():
-                yield scale_back(combine(lanes, bag_weights, ready), mean, std).numpy()
+                yield scale_back(combine(lanes, bag_weights, frames), mean, std).numpy()
+            ready -= frames
 
 
 def _to_source_rate(model_stems, source, model, share_band: bool):

@@ -66,7 +66,7 @@ def separate_file(
     at the end; a failure or an interruption leaves none under its final name."""
     from stemdeck.models.streaming import apply_memory_mode, separate_stream
 
-    memory = apply_memory_mode(getattr(args, "memory", "low"))
+    memory = apply_memory_mode(getattr(args, "memory", "low"), getattr(args, "backend", "auto"))
     if getattr(args, "verbose", False):
         bars.say(f"stemdeck: memory: {memory}")
 
@@ -312,9 +312,11 @@ def settle_backend(model, args, device: str, tell: Callable[[str], None] = say) 
     OpenVINO in bfloat16 where, measured on this model, it takes at most
     :data:`~models.precision_choice.WIN_RATIO` of what torch's ``auto`` takes here (both as shares
     of torch's float32, each measured once and remembered), within the SNR bar. It was 0.33 of
-    the reference's time on a Zen 5 against torch int8's 0.39-0.41, but `separate` then peaks at
-    about 1.2 GB for htdemucs, so only ``--memory speed`` (memory for speed) considers it;
-    ``low`` stays torch, under 1 GB. Sets ``args.backend`` and ``args.precision`` to what runs."""
+    the reference's time on a Zen 5 against torch int8's 0.39-0.41. `separate` with it now peaks
+    under 1 GB for htdemucs (0.93 GB under ``low``, 0.98 under ``speed``, a 10-minute song; stop
+    32), but the run that first exports it peaks at about 1.5 GB, so only ``--memory speed``
+    (memory for speed) considers it; ``low`` stays torch. Sets ``args.backend`` and
+    ``args.precision`` to what runs."""
     import torch
 
     from stemdeck.models.bag import models_of
@@ -417,7 +419,8 @@ def commit_backend(
     exported = EXPORTED_BACKENDS.get(getattr(args, "backend", "auto"))
     if exported is None or isinstance(model, BagOfModels):
         return
-    apply_memory_mode(getattr(args, "memory", "low"))  # a first export and its measurement: as the separation runs
+    # a first export and its measurement: as the separation runs
+    apply_memory_mode(getattr(args, "memory", "low"), args.backend)
     try:
         network = exported.network(model, args.precision, torch.device(device), args.segment, note)
     except ValueError:
