@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -50,9 +50,11 @@ class Butterworth:
         return np.fft.irfft(spectrum, size)[:taps]
 
 
+@lru_cache(maxsize=16)
 def butterworth(order: int, cutoff_hz: float | tuple[float, float], samplerate: float) -> Butterworth:
     """A low-pass (one cut-off) or band-pass (two) Butterworth filter of ``order``, as
-    ``scipy.signal.butter(order, cutoff_hz, fs=samplerate, output="zpk")`` designs it."""
+    ``scipy.signal.butter(order, cutoff_hz, fs=samplerate, output="zpk")`` designs it. Kept, with
+    its impulse response, for the next window of a live stream."""
     prototype = -np.exp(1j * np.pi * np.arange(-order + 1, order, 2) / (2 * order))
     twice_rate = 2.0 * samplerate
     warped = twice_rate * np.tan(np.pi * np.atleast_1d(np.asarray(cutoff_hz, float)) / samplerate)
@@ -75,7 +77,8 @@ def convolve(signal: np.ndarray, response: np.ndarray) -> np.ndarray:
     a block at a time (overlap-add): small temporaries however long the signal."""
     frames, taps = signal.shape[-1], response.size
     out = np.zeros((*signal.shape[:-1], frames + taps - 1))
-    size = max(MIN_FFT_SIZE, 1 << (8 * taps - 1).bit_length())
+    whole = 1 << (frames + taps - 2).bit_length()  # one transform for a short signal (a live window)
+    size = min(whole, max(MIN_FFT_SIZE, 1 << (8 * taps - 1).bit_length()))
     step = size - taps + 1
     kernel = np.fft.rfft(response, size)
     for start in range(0, frames, step):

@@ -30,7 +30,7 @@ from torch import nn
 from stemdeck.models.bag import BagOfModels, models_of
 from stemdeck.models.bandwidth import HighBandStream
 from stemdeck.models.nets.inference_paths import allow_memory_for_speed
-from stemdeck.models.precision import Network, prepare_network
+from stemdeck.models.precision import EXPORTED_BACKENDS, Network, prepare_network
 from stemdeck.models.precision_choice import remembered_precision
 from stemdeck.models.separate import (
     ChunkPlan,
@@ -95,7 +95,7 @@ class Settings:
 
 
 MEMORY_MODES = ("low", "speed")  # stemdeck separate --memory: see apply_memory_mode
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = -3, -1  # glibc's mallopt parameters
 MMAP_THRESHOLD_BYTES = 8 << 20  # blocks this large and larger are mapped, and returned when freed
 EXPORTED_MMAP_THRESHOLD_BYTES = 2 << 20  # the same where ONNX Runtime or OpenVINO holds the activations
 
@@ -120,11 +120,16 @@ def return_freed_memory_early(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bo
     end of a 2-minute song. With OpenVINO, a 2-minute 48 kHz song, two runs each: 953-954 MB in
     21.0-22.1 s at 2 MB, against 976-977 MB in 19.8-21.0 s at 8 MB (1 MB took 6 MB more off
     than 2 before the stream's tail went in blocks). 2 MB buys margin under 1 GB for about 5 %.
+
+    The heap's top is trimmed at the same size: a block over the threshold could otherwise come
+    from free space there, which glibc keeps up to twice the largest threshold it had reached
+    (up to 64 MB) before the fixed one was set, and stay in the heap when freed.
     """
     import ctypes
 
     try:
-        return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, threshold_bytes))
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold_bytes) and libc.mallopt(M_TRIM_THRESHOLD, threshold_bytes))
     except (OSError, AttributeError):
         return False
 
@@ -145,7 +150,7 @@ def apply_memory_mode(mode: str, backend: str = "torch") -> str:
     allow_memory_for_speed(mode == "speed")
     if mode == "speed":
         return "speed (malloc keeps freed model memory for reuse)"
-    threshold_bytes = EXPORTED_MMAP_THRESHOLD_BYTES if backend in ("onnx", "openvino") else MMAP_THRESHOLD_BYTES
+    threshold_bytes = EXPORTED_MMAP_THRESHOLD_BYTES if backend in EXPORTED_BACKENDS else MMAP_THRESHOLD_BYTES
     if return_freed_memory_early(threshold_bytes):
         return f"low (blocks of {threshold_bytes >> 20} MB and more go back to the system when freed)"
     return "low asked, but this C library has no mallopt: its own policy"

@@ -99,7 +99,8 @@ def test_left_to_the_plain_conv_where_it_does_not_apply():
 def test_stands_aside_where_separate_keeps_its_memory_low(monkeypatch):
     from stemdeck.models import streaming
 
-    monkeypatch.setattr(streaming, "return_freed_memory_early", lambda: True)  # not this test process's malloc
+    # not this test process's malloc
+    monkeypatch.setattr(streaming, "return_freed_memory_early", lambda threshold_bytes: True)
     conv, y = _conv(), torch.randn(1, 192, 8, 16)
     with torch.no_grad():
         assert winograd.usable(conv, nn.Identity(), y)
