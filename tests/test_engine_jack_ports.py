@@ -245,4 +245,7 @@ def test_live_latency_printed_is_the_one_played_on_a_long_period(long_period_ser
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert printed is not None and int(printed.group(2)) == 48000
     assert int(printed.group(1)) == stats["latency_samples"]
-    assert stats["late_windows"] == 0, stats
+    # separation runs at idle priority and moves to normal at its first late window, saying so
+    # (engine.worker.scheduling.IdleGuard): on a busy machine that one is by design, no second one
+    promoted = "separation fell behind at idle priority (a late window" in result.stderr
+    assert stats["late_windows"] == (1 if promoted else 0), (stats, result.stderr)
