@@ -27,6 +27,32 @@ HTDEMUCS_KW = dict(
 )
 
 
+# What each library reads to hold itself to older instructions: torch's own kernels, oneDNN's
+# (convolutions, and products on its route), MKL's and FBGEMM's (int8) products.
+ISA_LIMITS = {
+    "avx2": {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+    },
+}
+
+
+def hold_to_isa(isa: str | None) -> dict[str, str]:
+    """This benchmark run again with its libraries held to ``isa``'s instructions, unless they
+    are already: how a CPU with AVX-512 measures the code an AVX2 CPU runs (not its clocks,
+    caches or execution units, so a figure from it is an estimate). The libraries read the
+    variables when they load, so the process starts again with them set. Returns them."""
+    if not isa:
+        return {}
+    wanted = ISA_LIMITS[isa]
+    if any(os.environ.get(name) != value for name, value in wanted.items()):
+        os.environ.update(wanted)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    return wanted
+
+
 def peak_rss_mb(pid: int | str = "self") -> float:
     """A process's peak RSS (VmHWM, this one's by default), in MB. Unlike ru_maxrss it does not
     inherit the parent's peak through fork and exec."""

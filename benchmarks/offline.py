@@ -24,7 +24,7 @@ rule (the fastest of int8 and, where native, bfloat16 that takes at most 0.95 of
 at 40 dB or more), from this run.
 
 Usage: python benchmarks/offline.py [--json] [--track-seconds 60] [--track-repeats 1] [--rss-minutes 10] [--repeats 5]
-       [--sides reference,ours-fp32,ours-int8,ours-openvino,ours-openvino-bf16]
+       [--sides reference,ours-fp32,ours-int8,ours-openvino,ours-openvino-bf16] [--isa avx2]
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import HTDEMUCS_KW, peak_rss_mb  # noqa: E402
+from _common import HTDEMUCS_KW, ISA_LIMITS, hold_to_isa, peak_rss_mb  # noqa: E402
 
 from stemdeck.models import (  # noqa: E402
     HTDemucs,
@@ -56,10 +56,12 @@ from stemdeck.models import (  # noqa: E402
 )
 from stemdeck.models.demo import demo_stems  # noqa: E402
 from stemdeck.models.precision import (  # noqa: E402
+    AVX2_CLASS_ISAS,
     cpu_has_native_bf16,
     cpu_info,
     forget_prepared_copy,
     forward_context,
+    onednn_isa_limit,
     prepare_model,
     prepare_network,
     resolve_precision,
@@ -76,7 +78,8 @@ def sides() -> tuple[str, ...]:
     precisions = ["fp32", "int8"] + (["bf16"] if cpu_has_native_bf16() else [])
     onnx = ["onnx"] if onnx_backend.available() else []
     openvino = ["openvino"] + (["openvino-bf16"] if cpu_has_native_bf16() else [])
-    openvino = openvino if openvino_backend.available() else []
+    held_to_avx2 = onednn_isa_limit() in AVX2_CLASS_ISAS  # OpenVINO crashes so held on an AVX-512 CPU
+    openvino = openvino if openvino_backend.available() and not held_to_avx2 else []
     return ("reference", *(f"ours-{p}" for p in precisions + onnx + openvino))
 
 
@@ -239,6 +242,7 @@ def machine() -> dict:
         "openvino": openvino_backend.version() if openvino_backend.available() else None,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_flags": cpu_flags(),
+        "isa_limits": {name: os.environ[name] for name in ISA_LIMITS["avx2"] if name in os.environ},
         "load_average_before": os.getloadavg(),
     }
 
@@ -363,6 +367,9 @@ def print_table(report: dict) -> None:
         f"{', --memory speed runs ' + report['auto']['memory_speed'] if 'memory_speed' in report['auto'] else ''}, "
         f"load {info['load_average_before'][0]:.2f} -> {info['load_average_after'][0]:.2f}"
     )
+    if info.get("isa_limits"):
+        limits = " ".join(f"{name}={value}" for name, value in info["isa_limits"].items())
+        print(f"held to older instructions ({limits}): an estimate of such a CPU, on this one's clocks and caches")
     print(
         f"{'side':<18} {'s/segment':>10} {'median':>7} {'RTF':>6} {'ratio':>6} {'CPU s':>6} {'ratio':>6} "
         f"{'SNR dB':>7} {'SNR LS=1':>8} "
@@ -398,9 +405,16 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--sides", default="", help="comma-separated sides to run (default: all; reference and ours-fp32 always)"
     )
+    parser.add_argument(
+        "--isa",
+        choices=sorted(ISA_LIMITS),
+        help="hold torch, oneDNN, MKL and FBGEMM to these instructions (an AVX2 CPU's code paths measured on an "
+        "AVX-512 one; OpenVINO is left out, as it crashes so held)",
+    )
     parser.add_argument("--rss-worker", choices=sides(), help=argparse.SUPPRESS)
     parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    hold_to_isa(args.isa)
     if args.rss_worker:
         rss_worker(args.rss_worker, args.rss_minutes, args.weights)
         return 0

@@ -321,12 +321,13 @@ def probe(model: HTDemucs, length: int) -> torch.Tensor:
 
 
 def write_onnx(model: HTDemucs, spec: torch.Tensor, mix: torch.Tensor, target: Path) -> None:
-    """Exported from a copy (tracing may leave traced tensors in the model's caches), progress
-    lines, notices and warnings kept off the terminal. torch's TorchScript exporter first: it
-    exports htdemucs about 3 times as fast as the torch.export one (14 against 55 s for the test
-    model on a loaded machine) to a graph that ONNX Runtime runs as fast; the newer exporter
-    where torch no longer has it."""
-    branches = _Branches(copy.deepcopy(model)).eval()
+    """Exported from a copy (tracing may leave traced tensors in the model's caches) that shares
+    the model's weights (a deep copy added their 168 MB to a first export of htdemucs: 1235
+    against 1075 MB; docs/benchmarks.md, stop 33), progress lines, notices and warnings kept off
+    the terminal. torch's TorchScript exporter first: it exports htdemucs about 3 times as fast
+    as the torch.export one (14 against 55 s for the test model on a loaded machine) to a graph
+    that ONNX Runtime runs as fast; the newer exporter where torch no longer has it."""
+    branches = _Branches(_sharing_weights(model)).eval()
     failures = []
     for dynamo in (False, True):
         try:
@@ -337,6 +338,12 @@ def write_onnx(model: HTDemucs, spec: torch.Tensor, mix: torch.Tensor, target: P
         except Exception as exc:  # noqa: BLE001 (the exporters raise many kinds; each means the same here)
             failures.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160])
     raise OnnxError(f"this model does not export to ONNX ({'; '.join(failures)}); use --backend torch")
+
+
+def _sharing_weights(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers are the model's own tensors."""
+    shared = {id(tensor): tensor for tensor in [*model.parameters(), *model.buffers()]}
+    return copy.deepcopy(model, memo=shared)
 
 
 def _quiet_export(branches: nn.Module, spec: torch.Tensor, mix: torch.Tensor, target: Path, dynamo: bool) -> None:

@@ -31,6 +31,7 @@ import copy
 import functools
 import importlib
 import itertools
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -45,6 +46,9 @@ from stemdeck.models.onednn_products import onednn_products
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 NAMES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
 BACKENDS = ("auto", "torch", "onnx", "openvino")
+ONEDNN_ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # oneDNN's limit on its instruction sets (the older name)
+AVX2_CLASS_ISAS = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2"})  # oneDNN's names, no AVX-512
+NO_BF16_ISAS = AVX2_CLASS_ISAS | {"AVX512_CORE", "AVX512_CORE_VNNI"}
 
 
 @functools.cache
@@ -64,8 +68,22 @@ def cpu_info() -> tuple[str, frozenset[str]]:
 
 
 def cpu_has_native_bf16() -> bool:
+    """Whether the CPU runs bfloat16 natively and this process may. torch's kernels held below
+    AVX-512 (``ATEN_CPU_CAPABILITY``) or oneDNN's below AVX512-BF16 (``ONEDNN_MAX_CPU_ISA``) run
+    it as an older CPU would, slowly: that is how a bfloat16 CPU measures what an AVX2 one would
+    choose (``benchmarks/offline.py --isa avx2``)."""
     flags = cpu_info()[1]
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
+        return False
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" and onednn_isa_limit() not in NO_BF16_ISAS
+
+
+def onednn_isa_limit() -> str:
+    """oneDNN's instruction-set limit from the environment, upper-case, or ``""``."""
+    for name in ONEDNN_ISA_ENV:
+        if os.environ.get(name, "").strip():
+            return os.environ[name].strip().upper()
+    return ""
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -268,6 +286,7 @@ class ExportedBackend:
     error_name: str  # the module's exception for a failed export or load
     where: str = ""  # said after "runs float32"
     native_bf16: bool = False  # runs bfloat16 too, where the CPU does natively
+    crashes_under_avx2_limit: bool = False  # OpenVINO 2026.4: a segmentation fault in its first run
 
     def module(self):
         return importlib.import_module(f"stemdeck.models.{self.module_name}")
@@ -284,6 +303,11 @@ class ExportedBackend:
             return f"{self.name} is not installed; {self.module().INSTALL_HINT}, or use --backend torch"
         if device.type != "cpu":
             return f"{self.name} runs on the CPU here, not on {device.type}; use --backend torch"
+        if self.crashes_under_avx2_limit and onednn_isa_limit() in AVX2_CLASS_ISAS and "avx512f" in cpu_info()[1]:
+            return (
+                f"{self.name} crashes where ONEDNN_MAX_CPU_ISA={onednn_isa_limit()} holds an AVX-512 CPU to "
+                "older instructions; unset it, or use --backend torch"
+            )
         if precision == "bf16" and self.native_bf16 and "bf16" not in self.precisions():
             return (
                 f"{self.name} runs bfloat16 only where the CPU has it natively (AVX512-BF16 or AMX), not on "
@@ -331,5 +355,13 @@ class ExportedBackend:
 
 EXPORTED_BACKENDS = {
     "onnx": ExportedBackend("onnx", "ONNX Runtime", "onnx_backend", "OnnxError"),
-    "openvino": ExportedBackend("openvino", "OpenVINO", "openvino_backend", "OpenVinoError", " here", native_bf16=True),
+    "openvino": ExportedBackend(
+        "openvino",
+        "OpenVINO",
+        "openvino_backend",
+        "OpenVinoError",
+        " here",
+        native_bf16=True,
+        crashes_under_avx2_limit=True,
+    ),
 }

@@ -22,6 +22,8 @@ from stemdeck.cli import main
 from stemdeck.models import HTDemucs, apply_model, load_checkpoint, save_safetensors
 from stemdeck.models import onnx_backend as ob
 from stemdeck.models.demo import demo_stems
+from stemdeck.models.nets.spec import hybrid_spectrogram
+from stemdeck.models.nets.unet import complex_as_channels
 from stemdeck.models.precision import TorchNetwork, prepare_network, resolve_precision
 from stemdeck.models.track_job import commit_backend
 
@@ -92,6 +94,23 @@ def test_export_is_cached_by_content_and_reused(model, cache, exported, fresh_pr
     with torch.no_grad():
         changed.decoder[0].conv_tr.bias.add_(1e-3)
     assert ob.model_digest(changed, exported.length) != digest  # other weights, another file
+
+
+def test_the_export_copies_the_model_but_not_its_weights(model, song, tmp_path):
+    """The exporter traces a copy (its caches may keep traced tensors), which shares the model's
+    weights rather than holding 168 MB more of them for htdemucs; the model is left as it was."""
+    copied = ob._sharing_weights(model)
+    assert copied is not model and copied.decoder[0] is not model.decoder[0]
+    pairs = list(zip([*copied.parameters(), *copied.buffers()], [*model.parameters(), *model.buffers()], strict=True))
+    assert len(pairs) > 20 and all(mine is theirs for mine, theirs in pairs)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    length = ob.network_length(model, None)
+    mix = ob.probe(model, length)
+    spec = complex_as_channels(hybrid_spectrogram(mix, model.nfft)).contiguous()
+    ob.write_onnx(model, spec, mix, tmp_path / "model.onnx")
+    assert (tmp_path / "model.onnx").stat().st_size > 4 * sum(t.numel() for t in before.values()) * 0.9
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[name], after[name]) for name in before)
 
 
 def test_damaged_cache_file_is_exported_again(model, song, cache, exported, fresh_process):

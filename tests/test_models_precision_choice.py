@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import run_stemdeck, snr_db, tiny_ht_transformer_on, write_tone
 
-from stemdeck.models import HDemucs, apply_model, save_safetensors
+from stemdeck.models import HDemucs, apply_model, openvino_backend, save_safetensors
 from stemdeck.models import precision as precision_module
 from stemdeck.models import precision_choice as choice_module
 from stemdeck.models.nets.transformer import Int8Attention
-from stemdeck.models.precision import cpu_has_native_bf16, prepare_model, prepare_network
+from stemdeck.models.precision import cpu_has_native_bf16, cpu_info, prepare_model, prepare_network
 from stemdeck.models.precision_choice import (
     PIN_ENV,
     PrecisionChoice,
@@ -252,6 +252,75 @@ def test_separate_measures_on_its_first_auto_run_and_runs_the_choice(tmp_path, m
     assert f"network: torch ({'int8' if chosen == 'fp32' else 'fp32'} on cpu" in second.stderr
     asked = run_stemdeck(*command, "--force", "--precision", "fp32")
     assert "network: torch (fp32 on cpu" in asked.stderr
+
+
+@pytest.mark.parametrize(
+    ("capability", "onednn_limit", "native"),
+    [
+        ("AVX512", None, True),
+        ("AVX512", "avx512_core_bf16", True),
+        ("AVX512", "AVX10_1_512_AMX", True),
+        ("AVX512", "AVX2", False),
+        ("AVX512", "avx512_core_vnni", False),
+        ("AVX2", None, False),
+    ],
+)
+def test_bf16_is_native_only_where_neither_torch_nor_onednn_is_held_below_it(
+    monkeypatch, capability, onednn_limit, native
+):
+    monkeypatch.setattr(precision_module, "cpu_info", lambda: ("a bfloat16 CPU", frozenset({"avx512f", "avx512_bf16"})))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if onednn_limit:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn_limit)
+    assert cpu_has_native_bf16() is native  # the module's own, not the fixture's stand-in
+    monkeypatch.setattr(precision_module, "cpu_info", lambda: ("an AVX2 CPU", frozenset({"avx2", "fma"})))
+    assert cpu_has_native_bf16() is False
+
+
+HELD_TO_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}  # benchmarks' --isa avx2, in part
+
+
+def test_a_process_held_to_avx2_times_and_remembers_as_an_avx2_cpu(tmp_path, monkeypatch):
+    """A bfloat16 CPU whose torch and oneDNN are held to AVX2 by the environment runs bfloat16 as
+    an AVX2 CPU would, slowly: its first `auto` run times float32 and int8 only, and remembers
+    the choice apart from the same CPU's unheld one. On an AVX2 CPU the same holds trivially."""
+    model = tiny_ht_transformer_on(8)
+    checkpoint = tmp_path / "ht.safetensors"
+    save_safetensors(model, checkpoint)
+    write_tone(tmp_path / "song.wav", seconds=3.0)
+    command = ("separate", str(tmp_path / "song.wav"), "-o", str(tmp_path / "out"), "--model", str(checkpoint), "-v")
+    held = run_stemdeck(*command, env=HELD_TO_AVX2)
+    assert held.returncode == 0, held.stderr
+    assert "precision auto: timing float32 and int8 on this CPU for this model" in held.stderr
+    records = list((tmp_path / "cache" / "stemdeck" / "precision").glob("*.json"))
+    assert len(records) == 1 and json.loads(records[0].read_text())["machine"]["capability"] == "AVX2"
+    assert read_choice(records[0]).precision in ("fp32", "int8")
+    unheld = run_stemdeck(*command, "--force")
+    assert unheld.returncode == 0, unheld.stderr
+    if torch.backends.cpu.get_cpu_capability() == "AVX2":  # an AVX2 CPU, held or not: one machine
+        assert "precision auto: timing" not in unheld.stderr and len(list(records[0].parent.glob("*.json"))) == 1
+    else:  # another machine to the records: measured again
+        assert _timing_line() in unheld.stderr and len(list(records[0].parent.glob("*.json"))) == 2
+
+
+@pytest.mark.skipif(
+    not (openvino_backend.available() and "avx512f" in cpu_info()[1]), reason="OpenVINO crashes so held on AVX-512 CPUs"
+)
+def test_openvino_held_to_avx2_on_an_avx512_cpu_is_refused_in_one_line(tmp_path):
+    """OpenVINO 2026.4 dies of a segmentation fault in its first run where ONEDNN_MAX_CPU_ISA=AVX2
+    holds an AVX-512 CPU; the command says so instead."""
+    save_safetensors(tiny_ht_transformer_on(9), tmp_path / "ht.safetensors")
+    write_tone(tmp_path / "song.wav", seconds=3.0)
+    song, model, out = (str(tmp_path / name) for name in ("song.wav", "ht.safetensors", "out"))
+    result = run_stemdeck("separate", song, "-o", out, "--model", model, "--backend", "openvino", env=HELD_TO_AVX2)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "stemdeck: error: --backend openvino: OpenVINO crashes where ONEDNN_MAX_CPU_ISA=AVX2 holds an AVX-512 CPU to "
+        "older instructions; unset it, or use --backend torch"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_live_dry_run_measures_for_the_live_commands_and_plans_with_the_choice(tmp_path, monkeypatch):
