@@ -322,7 +322,7 @@ def probe(model: HTDemucs, length: int) -> torch.Tensor:
 
 def write_onnx(model: HTDemucs, spec: torch.Tensor, mix: torch.Tensor, target: Path) -> None:
     """Exported from a copy (tracing may leave traced tensors in the model's caches) that shares
-    the model's weights (a deep copy added their 168 MB to a first export of htdemucs: 1235
+    the model's weights (a deep copy added their 168 MB to the export's peak for htdemucs: 1235
     against 1075 MB; docs/benchmarks.md, stop 33), progress lines, notices and warnings kept off
     the terminal. torch's TorchScript exporter first: it exports htdemucs about 3 times as fast
     as the torch.export one (14 against 55 s for the test model on a loaded machine) to a graph

@@ -314,9 +314,9 @@ def settle_backend(model, args, device: str, tell: Callable[[str], None] = say) 
     of torch's float32, each measured once and remembered), within the SNR bar. It was 0.33 of
     the reference's time on a Zen 5 against torch int8's 0.39-0.41. `separate` with it now peaks
     under 1 GB for htdemucs (0.93 GB under ``low``, 0.98 under ``speed``, a 10-minute song; stop
-    32), but the run that first exports it peaks at about 1.5 GB, so only ``--memory speed``
-    (memory for speed) considers it; ``low`` stays torch. Sets ``args.backend`` and
-    ``args.precision`` to what runs."""
+    32), but the run that first exports it peaks at about 1.3 GB (1.8 GB where it also times
+    torch's precisions; stop 33), so only ``--memory speed`` (memory for speed) considers it;
+    ``low`` stays torch. Sets ``args.backend`` and ``args.precision`` to what runs."""
     import torch
 
     from stemdeck.models.bag import models_of
