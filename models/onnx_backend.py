@@ -20,7 +20,6 @@ checked against torch's on a probe (at least :data:`SNR_BAR_DB`) and both are ti
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import hashlib
 import importlib.util
@@ -43,6 +42,7 @@ from stemdeck.models.nets.htdemucs import HTDemucs
 from stemdeck.models.nets.spec import hybrid_spectrogram
 from stemdeck.models.nets.unet import complex_as_channels
 from stemdeck.models.onednn_products import onednn_products
+from stemdeck.models.precision import copy_sharing_weights
 
 SNR_BAR_DB = 40.0  # issue 13: every backend's stems within 40 dB of torch's float32 ones
 FORMAT = 1  # bump when what is exported changes: older cached files are then not used
@@ -327,7 +327,7 @@ def write_onnx(model: HTDemucs, spec: torch.Tensor, mix: torch.Tensor, target: P
     the terminal. torch's TorchScript exporter first: it exports htdemucs about 3 times as fast
     as the torch.export one (14 against 55 s for the test model on a loaded machine) to a graph
     that ONNX Runtime runs as fast; the newer exporter where torch no longer has it."""
-    branches = _Branches(_sharing_weights(model)).eval()
+    branches = _Branches(copy_sharing_weights(model)).eval()
     failures = []
     for dynamo in (False, True):
         try:
@@ -338,12 +338,6 @@ def write_onnx(model: HTDemucs, spec: torch.Tensor, mix: torch.Tensor, target: P
         except Exception as exc:  # noqa: BLE001 (the exporters raise many kinds; each means the same here)
             failures.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160])
     raise OnnxError(f"this model does not export to ONNX ({'; '.join(failures)}); use --backend torch")
-
-
-def _sharing_weights(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` whose parameters and buffers are the model's own tensors."""
-    shared = {id(tensor): tensor for tensor in [*model.parameters(), *model.buffers()]}
-    return copy.deepcopy(model, memo=shared)
 
 
 def _quiet_export(branches: nn.Module, spec: torch.Tensor, mix: torch.Tensor, target: Path, dynamo: bool) -> None:

@@ -90,3 +90,36 @@ def test_a_mono_window_gets_mono_stems_and_a_stereo_one_keeps_its_channels():
         raw = separator.model(torch.from_numpy(mono)[None])[0].numpy()
     assert not np.allclose(raw[:, 0], raw[:, 1])  # what the model itself gives a mono window
     np.testing.assert_allclose(stems[:, 0], raw.mean(axis=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_a_separator_shares_the_models_weights_and_keeps_its_segment_rule_to_itself(precision):
+    """A deck's separation process held htdemucs's weights twice (168 MB) with a deep copy per
+    separator; its copy now shares them on the CPU, and what it sets (the training segment's
+    padding) stays its own. Its stems are the model's own, padded to the segment as its plan says."""
+    import torch
+    from conftest import tiny_ht_transformer_on
+
+    from stemdeck.engine.worker.separator import WindowSeparator
+
+    model = tiny_ht_transformer_on(12).eval()
+    expected_weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    padded = WindowSeparator(model, WindowPlan.offline(44100, 2.0), precision=precision)
+    unpadded = WindowSeparator(model, WindowPlan.from_config(PRESETS["balanced"], 44100, 2.0), precision=precision)
+    assert padded.plan.pad_to_segment and not unpadded.plan.pad_to_segment
+    assert padded.model.use_train_segment and not unpadded.model.use_train_segment
+    assert model.use_train_segment is True  # the caller's model as it was made
+    ours = {id(tensor) for tensor in [*model.parameters(), *model.buffers()]}
+    for separator in (padded, unpadded):
+        theirs = [*separator.model.parameters(), *separator.model.buffers()]
+        shared = sum(id(tensor) in ours for tensor in theirs)
+        assert shared >= (len(theirs) // 2 if precision == "int8" else len(theirs))  # int8 makes its products anew
+    after = model.state_dict()
+    assert all(torch.equal(expected_weights[name], after[name]) for name in expected_weights)
+    window = 0.1 * np.random.default_rng(1).standard_normal((2, padded.plan.window_frames), dtype=np.float32)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(window)[None])[0].numpy() if precision == "fp32" else None
+    stems = padded(window)
+    assert stems.shape == (4, 2, window.shape[-1])
+    if expected is not None:
+        np.testing.assert_allclose(stems, expected, atol=1e-5)

@@ -24,7 +24,7 @@ from stemdeck.models import onnx_backend as ob
 from stemdeck.models.demo import demo_stems
 from stemdeck.models.nets.spec import hybrid_spectrogram
 from stemdeck.models.nets.unet import complex_as_channels
-from stemdeck.models.precision import TorchNetwork, prepare_network, resolve_precision
+from stemdeck.models.precision import TorchNetwork, copy_sharing_weights, prepare_network, resolve_precision
 from stemdeck.models.track_job import commit_backend
 
 pytest.importorskip("onnxruntime")  # in the test extras; the last test hides it
@@ -99,7 +99,7 @@ def test_export_is_cached_by_content_and_reused(model, cache, exported, fresh_pr
 def test_the_export_copies_the_model_but_not_its_weights(model, song, tmp_path):
     """The exporter traces a copy (its caches may keep traced tensors), which shares the model's
     weights rather than holding 168 MB more of them for htdemucs; the model is left as it was."""
-    copied = ob._sharing_weights(model)
+    copied = copy_sharing_weights(model)
     assert copied is not model and copied.decoder[0] is not model.decoder[0]
     pairs = list(zip([*copied.parameters(), *copied.buffers()], [*model.parameters(), *model.buffers()], strict=True))
     assert len(pairs) > 20 and all(mine is theirs for mine, theirs in pairs)

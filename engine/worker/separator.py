@@ -17,6 +17,7 @@ from stemdeck.models.precision import (
     BACKENDS,
     EXPORTED_BACKENDS,
     Network,
+    copy_sharing_weights,
     forward_context,
     prepare_model,
     prepare_network,
@@ -33,6 +34,15 @@ def _set_train_segment(model: nn.Module, pad_to_segment: bool) -> None:
     for module in model.modules():
         if isinstance(module, HTDemucs):
             module.use_train_segment = pad_to_segment
+
+
+def _private_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """The separator's own modules (it sets their segment rule) over the model's weights where they
+    stay on the CPU: a deep copy held htdemucs's 168 MB twice in a deck's separation process. For
+    another device, a deep copy moved there, so that the caller's model stays where it is."""
+    if device.type == "cpu":
+        return copy_sharing_weights(model)
+    return copy.deepcopy(model).to(device)
 
 
 class WindowSeparator:
@@ -63,7 +73,7 @@ class WindowSeparator:
                 f"segment ({segment_frames}); shorten it or set pad_to_segment=False"
             )
         self.network = exported_network(model, plan, precision, self.device, backend)
-        model = copy.deepcopy(model).to(self.device).eval()
+        model = _private_copy(model, self.device).eval()
         _set_train_segment(model, plan.pad_to_segment)
         self.model = prepare_model(model, self.precision, self.device)
         self.sources = list(model.sources)
