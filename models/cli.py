@@ -207,7 +207,8 @@ def add_separation_commands(commands) -> None:
         choices=BACKENDS,
         help="what runs the network: torch, onnx (ONNX Runtime, float32 on the CPU: pip install "
         "'stemdeck[onnx]') or openvino (OpenVINO on the CPU, float32, or bfloat16 where the CPU runs it: "
-        "pip install 'stemdeck[openvino]'); auto: torch (README: OpenVINO backend)",
+        "pip install 'stemdeck[openvino]'); auto: torch, or OpenVINO's bfloat16 where measured faster "
+        "(see --memory; README: OpenVINO backend)",
     )
     sep.add_argument(
         "--memory",
@@ -215,8 +216,9 @@ def add_separation_commands(commands) -> None:
         choices=MEMORY_MODES,
         help="low: freed model memory goes back to the system at once (htdemucs stays under 1 GB "
         "whatever the song's length); speed: malloc keeps it for reuse, about 25%% faster for about "
-        "170 MB more (0.98 GB with htdemucs), and with --backend auto OpenVINO's bfloat16 where it is "
-        "installed and measured faster (also under 1 GB once exported) (default: low)",
+        "170 MB more (0.98 GB with htdemucs). With --backend auto both run OpenVINO's bfloat16 where "
+        "it is installed and measured faster; only speed exports and measures it, once per model "
+        "(about 1.8 GB), and low takes it once that is done (default: low)",
     )
     sep.add_argument(
         "-v", "--verbose", action="store_true", help="say which backend, precision and memory mode run the network"

@@ -5,8 +5,9 @@ numbers) runs in OpenVINO's CPU plugin, the STFT and iSTFT in torch. OpenVINO re
 file that torch's exporter writes (``onnx_backend.write_onnx``); ONNX Runtime itself is not
 needed. On the quiet 2-core AVX2 machine of issue 13 it did an htdemucs segment in about 0.95 of
 torch's float32 time but a 20 s track in 1.1-1.2 of it, at 87 dB SNR against torch; it was
-faster only while other processes overloaded the cores (docs/benchmarks.md). So it runs only
-when asked for (``--backend openvino``).
+faster only while other processes overloaded the cores (docs/benchmarks.md). So in float32 it
+runs only when asked for (``--backend openvino``); in bfloat16, `separate`'s ``auto`` takes it
+where measured faster (``track_job.settle_backend``).
 
 The export (about a minute and a half for htdemucs) is made once per model and cached beside the
 ONNX Runtime backend's files (``$STEMDECK_ONNX_DIR``, else the user cache folder), as
@@ -161,6 +162,12 @@ def _verified(onnx_path: Path, record_path: Path) -> dict | None:
     if record is None or onnx_backend.file_sha256(onnx_path) != record["sha256"]:
         return None
     return record
+
+
+def is_measured(model: HTDemucs, length: int, precision: str, folder: Path | None = None) -> bool:
+    """Whether loading the network in ``precision`` would neither export nor measure it: its file
+    is cached and verified by that precision's record."""
+    return _verified(*paths(model, length, folder, precision)) is not None
 
 
 _loaded: dict[tuple[Path, int, str], OpenVinoNetwork] = {}  # file, threads, precision: compiled once a batch

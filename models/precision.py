@@ -20,9 +20,11 @@ or, where the CPU runs it natively, bfloat16; optional: :mod:`models.openvino_ba
 slower on whole tracks (ONNX Runtime 1.14, OpenVINO 0.90 and 1.01 of the reference's time against
 torch's 0.82 and 0.85) and both peak higher (2.4 and 1.6 GB a htdemucs segment against 1.1).
 OpenVINO's bfloat16 is the fastest on a bfloat16 CPU (a Zen 5: 0.34 of the reference's time a
-segment and a track, against torch int8's 0.41-0.42, at 49 dB), but `separate` then peaks above
-the 1 GB that torch keeps to, so it runs where asked for, or under ``--memory speed`` where
-measured faster (:func:`models.track_job.settle_backend`; README, "OpenVINO backend")."""
+segment and a track, against torch int8's 0.41-0.42, at 49 dB; 0.31 since stop 32). It runs where
+asked for, and for `separate`'s ``auto`` where measured faster: ``--memory speed`` exports and
+measures it (a first export peaks above the 1 GB that `separate` keeps to), ``--memory low``
+takes it once nothing is left to export or time (:func:`models.track_job.settle_backend`;
+README, "OpenVINO backend"). Here, ``"auto"`` is torch."""
 
 from __future__ import annotations
 

@@ -308,15 +308,16 @@ def _bar_rows() -> int:
 
 
 def settle_backend(model, args, device: str, tell: Callable[[str], None] = say) -> None:
-    """``--backend auto --memory speed`` on a CPU with native bfloat16 and OpenVINO installed:
-    OpenVINO in bfloat16 where, measured on this model, it takes at most
+    """``--backend auto`` on a CPU with native bfloat16 and OpenVINO installed: OpenVINO in
+    bfloat16 where, measured on this model, it takes at most
     :data:`~models.precision_choice.WIN_RATIO` of what torch's ``auto`` takes here (both as shares
-    of torch's float32, each measured once and remembered), within the SNR bar. It was 0.33 of
-    the reference's time on a Zen 5 against torch int8's 0.39-0.41. `separate` with it now peaks
-    under 1 GB for htdemucs (0.93 GB under ``low``, 0.98 under ``speed``, a 10-minute song; stop
-    32), but the run that first exports it peaks at about 1.3 GB (1.8 GB where it also times
-    torch's precisions; stop 33), so only ``--memory speed`` (memory for speed) considers it;
-    ``low`` stays torch. Sets ``args.backend`` and ``args.precision`` to what runs."""
+    of torch's float32, each measured once and remembered), within the SNR bar. It was 0.31 of
+    the reference's time on a Zen 5 against torch int8's 0.40. `separate` with it peaks under 1 GB
+    for htdemucs (0.93 GB under ``low``, 0.98 under ``speed``, a 10-minute song; stop 32), but the
+    run that first exports it peaks at about 1.3 GB (1.8 GB where it also times torch's precisions;
+    stop 33). So ``--memory speed`` (memory for speed) exports and measures it where needed, and
+    ``low`` takes it only where nothing is left to export or time (:func:`_ready_under_low`).
+    Sets ``args.backend`` and ``args.precision`` to what runs."""
     import torch
 
     from stemdeck.models.bag import models_of
@@ -326,7 +327,10 @@ def settle_backend(model, args, device: str, tell: Callable[[str], None] = say) 
 
     if not _openvino_may_win(model, args, device):
         return
-    apply_memory_mode(args.memory)  # torch is timed as this command would run it
+    # the network is compiled here: under low at its own threshold, or glibc's heap keeps what the
+    # compile frees between the blocks, and the separation peaks on top (1068 against 936 MB for a
+    # 10-minute song); torch is timed only under speed, where the backend changes nothing
+    apply_memory_mode(args.memory, "openvino")
     cpu, openvino = torch.device("cpu"), EXPORTED_BACKENDS["openvino"]
     choice = settle_auto(model, "auto", cpu, "auto", args.segment, tell)
     torch_precision = choice.precision if choice is not None else "fp32"
@@ -334,7 +338,8 @@ def settle_backend(model, args, device: str, tell: Callable[[str], None] = say) 
     try:
         network = openvino.network(models_of(model)[0], "bf16", cpu, args.segment, tell)
     except ValueError as exc:
-        tell(f"backend auto (--memory speed): torch; {str(exc).split(': ', 1)[-1]}")
+        apply_memory_mode(args.memory)
+        tell(f"backend auto (--memory {args.memory}): torch; {str(exc).split(': ', 1)[-1]}")
         return
     measured = network.measured
     openvino_ratio = measured.openvino_wall_s / measured.torch_wall_s
@@ -344,10 +349,11 @@ def settle_backend(model, args, device: str, tell: Callable[[str], None] = say) 
     )
     if openvino_ratio > WIN_RATIO * torch_ratio:
         openvino.module().release()
-        tell(f"backend auto (--memory speed): torch ({figures})")
+        apply_memory_mode(args.memory)  # torch's threshold
+        tell(f"backend auto (--memory {args.memory}): torch ({figures})")
         return
     args.backend, args.precision = "openvino", "bf16"
-    tell(f"backend auto (--memory speed): openvino, bfloat16 ({figures})")
+    tell(f"backend auto (--memory {args.memory}): openvino, bfloat16 ({figures})")
 
 
 def _openvino_may_win(model, args, device: str) -> bool:
@@ -358,9 +364,9 @@ def _openvino_may_win(model, args, device: str) -> bool:
     from stemdeck.models.precision import EXPORTED_BACKENDS
 
     openvino, parts = EXPORTED_BACKENDS["openvino"], models_of(model)
+    memory = getattr(args, "memory", "low")
     return (
         getattr(args, "backend", "auto") == "auto"
-        and getattr(args, "memory", "low") == "speed"
         and args.precision == "auto"
         and not getattr(args, "ray", None)  # each node is its own machine
         and torch.device(device).type == "cpu"
@@ -368,7 +374,23 @@ def _openvino_may_win(model, args, device: str) -> bool:
         and openvino.module().available()
         and "bf16" in openvino.precisions()
         and not openvino.refusal(parts[0], "bf16", torch.device(device), args.segment)
+        and (memory == "speed" or _ready_under_low(parts[0], args, torch.device(device)))
     )
+
+
+def _ready_under_low(model, args, device) -> bool:
+    """Whether this run would neither export OpenVINO's network nor time anything: its bfloat16
+    record verified in the cache, and torch's ``auto`` remembered (or pinned). An export peaks at
+    about 1.3 GB, and a torch timing leaves 75-105 MB behind on which OpenVINO's run would peak
+    (docs/benchmarks.md, stop 33); a cached network separates a 10-minute song at 0.93 GB. Such a
+    cache is made once by ``--memory speed`` or ``--backend openvino``."""
+    from stemdeck.models import onnx_backend, openvino_backend
+    from stemdeck.models.precision_choice import applies, read_choice, record_path
+
+    if applies(model, "auto", device, "auto") and read_choice(record_path(model)) is None:
+        return False
+    length = onnx_backend.network_length(model, args.segment)
+    return openvino_backend.is_measured(model, length, "bf16")
 
 
 def settle_precision(model, args, device: str, tell: Callable[[str], None] = say) -> None:

@@ -1,7 +1,7 @@
 """The OpenVINO backend (issue 13): stems within the SNR bar of torch's float32 in float32 and, where
 the CPU runs it natively, bfloat16; the export cached and checked, each precision measured once;
-``--backend auto`` taking it only under ``--memory speed``, where it measured faster than torch, and
-one line where OpenVINO is not installed.
+``--backend auto`` taking it where it measured faster than torch (``--memory low`` only where nothing
+is left to export or time), and one line where OpenVINO is not installed.
 
 One small random-weights HT Demucs (its Transformer's LayerScales at 1, so that its error shows)
 is exported once for the module into a temporary cache folder.
@@ -133,7 +133,8 @@ def test_an_older_stemdecks_export_is_made_again_and_said_so(model, exported, fr
 
 def test_auto_is_torch_even_where_the_export_measured_openvino_faster(model, exported, fresh_process):
     """A chunk's probe did not predict a track: on a quiet machine OpenVINO was faster per segment
-    and slower per track than torch (README, "OpenVINO backend"), so auto never takes it."""
+    and slower per track than torch (README, "OpenVINO backend"), so auto in the Python API and the
+    engine never takes it; only the separation commands do, on their own measure (settle_backend)."""
     _set_measured(exported, torch_wall_s=2.0, openvino_wall_s=1.0)
     assert isinstance(prepare_network(model, "auto", CPU, backend="auto"), TorchNetwork)
     assert isinstance(prepare_network(model, "fp32", CPU, backend="openvino"), ovb.OpenVinoNetwork)  # asked for
@@ -336,7 +337,7 @@ def _speed_args(**changes) -> argparse.Namespace:
 def test_memory_speed_runs_openvino_bf16_where_it_beats_what_torch_runs(model, exported, fresh_process, monkeypatch):
     bf16 = prepare_network(model, "bf16", CPU, backend="openvino")
     modes = []
-    monkeypatch.setattr(streaming, "apply_memory_mode", modes.append)  # process-wide: not in the test process
+    monkeypatch.setattr(streaming, "apply_memory_mode", lambda *args: modes.append(args))  # process-wide
     int8_won = PrecisionChoice("int8", fp32_s=1.0, int8_s=0.8, snr_db=58.0, threads=2)
     monkeypatch.setattr(choice_module, "settle_auto", lambda *args: int8_won)
     lines = []
@@ -344,7 +345,7 @@ def test_memory_speed_runs_openvino_bf16_where_it_beats_what_torch_runs(model, e
     ovb._loaded.clear()
     args = _speed_args()
     settle_backend(model, args, "cpu", lines.append)
-    assert (args.backend, args.precision, modes) == ("openvino", "bf16", ["speed"])
+    assert (args.backend, args.precision, modes) == ("openvino", "bf16", [("speed", "openvino")])
     assert lines == [
         "backend auto (--memory speed): openvino, bfloat16 (OpenVINO's bfloat16 took 0.60 of torch float32's "
         "time on this model at 49.2 dB, torch's int8 0.80)"
@@ -355,6 +356,7 @@ def test_memory_speed_runs_openvino_bf16_where_it_beats_what_torch_runs(model, e
     settle_backend(model, args, "cpu", lines.append)
     assert (args.backend, args.precision) == ("auto", "auto")
     assert lines[0].startswith("backend auto (--memory speed): torch (OpenVINO's bfloat16 took 0.77 of")
+    assert modes[-1] == ("speed",)  # torch runs: its own policy again
     assert ovb._loaded == {}  # not kept: torch runs
     _set_measured(bf16, openvino_wall_s=0.6, snr_db=30.0)
     ovb._loaded.clear()
@@ -366,10 +368,49 @@ def test_memory_speed_runs_openvino_bf16_where_it_beats_what_torch_runs(model, e
         "this model (under 40 dB); use --backend torch"
     ]
     _set_measured(bf16, **vars(bf16.measured))  # as measured, for the tests after
-    for asked in (_speed_args(memory="low"), _speed_args(precision="int8"), _speed_args(backend="torch")):
+    for asked in (_speed_args(precision="int8"), _speed_args(backend="torch")):
         before = vars(asked).copy()
         settle_backend(model, asked, "cpu", lines.append)
-        assert vars(asked) == before  # low memory, a precision or a backend asked for: as asked
+        assert vars(asked) == before  # a precision or a backend asked for: as asked
+
+
+@needs_native_bf16
+def test_memory_low_runs_openvino_only_where_nothing_is_left_to_export_or_time(
+    model, exported, fresh_process, monkeypatch
+):
+    """`--memory low` keeps a run under 1 GB: OpenVINO's first export (about 1.3 GB) and torch's
+    timing, which leaves memory behind, are `--memory speed`'s. Once both are done, `low` runs
+    OpenVINO where it measured faster, reading both records, exporting and timing nothing."""
+    bf16 = prepare_network(model, "bf16", CPU, backend="openvino")  # its record is in the cache now
+    _set_measured(bf16, torch_wall_s=1.0, openvino_wall_s=0.6, snr_db=49.25)
+    modes = []
+    monkeypatch.setattr(streaming, "apply_memory_mode", lambda *args: modes.append(args))  # process-wide
+    monkeypatch.setattr(ovb, "_export", lambda *args: pytest.fail("exported under --memory low"))
+    monkeypatch.setattr(choice_module, "measure_choice", lambda *args: pytest.fail("timed under --memory low"))
+    monkeypatch.delenv("STEMDECK_AUTO_PRECISION")  # auto measured, as for users
+    ovb._loaded.clear()
+    args, lines = _speed_args(memory="low"), []
+    settle_backend(model, args, "cpu", lines.append)
+    assert (args.backend, args.precision, lines) == ("auto", "auto", [])  # torch's auto not timed yet
+    int8_won = PrecisionChoice("int8", fp32_s=1.0, int8_s=0.8, snr_db=58.0, threads=2)
+    assert choice_module.write_choice(choice_module.record_path(model), int8_won) is None
+    settle_backend(model, args, "cpu", lines.append)
+    assert (args.backend, args.precision, modes) == ("openvino", "bf16", [("low", "openvino")])  # compiled at 2 MB
+    assert lines == [
+        "backend auto (--memory low): openvino, bfloat16 (OpenVINO's bfloat16 took 0.60 of torch float32's "
+        "time on this model at 49.2 dB, torch's int8 0.80)"
+    ]
+    _, bf16_record = ovb.paths(model, bf16.length, precision="bf16")
+    measured = bf16_record.read_bytes()
+    bf16_record.unlink()  # exported, but not measured in bfloat16: that would run torch beside it
+    try:
+        ovb._loaded.clear()
+        args, lines = _speed_args(memory="low"), []
+        settle_backend(model, args, "cpu", lines.append)
+        assert (args.backend, args.precision, lines) == ("auto", "auto", [])
+    finally:
+        bf16_record.write_bytes(measured)
+    _set_measured(bf16, **vars(bf16.measured))  # as measured, for the tests after
 
 
 def test_memory_speed_stays_torch_where_the_cpu_has_no_bf16(model, monkeypatch):
