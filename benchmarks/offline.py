@@ -303,10 +303,11 @@ def auto_choice(segment: dict) -> dict:
     if bf16:
         choice.update(bf16_over_fp32=bf16_s / fp32_s, bf16_snr_db=bf16_snr)
     openvino = segment.get("ours-openvino-bf16")
-    if openvino:  # what --memory speed runs (models.track_job.settle_backend's rule, this run's times)
+    if openvino:  # what --backend auto runs (models.track_job.settle_backend's rule, this run's times):
+        # under --memory speed at once, under low once the network is exported and measured
         torch_s = segment[f"ours-{choice['precision']}"]["seconds"]
         wins = openvino["seconds"] <= WIN_RATIO * torch_s and openvino["snr_db_vs_fp32_full_layer_scale"] >= SNR_BAR_DB
-        choice["memory_speed"] = "openvino-bf16" if wins else f"torch-{choice['precision']}"
+        choice["backend_auto"] = "openvino-bf16" if wins else f"torch-{choice['precision']}"
     return choice
 
 
@@ -364,7 +365,7 @@ def print_table(report: dict) -> None:
         f"HT Demucs (htdemucs size, random weights), {info['cpu_threads']} threads, torch {info['torch']}, "
         f"onnxruntime {info['onnxruntime']}, openvino {info['openvino']} "
         f"({info['cpu_capability']}: {' '.join(info['cpu_flags'])}), auto precision = {report['auto']['precision']}"
-        f"{', --memory speed runs ' + report['auto']['memory_speed'] if 'memory_speed' in report['auto'] else ''}, "
+        f"{', --backend auto runs ' + report['auto']['backend_auto'] if 'backend_auto' in report['auto'] else ''}, "
         f"load {info['load_average_before'][0]:.2f} -> {info['load_average_after'][0]:.2f}"
     )
     if info.get("isa_limits"):
