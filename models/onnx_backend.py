@@ -42,7 +42,7 @@ from stemdeck.models.nets.htdemucs import HTDemucs
 from stemdeck.models.nets.spec import hybrid_spectrogram
 from stemdeck.models.nets.unet import complex_as_channels
 from stemdeck.models.onednn_products import onednn_products
-from stemdeck.models.precision import copy_sharing_weights
+from stemdeck.models.sharing import copy_sharing_weights
 
 SNR_BAR_DB = 40.0  # issue 13: every backend's stems within 40 dB of torch's float32 ones
 FORMAT = 1  # bump when what is exported changes: older cached files are then not used

@@ -44,6 +44,7 @@ from typing import Protocol
 import torch
 
 from stemdeck.models.onednn_products import onednn_products
+from stemdeck.models.sharing import copy_sharing_weights
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 NAMES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
@@ -161,15 +162,6 @@ def prepare_model(model: torch.nn.Module, precision: str, device: torch.device) 
 # it is made again once the model's weights change (their version counters, the tensors' ids).
 _LAST_COPY: list = [None, None, None]  # weakref to the source model, its key, the copy
 _LAST_COPY_LOCK = threading.Lock()
-
-
-def copy_sharing_weights(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model``'s modules that shares its parameters and buffers. int8 replaces the
-    Transformer's modules in the copy and leaves every other weight as it is, and the ONNX
-    exporter traces a copy: a deep copy would only hold the float model twice (170 MB more for
-    htdemucs, which took `separate` over 1 GB, and an export's peak from 1075 to 1235 MB)."""
-    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    return copy.deepcopy(model, shared)
 
 
 def _copy_to_cast(model: torch.nn.Module) -> torch.nn.Module:

@@ -24,7 +24,8 @@ from stemdeck.models import onnx_backend as ob
 from stemdeck.models.demo import demo_stems
 from stemdeck.models.nets.spec import hybrid_spectrogram
 from stemdeck.models.nets.unet import complex_as_channels
-from stemdeck.models.precision import TorchNetwork, copy_sharing_weights, prepare_network, resolve_precision
+from stemdeck.models.precision import TorchNetwork, prepare_network, resolve_precision
+from stemdeck.models.sharing import copy_sharing_weights
 from stemdeck.models.track_job import commit_backend
 
 pytest.importorskip("onnxruntime")  # in the test extras; the last test hides it

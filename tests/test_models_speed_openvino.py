@@ -422,14 +422,23 @@ def test_memory_speed_stays_torch_where_the_cpu_has_no_bf16(model, monkeypatch):
 
 
 @needs_native_bf16
-def test_separate_memory_speed_says_which_backend_runs_and_runs_it(tmp_path, checkpoint, cache, exported):
+def test_separate_memory_speed_says_which_backend_runs_and_low_then_runs_it(tmp_path, checkpoint, cache, exported):
+    """`--memory speed` measures OpenVINO where needed and says which backend runs; the default
+    `--memory low` after it reads the same measure and runs the same backend, exporting and timing
+    nothing (which backend wins the tiny model's measure is this machine's business)."""
     song = tmp_path / "song.wav"
     sf.write(song, np.random.default_rng(1).normal(0, 0.1, (44100, 2)).astype(np.float32), 44100)
-    args = ["separate", str(song), "-o", str(tmp_path), "--model", str(checkpoint), "--memory", "speed", "-v"]
-    done = run_stemdeck(*args, env={ob.CACHE_ENV: str(cache)})
+    args = ["separate", str(song), "-o", str(tmp_path), "--model", str(checkpoint), "-v", "--force"]
+    done = run_stemdeck(*args, "--memory", "speed", env={ob.CACHE_ENV: str(cache)})
     assert done.returncode == 0, done.stderr
     said = [line for line in done.stderr.splitlines() if line.startswith("backend auto (--memory speed): ")]
     assert len(said) == 1, done.stderr
     chosen = "openvino" if said[0].startswith("backend auto (--memory speed): openvino, bfloat16 (") else "torch"
     assert f"stemdeck: network: {chosen} (" in done.stderr
     assert sf.info(tmp_path / "song" / "vocals.wav").frames == 44100
+    low = run_stemdeck(*args, env={ob.CACHE_ENV: str(cache)})
+    assert low.returncode == 0, low.stderr
+    said_low = [line for line in low.stderr.splitlines() if line.startswith("backend auto (--memory low): ")]
+    assert said_low == [said[0].replace("(--memory speed)", "(--memory low)")], low.stderr
+    assert f"stemdeck: network: {chosen} (" in low.stderr
+    assert not any(word in low.stderr for word in ("exporting", "measuring", "timing")), low.stderr

@@ -17,13 +17,13 @@ from stemdeck.models.precision import (
     BACKENDS,
     EXPORTED_BACKENDS,
     Network,
-    copy_sharing_weights,
     forward_context,
     prepare_model,
     prepare_network,
 )
 from stemdeck.models.precision_choice import remembered_precision
 from stemdeck.models.separate import resample
+from stemdeck.models.sharing import copy_sharing_weights
 
 
 def _is_mono(window: np.ndarray) -> bool:
