@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from stemdeck.models.heap import give_back_freed_memory
+from stemdeck.models.nets.export_form import export_form
 from stemdeck.models.nets.htdemucs import HTDemucs
 from stemdeck.models.nets.spec import hybrid_spectrogram
 from stemdeck.models.nets.unet import complex_as_channels
@@ -45,7 +46,7 @@ from stemdeck.models.onednn_products import onednn_products
 from stemdeck.models.sharing import copy_sharing_weights
 
 SNR_BAR_DB = 40.0  # issue 13: every backend's stems within 40 dB of torch's float32 ones
-FORMAT = 1  # bump when what is exported changes: older cached files are then not used
+FORMAT = 2  # bump when what is exported changes: older cached files are then not used (2: export_form)
 CACHE_ENV = "STEMDECK_ONNX_DIR"
 INSTALL_HINT = "pip install 'stemdeck[onnx]'"
 REQUIRED_MODULES = ("onnxruntime",)  # torch's newer exporter also needs onnx and onnxscript (the extra has them)
@@ -326,8 +327,9 @@ def write_onnx(model: HTDemucs, spec: torch.Tensor, mix: torch.Tensor, target: P
     against 1075 MB; docs/benchmarks.md, stop 33), progress lines, notices and warnings kept off
     the terminal. torch's TorchScript exporter first: it exports htdemucs about 3 times as fast
     as the torch.export one (14 against 55 s for the test model on a loaded machine) to a graph
-    that ONNX Runtime runs as fast; the newer exporter where torch no longer has it."""
-    branches = _Branches(copy_sharing_weights(model)).eval()
+    that ONNX Runtime runs as fast; the newer exporter where torch no longer has it. The copy is
+    in :func:`~models.nets.export_form.export_form`: the same numbers in faster operators."""
+    branches = _Branches(export_form(copy_sharing_weights(model))).eval()
     failures = []
     for dynamo in (False, True):
         try:

@@ -41,7 +41,10 @@ def _rewrite_glu(
     rewrite: nn.Module, norm: nn.Module, y: torch.Tensor, skip: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``glu(norm(rewrite(y + skip)), dim=1)``; the blocked path adds ``skip`` a piece at a time, so
-    the sum (33 MB at htdemucs's last spectral decoder) never exists whole."""
+    the sum (33 MB at htdemucs's last spectral decoder) never exists whole. An exported network's
+    convolves the GLU's halves apart (:class:`~models.nets.export_form.GatedConv`)."""
+    if getattr(rewrite, "gated", False):
+        return rewrite(y if skip is None else y + skip)
     if winograd.usable(rewrite, norm, y):
         return winograd.rewrite_glu(rewrite, y if skip is None else y + skip)
     if rewrite_blocked.usable(rewrite, norm, y):
